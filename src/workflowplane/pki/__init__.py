@@ -1,0 +1,27 @@
+"""Certificates for the tunnel: CA and leaf generation, and per-CA client verification."""
+
+from workflowplane.pki.certs import (
+    CertificateRejected,
+    KeyPair,
+    describe_certificate,
+    generate_ca,
+    issue_certificate,
+    load_certificates,
+    load_private_key,
+    not_valid_after,
+    sha256_fingerprint,
+    verify_client_certificate,
+)
+
+__all__ = [
+    "CertificateRejected",
+    "KeyPair",
+    "describe_certificate",
+    "generate_ca",
+    "issue_certificate",
+    "load_certificates",
+    "load_private_key",
+    "not_valid_after",
+    "sha256_fingerprint",
+    "verify_client_certificate",
+]

@@ -1,0 +1,29 @@
+"""Wire types shared by the cluster gateway and the cluster agent (OpenChoreo tunnel protocol v1)."""
+
+from workflowplane.protocol.messages import (
+    PLANE_TYPE_WORKFLOW,
+    TARGET_K8S,
+    Frame,
+    StreamChunk,
+    StreamInit,
+    TunnelError,
+    TunnelRequest,
+    TunnelResponse,
+    classify_agent_frame,
+    classify_gateway_frame,
+    encode,
+)
+
+__all__ = [
+    "PLANE_TYPE_WORKFLOW",
+    "TARGET_K8S",
+    "Frame",
+    "StreamChunk",
+    "StreamInit",
+    "TunnelError",
+    "TunnelRequest",
+    "TunnelResponse",
+    "classify_agent_frame",
+    "classify_gateway_frame",
+    "encode",
+]
