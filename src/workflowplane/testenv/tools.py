@@ -1,0 +1,42 @@
+"""Small conveniences for driving a test environment: kubectl and lightkube clients."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from lightkube import AsyncClient
+from lightkube.config.kubeconfig import KubeConfig
+
+
+def kubectl_binary() -> str:
+    """The kubectl installed beside this Python (the pinned PyPI one), else the PATH's."""
+    beside = Path(sys.executable).parent / "kubectl"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("kubectl")
+    if found is None:
+        raise RuntimeError("kubectl not found: install the project (pip install -e .)")
+    return found
+
+
+def kubectl(
+    kubeconfig: Path, context: str, *args: str, input: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run kubectl against one context; raise with its stderr when ``check`` and it fails."""
+    argv = [kubectl_binary(), "--kubeconfig", str(kubeconfig), "--context", context, *args]
+    result = subprocess.run(  # noqa: S603 - fixed binary
+        argv, input=input, capture_output=True, text=True, check=False,
+        env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+    )
+    if check and result.returncode != 0:
+        raise RuntimeError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
+    return result
+
+
+def async_client(kubeconfig: Path, context: str, **kwargs: object) -> AsyncClient:
+    config = KubeConfig.from_file(kubeconfig).get(context_name=context)
+    return AsyncClient(config=config, **kwargs)  # type: ignore[arg-type]
