@@ -1,0 +1,52 @@
+"""Names of the openchoreo.dev API that every component must spell the same way."""
+
+from __future__ import annotations
+
+from typing import Final
+
+GROUP: Final = "openchoreo.dev"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+
+WORKFLOW_PLANE: Final = "WorkflowPlane"
+CLUSTER_WORKFLOW_PLANE: Final = "ClusterWorkflowPlane"
+OBSERVABILITY_PLANE: Final = "ObservabilityPlane"
+CLUSTER_OBSERVABILITY_PLANE: Final = "ClusterObservabilityPlane"
+
+PLANE_TYPE: Final = "workflowplane"
+
+FINALIZERS: Final = {
+    WORKFLOW_PLANE: "openchoreo.dev/workflowplane-cleanup",
+    CLUSTER_WORKFLOW_PLANE: "openchoreo.dev/clusterworkflowplane-cleanup",
+}
+
+ANNOTATION_DISPLAY_NAME: Final = "openchoreo.dev/display-name"
+ANNOTATION_DESCRIPTION: Final = "openchoreo.dev/description"
+
+PLANE_ID_PATTERN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+PLANE_ID_MAX_LENGTH: Final = 63
+
+AGENT_SECRET_NAME: Final = "cluster-agent-tls"
+AGENT_NAMESPACE: Final = "openchoreo-workflow-plane"
+
+
+class Condition:
+    """Condition types the controller sets on planes."""
+
+    CREATED: Final = "Created"
+    READY: Final = "Ready"
+    SECRET_STORE_READY: Final = "SecretStoreReady"
+    OBSERVABILITY_PLANE_RESOLVED: Final = "ObservabilityPlaneResolved"
+
+
+class Reason:
+    """Condition reasons; each names one cause so that automation can act on it."""
+
+    WORKFLOW_PLANE_CREATED: Final = "WorkflowPlaneCreated"
+    CLUSTER_WORKFLOW_PLANE_CREATED: Final = "ClusterWorkflowPlaneCreated"
+    READY: Final = "Ready"
+    CLIENT_CA_NOT_FOUND: Final = "ClientCANotFound"
+    CLIENT_CA_INVALID: Final = "ClientCAInvalid"
+    CLIENT_CA_EXPIRED: Final = "ClientCAExpired"
+    AGENT_NOT_CONNECTED: Final = "AgentNotConnected"
+    AGENT_CERTIFICATE_REJECTED: Final = "AgentCertificateRejected"

@@ -1,0 +1,120 @@
+"""Helpers every component needs about a plane CR: its identity and its client CA."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+
+from lightkube import AsyncClient
+from lightkube.core.exceptions import ApiError
+from lightkube.generic_resource import (
+    create_global_resource,
+    create_namespaced_resource,
+)
+from lightkube.resources.core_v1 import Secret
+
+from workflowplane.api.constants import (
+    CLUSTER_WORKFLOW_PLANE,
+    GROUP,
+    VERSION,
+    WORKFLOW_PLANE,
+    Reason,
+)
+from workflowplane.api.models import AnyPlane, ClusterWorkflowPlane, SecretKeyReference
+
+WorkflowPlaneResource = create_namespaced_resource(
+    GROUP, VERSION, WORKFLOW_PLANE, "workflowplanes", verbs=None
+)
+ClusterWorkflowPlaneResource = create_global_resource(
+    GROUP, VERSION, CLUSTER_WORKFLOW_PLANE, "clusterworkflowplanes", verbs=None
+)
+ObservabilityPlaneResource = create_namespaced_resource(
+    GROUP, VERSION, "ObservabilityPlane", "observabilityplanes", verbs=None
+)
+ClusterObservabilityPlaneResource = create_global_resource(
+    GROUP, VERSION, "ClusterObservabilityPlane", "clusterobservabilityplanes", verbs=None
+)
+
+
+def cr_key_of(namespace: str | None, name: str) -> str:
+    """``namespace/name``, or ``/name`` for a cluster-scoped CR: the authorization key."""
+    return f"{namespace or ''}/{name}"
+
+
+def cr_key(plane: AnyPlane) -> str:
+    namespace = None if isinstance(plane, ClusterWorkflowPlane) else plane.metadata.namespace
+    return cr_key_of(namespace, plane.metadata.name)
+
+
+def effective_plane_id(plane: AnyPlane) -> str:
+    """spec.planeID, or the CR name for a WorkflowPlane without one (never written back)."""
+    return plane.spec.plane_id or plane.metadata.name
+
+
+@dataclass(frozen=True)
+class SecretLocation:
+    """Where a CR's client CA lives when it is not inline (namespace already defaulted)."""
+
+    namespace: str
+    name: str
+    key: str
+
+
+def client_ca_location(plane: AnyPlane) -> SecretLocation | None:
+    """The Secret key holding the client CA, or None when the CA is inline."""
+    ref: SecretKeyReference | None = plane.spec.cluster_agent.client_ca.secret_key_ref
+    if ref is None:
+        return None
+    namespace = ref.namespace or plane.metadata.namespace
+    if not namespace:
+        raise ClientCAError(
+            Reason.CLIENT_CA_NOT_FOUND,
+            "clientCA.secretKeyRef.namespace is required on a cluster-scoped plane",
+        )
+    return SecretLocation(namespace, ref.name, ref.key)
+
+
+class ClientCAError(Exception):
+    """The client CA cannot be had; ``reason`` is the condition reason to report."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def ca_from_secret_data(
+    data: dict[str, str] | None, location: SecretLocation
+) -> bytes:
+    """Decode a Secret's ``data`` entry for the CA key, or say precisely what is missing."""
+    if not data or location.key not in data:
+        raise ClientCAError(
+            Reason.CLIENT_CA_NOT_FOUND,
+            f"key {location.key!r} not found in Secret {location.namespace}/{location.name}",
+        )
+    try:
+        return base64.b64decode(data[location.key], validate=True)
+    except ValueError as exc:
+        raise ClientCAError(
+            Reason.CLIENT_CA_INVALID,
+            f"Secret {location.namespace}/{location.name} key {location.key!r} is not base64",
+        ) from exc
+
+
+async def read_client_ca(client: AsyncClient, plane: AnyPlane) -> bytes:
+    """The CR's client CA as PEM bytes: the inline value, or the referenced Secret key."""
+    inline = plane.spec.cluster_agent.client_ca.value
+    if inline is not None:
+        return inline.encode()
+    location = client_ca_location(plane)
+    assert location is not None
+    try:
+        secret = await client.get(Secret, location.name, namespace=location.namespace)
+    except ApiError as exc:
+        if exc.status.code == 404:
+            raise ClientCAError(
+                Reason.CLIENT_CA_NOT_FOUND,
+                f"Secret {location.namespace}/{location.name} not found",
+            ) from exc
+        raise
+    return ca_from_secret_data(secret.data, location)
