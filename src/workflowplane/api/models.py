@@ -53,6 +53,21 @@ class ClusterAgentConfig(_Spec, rename={"client_ca": "clientCA"}):
     client_ca: ValueFrom
 
 
+class ClusterScopedValueFrom(ValueFrom, rename={"secret_key_ref": "secretKeyRef"}):
+    """A cluster-scoped CR has no namespace to default a Secret's namespace from."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.secret_key_ref is not None and self.secret_key_ref.namespace is None:
+            raise ValueError(
+                "clientCA.secretKeyRef.namespace is required on a ClusterWorkflowPlane"
+            )
+
+
+class ClusterScopedAgentConfig(_Spec, rename={"client_ca": "clientCA"}):
+    client_ca: ClusterScopedValueFrom
+
+
 class SecretStoreRef(_Spec):
     name: Name
 
@@ -90,16 +105,9 @@ class WorkflowPlaneSpec(_Spec, rename=_SPEC_NAMES):
 
 class ClusterWorkflowPlaneSpec(_Spec, rename=_SPEC_NAMES):
     plane_id: PlaneID
-    cluster_agent: ClusterAgentConfig
+    cluster_agent: ClusterScopedAgentConfig
     secret_store_ref: SecretStoreRef | None = None
     observability_plane_ref: ClusterObservabilityPlaneRef | None = None
-
-    def __post_init__(self) -> None:
-        ref = self.cluster_agent.client_ca.secret_key_ref
-        if ref is not None and ref.namespace is None:
-            raise ValueError(
-                "clientCA.secretKeyRef.namespace is required on a ClusterWorkflowPlane"
-            )
 
 
 class Condition(msgspec.Struct, rename="camel", omit_defaults=True):

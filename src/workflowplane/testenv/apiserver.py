@@ -56,7 +56,7 @@ def _tail(path: Path, lines: int = 25) -> str:
     return "\n".join(useful[-lines:])
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -75,7 +75,7 @@ def stop_process_group(pid: int, grace_seconds: float = 10.0) -> None:
         while time.monotonic() < deadline:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
-            if not _alive(pid):
+            if not process_alive(pid):
                 return
             time.sleep(0.05)
 
@@ -277,6 +277,6 @@ def _alive_child(pid: int) -> bool:
         done, _ = os.waitpid(pid, os.WNOHANG)
         if done == pid:
             return False
-    return _alive(pid)
+    return process_alive(pid)
 
 

@@ -178,3 +178,12 @@ def build(*, log: bool = True) -> Assets:
     found = _from_dir(target)
     assert found is not None
     return found
+
+
+def main() -> None:
+    """``python -m workflowplane.testenv``: locate or build, then say where the binaries are."""
+    try:
+        found = ensure()
+    except AssetsError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    print(f"API server binaries: {found.kube_apiserver.parent}", file=sys.stderr)

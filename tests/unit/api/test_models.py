@@ -1,0 +1,125 @@
+"""The models enforce exactly what the CRDs enforce: same verdicts, same fields, same rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import yaml
+
+from tests.plane_cases import CASES, Case
+from workflowplane.api import (
+    ClusterWorkflowPlane,
+    InvalidManifest,
+    WorkflowPlane,
+    cr_key,
+    decode_plane,
+    effective_plane_id,
+)
+from workflowplane.api.models import ClusterWorkflowPlaneSpec, PlaneStatus, WorkflowPlaneSpec
+
+REPO = Path(__file__).resolve().parents[3]
+CRDS = REPO / "deploy" / "crds"
+
+
+def _json_path(field: str) -> str:
+    """`spec.clusterAgent.clientCA` -> the path msgspec reports: `$.spec.clusterAgent.clientCA`."""
+    return "$." + field
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_models_give_the_api_servers_verdict(case: Case) -> None:
+    if case.field is None:
+        decode_plane(case.manifest)
+        return
+    with pytest.raises(InvalidManifest) as error:
+        decode_plane(case.manifest)
+    message = str(error.value)
+    parent, _, leaf = case.field.rpartition(".")
+    assert _json_path(case.field) in message or (
+        _json_path(parent) in message and leaf in message
+    ), message
+
+
+def _crd_schema(kind: str) -> dict[str, Any]:
+    for path in CRDS.glob("*.yaml"):
+        crd = yaml.safe_load(path.read_text())
+        if crd["spec"]["names"]["kind"] == kind:
+            schema: dict[str, Any] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+            return schema
+    raise AssertionError(f"no CRD for {kind}")
+
+
+def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in node:
+        node = defs[node["$ref"].rsplit("/", 1)[1]]
+    if "anyOf" in node:  # Optional[X] -> X
+        options = [o for o in node["anyOf"] if o.get("type") != "null"]
+        assert len(options) == 1, node
+        return _resolve(options[0], defs)
+    return node
+
+
+def _compare(crd: dict[str, Any], model: dict[str, Any], defs: dict[str, Any], at: str) -> None:
+    """Same properties, same required set, same scalar constraints, recursively."""
+    model = _resolve(model, defs)
+    if crd.get("type") == "object" and "properties" in crd:
+        assert set(crd["properties"]) == set(model.get("properties", {})), at
+        assert set(crd.get("required", [])) == set(model.get("required", [])), at
+        for name, sub in crd["properties"].items():
+            _compare(sub, model["properties"][name], defs, f"{at}.{name}")
+        return
+    if "enum" in crd:
+        assert set(crd["enum"]) == set(model["enum"]), at
+        return
+    for key in ("maxLength", "minLength", "pattern"):
+        assert crd.get(key) == model.get(key), f"{at}: {key}"
+    if crd.get("type") == "array":
+        _compare(crd["items"], model["items"], defs, f"{at}[]")
+
+
+@pytest.mark.parametrize(
+    ("kind", "spec_model"),
+    [("WorkflowPlane", WorkflowPlaneSpec), ("ClusterWorkflowPlane", ClusterWorkflowPlaneSpec)],
+)
+def test_spec_model_matches_crd_schema(kind: str, spec_model: type) -> None:
+    (schema,), components = msgspec.json.schema_components([spec_model])
+    _compare(_crd_schema(kind)["properties"]["spec"], schema, components, "spec")
+
+
+def test_status_model_has_the_crd_status_fields() -> None:
+    (schema,), components = msgspec.json.schema_components([PlaneStatus])
+    crd_status = _crd_schema("WorkflowPlane")["properties"]["status"]
+    model = _resolve(schema, components)
+    assert set(crd_status["properties"]) == set(model["properties"])
+    connection = _resolve(model["properties"]["agentConnection"], components)
+    assert set(crd_status["properties"]["agentConnection"]["properties"]) == set(
+        connection["properties"]
+    )
+
+
+def test_every_reference_example_decodes() -> None:
+    decoded = [
+        decode_plane(doc)
+        for path in sorted((REPO / "samples" / "reference").glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+    ]
+    assert len(decoded) == 6
+    assert all(isinstance(p, WorkflowPlane) for p in decoded)
+
+
+def test_plane_id_defaults_to_the_name_of_a_workflow_plane_only() -> None:
+    defaulted = decode_plane(CASES[0].manifest | {"metadata": {"name": "mine", "namespace": "a"}})
+    assert effective_plane_id(defaulted) == "mine"
+    assert defaulted.spec.plane_id is None  # never written back
+    cluster = decode_plane(CASES[5].manifest)
+    assert isinstance(cluster, ClusterWorkflowPlane)
+    assert effective_plane_id(cluster) == "shared"
+
+
+def test_cr_keys_distinguish_namespaced_and_cluster_scoped() -> None:
+    namespaced = decode_plane(CASES[0].manifest | {"metadata": {"name": "p", "namespace": "ns"}})
+    assert cr_key(namespaced) == "ns/p"
+    assert cr_key(decode_plane(CASES[5].manifest)) == "/cwp-case"
