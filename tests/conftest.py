@@ -39,10 +39,23 @@ def workflow_plane(environment: Environment) -> ApiServer:
 @pytest.fixture(scope="session")
 def crds(control_plane: ApiServer) -> Path:
     """The project's CRDs installed (and established) in the control plane."""
-    kubectl(control_plane.kubeconfig, control_plane.context, "apply", "--server-side", "-f",
-            str(CRD_DIR))
-    kubectl(control_plane.kubeconfig, control_plane.context, "wait", "--for=condition=Established",
-            "--timeout=60s", "crd", "--all")
+    kubectl(
+        control_plane.kubeconfig,
+        control_plane.context,
+        "apply",
+        "--server-side",
+        "-f",
+        str(CRD_DIR),
+    )
+    kubectl(
+        control_plane.kubeconfig,
+        control_plane.context,
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd",
+        "--all",
+    )
     return CRD_DIR
 
 

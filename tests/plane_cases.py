@@ -13,8 +13,12 @@ INLINE_CA = {"value": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE--
 def workflow_plane(name: str = "wp-case", **spec: Any) -> dict[str, Any]:
     body: dict[str, Any] = {"clusterAgent": {"clientCA": copy.deepcopy(INLINE_CA)}}
     body.update(spec)
-    return {"apiVersion": "openchoreo.dev/v1alpha1", "kind": "WorkflowPlane",
-            "metadata": {"name": name}, "spec": body}
+    return {
+        "apiVersion": "openchoreo.dev/v1alpha1",
+        "kind": "WorkflowPlane",
+        "metadata": {"name": name},
+        "spec": body,
+    }
 
 
 def cluster_workflow_plane(name: str = "cwp-case", **spec: Any) -> dict[str, Any]:
@@ -43,32 +47,61 @@ CASES = [
     Case("plane-id-63", workflow_plane(planeID="a" * 63), None),
     Case("secret-key-ref", workflow_plane(clusterAgent={"clientCA": SKR}), None),
     Case("observability-default-kind", workflow_plane(observabilityPlaneRef={"name": "obs"}), None),
-    Case("cluster-observability", workflow_plane(
-        observabilityPlaneRef={"kind": "ClusterObservabilityPlane", "name": "obs"}), None),
+    Case(
+        "cluster-observability",
+        workflow_plane(observabilityPlaneRef={"kind": "ClusterObservabilityPlane", "name": "obs"}),
+        None,
+    ),
     Case("cwp-minimal", cluster_workflow_plane(), None),
-    Case("cwp-secret-with-namespace", cluster_workflow_plane(clusterAgent={"clientCA": {
-        "secretKeyRef": {"name": "ca", "namespace": "ops", "key": "ca.crt"}}}), None),
-    Case("cwp-cluster-observability", cluster_workflow_plane(
-        observabilityPlaneRef={"kind": "ClusterObservabilityPlane", "name": "obs"}), None),
+    Case(
+        "cwp-secret-with-namespace",
+        cluster_workflow_plane(
+            clusterAgent={
+                "clientCA": {"secretKeyRef": {"name": "ca", "namespace": "ops", "key": "ca.crt"}}
+            }
+        ),
+        None,
+    ),
+    Case(
+        "cwp-cluster-observability",
+        cluster_workflow_plane(
+            observabilityPlaneRef={"kind": "ClusterObservabilityPlane", "name": "obs"}
+        ),
+        None,
+    ),
     Case("plane-id-64", workflow_plane(planeID="a" * 64), "spec.planeID"),
     Case("plane-id-upper", workflow_plane(planeID="Builder"), "spec.planeID"),
     Case("plane-id-leading-dash", workflow_plane(planeID="-builder"), "spec.planeID"),
     Case("plane-id-trailing-dash", workflow_plane(planeID="builder-"), "spec.planeID"),
-    Case("client-ca-both", workflow_plane(clusterAgent={"clientCA": {**INLINE_CA, **SKR}}),
-         "spec.clusterAgent.clientCA"),
-    Case("client-ca-neither", workflow_plane(clusterAgent={"clientCA": {}}),
-         "spec.clusterAgent.clientCA"),
+    Case(
+        "client-ca-both",
+        workflow_plane(clusterAgent={"clientCA": {**INLINE_CA, **SKR}}),
+        "spec.clusterAgent.clientCA",
+    ),
+    Case(
+        "client-ca-neither",
+        workflow_plane(clusterAgent={"clientCA": {}}),
+        "spec.clusterAgent.clientCA",
+    ),
     Case("no-cluster-agent", _without(workflow_plane(), "clusterAgent"), "spec.clusterAgent"),
-    Case("secret-store-without-name", workflow_plane(secretStoreRef={}),
-         "spec.secretStoreRef.name"),
-    Case("observability-unknown-kind", workflow_plane(
-        observabilityPlaneRef={"kind": "Prometheus", "name": "obs"}),
-         "spec.observabilityPlaneRef.kind"),
+    Case(
+        "secret-store-without-name", workflow_plane(secretStoreRef={}), "spec.secretStoreRef.name"
+    ),
+    Case(
+        "observability-unknown-kind",
+        workflow_plane(observabilityPlaneRef={"kind": "Prometheus", "name": "obs"}),
+        "spec.observabilityPlaneRef.kind",
+    ),
     Case("unknown-spec-field", workflow_plane(planeId="typo"), "spec.planeId"),
     Case("cwp-without-plane-id", _without(cluster_workflow_plane(), "planeID"), "spec.planeID"),
-    Case("cwp-references-observability-plane", cluster_workflow_plane(
-        observabilityPlaneRef={"kind": "ObservabilityPlane", "name": "obs"}),
-         "spec.observabilityPlaneRef"),
-    Case("cwp-secret-without-namespace", cluster_workflow_plane(clusterAgent={"clientCA": SKR}),
-         "spec.clusterAgent.clientCA"),
+    Case(
+        "cwp-references-observability-plane",
+        cluster_workflow_plane(observabilityPlaneRef={"kind": "ObservabilityPlane", "name": "obs"}),
+        "spec.observabilityPlaneRef",
+    ),
+    Case(
+        "cwp-secret-without-namespace",
+        cluster_workflow_plane(clusterAgent={"clientCA": SKR}),
+        "spec.clusterAgent.clientCA",
+    ),
 ]

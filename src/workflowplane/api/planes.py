@@ -83,9 +83,7 @@ class ClientCAError(Exception):
         self.message = message
 
 
-def ca_from_secret_data(
-    data: dict[str, str] | None, location: SecretLocation
-) -> bytes:
+def ca_from_secret_data(data: dict[str, str] | None, location: SecretLocation) -> bytes:
     """Decode a Secret's ``data`` entry for the CA key, or say precisely what is missing."""
     if not data or location.key not in data:
         raise ClientCAError(

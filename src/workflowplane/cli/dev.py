@@ -35,7 +35,8 @@ def dev_dir() -> Path:
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "dev", help="run the whole system locally (API servers, control plane, agent)",
+        "dev",
+        help="run the whole system locally (API servers, control plane, agent)",
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     up = actions.add_parser("up", help="start everything (harmless when already up)")
@@ -69,8 +70,9 @@ def _install_crds(kubeconfig: Path) -> None:
     _say("installing the CRDs in the control plane")
     context = f"wp-{CONTROL_PLANE}"
     kubectl(kubeconfig, context, "apply", "--server-side", "-f", f"{CRD_DIR}/")
-    kubectl(kubeconfig, context, "wait", "--for=condition=Established", "--timeout=60s",
-            "crd", "--all")
+    kubectl(
+        kubeconfig, context, "wait", "--for=condition=Established", "--timeout=60s", "crd", "--all"
+    )
 
 
 def _apply_examples(kubeconfig: Path) -> None:

@@ -26,15 +26,26 @@ def default_dir() -> Path:
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "testenv", help="start/stop local API servers (control plane + workflow plane)",
+        "testenv",
+        help="start/stop local API servers (control plane + workflow plane)",
         description="Real kube-apiserver + etcd pairs on loopback, one kubeconfig context each.",
     )
-    parser.add_argument("--dir", type=Path, default=None, help="state directory "
-                        "(default: $WORKFLOWPLANE_STATE/testenv or ~/.local/state/workflowplane)")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="state directory "
+        "(default: $WORKFLOWPLANE_STATE/testenv or ~/.local/state/workflowplane)",
+    )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     up = actions.add_parser("up", help="start the API servers (harmless when already up)")
-    up.add_argument("--server", action="append", dest="servers", metavar="NAME",
-                    help=f"server name; repeatable (default: {CONTROL_PLANE}, {WORKFLOW_PLANE})")
+    up.add_argument(
+        "--server",
+        action="append",
+        dest="servers",
+        metavar="NAME",
+        help=f"server name; repeatable (default: {CONTROL_PLANE}, {WORKFLOW_PLANE})",
+    )
     up.set_defaults(handler=_up)
     down = actions.add_parser("down", help="stop the API servers and delete their data")
     down.set_defaults(handler=_down)

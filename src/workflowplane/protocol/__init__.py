@@ -1,4 +1,4 @@
-"""Wire types shared by the cluster gateway and the cluster agent (OpenChoreo tunnel protocol v1)."""
+"""Wire types shared by the cluster gateway and agent (OpenChoreo tunnel protocol v1)."""
 
 from workflowplane.protocol.messages import (
     PLANE_TYPE_WORKFLOW,

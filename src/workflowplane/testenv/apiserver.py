@@ -117,9 +117,11 @@ class ApiServer:
         pki.mkdir(parents=True, exist_ok=True)
         self.ca = generate_ca(f"{self.context}-ca")
         serving = issue_certificate(
-            self.ca, "kube-apiserver", client=False, server=True,
-            dns_names=["localhost", "kubernetes", "kubernetes.default",
-                       "kubernetes.default.svc"],
+            self.ca,
+            "kube-apiserver",
+            client=False,
+            server=True,
+            dns_names=["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"],
             ip_addresses=["127.0.0.1", "10.0.0.1"],
         )
         self.admin = issue_certificate(self.ca, "wp-admin", organization="system:masters")
@@ -128,8 +130,10 @@ class ApiServer:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         for filename, data in (
-            ("ca.crt", self.ca.cert_pem), ("serving.crt", serving.cert_pem),
-            ("serving.key", serving.key_pem), ("sa.key", signer.key_pem),
+            ("ca.crt", self.ca.cert_pem),
+            ("serving.crt", serving.cert_pem),
+            ("serving.key", serving.key_pem),
+            ("sa.key", signer.key_pem),
             ("sa.pub", signer_public),
         ):
             path = pki / filename
@@ -139,8 +143,11 @@ class ApiServer:
     def _spawn(self, name: str, argv: list[str]) -> int:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with (self.log_dir / f"{name}.log").open("ab") as log:
-            process = subprocess.Popen(  # noqa: S603 - our own binaries, no shell
-                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            process = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
                 preexec_fn=None if self.detached else _die_with_parent,  # noqa: PLW1509
             )
@@ -151,12 +158,24 @@ class ApiServer:
         client = f"http://127.0.0.1:{self.etcd_port}"
         peer = f"http://127.0.0.1:{self.etcd_peer_port}"
         return [
-            str(self.assets.etcd), "--name", "default",
-            "--data-dir", str(self.workdir / "etcd"),
-            "--listen-client-urls", client, "--advertise-client-urls", client,
-            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"default={peer}",
-            "--unsafe-no-fsync", "--log-level", "warn",
+            str(self.assets.etcd),
+            "--name",
+            "default",
+            "--data-dir",
+            str(self.workdir / "etcd"),
+            "--listen-client-urls",
+            client,
+            "--advertise-client-urls",
+            client,
+            "--listen-peer-urls",
+            peer,
+            "--initial-advertise-peer-urls",
+            peer,
+            "--initial-cluster",
+            f"default={peer}",
+            "--unsafe-no-fsync",
+            "--log-level",
+            "warn",
         ]
 
     def _apiserver_argv(self) -> list[str]:
@@ -164,7 +183,8 @@ class ApiServer:
         return [
             str(self.assets.kube_apiserver),
             f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
             f"--secure-port={self.secure_port}",
             f"--cert-dir={self.workdir / 'certs'}",
             f"--tls-cert-file={pki / 'serving.crt'}",
@@ -254,16 +274,37 @@ class ApiServer:
         clusters, users, contexts = [], [], []
         for server in servers:
             assert server.ca is not None and server.admin is not None
-            clusters.append({"name": server.context, "cluster": {
-                "server": server.url, "certificate-authority-data": b64(server.ca.cert_pem)}})
-            users.append({"name": f"{server.context}-admin", "user": {
-                "client-certificate-data": b64(server.admin.cert_pem),
-                "client-key-data": b64(server.admin.key_pem)}})
-            contexts.append({"name": server.context, "context": {
-                "cluster": server.context, "user": f"{server.context}-admin"}})
+            clusters.append(
+                {
+                    "name": server.context,
+                    "cluster": {
+                        "server": server.url,
+                        "certificate-authority-data": b64(server.ca.cert_pem),
+                    },
+                }
+            )
+            users.append(
+                {
+                    "name": f"{server.context}-admin",
+                    "user": {
+                        "client-certificate-data": b64(server.admin.cert_pem),
+                        "client-key-data": b64(server.admin.key_pem),
+                    },
+                }
+            )
+            contexts.append(
+                {
+                    "name": server.context,
+                    "context": {"cluster": server.context, "user": f"{server.context}-admin"},
+                }
+            )
         config = {
-            "apiVersion": "v1", "kind": "Config", "clusters": clusters, "users": users,
-            "contexts": contexts, "current-context": current or servers[0].context,
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": clusters,
+            "users": users,
+            "contexts": contexts,
+            "current-context": current or servers[0].context,
             "preferences": {},
         }
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -278,5 +319,3 @@ def _alive_child(pid: int) -> bool:
         if done == pid:
             return False
     return process_alive(pid)
-
-

@@ -123,9 +123,13 @@ def _run(step: str, args: list[str], cwd: Path, log: bool) -> None:
     if log:
         print(f"==> {step} (in {cwd})", file=sys.stderr, flush=True)
     env = {**os.environ, "CGO_ENABLED": "0"}
-    result = subprocess.run(  # noqa: S603 - fixed argv, no shell
-        args, cwd=cwd, env=env, stdout=sys.stderr if log else subprocess.DEVNULL,
-        stderr=subprocess.STDOUT, check=False,
+    result = subprocess.run(
+        args,
+        cwd=cwd,
+        env=env,
+        stdout=sys.stderr if log else subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        check=False,
     )
     if result.returncode != 0:
         raise AssetsError(f"{step} failed (exit {result.returncode}); see the output above")
@@ -148,30 +152,57 @@ def build(*, log: bool = True) -> Assets:
         print(
             f"Building kube-apiserver v{KUBERNETES_VERSION} and etcd v{ETCD_VERSION} from their "
             f"Go modules (once; several minutes on 2 cores) into {target}",
-            file=sys.stderr, flush=True,
+            file=sys.stderr,
+            flush=True,
         )
     etcd_dir = work / f"etcd-{ETCD_VERSION}"
-    _write(etcd_dir / "go.mod", "module workflowplane.local/etcd-build\n\ngo 1.26.0\n\n"
-           f"require go.etcd.io/etcd/server/v3 v{ETCD_VERSION}\n")
+    _write(
+        etcd_dir / "go.mod",
+        "module workflowplane.local/etcd-build\n\ngo 1.26.0\n\n"
+        f"require go.etcd.io/etcd/server/v3 v{ETCD_VERSION}\n",
+    )
     _write(etcd_dir / "main.go", _ETCD_MAIN)
     kube_dir = work / f"kube-{KUBERNETES_VERSION}"
     _write(kube_dir / "go.mod", _kube_go_mod())
     staging = target.with_name(target.name + ".partial")
     staging.mkdir(parents=True, exist_ok=True)
     _run("resolve etcd modules", [go, "mod", "tidy"], etcd_dir, log)
-    _run("build etcd", [go, "build", "-trimpath", "-ldflags", "-s -w", "-o",
-                        str(staging / "etcd"), "."], etcd_dir, log)
-    _run("resolve Kubernetes modules",
-         [go, "get", f"k8s.io/kubernetes/cmd/kube-apiserver@v{KUBERNETES_VERSION}"], kube_dir, log)
+    _run(
+        "build etcd",
+        [go, "build", "-trimpath", "-ldflags", "-s -w", "-o", str(staging / "etcd"), "."],
+        etcd_dir,
+        log,
+    )
+    _run(
+        "resolve Kubernetes modules",
+        [go, "get", f"k8s.io/kubernetes/cmd/kube-apiserver@v{KUBERNETES_VERSION}"],
+        kube_dir,
+        log,
+    )
     major, minor, _ = KUBERNETES_VERSION.split(".")
     version_flags = " ".join(
         f"-X k8s.io/component-base/version.{key}={value}"
-        for key, value in (("gitVersion", f"v{KUBERNETES_VERSION}"), ("gitMajor", major),
-                           ("gitMinor", minor))
+        for key, value in (
+            ("gitVersion", f"v{KUBERNETES_VERSION}"),
+            ("gitMajor", major),
+            ("gitMinor", minor),
+        )
     )
-    _run("build kube-apiserver (the long step)",
-         [go, "build", "-trimpath", "-ldflags", f"-s -w {version_flags}", "-o",
-          str(staging / "kube-apiserver"), "k8s.io/kubernetes/cmd/kube-apiserver"], kube_dir, log)
+    _run(
+        "build kube-apiserver (the long step)",
+        [
+            go,
+            "build",
+            "-trimpath",
+            "-ldflags",
+            f"-s -w {version_flags}",
+            "-o",
+            str(staging / "kube-apiserver"),
+            "k8s.io/kubernetes/cmd/kube-apiserver",
+        ],
+        kube_dir,
+        log,
+    )
     if target.exists():
         shutil.rmtree(target)
     staging.rename(target)

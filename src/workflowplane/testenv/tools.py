@@ -28,8 +28,12 @@ def kubectl(
 ) -> subprocess.CompletedProcess[str]:
     """Run kubectl against one context; raise with its stderr when ``check`` and it fails."""
     argv = [kubectl_binary(), "--kubeconfig", str(kubeconfig), "--context", context, *args]
-    result = subprocess.run(  # noqa: S603 - fixed binary
-        argv, input=input, capture_output=True, text=True, check=False,
+    result = subprocess.run(
+        argv,
+        input=input,
+        capture_output=True,
+        text=True,
+        check=False,
         env={**os.environ, "KUBECONFIG": str(kubeconfig)},
     )
     if check and result.returncode != 0:

@@ -25,15 +25,23 @@ REFERENCE = Path(__file__).resolve().parents[3] / "samples" / "reference"
 @pytest.fixture(scope="module")
 def reference_namespaces(control_plane: ApiServer, crds: Path) -> None:
     for name in ("my-org", "org1", "org2"):
-        kubectl(control_plane.kubeconfig, control_plane.context, "create", "namespace", name,
-                check=False)
+        kubectl(
+            control_plane.kubeconfig,
+            control_plane.context,
+            "create",
+            "namespace",
+            name,
+            check=False,
+        )
 
 
-def _apply(server: ApiServer, manifest: str, namespace: str | None = None
-           ) -> subprocess.CompletedProcess[str]:
+def _apply(
+    server: ApiServer, manifest: str, namespace: str | None = None
+) -> subprocess.CompletedProcess[str]:
     extra = ["-n", namespace] if namespace else []
-    return kubectl(server.kubeconfig, server.context, "apply", *extra, "-f", "-",
-                   input=manifest, check=False)
+    return kubectl(
+        server.kubeconfig, server.context, "apply", *extra, "-f", "-", input=manifest, check=False
+    )
 
 
 @pytest.mark.parametrize("example", sorted(p.name for p in REFERENCE.glob("*.yaml")))
@@ -42,7 +50,9 @@ def test_every_reference_example_applies_unchanged(
 ) -> None:
     result = _apply(control_plane, (REFERENCE / example).read_text())
     assert result.returncode == 0, result.stderr
-    assert "created" in result.stdout or "unchanged" in result.stdout or "configured" in result.stdout
+    assert (
+        "created" in result.stdout or "unchanged" in result.stdout or "configured" in result.stdout
+    )
 
 
 def test_option1_inline_ca_template_applies(
@@ -57,8 +67,19 @@ def test_option1_inline_ca_template_applies(
     manifest = manifest.replace("name: my-workflowplane", "name: my-inline-workflowplane")
     result = _apply(control_plane, manifest)
     assert result.returncode == 0, result.stderr
-    stored = json.loads(kubectl(control_plane.kubeconfig, control_plane.context, "get", "wp",
-                                "my-inline-workflowplane", "-n", "my-org", "-o", "json").stdout)
+    stored = json.loads(
+        kubectl(
+            control_plane.kubeconfig,
+            control_plane.context,
+            "get",
+            "wp",
+            "my-inline-workflowplane",
+            "-n",
+            "my-org",
+            "-o",
+            "json",
+        ).stdout
+    )
     assert stored["spec"]["clusterAgent"]["clientCA"]["value"].strip() == ca
 
 
@@ -72,8 +93,13 @@ def test_api_server_verdicts_match_the_corpus(
     if case.field is None:
         assert result.returncode == 0, result.stderr
         if is_cluster:
-            kubectl(control_plane.kubeconfig, control_plane.context, "delete", "cwp",
-                    case.manifest["metadata"]["name"])
+            kubectl(
+                control_plane.kubeconfig,
+                control_plane.context,
+                "delete",
+                "cwp",
+                case.manifest["metadata"]["name"],
+            )
         return
     assert result.returncode != 0, f"accepted an invalid manifest: {case.id}"
     assert case.field in result.stderr, result.stderr
@@ -90,8 +116,9 @@ def test_printer_columns_and_categories(
     header = re.sub(r"\s+", " ", table.splitlines()[0])
     for column in ("PLANE ID", "CONNECTED", "AGENTS", "READY", "AGE"):
         assert column in header
-    planes = kubectl(control_plane.kubeconfig, control_plane.context, "get", "planes", "-A",
-                     "-o", "name").stdout
+    planes = kubectl(
+        control_plane.kubeconfig, control_plane.context, "get", "planes", "-A", "-o", "name"
+    ).stdout
     assert "workflowplane.openchoreo.dev/wp-case" in planes
     assert f"clusterworkflowplane.openchoreo.dev/cols-{namespace}" in planes
     for short in ("wp", "wps", "cwp", "cwps"):
@@ -103,19 +130,25 @@ def test_status_subresource_separates_spec_and_status(
     control_plane: ApiServer, crds: Path, namespace: str
 ) -> None:
     run: Callable[..., subprocess.CompletedProcess[str]] = lambda *a: kubectl(  # noqa: E731
-        control_plane.kubeconfig, control_plane.context, *a, "-n", namespace)
+        control_plane.kubeconfig, control_plane.context, *a, "-n", namespace
+    )
     assert _apply(control_plane, yaml.safe_dump(CASES[0].manifest), namespace).returncode == 0
-    status = {"status": {"observedGeneration": 1,
-                         "agentConnection": {"connected": True, "connectedAgents": 1}}}
+    status = {
+        "status": {
+            "observedGeneration": 1,
+            "agentConnection": {"connected": True, "connectedAgents": 1},
+        }
+    }
     # A write to the main resource cannot set status ...
     run("patch", "wp", "wp-case", "--type=merge", "-p", json.dumps(status))
     after_spec_write = json.loads(run("get", "wp", "wp-case", "-o", "json").stdout)
-    assert "status" not in after_spec_write or not after_spec_write["status"].get(
-        "agentConnection")
+    assert "status" not in after_spec_write or not after_spec_write["status"].get("agentConnection")
     # ... a write to the status subresource can, and it cannot change the spec.
     both = {**status, "spec": {"planeID": "changed"}}
     run("patch", "wp", "wp-case", "--subresource=status", "--type=merge", "-p", json.dumps(both))
     after_status_write = json.loads(run("get", "wp", "wp-case", "-o", "json").stdout)
     assert after_status_write["status"]["agentConnection"]["connectedAgents"] == 1
     assert "planeID" not in after_status_write["spec"]
-    assert after_status_write["metadata"]["generation"] == after_spec_write["metadata"]["generation"]
+    assert (
+        after_status_write["metadata"]["generation"] == after_spec_write["metadata"]["generation"]
+    )
