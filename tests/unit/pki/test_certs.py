@@ -1,0 +1,83 @@
+"""Per-CA client verification: the rules admission relies on."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from workflowplane.pki import (
+    CertificateRejected,
+    KeyPair,
+    describe_certificate,
+    generate_ca,
+    issue_certificate,
+    load_certificates,
+    not_valid_after,
+    verify_client_certificate,
+)
+
+NOW = dt.datetime.now(dt.UTC)
+
+
+@pytest.fixture(scope="module")
+def ca() -> KeyPair:
+    return generate_ca("agent-ca")
+
+
+def test_leaf_signed_by_the_ca_verifies(ca: KeyPair) -> None:
+    leaf = issue_certificate(ca, "agent")
+    verify_client_certificate([leaf.certificate], ca.cert_pem)
+
+
+def test_leaf_without_san_verifies_as_go_agents_issue_them(ca: KeyPair) -> None:
+    leaf = issue_certificate(ca, "agent")
+    assert "SubjectAlternativeName" not in str(leaf.certificate.extensions)
+    verify_client_certificate([leaf.certificate], ca.cert_pem)
+
+
+def test_other_ca_is_rejected_with_reason(ca: KeyPair) -> None:
+    leaf = issue_certificate(generate_ca("other"), "agent")
+    with pytest.raises(CertificateRejected, match="not signed by this CA"):
+        verify_client_certificate([leaf.certificate], ca.cert_pem)
+
+
+def test_server_only_eku_is_rejected(ca: KeyPair) -> None:
+    leaf = issue_certificate(ca, "srv", client=False, server=True, dns_names=["x"])
+    with pytest.raises(CertificateRejected, match="EKU"):
+        verify_client_certificate([leaf.certificate], ca.cert_pem)
+
+
+def test_expired_and_not_yet_valid_are_rejected(ca: KeyPair) -> None:
+    old = issue_certificate(
+        ca, "old", valid_for=dt.timedelta(minutes=1), not_before=NOW - dt.timedelta(hours=1)
+    )
+    with pytest.raises(CertificateRejected, match="expired"):
+        verify_client_certificate([old.certificate], ca.cert_pem)
+    future = issue_certificate(ca, "future", not_before=NOW + dt.timedelta(days=1))
+    with pytest.raises(CertificateRejected, match="not valid before"):
+        verify_client_certificate([future.certificate], ca.cert_pem)
+
+
+def test_expired_ca_rejects_its_leaves() -> None:
+    start = NOW - dt.timedelta(days=2)
+    ca = generate_ca("short", valid_for=dt.timedelta(days=1), not_before=start)
+    leaf = issue_certificate(ca, "agent", not_before=start)
+    with pytest.raises(CertificateRejected):
+        verify_client_certificate([leaf.certificate], ca.cert_pem)
+
+
+def test_unusable_ca_pem_is_a_rejection_not_a_crash(ca: KeyPair) -> None:
+    leaf = issue_certificate(ca, "agent")
+    with pytest.raises(CertificateRejected, match="no PEM certificate"):
+        verify_client_certificate([leaf.certificate], b"garbage")
+
+
+def test_bundle_helpers(ca: KeyPair) -> None:
+    other = generate_ca("b", valid_for=dt.timedelta(days=10))
+    bundle = ca.cert_pem + other.cert_pem
+    assert len(load_certificates(bundle)) == 2
+    assert not_valid_after(bundle) == other.certificate.not_valid_after_utc
+    assert "sha256=" in describe_certificate(ca.certificate)
+    with pytest.raises(ValueError, match="malformed"):
+        load_certificates(b"-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n")
