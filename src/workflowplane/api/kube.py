@@ -1,0 +1,43 @@
+"""Untyped-resource conveniences over lightkube, typed once here for the rest of the code.
+
+lightkube's generic (CRD) resources are dynamically created classes its type hints cannot
+describe; funnelling the calls through these helpers keeps every caller mypy-strict.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightkube import AsyncClient
+from lightkube.core.exceptions import ApiError
+from lightkube.types import PatchType
+
+
+async def get_dict(
+    client: AsyncClient, resource: Any, name: str, namespace: str | None = None
+) -> dict[str, Any] | None:
+    """The object as plain data, or None when it does not exist."""
+    getter: Any = client.get
+    try:
+        obj = await getter(resource, name, namespace=namespace)
+    except ApiError as exc:
+        if exc.status.code == 404:
+            return None
+        raise
+    data: dict[str, Any] = obj.to_dict()
+    return data
+
+
+async def merge_patch(
+    client: AsyncClient,
+    resource: Any,
+    name: str,
+    body: dict[str, Any],
+    *,
+    namespace: str | None = None,
+    status: bool = False,
+) -> None:
+    """JSON merge patch of the object, or of its status subresource."""
+    patcher: Any = client.patch
+    target = resource.Status if status else resource
+    await patcher(target, name, body, namespace=namespace, patch_type=PatchType.MERGE)

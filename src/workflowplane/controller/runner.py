@@ -1,0 +1,81 @@
+"""Run the plane controller: a kopf operator over both plane kinds, cluster-wide."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import kopf
+from lightkube import AsyncClient
+from lightkube.config.kubeconfig import KubeConfig, SingleConfig
+
+from workflowplane.controller.events import EventRecorder
+from workflowplane.controller.gateway_api import GatewayAPI
+from workflowplane.controller.operator import (
+    ControllerState,
+    build_registry,
+    build_settings,
+    connection_info,
+    register_login,
+)
+from workflowplane.controller.reconciler import PlaneReconciler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    """``kubeconfig`` None means in-cluster (service account); ``peering`` None, standalone."""
+
+    kubeconfig: Path | None = None
+    context: str | None = None
+    resync_seconds: float = 60.0
+    peering: str | None = None
+    priority: int = 0
+
+
+def load_kube_config(kubeconfig: Path | None, context: str | None) -> SingleConfig:
+    if kubeconfig is None:
+        return KubeConfig.from_service_account().get()  # type: ignore[return-value]
+    found = KubeConfig.from_file(kubeconfig).get(context_name=context)
+    if found is None:
+        raise ValueError(f"context {context!r} not found in {kubeconfig}")
+    return found
+
+
+async def run_controller(
+    config: ControllerConfig,
+    gateway: GatewayAPI,
+    *,
+    stop_flag: asyncio.Event | None = None,
+    ready_flag: asyncio.Event | None = None,
+) -> None:
+    """Reconcile planes until ``stop_flag`` is set (or the task is cancelled)."""
+    kube_config = load_kube_config(config.kubeconfig, config.context)
+    kube = AsyncClient(config=kube_config, field_manager="workflowplane-controller")
+    try:
+        state = ControllerState(
+            reconciler=PlaneReconciler(kube, gateway, EventRecorder(kube)),
+            gateway=gateway,
+            resync_seconds=config.resync_seconds,
+        )
+        registry = build_registry(state)
+
+        async def credentials() -> kopf.ConnectionInfo:
+            return connection_info(kube_config)
+
+        register_login(registry, credentials)
+        await kopf.operator(
+            registry=registry,
+            settings=build_settings(),
+            clusterwide=True,
+            standalone=config.peering is None,
+            peering_name=config.peering,
+            priority=config.priority,
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+        )
+    finally:
+        await kube.close()

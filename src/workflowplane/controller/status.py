@@ -1,0 +1,177 @@
+"""Pure status arithmetic for planes: conditions, agent connection, CA health.
+
+Nothing here talks to a server, so each rule is unit-tested on its own; the reconciler feeds
+it observations and writes back what it returns.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from workflowplane.api.constants import Reason
+from workflowplane.pki import load_certificates
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+EXPIRY_WARNING = dt.timedelta(days=30)
+
+
+def rfc3339(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One condition's desired state."""
+
+    status: ConditionStatus
+    reason: str
+    message: str
+
+
+def set_condition(
+    conditions: list[dict[str, Any]],
+    type_: str,
+    verdict: Verdict,
+    generation: int | None,
+    now: dt.datetime,
+) -> list[dict[str, Any]]:
+    """A new list with ``type_`` set; lastTransitionTime moves only when the status changes."""
+    previous = next((c for c in conditions if c.get("type") == type_), None)
+    transition = (
+        previous["lastTransitionTime"]
+        if previous and previous.get("status") == verdict.status
+        else rfc3339(now)
+    )
+    updated: dict[str, Any] = {
+        "type": type_,
+        "status": verdict.status,
+        "reason": verdict.reason,
+        "message": verdict.message or verdict.reason,
+        "lastTransitionTime": transition,
+    }
+    if generation is not None:
+        updated["observedGeneration"] = generation
+    others = [c for c in conditions if c.get("type") != type_]
+    return (
+        [*others, updated]
+        if previous is None
+        else [updated if c.get("type") == type_ else c for c in conditions]
+    )
+
+
+def remove_condition(conditions: list[dict[str, Any]], type_: str) -> list[dict[str, Any]]:
+    return [c for c in conditions if c.get("type") != type_]
+
+
+def find_condition(conditions: list[dict[str, Any]], type_: str) -> dict[str, Any] | None:
+    return next((c for c in conditions if c.get("type") == type_), None)
+
+
+@dataclass(frozen=True)
+class CAHealth:
+    """What the client CA looks like now; ``verdict`` is None when it is usable."""
+
+    verdict: Verdict | None
+    expires: dt.datetime | None = None
+
+    def expiring_soon(self, now: dt.datetime) -> bool:
+        return self.expires is not None and self.expires - now < EXPIRY_WARNING
+
+
+def assess_ca(pem: bytes, now: dt.datetime) -> CAHealth:
+    """Parse the CA bundle: invalid and expired CAs each get their own reason."""
+    try:
+        certificates = load_certificates(pem)
+    except ValueError as exc:
+        return CAHealth(Verdict("False", Reason.CLIENT_CA_INVALID, f"client CA: {exc}"))
+    if not any(_is_ca(cert) for cert in certificates):
+        return CAHealth(
+            Verdict(
+                "False",
+                Reason.CLIENT_CA_INVALID,
+                "client CA: the certificate is not a CA (basicConstraints)",
+            )
+        )
+    expires = max(cert.not_valid_after_utc for cert in certificates)
+    if expires <= now:
+        return CAHealth(
+            Verdict("False", Reason.CLIENT_CA_EXPIRED, f"client CA expired at {rfc3339(expires)}"),
+            expires,
+        )
+    return CAHealth(None, expires)
+
+
+def _is_ca(cert: Any) -> bool:
+    from cryptography import x509  # noqa: PLC0415 - only for the extension class
+
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+@dataclass(frozen=True)
+class AgentObservation:
+    """What the gateway says about the agents authorized for one CR (and for its planeID)."""
+
+    connected_agents: int
+    last_seen: dt.datetime | None
+    plane_agents: int = 0  # agents connected for the planeID, authorized for this CR or not
+
+
+def connection_message(agents: int) -> str:
+    if agents == 0:
+        return "No agents connected"
+    if agents == 1:
+        return "1 agent connected"
+    return f"{agents} agents connected (HA mode)"
+
+
+def next_agent_connection(
+    previous: dict[str, Any] | None, seen: AgentObservation, now: dt.datetime
+) -> dict[str, Any]:
+    """status.agentConnection after an observation; transition times move only on a change."""
+    before = previous or {}
+    was_connected = bool(before.get("connected"))
+    connected = seen.connected_agents > 0
+    result: dict[str, Any] = {
+        "connected": connected,
+        "connectedAgents": seen.connected_agents,
+        "message": _why_not(seen) if not connected else connection_message(seen.connected_agents),
+    }
+    for key in ("lastConnectedTime", "lastDisconnectedTime", "lastHeartbeatTime"):
+        if before.get(key):
+            result[key] = before[key]
+    if connected and not was_connected:
+        result["lastConnectedTime"] = rfc3339(now)
+    if was_connected and not connected:
+        result["lastDisconnectedTime"] = rfc3339(now)
+    if seen.last_seen is not None:
+        newest = rfc3339(seen.last_seen)
+        if newest > result.get("lastHeartbeatTime", ""):
+            result["lastHeartbeatTime"] = newest
+    return result
+
+
+def _why_not(seen: AgentObservation) -> str:
+    if seen.plane_agents > 0:
+        return (
+            f"No agents connected: {seen.plane_agents} agent(s) of this planeID are "
+            "connected but their certificate is not signed by this CR's client CA"
+        )
+    return connection_message(0)
+
+
+def readiness(ca: CAHealth, seen: AgentObservation | None) -> Verdict:
+    """Ready: the CA resolves, parses and is current, and an authorized agent is connected."""
+    if ca.verdict is not None:
+        return ca.verdict
+    if seen is None:
+        return Verdict("Unknown", Reason.AGENT_NOT_CONNECTED, "gateway status unavailable")
+    if seen.connected_agents > 0:
+        return Verdict("True", Reason.READY, connection_message(seen.connected_agents))
+    if seen.plane_agents > 0:
+        return Verdict("False", Reason.AGENT_CERTIFICATE_REJECTED, _why_not(seen))
+    return Verdict("False", Reason.AGENT_NOT_CONNECTED, "No agents connected")

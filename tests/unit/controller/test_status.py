@@ -1,0 +1,94 @@
+"""The status rules of the plane API, one at a time."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from workflowplane.api import Reason
+from workflowplane.controller.status import (
+    AgentObservation,
+    CAHealth,
+    Verdict,
+    assess_ca,
+    connection_message,
+    next_agent_connection,
+    readiness,
+    set_condition,
+)
+from workflowplane.pki import generate_ca, issue_certificate
+
+T0 = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
+T1 = T0 + dt.timedelta(minutes=5)
+
+
+def test_connection_messages_match_the_spec() -> None:
+    assert connection_message(0) == "No agents connected"
+    assert connection_message(1) == "1 agent connected"
+    assert connection_message(3) == "3 agents connected (HA mode)"
+
+
+def test_connect_sets_last_connected_only_on_transition() -> None:
+    first = next_agent_connection(None, AgentObservation(1, T0), T0)
+    assert first["connected"] is True and first["lastConnectedTime"] == "2026-11-24T12:00:00Z"
+    again = next_agent_connection(first, AgentObservation(2, T1), T1)
+    assert again["lastConnectedTime"] == first["lastConnectedTime"]
+    assert again["message"] == "2 agents connected (HA mode)"
+    assert again["lastHeartbeatTime"] == "2026-11-24T12:05:00Z"
+    assert "lastDisconnectedTime" not in again
+
+
+def test_disconnect_sets_last_disconnected_only_on_transition() -> None:
+    up = next_agent_connection(None, AgentObservation(1, T0), T0)
+    down = next_agent_connection(up, AgentObservation(0, None), T1)
+    assert down["connected"] is False and down["connectedAgents"] == 0
+    assert down["lastDisconnectedTime"] == "2026-11-24T12:05:00Z"
+    assert down["lastHeartbeatTime"] == "2026-11-24T12:00:00Z"  # kept, newest known
+    still_down = next_agent_connection(down, AgentObservation(0, None), T1 + dt.timedelta(1))
+    assert still_down["lastDisconnectedTime"] == down["lastDisconnectedTime"]
+    assert still_down["message"] == "No agents connected"
+
+
+def test_heartbeat_never_moves_backwards() -> None:
+    newer = next_agent_connection(None, AgentObservation(1, T1), T1)
+    older = next_agent_connection(newer, AgentObservation(1, T0), T1)
+    assert older["lastHeartbeatTime"] == newer["lastHeartbeatTime"]
+
+
+def test_rejected_certificates_are_named() -> None:
+    seen = AgentObservation(0, None, plane_agents=2)
+    status = next_agent_connection(None, seen, T0)
+    assert "not signed by this CR's client CA" in status["message"]
+    healthy = assess_ca(generate_ca("x").cert_pem, T0)
+    assert readiness(healthy, seen).reason == Reason.AGENT_CERTIFICATE_REJECTED
+
+
+def test_condition_transition_time_moves_only_on_status_change() -> None:
+    ready = set_condition([], "Ready", Verdict("False", "AgentNotConnected", "none"), 1, T0)
+    same = set_condition(ready, "Ready", Verdict("False", "ClientCANotFound", "gone"), 2, T1)
+    assert same[0]["lastTransitionTime"] == ready[0]["lastTransitionTime"]
+    assert same[0]["reason"] == "ClientCANotFound" and same[0]["observedGeneration"] == 2
+    flipped = set_condition(same, "Ready", Verdict("True", "Ready", "1 agent connected"), 2, T1)
+    assert flipped[0]["lastTransitionTime"] == "2026-11-24T12:05:00Z"
+    assert len(flipped) == 1
+
+
+def test_ca_assessment_reasons() -> None:
+    assert assess_ca(b"not a pem", T0).verdict.reason == Reason.CLIENT_CA_INVALID  # type: ignore[union-attr]
+    ca = generate_ca("ca")
+    leaf = issue_certificate(ca, "leaf")
+    not_a_ca = assess_ca(leaf.cert_pem, dt.datetime.now(dt.UTC))
+    assert not_a_ca.verdict is not None and not_a_ca.verdict.reason == Reason.CLIENT_CA_INVALID
+    expired = assess_ca(ca.cert_pem, T0 + dt.timedelta(days=3651))
+    assert expired.verdict is not None and expired.verdict.reason == Reason.CLIENT_CA_EXPIRED
+    fine = assess_ca(ca.cert_pem, dt.datetime.now(dt.UTC))
+    assert fine.verdict is None and not fine.expiring_soon(dt.datetime.now(dt.UTC))
+    assert fine.expiring_soon(fine.expires - dt.timedelta(days=10))  # type: ignore[operator]
+
+
+def test_readiness_order_ca_first_then_agents() -> None:
+    bad_ca = CAHealth(Verdict("False", Reason.CLIENT_CA_NOT_FOUND, "missing"))
+    assert readiness(bad_ca, AgentObservation(1, T0)).reason == Reason.CLIENT_CA_NOT_FOUND
+    good = CAHealth(None)
+    assert readiness(good, AgentObservation(0, None)).reason == Reason.AGENT_NOT_CONNECTED
+    assert readiness(good, AgentObservation(1, T0)).status == "True"
+    assert readiness(good, None).status == "Unknown"
