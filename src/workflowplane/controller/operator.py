@@ -4,7 +4,8 @@ gateway connection events. The decisions themselves live in ``reconciler.py``.
 kopf keeps its progress and diff-base in annotations (``kopf.openchoreo.dev/*``), never in
 ``status``, whose strict schema would prune them. Each kind's finalizer is managed by the
 reconciler, because kopf supports only one finalizer name per operator and the API
-specifies one per kind.
+specifies one per kind; for the same reason no kopf timers or mandatory delete handlers are
+used (either would add kopf's own finalizer).
 """
 
 from __future__ import annotations
@@ -106,17 +107,6 @@ def _register_kind(registry: kopf.OperatorRegistry, state: ControllerState, kind
         if body.metadata.get("deletionTimestamp"):
             state.reconcile_soon(ref)
 
-    @kopf.timer(
-        GROUP,
-        VERSION,
-        plural,
-        interval=state.resync_seconds,
-        initial_delay=state.resync_seconds,
-        registry=registry,
-    )
-    async def resync(name: str, namespace: str | None, **_: Any) -> None:
-        await state.reconcile(_ref(kind, namespace, name))
-
 
 def _register_secrets(registry: kopf.OperatorRegistry, state: ControllerState) -> None:
     @kopf.on.event("", "v1", "secrets", registry=registry)
@@ -128,9 +118,9 @@ def _register_secrets(registry: kopf.OperatorRegistry, state: ControllerState) -
 
 def _register_gateway_events(registry: kopf.OperatorRegistry, state: ControllerState) -> None:
     @kopf.on.startup(registry=registry)
-    async def follow_gateway(**_: Any) -> None:
-        task = asyncio.create_task(_follow_gateway_events(state))
-        state.background.add(task)
+    async def start_background(**_: Any) -> None:
+        for loop in (_follow_gateway_events, _resync_forever):
+            state.background.add(asyncio.create_task(loop(state)))
 
     @kopf.on.cleanup(registry=registry)
     async def stop_background(**_: Any) -> None:
@@ -153,6 +143,18 @@ async def _follow_gateway_events(state: ControllerState) -> None:
             log.info("gateway event stream interrupted (%s); reconnecting in %.0fs", exc, delay)
         await asyncio.sleep(delay)
         delay = min(delay * 2, 30.0)
+
+
+async def _resync_forever(state: ControllerState) -> None:
+    """The safety net under the push channel: every CR is re-evaluated periodically.
+
+    A loop of our own rather than a kopf timer, because kopf puts a finalizer of its own on
+    every object that has a timer.
+    """
+    while True:
+        await asyncio.sleep(state.resync_seconds)
+        for ref in list(state.directory.plane_ids):
+            state.reconcile_soon(ref)
 
 
 def build_registry(state: ControllerState) -> kopf.OperatorRegistry:
