@@ -41,9 +41,12 @@ def free_port() -> int:
 
 
 def _die_with_parent() -> None:
-    """preexec hook: SIGTERM this child when the process that started it dies."""
+    """preexec hook: SIGKILL this child when the thread that started it dies.
+
+    SIGKILL, not SIGTERM: kube-apiserver whose etcd went first can hang in graceful shutdown.
+    """
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _tail(path: Path, lines: int = 25) -> str:
