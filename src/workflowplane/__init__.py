@@ -1,3 +1,3 @@
-"""OpenChoreo-compatible WorkflowPlane: API, controller, cluster gateway and agent, workflow runs."""
+"""OpenChoreo-compatible WorkflowPlane: API, controller, gateway, agent, workflow runs."""
 
 __version__ = "0.1.0"
