@@ -15,6 +15,9 @@ from workflowplane.cli.errors import CliError
 COMPONENT_COMMANDS = (
     "workflowplane.cli.testenv",
     "workflowplane.cli.dev",
+    "workflowplane.cli.get",
+    "workflowplane.cli.register",
+    "workflowplane.cli.ca",
     "workflowplane.agent.cli",
     "workflowplane.gateway.cli",
     "workflowplane.controller.cli",
@@ -48,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for chatty in ("httpx", "httpx2", "httpcore", "httpcore2"):  # one line per request
+        logging.getLogger(chatty).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     handler: Callable[[argparse.Namespace], int | None] = args.handler
     try:
         code = handler(args)
