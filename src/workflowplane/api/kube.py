@@ -6,11 +6,23 @@ describe; funnelling the calls through these helpers keeps every caller mypy-str
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from lightkube import AsyncClient
+from lightkube.config.kubeconfig import KubeConfig, SingleConfig
 from lightkube.core.exceptions import ApiError
 from lightkube.types import PatchType
+
+
+def load_config(kubeconfig: Path | None, context: str | None) -> SingleConfig:
+    """A kubeconfig context, or the in-cluster service account when no file is given."""
+    if kubeconfig is None:
+        return KubeConfig.from_service_account().get()  # type: ignore[return-value]
+    found = KubeConfig.from_file(kubeconfig).get(context_name=context)
+    if found is None:
+        raise ValueError(f"context {context!r} not found in {kubeconfig}")
+    return found
 
 
 async def get_dict(

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import kopf
 from lightkube import AsyncClient
-from lightkube.config.kubeconfig import KubeConfig, SingleConfig
 
+from workflowplane.api.kube import load_config
 from workflowplane.controller.events import EventRecorder
 from workflowplane.controller.gateway_api import GatewayAPI
 from workflowplane.controller.operator import (
@@ -36,15 +36,6 @@ class ControllerConfig:
     priority: int = 0
 
 
-def load_kube_config(kubeconfig: Path | None, context: str | None) -> SingleConfig:
-    if kubeconfig is None:
-        return KubeConfig.from_service_account().get()  # type: ignore[return-value]
-    found = KubeConfig.from_file(kubeconfig).get(context_name=context)
-    if found is None:
-        raise ValueError(f"context {context!r} not found in {kubeconfig}")
-    return found
-
-
 async def run_controller(
     config: ControllerConfig,
     gateway: GatewayAPI,
@@ -53,7 +44,7 @@ async def run_controller(
     ready_flag: asyncio.Event | None = None,
 ) -> None:
     """Reconcile planes until ``stop_flag`` is set (or the task is cancelled)."""
-    kube_config = load_kube_config(config.kubeconfig, config.context)
+    kube_config = load_config(config.kubeconfig, config.context)
     kube = AsyncClient(config=kube_config, field_manager="workflowplane-controller")
     try:
         state = ControllerState(

@@ -1,0 +1,41 @@
+"""Agent settings: flags and environment variables named after OpenChoreo's agent."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from workflowplane.api.constants import AGENT_NAMESPACE, AGENT_SECRET_NAME, PLANE_TYPE
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    server_url: str
+    plane_id: str
+    plane_type: str = PLANE_TYPE
+    server_ca_file: Path | None = None
+    client_cert_file: Path | None = None  # with client_key_file: use files, not the Secret
+    client_key_file: Path | None = None
+    namespace: str = AGENT_NAMESPACE
+    secret_name: str = AGENT_SECRET_NAME
+    kubeconfig: Path | None = None  # None: in-cluster service account
+    context: str | None = None
+    reconnect_initial_seconds: float = 1.0
+    reconnect_max_seconds: float = 30.0
+    stable_after_seconds: float = 30.0
+    dead_after_seconds: float = 90.0
+    max_frame_bytes: int = 16 * 1024 * 1024
+    request_timeout_seconds: float = 30.0
+    max_concurrent_requests: int = 64
+    cert_validity_days: float = 90.0
+    ca_validity_days: float = 3650.0
+    renew_before_fraction: float = 1 / 3  # renew when less than this much of the life remains
+
+
+ENV_PREFIX = "CLUSTER_AGENT_"
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    """CLUSTER_AGENT_<NAME> as OpenChoreo's Helm chart sets them."""
+    return os.environ.get(ENV_PREFIX + name, default)

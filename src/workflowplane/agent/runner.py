@@ -1,0 +1,126 @@
+"""Run the agent: identity (bootstrap/renewal), upstream, and the tunnel, until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import tempfile
+from pathlib import Path
+
+from lightkube import AsyncClient
+
+from workflowplane.agent.bootstrap import AgentIdentity, load_or_create, renew
+from workflowplane.agent.config import AgentConfig
+from workflowplane.agent.tunnel import AgentTunnel
+from workflowplane.agent.upstream import Upstream
+from workflowplane.pki import KeyPair
+
+log = logging.getLogger(__name__)
+RENEWAL_CHECK_SECONDS = 60.0
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.upstream = Upstream.from_kubeconfig(
+            config.kubeconfig, config.context, config.max_frame_bytes
+        )
+        self.identity: AgentIdentity | None = None
+        self._files = tempfile.TemporaryDirectory(prefix="wp-agent-id-")
+        self.tunnel = AgentTunnel(
+            config.server_url,
+            config.plane_type,
+            config.plane_id,
+            self._ssl_context,
+            self.upstream,
+            initial_backoff=config.reconnect_initial_seconds,
+            max_backoff=config.reconnect_max_seconds,
+            stable_after=config.stable_after_seconds,
+            dead_after=config.dead_after_seconds,
+            max_frame=config.max_frame_bytes,
+            timeout=config.request_timeout_seconds,
+            max_concurrent=config.max_concurrent_requests,
+        )
+
+    def _kube(self) -> AsyncClient:
+        return self.upstream.lightkube_client()
+
+    async def ensure_identity(self) -> AgentIdentity | None:
+        """Load or create ``cluster-agent-tls``; None when certificate files are configured."""
+        if self.config.client_cert_file is not None:
+            return None
+        client = self._kube()
+        try:
+            self.identity = await load_or_create(
+                client,
+                self.config.namespace,
+                self.config.secret_name,
+                self.config.plane_id,
+                self.config.ca_validity_days,
+                self.config.cert_validity_days,
+            )
+        finally:
+            await client.close()
+        return self.identity
+
+    async def _ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(
+            cafile=str(self.config.server_ca_file) if self.config.server_ca_file else None
+        )
+        if self.config.client_cert_file is not None:
+            key_file = self.config.client_key_file or self.config.client_cert_file
+            context.load_cert_chain(self.config.client_cert_file, key_file)
+            return context
+        identity = self.identity or await self.ensure_identity()
+        assert identity is not None
+        cert, key = self._write_pair(identity.client)
+        context.load_cert_chain(cert, key)
+        return context
+
+    def _write_pair(self, pair: KeyPair) -> tuple[Path, Path]:
+        cert, key = Path(self._files.name) / "tls.crt", Path(self._files.name) / "tls.key"
+        cert.write_bytes(pair.cert_pem)
+        key.write_bytes(pair.key_pem)
+        key.chmod(0o600)
+        return cert, key
+
+    async def _renew_forever(self) -> None:
+        """Re-issue the client certificate from the same CA before it expires."""
+        while True:
+            await asyncio.sleep(min(RENEWAL_CHECK_SECONDS, self._check_interval()))
+            identity = self.identity
+            if identity is None or not identity.renewal_due(self.config.renew_before_fraction):
+                continue
+            client = self._kube()
+            try:
+                self.identity = await renew(
+                    client,
+                    self.config.namespace,
+                    self.config.secret_name,
+                    identity,
+                    self.config.plane_id,
+                    self.config.cert_validity_days,
+                )
+            except Exception:
+                log.exception("certificate renewal failed; will retry")
+                continue
+            finally:
+                await client.close()
+            self.tunnel.reconnect_requested.set()
+
+    def _check_interval(self) -> float:
+        return max(1.0, self.config.cert_validity_days * 86400 / 20)
+
+    async def run(self) -> None:
+        await self.ensure_identity()
+        renewer = asyncio.create_task(self._renew_forever())
+        try:
+            await self.tunnel.run()
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+            await self.upstream.close()
+            self._files.cleanup()

@@ -1,0 +1,183 @@
+"""The agent's side of a tunnelled request: its own API server, its own credentials.
+
+Bytes are forwarded as they are (no models are built); the caller's ``Authorization`` and
+``Impersonate-*`` headers and hop-by-hop headers are dropped, so a request can never carry the
+control plane's identity, or anyone else's, into the plane.
+"""
+
+from __future__ import annotations
+
+import base64
+import ssl
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+from lightkube import AsyncClient
+from lightkube.config.kubeconfig import KubeConfig, SingleConfig
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+TOKEN_REREAD_SECONDS = 60.0
+
+
+def forwardable_headers(headers: dict[str, list[str]] | None) -> list[tuple[str, str]]:
+    """Request headers minus credentials, impersonation and hop-by-hop headers."""
+    kept: list[tuple[str, str]] = []
+    for name, values in (headers or {}).items():
+        lower = name.lower()
+        if lower == "authorization" or lower.startswith("impersonate-") or lower in HOP_BY_HOP:
+            continue
+        kept.extend((name, value) for value in values)
+    return kept
+
+
+def response_headers(headers: aiohttp.typedefs.LooseHeaders) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for name, value in headers.items():  # type: ignore[union-attr]
+        if name.lower() not in HOP_BY_HOP:
+            grouped.setdefault(name, []).append(value)
+    return grouped
+
+
+@dataclass
+class UpstreamResult:
+    status: int
+    headers: dict[str, list[str]]
+    body: bytes
+
+
+class Upstream:
+    """One pooled HTTP session to the plane's API server."""
+
+    def __init__(self, config: SingleConfig, max_body_bytes: int) -> None:
+        self._config = config
+        self._server = config.cluster.server.rstrip("/")
+        self._max_body = max_body_bytes
+        self._files = tempfile.TemporaryDirectory(prefix="wp-agent-")
+        self._ssl = self._ssl_context(config)
+        user = config.user
+        self._token = user.token if user else None
+        self._token_file = Path(user.token_file) if user and user.token_file else None
+        self._token_read_at = 0.0
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=self._ssl, limit=100),
+            auto_decompress=False,
+        )
+
+    @classmethod
+    def from_kubeconfig(
+        cls, kubeconfig: Path | None, context: str | None, max_body_bytes: int
+    ) -> Upstream:
+        if kubeconfig is None:
+            config = KubeConfig.from_service_account().get()
+        else:
+            config = KubeConfig.from_file(kubeconfig).get(context_name=context)
+        if config is None:
+            raise ValueError(f"no usable context {context!r} in {kubeconfig}")
+        return cls(config, max_body_bytes)
+
+    def lightkube_client(self) -> AsyncClient:
+        """A typed client with the same credentials, for the agent's own Secret."""
+        return AsyncClient(config=self._config, field_manager="cluster-agent")
+
+    def _write(self, name: str, b64: str) -> str:
+        path = Path(self._files.name) / name
+        path.write_bytes(base64.b64decode(b64))
+        path.chmod(0o600)
+        return str(path)
+
+    def _ssl_context(self, config: SingleConfig) -> ssl.SSLContext:
+        cluster, user = config.cluster, config.user
+        if cluster.certificate_auth_data:
+            context = ssl.create_default_context(
+                cafile=self._write("ca.crt", cluster.certificate_auth_data)
+            )
+        elif cluster.certificate_auth:
+            context = ssl.create_default_context(cafile=cluster.certificate_auth)
+        else:
+            context = ssl.create_default_context()
+        if user and (user.client_cert_data or user.client_cert):
+            cert = (
+                self._write("tls.crt", user.client_cert_data)
+                if user.client_cert_data
+                else str(user.client_cert)
+            )
+            key = (
+                self._write("tls.key", user.client_key_data or "")
+                if user.client_key_data
+                else str(user.client_key)
+            )
+            context.load_cert_chain(cert, key)
+        return context
+
+    def _auth_header(self) -> list[tuple[str, str]]:
+        """Bearer token, re-read from a projected token file so that rotation is picked up."""
+        if self._token_file is not None and (
+            time.monotonic() - self._token_read_at > TOKEN_REREAD_SECONDS
+        ):
+            self._token = self._token_file.read_text().strip()
+            self._token_read_at = time.monotonic()
+        return [("Authorization", f"Bearer {self._token}")] if self._token else []
+
+    def _url(self, path: str, query: str) -> str:
+        return f"{self._server}/{path.lstrip('/')}" + (f"?{query}" if query else "")
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: dict[str, list[str]] | None,
+        body: bytes,
+        timeout: float,  # noqa: ASYNC109 - a per-request deadline
+    ) -> UpstreamResult:
+        async with self._session.request(
+            method,
+            self._url(path, query),
+            data=body or None,
+            headers=forwardable_headers(headers) + self._auth_header(),
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            allow_redirects=False,
+        ) as response:
+            content = await response.content.read(self._max_body + 1)
+            if len(content) > self._max_body:
+                raise ResponseTooLarge(f"response larger than {self._max_body} bytes")
+            return UpstreamResult(response.status, response_headers(response.headers), content)
+
+    async def stream(
+        self, method: str, path: str, query: str, headers: dict[str, list[str]] | None
+    ) -> AsyncIterator[UpstreamResult | bytes]:
+        """First the status and headers (empty body), then the body's bytes as they come."""
+        async with self._session.request(
+            method,
+            self._url(path, query),
+            headers=forwardable_headers(headers) + self._auth_header(),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+        ) as response:
+            yield UpstreamResult(response.status, response_headers(response.headers), b"")
+            async for chunk in response.content.iter_any():
+                yield chunk
+
+    async def close(self) -> None:
+        await self._session.close()
+        self._files.cleanup()
+
+
+class ResponseTooLarge(Exception):
+    """The plane's answer does not fit in one frame."""

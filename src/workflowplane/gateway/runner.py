@@ -1,0 +1,24 @@
+"""Run a gateway until cancelled (SIGTERM/SIGINT end the event loop's main task)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from lightkube import AsyncClient
+
+from workflowplane.api.kube import load_config
+from workflowplane.gateway.config import GatewayConfig
+from workflowplane.gateway.server import Gateway
+
+
+async def serve_forever(config: GatewayConfig) -> None:
+    kube = AsyncClient(
+        config=load_config(config.kubeconfig, config.context), field_manager="cluster-gateway"
+    )
+    gateway = Gateway(config, kube)
+    await gateway.start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await gateway.stop()
+        await kube.close()
