@@ -12,6 +12,7 @@ from aiohttp import WSMsgType, web
 from cryptography import x509
 
 from workflowplane.api import PLANE_TYPE
+from workflowplane.gateway.appkey import GATEWAY
 from workflowplane.gateway.registry import AgentConnection
 from workflowplane.protocol import StreamChunk, TunnelResponse, classify_gateway_frame
 
@@ -37,7 +38,7 @@ def _refuse(gateway: Gateway, status: int, reason: str, message: str) -> web.Res
 
 async def handle_ws(request: web.Request) -> web.StreamResponse:
     """GET /ws?planeType=&planeID=: 400/401 before the upgrade, with the reason."""
-    gateway: Gateway = request.app["gateway"]
+    gateway: Gateway = request.app[GATEWAY]
     plane_type = request.query.get("planeType", "")
     plane_id = request.query.get("planeID", "")
     if not plane_type or not plane_id:

@@ -23,6 +23,7 @@ from workflowplane.api import (
     decode_plane,
 )
 from workflowplane.api.kube import get_dict
+from workflowplane.gateway.appkey import GATEWAY
 from workflowplane.gateway.planes import entry_of
 from workflowplane.pki import CertificateRejected, verify_client_certificate
 from workflowplane.protocol import StreamChunk, StreamInit, TunnelRequest, TunnelResponse
@@ -66,7 +67,7 @@ def k8s_status(code: int, message: str, reason: str = "") -> web.Response:
 
 
 def _gateway(request: web.Request) -> Gateway:
-    gateway: Gateway = request.app["gateway"]
+    gateway: Gateway = request.app[GATEWAY]
     return gateway
 
 

@@ -23,6 +23,7 @@ from lightkube import AsyncClient
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from workflowplane.gateway import agents, internal_api
+from workflowplane.gateway.appkey import GATEWAY
 from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.metrics import GatewayMetrics
 from workflowplane.gateway.pki_store import GatewayPKI, ensure_pki, pki_from_files
@@ -30,6 +31,11 @@ from workflowplane.gateway.planes import PlaneCache
 from workflowplane.gateway.registry import AgentConnection, Registry
 
 log = logging.getLogger(__name__)
+TLS_ALERTS = {
+    42: "bad certificate", 43: "unsupported certificate (wrong key usage?)",
+    44: "certificate revoked", 45: "certificate expired", 46: "certificate unknown",
+    48: "unknown CA: no plane CR trusts the agent's CA", 116: "certificate required",
+}
 
 
 class Gateway:
@@ -66,6 +72,10 @@ class Gateway:
         context.verify_mode = ssl.CERT_REQUIRED if required else ssl.CERT_OPTIONAL
         if client_cas:
             context.load_verify_locations(cadata=client_cas.decode())
+        if not required and hasattr(context, "_msg_callback"):
+            # The only hook that sees handshake refusals; Python looks it up on the context
+            # the handshake ends on, so every public context carries it.
+            context._msg_callback = self._log_refusal  # noqa: SLF001
         return context
 
     def _trust_changed(self) -> None:
@@ -93,6 +103,16 @@ class Gateway:
         base.sni_callback = self._select_context
         return base
 
+    def _log_refusal(self, _conn: Any, direction: str, _version: Any, content_type: Any,
+                     _msg_type: Any, data: bytes) -> None:
+        """An agent whose certificate fails TLS verification never reaches /ws: say why."""
+        if direction != "write" or content_type != ssl._TLSContentType.ALERT:  # noqa: SLF001
+            return
+        if len(data) >= 2 and data[0] == 2:  # fatal alert
+            reason = TLS_ALERTS.get(data[1], f"alert {data[1]}")
+            self.metrics.rejected.labels("tls-" + reason.replace(" ", "-")).inc()
+            log.warning("agent refused during TLS handshake: %s", reason)
+
     # ---- connections ---------------------------------------------------------------------
 
     def add_connection(self, conn: AgentConnection) -> None:
@@ -111,13 +131,13 @@ class Gateway:
 
     def _public_app(self) -> web.Application:
         app = web.Application()
-        app["gateway"] = self
+        app[GATEWAY] = self
         app.router.add_get("/ws", agents.handle_ws)
         return app
 
     def _internal_app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.max_body_bytes)
-        app["gateway"] = self
+        app[GATEWAY] = self
         app.router.add_post("/api/v1/planes/notify", internal_api.notify)
         app.router.add_get("/api/v1/planes/status", internal_api.all_status)
         app.router.add_get("/api/v1/planes/events", internal_api.events)

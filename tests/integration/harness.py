@@ -1,0 +1,149 @@
+"""In-process gateways and agents wired to the session's real API servers, over real TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import json
+
+from workflowplane.agent.config import AgentConfig
+from workflowplane.agent.runner import Agent
+from workflowplane.api.kube import load_config
+from workflowplane.gateway.client import GatewayClient, client_ssl_context
+from workflowplane.gateway.config import GatewayConfig
+from workflowplane.gateway.server import Gateway
+from workflowplane.testenv import ApiServer
+from workflowplane.testenv.tools import kubectl
+from lightkube import AsyncClient
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class RunningGateway:
+    gateway: Gateway
+    kube: AsyncClient
+    client: GatewayClient
+    server_ca_file: Path
+
+    @property
+    def public_url(self) -> str:
+        return f"wss://127.0.0.1:{self.gateway.ports['public']}"
+
+    @property
+    def internal_url(self) -> str:
+        return f"https://127.0.0.1:{self.gateway.ports['internal']}"
+
+    async def stop(self) -> None:
+        await self.client.close()
+        await self.gateway.stop()
+        await self.kube.close()
+
+
+async def start_gateway(control_plane: ApiServer, tmp: Path, **overrides: Any) -> RunningGateway:
+    config = GatewayConfig(kubeconfig=control_plane.kubeconfig, context=control_plane.context,
+                           host="127.0.0.1", public_port=0, internal_port=0, health_port=0,
+                           **overrides)
+    kube = AsyncClient(config=load_config(config.kubeconfig, config.context))
+    gateway = Gateway(config, kube)
+    await gateway.start()
+    assert gateway.pki is not None
+    ca_file = tmp / f"gateway-ca-{uuid.uuid4().hex[:6]}.crt"
+    ca_file.write_bytes(gateway.pki.server_ca.cert_pem)
+    client = await GatewayClient.from_secret(kube, f"https://127.0.0.1:{gateway.ports['internal']}",
+                                             config.namespace)
+    return RunningGateway(gateway, kube, client, ca_file)
+
+
+@dataclass
+class RunningAgent:
+    agent: Agent
+    task: asyncio.Task[None]
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+
+def agent_config(workflow_plane: ApiServer, gateway: RunningGateway, plane_id: str,
+                 secret_name: str, **overrides: Any) -> AgentConfig:
+    base = AgentConfig(server_url=gateway.public_url, plane_id=plane_id,
+                       server_ca_file=gateway.server_ca_file, secret_name=secret_name,
+                       kubeconfig=workflow_plane.kubeconfig, context=workflow_plane.context,
+                       reconnect_initial_seconds=0.2, reconnect_max_seconds=2.0)
+    return replace(base, **overrides)
+
+
+async def prepare_agent(config: AgentConfig) -> Agent:
+    """An agent whose identity Secret exists (so its CA can be registered) but not started."""
+    agent = Agent(config)
+    await agent.ensure_identity()
+    return agent
+
+
+async def start_agent(agent: Agent | AgentConfig, *, wait: bool = True) -> RunningAgent:
+    if not isinstance(agent, Agent):
+        agent = await prepare_agent(agent)
+    task = asyncio.create_task(agent.run())
+    running = RunningAgent(agent, task)
+    if wait:
+        await asyncio.wait_for(agent.tunnel.connected.wait(), timeout=15)
+    return running
+
+
+def agent_ca(workflow_plane: ApiServer, secret_name: str,
+             namespace: str = "openchoreo-workflow-plane") -> str:
+    """The reference page's extraction: jsonpath ca.crt, base64 -d."""
+    out = kubectl(workflow_plane.kubeconfig, workflow_plane.context, "get", "secret",
+                  secret_name, "-n", namespace, "-o", r"jsonpath={.data.ca\.crt}").stdout
+    return base64.b64decode(out).decode()
+
+
+def apply(server: ApiServer, manifest: dict[str, Any]) -> None:
+    kubectl(server.kubeconfig, server.context, "apply", "-f", "-", input=json.dumps(manifest))
+
+
+def workflow_plane_cr(name: str, namespace: str, plane_id: str, ca_pem: str | None = None,
+                      secret: tuple[str, str] | None = None) -> dict[str, Any]:
+    client_ca: dict[str, Any] = ({"value": ca_pem} if ca_pem is not None else
+                                 {"secretKeyRef": {"name": secret[0], "key": secret[1]}}
+                                 if secret else {})
+    return {"apiVersion": "openchoreo.dev/v1alpha1", "kind": "WorkflowPlane",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"planeID": plane_id, "clusterAgent": {"clientCA": client_ca}}}
+
+
+async def eventually(check: Any, timeout: float = 10.0, interval: float = 0.1) -> Any:
+    """Poll an async or sync check until it returns a truthy value."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    last: Any = None
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        last = result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+        await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(control_plane: ApiServer, tmp: Path,
+                          **overrides: Any) -> AsyncIterator[RunningGateway]:
+    gw = await start_gateway(control_plane, tmp, **overrides)
+    try:
+        yield gw
+    finally:
+        await gw.stop()
