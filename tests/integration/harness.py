@@ -5,23 +5,23 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import json
+from lightkube import AsyncClient
 
 from workflowplane.agent.config import AgentConfig
 from workflowplane.agent.runner import Agent
 from workflowplane.api.kube import load_config
-from workflowplane.gateway.client import GatewayClient, client_ssl_context
+from workflowplane.gateway.client import GatewayClient
 from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.server import Gateway
 from workflowplane.testenv import ApiServer
 from workflowplane.testenv.tools import kubectl
-from lightkube import AsyncClient
 
 
 def unique(prefix: str) -> str:
@@ -50,17 +50,25 @@ class RunningGateway:
 
 
 async def start_gateway(control_plane: ApiServer, tmp: Path, **overrides: Any) -> RunningGateway:
-    config = GatewayConfig(kubeconfig=control_plane.kubeconfig, context=control_plane.context,
-                           host="127.0.0.1", public_port=0, internal_port=0, health_port=0,
-                           **overrides)
+    settings: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "public_port": 0,
+        "internal_port": 0,
+        "health_port": 0,
+        **overrides,
+    }
+    config = GatewayConfig(
+        kubeconfig=control_plane.kubeconfig, context=control_plane.context, **settings
+    )
     kube = AsyncClient(config=load_config(config.kubeconfig, config.context))
     gateway = Gateway(config, kube)
     await gateway.start()
     assert gateway.pki is not None
     ca_file = tmp / f"gateway-ca-{uuid.uuid4().hex[:6]}.crt"
     ca_file.write_bytes(gateway.pki.server_ca.cert_pem)
-    client = await GatewayClient.from_secret(kube, f"https://127.0.0.1:{gateway.ports['internal']}",
-                                             config.namespace)
+    client = await GatewayClient.from_secret(
+        kube, f"https://127.0.0.1:{gateway.ports['internal']}", config.namespace
+    )
     return RunningGateway(gateway, kube, client, ca_file)
 
 
@@ -75,12 +83,23 @@ class RunningAgent:
             await self.task
 
 
-def agent_config(workflow_plane: ApiServer, gateway: RunningGateway, plane_id: str,
-                 secret_name: str, **overrides: Any) -> AgentConfig:
-    base = AgentConfig(server_url=gateway.public_url, plane_id=plane_id,
-                       server_ca_file=gateway.server_ca_file, secret_name=secret_name,
-                       kubeconfig=workflow_plane.kubeconfig, context=workflow_plane.context,
-                       reconnect_initial_seconds=0.2, reconnect_max_seconds=2.0)
+def agent_config(
+    workflow_plane: ApiServer,
+    gateway: RunningGateway,
+    plane_id: str,
+    secret_name: str,
+    **overrides: Any,
+) -> AgentConfig:
+    base = AgentConfig(
+        server_url=gateway.public_url,
+        plane_id=plane_id,
+        server_ca_file=gateway.server_ca_file,
+        secret_name=secret_name,
+        kubeconfig=workflow_plane.kubeconfig,
+        context=workflow_plane.context,
+        reconnect_initial_seconds=0.2,
+        reconnect_max_seconds=2.0,
+    )
     return replace(base, **overrides)
 
 
@@ -101,11 +120,21 @@ async def start_agent(agent: Agent | AgentConfig, *, wait: bool = True) -> Runni
     return running
 
 
-def agent_ca(workflow_plane: ApiServer, secret_name: str,
-             namespace: str = "openchoreo-workflow-plane") -> str:
+def agent_ca(
+    workflow_plane: ApiServer, secret_name: str, namespace: str = "openchoreo-workflow-plane"
+) -> str:
     """The reference page's extraction: jsonpath ca.crt, base64 -d."""
-    out = kubectl(workflow_plane.kubeconfig, workflow_plane.context, "get", "secret",
-                  secret_name, "-n", namespace, "-o", r"jsonpath={.data.ca\.crt}").stdout
+    out = kubectl(
+        workflow_plane.kubeconfig,
+        workflow_plane.context,
+        "get",
+        "secret",
+        secret_name,
+        "-n",
+        namespace,
+        "-o",
+        r"jsonpath={.data.ca\.crt}",
+    ).stdout
     return base64.b64decode(out).decode()
 
 
@@ -113,14 +142,26 @@ def apply(server: ApiServer, manifest: dict[str, Any]) -> None:
     kubectl(server.kubeconfig, server.context, "apply", "-f", "-", input=json.dumps(manifest))
 
 
-def workflow_plane_cr(name: str, namespace: str, plane_id: str, ca_pem: str | None = None,
-                      secret: tuple[str, str] | None = None) -> dict[str, Any]:
-    client_ca: dict[str, Any] = ({"value": ca_pem} if ca_pem is not None else
-                                 {"secretKeyRef": {"name": secret[0], "key": secret[1]}}
-                                 if secret else {})
-    return {"apiVersion": "openchoreo.dev/v1alpha1", "kind": "WorkflowPlane",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"planeID": plane_id, "clusterAgent": {"clientCA": client_ca}}}
+def workflow_plane_cr(
+    name: str,
+    namespace: str,
+    plane_id: str,
+    ca_pem: str | None = None,
+    secret: tuple[str, str] | None = None,
+) -> dict[str, Any]:
+    client_ca: dict[str, Any] = (
+        {"value": ca_pem}
+        if ca_pem is not None
+        else {"secretKeyRef": {"name": secret[0], "key": secret[1]}}
+        if secret
+        else {}
+    )
+    return {
+        "apiVersion": "openchoreo.dev/v1alpha1",
+        "kind": "WorkflowPlane",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"planeID": plane_id, "clusterAgent": {"clientCA": client_ca}},
+    }
 
 
 async def eventually(check: Any, timeout: float = 10.0, interval: float = 0.1) -> Any:
@@ -140,8 +181,9 @@ async def eventually(check: Any, timeout: float = 10.0, interval: float = 0.1) -
 
 
 @contextlib.asynccontextmanager
-async def running_gateway(control_plane: ApiServer, tmp: Path,
-                          **overrides: Any) -> AsyncIterator[RunningGateway]:
+async def running_gateway(
+    control_plane: ApiServer, tmp: Path, **overrides: Any
+) -> AsyncIterator[RunningGateway]:
     gw = await start_gateway(control_plane, tmp, **overrides)
     try:
         yield gw

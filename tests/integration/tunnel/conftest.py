@@ -18,3 +18,8 @@ async def gw(control_plane: ApiServer, crds: Path, tmp_path: Path) -> AsyncItera
         yield gateway
     finally:
         await gateway.stop()
+
+
+@pytest.fixture
+def control_plane_tmp(tmp_path: Path) -> Path:
+    return tmp_path

@@ -10,12 +10,22 @@ import aiohttp
 import pytest
 
 from tests.integration.harness import (
-    RunningGateway, agent_ca, agent_config, apply, eventually, prepare_agent, start_agent,
-    unique, workflow_plane_cr,
+    RunningGateway,
+    agent_ca,
+    agent_config,
+    apply,
+    eventually,
+    prepare_agent,
+    start_agent,
+    unique,
+    workflow_plane_cr,
 )
 from workflowplane.agent.bootstrap import load_or_create, renew
 from workflowplane.pki import (
-    generate_ca, issue_certificate, load_certificates, verify_client_certificate,
+    generate_ca,
+    issue_certificate,
+    load_certificates,
+    verify_client_certificate,
 )
 from workflowplane.testenv import ApiServer
 from workflowplane.testenv.tools import async_client, kubectl
@@ -60,11 +70,22 @@ async def test_inline_and_secret_ref_cas_both_admit(
     config = agent_config(workflow_plane, gw, plane_id, unique("agent-tls"))
     agent = await prepare_agent(config)
     pem = agent_ca(workflow_plane, config.secret_name)
-    kubectl(control_plane.kubeconfig, control_plane.context, "create", "secret", "generic",
-            "agent-ca", "-n", namespace, "--from-literal=ca.crt=" + pem)
+    kubectl(
+        control_plane.kubeconfig,
+        control_plane.context,
+        "create",
+        "secret",
+        "generic",
+        "agent-ca",
+        "-n",
+        namespace,
+        "--from-literal=ca.crt=" + pem,
+    )
     apply(control_plane, workflow_plane_cr("inline", namespace, plane_id, ca_pem=pem))
-    apply(control_plane, workflow_plane_cr("by-secret", namespace, plane_id,
-                                           secret=("agent-ca", "ca.crt")))
+    apply(
+        control_plane,
+        workflow_plane_cr("by-secret", namespace, plane_id, secret=("agent-ca", "ca.crt")),
+    )
     await eventually(lambda: len(gw.gateway.planes.for_plane(plane_id)) == 2)
     await eventually(lambda: gw.gateway.planes.all_cas().count(b"BEGIN") >= 1)
     running = await start_agent(agent)
@@ -77,19 +98,25 @@ async def test_inline_and_secret_ref_cas_both_admit(
 
 
 async def test_agent_no_cr_trusts_is_refused_and_the_reason_logged(
-    control_plane: ApiServer, workflow_plane: ApiServer, gw: RunningGateway, namespace: str,
+    control_plane: ApiServer,
+    workflow_plane: ApiServer,
+    gw: RunningGateway,
+    namespace: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     plane_id = unique("p")
     trusted = generate_ca("trusted-elsewhere").cert_pem.decode()
     apply(control_plane, workflow_plane_cr("wp", namespace, plane_id, ca_pem=trusted))
     await eventually(lambda: gw.gateway.planes.for_plane(plane_id))
-    running = await start_agent(agent_config(workflow_plane, gw, plane_id, unique("agent-tls")),
-                                wait=False)
+    running = await start_agent(
+        agent_config(workflow_plane, gw, plane_id, unique("agent-tls")), wait=False
+    )
     try:
         # Refused either in the TLS handshake (the CA is in no CR's trust) or with a 401.
-        await eventually(lambda: "unknown CA" in caplog.text
-                         or "verifies against no CR's CA" in caplog.text, timeout=10)
+        await eventually(
+            lambda: "unknown CA" in caplog.text or "verifies against no CR's CA" in caplog.text,
+            timeout=10,
+        )
         assert not running.agent.tunnel.connected.is_set()
         status = await gw.client.plane_status(WP, plane_id)
         assert status["connectedAgents"] == 0
@@ -97,8 +124,9 @@ async def test_agent_no_cr_trusts_is_refused_and_the_reason_logged(
         await running.stop()
 
 
-def _client_context(gw: RunningGateway, cert_pem: bytes, key_pem: bytes, tmp: Path
-                    ) -> ssl.SSLContext:
+def _client_context(
+    gw: RunningGateway, cert_pem: bytes, key_pem: bytes, tmp: Path
+) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=str(gw.server_ca_file))
     (tmp / "c.crt").write_bytes(cert_pem)
     (tmp / "c.key").write_bytes(key_pem)
@@ -106,13 +134,13 @@ def _client_context(gw: RunningGateway, cert_pem: bytes, key_pem: bytes, tmp: Pa
     return context
 
 
-async def _dial(gw: RunningGateway, plane_id: str, context: ssl.SSLContext | None
-                ) -> int | str:
+async def _dial(gw: RunningGateway, plane_id: str, context: ssl.SSLContext | None) -> int | str:
     url = f"https://127.0.0.1:{gw.gateway.ports['public']}/ws?planeType={WP}&planeID={plane_id}"
     async with aiohttp.ClientSession() as session:
         try:
-            async with session.ws_connect(url, ssl=context or ssl.create_default_context(
-                    cafile=str(gw.server_ca_file))):
+            async with session.ws_connect(
+                url, ssl=context or ssl.create_default_context(cafile=str(gw.server_ca_file))
+            ):
                 return 101
         except aiohttp.WSServerHandshakeError as exc:
             return exc.status
@@ -125,31 +153,37 @@ async def test_expired_wrong_eku_and_missing_certificates_are_refused(
 ) -> None:
     plane_id = unique("p")
     ca = generate_ca("agent-ca")
-    apply(control_plane, workflow_plane_cr("wp", namespace, plane_id,
-                                           ca_pem=ca.cert_pem.decode()))
+    apply(control_plane, workflow_plane_cr("wp", namespace, plane_id, ca_pem=ca.cert_pem.decode()))
     await eventually(lambda: gw.gateway.planes.for_plane(plane_id))
     await eventually(lambda: ca.cert_pem.strip() in gw.gateway.planes.all_cas())
     good = issue_certificate(ca, "agent")
-    assert await _dial(gw, plane_id, _client_context(gw, good.cert_pem, good.key_pem,
-                                                     tmp_path)) == 101
+    assert (
+        await _dial(gw, plane_id, _client_context(gw, good.cert_pem, good.key_pem, tmp_path)) == 101
+    )
     past = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
     expired = issue_certificate(ca, "old", valid_for=dt.timedelta(days=1), not_before=past)
-    result = await _dial(gw, plane_id, _client_context(gw, expired.cert_pem, expired.key_pem,
-                                                       tmp_path))
+    result = await _dial(
+        gw, plane_id, _client_context(gw, expired.cert_pem, expired.key_pem, tmp_path)
+    )
     assert result != 101 and (result == 401 or str(result).startswith("tls"))
     server_only = issue_certificate(ca, "srv", client=False, server=True, dns_names=["x"])
-    result = await _dial(gw, plane_id, _client_context(gw, server_only.cert_pem,
-                                                       server_only.key_pem, tmp_path))
+    result = await _dial(
+        gw, plane_id, _client_context(gw, server_only.cert_pem, server_only.key_pem, tmp_path)
+    )
     assert result != 101 and (result == 401 or str(result).startswith("tls"))
     assert await _dial(gw, plane_id, None) == 401  # no client certificate at all
     url = f"https://127.0.0.1:{gw.gateway.ports['public']}/ws?planeType={WP}"
-    async with aiohttp.ClientSession() as session, session.get(
-            url, ssl=ssl.create_default_context(cafile=str(gw.server_ca_file))) as resp:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(url, ssl=ssl.create_default_context(cafile=str(gw.server_ca_file))) as resp,
+    ):
         assert resp.status == 400 and "planeID" in await resp.text()
 
 
 async def test_shared_plane_id_each_agent_only_for_its_own_cr(
-    control_plane: ApiServer, workflow_plane: ApiServer, gw: RunningGateway,
+    control_plane: ApiServer,
+    workflow_plane: ApiServer,
+    gw: RunningGateway,
     make_namespace: object,
 ) -> None:
     plane_id = unique("shared")
@@ -157,19 +191,39 @@ async def test_shared_plane_id_each_agent_only_for_its_own_cr(
     ns_y = make_namespace(control_plane, "ty")  # type: ignore[operator]
     agent_x = await prepare_agent(agent_config(workflow_plane, gw, plane_id, unique("tls-x")))
     agent_y = await prepare_agent(agent_config(workflow_plane, gw, plane_id, unique("tls-y")))
-    apply(control_plane, workflow_plane_cr("x", ns_x, plane_id, ca_pem=agent_ca(
-        workflow_plane, agent_x.config.secret_name)))
-    apply(control_plane, workflow_plane_cr("y", ns_y, plane_id, ca_pem=agent_ca(
-        workflow_plane, agent_y.config.secret_name)))
+    apply(
+        control_plane,
+        workflow_plane_cr(
+            "x", ns_x, plane_id, ca_pem=agent_ca(workflow_plane, agent_x.config.secret_name)
+        ),
+    )
+    apply(
+        control_plane,
+        workflow_plane_cr(
+            "y", ns_y, plane_id, ca_pem=agent_ca(workflow_plane, agent_y.config.secret_name)
+        ),
+    )
     await eventually(lambda: len(gw.gateway.planes.for_plane(plane_id)) == 2)
     running_x = await start_agent(agent_x)
     try:
-        only_x = await gw.client.proxy("GET", plane_type=WP, plane_id=plane_id, cr_namespace=ns_y,
-                                       cr_name="y", path="/api/v1/namespaces")
+        only_x = await gw.client.proxy(
+            "GET",
+            plane_type=WP,
+            plane_id=plane_id,
+            cr_namespace=ns_y,
+            cr_name="y",
+            path="/api/v1/namespaces",
+        )
         assert only_x.status == 403, only_x.body
         assert "not" in only_x.json()["message"] or "authorized" in only_x.json()["message"]
-        ok = await gw.client.proxy("GET", plane_type=WP, plane_id=plane_id, cr_namespace=ns_x,
-                                   cr_name="x", path="/api/v1/namespaces")
+        ok = await gw.client.proxy(
+            "GET",
+            plane_type=WP,
+            plane_id=plane_id,
+            cr_namespace=ns_x,
+            cr_name="x",
+            path="/api/v1/namespaces",
+        )
         assert ok.status == 200
         running_y = await start_agent(agent_y)
         try:

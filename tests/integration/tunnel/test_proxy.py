@@ -1,0 +1,311 @@
+"""Kubernetes API requests through gateway and agent (spec: Internal API, Limits)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yarl
+
+from tests.integration.harness import (
+    RunningAgent,
+    RunningGateway,
+    agent_ca,
+    agent_config,
+    apply,
+    eventually,
+    prepare_agent,
+    start_agent,
+    start_gateway,
+    unique,
+    workflow_plane_cr,
+)
+from workflowplane.testenv import ApiServer
+from workflowplane.testenv.tools import kubectl
+
+pytestmark = pytest.mark.integration
+WP = "workflowplane"
+
+
+async def _plane(
+    control_plane: ApiServer,
+    workflow_plane: ApiServer,
+    gw: RunningGateway,
+    namespace: str,
+    agents: int = 1,
+) -> tuple[str, list[RunningAgent]]:
+    """A CR trusting one agent CA, and ``agents`` replicas sharing that identity (HA)."""
+    plane_id = unique("p")
+    config = agent_config(workflow_plane, gw, plane_id, unique("agent-tls"))
+    first = await prepare_agent(config)
+    apply(
+        control_plane,
+        workflow_plane_cr(
+            "wp", namespace, plane_id, ca_pem=agent_ca(workflow_plane, config.secret_name)
+        ),
+    )
+    await eventually(lambda: gw.gateway.planes.for_plane(plane_id))
+    await eventually(lambda: gw.gateway.planes.all_cas().count(b"BEGIN") > 0)
+    running = [await start_agent(first)]
+    running += [await start_agent(config) for _ in range(agents - 1)]
+    return plane_id, running
+
+
+async def _stop(agents: list[RunningAgent]) -> None:
+    for agent in agents:
+        await agent.stop()
+
+
+def _proxy(
+    gw: RunningGateway, plane_id: str, namespace: str, method: str, path: str, **kw: Any
+) -> Any:
+    return gw.client.proxy(
+        method,
+        plane_type=WP,
+        plane_id=plane_id,
+        cr_namespace=namespace,
+        cr_name="wp",
+        path=path,
+        **kw,
+    )
+
+
+async def test_requests_through_the_tunnel(
+    control_plane: ApiServer, workflow_plane: ApiServer, gw: RunningGateway, namespace: str
+) -> None:
+    plane_id, agents = await _plane(control_plane, workflow_plane, gw, namespace)
+    try:
+        listed = await _proxy(gw, plane_id, namespace, "GET", "/api/v1/namespaces")
+        direct = json.loads(
+            kubectl(
+                workflow_plane.kubeconfig, workflow_plane.context, "get", "namespaces", "-o", "json"
+            ).stdout
+        )
+        assert {i["metadata"]["name"] for i in listed.json()["items"]} == {
+            i["metadata"]["name"] for i in direct["items"]
+        }
+        target = unique("cm")
+        base = "/api/v1/namespaces/default/configmaps"
+        body = json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": target},
+                "data": {"a": "1"},
+            }
+        ).encode()
+        created = await _proxy(gw, plane_id, namespace, "POST", base, body=body)
+        assert created.status == 201, created.body
+        patched = await _proxy(
+            gw,
+            plane_id,
+            namespace,
+            "PATCH",
+            f"{base}/{target}",
+            body=b'{"data":{"a":"2"}}',
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+        assert patched.status == 200 and patched.json()["data"]["a"] == "2"
+        seen = kubectl(
+            workflow_plane.kubeconfig,
+            workflow_plane.context,
+            "get",
+            "cm",
+            target,
+            "-o",
+            "jsonpath={.data.a}",
+        ).stdout
+        assert seen == "2"
+        deleted = await _proxy(gw, plane_id, namespace, "DELETE", f"{base}/{target}")
+        assert deleted.status == 200
+        missing = await _proxy(gw, plane_id, namespace, "GET", f"{base}/{target}")
+        assert missing.status == 404
+        status = missing.json()
+        assert status["kind"] == "Status" and status["reason"] == "NotFound"
+    finally:
+        await _stop(agents)
+
+
+async def test_watch_streams_events_as_they_happen(
+    control_plane: ApiServer, workflow_plane: ApiServer, gw: RunningGateway, namespace: str
+) -> None:
+    plane_id, agents = await _plane(control_plane, workflow_plane, gw, namespace)
+    plane_ns = unique("watched")
+    kubectl(workflow_plane.kubeconfig, workflow_plane.context, "create", "namespace", plane_ns)
+    events: list[tuple[str, str]] = []
+
+    async def watch() -> None:
+        async for line in gw.client.proxy_stream(
+            "GET",
+            plane_type=WP,
+            plane_id=plane_id,
+            cr_namespace=namespace,
+            cr_name="wp",
+            path=f"/api/v1/namespaces/{plane_ns}/configmaps",
+            query="watch=true",
+        ):
+            event = json.loads(line)
+            events.append((event["type"], event["object"]["metadata"]["name"]))
+            if event["type"] == "DELETED":
+                return
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await asyncio.sleep(0.5)
+        run = lambda *a: kubectl(
+            workflow_plane.kubeconfig,
+            workflow_plane.context,
+            *a,
+            "-n",
+            plane_ns,
+        )
+        run("create", "configmap", "w1", "--from-literal=a=1")
+        await eventually(lambda: ("ADDED", "w1") in events)
+        run("patch", "configmap", "w1", "-p", '{"data":{"a":"2"}}')
+        await eventually(lambda: ("MODIFIED", "w1") in events)
+        run("delete", "configmap", "w1")
+        await asyncio.wait_for(watcher, 10)
+        assert [t for t, _ in events] == ["ADDED", "MODIFIED", "DELETED"]
+    finally:
+        watcher.cancel()
+        await _stop(agents)
+
+
+async def test_ha_agents_share_load_and_survive_one_loss(
+    control_plane: ApiServer, workflow_plane: ApiServer, gw: RunningGateway, namespace: str
+) -> None:
+    plane_id, agents = await _plane(control_plane, workflow_plane, gw, namespace, agents=2)
+    try:
+        status = await gw.client.plane_status(WP, plane_id, namespace=namespace, name="wp")
+        assert status["connectedAgents"] == 2
+        used: set[str] = set()
+        for _ in range(6):
+            conn = gw.gateway.registry.pick(WP, plane_id, f"{namespace}/wp")
+            assert conn is not None
+            used.add(conn.id)
+        assert len(used) == 2  # round robin touches both
+        for _ in range(4):
+            assert (await _proxy(gw, plane_id, namespace, "GET", "/version")).status == 200
+        await agents[0].stop()
+        await eventually(lambda: len(gw.gateway.registry.for_plane(WP, plane_id)) == 1)
+        for _ in range(6):
+            assert (await _proxy(gw, plane_id, namespace, "GET", "/version")).status == 200
+    finally:
+        await _stop(agents)
+
+
+async def test_gateway_restart_agents_come_back_by_themselves(
+    control_plane: ApiServer,
+    workflow_plane: ApiServer,
+    gw: RunningGateway,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    plane_id, agents = await _plane(control_plane, workflow_plane, gw, namespace)
+    port = gw.gateway.ports["public"]
+    await gw.stop()
+    await eventually(lambda: not agents[0].agent.tunnel.connected.is_set())
+    again = await start_gateway(control_plane, tmp_path, public_port=port)
+    try:
+        await asyncio.wait_for(agents[0].agent.tunnel.connected.wait(), 20)
+        response = await again.client.proxy(
+            "GET",
+            plane_type=WP,
+            plane_id=plane_id,
+            cr_namespace=namespace,
+            cr_name="wp",
+            path="/version",
+        )
+        assert response.status == 200
+    finally:
+        await _stop(agents)
+        await again.stop()
+
+
+async def test_ca_rotation_changes_only_that_cr(
+    control_plane: ApiServer, workflow_plane: ApiServer, gw: RunningGateway, namespace: str
+) -> None:
+    plane_id, agents = await _plane(control_plane, workflow_plane, gw, namespace)
+    ca = agent_ca(workflow_plane, agents[0].agent.config.secret_name)
+    apply(control_plane, workflow_plane_cr("other", namespace, plane_id, ca_pem=ca))
+    await eventually(lambda: len(gw.gateway.planes.for_plane(plane_id)) == 2)
+    grant = await gw.client.notify(
+        plane_type=WP, plane_id=plane_id, event="created", namespace=namespace, name="other"
+    )
+    assert grant["authorizationsGranted"] == 1
+    conn = gw.gateway.registry.for_plane(WP, plane_id)[0]
+    assert conn.authorized == {f"{namespace}/wp", f"{namespace}/other"}
+    from workflowplane.pki import generate_ca  # noqa: PLC0415
+
+    apply(
+        control_plane,
+        workflow_plane_cr(
+            "other", namespace, plane_id, ca_pem=generate_ca("rotated").cert_pem.decode()
+        ),
+    )
+    revoke = await gw.client.notify(
+        plane_type=WP, plane_id=plane_id, event="updated", namespace=namespace, name="other"
+    )
+    assert revoke["authorizationsRevoked"] == 1 and revoke["disconnectedAgents"] == 0
+    assert conn.authorized == {f"{namespace}/wp"} and not conn.ws.closed
+    deleted = await gw.client.notify(
+        plane_type=WP, plane_id=plane_id, event="deleted", namespace=namespace, name="wp"
+    )
+    assert deleted["disconnectedAgents"] == 1  # left authorized for nothing: closed
+    await eventually(lambda: conn.ws.closed)
+    await _stop(agents)
+
+
+async def test_bad_input_is_refused_with_the_right_status(
+    control_plane: ApiServer,
+    workflow_plane: ApiServer,
+    control_plane_tmp: Path,
+    namespace: str,
+) -> None:
+    gw = await start_gateway(control_plane, control_plane_tmp, max_body_bytes=1024)
+    plane_id, agents = await _plane(control_plane, workflow_plane, gw, namespace)
+    url = gw.client.proxy_url(WP, plane_id, namespace, "wp", "/api/v1/namespaces")
+    session: aiohttp.ClientSession = gw.client._session
+    try:
+        async with session.post(url, data=b"x" * 4096) as resp:
+            assert resp.status == 413
+
+        async def chunks() -> Any:
+            for _ in range(8):
+                yield b"x" * 512
+
+        async with session.post(url, data=chunks()) as resp:  # chunked: no Content-Length
+            assert resp.status == 413
+        for sneaky in ("/k8s/api/../../secrets", "/k8s/api/%2e%2e/secrets", "/k8s/api/a%00b"):
+            raw = yarl.URL(url.replace("/k8s/api/v1/namespaces", sneaky), encoded=True)
+            async with session.get(raw) as resp:
+                assert resp.status == 400, sneaky
+        async with session.request("TRACE", url) as resp:
+            assert resp.status == 405
+        conn = gw.gateway.registry.for_plane(WP, plane_id)[0]
+        await conn.ws.send_str("not json")  # agents drop malformed frames and carry on
+        await conn.ws.send_str(
+            '{"requestID": "x", "target": "nowhere", "method": "GET", "path": "/"}'
+        )
+        await asyncio.sleep(0.2)
+        assert (await _proxy(gw, plane_id, namespace, "GET", "/version")).status == 200
+        assert gw.gateway.metrics.late._value.get() >= 1  # the 404 for "x" had no waiter
+    finally:
+        await _stop(agents)
+        await gw.stop()
+
+
+async def test_internal_api_requires_the_internal_client_certificate(
+    gw: RunningGateway, tmp_path: Path
+) -> None:
+    context = ssl.create_default_context(cafile=str(gw.server_ca_file))
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.ClientError):
+            async with session.get(f"{gw.internal_url}/api/v1/planes/status", ssl=context):
+                pass
+    assert (await gw.client.all_status())["total"] >= 0
