@@ -21,6 +21,7 @@ COMPONENT_COMMANDS = (
     "workflowplane.agent.cli",
     "workflowplane.gateway.cli",
     "workflowplane.controller.cli",
+    "workflowplane.cli.control_plane",
 )
 
 

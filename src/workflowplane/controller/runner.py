@@ -70,3 +70,28 @@ async def run_controller(
         )
     finally:
         await kube.close()
+
+
+async def run_with_gateway_client(
+    config: ControllerConfig,
+    gateway_url: str,
+    gateway_namespace: str,
+    files: tuple[Path | None, Path | None, Path | None] = (None, None, None),
+    ready_flag: asyncio.Event | None = None,
+) -> None:
+    """The controller with a client for the gateway's internal API (files, else its Secret)."""
+    from workflowplane.gateway.client import GatewayClient  # noqa: PLC0415
+
+    ca, cert, key = files
+    if ca and cert and key:
+        gateway = GatewayClient.from_files(gateway_url, ca, cert, key)
+    else:
+        kube = AsyncClient(config=load_config(config.kubeconfig, config.context))
+        try:
+            gateway = await GatewayClient.from_secret(kube, gateway_url, gateway_namespace)
+        finally:
+            await kube.close()
+    try:
+        await run_controller(config, gateway, ready_flag=ready_flag)
+    finally:
+        await gateway.close()

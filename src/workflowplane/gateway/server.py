@@ -31,10 +31,15 @@ from workflowplane.gateway.planes import PlaneCache
 from workflowplane.gateway.registry import AgentConnection, Registry
 
 log = logging.getLogger(__name__)
+TLS_ALERT_RECORD = 21  # TLS record content type "alert"
 TLS_ALERTS = {
-    42: "bad certificate", 43: "unsupported certificate (wrong key usage?)",
-    44: "certificate revoked", 45: "certificate expired", 46: "certificate unknown",
-    48: "unknown CA: no plane CR trusts the agent's CA", 116: "certificate required",
+    42: "bad certificate",
+    43: "unsupported certificate (wrong key usage?)",
+    44: "certificate revoked",
+    45: "certificate expired",
+    46: "certificate unknown",
+    48: "unknown CA: no plane CR trusts the agent's CA",
+    116: "certificate required",
 }
 
 
@@ -75,7 +80,7 @@ class Gateway:
         if not required and hasattr(context, "_msg_callback"):
             # The only hook that sees handshake refusals; Python looks it up on the context
             # the handshake ends on, so every public context carries it.
-            context._msg_callback = self._log_refusal  # noqa: SLF001
+            context._msg_callback = self._log_refusal
         return context
 
     def _trust_changed(self) -> None:
@@ -103,10 +108,17 @@ class Gateway:
         base.sni_callback = self._select_context
         return base
 
-    def _log_refusal(self, _conn: Any, direction: str, _version: Any, content_type: Any,
-                     _msg_type: Any, data: bytes) -> None:
+    def _log_refusal(
+        self,
+        _conn: Any,
+        direction: str,
+        _version: Any,
+        content_type: Any,
+        _msg_type: Any,
+        data: bytes,
+    ) -> None:
         """An agent whose certificate fails TLS verification never reaches /ws: say why."""
-        if direction != "write" or content_type != ssl._TLSContentType.ALERT:  # noqa: SLF001
+        if direction != "write" or content_type != ssl._TLSContentType.ALERT:
             return
         if len(data) >= 2 and data[0] == 2:  # fatal alert
             reason = TLS_ALERTS.get(data[1], f"alert {data[1]}")

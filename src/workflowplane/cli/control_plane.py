@@ -1,0 +1,49 @@
+"""``wpctl control-plane``: gateway and controller in one process (each also runs alone)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from lightkube import AsyncClient
+
+from workflowplane.api.kube import load_config
+from workflowplane.controller.cli import add_controller_flags, controller_config
+from workflowplane.controller.runner import run_controller
+from workflowplane.gateway.cli import add_gateway_flags, config_from_args
+from workflowplane.gateway.client import GatewayClient
+from workflowplane.gateway.server import Gateway
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "control-plane", help="run gateway + controller together in one process"
+    )
+    add_gateway_flags(parser)
+    add_controller_flags(parser, standalone=False)
+    parser.set_defaults(handler=_run)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    gateway_config = config_from_args(args)
+    kube = AsyncClient(
+        config=load_config(gateway_config.kubeconfig, gateway_config.context),
+        field_manager="cluster-gateway",
+    )
+    gateway = Gateway(gateway_config, kube)
+    await gateway.start()
+    url = f"https://127.0.0.1:{gateway.ports['internal']}"
+    client = await GatewayClient.from_secret(kube, url, gateway_config.namespace)
+    try:
+        await run_controller(controller_config(args), client)
+    finally:
+        await client.close()
+        await gateway.stop()
+        await kube.close()
+
+
+def _run(args: argparse.Namespace) -> int:
+    from workflowplane.cli.loop import run  # noqa: PLC0415
+
+    run(serve(args))
+    return 0

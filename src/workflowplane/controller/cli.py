@@ -1,0 +1,67 @@
+"""``wpctl controller``: reconcile WorkflowPlanes and ClusterWorkflowPlanes."""
+
+from __future__ import annotations
+
+import argparse
+import random
+from pathlib import Path
+from typing import Any
+
+from workflowplane.controller.runner import ControllerConfig
+
+
+def add_controller_flags(parser: argparse.ArgumentParser, *, standalone: bool) -> None:
+    add = parser.add_argument
+    if standalone:
+        add("--kubeconfig", type=Path, help="control plane kubeconfig (default: in-cluster)")
+        add("--context", help="control plane context")
+        add(
+            "--gateway-url",
+            default="https://cluster-gateway.openchoreo-control-plane.svc:8444",
+            help="the gateway's internal API",
+        )
+        add(
+            "--gateway-namespace",
+            default="openchoreo-control-plane",
+            help="namespace of the gateway's internal client Secret",
+        )
+        add("--gateway-ca", type=Path, help="files instead of the Secret: server CA ...")
+        add("--gateway-cert", type=Path, help="... client certificate ...")
+        add("--gateway-key", type=Path, help="... and key")
+    add("--resync-seconds", type=float, default=60.0, help="periodic re-evaluation")
+    add(
+        "--peering",
+        default=None,
+        help="kopf peering name: replicas with the same name elect one active controller",
+    )
+
+
+def controller_config(args: argparse.Namespace) -> ControllerConfig:
+    return ControllerConfig(
+        kubeconfig=args.kubeconfig,
+        context=args.context,
+        resync_seconds=args.resync_seconds,
+        peering=args.peering,
+        priority=random.randint(1, 1_000_000) if args.peering else 0,
+    )
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("controller", help="run the plane controller")
+    add_controller_flags(parser, standalone=True)
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from workflowplane.cli.loop import run  # noqa: PLC0415
+    from workflowplane.controller.runner import run_with_gateway_client  # noqa: PLC0415
+
+    run(
+        run_with_gateway_client(
+            controller_config(args),
+            args.gateway_url,
+            args.gateway_namespace,
+            files=(args.gateway_ca, args.gateway_cert, args.gateway_key),
+        )
+    )
+    return 0
