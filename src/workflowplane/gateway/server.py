@@ -118,7 +118,7 @@ class Gateway:
         data: bytes,
     ) -> None:
         """An agent whose certificate fails TLS verification never reaches /ws: say why."""
-        if direction != "write" or content_type != ssl._TLSContentType.ALERT:
+        if direction != "write" or content_type != TLS_ALERT_RECORD:
             return
         if len(data) >= 2 and data[0] == 2:  # fatal alert
             reason = TLS_ALERTS.get(data[1], f"alert {data[1]}")
