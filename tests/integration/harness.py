@@ -164,7 +164,7 @@ def workflow_plane_cr(
     }
 
 
-async def eventually(check: Any, timeout: float = 10.0, interval: float = 0.1) -> Any:
+async def eventually(check: Any, timeout: float = 10.0, interval: float = 0.1) -> Any:  # noqa: ASYNC109
     """Poll an async or sync check until it returns a truthy value."""
     deadline = asyncio.get_running_loop().time() + timeout
     last: Any = None

@@ -123,12 +123,19 @@ async def _fresh_ca(gateway: Gateway, namespace: str | None, name: str) -> bytes
 async def _reauthorize(
     gateway: Gateway, payload: dict[str, Any], key: str, ca: bytes | None, action: str
 ) -> dict[str, Any]:
-    """Grant or revoke this one CR on every connection of the planeID; others untouched."""
+    """Grant or revoke this one CR on every connection; other CRs are untouched.
+
+    Connections of the CR's planeID are re-verified against its CA; connections of any other
+    planeID lose the CR (its planeID changed), so requests for it can only reach its plane.
+    """
     granted: list[str] = []
     revoked: list[str] = []
     closing: list[AgentConnection] = []
-    for conn in gateway.registry.for_plane(payload["planeType"], payload["planeID"]):
-        allowed = ca is not None and _verifies(conn, ca)
+    for conn in list(gateway.registry.connections.values()):
+        if key not in conn.authorized and conn.plane_id != payload["planeID"]:
+            continue
+        same_plane = (conn.plane_type, conn.plane_id) == (payload["planeType"], payload["planeID"])
+        allowed = same_plane and ca is not None and _verifies(conn, ca)
         if allowed and key not in conn.authorized:
             conn.authorized.add(key)
             granted.append(conn.id)

@@ -43,6 +43,13 @@ TLS_ALERTS = {
 }
 
 
+def split_pems(bundle: bytes) -> list[str]:
+    """Each PEM block of a bundle on its own, so that one bad block can be skipped."""
+    marker = "-----END CERTIFICATE-----"
+    blocks = bundle.decode(errors="replace").split(marker)
+    return [block.strip() + "\n" + marker + "\n" for block in blocks if "BEGIN" in block]
+
+
 class Gateway:
     def __init__(self, config: GatewayConfig, kube: AsyncClient) -> None:
         self.config = config
@@ -75,8 +82,11 @@ class Gateway:
             self._write("tls.key", self.pki.server.key_pem),
         )
         context.verify_mode = ssl.CERT_REQUIRED if required else ssl.CERT_OPTIONAL
-        if client_cas:
-            context.load_verify_locations(cadata=client_cas.decode())
+        for pem in split_pems(client_cas or b""):
+            try:
+                context.load_verify_locations(cadata=pem)
+            except ssl.SSLError as exc:  # one CR's bad PEM must not lock every agent out
+                log.warning("skipping an unloadable client CA: %s", exc)
         if not required and hasattr(context, "_msg_callback"):
             # The only hook that sees handshake refusals; Python looks it up on the context
             # the handshake ends on, so every public context carries it.
@@ -91,10 +101,7 @@ class Gateway:
         if union == self._trusted:
             return
         self._trusted = union
-        try:
-            self._public_context = self._server_context(union or None, required=False)
-        except ssl.SSLError as exc:  # one bad PEM must not lock every agent out
-            log.error("could not load the plane CAs into TLS trust: %s", exc)
+        self._public_context = self._server_context(union or None, required=False)
 
     def _select_context(
         self, ssl_object: Any, _server_name: str | None, _context: ssl.SSLContext

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from cryptography.x509 import BasicConstraints
 
 from tests.integration.harness import (
     RunningGateway,
@@ -41,6 +42,7 @@ async def test_agent_creates_its_secret_and_the_reference_command_prints_the_ca(
     agent = await prepare_agent(config)
     pem = agent_ca(workflow_plane, config.secret_name)
     (ca,) = load_certificates(pem)
+    assert ca.extensions.get_extension_for_class(BasicConstraints).value.ca
     assert pem.startswith("-----BEGIN CERTIFICATE-----")
     assert agent.identity is not None
     verify_client_certificate([agent.identity.client.certificate], pem.encode())

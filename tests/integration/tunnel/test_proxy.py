@@ -157,13 +157,10 @@ async def test_watch_streams_events_as_they_happen(
     watcher = asyncio.create_task(watch())
     try:
         await asyncio.sleep(0.5)
-        run = lambda *a: kubectl(
-            workflow_plane.kubeconfig,
-            workflow_plane.context,
-            *a,
-            "-n",
-            plane_ns,
-        )
+
+        def run(*args: str) -> None:
+            kubectl(workflow_plane.kubeconfig, workflow_plane.context, *args, "-n", plane_ns)
+
         run("create", "configmap", "w1", "--from-literal=a=1")
         await eventually(lambda: ("ADDED", "w1") in events)
         run("patch", "configmap", "w1", "-p", '{"data":{"a":"2"}}')

@@ -1,0 +1,442 @@
+"""The plane controller with a real gateway and real agents (spec: Status, Conditions)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import statistics
+import time
+from typing import Any
+
+import pytest
+
+from tests.integration.controller.conftest import controller_running
+from tests.integration.harness import (
+    RunningGateway,
+    agent_ca,
+    agent_config,
+    apply,
+    eventually,
+    prepare_agent,
+    start_agent,
+    unique,
+    workflow_plane_cr,
+)
+from workflowplane.pki import generate_ca, issue_certificate
+from workflowplane.testenv import ApiServer
+from workflowplane.testenv.tools import kubectl
+
+pytestmark = pytest.mark.integration
+
+
+def _get(server: ApiServer, kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
+    extra = ["-n", namespace] if namespace else []
+    out = kubectl(
+        server.kubeconfig, server.context, "get", kind, name, *extra, "-o", "json", check=False
+    )
+    return json.loads(out.stdout) if out.returncode == 0 else {}
+
+
+def _condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
+    for condition in (obj.get("status") or {}).get("conditions", []):
+        if condition["type"] == type_:
+            return dict(condition)
+    return {}
+
+
+def _events(server: ApiServer, namespace: str, name: str) -> list[dict[str, Any]]:
+    out = kubectl(
+        server.kubeconfig,
+        server.context,
+        "get",
+        "events",
+        "-n",
+        namespace,
+        "--field-selector",
+        f"involvedObject.name={name}",
+        "-o",
+        "json",
+    ).stdout
+    return list(json.loads(out)["items"])
+
+
+def _ready_with(obj: dict[str, Any], status: str, reason: str | None = None) -> bool:
+    ready = _condition(obj, "Ready")
+    return ready.get("status") == status and (reason is None or ready.get("reason") == reason)
+
+
+async def test_seed_flow_option1_and_option2_become_ready(
+    control_plane: ApiServer,
+    workflow_plane: ApiServer,
+    gw: RunningGateway,
+    controller: None,
+    namespace: str,
+) -> None:
+    plane_id = unique("seed")
+    config = agent_config(workflow_plane, gw, plane_id, unique("agent-tls"))
+    running = await start_agent(config, wait=False)  # refused until a CR trusts its CA
+    try:
+        ca = agent_ca(workflow_plane, config.secret_name)  # the reference page's kubectl line
+        kubectl(
+            control_plane.kubeconfig,
+            control_plane.context,
+            "create",
+            "secret",
+            "generic",
+            "workflowplane-agent-ca",
+            "-n",
+            namespace,
+            "--from-literal=ca.crt=" + ca,
+        )
+        apply(control_plane, workflow_plane_cr("inline", namespace, plane_id, ca_pem=ca))
+        apply(
+            control_plane,
+            workflow_plane_cr(
+                "by-secret", namespace, plane_id, secret=("workflowplane-agent-ca", "ca.crt")
+            ),
+        )
+        for name in ("inline", "by-secret"):
+            obj = await eventually(
+                lambda n=name: (
+                    (o := _get(control_plane, "wp", n, namespace)) and _ready_with(o, "True") and o
+                ),
+                timeout=15,
+            )
+            connection = obj["status"]["agentConnection"]
+            assert connection["connected"] is True and connection["connectedAgents"] == 1
+            assert connection["message"] == "1 agent connected"
+            assert connection["lastConnectedTime"] and connection["lastHeartbeatTime"]
+            assert _condition(obj, "Created")["reason"] == "WorkflowPlaneCreated"
+            assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
+            assert "openchoreo.dev/workflowplane-cleanup" in obj["metadata"]["finalizers"]
+            assert not any(f.startswith("kopf") for f in obj["metadata"]["finalizers"])
+            reasons = [e["reason"] for e in _events(control_plane, namespace, name)]
+            assert "ReconcileComplete" in reasons
+    finally:
+        await running.stop()
+
+
+async def test_ha_scale_up_then_all_agents_gone(
+    control_plane: ApiServer,
+    workflow_plane: ApiServer,
+    gw: RunningGateway,
+    controller: None,
+    namespace: str,
+) -> None:
+    plane_id = unique("ha")
+    config = agent_config(workflow_plane, gw, plane_id, unique("agent-tls"))
+    first = await prepare_agent(config)
+    apply(
+        control_plane,
+        workflow_plane_cr(
+            "wp", namespace, plane_id, ca_pem=agent_ca(workflow_plane, config.secret_name)
+        ),
+    )
+    agents = [await start_agent(first), await start_agent(config)]
+    obj = await eventually(
+        lambda: (
+            (o := _get(control_plane, "wp", "wp", namespace))
+            and (o.get("status") or {}).get("agentConnection", {}).get("connectedAgents") == 2
+            and o
+        ),
+        timeout=15,
+    )
+    assert obj["status"]["agentConnection"]["message"] == "2 agents connected (HA mode)"
+    for agent in agents:
+        await agent.stop()
+    obj = await eventually(
+        lambda: (
+            (o := _get(control_plane, "wp", "wp", namespace))
+            and _ready_with(o, "False", "AgentNotConnected")
+            and o
+        ),
+        timeout=15,
+    )
+    connection = obj["status"]["agentConnection"]
+    assert connection["connected"] is False and connection["connectedAgents"] == 0
+    assert connection["lastDisconnectedTime"] and connection["message"] == "No agents connected"
+    warnings = [e for e in _events(control_plane, namespace, "wp") if e["type"] == "Warning"]
+    assert any(e["reason"] == "AgentNotConnected" for e in warnings)
+
+
+async def test_ca_rotation_in_the_secret_revokes_and_restores_only_that_cr(
+    control_plane: ApiServer,
+    workflow_plane: ApiServer,
+    gw: RunningGateway,
+    controller: None,
+    namespace: str,
+) -> None:
+    plane_id = unique("rot")
+    config = agent_config(workflow_plane, gw, plane_id, unique("agent-tls"))
+    running = await start_agent(config, wait=False)
+    ca = agent_ca(workflow_plane, config.secret_name)
+    secret = ["create", "secret", "generic", "rotating-ca", "-n", namespace]
+    kubectl(control_plane.kubeconfig, control_plane.context, *secret, "--from-literal=ca.crt=" + ca)
+    apply(
+        control_plane,
+        workflow_plane_cr("rotating", namespace, plane_id, secret=("rotating-ca", "ca.crt")),
+    )
+    apply(control_plane, workflow_plane_cr("steady", namespace, plane_id, ca_pem=ca))
+    try:
+        for name in ("rotating", "steady"):
+            await eventually(
+                lambda n=name: _ready_with(_get(control_plane, "wp", n, namespace), "True"),
+                timeout=15,
+            )
+        other = generate_ca("not-the-agents").cert_pem.decode()
+        replace = json.dumps({"stringData": {"ca.crt": other}})
+        kubectl(
+            control_plane.kubeconfig,
+            control_plane.context,
+            "patch",
+            "secret",
+            "rotating-ca",
+            "-n",
+            namespace,
+            "-p",
+            replace,
+        )
+        rotated = await eventually(
+            lambda: (
+                (o := _get(control_plane, "wp", "rotating", namespace))
+                and _ready_with(o, "False")
+                and o
+            ),
+            timeout=15,
+        )
+        assert _condition(rotated, "Ready")["reason"] == "AgentCertificateRejected"
+        assert _ready_with(_get(control_plane, "wp", "steady", namespace), "True")
+        assert (
+            await gw.client.plane_status(
+                "workflowplane", plane_id, namespace=namespace, name="steady"
+            )
+        )["connectedAgents"] == 1
+        kubectl(
+            control_plane.kubeconfig,
+            control_plane.context,
+            "patch",
+            "secret",
+            "rotating-ca",
+            "-n",
+            namespace,
+            "-p",
+            json.dumps({"stringData": {"ca.crt": ca}}),
+        )
+        await eventually(
+            lambda: _ready_with(_get(control_plane, "wp", "rotating", namespace), "True"),
+            timeout=15,
+        )
+    finally:
+        await running.stop()
+
+
+async def test_bad_client_cas_each_get_their_own_reason(
+    control_plane: ApiServer, gw: RunningGateway, controller: None, namespace: str
+) -> None:
+    plane_id = unique("bad")
+    apply(
+        control_plane,
+        workflow_plane_cr("missing", namespace, plane_id, secret=("no-such-secret", "ca.crt")),
+    )
+    apply(
+        control_plane,
+        workflow_plane_cr(
+            "malformed",
+            namespace,
+            plane_id,
+            ca_pem="-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n",
+        ),
+    )
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=10)
+    expired = generate_ca("old", valid_for=dt.timedelta(days=1), not_before=past)
+    apply(
+        control_plane,
+        workflow_plane_cr("expired", namespace, plane_id, ca_pem=expired.cert_pem.decode()),
+    )
+    leaf = issue_certificate(generate_ca("x"), "leaf").cert_pem.decode()
+    apply(control_plane, workflow_plane_cr("not-a-ca", namespace, plane_id, ca_pem=leaf))
+    for name, reason in (
+        ("missing", "ClientCANotFound"),
+        ("malformed", "ClientCAInvalid"),
+        ("expired", "ClientCAExpired"),
+        ("not-a-ca", "ClientCAInvalid"),
+    ):
+        await eventually(
+            lambda n=name, r=reason: _ready_with(
+                _get(control_plane, "wp", n, namespace), "False", r
+            ),
+            timeout=15,
+        )
+        warnings = [
+            e["reason"] for e in _events(control_plane, namespace, name) if e["type"] == "Warning"
+        ]
+        assert reason in warnings
+
+
+async def test_cluster_workflow_plane_with_spec_change_renotifies(
+    control_plane: ApiServer,
+    workflow_plane: ApiServer,
+    gw: RunningGateway,
+    controller: None,
+) -> None:
+    plane_id, other_id = unique("cwp"), unique("cwp2")
+    config = agent_config(workflow_plane, gw, plane_id, unique("agent-tls"))
+    running = await start_agent(config, wait=False)
+    ca = agent_ca(workflow_plane, config.secret_name) if running.agent.identity else ""
+    name = unique("cluster-plane")
+    manifest = {
+        "apiVersion": "openchoreo.dev/v1alpha1",
+        "kind": "ClusterWorkflowPlane",
+        "metadata": {"name": name},
+        "spec": {"planeID": plane_id, "clusterAgent": {"clientCA": {"value": ca}}},
+    }
+    apply(control_plane, manifest)
+    try:
+        obj = await eventually(
+            lambda: (o := _get(control_plane, "cwp", name)) and _ready_with(o, "True") and o,
+            timeout=20,
+        )
+        assert _condition(obj, "Created")["reason"] == "ClusterWorkflowPlaneCreated"
+        status = await gw.client.plane_status("workflowplane", plane_id, name=name)
+        assert status["connectedAgents"] == 1
+        manifest["spec"]["planeID"] = other_id  # the agent serves plane_id, not other_id
+        apply(control_plane, manifest)
+        await eventually(
+            lambda: _ready_with(_get(control_plane, "cwp", name), "False", "AgentNotConnected"),
+            timeout=15,
+        )
+        assert (await gw.client.plane_status("workflowplane", plane_id, name=name))[
+            "connectedAgents"
+        ] == 0  # re-notified: the old planeID lost this CR
+        obj = _get(control_plane, "cwp", name)
+        assert obj["status"]["observedGeneration"] == 2
+    finally:
+        # --wait=false: kubectl blocks this process, and the controller runs in it
+        kubectl(
+            control_plane.kubeconfig, control_plane.context, "delete", "cwp", name, "--wait=false"
+        )
+        await eventually(lambda: _get(control_plane, "cwp", name) == {}, timeout=15)
+        await running.stop()
+
+
+async def test_deleting_one_cr_leaves_the_others_connected(
+    control_plane: ApiServer,
+    workflow_plane: ApiServer,
+    gw: RunningGateway,
+    controller: None,
+    namespace: str,
+) -> None:
+    plane_id = unique("del")
+    config = agent_config(workflow_plane, gw, plane_id, unique("agent-tls"))
+    running = await start_agent(config, wait=False)
+    ca = agent_ca(workflow_plane, config.secret_name)
+    for name in ("keep", "drop"):
+        apply(control_plane, workflow_plane_cr(name, namespace, plane_id, ca_pem=ca))
+    try:
+        for name in ("keep", "drop"):
+            await eventually(
+                lambda n=name: _ready_with(_get(control_plane, "wp", n, namespace), "True"),
+                timeout=15,
+            )
+        kubectl(
+            control_plane.kubeconfig,
+            control_plane.context,
+            "delete",
+            "wp",
+            "drop",
+            "-n",
+            namespace,
+            "--wait=false",
+        )
+        await eventually(lambda: _get(control_plane, "wp", "drop", namespace) == {}, timeout=15)
+        conns = gw.gateway.registry.for_plane("workflowplane", plane_id)
+        assert len(conns) == 1 and conns[0].authorized == {f"{namespace}/keep"}
+        assert _ready_with(_get(control_plane, "wp", "keep", namespace), "True")
+    finally:
+        await running.stop()
+
+
+async def test_restart_converges_without_an_event_storm(
+    control_plane: ApiServer,
+    workflow_plane: ApiServer,
+    gw: RunningGateway,
+    namespace: str,
+) -> None:
+    plane_id = unique("restart")
+    config = agent_config(workflow_plane, gw, plane_id, unique("agent-tls"))
+    running = await start_agent(config, wait=False)
+    apply(
+        control_plane,
+        workflow_plane_cr(
+            "wp", namespace, plane_id, ca_pem=agent_ca(workflow_plane, config.secret_name)
+        ),
+    )
+    try:
+        async with controller_running(control_plane, gw):
+            await eventually(
+                lambda: _ready_with(_get(control_plane, "wp", "wp", namespace), "True"), timeout=15
+            )
+        before = len(_events(control_plane, namespace, "wp"))
+        async with controller_running(control_plane, gw):
+            await asyncio.sleep(3)
+            assert _ready_with(_get(control_plane, "wp", "wp", namespace), "True")
+        assert len(_events(control_plane, namespace, "wp")) == before
+    finally:
+        await running.stop()
+
+
+async def test_connect_to_status_latency(
+    control_plane: ApiServer,
+    workflow_plane: ApiServer,
+    gw: RunningGateway,
+    controller: None,
+    namespace: str,
+    record_property: Any,
+) -> None:
+    """Figures for the closing note (the assertion only bounds it loosely: not a benchmark)."""
+    plane_id = unique("lat")
+    config = agent_config(workflow_plane, gw, plane_id, unique("agent-tls"))
+    agent = await prepare_agent(config)
+    apply(
+        control_plane,
+        workflow_plane_cr(
+            "wp", namespace, plane_id, ca_pem=agent_ca(workflow_plane, config.secret_name)
+        ),
+    )
+    await eventually(
+        lambda: _ready_with(_get(control_plane, "wp", "wp", namespace), "False"), timeout=15
+    )
+    samples: list[float] = []
+    for _ in range(10):
+        started = time.monotonic()
+        running = await start_agent(agent.config)
+        await eventually(
+            lambda: (
+                (_get(control_plane, "wp", "wp", namespace).get("status") or {})
+                .get("agentConnection", {})
+                .get("connected")
+                is True
+            ),
+            timeout=15,
+            interval=0.05,
+        )
+        samples.append(time.monotonic() - started)
+        await running.stop()
+        await eventually(
+            lambda: (
+                (_get(control_plane, "wp", "wp", namespace).get("status") or {})
+                .get("agentConnection", {})
+                .get("connected")
+                is False
+            ),
+            timeout=15,
+        )
+    median = statistics.median(samples)
+    record_property("connect_to_status_median_s", round(median, 3))
+    print(
+        f"\nagent connect -> status.connected=true: median {median:.2f}s over 10, "
+        f"max {max(samples):.2f}s"
+    )
+    await agent.upstream.close()
+    assert median < 10
