@@ -1,9 +1,14 @@
-"""The README's first command: ``wpctl dev up`` brings the system up; ``down`` leaves nothing."""
+"""The README's first command: ``wpctl dev up`` brings the whole system up with a Ready
+WorkflowPlane; the reference page's commands work verbatim against it; ``down`` leaves
+nothing behind."""
 
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,42 +16,136 @@ import pytest
 from tests.e2e.conftest import run_wpctl
 from workflowplane.testenv import read_state
 from workflowplane.testenv.apiserver import process_alive
-from workflowplane.testenv.tools import kubectl
 
 pytestmark = pytest.mark.e2e
+CP, WP = "wp-control-plane", "wp-workflow-plane"
 
 
-def _port_open(url: str) -> bool:
-    host, port = url.removeprefix("https://").split(":")
+def _port_open(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(1)
-        return sock.connect_ex((host, int(port))) == 0
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_dev_up_status_and_down(dev_state: Path) -> None:
+def _shell(script: str, kubeconfig: Path) -> subprocess.CompletedProcess[str]:
+    """A user's shell: the pinned kubectl first on PATH, KUBECONFIG from `dev up`."""
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(kubeconfig),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    return subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+def _connected(kubeconfig: Path, name: str, namespace: str) -> bool:
+    result = _shell(f"kubectl --context {CP} get wp {name} -n {namespace} -o json", kubeconfig)
+    if result.returncode != 0:
+        return False
+    status = json.loads(result.stdout).get("status") or {}
+    return bool((status.get("agentConnection") or {}).get("connected"))
+
+
+def _wait_connected(kubeconfig: Path, name: str, namespace: str) -> None:
+    import time  # noqa: PLC0415
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if _connected(kubeconfig, name, namespace):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{namespace}/{name} never showed agentConnection.connected=true")
+
+
+def test_dev_up_the_reference_flows_and_down(dev_state: Path) -> None:
     up = run_wpctl(dev_state, "dev", "up")
-    assert up.returncode == 0, up.stderr
-    assert "wp-control-plane" in up.stdout and "wp-workflow-plane" in up.stdout
+    assert up.returncode == 0, up.stderr + up.stdout
     kubeconfig = dev_state / "dev" / "kubeconfig"
-    planes = json.loads(
-        kubectl(kubeconfig, "wp-control-plane", "get", "wp", "-A", "-o", "json").stdout
-    )["items"]
-    assert {p["metadata"]["name"] for p in planes} >= {"org1-workflowplane", "org2-workflowplane"}
+    assert f"kubectl --context {CP}" in up.stdout and "True (Ready)" in up.stdout
+
+    # Reference page, "Extracting the CA Certificate", verbatim with the printed context.
+    extract = _shell(
+        f"kubectl --context {WP} get secret cluster-agent-tls "
+        "-n openchoreo-workflow-plane -o jsonpath='{.data.ca\\.crt}' | base64 -d",
+        kubeconfig,
+    )
+    assert extract.returncode == 0 and extract.stdout.startswith("-----BEGIN CERTIFICATE-----")
+
+    # Option 1: inline value (the page's heredoc, run by bash).
+    option1 = f"""
+kubectl --context {CP} create namespace my-org
+WP_CA_CERT=$(kubectl --context {WP} get secret cluster-agent-tls \\
+-n openchoreo-workflow-plane \\
+-o jsonpath='{{.data.ca\\.crt}}' | base64 -d)
+kubectl --context {CP} apply -f - <<EOF
+apiVersion: openchoreo.dev/v1alpha1
+kind: WorkflowPlane
+metadata:
+  name: my-workflowplane
+  namespace: my-org
+spec:
+  planeID: "default"
+  clusterAgent:
+    clientCA:
+      value: |
+$(echo "$WP_CA_CERT" | sed 's/^/        /')
+EOF
+"""
+    result = _shell(option1, kubeconfig)
+    assert result.returncode == 0, result.stderr
+    _wait_connected(kubeconfig, "my-workflowplane", "my-org")
+
+    # Option 2: the CA in a Secret in the control plane, referenced by the CR.
+    option2 = f"""
+kubectl --context {WP} get secret cluster-agent-tls \\
+-n openchoreo-workflow-plane \\
+-o jsonpath='{{.data.ca\\.crt}}' | base64 -d > {dev_state}/workflowplane-ca.crt
+kubectl --context {CP} create secret generic workflowplane-agent-ca \\
+--from-file=ca.crt={dev_state}/workflowplane-ca.crt \\
+-n my-org
+kubectl --context {CP} apply -f - <<EOF
+apiVersion: openchoreo.dev/v1alpha1
+kind: WorkflowPlane
+metadata:
+  name: my-secret-workflowplane
+  namespace: my-org
+spec:
+  planeID: "default"
+  clusterAgent:
+    clientCA:
+      secretKeyRef:
+        name: workflowplane-agent-ca
+        namespace: my-org
+        key: ca.crt
+EOF
+"""
+    result = _shell(option2, kubeconfig)
+    assert result.returncode == 0, result.stderr
+    _wait_connected(kubeconfig, "my-secret-workflowplane", "my-org")
+
+    listing = run_wpctl(dev_state, "get", "wp", "--kubeconfig", str(kubeconfig), "--context", CP)
+    assert listing.returncode == 0 and "my-secret-workflowplane" in listing.stdout
 
     again = run_wpctl(dev_state, "dev", "up")
-    assert again.returncode == 0, again.stderr
-    assert "already running" in again.stderr
-
-    status = run_wpctl(dev_state, "dev", "status")
-    assert status.returncode == 0 and "my-workflowplane" in status.stdout
+    assert again.returncode == 0 and "already running" in again.stderr
 
     servers = read_state(dev_state / "dev")
-    assert servers and all(_port_open(s.url) for s in servers)
+    processes = json.loads((dev_state / "dev" / "processes.json").read_text())
+    pids = [pid for s in servers for pid in s.pids] + [p["pid"] for p in processes.values()]
+    ports = [int(s.url.rsplit(":", 1)[1]) for s in servers] + [
+        processes["control-plane"][k] for k in ("public", "internal", "health")
+    ]
+    assert all(_port_open(port) for port in ports)
     down = run_wpctl(dev_state, "dev", "down")
     assert down.returncode == 0, down.stderr
-    pids = [pid for s in servers for pid in s.pids]
     assert not any(process_alive(pid) for pid in pids)
-    assert not any(_port_open(s.url) for s in servers)
+    assert not any(_port_open(port) for port in ports)
     assert not (dev_state / "dev").exists()
     gone = run_wpctl(dev_state, "dev", "status")
     assert gone.returncode != 0 and "not running" in gone.stderr

@@ -77,5 +77,10 @@ def _run(args: argparse.Namespace) -> int:
     from workflowplane.agent.runner import Agent  # noqa: PLC0415 - heavy, only when running
     from workflowplane.cli.loop import run  # noqa: PLC0415
 
-    run(Agent(config_from_args(args)).run())
+    config = config_from_args(args)
+
+    async def main() -> None:  # the agent's sessions need the running loop
+        await Agent(config).run()
+
+    run(main())
     return 0

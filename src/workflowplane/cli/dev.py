@@ -1,17 +1,28 @@
-"""``wpctl dev up|status|down``: the whole system on one machine, as the README's first command.
+"""``wpctl dev up|status|down``: the whole system on one machine (the README's first command).
 
-State lives under ``$WORKFLOWPLANE_STATE/dev``: the API servers' data, one kubeconfig with a
-context per cluster, and the pids of every process started, so ``down`` leaves nothing behind.
+``up`` starts a control plane API server and one API server per workflow plane, installs the
+CRDs, starts the control plane (gateway + controller) and one agent per workflow plane as
+background processes, registers each plane exactly as the reference page describes (the CA
+read from ``cluster-agent-tls`` with kubectl, a WorkflowPlane created with it inline), waits
+until every plane is Ready and prints a status table. State lives under
+``$WORKFLOWPLANE_STATE/dev``: data, logs, one kubeconfig, and the pid of everything started, so
+``down`` leaves no process behind.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import json
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 from workflowplane.cli.errors import EXIT_UNAVAILABLE, CliError
+from workflowplane.cli.get import render_table, row
 from workflowplane.cli.state import state_root
 from workflowplane.cli.testenv import running
 from workflowplane.testenv import (
@@ -20,13 +31,17 @@ from workflowplane.testenv import (
     AssetsError,
     Environment,
     StartError,
+    free_port,
     stop_detached,
 )
+from workflowplane.testenv.apiserver import process_alive, stop_process_group
 from workflowplane.testenv.tools import kubectl
 
 CRD_DIR = Path(__file__).resolve().parent.parent / "api" / "crds"
-SAMPLES = Path(__file__).resolve().parents[3] / "samples" / "reference"
-EXAMPLE_NAMESPACES = ("my-org", "org1", "org2")
+CP = f"wp-{CONTROL_PLANE}"
+PLANE_NAMESPACE = "default"
+PROCESSES = "processes.json"
+READY_TIMEOUT = 120.0
 
 
 def dev_dir() -> Path:
@@ -35,11 +50,11 @@ def dev_dir() -> Path:
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "dev",
-        help="run the whole system locally (API servers, control plane, agent)",
+        "dev", help="run the whole system locally (API servers, control plane, agents)"
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     up = actions.add_parser("up", help="start everything (harmless when already up)")
+    up.add_argument("--planes", type=int, default=1, help="number of workflow planes")
     up.set_defaults(handler=_up)
     status = actions.add_parser("status", help="show what is running")
     status.set_defaults(handler=_status)
@@ -51,14 +66,79 @@ def _say(message: str) -> None:
     print(f"==> {message}", file=sys.stderr, flush=True)
 
 
-def _start_clusters(root: Path) -> Path:
+def plane_names(count: int) -> list[str]:
+    return [WORKFLOW_PLANE if i == 0 else f"{WORKFLOW_PLANE}-{i + 1}" for i in range(count)]
+
+
+def plane_id_of(server_name: str) -> str:
+    """``default`` for the first workflow plane, ``plane-N`` for the N-th."""
+    if server_name == WORKFLOW_PLANE:
+        return "default"
+    return "plane-" + server_name.removeprefix(f"{WORKFLOW_PLANE}-")
+
+
+# ---- background processes ----------------------------------------------------------------
+
+
+def _processes(root: Path) -> dict[str, Any]:
+    path = root / PROCESSES
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _remember(root: Path, name: str, pid: int, **extra: Any) -> None:
+    data = _processes(root)
+    data[name] = {"pid": pid, **extra}
+    (root / PROCESSES).write_text(json.dumps(data, indent=2))
+
+
+def _spawn(root: Path, name: str, args: list[str]) -> int:
+    logs = root / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    wpctl = Path(sys.executable).parent / "wpctl"
+    with (logs / f"{name}.log").open("ab") as log:
+        process = subprocess.Popen(
+            [str(wpctl), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    _remember(root, name, process.pid)
+    return process.pid
+
+
+def _component_running(root: Path, name: str) -> bool:
+    entry = _processes(root).get(name)
+    return entry is not None and process_alive(int(entry["pid"]))
+
+
+def _stop_components(root: Path) -> int:
+    stopped = 0
+    for entry in _processes(root).values():
+        if process_alive(int(entry["pid"])):
+            stop_process_group(int(entry["pid"]))
+            stopped += 1
+    (root / PROCESSES).unlink(missing_ok=True)
+    return stopped
+
+
+def _log_tail(root: Path, name: str) -> str:
+    path = root / "logs" / f"{name}.log"
+    lines = path.read_text(errors="replace").splitlines()[-15:] if path.exists() else []
+    return "\n".join(lines)
+
+
+# ---- steps ---------------------------------------------------------------------------------
+
+
+def _start_clusters(root: Path, planes: list[str]) -> Path:
     kubeconfig = root / "kubeconfig"
     if running(root):
         _say("API servers already running")
         return kubeconfig
     stop_detached(root, remove=True)
-    _say("starting a control plane and a workflow plane API server")
-    env = Environment(root, [CONTROL_PLANE, WORKFLOW_PLANE], detached=True)
+    _say(f"starting API servers: {CONTROL_PLANE} + {', '.join(planes)}")
+    env = Environment(root, [CONTROL_PLANE, *planes], detached=True)
     try:
         env.start()
     except (AssetsError, StartError) as exc:
@@ -68,38 +148,213 @@ def _start_clusters(root: Path) -> Path:
 
 def _install_crds(kubeconfig: Path) -> None:
     _say("installing the CRDs in the control plane")
-    context = f"wp-{CONTROL_PLANE}"
-    kubectl(kubeconfig, context, "apply", "--server-side", "-f", f"{CRD_DIR}/")
-    kubectl(
-        kubeconfig, context, "wait", "--for=condition=Established", "--timeout=60s", "crd", "--all"
+    kubectl(kubeconfig, CP, "apply", "--server-side", "-f", f"{CRD_DIR}/")
+    kubectl(kubeconfig, CP, "wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+
+
+def _wait_http(url: str, what: str, root: Path, component: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if not _component_running(root, component):
+                break
+            time.sleep(0.3)
+    raise CliError(
+        f"{what} did not become ready:\n{_log_tail(root, component)}",
+        f"full log: {root / 'logs' / (component + '.log')}",
+        EXIT_UNAVAILABLE,
     )
 
 
-def _apply_examples(kubeconfig: Path) -> None:
-    _say("applying the reference page's example WorkflowPlanes")
-    context = f"wp-{CONTROL_PLANE}"
-    for namespace in EXAMPLE_NAMESPACES:
-        kubectl(kubeconfig, context, "create", "namespace", namespace, check=False)
-    for example in sorted(SAMPLES.glob("*.yaml")):
-        kubectl(kubeconfig, context, "apply", "-f", str(example))
+def _start_control_plane(root: Path, kubeconfig: Path) -> dict[str, int]:
+    if _component_running(root, "control-plane"):
+        _say("control plane already running")
+        entry = _processes(root)["control-plane"]
+        return {"public": entry["public"], "health": entry["health"]}
+    ports = {"public": free_port(), "internal": free_port(), "health": free_port()}
+    _say(f"starting the control plane (gateway + controller), agents on :{ports['public']}")
+    pid = _spawn(
+        root,
+        "control-plane",
+        [
+            "control-plane",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--context",
+            CP,
+            "--host",
+            "127.0.0.1",
+            "--public-port",
+            str(ports["public"]),
+            "--internal-port",
+            str(ports["internal"]),
+            "--health-port",
+            str(ports["health"]),
+            "--resync-seconds",
+            "30",
+        ],
+    )
+    _remember(root, "control-plane", pid, **ports)
+    _wait_http(f"http://127.0.0.1:{ports['health']}/readyz", "the gateway", root, "control-plane")
+    return ports
 
 
-def _print_planes(kubeconfig: Path) -> None:
-    table = kubectl(kubeconfig, f"wp-{CONTROL_PLANE}", "get", "wp,cwp", "-A")
-    print(table.stdout)
-    print(f"kubeconfig: {kubeconfig}")
-    print("try:")
+def _gateway_ca(root: Path, kubeconfig: Path) -> Path:
+    data = kubectl(
+        kubeconfig,
+        CP,
+        "get",
+        "secret",
+        "cluster-gateway-tls",
+        "-n",
+        "openchoreo-control-plane",
+        "-o",
+        r"jsonpath={.data.ca\.crt}",
+    ).stdout
+    path = root / "gateway-ca.crt"
+    path.write_bytes(base64.b64decode(data))
+    return path
+
+
+def _start_agent(
+    root: Path, kubeconfig: Path, server: str, public_port: int, ca_file: Path
+) -> None:
+    name = f"agent-{server}"
+    if _component_running(root, name):
+        return
+    _say(f"starting the cluster agent in {server} (planeID {plane_id_of(server)})")
+    _spawn(
+        root,
+        name,
+        [
+            "agent",
+            "--server-url",
+            f"wss://127.0.0.1:{public_port}",
+            "--plane-id",
+            plane_id_of(server),
+            "--server-ca",
+            str(ca_file),
+            "--kubeconfig",
+            str(kubeconfig),
+            "--context",
+            f"wp-{server}",
+        ],
+    )
+
+
+def _agent_ca(kubeconfig: Path, server: str, root: Path) -> str:
+    """The reference page's command: jsonpath ca.crt from cluster-agent-tls, base64 -d."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        result = kubectl(
+            kubeconfig,
+            f"wp-{server}",
+            "get",
+            "secret",
+            "cluster-agent-tls",
+            "-n",
+            "openchoreo-workflow-plane",
+            "-o",
+            r"jsonpath={.data.ca\.crt}",
+            check=False,
+        )
+        if result.returncode == 0 and result.stdout:
+            return base64.b64decode(result.stdout).decode()
+        if not _component_running(root, f"agent-{server}"):
+            break
+        time.sleep(0.3)
+    raise CliError(
+        f"the agent in {server} did not create cluster-agent-tls:\n"
+        f"{_log_tail(root, 'agent-' + server)}",
+        exit_code=EXIT_UNAVAILABLE,
+    )
+
+
+def _register_plane(kubeconfig: Path, server: str, ca_pem: str) -> str:
+    """Option 1 of the reference page: the CA inline in a WorkflowPlane."""
+    name = server
+    manifest = {
+        "apiVersion": "openchoreo.dev/v1alpha1",
+        "kind": "WorkflowPlane",
+        "metadata": {
+            "name": name,
+            "namespace": PLANE_NAMESPACE,
+            "annotations": {
+                "openchoreo.dev/display-name": f"Local {server}",
+                "openchoreo.dev/description": "started by wpctl dev up",
+            },
+        },
+        "spec": {"planeID": plane_id_of(server), "clusterAgent": {"clientCA": {"value": ca_pem}}},
+    }
+    kubectl(kubeconfig, CP, "apply", "-f", "-", input=json.dumps(manifest))
+    return name
+
+
+def _wait_ready(kubeconfig: Path, names: list[str], root: Path) -> None:
+    _say("waiting for the WorkflowPlanes to be Ready")
+    deadline = time.monotonic() + READY_TIMEOUT
+    pending = set(names)
+    while pending and time.monotonic() < deadline:
+        for name in list(pending):
+            result = kubectl(
+                kubeconfig,
+                CP,
+                "get",
+                "wp",
+                name,
+                "-n",
+                PLANE_NAMESPACE,
+                "-o",
+                'jsonpath={.status.conditions[?(@.type=="Ready")].status}',
+                check=False,
+            )
+            if result.stdout == "True":
+                pending.discard(name)
+        time.sleep(0.3)
+    if pending:
+        raise CliError(
+            f"not Ready after {READY_TIMEOUT:.0f}s: {', '.join(sorted(pending))}",
+            f"see {root / 'logs'}; wpctl get wp -n {PLANE_NAMESPACE}",
+            EXIT_UNAVAILABLE,
+        )
+
+
+def _print_status(kubeconfig: Path, planes: list[str]) -> None:
+    data = json.loads(kubectl(kubeconfig, CP, "get", "wp,cwp", "-A", "-o", "json").stdout)
+    print(render_table([row(item) for item in data["items"]]))
+    print(f"\nkubeconfig: {kubeconfig}\ntry:")
     print(f"  export KUBECONFIG={kubeconfig}")
-    print(f"  kubectl --context wp-{CONTROL_PLANE} get planes -A")
-    print(f"  kubectl --context wp-{WORKFLOW_PLANE} get namespaces")
+    print(f"  kubectl --context {CP} get planes -A")
+    for server in planes:
+        print(
+            f"  kubectl --context wp-{server} get secret cluster-agent-tls "
+            "-n openchoreo-workflow-plane -o jsonpath='{.data.ca\\.crt}' | base64 -d"
+        )
+    print("  wpctl get wp")
+
+
+def _planes_of(root: Path) -> list[str]:
+    from workflowplane.testenv import read_state  # noqa: PLC0415
+
+    return [s.name for s in read_state(root) if s.name != CONTROL_PLANE]
 
 
 def _up(args: argparse.Namespace) -> int:
     root = dev_dir()
-    kubeconfig = _start_clusters(root)
+    planes = plane_names(args.planes)
+    kubeconfig = _start_clusters(root, planes)
+    planes = _planes_of(root)
     _install_crds(kubeconfig)
-    _apply_examples(kubeconfig)
-    _print_planes(kubeconfig)
+    ports = _start_control_plane(root, kubeconfig)
+    ca_file = _gateway_ca(root, kubeconfig)
+    for server in planes:
+        _start_agent(root, kubeconfig, server, ports["public"], ca_file)
+    names = [_register_plane(kubeconfig, s, _agent_ca(kubeconfig, s, root)) for s in planes]
+    _wait_ready(kubeconfig, names, root)
+    _print_status(kubeconfig, planes)
     return 0
 
 
@@ -107,11 +362,21 @@ def _status(args: argparse.Namespace) -> int:
     root = dev_dir()
     if not running(root):
         raise CliError("the local environment is not running", "run: ./wp dev up")
-    _print_planes(root / "kubeconfig")
+    for name in _processes(root):
+        state = "running" if _component_running(root, name) else "STOPPED"
+        print(f"{name:32} {state}")
+    print()
+    _print_status(root / "kubeconfig", _planes_of(root))
     return 0
 
 
 def _down(args: argparse.Namespace) -> int:
-    stopped = stop_detached(dev_dir(), remove=True)
-    print(f"stopped {len(stopped)} API server(s)" if stopped else "nothing was running")
+    root = dev_dir()
+    components = _stop_components(root) if root.exists() else 0
+    stopped = stop_detached(root, remove=True)
+    print(
+        f"stopped {components} component(s) and {len(stopped)} API server(s)"
+        if stopped or components
+        else "nothing was running"
+    )
     return 0
