@@ -1,0 +1,332 @@
+"""Tunnel benchmark: prints figures, asserts nothing. Run: .venv/bin/python bench/tunnel.py
+
+Measures, on this machine over loopback:
+1. proxied small GET (/version) p50/p99 vs the same GET sent directly to the plane's API server;
+2. proxied requests/s through one agent at concurrency 1, 16, 64, against the API server and
+   against a trivial HTTP upstream (isolates the tunnel's own cost);
+3. idle agents held by one gateway process and its memory per agent (--idle 1000,5000);
+4. time for N agents to be back after a gateway restart (--reconnect 100,1000).
+The gateway runs as its own process (``wpctl gateway``) so its memory can be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import random
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+from aiohttp import web
+
+from workflowplane.agent.config import AgentConfig
+from workflowplane.agent.runner import Agent
+from workflowplane.gateway.client import GatewayClient
+from workflowplane.pki import KeyPair, issue_certificate
+from workflowplane.testenv import CONTROL_PLANE, WORKFLOW_PLANE, Environment, free_port
+from workflowplane.testenv.tools import async_client, kubectl
+
+WP = "workflowplane"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pct(samples: list[float], p: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p))] * 1000
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Bench:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.env = Environment(tmp / "env", [CONTROL_PLANE, WORKFLOW_PLANE])
+        self.ports = {"public": free_port(), "internal": free_port(), "health": free_port()}
+        self.gateway: subprocess.Popen[bytes] | None = None
+
+    def start_gateway(self) -> None:
+        cp = self.env[CONTROL_PLANE]
+        wpctl = Path(sys.executable).parent / "wpctl"
+        self.gateway = subprocess.Popen(  # noqa: S603
+            [str(wpctl), "gateway", "--kubeconfig", str(cp.kubeconfig), "--context", cp.context,
+             "--host", "127.0.0.1", "--public-port", str(self.ports["public"]),
+             "--internal-port", str(self.ports["internal"]), "--health-port",
+             str(self.ports["health"])], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                import urllib.request  # noqa: PLC0415
+
+                urllib.request.urlopen(f"http://127.0.0.1:{self.ports['health']}/readyz", timeout=1)
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError("gateway did not start")
+
+    def stop_gateway(self) -> None:
+        assert self.gateway is not None
+        self.gateway.terminate()
+        self.gateway.wait(10)
+
+
+async def timed(fn: Any, count: int) -> list[float]:
+    samples = []
+    for _ in range(count):
+        started = time.perf_counter()
+        await fn()
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
+async def throughput(fn: Any, concurrency: int, seconds: float = 3.0) -> float:
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        while time.perf_counter() < deadline:
+            await fn()
+            done += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done / (time.perf_counter() - started)
+
+
+async def trivial_upstream() -> tuple[web.AppRunner, int]:
+    app = web.Application()
+
+    async def version(_r: web.Request) -> web.Response:
+        return web.json_response({"major": "1", "minor": "36"})
+
+    app.router.add_get("/{tail:.*}", version)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, port
+
+
+def kubeconfig_for(url: str, path: Path) -> Path:
+    path.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "t", "cluster": {"server": url}}],
+        "users": [{"name": "t", "user": {"token": "x"}}],
+        "contexts": [{"name": "t", "context": {"cluster": "t", "user": "t"}}],
+        "current-context": "t"}))
+    return path
+
+
+async def register_plane(bench: Bench, plane_id: str, ca_pem: str) -> None:
+    cp = bench.env[CONTROL_PLANE]
+    manifest = {"apiVersion": "openchoreo.dev/v1alpha1", "kind": "WorkflowPlane",
+                "metadata": {"name": plane_id, "namespace": "default"},
+                "spec": {"planeID": plane_id, "clusterAgent": {"clientCA": {"value": ca_pem}}}}
+    kubectl(cp.kubeconfig, cp.context, "apply", "-f", "-", input=json.dumps(manifest))
+    await asyncio.sleep(1.5)  # the gateway's watch picks it up
+
+
+async def gateway_client(bench: Bench) -> GatewayClient:
+    cp = bench.env[CONTROL_PLANE]
+    kube = async_client(cp.kubeconfig, cp.context)
+    client = await GatewayClient.from_secret(kube, f"https://127.0.0.1:{bench.ports['internal']}")
+    await kube.close()
+    return client
+
+
+async def gateway_ca(bench: Bench) -> Path:
+    cp = bench.env[CONTROL_PLANE]
+    data = kubectl(cp.kubeconfig, cp.context, "get", "secret", "cluster-gateway-tls", "-n",
+                   "openchoreo-control-plane", "-o", r"jsonpath={.data.ca\.crt}").stdout
+    path = bench.tmp / "gw-ca.crt"
+    path.write_bytes(base64.b64decode(data))
+    return path
+
+
+async def latency_and_throughput(bench: Bench, client: GatewayClient, ca: Path) -> None:
+    wp = bench.env[WORKFLOW_PLANE]
+    for label, kubeconfig, context in (("plane API server", wp.kubeconfig, wp.context),
+                                       ("trivial upstream", None, None)):
+        runner = None
+        if kubeconfig is None:
+            runner, port = await trivial_upstream()
+            kubeconfig, context = kubeconfig_for(f"http://127.0.0.1:{port}",
+                                                 bench.tmp / "trivial.kubeconfig"), "t"
+        plane_id = f"bench-{label.split()[0]}"
+        config = AgentConfig(server_url=f"wss://127.0.0.1:{bench.ports['public']}",
+                             plane_id=plane_id, server_ca_file=ca, kubeconfig=kubeconfig,
+                             context=context, secret_name=f"tls-{plane_id}",
+                             max_concurrent_requests=256)
+        # the identity Secret lives in the workflow plane whatever the upstream is
+        identity_agent = Agent(AgentConfig(**{**config.__dict__, "kubeconfig": wp.kubeconfig,
+                                              "context": wp.context}))
+        identity = await identity_agent.ensure_identity()
+        await identity_agent.upstream.close()
+        assert identity is not None
+        await register_plane(bench, plane_id, identity.ca.cert_pem.decode())
+        agent = Agent(config)
+        agent.identity = identity
+        task = asyncio.create_task(agent.run())
+        await asyncio.wait_for(agent.tunnel.connected.wait(), 20)
+
+        async def proxied() -> None:
+            r = await client.proxy("GET", plane_type=WP, plane_id=plane_id,
+                                   cr_namespace="default", cr_name=plane_id, path="/version")
+            assert r.status == 200, r.body
+
+        await timed(proxied, 50)  # warm up
+        samples = await timed(proxied, 500)
+        print(f"[{label}] proxied GET /version: p50 {pct(samples, .5):.2f} ms, "
+              f"p99 {pct(samples, .99):.2f} ms")
+        if label == "plane API server":
+            direct_ssl = ssl.create_default_context(cadata=wp.ca.cert_pem.decode())  # type: ignore[union-attr]
+            direct_ssl.load_cert_chain(*_admin_files(bench, wp))
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=direct_ssl)) as s:
+                async def direct() -> None:
+                    async with s.get(f"{wp.url}/version") as r:
+                        await r.read()
+
+                await timed(direct, 50)
+                d = await timed(direct, 500)
+            print(f"[{label}] direct GET /version:  p50 {pct(d, .5):.2f} ms, "
+                  f"p99 {pct(d, .99):.2f} ms  -> tunnel overhead p50 "
+                  f"{pct(samples, .5) - pct(d, .5):.2f} ms")
+        for concurrency in (1, 16, 64):
+            rate = await throughput(proxied, concurrency)
+            print(f"[{label}] concurrency {concurrency:>2}: {rate:,.0f} requests/s")
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        if runner is not None:
+            await runner.cleanup()
+
+
+def _admin_files(bench: Bench, server: Any) -> tuple[str, str]:
+    pki = server.workdir / "pki"
+    return str(pki / "admin.crt"), str(pki / "admin.key")
+
+
+async def idle_agents(bench: Bench, ca: Path, counts: list[int], reconnects: list[int]) -> None:
+    """Light agents (the real TLS + WebSocket handshake, no forwarding work) in this process."""
+    wp = bench.env[WORKFLOW_PLANE]
+    kube = async_client(wp.kubeconfig, wp.context)
+    from workflowplane.agent.bootstrap import load_or_create  # noqa: PLC0415
+
+    identity = await load_or_create(kube, "openchoreo-workflow-plane", "tls-idle", "idle",
+                                    3650, 90)
+    await kube.close()
+    await register_plane(bench, "idle", identity.ca.cert_pem.decode())
+    leaf: KeyPair = issue_certificate(identity.ca, "idle-agent")
+    files = Path(tempfile.mkdtemp())
+    (files / "c.crt").write_bytes(leaf.cert_pem)
+    (files / "c.key").write_bytes(leaf.key_pem)
+    context = ssl.create_default_context(cafile=str(ca))
+    context.load_cert_chain(files / "c.crt", files / "c.key")
+    url = f"wss://127.0.0.1:{bench.ports['public']}/ws?planeType={WP}&planeID=idle"
+    connector = aiohttp.TCPConnector(ssl=context, limit=0)
+    session = aiohttp.ClientSession(connector=connector)
+    sockets: list[aiohttp.ClientWebSocketResponse] = []
+    assert bench.gateway is not None
+    base = rss_mib(bench.gateway.pid)
+    for target in counts:
+        while len(sockets) < target:
+            batch = [session.ws_connect(url, autoping=True)
+                     for _ in range(min(200, target - len(sockets)))]
+            sockets += await asyncio.gather(*batch)
+        await asyncio.sleep(2)
+        used = rss_mib(bench.gateway.pid)
+        print(f"idle agents {target:>5}: gateway RSS {used:,.0f} MiB "
+              f"({(used - base) * 1024 / target:.1f} KiB per agent over {base:.0f} MiB idle)")
+    for ws in sockets:
+        await ws.close()
+    for n in reconnects:
+        await reconnect_storm(bench, session, url, n)
+    await session.close()
+
+
+async def reconnect_storm(bench: Bench, session: aiohttp.ClientSession, url: str, n: int) -> None:
+    """N agents connected; restart the gateway; time until all N are back (full jitter)."""
+    back = 0
+    all_back = asyncio.Event()
+
+    async def agent_loop() -> None:
+        nonlocal back
+        attempt, counted = 0, False
+        while True:
+            try:
+                ws = await session.ws_connect(url, autoping=True)
+            except (aiohttp.ClientError, OSError):
+                await asyncio.sleep(random.uniform(0, min(5.0, 0.5 * 2 ** attempt)))  # noqa: S311
+                attempt += 1
+                continue
+            if restarted.is_set() and not counted:
+                counted = True
+                back += 1
+                if back == n:
+                    all_back.set()
+            attempt = 0
+            async for _ in ws:
+                pass
+
+    restarted = asyncio.Event()
+    tasks = [asyncio.create_task(agent_loop()) for _ in range(n)]
+    await asyncio.sleep(3 + n / 200)
+    bench.stop_gateway()
+    restarted.set()
+    started = time.monotonic()
+    bench.start_gateway()
+    await asyncio.wait_for(all_back.wait(), 300)
+    print(f"gateway restart: {n} agents back in {time.monotonic() - started:.1f} s "
+          f"(including the gateway's own start)")
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--idle", default="1000,5000")
+    parser.add_argument("--reconnect", default="100,1000")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="wp-bench-"))
+    bench = Bench(tmp)
+    bench.env.start()
+    try:
+        cp = bench.env[CONTROL_PLANE]
+        kubectl(cp.kubeconfig, cp.context, "apply", "--server-side", "-f",
+                str(REPO / "deploy" / "crds") + "/")
+        kubectl(cp.kubeconfig, cp.context, "wait", "--for=condition=Established", "crd", "--all")
+        bench.start_gateway()
+        ca = await gateway_ca(bench)
+        client = await gateway_client(bench)
+        print(f"machine: {os.cpu_count()} cores; gateway pid {bench.gateway.pid if bench.gateway else '?'}")
+        await latency_and_throughput(bench, client, ca)
+        await client.close()
+        await idle_agents(bench, ca, [int(x) for x in args.idle.split(",") if x],
+                          [int(x) for x in args.reconnect.split(",") if x])
+    finally:
+        if bench.gateway is not None and bench.gateway.poll() is None:
+            bench.stop_gateway()
+        bench.env.stop()
+
+
+if __name__ == "__main__":
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    asyncio.run(main())

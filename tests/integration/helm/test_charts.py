@@ -1,0 +1,590 @@
+"""The Helm charts under deploy/helm, with a real helm v3: lint, render (default, HA, combined,
+own certificates), schema rejects typo'd keys, the planeId/planeID aliases, CRDs identical to
+deploy/crds, rendered command lines accepted by the real `wpctl` parser, and a server-side
+dry-run apply of the rendered manifests against the real test API servers."""
+
+from __future__ import annotations
+
+import filecmp
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.integration.helm.conftest import (
+    CONTROL_PLANE_CHART,
+    REPO,
+    WORKFLOW_PLANE_CHART,
+    Helm,
+)
+from workflowplane.cli.main import build_parser
+from workflowplane.pki import generate_ca
+from workflowplane.testenv import ApiServer
+from workflowplane.testenv.tools import kubectl
+
+# The first test waits for scripts/ensure-helm (a few minutes once, when helm is not cached).
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+
+CP_NAMESPACE = "openchoreo-control-plane"
+WP_NAMESPACE = "openchoreo-workflow-plane"
+PLANE = ("--set", "clusterAgent.planeId=default")
+CP_HA = ("-f", str(CONTROL_PLANE_CHART / "ci" / "ha-values.yaml"))
+WP_HA = ("-f", str(WORKFLOW_PLANE_CHART / "ci" / "ha-values.yaml"))
+COMBINED = ("--set", "mode=combined")
+OWN_CERTS = (
+    "--set",
+    "clusterGateway.tls.existingSecret=gw-tls",
+    "--set",
+    "clusterGateway.tls.internalCAExistingSecret=gw-internal-ca",
+    "--set",
+    "controller.gatewayClient.existingSecret=gw-client",
+)
+
+
+@pytest.fixture(scope="module")
+def server_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("gateway-ca") / "ca.crt"
+    path.write_bytes(generate_ca("cluster-gateway-server-ca").cert_pem)
+    return path
+
+
+def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> list[dict[str, Any]]:
+    return [
+        d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)
+    ]
+
+
+def one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = find(docs, kind, name)
+    assert len(found) == 1, f"expected one {kind}/{name}, got {[d['kind'] for d in docs]}"
+    return found[0]
+
+
+def containers(docs: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    for deployment in find(docs, "Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        for container in pod["containers"]:
+            yield pod, container
+
+
+def args_of(docs: list[dict[str, Any]], deployment: str) -> list[str]:
+    pod = one(docs, "Deployment", deployment)["spec"]["template"]["spec"]
+    args: list[str] = pod["containers"][0]["args"]
+    return args
+
+
+def assert_hardened(docs: list[dict[str, Any]]) -> None:
+    seen = 0
+    for pod, container in containers(docs):
+        seen += 1
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        ctx = container["securityContext"]
+        assert ctx["readOnlyRootFilesystem"] is True
+        assert ctx["allowPrivilegeEscalation"] is False
+        assert ctx["capabilities"]["drop"] == ["ALL"]
+        assert ctx["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert container["resources"]["requests"] and container["resources"]["limits"]
+        assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    assert seen
+
+
+# ---- lint ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("chart", "values"),
+    [
+        (CONTROL_PLANE_CHART, None),
+        (CONTROL_PLANE_CHART, "ha-values.yaml"),
+        (WORKFLOW_PLANE_CHART, "default-values.yaml"),
+        (WORKFLOW_PLANE_CHART, "ha-values.yaml"),
+    ],
+    ids=["control-plane", "control-plane-ha", "workflow-plane", "workflow-plane-ha"],
+)
+def test_lint_strict(helm: Helm, chart: Path, values: str | None) -> None:
+    extra = ["-f", str(chart / "ci" / values)] if values else []
+    result = helm.run("lint", "--strict", str(chart), *extra)
+    assert "0 chart(s) failed" in result.stdout
+
+
+# ---- control plane rendering ---------------------------------------------------------------
+
+
+def test_control_plane_defaults(helm: Helm) -> None:
+    docs = helm.template(CONTROL_PLANE_CHART)
+    assert not find(docs, "CustomResourceDefinition")  # CRDs come from crds/, not templates
+    for doc in docs:
+        if doc["kind"] not in {"ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"}:
+            assert doc["metadata"]["namespace"] == CP_NAMESPACE, doc["metadata"]["name"]
+    assert_hardened(docs)
+
+    gateway = one(docs, "Deployment", "cluster-gateway")["spec"]["template"]["spec"]
+    container = gateway["containers"][0]
+    assert container["args"][0] == "gateway"
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"websocket": 8443, "internal-api": 8444, "health": 8080}
+    assert gateway["serviceAccountName"] == "cluster-gateway"
+    assert "--server-dns-name=cluster-gateway.openchoreo-control-plane.svc" in container["args"]
+
+    controller = args_of(docs, "workflowplane-controller")
+    assert controller[0] == "controller"
+    assert "--gateway-url=https://cluster-gateway.openchoreo-control-plane.svc:8444" in controller
+    assert "--peering=workflowplane-controller" in controller
+    one(docs, "ClusterKopfPeering", "workflowplane-controller")
+
+    internal = one(docs, "Service", "cluster-gateway")["spec"]
+    assert internal["type"] == "ClusterIP"
+    assert {p["port"] for p in internal["ports"]} >= {8444, 8080}
+    external = one(docs, "Service", "cluster-gateway-external")["spec"]
+    assert external["type"] == "LoadBalancer"
+    assert [p["port"] for p in external["ports"]] == [8443]
+    assert external["selector"]["app.kubernetes.io/component"] == "gateway"
+
+    assert {d["metadata"]["name"] for d in find(docs, "PodDisruptionBudget")} == {
+        "cluster-gateway",
+        "workflowplane-controller",
+    }
+    assert {d["metadata"]["name"] for d in find(docs, "ServiceAccount")} == {
+        "cluster-gateway",
+        "workflowplane-controller",
+    }
+
+
+def test_control_plane_rbac_is_least_privilege(helm: Helm) -> None:
+    docs = helm.template(CONTROL_PLANE_CHART)
+    gateway = one(docs, "ClusterRole", f"{CP_NAMESPACE}:cluster-gateway")["rules"]
+    for rule in gateway:  # cluster-wide: read only
+        assert set(rule["verbs"]) <= {"get", "list", "watch"}, rule
+    tls = one(docs, "Role", "cluster-gateway-tls")["rules"]
+    assert {"verbs": ["create"], "apiGroups": [""], "resources": ["secrets"]} in tls
+    named = next(r for r in tls if "resourceNames" in r)
+    assert set(named["resourceNames"]) == {
+        "cluster-gateway-tls",
+        "cluster-gateway-internal-ca",
+        "cluster-gateway-internal-client",
+    }
+    controller = one(docs, "ClusterRole", f"{CP_NAMESPACE}:workflowplane-controller")["rules"]
+    writes = {
+        (group, resource)
+        for rule in controller
+        if set(rule["verbs"]) - {"get", "list", "watch"}
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+    assert writes == {
+        ("openchoreo.dev", "workflowplanes"),
+        ("openchoreo.dev", "clusterworkflowplanes"),
+        ("openchoreo.dev", "workflowplanes/status"),
+        ("openchoreo.dev", "clusterworkflowplanes/status"),
+        ("", "events"),
+        ("events.k8s.io", "events"),
+        ("kopf.dev", "clusterkopfpeerings"),
+    }
+    for doc in docs:  # no wildcards anywhere
+        for rule in doc.get("rules", []):
+            assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], rule
+
+
+def test_control_plane_ha(helm: Helm) -> None:
+    docs = helm.template(CONTROL_PLANE_CHART, *CP_HA)
+    controller = one(docs, "Deployment", "workflowplane-controller")["spec"]
+    assert controller["replicas"] == 2
+    assert controller["template"]["spec"]["affinity"]["podAntiAffinity"]
+    assert "--peering=workflowplane-controller" in args_of(docs, "workflowplane-controller")
+    one(docs, "ClusterKopfPeering", "workflowplane-controller")
+    assert one(docs, "PodDisruptionBudget", "workflowplane-controller")["spec"] == {
+        "minAvailable": 1,
+        "selector": {
+            "matchLabels": {
+                "app.kubernetes.io/name": "workflowplane-control-plane",
+                "app.kubernetes.io/instance": "t",
+                "app.kubernetes.io/component": "controller",
+            }
+        },
+    }
+    # One gateway (connections are per process), its public host name in the certificate.
+    assert one(docs, "Deployment", "cluster-gateway")["spec"]["replicas"] == 1
+    assert "--server-dns-name=gateway.example.com" in args_of(docs, "cluster-gateway")
+    external = one(docs, "Service", "cluster-gateway-external")["spec"]
+    assert external["externalTrafficPolicy"] == "Local"
+
+
+def test_control_plane_combined_mode(helm: Helm) -> None:
+    docs = helm.template(CONTROL_PLANE_CHART, *COMBINED)
+    assert [d["metadata"]["name"] for d in find(docs, "Deployment")] == [
+        "workflowplane-control-plane"
+    ]
+    args = args_of(docs, "workflowplane-control-plane")
+    assert args[0] == "control-plane"
+    assert "--peering=workflowplane-controller" in args
+    assert "--health-port=8080" in args
+    assert_hardened(docs)
+    for name in ("cluster-gateway", "cluster-gateway-external"):
+        selector = one(docs, "Service", name)["spec"]["selector"]
+        assert selector["app.kubernetes.io/component"] == "control-plane"
+    bindings = find(docs, "ClusterRoleBinding") + find(docs, "RoleBinding")
+    subjects = {subject["name"] for binding in bindings for subject in binding["subjects"]}
+    assert subjects == {"workflowplane-control-plane"}
+    assert [d["metadata"]["name"] for d in find(docs, "ServiceAccount")] == [
+        "workflowplane-control-plane"
+    ]
+
+
+@pytest.mark.parametrize("service_type", ["LoadBalancer", "NodePort", "ClusterIP"])
+def test_external_service_type(helm: Helm, service_type: str) -> None:
+    extra = ["--set", f"clusterGateway.service.external.type={service_type}"]
+    if service_type == "NodePort":
+        extra += ["--set", "clusterGateway.service.external.nodePort=30443"]
+    docs = helm.template(CONTROL_PLANE_CHART, *extra)
+    spec = one(docs, "Service", "cluster-gateway-external")["spec"]
+    assert spec["type"] == service_type
+    assert spec["ports"][0].get("nodePort") == (30443 if service_type == "NodePort" else None)
+
+
+def test_existing_certificates(helm: Helm) -> None:
+    docs = helm.template(CONTROL_PLANE_CHART, *OWN_CERTS)
+    gateway = args_of(docs, "cluster-gateway")
+    assert "--tls-cert=/etc/workflowplane/gateway-tls/tls.crt" in gateway
+    assert "--internal-ca=/etc/workflowplane/gateway-internal-ca/ca.crt" in gateway
+    controller = args_of(docs, "workflowplane-controller")
+    assert "--gateway-cert=/etc/workflowplane/gateway-client/tls.crt" in controller
+    assert not find(docs, "Role")  # nothing to create: no write access to Secrets
+    pod = one(docs, "Deployment", "cluster-gateway")["spec"]["template"]["spec"]
+    assert {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v} == {
+        "gw-tls",
+        "gw-internal-ca",
+    }
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (("clusterGateway.tls.existingSecret=x",), "internalCAExistingSecret is not"),
+        (("clusterGateway.tls.internalCAExistingSecret=x",), "existingSecret is not"),
+        (
+            (
+                "clusterGateway.tls.existingSecret=x",
+                "clusterGateway.tls.internalCAExistingSecret=y",
+            ),
+            "controller.gatewayClient.existingSecret",
+        ),
+    ],
+)
+def test_existing_certificates_incomplete(
+    helm: Helm, values: tuple[str, ...], message: str
+) -> None:
+    args = [arg for value in values for arg in ("--set", value)]
+    assert message in helm.template_error(CONTROL_PLANE_CHART, *args)
+
+
+def test_namespace_empty_means_release_namespace(helm: Helm) -> None:
+    docs = helm.template(CONTROL_PLANE_CHART, "--set", "namespace=", "--namespace", "elsewhere")
+    assert one(docs, "Deployment", "cluster-gateway")["metadata"]["namespace"] == "elsewhere"
+    assert "--namespace=elsewhere" in args_of(docs, "cluster-gateway")
+
+
+# ---- workflow plane rendering --------------------------------------------------------------
+
+
+def test_workflow_plane_defaults(helm: Helm) -> None:
+    docs = helm.template(WORKFLOW_PLANE_CHART, *PLANE)
+    for doc in docs:
+        if doc["kind"] not in {"ClusterRole", "ClusterRoleBinding"}:
+            assert doc["metadata"]["namespace"] == WP_NAMESPACE, doc["metadata"]["name"]
+    assert_hardened(docs)
+    deployment = one(docs, "Deployment", "cluster-agent-workflowplane")
+    assert deployment["spec"]["replicas"] == 1
+    args = args_of(docs, "cluster-agent-workflowplane")
+    assert args[:4] == [
+        "agent",
+        "--server-url=wss://cluster-gateway.openchoreo-control-plane.svc.cluster.local:8443/ws",
+        "--plane-type=workflowplane",
+        "--plane-id=default",
+    ]
+    assert "--namespace=openchoreo-workflow-plane" in args
+    assert "--secret-name=cluster-agent-tls" in args
+    assert not any(a.startswith("--server-ca") for a in args)  # none given: system trust
+    one(docs, "PodDisruptionBudget", "cluster-agent-workflowplane")
+    one(docs, "ServiceAccount", "cluster-agent-workflowplane")
+
+
+def test_workflow_plane_ha_with_server_ca(helm: Helm, server_ca: Path) -> None:
+    docs = helm.template(
+        WORKFLOW_PLANE_CHART, *WP_HA, "--set-file", f"clusterAgent.tls.serverCA.value={server_ca}"
+    )
+    deployment = one(docs, "Deployment", "cluster-agent-workflowplane")["spec"]
+    assert deployment["replicas"] == 3
+    assert deployment["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert deployment["template"]["spec"]["affinity"]["podAntiAffinity"]
+    pdb = one(docs, "PodDisruptionBudget", "cluster-agent-workflowplane")["spec"]
+    assert pdb["minAvailable"] == 2
+    args = args_of(docs, "cluster-agent-workflowplane")
+    assert "--plane-id=prod-builder" in args
+    assert "--server-ca=/etc/workflowplane/server-ca/ca.crt" in args
+    config_map = one(docs, "ConfigMap", "cluster-agent-workflowplane-server-ca")
+    assert config_map["data"]["ca.crt"].strip() == server_ca.read_text().strip()
+
+
+def test_workflow_plane_server_ca_from_existing_secret(helm: Helm) -> None:
+    docs = helm.template(
+        WORKFLOW_PLANE_CHART,
+        *PLANE,
+        "--set",
+        "clusterAgent.tls.serverCA.existingSecret.name=gateway-ca",
+    )
+    pod = one(docs, "Deployment", "cluster-agent-workflowplane")["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "server-ca")
+    assert volume["secret"] == {
+        "secretName": "gateway-ca",
+        "items": [{"key": "ca.crt", "path": "ca.crt"}],
+    }
+    assert not find(docs, "ConfigMap")
+    error = helm.template_error(
+        WORKFLOW_PLANE_CHART,
+        *PLANE,
+        "--set",
+        "clusterAgent.tls.serverCA.existingSecret.name=gateway-ca",
+        "--set",
+        "clusterAgent.tls.serverCA.value=x",
+    )
+    assert "not both" in error
+
+
+def test_workflow_plane_rbac_is_least_privilege(helm: Helm) -> None:
+    docs = helm.template(WORKFLOW_PLANE_CHART, *PLANE)
+    rules = one(docs, "ClusterRole", f"{WP_NAMESPACE}:cluster-agent-workflowplane")["rules"]
+    granted = {
+        (group, resource): set(rule["verbs"])
+        for rule in rules
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+    read = {"get", "list", "watch"}
+    assert granted[("", "pods")] == read
+    assert granted[("", "pods/log")] == read
+    assert granted[("external-secrets.io", "clustersecretstores")] == read
+    assert "delete" not in granted[("", "namespaces")]
+    assert ("", "secrets") not in granted  # no cluster-wide Secret access
+    assert set(granted) == {
+        ("", "namespaces"),
+        ("", "serviceaccounts"),
+        ("rbac.authorization.k8s.io", "roles"),
+        ("rbac.authorization.k8s.io", "rolebindings"),
+        ("argoproj.io", "workflows"),
+        ("argoproj.io", "workflowtaskresults"),
+        ("", "pods"),
+        ("", "pods/log"),
+        ("external-secrets.io", "externalsecrets"),
+        ("external-secrets.io", "clustersecretstores"),
+    }
+    own = one(docs, "Role", "cluster-agent-workflowplane-tls")
+    assert own["metadata"]["namespace"] == WP_NAMESPACE
+    named = next(r for r in own["rules"] if "resourceNames" in r)
+    assert named["resourceNames"] == ["cluster-agent-tls"]
+    for doc in docs:
+        for rule in doc.get("rules", []):
+            assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], rule
+
+
+# ---- planeId / planeID ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"planeId": "ci-cluster"},
+        {"planeID": "ci-cluster"},
+        {"planeId": "ci-cluster", "planeID": "ci-cluster"},
+    ],
+    ids=["planeId", "planeID", "both-equal"],
+)
+def test_plane_id_aliases(helm: Helm, values: dict[str, str]) -> None:
+    args = [
+        arg for key, value in values.items() for arg in ("--set", f"clusterAgent.{key}={value}")
+    ]
+    docs = helm.template(WORKFLOW_PLANE_CHART, *args)
+    assert "--plane-id=ci-cluster" in args_of(docs, "cluster-agent-workflowplane")
+
+
+def test_plane_id_conflict_fails(helm: Helm) -> None:
+    error = helm.template_error(
+        WORKFLOW_PLANE_CHART,
+        "--set",
+        "clusterAgent.planeId=us-west-2",
+        "--set",
+        "clusterAgent.planeID=eu-west-1",
+    )
+    assert "clusterAgent.planeId" in error and "clusterAgent.planeID" in error
+    assert "us-west-2" in error and "eu-west-1" in error
+    assert "differ" in error
+
+
+def test_plane_id_missing_fails(helm: Helm) -> None:
+    error = helm.template_error(WORKFLOW_PLANE_CHART)
+    assert "clusterAgent.planeId is required" in error
+
+
+def test_plane_id_pattern_is_checked(helm: Helm) -> None:
+    error = helm.template_error(WORKFLOW_PLANE_CHART, "--set", "clusterAgent.planeId=Not_Valid")
+    assert "planeId" in error
+
+
+# ---- schema: unknown keys are refused, naming the key ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("chart", "setting", "key"),
+    [
+        (CONTROL_PLANE_CHART, "namepsace=x", "namepsace"),
+        (CONTROL_PLANE_CHART, "clusterGateway.replcas=2", "replcas"),
+        (CONTROL_PLANE_CHART, "clusterGateway.service.external.tpye=NodePort", "tpye"),
+        (CONTROL_PLANE_CHART, "controller.peering.enbled=true", "enbled"),
+        (
+            CONTROL_PLANE_CHART,
+            "securityContext.readOnlyRootFileSystem=false",
+            "readOnlyRootFileSystem",
+        ),
+        (WORKFLOW_PLANE_CHART, "clusterAgnet.planeId=x", "clusterAgnet"),
+        (WORKFLOW_PLANE_CHART, "clusterAgent.planeid=x", "planeid"),
+        (WORKFLOW_PLANE_CHART, "clusterAgent.tls.serverCa.value=x", "serverCa"),
+        (WORKFLOW_PLANE_CHART, "clusterAgent.resources.limit.cpu=1", "limit"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else value.name,
+)
+def test_schema_rejects_typo(helm: Helm, chart: Path, setting: str, key: str) -> None:
+    error = helm.template_error(chart, *PLANE, "--set", setting)
+    assert "schema" in error
+    assert key in error
+
+
+def test_schema_rejects_bad_enum(helm: Helm) -> None:
+    error = helm.template_error(CONTROL_PLANE_CHART, "--set", "mode=both")
+    assert "mode" in error
+    error = helm.template_error(
+        CONTROL_PLANE_CHART, "--set", "clusterGateway.service.external.type=Ingress"
+    )
+    assert "type" in error
+
+
+# ---- the rendered command lines are what the real CLI accepts --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("chart", "values"),
+    [
+        (CONTROL_PLANE_CHART, ()),
+        (CONTROL_PLANE_CHART, CP_HA),
+        (CONTROL_PLANE_CHART, COMBINED),
+        (CONTROL_PLANE_CHART, OWN_CERTS),
+        (CONTROL_PLANE_CHART, ("--set", "debug=true")),
+        (WORKFLOW_PLANE_CHART, PLANE),
+        (WORKFLOW_PLANE_CHART, WP_HA),
+        (WORKFLOW_PLANE_CHART, (*PLANE, "--set", "clusterAgent.logLevel=debug")),
+    ],
+    ids=[
+        "cp",
+        "cp-ha",
+        "cp-combined",
+        "cp-own-certs",
+        "cp-debug",
+        "wp",
+        "wp-ha",
+        "wp-debug",
+    ],
+)
+def test_rendered_args_parse_with_wpctl(
+    helm: Helm, chart: Path, values: tuple[str, ...], server_ca: Path
+) -> None:
+    docs = helm.template(chart, *values)
+    parser = build_parser()
+    for _, container in containers(docs):
+        try:
+            parsed = parser.parse_args(container["args"])
+        except SystemExit as exc:  # argparse's way of refusing
+            raise AssertionError(f"wpctl refuses {container['args']}") from exc
+        assert parsed.command in {"gateway", "controller", "control-plane", "agent"}
+        assert parsed.verbose == ("-v" in container["args"])
+        if parsed.command == "agent":
+            assert parsed.plane_id and parsed.server_url
+        if parsed.command in {"gateway", "control-plane"}:
+            assert "localhost" in parsed.dns_names
+
+
+# ---- CRDs ----------------------------------------------------------------------------------
+
+
+def test_chart_crds_are_identical_to_deploy_crds() -> None:
+    source = REPO / "deploy" / "crds"
+    chart = CONTROL_PLANE_CHART / "crds"
+    names = sorted(p.name for p in source.glob("*.yaml"))
+    assert sorted(p.name for p in chart.iterdir()) == names, (
+        "deploy/helm/workflowplane-control-plane/crds/ must hold exactly deploy/crds/*.yaml: "
+        "cp deploy/crds/*.yaml deploy/helm/workflowplane-control-plane/crds/"
+    )
+    _, mismatch, errors = filecmp.cmpfiles(source, chart, names, shallow=False)
+    assert not mismatch and not errors, (
+        f"chart CRDs differ from deploy/crds: {mismatch + errors}; copy them again: "
+        "cp deploy/crds/*.yaml deploy/helm/workflowplane-control-plane/crds/"
+    )
+
+
+def test_rendered_crds_parse(helm: Helm) -> None:
+    """`helm template --include-crds` carries every CRD (what `helm install` creates first)."""
+    docs = helm.template(CONTROL_PLANE_CHART, "--include-crds")
+    names = {d["metadata"]["name"] for d in find(docs, "CustomResourceDefinition")}
+    expected = {
+        yaml.safe_load(p.read_text())["metadata"]["name"]
+        for p in (REPO / "deploy" / "crds").glob("*.yaml")
+    }
+    assert names == expected
+
+
+# ---- server-side dry run against the real API servers --------------------------------------
+
+
+def _ensure_namespace(server: ApiServer, name: str) -> None:
+    manifest = yaml.safe_dump({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    kubectl(server.kubeconfig, server.context, "apply", "-f", "-", input=manifest)
+
+
+def _dry_run(server: ApiServer, manifests: str) -> str:
+    result = kubectl(
+        server.kubeconfig,
+        server.context,
+        "apply",
+        "--dry-run=server",
+        "--validate=strict",
+        "-f",
+        "-",
+        input=manifests,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.mark.parametrize(
+    "values", [(), CP_HA, COMBINED, OWN_CERTS], ids=["default", "ha", "combined", "own-certs"]
+)
+def test_control_plane_server_dry_run(
+    helm: Helm, control_plane: ApiServer, crds: Path, values: tuple[str, ...]
+) -> None:
+    _ensure_namespace(control_plane, CP_NAMESPACE)
+    out = _dry_run(control_plane, helm.render(CONTROL_PLANE_CHART, *values))
+    assert "(server dry run)" in out
+    assert "clusterkopfpeering.kopf.dev/workflowplane-controller" in out
+
+
+@pytest.mark.parametrize("ha", [False, True], ids=["default", "ha"])
+def test_workflow_plane_server_dry_run(
+    helm: Helm, workflow_plane: ApiServer, server_ca: Path, ha: bool
+) -> None:
+    _ensure_namespace(workflow_plane, WP_NAMESPACE)
+    values = (*WP_HA, "--set-file", f"clusterAgent.tls.serverCA.value={server_ca}") if ha else PLANE
+    out = _dry_run(workflow_plane, helm.render(WORKFLOW_PLANE_CHART, *values))
+    assert "deployment.apps/cluster-agent-workflowplane" in out
