@@ -114,7 +114,8 @@ class Agent:
         return max(1.0, self.config.cert_validity_days * 86400 / 20)
 
     async def run(self) -> None:
-        await self.ensure_identity()
+        if self.identity is None:
+            await self.ensure_identity()
         renewer = asyncio.create_task(self._renew_forever())
         try:
             await self.tunnel.run()
