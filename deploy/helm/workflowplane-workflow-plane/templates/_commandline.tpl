@@ -1,0 +1,53 @@
+{{/*
+=============================================================================================
+THE ONE PLACE where this chart spells the agent's command line: the `wpctl agent` flags, the
+environment and the file paths. Align with src/workflowplane/agent/cli.py when it changes (every
+flag there also reads CLUSTER_AGENT_<FLAG>); the Helm tests parse the rendered args with the
+real `wpctl` argument parser.
+=============================================================================================
+*/}}
+
+{{- define "wpwp.cmd.serverCADir" -}}/etc/workflowplane/server-ca{{- end -}}
+
+{{- define "wpwp.cmd.args" -}}
+{{- $a := .Values.clusterAgent -}}
+{{- if eq $a.logLevel "debug" -}}
+- -v
+{{ end -}}
+- agent
+- --server-url={{ $a.serverUrl }}
+- --plane-type={{ $a.planeType }}
+- --plane-id={{ include "wpwp.planeID" . }}
+- --namespace={{ include "wpwp.namespace" . }}
+- --secret-name={{ $a.tls.secretName }}
+{{- if or $a.tls.serverCA.value $a.tls.serverCA.existingSecret.name }}
+- --server-ca={{ include "wpwp.cmd.serverCADir" . }}/ca.crt
+{{- end }}
+- --reconnect-initial={{ $a.reconnect.initialSeconds }}
+- --reconnect-max={{ $a.reconnect.maxSeconds }}
+- --request-timeout={{ $a.requestTimeoutSeconds }}
+- --max-concurrent-requests={{ int64 $a.maxConcurrentRequests }}
+- --max-frame-bytes={{ int64 $a.maxFrameBytes }}
+- --cert-validity-days={{ $a.certValidityDays }}
+{{- with $a.extraArgs }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "wpwp.cmd.env" -}}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: PYTHONUNBUFFERED
+  value: "1"
+- name: TMPDIR
+  value: /tmp
+{{- with .Values.clusterAgent.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
