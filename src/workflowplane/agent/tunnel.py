@@ -31,9 +31,9 @@ from workflowplane.protocol import (
     classify_agent_frame,
     encode,
 )
+from workflowplane.protocol.http import ALLOWED_METHODS
 
 log = logging.getLogger(__name__)
-ALLOWED_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 
 
 def full_jitter_delay(attempt: int, initial: float, cap: float) -> float:

@@ -19,20 +19,8 @@ import aiohttp
 from lightkube import AsyncClient
 from lightkube.config.kubeconfig import KubeConfig, SingleConfig
 
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-    }
-)
+from workflowplane.protocol.http import HOP_BY_HOP
+
 TOKEN_REREAD_SECONDS = 60.0
 
 

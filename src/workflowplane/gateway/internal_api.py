@@ -27,28 +27,15 @@ from workflowplane.gateway.appkey import GATEWAY
 from workflowplane.gateway.planes import entry_of
 from workflowplane.pki import CertificateRejected, verify_client_certificate
 from workflowplane.protocol import StreamChunk, StreamInit, TunnelRequest, TunnelResponse
+from workflowplane.protocol.http import ALLOWED_METHODS, HOP_BY_HOP
 
 if TYPE_CHECKING:
     from workflowplane.gateway.registry import AgentConnection
     from workflowplane.gateway.server import Gateway
 
 log = logging.getLogger(__name__)
-ALLOWED_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-        "content-encoding",
-    }
-)
+# A request body reaches handlers decoded, so its Content-Encoding no longer applies.
+REQUEST_HOP_BY_HOP = HOP_BY_HOP | {"content-encoding"}
 NOTIFY_EVENTS = frozenset({"created", "updated", "deleted"})
 
 
@@ -226,7 +213,7 @@ def is_streaming(query: dict[str, str] | Any) -> bool:
 def forward_headers(request: web.Request) -> dict[str, list[str]]:
     headers: dict[str, list[str]] = {}
     for name, value in request.headers.items():
-        if name.lower() not in HOP_BY_HOP and name.lower() != "authorization":
+        if name.lower() not in REQUEST_HOP_BY_HOP and name.lower() != "authorization":
             headers.setdefault(name, []).append(value)
     return headers
 

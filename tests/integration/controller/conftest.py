@@ -5,22 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import RunningGateway, start_gateway
+from tests.integration.harness import RunningGateway
 from workflowplane.controller.runner import ControllerConfig, run_controller
 from workflowplane.testenv import ApiServer
-
-
-@pytest.fixture
-async def gw(control_plane: ApiServer, crds: Path, tmp_path: Path) -> AsyncIterator[RunningGateway]:
-    gateway = await start_gateway(control_plane, tmp_path)
-    try:
-        yield gateway
-    finally:
-        await gateway.stop()
 
 
 @contextlib.asynccontextmanager

@@ -261,10 +261,10 @@ async def test_ca_rotation_changes_only_that_cr(
 async def test_bad_input_is_refused_with_the_right_status(
     control_plane: ApiServer,
     workflow_plane: ApiServer,
-    control_plane_tmp: Path,
+    tmp_path: Path,
     namespace: str,
 ) -> None:
-    gw = await start_gateway(control_plane, control_plane_tmp, max_body_bytes=1024)
+    gw = await start_gateway(control_plane, tmp_path, max_body_bytes=1024)
     plane_id, agents = await _plane(control_plane, workflow_plane, gw, namespace)
     url = gw.client.proxy_url(WP, plane_id, namespace, "wp", "/api/v1/namespaces")
     session: aiohttp.ClientSession = gw.client._session
@@ -306,3 +306,30 @@ async def test_internal_api_requires_the_internal_client_certificate(
             async with session.get(f"{gw.internal_url}/api/v1/planes/status", ssl=context):
                 pass
     assert (await gw.client.all_status())["total"] >= 0
+
+
+async def test_large_compressed_responses_arrive_intact(
+    control_plane: ApiServer, workflow_plane: ApiServer, gw: RunningGateway, namespace: str
+) -> None:
+    """The API server gzips responses over 128 KiB; bytes and Content-Encoding travel as is."""
+    plane_id, agents = await _plane(control_plane, workflow_plane, gw, namespace)
+    try:
+        big = unique("big")
+        payload = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": big},
+            "data": {f"k{i}": "v" * 1000 for i in range(300)},
+        }
+        base = "/api/v1/namespaces/default/configmaps"
+        created = await _proxy(
+            gw, plane_id, namespace, "POST", base, body=json.dumps(payload).encode()
+        )
+        assert created.status == 201, created.body[:200]
+        fetched = await _proxy(
+            gw, plane_id, namespace, "GET", f"{base}/{big}", headers={"Accept-Encoding": "gzip"}
+        )
+        assert fetched.status == 200
+        assert fetched.json()["data"] == payload["data"]
+    finally:
+        await _stop(agents)

@@ -1,4 +1,4 @@
-"""A fresh gateway per test; agents and CRs are made by each test with unique planeIDs."""
+"""Fixtures shared by the integration tests that need a running gateway."""
 
 from __future__ import annotations
 
@@ -13,13 +13,9 @@ from workflowplane.testenv import ApiServer
 
 @pytest.fixture
 async def gw(control_plane: ApiServer, crds: Path, tmp_path: Path) -> AsyncIterator[RunningGateway]:
+    """A fresh in-process gateway on free ports, its PKI in the control plane's Secrets."""
     gateway = await start_gateway(control_plane, tmp_path)
     try:
         yield gateway
     finally:
         await gateway.stop()
-
-
-@pytest.fixture
-def control_plane_tmp(tmp_path: Path) -> Path:
-    return tmp_path
