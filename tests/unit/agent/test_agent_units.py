@@ -1,0 +1,84 @@
+"""Agent rules that need no server: backoff bounds, header hygiene, errors as responses."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import random
+
+import pytest
+
+from workflowplane.agent.bootstrap import new_identity
+from workflowplane.agent.tunnel import FrameServer, full_jitter_delay
+from workflowplane.agent.upstream import forwardable_headers
+
+
+def test_full_jitter_stays_within_the_capped_exponential_envelope() -> None:
+    random.seed(7)
+    for attempt in range(12):
+        ceiling = min(30.0, 1.0 * 2**attempt)
+        delays = [full_jitter_delay(attempt, 1.0, 30.0) for _ in range(200)]
+        assert all(0 <= d <= ceiling for d in delays)
+        assert max(delays) > ceiling * 0.8  # spread over the whole range, not a fixed step
+        assert min(delays) < ceiling * 0.2
+
+
+def test_credentials_impersonation_and_hop_by_hop_headers_never_travel() -> None:
+    kept = forwardable_headers(
+        {
+            "Authorization": ["Bearer control-plane"],
+            "impersonate-user": ["admin"],
+            "Impersonate-Group": ["system:masters"],
+            "Connection": ["keep-alive"],
+            "Accept": ["application/json"],
+            "Content-Type": ["application/json"],
+        }
+    )
+    assert kept == [("Accept", "application/json"), ("Content-Type", "application/json")]
+
+
+def test_renewal_is_due_in_the_last_third_of_the_leaf_lifetime() -> None:
+    identity = new_identity("p", ca_days=3650, cert_days=30)
+    now = dt.datetime.now(dt.UTC)
+    assert not identity.renewal_due(1 / 3, now)
+    assert identity.renewal_due(1 / 3, now + dt.timedelta(days=21))
+
+
+class _Unreachable:
+    async def request(self, *_: object) -> object:
+        raise AssertionError("must not reach the upstream")
+
+
+async def _answers(raw: str) -> list[dict[str, object]]:
+    sent: list[bytes] = []
+
+    async def send(data: bytes) -> None:
+        sent.append(data)
+
+    server = FrameServer(_Unreachable(), send, timeout=1, max_concurrent=2)  # type: ignore[arg-type]
+    server.dispatch(raw)
+    await asyncio.sleep(0.05)
+    await server.close()
+    return [json.loads(s) for s in sent]
+
+
+@pytest.mark.parametrize(
+    ("frame", "status"),
+    [
+        ({"requestID": "a", "target": "metrics", "method": "GET", "path": "/"}, 404),
+        ({"requestID": "b", "target": "k8s", "method": "BREW", "path": "/"}, 500),
+        ({"requestID": "c", "target": "k8s", "method": "GET", "path": "no-slash"}, 500),
+    ],
+)
+async def test_errors_come_back_as_responses_never_silence(
+    frame: dict[str, str], status: int
+) -> None:
+    (response,) = await _answers(json.dumps(frame))
+    assert response["requestID"] == frame["requestID"] and response["statusCode"] == status
+    assert response["error"]["message"]  # type: ignore[index]
+
+
+async def test_malformed_frames_are_dropped_without_an_answer() -> None:
+    assert await _answers("{not json") == []
+    assert await _answers('{"target": "k8s"}') == []  # no requestID
