@@ -132,6 +132,43 @@ EOF
     listing = run_wpctl(dev_state, "get", "wp", "--kubeconfig", str(kubeconfig), "--context", CP)
     assert listing.returncode == 0 and "my-secret-workflowplane" in listing.stdout
 
+    doctor = run_wpctl(
+        dev_state,
+        "doctor",
+        "workflow-plane",
+        "-n",
+        "default",
+        "--kubeconfig",
+        str(kubeconfig),
+        "--cp-context",
+        CP,
+        "--wp-context",
+        WP,
+    )
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    assert "FAIL" not in doctor.stdout and "fingerprints match" in doctor.stdout
+    wrong = _shell(
+        f"kubectl --context {CP} -n my-org create secret generic wrong-ca "
+        "--from-literal=ca.crt=garbage && "
+        f"kubectl --context {CP} -n my-org patch wp my-secret-workflowplane --type=merge "
+        """-p '{"spec":{"clusterAgent":{"clientCA":{"secretKeyRef":"""
+        """{"name":"wrong-ca","key":"ca.crt","namespace":"my-org"}}}}}'""",
+        kubeconfig,
+    )
+    assert wrong.returncode == 0, wrong.stderr
+    sick = run_wpctl(
+        dev_state,
+        "doctor",
+        "my-secret-workflowplane",
+        "-n",
+        "my-org",
+        "--kubeconfig",
+        str(kubeconfig),
+        "--cp-context",
+        CP,
+    )
+    assert sick.returncode == 1 and "FAIL  client CA" in sick.stdout, sick.stdout
+
     again = run_wpctl(dev_state, "dev", "up")
     assert again.returncode == 0 and "already running" in again.stderr
 

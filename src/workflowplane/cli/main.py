@@ -18,6 +18,7 @@ COMPONENT_COMMANDS = (
     "workflowplane.cli.get",
     "workflowplane.cli.register",
     "workflowplane.cli.ca",
+    "workflowplane.cli.doctor",
     "workflowplane.agent.cli",
     "workflowplane.gateway.cli",
     "workflowplane.controller.cli",

@@ -1,0 +1,207 @@
+"""``wpctl doctor``: check one plane end to end and say in plain words what is wrong.
+
+CR -> client CA -> gateway -> agent connection and authorization -> the tunnel and the agent's
+RBAC in the plane; with ``--wp-context`` also whether the agent's own CA is the one the CR
+trusts. Each check prints one line; the first failure's hint says what to do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from workflowplane.api import (
+    ClientCAError,
+    ClusterWorkflowPlaneResource,
+    InvalidManifest,
+    WorkflowPlaneResource,
+    decode_plane,
+    effective_plane_id,
+    read_client_ca,
+)
+from workflowplane.api.kube import get_dict
+from workflowplane.cli.ca import read_agent_ca
+from workflowplane.cli.errors import EXIT_FAILURE, EXIT_USAGE, CliError
+from workflowplane.cli.kube import add_kubeconfig_flag, client_for
+from workflowplane.cli.state import state_root
+from workflowplane.controller.status import assess_ca
+from workflowplane.gateway.client import GatewayClient, GatewayError
+from workflowplane.pki import load_certificates, sha256_fingerprint
+
+WP = "workflowplane"
+
+
+@dataclass
+class Report:
+    failed: bool = False
+
+    def ok(self, message: str) -> None:
+        print(f"  ok    {message}")
+
+    def fail(self, message: str, hint: str) -> None:
+        self.failed = True
+        print(f"  FAIL  {message}\n        -> {hint}")
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "doctor",
+        help="check a plane end to end",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("name", help="WorkflowPlane (with -n) or ClusterWorkflowPlane name")
+    parser.add_argument("-n", "--namespace", help="namespace of a WorkflowPlane")
+    add_kubeconfig_flag(parser)
+    parser.add_argument("--cp-context", help="the control plane's context")
+    parser.add_argument("--wp-context", help="the workflow plane's context (optional)")
+    parser.add_argument("--gateway-url", help="gateway internal API (default: the local dev one)")
+    parser.add_argument("--gateway-namespace", default="openchoreo-control-plane")
+    parser.set_defaults(handler=lambda args: asyncio.run(_doctor(args)))
+
+
+def _default_gateway_url() -> str | None:
+    processes = state_root() / "dev" / "processes.json"
+    if not processes.exists():
+        return None
+    internal = json.loads(processes.read_text()).get("control-plane", {}).get("internal")
+    return f"https://127.0.0.1:{internal}" if internal else None
+
+
+async def _doctor(args: argparse.Namespace) -> int:
+    url = args.gateway_url or _default_gateway_url()
+    if url is None:
+        raise CliError("no gateway URL", "pass --gateway-url https://HOST:8444", EXIT_USAGE)
+    kube = client_for(args.kubeconfig, args.cp_context)
+    report = Report()
+    print(
+        f"{'WorkflowPlane' if args.namespace else 'ClusterWorkflowPlane'} "
+        f"{args.namespace + '/' if args.namespace else ''}{args.name}"
+    )
+    try:
+        await _checks(args, kube, url, report)
+    finally:
+        await kube.close()
+    return EXIT_FAILURE if report.failed else 0
+
+
+async def _checks(args: argparse.Namespace, kube: Any, url: str, report: Report) -> None:
+    resource = WorkflowPlaneResource if args.namespace else ClusterWorkflowPlaneResource
+    raw = await get_dict(kube, resource, args.name, args.namespace)
+    if raw is None:
+        report.fail("the CR does not exist", "check the name, -n, and --cp-context")
+        return
+    raw.setdefault("kind", "WorkflowPlane" if args.namespace else "ClusterWorkflowPlane")
+    try:
+        plane = decode_plane(raw)
+    except InvalidManifest as exc:
+        report.fail(f"the CR is invalid: {exc}", "fix the manifest")
+        return
+    plane_id = effective_plane_id(plane)
+    report.ok(f"CR found, planeID {plane_id!r}")
+    ca_pem = await _check_ca(kube, plane, report)
+    if args.wp_context and ca_pem is not None:
+        await _check_agent_ca(args, ca_pem, report)
+    try:
+        gateway = await GatewayClient.from_secret(kube, url, args.gateway_namespace)
+    except Exception as exc:  # noqa: BLE001 - reported
+        report.fail(
+            f"cannot load the gateway client credentials: {exc}",
+            f"is the gateway running? (Secret in {args.gateway_namespace})",
+        )
+        return
+    try:
+        await _check_agents(gateway, plane_id, args, report)
+    finally:
+        await gateway.close()
+
+
+async def _check_ca(kube: Any, plane: Any, report: Report) -> bytes | None:
+    try:
+        pem = await read_client_ca(kube, plane)
+    except ClientCAError as exc:
+        report.fail(
+            f"client CA: {exc.message} ({exc.reason})",
+            "create the Secret/key, or put the CA inline (wpctl register)",
+        )
+        return None
+    health = assess_ca(pem, dt.datetime.now(dt.UTC))
+    if health.verdict is not None:
+        report.fail(
+            f"client CA: {health.verdict.message}",
+            "use the agent's CA: wpctl ca show --context <workflow plane>",
+        )
+        return None
+    report.ok(f"client CA parses, expires {health.expires:%Y-%m-%d}")
+    return pem
+
+
+async def _check_agent_ca(args: argparse.Namespace, ca_pem: bytes, report: Report) -> None:
+    wp = client_for(args.kubeconfig, args.wp_context)
+    try:
+        agent_pem = await read_agent_ca(wp, "openchoreo-workflow-plane")
+    except CliError as exc:
+        report.fail(exc.message, exc.hint or "")
+        return
+    finally:
+        await wp.close()
+    trusted = {sha256_fingerprint(c) for c in load_certificates(ca_pem)}
+    agents = {sha256_fingerprint(c) for c in load_certificates(agent_pem)}
+    if trusted & agents:
+        report.ok("the CR trusts the agent's CA (fingerprints match)")
+    else:
+        report.fail(
+            "the CR's client CA is not the agent's CA",
+            "re-register: wpctl register ... (it reads cluster-agent-tls)",
+        )
+
+
+async def _check_agents(
+    gateway: GatewayClient, plane_id: str, args: argparse.Namespace, report: Report
+) -> None:
+    try:
+        mine = await gateway.plane_status(WP, plane_id, namespace=args.namespace, name=args.name)
+        everyone = await gateway.plane_status(WP, plane_id)
+    except GatewayError as exc:
+        report.fail(f"gateway unreachable: {exc.message}", "check --gateway-url and the gateway")
+        return
+    report.ok("gateway reachable")
+    if mine["connectedAgents"] == 0:
+        if everyone["connectedAgents"]:
+            report.fail(
+                f"{everyone['connectedAgents']} agent(s) of planeID {plane_id!r} "
+                "are connected, but none is authorized for this CR",
+                "their certificate is not signed by this CR's CA",
+            )
+        else:
+            report.fail(
+                f"no agent connected for planeID {plane_id!r}",
+                "is the agent running with this --plane-id and the gateway's URL/CA?",
+            )
+        return
+    report.ok(f"{mine['connectedAgents']} agent(s) connected and authorized")
+    response = await gateway.proxy(
+        "GET",
+        plane_type=WP,
+        plane_id=plane_id,
+        cr_namespace=args.namespace,
+        cr_name=args.name,
+        path="/api/v1/namespaces",
+        query="limit=1",
+    )
+    if response.status == 200:
+        report.ok("tunnel works; the agent may list namespaces in the plane")
+    elif response.status == 403:
+        report.fail(
+            "the agent's RBAC in the plane forbids listing namespaces",
+            "apply the workflow plane chart's RBAC (deploy/helm)",
+        )
+    else:
+        report.fail(
+            f"tunnel request failed: {response.status} {response.body[:200]!r}",
+            "see the agent's log",
+        )
