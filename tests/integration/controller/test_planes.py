@@ -455,3 +455,77 @@ async def test_connect_to_status_latency(
     )
     await agent.upstream.close()
     assert median < 10
+
+
+async def test_two_replicas_with_peering_only_one_acts(
+    control_plane: ApiServer, gw: RunningGateway, namespace: str
+) -> None:
+    """kopf peering: the higher-priority replica acts, the other pauses (one event, not two)."""
+    from workflowplane.controller.runner import ControllerConfig, run_controller  # noqa: PLC0415
+
+    peering = unique("peering")
+    kubectl(
+        control_plane.kubeconfig,
+        control_plane.context,
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps(
+            {
+                "apiVersion": "kopf.dev/v1",
+                "kind": "ClusterKopfPeering",
+                "metadata": {"name": peering},
+            }
+        ),
+    )
+    stops = [asyncio.Event(), asyncio.Event()]
+    tasks = [
+        asyncio.create_task(
+            run_controller(
+                ControllerConfig(
+                    kubeconfig=control_plane.kubeconfig,
+                    context=control_plane.context,
+                    peering=peering,
+                    priority=priority,
+                ),
+                gw.client,
+                stop_flag=stop,
+            )
+        )
+        for priority, stop in zip((100, 200), stops, strict=True)
+    ]
+    try:
+        await asyncio.sleep(4)  # both announce themselves; the lower one pauses
+        apply(
+            control_plane,
+            workflow_plane_cr("peered", namespace, unique("p"), secret=("absent", "ca.crt")),
+        )
+        await eventually(
+            lambda: _ready_with(
+                _get(control_plane, "wp", "peered", namespace), "False", "ClientCANotFound"
+            ),
+            timeout=20,
+        )
+        await asyncio.sleep(2)
+        accepted = [
+            e
+            for e in _events(control_plane, namespace, "peered")
+            if e["reason"] == "ReconcileComplete"
+        ]
+        assert len(accepted) == 1
+        peers = json.loads(
+            kubectl(
+                control_plane.kubeconfig,
+                control_plane.context,
+                "get",
+                "clusterkopfpeering",
+                peering,
+                "-o",
+                "json",
+            ).stdout
+        )
+        assert len(peers.get("status") or {}) == 2  # both replicas announced themselves
+    finally:
+        for stop in stops:
+            stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
