@@ -50,3 +50,5 @@ class Reason:
     CLIENT_CA_EXPIRED: Final = "ClientCAExpired"
     AGENT_NOT_CONNECTED: Final = "AgentNotConnected"
     AGENT_CERTIFICATE_REJECTED: Final = "AgentCertificateRejected"
+    GATEWAY_NOTIFY_FAILED: Final = "GatewayNotifyFailed"
+    CLIENT_CA_EXPIRING_SOON: Final = "ClientCAExpiringSoon"

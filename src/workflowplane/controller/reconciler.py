@@ -143,9 +143,12 @@ class PlaneReconciler:
         first_time = find_condition(status.get("conditions", []), Condition.CREATED) is None
         spec_changed = generation != status.get("observedGeneration")
         retry: RetryLater | None = None
+        refused: str | None = None
         if first_time or spec_changed or force:
-            retry = await self._notify(ref, plane, "created" if first_time else "updated")
-        new_status = await self._observe(ref, plane, raw, status, generation)
+            retry, refused = await self._notify(
+                ref, plane, raw, "created" if first_time else "updated"
+            )
+        new_status = await self._observe(ref, plane, raw, status, generation, refused)
         await self._write_status(ref, raw, status, new_status)
         if first_time:
             await self._events.record(
@@ -167,8 +170,11 @@ class PlaneReconciler:
         }
         await self._patch(ref, patch)
 
-    async def _notify(self, ref: PlaneRef, plane: AnyPlane, event: str) -> RetryLater | None:
-        """Tell the gateway; a transient failure is returned (retried), a permanent one logged."""
+    async def _notify(
+        self, ref: PlaneRef, plane: AnyPlane, raw: dict[str, Any], event: str
+    ) -> tuple[RetryLater | None, str | None]:
+        """Tell the gateway. A transient failure comes back to be retried; a permanent one is
+        recorded (Warning event, and the Ready condition says it) and not retried."""
         try:
             await self._gateway.notify(
                 plane_type=PLANE_TYPE,
@@ -180,9 +186,12 @@ class PlaneReconciler:
         except Exception as exc:  # noqa: BLE001 - classified below
             if getattr(exc, "transient", True):
                 log.info("gateway notify %s for %s failed, will retry: %s", event, ref.key, exc)
-                return RetryLater(f"gateway notify {event} failed: {exc}")
-            log.error("gateway refused notify %s for %s: %s", event, ref.key, exc)
-        return None
+                return RetryLater(f"gateway notify {event} failed: {exc}"), None
+            message = f"gateway refused notify {event}: {exc}"
+            log.error("%s: %s", ref.key, message)
+            await self._events.record(raw, "Warning", Reason.GATEWAY_NOTIFY_FAILED, message)
+            return None, message
+        return None, None
 
     async def _observe(
         self,
@@ -191,10 +200,20 @@ class PlaneReconciler:
         raw: dict[str, Any],
         status: dict[str, Any],
         generation: int | None,
+        refused: str | None = None,
     ) -> dict[str, Any]:
         now = self._clock()
         ca = await self._assess_ca(plane, now)
         seen = await self._observe_agents(ref, plane)
+        ready = readiness(ca, seen)
+        if refused is not None:
+            ready = Verdict("False", Reason.GATEWAY_NOTIFY_FAILED, refused)
+        elif ready.status == "True" and ca.expiring_soon(now) and ca.expires is not None:
+            ready = Verdict(
+                "True",
+                Reason.READY,
+                f"{ready.message}; client CA expires {ca.expires:%Y-%m-%d}: rotate it soon",
+            )
         conditions: list[dict[str, Any]] = list(status.get("conditions", []))
         conditions = set_condition(
             conditions,
@@ -203,9 +222,7 @@ class PlaneReconciler:
             generation,
             now,
         )
-        conditions = set_condition(
-            conditions, Condition.READY, readiness(ca, seen), generation, now
-        )
+        conditions = set_condition(conditions, Condition.READY, ready, generation, now)
         conditions = await self._secret_store_condition(
             ref, plane, seen, conditions, generation, now
         )
@@ -362,6 +379,11 @@ class PlaneReconciler:
         """Warning on every move into a bad state, Normal on recovery; nothing when unchanged."""
         old = find_condition(before.get("conditions", []), Condition.READY) or {}
         new = find_condition(after["conditions"], Condition.READY) or {}
+        expiring = "client CA expires" in new.get("message", "")
+        if expiring and "client CA expires" not in old.get("message", ""):
+            await self._events.record(
+                raw, "Warning", Reason.CLIENT_CA_EXPIRING_SOON, new["message"]
+            )
         if (old.get("status"), old.get("reason")) == (new.get("status"), new.get("reason")):
             return
         if new.get("status") == "True":

@@ -529,3 +529,95 @@ async def test_two_replicas_with_peering_only_one_acts(
         for stop in stops:
             stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_ca_close_to_expiry_warns_but_stays_ready(
+    control_plane: ApiServer,
+    workflow_plane: ApiServer,
+    gw: RunningGateway,
+    controller: None,
+    namespace: str,
+) -> None:
+    """An agent CA with 10 days left: Ready=True, the message and a Warning event say so."""
+    from workflowplane.agent.bootstrap import AgentIdentity  # noqa: PLC0415
+
+    plane_id = unique("expiring")
+    ca = generate_ca("short-lived", valid_for=dt.timedelta(days=10))
+    config = agent_config(workflow_plane, gw, plane_id, unique("agent-tls"))
+    agent = await prepare_agent(config)
+    await agent.upstream.close()
+    from workflowplane.agent.runner import Agent  # noqa: PLC0415
+
+    short = Agent(config)
+    short.identity = AgentIdentity(ca, issue_certificate(ca, "agent"))
+    running = await start_agent(short, wait=False)
+    apply(control_plane, workflow_plane_cr("wp", namespace, plane_id, ca_pem=ca.cert_pem.decode()))
+    try:
+        obj = await eventually(
+            lambda: (
+                (o := _get(control_plane, "wp", "wp", namespace)) and _ready_with(o, "True") and o
+            ),
+            timeout=15,
+        )
+        assert "client CA expires" in _condition(obj, "Ready")["message"]
+        await eventually(
+            lambda: (
+                "ClientCAExpiringSoon"
+                in [e["reason"] for e in _events(control_plane, namespace, "wp")]
+            )
+        )
+    finally:
+        await running.stop()
+
+
+async def test_a_permanent_gateway_refusal_is_recorded(
+    control_plane: ApiServer, namespace: str
+) -> None:
+    """A 4xx from notify is not retried: Ready says why and a Warning event records it."""
+    from workflowplane.controller.runner import ControllerConfig, run_controller  # noqa: PLC0415
+    from workflowplane.gateway.client import GatewayError  # noqa: PLC0415
+
+    class Refusing:
+        async def notify(self, **_: Any) -> Any:
+            raise GatewayError(400, "notify needs planeType")
+
+        async def plane_status(self, *_: Any, **__: Any) -> Any:
+            return {"connectedAgents": 0, "lastSeen": None}
+
+        async def proxy(self, *_: Any, **__: Any) -> Any:
+            raise GatewayError(502, "no agent")
+
+        async def events(self) -> Any:
+            await asyncio.sleep(3600)
+            yield {}
+
+    stop, ready = asyncio.Event(), asyncio.Event()
+    config = ControllerConfig(kubeconfig=control_plane.kubeconfig, context=control_plane.context)
+    task = asyncio.create_task(run_controller(config, Refusing(), stop_flag=stop, ready_flag=ready))
+    try:
+        await asyncio.wait_for(ready.wait(), 30)
+        apply(
+            control_plane,
+            workflow_plane_cr(
+                "refused", namespace, unique("p"), ca_pem=generate_ca("x").cert_pem.decode()
+            ),
+        )
+        await eventually(
+            lambda: _ready_with(
+                _get(control_plane, "wp", "refused", namespace), "False", "GatewayNotifyFailed"
+            ),
+            timeout=15,
+        )
+        await eventually(
+            lambda: (
+                "GatewayNotifyFailed"
+                in [
+                    e["reason"]
+                    for e in _events(control_plane, namespace, "refused")
+                    if e["type"] == "Warning"
+                ]
+            )
+        )
+    finally:
+        stop.set()
+        await asyncio.gather(task, return_exceptions=True)
