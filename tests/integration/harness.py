@@ -189,3 +189,24 @@ async def running_gateway(
         yield gw
     finally:
         await gw.stop()
+
+
+async def registered_agent(
+    control_plane: ApiServer,
+    workflow_plane: ApiServer,
+    gw: RunningGateway,
+    namespace: str,
+    prefix: str,
+    name: str = "wp",
+) -> tuple[str, Agent]:
+    """A new planeID, an agent identity for it, and WorkflowPlane ``name`` trusting its CA
+    inline (the agent is prepared, not started)."""
+    plane_id = unique(prefix)
+    agent = await prepare_agent(agent_config(workflow_plane, gw, plane_id, unique("agent-tls")))
+    apply(
+        control_plane,
+        workflow_plane_cr(
+            name, namespace, plane_id, ca_pem=agent_ca(workflow_plane, agent.config.secret_name)
+        ),
+    )
+    return plane_id, agent

@@ -19,6 +19,7 @@ from tests.integration.harness import (
     apply,
     eventually,
     prepare_agent,
+    registered_agent,
     start_agent,
     unique,
     workflow_plane_cr,
@@ -128,16 +129,8 @@ async def test_ha_scale_up_then_all_agents_gone(
     controller: None,
     namespace: str,
 ) -> None:
-    plane_id = unique("ha")
-    config = agent_config(workflow_plane, gw, plane_id, unique("agent-tls"))
-    first = await prepare_agent(config)
-    apply(
-        control_plane,
-        workflow_plane_cr(
-            "wp", namespace, plane_id, ca_pem=agent_ca(workflow_plane, config.secret_name)
-        ),
-    )
-    agents = [await start_agent(first), await start_agent(config)]
+    _, first = await registered_agent(control_plane, workflow_plane, gw, namespace, "ha")
+    agents = [await start_agent(first), await start_agent(first.config)]
     obj = await eventually(
         lambda: (
             (o := _get(control_plane, "wp", "wp", namespace))
@@ -410,15 +403,7 @@ async def test_connect_to_status_latency(
     record_property: Any,
 ) -> None:
     """Figures for the closing note (the assertion only bounds it loosely: not a benchmark)."""
-    plane_id = unique("lat")
-    config = agent_config(workflow_plane, gw, plane_id, unique("agent-tls"))
-    agent = await prepare_agent(config)
-    apply(
-        control_plane,
-        workflow_plane_cr(
-            "wp", namespace, plane_id, ca_pem=agent_ca(workflow_plane, config.secret_name)
-        ),
-    )
+    _, agent = await registered_agent(control_plane, workflow_plane, gw, namespace, "lat")
     await eventually(
         lambda: _ready_with(_get(control_plane, "wp", "wp", namespace), "False"), timeout=15
     )

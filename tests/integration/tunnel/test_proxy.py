@@ -16,10 +16,9 @@ from tests.integration.harness import (
     RunningAgent,
     RunningGateway,
     agent_ca,
-    agent_config,
     apply,
     eventually,
-    prepare_agent,
+    registered_agent,
     start_agent,
     start_gateway,
     unique,
@@ -40,15 +39,8 @@ async def _plane(
     agents: int = 1,
 ) -> tuple[str, list[RunningAgent]]:
     """A CR trusting one agent CA, and ``agents`` replicas sharing that identity (HA)."""
-    plane_id = unique("p")
-    config = agent_config(workflow_plane, gw, plane_id, unique("agent-tls"))
-    first = await prepare_agent(config)
-    apply(
-        control_plane,
-        workflow_plane_cr(
-            "wp", namespace, plane_id, ca_pem=agent_ca(workflow_plane, config.secret_name)
-        ),
-    )
+    plane_id, first = await registered_agent(control_plane, workflow_plane, gw, namespace, "p")
+    config = first.config
     await eventually(lambda: gw.gateway.planes.for_plane(plane_id))
     await eventually(lambda: gw.gateway.planes.all_cas().count(b"BEGIN") > 0)
     running = [await start_agent(first)]
