@@ -37,6 +37,12 @@ from workflowplane.api import (
     effective_plane_id,
     read_client_ca,
 )
+from workflowplane.api.conditions import (
+    Verdict,
+    find_condition,
+    remove_condition,
+    set_condition,
+)
 from workflowplane.api.kube import get_dict, merge_patch
 from workflowplane.api.planes import (
     ClusterObservabilityPlaneResource,
@@ -47,13 +53,9 @@ from workflowplane.controller.gateway_api import GatewayAPI
 from workflowplane.controller.status import (
     AgentObservation,
     CAHealth,
-    Verdict,
     assess_ca,
-    find_condition,
     next_agent_connection,
     readiness,
-    remove_condition,
-    set_condition,
 )
 
 log = logging.getLogger(__name__)

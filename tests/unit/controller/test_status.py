@@ -5,15 +5,14 @@ from __future__ import annotations
 import datetime as dt
 
 from workflowplane.api import Reason
+from workflowplane.api.conditions import Verdict, set_condition
 from workflowplane.controller.status import (
     AgentObservation,
     CAHealth,
-    Verdict,
     assess_ca,
     connection_message,
     next_agent_connection,
     readiness,
-    set_condition,
 )
 from workflowplane.pki import generate_ca, issue_certificate
 
@@ -78,11 +77,12 @@ def test_ca_assessment_reasons() -> None:
     leaf = issue_certificate(ca, "leaf")
     not_a_ca = assess_ca(leaf.cert_pem, dt.datetime.now(dt.UTC))
     assert not_a_ca.verdict is not None and not_a_ca.verdict.reason == Reason.CLIENT_CA_INVALID
-    expired = assess_ca(ca.cert_pem, T0 + dt.timedelta(days=3651))
-    assert expired.verdict is not None and expired.verdict.reason == Reason.CLIENT_CA_EXPIRED
     fine = assess_ca(ca.cert_pem, dt.datetime.now(dt.UTC))
+    assert fine.expires is not None
+    expired = assess_ca(ca.cert_pem, fine.expires + dt.timedelta(seconds=1))
+    assert expired.verdict is not None and expired.verdict.reason == Reason.CLIENT_CA_EXPIRED
     assert fine.verdict is None and not fine.expiring_soon(dt.datetime.now(dt.UTC))
-    assert fine.expiring_soon(fine.expires - dt.timedelta(days=10))  # type: ignore[operator]
+    assert fine.expiring_soon(fine.expires - dt.timedelta(days=10))
 
 
 def test_readiness_order_ca_first_then_agents() -> None:
