@@ -33,6 +33,20 @@ class GatewayAPI(Protocol):
         cr_name: str,
         path: str,
         query: str = "",
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Any: ...
+
+    def proxy_stream(
+        self,
+        method: str,
+        *,
+        plane_type: str,
+        plane_id: str,
+        cr_namespace: str | None,
+        cr_name: str,
+        path: str,
+        query: str,
+    ) -> AsyncIterator[bytes]: ...
 
     def events(self) -> AsyncIterator[Mapping[str, Any]]: ...

@@ -21,19 +21,24 @@ from workflowplane.controller.operator import (
     register_login,
 )
 from workflowplane.controller.reconciler import PlaneReconciler
+from workflowplane.runs.operator import RunsController, register_runs
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ControllerConfig:
-    """``kubeconfig`` None means in-cluster (service account); ``peering`` None, standalone."""
+    """``kubeconfig`` None means in-cluster (service account); ``peering`` None, standalone.
+
+    ``runs`` also reconciles WorkflowRuns in the same operator (same leader election).
+    """
 
     kubeconfig: Path | None = None
     context: str | None = None
     resync_seconds: float = 60.0
     peering: str | None = None
     priority: int = 0
+    runs: bool = True
 
 
 async def run_controller(
@@ -53,6 +58,8 @@ async def run_controller(
             resync_seconds=config.resync_seconds,
         )
         registry = build_registry(state)
+        if config.runs:
+            register_runs(registry, RunsController(kube, gateway))
 
         async def credentials() -> kopf.ConnectionInfo:
             return connection_info(kube_config)

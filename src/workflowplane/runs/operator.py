@@ -1,0 +1,72 @@
+"""kopf wiring for WorkflowRuns: kopf watches (and elects a leader, with peering); a work
+queue decides when each run is reconciled.
+
+No kopf finalizer, timer or daemon is used on runs: the run's finalizer is the API's own
+(``openchoreo.dev/workflowrun-cleanup``), managed by the reconciler, and TTLs are requeues.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+from lightkube import AsyncClient
+
+from workflowplane.api.constants import CLUSTER_WORKFLOW_PLANE, GROUP, VERSION, WORKFLOW_PLANE
+from workflowplane.api.workflows import CLUSTER_WORKFLOW, WORKFLOW
+from workflowplane.runs.plane_api import TunnelAPI
+from workflowplane.runs.queue import WorkQueue
+from workflowplane.runs.reconciler import RunReconciler
+from workflowplane.runs.tracker import RunKey
+
+# What a waiting run can be waiting for: these kinds appearing or changing wake it up.
+WAKERS = {
+    "workflowplanes": WORKFLOW_PLANE,
+    "clusterworkflowplanes": CLUSTER_WORKFLOW_PLANE,
+    "workflows": WORKFLOW,
+    "clusterworkflows": CLUSTER_WORKFLOW,
+}
+CLUSTER_SCOPED = {CLUSTER_WORKFLOW_PLANE, CLUSTER_WORKFLOW}
+
+
+class RunsController:
+    def __init__(self, kube: AsyncClient, tunnel: TunnelAPI, *, concurrency: int = 16) -> None:
+        self.reconciler = RunReconciler(kube, tunnel)
+        self._concurrency = concurrency
+        self._queue: WorkQueue[RunKey] | None = None
+
+    @property
+    def queue(self) -> WorkQueue[RunKey]:
+        if self._queue is None:  # created inside the operator's event loop
+            self._queue = WorkQueue(self.reconciler.reconcile, concurrency=self._concurrency)
+        return self._queue
+
+    async def close(self) -> None:
+        if self._queue is not None:
+            await self._queue.close()
+        await self.reconciler.tracker.close()
+
+
+def register_runs(registry: kopf.OperatorRegistry, runs: RunsController) -> None:
+    @kopf.on.event(GROUP, VERSION, "workflowruns", registry=registry, id="workflowrun-event")
+    async def run_changed(name: str, namespace: str | None, **_: Any) -> None:
+        runs.queue.add((namespace or "", name))
+
+    for plural, kind in WAKERS.items():
+        _register_waker(registry, runs, plural, kind)
+
+    @kopf.on.cleanup(registry=registry, id="workflowrun-cleanup")
+    async def stop_runs(**_: Any) -> None:
+        await runs.close()
+
+
+def _register_waker(
+    registry: kopf.OperatorRegistry, runs: RunsController, plural: str, kind: str
+) -> None:
+    @kopf.on.event(GROUP, VERSION, plural, registry=registry, id=f"wake-runs-{plural}")
+    async def wake(name: str, namespace: str | None, type: str | None, **_: Any) -> None:
+        if type == "DELETED":
+            return
+        scope = None if kind in CLUSTER_SCOPED else namespace
+        for key in runs.reconciler.woken_by((kind, scope, name)):
+            runs.queue.add(key)

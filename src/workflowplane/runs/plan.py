@@ -1,0 +1,171 @@
+"""What one run creates in its plane, computed from the run, its definition and the plane.
+
+Pure: the same inputs always give the same objects, with deterministic names, which is what
+makes creation idempotent across controller restarts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from workflowplane.api.workflows import (
+    ARGO_API_VERSION,
+    ARGO_WORKFLOW,
+    EXECUTOR_ROLE,
+    LABEL_MANAGED_BY,
+    LABEL_RUN,
+    LABEL_RUN_NAMESPACE,
+    MANAGED_BY,
+    SERVICE_ACCOUNT,
+    plane_namespace,
+)
+from workflowplane.runs.parameters import resolve_parameters
+from workflowplane.runs.render import Renderer, RenderError, RunContext
+
+
+@dataclass(frozen=True)
+class PlaneTarget:
+    """The plane CR a run goes to: it decides which agent connections may carry the run."""
+
+    kind: str
+    namespace: str | None
+    name: str
+    plane_id: str
+    secret_store: str
+
+    @property
+    def ref(self) -> str:
+        return f"{self.kind}/{self.name}"
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    setup: list[dict[str, Any]]
+    resources: list[tuple[str, dict[str, Any]]]
+    workflow: dict[str, Any]
+
+    @property
+    def objects(self) -> list[dict[str, Any]]:
+        """Creation order: namespace and RBAC, then resources, then the Argo Workflow."""
+        return [*self.setup, *(obj for _, obj in self.resources), self.workflow]
+
+    def resource_refs(self) -> list[dict[str, Any]]:
+        return [{"id": rid, **object_ref(obj)} for rid, obj in self.resources]
+
+    def run_reference(self) -> dict[str, Any]:
+        return object_ref(self.workflow)
+
+
+def object_ref(obj: Mapping[str, Any]) -> dict[str, Any]:
+    meta = obj["metadata"]
+    ref = {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": meta["name"]}
+    if meta.get("namespace"):
+        ref["namespace"] = meta["namespace"]
+    return ref
+
+
+def run_labels(run_namespace: str, run_name: str) -> dict[str, str]:
+    return {
+        LABEL_RUN: run_name,
+        LABEL_RUN_NAMESPACE: run_namespace,
+        LABEL_MANAGED_BY: MANAGED_BY,
+    }
+
+
+def plan_run(run: Mapping[str, Any], definition: Mapping[str, Any], plane: PlaneTarget) -> RunPlan:
+    """Render the definition for this run; raises RenderError (permanent) on any problem."""
+    meta, spec = run["metadata"], definition.get("spec") or {}
+    namespace, name = meta["namespace"], meta["name"]
+    labels = run_labels(namespace, name)
+    context = RunContext(
+        namespace=namespace,
+        run_name=name,
+        labels=meta.get("labels") or {},
+        parameters=resolve_parameters(
+            spec.get("parameters"),
+            ((run.get("spec") or {}).get("workflow") or {}).get("parameters"),
+        ),
+        plane_id=plane.plane_id,
+        secret_store=plane.secret_store,
+    )
+    renderer = Renderer(context, f"{plane.ref} has no spec.secretStoreRef")
+    target_ns = plane_namespace(namespace)
+    resources = []
+    for index, item in enumerate(spec.get("resources") or []):
+        where = f"resources[{item.get('id', index)}]"
+        if "includeWhen" in item and not renderer.condition(
+            item["includeWhen"], f"{where}.includeWhen"
+        ):
+            continue
+        rendered = _owned(
+            renderer.render(item.get("template"), f"{where}.template"), target_ns, labels, where
+        )
+        resources.append((str(item["id"]), rendered))
+    workflow = _owned(
+        renderer.render(spec.get("runTemplate"), "runTemplate"), target_ns, labels, "runTemplate"
+    )
+    workflow.setdefault("apiVersion", ARGO_API_VERSION)
+    workflow.setdefault("kind", ARGO_WORKFLOW)
+    workflow["metadata"]["name"] = name
+    workflow["metadata"].pop("generateName", None)
+    workflow.setdefault("spec", {}).setdefault("serviceAccountName", SERVICE_ACCOUNT)
+    return RunPlan(setup=setup_objects(target_ns, labels), resources=resources, workflow=workflow)
+
+
+def _owned(obj: Any, namespace: str, labels: Mapping[str, str], where: str) -> dict[str, Any]:
+    if not isinstance(obj, dict) or (not obj.get("kind") and where != "runTemplate"):
+        raise RenderError(f"{where}: must render to an object with apiVersion and kind")
+    meta = obj.setdefault("metadata", {})
+    if not isinstance(meta, dict):
+        raise RenderError(f"{where}.metadata: must be an object")
+    if where != "runTemplate" and not meta.get("name"):
+        raise RenderError(f"{where}: metadata.name is required")
+    meta["namespace"] = namespace
+    meta["labels"] = {**(meta.get("labels") or {}), **labels}
+    return obj
+
+
+def setup_objects(namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The namespace, the service account Argo runs steps as, and the executor's RBAC."""
+    meta = {"namespace": namespace, "labels": dict(labels)}
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": namespace, "labels": dict(labels)},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": SERVICE_ACCOUNT, **meta},
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": EXECUTOR_ROLE, **meta},
+            "rules": [
+                {
+                    "apiGroups": ["argoproj.io"],
+                    "resources": ["workflowtaskresults"],
+                    "verbs": ["create", "patch"],
+                },
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "watch", "patch"]},
+                {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get", "watch"]},
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": EXECUTOR_ROLE, **meta},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": EXECUTOR_ROLE,
+            },
+            "subjects": [
+                {"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": namespace}
+            ],
+        },
+    ]

@@ -1,0 +1,225 @@
+"""The plane's Kubernetes API as a run sees it: every call goes through the gateway's proxy,
+on a connection authorized for the run's plane CR — never a direct connection.
+
+Raw JSON in and out (no models): the objects are whatever the workflow definition renders.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Protocol
+from urllib.parse import urlencode
+
+from workflowplane.api.constants import PLANE_TYPE
+from workflowplane.gateway.client import GatewayError, ProxyResponse
+from workflowplane.runs.plan import PlaneTarget
+
+TRANSIENT_STATUSES = {0, 403, 404, 408, 429, 500, 502, 503, 504}
+
+
+class TunnelAPI(Protocol):
+    """The gateway's proxy, as ``workflowplane.gateway.client.GatewayClient`` offers it."""
+
+    async def proxy(
+        self,
+        method: str,
+        *,
+        plane_type: str,
+        plane_id: str,
+        cr_namespace: str | None,
+        cr_name: str,
+        path: str,
+        query: str = "",
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> ProxyResponse: ...
+
+    def proxy_stream(
+        self,
+        method: str,
+        *,
+        plane_type: str,
+        plane_id: str,
+        cr_namespace: str | None,
+        cr_name: str,
+        path: str,
+        query: str,
+    ) -> AsyncIterator[bytes]: ...
+
+
+class PlaneRequestError(Exception):
+    """A plane request failed; ``transient`` says whether retrying later can help."""
+
+    def __init__(self, status: int, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.transient = transient
+
+
+class WatchExpired(Exception):
+    """The watch's resourceVersion is too old (410): list again."""
+
+
+def _error(response: ProxyResponse, what: str) -> PlaneRequestError:
+    try:
+        message = str(response.json().get("message") or response.body[:200])
+    except (ValueError, AttributeError):
+        message = response.body[:200].decode(errors="replace")
+    return PlaneRequestError(
+        response.status,
+        f"{what}: HTTP {response.status}: {message}",
+        transient=response.status in TRANSIENT_STATUSES or response.status >= 500,
+    )
+
+
+class Discovery:
+    """kind → (plural, namespaced) per plane, learnt from the plane's discovery documents."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[str, str, str], tuple[str, bool]] = {}
+
+    def get(self, plane_id: str, api_version: str, kind: str) -> tuple[str, bool] | None:
+        return self._known.get((plane_id, api_version, kind))
+
+    def learn(self, plane_id: str, api_version: str, resources: list[Mapping[str, Any]]) -> None:
+        for resource in resources:
+            if "/" not in resource.get("name", ""):
+                key = (plane_id, api_version, str(resource.get("kind")))
+                self._known[key] = (str(resource["name"]), bool(resource.get("namespaced")))
+
+
+class PlaneAPI:
+    def __init__(self, gateway: TunnelAPI, target: PlaneTarget, discovery: Discovery) -> None:
+        self._gateway = gateway
+        self._target = target
+        self._discovery = discovery
+
+    async def request(
+        self, method: str, path: str, *, query: str = "", body: Any = None, what: str = ""
+    ) -> ProxyResponse:
+        try:
+            response = await self._gateway.proxy(
+                method,
+                plane_type=PLANE_TYPE,
+                plane_id=self._target.plane_id,
+                cr_namespace=self._target.namespace,
+                cr_name=self._target.name,
+                path=path,
+                query=query,
+                body=None if body is None else json.dumps(body).encode(),
+            )
+        except GatewayError as exc:
+            raise PlaneRequestError(
+                exc.status, f"{what or path}: {exc.message}", transient=True
+            ) from exc
+        return response
+
+    async def path_of(
+        self, api_version: str, kind: str, namespace: str | None, name: str = ""
+    ) -> str:
+        plural, namespaced = await self._resource(api_version, kind)
+        base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+        scope = f"/namespaces/{namespace}" if namespaced and namespace else ""
+        return f"{base}{scope}/{plural}" + (f"/{name}" if name else "")
+
+    async def _resource(self, api_version: str, kind: str) -> tuple[str, bool]:
+        plane_id = self._target.plane_id
+        known = self._discovery.get(plane_id, api_version, kind)
+        if known is None:
+            path = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+            response = await self.request("GET", path, what=f"discovery of {api_version}")
+            if response.status == 200:
+                self._discovery.learn(plane_id, api_version, response.json().get("resources") or [])
+            known = self._discovery.get(plane_id, api_version, kind)
+        if known is None:
+            raise PlaneRequestError(
+                404,
+                f"the plane does not serve {kind} in {api_version} (is its CRD installed there?)",
+                transient=True,
+            )
+        return known
+
+    async def create(self, obj: Mapping[str, Any]) -> bool:
+        """True when created, False when it already existed (creation is idempotent)."""
+        meta = obj["metadata"]
+        path = await self.path_of(obj["apiVersion"], obj["kind"], meta.get("namespace"))
+        what = f"create {obj['kind']} {meta.get('namespace', '')}/{meta['name']}".replace(" /", " ")
+        response = await self.request("POST", path, body=obj, what=what)
+        if response.status in (200, 201, 202):
+            return True
+        if response.status == 409:
+            return False
+        raise _error(response, what)
+
+    async def get(self, ref: Mapping[str, Any]) -> dict[str, Any] | None:
+        path = await self.path_of(ref["apiVersion"], ref["kind"], ref.get("namespace"), ref["name"])
+        response = await self.request("GET", path, what=f"get {ref['kind']} {ref['name']}")
+        if response.status == 404:
+            return None
+        if response.status != 200:
+            raise _error(response, f"get {ref['kind']} {ref['name']}")
+        found: dict[str, Any] = response.json()
+        return found
+
+    async def delete(self, ref: Mapping[str, Any]) -> None:
+        """Delete (background propagation); an object already gone is fine."""
+        what = f"delete {ref['kind']} {ref['name']}"
+        path = await self.path_of(ref["apiVersion"], ref["kind"], ref.get("namespace"), ref["name"])
+        response = await self.request(
+            "DELETE", path, body={"propagationPolicy": "Background"}, what=what
+        )
+        if response.status not in (200, 202, 404):
+            raise _error(response, what)
+
+    async def list(self, api_version: str, kind: str, label_selector: str) -> tuple[list[Any], str]:
+        path = await self.path_of(api_version, kind, None)
+        response = await self.request(
+            "GET", path, query=urlencode({"labelSelector": label_selector}), what=f"list {kind}"
+        )
+        if response.status != 200:
+            raise _error(response, f"list {kind}")
+        body = response.json()
+        return list(body.get("items") or []), str(body["metadata"].get("resourceVersion", ""))
+
+    async def watch(
+        self, api_version: str, kind: str, label_selector: str, resource_version: str
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """(type, object) events until the server ends the watch; 410 → WatchExpired."""
+        path = await self.path_of(api_version, kind, None)
+        query = urlencode(
+            {
+                "watch": "true",
+                "labelSelector": label_selector,
+                "resourceVersion": resource_version,
+                "allowWatchBookmarks": "true",
+                "timeoutSeconds": "300",
+            }
+        )
+        try:
+            async for line in self._gateway.proxy_stream(
+                "GET",
+                plane_type=PLANE_TYPE,
+                plane_id=self._target.plane_id,
+                cr_namespace=self._target.namespace,
+                cr_name=self._target.name,
+                path=path,
+                query=query,
+            ):
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                if event.get("type") == "ERROR":
+                    if (event.get("object") or {}).get("code") == 410:
+                        raise WatchExpired()
+                    raise PlaneRequestError(
+                        0, f"watch {kind}: {event.get('object')}", transient=True
+                    )
+                yield str(event.get("type")), event.get("object") or {}
+        except GatewayError as exc:
+            if exc.status == 410:
+                raise WatchExpired() from exc
+            raise PlaneRequestError(
+                exc.status, f"watch {kind}: {exc.message}", transient=True
+            ) from exc

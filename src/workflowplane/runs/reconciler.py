@@ -1,0 +1,359 @@
+"""The WorkflowRun controller's decisions, one run at a time.
+
+A run moves through: not started (definition and plane resolved, rendered, objects created on
+the plane) → in flight (the tracker follows its Argo Workflow) → completed (TTL) → deleted
+(finalizer cleans the plane). What was sent where is recorded on the run *before* it is
+created on the plane, so a restart at any point resumes without duplicates or leaks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from lightkube import AsyncClient
+from lightkube.core.exceptions import ApiError
+
+from workflowplane.api.conditions import rfc3339
+from workflowplane.api.constants import CLUSTER_WORKFLOW_PLANE, WORKFLOW_PLANE
+from workflowplane.api.kube import get_dict, merge_patch
+from workflowplane.api.planes import ClusterWorkflowPlaneResource, WorkflowPlaneResource
+from workflowplane.api.workflows import (
+    CLUSTER_WORKFLOW,
+    PLANE_ANNOTATION,
+    RUN_FINALIZER,
+    WORKFLOW,
+    ClusterWorkflowResource,
+    RunReason,
+    WorkflowResource,
+    WorkflowRunResource,
+)
+from workflowplane.runs.plan import PlaneTarget, RunPlan, plan_run
+from workflowplane.runs.plane_api import Discovery, PlaneAPI, PlaneRequestError, TunnelAPI
+from workflowplane.runs.progress import (
+    failed_before_start,
+    is_completed,
+    phase_verdicts,
+    status_from_argo,
+    waiting,
+    with_verdicts,
+)
+from workflowplane.runs.render import RenderError, SecretStoreMissing
+from workflowplane.runs.tracker import ArgoTracker, RunKey
+from workflowplane.runs.ttl import parse_ttl
+
+log = logging.getLogger(__name__)
+NOT_FOUND_RETRY = 60.0
+UNREACHABLE_RETRY = 5.0
+CLEANUP_GIVE_UP = dt.timedelta(minutes=10)
+PLANE_RESOURCES: dict[str, Any] = {
+    WORKFLOW_PLANE: WorkflowPlaneResource,
+    CLUSTER_WORKFLOW_PLANE: ClusterWorkflowPlaneResource,
+}
+ObjectKey = tuple[str, str | None, str]  # kind, namespace, name of something a run waits for
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _parse_time(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+class RunReconciler:
+    def __init__(
+        self, kube: AsyncClient, tunnel: TunnelAPI, clock: Callable[[], dt.datetime] = _now
+    ) -> None:
+        self._kube = kube
+        self._tunnel = tunnel
+        self._clock = clock
+        self._discovery = Discovery()
+        self.tracker = ArgoTracker(tunnel, self._discovery, self.observe)
+        self.waiters: dict[ObjectKey, set[RunKey]] = {}
+
+    # -- entry points -------------------------------------------------------------------------
+
+    async def reconcile(self, key: RunKey) -> float | None:
+        """One pass; returns seconds until the run should be looked at again, if ever."""
+        run = await get_dict(self._kube, WorkflowRunResource, key[1], key[0])
+        if run is None:
+            self.tracker.forget(key)
+            return None
+        meta, status = run["metadata"], run.get("status") or {}
+        if meta.get("deletionTimestamp"):
+            return await self._finalize(key, run)
+        if RUN_FINALIZER not in (meta.get("finalizers") or []):
+            await self._set_finalizers(run, [*(meta.get("finalizers") or []), RUN_FINALIZER])
+        if is_completed(status):
+            self.tracker.forget(key)
+            return await self._expire(key, run)
+        if status.get("startedAt"):
+            target = await self._recorded_target(run)
+            if target is not None:
+                self.tracker.track(key, target)
+                return None
+        return await self._start(key, run)
+
+    async def observe(self, key: RunKey, event: str, argo: dict[str, Any]) -> None:
+        """The tracker saw the run's Argo Workflow change (or go away)."""
+        run = await get_dict(self._kube, WorkflowRunResource, key[1], key[0])
+        if run is None or run["metadata"].get("deletionTimestamp"):
+            return
+        status = run.get("status") or {}
+        if is_completed(status) or not status.get("startedAt"):
+            return
+        if event == "DELETED":
+            message = f"the Argo Workflow {argo['metadata'].get('name')} was deleted from the plane"
+            await self._fail(run, RunReason.ARGO_WORKFLOW_DELETED, message)
+            return
+        now = self._clock()
+        update = status_from_argo(status, argo, run["metadata"].get("generation"), now)
+        if any(status.get(k) != v for k, v in update.items()):
+            await self._patch_status(run, update)
+
+    # -- starting -----------------------------------------------------------------------------
+
+    async def _start(self, key: RunKey, run: dict[str, Any]) -> float | None:
+        definition, wanted = await self._definition(run)
+        if definition is None:
+            self._wait_for(wanted, key)
+            kind, _, name = wanted
+            message = f"{kind} {name!r} not found"
+            await self._set_waiting(run, RunReason.WORKFLOW_NOT_FOUND, message)
+            return NOT_FOUND_RETRY
+        target, tried = await self._resolve_plane(run, definition)
+        if target is None:
+            for candidate in tried:
+                self._wait_for(candidate, key)
+            names = " or ".join(f"{k}/{n}" if not ns else f"{k} {ns}/{n}" for k, ns, n in tried)
+            await self._set_waiting(run, RunReason.WORKFLOW_PLANE_NOT_FOUND, f"{names} not found")
+            return NOT_FOUND_RETRY
+        try:
+            plan = plan_run(run, definition, target)
+        except SecretStoreMissing as exc:
+            return await self._fail(run, RunReason.SECRET_STORE_NOT_CONFIGURED, str(exc))
+        except RenderError as exc:
+            return await self._fail(run, RunReason.RENDER_FAILED, f"cannot render: {exc}")
+        return await self._create(key, run, target, plan)
+
+    async def _create(
+        self, key: RunKey, run: dict[str, Any], target: PlaneTarget, plan: RunPlan
+    ) -> float | None:
+        await self._record_intent(run, target, plan)
+        api = PlaneAPI(self._tunnel, target, self._discovery)
+        try:
+            for obj in plan.objects:
+                await api.create(obj)
+        except PlaneRequestError as exc:
+            if exc.transient:
+                await self._set_waiting(
+                    run, RunReason.WORKFLOW_PLANE_UNREACHABLE, f"{target.ref}: {exc.message}"
+                )
+                return UNREACHABLE_RETRY
+            return await self._fail(run, RunReason.PLANE_REJECTED, f"{target.ref}: {exc.message}")
+        status = run.get("status") or {}
+        conditions = with_verdicts(
+            status, phase_verdicts("", ""), run["metadata"].get("generation"), self._clock()
+        )
+        await self._patch_status(
+            run, {"startedAt": rfc3339(self._clock()), "conditions": conditions}
+        )
+        self.tracker.track(key, target)
+        log.info("run %s/%s started on %s", key[0], key[1], target.ref)
+        return None
+
+    async def _record_intent(self, run: dict[str, Any], target: PlaneTarget, plan: RunPlan) -> None:
+        meta = run["metadata"]
+        record = json.dumps({"kind": target.kind, "name": target.name, "planeID": target.plane_id})
+        if (meta.get("annotations") or {}).get(PLANE_ANNOTATION) != record:
+            await merge_patch(
+                self._kube,
+                WorkflowRunResource,
+                meta["name"],
+                {"metadata": {"annotations": {PLANE_ANNOTATION: record}}},
+                namespace=meta["namespace"],
+            )
+            meta.setdefault("annotations", {})[PLANE_ANNOTATION] = record
+        await self._patch_status(
+            run,
+            {
+                "runReference": plan.run_reference(),
+                "resources": plan.resource_refs(),
+                "conditions": with_verdicts(
+                    run.get("status") or {},
+                    waiting(RunReason.PENDING, f"creating the run's objects on {target.ref}"),
+                    meta.get("generation"),
+                    self._clock(),
+                ),
+            },
+        )
+
+    async def _definition(self, run: Mapping[str, Any]) -> tuple[dict[str, Any] | None, ObjectKey]:
+        ref = (run.get("spec") or {}).get("workflow") or {}
+        kind, name = ref.get("kind") or CLUSTER_WORKFLOW, ref["name"]
+        if kind == WORKFLOW:
+            namespace = run["metadata"]["namespace"]
+            return await get_dict(self._kube, WorkflowResource, name, namespace), (
+                kind,
+                namespace,
+                name,
+            )
+        return await get_dict(self._kube, ClusterWorkflowResource, name), (kind, None, name)
+
+    async def _resolve_plane(
+        self, run: Mapping[str, Any], definition: Mapping[str, Any]
+    ) -> tuple[PlaneTarget | None, list[ObjectKey]]:
+        """The explicit ref, else WorkflowPlane ``default`` in the namespace, then the cluster's."""
+        namespace = run["metadata"]["namespace"]
+        ref = (definition.get("spec") or {}).get("workflowPlaneRef")
+        if ref:
+            kind = ref["kind"]
+            candidates = [(kind, namespace if kind == WORKFLOW_PLANE else None, ref["name"])]
+        else:
+            candidates = [
+                (WORKFLOW_PLANE, namespace, "default"),
+                (CLUSTER_WORKFLOW_PLANE, None, "default"),
+            ]
+        for kind, ns, name in candidates:
+            target = await self._plane(kind, ns, name)
+            if target is not None:
+                return target, candidates
+        return None, candidates
+
+    async def _plane(self, kind: str, namespace: str | None, name: str) -> PlaneTarget | None:
+        plane = await get_dict(self._kube, PLANE_RESOURCES[kind], name, namespace)
+        if plane is None or plane["metadata"].get("deletionTimestamp"):
+            return None
+        spec = plane.get("spec") or {}
+        return PlaneTarget(
+            kind=kind,
+            namespace=namespace,
+            name=name,
+            plane_id=spec.get("planeID") or name,
+            secret_store=(spec.get("secretStoreRef") or {}).get("name") or "",
+        )
+
+    async def _recorded_target(self, run: Mapping[str, Any]) -> PlaneTarget | None:
+        """The plane the run was sent to, if that CR still exists."""
+        raw = (run["metadata"].get("annotations") or {}).get(PLANE_ANNOTATION)
+        if not raw:
+            return None
+        try:
+            record = json.loads(raw)
+            kind, name = record["kind"], record["name"]
+        except (ValueError, KeyError, TypeError):
+            log.warning(
+                "run %s has an unreadable %s annotation", run["metadata"]["name"], PLANE_ANNOTATION
+            )
+            return None
+        namespace = run["metadata"]["namespace"] if kind == WORKFLOW_PLANE else None
+        return await self._plane(kind, namespace, name)
+
+    def _wait_for(self, thing: ObjectKey, key: RunKey) -> None:
+        self.waiters.setdefault(thing, set()).add(key)
+
+    def woken_by(self, thing: ObjectKey) -> set[RunKey]:
+        """Runs waiting for this plane or definition (it appeared or changed)."""
+        return self.waiters.pop(thing, set())
+
+    # -- completion, TTL, deletion -------------------------------------------------------------
+
+    async def _fail(self, run: dict[str, Any], reason: str, message: str) -> float | None:
+        meta, status = run["metadata"], run.get("status") or {}
+        now = self._clock()
+        update = {
+            "conditions": with_verdicts(
+                status, failed_before_start(reason, message), meta.get("generation"), now
+            ),
+            "completedAt": status.get("completedAt") or rfc3339(now),
+        }
+        await self._patch_status(run, update)
+        log.info("run %s/%s failed: %s: %s", meta["namespace"], meta["name"], reason, message)
+        return None  # the status event brings the run back for its TTL
+
+    async def _expire(self, key: RunKey, run: dict[str, Any]) -> float | None:
+        ttl = await self._ttl(run)
+        completed_at = (run.get("status") or {}).get("completedAt")
+        if ttl is None or not completed_at:
+            return None
+        remaining = (_parse_time(completed_at) + ttl - self._clock()).total_seconds()
+        if remaining > 0:
+            return remaining
+        log.info("run %s/%s reached its ttlAfterCompletion; deleting it", *key)
+        try:
+            await self._kube.delete(WorkflowRunResource, key[1], namespace=key[0])
+        except ApiError as exc:
+            if exc.status.code != 404:
+                raise
+        return None
+
+    async def _ttl(self, run: Mapping[str, Any]) -> dt.timedelta | None:
+        text = (run.get("spec") or {}).get("ttlAfterCompletion")
+        if not text:
+            definition, _ = await self._definition(run)
+            text = ((definition or {}).get("spec") or {}).get("ttlAfterCompletion")
+        return parse_ttl(text) if text else None
+
+    async def _finalize(self, key: RunKey, run: dict[str, Any]) -> float | None:
+        meta = run["metadata"]
+        finalizers = list(meta.get("finalizers") or [])
+        if RUN_FINALIZER not in finalizers:
+            return None
+        self.tracker.forget(key)
+        target = await self._recorded_target(run)
+        if target is not None:
+            try:
+                await self._delete_from_plane(target, run.get("status") or {})
+            except PlaneRequestError as exc:
+                since = self._clock() - _parse_time(meta["deletionTimestamp"])
+                if since < CLEANUP_GIVE_UP:
+                    log.info("cleanup of run %s/%s waits: %s", key[0], key[1], exc.message)
+                    return UNREACHABLE_RETRY
+                log.warning("giving up cleanup of run %s/%s: %s", key[0], key[1], exc.message)
+        await self._set_finalizers(run, [f for f in finalizers if f != RUN_FINALIZER])
+        return None
+
+    async def _delete_from_plane(self, target: PlaneTarget, status: Mapping[str, Any]) -> None:
+        api = PlaneAPI(self._tunnel, target, self._discovery)
+        refs = [status["runReference"]] if status.get("runReference") else []
+        refs += list(reversed(status.get("resources") or []))
+        for ref in refs:
+            await api.delete(ref)
+
+    # -- writes -------------------------------------------------------------------------------
+
+    async def _set_waiting(self, run: dict[str, Any], reason: str, message: str) -> None:
+        status = run.get("status") or {}
+        conditions = with_verdicts(
+            status, waiting(reason, message), run["metadata"].get("generation"), self._clock()
+        )
+        if conditions != status.get("conditions"):
+            await self._patch_status(run, {"conditions": conditions})
+
+    async def _patch_status(self, run: dict[str, Any], update: dict[str, Any]) -> None:
+        meta = run["metadata"]
+        await merge_patch(
+            self._kube,
+            WorkflowRunResource,
+            meta["name"],
+            {"status": update},
+            namespace=meta["namespace"],
+            status=True,
+        )
+        run.setdefault("status", {}).update(update)
+
+    async def _set_finalizers(self, run: dict[str, Any], finalizers: list[str]) -> None:
+        """Guarded by resourceVersion, so a concurrent change to the list is never lost."""
+        meta = run["metadata"]
+        await merge_patch(
+            self._kube,
+            WorkflowRunResource,
+            meta["name"],
+            {"metadata": {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]}},
+            namespace=meta["namespace"],
+        )
+        meta["finalizers"] = finalizers

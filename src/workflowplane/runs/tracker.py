@@ -1,0 +1,106 @@
+"""Follow Argo Workflows on each plane that has runs in flight: one list+watch per plane CR,
+through the tunnel, so a run's status follows the plane within a second or so.
+
+A broken watch is re-established with capped backoff and a fresh list (which is also the
+catch-up poll); a watch that ends normally resumes from the last resourceVersion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from workflowplane.api.workflows import (
+    ARGO_API_VERSION,
+    ARGO_WORKFLOW,
+    LABEL_MANAGED_BY,
+    LABEL_RUN,
+    LABEL_RUN_NAMESPACE,
+    MANAGED_BY,
+)
+from workflowplane.runs.plan import PlaneTarget
+from workflowplane.runs.plane_api import Discovery, PlaneAPI, TunnelAPI, WatchExpired
+
+log = logging.getLogger(__name__)
+RunKey = tuple[str, str]
+Observer = Callable[[RunKey, str, dict[str, Any]], Awaitable[None]]
+SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+
+
+class ArgoTracker:
+    def __init__(self, tunnel: TunnelAPI, discovery: Discovery, observe: Observer) -> None:
+        self._tunnel = tunnel
+        self._discovery = discovery
+        self._observe = observe
+        self._runs: dict[RunKey, PlaneTarget] = {}
+        self._watches: dict[PlaneTarget, asyncio.Task[None]] = {}
+
+    def track(self, key: RunKey, target: PlaneTarget) -> None:
+        self._runs[key] = target
+        if target not in self._watches:
+            self._watches[target] = asyncio.create_task(self._follow(target))
+
+    def forget(self, key: RunKey) -> None:
+        target = self._runs.pop(key, None)
+        if target is not None and target not in self._runs.values():
+            task = self._watches.pop(target, None)
+            if task is not None:
+                task.cancel()
+
+    @property
+    def watched_planes(self) -> int:
+        return len(self._watches)
+
+    async def close(self) -> None:
+        tasks = list(self._watches.values())
+        self._watches.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _follow(self, target: PlaneTarget) -> None:
+        api = PlaneAPI(self._tunnel, target, self._discovery)
+        delay = 1.0
+        while True:
+            try:
+                items, version = await api.list(ARGO_API_VERSION, ARGO_WORKFLOW, SELECTOR)
+                for item in items:
+                    await self._deliver(target, "ADDED", item)
+                delay = 1.0
+                while True:
+                    version = await self._watch_once(api, target, version)
+            except WatchExpired:
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure: back off, list again
+                log.info(
+                    "watch of Argo Workflows on %s broke (%s); again in %.0fs",
+                    target.ref,
+                    exc,
+                    delay,
+                )
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, 30.0)
+
+    async def _watch_once(self, api: PlaneAPI, target: PlaneTarget, version: str) -> str:
+        async for kind, obj in api.watch(ARGO_API_VERSION, ARGO_WORKFLOW, SELECTOR, version):
+            version = (obj.get("metadata") or {}).get("resourceVersion") or version
+            if kind != "BOOKMARK":
+                await self._deliver(target, kind, obj)
+        return version
+
+    async def _deliver(self, target: PlaneTarget, kind: str, obj: dict[str, Any]) -> None:
+        labels = (obj.get("metadata") or {}).get("labels") or {}
+        key = (str(labels.get(LABEL_RUN_NAMESPACE, "")), str(labels.get(LABEL_RUN, "")))
+        if self._runs.get(key) != target:
+            return  # not in flight, or a run of another plane CR that shares this cluster
+        try:
+            await self._observe(key, kind, obj)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("status update of run %s/%s failed; the next event retries", *key)

@@ -1,0 +1,16 @@
+"""``ttlAfterCompletion`` durations: ``1d12h``, ``30m``, ``45s`` (the CRD enforces the form)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+def parse_ttl(text: str) -> dt.timedelta:
+    match = _DURATION.match(text.strip())
+    if not match or not text.strip():
+        raise ValueError(f"ttlAfterCompletion {text!r} is not like 1d12h, 30m or 45s")
+    days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
+    return dt.timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
