@@ -17,6 +17,7 @@ from lightkube import AsyncClient
 from workflowplane.agent.config import AgentConfig
 from workflowplane.agent.runner import Agent
 from workflowplane.api.kube import load_config
+from workflowplane.controller.runner import ControllerConfig, run_controller
 from workflowplane.gateway.client import GatewayClient
 from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.server import Gateway
@@ -210,3 +211,22 @@ async def registered_agent(
         ),
     )
     return plane_id, agent
+
+
+@contextlib.asynccontextmanager
+async def controller_running(
+    control_plane: ApiServer, gw: RunningGateway, resync: float = 30.0
+) -> AsyncIterator[None]:
+    """The real (kopf) controller, planes and runs, in-process until the block ends."""
+    stop, ready = asyncio.Event(), asyncio.Event()
+    config = ControllerConfig(
+        kubeconfig=control_plane.kubeconfig, context=control_plane.context, resync_seconds=resync
+    )
+    task = asyncio.create_task(run_controller(config, gw.client, stop_flag=stop, ready_flag=ready))
+    await asyncio.wait_for(ready.wait(), 30)
+    try:
+        yield
+    finally:
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 20)

@@ -87,13 +87,15 @@ def _secret_of(kind: str, namespace: str | None, spec: Any) -> tuple[str, str] |
 def _register_kind(registry: kopf.OperatorRegistry, state: ControllerState, kind: str) -> None:
     plural = PLURALS[kind]
 
-    @kopf.on.resume(GROUP, VERSION, plural, registry=registry)
-    @kopf.on.create(GROUP, VERSION, plural, registry=registry)
-    @kopf.on.update(GROUP, VERSION, plural, field="spec", registry=registry)
+    # Explicit ids: kopf stores progress under the id in an annotation key, and the default
+    # (the function's qualified name, "_register_kind.<locals>...") is not a valid key.
+    @kopf.on.resume(GROUP, VERSION, plural, registry=registry, id="plane-spec")
+    @kopf.on.create(GROUP, VERSION, plural, registry=registry, id="plane-spec")
+    @kopf.on.update(GROUP, VERSION, plural, field="spec", registry=registry, id="plane-spec")
     async def spec_changed(name: str, namespace: str | None, **_: Any) -> None:
         await state.reconcile(_ref(kind, namespace, name))
 
-    @kopf.on.event(GROUP, VERSION, plural, registry=registry)
+    @kopf.on.event(GROUP, VERSION, plural, registry=registry, id="plane-seen")
     async def seen(
         name: str, namespace: str | None, body: kopf.Body, type: str | None, **_: Any
     ) -> None:
@@ -109,7 +111,7 @@ def _register_kind(registry: kopf.OperatorRegistry, state: ControllerState, kind
 
 
 def _register_secrets(registry: kopf.OperatorRegistry, state: ControllerState) -> None:
-    @kopf.on.event("", "v1", "secrets", registry=registry)
+    @kopf.on.event("", "v1", "secrets", registry=registry, id="ca-secret-changed")
     async def secret_changed(name: str, namespace: str | None, **_: Any) -> None:
         """A CA Secret changed: re-evaluate and re-notify every CR that reads it."""
         for ref in state.directory.by_secret(namespace or "", name):

@@ -49,14 +49,18 @@ def _object(schema: Mapping[str, Any], value: Any, where: str) -> dict[str, Any]
             f"{where}: unknown parameter {', '.join(map(repr, unknown))} "
             f"(the workflow declares: {declared})"
         )
+    missing = [
+        key
+        for key in schema.get("required") or []
+        if value.get(key) is None and "default" not in (properties.get(key) or {})
+    ]
+    if missing:
+        raise RenderError(f"{where}: missing required parameter {', '.join(map(repr, missing))}")
     result = {key: value[key] for key in unknown}
     for key, sub_schema in properties.items():
         resolved = _value(sub_schema, value.get(key), f"{where}.{key}")
         if resolved is not None:
             result[key] = resolved
-    missing = [key for key in schema.get("required") or [] if key not in result]
-    if missing:
-        raise RenderError(f"{where}: missing required parameter {', '.join(map(repr, missing))}")
     return result
 
 

@@ -129,7 +129,10 @@ class PlaneAPI:
         known = self._discovery.get(plane_id, api_version, kind)
         if known is None:
             path = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
-            response = await self.request("GET", path, what=f"discovery of {api_version}")
+            what = f"discovery of {api_version}"
+            response = await self.request("GET", path, what=what)
+            if response.status not in (200, 404):
+                raise _error(response, what)
             if response.status == 200:
                 self._discovery.learn(plane_id, api_version, response.json().get("resources") or [])
             known = self._discovery.get(plane_id, api_version, kind)

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from tests.integration.controller.conftest import controller_running
 from tests.integration.harness import (
     RunningGateway,
     agent_ca,
     agent_config,
     apply,
+    controller_running,
     eventually,
     prepare_agent,
     registered_agent,

@@ -1,0 +1,405 @@
+"""WorkflowRun → Argo Workflow on the plane, through the gateway and agent, end to end.
+
+Argo's controller cannot run pods here: these tests play Argo by patching the Argo
+Workflow's status in the workflow plane's API server (``play_argo``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.harness import (
+    RunningGateway,
+    agent_ca,
+    agent_config,
+    apply,
+    controller_running,
+    eventually,
+    prepare_agent,
+    registered_agent,
+    start_agent,
+    unique,
+    workflow_plane_cr,
+)
+from tests.integration.runs.conftest import SECRET_STORE, DefaultPlane
+from tests.integration.runs.workflows import (
+    LABELS,
+    condition,
+    definition,
+    get,
+    managed,
+    play_argo,
+    pod_node,
+    run,
+)
+from workflowplane.testenv import ApiServer
+from workflowplane.testenv.tools import kubectl
+
+pytestmark = pytest.mark.integration
+REPO_PARAMS = {"repository": {"url": "https://git.example/app"}}
+PLANE_KINDS = "workflows.argoproj.io,externalsecrets,serviceaccounts,roles,rolebindings"
+
+
+async def _started(server: ApiServer, namespace: str, name: str, timeout: float = 20) -> Any:  # noqa: ASYNC109
+    return await eventually(
+        lambda: (
+            (o := get(server, "workflowrun", name, namespace))
+            and (o.get("status") or {}).get("startedAt")
+            and o
+        ),
+        timeout=timeout,
+    )
+
+
+async def _with_reason(
+    server: ApiServer,
+    namespace: str,
+    name: str,
+    reason: str,
+    timeout: float = 15,  # noqa: ASYNC109
+) -> Any:
+    return await eventually(
+        lambda: (
+            (o := get(server, "workflowrun", name, namespace))
+            and condition(o, "WorkflowCompleted").get("reason") == reason
+            and o
+        ),
+        timeout=timeout,
+    )
+
+
+def _identity(objects: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    return {(o["kind"], o["metadata"]["name"], o["metadata"]["uid"]) for o in objects}
+
+
+async def test_a_run_creates_exactly_the_expected_objects_once(
+    control_plane: ApiServer,
+    workflow_plane: ApiServer,
+    gw: RunningGateway,
+    default_plane: DefaultPlane,
+    namespace: str,
+) -> None:
+    workflow = unique("build")
+    apply(control_plane, definition("ClusterWorkflow", workflow))
+    params = {"repository": {"url": "https://git.example/app", "secretRef": "git/app"}}
+    apply(control_plane, run(namespace, "build-1", workflow, params))
+    async with controller_running(control_plane, gw):
+        obj = await _started(control_plane, namespace, "build-1")
+    target = f"workflows-{namespace}"
+    assert obj["status"]["runReference"] == {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Workflow",
+        "name": "build-1",
+        "namespace": target,
+    }
+    assert obj["status"]["resources"] == [
+        {
+            "id": "git-secret",
+            "apiVersion": "external-secrets.io/v1",
+            "kind": "ExternalSecret",
+            "name": "build-1-git",
+            "namespace": target,
+        }
+    ]
+    assert "openchoreo.dev/workflowrun-cleanup" in obj["metadata"]["finalizers"]
+    assert condition(obj, "WorkflowCompleted")["reason"] == "Pending"
+
+    objects = managed(workflow_plane, PLANE_KINDS, target)
+    assert sorted((o["kind"], o["metadata"]["name"]) for o in objects) == [
+        ("ExternalSecret", "build-1-git"),
+        ("Role", "workflow-executor"),
+        ("RoleBinding", "workflow-executor"),
+        ("ServiceAccount", "workflow-sa"),
+        ("Workflow", "build-1"),
+    ]
+    for item in [*objects, get(workflow_plane, "namespace", target)]:
+        labels = item["metadata"]["labels"]
+        assert labels["openchoreo.dev/managed-by"] == "workflowrun-controller"
+        assert [labels[k] for k in LABELS] == ["build-1", namespace]
+    argo = get(workflow_plane, "workflows.argoproj.io", "build-1", target)
+    parameters = {p["name"]: p["value"] for p in argo["spec"]["arguments"]["parameters"]}
+    assert parameters == {
+        "repo": "https://git.example/app",
+        "revision": "main",
+        "image": "registry.local/app:build-1",
+        "plane": default_plane.plane_id,
+    }
+    assert argo["spec"]["serviceAccountName"] == "workflow-sa"
+    secret = get(workflow_plane, "externalsecret", "build-1-git", target)
+    assert secret["spec"]["secretStoreRef"]["name"] == SECRET_STORE
+    assert secret["spec"]["dataFrom"] == [{"extract": {"key": "git/app"}}]
+
+    # A controller that died after creating everything but before recording it: on restart
+    # the run is created again, which must find every object and duplicate none.
+    kubectl(
+        control_plane.kubeconfig,
+        control_plane.context,
+        "patch",
+        "workflowrun",
+        "build-1",
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=json",
+        "-p",
+        '[{"op": "remove", "path": "/status/startedAt"}]',
+    )
+    assert not get(control_plane, "workflowrun", "build-1", namespace)["status"].get("startedAt")
+    async with controller_running(control_plane, gw):
+        await _started(control_plane, namespace, "build-1")
+    assert _identity(managed(workflow_plane, PLANE_KINDS, target)) == _identity(objects)
+
+
+async def test_argo_phases_reach_conditions_and_tasks_within_seconds(
+    control_plane: ApiServer,
+    workflow_plane: ApiServer,
+    default_plane: DefaultPlane,
+    controller: None,
+    namespace: str,
+    record_property: Callable[[str, Any], None],
+) -> None:
+    workflow = unique("build")
+    apply(control_plane, definition("ClusterWorkflow", workflow))
+    for name in ("ok", "bad"):
+        apply(control_plane, run(namespace, name, workflow, REPO_PARAMS))
+        await _started(control_plane, namespace, name)
+    target = f"workflows-{namespace}"
+    nodes = {
+        "dag": {"id": "dag", "name": "ok", "displayName": "ok", "type": "DAG", "phase": "Running"},
+        "n2": pod_node("n2", "build", "Running", "2026-11-26T10:00:06Z"),
+        "n1": pod_node(
+            "n1", "checkout", "Succeeded", "2026-11-26T10:00:01Z", "2026-11-26T10:00:05Z"
+        ),
+    }
+    started = time.monotonic()
+    play_argo(workflow_plane, target, "ok", {"phase": "Running", "nodes": nodes})
+    obj = await eventually(
+        lambda: (
+            (o := get(control_plane, "workflowrun", "ok", namespace))
+            and condition(o, "WorkflowRunning").get("status") == "True"
+            and o
+        ),
+        timeout=10,
+    )
+    record_property("argo_running_to_run_status_seconds", round(time.monotonic() - started, 2))
+    assert condition(obj, "WorkflowCompleted")["status"] == "False"
+    assert obj["status"]["tasks"] == [
+        {
+            "name": "checkout",
+            "phase": "Succeeded",
+            "startedAt": "2026-11-26T10:00:01Z",
+            "completedAt": "2026-11-26T10:00:05Z",
+        },
+        {"name": "build", "phase": "Running", "startedAt": "2026-11-26T10:00:06Z"},
+    ]
+
+    nodes["n2"] = pod_node(
+        "n2", "build", "Succeeded", "2026-11-26T10:00:06Z", "2026-11-26T10:01:00Z"
+    )
+    play_argo(
+        workflow_plane,
+        target,
+        "ok",
+        {"phase": "Succeeded", "finishedAt": "2026-11-26T10:01:01Z", "nodes": nodes},
+    )
+    obj = await _with_reason(control_plane, namespace, "ok", "Succeeded", timeout=10)
+    assert condition(obj, "WorkflowCompleted")["status"] == "True"
+    assert condition(obj, "WorkflowSucceeded")["status"] == "True"
+    assert condition(obj, "WorkflowRunning")["status"] == "False"
+    assert obj["status"]["completedAt"] == "2026-11-26T10:01:01Z"
+    assert [t["phase"] for t in obj["status"]["tasks"]] == ["Succeeded", "Succeeded"]
+
+    play_argo(workflow_plane, target, "bad", {"phase": "Running"})
+    await eventually(
+        lambda: (
+            condition(get(control_plane, "workflowrun", "bad", namespace), "WorkflowRunning").get(
+                "status"
+            )
+            == "True"
+        ),
+        timeout=10,
+    )
+    play_argo(
+        workflow_plane,
+        target,
+        "bad",
+        {"phase": "Failed", "message": "child 'build' failed: exit code 1"},
+    )
+    obj = await _with_reason(control_plane, namespace, "bad", "Failed", timeout=10)
+    failed = condition(obj, "WorkflowFailed")
+    assert failed["status"] == "True" and "exit code 1" in failed["message"]
+    assert condition(obj, "WorkflowCompleted")["status"] == "True"
+    assert not condition(obj, "WorkflowSucceeded")
+
+
+async def test_a_run_waits_for_a_missing_plane_and_starts_when_it_appears(
+    control_plane: ApiServer,
+    workflow_plane: ApiServer,
+    gw: RunningGateway,
+    controller: None,
+    plane_crds: Path,
+    namespace: str,
+) -> None:
+    apply(
+        control_plane,
+        definition("Workflow", "build", namespace, plane=("WorkflowPlane", "team-plane")),
+    )
+    apply(control_plane, run(namespace, "waits", "build", REPO_PARAMS, kind="Workflow"))
+    obj = await _with_reason(control_plane, namespace, "waits", "WorkflowPlaneNotFound")
+    assert "team-plane" in condition(obj, "WorkflowCompleted")["message"]
+    assert condition(obj, "WorkflowCompleted")["status"] == "False"
+    assert not obj["status"].get("startedAt")
+
+    _, agent = await registered_agent(
+        control_plane, workflow_plane, gw, namespace, "team", name="team-plane"
+    )
+    running = await start_agent(agent)
+    try:
+        # Well inside the one-minute retry: the plane's appearance wakes the run.
+        obj = await _started(control_plane, namespace, "waits", timeout=20)
+        assert get(workflow_plane, "workflows.argoproj.io", "waits", f"workflows-{namespace}")
+    finally:
+        await running.stop()
+
+
+async def test_render_errors_are_permanent_and_name_the_problem(
+    control_plane: ApiServer,
+    workflow_plane: ApiServer,
+    gw: RunningGateway,
+    default_plane: DefaultPlane,
+    controller: None,
+    namespace: str,
+) -> None:
+    workflow, broken = unique("build"), unique("broken")
+    apply(control_plane, definition("ClusterWorkflow", workflow))
+    template: dict[str, Any] = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Workflow",
+        "spec": {
+            "entrypoint": "x",
+            "arguments": {"parameters": [{"value": "${parameters.image +}"}]},
+        },
+    }
+    apply(control_plane, definition("ClusterWorkflow", broken, run_template=template))
+    apply(control_plane, run(namespace, "unknown", workflow, {**REPO_PARAMS, "nope": "1"}))
+    apply(control_plane, run(namespace, "badcel", broken, REPO_PARAMS))
+    apply(control_plane, run(namespace, "missing", workflow, {}))
+
+    unknown = await _with_reason(control_plane, namespace, "unknown", "RenderFailed")
+    assert "unknown parameter 'nope'" in condition(unknown, "WorkflowFailed")["message"]
+    badcel = await _with_reason(control_plane, namespace, "badcel", "RenderFailed")
+    message = condition(badcel, "WorkflowFailed")["message"]
+    assert "${parameters.image +}" in message and "runTemplate.spec.arguments" in message
+    missing = await _with_reason(control_plane, namespace, "missing", "RenderFailed")
+    assert (
+        "missing required parameter 'repository'" in condition(missing, "WorkflowFailed")["message"]
+    )
+    for obj in (unknown, badcel, missing):
+        assert condition(obj, "WorkflowCompleted")["status"] == "True"
+        assert obj["status"]["completedAt"] and not obj["status"].get("startedAt")
+    assert not get(workflow_plane, "namespace", f"workflows-{namespace}")
+
+    # A workflow that needs a secret store, on a plane that has none.
+    plane_id = unique("nostore")
+    apply(control_plane, workflow_plane_cr("nostore", namespace, plane_id, ca_pem=_any_ca()))
+    apply(
+        control_plane,
+        definition("Workflow", "needs-store", namespace, plane=("WorkflowPlane", "nostore")),
+    )
+    params = {"repository": {"url": "https://git.example/app", "secretRef": "git/app"}}
+    apply(control_plane, run(namespace, "store", "needs-store", params, kind="Workflow"))
+    obj = await _with_reason(control_plane, namespace, "store", "SecretStoreNotConfigured")
+    message = condition(obj, "WorkflowFailed")["message"]
+    assert "WorkflowPlane/nostore has no spec.secretStoreRef" in message
+    assert "resources[git-secret]" in message
+
+
+def _any_ca() -> str:
+    from workflowplane.pki import generate_ca  # noqa: PLC0415
+
+    return generate_ca("unused").cert_pem.decode()
+
+
+async def test_deleting_a_run_cleans_the_plane_and_ttl_deletes_completed_runs(
+    control_plane: ApiServer,
+    workflow_plane: ApiServer,
+    default_plane: DefaultPlane,
+    controller: None,
+    namespace: str,
+) -> None:
+    workflow = unique("build")
+    apply(control_plane, definition("ClusterWorkflow", workflow, ttl="1d"))
+    params = {"repository": {"url": "https://git.example/app", "secretRef": "git/app"}}
+    apply(control_plane, run(namespace, "gone", workflow, params))
+    apply(control_plane, run(namespace, "short", workflow, REPO_PARAMS, ttl="2s"))
+    apply(control_plane, run(namespace, "kept", workflow, REPO_PARAMS))
+    for name in ("gone", "short", "kept"):
+        await _started(control_plane, namespace, name)
+    target = f"workflows-{namespace}"
+    assert get(workflow_plane, "externalsecret", "gone-git", target)
+
+    kubectl(
+        control_plane.kubeconfig,
+        control_plane.context,
+        "delete",
+        "workflowrun",
+        "gone",
+        "-n",
+        namespace,
+        "--wait=false",
+    )
+    await eventually(lambda: not get(control_plane, "workflowrun", "gone", namespace), timeout=15)
+    assert not get(workflow_plane, "workflows.argoproj.io", "gone", target)
+    assert not get(workflow_plane, "externalsecret", "gone-git", target)
+    assert get(workflow_plane, "workflows.argoproj.io", "kept", target)
+
+    for name in ("short", "kept"):
+        play_argo(workflow_plane, target, name, {"phase": "Succeeded"})
+    await _with_reason(control_plane, namespace, "kept", "Succeeded")
+    await eventually(lambda: not get(control_plane, "workflowrun", "short", namespace), timeout=15)
+    await eventually(
+        lambda: not get(workflow_plane, "workflows.argoproj.io", "short", target), timeout=10
+    )
+    # The workflow's own TTL (1d) keeps the other completed run.
+    assert get(control_plane, "workflowrun", "kept", namespace)
+
+
+async def test_a_tenant_plane_run_travels_only_over_connections_authorized_for_it(
+    control_plane: ApiServer,
+    workflow_plane: ApiServer,
+    gw: RunningGateway,
+    controller: None,
+    plane_crds: Path,
+    namespace: str,
+    make_namespace: Callable[[ApiServer, str], str],
+) -> None:
+    shared_id, other_namespace = unique("shared"), make_namespace(control_plane, "other")
+    tenant = await prepare_agent(agent_config(workflow_plane, gw, shared_id, unique("tls-a")))
+    stranger = await prepare_agent(agent_config(workflow_plane, gw, shared_id, unique("tls-b")))
+    for name, ns, agent in (("tenant", namespace, tenant), ("other", other_namespace, stranger)):
+        ca = agent_ca(workflow_plane, agent.config.secret_name)
+        apply(control_plane, workflow_plane_cr(name, ns, shared_id, ca_pem=ca))
+    running = [await start_agent(stranger)]
+    try:
+        apply(
+            control_plane,
+            definition("Workflow", "build", namespace, plane=("WorkflowPlane", "tenant")),
+        )
+        apply(control_plane, run(namespace, "tenant-run", "build", REPO_PARAMS, kind="Workflow"))
+        obj = await _with_reason(control_plane, namespace, "tenant-run", "WorkflowPlaneUnreachable")
+        assert (
+            f"authorized for {namespace}/tenant" in condition(obj, "WorkflowCompleted")["message"]
+        )
+        assert not get(workflow_plane, "namespace", f"workflows-{namespace}")
+
+        running.append(await start_agent(tenant))
+        await _started(control_plane, namespace, "tenant-run", timeout=20)
+        assert get(workflow_plane, "workflows.argoproj.io", "tenant-run", f"workflows-{namespace}")
+    finally:
+        for agent in running:
+            await agent.stop()
