@@ -128,7 +128,11 @@ def _owned(obj: Any, namespace: str, labels: Mapping[str, str], where: str) -> d
 
 
 def setup_objects(namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
-    """The namespace, the service account Argo runs steps as, and the executor's RBAC."""
+    """The namespace, the service account Argo runs steps as, and the executor's RBAC.
+
+    The Role grants only what Argo's executor (3.4+) needs to report results; Kubernetes lets
+    the agent create it only because the agent's own ClusterRole holds the same permissions.
+    """
     meta = {"namespace": namespace, "labels": dict(labels)}
     return [
         {
@@ -151,8 +155,6 @@ def setup_objects(namespace: str, labels: Mapping[str, str]) -> list[dict[str, A
                     "resources": ["workflowtaskresults"],
                     "verbs": ["create", "patch"],
                 },
-                {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "watch", "patch"]},
-                {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get", "watch"]},
             ],
         },
         {

@@ -181,6 +181,8 @@ def test_control_plane_rbac_is_least_privilege(helm: Helm) -> None:
         ("openchoreo.dev", "clusterworkflowplanes"),
         ("openchoreo.dev", "workflowplanes/status"),
         ("openchoreo.dev", "clusterworkflowplanes/status"),
+        ("openchoreo.dev", "workflowruns"),
+        ("openchoreo.dev", "workflowruns/status"),
         ("", "events"),
         ("events.k8s.io", "events"),
         ("kopf.dev", "clusterkopfpeerings"),
