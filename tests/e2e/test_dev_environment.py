@@ -9,7 +9,9 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,6 +63,73 @@ def _wait_connected(kubeconfig: Path, name: str, namespace: str) -> None:
             return
         time.sleep(0.5)
     raise AssertionError(f"{namespace}/{name} never showed agentConnection.connected=true")
+
+
+def _until(check: Any, what: str, timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.5)
+    raise AssertionError(f"{what}: not within {timeout}s")
+
+
+def _run_a_workflow(dev_state: Path, kubeconfig: Path) -> None:
+    """The sample ClusterWorkflow, run with wpctl; Argo's part is played with kubectl (its
+    controller cannot run pods here)."""
+    access = ("--kubeconfig", str(kubeconfig), "--context", CP)
+    started = run_wpctl(
+        dev_state,
+        "run",
+        "docker-build",
+        "-p",
+        "repository.url=https://git.example/app",
+        "-p",
+        "image.name=registry.local/app",
+        "--name",
+        "first-build",
+        *access,
+    )
+    assert started.returncode == 0, started.stderr
+    assert "workflowrun.openchoreo.dev/first-build created" in started.stdout
+    argo = f"kubectl --context {WP} -n workflows-default get workflows.argoproj.io first-build"
+    created = _until(
+        lambda: (r := _shell(f"{argo} -o json", kubeconfig)).returncode == 0 and r.stdout,
+        "the Argo Workflow on the plane",
+    )
+    parameters = json.loads(created)["spec"]["arguments"]["parameters"]
+    assert {"name": "image", "value": "registry.local/app:latest"} in parameters
+    played = _shell(
+        f"kubectl --context {WP} -n workflows-default patch workflows.argoproj.io first-build "
+        """--type merge -p '{"status": {"phase": "Succeeded"}}'""",
+        kubeconfig,
+    )
+    assert played.returncode == 0, played.stderr
+    _until(
+        lambda: "Succeeded" in run_wpctl(dev_state, "runs", *access).stdout,
+        "wpctl runs showing the run Succeeded",
+    )
+    logs = run_wpctl(dev_state, "logs", "first-build", *access)
+    assert logs.returncode == 0 and "no step pods" in logs.stderr, logs.stderr
+
+    wrong = run_wpctl(
+        dev_state,
+        "run",
+        "docker-build",
+        "-p",
+        "repository.url=x",
+        "-p",
+        "nope=1",
+        "--wait",
+        *access,
+    )
+    assert wrong.returncode == 1 and "RenderFailed" in wrong.stdout, wrong.stdout + wrong.stderr
+    assert "unknown parameter 'nope'" in wrong.stdout
+    missing = run_wpctl(dev_state, "run", "no-such-workflow", *access)
+    assert (
+        missing.returncode == 3 and "ClusterWorkflow 'no-such-workflow' not found" in missing.stderr
+    )
 
 
 def test_dev_up_the_reference_flows_and_down(dev_state: Path) -> None:
@@ -168,6 +237,8 @@ EOF
         CP,
     )
     assert sick.returncode == 1 and "FAIL  client CA" in sick.stdout, sick.stdout
+
+    _run_a_workflow(dev_state, kubeconfig)
 
     again = run_wpctl(dev_state, "dev", "up")
     assert again.returncode == 0 and "already running" in again.stderr

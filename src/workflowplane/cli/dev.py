@@ -38,6 +38,9 @@ from workflowplane.testenv.apiserver import process_alive, stop_process_group
 from workflowplane.testenv.tools import kubectl
 
 CRD_DIR = Path(__file__).resolve().parent.parent / "api" / "crds"
+PLANE_CRD_DIR = Path(__file__).resolve().parent.parent / "api" / "workflow_plane_crds"
+# Present in a source checkout (the README's way in); an installed wheel has no samples.
+SAMPLE_WORKFLOWS = Path(__file__).resolve().parents[3] / "samples" / "workflows"
 CP = f"wp-{CONTROL_PLANE}"
 PLANE_NAMESPACE = "default"
 PROCESSES = "processes.json"
@@ -150,6 +153,30 @@ def _install_crds(kubeconfig: Path) -> None:
     _say("installing the CRDs in the control plane")
     kubectl(kubeconfig, CP, "apply", "--server-side", "-f", f"{CRD_DIR}/")
     kubectl(kubeconfig, CP, "wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+
+
+def _install_plane_crds(kubeconfig: Path, planes: list[str]) -> None:
+    """Argo's Workflow and External Secrets' ExternalSecret CRDs: what runs create in a plane
+    (a real plane gets them from those projects' installs)."""
+    for server in planes:
+        _say(f"installing the Argo Workflow and ExternalSecret CRDs in {server}")
+        context = f"wp-{server}"
+        kubectl(kubeconfig, context, "apply", "--server-side", "-f", f"{PLANE_CRD_DIR}/")
+        kubectl(
+            kubeconfig,
+            context,
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd",
+            "--all",
+        )
+
+
+def _install_sample_workflows(kubeconfig: Path) -> None:
+    if SAMPLE_WORKFLOWS.is_dir():
+        _say(f"applying the sample workflows from {SAMPLE_WORKFLOWS}")
+        kubectl(kubeconfig, CP, "apply", "-f", f"{SAMPLE_WORKFLOWS}/")
 
 
 def _wait_http(url: str, what: str, root: Path, component: str) -> None:
@@ -293,6 +320,25 @@ def _register_plane(kubeconfig: Path, server: str, ca_pem: str) -> str:
     return name
 
 
+def _register_default_cluster_plane(kubeconfig: Path, server: str, ca_pem: str) -> None:
+    """ClusterWorkflowPlane ``default`` for the first plane: where runs go when nothing else
+    is named (the same agent, now also authorized for this CR), with a secret store name."""
+    manifest = {
+        "apiVersion": "openchoreo.dev/v1alpha1",
+        "kind": "ClusterWorkflowPlane",
+        "metadata": {
+            "name": "default",
+            "annotations": {"openchoreo.dev/display-name": f"Local {server} (cluster default)"},
+        },
+        "spec": {
+            "planeID": plane_id_of(server),
+            "clusterAgent": {"clientCA": {"value": ca_pem}},
+            "secretStoreRef": {"name": "default"},
+        },
+    }
+    kubectl(kubeconfig, CP, "apply", "-f", "-", input=json.dumps(manifest))
+
+
 def _wait_ready(kubeconfig: Path, names: list[str], root: Path) -> None:
     _say("waiting for the WorkflowPlanes to be Ready")
     deadline = time.monotonic() + READY_TIMEOUT
@@ -334,6 +380,8 @@ def _print_status(kubeconfig: Path, planes: list[str]) -> None:
             "-n openchoreo-workflow-plane -o jsonpath='{.data.ca\\.crt}' | base64 -d"
         )
     print("  wpctl get wp")
+    print("  wpctl run docker-build -p repository.url=https://github.com/org/app -p image.name=app")
+    print("  wpctl runs")
 
 
 def _planes_of(root: Path) -> list[str]:
@@ -352,7 +400,11 @@ def _up(args: argparse.Namespace) -> int:
     ca_file = _gateway_ca(root, kubeconfig)
     for server in planes:
         _start_agent(root, kubeconfig, server, ports["public"], ca_file)
-    names = [_register_plane(kubeconfig, s, _agent_ca(kubeconfig, s, root)) for s in planes]
+    cas = {server: _agent_ca(kubeconfig, server, root) for server in planes}
+    names = [_register_plane(kubeconfig, server, ca) for server, ca in cas.items()]
+    _register_default_cluster_plane(kubeconfig, planes[0], cas[planes[0]])
+    _install_plane_crds(kubeconfig, planes)
+    _install_sample_workflows(kubeconfig)
     _wait_ready(kubeconfig, names, root)
     _print_status(kubeconfig, planes)
     return 0

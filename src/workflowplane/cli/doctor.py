@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +26,7 @@ from workflowplane.api.kube import get_dict
 from workflowplane.cli.ca import read_agent_ca
 from workflowplane.cli.errors import EXIT_FAILURE, EXIT_USAGE, CliError
 from workflowplane.cli.kube import add_kubeconfig_flag, client_for
-from workflowplane.cli.state import state_root
+from workflowplane.cli.state import dev_gateway_url
 from workflowplane.controller.status import assess_ca
 from workflowplane.gateway.client import GatewayClient, GatewayError
 from workflowplane.pki import load_certificates, sha256_fingerprint
@@ -64,16 +63,8 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=lambda args: asyncio.run(_doctor(args)))
 
 
-def _default_gateway_url() -> str | None:
-    processes = state_root() / "dev" / "processes.json"
-    if not processes.exists():
-        return None
-    internal = json.loads(processes.read_text()).get("control-plane", {}).get("internal")
-    return f"https://127.0.0.1:{internal}" if internal else None
-
-
 async def _doctor(args: argparse.Namespace) -> int:
-    url = args.gateway_url or _default_gateway_url()
+    url = args.gateway_url or dev_gateway_url()
     if url is None:
         raise CliError("no gateway URL", "pass --gateway-url https://HOST:8444", EXIT_USAGE)
     kube = client_for(args.kubeconfig, args.cp_context)

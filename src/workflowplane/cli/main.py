@@ -19,6 +19,7 @@ COMPONENT_COMMANDS = (
     "workflowplane.cli.register",
     "workflowplane.cli.ca",
     "workflowplane.cli.doctor",
+    "workflowplane.cli.runs",
     "workflowplane.agent.cli",
     "workflowplane.gateway.cli",
     "workflowplane.controller.cli",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -13,3 +14,12 @@ def state_root() -> Path:
         return Path(explicit)
     base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
     return Path(base) / "workflowplane"
+
+
+def dev_gateway_url() -> str | None:
+    """The local environment's gateway internal API, when ``wpctl dev up`` is running."""
+    processes = state_root() / "dev" / "processes.json"
+    if not processes.exists():
+        return None
+    internal = json.loads(processes.read_text()).get("control-plane", {}).get("internal")
+    return f"https://127.0.0.1:{internal}" if internal else None

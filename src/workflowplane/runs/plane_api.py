@@ -62,7 +62,8 @@ class WatchExpired(Exception):
     """The watch's resourceVersion is too old (410): list again."""
 
 
-def _error(response: ProxyResponse, what: str) -> PlaneRequestError:
+def request_error(response: ProxyResponse, what: str) -> PlaneRequestError:
+    """The error for a non-success response, with the API server's own message."""
     try:
         message = str(response.json().get("message") or response.body[:200])
     except (ValueError, AttributeError):
@@ -132,7 +133,7 @@ class PlaneAPI:
             what = f"discovery of {api_version}"
             response = await self.request("GET", path, what=what)
             if response.status not in (200, 404):
-                raise _error(response, what)
+                raise request_error(response, what)
             if response.status == 200:
                 self._discovery.learn(plane_id, api_version, response.json().get("resources") or [])
             known = self._discovery.get(plane_id, api_version, kind)
@@ -154,7 +155,7 @@ class PlaneAPI:
             return True
         if response.status == 409:
             return False
-        raise _error(response, what)
+        raise request_error(response, what)
 
     async def get(self, ref: Mapping[str, Any]) -> dict[str, Any] | None:
         path = await self.path_of(ref["apiVersion"], ref["kind"], ref.get("namespace"), ref["name"])
@@ -162,7 +163,7 @@ class PlaneAPI:
         if response.status == 404:
             return None
         if response.status != 200:
-            raise _error(response, f"get {ref['kind']} {ref['name']}")
+            raise request_error(response, f"get {ref['kind']} {ref['name']}")
         found: dict[str, Any] = response.json()
         return found
 
@@ -174,7 +175,7 @@ class PlaneAPI:
             "DELETE", path, body={"propagationPolicy": "Background"}, what=what
         )
         if response.status not in (200, 202, 404):
-            raise _error(response, what)
+            raise request_error(response, what)
 
     async def list(self, api_version: str, kind: str, label_selector: str) -> tuple[list[Any], str]:
         path = await self.path_of(api_version, kind, None)
@@ -182,9 +183,25 @@ class PlaneAPI:
             "GET", path, query=urlencode({"labelSelector": label_selector}), what=f"list {kind}"
         )
         if response.status != 200:
-            raise _error(response, f"list {kind}")
+            raise request_error(response, f"list {kind}")
         body = response.json()
         return list(body.get("items") or []), str(body["metadata"].get("resourceVersion", ""))
+
+    async def stream(self, path: str, query: str) -> AsyncIterator[bytes]:
+        """A streamed GET (``follow=true`` logs): the body's lines as they arrive."""
+        try:
+            async for line in self._gateway.proxy_stream(
+                "GET",
+                plane_type=PLANE_TYPE,
+                plane_id=self._target.plane_id,
+                cr_namespace=self._target.namespace,
+                cr_name=self._target.name,
+                path=path,
+                query=query,
+            ):
+                yield line
+        except GatewayError as exc:
+            raise PlaneRequestError(exc.status, f"{path}: {exc.message}", transient=True) from exc
 
     async def watch(
         self, api_version: str, kind: str, label_selector: str, resource_version: str

@@ -1,0 +1,340 @@
+"""``wpctl run``, ``wpctl runs`` and ``wpctl logs``: start a workflow, list runs, read the
+step pods' logs from the plane (through the gateway and agent, like everything else)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import sys
+from typing import Any
+from urllib.parse import urlencode
+
+from lightkube import AsyncClient
+from lightkube.core.exceptions import ApiError
+
+from workflowplane.api.conditions import find_condition
+from workflowplane.api.constants import API_VERSION, CLUSTER_WORKFLOW_PLANE, WORKFLOW_PLANE
+from workflowplane.api.kube import get_dict
+from workflowplane.api.planes import ClusterWorkflowPlaneResource, WorkflowPlaneResource
+from workflowplane.api.workflows import (
+    ARGO_WORKFLOW_LABEL,
+    CLUSTER_WORKFLOW,
+    PLANE_ANNOTATION,
+    WORKFLOW,
+    ClusterWorkflowResource,
+    RunCondition,
+    WorkflowResource,
+    WorkflowRunResource,
+)
+from workflowplane.cli.errors import EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_USAGE, CliError
+from workflowplane.cli.kube import add_kubeconfig_flag, client_for
+from workflowplane.cli.state import dev_gateway_url
+from workflowplane.gateway.client import GatewayClient
+from workflowplane.runs.plan import PlaneTarget
+from workflowplane.runs.plane_api import Discovery, PlaneAPI, PlaneRequestError, request_error
+
+COLUMNS = ("NAMESPACE", "NAME", "WORKFLOW", "STATUS", "STARTED", "DURATION")
+
+
+def register(subparsers: Any) -> None:
+    run = subparsers.add_parser("run", help="start a workflow: create a WorkflowRun")
+    run.add_argument("workflow", help="the ClusterWorkflow (or, with --kind, Workflow) to run")
+    run.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a parameter; dotted keys nest (repository.url=...); repeatable",
+    )
+    run.add_argument("--kind", choices=(CLUSTER_WORKFLOW, WORKFLOW), default=CLUSTER_WORKFLOW)
+    run.add_argument("--name", help="the run's name (default: generated from the workflow's)")
+    run.add_argument("--ttl", help="ttlAfterCompletion, e.g. 1d12h or 30m")
+    run.add_argument("--wait", action="store_true", help="wait until it completes")
+    run.add_argument("--timeout", type=float, default=1800.0, help="seconds --wait waits")
+    _common(run)
+    run.set_defaults(handler=lambda args: asyncio.run(_run(args)))
+
+    runs = subparsers.add_parser("runs", help="list WorkflowRuns")
+    runs.add_argument("-A", "--all-namespaces", action="store_true")
+    _common(runs)
+    runs.set_defaults(handler=lambda args: asyncio.run(_runs(args)))
+
+    logs = subparsers.add_parser("logs", help="the step pods' logs of a run, from its plane")
+    logs.add_argument("run", help="the WorkflowRun's name")
+    logs.add_argument("-f", "--follow", action="store_true", help="stream until the run ends")
+    logs.add_argument("--container", default="main", help="container in each step pod")
+    logs.add_argument("--gateway-url", help="gateway internal API (default: the local dev one)")
+    logs.add_argument("--gateway-namespace", default="openchoreo-control-plane")
+    _common(logs)
+    logs.set_defaults(handler=lambda args: asyncio.run(_logs(args)))
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-n", "--namespace", default="default", help="the run's namespace")
+    add_kubeconfig_flag(parser)
+    parser.add_argument("--context", help="the control plane's context")
+
+
+def parse_params(pairs: list[str]) -> dict[str, Any]:
+    """``a.b=1`` → ``{"a": {"b": "1"}}``; values stay strings (the schema converts them)."""
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CliError(f"parameter {pair!r} is not KEY=VALUE", exit_code=EXIT_USAGE)
+        node = params
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise CliError(
+                    f"parameter {key!r} conflicts with {part}={child!r}", exit_code=EXIT_USAGE
+                )
+            node = child
+        if isinstance(node.get(leaf), dict):
+            raise CliError(
+                f"parameter {key!r} conflicts with {key}.* parameters", exit_code=EXIT_USAGE
+            )
+        node[leaf] = value
+    return params
+
+
+def run_manifest(args: argparse.Namespace) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "workflow": {
+            "kind": args.kind,
+            "name": args.workflow,
+            "parameters": parse_params(args.param),
+        }
+    }
+    if args.ttl:
+        spec["ttlAfterCompletion"] = args.ttl
+    metadata: dict[str, Any] = {"namespace": args.namespace}
+    if args.name:
+        metadata["name"] = args.name
+    else:
+        metadata["generateName"] = f"{args.workflow}-"
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "WorkflowRun",
+        "metadata": metadata,
+        "spec": spec,
+    }
+
+
+async def _run(args: argparse.Namespace) -> int:
+    kube = client_for(args.kubeconfig, args.context)
+    try:
+        await _require_workflow(kube, args)
+        creator: Any = kube.create
+        resource: Any = WorkflowRunResource
+        created = await creator(resource.from_dict(run_manifest(args)), namespace=args.namespace)
+        name = created.metadata.name
+        print(f"workflowrun.openchoreo.dev/{name} created in {args.namespace}")
+        if not args.wait:
+            return 0
+        return await _wait(kube, args.namespace, name, args.timeout)
+    except ApiError as exc:
+        raise CliError(
+            f"cannot create the run: {exc.status.message}", exit_code=EXIT_FAILURE
+        ) from exc
+    finally:
+        await kube.close()
+
+
+async def _require_workflow(kube: AsyncClient, args: argparse.Namespace) -> None:
+    if args.kind == WORKFLOW:
+        found = await get_dict(kube, WorkflowResource, args.workflow, args.namespace)
+        where = f" in namespace {args.namespace}"
+    else:
+        found = await get_dict(kube, ClusterWorkflowResource, args.workflow)
+        where = ""
+    if found is None:
+        raise CliError(
+            f"{args.kind} {args.workflow!r} not found{where}",
+            f"list them with: kubectl get {args.kind.lower()}s" + (" -n NS" if where else ""),
+            EXIT_NOT_FOUND,
+        )
+
+
+async def _wait(kube: AsyncClient, namespace: str, name: str, timeout: float) -> int:  # noqa: ASYNC109
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        run = await get_dict(kube, WorkflowRunResource, name, namespace) or {}
+        completed = find_condition(
+            (run.get("status") or {}).get("conditions") or [], RunCondition.COMPLETED
+        )
+        if completed and completed["status"] == "True":
+            print(f"{name}: {completed['reason']}: {completed['message']}")
+            return 0 if completed["reason"] == "Succeeded" else EXIT_FAILURE
+        await asyncio.sleep(1)
+    raise CliError(f"{name} did not complete within {timeout:.0f}s", exit_code=EXIT_FAILURE)
+
+
+def run_row(run: dict[str, Any], now: dt.datetime) -> tuple[str, ...]:
+    meta, status = run["metadata"], run.get("status") or {}
+    completed = find_condition(status.get("conditions") or [], RunCondition.COMPLETED)
+    started, ended = status.get("startedAt"), status.get("completedAt")
+    duration = "-"
+    if started:
+        end = _time(ended) if ended else now
+        duration = _human(end - _time(started))
+    return (
+        meta["namespace"],
+        meta["name"],
+        ((run.get("spec") or {}).get("workflow") or {}).get("name", "-"),
+        completed["reason"] if completed else "Pending",
+        started or "-",
+        duration,
+    )
+
+
+def _time(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _human(delta: dt.timedelta) -> str:
+    seconds = max(int(delta.total_seconds()), 0)
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+
+
+def table(rows: list[tuple[str, ...]]) -> str:
+    cells = [COLUMNS, *rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(COLUMNS))]
+    return "\n".join(
+        "   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells
+    )
+
+
+async def _runs(args: argparse.Namespace) -> int:
+    kube = client_for(args.kubeconfig, args.context)
+    try:
+        lister: Any = kube.list
+        namespace = "*" if args.all_namespaces else args.namespace
+        items = [item.to_dict() async for item in lister(WorkflowRunResource, namespace=namespace)]
+    finally:
+        await kube.close()
+    if not items:
+        print("No runs found.")
+        return 0
+    now = dt.datetime.now(dt.UTC)
+    items.sort(key=lambda r: (r["metadata"]["namespace"], r["metadata"]["creationTimestamp"]))
+    print(table([run_row(item, now) for item in items]))
+    return 0
+
+
+async def _logs(args: argparse.Namespace) -> int:
+    url = args.gateway_url or dev_gateway_url()
+    if url is None:
+        raise CliError("no gateway URL", "pass --gateway-url https://HOST:8444", EXIT_USAGE)
+    kube = client_for(args.kubeconfig, args.context)
+    try:
+        run = await get_dict(kube, WorkflowRunResource, args.run, args.namespace)
+        if run is None:
+            raise CliError(
+                f"WorkflowRun {args.namespace}/{args.run} not found", exit_code=EXIT_NOT_FOUND
+            )
+        target = await _plane_of(kube, run)
+        gateway = await GatewayClient.from_secret(kube, url, args.gateway_namespace)
+    finally:
+        await kube.close()
+    try:
+        api = PlaneAPI(gateway, target, Discovery())
+        await _print_logs(api, run, args, client_for(args.kubeconfig, args.context))
+    except PlaneRequestError as exc:
+        raise CliError(exc.message, exit_code=EXIT_FAILURE) from exc
+    finally:
+        await gateway.close()
+    return 0
+
+
+async def _plane_of(kube: AsyncClient, run: dict[str, Any]) -> PlaneTarget:
+    meta = run["metadata"]
+    raw = (meta.get("annotations") or {}).get(PLANE_ANNOTATION)
+    if not raw or not (run.get("status") or {}).get("runReference"):
+        raise CliError(
+            f"run {meta['name']} has not been sent to a plane yet",
+            f"see its conditions: kubectl get workflowrun {meta['name']} "
+            f"-n {meta['namespace']} -o yaml",
+        )
+    record = json.loads(raw)
+    kind, name = record["kind"], record["name"]
+    namespace = meta["namespace"] if kind == WORKFLOW_PLANE else None
+    resource = WorkflowPlaneResource if kind == WORKFLOW_PLANE else ClusterWorkflowPlaneResource
+    plane = await get_dict(kube, resource, name, namespace)
+    if plane is None:
+        raise CliError(f"the run's plane {kind}/{name} no longer exists", exit_code=EXIT_NOT_FOUND)
+    plane_id = (plane.get("spec") or {}).get("planeID") or name
+    return PlaneTarget(
+        kind if kind == WORKFLOW_PLANE else CLUSTER_WORKFLOW_PLANE, namespace, name, plane_id, ""
+    )
+
+
+async def _print_logs(
+    api: PlaneAPI, run: dict[str, Any], args: argparse.Namespace, kube: AsyncClient
+) -> None:
+    reference = run["status"]["runReference"]
+    namespace, workflow = reference["namespace"], reference["name"]
+    seen: set[str] = set()
+    try:
+        while True:
+            for pod in await _step_pods(api, namespace, workflow):
+                name = pod["metadata"]["name"]
+                if name in seen:
+                    continue
+                seen.add(name)
+                step = (pod["metadata"].get("annotations") or {}).get(
+                    "workflows.argoproj.io/node-name", name
+                )
+                print(f"==> {step} ({name})", flush=True)
+                await _pod_log(api, namespace, name, args.container, args.follow)
+            if not args.follow or await _run_completed(kube, run):
+                break
+            await asyncio.sleep(2)
+    finally:
+        await kube.close()
+    if not seen:
+        print(
+            f"no step pods for run {run['metadata']['name']} yet (Argo has not started any)",
+            file=sys.stderr,
+        )
+
+
+async def _step_pods(api: PlaneAPI, namespace: str, workflow: str) -> list[dict[str, Any]]:
+    query = urlencode({"labelSelector": f"{ARGO_WORKFLOW_LABEL}={workflow}"})
+    response = await api.request(
+        "GET", f"/api/v1/namespaces/{namespace}/pods", query=query, what="list step pods"
+    )
+    if response.status != 200:
+        raise request_error(response, "list step pods")
+    pods: list[dict[str, Any]] = response.json().get("items") or []
+    return sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp", ""))
+
+
+async def _pod_log(api: PlaneAPI, namespace: str, pod: str, container: str, follow: bool) -> None:
+    path = f"/api/v1/namespaces/{namespace}/pods/{pod}/log"
+    if follow:
+        async for line in api.stream(path, urlencode({"container": container, "follow": "true"})):
+            sys.stdout.write(line.decode(errors="replace"))
+            sys.stdout.flush()
+        return
+    response = await api.request(
+        "GET", path, query=urlencode({"container": container}), what=f"logs of {pod}"
+    )
+    if response.status != 200:
+        raise request_error(response, f"logs of {pod}")
+    sys.stdout.write(response.body.decode(errors="replace"))
+
+
+async def _run_completed(kube: AsyncClient, run: dict[str, Any]) -> bool:
+    meta = run["metadata"]
+    current = await get_dict(kube, WorkflowRunResource, meta["name"], meta["namespace"]) or {}
+    completed = find_condition(
+        (current.get("status") or {}).get("conditions") or [], RunCondition.COMPLETED
+    )
+    return bool(completed and completed["status"] == "True") or not current
