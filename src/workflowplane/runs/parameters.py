@@ -15,7 +15,9 @@ _TRUE, _FALSE = {"true", "yes", "1"}, {"false", "no", "0"}
 
 
 def resolve_parameters(schema: Mapping[str, Any] | None, given: Mapping[str, Any] | None) -> Any:
-    return _value(dict(schema or {"type": "object"}), given, "parameters")
+    return _value(
+        dict(schema or {"type": "object"}), given if given is not None else {}, "parameters"
+    )
 
 
 def _value(schema: Mapping[str, Any], value: Any, where: str) -> Any:
@@ -23,7 +25,8 @@ def _value(schema: Mapping[str, Any], value: Any, where: str) -> Any:
         value = schema["default"]
     kind = schema.get("type")
     if kind == "object" or (kind is None and "properties" in schema):
-        return _object(schema, value if value is not None else {}, where)
+        # An absent optional object still gets its defaults, but not its required checks.
+        return _object(schema, value if value is not None else {}, where, value is not None)
     if value is None:
         return None
     if kind == "array":
@@ -35,7 +38,7 @@ def _value(schema: Mapping[str, Any], value: Any, where: str) -> Any:
     return value
 
 
-def _object(schema: Mapping[str, Any], value: Any, where: str) -> dict[str, Any]:
+def _object(schema: Mapping[str, Any], value: Any, where: str, present: bool) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise RenderError(f"{where}: expected an object, got {value!r}")
     properties: Mapping[str, Any] = schema.get("properties") or {}
@@ -51,7 +54,7 @@ def _object(schema: Mapping[str, Any], value: Any, where: str) -> dict[str, Any]
         )
     missing = [
         key
-        for key in schema.get("required") or []
+        for key in (schema.get("required") or [] if present else [])
         if value.get(key) is None and "default" not in (properties.get(key) or {})
     ]
     if missing:
@@ -92,10 +95,11 @@ def _integer(value: Any) -> int:
     return int(value)
 
 
-def _number(value: Any) -> float | int:
+def _number(value: Any) -> float:
+    """Always a float: CEL does not mix int and double, so one type whatever the input."""
     if isinstance(value, bool):
         raise ValueError(value)
-    return value if isinstance(value, (int, float)) else float(value)
+    return float(value)
 
 
 def _boolean(value: Any) -> bool:

@@ -115,7 +115,9 @@ def plan_run(run: Mapping[str, Any], definition: Mapping[str, Any], plane: Plane
 
 
 def _owned(obj: Any, namespace: str, labels: Mapping[str, str], where: str) -> dict[str, Any]:
-    if not isinstance(obj, dict) or (not obj.get("kind") and where != "runTemplate"):
+    if not isinstance(obj, dict):
+        raise RenderError(f"{where}: must render to an object")
+    if where != "runTemplate" and not (obj.get("apiVersion") and obj.get("kind")):
         raise RenderError(f"{where}: must render to an object with apiVersion and kind")
     meta = obj.setdefault("metadata", {})
     if not isinstance(meta, dict):

@@ -28,9 +28,12 @@ class WorkQueue(Generic[Key]):
         self._timers: dict[Key, asyncio.TimerHandle] = {}
         self._failures: dict[Key, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     def add(self, key: Key, delay: float = 0.0) -> None:
         """Reconcile ``key`` now, or after ``delay`` seconds (the earliest request wins)."""
+        if self._closed:
+            return
         if delay > 0:
             self._add_later(key, delay)
             return
@@ -87,6 +90,7 @@ class WorkQueue(Generic[Key]):
         return requeue
 
     async def close(self) -> None:
+        self._closed = True
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import cel
 
-SECRET_STORE_VARIABLE = "workflowplane.secretStore"
+# workflowplane.secretStore or workflowplane["secretStore"], however spaced.
+SECRET_STORE_REFERENCE = re.compile(
+    r"\bworkflowplane\s*(?:\.\s*secretStore\b|\[\s*[\'\"]secretStore[\'\"]\s*\])"
+)
 
 
 class RenderError(Exception):
@@ -121,7 +125,7 @@ class Renderer:
         self._needs_store_hint = needs_store_hint
 
     def value(self, expression: str, where: str) -> Any:
-        if SECRET_STORE_VARIABLE in expression and not self._has_store:
+        if not self._has_store and SECRET_STORE_REFERENCE.search(expression):
             raise SecretStoreMissing(
                 f"{where}: ${{{expression}}} needs the plane's secret store, "
                 f"but {self._needs_store_hint}"
@@ -140,7 +144,15 @@ class Renderer:
     def condition(self, text: str, where: str) -> bool:
         """``includeWhen``: one expression (with or without ``${}``) that must give a bool."""
         pieces = split_template(text.strip(), where)
-        expression = pieces[0][0] if len(pieces) == 1 and isinstance(pieces[0], tuple) else text
+        if len(pieces) == 1 and isinstance(pieces[0], tuple):
+            expression = pieces[0][0]
+        elif "${" in text:
+            raise RenderError(
+                f"{where}: {text!r} must be one ${{...}} expression "
+                "(combine conditions inside it: ${a && b})"
+            )
+        else:
+            expression = text
         result = self.value(expression, where)
         if not isinstance(result, bool):
             raise RenderError(f"{where}: ${{{expression}}} must be true or false, got {result!r}")

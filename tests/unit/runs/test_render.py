@@ -266,3 +266,13 @@ def test_condition_error_names_where_and_expression() -> None:
         renderer().condition("${parameters.missing}", "resources[x].includeWhen")
     assert "resources[x].includeWhen" in str(caught.value)
     assert "${parameters.missing}" in str(caught.value)
+
+
+def test_secret_store_is_missing_also_when_indexed_by_name() -> None:
+    with pytest.raises(SecretStoreMissing, match=r"has no spec\.secretStoreRef"):
+        renderer(secret_store="").render("${workflowplane['secretStore']}", "r")
+
+
+def test_a_condition_made_of_two_expressions_says_how_to_combine_them() -> None:
+    with pytest.raises(RenderError, match=r"must be one \$\{\.\.\.\} expression"):
+        renderer().condition("${parameters.flag} && ${parameters.flag}", "resources[x].includeWhen")
