@@ -143,10 +143,19 @@ class Upstream:
             timeout=aiohttp.ClientTimeout(total=timeout),
             allow_redirects=False,
         ) as response:
-            content = await response.content.read(self._max_body + 1)
-            if len(content) > self._max_body:
-                raise ResponseTooLarge(f"response larger than {self._max_body} bytes")
+            content = await self._read_bounded(response)
             return UpstreamResult(response.status, response_headers(response.headers), content)
+
+    async def _read_bounded(self, response: aiohttp.ClientResponse) -> bytes:
+        """The whole body (``read(n)`` would return only what has arrived so far), bounded."""
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.content.iter_any():
+            size += len(chunk)
+            if size > self._max_body:
+                raise ResponseTooLarge(f"response larger than {self._max_body} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def stream(
         self, method: str, path: str, query: str, headers: dict[str, list[str]] | None
