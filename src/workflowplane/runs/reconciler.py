@@ -93,9 +93,12 @@ class RunReconciler:
             return await self._expire(key, run)
         if status.get("startedAt"):
             target = await self._recorded_target(run)
-            if target is not None:
-                self.tracker.track(key, target)
-                return None
+            if target is None:
+                recorded = (meta.get("annotations") or {}).get(PLANE_ANNOTATION, "its plane")
+                message = f"the plane this run was sent to ({recorded}) no longer exists"
+                return await self._fail(run, RunReason.WORKFLOW_PLANE_NOT_FOUND, message)
+            self.tracker.track(key, target)
+            return None
         return await self._start(key, run)
 
     async def observe(self, key: RunKey, event: str, argo: dict[str, Any]) -> None:

@@ -66,9 +66,11 @@ class ArgoTracker:
         delay = 1.0
         while True:
             try:
+                expected = {key for key, where in self._runs.items() if where == target}
                 items, version = await api.list(ARGO_API_VERSION, ARGO_WORKFLOW, SELECTOR)
                 for item in items:
                     await self._deliver(target, "ADDED", item)
+                await self._missing(target, expected - {_key_of(item) for item in items})
                 delay = 1.0
                 while True:
                     version = await self._watch_once(api, target, version)
@@ -93,9 +95,19 @@ class ArgoTracker:
                 await self._deliver(target, kind, obj)
         return version
 
+    async def _missing(self, target: PlaneTarget, keys: set[RunKey]) -> None:
+        """Runs in flight before the list whose Argo Workflow it lacks: deleted meanwhile."""
+        for namespace, name in keys:
+            gone = {
+                "metadata": {
+                    "name": name,
+                    "labels": {LABEL_RUN_NAMESPACE: namespace, LABEL_RUN: name},
+                }
+            }
+            await self._deliver(target, "DELETED", gone)
+
     async def _deliver(self, target: PlaneTarget, kind: str, obj: dict[str, Any]) -> None:
-        labels = (obj.get("metadata") or {}).get("labels") or {}
-        key = (str(labels.get(LABEL_RUN_NAMESPACE, "")), str(labels.get(LABEL_RUN, "")))
+        key = _key_of(obj)
         if self._runs.get(key) != target:
             return  # not in flight, or a run of another plane CR that shares this cluster
         try:
@@ -104,3 +116,8 @@ class ArgoTracker:
             raise
         except Exception:
             log.exception("status update of run %s/%s failed; the next event retries", *key)
+
+
+def _key_of(obj: dict[str, Any]) -> RunKey:
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return (str(labels.get(LABEL_RUN_NAMESPACE, "")), str(labels.get(LABEL_RUN, "")))

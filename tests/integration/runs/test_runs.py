@@ -403,3 +403,28 @@ async def test_a_tenant_plane_run_travels_only_over_connections_authorized_for_i
     finally:
         for agent in running:
             await agent.stop()
+
+
+async def test_an_argo_workflow_deleted_on_the_plane_fails_its_run(
+    control_plane: ApiServer,
+    workflow_plane: ApiServer,
+    default_plane: DefaultPlane,
+    controller: None,
+    namespace: str,
+) -> None:
+    workflow = unique("build")
+    apply(control_plane, definition("ClusterWorkflow", workflow))
+    apply(control_plane, run(namespace, "orphan", workflow, REPO_PARAMS))
+    await _started(control_plane, namespace, "orphan")
+    kubectl(
+        workflow_plane.kubeconfig,
+        workflow_plane.context,
+        "delete",
+        "workflows.argoproj.io",
+        "orphan",
+        "-n",
+        f"workflows-{namespace}",
+    )
+    obj = await _with_reason(control_plane, namespace, "orphan", "ArgoWorkflowDeleted")
+    assert condition(obj, "WorkflowFailed")["status"] == "True"
+    assert "orphan was deleted from the plane" in condition(obj, "WorkflowFailed")["message"]
