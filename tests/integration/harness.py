@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -217,16 +218,30 @@ async def registered_agent(
 async def controller_running(
     control_plane: ApiServer, gw: RunningGateway, resync: float = 30.0
 ) -> AsyncIterator[None]:
-    """The real (kopf) controller, planes and runs, in-process until the block ends."""
-    stop, ready = asyncio.Event(), asyncio.Event()
+    """The real (kopf) controller, planes and runs, until the block ends, in its own thread and
+    event loop as a separate process would be: when kopf stops it cancels every task started
+    in its loop while it ran, which here would include the in-process gateway's and agents'."""
+    stop, ready = threading.Event(), threading.Event()
     config = ControllerConfig(
         kubeconfig=control_plane.kubeconfig, context=control_plane.context, resync_seconds=resync
     )
-    task = asyncio.create_task(run_controller(config, gw.client, stop_flag=stop, ready_flag=ready))
-    await asyncio.wait_for(ready.wait(), 30)
+
+    async def controller() -> None:
+        kube = AsyncClient(config=load_config(control_plane.kubeconfig, control_plane.context))
+        try:
+            client = await GatewayClient.from_secret(kube, gw.internal_url)
+        finally:
+            await kube.close()
+        try:
+            await run_controller(config, client, stop_flag=stop, ready_flag=ready)
+        finally:
+            await client.close()
+
+    thread = asyncio.create_task(asyncio.to_thread(asyncio.run, controller()))
     try:
+        if not await asyncio.to_thread(ready.wait, 30):
+            raise AssertionError("the controller did not become ready within 30s")
         yield
     finally:
         stop.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, 20)
+        await asyncio.wait_for(thread, 30)

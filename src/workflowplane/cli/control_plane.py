@@ -35,6 +35,8 @@ async def serve(args: argparse.Namespace) -> None:
     url = f"https://127.0.0.1:{gateway.ports['internal']}"
     client = await GatewayClient.from_secret(kube, url, gateway_config.namespace)
     try:
+        # When kopf stops it cancels every task started in this loop while it ran, the
+        # gateway's included; that is only ever at shutdown, and the gateway stops next.
         await run_controller(controller_config(args), client)
     finally:
         await client.close()

@@ -8,8 +8,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol
 
+from workflowplane.gateway.client import TunnelAPI
 
-class GatewayAPI(Protocol):
+
+class GatewayAPI(TunnelAPI, Protocol):
     async def notify(
         self, *, plane_type: str, plane_id: str, event: str, namespace: str, name: str
     ) -> Mapping[str, Any]: ...
@@ -22,31 +24,5 @@ class GatewayAPI(Protocol):
         namespace: str | None = None,
         name: str | None = None,
     ) -> Mapping[str, Any]: ...
-
-    async def proxy(
-        self,
-        method: str,
-        *,
-        plane_type: str,
-        plane_id: str,
-        cr_namespace: str | None,
-        cr_name: str,
-        path: str,
-        query: str = "",
-        body: bytes | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> Any: ...
-
-    def proxy_stream(
-        self,
-        method: str,
-        *,
-        plane_type: str,
-        plane_id: str,
-        cr_namespace: str | None,
-        cr_name: str,
-        path: str,
-        query: str,
-    ) -> AsyncIterator[bytes]: ...
 
     def events(self) -> AsyncIterator[Mapping[str, Any]]: ...

@@ -7,13 +7,14 @@ Kubernetes ``Status`` body; ``transient`` says whether retrying can help (5xx, 4
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import ssl
 import tempfile
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from lightkube import AsyncClient
@@ -42,6 +43,37 @@ class ProxyResponse:
 
     def json(self) -> Any:
         return json.loads(self.body)
+
+
+class TunnelAPI(Protocol):
+    """The gateway's proxy as callers need it; :class:`GatewayClient` is one (tests may use
+    another). Requests run in the plane on a connection authorized for the named CR."""
+
+    async def proxy(
+        self,
+        method: str,
+        *,
+        plane_type: str,
+        plane_id: str,
+        cr_namespace: str | None,
+        cr_name: str,
+        path: str,
+        query: str = "",
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> ProxyResponse: ...
+
+    def proxy_stream(
+        self,
+        method: str,
+        *,
+        plane_type: str,
+        plane_id: str,
+        cr_namespace: str | None,
+        cr_name: str,
+        path: str,
+        query: str,
+    ) -> AsyncIterator[bytes]: ...
 
 
 def client_ssl_context(ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
@@ -91,9 +123,22 @@ class GatewayClient:
     async def close(self) -> None:
         await self._session.close()
 
+    @contextlib.asynccontextmanager
+    async def _open(
+        self, method: str, url: str, **kwargs: Any
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A response whose connection is closed, not pooled, when the caller stops early
+        (cancelled mid-read, an abandoned stream), so a half-read connection is never reused."""
+        async with self._session.request(method, url, **kwargs) as resp:
+            try:
+                yield resp
+            except BaseException:
+                resp.close()
+                raise
+
     async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
-            async with self._session.request(method, self.base_url + path, **kwargs) as resp:
+            async with self._open(method, self.base_url + path, **kwargs) as resp:
                 body = await resp.read()
                 if resp.status >= 400:
                     message, parsed = _message(body, resp.status)
@@ -167,7 +212,7 @@ class GatewayClient:
         """A request run in the plane; any status comes back (errors are not raised)."""
         url = self.proxy_url(plane_type, plane_id, cr_namespace, cr_name, path)
         try:
-            async with self._session.request(
+            async with self._open(
                 method,
                 url + (f"?{query}" if query else ""),
                 data=body,
@@ -190,7 +235,7 @@ class GatewayClient:
     ) -> AsyncIterator[bytes]:
         """A streamed request (watch=true, follow=true): lines of the body as they arrive."""
         url = self.proxy_url(plane_type, plane_id, cr_namespace, cr_name, path)
-        async with self._session.request(
+        async with self._open(
             method,
             f"{url}?{query}",
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
@@ -202,7 +247,8 @@ class GatewayClient:
                 yield line
 
     async def events(self) -> AsyncIterator[Mapping[str, Any]]:
-        async with self._session.get(
+        async with self._open(
+            "GET",
             self.base_url + "/api/v1/planes/events",
             timeout=aiohttp.ClientTimeout(total=None, sock_read=60, sock_connect=10),
         ) as resp:

@@ -14,7 +14,7 @@ from lightkube import AsyncClient
 
 from workflowplane.api.constants import CLUSTER_WORKFLOW_PLANE, GROUP, VERSION, WORKFLOW_PLANE
 from workflowplane.api.workflows import CLUSTER_WORKFLOW, WORKFLOW
-from workflowplane.runs.plane_api import TunnelAPI
+from workflowplane.gateway.client import TunnelAPI
 from workflowplane.runs.queue import WorkQueue
 from workflowplane.runs.reconciler import RunReconciler
 from workflowplane.runs.tracker import RunKey

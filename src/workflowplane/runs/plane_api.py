@@ -8,44 +8,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlencode
 
 from workflowplane.api.constants import PLANE_TYPE
-from workflowplane.gateway.client import GatewayError, ProxyResponse
+from workflowplane.gateway.client import GatewayError, ProxyResponse, TunnelAPI
 from workflowplane.runs.plan import PlaneTarget
 
 TRANSIENT_STATUSES = {0, 403, 404, 408, 429, 500, 502, 503, 504}
-
-
-class TunnelAPI(Protocol):
-    """The gateway's proxy, as ``workflowplane.gateway.client.GatewayClient`` offers it."""
-
-    async def proxy(
-        self,
-        method: str,
-        *,
-        plane_type: str,
-        plane_id: str,
-        cr_namespace: str | None,
-        cr_name: str,
-        path: str,
-        query: str = "",
-        body: bytes | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> ProxyResponse: ...
-
-    def proxy_stream(
-        self,
-        method: str,
-        *,
-        plane_type: str,
-        plane_id: str,
-        cr_namespace: str | None,
-        cr_name: str,
-        path: str,
-        query: str,
-    ) -> AsyncIterator[bytes]: ...
 
 
 class PlaneRequestError(Exception):
@@ -188,7 +158,8 @@ class PlaneAPI:
         return list(body.get("items") or []), str(body["metadata"].get("resourceVersion", ""))
 
     async def stream(self, path: str, query: str) -> AsyncIterator[bytes]:
-        """A streamed GET (``follow=true`` logs): the body's lines as they arrive."""
+        """A streamed GET (``watch=true``, ``follow=true``): the body's lines as they arrive;
+        a 410 before the stream starts is WatchExpired."""
         try:
             async for line in self._gateway.proxy_stream(
                 "GET",
@@ -201,6 +172,8 @@ class PlaneAPI:
             ):
                 yield line
         except GatewayError as exc:
+            if exc.status == 410:
+                raise WatchExpired() from exc
             raise PlaneRequestError(exc.status, f"{path}: {exc.message}", transient=True) from exc
 
     async def watch(
@@ -217,29 +190,12 @@ class PlaneAPI:
                 "timeoutSeconds": "300",
             }
         )
-        try:
-            async for line in self._gateway.proxy_stream(
-                "GET",
-                plane_type=PLANE_TYPE,
-                plane_id=self._target.plane_id,
-                cr_namespace=self._target.namespace,
-                cr_name=self._target.name,
-                path=path,
-                query=query,
-            ):
-                if not line.strip():
-                    continue
-                event = json.loads(line)
-                if event.get("type") == "ERROR":
-                    if (event.get("object") or {}).get("code") == 410:
-                        raise WatchExpired()
-                    raise PlaneRequestError(
-                        0, f"watch {kind}: {event.get('object')}", transient=True
-                    )
-                yield str(event.get("type")), event.get("object") or {}
-        except GatewayError as exc:
-            if exc.status == 410:
-                raise WatchExpired() from exc
-            raise PlaneRequestError(
-                exc.status, f"watch {kind}: {exc.message}", transient=True
-            ) from exc
+        async for line in self.stream(path, query):
+            if not line.strip():
+                continue
+            event = json.loads(line)
+            if event.get("type") == "ERROR":
+                if (event.get("object") or {}).get("code") == 410:
+                    raise WatchExpired()
+                raise PlaneRequestError(0, f"watch {kind}: {event.get('object')}", transient=True)
+            yield str(event.get("type")), event.get("object") or {}

@@ -31,8 +31,9 @@ from workflowplane.api.workflows import (
     WorkflowResource,
     WorkflowRunResource,
 )
+from workflowplane.gateway.client import TunnelAPI
 from workflowplane.runs.plan import PlaneTarget, RunPlan, plan_run
-from workflowplane.runs.plane_api import Discovery, PlaneAPI, PlaneRequestError, TunnelAPI
+from workflowplane.runs.plane_api import Discovery, PlaneAPI, PlaneRequestError
 from workflowplane.runs.progress import (
     failed_before_start,
     is_completed,

@@ -21,8 +21,9 @@ from workflowplane.api.workflows import (
     LABEL_RUN_NAMESPACE,
     MANAGED_BY,
 )
+from workflowplane.gateway.client import TunnelAPI
 from workflowplane.runs.plan import PlaneTarget
-from workflowplane.runs.plane_api import Discovery, PlaneAPI, TunnelAPI, WatchExpired
+from workflowplane.runs.plane_api import Discovery, PlaneAPI, WatchExpired
 
 log = logging.getLogger(__name__)
 RunKey = tuple[str, str]
