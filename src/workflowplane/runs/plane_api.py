@@ -67,17 +67,24 @@ class PlaneAPI:
         self._target = target
         self._discovery = discovery
 
+    def _route(self, path: str) -> dict[str, Any]:
+        """The proxy route: this plane CR's connections only."""
+        target = self._target
+        return {
+            "plane_type": PLANE_TYPE,
+            "plane_id": target.plane_id,
+            "cr_namespace": target.namespace,
+            "cr_name": target.name,
+            "path": path,
+        }
+
     async def request(
         self, method: str, path: str, *, query: str = "", body: Any = None, what: str = ""
     ) -> ProxyResponse:
         try:
             response = await self._gateway.proxy(
                 method,
-                plane_type=PLANE_TYPE,
-                plane_id=self._target.plane_id,
-                cr_namespace=self._target.namespace,
-                cr_name=self._target.name,
-                path=path,
+                **self._route(path),
                 query=query,
                 body=None if body is None else json.dumps(body).encode(),
             )
@@ -161,15 +168,7 @@ class PlaneAPI:
         """A streamed GET (``watch=true``, ``follow=true``): the body's lines as they arrive;
         a 410 before the stream starts is WatchExpired."""
         try:
-            async for line in self._gateway.proxy_stream(
-                "GET",
-                plane_type=PLANE_TYPE,
-                plane_id=self._target.plane_id,
-                cr_namespace=self._target.namespace,
-                cr_name=self._target.name,
-                path=path,
-                query=query,
-            ):
+            async for line in self._gateway.proxy_stream("GET", **self._route(path), query=query):
                 yield line
         except GatewayError as exc:
             if exc.status == 410:

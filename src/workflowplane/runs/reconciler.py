@@ -17,7 +17,7 @@ from typing import Any
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 
-from workflowplane.api.conditions import rfc3339
+from workflowplane.api.conditions import find_condition, rfc3339
 from workflowplane.api.constants import CLUSTER_WORKFLOW_PLANE, WORKFLOW_PLANE
 from workflowplane.api.kube import get_dict, merge_patch
 from workflowplane.api.planes import ClusterWorkflowPlaneResource, WorkflowPlaneResource
@@ -27,6 +27,7 @@ from workflowplane.api.workflows import (
     RUN_FINALIZER,
     WORKFLOW,
     ClusterWorkflowResource,
+    RunCondition,
     RunReason,
     WorkflowResource,
     WorkflowRunResource,
@@ -171,7 +172,12 @@ class RunReconciler:
         return None
 
     async def _record_intent(self, run: dict[str, Any], target: PlaneTarget, plan: RunPlan) -> None:
-        meta = run["metadata"]
+        """Where the run goes and what it creates, written before anything is created there.
+
+        Writes only what changed, so a run retrying against an unreachable plane does not
+        churn its own status (each write would wake it again).
+        """
+        meta, status = run["metadata"], run.get("status") or {}
         record = json.dumps({"kind": target.kind, "name": target.name, "planeID": target.plane_id})
         if (meta.get("annotations") or {}).get(PLANE_ANNOTATION) != record:
             await merge_patch(
@@ -182,19 +188,19 @@ class RunReconciler:
                 namespace=meta["namespace"],
             )
             meta.setdefault("annotations", {})[PLANE_ANNOTATION] = record
-        await self._patch_status(
-            run,
-            {
-                "runReference": plan.run_reference(),
-                "resources": plan.resource_refs(),
-                "conditions": with_verdicts(
-                    run.get("status") or {},
-                    waiting(RunReason.PENDING, f"creating the run's objects on {target.ref}"),
-                    meta.get("generation"),
-                    self._clock(),
-                ),
-            },
-        )
+        update: dict[str, Any] = {
+            "runReference": plan.run_reference(),
+            "resources": plan.resource_refs(),
+        }
+        if find_condition(status.get("conditions") or [], RunCondition.COMPLETED) is None:
+            update["conditions"] = with_verdicts(
+                status,
+                waiting(RunReason.PENDING, f"creating the run's objects on {target.ref}"),
+                meta.get("generation"),
+                self._clock(),
+            )
+        if any(status.get(key) != value for key, value in update.items()):
+            await self._patch_status(run, update)
 
     async def _definition(self, run: Mapping[str, Any]) -> tuple[dict[str, Any] | None, ObjectKey]:
         ref = (run.get("spec") or {}).get("workflow") or {}

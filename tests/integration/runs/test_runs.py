@@ -6,6 +6,7 @@ Workflow's status in the workflow plane's API server (``play_argo``).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -396,6 +397,10 @@ async def test_a_tenant_plane_run_travels_only_over_connections_authorized_for_i
             f"authorized for {namespace}/tenant" in condition(obj, "WorkflowCompleted")["message"]
         )
         assert not get(workflow_plane, "namespace", f"workflows-{namespace}")
+        # Waiting (retried every few seconds) does not rewrite the run over and over.
+        version = get(control_plane, "workflowrun", "tenant-run", namespace)["metadata"]
+        await asyncio.sleep(2)
+        assert get(control_plane, "workflowrun", "tenant-run", namespace)["metadata"] == version
 
         running.append(await start_agent(tenant))
         await _started(control_plane, namespace, "tenant-run", timeout=20)
