@@ -112,6 +112,35 @@ def _run_a_workflow(dev_state: Path, kubeconfig: Path) -> None:
     )
     logs = run_wpctl(dev_state, "logs", "first-build", *access)
     assert logs.returncode == 0 and "no step pods" in logs.stderr, logs.stderr
+    # A step pod as Argo would create it: found on the plane through the tunnel, its (empty:
+    # no kubelet runs here) log read; then a container that does not exist is named.
+    step_pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "first-build-checkout",
+            "labels": {"workflows.argoproj.io/workflow": "first-build"},
+        },
+        "spec": {
+            "serviceAccountName": "workflow-sa",
+            "automountServiceAccountToken": False,
+            "containers": [{"name": "main", "image": "alpine/git"}],
+        },
+    }
+    pod = _shell(
+        f"kubectl --context {WP} -n workflows-default apply -f - <<'EOF'\n"
+        f"{json.dumps(step_pod)}\nEOF",
+        kubeconfig,
+    )
+    assert pod.returncode == 0, pod.stderr
+    logs = run_wpctl(dev_state, "logs", "first-build", *access)
+    assert logs.returncode == 0 and "==> first-build-checkout" in logs.stdout, logs.stderr
+    wrong_container = run_wpctl(dev_state, "logs", "first-build", "--container", "x", *access)
+    assert wrong_container.returncode == 1
+    assert (
+        "logs of first-build-checkout: HTTP 400: container x is not valid for pod "
+        "first-build-checkout" in wrong_container.stderr
+    ), wrong_container.stderr
 
     wrong = run_wpctl(
         dev_state,

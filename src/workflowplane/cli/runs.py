@@ -326,7 +326,7 @@ async def _pod_log(api: PlaneAPI, namespace: str, pod: str, container: str, foll
     response = await api.request(
         "GET", path, query=urlencode({"container": container}), what=f"logs of {pod}"
     )
-    if response.status != 200:
+    if response.status >= 300:  # 204: the container has written nothing (or not started)
         raise request_error(response, f"logs of {pod}")
     sys.stdout.write(response.body.decode(errors="replace"))
 
