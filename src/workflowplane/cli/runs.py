@@ -278,31 +278,43 @@ async def _plane_of(kube: AsyncClient, run: dict[str, Any]) -> PlaneTarget:
 async def _print_logs(
     api: PlaneAPI, run: dict[str, Any], args: argparse.Namespace, kube: AsyncClient
 ) -> None:
+    """Each step pod once, in creation order. A pod whose log cannot be read yet (container
+    still starting) is retried on the next poll when following; otherwise it is reported and
+    the other pods are still shown."""
     reference = run["status"]["runReference"]
     namespace, workflow = reference["namespace"], reference["name"]
-    seen: set[str] = set()
+    done: set[str] = set()
+    failures: list[str] = []
     try:
         while True:
-            for pod in await _step_pods(api, namespace, workflow):
+            pods = await _step_pods(api, namespace, workflow)
+            for pod in pods:
                 name = pod["metadata"]["name"]
-                if name in seen:
+                if name in done:
                     continue
-                seen.add(name)
                 step = (pod["metadata"].get("annotations") or {}).get(
                     "workflows.argoproj.io/node-name", name
                 )
-                print(f"==> {step} ({name})", flush=True)
-                await _pod_log(api, namespace, name, args.container, args.follow)
+                try:
+                    await _pod_log(api, namespace, name, args.container, args.follow, step)
+                except PlaneRequestError as exc:
+                    if args.follow:
+                        continue  # not started yet: the next poll tries again
+                    print(f"==> {step} ({name})\n{exc.message}", file=sys.stderr)
+                    failures.append(exc.message)
+                done.add(name)
             if not args.follow or await _run_completed(kube, run):
                 break
             await asyncio.sleep(2)
     finally:
         await kube.close()
-    if not seen:
+    if not pods:
         print(
             f"no step pods for run {run['metadata']['name']} yet (Argo has not started any)",
             file=sys.stderr,
         )
+    if failures:
+        raise CliError(failures[0], exit_code=EXIT_FAILURE)
 
 
 async def _step_pods(api: PlaneAPI, namespace: str, workflow: str) -> list[dict[str, Any]]:
@@ -316,18 +328,24 @@ async def _step_pods(api: PlaneAPI, namespace: str, workflow: str) -> list[dict[
     return sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp", ""))
 
 
-async def _pod_log(api: PlaneAPI, namespace: str, pod: str, container: str, follow: bool) -> None:
+async def _pod_log(
+    api: PlaneAPI, namespace: str, pod: str, container: str, follow: bool, step: str
+) -> None:
     path = f"/api/v1/namespaces/{namespace}/pods/{pod}/log"
     if follow:
+        header = False
         async for line in api.stream(path, urlencode({"container": container, "follow": "true"})):
+            if not header:
+                print(f"==> {step} ({pod})", flush=True)
+                header = True
             sys.stdout.write(line.decode(errors="replace"))
             sys.stdout.flush()
         return
-    response = await api.request(
-        "GET", path, query=urlencode({"container": container}), what=f"logs of {pod}"
-    )
+    query = urlencode({"container": container})
+    response = await api.request("GET", path, query=query, what=f"logs of {pod}")
     if response.status >= 300:  # 204: the container has written nothing (or not started)
         raise request_error(response, f"logs of {pod}")
+    print(f"==> {step} ({pod})", flush=True)
     sys.stdout.write(response.body.decode(errors="replace"))
 
 

@@ -7,7 +7,7 @@ makes creation idempotent across controller restarts.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from workflowplane.api.workflows import (
@@ -27,13 +27,14 @@ from workflowplane.runs.render import Renderer, RenderError, RunContext
 
 @dataclass(frozen=True)
 class PlaneTarget:
-    """The plane CR a run goes to: it decides which agent connections may carry the run."""
+    """The plane CR a run goes to: it decides which agent connections may carry the run.
+    Identity is the CR and its planeID (the secret store only feeds rendering)."""
 
     kind: str
     namespace: str | None
     name: str
     plane_id: str
-    secret_store: str
+    secret_store: str = field(default="", compare=False)
 
     @property
     def ref(self) -> str:
@@ -106,22 +107,29 @@ def plan_run(run: Mapping[str, Any], definition: Mapping[str, Any], plane: Plane
     workflow = _owned(
         renderer.render(spec.get("runTemplate"), "runTemplate"), target_ns, labels, "runTemplate"
     )
-    workflow.setdefault("apiVersion", ARGO_API_VERSION)
-    workflow.setdefault("kind", ARGO_WORKFLOW)
+    for key, wanted in (("apiVersion", ARGO_API_VERSION), ("kind", ARGO_WORKFLOW)):
+        if workflow.setdefault(key, wanted) != wanted:
+            raise RenderError(f"runTemplate.{key}: must be {wanted!r}, not {workflow[key]!r}")
     workflow["metadata"]["name"] = name
     workflow["metadata"].pop("generateName", None)
-    workflow.setdefault("spec", {}).setdefault("serviceAccountName", SERVICE_ACCOUNT)
+    if not isinstance(workflow.setdefault("spec", {}), dict):
+        raise RenderError("runTemplate.spec: must be an object")
+    workflow["spec"].setdefault("serviceAccountName", SERVICE_ACCOUNT)
     return RunPlan(setup=setup_objects(target_ns, labels), resources=resources, workflow=workflow)
 
 
 def _owned(obj: Any, namespace: str, labels: Mapping[str, str], where: str) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise RenderError(f"{where}: must render to an object")
-    if where != "runTemplate" and not (obj.get("apiVersion") and obj.get("kind")):
+    if where != "runTemplate" and not (
+        isinstance(obj.get("apiVersion"), str) and isinstance(obj.get("kind"), str)
+    ):
         raise RenderError(f"{where}: must render to an object with apiVersion and kind")
     meta = obj.setdefault("metadata", {})
     if not isinstance(meta, dict):
         raise RenderError(f"{where}.metadata: must be an object")
+    if not isinstance(meta.get("labels") or {}, dict):
+        raise RenderError(f"{where}.metadata.labels: must be an object")
     if where != "runTemplate" and not meta.get("name"):
         raise RenderError(f"{where}: metadata.name is required")
     meta["namespace"] = namespace

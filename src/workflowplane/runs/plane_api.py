@@ -147,7 +147,14 @@ class PlaneAPI:
     async def delete(self, ref: Mapping[str, Any]) -> None:
         """Delete (background propagation); an object already gone is fine."""
         what = f"delete {ref['kind']} {ref['name']}"
-        path = await self.path_of(ref["apiVersion"], ref["kind"], ref.get("namespace"), ref["name"])
+        try:
+            path = await self.path_of(
+                ref["apiVersion"], ref["kind"], ref.get("namespace"), ref["name"]
+            )
+        except PlaneRequestError as exc:
+            if exc.status == 404:  # the kind is not served there: nothing of it can exist
+                return
+            raise
         response = await self.request(
             "DELETE", path, body={"propagationPolicy": "Background"}, what=what
         )

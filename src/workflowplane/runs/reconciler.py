@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from lightkube import AsyncClient
@@ -99,7 +100,7 @@ class RunReconciler:
                 recorded = (meta.get("annotations") or {}).get(PLANE_ANNOTATION, "its plane")
                 message = f"the plane this run was sent to ({recorded}) no longer exists"
                 return await self._fail(run, RunReason.WORKFLOW_PLANE_NOT_FOUND, message)
-            self.tracker.track(key, target)
+            self.tracker.track(key, target, status["runReference"])
             return None
         return await self._start(key, run)
 
@@ -143,6 +144,10 @@ class RunReconciler:
             return await self._fail(run, RunReason.SECRET_STORE_NOT_CONFIGURED, str(exc))
         except RenderError as exc:
             return await self._fail(run, RunReason.RENDER_FAILED, f"cannot render: {exc}")
+        except (AttributeError, TypeError, ValueError, KeyError) as exc:
+            # A definition whose free-form parts (schema, templates) have an unexpected shape.
+            message = f"cannot render: malformed definition ({type(exc).__name__}: {exc})"
+            return await self._fail(run, RunReason.RENDER_FAILED, message)
         return await self._create(key, run, target, plan)
 
     async def _create(
@@ -167,7 +172,7 @@ class RunReconciler:
         await self._patch_status(
             run, {"startedAt": rfc3339(self._clock()), "conditions": conditions}
         )
-        self.tracker.track(key, target)
+        self.tracker.track(key, target, plan.run_reference())
         log.info("run %s/%s started on %s", key[0], key[1], target.ref)
         return None
 
@@ -190,7 +195,7 @@ class RunReconciler:
             meta.setdefault("annotations", {})[PLANE_ANNOTATION] = record
         update: dict[str, Any] = {
             "runReference": plan.run_reference(),
-            "resources": plan.resource_refs(),
+            "resources": _merged(status.get("resources") or [], plan.resource_refs()),
         }
         if find_condition(status.get("conditions") or [], RunCondition.COMPLETED) is None:
             update["conditions"] = with_verdicts(
@@ -234,9 +239,12 @@ class RunReconciler:
                 return target, candidates
         return None, candidates
 
-    async def _plane(self, kind: str, namespace: str | None, name: str) -> PlaneTarget | None:
+    async def _plane(
+        self, kind: str, namespace: str | None, name: str, *, terminating: bool = False
+    ) -> PlaneTarget | None:
+        """The plane CR as a target; one being deleted counts only when ``terminating``."""
         plane = await get_dict(self._kube, PLANE_RESOURCES[kind], name, namespace)
-        if plane is None or plane["metadata"].get("deletionTimestamp"):
+        if plane is None or (plane["metadata"].get("deletionTimestamp") and not terminating):
             return None
         spec = plane.get("spec") or {}
         return PlaneTarget(
@@ -247,8 +255,10 @@ class RunReconciler:
             secret_store=(spec.get("secretStoreRef") or {}).get("name") or "",
         )
 
-    async def _recorded_target(self, run: Mapping[str, Any]) -> PlaneTarget | None:
-        """The plane the run was sent to, if that CR still exists."""
+    async def _recorded_target(
+        self, run: Mapping[str, Any], *, terminating: bool = False
+    ) -> PlaneTarget | None:
+        """The plane the run was sent to (its recorded planeID), if that CR still exists."""
         raw = (run["metadata"].get("annotations") or {}).get(PLANE_ANNOTATION)
         if not raw:
             return None
@@ -261,7 +271,10 @@ class RunReconciler:
             )
             return None
         namespace = run["metadata"]["namespace"] if kind == WORKFLOW_PLANE else None
-        return await self._plane(kind, namespace, name)
+        current = await self._plane(kind, namespace, name, terminating=terminating)
+        if current is None or not record.get("planeID"):
+            return current
+        return replace(current, plane_id=str(record["planeID"]))
 
     def _wait_for(self, thing: ObjectKey, key: RunKey) -> None:
         self.waiters.setdefault(thing, set()).add(key)
@@ -314,7 +327,7 @@ class RunReconciler:
         if RUN_FINALIZER not in finalizers:
             return None
         self.tracker.forget(key)
-        target = await self._recorded_target(run)
+        target = await self._recorded_target(run, terminating=True)
         if target is not None:
             try:
                 await self._delete_from_plane(target, run.get("status") or {})
@@ -367,3 +380,9 @@ class RunReconciler:
             namespace=meta["namespace"],
         )
         meta["finalizers"] = finalizers
+
+
+def _merged(recorded: list[dict[str, Any]], planned: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Planned refs, plus any recorded earlier that the plan no longer has (a definition
+    edited between retries): whatever may exist on the plane stays listed for cleanup."""
+    return planned + [ref for ref in recorded if ref not in planned]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from workflowplane.api.workflows import (
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 RunKey = tuple[str, str]
 Observer = Callable[[RunKey, str, dict[str, Any]], Awaitable[None]]
 SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+CATCH_UP_RETRY = 5.0
 
 
 class ArgoTracker:
@@ -37,26 +38,61 @@ class ArgoTracker:
         self._discovery = discovery
         self._observe = observe
         self._runs: dict[RunKey, PlaneTarget] = {}
+        self._references: dict[RunKey, dict[str, Any]] = {}
         self._watches: dict[PlaneTarget, asyncio.Task[None]] = {}
+        self._side_tasks: set[asyncio.Task[None]] = set()
 
-    def track(self, key: RunKey, target: PlaneTarget) -> None:
+    def track(self, key: RunKey, target: PlaneTarget, reference: dict[str, Any]) -> None:
+        """Follow this run's Argo Workflow. A run that joins a watch already past its list
+        gets its current state read once, so nothing that happened before is missed."""
+        previous = self._runs.get(key)
+        if previous == target:
+            return
+        if previous is not None:
+            self.forget(key)
         self._runs[key] = target
+        self._references[key] = reference
         if target not in self._watches:
             self._watches[target] = asyncio.create_task(self._follow(target))
+        else:
+            self._spawn(self._catch_up(key, target, 0.0))
 
     def forget(self, key: RunKey) -> None:
         target = self._runs.pop(key, None)
+        self._references.pop(key, None)
         if target is not None and target not in self._runs.values():
             task = self._watches.pop(target, None)
             if task is not None:
                 task.cancel()
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    async def _catch_up(self, key: RunKey, target: PlaneTarget, delay: float) -> None:
+        """Read the run's Argo Workflow now (after ``delay``) and deliver what is there."""
+        await asyncio.sleep(delay)
+        reference = self._references.get(key)
+        if reference is None or self._runs.get(key) != target:
+            return
+        api = PlaneAPI(self._tunnel, target, self._discovery)
+        try:
+            found = await api.get(reference)
+        except Exception as exc:  # noqa: BLE001 - the watch's next event or re-list covers it
+            log.info("catch-up read of run %s/%s failed: %s", key[0], key[1], exc)
+            self._spawn(self._catch_up(key, target, CATCH_UP_RETRY))
+            return
+        labels = {LABEL_RUN_NAMESPACE: key[0], LABEL_RUN: key[1]}
+        gone = {"metadata": {"name": reference.get("name"), "labels": labels}}
+        await self._deliver(target, "ADDED" if found else "DELETED", found or gone)
 
     @property
     def watched_planes(self) -> int:
         return len(self._watches)
 
     async def close(self) -> None:
-        tasks = list(self._watches.values())
+        tasks = [*self._watches.values(), *self._side_tasks]
         self._watches.clear()
         for task in tasks:
             task.cancel()
@@ -116,7 +152,8 @@ class ArgoTracker:
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("status update of run %s/%s failed; the next event retries", *key)
+            log.exception("status update of run %s/%s failed; reading it again shortly", *key)
+            self._spawn(self._catch_up(key, target, CATCH_UP_RETRY))
 
 
 def _key_of(obj: dict[str, Any]) -> RunKey:

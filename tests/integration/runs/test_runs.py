@@ -433,3 +433,26 @@ async def test_an_argo_workflow_deleted_on_the_plane_fails_its_run(
     obj = await _with_reason(control_plane, namespace, "orphan", "ArgoWorkflowDeleted")
     assert condition(obj, "WorkflowFailed")["status"] == "True"
     assert "orphan was deleted from the plane" in condition(obj, "WorkflowFailed")["message"]
+
+
+async def test_runs_whose_argo_workflows_finished_while_the_controller_was_down_catch_up(
+    control_plane: ApiServer,
+    workflow_plane: ApiServer,
+    gw: RunningGateway,
+    default_plane: DefaultPlane,
+    namespace: str,
+) -> None:
+    workflow = unique("build")
+    apply(control_plane, definition("ClusterWorkflow", workflow))
+    names = [f"offline-{i}" for i in range(4)]
+    async with controller_running(control_plane, gw):
+        for name in names:
+            apply(control_plane, run(namespace, name, workflow, REPO_PARAMS))
+        for name in names:
+            await _started(control_plane, namespace, name)
+    target = f"workflows-{namespace}"
+    for name in names:
+        play_argo(workflow_plane, target, name, {"phase": "Succeeded"})
+    async with controller_running(control_plane, gw):
+        for name in names:
+            await _with_reason(control_plane, namespace, name, "Succeeded", timeout=20)

@@ -279,3 +279,39 @@ def test_planning_is_deterministic_and_leaves_its_inputs_untouched() -> None:
 
 def test_plane_target_ref_is_kind_slash_name() -> None:
     assert PLANE.ref == "ClusterWorkflowPlane/default"
+
+
+def test_the_run_template_must_be_an_argo_workflow() -> None:
+    cron = definition(
+        resources=[], template={"apiVersion": "argoproj.io/v1alpha1", "kind": "CronWorkflow"}
+    )
+    with pytest.raises(
+        RenderError, match=r"runTemplate\.kind: must be 'Workflow', not 'CronWorkflow'"
+    ):
+        plan_run(run(), cron, PLANE)
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        (
+            {"kind": "Workflow", "spec": None, "metadata": {}},
+            r"runTemplate\.spec: must be an object",
+        ),
+        ({"kind": "Workflow", "spec": "x"}, r"runTemplate\.spec: must be an object"),
+        (
+            {"kind": "Workflow", "metadata": {"labels": ["a"]}},
+            r"runTemplate\.metadata\.labels: must be an object",
+        ),
+    ],
+)
+def test_malformed_run_templates_are_render_errors(template: dict[str, Any], message: str) -> None:
+    with pytest.raises(RenderError, match=message):
+        plan_run(run(), definition(resources=[], template=template), PLANE)
+
+
+def test_a_plane_target_is_the_cr_and_its_plane_id_not_its_secret_store() -> None:
+    a = PlaneTarget("ClusterWorkflowPlane", None, "default", "p1", "vault")
+    assert a == PlaneTarget("ClusterWorkflowPlane", None, "default", "p1", "other")
+    assert hash(a) == hash(PlaneTarget("ClusterWorkflowPlane", None, "default", "p1", ""))
+    assert a != PlaneTarget("ClusterWorkflowPlane", None, "default", "p2", "vault")
