@@ -29,6 +29,10 @@ RUN_FINALIZER: Final = "openchoreo.dev/workflowrun-cleanup"
 # and cleanup keep using it even if plane resolution would now give another answer.
 PLANE_ANNOTATION: Final = "openchoreo.dev/workflowplane"
 
+# On the Argo Workflow: which run (by UID) created it, so a same-named leftover of an earlier
+# run is never mistaken for this run's.
+RUN_UID_ANNOTATION: Final = "openchoreo.dev/workflowrun-uid"
+
 LABEL_RUN: Final = "openchoreo.dev/workflowrun"
 LABEL_RUN_NAMESPACE: Final = "openchoreo.dev/workflowrun-namespace"
 LABEL_MANAGED_BY: Final = "openchoreo.dev/managed-by"
@@ -69,3 +73,4 @@ class RunReason:
     SECRET_STORE_NOT_CONFIGURED: Final = "SecretStoreNotConfigured"
     PLANE_REJECTED: Final = "PlaneRejectedObject"
     ARGO_WORKFLOW_DELETED: Final = "ArgoWorkflowDeleted"
+    ARGO_WORKFLOW_NAME_CONFLICT: Final = "ArgoWorkflowNameConflict"

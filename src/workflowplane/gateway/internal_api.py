@@ -27,7 +27,7 @@ from workflowplane.gateway.appkey import GATEWAY
 from workflowplane.gateway.planes import entry_of
 from workflowplane.pki import CertificateRejected, verify_client_certificate
 from workflowplane.protocol import StreamChunk, StreamInit, TunnelRequest, TunnelResponse
-from workflowplane.protocol.http import ALLOWED_METHODS, HOP_BY_HOP
+from workflowplane.protocol.http import ALLOWED_METHODS, GATEWAY_ERROR_HEADER, HOP_BY_HOP
 
 if TYPE_CHECKING:
     from workflowplane.gateway.registry import AgentConnection
@@ -50,7 +50,7 @@ def k8s_status(code: int, message: str, reason: str = "") -> web.Response:
         "reason": reason or "Failure",
         "code": code,
     }
-    return web.json_response(body, status=code)
+    return web.json_response(body, status=code, headers={GATEWAY_ERROR_HEADER: reason or "Failure"})
 
 
 def _gateway(request: web.Request) -> Gateway:

@@ -19,3 +19,7 @@ HOP_BY_HOP = frozenset(
         "content-length",
     }
 )
+
+# On the gateway's own error answers (not the plane's), so a caller can tell a 403 "no
+# connection is authorized for this CR" from a 403 of the plane's RBAC.
+GATEWAY_ERROR_HEADER = "X-Cluster-Gateway-Error"

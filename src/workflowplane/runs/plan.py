@@ -18,6 +18,7 @@ from workflowplane.api.workflows import (
     LABEL_RUN,
     LABEL_RUN_NAMESPACE,
     MANAGED_BY,
+    RUN_UID_ANNOTATION,
     SERVICE_ACCOUNT,
     plane_namespace,
 )
@@ -112,6 +113,11 @@ def plan_run(run: Mapping[str, Any], definition: Mapping[str, Any], plane: Plane
             raise RenderError(f"runTemplate.{key}: must be {wanted!r}, not {workflow[key]!r}")
     workflow["metadata"]["name"] = name
     workflow["metadata"].pop("generateName", None)
+    if meta.get("uid"):
+        annotations = workflow["metadata"].setdefault("annotations", {})
+        if not isinstance(annotations, dict):
+            raise RenderError("runTemplate.metadata.annotations: must be an object")
+        annotations[RUN_UID_ANNOTATION] = meta["uid"]
     if not isinstance(workflow.setdefault("spec", {}), dict):
         raise RenderError("runTemplate.spec: must be an object")
     workflow["spec"].setdefault("serviceAccountName", SERVICE_ACCOUNT)

@@ -13,6 +13,7 @@ from urllib.parse import urlencode
 
 from workflowplane.api.constants import PLANE_TYPE
 from workflowplane.gateway.client import GatewayError, ProxyResponse, TunnelAPI
+from workflowplane.protocol.http import GATEWAY_ERROR_HEADER
 from workflowplane.runs.plan import PlaneTarget
 
 TRANSIENT_STATUSES = {0, 403, 404, 408, 429, 500, 502, 503, 504}
@@ -38,10 +39,13 @@ def request_error(response: ProxyResponse, what: str) -> PlaneRequestError:
         message = str(response.json().get("message") or response.body[:200])
     except (ValueError, AttributeError):
         message = response.body[:200].decode(errors="replace")
+    from_gateway = any(k.lower() == GATEWAY_ERROR_HEADER.lower() for k in response.headers)
+    if response.status == 403 and not from_gateway:
+        transient = False  # the plane's RBAC refused it: retrying will not help
+    else:
+        transient = response.status in TRANSIENT_STATUSES or response.status >= 500
     return PlaneRequestError(
-        response.status,
-        f"{what}: HTTP {response.status}: {message}",
-        transient=response.status in TRANSIENT_STATUSES or response.status >= 500,
+        response.status, f"{what}: HTTP {response.status}: {message}", transient=transient
     )
 
 

@@ -26,6 +26,7 @@ from workflowplane.api.workflows import (
     CLUSTER_WORKFLOW,
     PLANE_ANNOTATION,
     RUN_FINALIZER,
+    RUN_UID_ANNOTATION,
     WORKFLOW,
     ClusterWorkflowResource,
     RunCondition,
@@ -85,6 +86,7 @@ class RunReconciler:
         run = await get_dict(self._kube, WorkflowRunResource, key[1], key[0])
         if run is None:
             self.tracker.forget(key)
+            self._unwait(key)
             return None
         meta, status = run["metadata"], run.get("status") or {}
         if meta.get("deletionTimestamp"):
@@ -124,20 +126,26 @@ class RunReconciler:
     # -- starting -----------------------------------------------------------------------------
 
     async def _start(self, key: RunKey, run: dict[str, Any]) -> float | None:
-        definition, wanted = await self._definition(run)
+        # Wait-registrations come before each look-up, so an object created meanwhile still
+        # wakes the run; they are dropped as soon as the look-up succeeds.
+        self._unwait(key)
+        wanted = _definition_key(run)
+        self._wait_for(wanted, key)
+        definition = await self._definition(run)
         if definition is None:
-            self._wait_for(wanted, key)
             kind, _, name = wanted
             message = f"{kind} {name!r} not found"
             await self._set_waiting(run, RunReason.WORKFLOW_NOT_FOUND, message)
             return NOT_FOUND_RETRY
-        target, tried = await self._resolve_plane(run, definition)
+        tried = _plane_candidates(run, definition)
+        for candidate in tried:
+            self._wait_for(candidate, key)
+        target = await self._resolve_plane(tried)
         if target is None:
-            for candidate in tried:
-                self._wait_for(candidate, key)
             names = " or ".join(f"{k}/{n}" if not ns else f"{k} {ns}/{n}" for k, ns, n in tried)
             await self._set_waiting(run, RunReason.WORKFLOW_PLANE_NOT_FOUND, f"{names} not found")
             return NOT_FOUND_RETRY
+        self._unwait(key)
         try:
             plan = plan_run(run, definition, target)
         except SecretStoreMissing as exc:
@@ -158,6 +166,7 @@ class RunReconciler:
         try:
             for obj in plan.objects:
                 await api.create(obj)
+            conflict = await self._foreign_workflow(api, run, plan)
         except PlaneRequestError as exc:
             if exc.transient:
                 await self._set_waiting(
@@ -165,6 +174,12 @@ class RunReconciler:
                 )
                 return UNREACHABLE_RETRY
             return await self._fail(run, RunReason.PLANE_REJECTED, f"{target.ref}: {exc.message}")
+        if conflict is not None:
+            terminating, message = conflict
+            if terminating:
+                await self._set_waiting(run, RunReason.PENDING, message)
+                return UNREACHABLE_RETRY
+            return await self._fail(run, RunReason.ARGO_WORKFLOW_NAME_CONFLICT, message)
         status = run.get("status") or {}
         conditions = with_verdicts(
             status, phase_verdicts("", ""), run["metadata"].get("generation"), self._clock()
@@ -175,6 +190,26 @@ class RunReconciler:
         self.tracker.track(key, target, plan.run_reference())
         log.info("run %s/%s started on %s", key[0], key[1], target.ref)
         return None
+
+    async def _foreign_workflow(
+        self, api: PlaneAPI, run: Mapping[str, Any], plan: RunPlan
+    ) -> tuple[bool, str] | None:
+        """(still terminating?, message) when the Argo Workflow there belongs to another run."""
+        uid = run["metadata"].get("uid")
+        found = await api.get(plan.run_reference())
+        if not uid or found is None:
+            return None
+        meta = found.get("metadata") or {}
+        owner = (meta.get("annotations") or {}).get(RUN_UID_ANNOTATION)
+        if owner == uid:
+            return None
+        where = f"{meta.get('namespace')}/{meta.get('name')}"
+        if meta.get("deletionTimestamp"):
+            return True, f"the Argo Workflow {where} of an earlier run is still being deleted"
+        return False, (
+            f"an Argo Workflow {where} that this run did not create (run UID {owner or 'none'}) "
+            "already exists on the plane; delete it there, or run under another name"
+        )
 
     async def _record_intent(self, run: dict[str, Any], target: PlaneTarget, plan: RunPlan) -> None:
         """Where the run goes and what it creates, written before anything is created there.
@@ -207,37 +242,18 @@ class RunReconciler:
         if any(status.get(key) != value for key, value in update.items()):
             await self._patch_status(run, update)
 
-    async def _definition(self, run: Mapping[str, Any]) -> tuple[dict[str, Any] | None, ObjectKey]:
-        ref = (run.get("spec") or {}).get("workflow") or {}
-        kind, name = ref.get("kind") or CLUSTER_WORKFLOW, ref["name"]
+    async def _definition(self, run: Mapping[str, Any]) -> dict[str, Any] | None:
+        kind, namespace, name = _definition_key(run)
         if kind == WORKFLOW:
-            namespace = run["metadata"]["namespace"]
-            return await get_dict(self._kube, WorkflowResource, name, namespace), (
-                kind,
-                namespace,
-                name,
-            )
-        return await get_dict(self._kube, ClusterWorkflowResource, name), (kind, None, name)
+            return await get_dict(self._kube, WorkflowResource, name, namespace)
+        return await get_dict(self._kube, ClusterWorkflowResource, name)
 
-    async def _resolve_plane(
-        self, run: Mapping[str, Any], definition: Mapping[str, Any]
-    ) -> tuple[PlaneTarget | None, list[ObjectKey]]:
-        """The explicit ref, else WorkflowPlane ``default`` in the namespace, then the cluster's."""
-        namespace = run["metadata"]["namespace"]
-        ref = (definition.get("spec") or {}).get("workflowPlaneRef")
-        if ref:
-            kind = ref["kind"]
-            candidates = [(kind, namespace if kind == WORKFLOW_PLANE else None, ref["name"])]
-        else:
-            candidates = [
-                (WORKFLOW_PLANE, namespace, "default"),
-                (CLUSTER_WORKFLOW_PLANE, None, "default"),
-            ]
-        for kind, ns, name in candidates:
-            target = await self._plane(kind, ns, name)
+    async def _resolve_plane(self, candidates: list[ObjectKey]) -> PlaneTarget | None:
+        for kind, namespace, name in candidates:
+            target = await self._plane(kind, namespace, name)
             if target is not None:
-                return target, candidates
-        return None, candidates
+                return target
+        return None
 
     async def _plane(
         self, kind: str, namespace: str | None, name: str, *, terminating: bool = False
@@ -279,6 +295,12 @@ class RunReconciler:
     def _wait_for(self, thing: ObjectKey, key: RunKey) -> None:
         self.waiters.setdefault(thing, set()).add(key)
 
+    def _unwait(self, key: RunKey) -> None:
+        for thing in [t for t, keys in self.waiters.items() if key in keys]:
+            self.waiters[thing].discard(key)
+            if not self.waiters[thing]:
+                del self.waiters[thing]
+
     def woken_by(self, thing: ObjectKey) -> set[RunKey]:
         """Runs waiting for this plane or definition (it appeared or changed)."""
         return self.waiters.pop(thing, set())
@@ -317,7 +339,7 @@ class RunReconciler:
     async def _ttl(self, run: Mapping[str, Any]) -> dt.timedelta | None:
         text = (run.get("spec") or {}).get("ttlAfterCompletion")
         if not text:
-            definition, _ = await self._definition(run)
+            definition = await self._definition(run)
             text = ((definition or {}).get("spec") or {}).get("ttlAfterCompletion")
         return parse_ttl(text) if text else None
 
@@ -386,3 +408,19 @@ def _merged(recorded: list[dict[str, Any]], planned: list[dict[str, Any]]) -> li
     """Planned refs, plus any recorded earlier that the plan no longer has (a definition
     edited between retries): whatever may exist on the plane stays listed for cleanup."""
     return planned + [ref for ref in recorded if ref not in planned]
+
+
+def _definition_key(run: Mapping[str, Any]) -> ObjectKey:
+    ref = (run.get("spec") or {}).get("workflow") or {}
+    kind, name = ref.get("kind") or CLUSTER_WORKFLOW, str(ref.get("name", ""))
+    return (kind, run["metadata"]["namespace"] if kind == WORKFLOW else None, name)
+
+
+def _plane_candidates(run: Mapping[str, Any], definition: Mapping[str, Any]) -> list[ObjectKey]:
+    """The explicit ref, else WorkflowPlane ``default`` in the namespace, then the cluster's."""
+    namespace = run["metadata"]["namespace"]
+    ref = (definition.get("spec") or {}).get("workflowPlaneRef")
+    if ref:
+        kind = ref["kind"]
+        return [(kind, namespace if kind == WORKFLOW_PLANE else None, ref["name"])]
+    return [(WORKFLOW_PLANE, namespace, "default"), (CLUSTER_WORKFLOW_PLANE, None, "default")]

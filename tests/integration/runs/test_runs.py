@@ -456,3 +456,30 @@ async def test_runs_whose_argo_workflows_finished_while_the_controller_was_down_
     async with controller_running(control_plane, gw):
         for name in names:
             await _with_reason(control_plane, namespace, name, "Succeeded", timeout=20)
+
+
+async def test_a_leftover_argo_workflow_of_another_run_is_not_adopted(
+    control_plane: ApiServer,
+    workflow_plane: ApiServer,
+    default_plane: DefaultPlane,
+    controller: None,
+    namespace: str,
+) -> None:
+    """A same-named Argo Workflow left on the plane (an earlier run whose cleanup gave up)."""
+    target = f"workflows-{namespace}"
+    kubectl(workflow_plane.kubeconfig, workflow_plane.context, "create", "namespace", target)
+    leftover = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"name": "again", "namespace": target},
+        "spec": {"entrypoint": "x"},
+        "status": {"phase": "Succeeded"},
+    }
+    apply(workflow_plane, leftover)
+    workflow = unique("build")
+    apply(control_plane, definition("ClusterWorkflow", workflow))
+    apply(control_plane, run(namespace, "again", workflow, REPO_PARAMS))
+    obj = await _with_reason(control_plane, namespace, "again", "ArgoWorkflowNameConflict")
+    message = condition(obj, "WorkflowFailed")["message"]
+    assert f"{target}/again that this run did not create" in message
+    assert not condition(obj, "WorkflowSucceeded")
