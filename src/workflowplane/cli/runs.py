@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import json
 import sys
 from typing import Any
 from urllib.parse import urlencode
@@ -14,10 +13,9 @@ from urllib.parse import urlencode
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 
-from workflowplane.api.conditions import find_condition
-from workflowplane.api.constants import API_VERSION, CLUSTER_WORKFLOW_PLANE, WORKFLOW_PLANE
+from workflowplane.api.conditions import find_condition, parse_rfc3339
+from workflowplane.api.constants import API_VERSION
 from workflowplane.api.kube import get_dict
-from workflowplane.api.planes import ClusterWorkflowPlaneResource, WorkflowPlaneResource
 from workflowplane.api.workflows import (
     ARGO_WORKFLOW_LABEL,
     CLUSTER_WORKFLOW,
@@ -34,6 +32,8 @@ from workflowplane.cli.state import dev_gateway_url
 from workflowplane.gateway.client import GatewayClient
 from workflowplane.runs.plan import PlaneTarget
 from workflowplane.runs.plane_api import Discovery, PlaneAPI, PlaneRequestError, request_error
+from workflowplane.runs.progress import is_completed
+from workflowplane.runs.targets import recorded_target
 
 COLUMNS = ("NAMESPACE", "NAME", "WORKFLOW", "STATUS", "STARTED", "DURATION")
 
@@ -180,8 +180,8 @@ def run_row(run: dict[str, Any], now: dt.datetime) -> tuple[str, ...]:
     started, ended = status.get("startedAt"), status.get("completedAt")
     duration = "-"
     if started:
-        end = _time(ended) if ended else now
-        duration = _human(end - _time(started))
+        end = parse_rfc3339(ended) if ended else now
+        duration = _human(end - parse_rfc3339(started))
     return (
         meta["namespace"],
         meta["name"],
@@ -190,10 +190,6 @@ def run_row(run: dict[str, Any], now: dt.datetime) -> tuple[str, ...]:
         started or "-",
         duration,
     )
-
-
-def _time(text: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def _human(delta: dt.timedelta) -> str:
@@ -255,24 +251,17 @@ async def _logs(args: argparse.Namespace) -> int:
 
 async def _plane_of(kube: AsyncClient, run: dict[str, Any]) -> PlaneTarget:
     meta = run["metadata"]
-    raw = (meta.get("annotations") or {}).get(PLANE_ANNOTATION)
-    if not raw or not (run.get("status") or {}).get("runReference"):
+    recorded = (meta.get("annotations") or {}).get(PLANE_ANNOTATION)
+    if not recorded or not (run.get("status") or {}).get("runReference"):
         raise CliError(
             f"run {meta['name']} has not been sent to a plane yet",
             f"see its conditions: kubectl get workflowrun {meta['name']} "
             f"-n {meta['namespace']} -o yaml",
         )
-    record = json.loads(raw)
-    kind, name = record["kind"], record["name"]
-    namespace = meta["namespace"] if kind == WORKFLOW_PLANE else None
-    resource = WorkflowPlaneResource if kind == WORKFLOW_PLANE else ClusterWorkflowPlaneResource
-    plane = await get_dict(kube, resource, name, namespace)
-    if plane is None:
-        raise CliError(f"the run's plane {kind}/{name} no longer exists", exit_code=EXIT_NOT_FOUND)
-    plane_id = (plane.get("spec") or {}).get("planeID") or name
-    return PlaneTarget(
-        kind if kind == WORKFLOW_PLANE else CLUSTER_WORKFLOW_PLANE, namespace, name, plane_id, ""
-    )
+    target = await recorded_target(kube, run)
+    if target is None:
+        raise CliError(f"the run's plane ({recorded}) no longer exists", exit_code=EXIT_NOT_FOUND)
+    return target
 
 
 async def _print_logs(
@@ -351,8 +340,5 @@ async def _pod_log(
 
 async def _run_completed(kube: AsyncClient, run: dict[str, Any]) -> bool:
     meta = run["metadata"]
-    current = await get_dict(kube, WorkflowRunResource, meta["name"], meta["namespace"]) or {}
-    completed = find_condition(
-        (current.get("status") or {}).get("conditions") or [], RunCondition.COMPLETED
-    )
-    return bool(completed and completed["status"] == "True") or not current
+    current = await get_dict(kube, WorkflowRunResource, meta["name"], meta["namespace"])
+    return current is None or is_completed(current.get("status") or {})

@@ -40,6 +40,7 @@ from workflowplane.api import (
 from workflowplane.api.conditions import (
     Verdict,
     find_condition,
+    parse_rfc3339,
     remove_condition,
     set_condition,
 )
@@ -94,9 +95,7 @@ def _now() -> dt.datetime:
 
 
 def _parse_time(value: Any) -> dt.datetime | None:
-    if not value:
-        return None
-    return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return parse_rfc3339(str(value)) if value else None
 
 
 class PlaneReconciler:

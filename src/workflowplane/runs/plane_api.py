@@ -49,6 +49,11 @@ def request_error(response: ProxyResponse, what: str) -> PlaneRequestError:
     )
 
 
+def _group_path(api_version: str) -> str:
+    """``/api/v1`` for the core group, ``/apis/<group>/<version>`` for the others."""
+    return f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+
+
 class Discovery:
     """kind → (plural, namespaced) per plane, learnt from the plane's discovery documents."""
 
@@ -102,7 +107,7 @@ class PlaneAPI:
         self, api_version: str, kind: str, namespace: str | None, name: str = ""
     ) -> str:
         plural, namespaced = await self._resource(api_version, kind)
-        base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+        base = _group_path(api_version)
         scope = f"/namespaces/{namespace}" if namespaced and namespace else ""
         return f"{base}{scope}/{plural}" + (f"/{name}" if name else "")
 
@@ -110,7 +115,7 @@ class PlaneAPI:
         plane_id = self._target.plane_id
         known = self._discovery.get(plane_id, api_version, kind)
         if known is None:
-            path = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+            path = _group_path(api_version)
             what = f"discovery of {api_version}"
             response = await self.request("GET", path, what=what)
             if response.status not in (200, 404):

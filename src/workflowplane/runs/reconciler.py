@@ -9,19 +9,16 @@ created on the plane, so a restart at any point resumes without duplicates or le
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from typing import Any
 
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 
-from workflowplane.api.conditions import find_condition, rfc3339
+from workflowplane.api.conditions import Verdict, find_condition, parse_rfc3339, rfc3339
 from workflowplane.api.constants import CLUSTER_WORKFLOW_PLANE, WORKFLOW_PLANE
 from workflowplane.api.kube import get_dict, merge_patch
-from workflowplane.api.planes import ClusterWorkflowPlaneResource, WorkflowPlaneResource
 from workflowplane.api.workflows import (
     CLUSTER_WORKFLOW,
     PLANE_ANNOTATION,
@@ -38,6 +35,7 @@ from workflowplane.gateway.client import TunnelAPI
 from workflowplane.runs.plan import PlaneTarget, RunPlan, plan_run
 from workflowplane.runs.plane_api import Discovery, PlaneAPI, PlaneRequestError
 from workflowplane.runs.progress import (
+    changed,
     failed_before_start,
     is_completed,
     phase_verdicts,
@@ -46,6 +44,7 @@ from workflowplane.runs.progress import (
     with_verdicts,
 )
 from workflowplane.runs.render import RenderError, SecretStoreMissing
+from workflowplane.runs.targets import plane_record, plane_target, recorded_target
 from workflowplane.runs.tracker import ArgoTracker, RunKey
 from workflowplane.runs.ttl import parse_ttl
 
@@ -53,19 +52,11 @@ log = logging.getLogger(__name__)
 NOT_FOUND_RETRY = 60.0
 UNREACHABLE_RETRY = 5.0
 CLEANUP_GIVE_UP = dt.timedelta(minutes=10)
-PLANE_RESOURCES: dict[str, Any] = {
-    WORKFLOW_PLANE: WorkflowPlaneResource,
-    CLUSTER_WORKFLOW_PLANE: ClusterWorkflowPlaneResource,
-}
 ObjectKey = tuple[str, str | None, str]  # kind, namespace, name of something a run waits for
 
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def _parse_time(text: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 class RunReconciler:
@@ -97,7 +88,7 @@ class RunReconciler:
             self.tracker.forget(key)
             return await self._expire(key, run)
         if status.get("startedAt"):
-            target = await self._recorded_target(run)
+            target = await recorded_target(self._kube, run)
             if target is None:
                 recorded = (meta.get("annotations") or {}).get(PLANE_ANNOTATION, "its plane")
                 message = f"the plane this run was sent to ({recorded}) no longer exists"
@@ -120,7 +111,7 @@ class RunReconciler:
             return
         now = self._clock()
         update = status_from_argo(status, argo, run["metadata"].get("generation"), now)
-        if any(status.get(k) != v for k, v in update.items()):
+        if changed(status, update):
             await self._patch_status(run, update)
 
     # -- starting -----------------------------------------------------------------------------
@@ -180,10 +171,7 @@ class RunReconciler:
                 await self._set_waiting(run, RunReason.PENDING, message)
                 return UNREACHABLE_RETRY
             return await self._fail(run, RunReason.ARGO_WORKFLOW_NAME_CONFLICT, message)
-        status = run.get("status") or {}
-        conditions = with_verdicts(
-            status, phase_verdicts("", ""), run["metadata"].get("generation"), self._clock()
-        )
+        conditions = self._conditions(run, phase_verdicts("", ""))
         await self._patch_status(
             run, {"startedAt": rfc3339(self._clock()), "conditions": conditions}
         )
@@ -218,7 +206,7 @@ class RunReconciler:
         churn its own status (each write would wake it again).
         """
         meta, status = run["metadata"], run.get("status") or {}
-        record = json.dumps({"kind": target.kind, "name": target.name, "planeID": target.plane_id})
+        record = plane_record(target)
         if (meta.get("annotations") or {}).get(PLANE_ANNOTATION) != record:
             await merge_patch(
                 self._kube,
@@ -233,13 +221,10 @@ class RunReconciler:
             "resources": _merged(status.get("resources") or [], plan.resource_refs()),
         }
         if find_condition(status.get("conditions") or [], RunCondition.COMPLETED) is None:
-            update["conditions"] = with_verdicts(
-                status,
-                waiting(RunReason.PENDING, f"creating the run's objects on {target.ref}"),
-                meta.get("generation"),
-                self._clock(),
+            update["conditions"] = self._conditions(
+                run, waiting(RunReason.PENDING, f"creating the run's objects on {target.ref}")
             )
-        if any(status.get(key) != value for key, value in update.items()):
+        if changed(status, update):
             await self._patch_status(run, update)
 
     async def _definition(self, run: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -250,47 +235,10 @@ class RunReconciler:
 
     async def _resolve_plane(self, candidates: list[ObjectKey]) -> PlaneTarget | None:
         for kind, namespace, name in candidates:
-            target = await self._plane(kind, namespace, name)
+            target = await plane_target(self._kube, kind, namespace, name)
             if target is not None:
                 return target
         return None
-
-    async def _plane(
-        self, kind: str, namespace: str | None, name: str, *, terminating: bool = False
-    ) -> PlaneTarget | None:
-        """The plane CR as a target; one being deleted counts only when ``terminating``."""
-        plane = await get_dict(self._kube, PLANE_RESOURCES[kind], name, namespace)
-        if plane is None or (plane["metadata"].get("deletionTimestamp") and not terminating):
-            return None
-        spec = plane.get("spec") or {}
-        return PlaneTarget(
-            kind=kind,
-            namespace=namespace,
-            name=name,
-            plane_id=spec.get("planeID") or name,
-            secret_store=(spec.get("secretStoreRef") or {}).get("name") or "",
-        )
-
-    async def _recorded_target(
-        self, run: Mapping[str, Any], *, terminating: bool = False
-    ) -> PlaneTarget | None:
-        """The plane the run was sent to (its recorded planeID), if that CR still exists."""
-        raw = (run["metadata"].get("annotations") or {}).get(PLANE_ANNOTATION)
-        if not raw:
-            return None
-        try:
-            record = json.loads(raw)
-            kind, name = record["kind"], record["name"]
-        except (ValueError, KeyError, TypeError):
-            log.warning(
-                "run %s has an unreadable %s annotation", run["metadata"]["name"], PLANE_ANNOTATION
-            )
-            return None
-        namespace = run["metadata"]["namespace"] if kind == WORKFLOW_PLANE else None
-        current = await self._plane(kind, namespace, name, terminating=terminating)
-        if current is None or not record.get("planeID"):
-            return current
-        return replace(current, plane_id=str(record["planeID"]))
 
     def _wait_for(self, thing: ObjectKey, key: RunKey) -> None:
         self.waiters.setdefault(thing, set()).add(key)
@@ -309,12 +257,9 @@ class RunReconciler:
 
     async def _fail(self, run: dict[str, Any], reason: str, message: str) -> float | None:
         meta, status = run["metadata"], run.get("status") or {}
-        now = self._clock()
         update = {
-            "conditions": with_verdicts(
-                status, failed_before_start(reason, message), meta.get("generation"), now
-            ),
-            "completedAt": status.get("completedAt") or rfc3339(now),
+            "conditions": self._conditions(run, failed_before_start(reason, message)),
+            "completedAt": status.get("completedAt") or rfc3339(self._clock()),
         }
         await self._patch_status(run, update)
         log.info("run %s/%s failed: %s: %s", meta["namespace"], meta["name"], reason, message)
@@ -325,7 +270,7 @@ class RunReconciler:
         completed_at = (run.get("status") or {}).get("completedAt")
         if ttl is None or not completed_at:
             return None
-        remaining = (_parse_time(completed_at) + ttl - self._clock()).total_seconds()
+        remaining = (parse_rfc3339(completed_at) + ttl - self._clock()).total_seconds()
         if remaining > 0:
             return remaining
         log.info("run %s/%s reached its ttlAfterCompletion; deleting it", *key)
@@ -349,12 +294,12 @@ class RunReconciler:
         if RUN_FINALIZER not in finalizers:
             return None
         self.tracker.forget(key)
-        target = await self._recorded_target(run, terminating=True)
+        target = await recorded_target(self._kube, run, terminating=True)
         if target is not None:
             try:
                 await self._delete_from_plane(target, run.get("status") or {})
             except PlaneRequestError as exc:
-                since = self._clock() - _parse_time(meta["deletionTimestamp"])
+                since = self._clock() - parse_rfc3339(meta["deletionTimestamp"])
                 if since < CLEANUP_GIVE_UP:
                     log.info("cleanup of run %s/%s waits: %s", key[0], key[1], exc.message)
                     return UNREACHABLE_RETRY
@@ -372,12 +317,16 @@ class RunReconciler:
     # -- writes -------------------------------------------------------------------------------
 
     async def _set_waiting(self, run: dict[str, Any], reason: str, message: str) -> None:
-        status = run.get("status") or {}
-        conditions = with_verdicts(
-            status, waiting(reason, message), run["metadata"].get("generation"), self._clock()
-        )
-        if conditions != status.get("conditions"):
+        conditions = self._conditions(run, waiting(reason, message))
+        if conditions != (run.get("status") or {}).get("conditions"):
             await self._patch_status(run, {"conditions": conditions})
+
+    def _conditions(
+        self, run: Mapping[str, Any], verdicts: Mapping[str, Verdict]
+    ) -> list[dict[str, Any]]:
+        """The run's conditions with these verdicts set, as of now."""
+        generation = run["metadata"].get("generation")
+        return with_verdicts(run.get("status") or {}, verdicts, generation, self._clock())
 
     async def _patch_status(self, run: dict[str, Any], update: dict[str, Any]) -> None:
         meta = run["metadata"]

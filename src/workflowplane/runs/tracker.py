@@ -83,13 +83,7 @@ class ArgoTracker:
             log.info("catch-up read of run %s/%s failed: %s", key[0], key[1], exc)
             self._spawn(self._catch_up(key, target, CATCH_UP_RETRY))
             return
-        labels = {LABEL_RUN_NAMESPACE: key[0], LABEL_RUN: key[1]}
-        gone = {"metadata": {"name": reference.get("name"), "labels": labels}}
-        await self._deliver(target, "ADDED" if found else "DELETED", found or gone)
-
-    @property
-    def watched_planes(self) -> int:
-        return len(self._watches)
+        await self._deliver(target, "ADDED" if found else "DELETED", found or _gone(key))
 
     async def close(self) -> None:
         tasks = [*self._watches.values(), *self._side_tasks]
@@ -134,14 +128,8 @@ class ArgoTracker:
 
     async def _missing(self, target: PlaneTarget, keys: set[RunKey]) -> None:
         """Runs in flight before the list whose Argo Workflow it lacks: deleted meanwhile."""
-        for namespace, name in keys:
-            gone = {
-                "metadata": {
-                    "name": name,
-                    "labels": {LABEL_RUN_NAMESPACE: namespace, LABEL_RUN: name},
-                }
-            }
-            await self._deliver(target, "DELETED", gone)
+        for key in keys:
+            await self._deliver(target, "DELETED", _gone(key))
 
     async def _deliver(self, target: PlaneTarget, kind: str, obj: dict[str, Any]) -> None:
         key = _key_of(obj)
@@ -159,3 +147,10 @@ class ArgoTracker:
 def _key_of(obj: dict[str, Any]) -> RunKey:
     labels = (obj.get("metadata") or {}).get("labels") or {}
     return (str(labels.get(LABEL_RUN_NAMESPACE, "")), str(labels.get(LABEL_RUN, "")))
+
+
+def _gone(key: RunKey) -> dict[str, Any]:
+    """What a DELETED event would carry for the run's Argo Workflow (named after the run)."""
+    return {
+        "metadata": {"name": key[1], "labels": {LABEL_RUN_NAMESPACE: key[0], LABEL_RUN: key[1]}}
+    }
