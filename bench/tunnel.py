@@ -32,7 +32,7 @@ from aiohttp import web
 
 from workflowplane.agent.config import AgentConfig
 from workflowplane.agent.runner import Agent
-from workflowplane.gateway.client import GatewayClient
+from workflowplane.protocol.gateway_client import GatewayClient
 from workflowplane.pki import KeyPair, issue_certificate
 from workflowplane.testenv import CONTROL_PLANE, WORKFLOW_PLANE, Environment, free_port
 from workflowplane.testenv.tools import async_client, kubectl

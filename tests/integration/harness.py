@@ -19,9 +19,9 @@ from workflowplane.agent.config import AgentConfig
 from workflowplane.agent.runner import Agent
 from workflowplane.api.kube import load_config
 from workflowplane.controller.runner import ControllerConfig, run_controller
-from workflowplane.gateway.client import GatewayClient
 from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.server import Gateway
+from workflowplane.protocol.gateway_client import GatewayClient
 from workflowplane.testenv import ApiServer
 from workflowplane.testenv.tools import kubectl
 

@@ -19,6 +19,7 @@ from lightkube.core.exceptions import ApiError
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace, Secret
 
+from workflowplane.kits.clock import utcnow
 from workflowplane.pki import KeyPair, generate_ca, issue_certificate
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ class AgentIdentity:
 
     def renewal_due(self, fraction: float, now: dt.datetime | None = None) -> bool:
         cert = self.client.certificate
-        moment = now or dt.datetime.now(dt.UTC)
+        moment = now or utcnow()
         life = cert.not_valid_after_utc - cert.not_valid_before_utc
         return cert.not_valid_after_utc - moment < life * fraction
 

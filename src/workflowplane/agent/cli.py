@@ -8,7 +8,7 @@ from typing import Any
 
 from workflowplane.agent.config import AgentConfig, env
 from workflowplane.api.constants import AGENT_NAMESPACE, AGENT_SECRET_NAME, PLANE_TYPE
-from workflowplane.cli.errors import EXIT_USAGE, CliError
+from workflowplane.kits.process import EXIT_USAGE, FatalError
 
 
 def _path(value: str | None) -> Path | None:
@@ -50,7 +50,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     for flag in ("server_url", "plane_id"):
         if not getattr(args, flag):
             name = flag.replace("_", "-")
-            raise CliError(
+            raise FatalError(
                 f"--{name} is required", f"or set CLUSTER_AGENT_{flag.upper()}", EXIT_USAGE
             )
     return AgentConfig(
@@ -75,7 +75,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
 
 def _run(args: argparse.Namespace) -> int:
     from workflowplane.agent.runner import Agent  # noqa: PLC0415 - heavy, only when running
-    from workflowplane.cli.loop import run  # noqa: PLC0415
+    from workflowplane.kits.process import run  # noqa: PLC0415
 
     config = config_from_args(args)
 

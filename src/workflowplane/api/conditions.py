@@ -6,16 +6,9 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from workflowplane.kits.clock import rfc3339
+
 ConditionStatus = Literal["True", "False", "Unknown"]
-
-
-def rfc3339(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_rfc3339(text: str) -> dt.datetime:
-    """A Kubernetes timestamp (``...Z``) as an aware datetime."""
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from workflowplane.api.kube import load_config
 from workflowplane.controller.cli import add_controller_flags, controller_config
 from workflowplane.controller.runner import run_controller
 from workflowplane.gateway.cli import add_gateway_flags, config_from_args
-from workflowplane.gateway.client import GatewayClient
 from workflowplane.gateway.server import Gateway
+from workflowplane.protocol.gateway_client import GatewayClient
 
 
 def register(subparsers: Any) -> None:
@@ -45,7 +45,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from workflowplane.cli.loop import run  # noqa: PLC0415
+    from workflowplane.kits.process import run  # noqa: PLC0415
 
     run(serve(args))
     return 0

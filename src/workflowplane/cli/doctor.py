@@ -28,8 +28,9 @@ from workflowplane.cli.errors import EXIT_FAILURE, EXIT_USAGE, CliError
 from workflowplane.cli.kube import add_kubeconfig_flag, client_for
 from workflowplane.cli.state import dev_gateway_url
 from workflowplane.controller.status import assess_ca
-from workflowplane.gateway.client import GatewayClient, GatewayError
+from workflowplane.kits.errors import Failure
 from workflowplane.pki import load_certificates, sha256_fingerprint
+from workflowplane.protocol.gateway_client import GatewayClient
 
 WP = "workflowplane"
 
@@ -157,7 +158,7 @@ async def _check_agents(
     try:
         mine = await gateway.plane_status(WP, plane_id, namespace=args.namespace, name=args.name)
         everyone = await gateway.plane_status(WP, plane_id)
-    except GatewayError as exc:
+    except Failure as exc:
         report.fail(f"gateway unreachable: {exc.message}", "check --gateway-url and the gateway")
         return
     report.ok("gateway reachable")

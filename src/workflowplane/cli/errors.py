@@ -1,16 +1,13 @@
-"""The one error type commands raise: one clear line, a hint, and a meaningful exit code."""
+"""The one error type commands raise (the process layer's, under the CLI's name)."""
 
 from __future__ import annotations
 
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_NOT_FOUND = 3
-EXIT_UNAVAILABLE = 4
+from workflowplane.kits.process import (
+    EXIT_FAILURE,
+    EXIT_NOT_FOUND,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+)
+from workflowplane.kits.process import FatalError as CliError
 
-
-class CliError(Exception):
-    def __init__(self, message: str, hint: str | None = None, exit_code: int = EXIT_FAILURE):
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
-        self.exit_code = exit_code
+__all__ = ["EXIT_FAILURE", "EXIT_NOT_FOUND", "EXIT_UNAVAILABLE", "EXIT_USAGE", "CliError"]

@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 
-from workflowplane.api.conditions import find_condition, parse_rfc3339
+from workflowplane.api.conditions import find_condition
 from workflowplane.api.constants import API_VERSION
 from workflowplane.api.kube import get_dict
 from workflowplane.api.workflows import (
@@ -29,9 +29,11 @@ from workflowplane.api.workflows import (
 from workflowplane.cli.errors import EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_USAGE, CliError
 from workflowplane.cli.kube import add_kubeconfig_flag, client_for
 from workflowplane.cli.state import dev_gateway_url
-from workflowplane.gateway.client import GatewayClient
+from workflowplane.kits.clock import parse_rfc3339
+from workflowplane.kits.errors import Failure
+from workflowplane.protocol.gateway_client import GatewayClient
 from workflowplane.runs.plan import PlaneTarget
-from workflowplane.runs.plane_api import Discovery, PlaneAPI, PlaneRequestError, request_error
+from workflowplane.runs.plane_api import Discovery, PlaneAPI, request_error
 from workflowplane.runs.progress import is_completed
 from workflowplane.runs.targets import recorded_target
 
@@ -242,7 +244,7 @@ async def _logs(args: argparse.Namespace) -> int:
     try:
         api = PlaneAPI(gateway, target, Discovery())
         await _print_logs(api, run, args, client_for(args.kubeconfig, args.context))
-    except PlaneRequestError as exc:
+    except Failure as exc:
         raise CliError(exc.message, exit_code=EXIT_FAILURE) from exc
     finally:
         await gateway.close()
@@ -286,7 +288,7 @@ async def _print_logs(
                 )
                 try:
                     await _pod_log(api, namespace, name, args.container, args.follow, step)
-                except PlaneRequestError as exc:
+                except Failure as exc:
                     if args.follow:
                         continue  # not started yet: the next poll tries again
                     print(f"==> {step} ({name})\n{exc.message}", file=sys.stderr)

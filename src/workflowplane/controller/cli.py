@@ -53,8 +53,8 @@ def register(subparsers: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from workflowplane.cli.loop import run  # noqa: PLC0415
     from workflowplane.controller.runner import run_with_gateway_client  # noqa: PLC0415
+    from workflowplane.kits.process import run  # noqa: PLC0415
 
     run(
         run_with_gateway_client(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import uuid
 from typing import Any, Literal
@@ -12,6 +11,8 @@ from lightkube.core.exceptions import ApiError
 from lightkube.models.core_v1 import EventSource, ObjectReference
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Event
+
+from workflowplane.kits.clock import utcnow
 
 log = logging.getLogger(__name__)
 COMPONENT = "workflowplane-controller"
@@ -28,7 +29,7 @@ class EventRecorder:
         """Best effort: an event that cannot be posted is logged, never fails a reconcile."""
         meta = obj["metadata"]
         namespace = meta.get("namespace") or "default"
-        now = dt.datetime.now(dt.UTC)
+        now = utcnow()
         event = Event(
             metadata=ObjectMeta(
                 name=f"{meta['name']}.{uuid.uuid4().hex[:12]}", namespace=namespace

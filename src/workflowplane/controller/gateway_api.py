@@ -1,6 +1,6 @@
 """What the controller needs from the cluster gateway's internal API (a structural type).
 
-``workflowplane.gateway.client.GatewayClient`` satisfies it; tests may pass another object.
+``workflowplane.protocol.gateway_client.GatewayClient`` satisfies it; tests may pass another object.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol
 
-from workflowplane.gateway.client import TunnelAPI
+from workflowplane.protocol.gateway_client import TunnelAPI
 
 
 class GatewayAPI(TunnelAPI, Protocol):

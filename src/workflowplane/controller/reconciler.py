@@ -40,7 +40,6 @@ from workflowplane.api import (
 from workflowplane.api.conditions import (
     Verdict,
     find_condition,
-    parse_rfc3339,
     remove_condition,
     set_condition,
 )
@@ -58,6 +57,7 @@ from workflowplane.controller.status import (
     next_agent_connection,
     readiness,
 )
+from workflowplane.kits.clock import parse_rfc3339
 
 log = logging.getLogger(__name__)
 RESOURCES: dict[str, Any] = {

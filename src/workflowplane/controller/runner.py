@@ -87,7 +87,7 @@ async def run_with_gateway_client(
     ready_flag: asyncio.Event | None = None,
 ) -> None:
     """The controller with a client for the gateway's internal API (files, else its Secret)."""
-    from workflowplane.gateway.client import GatewayClient  # noqa: PLC0415
+    from workflowplane.protocol.gateway_client import GatewayClient  # noqa: PLC0415
 
     ca, cert, key = files
     if ca and cert and key:

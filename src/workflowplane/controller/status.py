@@ -10,11 +10,9 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from workflowplane.api.conditions import (
-    Verdict,
-    rfc3339,
-)
+from workflowplane.api.conditions import Verdict
 from workflowplane.api.constants import Reason
+from workflowplane.kits.clock import rfc3339
 from workflowplane.pki import load_certificates
 
 EXPIRY_WARNING = dt.timedelta(days=30)

@@ -14,6 +14,7 @@ from cryptography import x509
 from workflowplane.api import PLANE_TYPE
 from workflowplane.gateway.appkey import GATEWAY
 from workflowplane.gateway.registry import AgentConnection
+from workflowplane.kits.clock import utcnow
 from workflowplane.protocol import StreamChunk, TunnelResponse, classify_gateway_frame
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ async def _heartbeat(gateway: Gateway, conn: AgentConnection) -> None:
     dead_after = dt.timedelta(seconds=gateway.config.dead_after_seconds)
     while not conn.ws.closed:
         await asyncio.sleep(gateway.config.ping_interval_seconds)
-        if dt.datetime.now(dt.UTC) - conn.last_seen > dead_after:
+        if utcnow() - conn.last_seen > dead_after:
             log.warning("agent %s silent for %s: closing", conn.id, dead_after)
             await conn.ws.close()
             return

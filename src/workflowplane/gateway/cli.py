@@ -62,8 +62,8 @@ def register(subparsers: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from workflowplane.cli.loop import run  # noqa: PLC0415
     from workflowplane.gateway.runner import serve_forever  # noqa: PLC0415
+    from workflowplane.kits.process import run  # noqa: PLC0415
 
     run(serve_forever(config_from_args(args)))
     return 0

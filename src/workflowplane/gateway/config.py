@@ -5,10 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-GATEWAY_NAMESPACE = "openchoreo-control-plane"
+from workflowplane.protocol.gateway_client import GATEWAY_NAMESPACE, INTERNAL_CLIENT_SECRET
+
 SERVER_SECRET = "cluster-gateway-tls"
 INTERNAL_CA_SECRET = "cluster-gateway-internal-ca"
-INTERNAL_CLIENT_SECRET = "cluster-gateway-internal-client"
+
+__all__ = [
+    "GATEWAY_NAMESPACE",
+    "INTERNAL_CA_SECRET",
+    "INTERNAL_CLIENT_SECRET",
+    "SERVER_SECRET",
+    "GatewayConfig",
+]
 
 
 @dataclass(frozen=True)

@@ -14,14 +14,11 @@ from typing import Any
 from aiohttp import web
 from cryptography import x509
 
+from workflowplane.kits.clock import utcnow
 from workflowplane.protocol import Frame, TunnelResponse, encode
 
 log = logging.getLogger(__name__)
 StreamItem = TunnelResponse | bytes | None  # None: the stream ended
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 @dataclass(eq=False)
@@ -32,14 +29,14 @@ class AgentConnection:
     leaf: x509.Certificate
     authorized: set[str]
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    connected_at: dt.datetime = field(default_factory=_now)
-    last_seen: dt.datetime = field(default_factory=_now)
+    connected_at: dt.datetime = field(default_factory=utcnow)
+    last_seen: dt.datetime = field(default_factory=utcnow)
     pending: dict[str, asyncio.Future[TunnelResponse]] = field(default_factory=dict)
     streams: dict[str, asyncio.Queue[StreamItem]] = field(default_factory=dict)
     _send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def seen(self) -> None:
-        self.last_seen = _now()
+        self.last_seen = utcnow()
 
     async def send(self, frame: Frame) -> None:
         async with self._send_lock:

@@ -25,6 +25,8 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
+from workflowplane.kits.clock import utcnow
+
 PrivateKey = ec.EllipticCurvePrivateKey
 _BACKDATE = dt.timedelta(minutes=5)
 
@@ -53,10 +55,6 @@ class KeyPair:
     @property
     def private_key(self) -> PrivateKey:
         return load_private_key(self.key_pem)
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def _name(common_name: str, organization: str | None = None) -> x509.Name:
@@ -100,7 +98,7 @@ def generate_ca(
 ) -> KeyPair:
     """A self-signed CA that may sign leaves only (path length 0)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    start = not_before or _now() - _BACKDATE
+    start = not_before or utcnow() - _BACKDATE
     name = _name(common_name)
     public = key.public_key()
     cert = (
@@ -161,7 +159,7 @@ def issue_certificate(
         raise ValueError("a leaf certificate needs client or server usage")
     key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = ca.certificate
-    start = not_before or _now() - _BACKDATE
+    start = not_before or utcnow() - _BACKDATE
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(common_name, organization))
@@ -215,7 +213,7 @@ def verify_client_certificate(
         roots = load_certificates(ca_pem)
     except ValueError as exc:
         raise CertificateRejected(f"client CA unusable: {exc}") from exc
-    moment = now or _now()
+    moment = now or utcnow()
     leaf = chain[0]
     if moment > leaf.not_valid_after_utc:
         raise CertificateRejected(f"client certificate expired at {leaf.not_valid_after_utc}")

@@ -14,8 +14,8 @@ from lightkube import AsyncClient
 
 from workflowplane.api.constants import CLUSTER_WORKFLOW_PLANE, GROUP, VERSION, WORKFLOW_PLANE
 from workflowplane.api.workflows import CLUSTER_WORKFLOW, WORKFLOW
-from workflowplane.gateway.client import TunnelAPI
-from workflowplane.runs.queue import WorkQueue
+from workflowplane.kits.workqueue import WorkQueue
+from workflowplane.protocol.gateway_client import TunnelAPI
 from workflowplane.runs.reconciler import RunReconciler
 from workflowplane.runs.tracker import RunKey
 

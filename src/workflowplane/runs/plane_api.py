@@ -12,29 +12,23 @@ from typing import Any
 from urllib.parse import urlencode
 
 from workflowplane.api.constants import PLANE_TYPE
-from workflowplane.gateway.client import GatewayError, ProxyResponse, TunnelAPI
+from workflowplane.kits.errors import Failure, PermanentError, TransientError
+from workflowplane.protocol.gateway_client import ProxyResponse, TunnelAPI
 from workflowplane.protocol.http import GATEWAY_ERROR_HEADER
 from workflowplane.runs.plan import PlaneTarget
 
 TRANSIENT_STATUSES = {0, 403, 404, 408, 429, 500, 502, 503, 504}
 
 
-class PlaneRequestError(Exception):
-    """A plane request failed; ``transient`` says whether retrying later can help."""
-
-    def __init__(self, status: int, message: str, *, transient: bool) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.transient = transient
-
-
 class WatchExpired(Exception):
     """The watch's resourceVersion is too old (410): list again."""
 
 
-def request_error(response: ProxyResponse, what: str) -> PlaneRequestError:
-    """The error for a non-success response, with the API server's own message."""
+def request_error(response: ProxyResponse, what: str) -> Failure:
+    """The error for a non-success response, with the API server's own message.
+
+    Stricter than the generic mapping for a run: 403 and 404 from the gateway mean "no agent
+    authorized or not there yet", which an agent connecting cures."""
     try:
         message = str(response.json().get("message") or response.body[:200])
     except (ValueError, AttributeError):
@@ -44,9 +38,8 @@ def request_error(response: ProxyResponse, what: str) -> PlaneRequestError:
         transient = False  # the plane's RBAC refused it: retrying will not help
     else:
         transient = response.status in TRANSIENT_STATUSES or response.status >= 500
-    return PlaneRequestError(
-        response.status, f"{what}: HTTP {response.status}: {message}", transient=transient
-    )
+    error = TransientError if transient else PermanentError
+    return error(f"{what}: HTTP {response.status}: {message}", status=response.status)
 
 
 def _group_path(api_version: str) -> str:
@@ -97,10 +90,8 @@ class PlaneAPI:
                 query=query,
                 body=None if body is None else json.dumps(body).encode(),
             )
-        except GatewayError as exc:
-            raise PlaneRequestError(
-                exc.status, f"{what or path}: {exc.message}", transient=True
-            ) from exc
+        except Failure as exc:
+            raise TransientError(f"{what or path}: {exc.message}", status=exc.status) from exc
         return response
 
     async def path_of(
@@ -124,10 +115,9 @@ class PlaneAPI:
                 self._discovery.learn(plane_id, api_version, response.json().get("resources") or [])
             known = self._discovery.get(plane_id, api_version, kind)
         if known is None:
-            raise PlaneRequestError(
-                404,
+            raise TransientError(
                 f"the plane does not serve {kind} in {api_version} (is its CRD installed there?)",
-                transient=True,
+                status=404,
             )
         return known
 
@@ -160,7 +150,7 @@ class PlaneAPI:
             path = await self.path_of(
                 ref["apiVersion"], ref["kind"], ref.get("namespace"), ref["name"]
             )
-        except PlaneRequestError as exc:
+        except Failure as exc:
             if exc.status == 404:  # the kind is not served there: nothing of it can exist
                 return
             raise
@@ -186,10 +176,10 @@ class PlaneAPI:
         try:
             async for line in self._gateway.proxy_stream("GET", **self._route(path), query=query):
                 yield line
-        except GatewayError as exc:
+        except Failure as exc:
             if exc.status == 410:
                 raise WatchExpired() from exc
-            raise PlaneRequestError(exc.status, f"{path}: {exc.message}", transient=True) from exc
+            raise TransientError(f"{path}: {exc.message}", status=exc.status) from exc
 
     async def watch(
         self, api_version: str, kind: str, label_selector: str, resource_version: str
@@ -212,5 +202,5 @@ class PlaneAPI:
             if event.get("type") == "ERROR":
                 if (event.get("object") or {}).get("code") == 410:
                     raise WatchExpired()
-                raise PlaneRequestError(0, f"watch {kind}: {event.get('object')}", transient=True)
+                raise TransientError(f"watch {kind}: {event.get('object')}")
             yield str(event.get("type")), event.get("object") or {}

@@ -6,8 +6,9 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-from workflowplane.api.conditions import Verdict, find_condition, rfc3339, set_condition
+from workflowplane.api.conditions import Verdict, find_condition, set_condition
 from workflowplane.api.workflows import RunCondition, RunReason
+from workflowplane.kits.clock import rfc3339
 
 COMPLETED_PHASES = {"Succeeded", "Failed", "Error"}
 

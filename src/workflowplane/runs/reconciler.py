@@ -16,7 +16,7 @@ from typing import Any
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 
-from workflowplane.api.conditions import Verdict, find_condition, parse_rfc3339, rfc3339
+from workflowplane.api.conditions import Verdict, find_condition
 from workflowplane.api.constants import CLUSTER_WORKFLOW_PLANE, WORKFLOW_PLANE
 from workflowplane.api.kube import get_dict, merge_patch
 from workflowplane.api.workflows import (
@@ -31,9 +31,11 @@ from workflowplane.api.workflows import (
     WorkflowResource,
     WorkflowRunResource,
 )
-from workflowplane.gateway.client import TunnelAPI
+from workflowplane.kits.clock import parse_rfc3339, rfc3339, utcnow
+from workflowplane.kits.errors import Failure, TransientError
+from workflowplane.protocol.gateway_client import TunnelAPI
 from workflowplane.runs.plan import PlaneTarget, RunPlan, plan_run
-from workflowplane.runs.plane_api import Discovery, PlaneAPI, PlaneRequestError
+from workflowplane.runs.plane_api import Discovery, PlaneAPI
 from workflowplane.runs.progress import (
     changed,
     failed_before_start,
@@ -55,13 +57,9 @@ CLEANUP_GIVE_UP = dt.timedelta(minutes=10)
 ObjectKey = tuple[str, str | None, str]  # kind, namespace, name of something a run waits for
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
 class RunReconciler:
     def __init__(
-        self, kube: AsyncClient, tunnel: TunnelAPI, clock: Callable[[], dt.datetime] = _now
+        self, kube: AsyncClient, tunnel: TunnelAPI, clock: Callable[[], dt.datetime] = utcnow
     ) -> None:
         self._kube = kube
         self._tunnel = tunnel
@@ -158,8 +156,8 @@ class RunReconciler:
             for obj in plan.objects:
                 await api.create(obj)
             conflict = await self._foreign_workflow(api, run, plan)
-        except PlaneRequestError as exc:
-            if exc.transient:
+        except Failure as exc:
+            if isinstance(exc, TransientError):
                 await self._set_waiting(
                     run, RunReason.WORKFLOW_PLANE_UNREACHABLE, f"{target.ref}: {exc.message}"
                 )
@@ -298,7 +296,7 @@ class RunReconciler:
         if target is not None:
             try:
                 await self._delete_from_plane(target, run.get("status") or {})
-            except PlaneRequestError as exc:
+            except Failure as exc:
                 since = self._clock() - parse_rfc3339(meta["deletionTimestamp"])
                 if since < CLEANUP_GIVE_UP:
                     log.info("cleanup of run %s/%s waits: %s", key[0], key[1], exc.message)

@@ -21,7 +21,7 @@ from workflowplane.api.workflows import (
     LABEL_RUN_NAMESPACE,
     MANAGED_BY,
 )
-from workflowplane.gateway.client import TunnelAPI
+from workflowplane.protocol.gateway_client import TunnelAPI
 from workflowplane.runs.plan import PlaneTarget
 from workflowplane.runs.plane_api import Discovery, PlaneAPI, WatchExpired
 

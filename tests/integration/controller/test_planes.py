@@ -560,17 +560,17 @@ async def test_a_permanent_gateway_refusal_is_recorded(
 ) -> None:
     """A 4xx from notify is not retried: Ready says why and a Warning event records it."""
     from workflowplane.controller.runner import ControllerConfig, run_controller  # noqa: PLC0415
-    from workflowplane.gateway.client import GatewayError  # noqa: PLC0415
+    from workflowplane.kits.errors import PermanentError, TransientError  # noqa: PLC0415
 
     class Refusing:
         async def notify(self, **_: Any) -> Any:
-            raise GatewayError(400, "notify needs planeType")
+            raise PermanentError("400: notify needs planeType", status=400)
 
         async def plane_status(self, *_: Any, **__: Any) -> Any:
             return {"connectedAgents": 0, "lastSeen": None}
 
         async def proxy(self, *_: Any, **__: Any) -> Any:
-            raise GatewayError(502, "no agent")
+            raise TransientError("502: no agent", status=502)
 
         async def events(self) -> Any:
             await asyncio.sleep(3600)

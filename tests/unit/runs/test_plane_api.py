@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from workflowplane.gateway.client import ProxyResponse
+from workflowplane.kits.errors import PermanentError, TransientError
+from workflowplane.protocol.gateway_client import ProxyResponse
 from workflowplane.protocol.http import GATEWAY_ERROR_HEADER
 from workflowplane.runs.plane_api import request_error
 
@@ -21,9 +22,9 @@ def test_the_gateways_403_is_transient_the_planes_rbac_403_is_not() -> None:
         _response(403, "no agent connection is authorized", {GATEWAY_ERROR_HEADER: "Forbidden"}),
         "create Workflow",
     )
-    assert gateway.transient
+    assert isinstance(gateway, TransientError)
     rbac = request_error(_response(403, "clusterroles is forbidden"), "create ClusterRole x")
-    assert not rbac.transient
+    assert isinstance(rbac, PermanentError)
     assert rbac.message == "create ClusterRole x: HTTP 403: clusterroles is forbidden"
 
 
@@ -31,4 +32,4 @@ def test_the_gateways_403_is_transient_the_planes_rbac_403_is_not() -> None:
     ("status", "transient"), [(400, False), (422, False), (502, True), (503, True), (429, True)]
 )
 def test_other_statuses(status: int, transient: bool) -> None:
-    assert request_error(_response(status, "m"), "x").transient is transient
+    assert isinstance(request_error(_response(status, "m"), "x"), TransientError) is transient

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from workflowplane.gateway.client import ProxyResponse
+from workflowplane.protocol.gateway_client import ProxyResponse
 from workflowplane.runs.plan import PlaneTarget
 from workflowplane.runs.plane_api import Discovery
 from workflowplane.runs.tracker import ArgoTracker

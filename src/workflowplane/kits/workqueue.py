@@ -1,7 +1,11 @@
 """A work queue in the manner of controller-runtime: at most one reconcile per key at a time,
 events for a busy key coalesce into one more pass, and a reconcile says when to look again.
 
-kopf delivers the events; this queue decides when work happens. Failures back off per key.
+The one scheduling mechanism of every reconciler here: events (kopf, the gateway's push
+channel, a resync tick) only ``add`` keys; this queue decides when work happens. Failures are
+handled by kind (``kits.errors``): a transient one backs off per key and retries; a permanent
+one is logged and waits for the next event; anything else is a bug, logged with its traceback
+and retried with the longest backoff, so a bug is loud and never spins.
 """
 
 from __future__ import annotations
@@ -12,9 +16,12 @@ import random
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
+from workflowplane.kits.errors import is_expected, is_transient
+
 log = logging.getLogger(__name__)
 Key = TypeVar("Key", bound=Hashable)
 MAX_BACKOFF = 60.0
+BUG_BACKOFF = 300.0
 
 
 class WorkQueue(Generic[Key]):
@@ -78,16 +85,31 @@ class WorkQueue(Generic[Key]):
             requeue = await self._handle(key)
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
+            if is_expected(exc) and not is_transient(exc):
+                self._failures.pop(key, None)
+                log.error("reconcile of %s failed permanently (until it changes): %s", key, exc)
+                return None
             failures = self._failures.get(key, 0) + 1
             self._failures[key] = failures
-            delay = min(2.0**failures, MAX_BACKOFF) * random.uniform(0.5, 1.0)
-            log.exception(
-                "reconcile of %s failed (attempt %d); retrying in %.0fs", key, failures, delay
-            )
-            return delay
+            if is_transient(exc):
+                delay = self._backoff(failures, getattr(exc, "retry_after", None))
+                log.info("reconcile of %s: %s; retry %d in %.1fs", key, exc, failures, delay)
+                return delay
+            log.exception("bug: reconcile of %s raised; retrying in %.0fs", key, BUG_BACKOFF)
+            return BUG_BACKOFF
         self._failures.pop(key, None)
         return requeue
+
+    @staticmethod
+    def _backoff(failures: int, retry_after: float | None) -> float:
+        """Capped exponential backoff with jitter; a peer's own retry-after wins if longer."""
+        delay = min(2.0**failures, MAX_BACKOFF) * random.uniform(0.5, 1.0)
+        return max(delay, retry_after or 0.0)
+
+    def __len__(self) -> int:
+        """Keys running or waiting for a slot, plus keys with a timer (the queue's depth)."""
+        return len(self._busy) + len(self._timers)
 
     async def close(self) -> None:
         self._closed = True

@@ -1,7 +1,9 @@
 """Async client for the gateway's internal API (used by the controller, runs and the CLI).
 
-Tunnel failures come back as :class:`GatewayError` carrying the HTTP status and the
-Kubernetes ``Status`` body; ``transient`` says whether retrying can help (5xx, 429, network).
+The internal API is a wire contract between the gateway and its callers, so its client lives
+beside the other wire types, below every component that calls it. Failures come back in the
+``kits.errors`` taxonomy: :class:`TransientError` (5xx, 429, network) or
+:class:`PermanentError` (other 4xx), each carrying the status and the ``Status`` body.
 """
 
 from __future__ import annotations
@@ -20,19 +22,15 @@ import aiohttp
 from lightkube import AsyncClient
 from lightkube.resources.core_v1 import Secret
 
-from workflowplane.gateway.config import GATEWAY_NAMESPACE, INTERNAL_CLIENT_SECRET
+from workflowplane.kits.errors import Failure, TransientError, from_status
+
+# Where the gateway keeps the credentials of its internal callers (controller, CLI).
+GATEWAY_NAMESPACE = "openchoreo-control-plane"
+INTERNAL_CLIENT_SECRET = "cluster-gateway-internal-client"
 
 
-class GatewayError(Exception):
-    def __init__(self, status: int, message: str, body: Any = None) -> None:
-        super().__init__(f"{status}: {message}")
-        self.status = status
-        self.message = message
-        self.body = body
-
-    @property
-    def transient(self) -> bool:
-        return self.status in {0, 429} or self.status >= 500
+def gateway_error(status: int, message: str, body: Any = None) -> Failure:
+    return from_status(status, f"{status}: {message}", body)
 
 
 @dataclass(frozen=True)
@@ -142,10 +140,10 @@ class GatewayClient:
                 body = await resp.read()
                 if resp.status >= 400:
                     message, parsed = _message(body, resp.status)
-                    raise GatewayError(resp.status, message, parsed)
+                    raise gateway_error(resp.status, message, parsed)
                 return json.loads(body) if body else None
         except aiohttp.ClientError as exc:
-            raise GatewayError(0, f"gateway unreachable: {exc}") from exc
+            raise TransientError(f"gateway unreachable: {exc}") from exc
 
     async def notify(
         self, *, plane_type: str, plane_id: str, event: str, namespace: str, name: str
@@ -220,7 +218,7 @@ class GatewayClient:
             ) as resp:
                 return ProxyResponse(resp.status, dict(resp.headers), await resp.read())
         except aiohttp.ClientError as exc:
-            raise GatewayError(0, f"gateway unreachable: {exc}") from exc
+            raise TransientError(f"gateway unreachable: {exc}") from exc
 
     async def proxy_stream(
         self,
@@ -242,7 +240,7 @@ class GatewayClient:
         ) as resp:
             if resp.status >= 400:
                 message, parsed = _message(await resp.read(), resp.status)
-                raise GatewayError(resp.status, message, parsed)
+                raise gateway_error(resp.status, message, parsed)
             async for line in resp.content:
                 yield line
 
@@ -253,7 +251,7 @@ class GatewayClient:
             timeout=aiohttp.ClientTimeout(total=None, sock_read=60, sock_connect=10),
         ) as resp:
             if resp.status >= 400:
-                raise GatewayError(resp.status, "events unavailable")
+                raise gateway_error(resp.status, "events unavailable")
             async for line in resp.content:
                 if line.strip():
                     event: Mapping[str, Any] = json.loads(line)

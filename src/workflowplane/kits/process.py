@@ -1,5 +1,8 @@
-"""Run a long-lived component's coroutine on uvloop (less memory and latency per TLS
-connection), falling back to asyncio; Ctrl-C and SIGTERM end it cleanly."""
+"""Process bootstrap for long-lived components: the event loop, signals, fatal errors.
+
+uvloop first (less memory and latency per TLS connection), asyncio otherwise; Ctrl-C and
+SIGTERM cancel the main coroutine so it can clean up.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,21 @@ import contextlib
 import signal
 from collections.abc import Coroutine
 from typing import Any
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_UNAVAILABLE = 4
+
+
+class FatalError(Exception):
+    """Stops a command or a process: one clear line, a hint, and a meaningful exit code."""
+
+    def __init__(self, message: str, hint: str | None = None, exit_code: int = EXIT_FAILURE):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.exit_code = exit_code
 
 
 async def _until_signalled(main: Coroutine[Any, Any, None]) -> None:

@@ -11,8 +11,9 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from workflowplane.runs import queue as queue_module
-from workflowplane.runs.queue import MAX_BACKOFF, WorkQueue
+from workflowplane.kits import workqueue as queue_module
+from workflowplane.kits.errors import PermanentError, TransientError
+from workflowplane.kits.workqueue import BUG_BACKOFF, MAX_BACKOFF, WorkQueue
 
 pytestmark = pytest.mark.looptime
 
@@ -46,9 +47,11 @@ def returning(value: float | None) -> Callable[[str], Awaitable[float | None]]:
     return behaviour
 
 
-def raising() -> Callable[[str], Awaitable[float | None]]:
+def raising(
+    error: type[Exception] = TransientError,
+) -> Callable[[str], Awaitable[float | None]]:
     async def behaviour(key: str) -> float | None:
-        raise RuntimeError(f"boom {key}")
+        raise error(f"boom {key}")
 
     return behaviour
 
@@ -189,7 +192,7 @@ async def test_failures_back_off_per_key(full_backoff: None) -> None:
     async def handler(key: str) -> float | None:
         calls.append((key, now() - start))
         if key == "bad" and len([k for k, _ in calls if k == "bad"]) < 3:
-            raise RuntimeError("bad")
+            raise TransientError("bad")
         return None
 
     calls: list[tuple[str, float]] = []
@@ -242,3 +245,53 @@ async def test_adds_after_close_are_ignored() -> None:
     queue.add("k", delay=1)
     await asyncio.sleep(2)
     assert handler.calls == []
+
+
+async def test_a_permanent_failure_waits_for_the_next_event() -> None:
+    handler = Recorder(raising(PermanentError), returning(None))
+    queue: WorkQueue[str] = WorkQueue(handler)
+    queue.add("k")
+    await asyncio.sleep(1000)
+    assert handler.times() == [0], "a permanent failure must not be retried by itself"
+    queue.add("k")
+    await asyncio.sleep(1)
+    assert handler.times() == [0, 1000]
+    await queue.close()
+
+
+async def test_a_bug_is_retried_only_after_the_longest_backoff(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    handler = Recorder(raising(KeyError), raising(KeyError), returning(None))
+    queue: WorkQueue[str] = WorkQueue(handler)
+    queue.add("k")
+    await asyncio.sleep(1000)
+    assert handler.times() == [0, BUG_BACKOFF, 2 * BUG_BACKOFF]
+    assert any(r.exc_info and "bug" in r.getMessage() for r in caplog.records)
+    await queue.close()
+
+
+async def test_a_peers_retry_after_is_honoured(full_backoff: None) -> None:
+    async def slow_down(key: str) -> float | None:
+        raise TransientError("busy", status=429, retry_after=40.0)
+
+    handler = Recorder(slow_down, returning(None))
+    queue: WorkQueue[str] = WorkQueue(handler)
+    queue.add("k")
+    await asyncio.sleep(100)
+    assert handler.times() == [0, 40]
+    await queue.close()
+
+
+async def test_len_counts_running_and_scheduled_keys() -> None:
+    release = asyncio.Event()
+    handler = Recorder(waiting_for(release))
+    queue: WorkQueue[str] = WorkQueue(handler)
+    queue.add("running")
+    queue.add("later", 50)
+    await asyncio.sleep(0)
+    assert len(queue) == 2
+    release.set()
+    await asyncio.sleep(100)
+    assert len(queue) == 0
+    await queue.close()
