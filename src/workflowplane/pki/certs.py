@@ -32,8 +32,20 @@ _BACKDATE = dt.timedelta(minutes=5)
 
 # Web PKI rules for leaves, except that a SAN is optional: agent identity is the CA that signed
 # it, never a name, and OpenChoreo's agents issue client certificates without SANs.
-_CLIENT_LEAF_POLICY = ExtensionPolicy.webpki_defaults_ee().may_be_present(
-    x509.SubjectAlternativeName, Criticality.AGNOSTIC, None
+
+
+def _client_auth_usage(_policy: object, _cert: object, usage: x509.ExtendedKeyUsage) -> None:
+    if ExtendedKeyUsageOID.CLIENT_AUTH not in usage:
+        raise ValueError("EKU lacks ClientAuth")
+
+
+# An agent's leaf may carry any SANs, and must carry an EKU with ClientAuth: the default
+# policy checks ClientAuth only in an EKU that is present, so a leaf with no EKU extension at
+# all would otherwise pass as a client certificate.
+_CLIENT_LEAF_POLICY = (
+    ExtensionPolicy.webpki_defaults_ee()
+    .may_be_present(x509.SubjectAlternativeName, Criticality.AGNOSTIC, None)
+    .require_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC, _client_auth_usage)
 )
 
 
