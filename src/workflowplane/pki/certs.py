@@ -248,6 +248,8 @@ def verify_client_certificate(
         reason = str(exc)
         if "candidates exhausted" in reason:
             reason = f"not signed by this CA (issuer {leaf.issuer.rfc4514_string()})"
+        elif "missing required extension" in reason and "2.5.29.37" in reason:
+            reason = "no ExtendedKeyUsage extension (an agent's leaf needs EKU ClientAuth)"
         raise CertificateRejected(f"client certificate rejected: {reason}") from exc
 
 
