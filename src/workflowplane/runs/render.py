@@ -23,6 +23,11 @@ SECRET_STORE_REFERENCE = re.compile(
 )
 
 
+# Budgets for tenant-written expressions. Size is checked here; evaluation time and memory
+# are bounded by running the whole render in a worker process (``kits.workers``).
+MAX_EXPRESSION_CHARS = 2048
+
+
 class RenderError(Exception):
     """The definition cannot be rendered for this run; retrying will not help."""
 
@@ -59,6 +64,11 @@ def _compiled(expression: str) -> Any:
 
 
 def evaluate(expression: str, variables: Mapping[str, Any], where: str) -> Any:
+    if len(expression) > MAX_EXPRESSION_CHARS:
+        raise RenderError(
+            f"{where}: an expression of {len(expression)} characters is over the limit of "
+            f"{MAX_EXPRESSION_CHARS}"
+        )
     try:
         program = _compiled(expression)
     except ValueError as exc:

@@ -11,6 +11,7 @@ from workflowplane.runs.render import (
     RenderError,
     RunContext,
     SecretStoreMissing,
+    evaluate,
     split_template,
 )
 
@@ -276,3 +277,9 @@ def test_secret_store_is_missing_also_when_indexed_by_name() -> None:
 def test_a_condition_made_of_two_expressions_says_how_to_combine_them() -> None:
     with pytest.raises(RenderError, match=r"must be one \$\{\.\.\.\} expression"):
         renderer().condition("${parameters.flag} && ${parameters.flag}", "resources[x].includeWhen")
+
+
+def test_an_oversized_expression_is_refused_before_it_is_compiled() -> None:
+    bomb = "[" + ",".join(["1"] * 1500) + "].size()"
+    with pytest.raises(RenderError, match=r"spec\.x: an expression of \d+ characters is over"):
+        evaluate(bomb, {}, "spec.x")
