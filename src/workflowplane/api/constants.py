@@ -22,6 +22,9 @@ FINALIZERS: Final = {
 
 ANNOTATION_DISPLAY_NAME: Final = "openchoreo.dev/display-name"
 ANNOTATION_DESCRIPTION: Final = "openchoreo.dev/description"
+# On a Secret: the namespaces (comma-separated, or *) whose WorkflowPlanes may read it as
+# their client CA. A Secret of the plane's own namespace needs no such consent.
+ANNOTATION_CLIENT_CA_SHARED_WITH: Final = "openchoreo.dev/client-ca-shared-with"
 
 PLANE_ID_PATTERN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 PLANE_ID_MAX_LENGTH: Final = 63

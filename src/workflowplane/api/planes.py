@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from lightkube import AsyncClient
@@ -14,6 +15,7 @@ from lightkube.generic_resource import (
 from lightkube.resources.core_v1 import Secret
 
 from workflowplane.api.constants import (
+    ANNOTATION_CLIENT_CA_SHARED_WITH,
     CLUSTER_WORKFLOW_PLANE,
     GROUP,
     VERSION,
@@ -53,11 +55,43 @@ def effective_plane_id(plane: AnyPlane) -> str:
 
 @dataclass(frozen=True)
 class SecretLocation:
-    """Where a CR's client CA lives when it is not inline (namespace already defaulted)."""
+    """Where a CR's client CA lives when it is not inline (namespace already defaulted).
+
+    ``reader`` is the namespace of the WorkflowPlane that reads it (None for a
+    ClusterWorkflowPlane, whose author is a cluster administrator).
+    """
 
     namespace: str
     name: str
     key: str
+    reader: str | None = None
+
+    @property
+    def foreign(self) -> bool:
+        """A namespaced CR reading another namespace's Secret: that needs the Secret's consent."""
+        return self.reader is not None and self.reader != self.namespace
+
+    def shared_with_reader(self, annotations: Mapping[str, str] | None) -> bool:
+        """Whether the Secret consents to this reader: ``openchoreo.dev/client-ca-shared-with``
+        lists the reader's namespace (comma-separated) or ``*``."""
+        if not self.foreign:
+            return True
+        listed = (annotations or {}).get(ANNOTATION_CLIENT_CA_SHARED_WITH, "")
+        names = {name.strip() for name in listed.split(",")}
+        return "*" in names or self.reader in names
+
+    def unavailable(self) -> ClientCAError:
+        """The one answer for a missing Secret, a missing key and a Secret that does not
+        consent, so a tenant learns nothing about another namespace's Secrets."""
+        if self.foreign:
+            return ClientCAError(
+                Reason.CLIENT_CA_NOT_FOUND,
+                f"Secret {self.namespace}/{self.name} key {self.key!r} not found or not shared "
+                f"with namespace {self.reader} (annotation {ANNOTATION_CLIENT_CA_SHARED_WITH})",
+            )
+        return ClientCAError(
+            Reason.CLIENT_CA_NOT_FOUND, f"Secret {self.namespace}/{self.name} not found"
+        )
 
 
 def client_ca_location(plane: AnyPlane) -> SecretLocation | None:
@@ -65,13 +99,14 @@ def client_ca_location(plane: AnyPlane) -> SecretLocation | None:
     ref: SecretKeyReference | None = plane.spec.cluster_agent.client_ca.secret_key_ref
     if ref is None:
         return None
-    namespace = ref.namespace or plane.metadata.namespace
+    reader = None if isinstance(plane, ClusterWorkflowPlane) else plane.metadata.namespace
+    namespace = ref.namespace or reader
     if not namespace:
         raise ClientCAError(
             Reason.CLIENT_CA_NOT_FOUND,
             "clientCA.secretKeyRef.namespace is required on a cluster-scoped plane",
         )
-    return SecretLocation(namespace, ref.name, ref.key)
+    return SecretLocation(namespace, ref.name, ref.key, reader)
 
 
 class ClientCAError(Exception):
@@ -85,6 +120,8 @@ class ClientCAError(Exception):
 
 def ca_from_secret_data(data: dict[str, str] | None, location: SecretLocation) -> bytes:
     """Decode a Secret's ``data`` entry for the CA key, or say precisely what is missing."""
+    if location.foreign and (not data or location.key not in data):
+        raise location.unavailable()
     if not data or location.key not in data:
         raise ClientCAError(
             Reason.CLIENT_CA_NOT_FOUND,
@@ -110,9 +147,8 @@ async def read_client_ca(client: AsyncClient, plane: AnyPlane) -> bytes:
         secret = await client.get(Secret, location.name, namespace=location.namespace)
     except ApiError as exc:
         if exc.status.code == 404:
-            raise ClientCAError(
-                Reason.CLIENT_CA_NOT_FOUND,
-                f"Secret {location.namespace}/{location.name} not found",
-            ) from exc
+            raise location.unavailable() from exc
         raise
+    if not location.shared_with_reader(secret.metadata.annotations if secret.metadata else None):
+        raise location.unavailable()
     return ca_from_secret_data(secret.data, location)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -152,3 +153,38 @@ def test_status_subresource_separates_spec_and_status(
     assert (
         after_status_write["metadata"]["generation"] == after_spec_write["metadata"]["generation"]
     )
+
+
+def _plane_reading_secret_of(namespace: str, name: str) -> str:
+    return yaml.safe_dump(
+        {
+            "apiVersion": "openchoreo.dev/v1alpha1",
+            "kind": "WorkflowPlane",
+            "metadata": {"name": name},
+            "spec": {
+                "clusterAgent": {
+                    "clientCA": {
+                        "secretKeyRef": {"name": "agent-ca", "namespace": namespace, "key": "c"}
+                    }
+                }
+            },
+        }
+    )
+
+
+def test_naming_another_namespaces_secret_warns_at_apply(
+    control_plane: ApiServer, crds: Path, namespace: str
+) -> None:
+    """The shipped ValidatingAdmissionPolicy warns, naming the field and the consent annotation;
+    the plane's own namespace gets no warning. (The policy is live once the API server has
+    loaded it, so the first applies may pass silently.)"""
+    foreign = _plane_reading_secret_of("kube-system", "peeks")
+    deadline = time.monotonic() + 30
+    while "Warning" not in (result := _apply(control_plane, foreign, namespace)).stderr:
+        assert time.monotonic() < deadline, "the policy never warned about a foreign Secret"
+        time.sleep(0.5)
+    assert result.returncode == 0, "a warning, not a refusal (the reference example does this)"
+    assert "spec.clusterAgent.clientCA.secretKeyRef.namespace" in result.stderr
+    assert "openchoreo.dev/client-ca-shared-with" in result.stderr
+    own = _apply(control_plane, _plane_reading_secret_of(namespace, "own"), namespace)
+    assert own.returncode == 0 and "Warning" not in own.stderr, own.stderr

@@ -11,13 +11,17 @@ import yaml
 
 from tests.plane_cases import CASES, Case
 from workflowplane.api import (
+    ClientCAError,
     ClusterWorkflowPlane,
     InvalidManifest,
     WorkflowPlane,
+    ca_from_secret_data,
+    client_ca_location,
     cr_key,
     decode_plane,
     effective_plane_id,
 )
+from workflowplane.api.constants import ANNOTATION_CLIENT_CA_SHARED_WITH
 from workflowplane.api.models import ClusterWorkflowPlaneSpec, PlaneStatus, WorkflowPlaneSpec
 
 REPO = Path(__file__).resolve().parents[3]
@@ -44,7 +48,7 @@ def test_models_give_the_api_servers_verdict(case: Case) -> None:
 
 
 def _crd_schema(kind: str) -> dict[str, Any]:
-    for path in CRDS.glob("*.yaml"):
+    for path in CRDS.glob("openchoreo.dev_*.yaml"):
         crd = yaml.safe_load(path.read_text())
         if crd["spec"]["names"]["kind"] == kind:
             schema: dict[str, Any] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
@@ -123,3 +127,40 @@ def test_cr_keys_distinguish_namespaced_and_cluster_scoped() -> None:
     namespaced = decode_plane(CASES[0].manifest | {"metadata": {"name": "p", "namespace": "ns"}})
     assert cr_key(namespaced) == "ns/p"
     assert cr_key(decode_plane(CASES[5].manifest)) == "/cwp-case"
+
+
+def _with_secret_ref(kind: str, namespace: str | None, ref_namespace: str | None) -> Any:
+    ref = {"name": "agent-ca", "key": "ca.crt"}
+    if ref_namespace is not None:
+        ref["namespace"] = ref_namespace
+    return decode_plane(
+        {
+            "apiVersion": "openchoreo.dev/v1alpha1",
+            "kind": kind,
+            "metadata": {"name": "p"} | ({"namespace": namespace} if namespace else {}),
+            "spec": {"planeID": "p", "clusterAgent": {"clientCA": {"secretKeyRef": ref}}},
+        }
+    )
+
+
+def test_a_foreign_ca_secret_needs_its_consent_and_reveals_nothing_without_it() -> None:
+    own = client_ca_location(_with_secret_ref("WorkflowPlane", "tenant-a", None))
+    assert own is not None and own.namespace == "tenant-a" and not own.foreign
+    assert own.shared_with_reader(None)
+    foreign = client_ca_location(_with_secret_ref("WorkflowPlane", "tenant-a", "tenant-b"))
+    assert foreign is not None and foreign.foreign
+    assert not foreign.shared_with_reader(None)
+    assert not foreign.shared_with_reader({ANNOTATION_CLIENT_CA_SHARED_WITH: "tenant-c"})
+    assert foreign.shared_with_reader({ANNOTATION_CLIENT_CA_SHARED_WITH: "x, tenant-a"})
+    assert foreign.shared_with_reader({ANNOTATION_CLIENT_CA_SHARED_WITH: "*"})
+    # A missing key and a refusal read the same, so nothing about tenant-b leaks.
+    with pytest.raises(ClientCAError) as missing_key:
+        ca_from_secret_data({"other": "eA=="}, foreign)
+    assert str(missing_key.value) == str(foreign.unavailable())
+    assert "not found or not shared with namespace tenant-a" in str(missing_key.value)
+
+
+def test_a_cluster_workflow_plane_may_read_any_namespace() -> None:
+    location = client_ca_location(_with_secret_ref("ClusterWorkflowPlane", None, "tenant-b"))
+    assert location is not None and location.namespace == "tenant-b"
+    assert not location.foreign
