@@ -13,6 +13,7 @@ from typing import Any
 from workflowplane.api.workflows import (
     ARGO_API_VERSION,
     ARGO_WORKFLOW,
+    CLUSTER_WORKFLOW,
     EXECUTOR_ROLE,
     LABEL_MANAGED_BY,
     LABEL_RUN,
@@ -24,6 +25,19 @@ from workflowplane.api.workflows import (
 )
 from workflowplane.runs.parameters import resolve_parameters
 from workflowplane.runs.render import Renderer, RenderError, RunContext
+
+# What a namespaced Workflow (written by a tenant) may create besides its Argo Workflow: only
+# namespaced kinds that grant nothing, so a tenant cannot create cluster-scoped objects (a
+# ClusterRoleBinding) or RBAC on a shared plane. A ClusterWorkflow, written by the platform
+# team, may create any kind.
+TENANT_KINDS = frozenset(
+    {
+        ("", "ConfigMap"),
+        ("", "Secret"),
+        ("", "PersistentVolumeClaim"),
+        ("external-secrets.io", "ExternalSecret"),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -104,6 +118,8 @@ def plan_run(run: Mapping[str, Any], definition: Mapping[str, Any], plane: Plane
         rendered = _owned(
             renderer.render(item.get("template"), f"{where}.template"), target_ns, labels, where
         )
+        if definition.get("kind") != CLUSTER_WORKFLOW:
+            _check_tenant_kind(rendered, where)
         resources.append((str(item["id"]), rendered))
     workflow = _owned(
         renderer.render(spec.get("runTemplate"), "runTemplate"), target_ns, labels, "runTemplate"
@@ -122,6 +138,16 @@ def plan_run(run: Mapping[str, Any], definition: Mapping[str, Any], plane: Plane
         raise RenderError("runTemplate.spec: must be an object")
     workflow["spec"].setdefault("serviceAccountName", SERVICE_ACCOUNT)
     return RunPlan(setup=setup_objects(target_ns, labels), resources=resources, workflow=workflow)
+
+
+def _check_tenant_kind(obj: Mapping[str, Any], where: str) -> None:
+    group = obj["apiVersion"].rpartition("/")[0]
+    if (group, obj["kind"]) not in TENANT_KINDS:
+        allowed = ", ".join(sorted(kind for _, kind in TENANT_KINDS))
+        raise RenderError(
+            f"{where}: a namespaced Workflow may create only {allowed} in the run's namespace; "
+            f"{obj['apiVersion']} {obj['kind']} needs a ClusterWorkflow"
+        )
 
 
 def _owned(obj: Any, namespace: str, labels: Mapping[str, str], where: str) -> dict[str, Any]:

@@ -315,3 +315,34 @@ def test_a_plane_target_is_the_cr_and_its_plane_id_not_its_secret_store() -> Non
     assert a == PlaneTarget("ClusterWorkflowPlane", None, "default", "p1", "other")
     assert hash(a) == hash(PlaneTarget("ClusterWorkflowPlane", None, "default", "p1", ""))
     assert a != PlaneTarget("ClusterWorkflowPlane", None, "default", "p2", "vault")
+
+
+CLUSTER_ADMIN_BINDING = {
+    "id": "escalate",
+    "template": {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": "pwn"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "x"},
+    },
+}
+
+
+@pytest.mark.parametrize("kind", ["Workflow", None])
+def test_a_namespaced_workflow_may_not_create_cluster_scoped_or_rbac_objects(
+    kind: str | None,
+) -> None:
+    tenant = definition([CLUSTER_ADMIN_BINDING]) | ({"kind": kind} if kind else {})
+    with pytest.raises(
+        RenderError,
+        match=r"^resources\[escalate\]: a namespaced Workflow may create only ConfigMap, "
+        r"ExternalSecret, PersistentVolumeClaim, Secret .*"
+        r"ClusterRoleBinding needs a ClusterWorkflow",
+    ):
+        plan_run(run(), tenant, PLANE)
+
+
+def test_a_cluster_workflow_may_create_any_kind() -> None:
+    platform = definition([CLUSTER_ADMIN_BINDING]) | {"kind": "ClusterWorkflow"}
+    plan = plan_run(run(), platform, PLANE)
+    assert [rid for rid, _ in plan.resources] == ["escalate"]
