@@ -174,14 +174,14 @@ async def test_ha_agents_share_load_and_survive_one_loss(
         assert status["connectedAgents"] == 2
         used: set[str] = set()
         for _ in range(6):
-            conn = gw.gateway.registry.pick(WP, plane_id, f"{namespace}/wp")
+            conn = gw.gateway.connections.pick(WP, plane_id, f"{namespace}/wp")
             assert conn is not None
             used.add(conn.id)
         assert len(used) == 2  # round robin touches both
         for _ in range(4):
             assert (await _proxy(gw, plane_id, namespace, "GET", "/version")).status == 200
         await agents[0].stop()
-        await eventually(lambda: len(gw.gateway.registry.for_plane(WP, plane_id)) == 1)
+        await eventually(lambda: len(gw.gateway.connections.for_plane(WP, plane_id)) == 1)
         for _ in range(6):
             assert (await _proxy(gw, plane_id, namespace, "GET", "/version")).status == 200
     finally:
@@ -227,7 +227,7 @@ async def test_ca_rotation_changes_only_that_cr(
         plane_type=WP, plane_id=plane_id, event="created", namespace=namespace, name="other"
     )
     assert grant["authorizationsGranted"] == 1
-    conn = gw.gateway.registry.for_plane(WP, plane_id)[0]
+    conn = gw.gateway.connections.for_plane(WP, plane_id)[0]
     assert conn.authorized == {f"{namespace}/wp", f"{namespace}/other"}
     from workflowplane.pki import generate_ca  # noqa: PLC0415
 
@@ -276,7 +276,7 @@ async def test_bad_input_is_refused_with_the_right_status(
                 assert resp.status == 400, sneaky
         async with session.request("TRACE", url) as resp:
             assert resp.status == 405
-        conn = gw.gateway.registry.for_plane(WP, plane_id)[0]
+        conn = gw.gateway.connections.for_plane(WP, plane_id)[0]
         await conn.ws.send_str("not json")  # agents drop malformed frames and carry on
         await conn.ws.send_str(
             '{"requestID": "x", "target": "nowhere", "method": "GET", "path": "/"}'
