@@ -29,7 +29,7 @@ from workflowplane.protocol import Frame, TunnelResponse, encode
 
 log = logging.getLogger(__name__)
 StreamItem = TunnelResponse | bytes | None  # None: the stream ended
-Event = dict[str, Any]
+ConnectionEvent = dict[str, Any]
 
 
 class AgentSocket(Protocol):
@@ -121,7 +121,7 @@ class ConnectionManager:
         self._turns: defaultdict[tuple[str, str], itertools.count[int]] = defaultdict(
             itertools.count
         )
-        self._subscribers: set[asyncio.Queue[Event]] = set()
+        self._subscribers: set[asyncio.Queue[ConnectionEvent]] = set()
 
     # ---- authorization --------------------------------------------------------------------
 
@@ -252,12 +252,12 @@ class ConnectionManager:
 
     # ---- events ---------------------------------------------------------------------------
 
-    def subscribe(self) -> asyncio.Queue[Event]:
-        queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=10_000)
+    def subscribe(self) -> asyncio.Queue[ConnectionEvent]:
+        queue: asyncio.Queue[ConnectionEvent] = asyncio.Queue(maxsize=10_000)
         self._subscribers.add(queue)
         return queue
 
-    def unsubscribe(self, queue: asyncio.Queue[Event]) -> None:
+    def unsubscribe(self, queue: asyncio.Queue[ConnectionEvent]) -> None:
         self._subscribers.discard(queue)
 
     def _publish(self, kind: str, conn: AgentConnection) -> None:
