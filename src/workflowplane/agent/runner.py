@@ -15,6 +15,7 @@ from workflowplane.agent.bootstrap import AgentIdentity, load_or_create, renew
 from workflowplane.agent.config import AgentConfig
 from workflowplane.agent.tunnel import AgentTunnel
 from workflowplane.agent.upstream import Upstream
+from workflowplane.kits.errors import is_expected
 from workflowplane.pki import KeyPair
 
 log = logging.getLogger(__name__)
@@ -103,8 +104,11 @@ class Agent:
                     self.config.plane_id,
                     self.config.cert_validity_days,
                 )
-            except Exception:
-                log.exception("certificate renewal failed; will retry")
+            except Exception as exc:  # renewal must keep trying, even past a bug (logged as one)
+                if is_expected(exc):
+                    log.warning("certificate renewal failed (%s); will retry", exc)
+                else:
+                    log.exception("bug: certificate renewal raised; will retry")
                 continue
             finally:
                 await client.close()

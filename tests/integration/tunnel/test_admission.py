@@ -233,7 +233,7 @@ async def test_shared_plane_id_each_agent_only_for_its_own_cr(
                 status = await gw.client.plane_status(WP, plane_id, namespace=ns, name=name)
                 assert status["connectedAgents"] == 1
             assert (await gw.client.plane_status(WP, plane_id))["connectedAgents"] == 2
-            conns = gw.gateway.registry.for_plane(WP, plane_id)
+            conns = gw.gateway.connections.for_plane(WP, plane_id)
             assert sorted(sorted(c.authorized) for c in conns) == [[f"{ns_x}/x"], [f"{ns_y}/y"]]
         finally:
             await running_y.stop()

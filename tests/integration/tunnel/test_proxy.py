@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import ssl
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 import yarl
+from lightkube.resources.core_v1 import Secret
 
 from tests.integration.harness import (
     RunningAgent,
@@ -23,6 +25,12 @@ from tests.integration.harness import (
     start_gateway,
     unique,
     workflow_plane_cr,
+)
+from workflowplane.kits.tasks import cancel_and_wait
+from workflowplane.protocol.gateway_client import (
+    GATEWAY_NAMESPACE,
+    INTERNAL_CLIENT_SECRET,
+    client_ssl_context,
 )
 from workflowplane.testenv import ApiServer
 from workflowplane.testenv.tools import kubectl
@@ -128,7 +136,13 @@ async def test_watch_streams_events_as_they_happen(
 ) -> None:
     plane_id, agents = await _plane(control_plane, workflow_plane, gw, namespace)
     plane_ns = unique("watched")
+
+    def run(*args: str) -> None:
+        kubectl(workflow_plane.kubeconfig, workflow_plane.context, *args, "-n", plane_ns)
+
     kubectl(workflow_plane.kubeconfig, workflow_plane.context, "create", "namespace", plane_ns)
+    # A watch from "now" first lists what exists as ADDED: seeing this one means it is open.
+    run("create", "configmap", "before", "--from-literal=a=0")
     events: list[tuple[str, str]] = []
 
     async def watch() -> None:
@@ -148,20 +162,21 @@ async def test_watch_streams_events_as_they_happen(
 
     watcher = asyncio.create_task(watch())
     try:
-        await asyncio.sleep(0.5)
-
-        def run(*args: str) -> None:
-            kubectl(workflow_plane.kubeconfig, workflow_plane.context, *args, "-n", plane_ns)
-
+        await eventually(lambda: ("ADDED", "before") in events)
         run("create", "configmap", "w1", "--from-literal=a=1")
         await eventually(lambda: ("ADDED", "w1") in events)
         run("patch", "configmap", "w1", "-p", '{"data":{"a":"2"}}')
         await eventually(lambda: ("MODIFIED", "w1") in events)
         run("delete", "configmap", "w1")
         await asyncio.wait_for(watcher, 10)
-        assert [t for t, _ in events] == ["ADDED", "MODIFIED", "DELETED"]
+        assert events == [
+            ("ADDED", "before"),
+            ("ADDED", "w1"),
+            ("MODIFIED", "w1"),
+            ("DELETED", "w1"),
+        ]
     finally:
-        watcher.cancel()
+        await cancel_and_wait([watcher])
         await _stop(agents)
 
 
@@ -174,14 +189,14 @@ async def test_ha_agents_share_load_and_survive_one_loss(
         assert status["connectedAgents"] == 2
         used: set[str] = set()
         for _ in range(6):
-            conn = gw.gateway.registry.pick(WP, plane_id, f"{namespace}/wp")
+            conn = gw.gateway.connections.pick(WP, plane_id, f"{namespace}/wp")
             assert conn is not None
             used.add(conn.id)
         assert len(used) == 2  # round robin touches both
         for _ in range(4):
             assert (await _proxy(gw, plane_id, namespace, "GET", "/version")).status == 200
         await agents[0].stop()
-        await eventually(lambda: len(gw.gateway.registry.for_plane(WP, plane_id)) == 1)
+        await eventually(lambda: len(gw.gateway.connections.for_plane(WP, plane_id)) == 1)
         for _ in range(6):
             assert (await _proxy(gw, plane_id, namespace, "GET", "/version")).status == 200
     finally:
@@ -227,7 +242,7 @@ async def test_ca_rotation_changes_only_that_cr(
         plane_type=WP, plane_id=plane_id, event="created", namespace=namespace, name="other"
     )
     assert grant["authorizationsGranted"] == 1
-    conn = gw.gateway.registry.for_plane(WP, plane_id)[0]
+    conn = gw.gateway.connections.for_plane(WP, plane_id)[0]
     assert conn.authorized == {f"{namespace}/wp", f"{namespace}/other"}
     from workflowplane.pki import generate_ca  # noqa: PLC0415
 
@@ -259,7 +274,7 @@ async def test_bad_input_is_refused_with_the_right_status(
     gw = await start_gateway(control_plane, tmp_path, max_body_bytes=1024)
     plane_id, agents = await _plane(control_plane, workflow_plane, gw, namespace)
     url = gw.client.proxy_url(WP, plane_id, namespace, "wp", "/api/v1/namespaces")
-    session: aiohttp.ClientSession = gw.client._session
+    session = await _internal_session(gw)
     try:
         async with session.post(url, data=b"x" * 4096) as resp:
             assert resp.status == 413
@@ -276,17 +291,31 @@ async def test_bad_input_is_refused_with_the_right_status(
                 assert resp.status == 400, sneaky
         async with session.request("TRACE", url) as resp:
             assert resp.status == 405
-        conn = gw.gateway.registry.for_plane(WP, plane_id)[0]
+        conn = gw.gateway.connections.for_plane(WP, plane_id)[0]
         await conn.ws.send_str("not json")  # agents drop malformed frames and carry on
         await conn.ws.send_str(
             '{"requestID": "x", "target": "nowhere", "method": "GET", "path": "/"}'
         )
-        await asyncio.sleep(0.2)
+        # the agent answers "x" with a 404 nobody waits for: the gateway counts it as late
+        await eventually(lambda: _sample(gw, "workflowplane_gateway_late_responses_total") >= 1)
         assert (await _proxy(gw, plane_id, namespace, "GET", "/version")).status == 200
-        assert gw.gateway.metrics.late._value.get() >= 1  # the 404 for "x" had no waiter
     finally:
+        await session.close()
         await _stop(agents)
         await gw.stop()
+
+
+def _sample(gw: RunningGateway, name: str, **labels: str) -> float:
+    """A sample of the gateway's own metrics registry (0 before it is first recorded)."""
+    return gw.gateway.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+async def _internal_session(gw: RunningGateway) -> aiohttp.ClientSession:
+    """A raw HTTP session with the internal client certificate (the client's own is private)."""
+    secret = await gw.kube.get(Secret, INTERNAL_CLIENT_SECRET, namespace=GATEWAY_NAMESPACE)
+    data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
+    context = client_ssl_context(data["ca.crt"], data["tls.crt"], data["tls.key"])
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context))
 
 
 async def test_internal_api_requires_the_internal_client_certificate(

@@ -2,7 +2,7 @@
 
 Both plane kinds are listed once and then watched, and so are Secrets (only those some CR
 references are kept), so admitting an agent never lists anything. ``on_change`` fires when
-the set of CAs changes, so the public listener can rebuild its TLS trust.
+the set of CAs may have changed, so the public listener can rebuild its TLS trust.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography import x509
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 from lightkube.resources.core_v1 import Secret
@@ -28,13 +27,18 @@ from workflowplane.api import (
     ca_from_secret_data,
     client_ca_location,
     cr_key,
+    cr_key_of,
     decode_plane,
     effective_plane_id,
 )
-from workflowplane.pki import CertificateRejected, verify_client_certificate
+from workflowplane.api.kube import get_dict
+from workflowplane.kits.errors import NETWORK_ERRORS, is_expected
+from workflowplane.kits.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 RESTART_DELAY = 2.0
+# What a read from the API server fails with when the fault is not ours.
+KUBE_READ_ERRORS: tuple[type[BaseException], ...] = (ApiError, *NETWORK_ERRORS)
 
 
 @dataclass(frozen=True)
@@ -66,14 +70,29 @@ def entry_of(plane: AnyPlane) -> PlaneEntry:
     )
 
 
+def _watch_broke(what: str, exc: Exception) -> None:
+    """A failure of the world is a warning; anything else is a bug and says so with its trace."""
+    if is_expected(exc):
+        log.warning("watch of %s broke (%s); restarting", what, exc)
+    else:
+        log.exception("bug: watch of %s raised; restarting", what)
+
+
 class PlaneCache:
+    """The gateway's view of plane CRs and their CAs, kept current by watches.
+
+    It owns the data (entries by CR key, referenced Secrets) and the watch tasks that feed
+    it; it decides nothing about connections. The connection manager asks it for the CRs of
+    a planeID and each CR's CA; the public listener asks for the union of all CAs.
+    """
+
     def __init__(self, client: AsyncClient, on_change: Callable[[], None] = lambda: None):
         self._client = client
         self._on_change = on_change
         self.entries: dict[str, PlaneEntry] = {}
         self._secrets: dict[tuple[str, str], dict[str, str]] = {}
         self.synced = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet("plane-cache")
 
     def ca_of(self, entry: PlaneEntry) -> bytes:
         """The CR's CA PEM from the cache; ClientCAError when it is not there."""
@@ -101,18 +120,6 @@ class PlaneCache:
             except ClientCAError:
                 continue
         return b"".join(sorted(set(pems)))
-
-    def authorize(self, plane_id: str, leaf: x509.Certificate) -> tuple[set[str], dict[str, str]]:
-        """CR keys whose CA verifies ``leaf`` (each CA separately), and why the others refuse."""
-        granted: set[str] = set()
-        refused: dict[str, str] = {}
-        for entry in self.for_plane(plane_id):
-            try:
-                verify_client_certificate([leaf], self.ca_of(entry))
-                granted.add(entry.key)
-            except (ClientCAError, CertificateRejected) as exc:
-                refused[entry.key] = str(exc)
-        return granted, refused
 
     def upsert(self, entry: PlaneEntry) -> None:
         self.entries[entry.key] = entry
@@ -145,12 +152,38 @@ class PlaneCache:
                 raise
             self.put_secret(location.namespace, location.name, None)
 
-    async def run(self) -> None:
-        await asyncio.gather(
-            self._follow_planes(WorkflowPlaneResource),
-            self._follow_planes(ClusterWorkflowPlaneResource),
-            self._follow_secrets(),
-        )
+    async def fresh_ca(self, namespace: str | None, name: str) -> bytes | None:
+        """The CR's CA read from the API now (not the cache), which is updated on the way;
+        None when the CR or its CA is gone. ApiError when the API cannot say."""
+        resource: Any = WorkflowPlaneResource if namespace else ClusterWorkflowPlaneResource
+        data = await get_dict(self._client, resource, name, namespace)
+        if data is None:
+            self.remove(cr_key_of(namespace, name))
+            return None
+        data.setdefault("kind", "WorkflowPlane" if namespace else "ClusterWorkflowPlane")
+        try:
+            entry = entry_of(decode_plane(data))
+        except InvalidManifest:
+            return None
+        if entry.location is not None:
+            await self.refresh_secret(entry.location)
+        self.upsert(entry)
+        try:
+            return self.ca_of(entry)
+        except ClientCAError:
+            return None
+
+    # ---- watches ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """List and watch both plane kinds and Secrets; ``synced`` is set after the lists."""
+        self._tasks.spawn(self._follow_planes(WorkflowPlaneResource), "WorkflowPlanes")
+        self._tasks.spawn(self._follow_planes(ClusterWorkflowPlaneResource), "ClusterPlanes")
+        self._tasks.spawn(self._follow_secrets(), "Secrets")
+
+    async def close(self) -> None:
+        """Stop every watch and Secret read, and wait until they have."""
+        await self._tasks.close()
 
     async def _follow_planes(self, resource: Any) -> None:
         namespaced = resource is WorkflowPlaneResource
@@ -164,10 +197,8 @@ class PlaneCache:
                 watcher: Any = self._client.watch
                 async for event, obj in watcher(resource, namespace="*" if namespaced else None):
                     self._apply_plane(event, obj.to_dict(), resource)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a watch breaks; start it again
-                log.warning("watch of %s broke (%s); restarting", resource.__name__, exc)
+            except Exception as exc:  # noqa: BLE001 - the watch must outlive anything; see _watch_broke
+                _watch_broke(resource.__name__, exc)
             await asyncio.sleep(RESTART_DELAY)
 
     def _apply_plane(self, event: str, data: dict[str, Any], resource: Any) -> None:
@@ -185,9 +216,19 @@ class PlaneCache:
         self.upsert(entry)
         location = entry.location
         if location and (location.namespace, location.name) not in self._secrets:
-            task = asyncio.create_task(self.refresh_secret(location))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks.spawn(self._prefetch_secret(location), f"Secret {location.name}")
+
+    async def _prefetch_secret(self, location: SecretLocation) -> None:
+        """Read a newly referenced Secret now rather than when it next changes."""
+        try:
+            await self.refresh_secret(location)
+        except KUBE_READ_ERRORS as exc:
+            log.warning(
+                "cannot read Secret %s/%s yet (%s); it is read again when it changes or on notify",
+                location.namespace,
+                location.name,
+                exc,
+            )
 
     async def _follow_secrets(self) -> None:
         while True:
@@ -199,8 +240,6 @@ class PlaneCache:
                         continue
                     gone = event == "DELETED"
                     self.put_secret(meta.namespace, meta.name, None if gone else secret.data or {})
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a watch breaks; start it again
-                log.warning("watch of Secrets broke (%s); restarting", exc)
+            except Exception as exc:  # noqa: BLE001 - the watch must outlive anything; see _watch_broke
+                _watch_broke("Secrets", exc)
             await asyncio.sleep(RESTART_DELAY)

@@ -1,0 +1,278 @@
+"""Agent connections: who is connected, and every rule of which CR each may serve.
+
+``ConnectionManager`` is the one place that answers "may connection C serve CR K": it admits
+an agent (its leaf checked against each CR's CA of its planeID, separately), re-verifies
+every connection when a CR changes (notify), and picks a connection for a proxied request
+among those authorized. It also counts connections (status, the agents gauge) and tells
+subscribers of every change (the push channel the controller listens to).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+import logging
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from cryptography import x509
+
+from workflowplane.api import ClientCAError
+from workflowplane.gateway.metrics import GatewayMetrics
+from workflowplane.gateway.plane_cache import PlaneCache
+from workflowplane.kits.clock import utcnow
+from workflowplane.pki import CertificateRejected, verify_client_certificate
+from workflowplane.protocol import Frame, TunnelResponse, encode
+
+log = logging.getLogger(__name__)
+StreamItem = TunnelResponse | bytes | None  # None: the stream ended
+ConnectionEvent = dict[str, Any]
+
+
+class AgentSocket(Protocol):
+    """What the manager and the proxy need of an agent's WebSocket."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    async def send_str(self, data: str) -> None: ...
+
+    async def close(self, *, message: bytes = b"") -> bool: ...
+
+
+@dataclass(eq=False)
+class AgentConnection:
+    """One agent's WebSocket, the CRs it is authorized for, and its requests in flight."""
+
+    plane_type: str
+    plane_id: str
+    ws: AgentSocket
+    leaf: x509.Certificate
+    authorized: set[str]
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    connected_at: dt.datetime = field(default_factory=utcnow)
+    last_seen: dt.datetime = field(default_factory=utcnow)
+    pending: dict[str, asyncio.Future[TunnelResponse]] = field(default_factory=dict)
+    streams: dict[str, asyncio.Queue[StreamItem]] = field(default_factory=dict)
+    _send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def seen(self) -> None:
+        self.last_seen = utcnow()
+
+    async def send(self, frame: Frame) -> None:
+        async with self._send_lock:
+            await self.ws.send_str(encode(frame).decode())
+
+    def fail_all(self, reason: str) -> None:
+        for future in self.pending.values():
+            if not future.done():
+                future.set_exception(ConnectionError(reason))
+        for queue in self.streams.values():
+            queue.put_nowait(None)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The CRs an agent's certificate is admitted for, and why each other CR refused it."""
+
+    granted: frozenset[str]
+    refused: dict[str, str]
+
+    def why_refused(self) -> str:
+        return "; ".join(f"{k}: {v}" for k, v in sorted(self.refused.items())) or (
+            "no CR has planeID"
+        )
+
+
+@dataclass(frozen=True)
+class Reverification:
+    """What one notify changed: grants and revocations of the CR, connections closed."""
+
+    granted: int
+    revoked: int
+    disconnected: int
+
+
+def _refusal(leaf: x509.Certificate, ca: bytes) -> str | None:
+    """Why ``ca`` does not admit ``leaf``; None when it does. The one verification rule."""
+    try:
+        verify_client_certificate([leaf], ca)
+    except CertificateRejected as exc:
+        return str(exc)
+    return None
+
+
+class ConnectionManager:
+    """Owns the open agent connections and every authorization decision about them.
+
+    Connections come and go through ``connect``/``disconnect`` (the /ws handler); what a
+    connection may serve changes only here: at admission (``admit``) and on notify
+    (``reverify``). ``pick`` and ``status`` read the result. CAs come from the plane cache;
+    this class keeps no copy of them.
+    """
+
+    def __init__(self, planes: PlaneCache, metrics: GatewayMetrics) -> None:
+        self._planes = planes
+        self._metrics = metrics
+        self._connections: dict[str, AgentConnection] = {}
+        self._turns: defaultdict[tuple[str, str], itertools.count[int]] = defaultdict(
+            itertools.count
+        )
+        self._subscribers: set[asyncio.Queue[ConnectionEvent]] = set()
+
+    # ---- authorization --------------------------------------------------------------------
+
+    def admit(self, plane_id: str, leaf: x509.Certificate) -> Admission:
+        """Check ``leaf`` against the CA of each CR of ``plane_id`` separately."""
+        granted: set[str] = set()
+        refused: dict[str, str] = {}
+        for entry in self._planes.for_plane(plane_id):
+            try:
+                reason = _refusal(leaf, self._planes.ca_of(entry))
+            except ClientCAError as exc:
+                reason = str(exc)
+            if reason is None:
+                granted.add(entry.key)
+            else:
+                refused[entry.key] = reason
+        return Admission(frozenset(granted), refused)
+
+    async def reverify(
+        self, plane_type: str, plane_id: str, key: str, ca: bytes | None
+    ) -> Reverification:
+        """Grant or revoke CR ``key`` (now of ``plane_type``/``plane_id``, trusting ``ca``,
+        None when it is gone) on every connection; other CRs are untouched.
+
+        Connections of the CR's plane are re-verified against its CA; connections of any other
+        planeID lose the CR (its planeID changed), so requests for it can only reach its plane.
+        A connection left authorized for no CR is closed.
+        """
+        granted: list[str] = []
+        revoked: list[str] = []
+        closing: list[AgentConnection] = []
+        for conn in list(self._connections.values()):
+            if key not in conn.authorized and conn.plane_id != plane_id:
+                continue
+            same_plane = (conn.plane_type, conn.plane_id) == (plane_type, plane_id)
+            allowed = same_plane and ca is not None and _refusal(conn.leaf, ca) is None
+            if allowed and key not in conn.authorized:
+                conn.authorized.add(key)
+                granted.append(conn.id)
+            elif not allowed and key in conn.authorized:
+                conn.authorized.discard(key)
+                revoked.append(conn.id)
+            if not conn.authorized:
+                closing.append(conn)
+            elif conn.id in granted or conn.id in revoked:
+                self._publish("authorization", conn)
+        for conn in closing:
+            log.info("closing agent %s: no CR authorizes it any more", conn.id)
+            await conn.ws.close(message=b"no longer authorized")
+        return Reverification(len(granted), len(revoked), len(closing))
+
+    def authorized(self, plane_type: str, plane_id: str, key: str) -> list[AgentConnection]:
+        """The connections of this plane that may serve CR ``key``."""
+        return [c for c in self.for_plane(plane_type, plane_id) if key in c.authorized]
+
+    def pick(self, plane_type: str, plane_id: str, key: str) -> AgentConnection | None:
+        """Round-robin over the connections authorized for one CR."""
+        candidates = sorted(self.authorized(plane_type, plane_id, key), key=lambda c: c.id)
+        if not candidates:
+            return None
+        return candidates[next(self._turns[(plane_id, key)]) % len(candidates)]
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    def connect(self, conn: AgentConnection) -> None:
+        """Register an admitted connection (its ``authorized`` from ``admit``)."""
+        self._connections[conn.id] = conn
+        self._count_agents(conn.plane_id)
+        self._publish("connected", conn)
+
+    def disconnect(self, conn: AgentConnection) -> None:
+        """Forget a connection; its requests in flight fail at once."""
+        if self._connections.pop(conn.id, None) is not None:
+            conn.fail_all("agent disconnected")
+            self._count_agents(conn.plane_id)
+            self._publish("disconnected", conn)
+
+    async def close_plane(self, plane_type: str, plane_id: str, message: bytes) -> int:
+        """Close every connection of one plane (agents reconnect); how many there were."""
+        conns = self.for_plane(plane_type, plane_id)
+        for conn in conns:
+            await conn.ws.close(message=message)
+        return len(conns)
+
+    async def close_all(self, message: bytes) -> None:
+        for conn in list(self._connections.values()):
+            await conn.ws.close(message=message)
+
+    def _count_agents(self, plane_id: str) -> None:
+        count = sum(1 for c in self._connections.values() if c.plane_id == plane_id)
+        self._metrics.agents.labels(plane_id).set(count)
+
+    # ---- status ---------------------------------------------------------------------------
+
+    def for_plane(self, plane_type: str, plane_id: str) -> list[AgentConnection]:
+        return [
+            c
+            for c in self._connections.values()
+            if c.plane_id == plane_id and c.plane_type == plane_type
+        ]
+
+    def status(self, plane_type: str, plane_id: str, key: str | None) -> dict[str, Any]:
+        """Connections of a plane, or of a plane authorized for CR ``key``."""
+        conns = (
+            self.authorized(plane_type, plane_id, key)
+            if key is not None
+            else self.for_plane(plane_type, plane_id)
+        )
+        last_seen = max((c.last_seen for c in conns), default=None)
+        return {
+            "planeType": plane_type,
+            "planeID": plane_id,
+            "connected": bool(conns),
+            "connectedAgents": len(conns),
+            "lastSeen": last_seen.isoformat() if last_seen else None,
+        }
+
+    def all_status(self) -> list[dict[str, Any]]:
+        planes = sorted({(c.plane_type, c.plane_id) for c in self._connections.values()})
+        result = []
+        for plane_type, plane_id in planes:
+            entry = self.status(plane_type, plane_id, None)
+            entry["crs"] = sorted(
+                {k for c in self.for_plane(plane_type, plane_id) for k in c.authorized}
+            )
+            result.append(entry)
+        return result
+
+    # ---- events ---------------------------------------------------------------------------
+
+    def subscribe(self) -> asyncio.Queue[ConnectionEvent]:
+        queue: asyncio.Queue[ConnectionEvent] = asyncio.Queue(maxsize=10_000)
+        self._subscribers.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[ConnectionEvent]) -> None:
+        self._subscribers.discard(queue)
+
+    def _publish(self, kind: str, conn: AgentConnection) -> None:
+        event = {
+            "type": kind,
+            "planeType": conn.plane_type,
+            "planeID": conn.plane_id,
+            "crKeys": sorted(conn.authorized),
+            "agentID": conn.id,
+            "connectedAgents": len(self.for_plane(conn.plane_type, conn.plane_id)),
+            "lastSeen": conn.last_seen.isoformat(),
+        }
+        for queue in list(self._subscribers):
+            try:
+                queue.put_nowait(event)
+            except asyncio.QueueFull:
+                log.warning("an event subscriber is not reading; dropping it")
+                self._subscribers.discard(queue)

@@ -1,0 +1,140 @@
+"""TLS contexts of the gateway's listeners.
+
+Python's ssl cannot ask for a client certificate without verifying it, so the public context
+trusts the union of all plane CAs; ``PublicTLS`` rebuilds that context whenever the union
+changes and swaps it in for each new handshake through ``sni_callback`` (clients that send no
+SNI included). The per-CR check runs after the handshake, in the connection manager.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from workflowplane.gateway.metrics import GatewayMetrics
+from workflowplane.pki import KeyPair
+
+log = logging.getLogger(__name__)
+TLS_ALERT_RECORD = 21  # TLS record content type "alert"
+TLS_FATAL = 2
+TLS_ALERTS = {
+    42: "bad certificate",
+    43: "unsupported certificate (wrong key usage?)",
+    44: "certificate revoked",
+    45: "certificate expired",
+    46: "certificate unknown",
+    48: "unknown CA: no plane CR trusts the agent's CA",
+    116: "certificate required",
+}
+
+
+def split_pems(bundle: bytes) -> list[str]:
+    """Each PEM block of a bundle on its own, so that one bad block can be skipped."""
+    marker = "-----END CERTIFICATE-----"
+    blocks = bundle.decode(errors="replace").split(marker)
+    return [block.strip() + "\n" + marker + "\n" for block in blocks if "BEGIN" in block]
+
+
+@dataclass(frozen=True)
+class ChainFiles:
+    """The server certificate and key as files (``load_cert_chain`` reads only files)."""
+
+    cert: Path
+    key: Path
+
+    @classmethod
+    def write(cls, directory: Path, pair: KeyPair) -> ChainFiles:
+        files = cls(directory / "tls.crt", directory / "tls.key")
+        for path, data in ((files.cert, pair.cert_pem), (files.key, pair.key_pem)):
+            path.write_bytes(data)
+            path.chmod(0o600)
+        return files
+
+
+def server_context(
+    chain: ChainFiles, client_cas: bytes | None, *, required: bool
+) -> ssl.SSLContext:
+    """A server context presenting ``chain``; client certificates verified against
+    ``client_cas`` (required, or optional so /ws can answer 401 with a reason)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(chain.cert, chain.key)
+    context.verify_mode = ssl.CERT_REQUIRED if required else ssl.CERT_OPTIONAL
+    for pem in split_pems(client_cas or b""):
+        try:
+            context.load_verify_locations(cadata=pem)
+        except ssl.SSLError as exc:  # one CR's bad PEM must not lock every agent out
+            log.warning("skipping an unloadable client CA: %s", exc)
+    return context
+
+
+def report_sent_alerts(context: ssl.SSLContext, report: Callable[[str], None]) -> None:
+    """Call ``report`` with the reason of each fatal TLS alert this context sends.
+
+    A handshake refused for the client's certificate never reaches /ws, and Python's ssl has
+    no public hook that sees it: only the private ``_msg_callback`` (CPython's message
+    callback, meant for debugging). Without it (another Python), refusals go unlogged and
+    nothing else changes. Python looks the callback up on the context the handshake ends on,
+    so every public context needs it.
+    """
+    if not hasattr(context, "_msg_callback"):
+        return
+
+    def on_message(
+        _conn: object,
+        direction: str,
+        _version: object,
+        content_type: object,
+        _msg_type: object,
+        data: bytes,
+    ) -> None:
+        if direction != "write" or content_type != TLS_ALERT_RECORD:
+            return
+        if len(data) >= 2 and data[0] == TLS_FATAL:
+            report(TLS_ALERTS.get(data[1], f"alert {data[1]}"))
+
+    context._msg_callback = on_message
+
+
+class PublicTLS:
+    """The public (agent) listener's TLS: trusts every plane CA, swapped in per handshake.
+
+    Owns the current context; ``trust`` is fed the union of CAs by the plane cache's changes.
+    """
+
+    def __init__(self, chain: ChainFiles, metrics: GatewayMetrics) -> None:
+        self._chain = chain
+        self._metrics = metrics
+        self._trusted: bytes | None = None
+        self._current: ssl.SSLContext | None = None
+
+    def trust(self, cas: bytes) -> None:
+        """Rebuild the context when the union of plane CAs changed."""
+        if cas == self._trusted:
+            return
+        self._trusted = cas
+        self._current = self._context(cas or None)
+
+    def listener_context(self) -> ssl.SSLContext:
+        """The context the listener starts with; each handshake switches to the current one."""
+        base = self._context(None)
+        base.sni_callback = self._select
+        return base
+
+    def _context(self, cas: bytes | None) -> ssl.SSLContext:
+        context = server_context(self._chain, cas, required=False)
+        report_sent_alerts(context, self._refused)
+        return context
+
+    def _select(
+        self, ssl_object: ssl.SSLObject, _server_name: str | None, _context: ssl.SSLContext
+    ) -> None:
+        if self._current is not None:
+            ssl_object.context = self._current
+
+    def _refused(self, reason: str) -> None:
+        self._metrics.rejected.labels("tls-" + reason.replace(" ", "-")).inc()
+        log.warning("agent refused during TLS handshake: %s", reason)

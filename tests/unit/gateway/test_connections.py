@@ -1,0 +1,245 @@
+"""The connection manager's rules, without servers: admission per CR, re-verification on
+notify across planeIDs, round-robin, status counts, events and the agents gauge."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from workflowplane.api import SecretLocation
+from workflowplane.gateway.connections import AgentConnection, ConnectionManager
+from workflowplane.gateway.metrics import GatewayMetrics
+from workflowplane.gateway.plane_cache import PlaneCache, PlaneEntry
+from workflowplane.pki import KeyPair, generate_ca, issue_certificate
+
+WP = "workflowplane"
+
+
+class FakeSocket:
+    """Stands in for an agent's WebSocket: remembers being closed and why."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.close_message: bytes | None = None
+
+    async def send_str(self, data: str) -> None:
+        raise AssertionError(f"nothing should be sent here: {data}")
+
+    async def close(self, *, message: bytes = b"") -> bool:
+        self.closed, self.close_message = True, message
+        return True
+
+
+@pytest.fixture(scope="module")
+def ca_a() -> KeyPair:
+    return generate_ca("agent-ca-a")
+
+
+@pytest.fixture(scope="module")
+def ca_b() -> KeyPair:
+    return generate_ca("agent-ca-b")
+
+
+def _entry(key: str, plane_id: str, ca: KeyPair | None) -> PlaneEntry:
+    namespace, name = key.split("/")
+    location = None if ca else SecretLocation(namespace, "missing", "ca.crt")
+    return PlaneEntry(
+        key, "WorkflowPlane", namespace, name, plane_id, ca.cert_pem if ca else None, location
+    )
+
+
+def _manager(*entries: PlaneEntry) -> tuple[ConnectionManager, PlaneCache, GatewayMetrics]:
+    planes = PlaneCache(None)  # type: ignore[arg-type]  # fed by hand, never watches
+    for entry in entries:
+        planes.upsert(entry)
+    metrics = GatewayMetrics()
+    return ConnectionManager(planes, metrics), planes, metrics
+
+
+def _join(
+    manager: ConnectionManager, plane_id: str, ca: KeyPair, ident: str | None = None
+) -> AgentConnection:
+    """Admit a leaf issued by ``ca`` for ``plane_id`` and connect it, as /ws does."""
+    leaf = issue_certificate(ca, f"agent-{plane_id}").certificate
+    admission = manager.admit(plane_id, leaf)
+    assert admission.granted, admission.why_refused()
+    extra = {"id": ident} if ident else {}
+    conn = AgentConnection(WP, plane_id, FakeSocket(), leaf, set(admission.granted), **extra)
+    manager.connect(conn)
+    return conn
+
+
+def _conn(plane: str, keys: set[str], ident: str) -> AgentConnection:
+    return AgentConnection(WP, plane, FakeSocket(), None, keys, id=ident)  # type: ignore[arg-type]
+
+
+def test_each_cr_of_the_plane_id_is_checked_against_its_own_ca(
+    ca_a: KeyPair, ca_b: KeyPair
+) -> None:
+    manager, _, _ = _manager(
+        _entry("ns/a", "p", ca_a),
+        _entry("ns/b", "p", ca_b),
+        _entry("ns/secret", "p", None),  # its Secret is not in the cache
+        _entry("ns/elsewhere", "q", ca_a),  # trusts the CA, but for another planeID
+    )
+    leaf = issue_certificate(ca_a, "agent").certificate
+    admission = manager.admit("p", leaf)
+    assert admission.granted == {"ns/a"}
+    assert set(admission.refused) == {"ns/b", "ns/secret"}
+    assert "not signed by this CA" in admission.refused["ns/b"]
+    assert "ns/missing not found" in admission.refused["ns/secret"]
+    refused = manager.admit("nowhere", leaf)
+    assert not refused.granted and refused.why_refused() == "no CR has planeID"
+
+
+def test_round_robin_only_over_connections_authorized_for_the_cr() -> None:
+    manager, _, _ = _manager()
+    for conn in (
+        _conn("p", {"a/x"}, "1"),
+        _conn("p", {"a/x", "b/y"}, "2"),
+        _conn("p", {"b/y"}, "3"),
+        _conn("q", {"a/x"}, "4"),
+    ):
+        manager.connect(conn)
+    picks = [manager.pick(WP, "p", "a/x").id for _ in range(6)]  # type: ignore[union-attr]
+    assert picks == ["1", "2"] * 3  # alternates; "3" and plane q are never chosen
+    assert manager.pick(WP, "p", "c/z") is None
+    status = manager.status(WP, "p", "b/y")
+    assert status["connectedAgents"] == 2 and status["connected"] is True
+    assert manager.status(WP, "p", None)["connectedAgents"] == 3
+    assert manager.status(WP, "r", None) == {
+        "planeType": WP,
+        "planeID": "r",
+        "connected": False,
+        "connectedAgents": 0,
+        "lastSeen": None,
+    }
+
+
+def test_all_status_counts_each_plane_and_lists_its_crs() -> None:
+    manager, _, _ = _manager()
+    for conn in (_conn("p", {"a/x"}, "1"), _conn("p", {"b/y"}, "2"), _conn("q", {"c/z"}, "3")):
+        manager.connect(conn)
+    summary = {(s["planeID"], s["connectedAgents"]): s["crs"] for s in manager.all_status()}
+    assert summary == {("p", 2): ["a/x", "b/y"], ("q", 1): ["c/z"]}
+
+
+def test_events_reach_subscribers_with_the_cr_keys() -> None:
+    manager, _, _ = _manager()
+    queue = manager.subscribe()
+    conn = _conn("p", {"a/x"}, "1")
+    manager.connect(conn)
+    manager.disconnect(conn)
+    manager.disconnect(conn)  # a second time is no event
+    first: dict[str, Any] = queue.get_nowait()
+    second: dict[str, Any] = queue.get_nowait()
+    assert queue.empty()
+    assert (first["type"], second["type"]) == ("connected", "disconnected")
+    assert first["crKeys"] == ["a/x"] and first["planeID"] == "p"
+    assert (first["connectedAgents"], second["connectedAgents"]) == (1, 0)
+    assert dt.datetime.fromisoformat(second["lastSeen"])
+    manager.unsubscribe(queue)
+    manager.connect(_conn("p", {"a/x"}, "2"))
+    assert queue.empty()
+
+
+def test_the_agents_gauge_follows_connections_per_plane_id() -> None:
+    manager, _, metrics = _manager()
+    gauge = "workflowplane_gateway_connected_agents"
+    first, second = _conn("p", {"a/x"}, "1"), _conn("p", {"a/x"}, "2")
+    manager.connect(first)
+    manager.connect(second)
+    manager.connect(_conn("q", {"b/y"}, "3"))
+    assert metrics.registry.get_sample_value(gauge, {"plane_id": "p"}) == 2
+    manager.disconnect(first)
+    assert metrics.registry.get_sample_value(gauge, {"plane_id": "p"}) == 1
+    assert metrics.registry.get_sample_value(gauge, {"plane_id": "q"}) == 1
+
+
+async def test_a_disconnect_fails_the_requests_in_flight() -> None:
+    manager, _, _ = _manager()
+    conn = _conn("p", {"a/x"}, "1")
+    manager.connect(conn)
+    waiting = asyncio.get_running_loop().create_future()
+    conn.pending["r"] = waiting
+    conn.streams["s"] = asyncio.Queue()
+    manager.disconnect(conn)
+    with pytest.raises(ConnectionError, match="agent disconnected"):
+        await waiting
+    assert conn.streams["s"].get_nowait() is None
+
+
+async def test_notify_grants_a_new_cr_to_the_connections_its_ca_verifies(
+    ca_a: KeyPair, ca_b: KeyPair
+) -> None:
+    manager, planes, _ = _manager(_entry("ns/a", "p", ca_a), _entry("ns/b", "p", ca_b))
+    by_a, by_b = _join(manager, "p", ca_a), _join(manager, "p", ca_b)
+    queue = manager.subscribe()
+    planes.upsert(_entry("ns/new", "p", ca_a))
+    result = await manager.reverify(WP, "p", "ns/new", ca_a.cert_pem)
+    assert (result.granted, result.revoked, result.disconnected) == (1, 0, 0)
+    assert by_a.authorized == {"ns/a", "ns/new"} and by_b.authorized == {"ns/b"}
+    event = queue.get_nowait()
+    assert event["type"] == "authorization" and event["agentID"] == by_a.id
+    assert event["crKeys"] == ["ns/a", "ns/new"] and queue.empty()
+    again = await manager.reverify(WP, "p", "ns/new", ca_a.cert_pem)
+    assert (again.granted, again.revoked, again.disconnected) == (0, 0, 0)
+    assert queue.empty()  # nothing changed, nothing published
+
+
+async def test_notify_with_a_rotated_ca_revokes_only_that_cr(ca_a: KeyPair, ca_b: KeyPair) -> None:
+    manager, _, _ = _manager(_entry("ns/a", "p", ca_a), _entry("ns/other", "p", ca_a))
+    conn = _join(manager, "p", ca_a)
+    assert conn.authorized == {"ns/a", "ns/other"}
+    result = await manager.reverify(WP, "p", "ns/other", ca_b.cert_pem)
+    assert (result.granted, result.revoked, result.disconnected) == (0, 1, 0)
+    assert conn.authorized == {"ns/a"} and not conn.ws.closed
+    assert manager.pick(WP, "p", "ns/other") is None
+    assert manager.pick(WP, "p", "ns/a") is conn
+
+
+async def test_a_cr_moved_to_another_plane_id_leaves_the_old_plane(ca_a: KeyPair) -> None:
+    manager, _, _ = _manager(
+        _entry("ns/moving", "p", ca_a), _entry("ns/stays", "p", ca_a), _entry("ns/q", "q", ca_a)
+    )
+    on_p, on_q = _join(manager, "p", ca_a, "on-p"), _join(manager, "q", ca_a, "on-q")
+    only_moving = AgentConnection(WP, "p", FakeSocket(), on_p.leaf, {"ns/moving"}, id="lone")
+    manager.connect(only_moving)
+    result = await manager.reverify(WP, "q", "ns/moving", ca_a.cert_pem)
+    assert on_p.authorized == {"ns/stays"} and not on_p.ws.closed
+    assert on_q.authorized == {"ns/q", "ns/moving"}
+    assert only_moving.authorized == set()
+    assert only_moving.ws.closed and only_moving.ws.close_message == b"no longer authorized"  # type: ignore[attr-defined]
+    assert (result.granted, result.revoked, result.disconnected) == (1, 2, 1)
+    assert manager.pick(WP, "p", "ns/moving") is None
+    assert manager.pick(WP, "q", "ns/moving") is on_q
+
+
+async def test_a_deleted_cr_is_revoked_and_connections_left_with_none_are_closed(
+    ca_a: KeyPair,
+) -> None:
+    manager, _, _ = _manager(_entry("ns/keep", "p", ca_a), _entry("ns/drop", "p", ca_a))
+    both = _join(manager, "p", ca_a)
+    only_drop = AgentConnection(WP, "p", FakeSocket(), both.leaf, {"ns/drop"})
+    manager.connect(only_drop)
+    result = await manager.reverify(WP, "p", "ns/drop", None)
+    assert (result.granted, result.revoked, result.disconnected) == (0, 2, 1)
+    assert both.authorized == {"ns/keep"} and not both.ws.closed
+    assert only_drop.ws.closed
+    # closing is the /ws handler's cue to disconnect; until then status still counts it
+    manager.disconnect(only_drop)
+    assert manager.status(WP, "p", None)["connectedAgents"] == 1
+
+
+async def test_reconnect_closes_every_connection_of_one_plane() -> None:
+    manager, _, _ = _manager()
+    conns = [_conn("p", {"a/x"}, "1"), _conn("p", {"b/y"}, "2"), _conn("q", {"a/x"}, "3")]
+    for conn in conns:
+        manager.connect(conn)
+    assert await manager.close_plane(WP, "p", b"reconnect requested") == 2
+    assert [c.ws.closed for c in conns] == [True, True, False]
+    await manager.close_all(b"bye")
+    assert conns[2].ws.closed
