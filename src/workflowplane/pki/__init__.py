@@ -10,6 +10,7 @@ from workflowplane.pki.certs import (
     load_private_key,
     not_valid_after,
     sha256_fingerprint,
+    uri_sans,
     verify_client_certificate,
 )
 
@@ -23,5 +24,6 @@ __all__ = [
     "load_private_key",
     "not_valid_after",
     "sha256_fingerprint",
+    "uri_sans",
     "verify_client_certificate",
 ]

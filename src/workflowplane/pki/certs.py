@@ -144,11 +144,21 @@ def generate_ca(
 
 
 def _subject_alt_names(
-    dns_names: Iterable[str], ip_addresses: Iterable[str]
+    dns_names: Iterable[str], ip_addresses: Iterable[str], uris: Iterable[str] = ()
 ) -> list[x509.GeneralName]:
     names: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
     names.extend(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses)
+    names.extend(x509.UniformResourceIdentifier(uri) for uri in uris)
     return names
+
+
+def uri_sans(cert: x509.Certificate) -> list[str]:
+    """The certificate's URI subject alternative names (none when it has no SAN extension)."""
+    try:
+        extension = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return []
+    return list(extension.value.get_values_for_type(x509.UniformResourceIdentifier))
 
 
 def issue_certificate(
@@ -159,6 +169,7 @@ def issue_certificate(
     server: bool = False,
     dns_names: Sequence[str] = (),
     ip_addresses: Sequence[str] = (),
+    uris: Sequence[str] = (),
     organization: str | None = None,
     valid_for: dt.timedelta = dt.timedelta(days=365),
     not_before: dt.datetime | None = None,
@@ -202,7 +213,7 @@ def issue_certificate(
             critical=False,
         )
     )
-    alt_names = _subject_alt_names(dns_names, ip_addresses)
+    alt_names = _subject_alt_names(dns_names, ip_addresses, uris)
     if alt_names:
         builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
     cert = builder.sign(ca.private_key, hashes.SHA256())
