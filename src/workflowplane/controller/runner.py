@@ -21,7 +21,7 @@ from workflowplane.controller.operator import (
     register_login,
 )
 from workflowplane.controller.reconciler import PlaneReconciler
-from workflowplane.runs.operator import RunsController, register_runs
+from workflowplane.runs.run_handlers import RunsController, register_runs
 
 log = logging.getLogger(__name__)
 
