@@ -29,9 +29,11 @@ from workflowplane.api.planes import (
     WorkflowPlaneResource,
     ca_from_secret_data,
     client_ca_location,
+    client_ca_location_of,
     cr_key,
     cr_key_of,
     effective_plane_id,
+    plane_id_of,
     read_client_ca,
 )
 
@@ -57,11 +59,13 @@ __all__ = [
     "WorkflowPlaneResource",
     "ca_from_secret_data",
     "client_ca_location",
+    "client_ca_location_of",
     "cr_key",
     "cr_key_of",
     "decode",
     "decode_plane",
     "effective_plane_id",
+    "plane_id_of",
     "read_client_ca",
     "to_builtins",
 ]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
@@ -46,9 +48,19 @@ def cr_key(plane: AnyPlane) -> str:
     return cr_key_of(namespace, plane.metadata.name)
 
 
+def _plane_id(plane_id: str | None, name: str) -> str:
+    """The rule itself: spec.planeID, or the CR name when there is none (never written back)."""
+    return plane_id or name
+
+
 def effective_plane_id(plane: AnyPlane) -> str:
     """spec.planeID, or the CR name for a WorkflowPlane without one (never written back)."""
-    return plane.spec.plane_id or plane.metadata.name
+    return _plane_id(plane.spec.plane_id, plane.metadata.name)
+
+
+def plane_id_of(raw: Mapping[str, Any]) -> str:
+    """:func:`effective_plane_id` of a plane still in wire form (a watch event, a raw read)."""
+    return _plane_id((raw.get("spec") or {}).get("planeID"), raw["metadata"]["name"])
 
 
 @dataclass(frozen=True)
@@ -65,13 +77,31 @@ def client_ca_location(plane: AnyPlane) -> SecretLocation | None:
     ref: SecretKeyReference | None = plane.spec.cluster_agent.client_ca.secret_key_ref
     if ref is None:
         return None
-    namespace = ref.namespace or plane.metadata.namespace
-    if not namespace:
+    return _location(ref.name, ref.key, ref.namespace, plane.metadata.namespace)
+
+
+def client_ca_location_of(raw: Mapping[str, Any]) -> SecretLocation | None:
+    """:func:`client_ca_location` of a plane still in wire form (a watch event, a raw read)."""
+    client_ca = ((raw.get("spec") or {}).get("clusterAgent") or {}).get("clientCA") or {}
+    ref = client_ca.get("secretKeyRef")
+    if not ref:
+        return None
+    meta = raw.get("metadata") or {}
+    return _location(
+        ref.get("name", ""), ref.get("key", ""), ref.get("namespace"), meta.get("namespace")
+    )
+
+
+def _location(
+    name: str, key: str, namespace: str | None, cr_namespace: str | None
+) -> SecretLocation:
+    """The rule itself: the reference's namespace, else the CR's; a cluster-scoped CR has none."""
+    if not (namespace or cr_namespace):
         raise ClientCAError(
             Reason.CLIENT_CA_NOT_FOUND,
             "clientCA.secretKeyRef.namespace is required on a cluster-scoped plane",
         )
-    return SecretLocation(namespace, ref.name, ref.key)
+    return SecretLocation(namespace or cr_namespace or "", name, key)
 
 
 class ClientCAError(Exception):
