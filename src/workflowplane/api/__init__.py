@@ -23,6 +23,7 @@ from workflowplane.api.models import (
     to_builtins,
 )
 from workflowplane.api.planes import (
+    PLANE_RESOURCES,
     ClientCAError,
     ClusterWorkflowPlaneResource,
     SecretLocation,
@@ -44,6 +45,7 @@ __all__ = [
     "CLUSTER_WORKFLOW_PLANE",
     "FINALIZERS",
     "GROUP",
+    "PLANE_RESOURCES",
     "PLANE_TYPE",
     "VERSION",
     "WORKFLOW_PLANE",

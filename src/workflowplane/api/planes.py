@@ -36,6 +36,11 @@ ObservabilityPlaneResource = create_namespaced_resource(
 ClusterObservabilityPlaneResource = create_global_resource(
     GROUP, VERSION, "ClusterObservabilityPlane", "clusterobservabilityplanes", verbs=None
 )
+# The lightkube resource of each plane kind, for code that is handed a kind.
+PLANE_RESOURCES: dict[str, Any] = {
+    WORKFLOW_PLANE: WorkflowPlaneResource,
+    CLUSTER_WORKFLOW_PLANE: ClusterWorkflowPlaneResource,
+}
 
 
 def cr_key_of(namespace: str | None, name: str) -> str:

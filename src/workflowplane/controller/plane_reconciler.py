@@ -24,15 +24,12 @@ from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 
 from workflowplane.api import (
-    CLUSTER_WORKFLOW_PLANE,
     FINALIZERS,
+    PLANE_RESOURCES,
     PLANE_TYPE,
-    WORKFLOW_PLANE,
     AnyPlane,
     ClientCAError,
-    ClusterWorkflowPlaneResource,
     InvalidManifest,
-    WorkflowPlaneResource,
     decode_plane,
     effective_plane_id,
     plane_id_of,
@@ -69,10 +66,6 @@ from workflowplane.kits.clock import Clock, parse_rfc3339, utcnow
 from workflowplane.kits.errors import NETWORK_ERRORS, Failure, is_transient
 
 log = logging.getLogger(__name__)
-RESOURCES: dict[str, Any] = {
-    WORKFLOW_PLANE: WorkflowPlaneResource,
-    CLUSTER_WORKFLOW_PLANE: ClusterWorkflowPlaneResource,
-}
 EXTERNAL_SECRETS_VERSIONS = ("v1", "v1beta1")
 # What a gateway call can fail with that is the world's fault (anything else is a bug).
 GATEWAY_FAILURES: tuple[type[BaseException], ...] = (Failure, *NETWORK_ERRORS)
@@ -165,7 +158,7 @@ class PlaneReconciler:
     # ---- observations ------------------------------------------------------------------------
 
     async def _get(self, ref: PlaneRef) -> dict[str, Any] | None:
-        data = await get_dict(self._kube, RESOURCES[ref.kind], ref.name, ref.namespace)
+        data = await get_dict(self._kube, PLANE_RESOURCES[ref.kind], ref.name, ref.namespace)
         if data is not None:
             data.setdefault("kind", ref.kind)
         return data
@@ -295,7 +288,7 @@ class PlaneReconciler:
         try:
             await merge_patch(
                 self._kube,
-                RESOURCES[ref.kind],
+                PLANE_RESOURCES[ref.kind],
                 ref.name,
                 body,
                 namespace=ref.namespace,

@@ -12,21 +12,13 @@ from typing import Any
 
 from lightkube import AsyncClient
 
-from workflowplane.api.constants import CLUSTER_WORKFLOW_PLANE, WORKFLOW_PLANE
+from workflowplane.api.constants import WORKFLOW_PLANE
 from workflowplane.api.kube import get_dict
-from workflowplane.api.planes import (
-    ClusterWorkflowPlaneResource,
-    WorkflowPlaneResource,
-    plane_id_of,
-)
+from workflowplane.api.planes import PLANE_RESOURCES, plane_id_of
 from workflowplane.api.workflows import PLANE_ANNOTATION
 from workflowplane.runs.plan import PlaneTarget
 
 log = logging.getLogger(__name__)
-PLANE_RESOURCES: dict[str, Any] = {
-    WORKFLOW_PLANE: WorkflowPlaneResource,
-    CLUSTER_WORKFLOW_PLANE: ClusterWorkflowPlaneResource,
-}
 
 
 async def plane_target(
