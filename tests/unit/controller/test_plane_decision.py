@@ -327,67 +327,61 @@ def test_agent_connection_is_kept_while_the_gateway_cannot_say() -> None:
     assert decision.status["agentConnection"] == before["status"]["agentConnection"]
 
 
-SECRET_STORE_CASES = {
-    "no secretStoreRef: no condition": (None, None),
-    "no agent to ask": (
-        SecretStoreCheck("vault", None),
-        ("Unknown", Reason.AGENT_NOT_CONNECTED),
-    ),
-    "found in the plane": (
-        SecretStoreCheck("vault", Verdict("True", "SecretStoreFound", "exists")),
-        ("True", "SecretStoreFound"),
-    ),
-    "missing in the plane": (
-        SecretStoreCheck("vault", Verdict("False", "SecretStoreNotFound", "absent")),
-        ("False", "SecretStoreNotFound"),
-    ),
-}
-
-
-@pytest.mark.parametrize(
-    ("check", "expected"), SECRET_STORE_CASES.values(), ids=SECRET_STORE_CASES.keys()
-)
-def test_secret_store_condition(
-    check: SecretStoreCheck | None, expected: tuple[str, str] | None
-) -> None:
-    agents = NO_AGENTS if check is not None and check.verdict is None else CONNECTED
-    before = settled()
-    decision = decide_status(
-        seen(before, secret_store=check, agents=agents), None, resync_seconds=RESYNC
-    )
-    status = decision.status or before["status"]
-    condition = find_condition(status["conditions"], "SecretStoreReady")
-    if expected is None:
-        assert condition is None
-    else:
-        assert condition is not None and (condition["status"], condition["reason"]) == expected
-
-
 DEFAULT = ObservabilityTarget("ObservabilityPlane", "default", explicit=False)
 EXPLICIT = ObservabilityTarget("ClusterObservabilityPlane", "shared", explicit=True)
-OBSERVABILITY_CASES = {
-    "nothing to resolve": (None, None),
-    "namespace default absent: no condition": (ObservabilityLookup(DEFAULT, False), None),
-    "namespace default found": (
-        ObservabilityLookup(DEFAULT, True),
+STORE, OBSERVABILITY = "SecretStoreReady", "ObservabilityPlaneResolved"
+# (what the pass observed, the condition, its (status, reason, message) or None for absent)
+OPTIONAL_CONDITION_CASES: dict[str, tuple[dict[str, Any], str, tuple[str, ...] | None]] = {
+    "no secretStoreRef: no condition": ({}, STORE, None),
+    "secret store, no agent to ask": (
+        {"secret_store": SecretStoreCheck("vault", None), "agents": NO_AGENTS},
+        STORE,
+        (
+            "Unknown",
+            Reason.AGENT_NOT_CONNECTED,
+            "cannot check ClusterSecretStore 'vault': no agent connected",
+        ),
+    ),
+    "secret store found in the plane": (
+        {"secret_store": SecretStoreCheck("vault", Verdict("True", "SecretStoreFound", "ok"))},
+        STORE,
+        ("True", "SecretStoreFound", "ok"),
+    ),
+    "secret store missing in the plane": (
+        {"secret_store": SecretStoreCheck("vault", Verdict("False", "SecretStoreNotFound", "no"))},
+        STORE,
+        ("False", "SecretStoreNotFound", "no"),
+    ),
+    "no observability plane to resolve": ({}, OBSERVABILITY, None),
+    "namespace default observability plane absent: no condition": (
+        {"observability": ObservabilityLookup(DEFAULT, False)},
+        OBSERVABILITY,
+        None,
+    ),
+    "namespace default observability plane found": (
+        {"observability": ObservabilityLookup(DEFAULT, True)},
+        OBSERVABILITY,
         ("True", "ObservabilityPlaneFound", "ObservabilityPlane 'default' in namespace team found"),
     ),
-    "explicit reference missing": (
-        ObservabilityLookup(EXPLICIT, False),
+    "explicit observability plane missing": (
+        {"observability": ObservabilityLookup(EXPLICIT, False)},
+        OBSERVABILITY,
         ("False", "ObservabilityPlaneNotFound", "ClusterObservabilityPlane 'shared' not found"),
     ),
 }
 
 
 @pytest.mark.parametrize(
-    ("lookup", "expected"), OBSERVABILITY_CASES.values(), ids=OBSERVABILITY_CASES.keys()
+    ("changes", "type_", "expected"),
+    OPTIONAL_CONDITION_CASES.values(),
+    ids=OPTIONAL_CONDITION_CASES.keys(),
 )
-def test_observability_condition(
-    lookup: ObservabilityLookup | None, expected: tuple[str, str, str] | None
+def test_optional_conditions(
+    changes: dict[str, Any], type_: str, expected: tuple[str, ...] | None
 ) -> None:
-    decision = decide_status(seen(settled(), observability=lookup), None, resync_seconds=RESYNC)
-    status = decision.status or settled()["status"]
-    condition = find_condition(status["conditions"], "ObservabilityPlaneResolved")
+    before = settled()
+    decision = decide_status(seen(before, **changes), None, resync_seconds=RESYNC)
+    condition = find_condition((decision.status or before["status"])["conditions"], type_)
     if expected is None:
         assert condition is None
     else:
