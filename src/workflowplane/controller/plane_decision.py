@@ -102,7 +102,6 @@ class Observed:
     agents: AgentObservation | None  # None: the gateway could not say
     secret_store: SecretStoreCheck | None = None  # None: no spec.secretStoreRef
     observability: ObservabilityLookup | None = None  # None: nothing to resolve
-    force: bool = False  # the notification was forced (CA Secret changed, owed retry)
 
 
 @dataclass(frozen=True)

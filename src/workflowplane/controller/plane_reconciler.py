@@ -141,7 +141,7 @@ class PlaneReconciler:
         if plan.notify is not None:
             notified = await self._notify(ref, effective_plane_id(plane), plan.notify)
         decision = decide_status(
-            await self._observe(ref, plane, cr, force), notified, resync_seconds=self._resync
+            await self._observe(ref, plane, cr), notified, resync_seconds=self._resync
         )
         await self._carry_out(ref, cr, decision)
         return decision
@@ -180,9 +180,7 @@ class PlaneReconciler:
             return NotifyOutcome(event, "refused", str(exc))
         return NotifyOutcome(event, "accepted")
 
-    async def _observe(
-        self, ref: PlaneRef, plane: AnyPlane, cr: Mapping[str, Any], force: bool
-    ) -> Observed:
+    async def _observe(self, ref: PlaneRef, plane: AnyPlane, cr: Mapping[str, Any]) -> Observed:
         now = self._clock()
         ca = await self._assess_ca(plane, now)
         agents = await self._observe_agents(ref, plane)
@@ -197,7 +195,7 @@ class PlaneReconciler:
         observability = None
         if target is not None:
             observability = ObservabilityLookup(target, await self._exists(target, ref.namespace))
-        return Observed(cr, now, ca, agents, store, observability, force)
+        return Observed(cr, now, ca, agents, store, observability)
 
     async def _assess_ca(self, plane: AnyPlane, now: dt.datetime) -> CAHealth:
         try:

@@ -155,7 +155,7 @@ STATUS_CASES = {
         settled(), {}, None, ("True", Reason.READY), (), written=False
     ),
     "forced resync, nothing changed (no write, no event)": StatusCase(
-        settled(), {"force": True}, ACCEPTED, ("True", Reason.READY), (), written=False
+        settled(), {}, ACCEPTED, ("True", Reason.READY), (), written=False
     ),
     "spec change, still connected": StatusCase(
         plane(generation=2, status=settled()["status"]),
@@ -237,14 +237,14 @@ STATUS_CASES = {
     ),
     "gateway refused the notification": StatusCase(
         settled(),
-        {"force": True},
+        {},
         REFUSED,
         ("False", Reason.GATEWAY_NOTIFY_FAILED),
         (("Warning", Reason.GATEWAY_NOTIFY_FAILED),),
     ),
     "gateway notification failed transiently: owed, retried soon": StatusCase(
         settled(),
-        {"force": True},
+        {},
         NotifyOutcome("updated", "unavailable", "503"),
         ("True", Reason.READY),
         (),
@@ -295,7 +295,7 @@ def test_expiring_soon_is_said_in_the_ready_message_and_the_warning() -> None:
 
 
 def test_a_refusal_holds_for_its_generation_until_notified_again() -> None:
-    refused = decide_status(seen(settled(), force=True), REFUSED, resync_seconds=RESYNC)
+    refused = decide_status(seen(settled()), REFUSED, resync_seconds=RESYNC)
     assert refused.status is not None
     assert ready_of(refused, {})["message"] == (
         "gateway refused notify updated: 400: notify needs planeType"
@@ -303,7 +303,7 @@ def test_a_refusal_holds_for_its_generation_until_notified_again() -> None:
     after = plane(status=refused.status)
     again = decide_status(seen(after), None, resync_seconds=RESYNC)  # a resync, an event
     assert again.status is None and again.events == ()
-    retried = decide_status(seen(after, force=True), ACCEPTED, resync_seconds=RESYNC)
+    retried = decide_status(seen(after), ACCEPTED, resync_seconds=RESYNC)
     assert ready_of(retried, after)["status"] == "True"
     assert [(e.type, e.reason) for e in retried.events] == [("Normal", Reason.READY)]
     renewed = plane(generation=2, status=refused.status)
@@ -311,11 +311,9 @@ def test_a_refusal_holds_for_its_generation_until_notified_again() -> None:
 
 
 def test_a_repeated_refusal_is_recorded_each_time() -> None:
-    refused = decide_status(seen(settled(), force=True), REFUSED, resync_seconds=RESYNC)
+    refused = decide_status(seen(settled()), REFUSED, resync_seconds=RESYNC)
     assert refused.status is not None
-    again = decide_status(
-        seen(plane(status=refused.status), force=True), REFUSED, resync_seconds=RESYNC
-    )
+    again = decide_status(seen(plane(status=refused.status)), REFUSED, resync_seconds=RESYNC)
     assert again.status is None
     assert [(e.type, e.reason) for e in again.events] == [("Warning", Reason.GATEWAY_NOTIFY_FAILED)]
 
