@@ -214,19 +214,37 @@ async def registered_agent(
     return plane_id, agent
 
 
+@dataclass
+class RunningController:
+    """A controller running in its own thread; ``thread_id`` tells its log records apart."""
+
+    thread_id: int = 0
+
+
 @contextlib.asynccontextmanager
 async def controller_running(
-    control_plane: ApiServer, gw: RunningGateway, resync: float = 30.0
-) -> AsyncIterator[None]:
+    control_plane: ApiServer,
+    gw: RunningGateway,
+    resync: float = 30.0,
+    *,
+    peering: str | None = None,
+    priority: int = 0,
+) -> AsyncIterator[RunningController]:
     """The real (kopf) controller, planes and runs, until the block ends, in its own thread and
     event loop as a separate process would be: when kopf stops it cancels every task started
     in its loop while it ran, which here would include the in-process gateway's and agents'."""
     stop, ready = threading.Event(), threading.Event()
     config = ControllerConfig(
-        kubeconfig=control_plane.kubeconfig, context=control_plane.context, resync_seconds=resync
+        kubeconfig=control_plane.kubeconfig,
+        context=control_plane.context,
+        resync_seconds=resync,
+        peering=peering,
+        priority=priority,
     )
+    running = RunningController()
 
     async def controller() -> None:
+        running.thread_id = threading.get_ident()
         kube = AsyncClient(config=load_config(control_plane.kubeconfig, control_plane.context))
         try:
             client = await GatewayClient.from_secret(kube, gw.internal_url)
@@ -241,7 +259,7 @@ async def controller_running(
     try:
         if not await asyncio.to_thread(ready.wait, 30):
             raise AssertionError("the controller did not become ready within 30s")
-        yield
+        yield running
     finally:
         stop.set()
         await asyncio.wait_for(thread, 30)

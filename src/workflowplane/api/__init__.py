@@ -23,15 +23,18 @@ from workflowplane.api.models import (
     to_builtins,
 )
 from workflowplane.api.planes import (
+    PLANE_RESOURCES,
     ClientCAError,
     ClusterWorkflowPlaneResource,
     SecretLocation,
     WorkflowPlaneResource,
     ca_from_secret_data,
     client_ca_location,
+    client_ca_location_of,
     cr_key,
     cr_key_of,
     effective_plane_id,
+    plane_id_of,
     read_client_ca,
 )
 
@@ -42,6 +45,7 @@ __all__ = [
     "CLUSTER_WORKFLOW_PLANE",
     "FINALIZERS",
     "GROUP",
+    "PLANE_RESOURCES",
     "PLANE_TYPE",
     "VERSION",
     "WORKFLOW_PLANE",
@@ -57,11 +61,13 @@ __all__ = [
     "WorkflowPlaneResource",
     "ca_from_secret_data",
     "client_ca_location",
+    "client_ca_location_of",
     "cr_key",
     "cr_key_of",
     "decode",
     "decode_plane",
     "effective_plane_id",
+    "plane_id_of",
     "read_client_ca",
     "to_builtins",
 ]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
@@ -36,6 +37,11 @@ ObservabilityPlaneResource = create_namespaced_resource(
 ClusterObservabilityPlaneResource = create_global_resource(
     GROUP, VERSION, "ClusterObservabilityPlane", "clusterobservabilityplanes", verbs=None
 )
+# The lightkube resource of each plane kind, for code that is handed a kind.
+PLANE_RESOURCES: dict[str, Any] = {
+    WORKFLOW_PLANE: WorkflowPlaneResource,
+    CLUSTER_WORKFLOW_PLANE: ClusterWorkflowPlaneResource,
+}
 
 
 def cr_key_of(namespace: str | None, name: str) -> str:
@@ -48,9 +54,19 @@ def cr_key(plane: AnyPlane) -> str:
     return cr_key_of(namespace, plane.metadata.name)
 
 
+def _plane_id(plane_id: str | None, name: str) -> str:
+    """The rule itself: spec.planeID, or the CR name when there is none (never written back)."""
+    return plane_id or name
+
+
 def effective_plane_id(plane: AnyPlane) -> str:
     """spec.planeID, or the CR name for a WorkflowPlane without one (never written back)."""
-    return plane.spec.plane_id or plane.metadata.name
+    return _plane_id(plane.spec.plane_id, plane.metadata.name)
+
+
+def plane_id_of(raw: Mapping[str, Any]) -> str:
+    """:func:`effective_plane_id` of a plane still in wire form (a watch event, a raw read)."""
+    return _plane_id((raw.get("spec") or {}).get("planeID"), raw["metadata"]["name"])
 
 
 @dataclass(frozen=True)
@@ -64,7 +80,7 @@ class SecretLocation:
     namespace: str
     name: str
     key: str
-    reader: str | None = None
+    reader: str | None = field(default=None, compare=False)  # same Secret, whoever reads it
 
     @property
     def foreign(self) -> bool:
@@ -99,14 +115,33 @@ def client_ca_location(plane: AnyPlane) -> SecretLocation | None:
     ref: SecretKeyReference | None = plane.spec.cluster_agent.client_ca.secret_key_ref
     if ref is None:
         return None
-    reader = None if isinstance(plane, ClusterWorkflowPlane) else plane.metadata.namespace
-    namespace = ref.namespace or reader
-    if not namespace:
+    return _location(ref.name, ref.key, ref.namespace, plane.metadata.namespace)
+
+
+def client_ca_location_of(raw: Mapping[str, Any]) -> SecretLocation | None:
+    """:func:`client_ca_location` of a plane still in wire form (a watch event, a raw read)."""
+    client_ca = ((raw.get("spec") or {}).get("clusterAgent") or {}).get("clientCA") or {}
+    ref = client_ca.get("secretKeyRef")
+    if not ref:
+        return None
+    meta = raw.get("metadata") or {}
+    return _location(
+        ref.get("name", ""), ref.get("key", ""), ref.get("namespace"), meta.get("namespace")
+    )
+
+
+def _location(
+    name: str, key: str, namespace: str | None, cr_namespace: str | None
+) -> SecretLocation:
+    """The rule itself: the reference's namespace, else the CR's; a cluster-scoped CR (no
+    namespace of its own) must name one. The CR's namespace is the reader whose consent a
+    foreign Secret must give."""
+    if not (namespace or cr_namespace):
         raise ClientCAError(
             Reason.CLIENT_CA_NOT_FOUND,
             "clientCA.secretKeyRef.namespace is required on a cluster-scoped plane",
         )
-    return SecretLocation(namespace, ref.name, ref.key, reader)
+    return SecretLocation(namespace or cr_namespace or "", name, key, cr_namespace or None)
 
 
 class ClientCAError(Exception):

@@ -8,7 +8,7 @@ from typing import Any
 from lightkube import AsyncClient
 
 from workflowplane.api.kube import load_config
-from workflowplane.controller.cli import add_controller_flags, controller_config
+from workflowplane.controller.command import add_controller_flags, controller_config
 from workflowplane.controller.runner import run_controller
 from workflowplane.gateway.cli import add_gateway_flags, config_from_args
 from workflowplane.gateway.server import Gateway

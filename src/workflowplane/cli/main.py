@@ -22,7 +22,7 @@ COMPONENT_COMMANDS = (
     "workflowplane.cli.runs",
     "workflowplane.agent.cli",
     "workflowplane.gateway.cli",
-    "workflowplane.controller.cli",
+    "workflowplane.controller.command",
     "workflowplane.cli.control_plane",
 )
 

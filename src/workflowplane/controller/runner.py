@@ -13,15 +13,15 @@ from lightkube import AsyncClient
 from workflowplane.api.kube import load_config
 from workflowplane.controller.events import EventRecorder
 from workflowplane.controller.gateway_api import GatewayAPI
-from workflowplane.controller.operator import (
-    ControllerState,
+from workflowplane.controller.plane_handlers import (
+    PlanesController,
     build_registry,
     build_settings,
     connection_info,
     register_login,
 )
-from workflowplane.controller.reconciler import PlaneReconciler
-from workflowplane.runs.operator import RunsController, register_runs
+from workflowplane.controller.plane_reconciler import PlaneReconciler
+from workflowplane.runs.run_handlers import RunsController, register_runs
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +52,10 @@ async def run_controller(
     kube_config = load_config(config.kubeconfig, config.context)
     kube = AsyncClient(config=kube_config, field_manager="workflowplane-controller")
     try:
-        state = ControllerState(
-            reconciler=PlaneReconciler(kube, gateway, EventRecorder(kube)),
-            gateway=gateway,
-            resync_seconds=config.resync_seconds,
+        reconciler = PlaneReconciler(
+            kube, gateway, EventRecorder(kube), resync_seconds=config.resync_seconds
         )
-        registry = build_registry(state)
+        registry = build_registry(PlanesController(reconciler, gateway))
         if config.runs:
             register_runs(registry, RunsController(kube, gateway))
 

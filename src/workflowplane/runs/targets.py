@@ -12,17 +12,13 @@ from typing import Any
 
 from lightkube import AsyncClient
 
-from workflowplane.api.constants import CLUSTER_WORKFLOW_PLANE, WORKFLOW_PLANE
+from workflowplane.api.constants import WORKFLOW_PLANE
 from workflowplane.api.kube import get_dict
-from workflowplane.api.planes import ClusterWorkflowPlaneResource, WorkflowPlaneResource
+from workflowplane.api.planes import PLANE_RESOURCES, plane_id_of
 from workflowplane.api.workflows import PLANE_ANNOTATION
 from workflowplane.runs.plan import PlaneTarget
 
 log = logging.getLogger(__name__)
-PLANE_RESOURCES: dict[str, Any] = {
-    WORKFLOW_PLANE: WorkflowPlaneResource,
-    CLUSTER_WORKFLOW_PLANE: ClusterWorkflowPlaneResource,
-}
 
 
 async def plane_target(
@@ -37,7 +33,7 @@ async def plane_target(
         kind=kind,
         namespace=namespace,
         name=name,
-        plane_id=spec.get("planeID") or name,
+        plane_id=plane_id_of(plane),
         secret_store=(spec.get("secretStoreRef") or {}).get("name") or "",
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import logging
 import statistics
 import time
 from typing import Any
@@ -29,6 +30,8 @@ from workflowplane.testenv import ApiServer
 from workflowplane.testenv.tools import kubectl
 
 pytestmark = pytest.mark.integration
+PASSES = "workflowplane.controller.plane_reconciler"  # logs one DEBUG record per pass
+PEERING = "kopf._core.engines.peering"  # logs INFO "Pausing operations in favour of ..."
 
 
 def _get(server: ApiServer, kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
@@ -60,6 +63,30 @@ def _events(server: ApiServer, namespace: str, name: str) -> list[dict[str, Any]
         "json",
     ).stdout
     return list(json.loads(out)["items"])
+
+
+def _passes(
+    caplog: pytest.LogCaptureFixture, kind: str, key: str, thread: int | None = None
+) -> list[logging.LogRecord]:
+    """The controller's reconcile passes over one CR (by one controller thread, if given)."""
+    return [
+        r
+        for r in caplog.records
+        if r.name == PASSES
+        and r.getMessage().startswith(f"reconciled {kind} {key}:")
+        and (thread is None or r.thread == thread)
+    ]
+
+
+def _peering(
+    caplog: pytest.LogCaptureFixture, thread: int, message: str
+) -> list[logging.LogRecord]:
+    """kopf's peering records of one controller thread ("Pausing operations", ...)."""
+    return [
+        r
+        for r in caplog.records
+        if r.name == PEERING and r.thread == thread and r.getMessage().startswith(message)
+    ]
 
 
 def _ready_with(obj: dict[str, Any], status: str, reason: str | None = None) -> bool:
@@ -370,7 +397,9 @@ async def test_restart_converges_without_an_event_storm(
     workflow_plane: ApiServer,
     gw: RunningGateway,
     namespace: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger=PASSES)
     plane_id = unique("restart")
     config = agent_config(workflow_plane, gw, plane_id, unique("agent-tls"))
     running = await start_agent(config, wait=False)
@@ -386,8 +415,13 @@ async def test_restart_converges_without_an_event_storm(
                 lambda: _ready_with(_get(control_plane, "wp", "wp", namespace), "True"), timeout=15
             )
         before = len(_events(control_plane, namespace, "wp"))
-        async with controller_running(control_plane, gw):
-            await asyncio.sleep(3)
+        async with controller_running(control_plane, gw) as restarted:
+            # the restarted controller's first pass over the CR is where a storm would start:
+            # wait until it is done (its record is logged after its writes and events)
+            await eventually(
+                lambda: _passes(caplog, "WorkflowPlane", f"{namespace}/wp", restarted.thread_id),
+                timeout=15,
+            )
             assert _ready_with(_get(control_plane, "wp", "wp", namespace), "True")
         assert len(_events(control_plane, namespace, "wp")) == before
     finally:
@@ -443,11 +477,16 @@ async def test_connect_to_status_latency(
 
 
 async def test_two_replicas_with_peering_only_one_acts(
-    control_plane: ApiServer, gw: RunningGateway, namespace: str
+    control_plane: ApiServer,
+    gw: RunningGateway,
+    namespace: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """kopf peering: the higher-priority replica acts, the other pauses (one event, not two)."""
-    from workflowplane.controller.runner import ControllerConfig, run_controller  # noqa: PLC0415
+    """kopf peering: the higher-priority replica acts, the other pauses (one event, not two).
 
+    Each replica runs in its own thread, so its log records say which one did what."""
+    for logger in (PEERING, PASSES):  # (each call also sets the capturing handler's level)
+        caplog.set_level(logging.DEBUG, logger=logger)
     peering = unique("peering")
     kubectl(
         control_plane.kubeconfig,
@@ -463,57 +502,50 @@ async def test_two_replicas_with_peering_only_one_acts(
             }
         ),
     )
-    stops = [asyncio.Event(), asyncio.Event()]
-    tasks = [
-        asyncio.create_task(
-            run_controller(
-                ControllerConfig(
-                    kubeconfig=control_plane.kubeconfig,
-                    context=control_plane.context,
-                    peering=peering,
-                    priority=priority,
-                ),
-                gw.client,
-                stop_flag=stop,
-            )
-        )
-        for priority, stop in zip((100, 200), stops, strict=True)
-    ]
-    try:
-        await asyncio.sleep(4)  # both announce themselves; the lower one pauses
+
+    def announced() -> int:
+        out = kubectl(
+            control_plane.kubeconfig,
+            control_plane.context,
+            "get",
+            "clusterkopfpeering",
+            peering,
+            "-o",
+            "json",
+        ).stdout
+        return len(json.loads(out).get("status") or {})
+
+    async with (
+        controller_running(control_plane, gw, peering=peering, priority=100) as low,
+        controller_running(control_plane, gw, peering=peering, priority=200) as high,
+    ):
+        await eventually(lambda: announced() == 2, timeout=20)  # both announced themselves
+        paused = await eventually(
+            lambda: _peering(caplog, low.thread_id, "Pausing operations"), timeout=20
+        )  # ... and the lower one paused in favour of the higher
         apply(
             control_plane,
             workflow_plane_cr("peered", namespace, unique("p"), secret=("absent", "ca.crt")),
         )
+        key = f"{namespace}/peered"
         await eventually(
             lambda: _ready_with(
                 _get(control_plane, "wp", "peered", namespace), "False", "ClientCANotFound"
             ),
             timeout=20,
         )
-        await asyncio.sleep(2)
+        # the leader's first pass is done (its record follows its events) ...
+        await eventually(lambda: _passes(caplog, "WorkflowPlane", key, high.thread_id))
+        # ... and the paused replica made none: one acceptance event, not two
+        assert _passes(caplog, "WorkflowPlane", key, low.thread_id) == []
         accepted = [
             e
             for e in _events(control_plane, namespace, "peered")
             if e["reason"] == "ReconcileComplete"
         ]
         assert len(accepted) == 1
-        peers = json.loads(
-            kubectl(
-                control_plane.kubeconfig,
-                control_plane.context,
-                "get",
-                "clusterkopfpeering",
-                peering,
-                "-o",
-                "json",
-            ).stdout
-        )
-        assert len(peers.get("status") or {}) == 2  # both replicas announced themselves
-    finally:
-        for stop in stops:
-            stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        resumed = _peering(caplog, low.thread_id, "Resuming operations")
+        assert all(r.created < paused[-1].created for r in resumed)  # and has stayed paused
 
 
 async def test_a_ca_close_to_expiry_warns_but_stays_ready(

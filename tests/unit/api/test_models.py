@@ -14,12 +14,15 @@ from workflowplane.api import (
     ClientCAError,
     ClusterWorkflowPlane,
     InvalidManifest,
+    SecretLocation,
     WorkflowPlane,
     ca_from_secret_data,
     client_ca_location,
+    client_ca_location_of,
     cr_key,
     decode_plane,
     effective_plane_id,
+    plane_id_of,
 )
 from workflowplane.api.constants import ANNOTATION_CLIENT_CA_SHARED_WITH
 from workflowplane.api.models import ClusterWorkflowPlaneSpec, PlaneStatus, WorkflowPlaneSpec
@@ -121,6 +124,40 @@ def test_plane_id_defaults_to_the_name_of_a_workflow_plane_only() -> None:
     cluster = decode_plane(CASES[5].manifest)
     assert isinstance(cluster, ClusterWorkflowPlane)
     assert effective_plane_id(cluster) == "shared"
+
+
+def test_raw_planes_follow_the_same_rules_as_decoded_ones() -> None:
+    """The wire-form helpers (for watch events) agree with the typed ones on every case."""
+    for case in CASES:
+        try:
+            plane = decode_plane(case.manifest)
+        except InvalidManifest:
+            continue
+        assert plane_id_of(case.manifest) == effective_plane_id(plane), case.id
+        assert _location(client_ca_location_of, case.manifest) == _location(
+            client_ca_location, plane
+        ), case.id
+
+
+def _location(helper: Any, plane: Any) -> object:
+    try:
+        return helper(plane)
+    except ClientCAError as exc:  # a Secret reference without a namespace to default to
+        return exc.reason
+
+
+def test_raw_ca_secret_namespace_defaults_to_the_cr_and_is_required_without_one() -> None:
+    ref = {"secretKeyRef": {"name": "ca", "key": "ca.crt"}}
+    raw = {
+        "metadata": {"name": "p", "namespace": "team"},
+        "spec": {"clusterAgent": {"clientCA": ref}},
+    }
+    assert plane_id_of(raw) == "p"
+    assert client_ca_location_of(raw) == SecretLocation("team", "ca", "ca.crt")
+    del raw["metadata"]["namespace"]
+    with pytest.raises(ClientCAError):
+        client_ca_location_of(raw)
+    assert client_ca_location_of({"metadata": {"name": "p"}, "spec": {}}) is None
 
 
 def test_cr_keys_distinguish_namespaced_and_cluster_scoped() -> None:

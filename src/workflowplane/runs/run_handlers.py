@@ -16,7 +16,7 @@ from workflowplane.api.constants import CLUSTER_WORKFLOW_PLANE, GROUP, VERSION, 
 from workflowplane.api.workflows import CLUSTER_WORKFLOW, WORKFLOW
 from workflowplane.kits.workqueue import WorkQueue
 from workflowplane.protocol.gateway_client import TunnelAPI
-from workflowplane.runs.reconciler import RunReconciler
+from workflowplane.runs.run_reconciler import RunReconciler
 from workflowplane.runs.tracker import RunKey
 
 # What a waiting run can be waiting for: these kinds appearing or changing wake it up.

@@ -1,0 +1,185 @@
+"""kopf wiring for planes: events only *add* keys to one work queue; the queue decides when
+each CR is reconciled (``plane_reconciler.py``), one pass per CR at a time.
+
+The triggers: kopf watch events of both plane kinds (which also deliver every CR at startup),
+events of Secrets (a CA Secret changed: its CRs are re-notified, see ``notify_owed``), the
+gateway's push channel (an agent of a planeID connected or left) and the resync, which is
+each pass's "look again after" (the resync period, or sooner to retry).
+
+kopf keeps its progress and diff-base in annotations (``kopf.openchoreo.dev/*``), never in
+``status``, whose strict schema would prune them. Each kind's finalizer is managed by the
+reconciler, because kopf supports only one finalizer name per operator and the API
+specifies one per kind; for the same reason no kopf timers, daemons or mandatory delete
+handlers are used (each would add kopf's own finalizer), and only ``on.event`` handlers,
+which never write to the object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import kopf
+from lightkube.config.kubeconfig import SingleConfig
+from lightkube.config.models import User
+
+from workflowplane.api import (
+    CLUSTER_WORKFLOW_PLANE,
+    GROUP,
+    VERSION,
+    WORKFLOW_PLANE,
+)
+from workflowplane.controller.directory import PlaneDirectory, PlaneRef
+from workflowplane.controller.gateway_api import GatewayAPI
+from workflowplane.controller.plane_reconciler import GATEWAY_FAILURES, PlaneReconciler
+from workflowplane.kits.tasks import TaskSet
+from workflowplane.kits.workqueue import WorkQueue
+
+log = logging.getLogger(__name__)
+PLURALS = {WORKFLOW_PLANE: "workflowplanes", CLUSTER_WORKFLOW_PLANE: "clusterworkflowplanes"}
+ANNOTATION_PREFIX = "kopf.openchoreo.dev"
+GATEWAY_RECONNECT_MAX = 30.0
+
+
+class PlanesController:
+    """The scheduling of plane reconciles: the queue, what feeds it, and its background task.
+
+    Owns the ``WorkQueue[PlaneRef]`` (one pass per CR at a time, triggers for a busy CR
+    coalesce into one more pass), the directory that maps planeIDs and Secrets back to CRs,
+    and the guarded follower of the gateway's push channel. It decides nothing about a CR:
+    every trigger ends in :meth:`add`.
+    """
+
+    def __init__(
+        self, reconciler: PlaneReconciler, gateway: GatewayAPI, *, concurrency: int = 16
+    ) -> None:
+        self.reconciler = reconciler
+        self.gateway = gateway
+        self.directory = PlaneDirectory()
+        self.queue: WorkQueue[PlaneRef] = WorkQueue(reconciler.reconcile, concurrency=concurrency)
+        self.tasks = TaskSet("planes")
+
+    def add(self, ref: PlaneRef, *, force_notify: bool = False) -> None:
+        """Reconcile ``ref`` soon; ``force_notify`` re-notifies the gateway on that pass even
+        if the spec did not change (the mark waits in the reconciler until a pass consumes it,
+        so it survives coalescing)."""
+        if force_notify:
+            self.reconciler.notify_owed.add(ref)
+        self.queue.add(ref)
+
+    def forget(self, ref: PlaneRef) -> None:
+        """The CR is gone: nothing more is owed to it."""
+        self.directory.forget(ref)
+        self.reconciler.notify_owed.discard(ref)
+
+    def start(self) -> None:
+        self.tasks.spawn(self.follow_gateway_events(), "gateway-events")
+
+    async def close(self) -> None:
+        await self.tasks.close()
+        await self.queue.close()
+
+    async def follow_gateway_events(self) -> None:
+        """Push channel: a connection change re-evaluates every CR of that planeID at once.
+
+        An interrupted stream is reopened with backoff (the resync covers what it missed);
+        anything but a failure of the gateway or the network is a bug, and ends the task loudly.
+        """
+        delay = 1.0
+        while True:
+            try:
+                async for event in self.gateway.events():
+                    delay = 1.0
+                    for ref in self.directory.by_plane_id(str(event.get("planeID", ""))):
+                        self.add(ref)
+            except GATEWAY_FAILURES as exc:
+                log.info("gateway event stream interrupted (%s); reopening in %.0fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, GATEWAY_RECONNECT_MAX)
+
+
+def _register_kind(registry: kopf.OperatorRegistry, planes: PlanesController, kind: str) -> None:
+    # An explicit id: the default (the function's qualified name) is not a valid annotation key.
+    @kopf.on.event(GROUP, VERSION, PLURALS[kind], registry=registry, id="plane-event")
+    async def plane_event(
+        name: str, namespace: str | None, body: kopf.Body, type: str | None, **_: Any
+    ) -> None:
+        ref = PlaneRef.of(kind, namespace, name)
+        if type == "DELETED":  # gone: the finalizer made sure its last pass came before
+            planes.forget(ref)
+            return
+        planes.directory.remember(ref, body)
+        planes.add(ref)
+
+
+def _register_secrets(registry: kopf.OperatorRegistry, planes: PlanesController) -> None:
+    @kopf.on.event("", "v1", "secrets", registry=registry, id="ca-secret-changed")
+    async def secret_changed(name: str, namespace: str | None, **_: Any) -> None:
+        """A CA Secret changed: re-evaluate and re-notify every CR that reads it."""
+        for ref in planes.directory.by_secret(namespace or "", name):
+            planes.add(ref, force_notify=True)
+
+
+def _register_lifecycle(registry: kopf.OperatorRegistry, planes: PlanesController) -> None:
+    @kopf.on.startup(registry=registry, id="planes-start")
+    async def start(**_: Any) -> None:
+        planes.start()
+
+    @kopf.on.cleanup(registry=registry, id="planes-stop")
+    async def stop(**_: Any) -> None:
+        await planes.close()
+
+
+def build_registry(planes: PlanesController) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    for kind in PLURALS:
+        _register_kind(registry, planes, kind)
+    _register_secrets(registry, planes)
+    _register_lifecycle(registry, planes)
+    return registry
+
+
+def build_settings() -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=ANNOTATION_PREFIX
+    )
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
+    settings.posting.enabled = False  # our own events, from status.py transitions only
+    settings.watching.server_timeout = 300
+    settings.networking.request_timeout = 30
+    return settings
+
+
+def _b64_or_none(value: str | None) -> bytes | None:
+    return base64.b64decode(value) if value else None
+
+
+def connection_info(config: SingleConfig) -> kopf.ConnectionInfo:
+    """kopf credentials from the same lightkube config the rest of the controller uses."""
+    cluster, user = config.cluster, config.user or User()
+    return kopf.ConnectionInfo(
+        server=cluster.server,
+        ca_path=cluster.certificate_auth,
+        ca_data=_b64_or_none(cluster.certificate_auth_data),
+        insecure=cluster.insecure,
+        token=user.token,
+        certificate_path=user.client_cert,
+        certificate_data=_b64_or_none(user.client_cert_data),
+        private_key_path=user.client_key,
+        private_key_data=_b64_or_none(user.client_key_data),
+        default_namespace=config.namespace,
+    )
+
+
+def register_login(
+    registry: kopf.OperatorRegistry, credentials: Callable[[], Awaitable[kopf.ConnectionInfo]]
+) -> None:
+    @kopf.on.login(registry=registry)
+    async def login(**_: Any) -> kopf.ConnectionInfo:
+        return await credentials()

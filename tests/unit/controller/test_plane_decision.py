@@ -1,0 +1,426 @@
+"""The plane reconcile decisions, table by table: what a pass does for what it saw."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pytest
+
+from workflowplane.api import CLUSTER_WORKFLOW_PLANE, FINALIZERS, WORKFLOW_PLANE, Reason
+from workflowplane.api.conditions import Verdict, find_condition
+from workflowplane.controller.plane_decision import (
+    NOTIFY_RETRY_SECONDS,
+    Decision,
+    EventToPost,
+    NotifyOutcome,
+    ObservabilityLookup,
+    ObservabilityTarget,
+    Observed,
+    SecretStoreCheck,
+    decide_deletion,
+    decide_status,
+    invalid_spec,
+    plan_deletion,
+    plan_notify,
+)
+from workflowplane.controller.status import AgentObservation, CAHealth
+
+T0 = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
+RESYNC = 60.0
+OURS = FINALIZERS[WORKFLOW_PLANE]
+HEALTHY = CAHealth(None, T0 + dt.timedelta(days=365))
+EXPIRING = CAHealth(None, T0 + dt.timedelta(days=10))
+CONNECTED = AgentObservation(1, T0)
+NO_AGENTS = AgentObservation(0, None)
+REJECTED = AgentObservation(0, None, plane_agents=2)
+ACCEPTED = NotifyOutcome("updated", "accepted")
+REFUSED = NotifyOutcome("updated", "refused", "400: notify needs planeType")
+
+
+def plane(
+    *,
+    kind: str = WORKFLOW_PLANE,
+    generation: int = 1,
+    status: dict[str, Any] | None = None,
+    finalizers: tuple[str, ...] = (OURS,),
+    deleting: bool = False,
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": "wp",
+        "generation": generation,
+        "resourceVersion": "7",
+        "finalizers": list(finalizers),
+    }
+    if kind == WORKFLOW_PLANE:
+        meta["namespace"] = "team"
+    if deleting:
+        meta["deletionTimestamp"] = "2026-11-24T12:00:00Z"
+    cr: dict[str, Any] = {"kind": kind, "metadata": meta, "spec": {"planeID": "p1"}}
+    if status is not None:
+        cr["status"] = status
+    return cr
+
+
+def seen(cr: dict[str, Any], **changes: Any) -> Observed:
+    base = Observed(cr=cr, now=T0, ca=HEALTHY, agents=CONNECTED)
+    return replace(base, **changes)
+
+
+def settled(ca: CAHealth = HEALTHY, agents: AgentObservation | None = CONNECTED) -> dict[str, Any]:
+    """A CR whose status is what a first pass with these observations wrote."""
+    first = plane(finalizers=())
+    decision = decide_status(
+        seen(first, ca=ca, agents=agents),
+        NotifyOutcome("created", "accepted"),
+        resync_seconds=RESYNC,
+    )
+    assert decision.status is not None
+    return plane(status=copy.deepcopy(decision.status))
+
+
+def ready_of(decision: Decision, before: dict[str, Any]) -> dict[str, Any]:
+    status = decision.status if decision.status is not None else before.get("status") or {}
+    return find_condition(status["conditions"], "Ready") or {}
+
+
+# ---- step 1: finalizer and notification --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NotifyCase:
+    cr: dict[str, Any]
+    force: bool
+    add_finalizer: bool
+    notify: str | None
+
+
+NOTIFY_CASES = {
+    "first acceptance": NotifyCase(plane(finalizers=()), False, True, "created"),
+    "first acceptance, finalizer already there": NotifyCase(plane(), False, False, "created"),
+    "spec change": NotifyCase(
+        plane(generation=2, status=settled()["status"]), False, False, "updated"
+    ),
+    "CA Secret change (forced)": NotifyCase(settled(), True, False, "updated"),
+    "resync, nothing changed": NotifyCase(settled(), False, False, None),
+    "finalizer removed by hand": NotifyCase(
+        plane(finalizers=("other",), status=settled()["status"]), False, True, None
+    ),
+}
+
+
+@pytest.mark.parametrize("case", NOTIFY_CASES.values(), ids=NOTIFY_CASES.keys())
+def test_plan_notify(case: NotifyCase) -> None:
+    plan = plan_notify(case.cr, force=case.force)
+    assert (plan.add_finalizer, plan.notify) == (case.add_finalizer, case.notify)
+
+
+def test_cluster_planes_use_their_own_finalizer() -> None:
+    cr = plane(kind=CLUSTER_WORKFLOW_PLANE, finalizers=(OURS,))
+    assert plan_notify(cr).add_finalizer  # the namespaced kind's finalizer is not ours
+
+
+# ---- step 2: status, events, requeue ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StatusCase:
+    before: dict[str, Any]  # the CR as the pass read it
+    changes: dict[str, Any]  # what the pass observed, over a healthy CA and one agent
+    notified: NotifyOutcome | None
+    ready: tuple[str, str]  # Ready status and reason afterwards
+    events: tuple[tuple[str, str], ...]  # (type, reason) of each event, in order
+    written: bool = True
+    requeue: float = RESYNC
+
+
+STATUS_CASES = {
+    "first acceptance": StatusCase(
+        plane(finalizers=()),
+        {},
+        NotifyOutcome("created", "accepted"),
+        ("True", Reason.READY),
+        (("Normal", Reason.READY), ("Normal", "ReconcileComplete")),
+    ),
+    "first acceptance, no agent yet": StatusCase(
+        plane(finalizers=()),
+        {"agents": NO_AGENTS},
+        NotifyOutcome("created", "accepted"),
+        ("False", Reason.AGENT_NOT_CONNECTED),
+        (("Warning", Reason.AGENT_NOT_CONNECTED), ("Normal", "ReconcileComplete")),
+    ),
+    "resync, nothing changed (no write, no event)": StatusCase(
+        settled(), {}, None, ("True", Reason.READY), (), written=False
+    ),
+    "forced resync, nothing changed (no write, no event)": StatusCase(
+        settled(), {}, ACCEPTED, ("True", Reason.READY), (), written=False
+    ),
+    "spec change, still connected": StatusCase(
+        plane(generation=2, status=settled()["status"]),
+        {},
+        ACCEPTED,
+        ("True", Reason.READY),
+        (),
+    ),
+    "CA invalid": StatusCase(
+        settled(),
+        {"ca": CAHealth(Verdict("False", Reason.CLIENT_CA_INVALID, "client CA: bad PEM"))},
+        None,
+        ("False", Reason.CLIENT_CA_INVALID),
+        (("Warning", Reason.CLIENT_CA_INVALID),),
+    ),
+    "CA Secret gone": StatusCase(
+        settled(),
+        {"ca": CAHealth(Verdict("False", Reason.CLIENT_CA_NOT_FOUND, "Secret team/ca not found"))},
+        ACCEPTED,
+        ("False", Reason.CLIENT_CA_NOT_FOUND),
+        (("Warning", Reason.CLIENT_CA_NOT_FOUND),),
+    ),
+    "CA expired": StatusCase(
+        settled(),
+        {"ca": CAHealth(Verdict("False", Reason.CLIENT_CA_EXPIRED, "expired"), T0)},
+        None,
+        ("False", Reason.CLIENT_CA_EXPIRED),
+        (("Warning", Reason.CLIENT_CA_EXPIRED),),
+    ),
+    "CA now expiring soon: ready, with a warning": StatusCase(
+        settled(),
+        {"ca": EXPIRING},
+        None,
+        ("True", Reason.READY),
+        (("Warning", Reason.CLIENT_CA_EXPIRING_SOON),),
+    ),
+    "CA still expiring soon: nothing new": StatusCase(
+        settled(ca=EXPIRING),
+        {"ca": EXPIRING},
+        None,
+        ("True", Reason.READY),
+        (),
+        written=False,
+    ),
+    "reconnected while the CA expires soon: both": StatusCase(
+        settled(ca=EXPIRING, agents=NO_AGENTS),
+        {"ca": EXPIRING},
+        None,
+        ("True", Reason.READY),
+        (("Warning", Reason.CLIENT_CA_EXPIRING_SOON), ("Normal", Reason.READY)),
+    ),
+    "last agent gone": StatusCase(
+        settled(),
+        {"agents": NO_AGENTS},
+        None,
+        ("False", Reason.AGENT_NOT_CONNECTED),
+        (("Warning", Reason.AGENT_NOT_CONNECTED),),
+    ),
+    "agents of the planeID connected, their certificate rejected": StatusCase(
+        settled(),
+        {"agents": REJECTED},
+        None,
+        ("False", Reason.AGENT_CERTIFICATE_REJECTED),
+        (("Warning", Reason.AGENT_CERTIFICATE_REJECTED),),
+    ),
+    "gateway status unavailable: Unknown, no event": StatusCase(
+        settled(),
+        {"agents": None},
+        None,
+        ("Unknown", Reason.AGENT_NOT_CONNECTED),
+        (),
+    ),
+    "agent connected again": StatusCase(
+        settled(agents=NO_AGENTS),
+        {},
+        None,
+        ("True", Reason.READY),
+        (("Normal", Reason.READY),),
+    ),
+    "gateway refused the notification": StatusCase(
+        settled(),
+        {},
+        REFUSED,
+        ("False", Reason.GATEWAY_NOTIFY_FAILED),
+        (("Warning", Reason.GATEWAY_NOTIFY_FAILED),),
+    ),
+    "gateway notification failed transiently: owed, retried soon": StatusCase(
+        settled(),
+        {},
+        NotifyOutcome("updated", "unavailable", "503"),
+        ("True", Reason.READY),
+        (),
+        written=False,
+        requeue=NOTIFY_RETRY_SECONDS,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", STATUS_CASES.values(), ids=STATUS_CASES.keys())
+def test_decide_status(case: StatusCase) -> None:
+    decision = decide_status(
+        seen(case.before, **case.changes), case.notified, resync_seconds=RESYNC
+    )
+    ready = ready_of(decision, case.before)
+    assert (ready["status"], ready["reason"]) == case.ready
+    assert [(e.type, e.reason) for e in decision.events] == list(case.events)
+    assert (decision.status is not None) == case.written
+    assert decision.requeue_after == case.requeue
+    assert decision.notify_owed == (case.requeue == NOTIFY_RETRY_SECONDS)
+    assert not decision.release_finalizer
+
+
+def test_first_acceptance_sets_created_per_kind() -> None:
+    for kind, reason in (
+        (WORKFLOW_PLANE, "WorkflowPlaneCreated"),
+        (CLUSTER_WORKFLOW_PLANE, "ClusterWorkflowPlaneCreated"),
+    ):
+        decision = decide_status(
+            seen(plane(kind=kind, finalizers=())),
+            NotifyOutcome("created", "accepted"),
+            resync_seconds=RESYNC,
+        )
+        assert decision.status is not None
+        created = find_condition(decision.status["conditions"], "Created")
+        assert created is not None and (created["status"], created["reason"]) == ("True", reason)
+        assert decision.status["observedGeneration"] == 1
+        assert EventToPost("Normal", "ReconcileComplete", f"{kind} accepted by the controller") in (
+            decision.events
+        )
+
+
+def test_expiring_soon_is_said_in_the_ready_message_and_the_warning() -> None:
+    decision = decide_status(seen(settled(), ca=EXPIRING), None, resync_seconds=RESYNC)
+    message = ready_of(decision, {})["message"]
+    assert message == "1 agent connected; client CA expires 2026-12-04: rotate it soon"
+    assert decision.events == (EventToPost("Warning", Reason.CLIENT_CA_EXPIRING_SOON, message),)
+
+
+def test_a_refusal_holds_for_its_generation_until_notified_again() -> None:
+    refused = decide_status(seen(settled()), REFUSED, resync_seconds=RESYNC)
+    assert refused.status is not None
+    assert ready_of(refused, {})["message"] == (
+        "gateway refused notify updated: 400: notify needs planeType"
+    )
+    after = plane(status=refused.status)
+    again = decide_status(seen(after), None, resync_seconds=RESYNC)  # a resync, an event
+    assert again.status is None and again.events == ()
+    retried = decide_status(seen(after), ACCEPTED, resync_seconds=RESYNC)
+    assert ready_of(retried, after)["status"] == "True"
+    assert [(e.type, e.reason) for e in retried.events] == [("Normal", Reason.READY)]
+    renewed = plane(generation=2, status=refused.status)
+    assert plan_notify(renewed).notify == "updated"  # a new generation is notified anew
+
+
+def test_a_repeated_refusal_is_recorded_each_time() -> None:
+    refused = decide_status(seen(settled()), REFUSED, resync_seconds=RESYNC)
+    assert refused.status is not None
+    again = decide_status(seen(plane(status=refused.status)), REFUSED, resync_seconds=RESYNC)
+    assert again.status is None
+    assert [(e.type, e.reason) for e in again.events] == [("Warning", Reason.GATEWAY_NOTIFY_FAILED)]
+
+
+def test_agent_connection_is_kept_while_the_gateway_cannot_say() -> None:
+    before = settled()
+    decision = decide_status(seen(before, agents=None), None, resync_seconds=RESYNC)
+    assert decision.status is not None
+    assert decision.status["agentConnection"] == before["status"]["agentConnection"]
+
+
+DEFAULT = ObservabilityTarget("ObservabilityPlane", "default", explicit=False)
+EXPLICIT = ObservabilityTarget("ClusterObservabilityPlane", "shared", explicit=True)
+STORE, OBSERVABILITY = "SecretStoreReady", "ObservabilityPlaneResolved"
+# (what the pass observed, the condition, its (status, reason, message) or None for absent)
+OPTIONAL_CONDITION_CASES: dict[str, tuple[dict[str, Any], str, tuple[str, ...] | None]] = {
+    "no secretStoreRef: no condition": ({}, STORE, None),
+    "secret store, no agent to ask": (
+        {"secret_store": SecretStoreCheck("vault", None), "agents": NO_AGENTS},
+        STORE,
+        (
+            "Unknown",
+            Reason.AGENT_NOT_CONNECTED,
+            "cannot check ClusterSecretStore 'vault': no agent connected",
+        ),
+    ),
+    "secret store found in the plane": (
+        {"secret_store": SecretStoreCheck("vault", Verdict("True", "SecretStoreFound", "ok"))},
+        STORE,
+        ("True", "SecretStoreFound", "ok"),
+    ),
+    "secret store missing in the plane": (
+        {"secret_store": SecretStoreCheck("vault", Verdict("False", "SecretStoreNotFound", "no"))},
+        STORE,
+        ("False", "SecretStoreNotFound", "no"),
+    ),
+    "no observability plane to resolve": ({}, OBSERVABILITY, None),
+    "namespace default observability plane absent: no condition": (
+        {"observability": ObservabilityLookup(DEFAULT, False)},
+        OBSERVABILITY,
+        None,
+    ),
+    "namespace default observability plane found": (
+        {"observability": ObservabilityLookup(DEFAULT, True)},
+        OBSERVABILITY,
+        ("True", "ObservabilityPlaneFound", "ObservabilityPlane 'default' in namespace team found"),
+    ),
+    "explicit observability plane missing": (
+        {"observability": ObservabilityLookup(EXPLICIT, False)},
+        OBSERVABILITY,
+        ("False", "ObservabilityPlaneNotFound", "ClusterObservabilityPlane 'shared' not found"),
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("changes", "type_", "expected"),
+    OPTIONAL_CONDITION_CASES.values(),
+    ids=OPTIONAL_CONDITION_CASES.keys(),
+)
+def test_optional_conditions(
+    changes: dict[str, Any], type_: str, expected: tuple[str, ...] | None
+) -> None:
+    before = settled()
+    decision = decide_status(seen(before, **changes), None, resync_seconds=RESYNC)
+    condition = find_condition((decision.status or before["status"])["conditions"], type_)
+    if expected is None:
+        assert condition is None
+    else:
+        assert condition is not None
+        assert (condition["status"], condition["reason"], condition["message"]) == expected
+
+
+def test_an_invalid_spec_is_reported_and_waits_for_a_change() -> None:
+    decision = invalid_spec("spec.planeID: too long")
+    assert decision.events == (EventToPost("Warning", "InvalidSpec", "spec.planeID: too long"),)
+    assert decision.status is None and decision.requeue_after is None
+
+
+# ---- deletion -----------------------------------------------------------------------------
+
+
+DELETION_CASES = {
+    "accepted: finalizer released": (NotifyOutcome("deleted", "accepted"), True, None),
+    "refused for good: still released": (NotifyOutcome("deleted", "refused", "400"), True, None),
+    "gateway unavailable: held, retried": (
+        NotifyOutcome("deleted", "unavailable", "503"),
+        False,
+        NOTIFY_RETRY_SECONDS,
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("notified", "released", "requeue"), DELETION_CASES.values(), ids=DELETION_CASES.keys()
+)
+def test_deletion(notified: NotifyOutcome, released: bool, requeue: float | None) -> None:
+    cr = plane(deleting=True, status=settled()["status"])
+    assert plan_deletion(cr)  # the gateway is told "deleted" while our finalizer holds
+    decision = decide_deletion(cr, notified)
+    assert decision.release_finalizer == released
+    assert decision.requeue_after == requeue
+    assert decision.status is None and decision.events == ()
+
+
+def test_deletion_without_our_finalizer_does_nothing() -> None:
+    cr = plane(deleting=True, finalizers=("someone-else",))
+    assert not plan_deletion(cr)
+    decision = decide_deletion(cr, None)
+    assert not decision.release_finalizer and decision.requeue_after is None
