@@ -56,12 +56,6 @@ class Gateway:
         self._runners: list[web.AppRunner] = []
         self.ports: dict[str, int] = {}
 
-    @property
-    def registry(self) -> ConnectionManager:
-        """The connection manager under its former name, which tests/integration/controller
-        still reads (owned by another change); use ``connections``."""
-        return self.connections
-
     def _trust_changed(self) -> None:
         if self._public_tls is not None:
             self._public_tls.trust(self.planes.all_cas())

@@ -385,7 +385,7 @@ async def test_deleting_one_cr_leaves_the_others_connected(
             "--wait=false",
         )
         await eventually(lambda: _get(control_plane, "wp", "drop", namespace) == {}, timeout=15)
-        conns = gw.gateway.registry.for_plane("workflowplane", plane_id)
+        conns = gw.gateway.connections.for_plane("workflowplane", plane_id)
         assert len(conns) == 1 and conns[0].authorized == {f"{namespace}/keep"}
         assert _ready_with(_get(control_plane, "wp", "keep", namespace), "True")
     finally:
