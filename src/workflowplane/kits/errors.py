@@ -9,6 +9,7 @@ neither (a ``KeyError``, a ``TypeError``) is a bug, and callers let it surface a
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import aiohttp
 import httpx2
@@ -89,3 +90,15 @@ def is_transient(exc: BaseException) -> bool:
 def is_expected(exc: BaseException) -> bool:
     """A failure of the world (transient or permanent), as opposed to a bug in this code."""
     return isinstance(exc, Failure | ApiError) or is_transient(exc)
+
+
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (Failure, ApiError, *NETWORK_ERRORS)
+
+
+def report_failure(log: logging.Logger, what: str, exc: BaseException) -> None:
+    """For loops that must outlive anything: a failure of the world is a warning, anything
+    else is a bug and says so with its traceback."""
+    if is_expected(exc):
+        log.warning("%s failed (%s)", what, exc)
+    else:
+        log.error("bug: %s raised", what, exc_info=exc)

@@ -78,7 +78,9 @@ def evaluate(expression: str, variables: Mapping[str, Any], where: str) -> Any:
         return program.execute(dict(variables))
     except KeyError as exc:
         raise RenderError(f"{where}: ${{{expression}}}: no such key {exc}") from exc
-    except Exception as exc:  # the CEL runtime raises TypeError, ValueError, RuntimeError
+    except (TypeError, ValueError, RuntimeError, LookupError, ArithmeticError) as exc:
+        # what the CEL runtime raises for a type mismatch, a bad conversion, an index or
+        # key out of range, division by zero or overflow
         raise RenderError(f"{where}: ${{{expression}}}: {_first_line(exc)}") from exc
 
 

@@ -21,6 +21,8 @@ from workflowplane.api.workflows import (
     LABEL_RUN_NAMESPACE,
     MANAGED_BY,
 )
+from workflowplane.kits.errors import EXPECTED_ERRORS, report_failure
+from workflowplane.kits.tasks import TaskSet
 from workflowplane.protocol.gateway_client import TunnelAPI
 from workflowplane.runs.plan import PlaneTarget
 from workflowplane.runs.plane_api import Discovery, PlaneAPI, WatchExpired
@@ -33,14 +35,18 @@ CATCH_UP_RETRY = 5.0
 
 
 class ArgoTracker:
+    """One list+watch of Argo Workflows per plane CR with runs in flight, delivering each
+    change to the run it belongs to. Owns the watch tasks and the catch-up reads; a run that
+    joins a watch already past its list has its Argo Workflow read once."""
+
     def __init__(self, tunnel: TunnelAPI, discovery: Discovery, observe: Observer) -> None:
         self._tunnel = tunnel
         self._discovery = discovery
         self._observe = observe
         self._runs: dict[RunKey, PlaneTarget] = {}
         self._references: dict[RunKey, dict[str, Any]] = {}
-        self._watches: dict[PlaneTarget, asyncio.Task[None]] = {}
-        self._side_tasks: set[asyncio.Task[None]] = set()
+        self._watches: dict[PlaneTarget, asyncio.Task[Any]] = {}
+        self._tasks = TaskSet("argo-tracker")
 
     def track(self, key: RunKey, target: PlaneTarget, reference: dict[str, Any]) -> None:
         """Follow this run's Argo Workflow. A run that joins a watch already past its list
@@ -53,7 +59,7 @@ class ArgoTracker:
         self._runs[key] = target
         self._references[key] = reference
         if target not in self._watches:
-            self._watches[target] = asyncio.create_task(self._follow(target))
+            self._watches[target] = self._tasks.spawn(self._follow(target), f"watch {target.ref}")
         else:
             self._spawn(self._catch_up(key, target, 0.0))
 
@@ -66,9 +72,7 @@ class ArgoTracker:
                 task.cancel()
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(work)
-        self._side_tasks.add(task)
-        task.add_done_callback(self._side_tasks.discard)
+        self._tasks.spawn(work, "catch-up")
 
     async def _catch_up(self, key: RunKey, target: PlaneTarget, delay: float) -> None:
         """Read the run's Argo Workflow now (after ``delay``) and deliver what is there."""
@@ -79,18 +83,15 @@ class ArgoTracker:
         api = PlaneAPI(self._tunnel, target, self._discovery)
         try:
             found = await api.get(reference)
-        except Exception as exc:  # noqa: BLE001 - the watch's next event or re-list covers it
+        except EXPECTED_ERRORS as exc:  # the watch's next event or re-list covers it too
             log.info("catch-up read of run %s/%s failed: %s", key[0], key[1], exc)
             self._spawn(self._catch_up(key, target, CATCH_UP_RETRY))
             return
         await self._deliver(target, "ADDED" if found else "DELETED", found or _gone(key))
 
     async def close(self) -> None:
-        tasks = [*self._watches.values(), *self._side_tasks]
         self._watches.clear()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.close()
 
     async def _follow(self, target: PlaneTarget) -> None:
         api = PlaneAPI(self._tunnel, target, self._discovery)
@@ -109,13 +110,8 @@ class ArgoTracker:
                 continue
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - any failure: back off, list again
-                log.info(
-                    "watch of Argo Workflows on %s broke (%s); again in %.0fs",
-                    target.ref,
-                    exc,
-                    delay,
-                )
+            except Exception as exc:  # noqa: BLE001 - the watch must outlive anything (bugs logged)
+                report_failure(log, f"watch of Argo Workflows on {target.ref}", exc)
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, 30.0)
 
@@ -139,8 +135,8 @@ class ArgoTracker:
             await self._observe(key, kind, obj)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("status update of run %s/%s failed; reading it again shortly", *key)
+        except Exception as exc:  # noqa: BLE001 - one run's failure must not stop the watch
+            report_failure(log, f"status update of run {key[0]}/{key[1]}", exc)
             self._spawn(self._catch_up(key, target, CATCH_UP_RETRY))
 
 
