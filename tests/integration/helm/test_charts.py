@@ -536,14 +536,22 @@ def test_chart_crds_are_identical_to_deploy_crds() -> None:
 
 
 def test_rendered_crds_parse(helm: Helm) -> None:
-    """`helm template --include-crds` carries every CRD (what `helm install` creates first)."""
+    """`helm template --include-crds` carries every CRD and the admission policy that goes with
+    them (what `helm install` creates first)."""
     docs = helm.template(CONTROL_PLANE_CHART, "--include-crds")
-    names = {d["metadata"]["name"] for d in find(docs, "CustomResourceDefinition")}
-    expected = {
-        yaml.safe_load(p.read_text())["metadata"]["name"]
-        for p in (REPO / "deploy" / "crds").glob("*.yaml")
-    }
-    assert names == expected
+    shipped = [
+        doc
+        for path in (REPO / "deploy" / "crds").glob("*.yaml")
+        for doc in yaml.safe_load_all(path.read_text())
+    ]
+    for kind in (
+        "CustomResourceDefinition",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    ):
+        rendered = {d["metadata"]["name"] for d in find(docs, kind)}
+        assert rendered == {d["metadata"]["name"] for d in shipped if d["kind"] == kind}, kind
+        assert rendered, kind
 
 
 # ---- server-side dry run against the real API servers --------------------------------------
