@@ -16,6 +16,7 @@ from workflowplane.api.constants import CLUSTER_WORKFLOW_PLANE, GROUP, VERSION, 
 from workflowplane.api.workflows import CLUSTER_WORKFLOW, WORKFLOW
 from workflowplane.kits.workqueue import WorkQueue
 from workflowplane.protocol.gateway_client import TunnelAPI
+from workflowplane.runs.planner import Planner
 from workflowplane.runs.run_reconciler import RunReconciler
 from workflowplane.runs.tracker import RunKey
 
@@ -31,7 +32,8 @@ CLUSTER_SCOPED = {CLUSTER_WORKFLOW_PLANE, CLUSTER_WORKFLOW}
 
 class RunsController:
     def __init__(self, kube: AsyncClient, tunnel: TunnelAPI, *, concurrency: int = 16) -> None:
-        self.reconciler = RunReconciler(kube, tunnel)
+        self.planner = Planner()
+        self.reconciler = RunReconciler(kube, tunnel, self.planner)
         self._concurrency = concurrency
         self._queue: WorkQueue[RunKey] | None = None
 
@@ -45,6 +47,7 @@ class RunsController:
         if self._queue is not None:
             await self._queue.close()
         await self.reconciler.tracker.close()
+        self.planner.close()
 
 
 def register_runs(registry: kopf.OperatorRegistry, runs: RunsController) -> None:

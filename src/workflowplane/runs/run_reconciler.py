@@ -34,8 +34,9 @@ from workflowplane.api.workflows import (
 from workflowplane.kits.clock import parse_rfc3339, rfc3339, utcnow
 from workflowplane.kits.errors import Failure, TransientError
 from workflowplane.protocol.gateway_client import TunnelAPI
-from workflowplane.runs.plan import PlaneTarget, RunPlan, plan_run
+from workflowplane.runs.plan import PlaneTarget, RunPlan
 from workflowplane.runs.plane_api import Discovery, PlaneAPI
+from workflowplane.runs.planner import Planner
 from workflowplane.runs.progress import (
     changed,
     failed_before_start,
@@ -59,10 +60,15 @@ ObjectKey = tuple[str, str | None, str]  # kind, namespace, name of something a 
 
 class RunReconciler:
     def __init__(
-        self, kube: AsyncClient, tunnel: TunnelAPI, clock: Callable[[], dt.datetime] = utcnow
+        self,
+        kube: AsyncClient,
+        tunnel: TunnelAPI,
+        planner: Planner,
+        clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self._kube = kube
         self._tunnel = tunnel
+        self._planner = planner
         self._clock = clock
         self._discovery = Discovery()
         self.tracker = ArgoTracker(tunnel, self._discovery, self.observe)
@@ -136,7 +142,7 @@ class RunReconciler:
             return NOT_FOUND_RETRY
         self._unwait(key)
         try:
-            plan = plan_run(run, definition, target)
+            plan = await self._planner.plan(run, definition, target)
         except SecretStoreMissing as exc:
             return await self._fail(run, RunReason.SECRET_STORE_NOT_CONFIGURED, str(exc))
         except RenderError as exc:
