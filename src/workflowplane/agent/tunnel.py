@@ -130,7 +130,7 @@ class FrameServer:
             return
         try:
             async for part in self._upstream.stream(
-                frame.method.upper(), frame.path, frame.query, frame.headers
+                frame.method.upper(), frame.path, _str(frame.query), _headers(frame.headers)
             ):
                 if isinstance(part, UpstreamResult):
                     await self._send(
