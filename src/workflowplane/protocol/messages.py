@@ -21,6 +21,10 @@ from msgspec import UNSET, UnsetType
 
 PLANE_TYPE_WORKFLOW = "workflowplane"
 TARGET_K8S = "k8s"
+# The WebSocket subprotocol an agent offers and a gateway selects to agree on our extensions:
+# chunked answers and body streams (docs/streaming.md). OpenChoreo's peers neither offer nor
+# select it, so a connection without it is plain v1.
+TUNNEL_V2 = "workflowplane.tunnel.v2"
 
 Headers = dict[str, list[str]]
 
