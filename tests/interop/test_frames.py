@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.interop.conftest import uncaptured
 from tests.interop.gocodec_build import ensure
 from workflowplane.protocol import (
     StreamChunk,
@@ -26,7 +27,9 @@ from workflowplane.protocol import (
     encode,
 )
 from workflowplane.protocol.messages import Frame
+from workflowplane.testenv.peer import source_dir
 
+pytestmark = pytest.mark.interop
 BODY = b'{"kind":"ConfigMap"}\x00\xff'
 HEADERS = {"Content-Type": ["application/json"], "Accept": ["application/json", "*/*"]}
 
@@ -97,14 +100,22 @@ KINDS = {
 }
 
 
-@cache
-def _gocodec() -> Path:
-    return ensure()
+@pytest.fixture(scope="module", autouse=True)
+def gocodec(request: pytest.FixtureRequest) -> Path:
+    """The Go program, built (once per program and peer source) before the module's tests."""
+    if not (source_dir() / "go.mod").is_file():
+        pytest.skip(f"OpenChoreo's peer source is not at {source_dir()}")
+    with uncaptured(request):
+        _BUILT["gocodec"] = ensure()
+    return _BUILT["gocodec"]
+
+
+_BUILT: dict[str, Path] = {}
 
 
 def _run(command: str, stdin: str = "") -> list[dict[str, Any]]:
     result = subprocess.run(
-        [str(_gocodec()), command], input=stdin, capture_output=True, text=True, check=True
+        [str(_BUILT["gocodec"]), command], input=stdin, capture_output=True, text=True, check=True
     )
     return [json.loads(line) for line in result.stdout.splitlines()]
 

@@ -7,16 +7,14 @@ import argparse
 import os
 import re
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
+from tests.openchoreo_chart import agent_args, chart_dir
 from workflowplane.agent.cli import add_arguments, config_from_args
 from workflowplane.agent.config import AgentConfig
 from workflowplane.testenv.peer import source_dir
 
-CHART = Path("install/helm/openchoreo-workflow-plane")
 GO_ENV = {"SERVER_URL", "PLANE_TYPE", "PLANE_ID", "TLS_ENABLED", "CLIENT_CERT_PATH"}
 GO_ENV |= {"CLIENT_KEY_PATH", "SERVER_CA_PATH", "KUBECONFIG", "LOG_LEVEL", "POD_NAME"}
 GO_ENV |= {"POD_NAMESPACE"}
@@ -39,32 +37,11 @@ def _config(argv: list[str]) -> AgentConfig:
     return config_from_args(_parse(argv))
 
 
-def _value(values: dict[str, Any], dotted: str) -> str:
-    node: Any = values
-    for key in dotted.split("."):
-        node = node[key]
-    return str(node).lower() if isinstance(node, bool) else str(node)
-
-
-_VALUE = r"\{\{\s*\.Values\.([\w.]+)(?:\s*\|\s*default[^}]*)?\s*\}\}"
-
-
 def chart_args() -> list[str]:
-    """The agent container's args as OpenChoreo's chart renders them with its default values
-    (tls.enabled true), read from the peer's template and values."""
-    chart = source_dir() / CHART
-    if not chart.is_dir():
-        pytest.skip(f"OpenChoreo's chart is not at {chart}")
-    values = yaml.safe_load((chart / "values.yaml").read_text())
-    template = (chart / "templates/cluster-agent/deployment.yaml").read_text()
-    block = template.split("args:", 1)[1].split("env:", 1)[0]
-    args = []
-    for raw in block.splitlines():
-        line = raw.strip()
-        if line.startswith("- --"):
-            args.append(re.sub(_VALUE, lambda m: _value(values, m.group(1)), line[2:]))
-    assert args and not any("{{" in arg for arg in args), args
-    return args
+    """The agent container's args as OpenChoreo's chart renders them with its default values."""
+    if not chart_dir().is_dir():
+        pytest.skip(f"OpenChoreo's chart is not at {chart_dir()}")
+    return agent_args()
 
 
 def test_openchoreos_chart_command_line_is_accepted_and_mapped() -> None:
