@@ -4,6 +4,10 @@ On first start the agent creates the CA and a client certificate signed by it, a
 ``ca.crt``, ``ca.key``, ``tls.crt``, ``tls.key``. Later starts reuse them; when the client
 certificate nears its end it is re-issued from the same CA, so the CR that trusts the CA never
 changes. Creation is race-safe across replicas (a 409 means another replica won: use theirs).
+
+OpenChoreo's chart has cert-manager write the Secret instead: a self-signed leaf, ``ca.crt`` equal
+to ``tls.crt`` and no ``ca.key``. Such an identity is used as it is and never renewed here
+(cert-manager renews it; the agent picks the new leaf up from the Secret).
 """
 
 from __future__ import annotations
@@ -27,8 +31,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class AgentIdentity:
-    ca: KeyPair
+    ca: KeyPair  # key_pem is empty when the Secret has no ca.key (cert-manager's)
     client: KeyPair
+
+    @property
+    def renewable(self) -> bool:
+        """Only an identity whose CA key we hold can have its leaf re-issued."""
+        return bool(self.ca.key_pem)
 
     def renewal_due(self, fraction: float, now: dt.datetime | None = None) -> bool:
         cert = self.client.certificate
@@ -50,16 +59,18 @@ def _secret_data(identity: AgentIdentity) -> dict[str, str]:
     }
 
 
-def _from_secret(secret: Secret) -> AgentIdentity:
+def identity_from_secret(secret: Secret) -> AgentIdentity:
+    """Ours (with ``ca.key``) or cert-manager's (a leaf, maybe ``ca.crt``, no ``ca.key``)."""
     data = {key: base64.b64decode(value) for key, value in (secret.data or {}).items()}
-    missing = {"ca.crt", "ca.key", "tls.crt", "tls.key"} - data.keys()
+    name = secret.metadata.name if secret.metadata else ""
+    missing = {"tls.crt", "tls.key"} - data.keys()
+    if "ca.key" in data and "ca.crt" not in data:
+        missing.add("ca.crt")
     if missing:
-        raise ValueError(
-            f"Secret {secret.metadata.name if secret.metadata else ''} lacks "
-            f"{', '.join(sorted(missing))}"
-        )
+        raise ValueError(f"Secret {name} lacks {', '.join(sorted(missing))}")
+    ca_cert = data.get("ca.crt") or data["tls.crt"]
     return AgentIdentity(
-        KeyPair(data["ca.crt"], data["ca.key"]), KeyPair(data["tls.crt"], data["tls.key"])
+        KeyPair(ca_cert, data.get("ca.key", b"")), KeyPair(data["tls.crt"], data["tls.key"])
     )
 
 
@@ -89,7 +100,7 @@ async def load_or_create(
 ) -> AgentIdentity:
     """The stored identity, or a new one stored now (the winner of a create race counts)."""
     try:
-        return _from_secret(await client.get(Secret, name, namespace=namespace))
+        return identity_from_secret(await client.get(Secret, name, namespace=namespace))
     except ApiError as exc:
         if exc.status.code != 404:
             raise
@@ -109,7 +120,7 @@ async def load_or_create(
     except ApiError as exc:
         if exc.status.code != 409:
             raise
-    return _from_secret(await client.get(Secret, name, namespace=namespace))
+    return identity_from_secret(await client.get(Secret, name, namespace=namespace))
 
 
 async def renew(

@@ -1,14 +1,26 @@
-"""``wpctl agent``: flags with CLUSTER_AGENT_* environment fallbacks (as the Helm chart sets)."""
+"""``wpctl agent`` and ``cluster-agent``: our flags, and OpenChoreo's agent command line unchanged.
+
+Every flag reads ``CLUSTER_AGENT_<FLAG>`` when not given; the flags OpenChoreo's chart passes
+(Go syntax: ``-flag`` or ``--flag``, durations like ``5s``) and its agent's environment variables
+(``SERVER_URL``, ``PLANE_ID``, ``CLIENT_CERT_PATH``, …) are accepted too. Those with no meaning
+here are logged as ignored at start.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
 from workflowplane.agent.config import AgentConfig, env
 from workflowplane.api.constants import AGENT_NAMESPACE, AGENT_SECRET_NAME, PLANE_TYPE
+from workflowplane.kits.goflags import add_go_flag, env_bool, parse_duration
 from workflowplane.kits.process import EXIT_USAGE, FatalError
+
+log = logging.getLogger(__name__)
+LOG_LEVELS = {"debug": "DEBUG", "warn": "WARNING", "warning": "WARNING", "error": "ERROR"}
 
 
 def _path(value: str | None) -> Path | None:
@@ -20,30 +32,80 @@ def register(subparsers: Any) -> None:
         "agent",
         help="run the cluster agent (in the workflow plane)",
         description="Dials out to the cluster gateway over mutual TLS and serves Kubernetes "
-        "API requests for the control plane. Every flag also reads CLUSTER_AGENT_<FLAG>.",
+        "API requests for the control plane. Every flag also reads CLUSTER_AGENT_<FLAG>; "
+        "OpenChoreo's cluster-agent flags and environment work as well.",
     )
-    add = parser.add_argument
-    add("--server-url", default=env("SERVER_URL"), help="gateway URL, e.g. wss://gw:8443")
-    add("--plane-type", default=env("PLANE_TYPE", PLANE_TYPE))
-    add("--plane-id", default=env("PLANE_ID"), help="must match the CR's planeID")
-    add("--server-ca", default=env("SERVER_CA"), help="PEM file of the gateway's server CA")
-    add("--client-cert", default=env("CLIENT_CERT"), help="use this cert instead of the Secret")
-    add("--client-key", default=env("CLIENT_KEY"))
-    add("--namespace", default=env("NAMESPACE", AGENT_NAMESPACE))
-    add("--secret-name", default=env("SECRET_NAME", AGENT_SECRET_NAME))
-    add("--kubeconfig", default=env("KUBECONFIG"), help="out-of-cluster: kubeconfig file")
-    add("--context", default=env("CONTEXT"))
-    add("--reconnect-initial", type=float, default=float(env("RECONNECT_INITIAL", "1") or 1))
-    add("--reconnect-max", type=float, default=float(env("RECONNECT_MAX", "30") or 30))
-    add("--request-timeout", type=float, default=float(env("REQUEST_TIMEOUT", "30") or 30))
+    add_arguments(parser)
+    parser.set_defaults(handler=_run)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Our flags and OpenChoreo's (``cmd/cluster-agent/main.go``), with environment fallbacks."""
+
+    def add(*names: str, **kwargs: Any) -> None:
+        add_go_flag(parser, *names, **kwargs)
+
     add(
-        "--max-concurrent-requests",
+        "server-url",
+        default=env("SERVER_URL", go="SERVER_URL"),
+        help="gateway URL, e.g. wss://gw:8443/ws",
+    )
+    add("plane-type", default=env("PLANE_TYPE", PLANE_TYPE, go="PLANE_TYPE"))
+    add("plane-id", default=env("PLANE_ID", go="PLANE_ID"), help="must match the CR's planeID")
+    add("server-ca", default=env("SERVER_CA", go="SERVER_CA_PATH"), help="gateway's CA (PEM)")
+    add("client-cert", default=env("CLIENT_CERT", go="CLIENT_CERT_PATH"), help="instead of Secret")
+    add("client-key", default=env("CLIENT_KEY", go="CLIENT_KEY_PATH"))
+    add(
+        "tls-enabled",
+        go_bool=True,
+        default=env_bool(env("TLS_ENABLED", go="TLS_ENABLED"), True),
+        help="false: no client certificate and no server verification (OpenChoreo's "
+        "single-cluster mode)",
+    )
+    add("namespace", default=env("NAMESPACE") or os.environ.get("POD_NAMESPACE") or AGENT_NAMESPACE)
+    add("secret-name", default=env("SECRET_NAME", AGENT_SECRET_NAME))
+    add(
+        "kubeconfig",
+        default=env("KUBECONFIG", go="KUBECONFIG"),
+        help="out-of-cluster: kubeconfig file",
+    )
+    add("context", default=env("CONTEXT"))
+    add(
+        "reconnect-initial",
+        "reconnect-delay",
+        type=parse_duration,
+        default=parse_duration(env("RECONNECT_INITIAL") or env("RECONNECT_DELAY") or "1s"),
+        help="first reconnect backoff (OpenChoreo: --reconnect-delay; e.g. 5s)",
+    )
+    add("reconnect-max", type=parse_duration, default=parse_duration(env("RECONNECT_MAX") or "30s"))
+    add(
+        "request-timeout",
+        type=parse_duration,
+        default=parse_duration(env("REQUEST_TIMEOUT") or "30s"),
+    )
+    add(
+        "max-concurrent-requests",
         type=int,
         default=int(env("MAX_CONCURRENT_REQUESTS", "64") or 64),
     )
-    add("--max-frame-bytes", type=int, default=int(env("MAX_FRAME_BYTES", "16777216") or 0))
-    add("--cert-validity-days", type=float, default=float(env("CERT_VALIDITY_DAYS", "90") or 90))
-    parser.set_defaults(handler=_run)
+    add(
+        "max-frame-bytes",
+        type=int,
+        default=int(env("MAX_FRAME_BYTES") or AgentConfig.max_frame_bytes),
+        help="largest frame to a gateway that cannot take answers in chunks (OpenChoreo's)",
+    )
+    add(
+        "cert-validity-days",
+        type=float,
+        default=float(env("CERT_VALIDITY_DAYS", "90") or 90),
+    )
+    add(
+        "heartbeat-interval",
+        type=parse_duration,
+        default=None,
+        help="accepted for OpenChoreo's chart; unused (the gateway pings, the agent answers)",
+    )
+    add("log-level", default=env("LOG_LEVEL", go="LOG_LEVEL"), help="debug|info|warn|error")
 
 
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
@@ -51,7 +113,9 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         if not getattr(args, flag):
             name = flag.replace("_", "-")
             raise FatalError(
-                f"--{name} is required", f"or set CLUSTER_AGENT_{flag.upper()}", EXIT_USAGE
+                f"--{name} is required",
+                f"or set CLUSTER_AGENT_{flag.upper()} (or {flag.upper()})",
+                EXIT_USAGE,
             )
     return AgentConfig(
         server_url=args.server_url,
@@ -60,6 +124,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         server_ca_file=_path(args.server_ca),
         client_cert_file=_path(args.client_cert),
         client_key_file=_path(args.client_key),
+        tls_enabled=args.tls_enabled,
         namespace=args.namespace,
         secret_name=args.secret_name,
         kubeconfig=_path(args.kubeconfig),
@@ -70,7 +135,24 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         max_concurrent_requests=args.max_concurrent_requests,
         max_frame_bytes=args.max_frame_bytes,
         cert_validity_days=args.cert_validity_days,
+        ignored=_ignored(args),
     )
+
+
+def _ignored(args: argparse.Namespace) -> tuple[str, ...]:
+    """Settings accepted for compatibility that change nothing here, to say so in the log."""
+    ignored = []
+    if args.heartbeat_interval is not None:
+        ignored.append(f"--heartbeat-interval={args.heartbeat_interval:g}s")
+    if os.environ.get("POD_NAME"):
+        ignored.append(f"POD_NAME={os.environ['POD_NAME']}")
+    return tuple(ignored)
+
+
+def apply_log_level(level: str | None) -> None:
+    """OpenChoreo's levels; anything else is info, as its agent treats it."""
+    if level:
+        logging.getLogger().setLevel(LOG_LEVELS.get(level.lower(), "INFO"))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -78,9 +160,27 @@ def _run(args: argparse.Namespace) -> int:
     from workflowplane.kits.process import run  # noqa: PLC0415
 
     config = config_from_args(args)
+    apply_log_level(args.log_level)
 
     async def main() -> None:  # the agent's sessions need the running loop
         await Agent(config).run()
 
     run(main())
     return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``cluster-agent``: the agent alone, started with OpenChoreo's command line unchanged."""
+    parser = argparse.ArgumentParser(
+        prog="cluster-agent", description="workflowplane's cluster agent (OpenChoreo-compatible)"
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        code = _run(args)
+    except FatalError as exc:
+        parser.error(exc.message + (f" ({exc.hint})" if exc.hint else ""))
+    raise SystemExit(code)

@@ -17,6 +17,7 @@ class AgentConfig:
     server_ca_file: Path | None = None
     client_cert_file: Path | None = None  # with client_key_file: use files, not the Secret
     client_key_file: Path | None = None
+    tls_enabled: bool = True  # False: OpenChoreo's single-cluster mode (no mTLS, unverified)
     namespace: str = AGENT_NAMESPACE
     secret_name: str = AGENT_SECRET_NAME
     kubeconfig: Path | None = None  # None: in-cluster service account
@@ -25,17 +26,27 @@ class AgentConfig:
     reconnect_max_seconds: float = 30.0
     stable_after_seconds: float = 30.0
     dead_after_seconds: float = 90.0
-    max_frame_bytes: int = 16 * 1024 * 1024
+    # A gateway that takes no chunked answers (OpenChoreo's reads frames of any size) gets each
+    # answer in one frame of at most this many bytes; a larger one is refused at once.
+    max_frame_bytes: int = 64 * 1024 * 1024
     request_timeout_seconds: float = 30.0
     max_concurrent_requests: int = 64
     cert_validity_days: float = 90.0
     ca_validity_days: float = 3650.0
     renew_before_fraction: float = 1 / 3  # renew when less than this much of the life remains
+    ignored: tuple[str, ...] = ()  # settings accepted for compatibility, without effect here
 
 
 ENV_PREFIX = "CLUSTER_AGENT_"
 
 
-def env(name: str, default: str | None = None) -> str | None:
-    """CLUSTER_AGENT_<NAME> as OpenChoreo's Helm chart sets them."""
-    return os.environ.get(ENV_PREFIX + name, default)
+def env(name: str, default: str | None = None, *, go: str | None = None) -> str | None:
+    """``CLUSTER_AGENT_<NAME>``, else OpenChoreo's agent's own variable ``go`` when it has one.
+
+    Empty counts as unset, as OpenChoreo's ``GetEnv`` treats it.
+    """
+    for key in (ENV_PREFIX + name, *([go] if go else [])):
+        value = os.environ.get(key)
+        if value:
+            return value
+    return default

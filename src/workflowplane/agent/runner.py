@@ -49,10 +49,11 @@ class Agent:
         return self.upstream.lightkube_client()
 
     async def ensure_identity(self) -> AgentIdentity | None:
-        """Load or create ``cluster-agent-tls``; None when certificate files are configured."""
-        if self.config.client_cert_file is not None:
+        """Load or create ``cluster-agent-tls``; None with certificate files or without TLS."""
+        if self.config.client_cert_file is not None or not self.config.tls_enabled:
             return None
         client = self._kube()
+        first = self.identity is None
         try:
             self.identity = await load_or_create(
                 client,
@@ -64,9 +65,20 @@ class Agent:
             )
         finally:
             await client.close()
+        if first and not self.identity.renewable:
+            log.info(
+                "Secret %s/%s has no ca.key (cert-manager's?): using its tls.crt as it is "
+                "(valid until %s); the agent will not renew it, it reconnects when the Secret "
+                "holds a new one",
+                self.config.namespace,
+                self.config.secret_name,
+                self.identity.client.certificate.not_valid_after_utc.isoformat(),
+            )
         return self.identity
 
     async def _ssl_context(self) -> ssl.SSLContext:
+        if not self.config.tls_enabled:
+            return _insecure_context()
         context = ssl.create_default_context(
             cafile=str(self.config.server_ca_file) if self.config.server_ca_file else None
         )
@@ -88,10 +100,14 @@ class Agent:
         return cert, key
 
     async def _renew_forever(self) -> None:
-        """Re-issue the client certificate from the same CA before it expires."""
+        """Re-issue the client certificate from the same CA before it expires; an identity we
+        cannot re-issue (cert-manager's) is re-read instead, and a new leaf reconnects."""
         while True:
             await asyncio.sleep(min(RENEWAL_CHECK_SECONDS, self._check_interval()))
             identity = self.identity
+            if identity is not None and not identity.renewable:
+                await self._reload_external(identity)
+                continue
             if identity is None or not identity.renewal_due(self.config.renew_before_fraction):
                 continue
             client = self._kube()
@@ -114,10 +130,29 @@ class Agent:
                 await client.close()
             self.tunnel.reconnect_requested.set()
 
+    async def _reload_external(self, identity: AgentIdentity) -> None:
+        try:
+            fresh = await self.ensure_identity()
+        except Exception:
+            log.exception("re-reading Secret %s failed; will retry", self.config.secret_name)
+            return
+        if fresh is not None and fresh.client.cert_pem != identity.client.cert_pem:
+            log.info(
+                "Secret %s holds a new client certificate: reconnecting with it",
+                self.config.secret_name,
+            )
+            self.tunnel.reconnect_requested.set()
+
     def _check_interval(self) -> float:
         return max(1.0, self.config.cert_validity_days * 86400 / 20)
 
     async def run(self) -> None:
+        for setting in self.config.ignored:
+            log.info("accepted for OpenChoreo compatibility, no effect here: %s", setting)
+        if not self.config.tls_enabled:
+            log.warning(
+                "TLS disabled (--tls-enabled=false): no client certificate, gateway not verified"
+            )
         if self.identity is None:
             await self.ensure_identity()
         renewer = asyncio.create_task(self._renew_forever())
@@ -129,3 +164,11 @@ class Agent:
                 await renewer
             await self.upstream.close()
             self._files.cleanup()
+
+
+def _insecure_context() -> ssl.SSLContext:
+    """OpenChoreo's ``--tls-enabled=false``: TLS without a client certificate or verification."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context

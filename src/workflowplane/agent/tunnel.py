@@ -1,27 +1,46 @@
 """The agent's WebSocket to the gateway: dial out, serve frames, reconnect with jitter.
 
-Stream contract (docs/streaming.md): for a StreamInit the agent first sends a TunnelResponse
-with the same requestID carrying statusCode and headers and an empty body, then StreamChunks
-with the body's bytes, then a StreamChunk with ``isClose``. A StreamChunk with ``isClose``
-from the gateway cancels the stream.
+The agent offers the subprotocol ``TUNNEL_V2``; what the gateway selects decides how answers
+travel (docs/streaming.md):
+
+- v1 (OpenChoreo's gateway, which selects nothing): each answer is one TunnelResponse frame of at
+  most ``max_frame`` bytes. A body that cannot fit is refused at once with a 502 whose body is a
+  Kubernetes Status saying so (OpenChoreo's gateway passes bodies on but drops ``error``).
+- v2: an answer larger than one chunk is a TunnelResponse with ``chunked: true`` (status and
+  headers), then StreamChunks of at most ``chunk_bytes``, then a chunk with ``isClose``. The body
+  is never held whole.
+
+A StreamInit with ``isUpgrade: false`` (watch/follow; only our gateway sends it) answers with a
+TunnelResponse (status, headers), StreamChunks as the bytes come, then ``isClose``; the
+gateway's ``isClose`` cancels it. Upgrades (exec) are not served yet: they are closed at once with
+the reason as the close chunk's data, as OpenChoreo's agent reports a failed exec.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
 import msgspec
 
-from workflowplane.agent.upstream import ResponseTooLarge, Upstream, UpstreamResult
+from workflowplane.agent.upstream import (
+    ResponseTooLarge,
+    Upstream,
+    UpstreamResult,
+    response_headers,
+)
 from workflowplane.protocol import (
     TARGET_K8S,
+    TUNNEL_V2,
     Frame,
     StreamChunk,
     StreamInit,
@@ -34,6 +53,9 @@ from workflowplane.protocol import (
 from workflowplane.protocol.http import ALLOWED_METHODS
 
 log = logging.getLogger(__name__)
+CHUNK_BYTES = 1024 * 1024
+# Room in a frame for everything but the base64 body: ids, status, headers, JSON syntax.
+FRAME_OVERHEAD = 64 * 1024
 
 
 def full_jitter_delay(attempt: int, initial: float, cap: float) -> float:
@@ -41,14 +63,49 @@ def full_jitter_delay(attempt: int, initial: float, cap: float) -> float:
     return random.uniform(0, min(cap, initial * (2 ** min(attempt, 30))))
 
 
+def body_limit(max_frame: int) -> int:
+    """The largest body whose base64 still fits a frame of ``max_frame`` bytes."""
+    return max(0, (max_frame - FRAME_OVERHEAD) // 4 * 3)
+
+
+_REASONS = {404: "NotFound", 500: "InternalError", 502: "InternalError", 504: "Timeout"}
+
+
 def error_response(request_id: str, status: int, message: str) -> TunnelResponse:
+    """An error as a response: ``error`` for gateways that read it, a Kubernetes Status body
+    for those that pass bodies on (OpenChoreo's) and for kubectl, which prints its message."""
+    status_body = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": f"cluster agent: {message}",
+        "reason": _REASONS.get(status, "InternalError"),
+        "code": status,
+    }
     return TunnelResponse(
         request_id=request_id,
         status_code=status,
-        headers={},
-        body=b"",
+        headers={"Content-Type": ["application/json"]},
+        body=json.dumps(status_body).encode(),
         error=TunnelError(code=status, message=message),
     )
+
+
+def _refusal(frame: TunnelRequest) -> TunnelResponse | None:
+    """404 unknown target, 500 bad request; None when the request may go upstream."""
+    if frame.target != TARGET_K8S:
+        return error_response(frame.request_id, 404, f"unknown target: {frame.target}")
+    if frame.method.upper() not in ALLOWED_METHODS or not frame.path.startswith("/"):
+        return error_response(frame.request_id, 500, f"bad request: {frame.method} {frame.path!r}")
+    return None
+
+
+@dataclass
+class _Head:
+    """Whether a chunked answer's head went out (after it, an error can only end the stream)."""
+
+    sent: bool = False
 
 
 class FrameServer:
@@ -60,12 +117,17 @@ class FrameServer:
         send: Callable[[bytes], Awaitable[None]],
         timeout: float,
         max_concurrent: int,
+        *,
+        max_frame: int = 64 * 1024 * 1024,
+        chunked: bool = False,
+        chunk_bytes: int = CHUNK_BYTES,
     ) -> None:
         self._upstream = upstream
         self._send = send
         self._timeout = timeout
         self._slots = asyncio.Semaphore(max_concurrent)
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._max_frame, self._chunked, self._chunk = max_frame, chunked, chunk_bytes
 
     def dispatch(self, raw: bytes | str) -> None:
         try:
@@ -83,8 +145,7 @@ class FrameServer:
         if isinstance(frame, TunnelResponse):  # not meant for an agent
             log.warning("dropping unexpected response frame %s", frame.request_id)
             return
-        work = self._stream(frame) if isinstance(frame, StreamInit) else self._serve(frame)
-        task = asyncio.create_task(work)
+        task = asyncio.create_task(self._work(frame))
         request_id = frame.request_id
         self._tasks[request_id] = task
 
@@ -93,18 +154,40 @@ class FrameServer:
 
         task.add_done_callback(forget)
 
+    def _work(self, frame: TunnelRequest | StreamInit) -> Coroutine[Any, Any, None]:
+        if isinstance(frame, TunnelRequest):
+            return self._serve(frame)
+        if frame.is_upgrade:
+            return self._refuse_upgrade(frame)
+        return self._stream(frame)
+
     async def _serve(self, frame: TunnelRequest) -> None:
         async with self._slots:
-            response = await self._answer(frame)
-        await self._send(encode(response))
+            refused = _refusal(frame)
+            if refused is not None:
+                await self._send_whole(refused)
+            elif self._chunked:
+                await self._answer_in_chunks(frame)
+            else:
+                await self._send_whole(await self._answer(frame))
+
+    async def _send_whole(self, response: TunnelResponse) -> None:
+        """One frame; one that would exceed the frame limit becomes a 502 saying so."""
+        data = encode(response)
+        if len(data) > self._max_frame:
+            data = encode(
+                error_response(
+                    response.request_id,
+                    502,
+                    f"answer of {len(data)} bytes does not fit in one frame "
+                    f"(limit {self._max_frame} bytes)",
+                )
+            )
+        await self._send(data)
 
     async def _answer(self, frame: TunnelRequest) -> TunnelResponse:
-        """Errors become responses: 404 unknown target, 500 bad request, 502 upstream."""
+        """The whole answer in one response; upstream failures become 502s."""
         rid = frame.request_id
-        if frame.target != TARGET_K8S:
-            return error_response(rid, 404, f"unknown target {frame.target!r}")
-        if frame.method.upper() not in ALLOWED_METHODS or not frame.path.startswith("/"):
-            return error_response(rid, 500, f"bad request: {frame.method} {frame.path!r}")
         try:
             result = await self._upstream.request(
                 frame.method.upper(),
@@ -113,24 +196,96 @@ class FrameServer:
                 _headers(frame.headers),
                 _bytes(frame.body),
                 self._timeout,
+                body_limit(self._max_frame),
             )
         except ResponseTooLarge as exc:
-            return error_response(rid, 502, str(exc))
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            return error_response(rid, 502, f"upstream request failed: {exc!r}")
+            return error_response(rid, 502, _too_large(exc))
+        except TimeoutError:
+            return error_response(rid, 504, f"upstream did not answer within {self._timeout:g}s")
+        except (aiohttp.ClientError, OSError) as exc:
+            return error_response(rid, 502, f"backend request failed: {exc!r}")
         return TunnelResponse(
             request_id=rid, status_code=result.status, headers=result.headers, body=result.body
         )
 
+    async def _answer_in_chunks(self, frame: TunnelRequest) -> None:
+        """v2: a small answer in one frame, a larger one as chunks as it is read."""
+        rid, head = frame.request_id, _Head()
+        try:
+            async with asyncio.timeout(self._timeout):
+                upstream = self._upstream.open(
+                    frame.method.upper(),
+                    frame.path,
+                    _str(frame.query),
+                    _headers(frame.headers),
+                    _bytes(frame.body),
+                )
+                async with upstream as response:
+                    await self._relay(rid, response, head)
+        except TimeoutError:
+            await self._fail(
+                rid, head.sent, 504, f"upstream did not answer within {self._timeout:g}s"
+            )
+        except (aiohttp.ClientError, OSError) as exc:
+            await self._fail(rid, head.sent, 502, f"backend request failed: {exc!r}")
+
+    async def _relay(self, rid: str, response: aiohttp.ClientResponse, head: _Head) -> None:
+        """Send the upstream answer: whole if it fits one chunk, else head, chunks, close."""
+        status, headers = response.status, response_headers(response.headers)
+        pending = bytearray()
+        async for piece in response.content.iter_chunked(self._chunk):
+            pending += piece
+            while len(pending) >= self._chunk:
+                if not head.sent:
+                    await self._send(
+                        encode(
+                            TunnelResponse(
+                                request_id=rid, status_code=status, headers=headers, chunked=True
+                            )
+                        )
+                    )
+                    head.sent = True
+                part = bytes(pending[: self._chunk])
+                del pending[: self._chunk]
+                await self._send(encode(StreamChunk(request_id=rid, data=part)))
+        if not head.sent:
+            whole = TunnelResponse(
+                request_id=rid, status_code=status, headers=headers, body=bytes(pending)
+            )
+            await self._send(encode(whole))
+            return
+        if pending:
+            await self._send(encode(StreamChunk(request_id=rid, data=bytes(pending))))
+        await self._send(encode(StreamChunk(request_id=rid, is_close=True)))
+
+    async def _fail(self, rid: str, started: bool, status: int, message: str) -> None:
+        """Before the head: an error response. After it: a close chunk carrying the reason."""
+        if started:
+            await self._send(
+                encode(StreamChunk(request_id=rid, data=message.encode(), is_close=True))
+            )
+        else:
+            await self._send_whole(error_response(rid, status, message))
+
+    async def _refuse_upgrade(self, frame: StreamInit) -> None:
+        reason = (
+            f"unknown target: {frame.target}"
+            if frame.target != TARGET_K8S
+            else f"upgrade {_str(frame.upgrade_proto) or '(none)'} is not supported by this agent"
+        )
+        log.warning("refusing stream %s: %s", frame.request_id, reason)
+        chunk = StreamChunk(request_id=frame.request_id, data=reason.encode(), is_close=True)
+        await self._send(encode(chunk))
+
     async def _stream(self, frame: StreamInit) -> None:
         rid = frame.request_id
         if frame.target != TARGET_K8S:
-            await self._send(encode(error_response(rid, 404, f"unknown target {frame.target!r}")))
+            await self._send(encode(error_response(rid, 404, f"unknown target: {frame.target}")))
             await self._send(encode(StreamChunk(request_id=rid, is_close=True)))
             return
         try:
             async for part in self._upstream.stream(
-                frame.method.upper(), frame.path, frame.query, frame.headers
+                frame.method.upper(), frame.path, _str(frame.query), _headers(frame.headers)
             ):
                 if isinstance(part, UpstreamResult):
                     await self._send(
@@ -148,10 +303,28 @@ class FrameServer:
             await self._send(encode(error_response(rid, 502, f"upstream stream failed: {exc!r}")))
         await self._send(encode(StreamChunk(request_id=rid, is_close=True)))
 
+    async def idle(self) -> None:
+        """Wait until every request and stream started so far has finished."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
     async def close(self) -> None:
         for task in list(self._tasks.values()):
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+
+def _too_large(exc: ResponseTooLarge) -> str:
+    return (
+        f"{exc}, the most one frame to this gateway can carry (it takes no chunked answers); "
+        "ask for less, e.g. with ?limit= and continue"
+    )
+
+
+def _describe(protocol: str | None, max_frame: int) -> str:
+    if protocol == TUNNEL_V2:
+        return f"{TUNNEL_V2}: large answers in chunks"
+    return f"v1 gateway: each answer in one frame of at most {max_frame} bytes"
 
 
 def _str(value: object) -> str:
@@ -220,8 +393,9 @@ class AgentTunnel:
             autoping=False,
             heartbeat=None,
             timeout=aiohttp.ClientWSTimeout(ws_close=5),
+            protocols=(TUNNEL_V2,),
         ) as ws:
-            log.info("connected to %s", self.url)
+            log.info("connected to %s (%s)", self.url, _describe(ws.protocol, self._max_frame))
             self.reconnect_requested.clear()
             self.connected.set()
             await self._serve(ws)
@@ -230,15 +404,17 @@ class AgentTunnel:
         lock = asyncio.Lock()
 
         async def send(data: bytes) -> None:
-            if len(data) > self._max_frame:
-                log.warning(
-                    "dropping outgoing frame of %d bytes (limit %d)", len(data), self._max_frame
-                )
-                return
-            async with lock:
-                await ws.send_str(data.decode())
+            async with lock:  # a text frame from the bytes as they are (no str copy)
+                await ws.send_frame(data, aiohttp.WSMsgType.TEXT)
 
-        server = FrameServer(self._upstream, send, self._timeout, self._max_concurrent)
+        server = FrameServer(
+            self._upstream,
+            send,
+            self._timeout,
+            self._max_concurrent,
+            max_frame=self._max_frame,
+            chunked=ws.protocol == TUNNEL_V2,
+        )
         watcher = asyncio.create_task(self._close_on_request(ws))
         try:
             while True:

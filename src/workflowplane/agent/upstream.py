@@ -126,6 +126,25 @@ class Upstream:
     def _url(self, path: str, query: str) -> str:
         return f"{self._server}/{path.lstrip('/')}" + (f"?{query}" if query else "")
 
+    def open(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: dict[str, list[str]] | None,
+        body: bytes = b"",
+        timeout: float | None = None,
+    ) -> aiohttp.client._RequestContextManager:
+        """The upstream response, its body not yet read (``async with``)."""
+        return self._session.request(
+            method,
+            self._url(path, query),
+            data=body or None,
+            headers=forwardable_headers(headers) + self._auth_header(),
+            timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=10),
+            allow_redirects=False,
+        )
+
     async def request(
         self,
         method: str,
@@ -134,39 +153,19 @@ class Upstream:
         headers: dict[str, list[str]] | None,
         body: bytes,
         timeout: float,  # noqa: ASYNC109 - a per-request deadline
+        max_body: int | None = None,
     ) -> UpstreamResult:
-        async with self._session.request(
-            method,
-            self._url(path, query),
-            data=body or None,
-            headers=forwardable_headers(headers) + self._auth_header(),
-            timeout=aiohttp.ClientTimeout(total=timeout),
-            allow_redirects=False,
-        ) as response:
-            content = await self._read_bounded(response)
+        """The whole answer; ResponseTooLarge as soon as it is known to exceed ``max_body``."""
+        limit = self._max_body if max_body is None else max_body
+        async with self.open(method, path, query, headers, body, timeout) as response:
+            content = await read_bounded(response, limit)
             return UpstreamResult(response.status, response_headers(response.headers), content)
-
-    async def _read_bounded(self, response: aiohttp.ClientResponse) -> bytes:
-        """The whole body (``read(n)`` would return only what has arrived so far), bounded."""
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in response.content.iter_any():
-            size += len(chunk)
-            if size > self._max_body:
-                raise ResponseTooLarge(f"response larger than {self._max_body} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
 
     async def stream(
         self, method: str, path: str, query: str, headers: dict[str, list[str]] | None
     ) -> AsyncIterator[UpstreamResult | bytes]:
         """First the status and headers (empty body), then the body's bytes as they come."""
-        async with self._session.request(
-            method,
-            self._url(path, query),
-            headers=forwardable_headers(headers) + self._auth_header(),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-        ) as response:
+        async with self.open(method, path, query, headers) as response:
             yield UpstreamResult(response.status, response_headers(response.headers), b"")
             async for chunk in response.content.iter_any():
                 yield chunk
@@ -176,5 +175,27 @@ class Upstream:
         self._files.cleanup()
 
 
+async def read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body (``read(n)`` would return only what has arrived so far), bounded.
+
+    A Content-Length over the bound refuses at once, without reading anything.
+    """
+    if response.content_length is not None and response.content_length > limit:
+        raise ResponseTooLarge(response.content_length, limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise ResponseTooLarge(None, limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class ResponseTooLarge(Exception):
     """The plane's answer does not fit in one frame."""
+
+    def __init__(self, size: int | None, limit: int) -> None:
+        known = f" of {size} bytes" if size is not None else ""
+        super().__init__(f"response body{known} is larger than {limit} bytes")
+        self.limit = limit

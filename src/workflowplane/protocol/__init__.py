@@ -3,6 +3,7 @@
 from workflowplane.protocol.messages import (
     PLANE_TYPE_WORKFLOW,
     TARGET_K8S,
+    TUNNEL_V2,
     Frame,
     StreamChunk,
     StreamInit,
@@ -17,6 +18,7 @@ from workflowplane.protocol.messages import (
 __all__ = [
     "PLANE_TYPE_WORKFLOW",
     "TARGET_K8S",
+    "TUNNEL_V2",
     "Frame",
     "StreamChunk",
     "StreamInit",

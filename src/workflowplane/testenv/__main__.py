@@ -1,4 +1,4 @@
-"""Build or locate the API server binaries: ``python -m workflowplane.testenv``."""
+"""``python -m workflowplane.testenv [--peer]``: build or locate the binaries tests run."""
 
 from workflowplane.testenv.assets import main
 

@@ -49,6 +49,24 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def spawn_logged(
+    argv: list[str], log_path: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """A child in its own session (stop it with ``stop_process_group``), its output appended to
+    ``log_path``, killed when the thread that started it dies."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509
+        )
+
+
 def _tail(path: Path, lines: int = 25) -> str:
     """The last lines of a log, without kube-apiserver's echo of every flag."""
     try:

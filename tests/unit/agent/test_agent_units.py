@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import random
@@ -58,7 +57,7 @@ async def _answers(raw: str) -> list[dict[str, object]]:
 
     server = FrameServer(_Unreachable(), send, timeout=1, max_concurrent=2)  # type: ignore[arg-type]
     server.dispatch(raw)
-    await asyncio.sleep(0.05)
+    await server.idle()
     await server.close()
     return [json.loads(s) for s in sent]
 

@@ -1,0 +1,5 @@
+"""``python -m workflowplane.agent``: the ``cluster-agent`` command (OpenChoreo's flags work)."""
+
+from workflowplane.agent.cli import main
+
+main()
