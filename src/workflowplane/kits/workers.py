@@ -21,8 +21,13 @@ from dataclasses import dataclass
 from multiprocessing.context import BaseContext
 from typing import Any, TypeVar
 
+from workflowplane.kits.tasks import TaskSet
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+READY = b"ready"  # a worker's first message: budgets start only once it can work
 
 
 class WorkerTimeout(Exception):
@@ -48,6 +53,7 @@ def _serve(conn: multiprocessing.connection.Connection, budget: Budget) -> None:
     """A worker's loop: (function, args) in, a pickled ("ok", result) or ("error", exc) out."""
     with contextlib.suppress(ValueError, OSError):  # not every platform lets us lower it
         resource.setrlimit(resource.RLIMIT_AS, (budget.memory_bytes, budget.memory_bytes))
+    conn.send_bytes(READY)
     while True:
         try:
             function, args = conn.recv()
@@ -79,11 +85,17 @@ class _Worker:
         self.process.start()
         child.close()
 
+    async def ready(self) -> None:
+        if await _receive(self.conn) != READY:
+            raise WorkerCrashed("a new worker said something other than ready")
+
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError, AttributeError):
             self.process.kill()
-        self.process.join(timeout=5)
         self.conn.close()
+
+    def reap(self) -> None:
+        self.process.join(timeout=5)
 
 
 class WorkerPool:
@@ -106,25 +118,43 @@ class WorkerPool:
         self._size = size
         self._idle: asyncio.Queue[_Worker] | None = None
         self._all: set[_Worker] = set()
+        self._starting = TaskSet("worker-pool")
         self._closed = False
 
     def _queue(self) -> asyncio.Queue[_Worker]:
         if self._idle is None:
             self._idle = asyncio.Queue()
             for _ in range(self._size):
-                self._idle.put_nowait(self._spawn())
+                self._starting.spawn(self._start(), "start worker")
         return self._idle
 
-    def _spawn(self) -> _Worker:
-        worker = _Worker(self._context, self.budget)
-        self._all.add(worker)
-        return worker
+    async def _start(self) -> None:
+        """Start a worker off the loop (forkserver requests block) and offer it once ready."""
+        while not self._closed:
+            worker = await asyncio.to_thread(_Worker, self._context, self.budget)
+            self._all.add(worker)
+            try:
+                await worker.ready()
+            except (EOFError, OSError, WorkerCrashed) as exc:
+                log.warning("a worker process failed to start (%s); starting another", exc)
+                self._retire(worker)
+                await asyncio.sleep(1.0)
+                continue
+            if self._closed:
+                self._retire(worker)
+            else:
+                self._queue().put_nowait(worker)
+            return
 
-    def _replace(self, worker: _Worker) -> None:
+    def _retire(self, worker: _Worker) -> None:
         self._all.discard(worker)
         worker.kill()
+        self._starting.spawn(asyncio.to_thread(worker.reap), "reap worker")
+
+    def _replace(self, worker: _Worker) -> None:
+        self._retire(worker)
         if not self._closed:
-            self._queue().put_nowait(self._spawn())
+            self._starting.spawn(self._start(), "start worker")
 
     async def run(self, function: Callable[..., T], *args: Any) -> T:
         if self._closed:
@@ -155,17 +185,23 @@ class WorkerPool:
     @staticmethod
     async def _call(worker: _Worker, function: Callable[..., Any], args: Any) -> Any:
         worker.conn.send((function, args))
-        loop = asyncio.get_running_loop()
-        ready = asyncio.Event()
-        loop.add_reader(worker.conn.fileno(), ready.set)
-        try:
-            await ready.wait()
-        finally:
-            loop.remove_reader(worker.conn.fileno())
-        return pickle.loads(worker.conn.recv_bytes())
+        return pickle.loads(await _receive(worker.conn))
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self._closed = True
+        await self._starting.close()
         for worker in list(self._all):
             worker.kill()
         self._all.clear()
+
+
+async def _receive(conn: multiprocessing.connection.Connection) -> bytes:
+    """The next message, awaited without blocking the loop until its first bytes arrive."""
+    loop = asyncio.get_running_loop()
+    readable = asyncio.Event()
+    loop.add_reader(conn.fileno(), readable.set)
+    try:
+        await readable.wait()
+    finally:
+        loop.remove_reader(conn.fileno())
+    return conn.recv_bytes()

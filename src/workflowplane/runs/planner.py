@@ -68,5 +68,5 @@ class Planner:
             if self._waiting[namespace] == 0:
                 del self._waiting[namespace], self._busy[namespace]
 
-    def close(self) -> None:
-        self._pool.close()
+    async def close(self) -> None:
+        await self._pool.close()

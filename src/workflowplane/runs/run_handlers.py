@@ -47,7 +47,7 @@ class RunsController:
         if self._queue is not None:
             await self._queue.close()
         await self.reconciler.tracker.close()
-        self.planner.close()
+        await self.planner.close()
 
 
 def register_runs(registry: kopf.OperatorRegistry, runs: RunsController) -> None:

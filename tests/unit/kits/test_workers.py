@@ -47,7 +47,7 @@ async def pool() -> AsyncIterator[WorkerPool]:
         size=2, budget=Budget(seconds=1.0, memory_bytes=256 * 2**20, result_bytes=2**20)
     )
     yield workers
-    workers.close()
+    await workers.close()
 
 
 async def test_results_and_errors_come_back(pool: WorkerPool) -> None:
@@ -75,7 +75,7 @@ async def test_the_loop_stays_responsive_while_workers_spin() -> None:
         gaps.append(now - last)
         last = now
     assert [task.result() for task in spinning] == ["done", "done"]
-    pool.close()
+    await pool.close()
     # In the loop, one gap would be at least the 2 s spin; 1 s leaves room for a busy machine.
     assert len(gaps) > 10 and max(gaps) < 1.0
 

@@ -36,7 +36,7 @@ def definition(expression: str = "${metadata.workflowRunName}") -> dict[str, Any
 async def planner() -> AsyncIterator[Planner]:
     workers = Planner(workers=2, budget=Budget(seconds=1.0))
     yield workers
-    workers.close()
+    await workers.close()
 
 
 async def test_a_plan_from_a_worker_is_the_plan(planner: Planner) -> None:
