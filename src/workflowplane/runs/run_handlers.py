@@ -14,8 +14,10 @@ from lightkube import AsyncClient
 
 from workflowplane.api.constants import CLUSTER_WORKFLOW_PLANE, GROUP, VERSION, WORKFLOW_PLANE
 from workflowplane.api.workflows import CLUSTER_WORKFLOW, WORKFLOW
-from workflowplane.kits.workqueue import WorkQueue
+from workflowplane.kits.health import ProgressWatch
+from workflowplane.kits.workqueue import QueueMetrics, WorkQueue
 from workflowplane.protocol.gateway_client import TunnelAPI
+from workflowplane.runs.metrics import RunMetrics
 from workflowplane.runs.planner import Planner
 from workflowplane.runs.run_reconciler import RunReconciler
 from workflowplane.runs.tracker import RunKey
@@ -31,17 +33,44 @@ CLUSTER_SCOPED = {CLUSTER_WORKFLOW_PLANE, CLUSTER_WORKFLOW}
 
 
 class RunsController:
-    def __init__(self, kube: AsyncClient, tunnel: TunnelAPI, *, concurrency: int = 16) -> None:
+    """The runs' queue, reconciler and health check; metrics are the process's (optional)."""
+
+    def __init__(
+        self,
+        kube: AsyncClient,
+        tunnel: TunnelAPI,
+        *,
+        concurrency: int = 16,
+        queue_metrics: QueueMetrics | None = None,
+        run_metrics: RunMetrics | None = None,
+    ) -> None:
         self.planner = Planner()
-        self.reconciler = RunReconciler(kube, tunnel, self.planner)
+        self.reconciler = RunReconciler(kube, tunnel, self.planner, metrics=run_metrics)
         self._concurrency = concurrency
+        self._queue_metrics = queue_metrics
+        self._watches: list[ProgressWatch] = []
         self._queue: WorkQueue[RunKey] | None = None
 
     @property
     def queue(self) -> WorkQueue[RunKey]:
         if self._queue is None:  # created inside the operator's event loop
-            self._queue = WorkQueue(self.reconciler.reconcile, concurrency=self._concurrency)
+            self._queue = WorkQueue(
+                self.reconciler.reconcile,
+                concurrency=self._concurrency,
+                name="runs",
+                metrics=self._queue_metrics,
+            )
+            for watch in self._watches:
+                self._queue.on_pass(watch.progressed)
         return self._queue
+
+    def progress_watch(self, limit: float) -> ProgressWatch:
+        """The queue's health check, usable before the queue exists (no queue: idle)."""
+        watch = ProgressWatch("runs", lambda: self._queue.due() if self._queue else 0, limit=limit)
+        self._watches.append(watch)
+        if self._queue is not None:
+            self._queue.on_pass(watch.progressed)
+        return watch
 
     async def close(self) -> None:
         if self._queue is not None:
