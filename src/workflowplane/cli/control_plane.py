@@ -9,6 +9,7 @@ over loopback, so one probe port tells the truth about both. /metrics stays per 
 from __future__ import annotations
 
 import argparse
+import threading
 from typing import Any
 
 from lightkube import AsyncClient
@@ -34,7 +35,13 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=_run)
 
 
-async def serve(args: argparse.Namespace) -> None:
+async def serve(
+    args: argparse.Namespace,
+    *,
+    health: ControllerHealth | None = None,
+    stop_flag: threading.Event | None = None,
+) -> None:
+    """Until cancelled (or ``stop_flag``); ``health`` may come from the caller (tests)."""
     gateway_config = config_from_args(args)
     kube = AsyncClient(
         config=load_config(gateway_config.kubeconfig, gateway_config.context),
@@ -45,7 +52,7 @@ async def serve(args: argparse.Namespace) -> None:
     url = f"https://127.0.0.1:{gateway.ports['internal']}"
     client = await GatewayClient.from_secret(kube, url, gateway_config.namespace)
     config = controller_config(args)
-    health = ControllerHealth(stuck_after=config.stuck_after_seconds)
+    health = health or ControllerHealth(stuck_after=config.stuck_after_seconds)
     host = "127.0.0.1" if gateway_config.host in ANY_ADDRESS else gateway_config.host
     probe = f"http://{host}:{gateway.ports['health']}"
     health.add_live_check("gateway-healthz", http_probe(f"{probe}/healthz"))
@@ -53,7 +60,7 @@ async def serve(args: argparse.Namespace) -> None:
     try:
         # When kopf stops it cancels every task started in this loop while it ran, the
         # gateway's included; that is only ever at shutdown, and the gateway stops next.
-        await run_controller(config, client, health=health)
+        await run_controller(config, client, health=health, stop_flag=stop_flag)
     finally:
         await client.close()
         await gateway.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -27,6 +28,7 @@ from workflowplane.controller.plane_reconciler import PlaneReconciler
 from workflowplane.runs.run_handlers import RunsController, register_runs
 
 log = logging.getLogger(__name__)
+Flag = asyncio.Event | threading.Event  # kopf takes either (a thread may run the operator)
 
 
 @dataclass(frozen=True)
@@ -53,8 +55,8 @@ async def run_controller(
     config: ControllerConfig,
     gateway: GatewayAPI,
     *,
-    stop_flag: asyncio.Event | None = None,
-    ready_flag: asyncio.Event | None = None,
+    stop_flag: Flag | None = None,
+    ready_flag: Flag | None = None,
     health: ControllerHealth | None = None,
 ) -> None:
     """Reconcile planes until ``stop_flag`` is set (or the task is cancelled).

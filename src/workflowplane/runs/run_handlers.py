@@ -46,35 +46,20 @@ class RunsController:
     ) -> None:
         self.planner = Planner()
         self.reconciler = RunReconciler(kube, tunnel, self.planner, metrics=run_metrics)
-        self._concurrency = concurrency
-        self._queue_metrics = queue_metrics
-        self._watches: list[ProgressWatch] = []
-        self._queue: WorkQueue[RunKey] | None = None
-
-    @property
-    def queue(self) -> WorkQueue[RunKey]:
-        if self._queue is None:  # created inside the operator's event loop
-            self._queue = WorkQueue(
-                self.reconciler.reconcile,
-                concurrency=self._concurrency,
-                name="runs",
-                metrics=self._queue_metrics,
-            )
-            for watch in self._watches:
-                self._queue.on_pass(watch.progressed)
-        return self._queue
+        # Made now, so its series exist before the first run (asyncio binds its loop lazily).
+        self.queue: WorkQueue[RunKey] = WorkQueue(
+            self.reconciler.reconcile,
+            concurrency=concurrency,
+            name="runs",
+            metrics=queue_metrics,
+        )
 
     def progress_watch(self, limit: float) -> ProgressWatch:
-        """The queue's health check, usable before the queue exists (no queue: idle)."""
-        watch = ProgressWatch("runs", lambda: self._queue.due() if self._queue else 0, limit=limit)
-        self._watches.append(watch)
-        if self._queue is not None:
-            self._queue.on_pass(watch.progressed)
-        return watch
+        """The queue's health check: stuck when runs are due and no pass finishes."""
+        return self.queue.progress_watch(limit)
 
     async def close(self) -> None:
-        if self._queue is not None:
-            await self._queue.close()
+        await self.queue.close()
         await self.reconciler.tracker.close()
         self.planner.close()
 
