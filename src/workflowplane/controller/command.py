@@ -37,6 +37,7 @@ def add_controller_flags(parser: argparse.ArgumentParser, *, standalone: bool) -
     add(
         "--health-port" if standalone else "--controller-health-port",
         dest="controller_health_port",
+        metavar="PORT",
         type=int,
         default=DEFAULT_HEALTH_PORT,
         help="the controller's /healthz /readyz /metrics (0: any free port)",
@@ -44,6 +45,7 @@ def add_controller_flags(parser: argparse.ArgumentParser, *, standalone: bool) -
     add(
         "--stuck-after",
         type=float,
+        metavar="SECONDS",
         default=300.0,
         help="liveness fails when a work queue has work due and no pass finished for this "
         "many seconds",
