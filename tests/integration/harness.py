@@ -8,8 +8,8 @@ import contextlib
 import json
 import threading
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from lightkube import AsyncClient
 from workflowplane.agent.config import AgentConfig
 from workflowplane.agent.runner import Agent
 from workflowplane.api.kube import load_config
+from workflowplane.controller.health import ControllerHealth
 from workflowplane.controller.runner import ControllerConfig, run_controller
 from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.server import Gateway
@@ -216,9 +217,22 @@ async def registered_agent(
 
 @dataclass
 class RunningController:
-    """A controller running in its own thread; ``thread_id`` tells its log records apart."""
+    """A controller running in its own thread; ``thread_id`` tells its log records apart.
+
+    ``health`` holds its metrics (``health.metrics.registry``) and its health listener's
+    port on 127.0.0.1 (``health_url``); ``loop`` is its event loop."""
 
     thread_id: int = 0
+    health: ControllerHealth = field(default_factory=ControllerHealth)
+    loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def health_url(self) -> str:
+        return f"http://127.0.0.1:{self.health.port}"
+
+    def sample(self, name: str, **labels: str) -> float:
+        """A metric's current value (0 when the series does not exist yet)."""
+        return self.health.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
 @contextlib.asynccontextmanager
@@ -229,10 +243,15 @@ async def controller_running(
     *,
     peering: str | None = None,
     priority: int = 0,
+    health: ControllerHealth | None = None,
+    gateway: Callable[[GatewayClient], Any] | None = None,
 ) -> AsyncIterator[RunningController]:
     """The real (kopf) controller, planes and runs, until the block ends, in its own thread and
     event loop as a separate process would be: when kopf stops it cancels every task started
-    in its loop while it ran, which here would include the in-process gateway's and agents'."""
+    in its loop while it ran, which here would include the in-process gateway's and agents'.
+
+    ``health`` (default: default limits) is served on a free port; ``gateway`` may wrap the
+    controller's gateway client (to stall or fail it)."""
     stop, ready = threading.Event(), threading.Event()
     config = ControllerConfig(
         kubeconfig=control_plane.kubeconfig,
@@ -240,18 +259,24 @@ async def controller_running(
         resync_seconds=resync,
         peering=peering,
         priority=priority,
+        health_host="127.0.0.1",
+        health_port=0,
     )
-    running = RunningController()
+    running = RunningController(health=health or ControllerHealth())
 
     async def controller() -> None:
         running.thread_id = threading.get_ident()
+        running.loop = asyncio.get_running_loop()
         kube = AsyncClient(config=load_config(control_plane.kubeconfig, control_plane.context))
         try:
             client = await GatewayClient.from_secret(kube, gw.internal_url)
         finally:
             await kube.close()
+        api = gateway(client) if gateway is not None else client
         try:
-            await run_controller(config, client, stop_flag=stop, ready_flag=ready)
+            await run_controller(
+                config, api, stop_flag=stop, ready_flag=ready, health=running.health
+            )
         finally:
             await client.close()
 

@@ -1,18 +1,29 @@
-"""``wpctl control-plane``: gateway and controller in one process (each also runs alone)."""
+"""``wpctl control-plane``: gateway and controller in one process (each also runs alone).
+
+Two health listeners: the gateway's (``--health-port``: its own probes and metrics) and the
+controller's (``--controller-health-port``, default 8081), which answers for the whole
+process: its liveness and readiness include the gateway's own /healthz and /readyz, fetched
+over loopback, so one probe port tells the truth about both. /metrics stays per component.
+"""
 
 from __future__ import annotations
 
 import argparse
+import threading
 from typing import Any
 
 from lightkube import AsyncClient
 
 from workflowplane.api.kube import load_config
 from workflowplane.controller.command import add_controller_flags, controller_config
+from workflowplane.controller.health import ControllerHealth
 from workflowplane.controller.runner import run_controller
 from workflowplane.gateway.cli import add_gateway_flags, config_from_args
 from workflowplane.gateway.server import Gateway
+from workflowplane.kits.health import http_probe
 from workflowplane.protocol.gateway_client import GatewayClient
+
+ANY_ADDRESS = ("0.0.0.0", "::", "")
 
 
 def register(subparsers: Any) -> None:
@@ -24,7 +35,13 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=_run)
 
 
-async def serve(args: argparse.Namespace) -> None:
+async def serve(
+    args: argparse.Namespace,
+    *,
+    health: ControllerHealth | None = None,
+    stop_flag: threading.Event | None = None,
+) -> None:
+    """Until cancelled (or ``stop_flag``); ``health`` may come from the caller (tests)."""
     gateway_config = config_from_args(args)
     kube = AsyncClient(
         config=load_config(gateway_config.kubeconfig, gateway_config.context),
@@ -34,10 +51,16 @@ async def serve(args: argparse.Namespace) -> None:
     await gateway.start()
     url = f"https://127.0.0.1:{gateway.ports['internal']}"
     client = await GatewayClient.from_secret(kube, url, gateway_config.namespace)
+    config = controller_config(args)
+    health = health or ControllerHealth(stuck_after=config.stuck_after_seconds)
+    host = "127.0.0.1" if gateway_config.host in ANY_ADDRESS else gateway_config.host
+    probe = f"http://{host}:{gateway.ports['health']}"
+    health.add_live_check("gateway-healthz", http_probe(f"{probe}/healthz"))
+    health.add_ready_check("gateway-readyz", http_probe(f"{probe}/readyz"))
     try:
         # When kopf stops it cancels every task started in this loop while it ran, the
         # gateway's included; that is only ever at shutdown, and the gateway stops next.
-        await run_controller(controller_config(args), client)
+        await run_controller(config, client, health=health, stop_flag=stop_flag)
     finally:
         await client.close()
         await gateway.stop()

@@ -2,7 +2,9 @@
 
 CR -> client CA -> gateway -> agent connection and authorization -> the tunnel and the agent's
 RBAC in the plane; with ``--wp-context`` also whether the agent's own CA is the one the CR
-trusts. Each check prints one line; the first failure's hint says what to do.
+trusts. First, each component's health listener (``--health NAME=URL``, e.g. after a
+``kubectl port-forward``; the local dev environment's by default): live and ready, or which
+check fails and why. Each check prints one line; a failure's hint says what to do.
 """
 
 from __future__ import annotations
@@ -10,8 +12,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import json
 from dataclasses import dataclass
 from typing import Any
+
+import aiohttp
 
 from workflowplane.api import (
     ClientCAError,
@@ -26,7 +31,7 @@ from workflowplane.api.kube import get_dict
 from workflowplane.cli.ca import read_agent_ca
 from workflowplane.cli.errors import EXIT_FAILURE, EXIT_USAGE, CliError
 from workflowplane.cli.kube import add_kubeconfig_flag, client_for
-from workflowplane.cli.state import dev_gateway_url
+from workflowplane.cli.state import dev_gateway_url, dev_health_urls
 from workflowplane.controller.status import assess_ca
 from workflowplane.kits.errors import Failure
 from workflowplane.pki import load_certificates, sha256_fingerprint
@@ -61,6 +66,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--wp-context", help="the workflow plane's context (optional)")
     parser.add_argument("--gateway-url", help="gateway internal API (default: the local dev one)")
     parser.add_argument("--gateway-namespace", default="openchoreo-control-plane")
+    parser.add_argument(
+        "--health",
+        action="append",
+        metavar="NAME=URL",
+        help="a component's health listener, e.g. controller=http://localhost:8081 "
+        "(repeatable; default: the local dev environment's)",
+    )
     parser.set_defaults(handler=lambda args: asyncio.run(_doctor(args)))
 
 
@@ -74,6 +86,7 @@ async def _doctor(args: argparse.Namespace) -> int:
         f"{'WorkflowPlane' if args.namespace else 'ClusterWorkflowPlane'} "
         f"{args.namespace + '/' if args.namespace else ''}{args.name}"
     )
+    await _check_components(_health_urls(args.health), report)
     try:
         await _checks(args, kube, url, report)
     finally:
@@ -197,3 +210,55 @@ async def _check_agents(
             f"tunnel request failed: {response.status} {response.body[:200]!r}",
             "see the agent's log",
         )
+
+
+def _health_urls(given: list[str] | None) -> dict[str, str]:
+    if not given:
+        return dev_health_urls()
+    urls = {}
+    for item in given:
+        name, sep, url = item.partition("=")
+        if not sep or not url.startswith(("http://", "https://")):
+            raise CliError(f"--health {item!r}: expected NAME=http://HOST:PORT", None, EXIT_USAGE)
+        urls[name] = url.rstrip("/")
+    return urls
+
+
+async def _check_components(urls: dict[str, str], report: Report) -> None:
+    """Each listener's /healthz and /readyz, in plain words."""
+    timeout = aiohttp.ClientTimeout(total=5)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        for name, url in urls.items():
+            live = await _probe(session, f"{url}/healthz")
+            ready = await _probe(session, f"{url}/readyz") if live is None else None
+            if live is not None:
+                report.fail(
+                    f"{name} ({url}) is not live: {live}",
+                    "it is wedged or down: its log says why; Kubernetes restarts it",
+                )
+            elif ready is not None:
+                report.fail(f"{name} ({url}) is not ready: {ready}", _READY_HINT)
+            else:
+                report.ok(f"{name} ({url}) is live and ready")
+
+
+_READY_HINT = "it runs but cannot do its job yet: the failing check names what it waits for"
+
+
+async def _probe(session: aiohttp.ClientSession, url: str) -> str | None:
+    """None when the probe answers 200, else why not in one line."""
+    try:
+        async with session.get(url) as response:
+            if response.status == 200:
+                return None
+            text = await response.text()
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        return f"no answer ({exc or type(exc).__name__})"
+    try:
+        failing = json.loads(text).get("failing") or {}
+    except (ValueError, AttributeError):
+        return f"{response.status} {text.strip()[:200]}"
+    said = [
+        why if why.startswith(f"{check}:") else f"{check}: {why}" for check, why in failing.items()
+    ]
+    return "; ".join(said) or str(response.status)

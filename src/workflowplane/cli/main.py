@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
 from workflowplane import __version__
 from workflowplane.cli.errors import CliError
+from workflowplane.kits.logs import LOG_FORMATS, configure
 
 # Each component owns its subcommand; the CLI only gathers them. Order = order in --help.
 COMPONENT_COMMANDS = (
@@ -35,6 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"wpctl {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=os.environ.get("WORKFLOWPLANE_LOG_FORMAT", "text"),
+        help="text lines, or one JSON object per line with ts, level, logger, msg and the "
+        "record's context (plane, cr, ...); default $WORKFLOWPLANE_LOG_FORMAT or text",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in COMPONENT_COMMANDS:
         try:
@@ -50,10 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure(args.log_format, verbose=args.verbose)
     for chatty in ("httpx", "httpx2", "httpcore", "httpcore2"):  # one line per request
         logging.getLogger(chatty).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     handler: Callable[[argparse.Namespace], int | None] = args.handler

@@ -23,3 +23,13 @@ def dev_gateway_url() -> str | None:
         return None
     internal = json.loads(processes.read_text()).get("control-plane", {}).get("internal")
     return f"https://127.0.0.1:{internal}" if internal else None
+
+
+def dev_health_urls() -> dict[str, str]:
+    """The local environment's health listeners by component (those ``dev up`` recorded)."""
+    processes = state_root() / "dev" / "processes.json"
+    if not processes.exists():
+        return {}
+    entry = json.loads(processes.read_text()).get("control-plane", {})
+    ports = {"gateway": entry.get("health"), "controller": entry.get("controller_health")}
+    return {name: f"http://127.0.0.1:{port}" for name, port in ports.items() if port}

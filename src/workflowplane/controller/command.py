@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from workflowplane.controller.runner import ControllerConfig
+
+DEFAULT_HEALTH_PORT = 8081
 
 
 def add_controller_flags(parser: argparse.ArgumentParser, *, standalone: bool) -> None:
@@ -28,6 +31,25 @@ def add_controller_flags(parser: argparse.ArgumentParser, *, standalone: bool) -
         add("--gateway-ca", type=Path, help="files instead of the Secret: server CA ...")
         add("--gateway-cert", type=Path, help="... client certificate ...")
         add("--gateway-key", type=Path, help="... and key")
+        add("--health-host", default="0.0.0.0", help="address of /healthz /readyz /metrics")
+    # `wpctl control-plane` has the gateway's --health-port and --host already: there the
+    # controller's listener is --controller-health-port, on the gateway's --host.
+    add(
+        "--health-port" if standalone else "--controller-health-port",
+        dest="controller_health_port",
+        metavar="PORT",
+        type=int,
+        default=DEFAULT_HEALTH_PORT,
+        help="the controller's /healthz /readyz /metrics (0: any free port)",
+    )
+    add(
+        "--stuck-after",
+        type=float,
+        metavar="SECONDS",
+        default=300.0,
+        help="liveness fails when a work queue has work due and no pass finished for this "
+        "many seconds",
+    )
     add("--resync-seconds", type=float, default=60.0, help="periodic re-evaluation")
     add(
         "--peering",
@@ -37,13 +59,17 @@ def add_controller_flags(parser: argparse.ArgumentParser, *, standalone: bool) -
 
 
 def controller_config(args: argparse.Namespace) -> ControllerConfig:
-    return ControllerConfig(
+    config = ControllerConfig(
         kubeconfig=args.kubeconfig,
         context=args.context,
         resync_seconds=args.resync_seconds,
         peering=args.peering,
         priority=random.randint(1, 1_000_000) if args.peering else 0,
+        health_port=args.controller_health_port,
+        stuck_after_seconds=args.stuck_after,
     )
+    host = getattr(args, "health_host", None) or getattr(args, "host", None)
+    return replace(config, health_host=host) if host else config
 
 
 def register(subparsers: Any) -> None:

@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import kopf
@@ -34,7 +35,9 @@ from workflowplane.api import (
 )
 from workflowplane.controller.directory import PlaneDirectory, PlaneRef
 from workflowplane.controller.gateway_api import GatewayAPI
+from workflowplane.controller.metrics import ControllerMetrics
 from workflowplane.controller.plane_reconciler import GATEWAY_FAILURES, PlaneReconciler
+from workflowplane.kits.clock import parse_rfc3339, utcnow
 from workflowplane.kits.tasks import TaskSet
 from workflowplane.kits.workqueue import WorkQueue
 
@@ -54,12 +57,23 @@ class PlanesController:
     """
 
     def __init__(
-        self, reconciler: PlaneReconciler, gateway: GatewayAPI, *, concurrency: int = 16
+        self,
+        reconciler: PlaneReconciler,
+        gateway: GatewayAPI,
+        *,
+        concurrency: int = 16,
+        metrics: ControllerMetrics | None = None,
     ) -> None:
         self.reconciler = reconciler
         self.gateway = gateway
+        self.metrics = metrics
         self.directory = PlaneDirectory()
-        self.queue: WorkQueue[PlaneRef] = WorkQueue(reconciler.reconcile, concurrency=concurrency)
+        self.queue: WorkQueue[PlaneRef] = WorkQueue(
+            reconciler.reconcile,
+            concurrency=concurrency,
+            name="planes",
+            metrics=metrics.queues if metrics else None,
+        )
         self.tasks = TaskSet("planes")
 
     def add(self, ref: PlaneRef, *, force_notify: bool = False) -> None:
@@ -93,12 +107,36 @@ class PlanesController:
             try:
                 async for event in self.gateway.events():
                     delay = 1.0
-                    for ref in self.directory.by_plane_id(str(event.get("planeID", ""))):
-                        self.add(ref)
+                    self._agents_changed(event)
             except GATEWAY_FAILURES as exc:
                 log.info("gateway event stream interrupted (%s); reopening in %.0fs", exc, delay)
+            if self.metrics is not None:
+                self.metrics.gateway_stream_interruptions.inc()
             await asyncio.sleep(delay)
             delay = min(delay * 2, GATEWAY_RECONNECT_MAX)
+
+    def _agents_changed(self, event: Mapping[str, Any]) -> None:
+        """Every CR of the event's planeID gets a pass, marked with when the change happened."""
+        since = _happened_at(event)
+        if self.metrics is not None:
+            self.metrics.gateway_event(event.get("type"))
+        for ref in self.directory.by_plane_id(str(event.get("planeID", ""))):
+            self.reconciler.agents_changed_at(ref, since)
+            self.add(ref)
+
+
+def _happened_at(event: Mapping[str, Any]) -> float:
+    """When the change happened, on ``time.monotonic``'s clock: the event's own ``time``
+    (RFC 3339) if it carries one and it is not in the future, else now (its arrival)."""
+    now = time.monotonic()
+    stamp = event.get("time")
+    if not isinstance(stamp, str):
+        return now
+    try:
+        age = (utcnow() - parse_rfc3339(stamp)).total_seconds()
+    except (ValueError, TypeError):  # not RFC 3339, or without a zone
+        return now
+    return now - max(0.0, age)
 
 
 def _register_kind(registry: kopf.OperatorRegistry, planes: PlanesController, kind: str) -> None:

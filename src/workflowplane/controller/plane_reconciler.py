@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from lightkube import AsyncClient
@@ -69,6 +70,7 @@ log = logging.getLogger(__name__)
 EXTERNAL_SECRETS_VERSIONS = ("v1", "v1beta1")
 # What a gateway call can fail with that is the world's fault (anything else is a bug).
 GATEWAY_FAILURES: tuple[type[BaseException], ...] = (Failure, *NETWORK_ERRORS)
+GONE = "gone"
 
 
 class PlaneReconciler:
@@ -78,7 +80,9 @@ class PlaneReconciler:
     is the one piece of state across passes: a set of CRs whose next pass must notify the
     gateway ``updated`` whether or not their spec changed (their CA Secret changed, or an
     earlier notification failed transiently). A pass consumes the mark and puts it back if
-    it does not get the notification through.
+    it does not get the notification through. ``agents_changed`` works the same way for the
+    moment (``time.monotonic``) an agent change was first heard of: the first pass that
+    completes after it reports the delay to ``on_status_lag``.
     """
 
     def __init__(
@@ -89,26 +93,38 @@ class PlaneReconciler:
         *,
         resync_seconds: float = 60.0,
         clock: Clock = utcnow,
+        on_status_lag: Callable[[float], None] | None = None,
     ) -> None:
         self._kube = kube
         self._gateway = gateway
         self._events = events
         self._resync = resync_seconds
         self._clock = clock
+        self._on_status_lag = on_status_lag
         self.notify_owed: set[PlaneRef] = set()
+        self.agents_changed: dict[PlaneRef, float] = {}
+
+    def agents_changed_at(self, ref: PlaneRef, since: float) -> None:
+        """An agent of this CR's planeID connected or left at ``since``; the earliest wins."""
+        self.agents_changed[ref] = min(since, self.agents_changed.get(ref, since))
 
     async def reconcile(self, ref: PlaneRef) -> float | None:
         """One pass; returns seconds until the next (the resync period, or sooner to retry)."""
         force = ref in self.notify_owed
         self.notify_owed.discard(ref)
+        since = self.agents_changed.pop(ref, None)
         try:
             decision = await self._pass(ref, force)
         except BaseException:
             if force:  # not notified: still owed
                 self.notify_owed.add(ref)
+            if since is not None:  # not reflected yet
+                self.agents_changed_at(ref, since)
             raise
         if decision.notify_owed:
             self.notify_owed.add(ref)
+        if since is not None and decision.summary != GONE and self._on_status_lag is not None:
+            self._on_status_lag(time.monotonic() - since)
         log.debug(
             "reconciled %s %s: %s; status %s, %d event(s); next pass in %ss",
             ref.kind,
@@ -124,7 +140,7 @@ class PlaneReconciler:
         cr = await self._get(ref)
         if cr is None:
             self.notify_owed.discard(ref)
-            return Decision(summary="gone")
+            return Decision(summary=GONE)
         if cr["metadata"].get("deletionTimestamp"):
             return await self._finalize(ref, cr)
         try:

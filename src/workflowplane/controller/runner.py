@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import kopf
 from lightkube import AsyncClient
@@ -13,6 +15,8 @@ from lightkube import AsyncClient
 from workflowplane.api.kube import load_config
 from workflowplane.controller.events import EventRecorder
 from workflowplane.controller.gateway_api import GatewayAPI
+from workflowplane.controller.health import ControllerHealth
+from workflowplane.controller.leadership import Leadership, peer_identity
 from workflowplane.controller.plane_handlers import (
     PlanesController,
     build_registry,
@@ -24,6 +28,7 @@ from workflowplane.controller.plane_reconciler import PlaneReconciler
 from workflowplane.runs.run_handlers import RunsController, register_runs
 
 log = logging.getLogger(__name__)
+Flag = asyncio.Event | threading.Event  # kopf takes either (a thread may run the operator)
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,8 @@ class ControllerConfig:
     """``kubeconfig`` None means in-cluster (service account); ``peering`` None, standalone.
 
     ``runs`` also reconciles WorkflowRuns in the same operator (same leader election).
+    ``health_port`` None: no health listener (0: any free port); a work queue with work due
+    and no finished pass for ``stuck_after_seconds`` fails liveness.
     """
 
     kubeconfig: Path | None = None
@@ -39,30 +46,41 @@ class ControllerConfig:
     peering: str | None = None
     priority: int = 0
     runs: bool = True
+    health_host: str = "0.0.0.0"
+    health_port: int | None = None
+    stuck_after_seconds: float = 300.0
 
 
 async def run_controller(
     config: ControllerConfig,
     gateway: GatewayAPI,
     *,
-    stop_flag: asyncio.Event | None = None,
-    ready_flag: asyncio.Event | None = None,
+    stop_flag: Flag | None = None,
+    ready_flag: Flag | None = None,
+    health: ControllerHealth | None = None,
 ) -> None:
-    """Reconcile planes until ``stop_flag`` is set (or the task is cancelled)."""
+    """Reconcile planes until ``stop_flag`` is set (or the task is cancelled).
+
+    ``health`` (checks and metrics) may come from the caller, who adds checks of its own or
+    reads the metrics; its listener is started here when ``config.health_port`` is set.
+    """
+    health = health or ControllerHealth(stuck_after=config.stuck_after_seconds)
     kube_config = load_config(config.kubeconfig, config.context)
     kube = AsyncClient(config=kube_config, field_manager="workflowplane-controller")
+    identity = peer_identity()
     try:
-        reconciler = PlaneReconciler(
-            kube, gateway, EventRecorder(kube), resync_seconds=config.resync_seconds
-        )
-        registry = build_registry(PlanesController(reconciler, gateway))
-        if config.runs:
-            register_runs(registry, RunsController(kube, gateway))
+        registry = _build(config, kube, gateway, health)
 
         async def credentials() -> kopf.ConnectionInfo:
             return connection_info(kube_config)
 
         register_login(registry, credentials)
+        leadership = Leadership(
+            kube, config.peering, identity, config.priority, on_change=health.metrics.leader.set
+        )
+        health.watch_leadership(leadership)
+        if config.health_port is not None:
+            await health.start(config.health_host, config.health_port)
         await kopf.operator(
             registry=registry,
             settings=build_settings(),
@@ -70,11 +88,37 @@ async def run_controller(
             standalone=config.peering is None,
             peering_name=config.peering,
             priority=config.priority,
+            identity=cast(Any, identity),  # kopf's Identity is a NewType of str
             stop_flag=stop_flag,
             ready_flag=ready_flag,
         )
     finally:
+        await health.close()
         await kube.close()
+
+
+def _build(
+    config: ControllerConfig, kube: AsyncClient, gateway: GatewayAPI, health: ControllerHealth
+) -> kopf.OperatorRegistry:
+    """The kopf registry of planes (and runs), their queues watched and measured."""
+    metrics = health.metrics
+    reconciler = PlaneReconciler(
+        kube,
+        gateway,
+        EventRecorder(kube),
+        resync_seconds=config.resync_seconds,
+        on_status_lag=metrics.plane_status_lag.observe,
+    )
+    planes = PlanesController(reconciler, gateway, metrics=metrics)
+    health.watch(planes.queue.progress_watch(health.stuck_after))
+    registry = build_registry(planes)
+    if config.runs:
+        runs = RunsController(kube, gateway, queue_metrics=metrics.queues, run_metrics=metrics.runs)
+        health.watch(runs.progress_watch(health.stuck_after))
+        register_runs(registry, runs)
+    health.register(registry)
+    health.watch_gateway(gateway)
+    return registry
 
 
 async def run_with_gateway_client(

@@ -20,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -120,6 +121,26 @@ async def _run(checks: dict[str, Check]) -> dict[str, Verdict]:
         outcome = check()
         results[name] = await outcome if isinstance(outcome, Awaitable) else outcome
     return results
+
+
+def http_probe(url: str, timeout: float = 2.0) -> Check:
+    """A check that another listener's probe answers 200 (its JSON's failures become ours),
+    e.g. a process that hosts two components asking the other one's /healthz."""
+
+    async def check() -> Verdict:
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
+                session.get(url) as response,
+            ):
+                if response.status == 200:
+                    return OK
+                text = (await response.text()).strip()
+                return Verdict(False, f"{url} answered {response.status}: {text[:300]}")
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return Verdict(False, f"{url} did not answer: {exc or type(exc).__name__}")
+
+    return check
 
 
 def _answer(verdicts: dict[str, Verdict]) -> web.Response:

@@ -14,8 +14,10 @@ from lightkube import AsyncClient
 
 from workflowplane.api.constants import CLUSTER_WORKFLOW_PLANE, GROUP, VERSION, WORKFLOW_PLANE
 from workflowplane.api.workflows import CLUSTER_WORKFLOW, WORKFLOW
-from workflowplane.kits.workqueue import WorkQueue
+from workflowplane.kits.health import ProgressWatch
+from workflowplane.kits.workqueue import QueueMetrics, WorkQueue
 from workflowplane.protocol.gateway_client import TunnelAPI
+from workflowplane.runs.metrics import RunMetrics
 from workflowplane.runs.planner import Planner
 from workflowplane.runs.run_reconciler import RunReconciler
 from workflowplane.runs.tracker import RunKey
@@ -31,21 +33,33 @@ CLUSTER_SCOPED = {CLUSTER_WORKFLOW_PLANE, CLUSTER_WORKFLOW}
 
 
 class RunsController:
-    def __init__(self, kube: AsyncClient, tunnel: TunnelAPI, *, concurrency: int = 16) -> None:
-        self.planner = Planner()
-        self.reconciler = RunReconciler(kube, tunnel, self.planner)
-        self._concurrency = concurrency
-        self._queue: WorkQueue[RunKey] | None = None
+    """The runs' queue, reconciler and health check; metrics are the process's (optional)."""
 
-    @property
-    def queue(self) -> WorkQueue[RunKey]:
-        if self._queue is None:  # created inside the operator's event loop
-            self._queue = WorkQueue(self.reconciler.reconcile, concurrency=self._concurrency)
-        return self._queue
+    def __init__(
+        self,
+        kube: AsyncClient,
+        tunnel: TunnelAPI,
+        *,
+        concurrency: int = 16,
+        queue_metrics: QueueMetrics | None = None,
+        run_metrics: RunMetrics | None = None,
+    ) -> None:
+        self.planner = Planner()
+        self.reconciler = RunReconciler(kube, tunnel, self.planner, metrics=run_metrics)
+        # Made now, so its series exist before the first run (asyncio binds its loop lazily).
+        self.queue: WorkQueue[RunKey] = WorkQueue(
+            self.reconciler.reconcile,
+            concurrency=concurrency,
+            name="runs",
+            metrics=queue_metrics,
+        )
+
+    def progress_watch(self, limit: float) -> ProgressWatch:
+        """The queue's health check: stuck when runs are due and no pass finishes."""
+        return self.queue.progress_watch(limit)
 
     async def close(self) -> None:
-        if self._queue is not None:
-            await self._queue.close()
+        await self.queue.close()
         await self.reconciler.tracker.close()
         await self.planner.close()
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
+from prometheus_client import CollectorRegistry
 
 from workflowplane.api.conditions import Verdict, find_condition
 from workflowplane.api.constants import CLUSTER_WORKFLOW_PLANE, WORKFLOW_PLANE
@@ -34,6 +36,7 @@ from workflowplane.api.workflows import (
 from workflowplane.kits.clock import parse_rfc3339, rfc3339, utcnow
 from workflowplane.kits.errors import Failure, TransientError
 from workflowplane.protocol.gateway_client import TunnelAPI
+from workflowplane.runs.metrics import RunMetrics
 from workflowplane.runs.plan import PlaneTarget, RunPlan
 from workflowplane.runs.plane_api import Discovery, PlaneAPI
 from workflowplane.runs.planner import Planner
@@ -65,6 +68,7 @@ class RunReconciler:
         tunnel: TunnelAPI,
         planner: Planner,
         clock: Callable[[], dt.datetime] = utcnow,
+        metrics: RunMetrics | None = None,
     ) -> None:
         self._kube = kube
         self._tunnel = tunnel
@@ -72,6 +76,8 @@ class RunReconciler:
         self._clock = clock
         self._discovery = Discovery()
         self.tracker = ArgoTracker(tunnel, self._discovery, self.observe)
+        self.metrics = metrics or RunMetrics(CollectorRegistry())
+        self.metrics.follow(self.tracker.__len__, self.tracker.watches)
         self.waiters: dict[ObjectKey, set[RunKey]] = {}
 
     # -- entry points -------------------------------------------------------------------------
@@ -103,6 +109,7 @@ class RunReconciler:
 
     async def observe(self, key: RunKey, event: str, argo: dict[str, Any]) -> None:
         """The tracker saw the run's Argo Workflow change (or go away)."""
+        arrived = time.monotonic()
         run = await get_dict(self._kube, WorkflowRunResource, key[1], key[0])
         if run is None or run["metadata"].get("deletionTimestamp"):
             return
@@ -117,6 +124,7 @@ class RunReconciler:
         update = status_from_argo(status, argo, run["metadata"].get("generation"), now)
         if changed(status, update):
             await self._patch_status(run, update)
+            self.metrics.status_lag.observe(time.monotonic() - arrived)
 
     # -- starting -----------------------------------------------------------------------------
 
@@ -333,7 +341,7 @@ class RunReconciler:
         return with_verdicts(run.get("status") or {}, verdicts, generation, self._clock())
 
     async def _patch_status(self, run: dict[str, Any], update: dict[str, Any]) -> None:
-        meta = run["metadata"]
+        meta, before = run["metadata"], dict(run.get("status") or {})
         await merge_patch(
             self._kube,
             WorkflowRunResource,
@@ -343,6 +351,7 @@ class RunReconciler:
             status=True,
         )
         run.setdefault("status", {}).update(update)
+        self.metrics.status_written(before, run["status"])
 
     async def _set_finalizers(self, run: dict[str, Any], finalizers: list[str]) -> None:
         """Guarded by resourceVersion, so a concurrent change to the list is never lost."""

@@ -63,6 +63,14 @@ class ArgoTracker:
         else:
             self._spawn(self._catch_up(key, target, 0.0))
 
+    def __len__(self) -> int:
+        """Runs followed (started, not completed)."""
+        return len(self._runs)
+
+    def watches(self) -> int:
+        """List+watches open, one per plane CR with runs in flight."""
+        return len(self._watches)
+
     def forget(self, key: RunKey) -> None:
         target = self._runs.pop(key, None)
         self._references.pop(key, None)

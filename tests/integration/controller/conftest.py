@@ -6,11 +6,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.integration.harness import RunningGateway, controller_running
+from tests.integration.harness import RunningController, RunningGateway, controller_running
 from workflowplane.testenv import ApiServer
 
 
 @pytest.fixture
-async def controller(control_plane: ApiServer, gw: RunningGateway) -> AsyncIterator[None]:
-    async with controller_running(control_plane, gw):
-        yield
+async def controller(
+    control_plane: ApiServer, gw: RunningGateway
+) -> AsyncIterator[RunningController]:
+    async with controller_running(control_plane, gw) as running:
+        yield running

@@ -523,6 +523,10 @@ async def test_two_replicas_with_peering_only_one_acts(
         paused = await eventually(
             lambda: _peering(caplog, low.thread_id, "Pausing operations"), timeout=20
         )  # ... and the lower one paused in favour of the higher
+        leader = "workflowplane_controller_leader"  # read from the peering object, as kopf does
+        await eventually(lambda: high.sample(leader) == 1 and low.sample(leader) == 0)
+        for replica in (low, high):  # a standby is ready too: standing by is its job
+            assert replica.health.health.ready_checks["peering"]().ok  # type: ignore[union-attr]
         apply(
             control_plane,
             workflow_plane_cr("peered", namespace, unique("p"), secret=("absent", "ca.crt")),

@@ -6,6 +6,7 @@ dry-run apply of the rendered manifests against the real test API servers."""
 from __future__ import annotations
 
 import filecmp
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,9 @@ from workflowplane.testenv.tools import kubectl
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 CP_NAMESPACE = "openchoreo-control-plane"
+METRICS_LABEL = "workflowplane.openchoreo.dev/metrics"
+DASHBOARD = CONTROL_PLANE_CHART / "dashboards" / "workflowplane.json"
+ALERTS = CONTROL_PLANE_CHART / "rules" / "workflowplane-alerts.yaml"
 WP_NAMESPACE = "openchoreo-workflow-plane"
 PLANE = ("--set", "clusterAgent.planeId=default")
 CP_HA = ("-f", str(CONTROL_PLANE_CHART / "ci" / "ha-values.yaml"))
@@ -91,6 +95,15 @@ def assert_hardened(docs: list[dict[str, Any]]) -> None:
     assert seen
 
 
+def assert_probed(container: dict[str, Any], port: str, ports: dict[str, int]) -> None:
+    """Startup, liveness and readiness on the named port; ``ports`` among the container's."""
+    assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": port}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port}
+    declared = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports.items() <= declared.items()
+
+
 # ---- lint ----------------------------------------------------------------------------------
 
 
@@ -124,8 +137,7 @@ def test_control_plane_defaults(helm: Helm) -> None:
     gateway = one(docs, "Deployment", "cluster-gateway")["spec"]["template"]["spec"]
     container = gateway["containers"][0]
     assert container["args"][0] == "gateway"
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    assert_probed(container, "health", {"health": 8080})
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"websocket": 8443, "internal-api": 8444, "health": 8080}
     assert gateway["serviceAccountName"] == "cluster-gateway"
@@ -133,6 +145,12 @@ def test_control_plane_defaults(helm: Helm) -> None:
 
     controller = args_of(docs, "workflowplane-controller")
     assert controller[0] == "controller"
+    assert {"--health-port=8081", "--stuck-after=300"} <= set(controller)
+    probed = one(docs, "Deployment", "workflowplane-controller")["spec"]["template"]["spec"]
+    assert_probed(probed["containers"][0], "health", {"health": 8081})
+    metrics_service = one(docs, "Service", "workflowplane-controller")
+    assert metrics_service["metadata"]["labels"][METRICS_LABEL] == "true"
+    assert [(p["name"], p["port"]) for p in metrics_service["spec"]["ports"]] == [("health", 8081)]
     assert "--gateway-url=https://cluster-gateway.openchoreo-control-plane.svc:8444" in controller
     assert "--peering=workflowplane-controller" in controller
     one(docs, "ClusterKopfPeering", "workflowplane-controller")
@@ -224,7 +242,13 @@ def test_control_plane_combined_mode(helm: Helm) -> None:
     args = args_of(docs, "workflowplane-control-plane")
     assert args[0] == "control-plane"
     assert "--peering=workflowplane-controller" in args
-    assert "--health-port=8080" in args
+    assert {"--health-port=8080", "--controller-health-port=8081"} <= set(args)
+    # one probe port for the process: the controller's, which carries the gateway's probes
+    pod = one(docs, "Deployment", "workflowplane-control-plane")["spec"]["template"]["spec"]
+    assert_probed(pod["containers"][0], "ctrl-health", {"health": 8080, "ctrl-health": 8081})
+    internal = one(docs, "Service", "cluster-gateway")["spec"]["ports"]
+    assert {(p["name"], p["port"]) for p in internal} >= {("health", 8080), ("ctrl-health", 8081)}
+    assert not find(docs, "Service", "workflowplane-controller")
     assert_hardened(docs)
     for name in ("cluster-gateway", "cluster-gateway-external"):
         selector = one(docs, "Service", name)["spec"]["selector"]
@@ -446,6 +470,7 @@ def test_plane_id_pattern_is_checked(helm: Helm) -> None:
         (CONTROL_PLANE_CHART, "clusterGateway.replcas=2", "replcas"),
         (CONTROL_PLANE_CHART, "clusterGateway.service.external.tpye=NodePort", "tpye"),
         (CONTROL_PLANE_CHART, "controller.peering.enbled=true", "enbled"),
+        (CONTROL_PLANE_CHART, "metrics.serviceMonitor.enable=true", "enable"),
         (
             CONTROL_PLANE_CHART,
             "securityContext.readOnlyRootFileSystem=false",
@@ -467,6 +492,8 @@ def test_schema_rejects_typo(helm: Helm, chart: Path, setting: str, key: str) ->
 def test_schema_rejects_bad_enum(helm: Helm) -> None:
     error = helm.template_error(CONTROL_PLANE_CHART, "--set", "mode=both")
     assert "mode" in error
+    error = helm.template_error(CONTROL_PLANE_CHART, "--set", "logFormat=yaml")
+    assert "logFormat" in error
     error = helm.template_error(
         CONTROL_PLANE_CHART, "--set", "clusterGateway.service.external.type=Ingress"
     )
@@ -484,6 +511,7 @@ def test_schema_rejects_bad_enum(helm: Helm) -> None:
         (CONTROL_PLANE_CHART, COMBINED),
         (CONTROL_PLANE_CHART, OWN_CERTS),
         (CONTROL_PLANE_CHART, ("--set", "debug=true")),
+        (CONTROL_PLANE_CHART, ("--set", "logFormat=json", *COMBINED)),
         (WORKFLOW_PLANE_CHART, PLANE),
         (WORKFLOW_PLANE_CHART, WP_HA),
         (WORKFLOW_PLANE_CHART, (*PLANE, "--set", "clusterAgent.logLevel=debug")),
@@ -494,6 +522,7 @@ def test_schema_rejects_bad_enum(helm: Helm) -> None:
         "cp-combined",
         "cp-own-certs",
         "cp-debug",
+        "cp-json-logs",
         "wp",
         "wp-ha",
         "wp-debug",
@@ -511,10 +540,65 @@ def test_rendered_args_parse_with_wpctl(
             raise AssertionError(f"wpctl refuses {container['args']}") from exc
         assert parsed.command in {"gateway", "controller", "control-plane", "agent"}
         assert parsed.verbose == ("-v" in container["args"])
+        assert parsed.log_format == ("json" if "logFormat=json" in values else "text")
+        if parsed.command in {"controller", "control-plane"}:
+            assert parsed.controller_health_port == 8081
         if parsed.command == "agent":
             assert parsed.plane_id and parsed.server_url
         if parsed.command in {"gateway", "control-plane"}:
             assert "localhost" in parsed.dns_names
+
+
+# ---- monitoring: ServiceMonitor, PrometheusRule, Grafana dashboard ---------------------------
+
+MONITORING = (
+    "--set",
+    "metrics.serviceMonitor.enabled=true",
+    "--set",
+    "metrics.prometheusRule.enabled=true",
+    "--set",
+    "metrics.dashboard.enabled=true",
+    "--set",
+    "metrics.serviceMonitor.labels.release=kube-prometheus-stack",
+)
+
+
+def test_monitoring_is_off_by_default(helm: Helm) -> None:
+    docs = helm.template(CONTROL_PLANE_CHART)
+    for kind in ("ServiceMonitor", "PrometheusRule", "ConfigMap"):
+        assert not find(docs, kind), kind
+
+
+@pytest.mark.parametrize("values", [(), COMBINED], ids=["separate", "combined"])
+def test_monitoring_objects_render(helm: Helm, values: tuple[str, ...]) -> None:
+    docs = helm.template(CONTROL_PLANE_CHART, *MONITORING, *values)
+    monitor = one(docs, "ServiceMonitor", "t-workflowplane")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector == {"app.kubernetes.io/instance": "t", METRICS_LABEL: "true"}
+    endpoints = {e["port"]: e["path"] for e in monitor["spec"]["endpoints"]}
+    assert endpoints == {"health": "/metrics", "ctrl-health": "/metrics"}
+    # the Services it selects expose, between them, the gateway's and the controller's /metrics
+    scraped = {
+        (d["metadata"]["name"], p["name"])
+        for d in find(docs, "Service")
+        if d["metadata"]["labels"].get(METRICS_LABEL) == "true"
+        for p in d["spec"]["ports"]
+        if p["name"] in endpoints
+    }
+    if values == COMBINED:
+        assert scraped == {("cluster-gateway", "health"), ("cluster-gateway", "ctrl-health")}
+    else:
+        assert scraped == {("cluster-gateway", "health"), ("workflowplane-controller", "health")}
+
+    rules = one(docs, "PrometheusRule", "t-workflowplane")["spec"]
+    assert rules == yaml.safe_load(ALERTS.read_text()), "the rules file, verbatim"
+    assert "{{ $labels.plane_id }}" in str(rules), "Prometheus' templates are not Helm's"
+
+    dashboard = one(docs, "ConfigMap", "t-workflowplane-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard["metadata"]["namespace"] == CP_NAMESPACE
+    assert json.loads(dashboard["data"]["workflowplane.json"]) == json.loads(DASHBOARD.read_text())
 
 
 # ---- CRDs ----------------------------------------------------------------------------------

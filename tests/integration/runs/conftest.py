@@ -14,6 +14,7 @@ import pytest
 from tests.conftest import REPO
 from tests.integration.harness import (
     RunningAgent,
+    RunningController,
     RunningGateway,
     agent_ca,
     agent_config,
@@ -74,6 +75,8 @@ async def default_plane(
 
 
 @pytest.fixture
-async def controller(control_plane: ApiServer, gw: RunningGateway) -> AsyncIterator[None]:
-    async with controller_running(control_plane, gw):
-        yield
+async def controller(
+    control_plane: ApiServer, gw: RunningGateway
+) -> AsyncIterator[RunningController]:
+    async with controller_running(control_plane, gw) as running:
+        yield running

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.integration.harness import (
+    RunningController,
     RunningGateway,
     agent_ca,
     agent_config,
@@ -72,6 +73,11 @@ async def _with_reason(
         ),
         timeout=timeout,
     )
+
+
+async def _metric(controller: RunningController, name: str, value: float, **labels: str) -> None:
+    """Wait until the controller's metric has this value (it moves just after the write)."""
+    await eventually(lambda: controller.sample(name, **labels) == value, timeout=10)
 
 
 def _identity(objects: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
@@ -160,15 +166,23 @@ async def test_argo_phases_reach_conditions_and_tasks_within_seconds(
     control_plane: ApiServer,
     workflow_plane: ApiServer,
     default_plane: DefaultPlane,
-    controller: None,
+    controller: RunningController,
     namespace: str,
     record_property: Callable[[str, Any], None],
 ) -> None:
+    """... and each step moves the runs' metrics (this controller's registry)."""
     workflow = unique("build")
     apply(control_plane, definition("ClusterWorkflow", workflow))
     for name in ("ok", "bad"):
         apply(control_plane, run(namespace, name, workflow, REPO_PARAMS))
         await _started(control_plane, namespace, name)
+    await _metric(controller, "workflowplane_runs_total", 2, result="started")
+    # Runs other tests left in flight are followed too (this controller found them at start).
+    in_flight = "workflowplane_runs_in_flight"
+    await eventually(lambda: controller.sample(in_flight) >= 2)
+    followed = controller.sample(in_flight)
+    assert controller.sample("workflowplane_run_watches") >= 1, "a watch for the plane"
+    assert controller.sample("workflowplane_reconcile_total", queue="runs", result="success")
     target = f"workflows-{namespace}"
     nodes = {
         "dag": {"id": "dag", "name": "ok", "displayName": "ok", "type": "DAG", "phase": "Running"},
@@ -214,6 +228,8 @@ async def test_argo_phases_reach_conditions_and_tasks_within_seconds(
     assert condition(obj, "WorkflowRunning")["status"] == "False"
     assert obj["status"]["completedAt"] == "2026-11-26T10:01:01Z"
     assert [t["phase"] for t in obj["status"]["tasks"]] == ["Succeeded", "Succeeded"]
+    await _metric(controller, "workflowplane_runs_total", 1, result="succeeded")
+    assert controller.sample("workflowplane_run_status_lag_seconds_count") >= 2
 
     play_argo(workflow_plane, target, "bad", {"phase": "Running"})
     await eventually(
@@ -236,6 +252,9 @@ async def test_argo_phases_reach_conditions_and_tasks_within_seconds(
     assert failed["status"] == "True" and "exit code 1" in failed["message"]
     assert condition(obj, "WorkflowCompleted")["status"] == "True"
     assert not condition(obj, "WorkflowSucceeded")
+    await _metric(controller, "workflowplane_runs_total", 1, result="failed")
+    assert controller.sample("workflowplane_run_failures_total", reason="Failed") == 1
+    await eventually(lambda: controller.sample(in_flight) <= followed - 2)
 
 
 async def test_a_run_waits_for_a_missing_plane_and_starts_when_it_appears(

@@ -15,6 +15,7 @@ import pytest
 
 from workflowplane.api import WORKFLOW_PLANE
 from workflowplane.controller.directory import PlaneRef
+from workflowplane.controller.metrics import ControllerMetrics
 from workflowplane.controller.plane_handlers import PlanesController
 from workflowplane.kits.errors import TransientError
 
@@ -29,8 +30,12 @@ class StubReconciler:
     def __init__(self) -> None:
         self.notify_owed: set[PlaneRef] = set()
         self.passes: list[tuple[PlaneRef, bool]] = []
+        self.agents_changed: dict[PlaneRef, float] = {}
         self.hold = asyncio.Event()
         self.hold.set()
+
+    def agents_changed_at(self, ref: PlaneRef, since: float) -> None:
+        self.agents_changed[ref] = since
 
     async def reconcile(self, ref: PlaneRef) -> float | None:
         self.passes.append((ref, ref in self.notify_owed))
@@ -56,9 +61,11 @@ class StubGateway:
         await asyncio.Event().wait()
 
 
-def controller(reconciler: StubReconciler, gateway: StubGateway) -> PlanesController:
+def controller(
+    reconciler: StubReconciler, gateway: StubGateway, metrics: ControllerMetrics | None = None
+) -> PlanesController:
     stubs: tuple[Any, Any] = (reconciler, gateway)
-    return PlanesController(*stubs)
+    return PlanesController(*stubs, metrics=metrics)
 
 
 async def settle() -> None:
@@ -87,12 +94,18 @@ async def test_gateway_events_reach_the_crs_of_their_plane_id_across_interruptio
         OSError("connection reset"),
         [{"type": "connected", "planeID": "other"}, {"type": "connected", "planeID": "p1"}],
     )
-    planes = controller(reconciler, gateway)
+    metrics = ControllerMetrics()
+    planes = controller(reconciler, gateway, metrics)
     planes.directory.remember(REF, BODY)
     planes.start()
     await asyncio.sleep(10)
     assert gateway.opened == 3
     assert reconciler.passes == [(REF, False)]
+    assert list(reconciler.agents_changed) == [REF], "the pass knows an agent changed"
+    sample = metrics.registry.get_sample_value
+    assert sample("workflowplane_controller_gateway_events_total", {"type": "connected"}) == 2
+    assert sample("workflowplane_controller_gateway_event_stream_interruptions_total") == 2
+    assert sample("workflowplane_reconcile_total", {"queue": "planes", "result": "success"}) == 1
     await planes.close()
     assert len(planes.tasks) == 0
 

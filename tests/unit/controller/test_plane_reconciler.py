@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -187,3 +188,20 @@ async def test_a_gone_cr_is_left_alone() -> None:
     planes.notify_owed.add(REF)
     assert await planes.reconcile(REF) is None
     assert gateway.notified == [] and REF not in planes.notify_owed
+
+
+async def test_an_agent_change_is_timed_to_the_first_pass_that_completes_after_it() -> None:
+    kube, gateway = FakeKube(workflow_plane()), FakeGateway()
+    lags: list[float] = []
+    fake: Any = kube
+    planes = PlaneReconciler(fake, gateway, EventRecorder(fake), on_status_lag=lags.append)
+    planes.agents_changed_at(REF, time.monotonic())
+    kube.fail_patch = ApiError(status=Status(code=500, message="etcd busy"))
+    with pytest.raises(ApiError):
+        await planes.reconcile(REF)
+    assert lags == [] and REF in planes.agents_changed, "a failed pass reflects nothing"
+    kube.fail_patch = None
+    await planes.reconcile(REF)
+    assert len(lags) == 1 and lags[0] >= 0 and REF not in planes.agents_changed
+    await planes.reconcile(REF)
+    assert len(lags) == 1, "no agent change since, nothing more to time"

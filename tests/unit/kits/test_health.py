@@ -10,7 +10,14 @@ from collections.abc import Callable
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry, Counter
 
-from workflowplane.kits.health import Health, LoopLag, ProgressWatch, Verdict, health_app
+from workflowplane.kits.health import (
+    Health,
+    LoopLag,
+    ProgressWatch,
+    Verdict,
+    health_app,
+    http_probe,
+)
 
 
 async def _probe(client: TestClient, path: str) -> tuple[int, dict[str, object]]:
@@ -75,3 +82,17 @@ async def test_metrics_are_served_from_the_given_registry() -> None:
     async with TestClient(TestServer(health_app(Health(), registry))) as client:
         text = await (await client.get("/metrics")).text()
     assert "workflowplane_test_total 1.0" in text
+
+
+async def test_an_http_probe_carries_another_listeners_failure() -> None:
+    ready = [False]
+    other = Health(ready_checks={"synced": lambda: Verdict(ready[0], "cache not synced")})
+    async with TestClient(TestServer(health_app(other))) as server:
+        probe = http_probe(str(server.make_url("/readyz")))
+        verdict = await probe()
+        assert not verdict.ok and "503" in verdict.detail and "cache not synced" in verdict.detail
+        ready[0] = True
+        assert (await probe()).ok
+        url = str(server.make_url("/readyz"))
+    gone = await http_probe(url, timeout=1)()
+    assert not gone.ok and "did not answer" in gone.detail

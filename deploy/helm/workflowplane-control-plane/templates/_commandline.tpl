@@ -16,6 +16,9 @@ Helm tests parse the rendered args with the real `wpctl` argument parser.
 {{- if .Values.debug -}}
 - -v
 {{ end -}}
+{{- if ne .Values.logFormat "text" -}}
+- --log-format={{ .Values.logFormat }}
+{{ end -}}
 {{- end -}}
 
 {{/* `wpctl gateway` flags (also accepted by `wpctl control-plane`). */}}
@@ -43,6 +46,7 @@ Helm tests parse the rendered args with the real `wpctl` argument parser.
 {{/* Controller flags shared by `wpctl controller` and `wpctl control-plane`. */}}
 {{- define "wpcp.cmd.controllerFlags" -}}
 - --resync-seconds={{ .Values.controller.resyncSeconds }}
+- --stuck-after={{ .Values.controller.health.stuckAfterSeconds }}
 {{- if .Values.controller.peering.enabled }}
 - --peering={{ .Values.controller.peering.name }}
 {{- end }}
@@ -68,9 +72,7 @@ Helm tests parse the rendered args with the real `wpctl` argument parser.
 - --gateway-key={{ include "wpcp.cmd.gatewayClientDir" . }}/tls.key
 {{- end }}
 {{ include "wpcp.cmd.controllerFlags" . }}
-{{- if .Values.controller.health.enabled }}
 - --health-port={{ .Values.controller.health.port }}
-{{- end }}
 {{- with .Values.controller.extraArgs }}
 {{ toYaml . }}
 {{- end }}
@@ -81,6 +83,7 @@ Helm tests parse the rendered args with the real `wpctl` argument parser.
 - control-plane
 {{ include "wpcp.cmd.gatewayFlags" . }}
 {{ include "wpcp.cmd.controllerFlags" . }}
+- --controller-health-port={{ .Values.controller.health.port }}
 {{- with .Values.combined.extraArgs }}
 {{ toYaml . }}
 {{- end }}
@@ -105,7 +108,15 @@ Helm tests parse the rendered args with the real `wpctl` argument parser.
 {{- end }}
 {{- end -}}
 
-{{/* Container ports and probes of the gateway's listeners. */}}
+{{/*
+Whether a combined pod is probed at the controller's listener (`ctrl-health`), which also
+carries the gateway's own /healthz and /readyz; else at the gateway's (`health`).
+*/}}
+{{- define "wpcp.cmd.combinedControllerHealth" -}}
+{{- if and (eq .Values.mode "combined") .Values.controller.health.enabled }}true{{ end -}}
+{{- end -}}
+
+{{/* Container ports and probes of the gateway's listeners (+ the controller's, combined). */}}
 {{- define "wpcp.cmd.gatewayPorts" -}}
 ports:
 - name: websocket
@@ -117,7 +128,14 @@ ports:
 - name: health
   containerPort: {{ .Values.clusterGateway.ports.health }}
   protocol: TCP
+{{- if include "wpcp.cmd.combinedControllerHealth" . }}
+- name: ctrl-health
+  containerPort: {{ .Values.controller.health.port }}
+  protocol: TCP
+{{ include "wpcp.cmd.probes" "ctrl-health" }}
+{{- else }}
 {{ include "wpcp.cmd.probes" "health" }}
+{{- end }}
 {{- end -}}
 
 {{/* Probes against a named HTTP port that serves /healthz and /readyz. */}}

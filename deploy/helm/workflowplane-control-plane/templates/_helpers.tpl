@@ -20,6 +20,11 @@ app.kubernetes.io/part-of: openchoreo
 {{- end }}
 {{- end -}}
 
+{{/* On the Services whose ports serve /metrics: what the ServiceMonitor selects. */}}
+{{- define "wpcp.metricsLabel" -}}
+workflowplane.openchoreo.dev/metrics: "true"
+{{- end -}}
+
 {{/* Selector labels; call with (dict "root" $ "component" "gateway"). */}}
 {{- define "wpcp.selectorLabels" -}}
 app.kubernetes.io/name: {{ .root.Chart.Name }}
