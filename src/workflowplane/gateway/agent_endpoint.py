@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
+from collections.abc import Callable
 
 import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -33,6 +35,28 @@ EXPIRY_RECHECK_SECONDS = 3600.0  # sleep in steps, so a wall-clock jump is notic
 # What decoding an agent's frame raises on bad input: msgspec's errors, and RecursionError
 # for nesting deeper than the decoder's stack (a 5000-deep array).
 UNDECODABLE = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)
+
+
+class JunkBudget:
+    """Frames nobody can use (malformed, late, for no stream) an agent may send per second.
+    Past it the gateway stops reading that agent for the rest of the second, so TCP pushes
+    back on it and the gateway's CPU goes to the other agents (0: no budget)."""
+
+    def __init__(self, per_second: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_second = per_second
+        self._clock = clock
+        self._window = clock()
+        self._spent = 0
+
+    def spend(self) -> float:
+        """Count one such frame; how long to stop reading (0.0: carry on)."""
+        now = self._clock()
+        if now - self._window >= 1.0:
+            self._window, self._spent = now, 0
+        self._spent += 1
+        if not self.per_second or self._spent <= self.per_second:
+            return 0.0
+        return max(0.0, self._window + 1.0 - now)
 
 
 async def _sleep_until(moment: dt.datetime) -> None:
@@ -163,12 +187,22 @@ class AgentEndpoint:
         await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"client certificate expired")
 
     async def _read_frames(self, conn: AgentConnection, ws: web.WebSocketResponse) -> None:
+        junk = JunkBudget(self._config.max_junk_frames_per_second)
         async for message in ws:
             conn.seen()
             if isinstance(message.data, OversizedMessage):
                 self._oversized(conn, message.data)
             elif message.type in {WSMsgType.TEXT, WSMsgType.BINARY}:
-                self._route_frame(conn, message.data)
+                if not self._route_frame(conn, message.data) and (pause := junk.spend()):
+                    self._metrics.throttled.inc()
+                    self._problem(
+                        conn,
+                        "throttled",
+                        "over %d useless frames/s: not read for %.1fs",
+                        junk.per_second,
+                        pause,
+                    )
+                    await asyncio.sleep(pause)
             elif message.type == WSMsgType.PING:
                 await ws.pong(message.data)
             elif message.type == WSMsgType.ERROR:
@@ -178,14 +212,15 @@ class AgentEndpoint:
         """One warning per connection and kind per interval (the rest are counted in it)."""
         self._problems.log((conn.id, kind), logging.WARNING, "agent %s: " + msg, conn.id, *args)
 
-    def _route_frame(self, conn: AgentConnection, raw: str | bytes) -> None:
-        """Deliver a response or chunk to whoever waits for it; drop (and count) the rest."""
+    def _route_frame(self, conn: AgentConnection, raw: str | bytes) -> bool:
+        """Deliver a response or chunk to whoever waits for it; drop (and count) the rest.
+        Whether anyone could use it."""
         try:
             frame = classify_gateway_frame(raw)
         except UNDECODABLE as exc:
             self._metrics.dropped_frames.inc()
             self._problem(conn, "malformed", "malformed frame dropped: %.200s", exc)
-            return
+            return False
         rid = frame.request_id
         stream = conn.streams.get(rid)
         if stream is not None:
@@ -196,17 +231,18 @@ class AgentEndpoint:
                     stream.end()
             elif isinstance(frame, TunnelResponse):
                 stream.put(frame)
-            return
+            return True
         future = conn.pending.get(rid)
         if isinstance(frame, TunnelResponse) and future is not None and not future.done():
             future.set_result(frame)
-            return
+            return True
         if isinstance(frame, TunnelResponse):
             self._metrics.late.inc()
             self._problem(conn, "late", "response for an unknown or timed-out request dropped")
         else:
             self._metrics.dropped_frames.inc()
             self._problem(conn, "unexpected", "chunk for an unknown stream dropped")
+        return False
 
     def _oversized(self, conn: AgentConnection, oversized: OversizedMessage) -> None:
         """Fail the one request whose answer was too large; the connection carries on."""

@@ -39,6 +39,7 @@ def add_gateway_flags(parser: argparse.ArgumentParser) -> None:
     add("--max-stream-buffer-bytes", type=int, default=base.max_stream_buffer_bytes)
     add("--tls-handshake-timeout", type=float, default=base.tls_handshake_timeout_seconds)
     add("--header-timeout", type=float, default=base.header_timeout_seconds)
+    add("--max-junk-frames-per-second", type=int, default=base.max_junk_frames_per_second)
 
 
 def config_from_args(args: argparse.Namespace) -> GatewayConfig:
@@ -65,6 +66,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         max_stream_buffer_bytes=args.max_stream_buffer_bytes,
         tls_handshake_timeout_seconds=args.tls_handshake_timeout,
         header_timeout_seconds=args.header_timeout,
+        max_junk_frames_per_second=args.max_junk_frames_per_second,
     )
 
 

@@ -57,3 +57,6 @@ class GatewayConfig:
     header_timeout_seconds: float = 20.0
     # At most one log line per connection and kind of frame problem per this many seconds.
     frame_log_interval_seconds: float = 10.0
+    # Frames nobody can use (malformed, late, for no stream) one agent may send per second
+    # before the gateway stops reading it for the rest of that second (0: no limit).
+    max_junk_frames_per_second: int = 1000

@@ -84,3 +84,8 @@ class GatewayMetrics:
             "Agent answers whose status code is not a final HTTP status (answered 502)",
             registry=self.registry,
         )
+        self.throttled = Counter(
+            "workflowplane_gateway_throttled_reads_total",
+            "Times an agent sent more useless frames per second than allowed and was not read",
+            registry=self.registry,
+        )

@@ -266,3 +266,25 @@ async def test_half_open_clients_are_closed_by_every_listener(
             writer.close()
         # And ordinary requests are still served.
         assert (await gw.client.all_status())["total"] >= 0
+
+
+async def test_a_flood_of_useless_frames_is_read_slower_and_logged_once(
+    control_plane: ApiServer,
+    crds: Path,
+    namespace: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with running_gateway(control_plane, tmp_path, max_junk_frames_per_second=200) as gw:
+        plane_id, ca = await scripted_plane(control_plane, gw, namespace)
+        async with scripted_agent(gw, plane_id, leaf_of(ca), tmp_path, by_path) as agent:
+            for index in range(600):
+                await agent.send(answer(f"nobody-waits-{index}"))
+            await eventually(
+                lambda: _sample(gw, "workflowplane_gateway_late_responses_total") == 600,
+                timeout=30,
+            )
+            assert _sample(gw, "workflowplane_gateway_throttled_reads_total") >= 1
+            assert (await _get(gw, plane_id, namespace, "/version")).status == 200
+    lines = [r for r in caplog.records if "timed-out request dropped" in r.getMessage()]
+    assert len(lines) == 1  # not 600

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from workflowplane.gateway.agent_endpoint import AgentEndpoint
+from workflowplane.gateway.agent_endpoint import AgentEndpoint, JunkBudget
 from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.connections import AgentConnection, ConnectionManager
 from workflowplane.gateway.kube_proxy import KubeProxy, bad_path, is_streaming
@@ -162,3 +162,15 @@ def test_any_undecodable_frame_is_dropped_and_counted(
 
 
 _LEAF = issue_certificate(generate_ca("any"), "agent").certificate
+
+
+def test_an_agent_past_its_useless_frame_budget_is_not_read_for_the_rest_of_the_second() -> None:
+    now = [50.0]
+    budget = JunkBudget(3, clock=lambda: now[0])
+    assert [budget.spend() for _ in range(3)] == [0.0, 0.0, 0.0]
+    now[0] += 0.25
+    assert budget.spend() == pytest.approx(0.75)
+    now[0] += 0.75
+    assert budget.spend() == 0.0  # a new second, a new budget
+    unlimited = JunkBudget(0, clock=lambda: now[0])
+    assert all(unlimited.spend() == 0.0 for _ in range(10_000))
