@@ -1,25 +1,70 @@
-"""The public listener's one route, ``GET /ws``: admit an agent, then carry its frames."""
+"""The public listener's one route, ``GET /ws``: admit an agent, then carry its frames.
+
+Whatever an admitted agent sends, the connection survives it and the gateway's memory and
+log stay bounded: a message over the frame limit fails its own request (``frames.py``), a
+frame that does not decode (any depth, any type) is dropped and counted, and problems are
+logged at most once per connection and kind per interval, with a count.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
 import logging
+import time
+from collections.abc import Callable
 
 import msgspec
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from cryptography import x509
 
 from workflowplane.api import PLANE_TYPE
 from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.connections import AgentConnection, ConnectionManager
+from workflowplane.gateway.frames import GuardedWebSocket, OversizedMessage, ResponseTooLarge
 from workflowplane.gateway.metrics import GatewayMetrics
+from workflowplane.gateway.streams import StreamEnd
 from workflowplane.kits.clock import utcnow
+from workflowplane.kits.ratelog import LogThrottle
 from workflowplane.kits.tasks import TaskSet, cancel_and_wait
 from workflowplane.protocol import StreamChunk, TunnelResponse, classify_gateway_frame
 
 log = logging.getLogger(__name__)
 KNOWN_PLANE_TYPES = frozenset({PLANE_TYPE})
+EXPIRY_RECHECK_SECONDS = 3600.0  # sleep in steps, so a wall-clock jump is noticed
+# What decoding an agent's frame raises on bad input: msgspec's errors, and RecursionError
+# for nesting deeper than the decoder's stack (a 5000-deep array).
+UNDECODABLE = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)
+
+
+class JunkBudget:
+    """Frames nobody can use (malformed, late, for no stream) an agent may send per second.
+    Past it the gateway stops reading that agent for the rest of the second, so TCP pushes
+    back on it and the gateway's CPU goes to the other agents (0: no budget)."""
+
+    def __init__(self, per_second: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_second = per_second
+        self._clock = clock
+        self._window = clock()
+        self._spent = 0
+
+    def spend(self) -> float:
+        """Count one such frame; how long to stop reading (0.0: carry on)."""
+        now = self._clock()
+        if now - self._window >= 1.0:
+            self._window, self._spent = now, 0
+        self._spent += 1
+        if not self.per_second or self._spent <= self.per_second:
+            return 0.0
+        return max(0.0, self._window + 1.0 - now)
+
+
+async def _sleep_until(moment: dt.datetime) -> None:
+    """Sleep until a wall-clock moment, in steps, so a clock change is noticed."""
+    left = (moment - utcnow()).total_seconds()
+    while left > 0:
+        await asyncio.sleep(min(left, EXPIRY_RECHECK_SECONDS))
+        left = (moment - utcnow()).total_seconds()
 
 
 def peer_certificate(request: web.Request) -> x509.Certificate | None:
@@ -31,11 +76,12 @@ def peer_certificate(request: web.Request) -> x509.Certificate | None:
 
 class AgentEndpoint:
     """Serves ``/ws`` for agents: the HTTP side of admission (400/401 with the reason, before
-    the upgrade), then one connection's frame loop and heartbeat.
+    the upgrade), then one connection's frame loop, heartbeat and certificate expiry.
 
     Whether a certificate is admitted, and for which CRs, is the connection manager's call;
     this class turns its answer into a response, registers the connection while it lasts,
-    and hands each response frame to the request waiting for it. It owns the heartbeat tasks.
+    and hands each response frame to the request waiting for it. It owns the heartbeat and
+    expiry tasks.
     """
 
     def __init__(
@@ -44,14 +90,15 @@ class AgentEndpoint:
         self._connections = connections
         self._config = config
         self._metrics = metrics
-        self._heartbeats = TaskSet("heartbeat")
+        self._watchers = TaskSet("agent-watch")
+        self._problems = LogThrottle(log, config.frame_log_interval_seconds)
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/ws", self.handle)]
 
     async def close(self) -> None:
-        """Stop every heartbeat still running (their connections are closing)."""
-        await self._heartbeats.close()
+        """Stop every heartbeat and expiry watch still running (their connections close)."""
+        await self._watchers.close()
 
     def _refuse(self, status: int, reason: str, message: str) -> web.Response:
         self._metrics.rejected.labels(reason).inc()
@@ -75,24 +122,39 @@ class AgentEndpoint:
                 401,
                 "not-authorized",
                 f"certificate {leaf.subject.rfc4514_string()} for planeID {plane_id!r} "
-                f"verifies against no CR's CA ({admission.why_refused()})",
+                f"verifies against no CR's CA that it may serve ({admission.why_refused()})",
             )
-        ws = web.WebSocketResponse(autoping=False, max_msg_size=self._config.max_frame_bytes)
+        ws = GuardedWebSocket(limit=self._config.max_frame_bytes, autoping=False)
         await ws.prepare(request)
-        conn = AgentConnection(plane_type, plane_id, ws, leaf, set(admission.granted))
+        conn = AgentConnection(
+            plane_type,
+            plane_id,
+            ws,
+            leaf,
+            set(admission.granted),
+            consent=admission.consent,
+            consent_refused=set(admission.consent_refused),
+        )
         self._connections.connect(conn)
         log.info(
-            "agent %s connected for planeID %s, authorized for %s",
+            "agent %s connected for planeID %s, authorized for %s%s",
             conn.id,
             plane_id,
             sorted(admission.granted),
+            f", refused by its consent list: {sorted(admission.consent_refused)}"
+            if admission.consent_refused
+            else "",
         )
-        heartbeat = self._heartbeats.spawn(self._heartbeat(conn, ws), conn.id)
+        watchers = [
+            self._watchers.spawn(self._heartbeat(conn, ws), f"heartbeat {conn.id}"),
+            self._watchers.spawn(self._close_at_expiry(conn, ws), f"expiry {conn.id}"),
+        ]
         try:
             await self._read_frames(conn, ws)
         finally:
-            await cancel_and_wait([heartbeat])
+            await cancel_and_wait(watchers)
             self._connections.disconnect(conn)
+            self._problems.forget(lambda key: isinstance(key, tuple) and key[0] == conn.id)
             log.info("agent %s (planeID %s) disconnected", conn.id, plane_id)
         return ws
 
@@ -110,40 +172,87 @@ class AgentEndpoint:
             except ConnectionError:
                 return
 
+    async def _close_at_expiry(self, conn: AgentConnection, ws: web.WebSocketResponse) -> None:
+        """Close the connection when its client certificate expires: the handshake checked
+        it once, but the connection may outlive it (the agent reconnects with its renewed
+        leaf; ``pick`` stops using it at the same moment)."""
+        await _sleep_until(conn.expires_at)
+        self._metrics.expired.inc()
+        log.warning(
+            "agent %s (planeID %s): its client certificate expired at %s; closing",
+            conn.id,
+            conn.plane_id,
+            conn.expires_at.isoformat(),
+        )
+        await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"client certificate expired")
+
     async def _read_frames(self, conn: AgentConnection, ws: web.WebSocketResponse) -> None:
+        junk = JunkBudget(self._config.max_junk_frames_per_second)
         async for message in ws:
             conn.seen()
-            if message.type in {WSMsgType.TEXT, WSMsgType.BINARY}:
-                self._route_frame(conn, message.data)
+            if isinstance(message.data, OversizedMessage):
+                self._oversized(conn, message.data)
+            elif message.type in {WSMsgType.TEXT, WSMsgType.BINARY}:
+                if not self._route_frame(conn, message.data) and (pause := junk.spend()):
+                    self._metrics.throttled.inc()
+                    self._problem(
+                        conn,
+                        "throttled",
+                        "over %d useless frames/s: not read for %.1fs",
+                        junk.per_second,
+                        pause,
+                    )
+                    await asyncio.sleep(pause)
             elif message.type == WSMsgType.PING:
                 await ws.pong(message.data)
             elif message.type == WSMsgType.ERROR:
                 log.warning("agent %s websocket error: %s", conn.id, ws.exception())
 
-    def _route_frame(self, conn: AgentConnection, raw: str | bytes) -> None:
-        """Deliver a response or chunk to whoever waits for it; drop (and count) the rest."""
+    def _problem(self, conn: AgentConnection, kind: str, msg: str, *args: object) -> None:
+        """One warning per connection and kind per interval (the rest are counted in it)."""
+        self._problems.log((conn.id, kind), logging.WARNING, "agent %s: " + msg, conn.id, *args)
+
+    def _route_frame(self, conn: AgentConnection, raw: str | bytes) -> bool:
+        """Deliver a response or chunk to whoever waits for it; drop (and count) the rest.
+        Whether anyone could use it."""
         try:
             frame = classify_gateway_frame(raw)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except UNDECODABLE as exc:
             self._metrics.dropped_frames.inc()
-            log.warning("agent %s sent a malformed frame (dropped): %s", conn.id, exc)
-            return
+            self._problem(conn, "malformed", "malformed frame dropped: %.200s", exc)
+            return False
         rid = frame.request_id
-        if rid in conn.streams:
+        stream = conn.streams.get(rid)
+        if stream is not None:
             if isinstance(frame, StreamChunk):
                 if frame.data:
-                    conn.streams[rid].put_nowait(frame.data)
+                    stream.put(frame.data)
                 if frame.is_close is True:
-                    conn.streams[rid].put_nowait(None)
+                    stream.end()
             elif isinstance(frame, TunnelResponse):
-                conn.streams[rid].put_nowait(frame)
-            return
+                stream.put(frame)
+            return True
         future = conn.pending.get(rid)
         if isinstance(frame, TunnelResponse) and future is not None and not future.done():
             future.set_result(frame)
-            return
+            return True
         if isinstance(frame, TunnelResponse):
             self._metrics.late.inc()
-            log.info("dropping a response for unknown or timed-out request %s", rid)
+            self._problem(conn, "late", "response for an unknown or timed-out request dropped")
         else:
             self._metrics.dropped_frames.inc()
+            self._problem(conn, "unexpected", "chunk for an unknown stream dropped")
+        return False
+
+    def _oversized(self, conn: AgentConnection, oversized: OversizedMessage) -> None:
+        """Fail the one request whose answer was too large; the connection carries on."""
+        self._metrics.oversized.inc()
+        rid = oversized.request_id or ""
+        problem = oversized.describe()
+        stream = conn.streams.get(rid)
+        future = conn.pending.get(rid)
+        if stream is not None:
+            stream.end(StreamEnd(problem))
+        elif future is not None and not future.done():
+            future.set_exception(ResponseTooLarge(problem))
+        self._problem(conn, "oversized", "%s; request %s failed", problem, rid or "(unknown)")

@@ -11,6 +11,7 @@ from workflowplane.gateway.config import GATEWAY_NAMESPACE, GatewayConfig
 
 def add_gateway_flags(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
+    base = GatewayConfig()
     add("--kubeconfig", type=Path, help="control plane kubeconfig (default: in-cluster)")
     add("--context", help="control plane context")
     add("--namespace", default=GATEWAY_NAMESPACE, help="where the gateway keeps its Secrets")
@@ -32,6 +33,13 @@ def add_gateway_flags(parser: argparse.ArgumentParser) -> None:
     add("--dead-after", type=float, default=90.0)
     add("--request-timeout", type=float, default=30.0)
     add("--max-body-bytes", type=int, default=10 * 1024 * 1024)
+    add("--max-frame-bytes", type=int, default=base.max_frame_bytes, help="largest agent answer")
+    add("--max-streams-per-agent", type=int, default=base.max_streams_per_agent)
+    add("--max-streams-per-cr", type=int, default=base.max_streams_per_cr)
+    add("--max-stream-buffer-bytes", type=int, default=base.max_stream_buffer_bytes)
+    add("--tls-handshake-timeout", type=float, default=base.tls_handshake_timeout_seconds)
+    add("--header-timeout", type=float, default=base.header_timeout_seconds)
+    add("--max-junk-frames-per-second", type=int, default=base.max_junk_frames_per_second)
 
 
 def config_from_args(args: argparse.Namespace) -> GatewayConfig:
@@ -52,6 +60,13 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         dead_after_seconds=args.dead_after,
         request_timeout_seconds=args.request_timeout,
         max_body_bytes=args.max_body_bytes,
+        max_frame_bytes=args.max_frame_bytes,
+        max_streams_per_agent=args.max_streams_per_agent,
+        max_streams_per_cr=args.max_streams_per_cr,
+        max_stream_buffer_bytes=args.max_stream_buffer_bytes,
+        tls_handshake_timeout_seconds=args.tls_handshake_timeout,
+        header_timeout_seconds=args.header_timeout,
+        max_junk_frames_per_second=args.max_junk_frames_per_second,
     )
 
 

@@ -43,4 +43,20 @@ class GatewayConfig:
     dead_after_seconds: float = 90.0
     request_timeout_seconds: float = 30.0
     max_body_bytes: int = 10 * 1024 * 1024
-    max_frame_bytes: int = 16 * 1024 * 1024
+    # One agent message (a whole answer, base64 in JSON: OpenChoreo's Go agent has no bound
+    # of its own). Bigger answers fail that request alone with 502.
+    max_frame_bytes: int = 64 * 1024 * 1024
+    # Streams (watch/follow) one agent connection carries, and one CR may hold on its plane;
+    # beyond either, 429, so ordinary requests always have room.
+    max_streams_per_agent: int = 64
+    max_streams_per_cr: int = 32
+    # Bytes of one stream waiting for a caller that reads slower than the agent sends.
+    max_stream_buffer_bytes: int = 4 * 1024 * 1024
+    # Time a connection gets for its TLS handshake, and for each request's headers.
+    tls_handshake_timeout_seconds: float = 10.0
+    header_timeout_seconds: float = 20.0
+    # At most one log line per connection and kind of frame problem per this many seconds.
+    frame_log_interval_seconds: float = 10.0
+    # Frames nobody can use (malformed, late, for no stream) one agent may send per second
+    # before the gateway stops reading it for the rest of that second (0: no limit).
+    max_junk_frames_per_second: int = 1000

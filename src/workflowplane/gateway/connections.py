@@ -1,10 +1,14 @@
 """Agent connections: who is connected, and every rule of which CR each may serve.
 
 ``ConnectionManager`` is the one place that answers "may connection C serve CR K": it admits
-an agent (its leaf checked against each CR's CA of its planeID, separately), re-verifies
-every connection when a CR changes (notify), and picks a connection for a proxied request
-among those authorized. It also counts connections (status, the agents gauge) and tells
-subscribers of every change (the push channel the controller listens to).
+an agent (its leaf checked against each CR's CA of its planeID, separately, and K must be on
+the leaf's consent list when it carries one), re-verifies every connection when a CR changes
+(notify), and picks a connection for a proxied request among those authorized (checking
+consent and the leaf's expiry again). It also counts connections (status, the agents gauge)
+and tells subscribers of every change (the push channel the controller listens to).
+
+A CR's status answer is built only from connections its own CA verifies: an agent authorized
+for other CRs alone never changes it (docs/security.md, "status").
 """
 
 from __future__ import annotations
@@ -21,15 +25,18 @@ from typing import Any, Protocol
 from cryptography import x509
 
 from workflowplane.api import ClientCAError
+from workflowplane.api.consent import UNRESTRICTED, Consent, consent_of
 from workflowplane.gateway.metrics import GatewayMetrics
 from workflowplane.gateway.plane_cache import PlaneCache
+from workflowplane.gateway.streams import StreamBuffer, StreamEnd
 from workflowplane.kits.clock import utcnow
-from workflowplane.pki import CertificateRejected, verify_client_certificate
+from workflowplane.pki import CertificateRejected, uri_sans, verify_client_certificate
 from workflowplane.protocol import Frame, TunnelResponse, encode
 
 log = logging.getLogger(__name__)
-StreamItem = TunnelResponse | bytes | None  # None: the stream ended
 ConnectionEvent = dict[str, Any]
+CONSENT_REFUSAL = "the agent's allow-list (URI SANs of its certificate) does not name this CR"
+NOBODY = Consent(frozenset({"-/-"}))  # matches no CR key
 
 
 class AgentSocket(Protocol):
@@ -52,12 +59,41 @@ class AgentConnection:
     ws: AgentSocket
     leaf: x509.Certificate
     authorized: set[str]
+    consent: Consent = UNRESTRICTED
+    # CRs whose CA verifies the leaf but which the leaf's consent list leaves out:
+    consent_refused: set[str] = field(default_factory=set)
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     connected_at: dt.datetime = field(default_factory=utcnow)
     last_seen: dt.datetime = field(default_factory=utcnow)
     pending: dict[str, asyncio.Future[TunnelResponse]] = field(default_factory=dict)
-    streams: dict[str, asyncio.Queue[StreamItem]] = field(default_factory=dict)
+    streams: dict[str, StreamBuffer] = field(default_factory=dict)
     _send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def expires_at(self) -> dt.datetime:
+        return self.leaf.not_valid_after_utc
+
+    def may_serve(self, key: str, now: dt.datetime) -> bool:
+        """Authorized for ``key``, on the leaf's consent list, and the leaf still valid."""
+        return key in self.authorized and self.consent.allows(key) and now < self.expires_at
+
+    def settle(self, key: str, *, verified: bool) -> str:
+        """Record whether CR ``key`` is served, now that its CA does (``verified``) or does
+        not admit the leaf; what changed: granted, revoked, refused (by consent, or no longer),
+        or "" for nothing."""
+        allowed = verified and self.consent.allows(key)
+        refused_before = key in self.consent_refused
+        if verified and not allowed:
+            self.consent_refused.add(key)
+        else:
+            self.consent_refused.discard(key)
+        if allowed and key not in self.authorized:
+            self.authorized.add(key)
+            return "granted"
+        if not allowed and key in self.authorized:
+            self.authorized.discard(key)
+            return "revoked"
+        return "refused" if refused_before != (key in self.consent_refused) else ""
 
     def seen(self) -> None:
         self.last_seen = utcnow()
@@ -70,16 +106,27 @@ class AgentConnection:
         for future in self.pending.values():
             if not future.done():
                 future.set_exception(ConnectionError(reason))
-        for queue in self.streams.values():
-            queue.put_nowait(None)
+        for stream in self.streams.values():
+            stream.end(StreamEnd(reason))
+
+
+def leaf_consent(leaf: x509.Certificate) -> Consent:
+    """The consent a leaf carries; a SAN extension that does not parse allows nobody."""
+    try:
+        return consent_of(uri_sans(leaf))
+    except ValueError:
+        return NOBODY
 
 
 @dataclass(frozen=True)
 class Admission:
-    """The CRs an agent's certificate is admitted for, and why each other CR refused it."""
+    """The CRs an agent's certificate is admitted for, and why each other CR refused it
+    (``consent_refused``: those whose CA verifies it but that its consent leaves out)."""
 
     granted: frozenset[str]
     refused: dict[str, str]
+    consent_refused: frozenset[str] = frozenset()
+    consent: Consent = UNRESTRICTED
 
     def why_refused(self) -> str:
         return "; ".join(f"{k}: {v}" for k, v in sorted(self.refused.items())) or (
@@ -126,19 +173,25 @@ class ConnectionManager:
     # ---- authorization --------------------------------------------------------------------
 
     def admit(self, plane_id: str, leaf: x509.Certificate) -> Admission:
-        """Check ``leaf`` against the CA of each CR of ``plane_id`` separately."""
+        """Check ``leaf`` against the CA of each CR of ``plane_id`` separately; a CR its CA
+        admits is granted only if the leaf's consent list (when it has one) names it."""
+        consent = leaf_consent(leaf)
         granted: set[str] = set()
         refused: dict[str, str] = {}
+        by_consent: set[str] = set()
         for entry in self._planes.for_plane(plane_id):
             try:
                 reason = _refusal(leaf, self._planes.ca_of(entry))
             except ClientCAError as exc:
                 reason = str(exc)
+            if reason is None and not consent.allows(entry.key):
+                by_consent.add(entry.key)
+                reason = CONSENT_REFUSAL
             if reason is None:
                 granted.add(entry.key)
             else:
                 refused[entry.key] = reason
-        return Admission(frozenset(granted), refused)
+        return Admission(frozenset(granted), refused, frozenset(by_consent), consent)
 
     async def reverify(
         self, plane_type: str, plane_id: str, key: str, ca: bytes | None
@@ -146,27 +199,27 @@ class ConnectionManager:
         """Grant or revoke CR ``key`` (now of ``plane_type``/``plane_id``, trusting ``ca``,
         None when it is gone) on every connection; other CRs are untouched.
 
-        Connections of the CR's plane are re-verified against its CA; connections of any other
-        planeID lose the CR (its planeID changed), so requests for it can only reach its plane.
-        A connection left authorized for no CR is closed.
+        Connections of the CR's plane are re-verified against its CA and their consent list;
+        connections of any other planeID lose the CR (its planeID changed), so requests for it
+        can only reach its plane. A connection left authorized for no CR is closed.
         """
         granted: list[str] = []
         revoked: list[str] = []
         closing: list[AgentConnection] = []
         for conn in list(self._connections.values()):
-            if key not in conn.authorized and conn.plane_id != plane_id:
+            known = key in conn.authorized or key in conn.consent_refused
+            if not known and conn.plane_id != plane_id:
                 continue
             same_plane = (conn.plane_type, conn.plane_id) == (plane_type, plane_id)
-            allowed = same_plane and ca is not None and _refusal(conn.leaf, ca) is None
-            if allowed and key not in conn.authorized:
-                conn.authorized.add(key)
+            verified = same_plane and ca is not None and _refusal(conn.leaf, ca) is None
+            change = conn.settle(key, verified=verified)
+            if change == "granted":
                 granted.append(conn.id)
-            elif not allowed and key in conn.authorized:
-                conn.authorized.discard(key)
+            elif change == "revoked":
                 revoked.append(conn.id)
             if not conn.authorized:
                 closing.append(conn)
-            elif conn.id in granted or conn.id in revoked:
+            elif change:
                 self._publish("authorization", conn)
         for conn in closing:
             log.info("closing agent %s: no CR authorizes it any more", conn.id)
@@ -174,15 +227,30 @@ class ConnectionManager:
         return Reverification(len(granted), len(revoked), len(closing))
 
     def authorized(self, plane_type: str, plane_id: str, key: str) -> list[AgentConnection]:
-        """The connections of this plane that may serve CR ``key``."""
-        return [c for c in self.for_plane(plane_type, plane_id) if key in c.authorized]
+        """The connections of this plane that may serve CR ``key`` right now."""
+        now = utcnow()
+        return [c for c in self.for_plane(plane_type, plane_id) if c.may_serve(key, now)]
 
-    def pick(self, plane_type: str, plane_id: str, key: str) -> AgentConnection | None:
-        """Round-robin over the connections authorized for one CR."""
+    def pick(
+        self, plane_type: str, plane_id: str, key: str, *, stream_cap: int | None = None
+    ) -> AgentConnection | None:
+        """Round-robin over the connections authorized for one CR; with ``stream_cap``, only
+        over those carrying fewer streams than that."""
         candidates = sorted(self.authorized(plane_type, plane_id, key), key=lambda c: c.id)
+        if stream_cap is not None:
+            candidates = [c for c in candidates if len(c.streams) < stream_cap]
         if not candidates:
             return None
         return candidates[next(self._turns[(plane_id, key)]) % len(candidates)]
+
+    def streams_of(self, plane_type: str, plane_id: str, key: str) -> int:
+        """Streams open for CR ``key`` on every connection of its plane (its caller's share)."""
+        return sum(
+            1
+            for c in self.for_plane(plane_type, plane_id)
+            for stream in c.streams.values()
+            if stream.key == key
+        )
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -224,19 +292,16 @@ class ConnectionManager:
         ]
 
     def status(self, plane_type: str, plane_id: str, key: str | None) -> dict[str, Any]:
-        """Connections of a plane, or of a plane authorized for CR ``key``."""
-        conns = (
-            self.authorized(plane_type, plane_id, key)
-            if key is not None
-            else self.for_plane(plane_type, plane_id)
-        )
-        last_seen = max((c.last_seen for c in conns), default=None)
+        """Connections of a plane, or, for CR ``key``, what only its own CA's agents say."""
+        if key is None:
+            return _summary(plane_type, plane_id, self.for_plane(plane_type, plane_id))
+        mine = self.authorized(plane_type, plane_id, key)
+        refusing = [c for c in self.for_plane(plane_type, plane_id) if key in c.consent_refused]
         return {
-            "planeType": plane_type,
-            "planeID": plane_id,
-            "connected": bool(conns),
-            "connectedAgents": len(conns),
-            "lastSeen": last_seen.isoformat() if last_seen else None,
+            **_summary(plane_type, plane_id, mine),
+            "consentRefused": bool(refusing),
+            "consentRefusedAgents": len(refusing),
+            "unrestrictedSharedCA": _shared_without_consent(mine),
         }
 
     def all_status(self) -> list[dict[str, Any]]:
@@ -266,6 +331,7 @@ class ConnectionManager:
             "planeType": conn.plane_type,
             "planeID": conn.plane_id,
             "crKeys": sorted(conn.authorized),
+            "consentRefusedKeys": sorted(conn.consent_refused),
             "agentID": conn.id,
             "connectedAgents": len(self.for_plane(conn.plane_type, conn.plane_id)),
             "lastSeen": conn.last_seen.isoformat(),
@@ -276,3 +342,27 @@ class ConnectionManager:
             except asyncio.QueueFull:
                 log.warning("an event subscriber is not reading; dropping it")
                 self._subscribers.discard(queue)
+
+
+def _summary(plane_type: str, plane_id: str, conns: list[AgentConnection]) -> dict[str, Any]:
+    last_seen = max((c.last_seen for c in conns), default=None)
+    return {
+        "planeType": plane_type,
+        "planeID": plane_id,
+        "connected": bool(conns),
+        "connectedAgents": len(conns),
+        "lastSeen": last_seen.isoformat() if last_seen else None,
+    }
+
+
+def _shared_without_consent(conns: list[AgentConnection]) -> list[str]:
+    """Namespaces whose CRs share an agent with no consent list, when there are several:
+    each of them can use the agent (the same CA, public material, admits them all)."""
+    namespaces = {
+        key.partition("/")[0]
+        for conn in conns
+        if not conn.consent.restricted
+        for key in conn.authorized
+        if not key.startswith("/")
+    }
+    return sorted(namespaces) if len(namespaces) > 1 else []

@@ -74,6 +74,9 @@ class InternalAPI:
         )
 
     async def plane_status(self, request: web.Request) -> web.Response:
+        """The plane's agents; with a CR named, only what that CR's own CA vouches for
+        (``consentRefused``, ``unrestrictedSharedCA`` too: docs/security.md). The plane-wide
+        count includes other tenants' agents and must not decide a CR's condition."""
         name = request.query.get("name")
         key = cr_key_of(request.query.get("namespace") or None, name) if name else None
         info = request.match_info

@@ -58,3 +58,34 @@ class GatewayMetrics:
             "Malformed or unexpected frames from agents",
             registry=self.registry,
         )
+        self.oversized = Counter(
+            "workflowplane_gateway_oversized_messages_total",
+            "Agent messages over the frame limit: skipped, their request failed with 502",
+            registry=self.registry,
+        )
+        self.slow_streams = Counter(
+            "workflowplane_gateway_slow_streams_closed_total",
+            "Streams closed because the caller fell further behind than the stream buffer",
+            registry=self.registry,
+        )
+        self.streams_refused = Counter(
+            "workflowplane_gateway_streams_refused_total",
+            "Streams refused with 429, by the cap that was reached (agent or cr)",
+            ["cap"],
+            registry=self.registry,
+        )
+        self.expired = Counter(
+            "workflowplane_gateway_expired_connections_total",
+            "Agent connections closed because their client certificate expired",
+            registry=self.registry,
+        )
+        self.invalid_status = Counter(
+            "workflowplane_gateway_invalid_status_codes_total",
+            "Agent answers whose status code is not a final HTTP status (answered 502)",
+            registry=self.registry,
+        )
+        self.throttled = Counter(
+            "workflowplane_gateway_throttled_reads_total",
+            "Times an agent sent more useless frames per second than allowed and was not read",
+            registry=self.registry,
+        )

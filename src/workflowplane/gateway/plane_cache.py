@@ -1,16 +1,19 @@
 """Watch-fed cache of every plane CR and its client CA: what admission checks against.
 
 Both plane kinds are listed once and then watched, and so are Secrets (only those some CR
-references are kept), so admitting an agent never lists anything. ``on_change`` fires when
-the set of CAs may have changed, so the public listener can rebuild its TLS trust.
+references are kept, with their annotations), so admitting an agent never lists anything.
+``on_change`` fires when the set of CAs may have changed, so the public listener can rebuild
+its TLS trust. A WorkflowPlane may read a Secret of another namespace only if that Secret
+consents (``SecretLocation.shared_with_reader``); otherwise its CA is unavailable, with the
+same message as a missing Secret.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from lightkube import AsyncClient
@@ -52,6 +55,15 @@ class PlaneEntry:
     location: SecretLocation | None
 
 
+@dataclass(frozen=True)
+class CachedSecret:
+    """What the cache keeps of a referenced Secret: its data, and the annotations that say
+    which other namespaces may read it."""
+
+    data: dict[str, str]
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+
 def entry_of(plane: AnyPlane) -> PlaneEntry:
     inline = plane.spec.cluster_agent.client_ca.value
     try:
@@ -90,7 +102,7 @@ class PlaneCache:
         self._client = client
         self._on_change = on_change
         self.entries: dict[str, PlaneEntry] = {}
-        self._secrets: dict[tuple[str, str], dict[str, str]] = {}
+        self._secrets: dict[tuple[str, str], CachedSecret] = {}
         self.synced = asyncio.Event()
         self._tasks = TaskSet("plane-cache")
 
@@ -98,15 +110,13 @@ class PlaneCache:
         """The CR's CA PEM from the cache; ClientCAError when it is not there."""
         if entry.inline_ca is not None:
             return entry.inline_ca
-        if entry.location is None:
+        location = entry.location
+        if location is None:
             raise ClientCAError("ClientCANotFound", "client CA Secret has no namespace")
-        data = self._secrets.get((entry.location.namespace, entry.location.name))
-        if data is None:
-            raise ClientCAError(
-                "ClientCANotFound",
-                f"Secret {entry.location.namespace}/{entry.location.name} not found",
-            )
-        return ca_from_secret_data(data, entry.location)
+        secret = self._secrets.get((location.namespace, location.name))
+        if secret is None or not location.shared_with_reader(secret.annotations):
+            raise location.unavailable()
+        return ca_from_secret_data(secret.data, location)
 
     def for_plane(self, plane_id: str) -> list[PlaneEntry]:
         return [e for e in self.entries.values() if e.plane_id == plane_id]
@@ -129,11 +139,18 @@ class PlaneCache:
         if self.entries.pop(key, None) is not None:
             self._on_change()
 
-    def put_secret(self, namespace: str, name: str, data: dict[str, str] | None) -> None:
+    def put_secret(
+        self,
+        namespace: str,
+        name: str,
+        data: dict[str, str] | None,
+        annotations: Mapping[str, str] | None = None,
+    ) -> None:
+        """Keep (or, with ``data`` None, forget) a referenced Secret."""
         if data is None:
             self._secrets.pop((namespace, name), None)
         else:
-            self._secrets[(namespace, name)] = data
+            self._secrets[(namespace, name)] = CachedSecret(data, dict(annotations or {}))
         self._on_change()
 
     def _referenced(self, namespace: str, name: str) -> bool:
@@ -146,7 +163,9 @@ class PlaneCache:
         """Read one Secret now (notify must not trust a cache that may lag)."""
         try:
             secret = await self._client.get(Secret, location.name, namespace=location.namespace)
-            self.put_secret(location.namespace, location.name, secret.data or {})
+            self.put_secret(
+                location.namespace, location.name, secret.data or {}, _annotations(secret)
+            )
         except ApiError as exc:
             if exc.status.code != 404:
                 raise
@@ -238,8 +257,15 @@ class PlaneCache:
                     meta = secret.metadata
                     if not self._referenced(meta.namespace, meta.name):
                         continue
-                    gone = event == "DELETED"
-                    self.put_secret(meta.namespace, meta.name, None if gone else secret.data or {})
+                    if event == "DELETED":
+                        self.put_secret(meta.namespace, meta.name, None)
+                    else:
+                        data = secret.data or {}
+                        self.put_secret(meta.namespace, meta.name, data, _annotations(secret))
             except Exception as exc:  # noqa: BLE001 - the watch must outlive anything; see _watch_broke
                 _watch_broke("Secrets", exc)
             await asyncio.sleep(RESTART_DELAY)
+
+
+def _annotations(secret: Secret) -> Mapping[str, str]:
+    return (secret.metadata.annotations if secret.metadata else None) or {}

@@ -3,7 +3,8 @@
 public (TLS, ``/ws``): agents, admitted per CR (``agent_endpoint.py``, ``connections.py``);
 its TLS trust follows the plane CAs (``tls.py``). internal (mTLS with the internal CA): the
 API the controller and CLI use (``internal_api.py``, ``kube_proxy.py``). health (HTTP):
-/healthz, /readyz, /metrics.
+/healthz, /readyz, /metrics. Every listener bounds the time a client gets for its TLS
+handshake and for each request's headers, so half-open clients cannot pile up.
 """
 
 from __future__ import annotations
@@ -30,6 +31,44 @@ from workflowplane.gateway.tls import ChainFiles, PublicTLS, server_context
 
 log = logging.getLogger(__name__)
 SYNC_TIMEOUT_SECONDS = 60
+
+
+class BoundedSite(web.BaseSite):
+    """aiohttp's TCP site with a TLS handshake timeout (``web.TCPSite`` has no such knob and
+    asyncio's default is 60 s): a client that never finishes its handshake is dropped."""
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext | None,
+        handshake_timeout: float,
+    ) -> None:
+        super().__init__(runner, ssl_context=ssl_context)
+        self._host = host
+        self._port = port
+        self._handshake_timeout = handshake_timeout
+
+    @property
+    def name(self) -> str:
+        scheme = "https" if self._ssl_context else "http"
+        return f"{scheme}://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            server,
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            reuse_address=True,
+            ssl_handshake_timeout=self._handshake_timeout if self._ssl_context else None,
+        )
 
 
 class Gateway:
@@ -100,10 +139,23 @@ class Gateway:
     async def _serve(
         self, name: str, app: web.Application, port: int, context: ssl.SSLContext | None
     ) -> None:
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        # aiohttp's keep-alive timer starts when a connection is made and is re-armed only
+        # after a response, so it also bounds the wait for each request's headers.
+        runner = web.AppRunner(
+            app,
+            handler_cancellation=True,
+            access_log=None,
+            keepalive_timeout=self.config.header_timeout_seconds,
+        )
         await runner.setup()
         self._runners.append(runner)
-        site = web.TCPSite(runner, self.config.host, port, ssl_context=context, reuse_address=True)
+        site = BoundedSite(
+            runner,
+            self.config.host,
+            port,
+            ssl_context=context,
+            handshake_timeout=self.config.tls_handshake_timeout_seconds,
+        )
         await site.start()
         self.ports[name] = runner.addresses[0][1]
         log.info("%s listener on %s:%d", name, self.config.host, self.ports[name])

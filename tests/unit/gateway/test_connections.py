@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 
 from workflowplane.api import SecretLocation
+from workflowplane.api.consent import parse_allow_list
 from workflowplane.gateway.connections import AgentConnection, ConnectionManager
 from workflowplane.gateway.metrics import GatewayMetrics
 from workflowplane.gateway.plane_cache import PlaneCache, PlaneEntry
+from workflowplane.gateway.streams import StreamBuffer, StreamEnd
 from workflowplane.pki import KeyPair, generate_ca, issue_certificate
 
 WP = "workflowplane"
@@ -72,8 +74,12 @@ def _join(
     return conn
 
 
+_ANY_LEAF = issue_certificate(generate_ca("any"), "agent").certificate
+
+
 def _conn(plane: str, keys: set[str], ident: str) -> AgentConnection:
-    return AgentConnection(WP, plane, FakeSocket(), None, keys, id=ident)  # type: ignore[arg-type]
+    """A connection authorized for ``keys`` by fiat (its leaf is never checked here)."""
+    return AgentConnection(WP, plane, FakeSocket(), _ANY_LEAF, keys, id=ident)
 
 
 def test_each_cr_of_the_plane_id_is_checked_against_its_own_ca(
@@ -165,11 +171,11 @@ async def test_a_disconnect_fails_the_requests_in_flight() -> None:
     manager.connect(conn)
     waiting = asyncio.get_running_loop().create_future()
     conn.pending["r"] = waiting
-    conn.streams["s"] = asyncio.Queue()
+    conn.streams["s"] = StreamBuffer("a/x", 1024)
     manager.disconnect(conn)
     with pytest.raises(ConnectionError, match="agent disconnected"):
         await waiting
-    assert conn.streams["s"].get_nowait() is None
+    assert await conn.streams["s"].get() == StreamEnd("agent disconnected")
 
 
 async def test_notify_grants_a_new_cr_to_the_connections_its_ca_verifies(
@@ -243,3 +249,113 @@ async def test_reconnect_closes_every_connection_of_one_plane() -> None:
     assert [c.ws.closed for c in conns] == [True, True, False]
     await manager.close_all(b"bye")
     assert conns[2].ws.closed
+
+
+# ---- consent (issue #10: a CA is public, so a CR naming it proves nothing) -----------------
+
+
+def _consenting_leaf(ca: KeyPair, *entries: str, **kwargs: Any) -> Any:
+    return issue_certificate(ca, "agent", uris=parse_allow_list(entries).uris(), **kwargs)
+
+
+def _connect_leaf(manager: ConnectionManager, plane_id: str, leaf: Any) -> AgentConnection:
+    """What /ws does with an admitted leaf."""
+    admission = manager.admit(plane_id, leaf)
+    assert admission.granted, admission.why_refused()
+    conn = AgentConnection(
+        WP,
+        plane_id,
+        FakeSocket(),
+        leaf,
+        set(admission.granted),
+        consent=admission.consent,
+        consent_refused=set(admission.consent_refused),
+    )
+    manager.connect(conn)
+    return conn
+
+
+def test_a_cr_with_the_victims_ca_is_refused_when_the_leaf_names_only_the_victim(
+    ca_a: KeyPair,
+) -> None:
+    manager, _, _ = _manager(
+        _entry("tenant-b/victim", "p", ca_a), _entry("tenant-a/hijack", "p", ca_a)
+    )
+    leaf = _consenting_leaf(ca_a, "tenant-b/victim").certificate
+    admission = manager.admit("p", leaf)
+    assert admission.granted == {"tenant-b/victim"}
+    assert admission.consent_refused == {"tenant-a/hijack"}
+    assert "allow-list" in admission.refused["tenant-a/hijack"]
+    conn = _connect_leaf(manager, "p", leaf)
+    assert manager.pick(WP, "p", "tenant-a/hijack") is None
+    assert manager.pick(WP, "p", "tenant-b/victim") is conn
+    hijack = manager.status(WP, "p", "tenant-a/hijack")
+    assert hijack["connected"] is False and hijack["connectedAgents"] == 0
+    assert hijack["consentRefused"] is True and hijack["consentRefusedAgents"] == 1
+    victim = manager.status(WP, "p", "tenant-b/victim")
+    assert victim["connected"] is True and victim["consentRefused"] is False
+    assert victim["unrestrictedSharedCA"] == []
+
+
+def test_a_leaf_whose_list_names_no_cr_of_the_plane_is_not_admitted(ca_a: KeyPair) -> None:
+    manager, _, _ = _manager(_entry("tenant-a/hijack", "p", ca_a))
+    admission = manager.admit("p", _consenting_leaf(ca_a, "tenant-b").certificate)
+    assert not admission.granted and admission.consent_refused == {"tenant-a/hijack"}
+
+
+async def test_notify_does_not_grant_a_cr_the_consent_list_leaves_out(ca_a: KeyPair) -> None:
+    manager, planes, _ = _manager(_entry("tenant-b/victim", "p", ca_a))
+    conn = _connect_leaf(manager, "p", _consenting_leaf(ca_a, "tenant-b/*").certificate)
+    queue = manager.subscribe()
+    planes.upsert(_entry("tenant-a/hijack", "p", ca_a))
+    result = await manager.reverify(WP, "p", "tenant-a/hijack", ca_a.cert_pem)
+    assert (result.granted, result.revoked) == (0, 0)
+    assert conn.authorized == {"tenant-b/victim"} and conn.consent_refused == {"tenant-a/hijack"}
+    event = queue.get_nowait()  # the controller hears of the refusal without polling
+    assert event["consentRefusedKeys"] == ["tenant-a/hijack"]
+    assert event["crKeys"] == ["tenant-b/victim"]
+    planes.remove("tenant-a/hijack")
+    await manager.reverify(WP, "p", "tenant-a/hijack", None)
+    assert conn.consent_refused == set()
+    assert manager.status(WP, "p", "tenant-a/hijack")["consentRefused"] is False
+    # A second CR of a namespace the list names is granted as usual.
+    planes.upsert(_entry("tenant-b/second", "p", ca_a))
+    granted = await manager.reverify(WP, "p", "tenant-b/second", ca_a.cert_pem)
+    assert granted.granted == 1 and conn.authorized == {"tenant-b/victim", "tenant-b/second"}
+
+
+def test_pick_checks_consent_and_expiry_on_every_request(ca_a: KeyPair) -> None:
+    manager, _, _ = _manager(_entry("tenant-b/victim", "p", ca_a))
+    conn = _connect_leaf(manager, "p", _consenting_leaf(ca_a, "tenant-b/victim").certificate)
+    conn.authorized.add("tenant-a/hijack")  # however it got there, it is not served
+    assert manager.pick(WP, "p", "tenant-a/hijack") is None
+    soon = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
+    short = _consenting_leaf(ca_a, valid_for=dt.timedelta(minutes=1, seconds=30), not_before=soon)
+    lasting = _connect_leaf(manager, "p", short.certificate)
+    assert manager.pick(WP, "p", "tenant-b/victim", stream_cap=None) in {conn, lasting}
+    lasting.leaf = issue_certificate(
+        ca_a, "old", not_before=soon, valid_for=dt.timedelta(seconds=1)
+    ).certificate  # as if its notAfter had passed while connected
+    assert {manager.pick(WP, "p", "tenant-b/victim").id for _ in range(4)} == {conn.id}  # type: ignore[union-attr]
+
+
+def test_an_unrestricted_agent_serving_several_namespaces_is_pointed_out(ca_a: KeyPair) -> None:
+    manager, _, _ = _manager(
+        _entry("tenant-b/victim", "p", ca_a),
+        _entry("tenant-a/hijack", "p", ca_a),
+        _entry("tenant-b/other", "p", ca_a),
+    )
+    _connect_leaf(manager, "p", issue_certificate(ca_a, "agent").certificate)
+    for key in ("tenant-b/victim", "tenant-a/hijack"):
+        assert manager.status(WP, "p", key)["unrestrictedSharedCA"] == ["tenant-a", "tenant-b"]
+
+
+def test_a_squatter_does_not_change_the_victims_answer(ca_a: KeyPair, ca_b: KeyPair) -> None:
+    """The squatter owns its CA, so it can put the victim on its consent list; the victim's
+    answer must still not move (only agents the victim's own CA verifies count)."""
+    manager, _, _ = _manager(_entry("victim/wp", "p", ca_b), _entry("squat/wp", "p", ca_a))
+    before = manager.status(WP, "p", "victim/wp")
+    _connect_leaf(manager, "p", _consenting_leaf(ca_a, "squat/wp", "victim/wp").certificate)
+    assert manager.status(WP, "p", "victim/wp") == before
+    assert before["consentRefused"] is False and before["connectedAgents"] == 0
+    assert manager.status(WP, "p", None)["connectedAgents"] == 1  # the plane-wide count moves

@@ -1,12 +1,23 @@
-"""Gateway rules that need no server: path checks, streaming, CA bundles."""
+"""Gateway rules that need no server: path checks, streaming, CA bundles, answers a caller
+can always parse, bounded stream buffers, frames that do not decode."""
 
 from __future__ import annotations
 
+import json
+import logging
+
 import pytest
 
-from workflowplane.gateway.kube_proxy import bad_path, is_streaming
+from workflowplane.gateway.agent_endpoint import AgentEndpoint, JunkBudget
+from workflowplane.gateway.config import GatewayConfig
+from workflowplane.gateway.connections import AgentConnection, ConnectionManager
+from workflowplane.gateway.kube_proxy import KubeProxy, bad_path, is_streaming
+from workflowplane.gateway.metrics import GatewayMetrics
+from workflowplane.gateway.plane_cache import PlaneCache
+from workflowplane.gateway.streams import StreamBuffer, StreamEnd
 from workflowplane.gateway.tls import split_pems
-from workflowplane.pki import generate_ca
+from workflowplane.pki import generate_ca, issue_certificate
+from workflowplane.protocol import TunnelError, TunnelResponse
 
 
 @pytest.mark.parametrize(
@@ -36,3 +47,130 @@ def test_bundles_split_so_one_bad_block_can_be_skipped() -> None:
     bad = b"-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n"
     assert len(split_pems(good + bad)) == 3
     assert all(block.startswith("-----BEGIN") for block in split_pems(good))
+
+
+# ---- answers the caller can always parse ---------------------------------------------------
+
+
+def _proxy() -> tuple[KubeProxy, GatewayMetrics]:
+    metrics = GatewayMetrics()
+    manager = ConnectionManager(PlaneCache(None), metrics)  # type: ignore[arg-type]
+    return KubeProxy(manager, GatewayConfig(), metrics), metrics
+
+
+@pytest.mark.parametrize("code", [99999, 600, 99, 101, -1])
+def test_a_status_code_http_cannot_carry_becomes_a_502_naming_it(code: int) -> None:
+    proxy, metrics = _proxy()
+    answer = proxy._to_response(TunnelResponse(request_id="r", status_code=code, body=b"x"))
+    assert answer.status == 502
+    assert str(code) in json.loads(answer.body)["message"]  # type: ignore[arg-type]
+    assert (
+        metrics.registry.get_sample_value("workflowplane_gateway_invalid_status_codes_total") == 1
+    )
+    failed = proxy._to_response(
+        TunnelResponse(request_id="r", error=TunnelError(code=code, message="m"))
+    )
+    assert failed.status == 502
+
+
+def test_valid_answers_pass_with_their_headers_minus_the_ones_that_would_break_http() -> None:
+    proxy, _ = _proxy()
+    answer = proxy._to_response(
+        TunnelResponse(
+            request_id="r",
+            status_code=201,
+            body=b"{}",
+            headers={
+                "Content-Type": ["application/json"],
+                "X-Split": ["a\r\nSet-Cookie: evil=1"],
+                "Bad Name": ["v"],
+                "Connection": ["close"],
+            },
+        )
+    )
+    assert answer.status == 201 and answer.headers["Content-Type"] == "application/json"
+    assert "X-Split" not in answer.headers and "Bad Name" not in answer.headers
+    assert "Connection" not in answer.headers
+    errored = proxy._to_response(
+        TunnelResponse(request_id="r", status_code=0, error=TunnelError(code=404, message="gone"))
+    )
+    assert errored.status == 404 and "agent: gone" in errored.text  # type: ignore[operator]
+
+
+# ---- bounded streams --------------------------------------------------------------------
+
+
+async def test_a_stream_buffer_is_bounded_and_overflows_once_when_the_caller_lags() -> None:
+    buffer = StreamBuffer("ns/wp", limit=1000)
+    cut: list[bool] = []
+    buffer.on_overflow = lambda: cut.append(True)
+    assert buffer.put(b"x" * 5000)  # one chunk always fits an empty buffer
+    assert await buffer.get() == b"x" * 5000
+    for _ in range(4):
+        assert buffer.put(b"y" * 250)
+    assert buffer.buffered == 1000
+    assert not buffer.put(b"z")  # past the bound: the stream is over
+    assert buffer.overflowed and cut == [True] and buffer.buffered == 0
+    end = await buffer.get()
+    assert isinstance(end, StreamEnd) and "fell more than 1000 bytes behind" in str(end.problem)
+    assert not buffer.put(b"more") and cut == [True]
+    assert buffer.peak == 5000
+
+
+# ---- frames that do not decode ------------------------------------------------------------
+
+
+class _Socket:
+    closed = False
+
+    async def send_str(self, data: str) -> None:
+        raise AssertionError(data)
+
+    async def close(self, *, message: bytes = b"") -> bool:
+        raise AssertionError("the connection must survive")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "[" * 5000 + "]" * 5000,
+        '{"requestID": "r", "body": ' + "[" * 5000 + "]" * 5000 + "}",
+        '{"requestID": "r", "headers": {"a": ' + "{" * 5000 + "}" * 5000 + "}}",
+        '{"requestID": 5}',
+        '{"requestID": "r", "statusCode": "200"}',
+        '{"requestID": "r", "statusCode": 1e999}',
+        '{"requestID": "r", "data": "not base64!"}',
+        "null",
+        "[]",
+        b"\xff\xfe\x00",
+        "",
+    ],
+)
+def test_any_undecodable_frame_is_dropped_and_counted(
+    raw: str | bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    metrics = GatewayMetrics()
+    manager = ConnectionManager(PlaneCache(None), metrics)  # type: ignore[arg-type]
+    endpoint = AgentEndpoint(manager, GatewayConfig(), metrics)
+    conn = AgentConnection("workflowplane", "p", _Socket(), _LEAF, {"ns/wp"})
+    with caplog.at_level(logging.INFO):
+        for _ in range(50):
+            endpoint._route_frame(conn, raw)
+    assert metrics.registry.get_sample_value("workflowplane_gateway_dropped_frames_total") == 50
+    lines = [r for r in caplog.records if r.name.endswith("agent_endpoint")]
+    assert len(lines) == 1 and lines[0].levelno == logging.WARNING  # one line, not fifty
+
+
+_LEAF = issue_certificate(generate_ca("any"), "agent").certificate
+
+
+def test_an_agent_past_its_useless_frame_budget_is_not_read_for_the_rest_of_the_second() -> None:
+    now = [50.0]
+    budget = JunkBudget(3, clock=lambda: now[0])
+    assert [budget.spend() for _ in range(3)] == [0.0, 0.0, 0.0]
+    now[0] += 0.25
+    assert budget.spend() == pytest.approx(0.75)
+    now[0] += 0.75
+    assert budget.spend() == 0.0  # a new second, a new budget
+    unlimited = JunkBudget(0, clock=lambda: now[0])
+    assert all(unlimited.spend() == 0.0 for _ in range(10_000))

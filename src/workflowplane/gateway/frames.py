@@ -1,0 +1,281 @@
+"""Agent WebSocket messages over the size limit fail one request, not the connection.
+
+aiohttp answers a message over ``max_msg_size`` by closing the WebSocket (1009), which fails
+every request the connection carries and leaves their callers to time out. So the gateway's
+agent socket parses data frames itself, in front of aiohttp's parser: a message within the
+limit is queued whole, as aiohttp would queue it; a bigger one is not buffered at all (its
+bytes are skipped as they arrive) and becomes an :class:`OversizedMessage` naming the
+``requestID`` read from its first bytes, so that request alone fails, at once.
+
+Interop: OpenChoreo's Go agent sends a whole response body, base64, in one JSON message, with
+no bound of its own, fragmented into 4 KiB frames (gorilla's write buffer); our agent sends
+one frame. Both are handled; the limit applies to the whole message. Control frames
+(ping/pong/close) and anything malformed go to aiohttp's own parser untouched, so protocol
+errors end the connection exactly as before.
+
+This uses aiohttp internals (the response's ``_post_start``, its data queue, the protocol's
+``_payload_parser`` and the C masking helper), pinned with aiohttp; tests/unit/gateway
+exercises them against the installed version.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp._websocket.helpers import websocket_mask
+from aiohttp.http_websocket import WebSocketError, WSMessage
+
+HEAD_BYTES = 512  # enough of an oversized message to find its requestID
+_REQUEST_ID = re.compile(rb'"requestID"\s*:\s*"([^"\\]{1,200})"')
+_OP_CONTINUATION, _OP_TEXT, _OP_BINARY = 0x0, 0x1, 0x2
+_DATA_OPCODES = frozenset({_OP_CONTINUATION, _OP_TEXT, _OP_BINARY})
+
+
+class ResponseTooLarge(Exception):
+    """The agent's answer to a request was over the frame limit (skipped, never read)."""
+
+
+@dataclass(frozen=True)
+class OversizedMessage:
+    """Queued, as a message's data, in place of a message over the limit."""
+
+    request_id: str | None
+    at_least: int  # bytes of the message seen so far (it may be longer still)
+    limit: int
+
+    def describe(self) -> str:
+        return (
+            f"the agent's answer is larger than the gateway's frame limit of "
+            f"{self.limit} bytes (at least {self.at_least} bytes)"
+        )
+
+
+def request_id_of(head: bytes) -> str | None:
+    """The ``requestID`` among a JSON frame's first bytes (encoders write it first)."""
+    found = _REQUEST_ID.search(head)
+    return found.group(1).decode(errors="replace") if found else None
+
+
+class MessageSink(Protocol):
+    """aiohttp's WebSocket data queue, as far as the guard feeds it."""
+
+    def feed_data(self, data: Any, size: int) -> None: ...
+
+    def set_exception(self, exc: BaseException) -> None: ...
+
+
+class FrameParser(Protocol):
+    """aiohttp's WebSocket reader, as far as the guard delegates to it."""
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]: ...
+
+    def feed_eof(self) -> None: ...
+
+
+def _header_length(header: bytes | bytearray) -> int:
+    """Bytes the frame header needs, judged from what has arrived (at least 2)."""
+    if len(header) < 2:
+        return 2
+    flag = header[1] & 0x7F
+    extended = 2 if flag == 126 else 8 if flag == 127 else 0
+    return 2 + extended + (4 if header[1] & 0x80 else 0)
+
+
+@dataclass
+class _Frame:
+    fin: bool
+    opcode: int
+    mask: bytes | None
+    remaining: int
+    passthrough: bool  # control or malformed: aiohttp's parser reads it
+    pieces: list[bytes] = field(default_factory=list)
+    head: bytearray = field(default_factory=bytearray)
+
+    def payload(self) -> bytes:
+        data = b"".join(self.pieces)
+        return _unmask(self.mask, data)
+
+
+@dataclass
+class _Message:
+    opcode: int
+    size: int = 0
+    parts: list[bytes] = field(default_factory=list)
+    head: bytes = b""
+    discarding: bool = False
+    reported: bool = False
+
+
+def _unmask(mask: bytes | None, data: bytes | bytearray) -> bytes:
+    if mask is None or not data:
+        return bytes(data)
+    buffer = bytearray(data)
+    websocket_mask(mask, buffer)
+    return bytes(buffer)
+
+
+class FrameGuard:
+    """Stands where aiohttp's WebSocket parser stands (fed the socket's bytes) and bounds
+    each data message to ``limit`` bytes; see the module docstring."""
+
+    def __init__(self, inner: FrameParser, queue: MessageSink, limit: int) -> None:
+        self._inner = inner
+        self._queue = queue
+        self._limit = limit
+        self._header = bytearray()
+        self._frame: _Frame | None = None
+        self._message: _Message | None = None
+        self._broken = False
+
+    def feed_eof(self) -> None:
+        self._inner.feed_eof()
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        if self._broken:
+            return self._inner.feed_data(data)
+        try:
+            self._feed(memoryview(data))
+        except WebSocketError as exc:
+            self._broken = True
+            self._queue.set_exception(exc)
+        return self._broken, b""
+
+    def _feed(self, data: memoryview) -> None:
+        pos = 0
+        while not self._broken:
+            if self._frame is None:
+                if pos >= len(data):
+                    return
+                pos = self._read_header(data, pos)
+                if self._frame is None:
+                    return
+            frame = self._frame
+            take = min(frame.remaining, len(data) - pos)
+            if take:
+                self._payload(frame, data[pos : pos + take])
+                pos += take
+                frame.remaining -= take
+            if frame.remaining:
+                return
+            self._frame = None
+            self._end_frame(frame)
+
+    def _read_header(self, data: memoryview, pos: int) -> int:
+        while (missing := _header_length(self._header) - len(self._header)) > 0:
+            if pos >= len(data):
+                return pos
+            piece = data[pos : pos + missing]
+            self._header += piece
+            pos += len(piece)
+        header = bytes(self._header)
+        self._header.clear()
+        self._frame = self._start_frame(header)
+        return pos
+
+    def _start_frame(self, header: bytes) -> _Frame:
+        fin, reserved, opcode = bool(header[0] & 0x80), header[0] & 0x70, header[0] & 0x0F
+        flag = header[1] & 0x7F
+        if flag == 126:
+            length = struct.unpack_from("!H", header, 2)[0]
+        elif flag == 127:
+            length = struct.unpack_from("!Q", header, 2)[0]
+        else:
+            length = flag
+        mask = header[-4:] if header[1] & 0x80 else None
+        if reserved or opcode not in _DATA_OPCODES:
+            self._pass(header)
+            return _Frame(fin, opcode, mask, length, passthrough=True)
+        message = self._message_for(opcode)
+        message.size += length
+        if not message.discarding and message.size > self._limit:
+            message.discarding = True
+            message.parts.clear()  # the memory goes now, not when the message ends
+        return _Frame(fin, opcode, mask, length, passthrough=False)
+
+    def _message_for(self, opcode: int) -> _Message:
+        if opcode == _OP_CONTINUATION:
+            if self._message is None:
+                raise WebSocketError(WSCloseCode.PROTOCOL_ERROR, "continuation without a message")
+            return self._message
+        if self._message is not None:
+            raise WebSocketError(
+                WSCloseCode.PROTOCOL_ERROR, "a message began before the previous one ended"
+            )
+        self._message = _Message(opcode)
+        return self._message
+
+    def _payload(self, frame: _Frame, piece: memoryview) -> None:
+        if frame.passthrough:
+            self._pass(bytes(piece))
+            return
+        message = self._message
+        assert message is not None
+        if not message.discarding:
+            frame.pieces.append(bytes(piece))
+            return
+        if not message.head and len(frame.head) < HEAD_BYTES:
+            frame.head += piece[: HEAD_BYTES - len(frame.head)]
+            if len(frame.head) >= HEAD_BYTES:
+                message.head = _unmask(frame.mask, frame.head)
+        self._report(message)
+
+    def _end_frame(self, frame: _Frame) -> None:
+        if frame.passthrough:
+            return
+        message = self._message
+        assert message is not None
+        if not message.discarding:
+            payload = frame.payload()
+            message.parts.append(payload)
+            if not message.head:
+                message.head = payload[:HEAD_BYTES]
+        elif not message.head:
+            message.head = _unmask(frame.mask, frame.head)
+        if message.discarding:
+            self._report(message, final=frame.fin)
+        if frame.fin:
+            self._message = None
+            if not message.discarding:
+                self._deliver(message)
+
+    def _report(self, message: _Message, *, final: bool = False) -> None:
+        """Tell the reader once, as soon as the requestID can be read (or cannot be)."""
+        if message.reported:
+            return
+        request_id = request_id_of(message.head)
+        if request_id is None and not final and len(message.head) < HEAD_BYTES:
+            return
+        message.reported = True
+        oversized = OversizedMessage(request_id, message.size, self._limit)
+        self._queue.feed_data(WSMessage(WSMsgType.BINARY, oversized, None), 0)
+
+    def _deliver(self, message: _Message) -> None:
+        data = message.parts[0] if len(message.parts) == 1 else b"".join(message.parts)
+        kind = WSMsgType.TEXT if message.opcode == _OP_TEXT else WSMsgType.BINARY
+        self._queue.feed_data(WSMessage(kind, data, None), len(data))
+
+    def _pass(self, data: bytes) -> None:
+        eof, _ = self._inner.feed_data(data)
+        if eof:
+            self._broken = True
+
+
+class GuardedWebSocket(web.WebSocketResponse):
+    """The agent-facing WebSocket: no compression (so frames are what the guard reads), and
+    a :class:`FrameGuard` in front of aiohttp's parser. TEXT messages arrive as bytes."""
+
+    def __init__(self, *, limit: int, **kwargs: Any) -> None:
+        super().__init__(compress=False, max_msg_size=limit + 1, **kwargs)
+        self._guard_limit = limit
+
+    def _post_start(self, request: web.BaseRequest, protocol: str | None, writer: Any) -> None:
+        super()._post_start(request, protocol, writer)
+        handler = request.protocol
+        assert self._reader is not None
+        handler._payload_parser = FrameGuard(
+            handler._payload_parser, self._reader, self._guard_limit
+        )

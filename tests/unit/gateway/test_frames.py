@@ -1,0 +1,161 @@
+"""The frame guard against the installed aiohttp: messages within the limit arrive as aiohttp
+would deliver them, a bigger one becomes one OversizedMessage naming its request and the
+connection carries on; control frames and protocol errors are aiohttp's, as before."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+from typing import Any
+
+import pytest
+from aiohttp import WSMsgType
+from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
+from aiohttp.http_websocket import WebSocketError
+
+from workflowplane.gateway.frames import HEAD_BYTES, FrameGuard, OversizedMessage, request_id_of
+
+MASK = b"\x11\x22\x33\x44"
+LIMIT = 64 * 1024
+
+
+class FakeProtocol:
+    """What aiohttp's data queue asks of the HTTP protocol: pause and resume reading."""
+
+    def __init__(self) -> None:
+        self._reading_paused = False
+
+    def pause_reading(self) -> None:
+        self._reading_paused = True
+
+    def resume_reading(self) -> None:
+        self._reading_paused = False
+
+
+def frame(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0) -> bytes:
+    """One client frame, masked as RFC 6455 wants from a client."""
+    first = (0x80 if fin else 0) | rsv | opcode
+    length = len(payload)
+    if length < 126:
+        header = struct.pack("!BB", first, 0x80 | length)
+    elif length < 1 << 16:
+        header = struct.pack("!BBH", first, 0x80 | 126, length)
+    else:
+        header = struct.pack("!BBQ", first, 0x80 | 127, length)
+    masked = bytes(b ^ MASK[i % 4] for i, b in enumerate(payload))
+    return header + MASK + masked
+
+
+def fragments(payload: bytes, size: int = 4096, opcode: int = 1) -> bytes:
+    """A message split the way gorilla/websocket writes one (4 KiB frames)."""
+    pieces = [payload[i : i + size] for i in range(0, len(payload), size)] or [b""]
+    out = b""
+    for index, piece in enumerate(pieces):
+        out += frame(opcode if index == 0 else 0, piece, fin=index == len(pieces) - 1)
+    return out
+
+
+def response(request_id: str, body_bytes: int) -> bytes:
+    answer = {"requestID": request_id, "statusCode": 200, "body": "A" * body_bytes}
+    return json.dumps(answer).encode()
+
+
+def guard(limit: int = LIMIT) -> tuple[FrameGuard, Any]:
+    loop = asyncio.get_running_loop()
+    queue = WebSocketDataQueue(FakeProtocol(), 2**16, loop=loop)  # type: ignore[arg-type]
+    inner = WebSocketReader(queue, limit + 1, compress=False, decode_text=True)
+    return FrameGuard(inner, queue, limit), queue
+
+
+def drain(queue: Any) -> list[Any]:
+    messages = []
+    while queue._buffer:
+        messages.append(queue._buffer.popleft()[0])
+    return messages
+
+
+async def test_a_message_within_the_limit_arrives_whole_one_frame_or_many() -> None:
+    small, fragmented = response("a", 100), response("b", 20_000)
+    frames_guard, queue = guard()
+    frames_guard.feed_data(frame(1, small) + fragments(fragmented))
+    got = drain(queue)
+    assert [(m.type, m.data) for m in got] == [
+        (WSMsgType.TEXT, small),
+        (WSMsgType.TEXT, fragmented),
+    ]
+
+
+@pytest.mark.parametrize("step", [1, 3, 7, 4099])
+async def test_any_split_of_the_bytes_gives_the_same_messages(step: int) -> None:
+    wire = frame(1, response("a", 300)) + fragments(response("b", 9000)) + frame(9, b"hi")
+    frames_guard, queue = guard()
+    for start in range(0, len(wire), step):
+        assert frames_guard.feed_data(wire[start : start + step]) == (False, b"")
+    got = drain(queue)
+    assert [m.type for m in got] == [WSMsgType.TEXT, WSMsgType.TEXT, WSMsgType.PING]
+    assert json.loads(got[1].data)["requestID"] == "b" and got[2].data == b"hi"
+
+
+async def test_an_oversized_single_frame_fails_its_request_and_the_next_one_arrives() -> None:
+    frames_guard, queue = guard()
+    big = response("too-big", LIMIT)
+    wire = frame(1, big)
+    # The report comes as soon as the head is in, before the rest of the frame.
+    frames_guard.feed_data(wire[: 14 + HEAD_BYTES])
+    (report,) = drain(queue)
+    assert report.type is WSMsgType.BINARY and isinstance(report.data, OversizedMessage)
+    assert report.data.request_id == "too-big" and report.data.limit == LIMIT
+    assert "frame limit of 65536 bytes" in report.data.describe()
+    frames_guard.feed_data(wire[14 + HEAD_BYTES :] + frame(1, response("next", 10)))
+    (after,) = drain(queue)
+    assert json.loads(after.data)["requestID"] == "next"
+
+
+async def test_an_oversized_fragmented_message_is_dropped_as_it_crosses_the_limit() -> None:
+    frames_guard, queue = guard()
+    frames_guard.feed_data(fragments(response("frag", 3 * LIMIT)) + frame(1, response("ok", 5)))
+    report, after = drain(queue)
+    assert isinstance(report.data, OversizedMessage) and report.data.request_id == "frag"
+    assert report.data.at_least > LIMIT
+    assert json.loads(after.data)["requestID"] == "ok"
+
+
+async def test_a_ping_between_fragments_passes_and_the_message_stays_whole() -> None:
+    payload = response("p", 10_000)
+    wire = fragments(payload)
+    first_frame_end = 8 + 4096  # 126-length header (4) + mask (4) + 4 KiB
+    frames_guard, queue = guard()
+    frames_guard.feed_data(wire[:first_frame_end] + frame(9, b"ping") + wire[first_frame_end:])
+    ping, message = drain(queue)
+    assert ping.type is WSMsgType.PING and message.data == payload
+
+
+async def test_a_close_frame_reaches_aiohttp() -> None:
+    frames_guard, queue = guard()
+    frames_guard.feed_data(frame(8, struct.pack("!H", 1000) + b"bye"))
+    (closing,) = drain(queue)
+    assert closing.type is WSMsgType.CLOSE and closing.data == 1000
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        frame(0, b"orphan continuation"),
+        frame(1, b"a", fin=False) + frame(1, b"b"),  # a new message inside a message
+        frame(1, b"{}", rsv=0x40),  # compression was never negotiated
+        frame(9, b"x" * 200),  # control frames are at most 125 bytes
+    ],
+)
+async def test_protocol_errors_end_the_connection_as_before(wire: bytes) -> None:
+    frames_guard, queue = guard()
+    assert frames_guard.feed_data(wire) == (True, b"")
+    with pytest.raises(WebSocketError):
+        await queue.read()
+
+
+def test_the_request_id_is_read_from_the_head_only_when_complete() -> None:
+    assert request_id_of(b'{"requestID": "abc-1", "statusCode": 200') == "abc-1"
+    assert request_id_of(b'{"statusCode":200,"requestID":"x"') == "x"
+    assert request_id_of(b'{"requestID":"trunc') is None
+    assert request_id_of(b"\xff\xfe garbage") is None
