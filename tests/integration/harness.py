@@ -14,17 +14,23 @@ from pathlib import Path
 from typing import Any
 
 from lightkube import AsyncClient
+from lightkube.core.exceptions import ApiError
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Namespace, Secret
 
 from workflowplane.agent.config import AgentConfig
 from workflowplane.agent.runner import Agent
+from workflowplane.api import AGENT_NAMESPACE
+from workflowplane.api.consent import parse_allow_list
 from workflowplane.api.kube import load_config
 from workflowplane.controller.health import ControllerHealth
 from workflowplane.controller.runner import ControllerConfig, run_controller
 from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.server import Gateway
+from workflowplane.pki import generate_ca, issue_certificate
 from workflowplane.protocol.gateway_client import GatewayClient
 from workflowplane.testenv import ApiServer
-from workflowplane.testenv.tools import kubectl
+from workflowplane.testenv.tools import async_client, kubectl
 
 
 def unique(prefix: str) -> str:
@@ -288,3 +294,25 @@ async def controller_running(
     finally:
         stop.set()
         await asyncio.wait_for(thread, 30)
+
+
+async def write_agent_identity(workflow_plane: ApiServer, secret: str, *allow: str) -> bytes:
+    """The agent's Secret as its owner would have it issued: a CA, and a leaf carrying the
+    allow-list as URI SANs. Returns the CA (what tenants register)."""
+    ca = generate_ca("plane-owner-ca")
+    leaf = issue_certificate(ca, "cluster-agent", uris=parse_allow_list(allow).uris())
+    data = {"ca.crt": ca.cert_pem, "ca.key": ca.key_pem, "tls.crt": leaf.cert_pem}
+    data["tls.key"] = leaf.key_pem
+    client = async_client(workflow_plane.kubeconfig, workflow_plane.context)
+    try:
+        with contextlib.suppress(ApiError):
+            await client.create(Namespace(metadata=ObjectMeta(name=AGENT_NAMESPACE)))
+        await client.create(
+            Secret(
+                metadata=ObjectMeta(name=secret, namespace=AGENT_NAMESPACE),
+                data={k: base64.b64encode(v).decode() for k, v in data.items()},
+            )
+        )
+    finally:
+        await client.close()
+    return ca.cert_pem

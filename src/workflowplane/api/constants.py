@@ -40,6 +40,9 @@ class Condition:
     READY: Final = "Ready"
     SECRET_STORE_READY: Final = "SecretStoreReady"
     OBSERVABILITY_PLANE_RESOLVED: Final = "ObservabilityPlaneResolved"
+    # Present (False) only while the agents serving this CR carry no allow-list and serve
+    # CRs of several namespaces: whoever holds the CA certificate can use the plane.
+    AGENT_ACCESS_RESTRICTED: Final = "AgentAccessRestricted"
 
 
 class Reason:
@@ -53,5 +56,7 @@ class Reason:
     CLIENT_CA_EXPIRED: Final = "ClientCAExpired"
     AGENT_NOT_CONNECTED: Final = "AgentNotConnected"
     AGENT_CERTIFICATE_REJECTED: Final = "AgentCertificateRejected"
+    AGENT_CONSENT_REFUSED: Final = "AgentConsentRefused"
+    SHARED_CA_UNRESTRICTED: Final = "SharedCAUnrestricted"
     GATEWAY_NOTIFY_FAILED: Final = "GatewayNotifyFailed"
     CLIENT_CA_EXPIRING_SOON: Final = "ClientCAExpiringSoon"

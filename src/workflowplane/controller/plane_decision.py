@@ -33,6 +33,7 @@ from workflowplane.controller.events import EventType
 from workflowplane.controller.status import (
     AgentObservation,
     CAHealth,
+    access_warning,
     next_agent_connection,
     readiness,
 )
@@ -176,6 +177,7 @@ def decide_status(
     conditions = set_condition(conditions, Condition.READY, ready, generation, seen.now)
     conditions = _secret_store_condition(seen, conditions, generation)
     conditions = _observability_condition(seen, conditions, generation)
+    conditions = _access_condition(seen, conditions, generation)
     after: dict[str, Any] = {"observedGeneration": generation, "conditions": conditions}
     if seen.agents is not None:
         after["agentConnection"] = next_agent_connection(
@@ -184,7 +186,11 @@ def decide_status(
     elif before.get("agentConnection"):
         after["agentConnection"] = before["agentConnection"]
     changed = any(before.get(key) != value for key, value in after.items())
-    events = _transition_events(before, after, expiring) if changed else []
+    events = (
+        [*_transition_events(before, after, expiring), *_access_events(before, after)]
+        if changed
+        else []
+    )
     if notified is not None and notified.result == "refused":
         _once(events, EventToPost("Warning", Reason.GATEWAY_NOTIFY_FAILED, ready.message))
     if is_first_pass(cr):
@@ -261,6 +267,29 @@ def _observability_condition(
     return set_condition(
         conditions, Condition.OBSERVABILITY_PLANE_RESOLVED, verdict, generation, seen.now
     )
+
+
+def _access_condition(
+    seen: Observed, conditions: list[dict[str, Any]], generation: int | None
+) -> list[dict[str, Any]]:
+    """Present only while it warns; kept as it was while the gateway cannot be asked."""
+    if seen.agents is None:
+        return conditions
+    warning = access_warning(seen.agents)
+    if warning is None:
+        return remove_condition(conditions, Condition.AGENT_ACCESS_RESTRICTED)
+    return set_condition(
+        conditions, Condition.AGENT_ACCESS_RESTRICTED, warning, generation, seen.now
+    )
+
+
+def _access_events(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[EventToPost]:
+    """A Warning when the unrestricted-shared-CA warning appears (not on every pass)."""
+    old = find_condition(list(before.get("conditions") or []), Condition.AGENT_ACCESS_RESTRICTED)
+    new = find_condition(list(after["conditions"]), Condition.AGENT_ACCESS_RESTRICTED)
+    if new is None or (old is not None and old.get("message") == new["message"]):
+        return []
+    return [EventToPost("Warning", new["reason"], new["message"])]
 
 
 def _transition_events(

@@ -226,7 +226,6 @@ class PlaneReconciler:
             mine = await self._gateway.plane_status(
                 PLANE_TYPE, plane_id, namespace=ref.namespace, name=ref.name
             )
-            everyone = await self._gateway.plane_status(PLANE_TYPE, plane_id)
         except GATEWAY_FAILURES as exc:  # the gateway may be down; the status says so
             log.info("gateway status for %s unavailable: %s", ref.key, exc)
             return None
@@ -234,7 +233,8 @@ class PlaneReconciler:
         return AgentObservation(
             connected_agents=int(mine.get("connectedAgents") or 0),
             last_seen=parse_rfc3339(str(last_seen)) if last_seen else None,
-            plane_agents=int(everyone.get("connectedAgents") or 0),
+            consent_refused_agents=int(mine.get("consentRefusedAgents") or 0),
+            unrestricted_shared_with=tuple(mine.get("unrestrictedSharedCA") or ()),
         )
 
     async def _check_secret_store(self, ref: PlaneRef, plane: AnyPlane, name: str) -> Verdict:

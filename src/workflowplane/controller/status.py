@@ -63,11 +63,18 @@ def _is_ca(cert: Any) -> bool:
 
 @dataclass(frozen=True)
 class AgentObservation:
-    """What the gateway says about the agents authorized for one CR (and for its planeID)."""
+    """What the gateway says about the agents of one CR — never about other CRs' agents, so
+    that no agent another tenant controls can change this CR's status.
+
+    ``consent_refused_agents``: agents this CR's CA verifies whose owner's allow-list leaves
+    this CR out (only the CA's key holder can mint those). ``unrestricted_shared_with``: the
+    namespaces of the CRs served by this CR's agents when they carry no allow-list at all.
+    """
 
     connected_agents: int
     last_seen: dt.datetime | None
-    plane_agents: int = 0  # agents connected for the planeID, authorized for this CR or not
+    consent_refused_agents: int = 0
+    unrestricted_shared_with: tuple[str, ...] = ()
 
 
 def connection_message(agents: int) -> str:
@@ -105,12 +112,27 @@ def next_agent_connection(
 
 
 def _why_not(seen: AgentObservation) -> str:
-    if seen.plane_agents > 0:
+    if seen.consent_refused_agents > 0:
         return (
-            f"No agents connected: {seen.plane_agents} agent(s) of this planeID are "
-            "connected but their certificate is not signed by this CR's client CA"
+            f"No agents connected: {seen.consent_refused_agents} agent(s) trust this CR's "
+            "client CA, but the plane's owner has not allowed this CR (the agent's allow-list, "
+            "clusterAgent.allowedNamespaces, leaves it out)"
         )
     return connection_message(0)
+
+
+def access_warning(seen: AgentObservation | None) -> Verdict | None:
+    """A warning while this CR's agents are unrestricted yet serve several namespaces."""
+    if seen is None or not seen.unrestricted_shared_with:
+        return None
+    namespaces = ", ".join(seen.unrestricted_shared_with)
+    return Verdict(
+        "False",
+        Reason.SHARED_CA_UNRESTRICTED,
+        f"this plane's agent serves CRs in namespaces {namespaces} and carries no allow-list: "
+        "anyone with its CA certificate can use the plane; restrict it with the agent's "
+        "clusterAgent.allowedNamespaces (or wpctl register --allow)",
+    )
 
 
 def readiness(ca: CAHealth, seen: AgentObservation | None) -> Verdict:
@@ -121,6 +143,6 @@ def readiness(ca: CAHealth, seen: AgentObservation | None) -> Verdict:
         return Verdict("Unknown", Reason.AGENT_NOT_CONNECTED, "gateway status unavailable")
     if seen.connected_agents > 0:
         return Verdict("True", Reason.READY, connection_message(seen.connected_agents))
-    if seen.plane_agents > 0:
-        return Verdict("False", Reason.AGENT_CERTIFICATE_REJECTED, _why_not(seen))
+    if seen.consent_refused_agents > 0:
+        return Verdict("False", Reason.AGENT_CONSENT_REFUSED, _why_not(seen))
     return Verdict("False", Reason.AGENT_NOT_CONNECTED, "No agents connected")

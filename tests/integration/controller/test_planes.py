@@ -8,6 +8,7 @@ import json
 import logging
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ from tests.integration.harness import (
     start_agent,
     unique,
     workflow_plane_cr,
+    write_agent_identity,
 )
 from workflowplane.pki import generate_ca, issue_certificate
 from workflowplane.testenv import ApiServer
@@ -642,3 +644,72 @@ async def test_a_permanent_gateway_refusal_is_recorded(
     finally:
         stop.set()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_hijacking_cr_gets_a_clear_condition_once_the_plane_owner_set_the_list(
+    control_plane: ApiServer,
+    workflow_plane: ApiServer,
+    gw: RunningGateway,
+    controller: None,
+    make_namespace: Callable[[ApiServer, str], str],
+) -> None:
+    """Tenant A copies tenant B's planeID and (public) CA; the agent's leaf allows only B."""
+    tenant_b, tenant_a = make_namespace(control_plane, "tb"), make_namespace(control_plane, "ta")
+    plane_id, secret = unique("victim"), unique("agent-tls")
+    ca = (await write_agent_identity(workflow_plane, secret, f"{tenant_b}/victim")).decode()
+    apply(control_plane, workflow_plane_cr("victim", tenant_b, plane_id, ca_pem=ca))
+    apply(control_plane, workflow_plane_cr("hijack", tenant_a, plane_id, ca_pem=ca))
+    running = await start_agent(agent_config(workflow_plane, gw, plane_id, secret))
+    try:
+        await eventually(
+            lambda: _ready_with(_get(control_plane, "wp", "victim", tenant_b), "True"), timeout=15
+        )
+        await eventually(
+            lambda: _ready_with(
+                _get(control_plane, "wp", "hijack", tenant_a), "False", "AgentConsentRefused"
+            ),
+            timeout=15,
+        )
+        hijack = _get(control_plane, "wp", "hijack", tenant_a)
+        assert "has not allowed this CR" in _condition(hijack, "Ready")["message"]
+        assert hijack["status"]["agentConnection"]["connected"] is False
+        assert not _condition(
+            _get(control_plane, "wp", "victim", tenant_b), "AgentAccessRestricted"
+        )
+        warnings = [e["reason"] for e in _events(control_plane, tenant_a, "hijack")]
+        assert "AgentConsentRefused" in warnings
+    finally:
+        await running.stop()
+
+
+async def test_one_ca_in_two_namespaces_without_a_list_warns_how_to_restrict_it(
+    control_plane: ApiServer,
+    workflow_plane: ApiServer,
+    gw: RunningGateway,
+    controller: None,
+    make_namespace: Callable[[ApiServer, str], str],
+) -> None:
+    """The reference behaviour holds (both Ready), and both CRs say how to restrict it."""
+    first, second = make_namespace(control_plane, "o1"), make_namespace(control_plane, "o2")
+    plane_id, secret = unique("shared"), unique("agent-tls")
+    ca = (await write_agent_identity(workflow_plane, secret)).decode()
+    for namespace in (first, second):
+        apply(control_plane, workflow_plane_cr("builder", namespace, plane_id, ca_pem=ca))
+    running = await start_agent(agent_config(workflow_plane, gw, plane_id, secret))
+    try:
+        for namespace in (first, second):
+            await eventually(
+                lambda ns=namespace: (
+                    _condition(
+                        _get(control_plane, "wp", "builder", ns), "AgentAccessRestricted"
+                    ).get("reason")
+                    == "SharedCAUnrestricted"
+                ),
+                timeout=15,
+            )
+            obj = _get(control_plane, "wp", "builder", namespace)
+            assert _ready_with(obj, "True")
+            message = _condition(obj, "AgentAccessRestricted")["message"]
+            assert first in message and second in message and "allowedNamespaces" in message
+    finally:
+        await running.stop()

@@ -3,7 +3,6 @@ leaf, squatting, stream caps and foreign Secrets, with real agents and API serve
 
 from __future__ import annotations
 
-import base64
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -11,9 +10,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from lightkube.core.exceptions import ApiError
-from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Namespace, Secret
 
 from tests.integration.harness import (
     RunningGateway,
@@ -26,41 +22,19 @@ from tests.integration.harness import (
     start_agent,
     unique,
     workflow_plane_cr,
+    write_agent_identity,
 )
 from tests.integration.tunnel.scripted import leaf_of, scripted_agent, scripted_plane
 from tests.integration.tunnel.test_proxy import _internal_session
-from workflowplane.api import AGENT_NAMESPACE
 from workflowplane.api.consent import parse_allow_list
 from workflowplane.api.constants import ANNOTATION_CLIENT_CA_SHARED_WITH
-from workflowplane.pki import generate_ca, issue_certificate
+from workflowplane.pki import generate_ca
 from workflowplane.testenv import ApiServer
-from workflowplane.testenv.tools import async_client, kubectl
+from workflowplane.testenv.tools import kubectl
 
 pytestmark = pytest.mark.integration
 WP = "workflowplane"
 MakeNamespace = Callable[[ApiServer, str], str]
-
-
-async def _write_agent_identity(workflow_plane: ApiServer, secret: str, *allow: str) -> bytes:
-    """The agent's Secret as its owner would have it issued: a CA, and a leaf carrying the
-    allow-list as URI SANs. Returns the CA (what tenants register)."""
-    ca = generate_ca("plane-owner-ca")
-    leaf = issue_certificate(ca, "cluster-agent", uris=parse_allow_list(allow).uris())
-    data = {"ca.crt": ca.cert_pem, "ca.key": ca.key_pem, "tls.crt": leaf.cert_pem}
-    data["tls.key"] = leaf.key_pem
-    client = async_client(workflow_plane.kubeconfig, workflow_plane.context)
-    try:
-        with contextlib.suppress(ApiError):
-            await client.create(Namespace(metadata=ObjectMeta(name=AGENT_NAMESPACE)))
-        await client.create(
-            Secret(
-                metadata=ObjectMeta(name=secret, namespace=AGENT_NAMESPACE),
-                data={k: base64.b64encode(v).decode() for k, v in data.items()},
-            )
-        )
-    finally:
-        await client.close()
-    return ca.cert_pem
 
 
 def _get(gw: RunningGateway, plane_id: str, namespace: str, name: str) -> Any:
@@ -82,7 +56,7 @@ async def test_a_cr_naming_the_victims_plane_id_and_ca_gets_no_traffic_once_the_
 ) -> None:
     tenant_b, tenant_a = make_namespace(control_plane, "tb"), make_namespace(control_plane, "ta")
     plane_id, secret = unique("victim"), unique("agent-tls")
-    ca = (await _write_agent_identity(workflow_plane, secret, f"{tenant_b}/victim")).decode()
+    ca = (await write_agent_identity(workflow_plane, secret, f"{tenant_b}/victim")).decode()
     apply(control_plane, workflow_plane_cr("victim", tenant_b, plane_id, ca_pem=ca))
     apply(control_plane, workflow_plane_cr("hijack", tenant_a, plane_id, ca_pem=ca))  # public CA
     await eventually(lambda: len(gw.gateway.planes.for_plane(plane_id)) == 2)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from workflowplane.api import CLUSTER_WORKFLOW_PLANE, FINALIZERS, WORKFLOW_PLANE, Reason
+from workflowplane.api import CLUSTER_WORKFLOW_PLANE, FINALIZERS, WORKFLOW_PLANE, Condition, Reason
 from workflowplane.api.conditions import Verdict, find_condition
 from workflowplane.controller.plane_decision import (
     NOTIFY_RETRY_SECONDS,
@@ -35,7 +35,8 @@ HEALTHY = CAHealth(None, T0 + dt.timedelta(days=365))
 EXPIRING = CAHealth(None, T0 + dt.timedelta(days=10))
 CONNECTED = AgentObservation(1, T0)
 NO_AGENTS = AgentObservation(0, None)
-REJECTED = AgentObservation(0, None, plane_agents=2)
+CONSENT_REFUSED = AgentObservation(0, None, consent_refused_agents=2)
+SHARED_UNRESTRICTED = AgentObservation(1, T0, unrestricted_shared_with=("org1", "org2"))
 ACCEPTED = NotifyOutcome("updated", "accepted")
 REFUSED = NotifyOutcome("updated", "refused", "400: notify needs planeType")
 
@@ -214,12 +215,12 @@ STATUS_CASES = {
         ("False", Reason.AGENT_NOT_CONNECTED),
         (("Warning", Reason.AGENT_NOT_CONNECTED),),
     ),
-    "agents of the planeID connected, their certificate rejected": StatusCase(
+    "agents trust this CA but their owner's allow-list leaves this CR out": StatusCase(
         settled(),
-        {"agents": REJECTED},
+        {"agents": CONSENT_REFUSED},
         None,
-        ("False", Reason.AGENT_CERTIFICATE_REJECTED),
-        (("Warning", Reason.AGENT_CERTIFICATE_REJECTED),),
+        ("False", Reason.AGENT_CONSENT_REFUSED),
+        (("Warning", Reason.AGENT_CONSENT_REFUSED),),
     ),
     "gateway status unavailable: Unknown, no event": StatusCase(
         settled(),
@@ -424,3 +425,38 @@ def test_deletion_without_our_finalizer_does_nothing() -> None:
     assert not plan_deletion(cr)
     decision = decide_deletion(cr, None)
     assert not decision.release_finalizer and decision.requeue_after is None
+
+
+def _access(decision: Decision, before: dict[str, Any]) -> dict[str, Any] | None:
+    status = decision.status if decision.status is not None else before.get("status") or {}
+    return find_condition(status["conditions"], Condition.AGENT_ACCESS_RESTRICTED)
+
+
+def test_an_unrestricted_shared_ca_warns_once_and_clears_when_restricted() -> None:
+    before = settled()
+    warned = decide_status(seen(before, agents=SHARED_UNRESTRICTED), None, resync_seconds=RESYNC)
+    condition = _access(warned, before)
+    assert condition is not None and condition["status"] == "False"
+    assert condition["reason"] == Reason.SHARED_CA_UNRESTRICTED
+    assert "org1, org2" in condition["message"] and "allowedNamespaces" in condition["message"]
+    assert [(e.type, e.reason) for e in warned.events] == [
+        ("Warning", Reason.SHARED_CA_UNRESTRICTED)
+    ]
+    assert find_condition(warned.status["conditions"], "Ready")["status"] == "True"  # type: ignore[index]
+    still = plane(status=copy.deepcopy(warned.status))
+    again = decide_status(seen(still, agents=SHARED_UNRESTRICTED), None, resync_seconds=RESYNC)
+    assert again.status is None and again.events == (), "no new write or event while it holds"
+    restricted = decide_status(seen(still, agents=CONNECTED), None, resync_seconds=RESYNC)
+    assert _access(restricted, still) is None
+
+
+def test_the_access_warning_is_kept_while_the_gateway_cannot_be_asked() -> None:
+    warned = plane(
+        status=copy.deepcopy(
+            decide_status(
+                seen(settled(), agents=SHARED_UNRESTRICTED), None, resync_seconds=RESYNC
+            ).status
+        )
+    )
+    blind = decide_status(seen(warned, agents=None), None, resync_seconds=RESYNC)
+    assert _access(blind, warned) is not None

@@ -53,12 +53,12 @@ def test_heartbeat_never_moves_backwards() -> None:
     assert older["lastHeartbeatTime"] == newer["lastHeartbeatTime"]
 
 
-def test_rejected_certificates_are_named() -> None:
-    seen = AgentObservation(0, None, plane_agents=2)
+def test_agents_that_refuse_this_cr_by_their_owners_consent_are_named() -> None:
+    seen = AgentObservation(0, None, consent_refused_agents=2)
     status = next_agent_connection(None, seen, T0)
-    assert "not signed by this CR's client CA" in status["message"]
+    assert "the plane's owner has not allowed this CR" in status["message"]
     healthy = assess_ca(generate_ca("x").cert_pem, T0)
-    assert readiness(healthy, seen).reason == Reason.AGENT_CERTIFICATE_REJECTED
+    assert readiness(healthy, seen).reason == Reason.AGENT_CONSENT_REFUSED
 
 
 def test_condition_transition_time_moves_only_on_status_change() -> None:
