@@ -20,6 +20,9 @@ from workflowplane.runs.plan import PlaneTarget
 TRANSIENT_STATUSES = {0, 403, 404, 408, 429, 500, 502, 503, 504}
 
 
+LIST_PAGE = 250  # Argo Workflows with their node status are large; keep a page well in bounds
+
+
 class WatchExpired(Exception):
     """The watch's resourceVersion is too old (410): list again."""
 
@@ -160,15 +163,27 @@ class PlaneAPI:
         if response.status not in (200, 202, 404):
             raise request_error(response, what)
 
-    async def list(self, api_version: str, kind: str, label_selector: str) -> tuple[list[Any], str]:
+    async def list(
+        self, api_version: str, kind: str, label_selector: str, *, page_size: int = LIST_PAGE
+    ) -> tuple[list[Any], str]:
+        """Every matching object, a page at a time (a busy plane's whole list in one answer
+        would be too large for the tunnel), and the list's resourceVersion to watch from."""
         path = await self.path_of(api_version, kind, None)
-        response = await self.request(
-            "GET", path, query=urlencode({"labelSelector": label_selector}), what=f"list {kind}"
-        )
-        if response.status != 200:
-            raise request_error(response, f"list {kind}")
-        body = response.json()
-        return list(body.get("items") or []), str(body["metadata"].get("resourceVersion", ""))
+        items: list[Any] = []
+        token = ""
+        while True:
+            query = {"labelSelector": label_selector, "limit": str(page_size)}
+            if token:
+                query["continue"] = token
+            what = f"list {kind}"
+            response = await self.request("GET", path, query=urlencode(query), what=what)
+            if response.status != 200:
+                raise request_error(response, what)
+            body = response.json()
+            items.extend(body.get("items") or [])
+            token = str(body["metadata"].get("continue") or "")
+            if not token:
+                return items, str(body["metadata"].get("resourceVersion", ""))
 
     async def stream(self, path: str, query: str) -> AsyncIterator[bytes]:
         """A streamed GET (``watch=true``, ``follow=true``): the body's lines as they arrive;
