@@ -64,10 +64,25 @@ class Bench:
         cp = self.env[CONTROL_PLANE]
         wpctl = Path(sys.executable).parent / "wpctl"
         self.gateway = subprocess.Popen(  # noqa: S603
-            [str(wpctl), "gateway", "--kubeconfig", str(cp.kubeconfig), "--context", cp.context,
-             "--host", "127.0.0.1", "--public-port", str(self.ports["public"]),
-             "--internal-port", str(self.ports["internal"]), "--health-port",
-             str(self.ports["health"])], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                str(wpctl),
+                "gateway",
+                "--kubeconfig",
+                str(cp.kubeconfig),
+                "--context",
+                cp.context,
+                "--host",
+                "127.0.0.1",
+                "--public-port",
+                str(self.ports["public"]),
+                "--internal-port",
+                str(self.ports["internal"]),
+                "--health-port",
+                str(self.ports["health"]),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -124,19 +139,29 @@ async def trivial_upstream() -> tuple[web.AppRunner, int]:
 
 
 def kubeconfig_for(url: str, path: Path) -> Path:
-    path.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "t", "cluster": {"server": url}}],
-        "users": [{"name": "t", "user": {"token": "x"}}],
-        "contexts": [{"name": "t", "context": {"cluster": "t", "user": "t"}}],
-        "current-context": "t"}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "t", "cluster": {"server": url}}],
+                "users": [{"name": "t", "user": {"token": "x"}}],
+                "contexts": [{"name": "t", "context": {"cluster": "t", "user": "t"}}],
+                "current-context": "t",
+            }
+        )
+    )
     return path
 
 
 async def register_plane(bench: Bench, plane_id: str, ca_pem: str) -> None:
     cp = bench.env[CONTROL_PLANE]
-    manifest = {"apiVersion": "openchoreo.dev/v1alpha1", "kind": "WorkflowPlane",
-                "metadata": {"name": plane_id, "namespace": "default"},
-                "spec": {"planeID": plane_id, "clusterAgent": {"clientCA": {"value": ca_pem}}}}
+    manifest = {
+        "apiVersion": "openchoreo.dev/v1alpha1",
+        "kind": "WorkflowPlane",
+        "metadata": {"name": plane_id, "namespace": "default"},
+        "spec": {"planeID": plane_id, "clusterAgent": {"clientCA": {"value": ca_pem}}},
+    }
     kubectl(cp.kubeconfig, cp.context, "apply", "-f", "-", input=json.dumps(manifest))
     await asyncio.sleep(1.5)  # the gateway's watch picks it up
 
@@ -151,8 +176,17 @@ async def gateway_client(bench: Bench) -> GatewayClient:
 
 async def gateway_ca(bench: Bench) -> Path:
     cp = bench.env[CONTROL_PLANE]
-    data = kubectl(cp.kubeconfig, cp.context, "get", "secret", "cluster-gateway-tls", "-n",
-                   "openchoreo-control-plane", "-o", r"jsonpath={.data.ca\.crt}").stdout
+    data = kubectl(
+        cp.kubeconfig,
+        cp.context,
+        "get",
+        "secret",
+        "cluster-gateway-tls",
+        "-n",
+        "openchoreo-control-plane",
+        "-o",
+        r"jsonpath={.data.ca\.crt}",
+    ).stdout
     path = bench.tmp / "gw-ca.crt"
     path.write_bytes(base64.b64decode(data))
     return path
@@ -160,21 +194,31 @@ async def gateway_ca(bench: Bench) -> Path:
 
 async def latency_and_throughput(bench: Bench, client: GatewayClient, ca: Path) -> None:
     wp = bench.env[WORKFLOW_PLANE]
-    for label, kubeconfig, context in (("plane API server", wp.kubeconfig, wp.context),
-                                       ("trivial upstream", None, None)):
+    for label, kubeconfig, context in (
+        ("plane API server", wp.kubeconfig, wp.context),
+        ("trivial upstream", None, None),
+    ):
         runner = None
         if kubeconfig is None:
             runner, port = await trivial_upstream()
-            kubeconfig, context = kubeconfig_for(f"http://127.0.0.1:{port}",
-                                                 bench.tmp / "trivial.kubeconfig"), "t"
+            kubeconfig, context = (
+                kubeconfig_for(f"http://127.0.0.1:{port}", bench.tmp / "trivial.kubeconfig"),
+                "t",
+            )
         plane_id = f"bench-{label.split()[0]}"
-        config = AgentConfig(server_url=f"wss://127.0.0.1:{bench.ports['public']}",
-                             plane_id=plane_id, server_ca_file=ca, kubeconfig=kubeconfig,
-                             context=context, secret_name=f"tls-{plane_id}",
-                             max_concurrent_requests=256)
+        config = AgentConfig(
+            server_url=f"wss://127.0.0.1:{bench.ports['public']}",
+            plane_id=plane_id,
+            server_ca_file=ca,
+            kubeconfig=kubeconfig,
+            context=context,
+            secret_name=f"tls-{plane_id}",
+            max_concurrent_requests=256,
+        )
         # the identity Secret lives in the workflow plane whatever the upstream is
-        identity_agent = Agent(AgentConfig(**{**config.__dict__, "kubeconfig": wp.kubeconfig,
-                                              "context": wp.context}))
+        identity_agent = Agent(
+            AgentConfig(**{**config.__dict__, "kubeconfig": wp.kubeconfig, "context": wp.context})
+        )
         identity = await identity_agent.ensure_identity()
         await identity_agent.upstream.close()
         assert identity is not None
@@ -185,27 +229,38 @@ async def latency_and_throughput(bench: Bench, client: GatewayClient, ca: Path) 
         await asyncio.wait_for(agent.tunnel.connected.wait(), 20)
 
         async def proxied() -> None:
-            r = await client.proxy("GET", plane_type=WP, plane_id=plane_id,
-                                   cr_namespace="default", cr_name=plane_id, path="/version")
+            r = await client.proxy(
+                "GET",
+                plane_type=WP,
+                plane_id=plane_id,
+                cr_namespace="default",
+                cr_name=plane_id,
+                path="/version",
+            )
             assert r.status == 200, r.body
 
         await timed(proxied, 50)  # warm up
         samples = await timed(proxied, 500)
-        print(f"[{label}] proxied GET /version: p50 {pct(samples, .5):.2f} ms, "
-              f"p99 {pct(samples, .99):.2f} ms")
+        print(
+            f"[{label}] proxied GET /version: p50 {pct(samples, 0.5):.2f} ms, "
+            f"p99 {pct(samples, 0.99):.2f} ms"
+        )
         if label == "plane API server":
             direct_ssl = ssl.create_default_context(cadata=wp.ca.cert_pem.decode())  # type: ignore[union-attr]
             direct_ssl.load_cert_chain(*_admin_files(bench, wp))
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=direct_ssl)) as s:
+
                 async def direct() -> None:
                     async with s.get(f"{wp.url}/version") as r:
                         await r.read()
 
                 await timed(direct, 50)
                 d = await timed(direct, 500)
-            print(f"[{label}] direct GET /version:  p50 {pct(d, .5):.2f} ms, "
-                  f"p99 {pct(d, .99):.2f} ms  -> tunnel overhead p50 "
-                  f"{pct(samples, .5) - pct(d, .5):.2f} ms")
+            print(
+                f"[{label}] direct GET /version:  p50 {pct(d, 0.5):.2f} ms, "
+                f"p99 {pct(d, 0.99):.2f} ms  -> tunnel overhead p50 "
+                f"{pct(samples, 0.5) - pct(d, 0.5):.2f} ms"
+            )
         for concurrency in (1, 16, 64):
             rate = await throughput(proxied, concurrency)
             print(f"[{label}] concurrency {concurrency:>2}: {rate:,.0f} requests/s")
@@ -226,8 +281,7 @@ async def idle_agents(bench: Bench, ca: Path, counts: list[int], reconnects: lis
     kube = async_client(wp.kubeconfig, wp.context)
     from workflowplane.agent.bootstrap import load_or_create  # noqa: PLC0415
 
-    identity = await load_or_create(kube, "openchoreo-workflow-plane", "tls-idle", "idle",
-                                    3650, 90)
+    identity = await load_or_create(kube, "openchoreo-workflow-plane", "tls-idle", "idle", 3650, 90)
     await kube.close()
     await register_plane(bench, "idle", identity.ca.cert_pem.decode())
     leaf: KeyPair = issue_certificate(identity.ca, "idle-agent")
@@ -244,13 +298,17 @@ async def idle_agents(bench: Bench, ca: Path, counts: list[int], reconnects: lis
     base = rss_mib(bench.gateway.pid)
     for target in counts:
         while len(sockets) < target:
-            batch = [session.ws_connect(url, autoping=True)
-                     for _ in range(min(200, target - len(sockets)))]
+            batch = [
+                session.ws_connect(url, autoping=True)
+                for _ in range(min(200, target - len(sockets)))
+            ]
             sockets += await asyncio.gather(*batch)
         await asyncio.sleep(2)
         used = rss_mib(bench.gateway.pid)
-        print(f"idle agents {target:>5}: gateway RSS {used:,.0f} MiB "
-              f"({(used - base) * 1024 / target:.1f} KiB per agent over {base:.0f} MiB idle)")
+        print(
+            f"idle agents {target:>5}: gateway RSS {used:,.0f} MiB "
+            f"({(used - base) * 1024 / target:.1f} KiB per agent over {base:.0f} MiB idle)"
+        )
     for ws in sockets:
         await ws.close()
     for n in reconnects:
@@ -270,7 +328,7 @@ async def reconnect_storm(bench: Bench, session: aiohttp.ClientSession, url: str
             try:
                 ws = await session.ws_connect(url, autoping=True)
             except (aiohttp.ClientError, OSError):
-                await asyncio.sleep(random.uniform(0, min(5.0, 0.5 * 2 ** attempt)))  # noqa: S311
+                await asyncio.sleep(random.uniform(0, min(5.0, 0.5 * 2**attempt)))  # noqa: S311
                 attempt += 1
                 continue
             if restarted.is_set() and not counted:
@@ -290,8 +348,10 @@ async def reconnect_storm(bench: Bench, session: aiohttp.ClientSession, url: str
     started = time.monotonic()
     bench.start_gateway()
     await asyncio.wait_for(all_back.wait(), 300)
-    print(f"gateway restart: {n} agents back in {time.monotonic() - started:.1f} s "
-          f"(including the gateway's own start)")
+    print(
+        f"gateway restart: {n} agents back in {time.monotonic() - started:.1f} s "
+        f"(including the gateway's own start)"
+    )
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -307,17 +367,29 @@ async def main() -> None:
     bench.env.start()
     try:
         cp = bench.env[CONTROL_PLANE]
-        kubectl(cp.kubeconfig, cp.context, "apply", "--server-side", "-f",
-                str(REPO / "deploy" / "crds") + "/")
+        kubectl(
+            cp.kubeconfig,
+            cp.context,
+            "apply",
+            "--server-side",
+            "-f",
+            str(REPO / "deploy" / "crds") + "/",
+        )
         kubectl(cp.kubeconfig, cp.context, "wait", "--for=condition=Established", "crd", "--all")
         bench.start_gateway()
         ca = await gateway_ca(bench)
         client = await gateway_client(bench)
-        print(f"machine: {os.cpu_count()} cores; gateway pid {bench.gateway.pid if bench.gateway else '?'}")
+        print(
+            f"machine: {os.cpu_count()} cores; gateway pid {bench.gateway.pid if bench.gateway else '?'}"
+        )
         await latency_and_throughput(bench, client, ca)
         await client.close()
-        await idle_agents(bench, ca, [int(x) for x in args.idle.split(",") if x],
-                          [int(x) for x in args.reconnect.split(",") if x])
+        await idle_agents(
+            bench,
+            ca,
+            [int(x) for x in args.idle.split(",") if x],
+            [int(x) for x in args.reconnect.split(",") if x],
+        )
     finally:
         if bench.gateway is not None and bench.gateway.poll() is None:
             bench.stop_gateway()

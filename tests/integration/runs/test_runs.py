@@ -6,6 +6,7 @@ Workflow's status in the workflow plane's API server (``play_argo``).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -515,3 +516,42 @@ async def test_a_leftover_argo_workflow_of_another_run_is_not_adopted(
     message = condition(obj, "WorkflowFailed")["message"]
     assert f"{target}/again that this run did not create" in message
     assert not condition(obj, "WorkflowSucceeded")
+
+
+SIXTY = "[" + ",".join(str(n) for n in range(60)) + "]"
+CEL_BOMB = f"${{{SIXTY}.map(a, {SIXTY}.map(b, {SIXTY}.map(c, a + b + c))).size()}}"
+
+
+async def test_a_cel_bomb_fails_its_run_and_never_stalls_another_tenants_requests(
+    control_plane: ApiServer,
+    workflow_plane: ApiServer,
+    gw: RunningGateway,
+    default_plane: DefaultPlane,
+    controller: None,
+    namespace: str,
+) -> None:
+    """About 200,000 CEL steps (tens of seconds in the interpreter, holding the GIL): rendered
+    in a worker process, the run fails as RenderFailed within its budget, and another
+    tenant's proxied GETs keep answering meanwhile (in the controller's process they stalled
+    for the whole evaluation: 17.8 s in the isolation report)."""
+    bomb = unique("bomb")
+    template = {"spec": {"entrypoint": "main", "arguments": CEL_BOMB}}
+    apply(control_plane, definition("ClusterWorkflow", bomb, run_template=template))
+    apply(control_plane, run(namespace, "bomb", bomb, REPO_PARAMS))
+    ended = asyncio.create_task(_with_reason(control_plane, namespace, "bomb", "RenderFailed"))
+    slowest = 0.0
+    while not ended.done():
+        began = time.monotonic()
+        answer = await gw.client.proxy(
+            "GET",
+            plane_type="workflowplane",
+            plane_id=default_plane.plane_id,
+            cr_namespace=None,
+            cr_name="default",
+            path="/api/v1/namespaces/default",
+        )
+        assert answer.status == 200
+        slowest = max(slowest, time.monotonic() - began)
+    failed = condition(await ended, "WorkflowFailed")["message"]
+    assert "took longer than" in failed and "was stopped" in failed
+    assert slowest < 1.0, f"another tenant's request waited {slowest:.1f}s during the bomb"
