@@ -235,14 +235,42 @@ class PlaneRuntime:
             )
         return commands
 
+    @classmethod
+    def resumed(
+        cls, directory: Path, context: str, binaries: PlaneBinaries, **kwargs: Any
+    ) -> PlaneRuntime:
+        """A runtime on the ports an earlier one recorded for this plane (the node keeps
+        kwok's port in its status), or on fresh ports the first time."""
+        runtime = cls(directory, context, binaries, **kwargs)
+        state = runtime.workdir / STATE_FILE
+        if state.exists():
+            ports = json.loads(state.read_text())["ports"]
+            runtime.kwok_port = ports["kwok"]
+            runtime.scheduler_port = ports["kube-scheduler"]
+            runtime.argo_metrics_port = ports["argo-metrics"]
+        return runtime
+
     def launch(self) -> None:
         """Install, then start the processes without waiting for them."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.install()
-        for name, (argv, env) in self._argv().items():
-            log = self.workdir / "logs" / f"{name}.log"
-            self.pids[name] = spawn(argv, log, detached=self.detached, env=env)
+        for name in self._argv():
+            self._spawn(name)
         self._save_state()
+
+    def _spawn(self, name: str) -> None:
+        argv, env = self._argv()[name]
+        log = self.workdir / "logs" / f"{name}.log"
+        self.pids[name] = spawn(argv, log, detached=self.detached, env=env)
+
+    def restart_exited(self) -> list[str]:
+        """Start again, on the same ports, whichever process has exited; returns their names."""
+        exited = [name for name, pid in self.pids.items() if not alive_child(pid)]
+        for name in exited:
+            self._spawn(name)
+        if exited:
+            self._save_state()
+        return exited
 
     def start(self) -> None:
         self.launch()
