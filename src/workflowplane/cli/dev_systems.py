@@ -1,4 +1,5 @@
-"""The plane systems of ``wpctl dev``: Argo's controller, kube-scheduler and kwok per plane.
+"""The plane systems of ``wpctl dev``: Argo's controller, kube-scheduler, kwok and External
+Secrets' controller on every plane.
 
 ``dev up`` starts one background process (``wpctl dev plane-systems``) once the planes are
 Ready: it builds the binaries the first time (minutes; progress in its log), then starts the
@@ -18,11 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from workflowplane.testenv import plane_systems
-from workflowplane.testenv.apiserver import StartError
-from workflowplane.testenv.gobuild import BuildError
-from workflowplane.testenv.plane_runtime import PlaneRuntime
+from workflowplane.testenv.plane_runtime import PlaneRuntime, fake_secret_store
+from workflowplane.testenv.tools import kubectl
 
 COMPONENT = "plane-systems"
+# The local planes' secret store (ClusterWorkflowPlane default names it): External Secrets'
+# fake provider, with Git credentials under `git/app` for `-p repository.secretRef=git/app`.
+SECRET_STORE = fake_secret_store(
+    "default", {"git/app": json.dumps({"username": "git", "password": "local-dev-token"})}
+)
 STATE_FILE = "plane-systems.json"
 RUNNING, BUILDING, STARTING, FAILED = "running", "building", "starting", "failed"
 WATCH_SECONDS = 2.0
@@ -78,11 +83,13 @@ def supervise(args: argparse.Namespace) -> int:
         runtimes = [PlaneRuntime.resumed(root / name, f"wp-{name}", binaries) for name in planes]
         for runtime in runtimes:
             runtime.start()
-    except (BuildError, StartError) as exc:
+            store = json.dumps(SECRET_STORE)
+            kubectl(runtime.kubeconfig, runtime.context, "apply", "-f", "-", input=store)
+    except RuntimeError as exc:  # BuildError, StartError, or kubectl refusing the store
         write_state(root, FAILED, str(exc).splitlines()[0])
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
-    write_state(root, RUNNING, f"on {', '.join(planes)} (Argo, kube-scheduler, kwok)")
+    write_state(root, RUNNING, f"on {', '.join(planes)} ({', '.join(plane_systems.ALL)})")
     print(f"==> running on {', '.join(planes)}", file=sys.stderr, flush=True)
     while True:
         time.sleep(WATCH_SECONDS)

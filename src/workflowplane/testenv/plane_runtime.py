@@ -3,8 +3,10 @@
 ``PlaneRuntime`` installs what they need (Argo's CRDs and configuration, a kwok node, a
 default StorageClass), then starts ``kube-scheduler`` (binds step pods to the node), ``kwok``
 (plays the node's kubelet: pods start, then succeed or fail as ``kwok_pods.yaml`` says, and
-``kubectl logs`` gets a log through the API server's kubelet proxy) and Argo's
-``workflow-controller``. Each is optional; the processes die with their parent unless detached.
+``kubectl logs`` gets a log through the API server's kubelet proxy), Argo's
+``workflow-controller`` and External Secrets' controller (a ``ClusterSecretStore`` with its
+fake provider is a local secret store: ``fake_secret_store``). Each is optional; the processes
+die with their parent unless detached.
 
 Argo's executor never runs here (kwok starts no container), so Argo learns each step's result
 from the pod's status alone, which is all it needs: phase, and the containers' terminated
@@ -96,6 +98,17 @@ def _argo_config(metrics_port: int) -> dict[str, Any]:
     }
 
 
+def fake_secret_store(name: str, data: dict[str, str]) -> dict[str, Any]:
+    """A ClusterSecretStore whose secrets are ``data`` (key → value; a JSON object value
+    gives one Secret key per member to ``dataFrom.extract``)."""
+    return {
+        "apiVersion": "external-secrets.io/v1",
+        "kind": "ClusterSecretStore",
+        "metadata": {"name": name},
+        "spec": {"provider": {"fake": {"data": [{"key": k, "value": v} for k, v in data.items()]}}},
+    }
+
+
 @dataclass
 class PlaneRuntime:
     """The systems of one plane; ``directory`` is that API server's own (kubeconfig, pki)."""
@@ -108,6 +121,7 @@ class PlaneRuntime:
     kwok_port: int = field(default_factory=free_port)
     scheduler_port: int = field(default_factory=free_port)
     argo_metrics_port: int = field(default_factory=free_port)
+    eso_metrics_port: int = field(default_factory=free_port)
     pids: dict[str, int] = field(default_factory=dict)
 
     @classmethod
@@ -138,7 +152,17 @@ class PlaneRuntime:
     def install(self) -> None:
         """What the systems expect to find in the API server (idempotent)."""
         if "argo" in self.systems:
-            self._install_argo()
+            assert self.binaries.argo_crds is not None
+            self._install_crds(self.binaries.argo_crds)
+            namespace = {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": ARGO_NAMESPACE},
+            }
+            self._apply(namespace, _argo_config(self.argo_metrics_port))
+        if "eso" in self.systems:
+            assert self.binaries.eso_crds is not None
+            self._install_crds(self.binaries.eso_crds)
         if "kwok" in self.systems:
             assert self.binaries.kwok_stages is not None
             self._kubectl("apply", "-f", str(self.binaries.kwok_stages / "storage-class.yaml"))
@@ -147,21 +171,11 @@ class PlaneRuntime:
             # would lift it once kwok reports Ready (kube-controller-manager) does not run here.
             self._kubectl("patch", "node", NODE, "--type=merge", "-p", '{"spec":{"taints":null}}')
 
-    def _install_argo(self) -> None:
-        assert self.binaries.argo_crds is not None
-        # --force-conflicts: a plane may have had the project's copy of the Workflow CRD.
-        self._kubectl(
-            "apply", "--server-side", "--force-conflicts", "-f", str(self.binaries.argo_crds)
-        )
-        self._kubectl(
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "-f",
-            str(self.binaries.argo_crds),
-        )
-        namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ARGO_NAMESPACE}}
-        self._apply(namespace, _argo_config(self.argo_metrics_port))
+    def _install_crds(self, directory: Path) -> None:
+        # --force-conflicts: a plane may have had the project's copy of a CRD (Workflow,
+        # ExternalSecret); the controller's own replaces it.
+        self._kubectl("apply", "--server-side", "--force-conflicts", "-f", str(directory))
+        self._kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(directory))
 
     def _kwok_config(self) -> Path:
         """kwok's stages (ours for pods, kwok's for the node and volumes) and its logs."""
@@ -233,6 +247,17 @@ class PlaneRuntime:
                 # environment runs it (a step's end reaches the Workflow within a second).
                 {"LEADER_ELECTION_DISABLE": "true", "DEFAULT_REQUEUE_TIME": "1s"},
             )
+        if "eso" in self.systems:
+            assert b.external_secrets is not None
+            commands["external-secrets"] = (
+                [
+                    str(b.external_secrets),
+                    f"--metrics-addr=127.0.0.1:{self.eso_metrics_port}",
+                    "--enable-leader-election=false",
+                    "--loglevel=info",
+                ],
+                {"KUBECONFIG": kubeconfig},  # its flags have no --kubeconfig
+            )
         return commands
 
     @classmethod
@@ -248,6 +273,7 @@ class PlaneRuntime:
             runtime.kwok_port = ports["kwok"]
             runtime.scheduler_port = ports["kube-scheduler"]
             runtime.argo_metrics_port = ports["argo-metrics"]
+            runtime.eso_metrics_port = ports.get("eso-metrics", runtime.eso_metrics_port)
         return runtime
 
     def launch(self) -> None:
@@ -293,6 +319,7 @@ class PlaneRuntime:
                 "kwok": self.kwok_port,
                 "kube-scheduler": self.scheduler_port,
                 "argo-metrics": self.argo_metrics_port,
+                "eso-metrics": self.eso_metrics_port,
             },
         }
         (self.workdir / STATE_FILE).write_text(json.dumps(state, indent=2))
@@ -313,6 +340,9 @@ class PlaneRuntime:
         if "workflow-controller" in self.pids:
             url = f"http://127.0.0.1:{self.argo_metrics_port}/metrics"
             probes["workflow-controller"] = lambda: _answers(url, None)
+        if "external-secrets" in self.pids:
+            eso = f"http://127.0.0.1:{self.eso_metrics_port}/metrics"
+            probes["external-secrets"] = lambda: _answers(eso, None)
         return probes
 
     def _node_ready(self) -> bool:

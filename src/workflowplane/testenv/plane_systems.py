@@ -3,8 +3,10 @@
 A real plane runs Argo Workflows' controller on a real cluster; a local plane has no kubelet,
 so it runs Argo's ``workflow-controller`` with ``kube-scheduler`` (binds step pods to a node)
 and ``kwok`` (the Kubernetes SIG's kubelet simulator: the node, the pods' lifecycle, their
-logs). Each is pinned and cached by version like the API server (``gobuild``); Argo also leaves
-its own CRDs beside its binary, so the plane gets exactly the CRDs of the controller it runs.
+logs), and External Secrets' controller (its fake provider is the local secret store). Each is
+pinned and cached by version like the API server (``gobuild``); Argo and External Secrets also
+leave their own CRDs beside their binary, so the plane gets exactly the CRDs of the controller
+it runs.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ ARGO_VERSION = "3.7.18"
 KWOK_VERSION = "0.8.0"
 ARGO_MODULE = "github.com/argoproj/argo-workflows/v3"
 KWOK_MODULE = "sigs.k8s.io/kwok"
+ESO_VERSION = "0.16.2"
+ESO_MODULE = "github.com/external-secrets/external-secrets"
 KWOK_STAGES = (
     "node/fast/node-initialize.yaml",
     "volume/fast/storage-class.yaml",
@@ -137,6 +141,33 @@ def _scheduler_steps(go: str) -> list[Step]:
     ]
 
 
+def _copy_eso_source(work: Path, _staging: Path) -> None:
+    # v0.16.x: one module (v1.x splits into local sub-modules the proxy's zip lacks), with a
+    # `replace` in its go.mod, so it is built as the main module like Argo. It serves the
+    # ExternalSecret API as v1 (what runs create) and v1beta1.
+    _writable_copy(_module_dir(ESO_MODULE, ESO_VERSION), work / "external-secrets")
+
+
+def _take_eso_crds(work: Path, staging: Path) -> None:
+    source = work / "external-secrets" / "config" / "crds" / "bases"
+    (staging / "crds").mkdir(exist_ok=True)
+    for path in source.glob("*.yaml"):
+        if path.name != "kustomization.yaml":
+            shutil.copyfile(path, staging / "crds" / path.name)
+
+
+def _eso_steps(go: str) -> list[Step]:
+    return [
+        Step(f"copy the External Secrets v{ESO_VERSION} module source", action=_copy_eso_source),
+        Step(
+            "build external-secrets (every provider is compiled in: a long step)",
+            [go, "build", "-trimpath", "-ldflags", STRIP, "-o", "{out}/external-secrets", "."],
+            "external-secrets",
+        ),
+        Step("take External Secrets' CRDs", action=_take_eso_crds),
+    ]
+
+
 def _take_kwok_stages(_work: Path, staging: Path) -> None:
     # kwok's own stages for what our pod stages do not cover: a node that becomes Ready, and
     # volumes provisioned and bound for the PersistentVolumeClaims Argo creates.
@@ -187,10 +218,18 @@ KWOK = GoBuild(
     steps=_kwok_steps,
     group=GROUP,
 )
+ESO = GoBuild(
+    name="external-secrets",
+    version=ESO_VERSION,
+    outputs=("external-secrets", "crds/external-secrets.io_externalsecrets.yaml"),
+    steps=_eso_steps,
+    group=GROUP,
+)
 RECIPES: dict[str, GoBuild] = {
     "kube-scheduler": KUBE_SCHEDULER,
     "kwok": KWOK,
     "argo": ARGO,
+    "eso": ESO,
 }
 ALL = tuple(RECIPES)
 
@@ -204,10 +243,12 @@ class PlaneBinaries:
     kwok_stages: Path | None = None
     workflow_controller: Path | None = None
     argo_crds: Path | None = None
+    external_secrets: Path | None = None
+    eso_crds: Path | None = None
 
 
 def _binaries(found: dict[str, Path]) -> PlaneBinaries:
-    argo = found.get("argo")
+    argo, eso = found.get("argo"), found.get("eso")
     return PlaneBinaries(
         kube_scheduler=found["kube-scheduler"] / "kube-scheduler"
         if "kube-scheduler" in found
@@ -216,6 +257,8 @@ def _binaries(found: dict[str, Path]) -> PlaneBinaries:
         kwok_stages=found["kwok"] / "stages" if "kwok" in found else None,
         workflow_controller=argo / "workflow-controller" if argo else None,
         argo_crds=argo / "crds" if argo else None,
+        external_secrets=eso / "external-secrets" if eso else None,
+        eso_crds=eso / "crds" if eso else None,
     )
 
 

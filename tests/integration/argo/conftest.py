@@ -1,5 +1,6 @@
-"""Real Argo: a workflow plane of its own running Argo's workflow-controller, kube-scheduler and
-kwok (built from their Go modules once, cached), for the whole session.
+"""Real Argo: a workflow plane of its own running Argo's workflow-controller, kube-scheduler,
+kwok and External Secrets (built from their Go modules once, cached), for the whole session,
+with a fake-provider ClusterSecretStore holding Git credentials.
 
 Its own API server, not the session's ``workflow_plane``: the runs tests play Argo there by
 patching Workflow statuses, which a real controller would overwrite. The binaries are built
@@ -9,6 +10,7 @@ here is selected; without Go these tests are skipped, saying so.
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -16,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
 from tests.integration.harness import (
     RunningGateway,
     agent_ca,
@@ -30,18 +31,17 @@ from tests.integration.runs.conftest import controller
 from workflowplane.testenv import ApiServer, Environment
 from workflowplane.testenv import plane_systems as systems
 from workflowplane.testenv.gobuild import BuildError
-from workflowplane.testenv.plane_runtime import PlaneRuntime
+from workflowplane.testenv.plane_runtime import PlaneRuntime, fake_secret_store
 from workflowplane.testenv.tools import kubectl
 
 __all__ = ["controller"]
 
 HERE = Path(__file__).resolve().parent
-EXTERNAL_SECRET_CRD = (
-    REPO / "deploy" / "workflow-plane-crds" / "external-secrets.io_externalsecrets.yaml"
-)
+SECRET_STORE = "fake-store"
+GIT_CREDENTIALS = {"username": "git", "password": "s3cret"}
 NO_GO = (
-    "Go is not installed: Argo's workflow-controller, kube-scheduler and kwok are built "
-    "from their Go modules"
+    "Go is not installed: Argo's workflow-controller, kube-scheduler, kwok and External "
+    "Secrets are built from their Go modules"
 )
 _build_error: list[BuildError] = []
 
@@ -95,7 +95,8 @@ def argo_plane(
     try:
         runtime.start()
         plane = ArgoPlane(env["argo-plane"], runtime)
-        plane.kubectl("apply", "--server-side", "-f", str(EXTERNAL_SECRET_CRD))
+        store = fake_secret_store(SECRET_STORE, {"git/app": json.dumps(GIT_CREDENTIALS)})
+        plane.kubectl("apply", "-f", "-", input=json.dumps(store))
         yield plane
     finally:
         runtime.stop()
@@ -120,6 +121,7 @@ async def argo_cluster_plane(
                 "clusterAgent": {
                     "clientCA": {"value": agent_ca(argo_plane.server, agent.config.secret_name)}
                 },
+                "secretStoreRef": {"name": SECRET_STORE},
             },
         },
     )

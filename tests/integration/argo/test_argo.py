@@ -1,5 +1,6 @@
 """Argo's real workflow-controller on a plane whose node is kwok: Workflows created directly in
-the plane's API server run to their end with nobody patching any status."""
+the plane's API server run to their end with nobody patching any status. And External Secrets'
+real controller syncing from its fake provider."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import datetime as dt
 
 import pytest
 
-from tests.integration.argo.conftest import ArgoPlane
+from tests.integration.argo.conftest import GIT_CREDENTIALS, SECRET_STORE, ArgoPlane
 from tests.integration.argo.workflows import (
+    decoded,
     finished,
+    get,
     namespace,
     pod_nodes,
     pods,
@@ -17,6 +20,7 @@ from tests.integration.argo.workflows import (
     submit,
     workflow,
 )
+from tests.integration.harness import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -120,3 +124,22 @@ async def test_a_retried_step_succeeds_on_its_third_attempt(argo_plane: ArgoPlan
         "Succeeded",
     ]
     assert len(pods(argo_plane, ns, name)) == 3
+
+
+async def test_an_external_secret_is_synced_from_the_fake_store(argo_plane: ArgoPlane) -> None:
+    ns = namespace(argo_plane)
+    external_secret = {
+        "apiVersion": "external-secrets.io/v1",
+        "kind": "ExternalSecret",
+        "metadata": {"name": "git"},
+        "spec": {
+            "secretStoreRef": {"kind": "ClusterSecretStore", "name": SECRET_STORE},
+            "target": {"name": "git-credentials"},
+            "dataFrom": [{"extract": {"key": "git/app"}}],
+        },
+    }
+    submit(argo_plane, ns, external_secret)
+
+    secret = await eventually(lambda: get(argo_plane, "secret", "git-credentials", ns), timeout=30)
+
+    assert decoded(secret) == GIT_CREDENTIALS

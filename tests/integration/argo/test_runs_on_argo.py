@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.argo.conftest import ArgoPlane
-from tests.integration.argo.workflows import step
+from tests.integration.argo.conftest import GIT_CREDENTIALS, ArgoPlane
+from tests.integration.argo.workflows import decoded, step
 from tests.integration.harness import apply, eventually, unique
 from tests.integration.runs.workflows import condition, definition, get, run
 from workflowplane.testenv import ApiServer
@@ -32,7 +32,13 @@ def _argo_template(*steps: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _start(control_plane: ApiServer, plane: str, namespace: str, *steps: dict[str, Any]) -> str:
+def _start(
+    control_plane: ApiServer,
+    plane: str,
+    namespace: str,
+    *steps: dict[str, Any],
+    params: dict[str, Any] = PARAMS,
+) -> str:
     workflow = unique("argo-build")
     apply(
         control_plane,
@@ -44,7 +50,7 @@ def _start(control_plane: ApiServer, plane: str, namespace: str, *steps: dict[st
         ),
     )
     name = unique("run")
-    apply(control_plane, run(namespace, name, workflow, PARAMS))
+    apply(control_plane, run(namespace, name, workflow, params))
     return name
 
 
@@ -156,3 +162,29 @@ async def test_deleting_a_running_run_removes_its_argo_workflow_from_the_plane(
     await eventually(lambda: not get(control_plane, "workflowrun", name, namespace), timeout=30)
     assert argo_phase() == ""
     assert not argo_plane.kubectl("get", "workflows.argoproj.io", "-n", target, "-o", "name")
+
+
+async def test_a_runs_git_credentials_come_from_the_planes_secret_store(
+    control_plane: ApiServer,
+    argo_plane: ArgoPlane,
+    argo_cluster_plane: str,
+    controller: None,
+    namespace: str,
+) -> None:
+    """The definition's ExternalSecret, created by the run, synced by External Secrets'
+    controller from the plane's (fake) store into the Secret the steps mount."""
+    params = {"repository": {"url": "https://git.example/app", "secretRef": "git/app"}}
+    name = _start(
+        control_plane, argo_cluster_plane, namespace, step("checkout", "true"), params=params
+    )
+
+    obj = await _completed(control_plane, namespace, name)
+
+    assert condition(obj, "WorkflowSucceeded")["status"] == "True"
+    [resource] = obj["status"]["resources"]
+    assert (resource["kind"], resource["name"]) == ("ExternalSecret", f"{name}-git")
+    secret = await eventually(
+        lambda: get(argo_plane.server, "secret", f"{name}-git", f"workflows-{namespace}"),
+        timeout=30,
+    )
+    assert decoded(secret) == GIT_CREDENTIALS

@@ -7,6 +7,7 @@ How a step ends under kwok is decided by its ``main`` container's command
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -80,3 +81,7 @@ def pods(plane: ArgoPlane, ns: str, name: str) -> list[dict[str, Any]]:
     )
     items: list[dict[str, Any]] = json.loads(out)["items"]
     return items
+
+
+def decoded(secret: dict[str, Any]) -> dict[str, str]:
+    return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}

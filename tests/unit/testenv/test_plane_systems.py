@@ -21,8 +21,9 @@ def test_each_system_is_cached_by_its_version(
         "kube-scheduler": tmp_path / "plane" / "kube-scheduler-1.36.3",
         "kwok": tmp_path / "plane" / "kwok-0.8.0",
         "argo": tmp_path / "plane" / "argo-workflow-controller-3.7.18",
+        "eso": tmp_path / "plane" / "external-secrets-0.16.2",
     }
-    assert plane_systems.missing() == ["kube-scheduler", "kwok", "argo"]
+    assert plane_systems.missing() == ["kube-scheduler", "kwok", "argo", "eso"]
     assert plane_systems.locate() is None
 
 
@@ -42,7 +43,7 @@ def test_a_built_system_is_found_without_building(
     found = plane_systems.locate(["kwok"])
     assert found is not None and found.kwok == plane_systems.KWOK.target / "kwok"
     assert found.workflow_controller is None
-    assert plane_systems.missing() == ["kube-scheduler", "argo"]
+    assert plane_systems.missing() == ["kube-scheduler", "argo", "eso"]
 
 
 def test_missing_go_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -53,7 +54,7 @@ def test_missing_go_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: 
 
 
 def test_unknown_systems_are_refused() -> None:
-    with pytest.raises(ValueError, match="known: kube-scheduler, kwok, argo"):
+    with pytest.raises(ValueError, match="known: kube-scheduler, kwok, argo, eso"):
         plane_systems.missing(["argo", "istio"])
 
 
