@@ -431,20 +431,21 @@ def _up(args: argparse.Namespace) -> int:
     if not args.no_argo:
         _start_plane_systems(root, planes)
     _print_status(kubeconfig, planes)
-    _say_plane_systems(root, args.no_argo)
+    _say_plane_systems(root)
     return 0
 
 
 def _start_plane_systems(root: Path, planes: list[str]) -> None:
-    """The background process that builds (first time) and runs Argo, kube-scheduler and kwok
-    on every plane; waited for when the binaries are cached, so a run started next succeeds."""
+    """The background process that builds (first time) and runs Argo, kube-scheduler, kwok and
+    External Secrets on every plane; waited for when the binaries are cached, so a run started
+    next succeeds."""
     name = dev_systems.COMPONENT
     if not _component_running(root, name):
         building = not dev_systems.cached()
         _say(
-            "building Argo's workflow-controller, kube-scheduler and kwok in the background"
+            "building Argo, External Secrets, kube-scheduler and kwok in the background"
             if building
-            else "starting Argo's workflow-controller, kube-scheduler and kwok on every plane"
+            else "starting Argo, External Secrets, kube-scheduler and kwok on every plane"
         )
         dev_systems.write_state(root, dev_systems.BUILDING if building else dev_systems.STARTING)
         _spawn(root, name, ["dev", name, "--root", str(root), "--planes", ",".join(planes)])
@@ -459,16 +460,19 @@ def _start_plane_systems(root: Path, planes: list[str]) -> None:
         )
 
 
-def _say_plane_systems(root: Path, skipped: bool) -> None:
-    log = root / "logs" / f"{dev_systems.COMPONENT}.log"
-    if skipped and not _component_running(root, dev_systems.COMPONENT):
+def _say_plane_systems(root: Path) -> None:
+    name = dev_systems.COMPONENT
+    log = root / "logs" / f"{name}.log"
+    if name not in _processes(root):
         print("\nplane systems: skipped (--no-argo): runs are accepted and stay Pending")
-        return
-    print(f"\nplane systems: {dev_systems.describe(root, log)}")
+    elif not _component_running(root, name):
+        print(f"\nplane systems: STOPPED (wpctl dev up restarts them; log: {log})")
+    else:
+        print(f"\nplane systems: {dev_systems.describe(root, log)}")
     if dev_systems.read_state(root).get("state") == dev_systems.BUILDING:
         print(
-            "  first start only: Argo (about 10 min on 2 cores), kwok and kube-scheduler are\n"
-            "  built from their Go modules; runs wait Pending until then.\n"
+            "  first start only: Argo, External Secrets (about 8 min each on 2 cores), kwok and\n"
+            "  kube-scheduler are built from their Go modules; runs wait Pending until then.\n"
             "  Progress: wpctl dev status"
         )
 
@@ -482,7 +486,7 @@ def _status(args: argparse.Namespace) -> int:
         print(f"{name:32} {state}")
     print()
     _print_status(root / "kubeconfig", _planes_of(root))
-    _say_plane_systems(root, not _component_running(root, dev_systems.COMPONENT))
+    _say_plane_systems(root)
     return 0
 
 
