@@ -54,11 +54,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     ours = [item for item in session.items if _ours(item)]
     if not ours:
         return
+    if not systems.missing():
+        return
     if shutil.which("go") is None:
         for item in ours:
             item.add_marker(pytest.mark.skip(reason=NO_GO))
-        return
-    if not systems.missing():
         return
     capture = session.config.pluginmanager.getplugin("capturemanager")
     with capture.global_and_fixture_disabled():
