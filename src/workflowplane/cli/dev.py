@@ -471,8 +471,8 @@ def _say_plane_systems(root: Path) -> None:
         print(f"\nplane systems: {dev_systems.describe(root, log)}")
     if dev_systems.read_state(root).get("state") == dev_systems.BUILDING:
         print(
-            "  first start only: Argo, External Secrets (about 8 min each on 2 cores), kwok and\n"
-            "  kube-scheduler are built from their Go modules; runs wait Pending until then.\n"
+            "  first start only: Argo, External Secrets, kwok and kube-scheduler are built from\n"
+            "  their Go modules (about 15 minutes on 2 cores); runs wait Pending until then.\n"
             "  Progress: wpctl dev status"
         )
 
