@@ -128,8 +128,9 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="wp-bench-runs-") as tmp:
         state = Path(tmp)
-        print("bringing the local system up (wpctl dev up) ...", flush=True)
-        wpctl(state, "dev", "up")
+        print("bringing the local system up (wpctl dev up --no-argo) ...", flush=True)
+        # No Argo controller: this benchmark plays Argo's status writes itself.
+        wpctl(state, "dev", "up", "--no-argo")
         try:
             counts = [int(c) for c in args.runs.split(",")]
             asyncio.run(measure(state / "dev" / "kubeconfig", counts, args.latency_samples))

@@ -21,6 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from workflowplane.cli import dev_systems
 from workflowplane.cli.errors import EXIT_UNAVAILABLE, CliError
 from workflowplane.cli.get import render_table, row
 from workflowplane.cli.state import state_root
@@ -58,7 +59,19 @@ def register(subparsers: Any) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     up = actions.add_parser("up", help="start everything (harmless when already up)")
     up.add_argument("--planes", type=int, default=1, help="number of workflow planes")
+    up.add_argument(
+        "--no-argo",
+        action="store_true",
+        help="the quick variant: no Argo controller, kube-scheduler or kwok (runs stay Pending)",
+    )
     up.set_defaults(handler=_up)
+    systems = actions.add_parser(
+        dev_systems.COMPONENT,
+        help="(started by up, in the background) build and run Argo, kube-scheduler and kwok",
+    )
+    systems.add_argument("--root", required=True, help="the dev state directory")
+    systems.add_argument("--planes", required=True, help="comma-separated plane server names")
+    systems.set_defaults(handler=dev_systems.supervise)
     status = actions.add_parser("status", help="show what is running")
     status.set_defaults(handler=_status)
     down = actions.add_parser("down", help="stop everything and delete its data")
@@ -157,11 +170,15 @@ def _install_crds(kubeconfig: Path) -> None:
 
 def _install_plane_crds(kubeconfig: Path, planes: list[str]) -> None:
     """Argo's Workflow and External Secrets' ExternalSecret CRDs: what runs create in a plane
-    (a real plane gets them from those projects' installs)."""
+    (a real plane gets them from those projects' installs), so runs are accepted at once. Only
+    where missing: once Argo's controller runs, its own CRDs (all eight) replace these."""
     for server in planes:
         _say(f"installing the Argo Workflow and ExternalSecret CRDs in {server}")
         context = f"wp-{server}"
-        kubectl(kubeconfig, context, "apply", "--server-side", "-f", f"{PLANE_CRD_DIR}/")
+        for path in sorted(PLANE_CRD_DIR.glob("*.yaml")):
+            created = kubectl(kubeconfig, context, "create", "-f", str(path), check=False)
+            if created.returncode != 0 and "AlreadyExists" not in created.stderr:
+                raise CliError(f"cannot install {path.name} in {server}: {created.stderr}")
         kubectl(
             kubeconfig,
             context,
@@ -201,7 +218,12 @@ def _start_control_plane(root: Path, kubeconfig: Path) -> dict[str, int]:
         _say("control plane already running")
         entry = _processes(root)["control-plane"]
         return {"public": entry["public"], "health": entry["health"]}
-    ports = {"public": free_port(), "internal": free_port(), "health": free_port()}
+    recorded = _processes(root).get("control-plane")
+    if recorded:  # it died: the agents and the gateway CA file expect it where it was
+        ports = {key: int(recorded[key]) for key in ("public", "internal", "health")}
+        _say("the control plane had exited: restarting it on its recorded ports")
+    else:
+        ports = {"public": free_port(), "internal": free_port(), "health": free_port()}
     _say(f"starting the control plane (gateway + controller), agents on :{ports['public']}")
     pid = _spawn(
         root,
@@ -406,8 +428,53 @@ def _up(args: argparse.Namespace) -> int:
     _install_plane_crds(kubeconfig, planes)
     _install_sample_workflows(kubeconfig)
     _wait_ready(kubeconfig, names, root)
+    if not args.no_argo:
+        _start_plane_systems(root, planes)
     _print_status(kubeconfig, planes)
+    _say_plane_systems(root)
     return 0
+
+
+def _start_plane_systems(root: Path, planes: list[str]) -> None:
+    """The background process that builds (first time) and runs Argo, kube-scheduler, kwok and
+    External Secrets on every plane; waited for when the binaries are cached, so a run started
+    next succeeds."""
+    name = dev_systems.COMPONENT
+    if not _component_running(root, name):
+        building = not dev_systems.cached()
+        _say(
+            "building Argo, External Secrets, kube-scheduler and kwok in the background"
+            if building
+            else "starting Argo, External Secrets, kube-scheduler and kwok on every plane"
+        )
+        dev_systems.write_state(root, dev_systems.BUILDING if building else dev_systems.STARTING)
+        _spawn(root, name, ["dev", name, "--root", str(root), "--planes", ",".join(planes)])
+        if building:
+            return
+    state = dev_systems.wait_running(root)
+    if state.get("state") == dev_systems.FAILED:
+        raise CliError(
+            f"the plane systems did not start: {state['detail']}",
+            f"see {root / 'logs' / (name + '.log')}; or run without them: wpctl dev up --no-argo",
+            EXIT_UNAVAILABLE,
+        )
+
+
+def _say_plane_systems(root: Path) -> None:
+    name = dev_systems.COMPONENT
+    log = root / "logs" / f"{name}.log"
+    if name not in _processes(root):
+        print("\nplane systems: skipped (--no-argo): runs are accepted and stay Pending")
+    elif not _component_running(root, name):
+        print(f"\nplane systems: STOPPED (wpctl dev up restarts them; log: {log})")
+    else:
+        print(f"\nplane systems: {dev_systems.describe(root, log)}")
+    if dev_systems.read_state(root).get("state") == dev_systems.BUILDING:
+        print(
+            "  first start only: Argo, External Secrets, kwok and kube-scheduler are built from\n"
+            "  their Go modules (about 15 minutes on 2 cores); runs wait Pending until then.\n"
+            "  Progress: wpctl dev status"
+        )
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -419,6 +486,7 @@ def _status(args: argparse.Namespace) -> int:
         print(f"{name:32} {state}")
     print()
     _print_status(root / "kubeconfig", _planes_of(root))
+    _say_plane_systems(root)
     return 0
 
 

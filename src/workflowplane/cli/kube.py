@@ -10,6 +10,7 @@ from lightkube import AsyncClient
 from lightkube.config.kubeconfig import KubeConfig
 
 from workflowplane.cli.errors import EXIT_USAGE, CliError
+from workflowplane.cli.state import state_root
 
 
 def add_kubeconfig_flag(parser: argparse.ArgumentParser) -> None:
@@ -17,15 +18,22 @@ def add_kubeconfig_flag(parser: argparse.ArgumentParser) -> None:
         "--kubeconfig",
         type=Path,
         default=None,
-        help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)",
+        help="kubeconfig file (default: $KUBECONFIG, else ~/.kube/config, else wpctl dev's)",
     )
 
 
 def kubeconfig_path(explicit: Path | None) -> Path:
+    """``--kubeconfig``, ``$KUBECONFIG``, ``~/.kube/config``; on a machine with neither, the
+    local environment's (``wpctl dev up``; its current context is the control plane), so the
+    README's commands work as typed right after ``./wp dev up``."""
     if explicit is not None:
         return explicit
     env = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
-    return Path(env) if env else Path.home() / ".kube" / "config"
+    if env:
+        return Path(env)
+    home = Path.home() / ".kube" / "config"
+    dev = state_root() / "dev" / "kubeconfig"
+    return dev if not home.exists() and dev.exists() else home
 
 
 def client_for(kubeconfig: Path | None, context: str | None) -> AsyncClient:

@@ -50,10 +50,15 @@ def _die_with_parent() -> None:
 
 
 def spawn_logged(
-    argv: list[str], log_path: Path, env: dict[str, str] | None = None
+    argv: list[str],
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    *,
+    detached: bool = False,
 ) -> subprocess.Popen[bytes]:
     """A child in its own session (stop it with ``stop_process_group``), its output appended to
-    ``log_path``, killed when the thread that started it dies."""
+    ``log_path``, ``env`` its whole environment (None: ours); unless ``detached`` it dies with
+    the thread that started it."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         return subprocess.Popen(
@@ -63,11 +68,19 @@ def spawn_logged(
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             env=env,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509
+            preexec_fn=None if detached else _die_with_parent,  # noqa: PLW1509
         )
 
 
-def _tail(path: Path, lines: int = 25) -> str:
+def spawn(
+    argv: list[str], log_path: Path, *, detached: bool, env: dict[str, str] | None = None
+) -> int:
+    """:func:`spawn_logged` with ``env`` added to ours, for callers that keep only the pid."""
+    merged = None if env is None else {**os.environ, **env}
+    return spawn_logged(argv, log_path, merged, detached=detached).pid
+
+
+def tail(path: Path, lines: int = 25) -> str:
     """The last lines of a log, without kube-apiserver's echo of every flag."""
     try:
         text = path.read_text(errors="replace")
@@ -146,6 +159,11 @@ class ApiServer:
             ip_addresses=["127.0.0.1", "10.0.0.1"],
         )
         self.admin = issue_certificate(self.ca, "wp-admin", organization="system:masters")
+        # For a simulated kubelet (kwok) on loopback: the API server proxies `kubectl logs`
+        # to it and verifies it against this CA.
+        kubelet = issue_certificate(
+            self.ca, "kubelet", client=False, server=True, ip_addresses=["127.0.0.1"]
+        )
         signer = generate_ca(f"{self.context}-service-accounts")
         signer_public = signer.certificate.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -156,24 +174,17 @@ class ApiServer:
             ("serving.key", serving.key_pem),
             ("sa.key", signer.key_pem),
             ("sa.pub", signer_public),
+            ("kubelet.crt", kubelet.cert_pem),
+            ("kubelet.key", kubelet.key_pem),
         ):
             path = pki / filename
             path.write_bytes(data)
             path.chmod(0o600)
 
     def _spawn(self, name: str, argv: list[str]) -> int:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        with (self.log_dir / f"{name}.log").open("ab") as log:
-            process = subprocess.Popen(
-                argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=None if self.detached else _die_with_parent,  # noqa: PLW1509
-            )
-        self.pids.append(process.pid)
-        return process.pid
+        pid = spawn(argv, self.log_dir / f"{name}.log", detached=self.detached)
+        self.pids.append(pid)
+        return pid
 
     def _etcd_argv(self) -> list[str]:
         client = f"http://127.0.0.1:{self.etcd_port}"
@@ -218,6 +229,10 @@ class ApiServer:
             "--authorization-mode=RBAC",
             "--allow-privileged=true",
             "--disable-admission-plugins=ServiceAccount",
+            # kubectl logs/exec reach a node's kubelet by its InternalIP (kwok's is 127.0.0.1),
+            # which must present a certificate from this server's CA.
+            f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+            "--kubelet-preferred-address-types=InternalIP",
             "--endpoint-reconciler-type=none",
             "--enable-priority-and-fairness=false",
             "--v=1",
@@ -259,7 +274,7 @@ class ApiServer:
         deadline = time.monotonic() + timeout
         last_error = "no answer yet"
         while time.monotonic() < deadline:
-            dead = [pid for pid in self.pids if not _alive_child(pid)]
+            dead = [pid for pid in self.pids if not alive_child(pid)]
             if dead:
                 raise StartError(self._failure("a process exited during start-up"))
             try:
@@ -272,7 +287,7 @@ class ApiServer:
 
     def _failure(self, what: str) -> str:
         logs = "\n".join(
-            f"--- {name} log (last lines) ---\n{_tail(self.log_dir / f'{name}.log')}"
+            f"--- {name} log (last lines) ---\n{tail(self.log_dir / f'{name}.log')}"
             for name in ("etcd", "kube-apiserver")
         )
         return f"API server {self.context} failed: {what}\n{logs}"
@@ -333,7 +348,7 @@ class ApiServer:
         path.chmod(0o600)
 
 
-def _alive_child(pid: int) -> bool:
+def alive_child(pid: int) -> bool:
     """Reap a dead child (so it is not a zombie) and say whether it still runs."""
     with contextlib.suppress(ChildProcessError):
         done, _ = os.waitpid(pid, os.WNOHANG)

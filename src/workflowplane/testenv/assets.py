@@ -8,11 +8,9 @@ An existing envtest install is honoured through ``KUBEBUILDER_ASSETS``.
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from workflowplane.testenv import peer
 from workflowplane.testenv.gobuild import (
     BuildError,
     GoBuild,
@@ -165,31 +163,3 @@ import (
 
 func main() { etcdmain.Main(os.Args) }
 """
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m workflowplane.testenv [--peer]``: locate or build, then say where they are.
-
-    ``--peer`` also builds OpenChoreo's Go gateway and agent, which the interop tests run.
-    """
-    args = sys.argv[1:] if argv is None else argv
-    try:
-        found = ensure()
-        print(f"API server binaries: {found.kube_apiserver.parent}", file=sys.stderr)
-        if "--peer" in args:
-            _peer()
-    except AssetsError as exc:
-        raise SystemExit(f"error: {exc}") from None
-
-
-def _peer() -> None:
-    """Build OpenChoreo's peer when its source is there; without it interop tests skip."""
-    source = peer.source_dir()
-    if not (source / "go.mod").is_file():
-        print(
-            f"OpenChoreo peer source not found at {source} (set {peer.PEER_SRC_ENV}); "
-            "the interop tests will be skipped",
-            file=sys.stderr,
-        )
-        return
-    print(f"OpenChoreo peer binaries: {peer.ensure().agent.parent}", file=sys.stderr)

@@ -48,12 +48,17 @@ def go_binary(purpose: str) -> str:
 
 @dataclass(frozen=True)
 class Step:
-    """One command of a build, run in ``cwd`` (relative to the build's scratch directory)."""
+    """One command of a build, run in ``cwd`` (relative to the build's scratch directory).
+
+    ``action`` replaces the command for steps that are easier in Python (copying a module's
+    source or its manifests); it gets the scratch and the staging directory.
+    """
 
     title: str
-    args: Sequence[str]
+    args: Sequence[str] = ()
     cwd: str = "."
     env: dict[str, str] = field(default_factory=dict)
+    action: Callable[[Path, Path], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -89,7 +94,7 @@ class GoBuild:
         found = self.located()
         if found is not None:
             return found
-        with _exclusive(self.work.with_suffix(".lock")):
+        with _exclusive(self.work.with_name(self.work.name + ".lock")):
             found = self.located()  # another process may have built it while we waited
             if found is not None:
                 return found
@@ -104,8 +109,13 @@ class GoBuild:
         staging = self.target.with_name(self.target.name + ".partial")
         staging.mkdir(parents=True, exist_ok=True)
         for step in self.steps(go):
+            if step.action is not None:
+                with _timed(step.title, self.work, log):
+                    step.action(self.work, staging)
+                continue
             args = [arg.replace("{out}", str(staging)) for arg in step.args]
-            run_step(step.title, args, self.work / step.cwd, log, step.env)
+            env = {key: value.replace("{out}", str(staging)) for key, value in step.env.items()}
+            run_step(step.title, args, self.work / step.cwd, log, env)
         missing = [out for out in self.outputs if not (staging / out).is_file()]
         if missing:
             raise BuildError(f"building {self.name} produced no {', '.join(missing)}")
@@ -118,19 +128,26 @@ class GoBuild:
 def run_step(
     title: str, args: Sequence[str], cwd: Path, log: bool, env: dict[str, str] | None = None
 ) -> None:
+    with _timed(title, cwd, log):
+        result = subprocess.run(
+            list(args),
+            cwd=cwd,
+            env={**os.environ, "CGO_ENABLED": "0", **(env or {})},
+            stdout=sys.stderr if log else subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise BuildError(f"{title} failed (exit {result.returncode}); see the output above")
+
+
+@contextlib.contextmanager
+def _timed(title: str, cwd: Path, log: bool) -> Iterator[None]:
+    """The progress lines around one step: its title first, its duration when it succeeded."""
     started = time.monotonic()
     if log:
         _say(f"==> {title} (in {cwd})")
-    result = subprocess.run(
-        list(args),
-        cwd=cwd,
-        env={**os.environ, "CGO_ENABLED": "0", **(env or {})},
-        stdout=sys.stderr if log else subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise BuildError(f"{title} failed (exit {result.returncode}); see the output above")
+    yield
     if log:
         _say(f"    done in {time.monotonic() - started:.0f}s")
 

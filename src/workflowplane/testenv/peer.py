@@ -14,6 +14,7 @@ import hashlib
 import os
 import shutil
 import stat
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,3 +112,16 @@ def ensure(*, log: bool = True) -> PeerBinaries:
     where = source_dir()
     built = recipe(where).ensure(log=log)
     return PeerBinaries(built / "cluster-agent", built / "cluster-gateway", where)
+
+
+def build_if_present() -> None:
+    """Build OpenChoreo's peer when its source is there; without it interop tests skip."""
+    source = source_dir()
+    if not (source / "go.mod").is_file():
+        print(
+            f"OpenChoreo peer source not found at {source} (set {PEER_SRC_ENV}); "
+            "the interop tests will be skipped",
+            file=sys.stderr,
+        )
+        return
+    print(f"OpenChoreo peer binaries: {ensure().agent.parent}", file=sys.stderr)
