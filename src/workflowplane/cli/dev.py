@@ -219,11 +219,12 @@ def _start_control_plane(root: Path, kubeconfig: Path) -> dict[str, int]:
         entry = _processes(root)["control-plane"]
         return {"public": entry["public"], "health": entry["health"]}
     recorded = _processes(root).get("control-plane")
+    names = ("public", "internal", "health", "controller_health")
     if recorded:  # it died: the agents and the gateway CA file expect it where it was
-        ports = {key: int(recorded[key]) for key in ("public", "internal", "health")}
+        ports = {key: int(recorded.get(key) or free_port()) for key in names}
         _say("the control plane had exited: restarting it on its recorded ports")
     else:
-        ports = {"public": free_port(), "internal": free_port(), "health": free_port()}
+        ports = {key: free_port() for key in names}
     _say(f"starting the control plane (gateway + controller), agents on :{ports['public']}")
     pid = _spawn(
         root,
@@ -242,6 +243,8 @@ def _start_control_plane(root: Path, kubeconfig: Path) -> dict[str, int]:
             str(ports["internal"]),
             "--health-port",
             str(ports["health"]),
+            "--controller-health-port",
+            str(ports["controller_health"]),
             "--resync-seconds",
             "30",
         ],
