@@ -112,6 +112,19 @@ def _run_a_workflow(dev_state: Path, kubeconfig: Path) -> None:
     assert "==> first-build[0].checkout (first-build-checkout-" in logs.stdout, logs.stdout
     assert "==> first-build[1].build-and-push (" in logs.stdout
     assert "simulated node (kwok)" in logs.stdout
+    # Following a run while it runs ends with the run (kwok never ends a follow stream; each
+    # pod is followed only until it finishes, a finished one is read whole).
+    again = ("-p", "repository.url=https://git.example/app", "-p", "image.name=reg/app")
+    followed = run_wpctl(dev_state, "run", "docker-build", *again, "--name", "followed", *access)
+    assert followed.returncode == 0, followed.stderr
+    _until(
+        lambda: run_wpctl(dev_state, "logs", "followed", *access).returncode == 0,
+        "the followed run sent to its plane",
+    )
+    following = run_wpctl(dev_state, "logs", "followed", "-f", *access, timeout=90)
+    assert following.returncode == 0, following.stderr
+    assert "==> followed[0].checkout (" in following.stdout, following.stdout
+    assert "==> followed[1].build-and-push (" in following.stdout, following.stdout
     wrong_container = run_wpctl(dev_state, "logs", "first-build", "--container", "x", *access)
     assert wrong_container.returncode == 1
     assert "HTTP 400: container x is not valid for pod first-build-checkout-" in (

@@ -56,6 +56,9 @@ class RunCondition:
     RUNNING: Final = "WorkflowRunning"
     SUCCEEDED: Final = "WorkflowSucceeded"
     FAILED: Final = "WorkflowFailed"
+    # Our own: whether the run's ExternalSecrets have synced (a broken store shows here, not
+    # only as a step that cannot find its Secret).
+    RESOURCES_READY: Final = "ResourcesReady"
 
 
 class RunReason:
@@ -73,4 +76,6 @@ class RunReason:
     SECRET_STORE_NOT_CONFIGURED: Final = "SecretStoreNotConfigured"
     PLANE_REJECTED: Final = "PlaneRejectedObject"
     ARGO_WORKFLOW_DELETED: Final = "ArgoWorkflowDeleted"
+    RESOURCES_SYNCED: Final = "ResourcesSynced"
+    RESOURCES_SYNCING: Final = "ResourcesSyncing"
     ARGO_WORKFLOW_NAME_CONFLICT: Final = "ArgoWorkflowNameConflict"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import sys
 from typing import Any
@@ -271,11 +272,13 @@ async def _print_logs(
 ) -> None:
     """Each step pod once, in creation order. A pod whose log cannot be read yet (container
     still starting) is retried on the next poll when following; otherwise it is reported and
-    the other pods are still shown."""
+    the other pods are still shown. A finished pod is read whole, a running one followed until
+    it finishes (some kubelets, kwok's among them, never end a follow stream by themselves)."""
     reference = run["status"]["runReference"]
     namespace, workflow = reference["namespace"], reference["name"]
     done: set[str] = set()
     failures: list[str] = []
+    pods: list[dict[str, Any]] = []
     try:
         while True:
             pods = await _step_pods(api, namespace, workflow)
@@ -286,26 +289,40 @@ async def _print_logs(
                 step = (pod["metadata"].get("annotations") or {}).get(
                     "workflows.argoproj.io/node-name", name
                 )
+                follow = args.follow and not _finished(pod)
                 try:
-                    await _pod_log(api, namespace, name, args.container, args.follow, step)
+                    await _pod_log(api, namespace, name, args.container, follow, step)
                 except Failure as exc:
                     if args.follow:
                         continue  # not started yet: the next poll tries again
                     print(f"==> {step} ({name})\n{exc.message}", file=sys.stderr)
                     failures.append(exc.message)
                 done.add(name)
-            if not args.follow or await _run_completed(kube, run):
+            completed = await _completed_run(kube, run)
+            if not args.follow or completed is not None:
                 break
             await asyncio.sleep(2)
+        if not pods:
+            print(_no_pods(run, completed), file=sys.stderr)
     finally:
         await kube.close()
-    if not pods:
-        print(
-            f"no step pods for run {run['metadata']['name']} yet (Argo has not started any)",
-            file=sys.stderr,
-        )
     if failures:
         raise CliError(failures[0], exit_code=EXIT_FAILURE)
+
+
+def _no_pods(run: dict[str, Any], completed: dict[str, Any] | None) -> str:
+    """Why a run has no step pods: it ended without any (Argo rejected it), or none yet."""
+    name = run["metadata"]["name"]
+    if completed is None:
+        return f"no step pods for run {name} yet (Argo has not started any)"
+    conditions = list((completed.get("status") or {}).get("conditions") or [])
+    failed = find_condition(conditions, "WorkflowFailed") or {}
+    why = failed.get("message") if failed.get("status") == "True" else None
+    return f"run {name} ended without running any step" + (f": {why}" if why else "")
+
+
+def _finished(pod: dict[str, Any]) -> bool:
+    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
 
 
 async def _step_pods(api: PlaneAPI, namespace: str, workflow: str) -> list[dict[str, Any]]:
@@ -324,23 +341,45 @@ async def _pod_log(
 ) -> None:
     path = f"/api/v1/namespaces/{namespace}/pods/{pod}/log"
     if follow:
-        header = False
-        async for line in api.stream(path, urlencode({"container": container, "follow": "true"})):
-            if not header:
-                print(f"==> {step} ({pod})", flush=True)
-                header = True
-            sys.stdout.write(line.decode(errors="replace"))
-            sys.stdout.flush()
+        streaming = asyncio.create_task(_follow_log(api, path, container, pod, step))
+        try:
+            while not streaming.done():
+                await asyncio.wait({streaming}, timeout=2)
+                if not streaming.done() and await _pod_finished(api, namespace, pod):
+                    await asyncio.sleep(0.5)  # what the pod wrote last is on its way
+                    streaming.cancel()
+        finally:
+            streaming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await streaming
         return
     query = urlencode({"container": container})
     response = await api.request("GET", path, query=query, what=f"logs of {pod}")
     if response.status >= 300:  # 204: the container has written nothing (or not started)
         raise request_error(response, f"logs of {pod}")
     print(f"==> {step} ({pod})", flush=True)
-    sys.stdout.write(response.body.decode(errors="replace"))
+    body = response.body.decode(errors="replace")
+    sys.stdout.write(body if body else "(no output)\n")
 
 
-async def _run_completed(kube: AsyncClient, run: dict[str, Any]) -> bool:
+async def _follow_log(api: PlaneAPI, path: str, container: str, pod: str, step: str) -> None:
+    print(f"==> {step} ({pod})", flush=True)
+    async for line in api.stream(path, urlencode({"container": container, "follow": "true"})):
+        sys.stdout.write(line.decode(errors="replace"))
+        sys.stdout.flush()
+
+
+async def _pod_finished(api: PlaneAPI, namespace: str, pod: str) -> bool:
+    response = await api.request(
+        "GET", f"/api/v1/namespaces/{namespace}/pods/{pod}", what=f"pod {pod}"
+    )
+    return response.status == 200 and _finished(response.json())
+
+
+async def _completed_run(kube: AsyncClient, run: dict[str, Any]) -> dict[str, Any] | None:
+    """The run as it is now if it has completed (or is gone), else None."""
     meta = run["metadata"]
     current = await get_dict(kube, WorkflowRunResource, meta["name"], meta["namespace"])
-    return current is None or is_completed(current.get("status") or {})
+    if current is None:
+        return run
+    return current if is_completed(current.get("status") or {}) else None

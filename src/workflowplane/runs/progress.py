@@ -109,6 +109,8 @@ def status_from_argo(
         ),
         "tasks": tasks_of(argo_status),
     }
+    if argo_status.get("startedAt"):  # Argo's own start, not when we submitted the run
+        update["startedAt"] = argo_status["startedAt"]
     if phase in COMPLETED_PHASES and not status.get("completedAt"):
         update["completedAt"] = argo_status.get("finishedAt") or rfc3339(now)
     return update
@@ -116,3 +118,32 @@ def status_from_argo(
 
 def changed(status: Mapping[str, Any], update: Mapping[str, Any]) -> bool:
     return any(status.get(key) != value for key, value in update.items())
+
+
+SYNCED_KINDS = frozenset({"ExternalSecret"})
+
+
+def synced_kinds(status: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The run's resources whose sync a controller on the plane reports (ExternalSecrets)."""
+    return [r for r in status.get("resources") or [] if r.get("kind") in SYNCED_KINDS]
+
+
+def resources_verdict(observed: Mapping[str, Mapping[str, Any] | None]) -> Verdict:
+    """ResourcesReady from each synced resource as read on the plane (None: not there).
+
+    False names the first resource whose controller says Ready=False and why (e.g. External
+    Secrets' ``SecretSyncedError``); Unknown while any has not said yet; True when all have."""
+    waiting = []
+    for rid, obj in observed.items():
+        ready = find_condition(
+            list(((obj or {}).get("status") or {}).get("conditions") or []), "Ready"
+        )
+        if ready is None:
+            waiting.append(rid)
+        elif ready.get("status") == "False":
+            reason = ready.get("reason") or "NotReady"
+            message = f"{rid}: {reason}: {ready.get('message') or 'not ready'}"
+            return Verdict("False", reason, message)
+    if waiting:
+        return Verdict("Unknown", RunReason.RESOURCES_SYNCING, f"waiting for {', '.join(waiting)}")
+    return Verdict("True", RunReason.RESOURCES_SYNCED, "every resource reports Ready")

@@ -45,7 +45,9 @@ from workflowplane.runs.progress import (
     failed_before_start,
     is_completed,
     phase_verdicts,
+    resources_verdict,
     status_from_argo,
+    synced_kinds,
     waiting,
     with_verdicts,
 )
@@ -57,6 +59,7 @@ from workflowplane.runs.ttl import parse_ttl
 log = logging.getLogger(__name__)
 NOT_FOUND_RETRY = 60.0
 UNREACHABLE_RETRY = 5.0
+RESOURCES_RETRY = 10.0  # how often an in-flight run's unsynced ExternalSecrets are read again
 CLEANUP_GIVE_UP = dt.timedelta(minutes=10)
 ObjectKey = tuple[str, str | None, str]  # kind, namespace, name of something a run waits for
 
@@ -104,8 +107,26 @@ class RunReconciler:
                 message = f"the plane this run was sent to ({recorded}) no longer exists"
                 return await self._fail(run, RunReason.WORKFLOW_PLANE_NOT_FOUND, message)
             self.tracker.track(key, target, status["runReference"])
-            return None
+            return await self._follow_resources(run, target)
         return await self._start(key, run)
+
+    async def _follow_resources(self, run: dict[str, Any], target: PlaneTarget) -> float | None:
+        """While a run is in flight, read its ExternalSecrets on the plane until all have
+        synced, and say on the run (ResourcesReady) when one fails or is still syncing."""
+        resources = synced_kinds(run.get("status") or {})
+        if not resources:
+            return None
+        api = PlaneAPI(self._tunnel, target, self._discovery)
+        try:
+            observed = {str(ref.get("id") or ref["name"]): await api.get(ref) for ref in resources}
+        except Failure as exc:
+            log.info("reading the resources of run %s: %s", run["metadata"]["name"], exc)
+            return RESOURCES_RETRY
+        verdict = resources_verdict(observed)
+        conditions = self._conditions(run, {RunCondition.RESOURCES_READY: verdict})
+        if conditions != (run.get("status") or {}).get("conditions"):
+            await self._patch_status(run, {"conditions": conditions})
+        return None if verdict.status == "True" else RESOURCES_RETRY
 
     async def observe(self, key: RunKey, event: str, argo: dict[str, Any]) -> None:
         """The tracker saw the run's Argo Workflow change (or go away)."""
@@ -184,8 +205,11 @@ class RunReconciler:
                 return UNREACHABLE_RETRY
             return await self._fail(run, RunReason.ARGO_WORKFLOW_NAME_CONFLICT, message)
         conditions = self._conditions(run, phase_verdicts("", ""))
+        now = rfc3339(self._clock())
         await self._patch_status(
-            run, {"startedAt": rfc3339(self._clock()), "conditions": conditions}
+            run,
+            # startedAt until Argo says when it started (the tracker then writes Argo's time).
+            {"submittedAt": now, "startedAt": now, "conditions": conditions},
         )
         self.tracker.track(key, target, plan.run_reference())
         log.info("run %s/%s started on %s", key[0], key[1], target.ref)

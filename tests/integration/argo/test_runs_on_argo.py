@@ -188,3 +188,36 @@ async def test_a_runs_git_credentials_come_from_the_planes_secret_store(
         timeout=30,
     )
     assert decoded(secret) == GIT_CREDENTIALS
+
+
+async def test_a_secret_the_store_cannot_give_shows_on_the_run_while_it_runs(
+    control_plane: ApiServer,
+    argo_plane: ArgoPlane,
+    argo_cluster_plane: str,
+    controller: None,
+    namespace: str,
+) -> None:
+    """A secretRef the plane's store does not hold: External Secrets' controller says
+    SecretSyncedError, and the run says so (ResourcesReady=False) while its step still runs,
+    instead of the failure surfacing only as a step that cannot find its Secret."""
+    params = {"repository": {"url": "https://git.example/app", "secretRef": "git/nope"}}
+    name = _start(
+        control_plane,
+        argo_cluster_plane,
+        namespace,
+        step("checkout", "sh", "-c", "sleep 30"),
+        params=params,
+    )
+    obj = await eventually(
+        lambda: (
+            (o := get(control_plane, "workflowrun", name, namespace))
+            and condition(o, "ResourcesReady").get("status") == "False"
+            and o
+        ),
+        timeout=60,
+        interval=0.5,
+    )
+    ready = condition(obj, "ResourcesReady")
+    assert ready["reason"] == "SecretSyncedError", ready
+    assert ready["message"].startswith("git-secret: SecretSyncedError"), ready
+    assert condition(obj, "WorkflowCompleted").get("status") != "True"

@@ -9,7 +9,14 @@ import pytest
 
 from workflowplane.api.conditions import Verdict
 from workflowplane.api.workflows import RunCondition, RunReason
-from workflowplane.runs.progress import is_completed, phase_verdicts, status_from_argo, tasks_of
+from workflowplane.runs.progress import (
+    is_completed,
+    phase_verdicts,
+    resources_verdict,
+    status_from_argo,
+    synced_kinds,
+    tasks_of,
+)
 
 NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 NOW_TEXT = "2026-03-01T12:00:00Z"
@@ -159,6 +166,23 @@ def test_completed_workflow_without_finished_at_uses_now() -> None:
     assert update["completedAt"] == NOW_TEXT
 
 
+def test_started_at_is_argos_own_start_not_our_submission() -> None:
+    """A run submitted at 10:00 that Argo started at 10:14 and finished at 10:15 took a
+    minute (``wpctl runs`` showed the queueing time as run time)."""
+    status = {"submittedAt": "2026-03-01T10:00:00Z", "startedAt": "2026-03-01T10:00:00Z"}
+    argo = {
+        "status": {
+            "phase": "Succeeded",
+            "startedAt": "2026-03-01T10:14:00Z",
+            "finishedAt": "2026-03-01T10:15:00Z",
+        }
+    }
+    update = status_from_argo(status, argo, None, NOW)
+    assert update["startedAt"] == "2026-03-01T10:14:00Z"
+    assert "submittedAt" not in update
+    assert "startedAt" not in status_from_argo(status, {"status": {"phase": "Pending"}}, None, NOW)
+
+
 def test_existing_completed_at_is_not_overwritten() -> None:
     status = {"completedAt": "2026-03-01T09:00:00Z"}
     argo = {"status": {"phase": "Failed", "finishedAt": "2026-03-01T11:59:00Z"}}
@@ -193,3 +217,42 @@ def test_is_completed_only_when_completed_condition_is_true() -> None:
     assert not is_completed(status("Unknown"))
     assert not is_completed({})
     assert not is_completed({"conditions": [{"type": RunCondition.FAILED, "status": "True"}]})
+
+
+# resources_verdict
+
+
+def _external_secret(status: str | None, reason: str = "", message: str = "") -> dict[str, Any]:
+    if status is None:
+        return {"status": {}}
+    ready = {"type": "Ready", "status": status, "reason": reason, "message": message}
+    return {"status": {"conditions": [ready]}}
+
+
+def test_a_secret_that_cannot_sync_fails_resources_ready_naming_it_and_why() -> None:
+    verdict = resources_verdict(
+        {
+            "config": _external_secret("True"),
+            "git-secret": _external_secret("False", "SecretSyncedError", "key git/x not found"),
+        }
+    )
+    assert verdict.status == "False" and verdict.reason == "SecretSyncedError"
+    assert verdict.message == "git-secret: SecretSyncedError: key git/x not found"
+
+
+def test_resources_not_reported_yet_are_waited_for_then_ready() -> None:
+    pending = resources_verdict({"git-secret": _external_secret(None), "other": None})
+    assert pending.status == "Unknown" and pending.reason == RunReason.RESOURCES_SYNCING
+    assert "git-secret" in pending.message and "other" in pending.message
+    ready = resources_verdict({"git-secret": _external_secret("True")})
+    assert ready.status == "True" and ready.reason == RunReason.RESOURCES_SYNCED
+
+
+def test_only_external_secrets_are_followed() -> None:
+    status = {
+        "resources": [
+            {"id": "git", "kind": "ExternalSecret", "name": "r-git"},
+            {"id": "cfg", "kind": "ConfigMap", "name": "cfg"},
+        ]
+    }
+    assert [r["id"] for r in synced_kinds(status)] == ["git"]
