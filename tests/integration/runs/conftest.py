@@ -1,7 +1,9 @@
 """Runs tests: a real gateway, a real controller, and an agent behind ClusterWorkflowPlane
 ``default``, all on the session's two API servers. The workflow plane has Argo's Workflow
-CRD (and ExternalSecret's) installed; Argo's controller cannot run pods here, so the tests
-play Argo by patching a Workflow's status in the plane's API server."""
+CRD (and ExternalSecret's) installed but, on purpose, no Argo controller: these tests need
+phases and timestamps exactly as they write them (a finish while the controller is down, a
+Workflow deleted on the plane, a name conflict), so they play Argo by patching a Workflow's
+status. The runs on real Argo (kwok's simulated pods) are in ``tests/integration/argo``."""
 
 from __future__ import annotations
 
