@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -262,6 +263,12 @@ EOF
 
     again = run_wpctl(dev_state, "dev", "up")
     assert again.returncode == 0 and "already running" in again.stderr
+    status = run_wpctl(dev_state, "dev", "status")
+    assert status.returncode == 0, status.stderr
+    for component in ("gateway", "controller"):
+        assert re.search(
+            rf"ok +{component} \(http://127\.0\.0\.1:\d+\) is live and ready", (status.stdout)
+        ), status.stdout
 
     servers = read_state(dev_state / "dev")
     processes = json.loads((dev_state / "dev" / "processes.json").read_text())
@@ -271,7 +278,7 @@ EOF
     pids = [pid for s in servers for pid in s.pids] + [p["pid"] for p in processes.values()]
     pids += systems["pids"].values()
     ports = [int(s.url.rsplit(":", 1)[1]) for s in servers] + [
-        processes["control-plane"][k] for k in ("public", "internal", "health")
+        processes["control-plane"][k] for k in ("public", "internal", "health", "controller_health")
     ]
     ports += systems["ports"].values()
     assert all(_port_open(port) for port in ports)

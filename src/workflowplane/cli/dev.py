@@ -12,6 +12,7 @@ until every plane is Ready and prints a status table. State lives under
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import json
 import subprocess
@@ -22,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from workflowplane.cli import dev_systems
+from workflowplane.cli.doctor import Report, check_components
 from workflowplane.cli.errors import EXIT_UNAVAILABLE, CliError
 from workflowplane.cli.get import render_table, row
-from workflowplane.cli.state import state_root
+from workflowplane.cli.state import dev_health_urls, state_root
 from workflowplane.cli.testenv import running
 from workflowplane.testenv import (
     CONTROL_PLANE,
@@ -487,6 +489,9 @@ def _status(args: argparse.Namespace) -> int:
     for name in _processes(root):
         state = "running" if _component_running(root, name) else "STOPPED"
         print(f"{name:32} {state}")
+    print("\nhealth (each component's /healthz and /readyz):")
+    report = Report()
+    asyncio.run(check_components(dev_health_urls(), report))
     print()
     _print_status(root / "kubeconfig", _planes_of(root))
     _say_plane_systems(root)

@@ -86,7 +86,7 @@ async def _doctor(args: argparse.Namespace) -> int:
         f"{'WorkflowPlane' if args.namespace else 'ClusterWorkflowPlane'} "
         f"{args.namespace + '/' if args.namespace else ''}{args.name}"
     )
-    await _check_components(_health_urls(args.health), report)
+    await check_components(_health_urls(args.health), report)
     try:
         await _checks(args, kube, url, report)
     finally:
@@ -224,7 +224,7 @@ def _health_urls(given: list[str] | None) -> dict[str, str]:
     return urls
 
 
-async def _check_components(urls: dict[str, str], report: Report) -> None:
+async def check_components(urls: dict[str, str], report: Report) -> None:
     """Each listener's /healthz and /readyz, in plain words."""
     timeout = aiohttp.ClientTimeout(total=5)
     async with aiohttp.ClientSession(timeout=timeout) as session:
