@@ -14,7 +14,7 @@ import logging
 import re
 import time
 import uuid
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote
 
 from aiohttp import web
@@ -33,6 +33,7 @@ from workflowplane.protocol import (
     TunnelResponse,
 )
 from workflowplane.protocol.http import ALLOWED_METHODS, GATEWAY_ERROR_HEADER, HOP_BY_HOP
+from workflowplane.protocol.verbs import kube_verb
 
 log = logging.getLogger(__name__)
 # A request body reaches handlers decoded, so its Content-Encoding no longer applies.
@@ -42,6 +43,9 @@ RETRY_STREAM_AFTER_SECONDS = 5
 # RFC 9110 token (header names); values may not carry CR, LF or NUL (response splitting).
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _BAD_VALUE = re.compile(r"[\r\n\x00]")
+# Where a request keeps the requestID of the frame it travelled as (for its log line).
+REQUEST_ID = web.RequestKey("request_id", str)
+Answer = TypeVar("Answer", bound=web.StreamResponse)
 
 
 def k8s_status(code: int, message: str, reason: str = "") -> web.Response:
@@ -121,17 +125,19 @@ class KubeProxy:
         plane_type, plane_id = info["planeType"], info["planeID"]
         if not self._connections.for_plane(plane_type, plane_id):
             return self._count(
+                request,
                 k8s_status(
                     502, f"no agent connected for {plane_type}/{plane_id}", "ServiceUnavailable"
-                )
+                ),
             )
         if not self._connections.authorized(plane_type, plane_id, key):
             return self._count(
+                request,
                 k8s_status(
                     403,
                     f"no agent connection of {plane_type}/{plane_id} is authorized for {key}",
                     "Forbidden",
-                )
+                ),
             )
         body = await request.read()
         path = "/" + info["path"]
@@ -139,11 +145,37 @@ class KubeProxy:
             return await self._stream(request, plane_type, plane_id, key, path)
         conn = self._connections.pick(plane_type, plane_id, key)
         if conn is None:  # its last authorized connection went while the body was read
-            return self._count(k8s_status(502, f"no agent connection for {key}", "Unavailable"))
-        return self._count(await self._exchange(conn, request, path, body))
+            return self._count(
+                request, k8s_status(502, f"no agent connection for {key}", "Unavailable")
+            )
+        return self._count(request, await self._exchange(conn, request, path, body))
 
-    def _count(self, response: web.Response) -> web.Response:
-        self._metrics.requests.labels(str(response.status)).inc()
+    def _count(self, request: web.Request, response: Answer) -> Answer:
+        """Count one answer by plane, verb and code, and log it with its plane, CR and
+        requestID: at DEBUG when the plane answered, at WARNING when the tunnel failed it
+        (a 5xx, or an error the gateway gave itself)."""
+        info = request.match_info
+        plane_id, path = info.get("planeID", ""), "/" + info.get("path", "")
+        verb = kube_verb(request.method, path, request.query)
+        code = response.status
+        self._metrics.requests.labels(self._metrics.plane(plane_id), verb, str(code)).inc()
+        failed = code >= 500 or GATEWAY_ERROR_HEADER in response.headers
+        namespace = None if info.get("crNamespace") == "_cluster" else info.get("crNamespace")
+        log.log(
+            logging.WARNING if failed else logging.DEBUG,
+            "proxied %s %s through plane %s: %d",
+            request.method,
+            path,
+            plane_id,
+            code,
+            extra={
+                "plane": plane_id,
+                "cr": cr_key_of(namespace, info.get("crName", "")),
+                "request_id": request.get(REQUEST_ID),
+                "verb": verb,
+                "code": code,
+            },
+        )
         return response
 
     def _to_response(self, reply: TunnelResponse) -> web.Response:
@@ -169,9 +201,12 @@ class KubeProxy:
         self, conn: AgentConnection, request: web.Request, path: str, body: bytes
     ) -> web.Response:
         rid = str(uuid.uuid4())
+        request[REQUEST_ID] = rid
         future: asyncio.Future[TunnelResponse] = asyncio.get_running_loop().create_future()
         conn.pending[rid] = future
         started = time.perf_counter()
+        in_flight = self._metrics.requests_in_flight.labels(conn.plane_id)
+        in_flight.inc()
         frame = TunnelRequest(
             request_id=rid,
             method=request.method,
@@ -192,7 +227,9 @@ class KubeProxy:
             return k8s_status(502, f"agent connection lost: {exc}", "ServiceUnavailable")
         finally:
             conn.pending.pop(rid, None)
-        self._metrics.latency.observe(time.perf_counter() - started)
+            in_flight.dec()
+        verb = kube_verb(request.method, path, request.query)
+        self._metrics.latency.labels(conn.plane_id, verb).observe(time.perf_counter() - started)
         return self._to_response(reply)
 
     def _stream_slot(
@@ -224,11 +261,14 @@ class KubeProxy:
         """watch=true / follow=true: status and headers first, then bytes as the agent sends."""
         slot = self._stream_slot(plane_type, plane_id, key)
         if isinstance(slot, web.Response):
-            return self._count(slot)
+            return self._count(request, slot)
         conn, rid = slot, str(uuid.uuid4())
+        request[REQUEST_ID] = rid
         buffer = StreamBuffer(key, self._config.max_stream_buffer_bytes)
         buffer.on_overflow = lambda: self._cut_off(request, conn, rid, buffer)
         conn.streams[rid] = buffer
+        streams = self._metrics.streams_in_flight.labels(conn.plane_id)
+        streams.inc()
         try:
             await conn.send(
                 StreamInit(
@@ -244,15 +284,19 @@ class KubeProxy:
             if not isinstance(first, TunnelResponse):
                 problem = first.problem if isinstance(first, StreamEnd) else None
                 return self._count(
-                    k8s_status(502, problem or "agent sent no stream header", "BadGateway")
+                    request,
+                    k8s_status(502, problem or "agent sent no stream header", "BadGateway"),
                 )
             if (first.error and first.status_code >= 400) or not final_status(first.status_code):
-                return self._count(self._to_response(first))
-            return await self._relay(request, first, buffer)
+                return self._count(request, self._to_response(first))
+            return self._count(request, await self._relay(request, first, buffer))
         except TimeoutError:
-            return self._count(k8s_status(502, "agent did not start the stream in time", "Timeout"))
+            return self._count(
+                request, k8s_status(502, "agent did not start the stream in time", "Timeout")
+            )
         finally:
             conn.streams.pop(rid, None)
+            streams.dec()
             if not conn.ws.closed:
                 with contextlib.suppress(ConnectionError):
                     await conn.send(StreamChunk(request_id=rid, is_close=True))
