@@ -253,7 +253,8 @@ def _start_agent(
     if _component_running(root, name):
         return
     _say(f"starting the cluster agent in {server} (planeID {plane_id_of(server)})")
-    _spawn(
+    health = free_port()  # one per agent: several run on this machine
+    pid = _spawn(
         root,
         name,
         [
@@ -268,8 +269,13 @@ def _start_agent(
             str(kubeconfig),
             "--context",
             f"wp-{server}",
+            "--health-host",
+            "127.0.0.1",
+            "--health-port",
+            str(health),
         ],
     )
+    _remember(root, name, pid, health=health)
 
 
 def _agent_ca(kubeconfig: Path, server: str, root: Path) -> str:

@@ -186,8 +186,9 @@ def test_push_events_say_when_the_change_happened() -> None:
 def test_a_subscriber_that_does_not_read_is_dropped_and_counted() -> None:
     connections, metrics = manager()
     queue = connections.subscribe()
-    for _ in range(queue.maxsize + 1):
-        connections.connect(connection())
+    for _ in range(queue.maxsize):
+        queue.put_nowait({})  # events nobody read
+    connections.connect(connection())
     assert sample(metrics, "workflowplane_gateway_event_subscribers_dropped_total") == 1
     connections.connect(connection())  # gone: not counted again
     assert sample(metrics, "workflowplane_gateway_event_subscribers_dropped_total") == 1
