@@ -18,48 +18,16 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import BaseTestServer, TestServer
 
+from tests.unit.agent.stand_ins import Upstream, until
 from workflowplane.agent.health import AgentHealth, ApiServerCheck
 from workflowplane.agent.metrics import AgentMetrics
 from workflowplane.agent.tunnel import AgentTunnel, FrameServer
-from workflowplane.agent.upstream import UpstreamResult
 from workflowplane.kits.tasks import cancel_and_wait
 from workflowplane.protocol import StreamChunk, StreamInit, TunnelRequest, encode
 
 
 def value(metrics: AgentMetrics, name: str, **labels: str) -> float:
     return metrics.registry.get_sample_value(name, labels) or 0.0
-
-
-async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:  # noqa: ASYNC109
-    """Wait for ``check`` to hold (what the test asserts next)."""
-    async with asyncio.timeout(timeout):
-        while True:
-            if check():
-                return
-            await asyncio.sleep(0.01)
-
-
-class Upstream:
-    """The plane's API server as the agent sees it: answers once ``gate`` is set."""
-
-    def __init__(self, status: int = 200) -> None:
-        self.gate = asyncio.Event()
-        self.status = status
-        self.asked = 0
-        self.traces: list[aiohttp.TraceConfig] = []
-
-    def observe(self, trace: aiohttp.TraceConfig) -> None:
-        self.traces.append(trace)
-
-    async def request(self, *_: Any) -> UpstreamResult:
-        self.asked += 1
-        await self.gate.wait()
-        return UpstreamResult(self.status, {}, b"not ready" if self.status != 200 else b"ok")
-
-    async def stream(self, *_: Any) -> AsyncIterator[UpstreamResult | bytes]:
-        await self.gate.wait()
-        yield UpstreamResult(200, {}, b"")
-        await asyncio.Event().wait()  # a watch: until cancelled
 
 
 # ---- requests and streams in flight -------------------------------------------------------
