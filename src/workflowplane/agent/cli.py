@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from workflowplane.agent.config import DEFAULT_HEALTH_PORT, AgentConfig, env
+from workflowplane.agent.config import AgentConfig, env
 from workflowplane.api.constants import AGENT_NAMESPACE, AGENT_SECRET_NAME, PLANE_TYPE
 from workflowplane.kits.goflags import add_go_flag, env_bool, parse_duration
 from workflowplane.kits.logs import add_fields
@@ -111,7 +111,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "health-port",
         type=int,
-        default=int(env("HEALTH_PORT") or DEFAULT_HEALTH_PORT),
+        default=int(env("HEALTH_PORT") or 8082),
         help="/healthz /readyz /metrics (0: any free port)",
     )
 

@@ -41,7 +41,6 @@ class AgentConfig:
 
 
 ENV_PREFIX = "CLUSTER_AGENT_"
-DEFAULT_HEALTH_PORT = 8082  # the CLI's (the gateway's is 8080, the controller's 8081)
 
 
 def env(name: str, default: str | None = None, *, go: str | None = None) -> str | None:

@@ -259,6 +259,10 @@ def _start_agent(
         name,
         [
             "agent",
+            "--health-host",
+            "127.0.0.1",
+            "--health-port",
+            str(health),
             "--server-url",
             f"wss://127.0.0.1:{public_port}",
             "--plane-id",
@@ -269,10 +273,6 @@ def _start_agent(
             str(kubeconfig),
             "--context",
             f"wp-{server}",
-            "--health-host",
-            "127.0.0.1",
-            "--health-port",
-            str(health),
         ],
     )
     _remember(root, name, pid, health=health)
