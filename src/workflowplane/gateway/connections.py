@@ -62,14 +62,14 @@ class AgentConnection:
     consent: Consent = UNRESTRICTED
     # CRs whose CA verifies the leaf but which the leaf's consent list leaves out:
     consent_refused: set[str] = field(default_factory=set)
+    # Why the gateway closed it (metrics' disconnect reasons); "" while it has not.
+    close_reason: str = ""
+    metrics: GatewayMetrics | None = field(default=None, repr=False)  # set by connect()
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     connected_at: dt.datetime = field(default_factory=utcnow)
     last_seen: dt.datetime = field(default_factory=utcnow)
     pending: dict[str, asyncio.Future[TunnelResponse]] = field(default_factory=dict)
     streams: dict[str, StreamBuffer] = field(default_factory=dict)
-    # Why the gateway closed it (metrics' disconnect reasons); "" while it has not.
-    close_reason: str = ""
-    metrics: GatewayMetrics | None = field(default=None, repr=False)  # set by connect()
     _send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property

@@ -14,12 +14,13 @@ import logging
 import re
 import time
 import uuid
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import unquote
 
 from aiohttp import web
 
 from workflowplane.api import cr_key_of
+from workflowplane.gateway.answers import REQUEST_ID
 from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.connections import AgentConnection, ConnectionManager
 from workflowplane.gateway.frames import ResponseTooLarge
@@ -43,9 +44,6 @@ RETRY_STREAM_AFTER_SECONDS = 5
 # RFC 9110 token (header names); values may not carry CR, LF or NUL (response splitting).
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _BAD_VALUE = re.compile(r"[\r\n\x00]")
-# Where a request keeps the requestID of the frame it travelled as (for its log line).
-REQUEST_ID = web.RequestKey("request_id", str)
-Answer = TypeVar("Answer", bound=web.StreamResponse)
 
 
 def k8s_status(code: int, message: str, reason: str = "") -> web.Response:
@@ -125,19 +123,17 @@ class KubeProxy:
         plane_type, plane_id = info["planeType"], info["planeID"]
         if not self._connections.for_plane(plane_type, plane_id):
             return self._count(
-                request,
                 k8s_status(
                     502, f"no agent connected for {plane_type}/{plane_id}", "ServiceUnavailable"
-                ),
+                )
             )
         if not self._connections.authorized(plane_type, plane_id, key):
             return self._count(
-                request,
                 k8s_status(
                     403,
                     f"no agent connection of {plane_type}/{plane_id} is authorized for {key}",
                     "Forbidden",
-                ),
+                )
             )
         body = await request.read()
         path = "/" + info["path"]
@@ -145,37 +141,12 @@ class KubeProxy:
             return await self._stream(request, plane_type, plane_id, key, path)
         conn = self._connections.pick(plane_type, plane_id, key)
         if conn is None:  # its last authorized connection went while the body was read
-            return self._count(
-                request, k8s_status(502, f"no agent connection for {key}", "Unavailable")
-            )
-        return self._count(request, await self._exchange(conn, request, path, body))
+            return self._count(k8s_status(502, f"no agent connection for {key}", "Unavailable"))
+        return self._count(await self._exchange(conn, request, path, body))
 
-    def _count(self, request: web.Request, response: Answer) -> Answer:
-        """Count one answer by plane, verb and code, and log it with its plane, CR and
-        requestID: at DEBUG when the plane answered, at WARNING when the tunnel failed it
-        (a 5xx, or an error the gateway gave itself)."""
-        info = request.match_info
-        plane_id, path = info.get("planeID", ""), "/" + info.get("path", "")
-        verb = kube_verb(request.method, path, request.query)
-        code = response.status
-        self._metrics.requests.labels(self._metrics.plane(plane_id), verb, str(code)).inc()
-        failed = code >= 500 or GATEWAY_ERROR_HEADER in response.headers
-        namespace = None if info.get("crNamespace") == "_cluster" else info.get("crNamespace")
-        log.log(
-            logging.WARNING if failed else logging.DEBUG,
-            "proxied %s %s through plane %s: %d",
-            request.method,
-            path,
-            plane_id,
-            code,
-            extra={
-                "plane": plane_id,
-                "cr": cr_key_of(namespace, info.get("crName", "")),
-                "request_id": request.get(REQUEST_ID),
-                "verb": verb,
-                "code": code,
-            },
-        )
+    def _count(self, response: web.Response) -> web.Response:
+        """Where every answer passes; it is counted and logged by ``answers.AnswerLog`` when
+        its status goes out (streams included)."""
         return response
 
     def _to_response(self, reply: TunnelResponse) -> web.Response:
@@ -261,7 +232,7 @@ class KubeProxy:
         """watch=true / follow=true: status and headers first, then bytes as the agent sends."""
         slot = self._stream_slot(plane_type, plane_id, key)
         if isinstance(slot, web.Response):
-            return self._count(request, slot)
+            return self._count(slot)
         conn, rid = slot, str(uuid.uuid4())
         request[REQUEST_ID] = rid
         buffer = StreamBuffer(key, self._config.max_stream_buffer_bytes)
@@ -284,16 +255,13 @@ class KubeProxy:
             if not isinstance(first, TunnelResponse):
                 problem = first.problem if isinstance(first, StreamEnd) else None
                 return self._count(
-                    request,
-                    k8s_status(502, problem or "agent sent no stream header", "BadGateway"),
+                    k8s_status(502, problem or "agent sent no stream header", "BadGateway")
                 )
             if (first.error and first.status_code >= 400) or not final_status(first.status_code):
-                return self._count(request, self._to_response(first))
-            return self._count(request, await self._relay(request, first, buffer))
+                return self._count(self._to_response(first))
+            return await self._relay(request, first, buffer)
         except TimeoutError:
-            return self._count(
-                request, k8s_status(502, "agent did not start the stream in time", "Timeout")
-            )
+            return self._count(k8s_status(502, "agent did not start the stream in time", "Timeout"))
         finally:
             conn.streams.pop(rid, None)
             streams.dec()

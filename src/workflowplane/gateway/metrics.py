@@ -75,8 +75,8 @@ class GatewayMetrics:
         )
         self.requests = Counter(
             "workflowplane_gateway_proxy_requests_total",
-            "Proxied requests answered, by plane, Kubernetes verb and status code (streams "
-            "count when they end)",
+            "Proxied requests answered, by plane, Kubernetes verb and status code (counted "
+            "when the status goes out: a stream when it starts)",
             ["plane_id", "verb", "code"],
             registry=self.registry,
         )

@@ -129,7 +129,7 @@ async def test_one_request_is_counted_on_both_sides_and_joined_by_its_request_id
     await eventually(lambda: gw.gateway.planes.for_plane(plane_id))
     async with serving(prepared) as agent:
         await asyncio.wait_for(agent.tunnel.connected.wait(), 15)
-        caplog.set_level(logging.DEBUG, logger="workflowplane.gateway.kube_proxy")
+        caplog.set_level(logging.DEBUG, logger="workflowplane.gateway.answers")
         caplog.set_level(logging.DEBUG, logger="workflowplane.agent.metrics")
         reply = await gw.client.proxy(
             "GET",
@@ -143,7 +143,7 @@ async def test_one_request_is_counted_on_both_sides_and_joined_by_its_request_id
         (gateway_line,) = [
             r
             for r in caplog.records
-            if r.name.endswith("kube_proxy") and getattr(r, "plane", None) == plane_id
+            if r.name.endswith("gateway.answers") and getattr(r, "plane", None) == plane_id
         ]
         rid = gateway_line.request_id  # type: ignore[attr-defined]
         assert gateway_line.levelno == logging.DEBUG and gateway_line.cr == f"{namespace}/wp"  # type: ignore[attr-defined]

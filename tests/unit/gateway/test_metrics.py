@@ -19,6 +19,7 @@ from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from workflowplane.gateway.agent_endpoint import AgentEndpoint
+from workflowplane.gateway.answers import AnswerLog
 from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.connections import AgentConnection, ConnectionManager
 from workflowplane.gateway.frames import OversizedMessage
@@ -235,13 +236,14 @@ async def proxy() -> AsyncIterator[Proxy]:
     connections.connect(conn)
     app = web.Application()
     app.add_routes(KubeProxy(connections, GatewayConfig(), metrics).routes())
+    app.on_response_prepare.append(AnswerLog(metrics).on_response_prepare)  # as server.py
     async with TestClient(TestServer(app)) as client:
         yield Proxy(client, metrics, conn)
 
 
 @pytest.fixture
 def debug_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    with caplog.at_level(logging.DEBUG, logger="workflowplane.gateway.kube_proxy"):
+    with caplog.at_level(logging.DEBUG, logger="workflowplane.gateway.answers"):
         yield caplog
 
 
@@ -263,14 +265,15 @@ async def test_a_request_moves_the_counter_latency_in_flight_and_frame_sizes(
     assert (line.plane, line.cr, line.request_id) == ("p", "ns/wp", sent["requestID"])  # type: ignore[attr-defined]
 
 
-async def test_a_stream_is_in_flight_until_it_ends_then_counted(proxy: Proxy) -> None:
+async def test_a_stream_counts_when_it_starts_and_is_in_flight_until_it_ends(proxy: Proxy) -> None:
     path = f"{BASE}/api/v1/namespaces/ns/configmaps?watch=true"
     call = asyncio.create_task(proxy.client.get(path))
     init = await proxy.agent.sent.get()
     assert sample(proxy.metrics, STREAMS, plane_id="p") == 1
     rid = init["requestID"]
     proxy.answer(TunnelResponse(request_id=rid, status_code=200))
-    response = await call
+    response = await call  # its head is out: counted, even if the caller left now
+    assert sample(proxy.metrics, REQUESTS, plane_id="p", verb="watch", code="200") == 1
     proxy.answer(StreamChunk(request_id=rid, data=b'{"type":"ADDED"}\n'))
     proxy.answer(StreamChunk(request_id=rid, is_close=True))
     assert await response.read() == b'{"type":"ADDED"}\n'
