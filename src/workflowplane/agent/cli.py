@@ -17,6 +17,7 @@ from typing import Any
 from workflowplane.agent.config import AgentConfig, env
 from workflowplane.api.constants import AGENT_NAMESPACE, AGENT_SECRET_NAME, PLANE_TYPE
 from workflowplane.kits.goflags import add_go_flag, env_bool, parse_duration
+from workflowplane.kits.logs import add_fields
 from workflowplane.kits.process import EXIT_USAGE, FatalError
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="accepted for OpenChoreo's chart; unused (the gateway pings, the agent answers)",
     )
     add("log-level", default=env("LOG_LEVEL", go="LOG_LEVEL"), help="debug|info|warn|error")
+    add("health-host", default=env("HEALTH_HOST", "0.0.0.0"), help="address of /healthz /readyz")
+    add(
+        "health-port",
+        type=int,
+        default=int(env("HEALTH_PORT") or 8082),
+        help="/healthz /readyz /metrics (0: any free port)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
@@ -136,6 +144,8 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         max_frame_bytes=args.max_frame_bytes,
         cert_validity_days=args.cert_validity_days,
         ignored=_ignored(args),
+        health_host=args.health_host,
+        health_port=args.health_port,
     )
 
 
@@ -161,9 +171,10 @@ def _run(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     apply_log_level(args.log_level)
+    add_fields(plane=config.plane_id)  # one plane per agent process: every line names it
 
     async def main() -> None:  # the agent's sessions need the running loop
-        await Agent(config).run()
+        await Agent(config).serve()
 
     run(main())
     return 0

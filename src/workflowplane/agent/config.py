@@ -35,6 +35,9 @@ class AgentConfig:
     ca_validity_days: float = 3650.0
     renew_before_fraction: float = 1 / 3  # renew when less than this much of the life remains
     ignored: tuple[str, ...] = ()  # settings accepted for compatibility, without effect here
+    # /healthz /readyz /metrics (agent/health.py); None: no listener (the CLI's default: 8082)
+    health_host: str = "0.0.0.0"
+    health_port: int | None = None
 
 
 ENV_PREFIX = "CLUSTER_AGENT_"

@@ -13,6 +13,7 @@ from lightkube import AsyncClient
 
 from workflowplane.agent.bootstrap import AgentIdentity, load_or_create, renew
 from workflowplane.agent.config import AgentConfig
+from workflowplane.agent.health import AgentHealth
 from workflowplane.agent.tunnel import AgentTunnel
 from workflowplane.agent.upstream import Upstream
 from workflowplane.kits.errors import is_expected
@@ -44,6 +45,7 @@ class Agent:
             timeout=config.request_timeout_seconds,
             max_concurrent=config.max_concurrent_requests,
         )
+        self.health = AgentHealth(self.tunnel, self.upstream)
 
     def _kube(self) -> AsyncClient:
         return self.upstream.lightkube_client()
@@ -164,6 +166,17 @@ class Agent:
                 await renewer
             await self.upstream.close()
             self._files.cleanup()
+
+    async def serve(self) -> None:
+        """``run``, with the health listener (``health_port``) up for as long as it runs."""
+        if self.config.health_port is None:
+            await self.run()
+            return
+        await self.health.start(self.config.health_host, self.config.health_port)
+        try:
+            await self.run()
+        finally:
+            await self.health.close()
 
 
 def _insecure_context() -> ssl.SSLContext:

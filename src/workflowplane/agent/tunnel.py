@@ -32,6 +32,7 @@ from urllib.parse import urlencode
 import aiohttp
 import msgspec
 
+from workflowplane.agent.metrics import AgentMetrics
 from workflowplane.agent.upstream import (
     ResponseTooLarge,
     Upstream,
@@ -73,7 +74,15 @@ _REASONS = {404: "NotFound", 500: "InternalError", 502: "InternalError", 504: "T
 
 def error_response(request_id: str, status: int, message: str) -> TunnelResponse:
     """An error as a response: ``error`` for gateways that read it, a Kubernetes Status body
-    for those that pass bodies on (OpenChoreo's) and for kubectl, which prints its message."""
+    for those that pass bodies on (OpenChoreo's) and for kubectl, which prints its message.
+    Every request the agent fails comes here, so this logs the one WARNING line about it."""
+    log.warning(
+        "request %s failed with %d: %s",
+        request_id,
+        status,
+        message,
+        extra={"request_id": request_id, "code": status},
+    )
     status_body = {
         "kind": "Status",
         "apiVersion": "v1",
@@ -128,6 +137,7 @@ class FrameServer:
         self._slots = asyncio.Semaphore(max_concurrent)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._max_frame, self._chunked, self._chunk = max_frame, chunked, chunk_bytes
+        self.metrics = AgentMetrics()  # the tunnel puts its own here
 
     def dispatch(self, raw: bytes | str) -> None:
         try:
@@ -147,6 +157,7 @@ class FrameServer:
             return
         task = asyncio.create_task(self._work(frame))
         request_id = frame.request_id
+        self.metrics.track(frame, task)
         self._tasks[request_id] = task
 
         def forget(_: asyncio.Task[None]) -> None:
@@ -367,6 +378,8 @@ class AgentTunnel:
         self._timeout, self._max_concurrent = timeout, max_concurrent
         self.connected = asyncio.Event()
         self.reconnect_requested = asyncio.Event()
+        self.metrics = AgentMetrics()
+        upstream.observe(self.metrics.upstream_trace())
 
     async def run(self) -> None:
         attempt = 0
@@ -398,12 +411,14 @@ class AgentTunnel:
             log.info("connected to %s (%s)", self.url, _describe(ws.protocol, self._max_frame))
             self.reconnect_requested.clear()
             self.connected.set()
+            self.metrics.connection_opened()
             await self._serve(ws)
 
     async def _serve(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         lock = asyncio.Lock()
 
         async def send(data: bytes) -> None:
+            self.metrics.frame_bytes.labels("out").observe(len(data))
             async with lock:  # a text frame from the bytes as they are (no str copy)
                 await ws.send_frame(data, aiohttp.WSMsgType.TEXT)
 
@@ -415,11 +430,14 @@ class AgentTunnel:
             max_frame=self._max_frame,
             chunked=ws.protocol == TUNNEL_V2,
         )
+        server.metrics = self.metrics
         watcher = asyncio.create_task(self._close_on_request(ws))
+        reason = "error"  # unless a way out below says otherwise (the metric's reason)
         try:
             while True:
                 message = await ws.receive(timeout=self._dead_after)
                 if message.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                    self.metrics.frame_bytes.labels("in").observe(len(message.data))
                     server.dispatch(message.data)
                 elif message.type == aiohttp.WSMsgType.PING:  # pings count as traffic
                     await ws.pong(message.data)
@@ -432,10 +450,17 @@ class AgentTunnel:
                     aiohttp.WSMsgType.CLOSED,
                 ):
                     log.info("gateway closed the connection (%s)", message.extra)
+                    requested = self.reconnect_requested.is_set()
+                    reason = "reconnect-requested" if requested else "gateway-closed"
                     return
         except TimeoutError:
+            reason = "timeout"
             log.warning("no traffic from the gateway for %.0fs: reconnecting", self._dead_after)
+        except asyncio.CancelledError:
+            reason = "shutdown"
+            raise
         finally:
+            self.metrics.connection_closed(reason)
             watcher.cancel()
             await server.close()
 

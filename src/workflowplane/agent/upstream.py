@@ -170,6 +170,10 @@ class Upstream:
             async for chunk in response.content.iter_any():
                 yield chunk
 
+    def observe(self, trace: aiohttp.TraceConfig) -> None:
+        """Trace every request to the API server from now on (the agent's metrics)."""
+        self._session.trace_configs.append(trace)
+
     async def close(self) -> None:
         await self._session.close()
         self._files.cleanup()

@@ -280,11 +280,16 @@ def _start_agent(
     if _component_running(root, name):
         return
     _say(f"starting the cluster agent in {server} (planeID {plane_id_of(server)})")
-    _spawn(
+    health = free_port()  # one per agent: several run on this machine
+    pid = _spawn(
         root,
         name,
         [
             "agent",
+            "--health-host",
+            "127.0.0.1",
+            "--health-port",
+            str(health),
             "--server-url",
             f"wss://127.0.0.1:{public_port}",
             "--plane-id",
@@ -297,6 +302,7 @@ def _start_agent(
             f"wp-{server}",
         ],
     )
+    _remember(root, name, pid, health=health)
 
 
 def _agent_ca(kubeconfig: Path, server: str, root: Path) -> str:

@@ -30,6 +30,10 @@ def dev_health_urls() -> dict[str, str]:
     processes = state_root() / "dev" / "processes.json"
     if not processes.exists():
         return {}
-    entry = json.loads(processes.read_text()).get("control-plane", {})
+    recorded = json.loads(processes.read_text())
+    entry = recorded.get("control-plane", {})
     ports = {"gateway": entry.get("health"), "controller": entry.get("controller_health")}
+    ports |= {
+        name: agent.get("health") for name, agent in recorded.items() if name.startswith("agent-")
+    }
     return {name: f"http://127.0.0.1:{port}" for name, port in ports.items() if port}

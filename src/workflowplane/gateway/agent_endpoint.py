@@ -165,6 +165,7 @@ class AgentEndpoint:
             await asyncio.sleep(self._config.ping_interval_seconds)
             if utcnow() - conn.last_seen > dead_after:
                 log.warning("agent %s silent for %s: closing", conn.id, dead_after)
+                conn.closing("heartbeat-timeout")
                 await ws.close()
                 return
             try:
@@ -178,6 +179,7 @@ class AgentEndpoint:
         leaf; ``pick`` stops using it at the same moment)."""
         await _sleep_until(conn.expires_at)
         self._metrics.expired.inc()
+        conn.closing("certificate-expired")
         log.warning(
             "agent %s (planeID %s): its client certificate expired at %s; closing",
             conn.id,
@@ -191,8 +193,10 @@ class AgentEndpoint:
         async for message in ws:
             conn.seen()
             if isinstance(message.data, OversizedMessage):
+                self._metrics.frame_bytes.labels("in").observe(message.data.at_least)
                 self._oversized(conn, message.data)
             elif message.type in {WSMsgType.TEXT, WSMsgType.BINARY}:
+                self._metrics.frame_bytes.labels("in").observe(len(message.data))
                 if not self._route_frame(conn, message.data) and (pause := junk.spend()):
                     self._metrics.throttled.inc()
                     self._problem(
@@ -207,6 +211,7 @@ class AgentEndpoint:
                 await ws.pong(message.data)
             elif message.type == WSMsgType.ERROR:
                 log.warning("agent %s websocket error: %s", conn.id, ws.exception())
+                conn.closing("protocol-error")
 
     def _problem(self, conn: AgentConnection, kind: str, msg: str, *args: object) -> None:
         """One warning per connection and kind per interval (the rest are counted in it)."""

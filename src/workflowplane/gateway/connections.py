@@ -62,6 +62,9 @@ class AgentConnection:
     consent: Consent = UNRESTRICTED
     # CRs whose CA verifies the leaf but which the leaf's consent list leaves out:
     consent_refused: set[str] = field(default_factory=set)
+    # Why the gateway closed it (metrics' disconnect reasons); "" while it has not.
+    close_reason: str = ""
+    metrics: GatewayMetrics | None = field(default=None, repr=False)  # set by connect()
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     connected_at: dt.datetime = field(default_factory=utcnow)
     last_seen: dt.datetime = field(default_factory=utcnow)
@@ -98,9 +101,16 @@ class AgentConnection:
     def seen(self) -> None:
         self.last_seen = utcnow()
 
+    def closing(self, reason: str) -> None:
+        """Note why the gateway closes it; the first reason given is the one counted."""
+        self.close_reason = self.close_reason or reason
+
     async def send(self, frame: Frame) -> None:
+        data = encode(frame)
+        if self.metrics is not None:
+            self.metrics.frame_bytes.labels("out").observe(len(data))
         async with self._send_lock:
-            await self.ws.send_str(encode(frame).decode())
+            await self.ws.send_str(data.decode())
 
     def fail_all(self, reason: str) -> None:
         for future in self.pending.values():
@@ -223,6 +233,7 @@ class ConnectionManager:
                 self._publish("authorization", conn)
         for conn in closing:
             log.info("closing agent %s: no CR authorizes it any more", conn.id)
+            conn.closing("not-authorized")
             await conn.ws.close(message=b"no longer authorized")
         return Reverification(len(granted), len(revoked), len(closing))
 
@@ -257,6 +268,8 @@ class ConnectionManager:
     def connect(self, conn: AgentConnection) -> None:
         """Register an admitted connection (its ``authorized`` from ``admit``)."""
         self._connections[conn.id] = conn
+        conn.metrics = self._metrics
+        self._metrics.agent_connected(conn.plane_id)
         self._count_agents(conn.plane_id)
         self._publish("connected", conn)
 
@@ -264,6 +277,7 @@ class ConnectionManager:
         """Forget a connection; its requests in flight fail at once."""
         if self._connections.pop(conn.id, None) is not None:
             conn.fail_all("agent disconnected")
+            self._metrics.agent_disconnected(conn.plane_id, conn.close_reason)
             self._count_agents(conn.plane_id)
             self._publish("disconnected", conn)
 
@@ -271,11 +285,13 @@ class ConnectionManager:
         """Close every connection of one plane (agents reconnect); how many there were."""
         conns = self.for_plane(plane_type, plane_id)
         for conn in conns:
+            conn.closing("reconnect-requested")
             await conn.ws.close(message=message)
         return len(conns)
 
     async def close_all(self, message: bytes) -> None:
         for conn in list(self._connections.values()):
+            conn.closing("gateway-shutdown")
             await conn.ws.close(message=message)
 
     def _count_agents(self, plane_id: str) -> None:
@@ -335,12 +351,16 @@ class ConnectionManager:
             "agentID": conn.id,
             "connectedAgents": len(self.for_plane(conn.plane_type, conn.plane_id)),
             "lastSeen": conn.last_seen.isoformat(),
+            # When the change happened (RFC 3339, microseconds): the controller's status lag
+            # is measured from here, not from the event's arrival.
+            "time": utcnow().isoformat(timespec="microseconds").replace("+00:00", "Z"),
         }
         for queue in list(self._subscribers):
             try:
                 queue.put_nowait(event)
             except asyncio.QueueFull:
                 log.warning("an event subscriber is not reading; dropping it")
+                self._metrics.subscribers_dropped.inc()
                 self._subscribers.discard(queue)
 
 

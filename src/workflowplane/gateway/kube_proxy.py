@@ -20,6 +20,7 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from workflowplane.api import cr_key_of
+from workflowplane.gateway.answers import REQUEST_ID
 from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.connections import AgentConnection, ConnectionManager
 from workflowplane.gateway.frames import ResponseTooLarge
@@ -33,6 +34,7 @@ from workflowplane.protocol import (
     TunnelResponse,
 )
 from workflowplane.protocol.http import ALLOWED_METHODS, GATEWAY_ERROR_HEADER, HOP_BY_HOP
+from workflowplane.protocol.verbs import kube_verb
 
 log = logging.getLogger(__name__)
 # A request body reaches handlers decoded, so its Content-Encoding no longer applies.
@@ -143,7 +145,8 @@ class KubeProxy:
         return self._count(await self._exchange(conn, request, path, body))
 
     def _count(self, response: web.Response) -> web.Response:
-        self._metrics.requests.labels(str(response.status)).inc()
+        """Where every answer passes; it is counted and logged by ``answers.AnswerLog`` when
+        its status goes out (streams included)."""
         return response
 
     def _to_response(self, reply: TunnelResponse) -> web.Response:
@@ -169,9 +172,12 @@ class KubeProxy:
         self, conn: AgentConnection, request: web.Request, path: str, body: bytes
     ) -> web.Response:
         rid = str(uuid.uuid4())
+        request[REQUEST_ID] = rid
         future: asyncio.Future[TunnelResponse] = asyncio.get_running_loop().create_future()
         conn.pending[rid] = future
         started = time.perf_counter()
+        in_flight = self._metrics.requests_in_flight.labels(conn.plane_id)
+        in_flight.inc()
         frame = TunnelRequest(
             request_id=rid,
             method=request.method,
@@ -192,7 +198,9 @@ class KubeProxy:
             return k8s_status(502, f"agent connection lost: {exc}", "ServiceUnavailable")
         finally:
             conn.pending.pop(rid, None)
-        self._metrics.latency.observe(time.perf_counter() - started)
+            in_flight.dec()
+        verb = kube_verb(request.method, path, request.query)
+        self._metrics.latency.labels(conn.plane_id, verb).observe(time.perf_counter() - started)
         return self._to_response(reply)
 
     def _stream_slot(
@@ -226,9 +234,12 @@ class KubeProxy:
         if isinstance(slot, web.Response):
             return self._count(slot)
         conn, rid = slot, str(uuid.uuid4())
+        request[REQUEST_ID] = rid
         buffer = StreamBuffer(key, self._config.max_stream_buffer_bytes)
         buffer.on_overflow = lambda: self._cut_off(request, conn, rid, buffer)
         conn.streams[rid] = buffer
+        streams = self._metrics.streams_in_flight.labels(conn.plane_id)
+        streams.inc()
         try:
             await conn.send(
                 StreamInit(
@@ -253,6 +264,7 @@ class KubeProxy:
             return self._count(k8s_status(502, "agent did not start the stream in time", "Timeout"))
         finally:
             conn.streams.pop(rid, None)
+            streams.dec()
             if not conn.ws.closed:
                 with contextlib.suppress(ConnectionError):
                     await conn.send(StreamChunk(request_id=rid, is_close=True))

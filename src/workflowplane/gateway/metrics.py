@@ -1,46 +1,117 @@
-"""Prometheus metrics, one registry per gateway (several may run in one test process)."""
+"""Prometheus metrics, one registry per gateway (several may run in one test process).
+
+Every label set is bounded: ``plane_id`` takes only planeIDs an agent has connected with
+since the gateway started (a request for any other plane counts as ``unknown``, so a caller
+cannot grow the series by inventing planeIDs), ``verb`` is a Kubernetes verb
+(``protocol.verbs``), ``reason`` and ``direction`` are fixed sets, and no request, run or CR
+name is ever a label. docs/observability.md lists the series.
+"""
 
 from __future__ import annotations
 
+from typing import Final
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+UNKNOWN_PLANE: Final = "unknown"
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+)
+# One WebSocket message (a frame, or a fragmented message as a whole): 256 B to 64 MiB.
+FRAME_BUCKETS = tuple(float(4**n * 256) for n in range(10))
+# Why an agent connection ended. The gateway's own decisions; else the agent closed it or
+# the network dropped it (``connection-closed``), or the WebSocket failed (``protocol-error``).
+DISCONNECT_REASONS: Final = frozenset(
+    {
+        "connection-closed",
+        "protocol-error",
+        "heartbeat-timeout",
+        "certificate-expired",
+        "not-authorized",
+        "reconnect-requested",
+        "gateway-shutdown",
+    }
+)
+FRAME_DIRECTIONS: Final = ("in", "out")  # in: from agents; out: to agents
 
 
 class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._planes: set[str] = set()
         self.agents = Gauge(
             "workflowplane_gateway_connected_agents",
             "Agent connections per plane",
             ["plane_id"],
             registry=self.registry,
         )
+        self.agent_connections = Counter(
+            "workflowplane_gateway_agent_connections_total",
+            "Agent connections admitted, per plane",
+            ["plane_id"],
+            registry=self.registry,
+        )
+        self.agent_disconnections = Counter(
+            "workflowplane_gateway_agent_disconnections_total",
+            "Agent connections ended, per plane and reason (connection-closed: by the agent or "
+            "the network; protocol-error; heartbeat-timeout; certificate-expired; "
+            "not-authorized: no CR admits it any more; reconnect-requested; gateway-shutdown)",
+            ["plane_id", "reason"],
+            registry=self.registry,
+        )
         self.requests = Counter(
             "workflowplane_gateway_proxy_requests_total",
-            "Proxied requests by status code",
-            ["code"],
+            "Proxied requests answered, by plane, Kubernetes verb and status code (counted "
+            "when the status goes out: a stream when it starts)",
+            ["plane_id", "verb", "code"],
             registry=self.registry,
         )
         self.latency = Histogram(
             "workflowplane_gateway_proxy_request_seconds",
-            "Proxied request latency (non-streaming)",
+            "Proxied request latency through the tunnel, by plane and verb (non-streaming "
+            "requests that got an answer from the agent)",
+            ["plane_id", "verb"],
             registry=self.registry,
-            buckets=(
-                0.0005,
-                0.001,
-                0.0025,
-                0.005,
-                0.01,
-                0.025,
-                0.05,
-                0.1,
-                0.25,
-                0.5,
-                1,
-                2.5,
-                5,
-                10,
-                30,
-            ),
+            buckets=LATENCY_BUCKETS,
+        )
+        self.requests_in_flight = Gauge(
+            "workflowplane_gateway_proxy_requests_in_flight",
+            "Proxied (non-streaming) requests sent to an agent and not answered yet, per plane",
+            ["plane_id"],
+            registry=self.registry,
+        )
+        self.streams_in_flight = Gauge(
+            "workflowplane_gateway_streams_in_flight",
+            "Proxied streams (watch/follow) open through an agent, per plane",
+            ["plane_id"],
+            registry=self.registry,
+        )
+        self.frame_bytes = Histogram(
+            "workflowplane_gateway_frame_bytes",
+            "Size of the WebSocket messages exchanged with agents (in: from agents, out: to "
+            "agents; an oversized message counts with the size seen when it was skipped)",
+            ["direction"],
+            registry=self.registry,
+            buckets=FRAME_BUCKETS,
+        )
+        self.subscribers_dropped = Counter(
+            "workflowplane_gateway_event_subscribers_dropped_total",
+            "Push-channel subscribers dropped because their event queue was full (not read)",
+            registry=self.registry,
         )
         self.late = Counter(
             "workflowplane_gateway_late_responses_total",
@@ -89,3 +160,18 @@ class GatewayMetrics:
             "Times an agent sent more useless frames per second than allowed and was not read",
             registry=self.registry,
         )
+        for direction in FRAME_DIRECTIONS:
+            self.frame_bytes.labels(direction)
+
+    def plane(self, plane_id: str) -> str:
+        """``plane_id`` as a label value: itself once an agent of it has connected, else
+        ``unknown`` (see the module docstring)."""
+        return plane_id if plane_id in self._planes else UNKNOWN_PLANE
+
+    def agent_connected(self, plane_id: str) -> None:
+        self._planes.add(plane_id)
+        self.agent_connections.labels(plane_id).inc()
+
+    def agent_disconnected(self, plane_id: str, reason: str) -> None:
+        reason = reason if reason in DISCONNECT_REASONS else "connection-closed"
+        self.agent_disconnections.labels(plane_id, reason).inc()

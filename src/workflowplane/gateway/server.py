@@ -20,6 +20,7 @@ from lightkube import AsyncClient
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from workflowplane.gateway.agent_endpoint import AgentEndpoint
+from workflowplane.gateway.answers import AnswerLog
 from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.connections import ConnectionManager
 from workflowplane.gateway.internal_api import InternalAPI
@@ -107,6 +108,7 @@ class Gateway:
     def _internal_app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.max_body_bytes)
         app.add_routes(self._internal.routes() + self._proxy.routes())
+        app.on_response_prepare.append(AnswerLog(self.metrics).on_response_prepare)
         return app
 
     def _health_app(self) -> web.Application:

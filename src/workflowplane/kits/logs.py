@@ -60,3 +60,23 @@ def configure(fmt: LogFormat = "text", *, verbose: bool = False) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(formatter(fmt))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+
+
+class _Fields(logging.Filter):
+    def __init__(self, fields: dict[str, object]) -> None:
+        super().__init__()
+        self.fields = fields
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in self.fields.items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        return True
+
+
+def add_fields(**fields: object) -> None:
+    """Every record the root logger's handlers write carries ``fields`` (a record's own
+    ``extra`` wins): for a process that serves one plane, so that each of its lines names it."""
+    fields_filter = _Fields(fields)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(fields_filter)

@@ -682,3 +682,96 @@ def test_workflow_plane_server_dry_run(
     values = (*WP_HA, "--set-file", f"clusterAgent.tls.serverCA.value={server_ca}") if ha else PLANE
     out = _dry_run(workflow_plane, helm.render(WORKFLOW_PLANE_CHART, *values))
     assert "deployment.apps/cluster-agent-workflowplane" in out
+
+
+# ---- the agent's health listener, probes and metrics ------------------------------------------
+
+WP_MONITORING = (
+    *PLANE,
+    "--set",
+    "metrics.serviceMonitor.enabled=true",
+    "--set",
+    "metrics.serviceMonitor.labels.release=kube-prometheus-stack",
+)
+
+
+def agent_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    pod = one(docs, "Deployment", "cluster-agent-workflowplane")["spec"]["template"]["spec"]
+    container: dict[str, Any] = pod["containers"][0]
+    return container
+
+
+@pytest.mark.parametrize("values", [PLANE, WP_HA], ids=["default", "ha"])
+def test_the_agent_is_probed_on_its_health_port(helm: Helm, values: tuple[str, ...]) -> None:
+    container = agent_container(helm.template(WORKFLOW_PLANE_CHART, *values))
+    assert_probed(container, "health", {"health": 8082})
+    parsed = build_parser().parse_args(container["args"])
+    assert parsed.health_port == 8082 and parsed.health_host == "0.0.0.0"
+
+
+def test_the_agents_health_port_and_probes_are_settings(helm: Helm) -> None:
+    moved = agent_container(
+        helm.template(WORKFLOW_PLANE_CHART, *PLANE, "--set", "clusterAgent.health.port=9102")
+    )
+    assert_probed(moved, "health", {"health": 9102})
+    assert build_parser().parse_args(moved["args"]).health_port == 9102
+    unprobed = agent_container(
+        helm.template(WORKFLOW_PLANE_CHART, *PLANE, "--set", "clusterAgent.health.enabled=false")
+    )
+    assert not {"startupProbe", "livenessProbe", "readinessProbe"} & set(unprobed)
+    assert unprobed["ports"] == [{"name": "health", "containerPort": 8082, "protocol": "TCP"}]
+    error = helm.template_error(WORKFLOW_PLANE_CHART, *PLANE, "--set", "clusterAgent.health.port=0")
+    assert "port" in error
+
+
+def test_the_agent_logs_json_when_asked(helm: Helm) -> None:
+    args = args_of(
+        helm.template(WORKFLOW_PLANE_CHART, *PLANE, "--set", "clusterAgent.logFormat=json"),
+        "cluster-agent-workflowplane",
+    )
+    parsed = build_parser().parse_args(args)
+    assert parsed.log_format == "json" and parsed.command == "agent"
+    assert (
+        build_parser()
+        .parse_args(
+            args_of(helm.template(WORKFLOW_PLANE_CHART, *PLANE), "cluster-agent-workflowplane")
+        )
+        .log_format
+        == "text"
+    )
+    error = helm.template_error(WORKFLOW_PLANE_CHART, *PLANE, "--set", "clusterAgent.logFormat=xml")
+    assert "logFormat" in error
+
+
+def test_agent_monitoring_is_off_by_default(helm: Helm) -> None:
+    docs = helm.template(WORKFLOW_PLANE_CHART, *PLANE)
+    assert not find(docs, "ServiceMonitor") and not find(docs, "Service")
+
+
+def test_agent_monitoring_objects_render(helm: Helm) -> None:
+    docs = helm.template(WORKFLOW_PLANE_CHART, *WP_MONITORING)
+    monitor = one(docs, "ServiceMonitor", "cluster-agent-workflowplane")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [WP_NAMESPACE]}
+    assert monitor["spec"]["endpoints"][0]["port"] == "health"
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    service = one(docs, "Service", "cluster-agent-workflowplane-metrics")
+    selected = monitor["spec"]["selector"]["matchLabels"]
+    assert selected.items() <= service["metadata"]["labels"].items()
+    assert service["spec"]["publishNotReadyAddresses"] is True  # an unready agent is scraped too
+    (port,) = service["spec"]["ports"]
+    assert (port["name"], port["targetPort"]) == ("health", "health")
+    pod = one(docs, "Deployment", "cluster-agent-workflowplane")["spec"]["template"]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+
+
+def test_agent_metrics_service_server_dry_run(helm: Helm, workflow_plane: ApiServer) -> None:
+    """What the API server has kinds for (the ServiceMonitor needs the Prometheus Operator)."""
+    _ensure_namespace(workflow_plane, WP_NAMESPACE)
+    docs = [
+        d
+        for d in helm.template(WORKFLOW_PLANE_CHART, *WP_MONITORING)
+        if d["kind"] != "ServiceMonitor"
+    ]
+    out = _dry_run(workflow_plane, yaml.safe_dump_all(docs))
+    assert "service/cluster-agent-workflowplane-metrics" in out

@@ -16,6 +16,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from workflowplane.agent.metrics import AgentMetrics
 from workflowplane.controller.metrics import ControllerMetrics
 from workflowplane.gateway.metrics import GatewayMetrics
 
@@ -36,8 +37,8 @@ SUFFIXES = {
 
 
 def component_registries() -> list[CollectorRegistry]:
-    """Every component's metrics (the agent's join here when it has some)."""
-    return [GatewayMetrics().registry, ControllerMetrics().registry]
+    """Every component's metrics."""
+    return [GatewayMetrics().registry, ControllerMetrics().registry, AgentMetrics().registry]
 
 
 def exported() -> dict[str, frozenset[str]]:

@@ -14,12 +14,16 @@ real `wpctl` argument parser.
 {{- if eq $a.logLevel "debug" -}}
 - -v
 {{ end -}}
+{{- if ne $a.logFormat "text" -}}
+- --log-format={{ $a.logFormat }}
+{{ end -}}
 - agent
 - --server-url={{ $a.serverUrl }}
 - --plane-type={{ $a.planeType }}
 - --plane-id={{ include "wpwp.planeID" . }}
 - --namespace={{ include "wpwp.namespace" . }}
 - --secret-name={{ $a.tls.secretName }}
+- --health-port={{ $a.health.port }}
 {{- if or $a.tls.serverCA.value $a.tls.serverCA.existingSecret.name }}
 - --server-ca={{ include "wpwp.cmd.serverCADir" . }}/ca.crt
 {{- end }}
@@ -49,5 +53,30 @@ real `wpctl` argument parser.
   value: /tmp
 {{- with .Values.clusterAgent.extraEnv }}
 {{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* The health listener's container port and, when enabled, the probes against it. */}}
+{{- define "wpwp.cmd.health" -}}
+{{- $h := .Values.clusterAgent.health -}}
+ports:
+- name: health
+  containerPort: {{ $h.port }}
+  protocol: TCP
+{{- if $h.enabled }}
+startupProbe:
+  httpGet: {path: /healthz, port: health}
+  periodSeconds: 2
+  failureThreshold: 60
+livenessProbe:
+  httpGet: {path: /healthz, port: health}
+  periodSeconds: 10
+  timeoutSeconds: 3
+  failureThreshold: 3
+readinessProbe:
+  httpGet: {path: /readyz, port: health}
+  periodSeconds: 5
+  timeoutSeconds: 3
+  failureThreshold: 2
 {{- end }}
 {{- end -}}

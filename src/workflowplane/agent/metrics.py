@@ -1,0 +1,181 @@
+"""The agent's Prometheus series, on a registry of its own (several agents run in one test
+process, so never the global one), served with its health probes (``agent/health.py``).
+
+An agent serves one plane, so no series has a plane label: Prometheus' target labels say
+which agent it is. Label sets are bounded: ``reason`` and ``direction`` are fixed sets,
+``verb`` is a Kubernetes verb (``protocol.verbs``), ``code`` an HTTP status or one of
+``error``/``timeout``/``cancelled``. Per request the agent logs one DEBUG line with its
+``request_id`` (the gateway's requestID), so both sides of one request can be joined.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from types import SimpleNamespace
+from typing import Final
+from urllib.parse import parse_qsl
+
+import aiohttp
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from workflowplane.protocol import StreamInit, TunnelRequest
+from workflowplane.protocol.verbs import kube_verb
+
+log = logging.getLogger(__name__)
+UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+FRAME_BUCKETS = tuple(float(4**n * 256) for n in range(10))  # 256 B .. 64 MiB
+# Why a connection to the gateway ended: the gateway closed it, no traffic for the dead-after
+# time, a WebSocket or network error, the agent itself reconnecting (a new certificate), or
+# the agent stopping.
+DISCONNECT_REASONS: Final = (
+    "gateway-closed",
+    "timeout",
+    "error",
+    "reconnect-requested",
+    "shutdown",
+)
+_STREAMING = ("true", "1")
+
+
+def is_streaming(frame: TunnelRequest | StreamInit) -> bool:
+    """A watch/follow, or any stream the gateway opened (counted as a stream, not a request)."""
+    if isinstance(frame, StreamInit):
+        return True
+    query = dict(parse_qsl(frame.query if isinstance(frame.query, str) else ""))
+    return query.get("watch") in _STREAMING or query.get("follow") in _STREAMING
+
+
+class AgentMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.connected = Gauge(
+            "workflowplane_agent_connected",
+            "1 while the agent holds a connection the gateway admitted, else 0",
+            registry=self.registry,
+        )
+        self.connections = Counter(
+            "workflowplane_agent_connections_total",
+            "Connections to the gateway the gateway admitted",
+            registry=self.registry,
+        )
+        self.disconnections = Counter(
+            "workflowplane_agent_disconnections_total",
+            "Admitted connections that ended, by reason (gateway-closed, timeout: no traffic "
+            "for the dead-after time, error, reconnect-requested: a new certificate, shutdown)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.upstream = Histogram(
+            "workflowplane_agent_upstream_request_duration_seconds",
+            "Requests to the plane's API server, from sending to its status and headers, by "
+            "Kubernetes verb and status code (error, timeout, cancelled: no answer)",
+            ["verb", "code"],
+            registry=self.registry,
+            buckets=UPSTREAM_BUCKETS,
+        )
+        self.requests_in_flight = Gauge(
+            "workflowplane_agent_requests_in_flight",
+            "Requests from the gateway being served (not streams)",
+            registry=self.registry,
+        )
+        self.streams_in_flight = Gauge(
+            "workflowplane_agent_streams_in_flight",
+            "Streams (watch/follow) from the gateway being served",
+            registry=self.registry,
+        )
+        self.frame_bytes = Histogram(
+            "workflowplane_agent_frame_bytes",
+            "Size of the WebSocket messages exchanged with the gateway (in: from it, out: to it)",
+            ["direction"],
+            registry=self.registry,
+            buckets=FRAME_BUCKETS,
+        )
+        for reason in DISCONNECT_REASONS:
+            self.disconnections.labels(reason)
+        for direction in ("in", "out"):
+            self.frame_bytes.labels(direction)
+
+    # ---- the connection ---------------------------------------------------------------------
+
+    def connection_opened(self) -> None:
+        self.connections.inc()
+        self.connected.set(1)
+
+    def connection_closed(self, reason: str) -> None:
+        self.connected.set(0)
+        self.disconnections.labels(reason if reason in DISCONNECT_REASONS else "error").inc()
+
+    # ---- requests ---------------------------------------------------------------------------
+
+    def track(self, frame: TunnelRequest | StreamInit, task: asyncio.Task[None]) -> None:
+        """Count ``task`` (serving ``frame``) in flight until it ends, then log its end at
+        DEBUG with the request's id."""
+        gauge = self.streams_in_flight if is_streaming(frame) else self.requests_in_flight
+        gauge.inc()
+        started = time.monotonic()
+
+        def ended(done: asyncio.Task[None]) -> None:
+            gauge.dec()
+            outcome = "cancelled" if done.cancelled() else "served"
+            log.debug(
+                "%s %s %s (request %s) after %.3fs",
+                outcome,
+                frame.method,
+                frame.path,
+                frame.request_id,
+                time.monotonic() - started,
+                extra={"request_id": frame.request_id},
+            )
+
+        task.add_done_callback(ended)
+
+    def upstream_trace(self) -> aiohttp.TraceConfig:
+        """Times every request of an aiohttp session to the API server (add it with
+        ``Upstream.observe``): from sending to its status line and headers."""
+        trace = aiohttp.TraceConfig()
+
+        async def started(
+            _session: aiohttp.ClientSession,
+            context: SimpleNamespace,
+            _params: aiohttp.TraceRequestStartParams,
+        ) -> None:
+            context.started = time.perf_counter()
+
+        async def answered(
+            _session: aiohttp.ClientSession,
+            context: SimpleNamespace,
+            params: aiohttp.TraceRequestEndParams,
+        ) -> None:
+            url, status = params.url, str(params.response.status)
+            self._observe(context, params.method, url.path, url.query_string, status)
+
+        async def failed(
+            _session: aiohttp.ClientSession,
+            context: SimpleNamespace,
+            params: aiohttp.TraceRequestExceptionParams,
+        ) -> None:
+            error = params.exception
+            code = (
+                "cancelled"
+                if isinstance(error, asyncio.CancelledError)
+                else "timeout"
+                if isinstance(error, TimeoutError)
+                else "error"
+            )
+            self._observe(context, params.method, params.url.path, params.url.query_string, code)
+
+        trace.on_request_start.append(started)
+        trace.on_request_end.append(answered)
+        trace.on_request_exception.append(failed)
+        trace.freeze()
+        return trace
+
+    def _observe(
+        self, context: SimpleNamespace, method: str, path: str, query: str, code: str
+    ) -> None:
+        started = getattr(context, "started", None)
+        if started is not None:
+            verb = kube_verb(method, path, query)
+            self.upstream.labels(verb, code).observe(time.perf_counter() - started)

@@ -1,0 +1,62 @@
+"""Every answer of the Kubernetes proxy, counted and logged once, when its status goes out.
+
+Registered on the internal application's ``on_response_prepare`` signal, so it sees each
+answer whatever code path made it (the plane's answer, a stream's head, or an error the
+gateway gave itself) without each handler having to report it, and a stream counts when it
+starts, even if its caller leaves before it ends.
+
+A proxied request keeps the ``requestID`` of the frame it travelled as under ``REQUEST_ID``;
+its log line carries that id with its plane and CR, so the agent's lines about the same
+request can be found (``kits/logs.py`` writes them as JSON fields).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from workflowplane.api import cr_key_of
+from workflowplane.gateway.metrics import GatewayMetrics
+from workflowplane.protocol.http import GATEWAY_ERROR_HEADER
+from workflowplane.protocol.verbs import kube_verb
+
+log = logging.getLogger(__name__)
+PROXY_PREFIX = "/api/proxy/"
+REQUEST_ID = web.RequestKey("request_id", str)
+
+
+class AnswerLog:
+    """Counts each proxied answer by plane, verb and code, and logs it: at DEBUG when the plane
+    answered, at WARNING when the tunnel failed it (a 5xx, or an error the gateway gave)."""
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self._metrics = metrics
+
+    async def on_response_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
+        if not request.path.startswith(PROXY_PREFIX):
+            return
+        info = request.match_info
+        plane_id, path = info.get("planeID", ""), "/" + info.get("path", "")
+        verb = kube_verb(request.method, path, request.query)
+        code = response.status
+        self._metrics.requests.labels(self._metrics.plane(plane_id), verb, str(code)).inc()
+        failed = code >= 500 or GATEWAY_ERROR_HEADER in response.headers
+        namespace = info.get("crNamespace")
+        log.log(
+            logging.WARNING if failed else logging.DEBUG,
+            "proxied %s %s through plane %s: %d",
+            request.method,
+            path,
+            plane_id,
+            code,
+            extra={
+                "plane": plane_id,
+                "cr": cr_key_of(
+                    None if namespace == "_cluster" else namespace, info.get("crName", "")
+                ),
+                "request_id": request.get(REQUEST_ID),
+                "verb": verb,
+                "code": code,
+            },
+        )

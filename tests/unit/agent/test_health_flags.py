@@ -1,0 +1,43 @@
+"""The agent's health listener flags: on by default at :8082 (OpenChoreo's agent has none, so
+its command line gets one too), from the environment as every agent flag, and off in a
+config built by code unless asked for."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import pytest
+
+from workflowplane.agent.cli import add_arguments, config_from_args
+from workflowplane.agent.config import AgentConfig
+
+REQUIRED = ["--server-url=wss://gw:8443/ws", "--plane-id=p"]
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("CLUSTER_AGENT_"):
+            monkeypatch.delenv(name)
+
+
+def _config(*argv: str) -> AgentConfig:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return config_from_args(parser.parse_args([*REQUIRED, *argv]))
+
+
+def test_the_listener_is_on_by_default_at_8082() -> None:
+    config = _config()
+    assert (config.health_host, config.health_port) == ("0.0.0.0", 8082)
+
+
+def test_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _config("--health-port=9100", "-health-host", "127.0.0.1").health_port == 9100
+    monkeypatch.setenv("CLUSTER_AGENT_HEALTH_PORT", "0")
+    assert _config().health_port == 0  # any free port
+
+
+def test_a_config_built_by_code_serves_no_listener() -> None:
+    assert AgentConfig(server_url="wss://gw", plane_id="p").health_port is None

@@ -1,0 +1,240 @@
+"""Each agent series moves when its event happens: a connection admitted and ended (by
+reason), requests and streams in flight, frame sizes both ways, upstream requests by verb
+and code; and the readiness checks (gateway connection, API server) fail and recover. The
+gateway is an aiohttp WebSocket server on loopback; the API server a local aiohttp app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import BaseTestServer, TestServer
+
+from tests.unit.agent.stand_ins import Upstream, until
+from workflowplane.agent.health import AgentHealth, ApiServerCheck
+from workflowplane.agent.metrics import AgentMetrics
+from workflowplane.agent.tunnel import AgentTunnel, FrameServer
+from workflowplane.kits.tasks import cancel_and_wait
+from workflowplane.protocol import StreamChunk, StreamInit, TunnelRequest, encode
+
+
+def value(metrics: AgentMetrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+# ---- requests and streams in flight -------------------------------------------------------
+
+
+async def test_requests_and_streams_are_in_flight_until_they_end(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    upstream = Upstream()
+    sent: list[dict[str, Any]] = []
+
+    async def send(data: bytes) -> None:
+        sent.append(json.loads(data))
+
+    server = FrameServer(upstream, send, timeout=5, max_concurrent=4)  # type: ignore[arg-type]
+    metrics = server.metrics
+    with caplog.at_level(logging.DEBUG, logger="workflowplane.agent.metrics"):
+        server.dispatch(encode(TunnelRequest(request_id="r1", path="/api/v1/pods")))
+        server.dispatch(encode(StreamInit(request_id="s1", path="/api/v1/pods", query="watch=1")))
+        assert value(metrics, "workflowplane_agent_requests_in_flight") == 1
+        assert value(metrics, "workflowplane_agent_streams_in_flight") == 1
+        upstream.gate.set()
+        await until(lambda: value(metrics, "workflowplane_agent_requests_in_flight") == 0)
+        assert value(metrics, "workflowplane_agent_streams_in_flight") == 1
+        server.dispatch(encode(StreamChunk(request_id="s1", is_close=True)))  # the gateway's
+        await server.idle()
+    assert value(metrics, "workflowplane_agent_streams_in_flight") == 0
+    ends = {r.request_id: r.getMessage() for r in caplog.records}  # type: ignore[attr-defined]
+    assert ends["r1"].startswith("served GET /api/v1/pods (request r1)")
+    assert ends["s1"].startswith("served GET /api/v1/pods (request s1)")  # its end is a stop
+
+
+async def test_a_request_the_agent_fails_is_one_warning_with_its_request_id(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def send(_: bytes) -> None:
+        pass
+
+    server = FrameServer(Upstream(), send, timeout=5, max_concurrent=1)  # type: ignore[arg-type]
+    with caplog.at_level(logging.DEBUG, logger="workflowplane.agent.tunnel"):
+        server.dispatch(encode(TunnelRequest(request_id="r9", target="nowhere")))
+        await server.idle()
+    (line,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert (line.request_id, line.code) == ("r9", 404)  # type: ignore[attr-defined]
+
+
+# ---- upstream requests --------------------------------------------------------------------
+
+UPSTREAM = "workflowplane_agent_upstream_request_duration_seconds_count"
+
+
+async def test_upstream_requests_are_timed_by_verb_and_code() -> None:
+    metrics = AgentMetrics()
+
+    async def pods(request: web.Request) -> web.Response:
+        return web.Response(status=404 if "name" in request.match_info else 200)
+
+    app = web.Application()
+    app.router.add_get("/api/v1/pods", pods)
+    app.router.add_get("/api/v1/namespaces/ns/pods/{name}", pods)
+    async with (
+        TestServer(app) as api,
+        aiohttp.ClientSession(trace_configs=[metrics.upstream_trace()]) as session,
+    ):
+        for path in ("/api/v1/pods", "/api/v1/namespaces/ns/pods/p", "/api/v1/pods?watch=1"):
+            async with session.get(api.make_url(path)) as response:
+                await response.read()
+        closed = f"http://127.0.0.1:{api.port}/"
+    with contextlib.suppress(aiohttp.ClientError):
+        async with aiohttp.ClientSession(trace_configs=[metrics.upstream_trace()]) as session:
+            await session.get(closed)
+    assert value(metrics, UPSTREAM, verb="list", code="200") == 1
+    assert value(metrics, UPSTREAM, verb="get", code="404") == 1
+    assert value(metrics, UPSTREAM, verb="watch", code="200") == 1
+    assert value(metrics, UPSTREAM, verb="get", code="error") == 1
+
+
+# ---- the connection to the gateway ---------------------------------------------------------
+
+
+@dataclass
+class Gateway:
+    """A WebSocket server in the gateway's place; each connection does what ``script`` says."""
+
+    script: Callable[[web.WebSocketResponse], Any]
+    server: BaseTestServer | None = None
+    sockets: list[web.WebSocketResponse] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(autoping=False)
+        await ws.prepare(request)
+        self.sockets.append(ws)
+        await self.script(ws)
+        return ws
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"ws://127.0.0.1:{self.server.port}"
+
+
+@contextlib.asynccontextmanager
+async def tunnel_to(
+    gateway: Gateway, **options: Any
+) -> AsyncIterator[tuple[AgentTunnel, asyncio.Task[None]]]:
+    app = web.Application()
+    app.router.add_get("/ws", gateway.handle)
+    async with TestServer(app) as server:
+        gateway.server = server
+
+        async def plain() -> Any:
+            return False  # ws://: no TLS
+
+        settings: dict[str, Any] = {
+            "initial_backoff": 0.01,
+            "max_backoff": 0.05,
+            "stable_after": 30.0,
+            "dead_after": 30.0,
+            "max_frame": 1 << 20,
+            "timeout": 5.0,
+            "max_concurrent": 4,
+            **options,
+        }
+        tunnel = AgentTunnel(gateway.url, "workflowplane", "p", plain, Upstream(), **settings)  # type: ignore[arg-type]
+        task = asyncio.create_task(tunnel.run())
+        try:
+            yield tunnel, task
+        finally:
+            await cancel_and_wait([task])
+
+
+DISCONNECTIONS = "workflowplane_agent_disconnections_total"
+
+
+async def _serve_until_closed(ws: web.WebSocketResponse) -> None:
+    async for _ in ws:
+        pass
+
+
+async def test_connections_and_their_ends_are_counted_by_reason() -> None:
+    hold = asyncio.Event()
+
+    async def first(ws: web.WebSocketResponse) -> None:
+        # an upgrade the agent refuses (a frame each way), then close when told to
+        await ws.send_bytes(encode(StreamInit(request_id="x", is_upgrade=True)))
+        await hold.wait()
+        await ws.close()
+
+    gateway = Gateway(first)
+    async with tunnel_to(gateway) as (tunnel, task):
+        metrics = tunnel.metrics
+
+        def connections(count: int) -> Callable[[], bool]:
+            total = "workflowplane_agent_connections_total"
+            return lambda: value(metrics, total) == count and tunnel.connected.is_set()
+
+        await until(connections(1))
+        assert value(metrics, "workflowplane_agent_connected") == 1
+        out = "workflowplane_agent_frame_bytes_count"
+        await until(lambda: value(metrics, out, direction="out") == 1)
+        assert value(metrics, out, direction="in") == 1
+        gateway.script = _serve_until_closed  # the next connections stay open
+        hold.set()  # the gateway closes the first one
+        await until(connections(2))
+        assert value(metrics, DISCONNECTIONS, reason="gateway-closed") == 1
+        tunnel.reconnect_requested.set()  # a new certificate: the agent closes and redials
+        await until(connections(3))
+        assert value(metrics, DISCONNECTIONS, reason="reconnect-requested") == 1
+        await cancel_and_wait([task])  # the agent stops
+    assert value(metrics, DISCONNECTIONS, reason="shutdown") == 1
+    assert value(metrics, "workflowplane_agent_connected") == 0
+
+
+async def test_a_silent_gateway_ends_the_connection_as_a_timeout() -> None:
+    async with tunnel_to(Gateway(_serve_until_closed), dead_after=0.2) as (tunnel, _):
+        await until(lambda: value(tunnel.metrics, DISCONNECTIONS, reason="timeout") >= 1)
+
+
+# ---- readiness --------------------------------------------------------------------------------
+
+
+async def test_ready_only_with_an_admitted_connection() -> None:
+    upstream = Upstream()
+    upstream.gate.set()
+    gateway = Gateway(_serve_until_closed)
+    async with tunnel_to(gateway) as (tunnel, _):
+        health = AgentHealth(tunnel, upstream)  # type: ignore[arg-type]
+        await tunnel.connected.wait()
+        ready = await health.health.ready()
+        assert all(v.ok for v in ready.values()), ready
+        gateway.script = lambda ws: ws.close()  # from now on, every connection ends at once
+        for ws in gateway.sockets:
+            await ws.close()
+        await until(lambda: not tunnel.connected.is_set())
+        verdicts = await health.health.ready()
+        assert not verdicts["gateway"].ok and "no connection admitted" in verdicts["gateway"].detail
+        assert (await health.health.live())["event-loop"].ok  # a gateway down is no restart
+
+
+async def test_the_api_server_check_fails_recovers_and_is_cached() -> None:
+    upstream = Upstream(status=503)
+    upstream.gate.set()
+    check = ApiServerCheck(upstream, cache=0.0)  # type: ignore[arg-type]
+    failing = await check()
+    assert not failing.ok and "answered 503: not ready" in failing.detail
+    upstream.status = 200
+    assert (await check()).ok
+    cached = ApiServerCheck(upstream, cache=60.0)  # type: ignore[arg-type]
+    await asyncio.gather(cached(), cached(), cached())
+    assert upstream.asked == 3  # two above, then one for three concurrent probes
