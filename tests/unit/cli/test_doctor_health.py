@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from aiohttp.test_utils import TestServer
 
-from workflowplane.cli.doctor import Report, _check_components, _health_urls
+from workflowplane.cli.doctor import Report, _health_urls, check_components
 from workflowplane.cli.errors import CliError
 from workflowplane.kits.health import Health, ProgressWatch, Verdict, health_app
 
@@ -27,9 +27,9 @@ async def test_each_component_is_named_with_its_failing_checks(
             "agent": str(unready.make_url("")).rstrip("/"),
         }
         report = Report()
-        await _check_components(urls, report)
+        await check_components(urls, report)
     gone = Report()
-    await _check_components({"controller": urls["controller"]}, gone)
+    await check_components({"controller": urls["controller"]}, gone)
     out = capsys.readouterr().out
     assert report.failed and gone.failed
     assert f"ok    gateway ({urls['gateway']}) is live and ready" in out
