@@ -207,6 +207,9 @@ class AgentProcess:
         src = Path(__file__).resolve().parents[2] / "src"
         env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
         env.pop("KUBECONFIG", None)
+        # The chart's command line as it is; only our agent's health listener (not in the
+        # chart: the agent defaults it to :8082) moves to a free port, as several run here.
+        env["CLUSTER_AGENT_HEALTH_PORT"] = str(free_port())
         self.process = spawn_logged(self.argv(), self.log, env)
 
     def stop(self) -> None:
