@@ -19,6 +19,7 @@ import aiohttp
 
 from tests.integration.harness import RunningGateway, apply, eventually, unique, workflow_plane_cr
 from workflowplane.pki import KeyPair, generate_ca, issue_certificate
+from workflowplane.protocol import TUNNEL_V2
 from workflowplane.testenv import ApiServer
 
 WP = "workflowplane"
@@ -84,12 +85,17 @@ async def scripted_agent(
     leaf: KeyPair,
     tmp: Path,
     handler: Handler | None = None,
+    *,
+    protocols: tuple[str, ...] = (TUNNEL_V2,),
 ) -> AsyncIterator[ScriptedAgent]:
-    """Connected for the block; the gateway's frames are served in the background."""
+    """Connected for the block; the gateway's frames are served in the background. It offers
+    ``workflowplane.tunnel.v2`` as our agent does (``protocols=()``: a v1 agent, as
+    OpenChoreo's)."""
     url = f"{gw.public_url}/ws?planeType={WP}&planeID={plane_id}"
+    context = client_context(gw, leaf, tmp)
     async with (
         aiohttp.ClientSession() as session,
-        session.ws_connect(url, ssl=client_context(gw, leaf, tmp), max_msg_size=0) as ws,
+        session.ws_connect(url, ssl=context, max_msg_size=0, protocols=protocols) as ws,
     ):
         agent = ScriptedAgent(ws, handler)
         serving = asyncio.create_task(agent.serve())
