@@ -55,13 +55,17 @@ class ChainFiles:
 
 
 def server_context(
-    chain: ChainFiles, client_cas: bytes | None, *, required: bool
+    chain: ChainFiles, client_cas: bytes | None, *, required: bool, verify: bool = True
 ) -> ssl.SSLContext:
     """A server context presenting ``chain``; client certificates verified against
-    ``client_cas`` (required, or optional so /ws can answer 401 with a reason)."""
+    ``client_cas`` (required, or optional so /ws can answer 401 with a reason), or not asked
+    for at all (``verify`` false: OpenChoreo's ``--internal-mtls=false``)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(chain.cert, chain.key)
+    if not verify:
+        context.verify_mode = ssl.CERT_NONE
+        return context
     context.verify_mode = ssl.CERT_REQUIRED if required else ssl.CERT_OPTIONAL
     for pem in split_pems(client_cas or b""):
         try:
