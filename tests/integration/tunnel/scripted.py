@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from lightkube.resources.core_v1 import Secret
 
 from tests.integration.harness import RunningGateway, apply, eventually, unique, workflow_plane_cr
 from workflowplane.pki import KeyPair, generate_ca, issue_certificate
 from workflowplane.protocol import TUNNEL_V2
+from workflowplane.protocol.gateway_client import GATEWAY_NAMESPACE, INTERNAL_CLIENT_SECRET
 from workflowplane.testenv import ApiServer
 
 WP = "workflowplane"
@@ -32,6 +34,19 @@ def client_context(gw: RunningGateway, leaf: KeyPair, tmp: Path) -> ssl.SSLConte
     cert, key = tmp / f"{name}.crt", tmp / f"{name}.key"
     cert.write_bytes(leaf.cert_pem)
     key.write_bytes(leaf.key_pem)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+async def internal_context(gw: RunningGateway, tmp: Path) -> ssl.SSLContext:
+    """What the controller dials the internal listener with (the internal client Secret)."""
+    secret = await gw.kube.get(Secret, INTERNAL_CLIENT_SECRET, namespace=GATEWAY_NAMESPACE)
+    data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
+    context = ssl.create_default_context(cadata=data["ca.crt"].decode())
+    name = uuid.uuid4().hex[:8]
+    cert, key = tmp / f"internal-{name}.crt", tmp / f"internal-{name}.key"
+    cert.write_bytes(data["tls.crt"])
+    key.write_bytes(data["tls.key"])
     context.load_cert_chain(cert, key)
     return context
 
