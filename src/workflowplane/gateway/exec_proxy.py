@@ -168,7 +168,13 @@ class ExecProxy:
 
     async def _probe(self, conn: AgentConnection, path: str, query: str) -> web.Response | None:
         """The plane's answer to the exec as a plain POST; None when it would upgrade."""
-        frame = TunnelRequest(request_id=str(uuid.uuid4()), method="POST", path=path, query=query)
+        frame = TunnelRequest(
+            request_id=str(uuid.uuid4()),
+            method="POST",
+            path=path,
+            query=query,
+            headers={"Accept": ["application/json"]},
+        )
         reply = await self._proxy.ask(conn, frame)
         if isinstance(reply, web.Response):
             return reply

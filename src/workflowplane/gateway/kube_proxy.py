@@ -56,6 +56,7 @@ RETRY_STREAM_AFTER_SECONDS = 5
 # A watch degraded for a v1 agent must end this long before the gateway stops waiting.
 WATCH_MARGIN_SECONDS = 5.0
 DEGRADED_HEADER = "X-Workflowplane-Degraded"
+NO_HEADERS = {"Accept": ["*/*"]}  # what a request without headers travels with
 DEGRADED_V1 = "v1-agent"
 # RFC 9110 token (header names); values may not carry CR, LF or NUL (response splitting).
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -111,12 +112,14 @@ def is_streaming(query: Mapping[str, str] | Any) -> bool:
 
 def forward_headers(headers: Mapping[str, str]) -> dict[str, list[str]]:
     """The caller's headers that travel: no hop-by-hop ones, and never the caller's identity
-    (``Authorization``, ``Impersonate-*``), whatever the agent would do with them."""
+    (``Authorization``, ``Impersonate-*``), whatever the agent would do with them. Never
+    none: OpenChoreo's agent hands the map to Go's HTTP client, which refuses a nil one
+    ("http: nil Request.Header"), and an empty map is left out of the frame."""
     kept: dict[str, list[str]] = {}
     for name, value in headers.items():
         if name.lower() not in REQUEST_HOP_BY_HOP and not is_caller_credential(name):
             kept.setdefault(name, []).append(value)
-    return kept
+    return kept or dict(NO_HEADERS)
 
 
 def degraded_query(query: Any, request_timeout: float) -> str:

@@ -42,6 +42,11 @@ def test_the_callers_identity_never_travels() -> None:
     assert forward_headers(caller) == {"Accept": ["application/json"]}
 
 
+def test_a_request_never_travels_without_headers() -> None:
+    """OpenChoreo's agent fails such a request ("http: nil Request.Header")."""
+    assert forward_headers(CIMultiDict([("Authorization", "Bearer t")])) == {"Accept": ["*/*"]}
+
+
 @pytest.mark.parametrize(
     ("query", "expected"),
     [
