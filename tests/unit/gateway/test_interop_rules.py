@@ -5,17 +5,24 @@ answer means, notify's words, OpenChoreo's command line, and exec's channel tran
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
+import ssl
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from multidict import CIMultiDict, MultiDict
 
+from tests.certmanager import self_signed_leaf
 from workflowplane.gateway.cli import add_gateway_flags, config_from_args
 from workflowplane.gateway.connections import Reverification
 from workflowplane.gateway.internal_api import notify_answer
 from workflowplane.gateway.kube_proxy import complete_answer, degraded_query, forward_headers
+from workflowplane.gateway.tls import ChainFiles, request_any_client_certificate, server_context
 from workflowplane.kits.process import FatalError
+from workflowplane.pki import generate_ca, issue_certificate
 from workflowplane.protocol import TunnelError, TunnelResponse
 from workflowplane.protocol.exec import (
     close_reason,
@@ -187,3 +194,68 @@ def test_how_an_exec_ended_reaches_the_caller() -> None:
     assert failed["status"] == "Failure" and failed["message"] == "exec failed: no such container"
     assert close_reason(exit_3) == "command terminated with non-zero exit code: 3"
     assert len(close_reason(b"x" * 500).encode()) <= 123
+
+
+# ---- the public listener's TLS: what reaches admission ----------------------------------------
+
+
+async def _handshake(server: ssl.SSLContext, client: ssl.SSLContext) -> bytes | None:
+    """The client certificate the server saw (DER), or None; SSLError when refused."""
+    seen: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+
+    async def handle(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not seen.done():
+            seen.set_result(writer.get_extra_info("ssl_object").getpeercert(binary_form=True))
+        writer.close()
+
+    listener = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client)
+        # TLS 1.3: the client is done before the server judges its certificate; a refusal
+        # shows as the connection ending before the server's handler ran.
+        with contextlib.suppress(ssl.SSLError, ConnectionError):
+            await asyncio.wait_for(reader.read(1), 10)
+        writer.close()
+        if not seen.done():
+            raise ConnectionError("the server refused the handshake")
+        return seen.result()
+    finally:
+        listener.close()
+
+
+def _tls_pair(tmp_path: Path, leaf: tuple[bytes, bytes]) -> tuple[ChainFiles, ssl.SSLContext]:
+    server_ca = generate_ca("server-ca")
+    served = issue_certificate(
+        server_ca, "gw", client=False, server=True, ip_addresses=["127.0.0.1"]
+    )
+    chain = ChainFiles.write(tmp_path, served)
+    client = ssl.create_default_context(cadata=server_ca.cert_pem.decode())
+    (tmp_path / "c.crt").write_bytes(leaf[0])
+    (tmp_path / "c.key").write_bytes(leaf[1])
+    client.load_cert_chain(tmp_path / "c.crt", tmp_path / "c.key")
+    return chain, client
+
+
+async def test_openssl_takes_a_self_signed_leaf_in_the_trust_store_as_its_own_anchor(
+    tmp_path: Path,
+) -> None:
+    """The fallback listener (trust = the union of plane CAs) admits a pinned leaf too."""
+    leaf = self_signed_leaf("p")
+    chain, client = _tls_pair(tmp_path, leaf)
+    server = server_context(chain, leaf[0], required=False)
+    assert await _handshake(server, client) is not None
+
+
+async def test_the_listener_takes_any_client_certificate_to_judge_after_the_handshake(
+    tmp_path: Path,
+) -> None:
+    stranger = issue_certificate(generate_ca("no-cr-trusts-it"), "agent")
+    chain, client = _tls_pair(tmp_path, (stranger.cert_pem, stranger.key_pem))
+    verifying = server_context(chain, generate_ca("some-plane").cert_pem, required=False)
+    with pytest.raises(ConnectionError, match="refused"):
+        await _handshake(verifying, client)
+    accepting = server_context(chain, generate_ca("some-plane").cert_pem, required=False)
+    assert request_any_client_certificate(accepting)
+    seen = await _handshake(accepting, client)
+    assert seen == stranger.certificate.public_bytes(serialization.Encoding.DER)
