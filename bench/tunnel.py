@@ -372,12 +372,13 @@ async def peer_comparison(env: Environment, tmp: Path) -> None:
         for kind, label in (("go", "OpenChoreo (Go) pair"), ("ours", "workflowplane pair")):
             gateway_kind = peers.GoGateway if kind == "go" else peers.OurGateway
             extra = {"binaries": binaries} if kind == "go" else {}
-            gateway = gateway_kind(cp, pki, tmp / f"{kind}-gateway.log", **extra)
+            gateway = gateway_kind(cp, pki, tmp / f"{kind}-gateway.log", log_level="info",
+                                   **extra)
             gateway.start()
             plane_id = f"bench-{kind}"
             agent = peers.AgentProcess(kind, binaries, gateway.public_url,
                                        pki.file("server-ca.crt"), plane_id, wp.kubeconfig,
-                                       tmp / f"{kind}-agent")
+                                       tmp / f"{kind}-agent", extra=["--log-level=info"])
             manifest = {"apiVersion": "openchoreo.dev/v1alpha1", "kind": "WorkflowPlane",
                         "metadata": {"name": plane_id, "namespace": "default"},
                         "spec": {"planeID": plane_id,

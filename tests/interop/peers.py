@@ -100,7 +100,9 @@ def health_port_lock() -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def chart_gateway_args(port: int, internal_port: int, pki: GatewayPKI) -> list[str]:
+def chart_gateway_args(
+    port: int, internal_port: int, pki: GatewayPKI, log_level: str = "debug"
+) -> list[str]:
     """The gateway container's args in OpenChoreo's control-plane chart
     (``templates/cluster-gateway/deployment.yaml``, TLS and internal mTLS on, as by default),
     with its mounts (``/certs``, ``/internal-ca``) mapped to local files."""
@@ -113,7 +115,7 @@ def chart_gateway_args(port: int, internal_port: int, pki: GatewayPKI) -> list[s
         "--heartbeat-timeout=90s",
         "--internal-mtls=true",
         f"--internal-client-ca-cert={pki.file('internal-ca.crt')}",
-        "--log-level=debug",
+        f"--log-level={log_level}",
     ]
 
 
@@ -128,6 +130,7 @@ class GatewayProcess:
     port: int = field(default_factory=free_port)
     internal_port: int = field(default_factory=free_port)
     health_port: int = HEALTH_PORT
+    log_level: str = "debug"  # the chart's value is the operator's; tests want everything
     process: Any = None
 
     @property
@@ -144,6 +147,9 @@ class GatewayProcess:
 
     def argv(self) -> list[str]:
         raise NotImplementedError
+
+    def chart_args(self) -> list[str]:
+        return chart_gateway_args(self.port, self.internal_port, self.pki, self.log_level)
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "KUBECONFIG": str(self.control_plane.kubeconfig)}
@@ -173,10 +179,7 @@ class GoGateway(GatewayProcess):
 
     def argv(self) -> list[str]:
         assert self.binaries is not None
-        return [
-            str(self.binaries.gateway),
-            *chart_gateway_args(self.port, self.internal_port, self.pki),
-        ]
+        return [str(self.binaries.gateway), *self.chart_args()]
 
 
 @dataclass
@@ -187,7 +190,7 @@ class OurGateway(GatewayProcess):
     health_port: int = field(default_factory=free_port)
 
     def argv(self) -> list[str]:
-        args = chart_gateway_args(self.port, self.internal_port, self.pki)
+        args = self.chart_args()
         return [
             sys.executable,
             "-m",
