@@ -7,6 +7,13 @@ Measures, on this machine over loopback:
 3. idle agents held by one gateway process and its memory per agent (--idle 1000,5000);
 4. time for N agents to be back after a gateway restart (--reconnect 100,1000).
 The gateway runs as its own process (``wpctl gateway``) so its memory can be read.
+
+``--peer`` instead runs one load side by side: direct to the plane's API server, through
+OpenChoreo's pair (its Go gateway and agent, built from ``../shared/peers/openchoreo``) and
+through ours (``cluster-gateway`` and ``cluster-agent``), each pair started with OpenChoreo's
+chart command lines as separate processes: sequential GET /version p50/p99, requests/s at
+concurrency 16 and 64, CPU ms per request of each process (utime+stime from /proc) and each
+process's peak RSS. OpenChoreo's gateway binds :8080, so this takes the interop tests' lock.
 """
 
 from __future__ import annotations
@@ -46,11 +53,17 @@ def pct(samples: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * p))] * 1000
 
 
-def rss_mib(pid: int) -> float:
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process so far (/proc/<pid>/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Bench:
@@ -247,7 +260,7 @@ async def latency_and_throughput(bench: Bench, client: GatewayClient, ca: Path) 
         )
         if label == "plane API server":
             direct_ssl = ssl.create_default_context(cadata=wp.ca.cert_pem.decode())  # type: ignore[union-attr]
-            direct_ssl.load_cert_chain(*_admin_files(bench, wp))
+            direct_ssl.load_cert_chain(*_admin_files(wp))
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=direct_ssl)) as s:
 
                 async def direct() -> None:
@@ -270,7 +283,7 @@ async def latency_and_throughput(bench: Bench, client: GatewayClient, ca: Path) 
             await runner.cleanup()
 
 
-def _admin_files(bench: Bench, server: Any) -> tuple[str, str]:
+def _admin_files(server: Any) -> tuple[str, str]:
     pki = server.workdir / "pki"
     return str(pki / "admin.crt"), str(pki / "admin.key")
 
@@ -357,12 +370,128 @@ async def reconnect_storm(bench: Bench, session: aiohttp.ClientSession, url: str
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+SEQUENTIAL, WARMUP, CONCURRENCY = 500, 50, (16, 64)
+
+
+async def measure(fn: Any, pids: dict[str, int]) -> dict[str, float]:
+    """One row: latency, throughput, CPU per request of each process, peak RSS."""
+    await timed(fn, WARMUP)
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    started = time.perf_counter()
+    samples = await timed(fn, SEQUENTIAL)
+    row = {"p50": pct(samples, 0.5), "p99": pct(samples, 0.99)}
+    requests = float(SEQUENTIAL)
+    for concurrency in CONCURRENCY:
+        rate = await throughput(fn, concurrency)
+        row[f"c{concurrency}"] = rate
+        requests += rate * 3.0
+    row["seconds"] = time.perf_counter() - started
+    for name, pid in pids.items():
+        row[f"cpu_{name}"] = (cpu_seconds(pid) - before[name]) * 1000 / requests
+        row[f"rss_{name}"] = rss_mib(pid, "VmHWM")
+    return row
+
+
+def print_peer_table(rows: dict[str, dict[str, float]]) -> None:
+    columns = [
+        ("seq p50 ms", "p50", "{:.2f}"),
+        ("seq p99 ms", "p99", "{:.2f}"),
+        ("req/s c16", "c16", "{:,.0f}"),
+        ("req/s c64", "c64", "{:,.0f}"),
+        ("CPU ms/req gw", "cpu_gateway", "{:.3f}"),
+        ("CPU ms/req agent", "cpu_agent", "{:.3f}"),
+        ("peak RSS gw MiB", "rss_gateway", "{:.0f}"),
+        ("peak RSS agent MiB", "rss_agent", "{:.0f}"),
+    ]
+    print(f"{'GET /version':<24}" + "".join(f"{title:>20}" for title, _, _ in columns))
+    for label, row in rows.items():
+        cells = [fmt.format(row[key]) if key in row else "-" for _, key, fmt in columns]
+        print(f"{label:<24}" + "".join(f"{cell:>20}" for cell in cells))
+
+
+async def peer_comparison(env: Environment, tmp: Path) -> None:
+    """--peer: the same load direct, through OpenChoreo's pair, and through ours."""
+    sys.path.insert(0, str(REPO))  # the interop tests' process wrappers, reused
+    from tests.interop import peers  # noqa: PLC0415
+    from workflowplane.testenv import peer  # noqa: PLC0415
+
+    binaries = peer.ensure()
+    cp, wp = env[CONTROL_PLANE], env[WORKFLOW_PLANE]
+    pki = peers.GatewayPKI(tmp / "pki")
+    rows: dict[str, dict[str, float]] = {}
+    direct_ssl = ssl.create_default_context(cadata=wp.ca.cert_pem.decode())  # type: ignore[union-attr]
+    direct_ssl.load_cert_chain(*_admin_files(wp))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=direct_ssl)) as s:
+
+        async def direct() -> None:
+            async with s.get(f"{wp.url}/version") as r:
+                await r.read()
+
+        rows["direct (no tunnel)"] = await measure(direct, {})
+    with peers.health_port_lock():
+        for kind, label in (("go", "OpenChoreo (Go) pair"), ("ours", "workflowplane pair")):
+            gateway_kind = peers.GoGateway if kind == "go" else peers.OurGateway
+            extra = {"binaries": binaries} if kind == "go" else {}
+            gateway = gateway_kind(cp, pki, tmp / f"{kind}-gateway.log", log_level="info",
+                                   **extra)
+            gateway.start()
+            plane_id = f"bench-{kind}"
+            agent = peers.AgentProcess(kind, binaries, gateway.public_url,
+                                       pki.file("server-ca.crt"), plane_id, wp.kubeconfig,
+                                       tmp / f"{kind}-agent", extra=["--log-level=info"])
+            manifest = {"apiVersion": "openchoreo.dev/v1alpha1", "kind": "WorkflowPlane",
+                        "metadata": {"name": plane_id, "namespace": "default"},
+                        "spec": {"planeID": plane_id,
+                                 "clusterAgent": {"clientCA": {"value": agent.ca_pem}}}}
+            kubectl(cp.kubeconfig, cp.context, "apply", "-f", "-", input=json.dumps(manifest))
+            api = peers.InternalAPI(gateway.internal_url, pki.caller_ssl())
+            try:
+                agent.start()
+                cr = ("default", plane_id)
+                deadline = time.monotonic() + 60
+                while not await api.connected(plane_id, cr):
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"{kind} agent not connected:\n{peers.tail(agent.log)}")
+                    await asyncio.sleep(0.2)
+
+                async def proxied(
+                    api: Any = api, cr: tuple[str, str] = cr, plane_id: str = plane_id
+                ) -> None:
+                    reply = await api.proxy(plane_id, cr, "GET", "/version")
+                    assert reply.status == 200, reply.body
+
+                pids = {"gateway": gateway.process.pid, "agent": agent.process.pid}
+                rows[label] = await measure(proxied, pids)
+            finally:
+                await api.close()
+                agent.stop()
+                gateway.stop()
+    print(f"machine: {os.cpu_count()} cores, loopback; {SEQUENTIAL} sequential GETs, then 3 s "
+          f"at each concurrency; CPU per request over all of them")
+    print_peer_table(rows)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--idle", default="1000,5000")
     parser.add_argument("--reconnect", default="100,1000")
+    parser.add_argument("--peer", action="store_true",
+                        help="only: direct vs OpenChoreo's Go pair vs ours, side by side")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="wp-bench-"))
+    if args.peer:
+        env = Environment(tmp / "env", [CONTROL_PLANE, WORKFLOW_PLANE])
+        env.start()
+        try:
+            cp = env[CONTROL_PLANE]
+            kubectl(cp.kubeconfig, cp.context, "apply", "--server-side", "-f",
+                    str(REPO / "deploy" / "crds") + "/")
+            kubectl(cp.kubeconfig, cp.context, "wait", "--for=condition=Established", "crd",
+                    "--all")
+            await peer_comparison(env, tmp)
+        finally:
+            env.stop()
+        return
     bench = Bench(tmp)
     bench.env.start()
     try:

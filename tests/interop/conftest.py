@@ -22,6 +22,7 @@ from tests.interop.peers import (
     GatewayPKI,
     GoGateway,
     InternalAPI,
+    OurGateway,
     health_port_lock,
     tail,
 )
@@ -41,9 +42,13 @@ class Pairing:
         return f"{self.agent}-agent-to-{self.gateway}-gateway"
 
 
-# Phase B adds Pairing("go", "ours") and Pairing("ours", "ours") with an "ours" gateway fixture.
-PAIRINGS = [Pairing("go", "go"), Pairing("ours", "go")]
-GATEWAY_FIXTURES = {"go": "go_gateway"}
+PAIRINGS = [
+    Pairing("go", "go"),
+    Pairing("ours", "go"),
+    Pairing("go", "ours"),
+    Pairing("ours", "ours"),
+]
+GATEWAY_FIXTURES = {"go": "go_gateway", "ours": "our_gateway"}
 
 
 class GatewayUnderTest(Protocol):
@@ -172,12 +177,29 @@ def go_gateway(
     """One OpenChoreo gateway for the session (its health port is machine-wide: locked)."""
     log = tmp_path_factory.mktemp("go-gateway") / "gateway.log"
     with health_port_lock():
-        gateway = GoGateway(peer_binaries, control_plane, gateway_pki, log)
+        gateway = GoGateway(control_plane, gateway_pki, log, binaries=peer_binaries)
         gateway.start()
         try:
             yield gateway
         finally:
             gateway.stop()
+
+
+@pytest.fixture(scope="session")
+def our_gateway(
+    control_plane: ApiServer,
+    crds: Path,
+    gateway_pki: GatewayPKI,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[OurGateway]:
+    """Our gateway for the session, started with OpenChoreo's chart command line."""
+    log = tmp_path_factory.mktemp("our-gateway") / "gateway.log"
+    gateway = OurGateway(control_plane, gateway_pki, log)
+    gateway.start()
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
 
 
 @pytest.fixture(params=PAIRINGS, ids=lambda pairing: pairing.id)

@@ -1,5 +1,6 @@
-"""The processes of the interop matrix: OpenChoreo's Go gateway, and agents (Go's or ours)
-started with OpenChoreo's chart command line, plus a caller for a gateway's internal API.
+"""The processes of the interop matrix: gateways (OpenChoreo's Go binary or ours) and agents
+(Go's or ours), each started with OpenChoreo's chart command line, plus a caller for a
+gateway's internal API.
 
 OpenChoreo's gateway binds its health port :8080 on all interfaces (fixed in its code), so one
 runs at a time on this machine: starting one takes a file lock that other test processes wait on.
@@ -99,16 +100,37 @@ def health_port_lock() -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-@dataclass
-class GoGateway:
-    """OpenChoreo's cluster-gateway with its chart's flags, against the control plane."""
+def chart_gateway_args(
+    port: int, internal_port: int, pki: GatewayPKI, log_level: str = "debug"
+) -> list[str]:
+    """The gateway container's args in OpenChoreo's control-plane chart
+    (``templates/cluster-gateway/deployment.yaml``, TLS and internal mTLS on, as by default),
+    with its mounts (``/certs``, ``/internal-ca``) mapped to local files."""
+    return [
+        f"--port={port}",
+        f"--internal-port={internal_port}",
+        f"--server-cert={pki.file('tls.crt')}",
+        f"--server-key={pki.file('tls.key')}",
+        "--heartbeat-interval=30s",
+        "--heartbeat-timeout=90s",
+        "--internal-mtls=true",
+        f"--internal-client-ca-cert={pki.file('internal-ca.crt')}",
+        f"--log-level={log_level}",
+    ]
 
-    binaries: PeerBinaries
+
+@dataclass
+class GatewayProcess:
+    """A gateway binary run with the chart's args against the control plane (KUBECONFIG, as
+    the chart's in-cluster config would be), ready when its health port answers /ready."""
+
     control_plane: ApiServer
     pki: GatewayPKI
     log: Path
     port: int = field(default_factory=free_port)
     internal_port: int = field(default_factory=free_port)
+    health_port: int = HEALTH_PORT
+    log_level: str = "debug"  # the chart's value is the operator's; tests want everything
     process: Any = None
 
     @property
@@ -119,32 +141,29 @@ class GoGateway:
     def internal_url(self) -> str:
         return f"https://127.0.0.1:{self.internal_port}"
 
-    def argv(self) -> list[str]:
-        """The chart's args (templates/cluster-gateway/deployment.yaml), with local paths."""
-        return [
-            str(self.binaries.gateway),
-            f"--port={self.port}",
-            f"--internal-port={self.internal_port}",
-            f"--server-cert={self.pki.file('tls.crt')}",
-            f"--server-key={self.pki.file('tls.key')}",
-            "--heartbeat-interval=30s",
-            "--heartbeat-timeout=90s",
-            "--internal-mtls=true",
-            f"--internal-client-ca-cert={self.pki.file('internal-ca.crt')}",
-            "--log-level=debug",
-        ]
+    @property
+    def health_url(self) -> str:
+        return f"http://127.0.0.1:{self.health_port}"
 
-    def start(self) -> None:
-        env = {**os.environ, "KUBECONFIG": str(self.control_plane.kubeconfig)}
-        self.process = spawn_logged(self.argv(), self.log, env)
-        deadline = time.monotonic() + 30
+    def argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def chart_args(self) -> list[str]:
+        return chart_gateway_args(self.port, self.internal_port, self.pki, self.log_level)
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "KUBECONFIG": str(self.control_plane.kubeconfig)}
+
+    def start(self, timeout: float = 60) -> None:
+        self.process = spawn_logged(self.argv(), self.log, self.env())
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"OpenChoreo's gateway exited:\n{tail(self.log)}")
-            if _health_ok():
+                raise RuntimeError(f"{self.argv()[0]} exited:\n{tail(self.log)}")
+            if _health_ok(f"{self.health_url}/ready"):
                 return
             time.sleep(0.1)
-        raise RuntimeError(f"OpenChoreo's gateway not ready in 30s:\n{tail(self.log)}")
+        raise RuntimeError(f"{self.argv()[0]} not ready in {timeout:.0f}s:\n{tail(self.log)}")
 
     def stop(self) -> None:
         if self.process is not None:
@@ -152,9 +171,43 @@ class GoGateway:
             self.process = None
 
 
-def _health_ok() -> bool:
+@dataclass
+class GoGateway(GatewayProcess):
+    """OpenChoreo's cluster-gateway (its health port is fixed at :8080)."""
+
+    binaries: PeerBinaries | None = None
+
+    def argv(self) -> list[str]:
+        assert self.binaries is not None
+        return [str(self.binaries.gateway), *self.chart_args()]
+
+
+@dataclass
+class OurGateway(GatewayProcess):
+    """Ours, as ``cluster-gateway`` (``python -m workflowplane.gateway``) with the same args.
+    One flag is added: its health port, since OpenChoreo's gateway holds :8080."""
+
+    health_port: int = field(default_factory=free_port)
+
+    def argv(self) -> list[str]:
+        args = self.chart_args()
+        return [
+            sys.executable,
+            "-m",
+            "workflowplane.gateway",
+            *args,
+            f"--health-port={self.health_port}",
+        ]
+
+    def env(self) -> dict[str, str]:
+        src = Path(__file__).resolve().parents[2] / "src"
+        path = f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+        return {**super().env(), "PYTHONPATH": path}
+
+
+def _health_ok(url: str) -> bool:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{HEALTH_PORT}/ready", timeout=1) as reply:
+        with urllib.request.urlopen(url, timeout=1) as reply:
             return bool(reply.status == 200)
     except OSError:
         return False
@@ -262,9 +315,18 @@ class InternalAPI:
     async def proxy(
         self, plane_id: str, cr: tuple[str, str], method: str, path: str, **kwargs: Any
     ) -> Reply:
-        namespace = cr[0] or "_cluster"
-        route = f"/api/proxy/{WP}/{plane_id}/{namespace}/{cr[1]}/k8s{path}"
-        return await self.call(method, route, **kwargs)
+        return await self.call(method, self.proxy_route(plane_id, cr) + path, **kwargs)
+
+    def stream(self, method: str, path: str, **kwargs: Any) -> Any:
+        """A response to read as it comes (``async with``)."""
+        return self._session.request(method, self.base_url + path, **kwargs)
+
+    def websocket(self, path: str, **kwargs: Any) -> Any:
+        """A WebSocket to the internal API (exec), as ``async with``."""
+        return self._session.ws_connect(self.base_url + path, **kwargs)
+
+    def proxy_route(self, plane_id: str, cr: tuple[str, str]) -> str:
+        return f"/api/proxy/{WP}/{plane_id}/{cr[0] or '_cluster'}/{cr[1]}/k8s"
 
     async def connected(self, plane_id: str, cr: tuple[str, str]) -> bool:
         params = {"name": cr[1], **({"namespace": cr[0]} if cr[0] else {})}

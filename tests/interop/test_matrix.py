@@ -1,13 +1,18 @@
 """Each pairing of agent and gateway against two real API servers (spec: gateway-agent.md).
 
-What differs by pairing is said where it differs: OpenChoreo's gateway answers watch/follow with
-501; OpenChoreo's agent forwards ``Impersonate-*`` (its gateway passes every caller header on);
-our agent's errors carry a Kubernetes Status body, OpenChoreo's an empty one.
+Every agent runs on what OpenChoreo's chart has cert-manager issue (a self-signed leaf) and every
+plane CR trusts that leaf itself (``ca.crt == tls.crt``): our gateway pins it, as Go's verifier
+does. What differs by pairing is said where it differs: OpenChoreo's gateway answers
+watch/follow and upgrades on its proxy with 501; ours streams them to our agent and gives
+OpenChoreo's agent a bounded watch instead; OpenChoreo's agent forwards ``Impersonate-*`` (its
+gateway passes every caller header on, ours strips it); our agent's errors carry a Kubernetes
+Status body, OpenChoreo's an empty one; OpenChoreo's agent reports no exec errors.
 """
 
 from __future__ import annotations
 
 import json
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +21,8 @@ import pytest
 import yaml
 
 from tests.integration.harness import apply, eventually, unique, workflow_plane_cr
-from tests.interop.conftest import Pair, Pairing
+from tests.interop.conftest import GATEWAY_FIXTURES, Pair, Pairing
+from workflowplane.gateway.kube_proxy import DEGRADED_HEADER
 from workflowplane.testenv import ApiServer, free_port
 from workflowplane.testenv.tools import kubectl
 
@@ -40,6 +46,8 @@ def _status_message(body: bytes) -> str:
 async def test_admission_by_the_crs_ca_and_refusal_of_an_untrusted_agent(
     pair: Pair, namespace: str
 ) -> None:
+    """Both gateways refuse with a 401 after the handshake (OpenChoreo's agent logs it as
+    "bad handshake"), not with a TLS alert."""
     plane = await pair.plane(namespace)
     assert await pair.api.connected(plane.plane_id, plane.cr)
     stranger = pair.agent(plane.plane_id)  # its own cert-manager leaf, which no CR trusts
@@ -103,7 +111,7 @@ async def test_unknown_target_is_answered_at_once(pair: Pair, namespace: str) ->
     route = f"/api/proxy/workflowplane/{plane.plane_id}/{namespace}/wp/monitoring/api/v1/query"
     reply = await pair.api.call("GET", route)
     assert reply.status == 404 and reply.seconds < PROMPT_SECONDS
-    if pair.pairing.agent == "ours":
+    if pair.pairing == Pairing("ours", "go"):  # ours has no route for it: the agent never sees it
         assert "unknown target: monitoring" in _status_message(reply.body)
 
 
@@ -170,37 +178,71 @@ async def test_a_list_over_16_mib_reaches_the_caller(
     assert small.status == 200  # the connection that carried it still serves others
 
 
-async def test_a_list_over_our_agents_frame_bound_fails_at_once_with_the_reason(
+async def test_a_list_over_our_agents_frame_bound_fails_at_once_or_comes_in_chunks(
     pair: Pair, namespace: str, big_namespace: str
 ) -> None:
+    """To OpenChoreo's gateway (v1) our agent's frame bound applies: a prompt 502 saying so.
+    To ours it sends the answer in chunks (workflowplane.tunnel.v2): no frame bound at all."""
     if pair.pairing.agent != "ours":
         pytest.skip("OpenChoreo's agent has no frame bound")
     plane = await pair.plane(namespace, extra=["--max-frame-bytes=4194304"])
     path = f"/api/v1/namespaces/{big_namespace}/configmaps"
     reply = await pair.api.proxy(plane.plane_id, plane.cr, "GET", path, headers=PLAIN)
-    assert reply.status == 502 and reply.seconds < PROMPT_SECONDS
-    message = _status_message(reply.body)
-    assert "larger than" in message and "limit=" in message
+    if pair.pairing.gateway == "ours":
+        assert reply.status == 200 and len(reply.json()["items"]) == BIG_LIST_ITEMS
+    else:
+        assert reply.status == 502 and reply.seconds < PROMPT_SECONDS
+        message = _status_message(reply.body)
+        assert "larger than" in message and "limit=" in message
     after = await pair.api.proxy(plane.plane_id, plane.cr, "GET", "/api/v1/namespaces/default")
     assert after.status == 200
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        "/api/v1/namespaces/default/configmaps?watch=true",
-        "/api/v1/namespaces/default/pods/p/log?follow=true",
-    ],
-    ids=["watch", "follow"],
-)
-async def test_watch_and_follow(pair: Pair, namespace: str, path: str) -> None:
+WATCH_SECONDS = 3  # the caller's own bound (timeoutSeconds): the API server ends the watch
+
+
+async def test_watch(
+    pair: Pair, namespace: str, make_namespace: Any, workflow_plane: ApiServer
+) -> None:
+    """OpenChoreo's gateway: 501. Ours: streamed to our agent (an event made after the watch
+    opened arrives while it is open); to OpenChoreo's agent (which answers a watch only when
+    it ends) a bounded watch whose one answer reaches the caller, marked degraded. Never a
+    hang, never a lost body."""
     plane = await pair.plane(namespace)
+    target = make_namespace(workflow_plane, "watch")
+    _wp(pair, "create", "configmap", "before", "-n", target)
+    path = f"/api/v1/namespaces/{target}/configmaps?watch=true&timeoutSeconds={WATCH_SECONDS}"
+    if pair.pairing == Pairing("ours", "ours"):
+        route = pair.api.proxy_route(plane.plane_id, plane.cr) + path
+        async with pair.api.stream("GET", route) as response:
+            assert response.status == 200 and DEGRADED_HEADER not in response.headers
+            first = json.loads(await response.content.readline())  # the initial ADDED
+            _wp(pair, "create", "configmap", "after", "-n", target)
+            second = json.loads(await response.content.readline())
+        assert [e["object"]["metadata"]["name"] for e in (first, second)] == ["before", "after"]
+        return
     reply = await pair.api.proxy(plane.plane_id, plane.cr, "GET", path)
     if pair.pairing.gateway == "go":
         assert reply.status == 501 and reply.body.decode().startswith(GO_GATEWAY_STREAMING)
         assert reply.seconds < PROMPT_SECONDS
+        return
+    assert reply.status == 200 and reply.headers[DEGRADED_HEADER] == "v1-agent"
+    assert reply.seconds < WATCH_SECONDS + PROMPT_SECONDS
+    events = [json.loads(line) for line in reply.body.splitlines() if line.strip()]
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "before")]
+
+
+async def test_follow(pair: Pair, namespace: str) -> None:
+    """A log that cannot be followed (no such pod): OpenChoreo's gateway 501, ours the API
+    server's own 404 with its body, whichever agent (v1: as a plain request, degraded)."""
+    plane = await pair.plane(namespace)
+    path = "/api/v1/namespaces/default/pods/p/log?follow=true"
+    reply = await pair.api.proxy(plane.plane_id, plane.cr, "GET", path)
+    assert reply.seconds < PROMPT_SECONDS
+    if pair.pairing.gateway == "go":
+        assert reply.status == 501 and reply.body.decode().startswith(GO_GATEWAY_STREAMING)
     else:
-        pytest.fail(f"no expectation for {pair.pairing.gateway} gateways yet")
+        assert reply.status == 404 and reply.json()["reason"] == "NotFound"
 
 
 async def test_caller_credentials_and_impersonation(pair: Pair, namespace: str) -> None:
@@ -227,6 +269,11 @@ async def test_notify_deleted_disconnects_and_the_agent_comes_back(
     pair: Pair, namespace: str
 ) -> None:
     plane = await pair.plane(namespace)
+    event = {"planeType": "workflowplane", "planeID": plane.plane_id, "event": "updated"}
+    cr = {"namespace": namespace, "name": "wp"}
+    reply = await pair.api.call("POST", "/api/v1/planes/notify", json={**event, **cr})
+    assert reply.status == 200 and reply.json()["action"] == "revalidate"
+    assert reply.json()["authorizationsRevoked"] == 0
     kubectl(
         pair.control_plane.kubeconfig,
         pair.control_plane.context,
@@ -236,7 +283,7 @@ async def test_notify_deleted_disconnects_and_the_agent_comes_back(
         "-n",
         namespace,
     )
-    event = {"planeType": "workflowplane", "planeID": plane.plane_id, "event": "deleted"}
+    event = {**event, "event": "deleted"}
     reply = await pair.api.call(
         "POST", "/api/v1/planes/notify", json={**event, "namespace": namespace, "name": "wp"}
     )
@@ -273,3 +320,15 @@ async def test_cluster_workflow_plane(pair: Pair, namespace: str) -> None:
     assert reply.status == 200 and reply.json()["metadata"]["name"] == "default"
     other = await pair.api.proxy(plane.plane_id, (namespace, "wp"), "GET", "/api/v1/namespaces")
     assert other.status == 403  # no connection is authorized for a CR that does not trust it
+
+
+@pytest.mark.parametrize("kind", sorted(GATEWAY_FIXTURES))
+def test_gateway_health_answers_on_openchoreos_paths(
+    request: pytest.FixtureRequest, kind: str
+) -> None:
+    """The chart's probes (``/health``; ``/ready`` too), and ours beside them."""
+    gateway = request.getfixturevalue(GATEWAY_FIXTURES[kind])
+    paths = ["/health", "/ready"] + (["/healthz", "/readyz", "/metrics"] if kind == "ours" else [])
+    for path in paths:
+        with urllib.request.urlopen(gateway.health_url + path, timeout=5) as reply:
+            assert reply.status == 200, path

@@ -32,6 +32,7 @@ from urllib.parse import urlencode
 import aiohttp
 import msgspec
 
+from workflowplane.agent.exec import ExecSessions
 from workflowplane.agent.metrics import AgentMetrics
 from workflowplane.agent.upstream import (
     ResponseTooLarge,
@@ -138,6 +139,7 @@ class FrameServer:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._max_frame, self._chunked, self._chunk = max_frame, chunked, chunk_bytes
         self.metrics = AgentMetrics()  # the tunnel puts its own here
+        self._exec = ExecSessions(upstream, send)
 
     def dispatch(self, raw: bytes | str) -> None:
         try:
@@ -149,6 +151,8 @@ class FrameServer:
 
     def _start(self, frame: Frame) -> None:
         if isinstance(frame, StreamChunk):
+            if self._exec.feed(frame):  # stdin or a resize of an exec/attach
+                return
             if frame.is_close is True and frame.request_id in self._tasks:
                 self._tasks[frame.request_id].cancel()
             return
@@ -169,7 +173,7 @@ class FrameServer:
         if isinstance(frame, TunnelRequest):
             return self._serve(frame)
         if frame.is_upgrade:
-            return self._refuse_upgrade(frame)
+            return self._exec.run(frame)
         return self._stream(frame)
 
     async def _serve(self, frame: TunnelRequest) -> None:

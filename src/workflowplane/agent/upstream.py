@@ -145,6 +145,13 @@ class Upstream:
             allow_redirects=False,
         )
 
+    def websocket(
+        self, path: str, query: str, protocols: tuple[str, ...]
+    ) -> aiohttp.client._WSRequestContextManager:
+        """A WebSocket to the API server with the agent's credentials (exec, attach)."""
+        url = self._url(path, query)
+        return self._session.ws_connect(url, headers=self._auth_header(), protocols=protocols)
+
     async def request(
         self,
         method: str,

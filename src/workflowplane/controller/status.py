@@ -13,7 +13,7 @@ from typing import Any
 from workflowplane.api.conditions import Verdict
 from workflowplane.api.constants import Reason
 from workflowplane.kits.clock import rfc3339
-from workflowplane.pki import load_certificates
+from workflowplane.pki import is_pinned_identity, load_certificates
 
 EXPIRY_WARNING = dt.timedelta(days=30)
 
@@ -30,17 +30,19 @@ class CAHealth:
 
 
 def assess_ca(pem: bytes, now: dt.datetime) -> CAHealth:
-    """Parse the CA bundle: invalid and expired CAs each get their own reason."""
+    """Parse the CA bundle: invalid and expired CAs each get their own reason. A self-signed
+    client certificate counts as a CA here: the gateway pins it (OpenChoreo's chart)."""
     try:
         certificates = load_certificates(pem)
     except ValueError as exc:
         return CAHealth(Verdict("False", Reason.CLIENT_CA_INVALID, f"client CA: {exc}"))
-    if not any(_is_ca(cert) for cert in certificates):
+    if not any(_is_ca(cert) or is_pinned_identity(cert) for cert in certificates):
         return CAHealth(
             Verdict(
                 "False",
                 Reason.CLIENT_CA_INVALID,
-                "client CA: the certificate is not a CA (basicConstraints)",
+                "client CA: the certificate is not a CA (basicConstraints), nor a "
+                "self-signed client certificate to pin",
             )
         )
     expires = max(cert.not_valid_after_utc for cert in certificates)

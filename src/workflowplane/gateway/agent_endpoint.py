@@ -23,11 +23,17 @@ from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.connections import AgentConnection, ConnectionManager
 from workflowplane.gateway.frames import GuardedWebSocket, OversizedMessage, ResponseTooLarge
 from workflowplane.gateway.metrics import GatewayMetrics
-from workflowplane.gateway.streams import StreamEnd
+from workflowplane.gateway.streams import StreamBuffer, StreamEnd
 from workflowplane.kits.clock import utcnow
 from workflowplane.kits.ratelog import LogThrottle
 from workflowplane.kits.tasks import TaskSet, cancel_and_wait
-from workflowplane.protocol import StreamChunk, TunnelResponse, classify_gateway_frame
+from workflowplane.protocol import (
+    TUNNEL_V2,
+    Frame,
+    StreamChunk,
+    TunnelResponse,
+    classify_gateway_frame,
+)
 
 log = logging.getLogger(__name__)
 KNOWN_PLANE_TYPES = frozenset({PLANE_TYPE})
@@ -124,7 +130,9 @@ class AgentEndpoint:
                 f"certificate {leaf.subject.rfc4514_string()} for planeID {plane_id!r} "
                 f"verifies against no CR's CA that it may serve ({admission.why_refused()})",
             )
-        ws = GuardedWebSocket(limit=self._config.max_frame_bytes, autoping=False)
+        ws = GuardedWebSocket(
+            limit=self._config.max_frame_bytes, autoping=False, protocols=(TUNNEL_V2,)
+        )
         await ws.prepare(request)
         conn = AgentConnection(
             plane_type,
@@ -134,12 +142,14 @@ class AgentEndpoint:
             set(admission.granted),
             consent=admission.consent,
             consent_refused=set(admission.consent_refused),
+            v2=ws.ws_protocol == TUNNEL_V2,
         )
         self._connections.connect(conn)
         log.info(
-            "agent %s connected for planeID %s, authorized for %s%s",
+            "agent %s connected for planeID %s (%s), authorized for %s%s",
             conn.id,
             plane_id,
+            TUNNEL_V2 if conn.v2 else "v1",
             sorted(admission.granted),
             f", refused by its consent list: {sorted(admission.consent_refused)}"
             if admission.consent_refused
@@ -227,18 +237,14 @@ class AgentEndpoint:
             self._problem(conn, "malformed", "malformed frame dropped: %.200s", exc)
             return False
         rid = frame.request_id
-        stream = conn.streams.get(rid)
+        stream = conn.streams.get(rid) or conn.bodies.get(rid)
         if stream is not None:
-            if isinstance(frame, StreamChunk):
-                if frame.data:
-                    stream.put(frame.data)
-                if frame.is_close is True:
-                    stream.end()
-            elif isinstance(frame, TunnelResponse):
-                stream.put(frame)
+            _feed(stream, frame)
             return True
         future = conn.pending.get(rid)
         if isinstance(frame, TunnelResponse) and future is not None and not future.done():
+            if frame.chunked and conn.v2:  # the body follows as chunks: catch them from now on
+                conn.bodies[rid] = StreamBuffer(rid, self._config.max_frame_bytes)
             future.set_result(frame)
             return True
         if isinstance(frame, TunnelResponse):
@@ -254,10 +260,27 @@ class AgentEndpoint:
         self._metrics.oversized.inc()
         rid = oversized.request_id or ""
         problem = oversized.describe()
-        stream = conn.streams.get(rid)
+        stream = conn.streams.get(rid) or conn.bodies.get(rid)
         future = conn.pending.get(rid)
         if stream is not None:
             stream.end(StreamEnd(problem))
         elif future is not None and not future.done():
             future.set_exception(ResponseTooLarge(problem))
         self._problem(conn, "oversized", "%s; request %s failed", problem, rid or "(unknown)")
+
+
+def _feed(stream: StreamBuffer, frame: Frame) -> None:
+    """One frame into a stream's buffer. An ``isClose`` with ``data`` ends it with that
+    reason (OpenChoreo's convention: the error); exec streams take chunks whole."""
+    if isinstance(frame, TunnelResponse):
+        stream.put(frame)
+    elif isinstance(frame, StreamChunk):
+        if stream.whole_chunks:
+            stream.put(frame)
+            if frame.is_close is True:
+                stream.end()
+        elif frame.is_close is True:
+            problem = frame.data.decode(errors="replace") if frame.data else None
+            stream.end(StreamEnd(problem))
+        elif frame.data:
+            stream.put(frame.data)

@@ -1,49 +1,149 @@
-"""``wpctl gateway``: run the cluster gateway."""
+"""``wpctl gateway`` and ``cluster-gateway``: our flags, and OpenChoreo's gateway command line
+unchanged (``cmd/cluster-gateway/main.go``: Go flag syntax, its environment variables).
+
+OpenChoreo's chart passes ``--port``, ``--internal-port``, ``--server-cert``, ``--server-key``,
+``--heartbeat-interval``, ``--heartbeat-timeout``, ``--internal-mtls``,
+``--internal-client-ca-cert`` and ``--log-level``; each is accepted here under that name, as an
+alias of ours where we have one. Flags with no meaning here (its HTTP server timeouts, the
+deprecated ``--skip-client-cert-verify``) are accepted and logged as ignored at start.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
 from workflowplane.gateway.config import GATEWAY_NAMESPACE, GatewayConfig
+from workflowplane.kits.goflags import add_go_flag, env_bool, parse_duration
+from workflowplane.kits.process import EXIT_USAGE, FatalError
+
+log = logging.getLogger(__name__)
+LOG_LEVELS = {"debug": "DEBUG", "warn": "WARNING", "warning": "WARNING", "error": "ERROR"}
+# Accepted for OpenChoreo's command line; nothing here corresponds to them.
+IGNORED_FLAGS = (
+    "read_timeout",
+    "write_timeout",
+    "idle_timeout",
+    "shutdown_timeout",
+    "skip_client_cert_verify",
+    "tls_enabled",
+)
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
+
+
+def _env_int(name: str, default: int) -> int:
+    """OpenChoreo's ``GetEnvInt``: unset, empty or not a number keeps the default."""
+    try:
+        return int(os.environ.get(name) or default)
+    except ValueError:
+        return default
 
 
 def add_gateway_flags(parser: argparse.ArgumentParser) -> None:
-    add = parser.add_argument
+    """Our flags, with OpenChoreo's names (and environment variables) as aliases."""
     base = GatewayConfig()
-    add("--kubeconfig", type=Path, help="control plane kubeconfig (default: in-cluster)")
-    add("--context", help="control plane context")
-    add("--namespace", default=GATEWAY_NAMESPACE, help="where the gateway keeps its Secrets")
-    add("--host", default="0.0.0.0", help="listen address")
-    add("--public-port", type=int, default=8443, help="agents (TLS, /ws)")
-    add("--internal-port", type=int, default=8444, help="internal API (mTLS)")
-    add("--health-port", type=int, default=8080, help="/healthz /readyz /metrics")
+
+    def add(*names: str, **kwargs: Any) -> None:
+        add_go_flag(parser, *names, **kwargs)
+
     add(
+        "kubeconfig",
+        type=Path,
+        default=_env_path("KUBECONFIG"),
+        help="control plane kubeconfig (default: $KUBECONFIG, else in-cluster)",
+    )
+    add("context", help="control plane context")
+    add("namespace", default=GATEWAY_NAMESPACE, help="where the gateway keeps its Secrets")
+    add("host", default="0.0.0.0", help="listen address")
+    add(
+        "public-port",
+        "port",
+        type=int,
+        default=_env_int("AGENT_SERVER_PORT", base.public_port),
+        help="agents (TLS, /ws); env AGENT_SERVER_PORT",
+    )
+    add(
+        "internal-port",
+        type=int,
+        default=_env_int("AGENT_INTERNAL_PORT", base.internal_port),
+        help="internal API (mTLS); env AGENT_INTERNAL_PORT",
+    )
+    add(
+        "health-port",
+        type=int,
+        default=base.health_port,
+        help="/health /ready /healthz /readyz /metrics",
+    )
+    parser.add_argument(
         "--server-dns-name",
         action="append",
         dest="dns_names",
         default=None,
-        help="SAN for the server certificate (repeatable)",
+        help="SAN for the server certificate it creates (repeatable)",
     )
-    add("--tls-cert", type=Path, help="server certificate file (instead of the Secret)")
-    add("--tls-key", type=Path)
-    add("--internal-ca", type=Path, help="CA file for internal callers (instead of Secret)")
-    add("--ping-interval", type=float, default=30.0)
-    add("--dead-after", type=float, default=90.0)
-    add("--request-timeout", type=float, default=30.0)
-    add("--max-body-bytes", type=int, default=10 * 1024 * 1024)
-    add("--max-frame-bytes", type=int, default=base.max_frame_bytes, help="largest agent answer")
-    add("--max-streams-per-agent", type=int, default=base.max_streams_per_agent)
-    add("--max-streams-per-cr", type=int, default=base.max_streams_per_cr)
-    add("--max-stream-buffer-bytes", type=int, default=base.max_stream_buffer_bytes)
-    add("--tls-handshake-timeout", type=float, default=base.tls_handshake_timeout_seconds)
-    add("--header-timeout", type=float, default=base.header_timeout_seconds)
-    add("--max-junk-frames-per-second", type=int, default=base.max_junk_frames_per_second)
+    add(
+        "tls-cert",
+        "server-cert",
+        type=Path,
+        default=_env_path("SERVER_CERT_PATH"),
+        help="server certificate file instead of the Secret; env SERVER_CERT_PATH",
+    )
+    add("tls-key", "server-key", type=Path, default=_env_path("SERVER_KEY_PATH"))
+    add(
+        "internal-ca",
+        "internal-client-ca-cert",
+        type=Path,
+        default=_env_path("INTERNAL_CLIENT_CA_PATH"),
+        help="CA file for internal callers instead of the Secret; env INTERNAL_CLIENT_CA_PATH",
+    )
+    add(
+        "internal-mtls",
+        go_bool=True,
+        default=env_bool(os.environ.get("INTERNAL_MTLS_ENABLED"), True),
+        help="require internal callers' client certificates (false: TLS only); "
+        "env INTERNAL_MTLS_ENABLED",
+    )
+    add(
+        "ping-interval",
+        "heartbeat-interval",
+        type=parse_duration,
+        default=base.ping_interval_seconds,
+    )
+    add("dead-after", "heartbeat-timeout", type=parse_duration, default=base.dead_after_seconds)
+    add("request-timeout", type=parse_duration, default=base.request_timeout_seconds)
+    add("max-body-bytes", type=int, default=base.max_body_bytes)
+    add("max-frame-bytes", type=int, default=base.max_frame_bytes, help="largest agent message")
+    add("max-streams-per-agent", type=int, default=base.max_streams_per_agent)
+    add("max-streams-per-cr", type=int, default=base.max_streams_per_cr)
+    add("max-stream-buffer-bytes", type=int, default=base.max_stream_buffer_bytes)
+    add("tls-handshake-timeout", type=parse_duration, default=base.tls_handshake_timeout_seconds)
+    add("header-timeout", type=parse_duration, default=base.header_timeout_seconds)
+    add("max-junk-frames-per-second", type=int, default=base.max_junk_frames_per_second)
+    add("log-level", default=os.environ.get("LOG_LEVEL"), help="debug|info|warn|error")
+    for name in ("read-timeout", "write-timeout", "idle-timeout", "shutdown-timeout"):
+        add(name, type=parse_duration, default=None, help="accepted for OpenChoreo; unused")
+    for name in ("skip-client-cert-verify", "tls-enabled"):
+        add(name, go_bool=True, default=None, help="accepted for OpenChoreo; unused")
 
 
 def config_from_args(args: argparse.Namespace) -> GatewayConfig:
     base = GatewayConfig()
+    if args.tls_cert and args.internal_mtls and not args.internal_ca:
+        raise FatalError(
+            "internal mTLS is enabled but no client CA is configured",
+            "set --internal-client-ca-cert (helm: clusterGateway.internalMtls) or disable it "
+            "with --internal-mtls=false",
+            EXIT_USAGE,
+        )
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise FatalError("--server-cert and --server-key go together", None, EXIT_USAGE)
     return GatewayConfig(
         kubeconfig=args.kubeconfig,
         context=args.context,
@@ -56,6 +156,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         tls_cert_file=args.tls_cert,
         tls_key_file=args.tls_key,
         internal_ca_file=args.internal_ca,
+        internal_mtls=args.internal_mtls,
         ping_interval_seconds=args.ping_interval,
         dead_after_seconds=args.dead_after,
         request_timeout_seconds=args.request_timeout,
@@ -67,11 +168,28 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         tls_handshake_timeout_seconds=args.tls_handshake_timeout,
         header_timeout_seconds=args.header_timeout,
         max_junk_frames_per_second=args.max_junk_frames_per_second,
+        ignored=tuple(
+            f"--{name.replace('_', '-')}={getattr(args, name)}"
+            for name in IGNORED_FLAGS
+            if getattr(args, name) is not None
+        ),
     )
 
 
+def apply_log_level(level: str | None) -> None:
+    """OpenChoreo's levels; anything else is info, as its gateway treats it."""
+    if level:
+        logging.getLogger().setLevel(LOG_LEVELS.get(level.lower(), "INFO"))
+
+
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("gateway", help="run the cluster gateway (control plane)")
+    parser = subparsers.add_parser(
+        "gateway",
+        help="run the cluster gateway (control plane)",
+        description="Admits cluster agents (mutual TLS, per plane CR) and tunnels Kubernetes "
+        "API requests to their planes. OpenChoreo's cluster-gateway flags and environment "
+        "work as well.",
+    )
     add_gateway_flags(parser)
     parser.set_defaults(handler=_run)
 
@@ -80,5 +198,25 @@ def _run(args: argparse.Namespace) -> int:
     from workflowplane.gateway.runner import serve_forever  # noqa: PLC0415
     from workflowplane.kits.process import run  # noqa: PLC0415
 
-    run(serve_forever(config_from_args(args)))
+    config = config_from_args(args)
+    apply_log_level(args.log_level)
+    run(serve_forever(config))
     return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``cluster-gateway``: the gateway alone, started with OpenChoreo's command line."""
+    parser = argparse.ArgumentParser(
+        prog="cluster-gateway",
+        description="workflowplane's cluster gateway (OpenChoreo-compatible)",
+    )
+    add_gateway_flags(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        code = _run(args)
+    except FatalError as exc:
+        parser.error(exc.message + (f" ({exc.hint})" if exc.hint else ""))
+    raise SystemExit(code)

@@ -39,6 +39,9 @@ class GatewayConfig:
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     internal_ca_file: Path | None = None
+    # Internal callers must present a certificate of the internal CA (OpenChoreo's
+    # --internal-mtls; false: TLS without client certificates).
+    internal_mtls: bool = True
     ping_interval_seconds: float = 30.0
     dead_after_seconds: float = 90.0
     request_timeout_seconds: float = 30.0
@@ -60,3 +63,5 @@ class GatewayConfig:
     # Frames nobody can use (malformed, late, for no stream) one agent may send per second
     # before the gateway stops reading it for the rest of that second (0: no limit).
     max_junk_frames_per_second: int = 1000
+    # Settings accepted for OpenChoreo's command line that change nothing here (logged).
+    ignored: tuple[str, ...] = ()

@@ -70,6 +70,11 @@ class AgentConnection:
     last_seen: dt.datetime = field(default_factory=utcnow)
     pending: dict[str, asyncio.Future[TunnelResponse]] = field(default_factory=dict)
     streams: dict[str, StreamBuffer] = field(default_factory=dict)
+    # Answers arriving in chunks (v2), by requestID: not streams, so outside the stream caps.
+    bodies: dict[str, StreamBuffer] = field(default_factory=dict)
+    # The agent offered and the gateway selected ``workflowplane.tunnel.v2`` (docs/streaming.md):
+    # chunked answers and watch/follow streams. Otherwise plain v1, as OpenChoreo's agent.
+    v2: bool = False
     _send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
@@ -116,7 +121,7 @@ class AgentConnection:
         for future in self.pending.values():
             if not future.done():
                 future.set_exception(ConnectionError(reason))
-        for stream in self.streams.values():
+        for stream in [*self.streams.values(), *self.bodies.values()]:
             stream.end(StreamEnd(reason))
 
 

@@ -10,13 +10,27 @@ from aiohttp import web
 from lightkube.core.exceptions import ApiError
 
 from workflowplane.api import cr_key_of
-from workflowplane.gateway.connections import ConnectionManager
+from workflowplane.gateway.connections import ConnectionManager, Reverification
 from workflowplane.gateway.kube_proxy import k8s_status
 from workflowplane.gateway.plane_cache import PlaneCache
 
 log = logging.getLogger(__name__)
 NOTIFY_EVENTS = frozenset({"created", "updated", "deleted"})
 KEEPALIVE_SECONDS = 15
+
+
+def notify_answer(event: str, result: Reverification) -> dict[str, object]:
+    """OpenChoreo's ``PlaneNotificationResponse``: ``revalidate`` with the grants and
+    revocations for created/updated, ``disconnect`` with the connections closed for deleted.
+    Its other fields are ours to add (Go's struct has them all, omitempty): a revalidation
+    that leaves a connection authorized for nothing closes it, and deleted revokes one CR."""
+    counts = {
+        "authorizationsGranted": result.granted,
+        "authorizationsRevoked": result.revoked,
+        "disconnectedAgents": result.disconnected,
+    }
+    action = "disconnect" if event == "deleted" else "revalidate"
+    return {"success": True, "action": action, **counts}
 
 
 class InternalAPI:
@@ -63,15 +77,7 @@ class InternalAPI:
             except ApiError as exc:
                 return k8s_status(503, f"cannot read {key} right now: {exc}", "ServiceUnavailable")
         result = await self._connections.reverify(payload["planeType"], payload["planeID"], key, ca)
-        return web.json_response(
-            {
-                "success": True,
-                "action": "reverified" if ca is not None else "revoked",
-                "disconnectedAgents": result.disconnected,
-                "authorizationsGranted": result.granted,
-                "authorizationsRevoked": result.revoked,
-            }
-        )
+        return web.json_response(notify_answer(payload["event"], result))
 
     async def plane_status(self, request: web.Request) -> web.Response:
         """The plane's agents; with a CR named, only what that CR's own CA vouches for

@@ -4,6 +4,12 @@ Whatever the agent answers, the caller gets a well-formed HTTP answer at once: a
 status code or an answer over the frame limit becomes a 502 that says so. Streams
 (watch/follow) are capped per agent connection and per CR (429 beyond), so ordinary requests
 always have room, and each stream's buffer is bounded (a caller that falls behind is cut off).
+
+How an answer travels depends on the connection (docs/streaming.md): on ``TUNNEL_V2`` large
+answers come in chunks and are relayed as they come, and watch/follow stream; on v1
+(OpenChoreo's agent) every answer is one frame, so watch/follow are degraded to a bounded
+plain request (``X-Workflowplane-Degraded: v1-agent``) instead of a stream the agent would
+answer only at its end. Upgrades (exec, attach) go to ``on_upgrade`` (``exec_proxy.py``).
 """
 
 from __future__ import annotations
@@ -14,9 +20,12 @@ import logging
 import re
 import time
 import uuid
-from typing import Any
-from urllib.parse import unquote
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlencode
 
+import msgspec
 from aiohttp import web
 
 from workflowplane.api import cr_key_of
@@ -33,7 +42,12 @@ from workflowplane.protocol import (
     TunnelRequest,
     TunnelResponse,
 )
-from workflowplane.protocol.http import ALLOWED_METHODS, GATEWAY_ERROR_HEADER, HOP_BY_HOP
+from workflowplane.protocol.http import (
+    ALLOWED_METHODS,
+    GATEWAY_ERROR_HEADER,
+    HOP_BY_HOP,
+    is_caller_credential,
+)
 from workflowplane.protocol.verbs import kube_verb
 
 log = logging.getLogger(__name__)
@@ -41,9 +55,33 @@ log = logging.getLogger(__name__)
 REQUEST_HOP_BY_HOP = HOP_BY_HOP | {"content-encoding"}
 PROXY_ROUTE = "/api/proxy/{planeType}/{planeID}/{crNamespace}/{crName}/k8s/{path:.*}"
 RETRY_STREAM_AFTER_SECONDS = 5
+# A watch degraded for a v1 agent must end this long before the gateway stops waiting.
+WATCH_MARGIN_SECONDS = 5.0
+DEGRADED_HEADER = "X-Workflowplane-Degraded"
+NO_HEADERS = {"Accept": ["*/*"]}  # what a request without headers travels with
+DEGRADED_V1 = "v1-agent"
 # RFC 9110 token (header names); values may not carry CR, LF or NUL (response splitting).
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _BAD_VALUE = re.compile(r"[\r\n\x00]")
+
+
+@dataclass(frozen=True)
+class Target:
+    """The CR a proxied request is made for, on its plane."""
+
+    plane_type: str
+    plane_id: str
+    key: str
+
+    @classmethod
+    def of(cls, info: Mapping[str, str]) -> Target:
+        namespace = None if info["crNamespace"] == "_cluster" else info["crNamespace"]
+        return cls(info["planeType"], info["planeID"], cr_key_of(namespace, info["crName"]))
+
+
+AnyResponse = TypeVar("AnyResponse", bound=web.StreamResponse)
+# Serves an upgrade request (exec, attach) for a target and Kubernetes path.
+UpgradeHandler = Callable[[web.Request, Target, str], Awaitable[web.StreamResponse]]
 
 
 def k8s_status(code: int, message: str, reason: str = "") -> web.Response:
@@ -66,16 +104,40 @@ def bad_path(raw_path: str) -> bool:
     return "\x00" in decoded or any(part == ".." for part in decoded.split("/"))
 
 
-def is_streaming(query: dict[str, str] | Any) -> bool:
-    return query.get("watch") in ("true", "1") or query.get("follow") in ("true", "1")
+def _true(value: str | None) -> bool:
+    return value in ("true", "1")
 
 
-def forward_headers(request: web.Request) -> dict[str, list[str]]:
-    headers: dict[str, list[str]] = {}
-    for name, value in request.headers.items():
-        if name.lower() not in REQUEST_HOP_BY_HOP and name.lower() != "authorization":
-            headers.setdefault(name, []).append(value)
-    return headers
+def is_streaming(query: Mapping[str, str] | Any) -> bool:
+    return _true(query.get("watch")) or _true(query.get("follow"))
+
+
+def forward_headers(headers: Mapping[str, str]) -> dict[str, list[str]]:
+    """The caller's headers that travel: no hop-by-hop ones, and never the caller's identity
+    (``Authorization``, ``Impersonate-*``), whatever the agent would do with them. Never
+    none: OpenChoreo's agent hands the map to Go's HTTP client, which refuses a nil one
+    ("http: nil Request.Header"), and an empty map is left out of the frame."""
+    kept: dict[str, list[str]] = {}
+    for name, value in headers.items():
+        if name.lower() not in REQUEST_HOP_BY_HOP and not is_caller_credential(name):
+            kept.setdefault(name, []).append(value)
+    return kept or dict(NO_HEADERS)
+
+
+def degraded_query(query: Any, request_timeout: float) -> str:
+    """watch/follow as one bounded plain request (for a v1 agent, which answers only once):
+    a watch ends by ``timeoutSeconds`` within the gateway's wait, ``follow`` is dropped."""
+    bound = max(1, int(request_timeout - WATCH_MARGIN_SECONDS))
+    items = [(k, v) for k, v in query.items() if k not in ("timeoutSeconds", "follow")]
+    if _true(query.get("watch")):
+        try:
+            asked = int(query.get("timeoutSeconds", ""))
+        except ValueError:
+            asked = 0
+        items.append(("timeoutSeconds", str(min(asked, bound) if asked > 0 else bound)))
+    elif "timeoutSeconds" in query:
+        items.append(("timeoutSeconds", query["timeoutSeconds"]))
+    return urlencode(items)
 
 
 def _reply_headers(headers: dict[str, list[str]] | None) -> list[tuple[str, str]]:
@@ -96,11 +158,24 @@ def final_status(code: int) -> bool:
     return 200 <= code <= 599
 
 
+def complete_answer(reply: TunnelResponse) -> bool:
+    """A response to a stream init that is the whole answer: it has a body or an error, or
+    a status that cannot start a stream (so nothing is ever waited for that never comes)."""
+    return bool(reply.body) or reply.error is not None or not final_status(reply.status_code)
+
+
+def _details(error: TunnelError) -> str:
+    if not error.details:
+        return ""
+    return f" ({msgspec.json.encode(error.details).decode()})"
+
+
 class KubeProxy:
     """``/api/proxy/.../k8s/...``: forwards a Kubernetes API request to an agent of the plane
     authorized for the CR in the path (the connection manager picks it), and the answer back;
-    watch/follow requests stream. Owns the request/response correlation, the stream caps and
-    buffers and the proxy metrics; decides nothing about authorization."""
+    watch/follow requests stream (or are degraded for a v1 agent). Owns the request/response
+    correlation, the stream caps and buffers and the proxy metrics; decides nothing about
+    authorization. Upgrades go to ``on_upgrade`` (wired by the server: exec and attach)."""
 
     def __init__(
         self, connections: ConnectionManager, config: GatewayConfig, metrics: GatewayMetrics
@@ -108,48 +183,67 @@ class KubeProxy:
         self._connections = connections
         self._config = config
         self._metrics = metrics
+        self.on_upgrade: UpgradeHandler | None = None
 
     def routes(self) -> list[web.RouteDef]:
         return [web.route("*", PROXY_ROUTE, self.handle)]
+
+    def refusal(self, target: Target) -> web.Response | None:
+        """502 when no agent of the plane is connected, 403 when none may serve the CR."""
+        plane = f"{target.plane_type}/{target.plane_id}"
+        if not self._connections.for_plane(target.plane_type, target.plane_id):
+            return self.count(
+                k8s_status(502, f"no agent connected for {plane}", "ServiceUnavailable")
+            )
+        if not self._connections.authorized(target.plane_type, target.plane_id, target.key):
+            return self.count(
+                k8s_status(
+                    403,
+                    f"no agent connection of {plane} is authorized for {target.key}",
+                    "Forbidden",
+                )
+            )
+        return None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if request.method not in ALLOWED_METHODS:
             return k8s_status(405, f"method {request.method} not allowed", "MethodNotAllowed")
         if bad_path(request.raw_path):
             return k8s_status(400, "path traversal ('..' or NUL) is not allowed", "BadRequest")
-        info = request.match_info
-        namespace = None if info["crNamespace"] == "_cluster" else info["crNamespace"]
-        key = cr_key_of(namespace, info["crName"])
-        plane_type, plane_id = info["planeType"], info["planeID"]
-        if not self._connections.for_plane(plane_type, plane_id):
-            return self._count(
-                k8s_status(
-                    502, f"no agent connected for {plane_type}/{plane_id}", "ServiceUnavailable"
-                )
-            )
-        if not self._connections.authorized(plane_type, plane_id, key):
-            return self._count(
-                k8s_status(
-                    403,
-                    f"no agent connection of {plane_type}/{plane_id} is authorized for {key}",
-                    "Forbidden",
-                )
-            )
+        target = Target.of(request.match_info)
+        refused = self.refusal(target)
+        if refused is not None:
+            return refused
+        path = "/" + request.match_info["path"]
+        if request.headers.get("Upgrade"):
+            if self.on_upgrade is None:
+                return self.count(k8s_status(501, "upgrades are not served", "NotImplemented"))
+            return await self.on_upgrade(request, target, path)
         body = await request.read()
-        path = "/" + info["path"]
         if is_streaming(request.query):
-            return await self._stream(request, plane_type, plane_id, key, path)
-        conn = self._connections.pick(plane_type, plane_id, key)
+            return await self._stream(request, target, path)
+        conn = self._connections.pick(target.plane_type, target.plane_id, target.key)
         if conn is None:  # its last authorized connection went while the body was read
-            return self._count(k8s_status(502, f"no agent connection for {key}", "Unavailable"))
-        return self._count(await self._exchange(conn, request, path, body))
+            return self.count(
+                k8s_status(502, f"no agent connection for {target.key}", "Unavailable")
+            )
+        frame = TunnelRequest(
+            request_id=str(uuid.uuid4()),
+            method=request.method,
+            path=path,
+            query=request.query_string,
+            headers=forward_headers(request.headers),
+            body=body,
+        )
+        request[REQUEST_ID] = frame.request_id
+        return self.count(await self._exchange(request, conn, frame))
 
-    def _count(self, response: web.Response) -> web.Response:
+    def count(self, response: AnyResponse) -> AnyResponse:
         """Where every answer passes; it is counted and logged by ``answers.AnswerLog`` when
         its status goes out (streams included)."""
         return response
 
-    def _to_response(self, reply: TunnelResponse) -> web.Response:
+    def to_response(self, reply: TunnelResponse) -> web.Response:
         """The agent's answer as the caller's; one that HTTP cannot carry becomes a 502."""
         error = reply.error if isinstance(reply.error, TunnelError) and not reply.body else None
         status = reply.status_code or (error.code if error else 0) or 502
@@ -162,31 +256,23 @@ class KubeProxy:
                 "BadGateway",
             )
         if error:
-            detail = f" ({error.details})" if error.details else ""
-            return k8s_status(status, f"agent: {error.message}{detail}")
+            return k8s_status(status, f"agent: {error.message}{_details(error)}")
         return web.Response(
             status=status, body=reply.body or b"", headers=_reply_headers(reply.headers)
         )
 
-    async def _exchange(
-        self, conn: AgentConnection, request: web.Request, path: str, body: bytes
-    ) -> web.Response:
-        rid = str(uuid.uuid4())
-        request[REQUEST_ID] = rid
+    async def ask(
+        self, conn: AgentConnection, frame: TunnelRequest
+    ) -> TunnelResponse | web.Response:
+        """Send one request and wait for its answer's head: the agent's response, or the
+        gateway's own error answer (timeout, too large, connection lost)."""
+        rid = frame.request_id
         future: asyncio.Future[TunnelResponse] = asyncio.get_running_loop().create_future()
         conn.pending[rid] = future
         started = time.perf_counter()
+        timeout = self._config.request_timeout_seconds
         in_flight = self._metrics.requests_in_flight.labels(conn.plane_id)
         in_flight.inc()
-        frame = TunnelRequest(
-            request_id=rid,
-            method=request.method,
-            path=path,
-            query=request.query_string,
-            headers=forward_headers(request),
-            body=body,
-        )
-        timeout = self._config.request_timeout_seconds
         try:
             await conn.send(frame)
             reply = await asyncio.wait_for(future, timeout)
@@ -199,15 +285,66 @@ class KubeProxy:
         finally:
             conn.pending.pop(rid, None)
             in_flight.dec()
-        verb = kube_verb(request.method, path, request.query)
+        verb = kube_verb(frame.method, frame.path, frame.query or "")
         self._metrics.latency.labels(conn.plane_id, verb).observe(time.perf_counter() - started)
-        return self._to_response(reply)
+        return reply
 
-    def _stream_slot(
-        self, plane_type: str, plane_id: str, key: str
-    ) -> AgentConnection | web.Response:
-        """A connection with room for one more stream of ``key``, or the 429 saying which
+    async def _exchange(
+        self, request: web.Request, conn: AgentConnection, frame: TunnelRequest
+    ) -> web.StreamResponse:
+        reply = await self.ask(conn, frame)
+        if isinstance(reply, web.Response):
+            conn.bodies.pop(frame.request_id, None)
+            return reply
+        body = conn.bodies.get(frame.request_id)
+        if reply.chunked and body is not None:
+            body.key = f"a request of {request.path}"
+            return await self._relay_body(request, conn, reply, body)
+        return self.to_response(reply)
+
+    async def _relay_body(
+        self, request: web.Request, conn: AgentConnection, head: TunnelResponse, body: StreamBuffer
+    ) -> web.StreamResponse:
+        """A chunked (v2) answer, relayed as its chunks come. A failure after the head can
+        only cut the caller off (the status is sent): the body must not look complete."""
+        if not final_status(head.status_code):
+            conn.bodies.pop(head.request_id, None)
+            await close_stream(conn, head.request_id)
+            return self.to_response(head)
+        response = web.StreamResponse(status=head.status_code, headers=_reply_headers(head.headers))
+        complete = False
+        try:
+            await response.prepare(request)
+            complete = await self._pump_body(request, response, body)
+        finally:
+            conn.bodies.pop(head.request_id, None)
+            if not complete:
+                await close_stream(conn, head.request_id)
+        return response
+
+    async def _pump_body(
+        self, request: web.Request, response: web.StreamResponse, body: StreamBuffer
+    ) -> bool:
+        """Write the chunks; whether the agent ended the body cleanly. Between two chunks
+        the agent gets the request timeout."""
+        idle = self._config.request_timeout_seconds
+        try:
+            while not isinstance(item := await asyncio.wait_for(body.get(), idle), StreamEnd):
+                if isinstance(item, bytes):
+                    await response.write(item)
+        except TimeoutError:
+            _abort(request, f"answer to {request.path}: no chunk for {idle:.0f}s")
+            return False
+        if item.problem is not None:
+            _abort(request, f"answer to {request.path} failed mid-way: {item.problem}")
+            return False
+        await response.write_eof()
+        return True
+
+    def stream_slot(self, target: Target) -> AgentConnection | web.Response:
+        """A connection with room for one more stream of the CR, or the 429 saying which
         cap was reached."""
+        plane_type, plane_id, key = target.plane_type, target.plane_id, target.key
         per_cr = self._config.max_streams_per_cr
         if self._connections.streams_of(plane_type, plane_id, key) >= per_cr:
             self._metrics.streams_refused.labels("cr").inc()
@@ -226,48 +363,89 @@ class KubeProxy:
             )
         return conn
 
-    async def _stream(
-        self, request: web.Request, plane_type: str, plane_id: str, key: str, path: str
-    ) -> web.StreamResponse:
-        """watch=true / follow=true: status and headers first, then bytes as the agent sends."""
-        slot = self._stream_slot(plane_type, plane_id, key)
-        if isinstance(slot, web.Response):
-            return self._count(slot)
-        conn, rid = slot, str(uuid.uuid4())
+    def open_stream(
+        self, request: web.Request, conn: AgentConnection, key: str, *, whole_chunks: bool = False
+    ) -> tuple[str, StreamBuffer]:
+        """A new stream's requestID and bounded buffer, registered on ``conn`` until
+        :meth:`release_stream`."""
+        rid = str(uuid.uuid4())
         request[REQUEST_ID] = rid
-        buffer = StreamBuffer(key, self._config.max_stream_buffer_bytes)
+        buffer = StreamBuffer(key, self._config.max_stream_buffer_bytes, whole_chunks=whole_chunks)
         buffer.on_overflow = lambda: self._cut_off(request, conn, rid, buffer)
         conn.streams[rid] = buffer
-        streams = self._metrics.streams_in_flight.labels(conn.plane_id)
-        streams.inc()
-        try:
-            await conn.send(
-                StreamInit(
-                    request_id=rid,
-                    method=request.method,
-                    path=path,
-                    query=request.query_string,
-                    headers=forward_headers(request),
-                    is_upgrade=False,
-                )
+        self._metrics.streams_in_flight.labels(conn.plane_id).inc()
+        return rid, buffer
+
+    def release_stream(self, conn: AgentConnection, rid: str) -> None:
+        if conn.streams.pop(rid, None) is not None:
+            self._metrics.streams_in_flight.labels(conn.plane_id).dec()
+
+    def _stream_frame(
+        self, request: web.Request, rid: str, path: str, degraded: bool
+    ) -> TunnelRequest | StreamInit:
+        headers = forward_headers(request.headers)
+        if degraded:
+            query = degraded_query(request.query, self._config.request_timeout_seconds)
+            return TunnelRequest(
+                request_id=rid, method=request.method, path=path, query=query, headers=headers
             )
+        return StreamInit(
+            request_id=rid,
+            method=request.method,
+            path=path,
+            query=request.query_string,
+            headers=headers,
+            is_upgrade=False,
+        )
+
+    async def _stream(self, request: web.Request, target: Target, path: str) -> web.StreamResponse:
+        """watch=true / follow=true: status and headers first, then bytes as the agent sends.
+
+        A v1 agent (OpenChoreo's) would take a stream init for a plain request and answer
+        only when the watch ends, so it gets a bounded plain request instead; its answer is
+        the caller's whole answer. Either way the stream counts against the caps."""
+        slot = self.stream_slot(target)
+        if isinstance(slot, web.Response):
+            return self.count(slot)
+        conn, degraded = slot, not slot.v2
+        rid, buffer = self.open_stream(request, conn, target.key)
+        try:
+            await conn.send(self._stream_frame(request, rid, path, degraded))
             first = await asyncio.wait_for(buffer.get(), self._config.request_timeout_seconds)
             if not isinstance(first, TunnelResponse):
                 problem = first.problem if isinstance(first, StreamEnd) else None
-                return self._count(
+                return self.count(
                     k8s_status(502, problem or "agent sent no stream header", "BadGateway")
                 )
-            if (first.error and first.status_code >= 400) or not final_status(first.status_code):
-                return self._count(self._to_response(first))
+            if degraded or complete_answer(first):
+                answer = self.to_response(first)
+                if degraded:
+                    answer.headers[DEGRADED_HEADER] = DEGRADED_V1
+                return self.count(answer)
+            if first.status_code >= 400:  # the error's body follows as chunks
+                return self.count(await self._collect(first, buffer))
             return await self._relay(request, first, buffer)
         except TimeoutError:
-            return self._count(k8s_status(502, "agent did not start the stream in time", "Timeout"))
+            what = "answer" if degraded else "start the stream"
+            return self.count(k8s_status(502, f"agent did not {what} in time", "Timeout"))
+        except ConnectionError as exc:
+            return self.count(k8s_status(502, f"agent connection lost: {exc}", "Unavailable"))
         finally:
-            conn.streams.pop(rid, None)
-            streams.dec()
-            if not conn.ws.closed:
-                with contextlib.suppress(ConnectionError):
-                    await conn.send(StreamChunk(request_id=rid, is_close=True))
+            self.release_stream(conn, rid)
+            if not degraded:  # OpenChoreo's agent knows no such stream (it would log it)
+                await close_stream(conn, rid)
+
+    async def _collect(self, head: TunnelResponse, buffer: StreamBuffer) -> web.Response:
+        """An error answer whose body came as chunks, as one answer (bounded in size and time)."""
+        parts: list[bytes] = []
+        size, limit = 0, self._config.max_stream_buffer_bytes
+        deadline = self._config.request_timeout_seconds
+        async with asyncio.timeout(deadline):
+            while not isinstance(item := await buffer.get(), StreamEnd):
+                if isinstance(item, bytes) and size < limit:
+                    parts.append(item[: limit - size])
+                    size += len(parts[-1])
+        return self.to_response(msgspec.structs.replace(head, body=b"".join(parts)))
 
     @staticmethod
     async def _relay(
@@ -303,6 +481,19 @@ class KubeProxy:
         )
         if request.transport is not None:
             request.transport.abort()
+
+
+async def close_stream(conn: AgentConnection, rid: str) -> None:
+    """Tell the agent to stop a stream (or a chunked answer) nobody reads any more."""
+    if not conn.ws.closed:
+        with contextlib.suppress(ConnectionError):
+            await conn.send(StreamChunk(request_id=rid, is_close=True))
+
+
+def _abort(request: web.Request, why: str) -> None:
+    log.warning("%s: the caller's connection is closed", why)
+    if request.transport is not None:
+        request.transport.abort()
 
 
 def _too_many(message: str) -> web.Response:

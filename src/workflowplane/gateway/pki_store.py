@@ -112,6 +112,9 @@ async def ensure_pki(client: AsyncClient, config: GatewayConfig) -> GatewayPKI:
 
 
 def pki_from_files(config: GatewayConfig) -> GatewayPKI:
-    assert config.tls_cert_file and config.tls_key_file and config.internal_ca_file
+    """The server certificate and internal CA from files (OpenChoreo's chart mounts them);
+    no internal CA when internal mTLS is off."""
+    assert config.tls_cert_file and config.tls_key_file
     server = KeyPair(config.tls_cert_file.read_bytes(), config.tls_key_file.read_bytes())
-    return GatewayPKI(KeyPair(b"", b""), server, config.internal_ca_file.read_bytes())
+    internal = config.internal_ca_file.read_bytes() if config.internal_ca_file else b""
+    return GatewayPKI(KeyPair(b"", b""), server, internal)

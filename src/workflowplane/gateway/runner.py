@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from lightkube import AsyncClient
 
@@ -10,8 +11,12 @@ from workflowplane.api.kube import load_config
 from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.server import Gateway
 
+log = logging.getLogger(__name__)
+
 
 async def serve_forever(config: GatewayConfig) -> None:
+    for setting in config.ignored:
+        log.info("accepted for OpenChoreo's command line, no effect here: %s", setting)
     kube = AsyncClient(
         config=load_config(config.kubeconfig, config.context), field_manager="cluster-gateway"
     )

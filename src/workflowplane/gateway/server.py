@@ -2,9 +2,11 @@
 
 public (TLS, ``/ws``): agents, admitted per CR (``agent_endpoint.py``, ``connections.py``);
 its TLS trust follows the plane CAs (``tls.py``). internal (mTLS with the internal CA): the
-API the controller and CLI use (``internal_api.py``, ``kube_proxy.py``). health (HTTP):
-/healthz, /readyz, /metrics. Every listener bounds the time a client gets for its TLS
-handshake and for each request's headers, so half-open clients cannot pile up.
+API the controller and CLI use (``internal_api.py``, ``kube_proxy.py``, ``exec_proxy.py``).
+health (HTTP, ``kits.health``): /healthz and /health (live: the event loop answers),
+/readyz and /ready (the plane cache has synced), /metrics. Every listener bounds the time a
+client gets for its TLS handshake and for each request's headers, so half-open clients cannot
+pile up.
 """
 
 from __future__ import annotations
@@ -17,18 +19,19 @@ from pathlib import Path
 
 from aiohttp import web
 from lightkube import AsyncClient
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from workflowplane.gateway.agent_endpoint import AgentEndpoint
 from workflowplane.gateway.answers import AnswerLog
 from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.connections import ConnectionManager
+from workflowplane.gateway.exec_proxy import ExecProxy
 from workflowplane.gateway.internal_api import InternalAPI
 from workflowplane.gateway.kube_proxy import KubeProxy
 from workflowplane.gateway.metrics import GatewayMetrics
 from workflowplane.gateway.pki_store import GatewayPKI, ensure_pki, pki_from_files
 from workflowplane.gateway.plane_cache import PlaneCache
 from workflowplane.gateway.tls import ChainFiles, PublicTLS, server_context
+from workflowplane.kits.health import OK, Health, Verdict, health_app
 
 log = logging.getLogger(__name__)
 SYNC_TIMEOUT_SECONDS = 60
@@ -90,6 +93,9 @@ class Gateway:
         self._agents = AgentEndpoint(self.connections, config, self.metrics)
         self._internal = InternalAPI(self.connections, self.planes)
         self._proxy = KubeProxy(self.connections, config, self.metrics)
+        self._exec = ExecProxy(self._proxy, config)
+        self._proxy.on_upgrade = self._exec.handle_upgrade
+        self.health = Health(ready_checks={"plane-cache": self._plane_cache_synced})
         self.pki: GatewayPKI | None = None
         self._public_tls: PublicTLS | None = None
         self._files = tempfile.TemporaryDirectory(prefix="wp-gateway-")
@@ -107,36 +113,14 @@ class Gateway:
 
     def _internal_app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.max_body_bytes)
-        app.add_routes(self._internal.routes() + self._proxy.routes())
+        app.add_routes(self._internal.routes() + self._proxy.routes() + self._exec.routes())
         app.on_response_prepare.append(AnswerLog(self.metrics).on_response_prepare)
         return app
 
-    def _health_app(self) -> web.Application:
-        planes, metrics = self.planes, self.metrics
-
-        async def healthz(_request: web.Request) -> web.Response:
-            return web.Response(text="ok\n")
-
-        async def readyz(_request: web.Request) -> web.Response:
-            if not planes.synced.is_set():
-                return web.Response(status=503, text="plane cache not synced yet\n")
-            return web.Response(text="ok\n")
-
-        async def metrics_page(_request: web.Request) -> web.Response:
-            return web.Response(
-                body=generate_latest(metrics.registry),
-                headers={"Content-Type": CONTENT_TYPE_LATEST},
-            )
-
-        app = web.Application()
-        app.add_routes(
-            [
-                web.get("/healthz", healthz),
-                web.get("/readyz", readyz),
-                web.get("/metrics", metrics_page),
-            ]
-        )
-        return app
+    def _plane_cache_synced(self) -> Verdict:
+        if self.planes.synced.is_set():
+            return OK
+        return Verdict(False, "plane cache not synced yet (CRs and CAs not listed)")
 
     async def _serve(
         self, name: str, app: web.Application, port: int, context: ssl.SSLContext | None
@@ -178,9 +162,16 @@ class Gateway:
             self.config.public_port,
             self._public_tls.listener_context(),
         )
-        internal = server_context(chain, self.pki.internal_ca_pem, required=True)
+        self.health.loop.start()
+        await self._serve(
+            "health", health_app(self.health, self.metrics.registry), self.config.health_port, None
+        )
+        if self.config.internal_mtls:
+            internal = server_context(chain, self.pki.internal_ca_pem, required=True)
+        else:
+            log.warning("internal API mTLS disabled: /api/* accepts unauthenticated callers")
+            internal = server_context(chain, None, required=False, verify=False)
         await self._serve("internal", self._internal_app(), self.config.internal_port, internal)
-        await self._serve("health", self._health_app(), self.config.health_port, None)
 
     async def stop(self) -> None:
         await self.connections.close_all(b"gateway shutting down")
@@ -188,4 +179,5 @@ class Gateway:
             await runner.cleanup()
         await self._agents.close()
         await self.planes.close()
+        await self.health.loop.stop()
         self._files.cleanup()

@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from workflowplane.protocol import TunnelResponse
+from workflowplane.protocol import StreamChunk, TunnelResponse
 
 
 @dataclass(frozen=True)
@@ -23,8 +23,18 @@ class StreamEnd:
     problem: str | None = None
 
 
-StreamItem = TunnelResponse | bytes | StreamEnd
+# bytes: a watch/follow body or a chunked answer; StreamChunk: an exec stream's chunks whole
+# (their stream byte and isClose data mean something there).
+StreamItem = TunnelResponse | bytes | StreamChunk | StreamEnd
 CLEAN_END = StreamEnd()
+
+
+def _size(item: TunnelResponse | bytes | StreamChunk) -> int:
+    if isinstance(item, bytes):
+        return len(item)
+    if isinstance(item, StreamChunk):
+        return len(item.data or b"")
+    return 0
 
 
 class StreamBuffer:
@@ -35,9 +45,10 @@ class StreamBuffer:
     then, so the proxy can cut off a caller that is stuck not reading.
     """
 
-    def __init__(self, key: str, limit: int) -> None:
+    def __init__(self, key: str, limit: int, *, whole_chunks: bool = False) -> None:
         self.key = key
         self.limit = limit
+        self.whole_chunks = whole_chunks  # exec: chunks queued as they are, not just their data
         self.on_overflow: Callable[[], None] = lambda: None
         self.overflowed = False
         self.peak = 0  # the most body bytes ever waiting (for tests and the bench)
@@ -50,11 +61,16 @@ class StreamBuffer:
     def buffered(self) -> int:
         return self._bytes
 
-    def put(self, item: TunnelResponse | bytes) -> bool:
+    @property
+    def ended(self) -> bool:
+        """No more items will come (the agent closed it, it failed, or it overflowed)."""
+        return self._ended
+
+    def put(self, item: TunnelResponse | bytes | StreamChunk) -> bool:
         """Queue what the agent sent; False when the stream is over (ended or overflowed)."""
         if self._ended:
             return False
-        size = len(item) if isinstance(item, bytes) else 0
+        size = _size(item)
         if self._items and self._bytes + size > self.limit:
             self._overflow()
             return False
@@ -84,6 +100,6 @@ class StreamBuffer:
             self._ready.clear()
             await self._ready.wait()
         item = self._items.popleft()
-        if isinstance(item, bytes):
-            self._bytes -= len(item)
+        if not isinstance(item, StreamEnd):
+            self._bytes -= _size(item)
         return item

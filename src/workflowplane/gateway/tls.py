@@ -1,15 +1,24 @@
 """TLS contexts of the gateway's listeners.
 
-Python's ssl cannot ask for a client certificate without verifying it, so the public context
-trusts the union of all plane CAs; ``PublicTLS`` rebuilds that context whenever the union
+The public listener asks for a client certificate without judging it in the handshake, as
+OpenChoreo's gateway does (Go's ``tls.RequestClientCert``): the per-CR check runs after the
+handshake, in the connection manager, and a refused agent gets a 401 saying why (OpenChoreo's
+agent logs it) instead of a bare TLS alert. Python's ``ssl`` has no switch for that, so
+:func:`request_any_client_certificate` sets OpenSSL's verify callback on the context through
+``ctypes``. Where that cannot be done safely (another Python, a debug build), the context
+trusts the union of all plane CAs instead: ``PublicTLS`` rebuilds it whenever the union
 changes and swaps it in for each new handshake through ``sni_callback`` (clients that send no
-SNI included). The per-CR check runs after the handshake, in the connection manager.
+SNI included); agents no CR trusts are then refused in the handshake.
 """
 
 from __future__ import annotations
 
+import _ssl
+import ctypes
 import logging
+import platform
 import ssl
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +38,64 @@ TLS_ALERTS = {
     48: "unknown CA: no plane CR trusts the agent's CA",
     116: "certificate required",
 }
+
+
+SSL_VERIFY_PEER = 0x01
+_VERIFY_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
+
+
+def _accept(_preverify_ok: int, _store: int | None) -> int:
+    """OpenSSL's verify callback: every certificate chain is acceptable in the handshake
+    (the client still proves it holds the key: CertificateVerify is checked regardless)."""
+    return 1
+
+
+_accept_any = _VERIFY_CALLBACK(_accept)  # module-level: OpenSSL keeps the pointer
+
+
+def _libssl() -> ctypes.CDLL | None:
+    """The libssl that Python's ``_ssl`` uses (resolved through that module), on CPython
+    release builds, where a context object starts with its ``SSL_CTX *``."""
+    if platform.python_implementation() != "CPython" or hasattr(sys, "gettotalrefcount"):
+        return None
+    try:
+        lib = ctypes.CDLL(_ssl.__file__)
+        lib.SSL_CTX_set_verify.argtypes = [ctypes.c_void_p, ctypes.c_int, _VERIFY_CALLBACK]
+        lib.SSL_CTX_get_verify_mode.argtypes = [ctypes.c_void_p]
+        lib.SSL_CTX_get_verify_mode.restype = ctypes.c_int
+    except (OSError, AttributeError):
+        return None
+    return lib
+
+
+_LIBSSL = _libssl()
+
+
+def _ssl_ctx(context: ssl.SSLContext, lib: ctypes.CDLL) -> int | None:
+    """The context's ``SSL_CTX *``: the field after the object header, confirmed by reading
+    back two verify modes Python set on it."""
+    header = ctypes.sizeof(ctypes.c_ssize_t) + ctypes.sizeof(ctypes.c_void_p)
+    pointer = ctypes.c_void_p.from_address(id(context) + header).value
+    if not pointer:
+        return None
+    for mode, expected in ((ssl.CERT_REQUIRED, 0x03), (ssl.CERT_OPTIONAL, SSL_VERIFY_PEER)):
+        context.verify_mode = mode
+        if lib.SSL_CTX_get_verify_mode(pointer) != expected:
+            return None
+    return int(pointer)
+
+
+def request_any_client_certificate(context: ssl.SSLContext) -> bool:
+    """Ask clients for a certificate and accept whichever they send (or none) in the
+    handshake; whether that could be set up (else the context is left verifying)."""
+    if _LIBSSL is None:
+        return False
+    pointer = _ssl_ctx(context, _LIBSSL)
+    if pointer is None:
+        log.warning("cannot reach OpenSSL's context: agents are verified in the handshake")
+        return False
+    _LIBSSL.SSL_CTX_set_verify(pointer, SSL_VERIFY_PEER, _accept_any)
+    return True
 
 
 def split_pems(bundle: bytes) -> list[str]:
@@ -55,13 +122,17 @@ class ChainFiles:
 
 
 def server_context(
-    chain: ChainFiles, client_cas: bytes | None, *, required: bool
+    chain: ChainFiles, client_cas: bytes | None, *, required: bool, verify: bool = True
 ) -> ssl.SSLContext:
     """A server context presenting ``chain``; client certificates verified against
-    ``client_cas`` (required, or optional so /ws can answer 401 with a reason)."""
+    ``client_cas`` (required, or optional so /ws can answer 401 with a reason), or not asked
+    for at all (``verify`` false: OpenChoreo's ``--internal-mtls=false``)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(chain.cert, chain.key)
+    if not verify:
+        context.verify_mode = ssl.CERT_NONE
+        return context
     context.verify_mode = ssl.CERT_REQUIRED if required else ssl.CERT_OPTIONAL
     for pem in split_pems(client_cas or b""):
         try:
@@ -110,6 +181,8 @@ class PublicTLS:
         self._metrics = metrics
         self._trusted: bytes | None = None
         self._current: ssl.SSLContext | None = None
+        # Accept any certificate in the handshake (401 after it): until it cannot be done.
+        self._any_certificate = True
 
     def trust(self, cas: bytes) -> None:
         """Rebuild the context when the union of plane CAs changed."""
@@ -127,6 +200,8 @@ class PublicTLS:
     def _context(self, cas: bytes | None) -> ssl.SSLContext:
         context = server_context(self._chain, cas, required=False)
         report_sent_alerts(context, self._refused)
+        if self._any_certificate:
+            self._any_certificate = request_any_client_certificate(context)
         return context
 
     def _select(

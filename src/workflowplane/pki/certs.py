@@ -220,6 +220,21 @@ def issue_certificate(
     return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _pem_key(key))
 
 
+def _has_client_auth(cert: x509.Certificate) -> bool:
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return False
+    return ExtendedKeyUsageOID.CLIENT_AUTH in usage
+
+
+def is_pinned_identity(cert: x509.Certificate) -> bool:
+    """A self-signed leaf for client authentication, as cert-manager's ``selfSigned`` issuer
+    makes for OpenChoreo's agent (``ca.crt`` == ``tls.crt``): in a CR's CA bundle it pins
+    that one certificate, instead of trusting an issuer."""
+    return cert.issuer == cert.subject and _has_client_auth(cert)
+
+
 def verify_client_certificate(
     chain: Sequence[x509.Certificate],
     ca_pem: bytes,
@@ -228,6 +243,9 @@ def verify_client_certificate(
 ) -> None:
     """Verify ``chain`` (leaf first) against one CA bundle: chain, validity, ClientAuth EKU.
 
+    A leaf byte-identical to a certificate of the bundle is pinned: it needs no issuer, only
+    validity and ClientAuth (Go's verifier accepts a leaf found among its roots the same way;
+    OpenChoreo's chart registers the agent's self-signed leaf as the CR's "CA").
     Raises CertificateRejected with the reason; the caller decides what it means.
     """
     if not chain:
@@ -244,6 +262,13 @@ def verify_client_certificate(
         raise CertificateRejected(
             f"client certificate not valid before {leaf.not_valid_before_utc}"
         )
+    if any(leaf == root for root in roots):
+        if not _has_client_auth(leaf):
+            raise CertificateRejected(
+                "client certificate rejected: the pinned certificate has no ExtendedKeyUsage "
+                "ClientAuth"
+            )
+        return
     verifier = (
         PolicyBuilder()
         .store(Store(roots))

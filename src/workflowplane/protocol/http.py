@@ -23,3 +23,14 @@ HOP_BY_HOP = frozenset(
 # On the gateway's own error answers (not the plane's), so a caller can tell a 403 "no
 # connection is authorized for this CR" from a 403 of the plane's RBAC.
 GATEWAY_ERROR_HEADER = "X-Cluster-Gateway-Error"
+
+# The caller's identity never crosses the tunnel: the plane's API server must see only the
+# agent's credentials. Both ends strip these (OpenChoreo's agent forwards ``Impersonate-*``).
+CALLER_CREDENTIAL = "authorization"
+IMPERSONATION_PREFIX = "impersonate-"
+
+
+def is_caller_credential(name: str) -> bool:
+    """``Authorization`` and every ``Impersonate-*`` header (any case)."""
+    lower = name.lower()
+    return lower == CALLER_CREDENTIAL or lower.startswith(IMPERSONATION_PREFIX)

@@ -16,9 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from lightkube.resources.core_v1 import Secret
 
 from tests.integration.harness import RunningGateway, apply, eventually, unique, workflow_plane_cr
 from workflowplane.pki import KeyPair, generate_ca, issue_certificate
+from workflowplane.protocol import TUNNEL_V2
+from workflowplane.protocol.gateway_client import GATEWAY_NAMESPACE, INTERNAL_CLIENT_SECRET
 from workflowplane.testenv import ApiServer
 
 WP = "workflowplane"
@@ -31,6 +34,19 @@ def client_context(gw: RunningGateway, leaf: KeyPair, tmp: Path) -> ssl.SSLConte
     cert, key = tmp / f"{name}.crt", tmp / f"{name}.key"
     cert.write_bytes(leaf.cert_pem)
     key.write_bytes(leaf.key_pem)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+async def internal_context(gw: RunningGateway, tmp: Path) -> ssl.SSLContext:
+    """What the controller dials the internal listener with (the internal client Secret)."""
+    secret = await gw.kube.get(Secret, INTERNAL_CLIENT_SECRET, namespace=GATEWAY_NAMESPACE)
+    data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
+    context = ssl.create_default_context(cadata=data["ca.crt"].decode())
+    name = uuid.uuid4().hex[:8]
+    cert, key = tmp / f"internal-{name}.crt", tmp / f"internal-{name}.key"
+    cert.write_bytes(data["tls.crt"])
+    key.write_bytes(data["tls.key"])
     context.load_cert_chain(cert, key)
     return context
 
@@ -84,12 +100,17 @@ async def scripted_agent(
     leaf: KeyPair,
     tmp: Path,
     handler: Handler | None = None,
+    *,
+    protocols: tuple[str, ...] = (TUNNEL_V2,),
 ) -> AsyncIterator[ScriptedAgent]:
-    """Connected for the block; the gateway's frames are served in the background."""
+    """Connected for the block; the gateway's frames are served in the background. It offers
+    ``workflowplane.tunnel.v2`` as our agent does (``protocols=()``: a v1 agent, as
+    OpenChoreo's)."""
     url = f"{gw.public_url}/ws?planeType={WP}&planeID={plane_id}"
+    context = client_context(gw, leaf, tmp)
     async with (
         aiohttp.ClientSession() as session,
-        session.ws_connect(url, ssl=client_context(gw, leaf, tmp), max_msg_size=0) as ws,
+        session.ws_connect(url, ssl=context, max_msg_size=0, protocols=protocols) as ws,
     ):
         agent = ScriptedAgent(ws, handler)
         serving = asyncio.create_task(agent.serve())

@@ -85,6 +85,13 @@ def test_ca_assessment_reasons() -> None:
     assert fine.expiring_soon(fine.expires - dt.timedelta(days=10))
 
 
+def test_a_self_signed_client_leaf_is_a_valid_bundle_to_pin() -> None:
+    from tests.certmanager import self_signed_leaf  # noqa: PLC0415
+
+    pinned = assess_ca(self_signed_leaf("p")[0], dt.datetime.now(dt.UTC))
+    assert pinned.verdict is None and pinned.expires is not None
+
+
 def test_readiness_order_ca_first_then_agents() -> None:
     bad_ca = CAHealth(Verdict("False", Reason.CLIENT_CA_NOT_FOUND, "missing"))
     assert readiness(bad_ca, AgentObservation(1, T0)).reason == Reason.CLIENT_CA_NOT_FOUND

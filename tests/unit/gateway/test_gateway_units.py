@@ -61,13 +61,13 @@ def _proxy() -> tuple[KubeProxy, GatewayMetrics]:
 @pytest.mark.parametrize("code", [99999, 600, 99, 101, -1])
 def test_a_status_code_http_cannot_carry_becomes_a_502_naming_it(code: int) -> None:
     proxy, metrics = _proxy()
-    answer = proxy._to_response(TunnelResponse(request_id="r", status_code=code, body=b"x"))
+    answer = proxy.to_response(TunnelResponse(request_id="r", status_code=code, body=b"x"))
     assert answer.status == 502
     assert str(code) in json.loads(answer.body)["message"]  # type: ignore[arg-type]
     assert (
         metrics.registry.get_sample_value("workflowplane_gateway_invalid_status_codes_total") == 1
     )
-    failed = proxy._to_response(
+    failed = proxy.to_response(
         TunnelResponse(request_id="r", error=TunnelError(code=code, message="m"))
     )
     assert failed.status == 502
@@ -75,7 +75,7 @@ def test_a_status_code_http_cannot_carry_becomes_a_502_naming_it(code: int) -> N
 
 def test_valid_answers_pass_with_their_headers_minus_the_ones_that_would_break_http() -> None:
     proxy, _ = _proxy()
-    answer = proxy._to_response(
+    answer = proxy.to_response(
         TunnelResponse(
             request_id="r",
             status_code=201,
@@ -91,7 +91,7 @@ def test_valid_answers_pass_with_their_headers_minus_the_ones_that_would_break_h
     assert answer.status == 201 and answer.headers["Content-Type"] == "application/json"
     assert "X-Split" not in answer.headers and "Bad Name" not in answer.headers
     assert "Connection" not in answer.headers
-    errored = proxy._to_response(
+    errored = proxy.to_response(
         TunnelResponse(request_id="r", status_code=0, error=TunnelError(code=404, message="gone"))
     )
     assert errored.status == 404 and "agent: gone" in errored.text  # type: ignore[operator]

@@ -57,7 +57,8 @@ def sample(metrics: GatewayMetrics, name: str, **labels: str) -> float:
 
 
 def connection(plane: str = "p", key: str = "ns/wp") -> AgentConnection:
-    return AgentConnection(WP, plane, Agent(), LEAF, {key})
+    """One of our agents (v2: it streams watches rather than answering them whole)."""
+    return AgentConnection(WP, plane, Agent(), LEAF, {key}, v2=True)
 
 
 def manager() -> tuple[ConnectionManager, GatewayMetrics]:

@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
@@ -112,3 +112,49 @@ def test_leaf_without_any_eku_is_rejected(ca: KeyPair) -> None:
     """The contract requires ClientAuth; an absent EKU must not count as 'any usage'."""
     with pytest.raises(CertificateRejected, match="no ExtendedKeyUsage extension"):
         verify_client_certificate([_leaf_without_eku(ca)], ca.cert_pem)
+
+
+# ---- a cert-manager self-signed leaf registered as the CR's "CA" (OpenChoreo's chart) -------
+
+
+def _self_signed(client: bool = True) -> x509.Certificate:
+    from tests.certmanager import self_signed_leaf  # noqa: PLC0415
+
+    if client:
+        return load_certificates(self_signed_leaf("p")[0])[0]
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "no-eku")])
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - dt.timedelta(minutes=5))
+        .not_valid_after(NOW + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+
+
+def test_a_self_signed_leaf_in_the_bundle_is_pinned_and_verifies() -> None:
+    leaf = _self_signed()
+    pem = leaf.public_bytes(serialization.Encoding.PEM)
+    verify_client_certificate([leaf], pem)
+    verify_client_certificate([leaf], generate_ca("other").cert_pem + pem)  # among others
+
+
+def test_a_pinned_leaf_is_still_checked_for_validity_and_client_auth() -> None:
+    leaf = _self_signed()
+    pem = leaf.public_bytes(serialization.Encoding.PEM)
+    with pytest.raises(CertificateRejected, match="expired"):
+        verify_client_certificate([leaf], pem, now=NOW + dt.timedelta(days=365))
+    no_eku = _self_signed(client=False)
+    with pytest.raises(CertificateRejected, match="ClientAuth"):
+        verify_client_certificate([no_eku], no_eku.public_bytes(serialization.Encoding.PEM))
+
+
+def test_a_self_signed_leaf_not_in_the_bundle_is_rejected() -> None:
+    other = _self_signed().public_bytes(serialization.Encoding.PEM)
+    with pytest.raises(CertificateRejected):
+        verify_client_certificate([_self_signed()], other)

@@ -1,0 +1,138 @@
+"""The agent's side of exec and attach: OpenChoreo's upgrade stream, run against the plane's
+API server over Kubernetes' WebSocket protocol (``v5.channel.k8s.io``, or ``v4``).
+
+OpenChoreo's gateway (and ours) sends a stream init with ``isUpgrade: true`` and the pod's
+``…/exec`` (or ``…/attach``) path and query; its stdin and resizes follow as chunks. The agent
+opens the same request upstream as a WebSocket with its own credentials, answers ``[1]``
+("started", as OpenChoreo's agent does), then relays: stdout/stderr as chunks with their
+stream byte (``streamId`` 1/2), the gateway's stdin and resizes to the API server
+(``protocol.exec`` translates). It ends with ``isClose``: no data when the command succeeded,
+else the API server's ``Status`` (exit code included) or the reason the exec could not run.
+The gateway's ``isClose`` cancels the session (the tunnel cancels its task).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+
+from workflowplane.agent.upstream import Upstream
+from workflowplane.protocol import TARGET_K8S, StreamChunk, StreamInit, encode
+from workflowplane.protocol.exec import (
+    K8S_ERROR,
+    K8S_PROTOCOLS,
+    K8S_V5,
+    STARTED,
+    STDERR,
+    STDOUT,
+    k8s_to_tunnel,
+    parse_status,
+    tunnel_to_k8s,
+)
+
+log = logging.getLogger(__name__)
+POD_STREAM = re.compile(r"^/api/v1/namespaces/[^/]+/pods/[^/]+/(exec|attach)$")
+Send = Callable[[bytes], Awaitable[None]]
+
+
+class ExecSessions:
+    """The exec/attach sessions of one gateway connection, by requestID."""
+
+    def __init__(self, upstream: Upstream, send: Send) -> None:
+        self._upstream = upstream
+        self._send = send
+        self._stdin: dict[str, asyncio.Queue[bytes]] = {}
+
+    def feed(self, chunk: StreamChunk) -> bool:
+        """Stdin or a resize for a running session; whether it was one (an ``isClose`` is
+        not: the tunnel cancels the session's task for it)."""
+        queue = self._stdin.get(chunk.request_id)
+        if queue is None or chunk.is_close is True:
+            return False
+        if chunk.data:
+            queue.put_nowait(chunk.data)
+        return True
+
+    async def run(self, init: StreamInit) -> None:
+        """Serve one stream init with ``isUpgrade: true`` until either side ends it."""
+        rid = init.request_id
+        reason = _refusal(init)
+        if reason is None:
+            self._stdin[rid] = asyncio.Queue()
+            try:
+                reason = await self._session(init)
+            finally:
+                self._stdin.pop(rid, None)
+        if reason:
+            log.info("exec %s %s ended: %.300s", rid, init.path, reason.decode(errors="replace"))
+        await self._send(encode(StreamChunk(request_id=rid, data=reason or None, is_close=True)))
+
+    async def _session(self, init: StreamInit) -> bytes | None:
+        """The upstream WebSocket's life; what to close with (None: success)."""
+        query = init.query if isinstance(init.query, str) else ""
+        try:
+            async with self._upstream.websocket(init.path, query, K8S_PROTOCOLS) as ws:
+                await self._send(
+                    encode(StreamChunk(request_id=init.request_id, data=STARTED, stream_id=STDOUT))
+                )
+                return await self._relay(ws, init.request_id)
+        except aiohttp.WSServerHandshakeError as exc:
+            return f"the API server refused the upgrade: {exc.status} {exc.message}".encode()
+        except (aiohttp.ClientError, OSError) as exc:
+            return f"upstream exec failed: {exc!r}".encode()
+
+    async def _relay(self, ws: aiohttp.ClientWebSocketResponse[bool], rid: str) -> bytes | None:
+        """Output to the gateway, stdin to the API server; the final ``Status`` when it
+        is not a success."""
+        writer = asyncio.create_task(self._write_stdin(ws, self._stdin[rid]))
+        outcome: bytes | None = None
+        try:
+            async for message in ws:
+                if message.type != aiohttp.WSMsgType.BINARY or not message.data:
+                    continue
+                data = bytes(message.data)
+                if data[0] == K8S_ERROR:
+                    outcome = _failure(data[1:])
+                    continue
+                out = k8s_to_tunnel(data)
+                if out and out[0] in (STDOUT, STDERR):
+                    await self._send(
+                        encode(StreamChunk(request_id=rid, data=out, stream_id=out[0]))
+                    )
+        finally:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+        return outcome
+
+    @staticmethod
+    async def _write_stdin(
+        ws: aiohttp.ClientWebSocketResponse[bool], queue: asyncio.Queue[bytes]
+    ) -> None:
+        v5 = ws.protocol == K8S_V5
+        while True:
+            out = tunnel_to_k8s(await queue.get(), v5=v5)
+            if out:
+                await ws.send_bytes(out)
+
+
+def _refusal(init: StreamInit) -> bytes | None:
+    if init.target != TARGET_K8S:
+        return f"unknown target: {init.target}".encode()
+    if not POD_STREAM.match(init.path):
+        return f"upgrades are served for pods' exec and attach only, not {init.path}".encode()
+    return None
+
+
+def _failure(status: bytes) -> bytes | None:
+    """The error channel's ``Status``: None for a success, else the Status as it is (the
+    gateway passes it on: kubectl reads the exit code from it)."""
+    found = parse_status(status)
+    if found is not None and found.get("status") == "Success":
+        return None
+    return status or None
