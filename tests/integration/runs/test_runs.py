@@ -518,8 +518,8 @@ async def test_a_leftover_argo_workflow_of_another_run_is_not_adopted(
     assert not condition(obj, "WorkflowSucceeded")
 
 
-SIXTY = "[" + ",".join(str(n) for n in range(60)) + "]"
-CEL_BOMB = f"${{{SIXTY}.map(a, {SIXTY}.map(b, {SIXTY}.map(c, a + b + c))).size()}}"
+HUNDRED = "[" + ",".join(str(n) for n in range(100)) + "]"
+CEL_BOMB = f"${{{HUNDRED}.map(a, {HUNDRED}.map(b, {HUNDRED}.map(c, a + b + c))).size()}}"
 
 
 async def test_a_cel_bomb_fails_its_run_and_never_stalls_another_tenants_requests(
@@ -530,7 +530,7 @@ async def test_a_cel_bomb_fails_its_run_and_never_stalls_another_tenants_request
     controller: None,
     namespace: str,
 ) -> None:
-    """About 200,000 CEL steps (tens of seconds in the interpreter, holding the GIL): rendered
+    """A million CEL steps (several seconds in the interpreter, holding the GIL): rendered
     in a worker process, the run fails as RenderFailed within its budget, and another
     tenant's proxied GETs keep answering meanwhile (in the controller's process they stalled
     for the whole evaluation: 17.8 s in the isolation report)."""

@@ -16,9 +16,9 @@ from workflowplane.runs.planner import Planner
 from workflowplane.runs.render import RenderError
 
 PLANE = PlaneTarget(kind="ClusterWorkflowPlane", namespace=None, name="default", plane_id="p1")
-SIXTY = "[" + ",".join(str(n) for n in range(60)) + "]"
-# About 200,000 evaluations: seconds in the CEL interpreter, far over a 1 s budget.
-BOMB = f"${{{SIXTY}.map(a, {SIXTY}.map(b, {SIXTY}.map(c, a + b + c))).size()}}"
+HUNDRED = "[" + ",".join(str(n) for n in range(100)) + "]"
+# A million evaluations: several seconds in the CEL interpreter, far over a 1 s budget.
+BOMB = f"${{{HUNDRED}.map(a, {HUNDRED}.map(b, {HUNDRED}.map(c, a + b + c))).size()}}"
 
 
 def run(namespace: str, name: str) -> dict[str, Any]:
