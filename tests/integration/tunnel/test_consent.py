@@ -4,6 +4,7 @@ list as URI SANs, stores it in its Secret and reconnects with it."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import Callable
@@ -22,9 +23,10 @@ from tests.integration.harness import (
     unique,
     workflow_plane_cr,
 )
-from workflowplane.api.consent import parse_allow_list
+from workflowplane.api.consent import CONSENT_URI_PREFIX, parse_allow_list
+from workflowplane.cli.main import build_parser
 from workflowplane.pki import load_certificates, uri_sans, verify_client_certificate
-from workflowplane.testenv import ApiServer
+from workflowplane.testenv import ApiServer, Environment
 from workflowplane.testenv.tools import kubectl
 
 pytestmark = pytest.mark.integration
@@ -48,6 +50,12 @@ def _stored_leaf_uris(workflow_plane: ApiServer, secret: str) -> Callable[[], li
         return uri_sans(leaf)
 
     return read
+
+
+def presented_by(gw: RunningGateway, plane_id: str) -> list[list[str]]:
+    """The URI SANs of the leaves the gateway holds connections with for this planeID."""
+    conns = gw.gateway.connections.for_plane("workflowplane", plane_id)
+    return [uri_sans(conn.leaf) for conn in conns]
 
 
 def _write_configmap(workflow_plane: ApiServer, name: str, allowed: str) -> None:
@@ -82,9 +90,7 @@ async def test_a_configmap_change_reissues_the_leaf_and_reconnects_with_it(
     assert stored() == parse_allow_list([own]).uris()  # the first leaf carries the flags' list
 
     def presented() -> list[list[str]]:
-        """The URI SANs of the leaves the gateway holds connections for (this planeID)."""
-        conns = gw.gateway.connections.for_plane("workflowplane", plane_id)
-        return [uri_sans(conn.leaf) for conn in conns]
+        return presented_by(gw, plane_id)
 
     running = await start_agent(agent)
     try:
@@ -109,5 +115,35 @@ async def test_a_configmap_change_reissues_the_leaf_and_reconnects_with_it(
         back = parse_allow_list([own]).uris()
         await eventually(lambda: stored() == back, timeout=20, interval=0.2)
         await eventually(lambda: presented() == [back], timeout=20)
+    finally:
+        await running.stop()
+
+
+async def test_wpctl_register_writes_the_consent_the_agent_then_carries(
+    environment: Environment,
+    control_plane: ApiServer,
+    workflow_plane: ApiServer,
+    gw: RunningGateway,
+    namespace: str,
+) -> None:
+    """The whole chain: ``wpctl register`` (both contexts, one kubeconfig, as a user runs it)
+    adds the CR to the agent's ConfigMap; the agent re-issues its leaf with it and connects."""
+    agent_namespace, plane_id = unique("agent"), unique("reg")
+    config = agent_config(
+        workflow_plane, gw, plane_id, "cluster-agent-tls", namespace=agent_namespace
+    )
+    running = await start_agent(config, wait=False)  # no CR trusts its CA yet
+    try:
+        args = build_parser().parse_args(
+            [
+                *("register", "wp", "-n", namespace, "--plane-id", plane_id),
+                *("--kubeconfig", str(environment.kubeconfig)),
+                *("--wp-context", workflow_plane.context, "--cp-context", control_plane.context),
+                *("--agent-namespace", agent_namespace),
+            ]
+        )
+        assert await asyncio.to_thread(args.handler, args) == 0
+        wanted = [CONSENT_URI_PREFIX + f"{namespace}/wp"]
+        await eventually(lambda: presented_by(gw, plane_id) == [wanted], timeout=20)
     finally:
         await running.stop()
