@@ -21,10 +21,10 @@ from lightkube.resources.core_v1 import ConfigMap
 from workflowplane.agent.config import CONSENT_KEY
 from workflowplane.agent.tunnel import full_jitter_delay
 from workflowplane.api.consent import UNRESTRICTED, Consent, ConsentError, parse_allow_list
-from workflowplane.kits.errors import report_failure
+from workflowplane.kits.errors import NETWORK_ERRORS, report_failure
 
 log = logging.getLogger(__name__)
-WATCH_BACKOFF_SECONDS = (1.0, 300.0)  # first and longest wait before watching again
+WATCH_BACKOFF_SECONDS = (1.0, 30.0)  # first and longest wait before watching again
 
 
 def union(*lists: Consent) -> Consent:
@@ -90,24 +90,30 @@ class ConfigMapConsent:
     async def load(self) -> None:
         """The first read, before the agent connects; absent means no entries. A forbidden read
         (an agent deployed without this RBAC, e.g. by OpenChoreo's chart) leaves the list to
-        flags and env, and says so."""
+        flags and env, and says so; so does an API server that cannot be reached: the agent
+        then connects (it answers 502s), and the watch applies the list once it can read it."""
         client = self._kube()
         try:
             configmap = await client.get(ConfigMap, self.name, namespace=self.namespace)
         except ApiError as exc:
-            if exc.status.code == 403:
-                log.warning(
-                    "cannot read %s (forbidden): the consent list comes from flags and env only "
-                    "until the agent may get/list/watch it",
-                    self.where,
-                )
+            if exc.status.code == 404:
                 return
-            if exc.status.code != 404:
-                raise
+            self._unread(exc)
+            return
+        except NETWORK_ERRORS as exc:
+            self._unread(exc)
             return
         finally:
             await client.close()
         self.apply(configmap.data)
+
+    def _unread(self, exc: BaseException) -> None:
+        log.warning(
+            "cannot read %s (%s): the consent list comes from flags and env only until it can "
+            "(the agent needs get/list/watch on it; the workflow-plane chart grants them)",
+            self.where,
+            exc,
+        )
 
     async def follow(self) -> None:
         """Watch the ConfigMap until cancelled; a broken watch is started again after a

@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lightkube.core.exceptions import ApiError
+from lightkube.models.meta_v1 import Status
+from lightkube.resources.core_v1 import ConfigMap
 
 from tests import certmanager
 from workflowplane.agent.bootstrap import AgentIdentity, new_identity
@@ -110,6 +113,51 @@ def test_a_bad_configmap_keeps_the_last_good_list(caplog: pytest.LogCaptureFixtu
     assert not source.apply({"allowed": "team-a/*"})  # the same list: no change
     assert source.apply(None)  # deleted: no entries from it
     assert not source.current.restricted and len(changes) == 2
+
+
+class FakeConfigMaps:
+    """``get`` of the consent ConfigMap: its data, or the error ``fail`` names."""
+
+    def __init__(self, data: dict[str, str] | None = None, fail: BaseException | None = None):
+        self.data, self.fail = data, fail
+
+    async def get(self, *_: object, namespace: str) -> ConfigMap:
+        if self.fail is not None:
+            raise self.fail
+        return ConfigMap(data=self.data)
+
+    async def close(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("fail", "said"),
+    [
+        (ApiError(status=Status(code=404, message="not found")), None),
+        (ApiError(status=Status(code=403, message="forbidden")), "cannot read"),
+        (ConnectionRefusedError("API server down"), "API server down"),
+    ],
+    ids=["absent", "forbidden", "unreachable"],
+)
+async def test_a_configmap_that_cannot_be_read_at_start_adds_nothing_and_is_not_fatal(
+    fail: BaseException, said: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = ConfigMapConsent(lambda: FakeConfigMaps(fail=fail), "ns", "cm", lambda: None)  # type: ignore[arg-type,return-value]
+    with caplog.at_level(logging.WARNING):
+        await source.load()
+    assert not source.current.restricted
+    assert (said in caplog.text) if said else not caplog.records
+
+
+async def test_the_configmap_read_at_start_is_applied() -> None:
+    source = ConfigMapConsent(  # type: ignore[arg-type]
+        lambda: FakeConfigMaps({"allowed": "team-a"}),  # type: ignore[return-value]
+        "ns",
+        "cm",
+        lambda: None,
+    )
+    await source.load()
+    assert source.current.entries == {"team-a/*"}
 
 
 # ---- the leaf follows the list --------------------------------------------------------------
