@@ -154,6 +154,18 @@ def build_manifests(args: argparse.Namespace, ca_pem: str) -> list[dict[str, Any
     return manifests
 
 
+class _BlockDumper(yaml.SafeDumper):
+    """Multi-line strings as ``|`` blocks: the list reads as it will be stored."""
+
+
+_BlockDumper.add_representer(
+    str,
+    lambda dumper, text: dumper.represent_scalar(
+        "tag:yaml.org,2002:str", text, style="|" if "\n" in text else None
+    ),
+)
+
+
 def requested_consent(args: argparse.Namespace) -> Consent:
     """``--allow`` entries, or exactly the CR being registered."""
     own = cr_key_of(None if args.cluster else args.namespace, args.name)
@@ -259,7 +271,7 @@ async def _register(args: argparse.Namespace) -> int:
     if args.dry_run:
         if consent_doc is not None:
             print(f"# workflow plane (--wp-context {args.wp_context}): the agent's consent list")
-            print(yaml.safe_dump(consent_doc, sort_keys=False), end="---\n")
+            print(yaml.dump(consent_doc, Dumper=_BlockDumper, sort_keys=False), end="---\n")
         print(f"# control plane (--cp-context {args.cp_context})")
         print(text, end="")
         return 0
@@ -295,9 +307,9 @@ def _say_consent(
     args: argparse.Namespace, before: Consent, after: Consent, renewable: bool
 ) -> None:
     where = f"configmap/{args.consent_configmap} ({args.wp_context})"
-    print(f"{where}: the agent now serves only {describe(after)}")
-    if not before.restricted:
-        print("  (before: any CR that trusts its CA; add others with --allow or kubectl edit)")
+    print(f"{where} allows: {describe(after)}")
+    print("  the agent serves these and its --allowed-namespaces entries, no other CR", end="")
+    print(" (the list was empty)" if not before.restricted else "")
     if not renewable:
         print(
             f"warning: Secret {args.agent_namespace}/{AGENT_SECRET_NAME} has no ca.key "

@@ -96,7 +96,8 @@ def test_the_registered_cr_is_allowed_by_default(
     }
     assert "kind: WorkflowPlane" in applied[0]
     out = capsys.readouterr().out
-    assert "the agent now serves only my-org/my-wp" in out and "before: any CR" in out
+    assert "configmap/cluster-agent-consent (wp) allows: my-org/my-wp" in out
+    assert "no other CR (the list was empty)" in out
 
 
 def test_a_cluster_workflow_plane_is_allowed_by_its_name(
@@ -137,6 +138,7 @@ def test_dry_run_prints_the_configmap_and_the_cr_and_writes_nothing(
     )
     configmap, cr = (doc for doc in yaml.safe_load_all(out) if doc)
     assert configmap["kind"] == "ConfigMap" and "my-org/wp" in configmap["data"]["allowed"]
+    assert "  allowed: |\n" in out  # stored and shown one entry a line
     assert cr["kind"] == "WorkflowPlane" and cr["spec"]["clusterAgent"]["clientCA"]["value"]
 
 
