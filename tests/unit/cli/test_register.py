@@ -3,7 +3,6 @@ is added to the agent's consent ConfigMap in the workflow plane; ``--dry-run`` p
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import subprocess
 from typing import Any
@@ -71,12 +70,12 @@ def applied(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return texts
 
 
-def _run(monkeypatch: pytest.MonkeyPatch, plane: FakePlane, *argv: str) -> int:
+async def _run(monkeypatch: pytest.MonkeyPatch, plane: FakePlane, *argv: str) -> int:
     monkeypatch.setattr(register, "client_for", lambda *_: plane)
     args = build_parser().parse_args(
         ["register", *argv, "--wp-context", "wp", "--cp-context", "cp", "--kubeconfig", "/k"]
     )
-    return asyncio.run(register._register(args))
+    return await register._register(args)
 
 
 def _written(plane: FakePlane) -> list[str]:
@@ -84,11 +83,11 @@ def _written(plane: FakePlane) -> list[str]:
     return [line for line in body["data"]["allowed"].splitlines() if not line.startswith("#")]
 
 
-def test_the_registered_cr_is_allowed_by_default(
+async def test_the_registered_cr_is_allowed_by_default(
     monkeypatch: pytest.MonkeyPatch, applied: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     plane = FakePlane()
-    assert _run(monkeypatch, plane, "my-wp", "-n", "my-org") == 0
+    assert await _run(monkeypatch, plane, "my-wp", "-n", "my-org") == 0
     assert plane.writes[0][0] == "create" and _written(plane) == ["my-org/my-wp"]
     assert plane.writes[0][1]["metadata"] == {
         "name": "cluster-agent-consent",
@@ -100,37 +99,37 @@ def test_the_registered_cr_is_allowed_by_default(
     assert "no other CR (the list was empty)" in out
 
 
-def test_a_cluster_workflow_plane_is_allowed_by_its_name(
+async def test_a_cluster_workflow_plane_is_allowed_by_its_name(
     monkeypatch: pytest.MonkeyPatch, applied: list[str]
 ) -> None:
     plane = FakePlane()
-    _run(monkeypatch, plane, "shared", "--cluster", "--plane-id", "p")
+    await _run(monkeypatch, plane, "shared", "--cluster", "--plane-id", "p")
     assert _written(plane) == ["/shared"]
 
 
-def test_entries_are_added_to_the_list_already_there(
+async def test_entries_are_added_to_the_list_already_there(
     monkeypatch: pytest.MonkeyPatch, applied: list[str]
 ) -> None:
     plane = FakePlane(allowed="# mine\nteam-a/first\n")
-    _run(monkeypatch, plane, "wp", "-n", "my-org", "--allow", "team-b", "--allow", "/x,ci/y")
+    await _run(monkeypatch, plane, "wp", "-n", "my-org", "--allow", "team-b", "--allow", "/x,ci/y")
     kind, body = plane.writes[0]
     assert kind == "patch" and body["metadata"] == {"resourceVersion": "7"}  # as it was read
     assert _written(plane) == ["/x", "ci/y", "team-a/first", "team-b/*"]
 
 
-def test_a_cr_the_list_already_allows_changes_nothing(
+async def test_a_cr_the_list_already_allows_changes_nothing(
     monkeypatch: pytest.MonkeyPatch, applied: list[str]
 ) -> None:
     plane = FakePlane(allowed="my-org")
-    _run(monkeypatch, plane, "wp", "-n", "my-org")
+    await _run(monkeypatch, plane, "wp", "-n", "my-org")
     assert plane.writes == [] and applied  # no new certificate for the agent; the CR is applied
 
 
-def test_dry_run_prints_the_configmap_and_the_cr_and_writes_nothing(
+async def test_dry_run_prints_the_configmap_and_the_cr_and_writes_nothing(
     monkeypatch: pytest.MonkeyPatch, applied: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     plane = FakePlane()
-    _run(monkeypatch, plane, "wp", "-n", "my-org", "--dry-run")
+    await _run(monkeypatch, plane, "wp", "-n", "my-org", "--dry-run")
     assert plane.writes == [] and applied == []
     out = capsys.readouterr().out
     assert (
@@ -142,26 +141,26 @@ def test_dry_run_prints_the_configmap_and_the_cr_and_writes_nothing(
     assert cr["kind"] == "WorkflowPlane" and cr["spec"]["clusterAgent"]["clientCA"]["value"]
 
 
-def test_a_bad_allow_entry_is_named_before_anything_is_read(
+async def test_a_bad_allow_entry_is_named_before_anything_is_read(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     with pytest.raises(CliError, match="'My_Org'"):
-        _run(monkeypatch, FakePlane(), "wp", "-n", "x", "--allow", "My_Org")
+        await _run(monkeypatch, FakePlane(), "wp", "-n", "x", "--allow", "My_Org")
 
 
-def test_a_broken_list_in_the_plane_is_not_overwritten(
+async def test_a_broken_list_in_the_plane_is_not_overwritten(
     monkeypatch: pytest.MonkeyPatch, applied: list[str]
 ) -> None:
     plane = FakePlane(allowed="team a")
     with pytest.raises(CliError, match="'team a'"):
-        _run(monkeypatch, plane, "wp", "-n", "x")
+        await _run(monkeypatch, plane, "wp", "-n", "x")
     assert plane.writes == [] and applied == []
 
 
-def test_a_cert_manager_agent_is_warned_about(
+async def test_a_cert_manager_agent_is_warned_about(
     monkeypatch: pytest.MonkeyPatch, applied: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _run(monkeypatch, FakePlane(ca_key=False), "wp", "-n", "x")
+    await _run(monkeypatch, FakePlane(ca_key=False), "wp", "-n", "x")
     err = capsys.readouterr().err
     assert "no ca.key" in err and "refuses to connect" in err
     assert "urn:openchoreo:workflowplane:allow:x/wp" in err
