@@ -5,6 +5,9 @@ On first start the agent creates the CA and a client certificate signed by it, a
 certificate nears its end it is re-issued from the same CA, so the CR that trusts the CA never
 changes. Creation is race-safe across replicas (a 409 means another replica won: use theirs).
 
+The leaf carries the plane owner's consent list as URI SANs (``api.consent``); the agent
+re-issues it from the same CA when the list changes, by the same path as a renewal.
+
 OpenChoreo's chart has cert-manager write the Secret instead: a self-signed leaf, ``ca.crt`` equal
 to ``tls.crt`` and no ``ca.key``. Such an identity is used as it is and never renewed here
 (cert-manager renews it; the agent picks the new leaf up from the Secret).
@@ -15,6 +18,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,8 +27,9 @@ from lightkube.core.exceptions import ApiError
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace, Secret
 
+from workflowplane.api.consent import Consent, consent_of
 from workflowplane.kits.clock import utcnow
-from workflowplane.pki import KeyPair, generate_ca, issue_certificate
+from workflowplane.pki import KeyPair, generate_ca, issue_certificate, uri_sans
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,11 @@ class AgentIdentity:
     def renewable(self) -> bool:
         """Only an identity whose CA key we hold can have its leaf re-issued."""
         return bool(self.ca.key_pem)
+
+    @property
+    def consent(self) -> Consent:
+        """The consent list the leaf carries (none: unrestricted)."""
+        return consent_of(uri_sans(self.client.certificate))
 
     def renewal_due(self, fraction: float, now: dt.datetime | None = None) -> bool:
         cert = self.client.certificate
@@ -74,11 +84,16 @@ def identity_from_secret(secret: Secret) -> AgentIdentity:
     )
 
 
-def new_identity(plane_id: str, ca_days: float, cert_days: float) -> AgentIdentity:
+def new_identity(
+    plane_id: str, ca_days: float, cert_days: float, uris: Sequence[str] = ()
+) -> AgentIdentity:
     ca = generate_ca(f"cluster-agent-ca-{plane_id}", dt.timedelta(days=ca_days))
-    return AgentIdentity(
-        ca,
-        issue_certificate(ca, f"cluster-agent-{plane_id}", valid_for=dt.timedelta(days=cert_days)),
+    return AgentIdentity(ca, _leaf(ca, plane_id, cert_days, uris))
+
+
+def _leaf(ca: KeyPair, plane_id: str, cert_days: float, uris: Sequence[str]) -> KeyPair:
+    return issue_certificate(
+        ca, f"cluster-agent-{plane_id}", valid_for=dt.timedelta(days=cert_days), uris=uris
     )
 
 
@@ -97,15 +112,17 @@ async def load_or_create(
     plane_id: str,
     ca_days: float,
     cert_days: float,
+    uris: Sequence[str] = (),
 ) -> AgentIdentity:
-    """The stored identity, or a new one stored now (the winner of a create race counts)."""
+    """The stored identity, or a new one stored now (the winner of a create race counts);
+    ``uris``: the consent SANs of a new leaf."""
     try:
         return identity_from_secret(await client.get(Secret, name, namespace=namespace))
     except ApiError as exc:
         if exc.status.code != 404:
             raise
     await _ensure_namespace(client, namespace)
-    identity = new_identity(plane_id, ca_days, cert_days)
+    identity = new_identity(plane_id, ca_days, cert_days, uris)
     secret = Secret(
         metadata=ObjectMeta(
             name=name, namespace=namespace, labels={"app.kubernetes.io/name": "cluster-agent"}
@@ -130,15 +147,15 @@ async def renew(
     identity: AgentIdentity,
     plane_id: str,
     cert_days: float,
+    uris: Sequence[str] = (),
+    reason: str = "renewal due",
 ) -> AgentIdentity:
-    """A new client certificate from the same CA, written back to the Secret."""
-    renewed = AgentIdentity(
-        identity.ca,
-        issue_certificate(
-            identity.ca, f"cluster-agent-{plane_id}", valid_for=dt.timedelta(days=cert_days)
-        ),
-    )
+    """A new client certificate from the same CA carrying ``uris`` (the consent list),
+    written back to the Secret."""
+    renewed = AgentIdentity(identity.ca, _leaf(identity.ca, plane_id, cert_days, uris))
     patcher: Any = client.patch
     await patcher(Secret, name, {"data": _secret_data(renewed)}, namespace=namespace)
-    log.info("renewed the agent client certificate (same CA) in %s/%s", namespace, name)
+    log.info(
+        "re-issued the agent client certificate (same CA) in %s/%s: %s", namespace, name, reason
+    )
     return renewed

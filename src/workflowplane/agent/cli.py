@@ -14,7 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from workflowplane.agent.config import AgentConfig, env
+from workflowplane.agent.config import CONSENT_CONFIGMAP, CONSENT_KEY, AgentConfig, env
+from workflowplane.api.consent import ConsentError, parse_allow_list
 from workflowplane.api.constants import AGENT_NAMESPACE, AGENT_SECRET_NAME, PLANE_TYPE
 from workflowplane.kits.goflags import add_go_flag, env_bool, parse_duration
 from workflowplane.kits.logs import add_fields
@@ -90,6 +91,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=int(env("MAX_CONCURRENT_REQUESTS", "64") or 64),
     )
     add(
+        "max-concurrent-streams",
+        type=int,
+        default=int(env("MAX_CONCURRENT_STREAMS") or AgentConfig.max_concurrent_streams),
+        help="watch/follow streams served at once, apart from requests (over it: 429 at once)",
+    )
+    add(
+        "allowed-namespaces",
+        action="append",
+        default=[env("ALLOWED_NAMESPACES")] if env("ALLOWED_NAMESPACES") else [],
+        metavar="ENTRIES",
+        help="plane CRs that may use this agent, comma-separated, repeatable: ns, ns/*, "
+        "ns/name, /name (ClusterWorkflowPlane), /*; with the ConfigMap's, carried in the "
+        "leaf for the gateway. None anywhere: any CR trusting the CA (the reference page)",
+    )
+    add(
+        "consent-configmap",
+        default=env("CONSENT_CONFIGMAP", CONSENT_CONFIGMAP),
+        help=f"ConfigMap in --namespace whose key '{CONSENT_KEY}' adds entries (newline or "
+        "comma separated), watched; empty: none",
+    )
+    add(
         "max-frame-bytes",
         type=int,
         default=int(env("MAX_FRAME_BYTES") or AgentConfig.max_frame_bytes),
@@ -125,6 +147,13 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
                 f"or set CLUSTER_AGENT_{flag.upper()} (or {flag.upper()})",
                 EXIT_USAGE,
             )
+    try:
+        allowed = parse_allow_list(args.allowed_namespaces)
+    except ConsentError as exc:
+        raise FatalError(
+            f"--allowed-namespaces / CLUSTER_AGENT_ALLOWED_NAMESPACES: {exc}",
+            exit_code=EXIT_USAGE,
+        ) from exc
     return AgentConfig(
         server_url=args.server_url,
         plane_id=args.plane_id,
@@ -141,6 +170,9 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         reconnect_max_seconds=args.reconnect_max,
         request_timeout_seconds=args.request_timeout,
         max_concurrent_requests=args.max_concurrent_requests,
+        max_concurrent_streams=args.max_concurrent_streams,
+        allowed=tuple(sorted(allowed.entries)),
+        consent_configmap=args.consent_configmap,
         max_frame_bytes=args.max_frame_bytes,
         cert_validity_days=args.cert_validity_days,
         ignored=_ignored(args),

@@ -8,6 +8,9 @@ from pathlib import Path
 
 from workflowplane.api.constants import AGENT_NAMESPACE, AGENT_SECRET_NAME, PLANE_TYPE
 
+CONSENT_CONFIGMAP = "cluster-agent-consent"
+CONSENT_KEY = "allowed"
+
 
 @dataclass(frozen=True)
 class AgentConfig:
@@ -31,6 +34,12 @@ class AgentConfig:
     max_frame_bytes: int = 64 * 1024 * 1024
     request_timeout_seconds: float = 30.0
     max_concurrent_requests: int = 64
+    # watch/follow streams: a cap and an upstream pool of their own, apart from requests'.
+    max_concurrent_streams: int = 64
+    # Plane-side consent (api.consent): entries from flags and env, validated at startup; the
+    # ConfigMap (key "allowed") adds its own, watched; "" watches none.
+    allowed: tuple[str, ...] = ()
+    consent_configmap: str = CONSENT_CONFIGMAP
     cert_validity_days: float = 90.0
     ca_validity_days: float = 3650.0
     renew_before_fraction: float = 1 / 3  # renew when less than this much of the life remains

@@ -15,12 +15,12 @@ import logging
 import time
 from types import SimpleNamespace
 from typing import Final
-from urllib.parse import parse_qsl
 
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from workflowplane.protocol import StreamInit, TunnelRequest
+from workflowplane.protocol.messages import opens_stream
 from workflowplane.protocol.verbs import kube_verb
 
 log = logging.getLogger(__name__)
@@ -36,15 +36,6 @@ DISCONNECT_REASONS: Final = (
     "reconnect-requested",
     "shutdown",
 )
-_STREAMING = ("true", "1")
-
-
-def is_streaming(frame: TunnelRequest | StreamInit) -> bool:
-    """A watch/follow, or any stream the gateway opened (counted as a stream, not a request)."""
-    if isinstance(frame, StreamInit):
-        return True
-    query = dict(parse_qsl(frame.query if isinstance(frame.query, str) else ""))
-    return query.get("watch") in _STREAMING or query.get("follow") in _STREAMING
 
 
 class AgentMetrics:
@@ -112,7 +103,7 @@ class AgentMetrics:
     def track(self, frame: TunnelRequest | StreamInit, task: asyncio.Task[None]) -> None:
         """Count ``task`` (serving ``frame``) in flight until it ends, then log its end at
         DEBUG with the request's id."""
-        gauge = self.streams_in_flight if is_streaming(frame) else self.requests_in_flight
+        gauge = self.streams_in_flight if opens_stream(frame) else self.requests_in_flight
         gauge.inc()
         started = time.monotonic()
 

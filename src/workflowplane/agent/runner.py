@@ -1,4 +1,11 @@
-"""Run the agent: identity (bootstrap/renewal), upstream, and the tunnel, until stopped."""
+"""Run the agent: identity (bootstrap/renewal), consent, upstream, and the tunnel, until stopped.
+
+The leaf it presents always carries the effective consent list (flags, env and the watched
+ConfigMap): a list change re-issues the leaf from the agent's own CA by the renewal path and
+reconnects. A leaf the agent cannot re-issue (cert-manager's Secret or certificate files: no
+``ca.key``) that does not carry a configured list is never presented: the agent refuses to
+connect and says why (fail closed).
+"""
 
 from __future__ import annotations
 
@@ -9,28 +16,46 @@ import ssl
 import tempfile
 from pathlib import Path
 
+from cryptography import x509
 from lightkube import AsyncClient
 
 from workflowplane.agent.bootstrap import AgentIdentity, load_or_create, renew
 from workflowplane.agent.config import AgentConfig
+from workflowplane.agent.consent import ConfigMapConsent, describe, union
 from workflowplane.agent.health import AgentHealth
-from workflowplane.agent.tunnel import AgentTunnel
+from workflowplane.agent.tunnel import AgentTunnel, ConnectRefused
 from workflowplane.agent.upstream import Upstream
-from workflowplane.kits.errors import is_expected
-from workflowplane.pki import KeyPair
+from workflowplane.api.consent import Consent, consent_of, parse_allow_list
+from workflowplane.kits.errors import report_failure
+from workflowplane.kits.tasks import cancel_and_wait
+from workflowplane.pki import KeyPair, load_certificates, uri_sans
 
 log = logging.getLogger(__name__)
 RENEWAL_CHECK_SECONDS = 60.0
+RETRY_SECONDS = 5.0  # after a failed re-issue
 
 
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.upstream = Upstream.from_kubeconfig(
-            config.kubeconfig, config.context, config.max_frame_bytes
+            config.kubeconfig,
+            config.context,
+            config.max_frame_bytes,
+            request_pool=config.max_concurrent_requests,
+            stream_pool=config.max_concurrent_streams,
         )
         self.identity: AgentIdentity | None = None
         self._files = tempfile.TemporaryDirectory(prefix="wp-agent-id-")
+        self.static_consent = parse_allow_list(config.allowed)
+        self.configmap = (
+            ConfigMapConsent(
+                self._kube, config.namespace, config.consent_configmap, self._consent_changed
+            )
+            if config.consent_configmap
+            else None
+        )
+        self._leaf_check = asyncio.Event()
         self.tunnel = AgentTunnel(
             config.server_url,
             config.plane_type,
@@ -44,11 +69,27 @@ class Agent:
             max_frame=config.max_frame_bytes,
             timeout=config.request_timeout_seconds,
             max_concurrent=config.max_concurrent_requests,
+            max_streams=config.max_concurrent_streams,
         )
         self.health = AgentHealth(self.tunnel, self.upstream)
 
     def _kube(self) -> AsyncClient:
         return self.upstream.lightkube_client()
+
+    @property
+    def consent(self) -> Consent:
+        """The effective list: flags and env, plus the ConfigMap's."""
+        if self.configmap is None:
+            return self.static_consent
+        return union(self.static_consent, self.configmap.current)
+
+    def _consent_changed(self) -> None:
+        log.info("consent list changed: the CRs allowed are now %s", describe(self.consent))
+        self._leaf_check.set()
+
+    @property
+    def _secret(self) -> str:
+        return f"Secret {self.config.namespace}/{self.config.secret_name}"
 
     async def ensure_identity(self) -> AgentIdentity | None:
         """Load or create ``cluster-agent-tls``; None with certificate files or without TLS."""
@@ -64,21 +105,28 @@ class Agent:
                 self.config.plane_id,
                 self.config.ca_validity_days,
                 self.config.cert_validity_days,
+                self.consent.uris(),
             )
         finally:
             await client.close()
         if first and not self.identity.renewable:
             log.info(
-                "Secret %s/%s has no ca.key (cert-manager's?): using its tls.crt as it is "
+                "%s has no ca.key (cert-manager's?): using its tls.crt as it is "
                 "(valid until %s); the agent will not renew it, it reconnects when the Secret "
                 "holds a new one",
-                self.config.namespace,
-                self.config.secret_name,
+                self._secret,
                 self.identity.client.certificate.not_valid_after_utc.isoformat(),
             )
         return self.identity
 
     async def _ssl_context(self) -> ssl.SSLContext:
+        """A fresh context per connection; ConnectRefused when the leaf would not carry the
+        consent list."""
+        if self.config.tls_enabled and self.config.client_cert_file is None and not self.identity:
+            await self.ensure_identity()
+        refusal = self.consent_refusal()
+        if refusal is not None:
+            raise ConnectRefused(refusal)
         if not self.config.tls_enabled:
             return _insecure_context()
         context = ssl.create_default_context(
@@ -88,11 +136,45 @@ class Agent:
             key_file = self.config.client_key_file or self.config.client_cert_file
             context.load_cert_chain(self.config.client_cert_file, key_file)
             return context
-        identity = self.identity or await self.ensure_identity()
-        assert identity is not None
-        cert, key = self._write_pair(identity.client)
+        assert self.identity is not None
+        cert, key = self._write_pair(self.identity.client)
         context.load_cert_chain(cert, key)
         return context
+
+    def consent_refusal(self) -> str | None:
+        """Why the leaf the agent would present must not be (None: it may)."""
+        wanted = self.consent
+        if not self.config.tls_enabled:
+            if not wanted.restricted:
+                return None
+            return (
+                f"a consent list is configured ({describe(wanted)}) but --tls-enabled=false "
+                "presents no certificate to carry it: refusing to connect (fail closed)"
+            )
+        if self.config.client_cert_file is not None:
+            (leaf, *_) = load_certificates(self.config.client_cert_file.read_bytes())
+            return self._fixed_leaf_refusal(leaf, f"--client-cert {self.config.client_cert_file}")
+        identity = self.identity
+        if identity is None or identity.consent == wanted:
+            return None
+        if identity.renewable:
+            return (
+                f"the leaf in {self._secret} does not carry the consent list "
+                f"({describe(wanted)}) yet: connecting once it is re-issued"
+            )
+        return self._fixed_leaf_refusal(identity.client.certificate, f"{self._secret}")
+
+    def _fixed_leaf_refusal(self, leaf: x509.Certificate, where: str) -> str | None:
+        """A leaf the agent cannot re-issue is presented only if it carries the list."""
+        wanted, carried = self.consent, consent_of(uri_sans(leaf))
+        if not wanted.restricted or carried == wanted:
+            return None
+        return (
+            f"a consent list is configured ({describe(wanted)}) but the leaf in {where} carries "
+            f"{describe(carried)}, and the agent cannot re-issue it (no ca.key: cert-manager's "
+            "certificate?): refusing to connect (fail closed). Remove the list, let the agent "
+            "create its own Secret, or give the certificate the URI SANs " + " ".join(wanted.uris())
+        )
 
     def _write_pair(self, pair: KeyPair) -> tuple[Path, Path]:
         cert, key = Path(self._files.name) / "tls.crt", Path(self._files.name) / "tls.key"
@@ -101,36 +183,57 @@ class Agent:
         key.chmod(0o600)
         return cert, key
 
-    async def _renew_forever(self) -> None:
-        """Re-issue the client certificate from the same CA before it expires; an identity we
-        cannot re-issue (cert-manager's) is re-read instead, and a new leaf reconnects."""
+    async def _renew_forever(self, wait: float) -> None:
+        """Keep the leaf current: periodically (expiry) and at once when the list changes."""
         while True:
-            await asyncio.sleep(min(RENEWAL_CHECK_SECONDS, self._check_interval()))
-            identity = self.identity
-            if identity is not None and not identity.renewable:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._leaf_check.wait(), wait)
+            changed = self._leaf_check.is_set()
+            self._leaf_check.clear()
+            wait = self._renewal_wait() if await self.keep_leaf_current(changed) else RETRY_SECONDS
+
+    async def keep_leaf_current(self, consent_changed: bool = False) -> bool:
+        """Re-issue the leaf (same CA) when it nears its end or carries another consent list,
+        then reconnect with it; a leaf we cannot re-issue is re-read instead. False when a
+        re-issue failed (the caller retries soon)."""
+        identity = self.identity
+        if identity is None or not identity.renewable:
+            if identity is not None:
                 await self._reload_external(identity)
-                continue
-            if identity is None or not identity.renewal_due(self.config.renew_before_fraction):
-                continue
-            client = self._kube()
-            try:
-                self.identity = await renew(
-                    client,
-                    self.config.namespace,
-                    self.config.secret_name,
-                    identity,
-                    self.config.plane_id,
-                    self.config.cert_validity_days,
-                )
-            except Exception as exc:  # renewal must keep trying, even past a bug (logged as one)
-                if is_expected(exc):
-                    log.warning("certificate renewal failed (%s); will retry", exc)
-                else:
-                    log.exception("bug: certificate renewal raised; will retry")
-                continue
-            finally:
-                await client.close()
-            self.tunnel.reconnect_requested.set()
+            if consent_changed:  # reconnect: the next attempt presents it or refuses, and says
+                self.tunnel.reconnect_requested.set()
+            return True
+        reason = self._reissue_reason(identity)
+        if reason is None:
+            return True
+        client = self._kube()
+        try:
+            self.identity = await renew(
+                client,
+                self.config.namespace,
+                self.config.secret_name,
+                identity,
+                self.config.plane_id,
+                self.config.cert_validity_days,
+                self.consent.uris(),
+                reason,
+            )
+        except Exception as exc:  # noqa: BLE001 - re-issuing must keep trying, even past a bug
+            report_failure(log, f"re-issuing the client certificate ({reason})", exc)
+            if identity.consent != self.consent:  # fail closed: not on the old list's leaf
+                self.tunnel.reconnect_requested.set()
+            return False
+        finally:
+            await client.close()
+        self.tunnel.reconnect_requested.set()
+        return True
+
+    def _reissue_reason(self, identity: AgentIdentity) -> str | None:
+        if identity.consent != self.consent:
+            return f"consent list {describe(identity.consent)} -> {describe(self.consent)}"
+        if identity.renewal_due(self.config.renew_before_fraction):
+            return "renewal due"
+        return None
 
     async def _reload_external(self, identity: AgentIdentity) -> None:
         try:
@@ -145,8 +248,14 @@ class Agent:
             )
             self.tunnel.reconnect_requested.set()
 
-    def _check_interval(self) -> float:
-        return max(1.0, self.config.cert_validity_days * 86400 / 20)
+    def _renewal_wait(self) -> float:
+        return min(RENEWAL_CHECK_SECONDS, max(1.0, self.config.cert_validity_days * 86400 / 20))
+
+    def _say_consent(self) -> None:
+        log.info("consent: the CRs allowed to use this agent: %s", describe(self.consent))
+        refusal = self.consent_refusal()
+        if refusal is not None:
+            log.error("%s", refusal)
 
     async def run(self) -> None:
         for setting in self.config.ignored:
@@ -155,15 +264,21 @@ class Agent:
             log.warning(
                 "TLS disabled (--tls-enabled=false): no client certificate, gateway not verified"
             )
+        if self.configmap is not None:
+            await self.configmap.load()
         if self.identity is None:
             await self.ensure_identity()
-        renewer = asyncio.create_task(self._renew_forever())
+        self._leaf_check.clear()  # what the load changed is handled now, before connecting
+        aligned = await self.keep_leaf_current()  # the leaf carries the list from the start
+        self._say_consent()
+        first = self._renewal_wait() if aligned else RETRY_SECONDS
+        background = [asyncio.create_task(self._renew_forever(first))]
+        if self.configmap is not None:
+            background.append(asyncio.create_task(self.configmap.follow()))
         try:
             await self.tunnel.run()
         finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+            await cancel_and_wait(background)
             await self.upstream.close()
             self._files.cleanup()
 

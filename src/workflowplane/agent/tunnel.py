@@ -14,11 +14,16 @@ A StreamInit with ``isUpgrade: false`` (watch/follow; only our gateway sends it)
 TunnelResponse (status, headers), StreamChunks as the bytes come, then ``isClose``; the
 gateway's ``isClose`` cancels it. Upgrades (exec) are not served yet: they are closed at once with
 the reason as the close chunk's data, as OpenChoreo's agent reports a failed exec.
+
+Streams (a StreamInit, or a request with ``watch``/``follow``) have a cap and an upstream pool of
+their own, apart from ordinary requests': open streams can never starve the requests the
+controller needs, and a stream over the cap is answered at once with a 429, never queued.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -53,6 +58,7 @@ from workflowplane.protocol import (
     encode,
 )
 from workflowplane.protocol.http import ALLOWED_METHODS
+from workflowplane.protocol.messages import opens_stream
 
 log = logging.getLogger(__name__)
 CHUNK_BYTES = 1024 * 1024
@@ -70,7 +76,18 @@ def body_limit(max_frame: int) -> int:
     return max(0, (max_frame - FRAME_OVERHEAD) // 4 * 3)
 
 
-_REASONS = {404: "NotFound", 500: "InternalError", 502: "InternalError", 504: "Timeout"}
+_REASONS = {
+    404: "NotFound",
+    429: "TooManyRequests",
+    500: "InternalError",
+    502: "InternalError",
+    504: "Timeout",
+}
+_TRUE = ("true", "1")  # as the gateway reads watch/follow
+
+
+class ConnectRefused(Exception):
+    """The agent must not connect now (its message says why); it tries again after a backoff."""
 
 
 def error_response(request_id: str, status: int, message: str) -> TunnelResponse:
@@ -131,15 +148,21 @@ class FrameServer:
         max_frame: int = 64 * 1024 * 1024,
         chunked: bool = False,
         chunk_bytes: int = CHUNK_BYTES,
+        max_streams: int = 64,
     ) -> None:
         self._upstream = upstream
         self._send = send
         self._timeout = timeout
         self._slots = asyncio.Semaphore(max_concurrent)
+        self._max_streams, self._open_streams = max_streams, 0
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._max_frame, self._chunked, self._chunk = max_frame, chunked, chunk_bytes
         self.metrics = AgentMetrics()  # the tunnel puts its own here
         self._exec = ExecSessions(upstream, send)
+
+    @property
+    def open_streams(self) -> int:
+        return self._open_streams
 
     def dispatch(self, raw: bytes | str) -> None:
         try:
@@ -159,32 +182,57 @@ class FrameServer:
         if isinstance(frame, TunnelResponse):  # not meant for an agent
             log.warning("dropping unexpected response frame %s", frame.request_id)
             return
-        task = asyncio.create_task(self._work(frame))
+        counted = opens_stream(frame) and self._open_streams < self._max_streams
+        work = self._work(frame) if counted or not opens_stream(frame) else self._over_cap(frame)
+        task = asyncio.create_task(work)
         request_id = frame.request_id
         self.metrics.track(frame, task)
         self._tasks[request_id] = task
+        if counted:  # counted at once: a burst of streams cannot overshoot the cap
+            self._open_streams += 1
 
-        def forget(_: asyncio.Task[None]) -> None:
+        def forget(_: asyncio.Task[None]) -> None:  # runs even if cancelled before it started
             self._tasks.pop(request_id, None)
+            if counted:
+                self._open_streams -= 1
 
         task.add_done_callback(forget)
 
     def _work(self, frame: TunnelRequest | StreamInit) -> Coroutine[Any, Any, None]:
         if isinstance(frame, TunnelRequest):
-            return self._serve(frame)
+            return self._serve(frame, streaming=opens_stream(frame))
         if frame.is_upgrade:
             return self._exec.run(frame)
         return self._stream(frame)
 
-    async def _serve(self, frame: TunnelRequest) -> None:
+    async def _over_cap(self, frame: TunnelRequest | StreamInit) -> None:
+        """A 429 at once (a stream that waited for a slot would look like a hang)."""
+        message = (
+            f"too many concurrent streams: this agent serves at most {self._max_streams} "
+            "watch/follow streams at once (--max-concurrent-streams); retry later"
+        )
+        log.warning("refusing stream %s: %s", frame.request_id, message)
+        await self._send(encode(error_response(frame.request_id, 429, message)))
+        if isinstance(frame, StreamInit):
+            await self._send(encode(StreamChunk(request_id=frame.request_id, is_close=True)))
+
+    async def _serve(self, frame: TunnelRequest, *, streaming: bool = False) -> None:
+        """An ordinary request waits for one of the ordinary slots; a watch/follow request
+        sent as a plain request is already counted as a stream and takes none of them."""
+        if streaming:
+            await self._serve_now(frame, streaming=True)
+            return
         async with self._slots:
-            refused = _refusal(frame)
-            if refused is not None:
-                await self._send_whole(refused)
-            elif self._chunked:
-                await self._answer_in_chunks(frame)
-            else:
-                await self._send_whole(await self._answer(frame))
+            await self._serve_now(frame, streaming=False)
+
+    async def _serve_now(self, frame: TunnelRequest, *, streaming: bool) -> None:
+        refused = _refusal(frame)
+        if refused is not None:
+            await self._send_whole(refused)
+        elif self._chunked:
+            await self._answer_in_chunks(frame, streaming)
+        else:
+            await self._send_whole(await self._answer(frame, streaming))
 
     async def _send_whole(self, response: TunnelResponse) -> None:
         """One frame; one that would exceed the frame limit becomes a 502 saying so."""
@@ -200,7 +248,7 @@ class FrameServer:
             )
         await self._send(data)
 
-    async def _answer(self, frame: TunnelRequest) -> TunnelResponse:
+    async def _answer(self, frame: TunnelRequest, streaming: bool) -> TunnelResponse:
         """The whole answer in one response; upstream failures become 502s."""
         rid = frame.request_id
         try:
@@ -212,6 +260,7 @@ class FrameServer:
                 _bytes(frame.body),
                 self._timeout,
                 body_limit(self._max_frame),
+                streaming=streaming,
             )
         except ResponseTooLarge as exc:
             return error_response(rid, 502, _too_large(exc))
@@ -223,7 +272,7 @@ class FrameServer:
             request_id=rid, status_code=result.status, headers=result.headers, body=result.body
         )
 
-    async def _answer_in_chunks(self, frame: TunnelRequest) -> None:
+    async def _answer_in_chunks(self, frame: TunnelRequest, streaming: bool) -> None:
         """v2: a small answer in one frame, a larger one as chunks as it is read."""
         rid, head = frame.request_id, _Head()
         try:
@@ -234,6 +283,7 @@ class FrameServer:
                     _str(frame.query),
                     _headers(frame.headers),
                     _bytes(frame.body),
+                    streaming=streaming,
                 )
                 async with upstream as response:
                     await self._relay(rid, response, head)
@@ -372,6 +422,7 @@ class AgentTunnel:
         max_frame: int,
         timeout: float,
         max_concurrent: int,
+        max_streams: int = 64,
     ) -> None:
         query = urlencode({"planeType": plane_type, "planeID": plane_id})
         self.url = f"{url.rstrip('/')}/ws?{query}" if "/ws" not in url else f"{url}?{query}"
@@ -380,6 +431,7 @@ class AgentTunnel:
         self._initial, self._cap, self._stable = initial_backoff, max_backoff, stable_after
         self._dead_after, self._max_frame = dead_after, max_frame
         self._timeout, self._max_concurrent = timeout, max_concurrent
+        self._max_streams = max_streams
         self.connected = asyncio.Event()
         self.reconnect_requested = asyncio.Event()
         self.metrics = AgentMetrics()
@@ -392,6 +444,8 @@ class AgentTunnel:
                 started = time.monotonic()
                 try:
                     await self._connect_once(session)
+                except ConnectRefused as exc:
+                    log.error("not connecting: %s", exc)
                 except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                     log.warning("gateway connection failed: %s", exc)
                 finally:
@@ -399,9 +453,17 @@ class AgentTunnel:
                 attempt = 0 if time.monotonic() - started > self._stable else attempt + 1
                 delay = full_jitter_delay(attempt, self._initial, self._cap)
                 log.info("reconnecting in %.1fs", delay)
-                await asyncio.sleep(delay)
+                await self._backoff(delay)
+
+    async def _backoff(self, delay: float) -> None:
+        """Sleep ``delay``, or less when the agent asks to reconnect (a new leaf is ready)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.reconnect_requested.wait(), delay)
 
     async def _connect_once(self, session: aiohttp.ClientSession) -> None:
+        # Cleared before the certificate is read: a request made after this point closes the
+        # connection about to open, so no new leaf is ever missed.
+        self.reconnect_requested.clear()
         context = await self._ssl_factory()  # fresh: renewed certificates take effect
         async with session.ws_connect(
             self.url,
@@ -413,7 +475,6 @@ class AgentTunnel:
             protocols=(TUNNEL_V2,),
         ) as ws:
             log.info("connected to %s (%s)", self.url, _describe(ws.protocol, self._max_frame))
-            self.reconnect_requested.clear()
             self.connected.set()
             self.metrics.connection_opened()
             await self._serve(ws)
@@ -433,6 +494,7 @@ class AgentTunnel:
             self._max_concurrent,
             max_frame=self._max_frame,
             chunked=ws.protocol == TUNNEL_V2,
+            max_streams=self._max_streams,
         )
         server.metrics = self.metrics
         watcher = asyncio.create_task(self._close_on_request(ws))

@@ -51,9 +51,18 @@ class UpstreamResult:
 
 
 class Upstream:
-    """One pooled HTTP session to the plane's API server."""
+    """Two pooled HTTP sessions to the plane's API server: one for ordinary requests, one for
+    streams (watch/follow), so that long-lived streams can never take the connections ordinary
+    requests need (a pool that is full makes a request wait, silently)."""
 
-    def __init__(self, config: SingleConfig, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        config: SingleConfig,
+        max_body_bytes: int,
+        *,
+        request_pool: int = 100,
+        stream_pool: int = 64,
+    ) -> None:
         self._config = config
         self._server = config.cluster.server.rstrip("/")
         self._max_body = max_body_bytes
@@ -63,14 +72,23 @@ class Upstream:
         self._token = user.token if user else None
         self._token_file = Path(user.token_file) if user and user.token_file else None
         self._token_read_at = 0.0
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=self._ssl, limit=100),
-            auto_decompress=False,
+        self._session = self._pool(request_pool)
+        self._streams = self._pool(stream_pool)
+
+    def _pool(self, size: int) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=self._ssl, limit=size), auto_decompress=False
         )
 
     @classmethod
     def from_kubeconfig(
-        cls, kubeconfig: Path | None, context: str | None, max_body_bytes: int
+        cls,
+        kubeconfig: Path | None,
+        context: str | None,
+        max_body_bytes: int,
+        *,
+        request_pool: int = 100,
+        stream_pool: int = 64,
     ) -> Upstream:
         if kubeconfig is None:
             config = KubeConfig.from_service_account().get()
@@ -78,7 +96,7 @@ class Upstream:
             config = KubeConfig.from_file(kubeconfig).get(context_name=context)
         if config is None:
             raise ValueError(f"no usable context {context!r} in {kubeconfig}")
-        return cls(config, max_body_bytes)
+        return cls(config, max_body_bytes, request_pool=request_pool, stream_pool=stream_pool)
 
     def lightkube_client(self) -> AsyncClient:
         """A typed client with the same credentials, for the agent's own Secret."""
@@ -134,9 +152,13 @@ class Upstream:
         headers: dict[str, list[str]] | None,
         body: bytes = b"",
         timeout: float | None = None,
+        *,
+        streaming: bool = False,
     ) -> aiohttp.client._RequestContextManager:
-        """The upstream response, its body not yet read (``async with``)."""
-        return self._session.request(
+        """The upstream response, its body not yet read (``async with``); ``streaming`` takes a
+        connection from the streams' pool."""
+        session = self._streams if streaming else self._session
+        return session.request(
             method,
             self._url(path, query),
             data=body or None,
@@ -150,7 +172,7 @@ class Upstream:
     ) -> aiohttp.client._WSRequestContextManager:
         """A WebSocket to the API server with the agent's credentials (exec, attach)."""
         url = self._url(path, query)
-        return self._session.ws_connect(url, headers=self._auth_header(), protocols=protocols)
+        return self._streams.ws_connect(url, headers=self._auth_header(), protocols=protocols)
 
     async def request(
         self,
@@ -161,10 +183,13 @@ class Upstream:
         body: bytes,
         timeout: float,  # noqa: ASYNC109 - a per-request deadline
         max_body: int | None = None,
+        *,
+        streaming: bool = False,
     ) -> UpstreamResult:
         """The whole answer; ResponseTooLarge as soon as it is known to exceed ``max_body``."""
         limit = self._max_body if max_body is None else max_body
-        async with self.open(method, path, query, headers, body, timeout) as response:
+        opened = self.open(method, path, query, headers, body, timeout, streaming=streaming)
+        async with opened as response:
             content = await read_bounded(response, limit)
             return UpstreamResult(response.status, response_headers(response.headers), content)
 
@@ -172,17 +197,19 @@ class Upstream:
         self, method: str, path: str, query: str, headers: dict[str, list[str]] | None
     ) -> AsyncIterator[UpstreamResult | bytes]:
         """First the status and headers (empty body), then the body's bytes as they come."""
-        async with self.open(method, path, query, headers) as response:
+        async with self.open(method, path, query, headers, streaming=True) as response:
             yield UpstreamResult(response.status, response_headers(response.headers), b"")
             async for chunk in response.content.iter_any():
                 yield chunk
 
     def observe(self, trace: aiohttp.TraceConfig) -> None:
         """Trace every request to the API server from now on (the agent's metrics)."""
-        self._session.trace_configs.append(trace)
+        for session in (self._session, self._streams):
+            session.trace_configs.append(trace)
 
     async def close(self) -> None:
         await self._session.close()
+        await self._streams.close()
         self._files.cleanup()
 
 

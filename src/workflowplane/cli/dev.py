@@ -300,9 +300,18 @@ def _start_agent(
             str(kubeconfig),
             "--context",
             f"wp-{server}",
+            *_allowed_args(root, server),
         ],
     )
     _remember(root, name, pid, health=health)
+
+
+def _allowed_args(root: Path, server: str) -> list[str]:
+    """With several planes each agent serves only the CRs registered for it below (issue #10);
+    one plane stays open to any CR trusting its CA, as the reference page's flows expect."""
+    planes = _planes_of(root)
+    own = f"{PLANE_NAMESPACE}/{server}" + (",/default" if server == planes[0] else "")
+    return ["--allowed-namespaces", own] if len(planes) > 1 else []
 
 
 def _agent_ca(kubeconfig: Path, server: str, root: Path) -> str:

@@ -47,6 +47,7 @@ from workflowplane.protocol.http import (
     GATEWAY_ERROR_HEADER,
     HOP_BY_HOP,
     is_caller_credential,
+    is_streaming_query,
 )
 from workflowplane.protocol.verbs import kube_verb
 
@@ -104,14 +105,6 @@ def bad_path(raw_path: str) -> bool:
     return "\x00" in decoded or any(part == ".." for part in decoded.split("/"))
 
 
-def _true(value: str | None) -> bool:
-    return value in ("true", "1")
-
-
-def is_streaming(query: Mapping[str, str] | Any) -> bool:
-    return _true(query.get("watch")) or _true(query.get("follow"))
-
-
 def forward_headers(headers: Mapping[str, str]) -> dict[str, list[str]]:
     """The caller's headers that travel: no hop-by-hop ones, and never the caller's identity
     (``Authorization``, ``Impersonate-*``), whatever the agent would do with them. Never
@@ -129,7 +122,7 @@ def degraded_query(query: Any, request_timeout: float) -> str:
     a watch ends by ``timeoutSeconds`` within the gateway's wait, ``follow`` is dropped."""
     bound = max(1, int(request_timeout - WATCH_MARGIN_SECONDS))
     items = [(k, v) for k, v in query.items() if k not in ("timeoutSeconds", "follow")]
-    if _true(query.get("watch")):
+    if is_streaming_query({"watch": query.get("watch", "")}):
         try:
             asked = int(query.get("timeoutSeconds", ""))
         except ValueError:
@@ -220,7 +213,7 @@ class KubeProxy:
                 return self.count(k8s_status(501, "upgrades are not served", "NotImplemented"))
             return await self.on_upgrade(request, target, path)
         body = await request.read()
-        if is_streaming(request.query):
+        if is_streaming_query(request.query):
             return await self._stream(request, target, path)
         conn = self._connections.pick(target.plane_type, target.plane_id, target.key)
         if conn is None:  # its last authorized connection went while the body was read

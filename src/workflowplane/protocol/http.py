@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from urllib.parse import parse_qsl
+
 ALLOWED_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 
 # Per-connection headers (RFC 9110 §7.6.1) and framing headers the receiving side recomputes.
@@ -34,3 +37,13 @@ def is_caller_credential(name: str) -> bool:
     """``Authorization`` and every ``Impersonate-*`` header (any case)."""
     lower = name.lower()
     return lower == CALLER_CREDENTIAL or lower.startswith(IMPERSONATION_PREFIX)
+
+
+_TRUE = ("true", "1")
+
+
+def is_streaming_query(query: Mapping[str, str] | str) -> bool:
+    """``watch=true`` or ``follow=true``: an answer that lasts as long as the caller wants,
+    which both ends count against their stream caps, not their request caps."""
+    values = dict(parse_qsl(query)) if isinstance(query, str) else query
+    return values.get("watch") in _TRUE or values.get("follow") in _TRUE

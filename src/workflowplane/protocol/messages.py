@@ -19,6 +19,8 @@ from typing import Any
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from workflowplane.protocol.http import is_streaming_query
+
 PLANE_TYPE_WORKFLOW = "workflowplane"
 TARGET_K8S = "k8s"
 # The WebSocket subprotocol an agent offers and a gateway selects to agree on our extensions:
@@ -190,3 +192,11 @@ def classify_gateway_frame(raw: bytes | str) -> Frame:
     probe = _probe_frame(raw)
     kind: type[Frame] = StreamChunk if _is_chunk(probe) else TunnelResponse
     return _decoders[kind].decode(raw)
+
+
+def opens_stream(frame: TunnelRequest | StreamInit) -> bool:
+    """A frame whose answer is long-lived: any stream init (a watch, a log, an exec) or a
+    watch/follow sent as a plain request (as OpenChoreo's gateway sends them)."""
+    if isinstance(frame, StreamInit):
+        return True
+    return is_streaming_query(frame.query if isinstance(frame.query, str) else "")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import filecmp
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -335,6 +336,9 @@ def test_workflow_plane_defaults(helm: Helm) -> None:
     assert "--namespace=openchoreo-workflow-plane" in args
     assert "--secret-name=cluster-agent-tls" in args
     assert not any(a.startswith("--server-ca") for a in args)  # none given: system trust
+    assert "--max-concurrent-streams=64" in args
+    assert "--consent-configmap=cluster-agent-consent" in args
+    assert not any(a.startswith("--allowed-namespaces") for a in args)  # no list: unrestricted
     one(docs, "PodDisruptionBudget", "cluster-agent-workflowplane")
     one(docs, "ServiceAccount", "cluster-agent-workflowplane")
 
@@ -410,11 +414,89 @@ def test_workflow_plane_rbac_is_least_privilege(helm: Helm) -> None:
     }
     own = one(docs, "Role", "cluster-agent-workflowplane-tls")
     assert own["metadata"]["namespace"] == WP_NAMESPACE
-    named = next(r for r in own["rules"] if "resourceNames" in r)
-    assert named["resourceNames"] == ["cluster-agent-tls"]
+    named = {r["resources"][0]: r for r in own["rules"] if "resourceNames" in r}
+    assert named["secrets"]["resourceNames"] == ["cluster-agent-tls"]
+    assert named["configmaps"]["resourceNames"] == ["cluster-agent-consent"]
+    assert set(named["configmaps"]["verbs"]) == read
+    assert [r for r in own["rules"] if "configmaps" in r["resources"]] == [named["configmaps"]]
     for doc in docs:
         for rule in doc.get("rules", []):
             assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], rule
+
+
+# ---- plane-side consent --------------------------------------------------------------------
+
+
+def test_allowed_namespaces_reach_the_agent_as_its_list(helm: Helm) -> None:
+    docs = helm.template(
+        WORKFLOW_PLANE_CHART,
+        *PLANE,
+        "--set",
+        "clusterAgent.allowedNamespaces={team-a,platform/builder,/shared}",
+        "--set",
+        "clusterAgent.consentConfigMap=my-consent",
+    )
+    args = args_of(docs, "cluster-agent-workflowplane")
+    assert "--allowed-namespaces=team-a,platform/builder,/shared" in args
+    parsed = build_parser().parse_args(args)
+    assert parsed.allowed_namespaces == ["team-a,platform/builder,/shared"]
+    assert parsed.consent_configmap == "my-consent"
+    own = one(docs, "Role", "cluster-agent-workflowplane-tls")
+    assert ["my-consent"] in [r.get("resourceNames") for r in own["rules"]]
+    assert not find(docs, "ConfigMap")  # the ConfigMap is the owner's to write, not Helm's
+
+
+def test_no_consent_configmap_no_rule_for_it(helm: Helm) -> None:
+    docs = helm.template(WORKFLOW_PLANE_CHART, *PLANE, "--set", "clusterAgent.consentConfigMap=")
+    assert "--consent-configmap=" in args_of(docs, "cluster-agent-workflowplane")
+    own = one(docs, "Role", "cluster-agent-workflowplane-tls")
+    assert not [r for r in own["rules"] if "configmaps" in r["resources"]]
+
+
+@pytest.mark.parametrize("entry", ["Team_A", "a/b/c", "ns/", " team-a"])
+def test_schema_rejects_a_bad_allow_list_entry(helm: Helm, entry: str) -> None:
+    error = helm.template_error(
+        WORKFLOW_PLANE_CHART,
+        *PLANE,
+        "--set-json",
+        f"clusterAgent.allowedNamespaces=[{json.dumps(entry)}]",
+    )
+    assert "allowedNamespaces" in error
+
+
+def test_the_agent_may_read_and_watch_its_consent_configmap_and_no_other(
+    helm: Helm, workflow_plane: ApiServer
+) -> None:
+    """The chart's RBAC on a real API server: the agent's field-selected list and watch of its
+    one ConfigMap are allowed (that is how it watches), any other ConfigMap is not."""
+    _ensure_namespace(workflow_plane, WP_NAMESPACE)
+    name = f"rbac-check-{uuid.uuid4().hex[:6]}"
+    docs = helm.template(WORKFLOW_PLANE_CHART, *PLANE, "--set", f"clusterAgent.name={name}")
+    rbac = [d for d in docs if d["kind"] in {"ServiceAccount", "Role", "RoleBinding"}]
+    manifests = yaml.safe_dump_all(rbac)
+    kubectl(workflow_plane.kubeconfig, workflow_plane.context, "apply", "-f", "-", input=manifests)
+    agent = f"system:serviceaccount:{WP_NAMESPACE}:{name}"
+    base = f"/api/v1/namespaces/{WP_NAMESPACE}/configmaps"
+
+    def get(path: str) -> int:
+        result = kubectl(
+            workflow_plane.kubeconfig,
+            workflow_plane.context,
+            "get",
+            "--raw",
+            path,
+            f"--as={agent}",
+            check=False,
+        )
+        return 0 if result.returncode == 0 else 403 if "Forbidden" in result.stderr else 1
+
+    named = "fieldSelector=metadata.name%3Dcluster-agent-consent"
+    assert get(f"{base}?{named}") == 0
+    assert get(f"{base}?{named}&watch=true&timeoutSeconds=1") == 0
+    assert get(f"{base}/cluster-agent-consent") in (0, 1)  # allowed (1: not found)
+    assert get(f"{base}?fieldSelector=metadata.name%3Dother") == 403
+    assert get(base) == 403
+    kubectl(workflow_plane.kubeconfig, workflow_plane.context, "delete", "-f", "-", input=manifests)
 
 
 # ---- planeId / planeID ---------------------------------------------------------------------
@@ -515,6 +597,7 @@ def test_schema_rejects_bad_enum(helm: Helm) -> None:
         (WORKFLOW_PLANE_CHART, PLANE),
         (WORKFLOW_PLANE_CHART, WP_HA),
         (WORKFLOW_PLANE_CHART, (*PLANE, "--set", "clusterAgent.logLevel=debug")),
+        (WORKFLOW_PLANE_CHART, (*PLANE, "--set", "clusterAgent.allowedNamespaces={a,b/c}")),
     ],
     ids=[
         "cp",
@@ -526,6 +609,7 @@ def test_schema_rejects_bad_enum(helm: Helm) -> None:
         "wp",
         "wp-ha",
         "wp-debug",
+        "wp-consent",
     ],
 )
 def test_rendered_args_parse_with_wpctl(

@@ -58,10 +58,10 @@ class FakeUpstream:
     async def _opened(self) -> AsyncIterator[FakeResponse]:
         yield self.response
 
-    def open(self, *_: object) -> Any:
+    def open(self, *_: object, streaming: bool = False) -> Any:
         return self._opened()
 
-    async def request(self, *args: Any) -> UpstreamResult:
+    async def request(self, *args: Any, streaming: bool = False) -> UpstreamResult:
         body = await read_bounded(self.response, args[6])  # type: ignore[arg-type]
         return UpstreamResult(self.response.status, {"Content-Type": ["application/json"]}, body)
 
@@ -109,7 +109,7 @@ async def test_v1_body_over_the_bound_without_a_length_stops_reading_there() -> 
 
 async def test_a_frame_over_the_bound_for_any_reason_becomes_a_502_not_silence() -> None:
     class HugeHeaders(FakeUpstream):
-        async def request(self, *args: Any) -> UpstreamResult:
+        async def request(self, *args: Any, streaming: bool = False) -> UpstreamResult:
             return UpstreamResult(200, {"X-Big": ["h" * 300_000]}, b"{}")
 
     (frame,) = await _serve(HugeHeaders(FakeResponse([])), max_frame=200_000)
@@ -182,7 +182,7 @@ async def test_idle_waits_for_work_in_flight() -> None:
     gate = asyncio.Event()
 
     class Slow(FakeUpstream):
-        async def request(self, *args: Any) -> UpstreamResult:
+        async def request(self, *args: Any, streaming: bool = False) -> UpstreamResult:
             await gate.wait()
             return UpstreamResult(200, {}, b"")
 

@@ -11,13 +11,14 @@ import pytest
 from workflowplane.gateway.agent_endpoint import AgentEndpoint, JunkBudget
 from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.connections import AgentConnection, ConnectionManager
-from workflowplane.gateway.kube_proxy import KubeProxy, bad_path, is_streaming
+from workflowplane.gateway.kube_proxy import KubeProxy, bad_path
 from workflowplane.gateway.metrics import GatewayMetrics
 from workflowplane.gateway.plane_cache import PlaneCache
 from workflowplane.gateway.streams import StreamBuffer, StreamEnd
 from workflowplane.gateway.tls import split_pems
 from workflowplane.pki import generate_ca, issue_certificate
 from workflowplane.protocol import TunnelError, TunnelResponse
+from workflowplane.protocol.http import is_streaming_query as is_streaming
 
 
 @pytest.mark.parametrize(

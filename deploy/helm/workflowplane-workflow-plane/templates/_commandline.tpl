@@ -31,8 +31,13 @@ real `wpctl` argument parser.
 - --reconnect-max={{ $a.reconnect.maxSeconds }}
 - --request-timeout={{ $a.requestTimeoutSeconds }}
 - --max-concurrent-requests={{ int64 $a.maxConcurrentRequests }}
+- --max-concurrent-streams={{ int64 $a.maxConcurrentStreams }}
 - --max-frame-bytes={{ int64 $a.maxFrameBytes }}
 - --cert-validity-days={{ $a.certValidityDays }}
+{{- with $a.allowedNamespaces }}
+- --allowed-namespaces={{ join "," . }}
+{{- end }}
+- --consent-configmap={{ $a.consentConfigMap }}
 {{- with $a.extraArgs }}
 {{ toYaml . }}
 {{- end }}

@@ -1,0 +1,141 @@
+"""The plane owner's consent list as the agent reads it (``api.consent`` has the rules).
+
+Flags and ``CLUSTER_AGENT_ALLOWED_NAMESPACES`` are fixed at start (``agent.cli`` validates them);
+the ConfigMap in the agent's namespace (key ``allowed``) is watched, so the owner can change the
+list without restarting the agent. The effective list is the union. A ConfigMap that does not
+parse keeps the last good list: a typo must neither open the agent to everyone nor lock out the
+CRs it serves now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from lightkube import AsyncClient
+from lightkube.core.exceptions import ApiError
+from lightkube.resources.core_v1 import ConfigMap
+
+from workflowplane.agent.config import CONSENT_KEY
+from workflowplane.agent.tunnel import full_jitter_delay
+from workflowplane.api.consent import UNRESTRICTED, Consent, ConsentError, parse_allow_list
+from workflowplane.kits.errors import NETWORK_ERRORS, report_failure
+
+log = logging.getLogger(__name__)
+WATCH_BACKOFF_SECONDS = (1.0, 30.0)  # first and longest wait before watching again
+
+
+def union(*lists: Consent) -> Consent:
+    """The effective list: every source's entries (none anywhere: unrestricted)."""
+    return Consent(frozenset().union(*(item.entries for item in lists)))
+
+
+def describe(consent: Consent) -> str:
+    if not consent.restricted:
+        return "none (any CR that trusts this agent's CA)"
+    return ", ".join(sorted(consent.entries))
+
+
+def configmap_entries(data: Mapping[str, str] | None) -> list[str]:
+    """Key ``allowed``: entries separated by newlines or commas; ``#`` starts a comment."""
+    text = (data or {}).get(CONSENT_KEY, "")
+    return [line.split("#", 1)[0] for line in text.splitlines()]
+
+
+def parse_configmap(data: Mapping[str, str] | None) -> Consent:
+    """ConsentError naming the first bad entry."""
+    return parse_allow_list(configmap_entries(data))
+
+
+class ConfigMapConsent:
+    """The ConfigMap's part of the list, kept current by a watch on that one object."""
+
+    def __init__(
+        self,
+        kube: Callable[[], AsyncClient],
+        namespace: str,
+        name: str,
+        on_change: Callable[[], None],
+    ) -> None:
+        self._kube, self.namespace, self.name = kube, namespace, name
+        self._on_change = on_change
+        self.current = UNRESTRICTED
+
+    @property
+    def where(self) -> str:
+        return f"ConfigMap {self.namespace}/{self.name}"
+
+    def apply(self, data: Mapping[str, str] | None) -> bool:
+        """Take the ConfigMap's content (None: deleted); True when the list changed."""
+        try:
+            consent = parse_configmap(data)
+        except ConsentError as exc:
+            log.error(
+                "%s key %r: %s; keeping the last good list (%s)",
+                self.where,
+                CONSENT_KEY,
+                exc,
+                describe(self.current),
+            )
+            return False
+        if consent == self.current:
+            return False
+        log.info("%s now allows: %s", self.where, describe(consent))
+        self.current = consent
+        self._on_change()
+        return True
+
+    async def load(self) -> None:
+        """The first read, before the agent connects; absent means no entries. A forbidden read
+        (an agent deployed without this RBAC, e.g. by OpenChoreo's chart) leaves the list to
+        flags and env, and says so; so does an API server that cannot be reached: the agent
+        then connects (it answers 502s), and the watch applies the list once it can read it."""
+        client = self._kube()
+        try:
+            configmap = await client.get(ConfigMap, self.name, namespace=self.namespace)
+        except ApiError as exc:
+            if exc.status.code == 404:
+                return
+            self._unread(exc)
+            return
+        except NETWORK_ERRORS as exc:
+            self._unread(exc)
+            return
+        finally:
+            await client.close()
+        self.apply(configmap.data)
+
+    def _unread(self, exc: BaseException) -> None:
+        log.warning(
+            "cannot read %s (%s): the consent list comes from flags and env only until it can "
+            "(the agent needs get/list/watch on it; the workflow-plane chart grants them)",
+            self.where,
+            exc,
+        )
+
+    async def follow(self) -> None:
+        """Watch the ConfigMap until cancelled; a broken watch is started again after a
+        backoff (the first event of a new watch is the object as it is now)."""
+        attempt = 0
+        while True:
+            try:
+                await self._watch()
+                attempt = 0
+            except Exception as exc:  # noqa: BLE001 - the watch must outlive anything
+                report_failure(log, f"watch of {self.where}", exc)
+                attempt += 1
+            await asyncio.sleep(full_jitter_delay(attempt, *WATCH_BACKOFF_SECONDS))
+
+    async def _watch(self) -> None:
+        client = self._kube()
+        try:
+            watcher: Any = client.watch
+            fields = {"metadata.name": self.name}  # RBAC may name just this one object
+            async for kind, configmap in watcher(
+                ConfigMap, namespace=self.namespace, fields=fields
+            ):
+                self.apply(None if kind == "DELETED" else configmap.data)
+        finally:
+            await client.close()

@@ -1,0 +1,366 @@
+"""Plane-side consent in the agent (issue #10, finding 1): the list from flags, env and the
+ConfigMap; the leaf re-issued from the agent's own CA with the list as URI SANs when the list
+changes (and only then); a leaf the agent cannot re-issue is never presented without the list."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import logging
+import os
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lightkube.core.exceptions import ApiError
+from lightkube.models.meta_v1 import Status
+from lightkube.resources.core_v1 import ConfigMap
+
+from tests import certmanager
+from workflowplane.agent.bootstrap import AgentIdentity, new_identity
+from workflowplane.agent.cli import add_arguments, config_from_args, main
+from workflowplane.agent.config import AgentConfig
+from workflowplane.agent.consent import ConfigMapConsent, parse_configmap
+from workflowplane.agent.runner import Agent
+from workflowplane.agent.tunnel import AgentTunnel, ConnectRefused
+from workflowplane.api.consent import CONSENT_URI_PREFIX, Consent, ConsentError
+from workflowplane.kits.process import FatalError
+from workflowplane.pki import KeyPair, issue_certificate, uri_sans, verify_client_certificate
+
+KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:1"}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+"""
+BASE = ["--server-url=wss://gw/ws", "--plane-id=p"]
+
+
+def _uris(*entries: str) -> list[str]:
+    return [CONSENT_URI_PREFIX + entry for entry in sorted(entries)]
+
+
+# ---- the list from flags and env ------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _no_agent_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("CLUSTER_AGENT_"):
+            monkeypatch.delenv(name)
+
+
+def _config(argv: list[str]) -> AgentConfig:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return config_from_args(parser.parse_args([*BASE, *argv]))
+
+
+def test_flags_take_comma_lists_and_repeat() -> None:
+    config = _config(["--allowed-namespaces", "team-a, team-b/build", "--allowed-namespaces=/x"])
+    assert config.allowed == ("/x", "team-a/*", "team-b/build")
+
+
+def test_env_and_flags_are_united(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLUSTER_AGENT_ALLOWED_NAMESPACES", "team-a,/shared")
+    assert _config([]).allowed == ("/shared", "team-a/*")
+    assert _config(["-allowed-namespaces=team-c/p"]).allowed == ("/shared", "team-a/*", "team-c/p")
+
+
+def test_no_list_anywhere_is_unrestricted() -> None:
+    config = _config([])
+    assert config.allowed == () and config.consent_configmap == "cluster-agent-consent"
+
+
+def test_a_bad_entry_stops_the_agent_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(FatalError, match="'Team_A'"):
+        _config(["--allowed-namespaces", "ok,Team_A"])
+    monkeypatch.setenv("CLUSTER_AGENT_ALLOWED_NAMESPACES", "a/b/c")
+    with pytest.raises(FatalError, match=r"'a/b/c'.*is not ns"):
+        _config([])
+
+
+def test_cluster_agent_exits_with_the_message(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([*BASE, "--allowed-namespaces", "bad entry"])
+    assert exited.value.code == 2 and "'bad entry'" in capsys.readouterr().err
+
+
+# ---- the list from the ConfigMap ------------------------------------------------------------
+
+
+def test_configmap_entries_by_line_or_comma_with_comments() -> None:
+    text = "# who may use this plane\nteam-a\nteam-b/build, /shared  # cluster-wide\n\n"
+    assert parse_configmap({"allowed": text}).entries == {"team-a/*", "team-b/build", "/shared"}
+    assert parse_configmap(None) == Consent(frozenset())
+    assert parse_configmap({"other": "team-a"}) == Consent(frozenset())
+    with pytest.raises(ConsentError, match="'UPPER'"):
+        parse_configmap({"allowed": "team-a\nUPPER"})
+
+
+def test_a_bad_configmap_keeps_the_last_good_list(caplog: pytest.LogCaptureFixture) -> None:
+    changes: list[Consent] = []
+    source = ConfigMapConsent(lambda: None, "ns", "cm", lambda: changes.append(source.current))  # type: ignore[arg-type,return-value]
+    assert source.apply({"allowed": "team-a"})
+    with caplog.at_level(logging.ERROR):
+        assert not source.apply({"allowed": "team-a\nteam b"})
+    assert source.current.entries == {"team-a/*"} and len(changes) == 1
+    assert "'team b'" in caplog.text and "keeping the last good list (team-a/*)" in caplog.text
+    assert not source.apply({"allowed": "team-a/*"})  # the same list: no change
+    assert source.apply(None)  # deleted: no entries from it
+    assert not source.current.restricted and len(changes) == 2
+
+
+class FakeConfigMaps:
+    """``get`` of the consent ConfigMap: its data, or the error ``fail`` names."""
+
+    def __init__(self, data: dict[str, str] | None = None, fail: BaseException | None = None):
+        self.data, self.fail = data, fail
+
+    async def get(self, *_: object, namespace: str) -> ConfigMap:
+        if self.fail is not None:
+            raise self.fail
+        return ConfigMap(data=self.data)
+
+    async def close(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("fail", "said"),
+    [
+        (ApiError(status=Status(code=404, message="not found")), None),
+        (ApiError(status=Status(code=403, message="forbidden")), "cannot read"),
+        (ConnectionRefusedError("API server down"), "API server down"),
+    ],
+    ids=["absent", "forbidden", "unreachable"],
+)
+async def test_a_configmap_that_cannot_be_read_at_start_adds_nothing_and_is_not_fatal(
+    fail: BaseException, said: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = ConfigMapConsent(lambda: FakeConfigMaps(fail=fail), "ns", "cm", lambda: None)  # type: ignore[arg-type,return-value]
+    with caplog.at_level(logging.WARNING):
+        await source.load()
+    assert not source.current.restricted
+    assert (said in caplog.text) if said else not caplog.records
+
+
+async def test_the_configmap_read_at_start_is_applied() -> None:
+    source = ConfigMapConsent(  # type: ignore[arg-type]
+        lambda: FakeConfigMaps({"allowed": "team-a"}),  # type: ignore[return-value]
+        "ns",
+        "cm",
+        lambda: None,
+    )
+    await source.load()
+    assert source.current.entries == {"team-a/*"}
+
+
+# ---- the leaf follows the list --------------------------------------------------------------
+
+
+class FakeKube:
+    """The agent's Kubernetes client for its own Secret: records patches."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.patches: list[dict[str, Any]] = []
+        self.fail = fail
+
+    async def patch(self, _: object, name: str, body: dict[str, Any], namespace: str) -> None:
+        if self.fail:
+            raise ConnectionRefusedError("the API server is down")
+        self.patches.append(body)
+
+    async def close(self) -> None:
+        return None
+
+
+def _patched_leaf(kube: FakeKube) -> KeyPair:
+    data = kube.patches[-1]["data"]
+    return KeyPair(base64.b64decode(data["tls.crt"]), base64.b64decode(data["tls.key"]))
+
+
+@pytest.fixture
+async def make_agent(tmp_path: Path) -> AsyncIterator[Any]:
+    (tmp_path / "kubeconfig").write_text(KUBECONFIG)
+    made: list[Agent] = []
+
+    def make(**settings: Any) -> Agent:
+        config = AgentConfig(
+            server_url="wss://gw/ws", plane_id="p", kubeconfig=tmp_path / "kubeconfig"
+        )
+        agent = Agent(replace(config, **settings))
+        made.append(agent)
+        return agent
+
+    yield make
+    for agent in made:
+        await agent.upstream.close()
+
+
+async def test_the_leaf_is_reissued_with_the_list_and_only_when_it_changes(
+    make_agent: Any,
+) -> None:
+    agent: Agent = make_agent(allowed=("team-a/*",))
+    kube = FakeKube()
+    agent._kube = lambda: kube  # type: ignore[method-assign]
+    agent.identity = before = new_identity("p", 3650, 90)  # a leaf without a list
+    assert uri_sans(before.client.certificate) == []
+
+    assert await agent.keep_leaf_current()
+    leaf = _patched_leaf(kube)
+    assert uri_sans(leaf.certificate) == _uris("team-a/*")
+    assert agent.identity is not None and agent.identity.client == leaf
+    verify_client_certificate([leaf.certificate], before.ca.cert_pem)  # the same CA
+    assert agent.tunnel.reconnect_requested.is_set()
+
+    agent.tunnel.reconnect_requested.clear()
+    assert await agent.keep_leaf_current(consent_changed=True)  # nothing changed
+    assert len(kube.patches) == 1 and not agent.tunnel.reconnect_requested.is_set()
+
+    assert agent.configmap is not None
+    agent.configmap.apply({"allowed": "team-b/build\n/shared"})
+    assert agent._leaf_check.is_set()  # wakes the renewal loop at once
+    assert await agent.keep_leaf_current(consent_changed=True)
+    assert uri_sans(_patched_leaf(kube).certificate) == _uris("team-a/*", "team-b/build", "/shared")
+    assert agent.tunnel.reconnect_requested.is_set()
+
+
+async def test_an_emptied_list_reissues_an_unrestricted_leaf(make_agent: Any) -> None:
+    agent: Agent = make_agent()
+    kube = FakeKube()
+    agent._kube = lambda: kube  # type: ignore[method-assign]
+    identity = new_identity("p", 3650, 90, _uris("team-a/*"))
+    agent.identity = identity
+    assert await agent.keep_leaf_current()
+    assert uri_sans(_patched_leaf(kube).certificate) == []
+
+
+async def test_a_failed_reissue_never_connects_with_the_old_list(make_agent: Any) -> None:
+    agent: Agent = make_agent(allowed=("team-a/build",))
+    agent._kube = lambda: FakeKube(fail=True)  # type: ignore[method-assign]
+    agent.identity = new_identity("p", 3650, 90, _uris("team-a/*"))
+    assert not await agent.keep_leaf_current()  # the caller retries soon
+    assert agent.tunnel.reconnect_requested.is_set()  # the open connection goes
+    with pytest.raises(ConnectRefused, match="does not carry the consent list"):
+        await agent._ssl_context()
+
+
+async def test_a_leaf_with_the_list_connects(make_agent: Any) -> None:
+    agent: Agent = make_agent(allowed=("team-a/*",))
+    agent.identity = new_identity("p", 3650, 90, _uris("team-a/*"))
+    await agent._ssl_context()
+    assert agent.consent_refusal() is None
+
+
+# ---- a leaf the agent cannot re-issue: fail closed -------------------------------------------
+
+
+def _cert_manager_identity() -> AgentIdentity:
+    cert, key = certmanager.self_signed_leaf("p")
+    return AgentIdentity(KeyPair(cert, b""), KeyPair(cert, key))
+
+
+async def test_cert_manager_secret_with_a_list_is_refused_and_said_at_start(
+    make_agent: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    agent: Agent = make_agent(allowed=("team-a/*",))
+    agent.identity = _cert_manager_identity()
+    with pytest.raises(ConnectRefused) as refused:
+        await agent._ssl_context()
+    message = str(refused.value)
+    assert "team-a/*" in message and "cannot re-issue" in message and "no ca.key" in message
+    assert "refusing to connect (fail closed)" in message
+    assert CONSENT_URI_PREFIX + "team-a/*" in message  # how to carry it with cert-manager
+    with caplog.at_level(logging.ERROR, logger="workflowplane.agent.runner"):
+        agent._say_consent()
+    assert "refusing to connect" in caplog.text
+
+
+async def test_cert_manager_secret_without_a_list_still_connects(make_agent: Any) -> None:
+    agent: Agent = make_agent()
+    agent.identity = _cert_manager_identity()
+    await agent._ssl_context()
+
+
+async def test_a_list_from_the_configmap_closes_a_cert_manager_connection(
+    make_agent: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent: Agent = make_agent()
+    identity = _cert_manager_identity()
+
+    async def load(*_: object) -> AgentIdentity:
+        return identity
+
+    monkeypatch.setattr("workflowplane.agent.runner.load_or_create", load)
+    agent.identity = identity
+    assert agent.configmap is not None
+    agent.configmap.apply({"allowed": "team-a"})
+    assert await agent.keep_leaf_current(consent_changed=True)
+    assert agent.tunnel.reconnect_requested.is_set()  # the open connection goes
+    with pytest.raises(ConnectRefused, match="fail closed"):
+        await agent._ssl_context()
+
+
+async def test_certificate_files_must_carry_the_list(make_agent: Any, tmp_path: Path) -> None:
+    ca = new_identity("p", 3650, 90).ca
+    for name, uris in (("without", []), ("with", _uris("team-a/*"))):
+        leaf = issue_certificate(ca, "agent", uris=uris)
+        (tmp_path / f"{name}.crt").write_bytes(leaf.cert_pem)
+        (tmp_path / f"{name}.key").write_bytes(leaf.key_pem)
+    settings = {"allowed": ("team-a/*",), "client_key_file": tmp_path / "without.key"}
+    agent: Agent = make_agent(client_cert_file=tmp_path / "without.crt", **settings)
+    with pytest.raises(ConnectRefused, match=r"--client-cert .*without\.crt carries none"):
+        await agent._ssl_context()
+    settings["client_key_file"] = tmp_path / "with.key"
+    agent = make_agent(client_cert_file=tmp_path / "with.crt", **settings)
+    await agent._ssl_context()  # the files carry it: fine
+
+
+async def test_no_tls_cannot_carry_a_list(make_agent: Any) -> None:
+    agent: Agent = make_agent(tls_enabled=False, allowed=("team-a/*",))
+    with pytest.raises(ConnectRefused, match="presents no certificate"):
+        await agent._ssl_context()
+
+
+class UnusedUpstream:
+    """Never reached: every connection attempt is refused before a request can arrive."""
+
+    def observe(self, _trace: object) -> None:
+        pass
+
+
+async def test_a_refused_connection_is_retried_not_fatal() -> None:
+    attempts = 0
+    tried_twice = asyncio.Event()
+
+    async def refuse() -> Any:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 2:
+            tried_twice.set()
+        raise ConnectRefused("not now")
+
+    tunnel = AgentTunnel(
+        "wss://127.0.0.1:1",
+        "workflowplane",
+        "p",
+        refuse,
+        UnusedUpstream(),  # type: ignore[arg-type]
+        initial_backoff=0.01,
+        max_backoff=0.02,
+        stable_after=30,
+        dead_after=90,
+        max_frame=1 << 20,
+        timeout=5,
+        max_concurrent=1,
+    )
+    running = asyncio.create_task(tunnel.run())
+    await asyncio.wait_for(tried_twice.wait(), 5)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
