@@ -22,7 +22,7 @@ RUN /opt/workflowplane/bin/pip install . \
  && /opt/workflowplane/bin/wpctl --version \
  && test -n "$(ls /opt/workflowplane/lib/python3.11/site-packages/workflowplane/api/crds/*.yaml)"
 
-FROM ${PYTHON_IMAGE}
+FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="workflowplane" \
       org.opencontainers.image.description="OpenChoreo-compatible WorkflowPlane: controller, cluster gateway, cluster agent (wpctl)"
 RUN groupadd --system --gid 10001 workflowplane \
@@ -41,3 +41,17 @@ WORKDIR /tmp
 EXPOSE 8443 8444 8080
 ENTRYPOINT ["wpctl"]
 CMD ["--help"]
+
+# Drop-in images for OpenChoreo's own charts, which pass only `args` (their flags, unchanged):
+#   docker build --target cluster-gateway -t …/cluster-gateway .
+#   docker build --target cluster-agent   -t …/cluster-agent .
+FROM runtime AS cluster-gateway
+ENTRYPOINT ["cluster-gateway"]
+CMD []
+
+FROM runtime AS cluster-agent
+ENTRYPOINT ["cluster-agent"]
+CMD []
+
+# The default target: wpctl (every component, the CLI).
+FROM runtime
