@@ -15,13 +15,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from lightkube import AsyncClient
-from lightkube.core.exceptions import ApiError
 from lightkube.resources.core_v1 import ConfigMap
 
 from workflowplane.agent.config import CONSENT_KEY
 from workflowplane.agent.tunnel import full_jitter_delay
 from workflowplane.api.consent import UNRESTRICTED, Consent, ConsentError, parse_allow_list
-from workflowplane.kits.errors import NETWORK_ERRORS, report_failure
+from workflowplane.kits.errors import EXPECTED_ERRORS, report_failure, status_of
 
 log = logging.getLogger(__name__)
 WATCH_BACKOFF_SECONDS = (1.0, 30.0)  # first and longest wait before watching again
@@ -95,13 +94,9 @@ class ConfigMapConsent:
         client = self._kube()
         try:
             configmap = await client.get(ConfigMap, self.name, namespace=self.namespace)
-        except ApiError as exc:
-            if exc.status.code == 404:
-                return
-            self._unread(exc)
-            return
-        except NETWORK_ERRORS as exc:
-            self._unread(exc)
+        except EXPECTED_ERRORS as exc:
+            if status_of(exc) != 404:  # absent: no entries
+                self._unread(exc)
             return
         finally:
             await client.close()

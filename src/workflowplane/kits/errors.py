@@ -75,6 +75,8 @@ def status_of(exc: BaseException) -> int:
     """The HTTP status an error carries (0 when it never got an answer)."""
     if isinstance(exc, ApiError):
         return int(exc.status.code or 0)
+    if isinstance(exc, httpx2.HTTPStatusError):  # an error answer that is no Kubernetes Status
+        return int(exc.response.status_code)
     if isinstance(exc, Failure):
         return exc.status
     return 0
@@ -82,17 +84,22 @@ def status_of(exc: BaseException) -> int:
 
 def is_transient(exc: BaseException) -> bool:
     """Whether retrying later can help; Kubernetes API errors are judged by their status."""
-    if isinstance(exc, ApiError):
+    if isinstance(exc, ApiError | httpx2.HTTPStatusError):
         return transient_status(status_of(exc))
     return isinstance(exc, (TransientError, *NETWORK_ERRORS))
 
 
 def is_expected(exc: BaseException) -> bool:
     """A failure of the world (transient or permanent), as opposed to a bug in this code."""
-    return isinstance(exc, Failure | ApiError) or is_transient(exc)
+    return isinstance(exc, Failure | ApiError | httpx2.HTTPStatusError) or is_transient(exc)
 
 
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (Failure, ApiError, *NETWORK_ERRORS)
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
+    Failure,
+    ApiError,
+    httpx2.HTTPStatusError,
+    *NETWORK_ERRORS,
+)
 
 
 def report_failure(log: logging.Logger, what: str, exc: BaseException) -> None:

@@ -661,7 +661,8 @@ async def test_a_hijacking_cr_gets_a_clear_condition_once_the_plane_owner_set_th
     ca = (await write_agent_identity(workflow_plane, secret, f"{tenant_b}/victim")).decode()
     apply(control_plane, workflow_plane_cr("victim", tenant_b, plane_id, ca_pem=ca))
     apply(control_plane, workflow_plane_cr("hijack", tenant_a, plane_id, ca_pem=ca))
-    running = await start_agent(agent_config(workflow_plane, gw, plane_id, secret))
+    allowed = (f"{tenant_b}/victim",)  # the plane owner's list, set on the agent
+    running = await start_agent(agent_config(workflow_plane, gw, plane_id, secret, allowed=allowed))
     try:
         await eventually(
             lambda: _ready_with(_get(control_plane, "wp", "victim", tenant_b), "True"), timeout=15

@@ -60,7 +60,8 @@ async def test_a_cr_naming_the_victims_plane_id_and_ca_gets_no_traffic_once_the_
     apply(control_plane, workflow_plane_cr("victim", tenant_b, plane_id, ca_pem=ca))
     apply(control_plane, workflow_plane_cr("hijack", tenant_a, plane_id, ca_pem=ca))  # public CA
     await eventually(lambda: len(gw.gateway.planes.for_plane(plane_id)) == 2)
-    running = await start_agent(agent_config(workflow_plane, gw, plane_id, secret))
+    allowed = (f"{tenant_b}/victim",)  # the plane owner's list: the agent keeps it in its leaf
+    running = await start_agent(agent_config(workflow_plane, gw, plane_id, secret, allowed=allowed))
     try:
         (conn,) = gw.gateway.connections.for_plane(WP, plane_id)
         assert conn.authorized == {f"{tenant_b}/victim"}
