@@ -1,5 +1,5 @@
 """``python -m workflowplane.agent``: the ``cluster-agent`` command (OpenChoreo's flags work)."""
 
-from workflowplane.agent.cli import main
+from workflowplane.agent.command import main
 
 main()

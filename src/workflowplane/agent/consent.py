@@ -1,10 +1,10 @@
 """The plane owner's consent list as the agent reads it (``api.consent`` has the rules).
 
-Flags and ``CLUSTER_AGENT_ALLOWED_NAMESPACES`` are fixed at start (``agent.cli`` validates them);
-the ConfigMap in the agent's namespace (key ``allowed``) is watched, so the owner can change the
-list without restarting the agent. The effective list is the union. A ConfigMap that does not
-parse keeps the last good list: a typo must neither open the agent to everyone nor lock out the
-CRs it serves now.
+Flags and ``CLUSTER_AGENT_ALLOWED_NAMESPACES`` are fixed at start (``agent.command`` validates
+them); the ConfigMap in the agent's namespace (key ``allowed``) is watched, so the owner can
+change the list without restarting the agent. The effective list is the union. A ConfigMap
+that does not parse keeps the last good list: a typo must neither open the agent to everyone
+nor lock out the CRs it serves now.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from workflowplane.api.kube import load_config
 from workflowplane.controller.command import add_controller_flags, controller_config
 from workflowplane.controller.health import ControllerHealth
 from workflowplane.controller.runner import run_controller
-from workflowplane.gateway.cli import add_gateway_flags, config_from_args
+from workflowplane.gateway.command import add_gateway_flags, config_from_args
 from workflowplane.gateway.server import Gateway
 from workflowplane.kits.health import http_probe
 from workflowplane.protocol.gateway_client import GatewayClient

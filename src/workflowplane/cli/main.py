@@ -22,8 +22,8 @@ COMPONENT_COMMANDS = (
     "workflowplane.cli.ca",
     "workflowplane.cli.doctor",
     "workflowplane.cli.runs",
-    "workflowplane.agent.cli",
-    "workflowplane.gateway.cli",
+    "workflowplane.agent.command",
+    "workflowplane.gateway.command",
     "workflowplane.controller.command",
     "workflowplane.cli.control_plane",
 )

@@ -1,5 +1,5 @@
 """``python -m workflowplane.gateway``: ``cluster-gateway`` (OpenChoreo's flags work)."""
 
-from workflowplane.gateway.cli import main
+from workflowplane.gateway.command import main
 
 main()

@@ -21,7 +21,7 @@ from lightkube.resources.core_v1 import ConfigMap
 
 from tests import certmanager
 from workflowplane.agent.bootstrap import AgentIdentity, new_identity
-from workflowplane.agent.cli import add_arguments, config_from_args, main
+from workflowplane.agent.command import add_arguments, config_from_args, main
 from workflowplane.agent.config import AgentConfig
 from workflowplane.agent.consent import ConfigMapConsent, parse_configmap
 from workflowplane.agent.runner import Agent

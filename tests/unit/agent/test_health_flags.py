@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from workflowplane.agent.cli import add_arguments, config_from_args
+from workflowplane.agent.command import add_arguments, config_from_args
 from workflowplane.agent.config import AgentConfig
 
 REQUIRED = ["--server-url=wss://gw:8443/ws", "--plane-id=p"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.openchoreo_chart import agent_args, chart_dir
-from workflowplane.agent.cli import add_arguments, config_from_args
+from workflowplane.agent.command import add_arguments, config_from_args
 from workflowplane.agent.config import AgentConfig
 from workflowplane.testenv.peer import source_dir
 

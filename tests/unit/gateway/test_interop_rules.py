@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from multidict import CIMultiDict, MultiDict
 
 from tests.certmanager import self_signed_leaf
-from workflowplane.gateway.cli import add_gateway_flags, config_from_args
+from workflowplane.gateway.command import add_gateway_flags, config_from_args
 from workflowplane.gateway.connections import Reverification
 from workflowplane.gateway.internal_api import notify_answer
 from workflowplane.gateway.kube_proxy import complete_answer, degraded_query, forward_headers

@@ -1,7 +1,7 @@
 {{/*
 =============================================================================================
 THE ONE PLACE where this chart spells the agent's command line: the `wpctl agent` flags, the
-environment and the file paths. Align with src/workflowplane/agent/cli.py when it changes (every
+environment and the file paths. Align with src/workflowplane/agent/command.py when it changes (every
 flag there also reads CLUSTER_AGENT_<FLAG>); the Helm tests parse the rendered args with the
 real `wpctl` argument parser.
 =============================================================================================
