@@ -21,12 +21,11 @@ import logging
 import time
 
 import aiohttp
-from aiohttp import web
 
 from workflowplane.agent.metrics import AgentMetrics
 from workflowplane.agent.tunnel import AgentTunnel
 from workflowplane.agent.upstream import Upstream
-from workflowplane.kits.health import OK, Health, LoopLag, Verdict, health_app
+from workflowplane.kits.health import OK, Health, HealthListener, LoopLag, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +77,7 @@ class AgentHealth:
         self.health = Health(loop=LoopLag(limit=loop_limit))
         self.api_server = ApiServerCheck(upstream, timeout=api_timeout, cache=api_cache)
         self.port: int | None = None
-        self._runner: web.AppRunner | None = None
+        self._listener = HealthListener(self.health, self.metrics.registry)
 
         def gateway() -> Verdict:
             if tunnel.connected.is_set():
@@ -90,18 +89,8 @@ class AgentHealth:
 
     async def start(self, host: str, port: int) -> None:
         """Serve /healthz, /readyz, /metrics on ``host:port`` (0: any free port)."""
-        self.health.loop.start()
-        runner = web.AppRunner(
-            health_app(self.health, self.metrics.registry), access_log=None, shutdown_timeout=1
-        )
-        await runner.setup()
-        self._runner = runner
-        await web.TCPSite(runner, host, port, reuse_address=True).start()
-        self.port = runner.addresses[0][1]
+        self.port = await self._listener.start(host, port)
         log.info("agent health listener on %s:%d", host, self.port)
 
     async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-        await self.health.loop.stop()
+        await self._listener.close()

@@ -26,14 +26,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import kopf
-from aiohttp import web
 
 from workflowplane.api import PLANE_TYPE
 from workflowplane.controller.gateway_api import GatewayAPI
 from workflowplane.controller.leadership import Leadership
 from workflowplane.controller.metrics import ControllerMetrics
 from workflowplane.kits.errors import EXPECTED_ERRORS
-from workflowplane.kits.health import OK, Check, Health, LoopLag, ProgressWatch, Verdict, health_app
+from workflowplane.kits.health import (
+    OK,
+    Check,
+    Health,
+    HealthListener,
+    LoopLag,
+    ProgressWatch,
+    Verdict,
+)
 from workflowplane.kits.tasks import TaskSet
 
 log = logging.getLogger(__name__)
@@ -71,7 +78,7 @@ class ControllerHealth:
         self.health = Health(loop=LoopLag(limit=loop_limit))
         self.operator = OperatorState()
         self.port: int | None = None
-        self._runner: web.AppRunner | None = None
+        self._listener = HealthListener(self.health, self.metrics.registry)
         self._tasks = TaskSet("controller-health")
 
     # -- checks -------------------------------------------------------------------------------
@@ -123,20 +130,9 @@ class ControllerHealth:
 
     async def start(self, host: str, port: int) -> None:
         """Serve /healthz, /readyz, /metrics on ``host:port`` (0: any free port)."""
-        self.health.loop.start()
-        runner = web.AppRunner(
-            health_app(self.health, self.metrics.registry), access_log=None, shutdown_timeout=1
-        )
-        await runner.setup()
-        self._runner = runner
-        site = web.TCPSite(runner, host, port, reuse_address=True)
-        await site.start()
-        self.port = runner.addresses[0][1]
+        self.port = await self._listener.start(host, port)
         log.info("controller health listener on %s:%d", host, self.port)
 
     async def close(self) -> None:
         await self._tasks.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-        await self.health.loop.stop()
+        await self._listener.close()

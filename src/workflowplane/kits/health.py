@@ -175,3 +175,31 @@ def health_app(health: Health, registry: CollectorRegistry | None = None) -> web
     ):
         app.router.add_get(path, handler)
     return app
+
+
+class HealthListener:
+    """``health_app`` served on its own port, with the loop-lag ticker running while it is up
+    (the component's probes and /metrics, for Kubernetes and Prometheus)."""
+
+    def __init__(self, health: Health, registry: CollectorRegistry | None) -> None:
+        self.health, self._registry = health, registry
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen on ``host:port`` (0: any free port); the port it got."""
+        self.health.loop.start()
+        runner = web.AppRunner(
+            health_app(self.health, self._registry), access_log=None, shutdown_timeout=1
+        )
+        await runner.setup()
+        self._runner = runner
+        await web.TCPSite(runner, host, port, reuse_address=True).start()
+        self.port = int(runner.addresses[0][1])
+        return self.port
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.health.loop.stop()
