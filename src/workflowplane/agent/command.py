@@ -17,12 +17,11 @@ from typing import Any
 from workflowplane.agent.config import CONSENT_CONFIGMAP, CONSENT_KEY, AgentConfig, env
 from workflowplane.api.consent import ConsentError, parse_allow_list
 from workflowplane.api.constants import AGENT_NAMESPACE, AGENT_SECRET_NAME, PLANE_TYPE
-from workflowplane.kits.goflags import add_go_flag, env_bool, parse_duration
+from workflowplane.kits.goflags import add_go_flag, apply_go_log_level, env_bool, parse_duration
 from workflowplane.kits.logs import add_fields
 from workflowplane.kits.process import EXIT_USAGE, FatalError
 
 log = logging.getLogger(__name__)
-LOG_LEVELS = {"debug": "DEBUG", "warn": "WARNING", "warning": "WARNING", "error": "ERROR"}
 
 
 def _path(value: str | None) -> Path | None:
@@ -191,18 +190,12 @@ def _ignored(args: argparse.Namespace) -> tuple[str, ...]:
     return tuple(ignored)
 
 
-def apply_log_level(level: str | None) -> None:
-    """OpenChoreo's levels; anything else is info, as its agent treats it."""
-    if level:
-        logging.getLogger().setLevel(LOG_LEVELS.get(level.lower(), "INFO"))
-
-
 def _run(args: argparse.Namespace) -> int:
     from workflowplane.agent.runner import Agent  # noqa: PLC0415 - heavy, only when running
     from workflowplane.kits.process import run  # noqa: PLC0415
 
     config = config_from_args(args)
-    apply_log_level(args.log_level)
+    apply_go_log_level(args.log_level)
     add_fields(plane=config.plane_id)  # one plane per agent process: every line names it
 
     async def main() -> None:  # the agent's sessions need the running loop

@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from workflowplane.gateway.config import GATEWAY_NAMESPACE, GatewayConfig
-from workflowplane.kits.goflags import add_go_flag, env_bool, parse_duration
+from workflowplane.kits.goflags import add_go_flag, apply_go_log_level, env_bool, parse_duration
 from workflowplane.kits.process import EXIT_USAGE, FatalError
 
 log = logging.getLogger(__name__)
-LOG_LEVELS = {"debug": "DEBUG", "warn": "WARNING", "warning": "WARNING", "error": "ERROR"}
 # Accepted for OpenChoreo's command line; nothing here corresponds to them.
 IGNORED_FLAGS = (
     "read_timeout",
@@ -176,12 +175,6 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
     )
 
 
-def apply_log_level(level: str | None) -> None:
-    """OpenChoreo's levels; anything else is info, as its gateway treats it."""
-    if level:
-        logging.getLogger().setLevel(LOG_LEVELS.get(level.lower(), "INFO"))
-
-
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "gateway",
@@ -199,7 +192,7 @@ def _run(args: argparse.Namespace) -> int:
     from workflowplane.kits.process import run  # noqa: PLC0415
 
     config = config_from_args(args)
-    apply_log_level(args.log_level)
+    apply_go_log_level(args.log_level)
     run(serve_forever(config))
     return 0
 

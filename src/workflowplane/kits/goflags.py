@@ -8,6 +8,7 @@ OpenChoreo's Helm charts start their Go binaries with Go ``flag`` syntax: ``-nam
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 from typing import Any
 
@@ -69,3 +70,13 @@ def add_go_flag(parser: argparse.ArgumentParser, *names: str, **kwargs: Any) -> 
         kwargs.update(nargs="?", const=True, type=parse_bool)
     spellings = [spelling for name in names for spelling in (f"--{name}", f"-{name}")]
     parser.add_argument(*spellings, dest=names[0].replace("-", "_"), **kwargs)
+
+
+_GO_LOG_LEVELS = {"debug": "DEBUG", "warn": "WARNING", "warning": "WARNING", "error": "ERROR"}
+
+
+def apply_go_log_level(level: str | None) -> None:
+    """OpenChoreo's ``--log-level`` (debug|info|warn|error) on the root logger; anything else
+    is info, as its gateway and agent treat it; none leaves the level as it is."""
+    if level:
+        logging.getLogger().setLevel(_GO_LOG_LEVELS.get(level.lower(), "INFO"))

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 import pytest
 
-from workflowplane.kits.goflags import add_go_flag, env_bool, parse_bool, parse_duration
+from workflowplane.kits.goflags import (
+    add_go_flag,
+    apply_go_log_level,
+    env_bool,
+    parse_bool,
+    parse_duration,
+)
 
 
 @pytest.mark.parametrize(
@@ -55,3 +62,25 @@ def test_flags_take_one_or_two_dashes_and_bools_need_no_value() -> None:
     args = parser.parse_args(["-plane-id=p1", "--tls-enabled=false", "-reconnect-delay", "5s"])
     assert (args.plane_id, args.tls_enabled, args.reconnect_initial) == ("p1", False, 5.0)
     assert parser.parse_args(["--tls-enabled"]).tls_enabled is True
+
+
+@pytest.mark.parametrize(
+    ("given", "level"),
+    [("debug", logging.DEBUG), ("WARN", logging.WARNING), ("error", logging.ERROR),
+     ("verbose", logging.INFO)],
+)  # fmt: skip
+def test_openchoreos_log_levels_set_the_root_logger(given: str, level: int) -> None:
+    root = logging.getLogger()
+    before = root.level
+    try:
+        apply_go_log_level(given)
+        assert root.level == level
+    finally:
+        root.setLevel(before)
+
+
+def test_no_log_level_leaves_the_root_logger_alone() -> None:
+    root = logging.getLogger()
+    before = root.level
+    apply_go_log_level(None)
+    assert root.level == before
