@@ -37,7 +37,7 @@ from workflowplane.agent.runner import Agent
 from workflowplane.pki import KeyPair, generate_ca, issue_certificate
 from workflowplane.protocol.gateway_client import GatewayClient
 from workflowplane.testenv import CONTROL_PLANE, WORKFLOW_PLANE, Environment, free_port
-from workflowplane.testenv.tools import async_client, kubectl
+from workflowplane.testenv.tools import async_client, gateway_server_ca, kubectl
 
 WP = "workflowplane"
 REPO = Path(__file__).resolve().parent.parent
@@ -98,18 +98,7 @@ class Setup:
                 time.sleep(0.2)
         else:
             raise RuntimeError(f"gateway did not start; see {self.log}")
-        data = kubectl(
-            cp.kubeconfig,
-            cp.context,
-            "get",
-            "secret",
-            "cluster-gateway-tls",
-            "-n",
-            "openchoreo-control-plane",
-            "-o",
-            r"jsonpath={.data.ca\.crt}",
-        ).stdout
-        self.ca_file.write_bytes(base64.b64decode(data))
+        gateway_server_ca(cp.kubeconfig, cp.context, self.ca_file)
 
     async def connect_client(self) -> GatewayClient:
         cp = self.env[CONTROL_PLANE]

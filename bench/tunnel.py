@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import os
 import random
@@ -42,7 +41,7 @@ from workflowplane.agent.runner import Agent
 from workflowplane.protocol.gateway_client import GatewayClient
 from workflowplane.pki import KeyPair, issue_certificate
 from workflowplane.testenv import CONTROL_PLANE, WORKFLOW_PLANE, Environment, free_port
-from workflowplane.testenv.tools import async_client, kubectl
+from workflowplane.testenv.tools import async_client, gateway_server_ca, kubectl
 
 WP = "workflowplane"
 REPO = Path(__file__).resolve().parent.parent
@@ -189,20 +188,7 @@ async def gateway_client(bench: Bench) -> GatewayClient:
 
 async def gateway_ca(bench: Bench) -> Path:
     cp = bench.env[CONTROL_PLANE]
-    data = kubectl(
-        cp.kubeconfig,
-        cp.context,
-        "get",
-        "secret",
-        "cluster-gateway-tls",
-        "-n",
-        "openchoreo-control-plane",
-        "-o",
-        r"jsonpath={.data.ca\.crt}",
-    ).stdout
-    path = bench.tmp / "gw-ca.crt"
-    path.write_bytes(base64.b64decode(data))
-    return path
+    return gateway_server_ca(cp.kubeconfig, cp.context, bench.tmp / "gw-ca.crt")
 
 
 async def latency_and_throughput(bench: Bench, client: GatewayClient, ca: Path) -> None:

@@ -38,7 +38,7 @@ from workflowplane.testenv import (
     stop_detached,
 )
 from workflowplane.testenv.apiserver import process_alive, stop_process_group
-from workflowplane.testenv.tools import kubectl
+from workflowplane.testenv.tools import gateway_server_ca, kubectl
 
 CRD_DIR = Path(__file__).resolve().parent.parent / "api" / "crds"
 PLANE_CRD_DIR = Path(__file__).resolve().parent.parent / "api" / "workflow_plane_crds"
@@ -256,23 +256,6 @@ def _start_control_plane(root: Path, kubeconfig: Path) -> dict[str, int]:
     return ports
 
 
-def _gateway_ca(root: Path, kubeconfig: Path) -> Path:
-    data = kubectl(
-        kubeconfig,
-        CP,
-        "get",
-        "secret",
-        "cluster-gateway-tls",
-        "-n",
-        "openchoreo-control-plane",
-        "-o",
-        r"jsonpath={.data.ca\.crt}",
-    ).stdout
-    path = root / "gateway-ca.crt"
-    path.write_bytes(base64.b64decode(data))
-    return path
-
-
 def _start_agent(
     root: Path, kubeconfig: Path, server: str, public_port: int, ca_file: Path
 ) -> None:
@@ -439,7 +422,7 @@ def _up(args: argparse.Namespace) -> int:
     planes = _planes_of(root)
     _install_crds(kubeconfig)
     ports = _start_control_plane(root, kubeconfig)
-    ca_file = _gateway_ca(root, kubeconfig)
+    ca_file = gateway_server_ca(kubeconfig, CP, root / "gateway-ca.crt")
     for server in planes:
         _start_agent(root, kubeconfig, server, ports["public"], ca_file)
     cas = {server: _agent_ca(kubeconfig, server, root) for server in planes}

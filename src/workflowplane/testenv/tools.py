@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import subprocess
@@ -44,3 +45,22 @@ def kubectl(
 def async_client(kubeconfig: Path, context: str, **kwargs: object) -> AsyncClient:
     config = KubeConfig.from_file(kubeconfig).get(context_name=context)
     return AsyncClient(config=config, **kwargs)  # type: ignore[arg-type]
+
+
+def gateway_server_ca(kubeconfig: Path, context: str, destination: Path) -> Path:
+    """Write the CA of the gateway's server certificate (Secret
+    ``openchoreo-control-plane/cluster-gateway-tls``, which the gateway creates on first start)
+    to ``destination``: what an agent started outside the cluster trusts."""
+    data = kubectl(
+        kubeconfig,
+        context,
+        "get",
+        "secret",
+        "cluster-gateway-tls",
+        "-n",
+        "openchoreo-control-plane",
+        "-o",
+        r"jsonpath={.data.ca\.crt}",
+    ).stdout
+    destination.write_bytes(base64.b64decode(data))
+    return destination
