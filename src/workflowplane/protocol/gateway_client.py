@@ -4,16 +4,26 @@ The internal API is a wire contract between the gateway and its callers, so its 
 beside the other wire types, below every component that calls it. Failures come back in the
 ``kits.errors`` taxonomy: :class:`TransientError` (5xx, 429, network) or
 :class:`PermanentError` (other 4xx), each carrying the status and the ``Status`` body.
+
+The gateway may run as several replicas (docs/ha.md). The client is given one URL (as
+before), a list, or a :class:`~workflowplane.protocol.replicas.ReplicaDirectory` (Leases).
+Proxied requests are spread round-robin and retried on another replica only when that is
+safe (:func:`may_retry`); watches resume on another replica from their last resourceVersion;
+status and notifications go to every replica, and their answers are merged by agent instance.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
+import enum
 import json
+import logging
 import ssl
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,7 +32,12 @@ import aiohttp
 from lightkube import AsyncClient
 from lightkube.resources.core_v1 import Secret
 
-from workflowplane.kits.errors import Failure, TransientError, from_status
+from workflowplane.kits.errors import Failure, PermanentError, TransientError, from_status
+from workflowplane.protocol.replica_status import merge_all_status, merge_plane_status
+from workflowplane.protocol.replicas import ReplicaDirectory, ReplicaRotation, StaticDirectory
+from workflowplane.protocol.watch_position import WatchPosition, is_watch
+
+log = logging.getLogger(__name__)
 
 # Where the gateway keeps the credentials of its internal callers (controller, CLI).
 GATEWAY_NAMESPACE = "openchoreo-control-plane"
@@ -94,9 +109,91 @@ def _message(body: bytes, status: int) -> tuple[str, Any]:
     return str(parsed), parsed
 
 
+# ---- when a request may go to another replica ------------------------------------------------
+
+UNSENT_HEADER = "X-Workflowplane-Unsent"
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+GATEWAY_GAP_STATUSES = frozenset({502, 503, 504})
+STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10)
+EVENTS_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=60, sock_connect=10)
+EVENTS_RESUBSCRIBE_SECONDS = 5.0
+
+
+class Miss(enum.Enum):
+    """How an attempt on one replica failed, as far as the agent is concerned."""
+
+    UNSENT = "the replica answered that it sent the request to no agent"
+    NOT_CONNECTED = "no connection to the replica: the request was never written"
+    GATEWAY_STATUS = "502/503/504 without Unsent: it may have reached the agent"
+    LOST = "the connection was lost or timed out mid-request"
+
+
+def may_retry(method: str, miss: Miss) -> bool:
+    """Any method after a miss that provably never reached an agent; otherwise only methods
+    that are safe to repeat (a POST that may have run must not run twice)."""
+    if miss in (Miss.UNSENT, Miss.NOT_CONNECTED):
+        return True
+    return method.upper() in IDEMPOTENT_METHODS
+
+
+def miss_of_answer(status: int, headers: Mapping[str, str]) -> Miss | None:
+    """None for an answer to hand back as it is (a success, or the plane's own error)."""
+    if status >= 400 and headers.get(UNSENT_HEADER) == "1":
+        return Miss.UNSENT
+    if status in GATEWAY_GAP_STATUSES:
+        return Miss.GATEWAY_STATUS
+    return None
+
+
+def miss_of_error(exc: BaseException) -> Miss:
+    """Connecting (refused, reset, TLS, connect timeout) writes nothing; anything later may
+    have delivered the request."""
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+        return Miss.NOT_CONNECTED
+    return Miss.LOST
+
+
+class Unreachable(TransientError):
+    """A replica could not be connected to: it received nothing."""
+
+
+def _unreachable(url: str, exc: BaseException) -> TransientError:
+    if miss_of_error(exc) is Miss.NOT_CONNECTED:
+        return Unreachable(f"gateway {url} unreachable: {exc}")
+    return TransientError(f"gateway {url} failed mid-request: {exc!r}")
+
+
+def _directory(replicas: str | Sequence[str] | ReplicaDirectory) -> ReplicaDirectory:
+    if isinstance(replicas, str):
+        return StaticDirectory([replicas])
+    if isinstance(replicas, Sequence):
+        return StaticDirectory(list(replicas))
+    return replicas
+
+
+@dataclass(frozen=True)
+class _Ended:
+    """One replica's event stream ended (``error`` says how)."""
+
+    url: str
+    error: Failure
+
+
 class GatewayClient:
-    def __init__(self, base_url: str, ssl_context: ssl.SSLContext, timeout: float = 35.0):
-        self.base_url = base_url.rstrip("/")
+    def __init__(
+        self,
+        replicas: str | Sequence[str] | ReplicaDirectory,
+        ssl_context: ssl.SSLContext,
+        timeout: float = 35.0,
+    ):
+        directory = _directory(replicas)
+        self._rotation = ReplicaRotation(directory)
+        first = replicas if isinstance(replicas, str) else None
+        if isinstance(replicas, Sequence) and not isinstance(replicas, str):
+            first = replicas[0]
+        # The one URL proxy_url builds on (a fixed first replica; empty for a directory).
+        self.base_url = (first or "").rstrip("/")
+        self._timeout = timeout
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=ssl_context, limit=64),
             timeout=aiohttp.ClientTimeout(total=timeout),
@@ -104,22 +201,32 @@ class GatewayClient:
         self._ssl = ssl_context
 
     @classmethod
-    def from_files(cls, base_url: str, ca: Path, cert: Path, key: Path) -> GatewayClient:
+    def from_files(
+        cls, replicas: str | Sequence[str] | ReplicaDirectory, ca: Path, cert: Path, key: Path
+    ) -> GatewayClient:
         return cls(
-            base_url, client_ssl_context(ca.read_bytes(), cert.read_bytes(), key.read_bytes())
+            replicas, client_ssl_context(ca.read_bytes(), cert.read_bytes(), key.read_bytes())
         )
 
     @classmethod
     async def from_secret(
-        cls, kube: AsyncClient, base_url: str, namespace: str = GATEWAY_NAMESPACE
+        cls,
+        kube: AsyncClient,
+        replicas: str | Sequence[str] | ReplicaDirectory,
+        namespace: str = GATEWAY_NAMESPACE,
     ) -> GatewayClient:
         """Credentials from the Secret the gateway wrote for its internal callers."""
         secret = await kube.get(Secret, INTERNAL_CLIENT_SECRET, namespace=namespace)
         data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
-        return cls(base_url, client_ssl_context(data["ca.crt"], data["tls.crt"], data["tls.key"]))
+        return cls(replicas, client_ssl_context(data["ca.crt"], data["tls.crt"], data["tls.key"]))
+
+    async def replica_urls(self) -> list[str]:
+        """The replicas in use now."""
+        return await self._rotation.directory.urls()
 
     async def close(self) -> None:
         await self._session.close()
+        await self._rotation.directory.close()
 
     @contextlib.asynccontextmanager
     async def _open(
@@ -134,21 +241,94 @@ class GatewayClient:
                 resp.close()
                 raise
 
-    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    # ---- one replica, or the first that will do ------------------------------------------------
+
+    async def _attempt(self, method: str, url: str, budget: float, **kwargs: Any) -> ProxyResponse:
+        """One request to one replica; a network failure is raised as :class:`Unreachable`
+        (nothing written) or :class:`TransientError`."""
         try:
-            async with self._open(method, self.base_url + path, **kwargs) as resp:
-                body = await resp.read()
-                if resp.status >= 400:
-                    message, parsed = _message(body, resp.status)
-                    raise gateway_error(resp.status, message, parsed)
-                return json.loads(body) if body else None
-        except aiohttp.ClientError as exc:
-            raise TransientError(f"gateway unreachable: {exc}") from exc
+            async with self._open(
+                method, url, timeout=aiohttp.ClientTimeout(total=budget), **kwargs
+            ) as resp:
+                return ProxyResponse(resp.status, dict(resp.headers), await resp.read())
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _unreachable(url, exc) from exc
+
+    async def _send(self, method: str, path: str, **kwargs: Any) -> ProxyResponse:
+        """The request on one replica after another, while the miss allows a retry: each live
+        replica at most once, all within the client's timeout."""
+        deadline = time.monotonic() + self._timeout
+        answer: ProxyResponse | None = None
+        error: TransientError | None = None
+        for url in await self._rotation.order():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                answer = await self._attempt(method, url + path, remaining, **kwargs)
+            except TransientError as exc:
+                self._rotation.failed(url)
+                error = exc
+                broken = Miss.NOT_CONNECTED if isinstance(exc, Unreachable) else Miss.LOST
+                if may_retry(method, broken):
+                    continue
+                raise
+            miss = miss_of_answer(answer.status, answer.headers)
+            if miss is None or not may_retry(method, miss):
+                self._rotation.succeeded(url)
+                return answer
+            log.debug("%s %s on %s: %s; trying another replica", method, path, url, miss.value)
+        if answer is not None:
+            return answer
+        raise error or TransientError("gateway: no replica is live, or none answered in time")
+
+    async def _fan_out(self, method: str, path: str, **kwargs: Any) -> list[dict[str, Any]]:
+        """The call on every replica at once; each answer carries its ``replica`` (the URL when
+        the replica does not say). A replica that could not be connected to is left out when
+        another answered; any other failure fails the call (for writes: it may be owed)."""
+        urls = await self._rotation.order()
+        if not urls:
+            raise TransientError("gateway: no replica is live")
+        results = await asyncio.gather(
+            *(self._call_one(method, url, path, **kwargs) for url in urls),
+            return_exceptions=True,
+        )
+        answers: list[dict[str, Any]] = []
+        failures: list[Failure] = []
+        for url, result in zip(urls, results, strict=True):
+            if isinstance(result, Failure):
+                failures.append(result)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                answers.append({"replica": url, **(result or {})})
+        serious = [f for f in failures if not isinstance(f, Unreachable)]
+        permanent = [f for f in serious if isinstance(f, PermanentError)]
+        if permanent or (serious and method != "GET"):
+            raise (permanent or serious)[0]
+        if not answers:
+            raise failures[0]
+        return answers
+
+    async def _call_one(self, method: str, url: str, path: str, **kwargs: Any) -> Any:
+        try:
+            answer = await self._attempt(method, url + path, self._timeout, **kwargs)
+        except TransientError:
+            self._rotation.failed(url)
+            raise
+        if answer.status >= 400:
+            message, parsed = _message(answer.body, answer.status)
+            raise gateway_error(answer.status, message, parsed)
+        self._rotation.succeeded(url)
+        return json.loads(answer.body) if answer.body else None
+
+    # ---- the internal API ----------------------------------------------------------------------
 
     async def notify(
         self, *, plane_type: str, plane_id: str, event: str, namespace: str, name: str
     ) -> Mapping[str, Any]:
-        result: Mapping[str, Any] = await self._call(
+        """Every replica re-verifies its own connections, so every replica is told."""
+        answers = await self._fan_out(
             "POST",
             "/api/v1/planes/notify",
             json={
@@ -159,7 +339,7 @@ class GatewayClient:
                 "name": name,
             },
         )
-        return result
+        return _summed(answers, ("authorizationsGranted", "authorizationsRevoked"))
 
     async def plane_status(
         self,
@@ -169,30 +349,33 @@ class GatewayClient:
         namespace: str | None = None,
         name: str | None = None,
     ) -> Mapping[str, Any]:
+        """The plane's (or one CR's) agents over every replica, counted once each."""
         params = {k: v for k, v in (("namespace", namespace), ("name", name)) if v}
-        result: Mapping[str, Any] = await self._call(
+        answers = await self._fan_out(
             "GET", f"/api/v1/planes/{plane_type}/{plane_id}/status", params=params
         )
-        return result
+        return merge_plane_status(answers)
 
     async def all_status(self) -> Mapping[str, Any]:
-        result: Mapping[str, Any] = await self._call("GET", "/api/v1/planes/status")
-        return result
+        return merge_all_status(await self._fan_out("GET", "/api/v1/planes/status"))
 
     async def reconnect(self, plane_type: str, plane_id: str) -> Mapping[str, Any]:
-        result: Mapping[str, Any] = await self._call(
-            "POST", f"/api/v1/planes/{plane_type}/{plane_id}/reconnect"
-        )
-        return result
+        answers = await self._fan_out("POST", f"/api/v1/planes/{plane_type}/{plane_id}/reconnect")
+        return _summed(answers, ())
+
+    # ---- the proxy -----------------------------------------------------------------------------
+
+    @staticmethod
+    def proxy_path(
+        plane_type: str, plane_id: str, cr_namespace: str | None, cr_name: str, path: str
+    ) -> str:
+        scope = cr_namespace or "_cluster"
+        return f"/api/proxy/{plane_type}/{plane_id}/{scope}/{cr_name}/k8s/{path.lstrip('/')}"
 
     def proxy_url(
         self, plane_type: str, plane_id: str, cr_namespace: str | None, cr_name: str, path: str
     ) -> str:
-        scope = cr_namespace or "_cluster"
-        return (
-            f"{self.base_url}/api/proxy/{plane_type}/{plane_id}/{scope}/{cr_name}/k8s/"
-            f"{path.lstrip('/')}"
-        )
+        return self.base_url + self.proxy_path(plane_type, plane_id, cr_namespace, cr_name, path)
 
     async def proxy(
         self,
@@ -208,17 +391,44 @@ class GatewayClient:
         headers: Mapping[str, str] | None = None,
     ) -> ProxyResponse:
         """A request run in the plane; any status comes back (errors are not raised)."""
-        url = self.proxy_url(plane_type, plane_id, cr_namespace, cr_name, path)
-        try:
-            async with self._open(
-                method,
-                url + (f"?{query}" if query else ""),
-                data=body,
-                headers=dict(headers or {"Content-Type": "application/json"}),
-            ) as resp:
-                return ProxyResponse(resp.status, dict(resp.headers), await resp.read())
-        except aiohttp.ClientError as exc:
-            raise TransientError(f"gateway unreachable: {exc}") from exc
+        target = self.proxy_path(plane_type, plane_id, cr_namespace, cr_name, path)
+        return await self._send(
+            method,
+            target + (f"?{query}" if query else ""),
+            data=body,
+            headers=dict(headers or {"Content-Type": "application/json"}),
+        )
+
+    @contextlib.asynccontextmanager
+    async def _stream_response(
+        self, method: str, target: str
+    ) -> AsyncIterator[tuple[str, aiohttp.ClientResponse]]:
+        """The first replica whose answer starts a stream (the retry rules of :meth:`_send`);
+        an error answer that may not be retried is raised as before."""
+        error: Failure | None = None
+        for url in await self._rotation.order():
+            async with contextlib.AsyncExitStack() as stack:
+                try:
+                    resp = await stack.enter_async_context(
+                        self._open(method, url + target, timeout=STREAM_TIMEOUT)
+                    )
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    self._rotation.failed(url)
+                    error = _unreachable(url, exc)
+                    if may_retry(method, miss_of_error(exc)):
+                        continue
+                    raise error from exc
+                if resp.status >= 400:
+                    message, parsed = _message(await resp.read(), resp.status)
+                    error = gateway_error(resp.status, message, parsed)
+                    miss = miss_of_answer(resp.status, resp.headers)
+                    if miss is not None and may_retry(method, miss):
+                        continue
+                    raise error
+                self._rotation.succeeded(url)
+                yield url, resp
+                return
+        raise error or TransientError("gateway: no replica is live")
 
     async def proxy_stream(
         self,
@@ -231,28 +441,113 @@ class GatewayClient:
         path: str,
         query: str,
     ) -> AsyncIterator[bytes]:
-        """A streamed request (watch=true, follow=true): lines of the body as they arrive."""
-        url = self.proxy_url(plane_type, plane_id, cr_namespace, cr_name, path)
-        async with self._open(
-            method,
-            f"{url}?{query}",
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-        ) as resp:
-            if resp.status >= 400:
-                message, parsed = _message(await resp.read(), resp.status)
-                raise gateway_error(resp.status, message, parsed)
-            async for line in resp.content:
-                yield line
+        """A streamed request (watch=true, follow=true): lines of the body as they arrive.
+
+        A watch whose replica goes away resumes on another from the last resourceVersion seen
+        (a half-received line is dropped: the resumed watch sends that event again); other
+        streams end with a :class:`TransientError`. Resuming stops after as many breaks in a
+        row without a line as there are replicas."""
+        target = self.proxy_path(plane_type, plane_id, cr_namespace, cr_name, path)
+        position = WatchPosition() if is_watch(query) else None
+        breaks = 0
+        while True:
+            async with self._stream_response(method, f"{target}?{query}") as (url, resp):
+                try:
+                    async for line in resp.content:
+                        if position is not None and not line.endswith(b"\n"):
+                            raise aiohttp.ClientPayloadError("the stream ended mid-line")
+                        breaks = 0
+                        if position is not None:
+                            position.observe(line)
+                        yield line
+                    return
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    self._rotation.failed(url)
+                    breaks += 1
+                    if position is None or breaks > len(await self.replica_urls()):
+                        raise TransientError(f"stream from gateway {url} broke: {exc!r}") from exc
+                    query = position.resume_query(query)
+                    log.info(
+                        "watch %s via %s broke (%r); resuming at resourceVersion %s",
+                        path,
+                        url,
+                        exc,
+                        position.resource_version,
+                    )
+
+    # ---- the push channel ----------------------------------------------------------------------
 
     async def events(self) -> AsyncIterator[Mapping[str, Any]]:
-        async with self._open(
-            "GET",
-            self.base_url + "/api/v1/planes/events",
-            timeout=aiohttp.ClientTimeout(total=None, sock_read=60, sock_connect=10),
-        ) as resp:
-            if resp.status >= 400:
-                raise gateway_error(resp.status, "events unavailable")
-            async for line in resp.content:
-                if line.strip():
-                    event: Mapping[str, Any] = json.loads(line)
-                    yield event
+        """Connection events of every replica, merged. A replica whose stream ends is
+        subscribed to again after a pause; when every replica's stream has ended the iterator
+        raises (the caller reopens it, as with one gateway)."""
+        queue: asyncio.Queue[Mapping[str, Any] | _Ended] = asyncio.Queue(maxsize=1000)
+        followers: dict[str, asyncio.Task[None]] = {}
+        paused_until: dict[str, float] = {}
+        try:
+            while True:
+                now = time.monotonic()
+                for url in await self.replica_urls():
+                    if url not in followers and paused_until.get(url, 0.0) <= now:
+                        followers[url] = asyncio.create_task(self._follow_events(url, queue))
+                if not followers:
+                    raise TransientError("gateway: no replica is live")
+                try:
+                    item = await asyncio.wait_for(queue.get(), EVENTS_RESUBSCRIBE_SECONDS)
+                except TimeoutError:
+                    continue
+                if isinstance(item, _Ended):
+                    followers.pop(item.url, None)
+                    paused_until[item.url] = time.monotonic() + EVENTS_RESUBSCRIBE_SECONDS
+                    if not followers:
+                        raise item.error
+                    log.info("event stream of gateway %s ended: %s", item.url, item.error)
+                    continue
+                yield item
+        finally:
+            for task in followers.values():
+                task.cancel()
+            await asyncio.gather(*followers.values(), return_exceptions=True)
+
+    async def _follow_events(
+        self, url: str, queue: asyncio.Queue[Mapping[str, Any] | _Ended]
+    ) -> None:
+        error: Failure = TransientError(f"gateway {url}: event stream ended")
+        try:
+            async with self._open(
+                "GET", url + "/api/v1/planes/events", timeout=EVENTS_TIMEOUT
+            ) as resp:
+                if resp.status >= 400:
+                    raise gateway_error(resp.status, "events unavailable")
+                async for line in resp.content:
+                    event = _event_of(line)
+                    if event is not None:
+                        await queue.put({"replica": url, **event})
+        except Failure as exc:
+            error = exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self._rotation.failed(url)
+            error = _unreachable(url, exc)
+        await queue.put(_Ended(url, error))
+
+
+def _event_of(line: bytes) -> Mapping[str, Any] | None:
+    """One event line (blank lines keep the stream alive; a line not an object is skipped)."""
+    if not line.strip():
+        return None
+    try:
+        event = json.loads(line)
+    except ValueError:
+        log.warning("gateway event stream: a line that is not JSON, skipped")
+        return None
+    return event if isinstance(event, dict) else None
+
+
+def _summed(answers: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[str, Any]:
+    """Answers of every replica to one write: the first, with the counts added up."""
+    merged = dict(answers[0])
+    for key in (*keys, "disconnectedAgents"):
+        if any(key in a for a in answers):
+            merged[key] = sum(int(a.get(key) or 0) for a in answers)
+    merged["replicas"] = [a.get("replica") for a in answers]
+    return merged
