@@ -198,6 +198,9 @@ class GatewayClient:
             connector=aiohttp.TCPConnector(ssl=ssl_context, limit=64),
             timeout=aiohttp.ClientTimeout(total=timeout),
         )
+        # aiohttp repeats a PUT or DELETE once on its own when the connection breaks after the
+        # request was written; whether to repeat is decided here (may_retry), never there.
+        self._session._retry_connection = False
         self._ssl = ssl_context
 
     @classmethod
