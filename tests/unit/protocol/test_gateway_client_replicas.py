@@ -3,7 +3,6 @@ replica, each failing in one way; the client is given [failing, healthy] (its fi
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import ssl
