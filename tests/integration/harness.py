@@ -263,6 +263,7 @@ async def controller_running(
         kubeconfig=control_plane.kubeconfig,
         context=control_plane.context,
         resync_seconds=resync,
+        disconnect_grace_seconds=2.0,  # short: tests that stop agents wait for the disconnect
         peering=peering,
         priority=priority,
         health_host="127.0.0.1",

@@ -22,6 +22,7 @@ from workflowplane.gateway.command import add_gateway_flags, config_from_args
 from workflowplane.gateway.server import Gateway
 from workflowplane.kits.health import http_probe
 from workflowplane.protocol.gateway_client import GatewayClient
+from workflowplane.protocol.replicas import LeaseDirectory
 
 ANY_ADDRESS = ("0.0.0.0", "::", "")
 
@@ -49,8 +50,12 @@ async def serve(
     )
     gateway = Gateway(gateway_config, kube)
     await gateway.start()
-    url = f"https://127.0.0.1:{gateway.ports['internal']}"
-    client = await GatewayClient.from_secret(kube, url, gateway_config.namespace)
+    own = f"https://127.0.0.1:{gateway.ports['internal']}"
+    urls = [own, *(u.rstrip("/") for u in args.gateway_peer_url if u.rstrip("/") != own)]
+    replicas: list[str] | LeaseDirectory = urls
+    if args.gateway_leases:  # the Leases' client is the gateway's (closed after the directory)
+        replicas = LeaseDirectory(kube, gateway_config.namespace, own)
+    client = await GatewayClient.from_secret(kube, replicas, gateway_config.namespace)
     config = controller_config(args)
     health = health or ControllerHealth(stuck_after=config.stuck_after_seconds)
     host = "127.0.0.1" if gateway_config.host in ANY_ADDRESS else gateway_config.host

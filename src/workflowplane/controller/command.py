@@ -8,7 +8,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from workflowplane.controller.runner import ControllerConfig
+from workflowplane.controller.runner import ControllerConfig, GatewayReplicas
+from workflowplane.kits.process import EXIT_USAGE, FatalError
 
 DEFAULT_HEALTH_PORT = 8081
 
@@ -21,7 +22,7 @@ def add_controller_flags(parser: argparse.ArgumentParser, *, standalone: bool) -
         add(
             "--gateway-url",
             default="https://cluster-gateway.openchoreo-control-plane.svc:8444",
-            help="the gateway's internal API",
+            help="the gateway's internal API; several replicas: comma-separated URLs",
         )
         add(
             "--gateway-namespace",
@@ -50,7 +51,29 @@ def add_controller_flags(parser: argparse.ArgumentParser, *, standalone: bool) -
         help="liveness fails when a work queue has work due and no pass finished for this "
         "many seconds",
     )
+    add(
+        "--gateway-leases",
+        action="store_true",
+        help="find the gateway's replicas from their Leases in the gateway namespace "
+        "(re-read every few seconds; --gateway-url while none is live)",
+    )
+    if not standalone:
+        add(
+            "--gateway-peer-url",
+            action="append",
+            default=[],
+            metavar="URL",
+            help="another gateway replica's internal API for the controller (repeatable)",
+        )
     add("--resync-seconds", type=float, default=60.0, help="periodic re-evaluation")
+    add(
+        "--disconnect-grace",
+        type=float,
+        metavar="SECONDS",
+        default=10.0,
+        help="an agent missing from every gateway replica for less than this is still "
+        "connected (a replica's restart does not flap the status)",
+    )
     add(
         "--peering",
         default=None,
@@ -63,6 +86,7 @@ def controller_config(args: argparse.Namespace) -> ControllerConfig:
         kubeconfig=args.kubeconfig,
         context=args.context,
         resync_seconds=args.resync_seconds,
+        disconnect_grace_seconds=args.disconnect_grace,
         peering=args.peering,
         priority=random.randint(1, 1_000_000) if args.peering else 0,
         health_port=args.controller_health_port,
@@ -70,6 +94,19 @@ def controller_config(args: argparse.Namespace) -> ControllerConfig:
     )
     host = getattr(args, "health_host", None) or getattr(args, "host", None)
     return replace(config, health_host=host) if host else config
+
+
+def gateway_urls(value: str) -> tuple[str, ...]:
+    """``--gateway-url``: one URL, or several comma-separated (each https://host:port)."""
+    urls = tuple(url.strip() for url in value.split(",") if url.strip())
+    bad = [url for url in urls if not url.startswith("https://")]
+    if not urls or bad:
+        raise FatalError(
+            f"--gateway-url needs https:// URLs (got {value!r})",
+            "e.g. --gateway-url https://gw-0:8444,https://gw-1:8444",
+            EXIT_USAGE,
+        )
+    return urls
 
 
 def register(subparsers: Any) -> None:
@@ -82,11 +119,13 @@ def _run(args: argparse.Namespace) -> int:
     from workflowplane.controller.runner import run_with_gateway_client  # noqa: PLC0415
     from workflowplane.kits.process import run  # noqa: PLC0415
 
+    replicas = GatewayReplicas(
+        gateway_urls(args.gateway_url), args.gateway_namespace, leases=args.gateway_leases
+    )
     run(
         run_with_gateway_client(
             controller_config(args),
-            args.gateway_url,
-            args.gateway_namespace,
+            replicas,
             files=(args.gateway_ca, args.gateway_cert, args.gateway_key),
         )
     )

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from workflowplane.api.conditions import Verdict, find_condition, remove_condition, set_condition
@@ -36,10 +36,13 @@ from workflowplane.controller.status import (
     access_warning,
     next_agent_connection,
     readiness,
+    through_grace,
 )
 
 # A transient notify failure is retried this soon (with the notification still owed).
 NOTIFY_RETRY_SECONDS = 5.0
+# How long an agent may be missing from every gateway replica before the CR says so.
+DISCONNECT_GRACE_SECONDS = 10.0
 CREATED_REASONS = {
     WORKFLOW_PLANE: Reason.WORKFLOW_PLANE_CREATED,
     CLUSTER_WORKFLOW_PLANE: Reason.CLUSTER_WORKFLOW_PLANE_CREATED,
@@ -103,6 +106,8 @@ class Observed:
     agents: AgentObservation | None  # None: the gateway could not say
     secret_store: SecretStoreCheck | None = None  # None: no spec.secretStoreRef
     observability: ObservabilityLookup | None = None  # None: nothing to resolve
+    # Since when no replica has had an agent for this CR (None: it has one, or unknown).
+    agents_missing_since: dt.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -158,13 +163,29 @@ def observability_target(plane: AnyPlane) -> ObservabilityTarget | None:
 
 
 def decide_status(
-    seen: Observed, notified: NotifyOutcome | None, *, resync_seconds: float
+    seen: Observed,
+    notified: NotifyOutcome | None,
+    *,
+    resync_seconds: float,
+    grace_seconds: float = DISCONNECT_GRACE_SECONDS,
 ) -> Decision:
-    """The status from scratch, the events of its transitions, and when to look again."""
+    """The status from scratch, the events of its transitions, and when to look again.
+
+    An agent missing from every replica for less than ``grace_seconds`` is still connected
+    (:func:`~workflowplane.controller.status.through_grace`); the pass looks again when the
+    grace ends, so a disconnect that lasts is reported then, once."""
     cr = seen.cr
     kind = cr["kind"]
     generation = cr["metadata"].get("generation")
     before: dict[str, Any] = dict(cr.get("status") or {})
+    agents, grace_left = through_grace(
+        before.get("agentConnection"),
+        seen.agents,
+        seen.agents_missing_since,
+        seen.now,
+        grace_seconds,
+    )
+    seen = replace(seen, agents=agents)
     ready, expiring = _ready(seen, notified, before, generation)
     conditions = _conditions(cr)
     conditions = set_condition(
@@ -198,10 +219,13 @@ def decide_status(
             EventToPost("Normal", "ReconcileComplete", f"{kind} accepted by the controller")
         )
     owed = notified is not None and notified.result == "unavailable"
+    requeue = NOTIFY_RETRY_SECONDS if owed else resync_seconds
+    if grace_left is not None:
+        requeue = min(requeue, grace_left)
     return Decision(
         status=after if changed else None,
         events=tuple(events),
-        requeue_after=NOTIFY_RETRY_SECONDS if owed else resync_seconds,
+        requeue_after=requeue,
         notify_owed=owed,
         summary=f"Ready={ready.status}/{ready.reason}",
     )
@@ -239,6 +263,8 @@ def _secret_store_condition(
     if store is None:
         return remove_condition(conditions, Condition.SECRET_STORE_READY)
     verdict = store.verdict
+    if verdict is None and seen.agents is not None and seen.agents.held:
+        return conditions  # not asked during the grace: what it was
     if verdict is None or not wants_secret_store_check(seen.agents):
         verdict = Verdict(
             "Unknown",
@@ -272,8 +298,9 @@ def _observability_condition(
 def _access_condition(
     seen: Observed, conditions: list[dict[str, Any]], generation: int | None
 ) -> list[dict[str, Any]]:
-    """Present only while it warns; kept as it was while the gateway cannot be asked."""
-    if seen.agents is None:
+    """Present only while it warns; kept as it was while the gateway cannot be asked (or
+    its agents are held through the grace)."""
+    if seen.agents is None or seen.agents.held:
         return conditions
     warning = access_warning(seen.agents)
     if warning is None:

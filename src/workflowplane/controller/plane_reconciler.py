@@ -47,6 +47,7 @@ from workflowplane.controller.directory import PlaneRef
 from workflowplane.controller.events import EventRecorder
 from workflowplane.controller.gateway_api import GatewayAPI
 from workflowplane.controller.plane_decision import (
+    DISCONNECT_GRACE_SECONDS,
     Decision,
     NotifyEvent,
     NotifyOutcome,
@@ -62,8 +63,13 @@ from workflowplane.controller.plane_decision import (
     plan_notify,
     wants_secret_store_check,
 )
-from workflowplane.controller.status import AgentObservation, CAHealth, assess_ca
-from workflowplane.kits.clock import Clock, parse_rfc3339, utcnow
+from workflowplane.controller.status import (
+    AgentObservation,
+    CAHealth,
+    agent_observation,
+    assess_ca,
+)
+from workflowplane.kits.clock import Clock, utcnow
 from workflowplane.kits.errors import NETWORK_ERRORS, Failure, is_transient
 
 log = logging.getLogger(__name__)
@@ -92,6 +98,7 @@ class PlaneReconciler:
         events: EventRecorder,
         *,
         resync_seconds: float = 60.0,
+        disconnect_grace_seconds: float = DISCONNECT_GRACE_SECONDS,
         clock: Clock = utcnow,
         on_status_lag: Callable[[float], None] | None = None,
     ) -> None:
@@ -99,10 +106,12 @@ class PlaneReconciler:
         self._gateway = gateway
         self._events = events
         self._resync = resync_seconds
+        self._grace = disconnect_grace_seconds
         self._clock = clock
         self._on_status_lag = on_status_lag
         self.notify_owed: set[PlaneRef] = set()
         self.agents_changed: dict[PlaneRef, float] = {}
+        self.agents_missing_since: dict[PlaneRef, dt.datetime] = {}
 
     def agents_changed_at(self, ref: PlaneRef, since: float) -> None:
         """An agent of this CR's planeID connected or left at ``since``; the earliest wins."""
@@ -140,6 +149,7 @@ class PlaneReconciler:
         cr = await self._get(ref)
         if cr is None:
             self.notify_owed.discard(ref)
+            self.agents_missing_since.pop(ref, None)
             return Decision(summary=GONE)
         if cr["metadata"].get("deletionTimestamp"):
             return await self._finalize(ref, cr)
@@ -157,7 +167,10 @@ class PlaneReconciler:
         if plan.notify is not None:
             notified = await self._notify(ref, effective_plane_id(plane), plan.notify)
         decision = decide_status(
-            await self._observe(ref, plane, cr), notified, resync_seconds=self._resync
+            await self._observe(ref, plane, cr),
+            notified,
+            resync_seconds=self._resync,
+            grace_seconds=self._grace,
         )
         await self._carry_out(ref, cr, decision)
         return decision
@@ -211,7 +224,19 @@ class PlaneReconciler:
         observability = None
         if target is not None:
             observability = ObservabilityLookup(target, await self._exists(target, ref.namespace))
-        return Observed(cr, now, ca, agents, store, observability)
+        missing_since = self._note_missing(ref, agents, now)
+        return Observed(cr, now, ca, agents, store, observability, missing_since)
+
+    def _note_missing(
+        self, ref: PlaneRef, agents: AgentObservation | None, now: dt.datetime
+    ) -> dt.datetime | None:
+        """Since when this CR has had no agent on any replica (kept while the gateway cannot
+        say; cleared when an agent is there)."""
+        if agents is not None and agents.connected_agents > 0:
+            self.agents_missing_since.pop(ref, None)
+        elif agents is not None:
+            self.agents_missing_since.setdefault(ref, now)
+        return self.agents_missing_since.get(ref)
 
     async def _assess_ca(self, plane: AnyPlane, now: dt.datetime) -> CAHealth:
         try:
@@ -229,13 +254,7 @@ class PlaneReconciler:
         except GATEWAY_FAILURES as exc:  # the gateway may be down; the status says so
             log.info("gateway status for %s unavailable: %s", ref.key, exc)
             return None
-        last_seen = mine.get("lastSeen")
-        return AgentObservation(
-            connected_agents=int(mine.get("connectedAgents") or 0),
-            last_seen=parse_rfc3339(str(last_seen)) if last_seen else None,
-            consent_refused_agents=int(mine.get("consentRefusedAgents") or 0),
-            unrestricted_shared_with=tuple(mine.get("unrestrictedSharedCA") or ()),
-        )
+        return agent_observation(mine)
 
     async def _check_secret_store(self, ref: PlaneRef, plane: AnyPlane, name: str) -> Verdict:
         """Look the ClusterSecretStore up in the *plane* cluster, through the tunnel."""

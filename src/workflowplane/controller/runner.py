@@ -7,7 +7,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import kopf
 from lightkube import AsyncClient
@@ -27,6 +27,9 @@ from workflowplane.controller.plane_handlers import (
 from workflowplane.controller.plane_reconciler import PlaneReconciler
 from workflowplane.runs.run_handlers import RunsController, register_runs
 
+if TYPE_CHECKING:
+    from workflowplane.protocol.gateway_client import GatewayClient as GatewayClientType
+
 log = logging.getLogger(__name__)
 Flag = asyncio.Event | threading.Event  # kopf takes either (a thread may run the operator)
 
@@ -43,6 +46,7 @@ class ControllerConfig:
     kubeconfig: Path | None = None
     context: str | None = None
     resync_seconds: float = 60.0
+    disconnect_grace_seconds: float = 10.0
     peering: str | None = None
     priority: int = 0
     runs: bool = True
@@ -107,6 +111,7 @@ def _build(
         gateway,
         EventRecorder(kube),
         resync_seconds=config.resync_seconds,
+        disconnect_grace_seconds=config.disconnect_grace_seconds,
         on_status_lag=metrics.plane_status_lag.observe,
     )
     planes = PlanesController(reconciler, gateway, metrics=metrics)
@@ -121,25 +126,48 @@ def _build(
     return registry
 
 
+@dataclass(frozen=True)
+class GatewayReplicas:
+    """Where the gateway's replicas are: a fixed list of internal API URLs (one: a single
+    gateway, or its Service), or their Leases in ``namespace`` (the list's first URL while
+    none is live)."""
+
+    urls: tuple[str, ...]
+    namespace: str
+    leases: bool = False
+
+
+async def gateway_client(
+    config: ControllerConfig,
+    replicas: GatewayReplicas,
+    files: tuple[Path | None, Path | None, Path | None] = (None, None, None),
+) -> GatewayClientType:
+    """A client for the gateway's internal API (credentials from files, else its Secret)."""
+    from workflowplane.protocol.gateway_client import GatewayClient  # noqa: PLC0415
+    from workflowplane.protocol.replicas import LeaseDirectory, ReplicaDirectory  # noqa: PLC0415
+
+    target: list[str] | ReplicaDirectory = list(replicas.urls)
+    if replicas.leases:
+        kube = AsyncClient(config=load_config(config.kubeconfig, config.context))
+        target = LeaseDirectory(kube, replicas.namespace, replicas.urls[0], owns_client=True)
+    ca, cert, key = files
+    if ca and cert and key:
+        return GatewayClient.from_files(target, ca, cert, key)
+    kube = AsyncClient(config=load_config(config.kubeconfig, config.context))
+    try:
+        return await GatewayClient.from_secret(kube, target, replicas.namespace)
+    finally:
+        await kube.close()
+
+
 async def run_with_gateway_client(
     config: ControllerConfig,
-    gateway_url: str,
-    gateway_namespace: str,
+    replicas: GatewayReplicas,
     files: tuple[Path | None, Path | None, Path | None] = (None, None, None),
     ready_flag: asyncio.Event | None = None,
 ) -> None:
-    """The controller with a client for the gateway's internal API (files, else its Secret)."""
-    from workflowplane.protocol.gateway_client import GatewayClient  # noqa: PLC0415
-
-    ca, cert, key = files
-    if ca and cert and key:
-        gateway = GatewayClient.from_files(gateway_url, ca, cert, key)
-    else:
-        kube = AsyncClient(config=load_config(config.kubeconfig, config.context))
-        try:
-            gateway = await GatewayClient.from_secret(kube, gateway_url, gateway_namespace)
-        finally:
-            await kube.close()
+    """The controller with a client for the gateway's internal API."""
+    gateway = await gateway_client(config, replicas, files)
     try:
         await run_controller(config, gateway, ready_flag=ready_flag)
     finally:

@@ -7,12 +7,13 @@ it observations and writes back what it returns.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from workflowplane.api.conditions import Verdict
 from workflowplane.api.constants import Reason
-from workflowplane.kits.clock import rfc3339
+from workflowplane.kits.clock import parse_rfc3339, rfc3339
 from workflowplane.pki import is_pinned_identity, load_certificates
 
 EXPIRY_WARNING = dt.timedelta(days=30)
@@ -77,6 +78,48 @@ class AgentObservation:
     last_seen: dt.datetime | None
     consent_refused_agents: int = 0
     unrestricted_shared_with: tuple[str, ...] = ()
+    # Restated from the previous status during the disconnect grace (:func:`through_grace`):
+    # no replica has the agent right now, but it has not been gone long enough to say so.
+    held: bool = False
+
+
+def agent_observation(answer: Mapping[str, Any]) -> AgentObservation:
+    """The gateway's status answer for one CR (merged over every replica by the client)."""
+    last_seen = answer.get("lastSeen")
+    return AgentObservation(
+        connected_agents=int(answer.get("connectedAgents") or 0),
+        last_seen=parse_rfc3339(str(last_seen)) if last_seen else None,
+        consent_refused_agents=int(answer.get("consentRefusedAgents") or 0),
+        unrestricted_shared_with=tuple(answer.get("unrestrictedSharedCA") or ()),
+    )
+
+
+def through_grace(
+    previous: Mapping[str, Any] | None,
+    seen: AgentObservation | None,
+    missing_since: dt.datetime | None,
+    now: dt.datetime,
+    grace_seconds: float,
+) -> tuple[AgentObservation | None, float | None]:
+    """An agent that vanished from every replica still counts as connected for
+    ``grace_seconds`` after it was first seen missing: a replica that restarts takes its
+    connections along, and their agents dial another replica within their backoff. Returns
+    the observation to decide on, and the seconds left of the grace (None: no grace)."""
+    before = previous or {}
+    if seen is None or seen.connected_agents > 0 or missing_since is None:
+        return seen, None
+    if not before.get("connected"):
+        return seen, None
+    left = grace_seconds - (now - missing_since).total_seconds()
+    if left <= 0:
+        return seen, None
+    held = AgentObservation(
+        connected_agents=max(1, int(before.get("connectedAgents") or 1)),
+        last_seen=None,
+        consent_refused_agents=seen.consent_refused_agents,
+        held=True,
+    )
+    return held, left
 
 
 def connection_message(agents: int) -> str:

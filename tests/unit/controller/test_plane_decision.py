@@ -26,7 +26,8 @@ from workflowplane.controller.plane_decision import (
     plan_deletion,
     plan_notify,
 )
-from workflowplane.controller.status import AgentObservation, CAHealth
+from workflowplane.controller.status import AgentObservation, CAHealth, agent_observation
+from workflowplane.protocol.replica_status import merge_plane_status
 
 T0 = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
 RESYNC = 60.0
@@ -38,6 +39,22 @@ NO_AGENTS = AgentObservation(0, None)
 CONSENT_REFUSED = AgentObservation(0, None, consent_refused_agents=2)
 SHARED_UNRESTRICTED = AgentObservation(1, T0, unrestricted_shared_with=("org1", "org2"))
 ACCEPTED = NotifyOutcome("updated", "accepted")
+GRACE = 10.0
+
+
+def replicas(*agents_per_replica: list[str]) -> AgentObservation:
+    """What the controller observes when each replica reports these agent instances."""
+    answers = [
+        {"replica": f"gw-{i}", "agents": agents, "lastSeen": "2026-11-24T12:00:00Z"}
+        for i, agents in enumerate(agents_per_replica)
+    ]
+    return agent_observation(merge_plane_status(answers))
+
+
+def missing_for(seconds: float) -> dt.datetime:
+    return T0 - dt.timedelta(seconds=seconds)
+
+
 REFUSED = NotifyOutcome("updated", "refused", "400: notify needs planeType")
 
 
@@ -243,6 +260,46 @@ STATUS_CASES = {
         ("False", Reason.GATEWAY_NOTIFY_FAILED),
         (("Warning", Reason.GATEWAY_NOTIFY_FAILED),),
     ),
+    "HA: one agent on 3 replicas is 1 agent": StatusCase(
+        settled(),
+        {"agents": replicas(["a"], ["a"], ["a"])},
+        None,
+        ("True", Reason.READY),
+        (),
+        written=False,
+    ),
+    "HA: one replica dropped it: still connected, no event": StatusCase(
+        settled(),
+        {"agents": replicas(["a"], [], ["a"])},
+        None,
+        ("True", Reason.READY),
+        (),
+        written=False,
+    ),
+    "HA: every replica dropped it, within the grace: held, looked at when it ends": StatusCase(
+        settled(),
+        {"agents": replicas([], [], []), "agents_missing_since": missing_for(3)},
+        None,
+        ("True", Reason.READY),
+        (),
+        written=False,
+        requeue=GRACE - 3,
+    ),
+    "HA: every replica dropped it, the grace is over: disconnected": StatusCase(
+        settled(),
+        {"agents": replicas([], [], []), "agents_missing_since": missing_for(GRACE)},
+        None,
+        ("False", Reason.AGENT_NOT_CONNECTED),
+        (("Warning", Reason.AGENT_NOT_CONNECTED),),
+    ),
+    "HA: never connected: no grace": StatusCase(
+        settled(agents=NO_AGENTS),
+        {"agents": NO_AGENTS, "agents_missing_since": missing_for(1)},
+        None,
+        ("False", Reason.AGENT_NOT_CONNECTED),
+        (),
+        written=False,
+    ),
     "gateway notification failed transiently: owed, retried soon": StatusCase(
         settled(),
         {},
@@ -258,7 +315,7 @@ STATUS_CASES = {
 @pytest.mark.parametrize("case", STATUS_CASES.values(), ids=STATUS_CASES.keys())
 def test_decide_status(case: StatusCase) -> None:
     decision = decide_status(
-        seen(case.before, **case.changes), case.notified, resync_seconds=RESYNC
+        seen(case.before, **case.changes), case.notified, resync_seconds=RESYNC, grace_seconds=GRACE
     )
     ready = ready_of(decision, case.before)
     assert (ready["status"], ready["reason"]) == case.ready
@@ -460,3 +517,74 @@ def test_the_access_warning_is_kept_while_the_gateway_cannot_be_asked() -> None:
     )
     blind = decide_status(seen(warned, agents=None), None, resync_seconds=RESYNC)
     assert _access(blind, warned) is not None
+
+
+# ---- HA: a replica's restart is no disconnect --------------------------------------------------
+
+
+def passes(
+    before: dict[str, Any], steps: list[tuple[float, AgentObservation, float | None]]
+) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """Passes at T0 + offset, each with what it observed and since when no replica had an
+    agent (seconds before T0, None: one had); the status and every event posted."""
+    cr, events = before, []
+    for offset, agents, missing_at in steps:
+        now = T0 + dt.timedelta(seconds=offset)
+        since = None if missing_at is None else T0 + dt.timedelta(seconds=missing_at)
+        decision = decide_status(
+            seen(cr, now=now, agents=agents, agents_missing_since=since),
+            None,
+            resync_seconds=RESYNC,
+            grace_seconds=GRACE,
+        )
+        events += [(e.type, e.reason) for e in decision.events]
+        if decision.status is not None:
+            cr = plane(status=decision.status)
+    return cr, events
+
+
+def test_an_agent_back_within_the_grace_made_no_transition() -> None:
+    before = settled()
+    after, events = passes(
+        before,
+        [(0, replicas([], []), 0), (4, replicas([], []), 0), (6, replicas([], ["a"]), None)],
+    )
+    assert events == []
+    assert after["status"]["agentConnection"] == before["status"]["agentConnection"]
+
+
+def test_an_agent_gone_for_good_is_disconnected_once_after_the_grace() -> None:
+    after, events = passes(
+        settled(),
+        [
+            (0, replicas([], []), 0),
+            (GRACE - 1, replicas([], []), 0),
+            (GRACE, replicas([], []), 0),
+            (GRACE + 30, replicas([], []), 0),
+        ],
+    )
+    assert events == [("Warning", Reason.AGENT_NOT_CONNECTED)]
+    connection = after["status"]["agentConnection"]
+    assert connection["connected"] is False and connection["connectedAgents"] == 0
+
+
+def test_the_secret_store_and_access_conditions_hold_through_the_grace() -> None:
+    store = SecretStoreCheck("default", Verdict("True", "SecretStoreFound", "found"))
+    first = decide_status(
+        seen(settled(agents=SHARED_UNRESTRICTED), secret_store=store, agents=SHARED_UNRESTRICTED),
+        None,
+        resync_seconds=RESYNC,
+    )
+    before = plane(status=first.status)
+    held = decide_status(
+        seen(
+            before,
+            agents=NO_AGENTS,
+            agents_missing_since=T0,
+            secret_store=SecretStoreCheck("default", None),
+        ),
+        None,
+        resync_seconds=RESYNC,
+        grace_seconds=GRACE,
+    )
+    assert held.status is None and held.events == ()

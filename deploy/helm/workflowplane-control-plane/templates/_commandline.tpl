@@ -47,6 +47,7 @@ Helm tests parse the rendered args with the real `wpctl` argument parser.
 {{- define "wpcp.cmd.controllerFlags" -}}
 - --resync-seconds={{ .Values.controller.resyncSeconds }}
 - --stuck-after={{ .Values.controller.health.stuckAfterSeconds }}
+- --gateway-leases
 {{- if .Values.controller.peering.enabled }}
 - --peering={{ .Values.controller.peering.name }}
 {{- end }}
