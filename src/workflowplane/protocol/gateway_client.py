@@ -35,7 +35,7 @@ from lightkube.resources.core_v1 import Secret
 from workflowplane.kits.errors import Failure, PermanentError, TransientError, from_status
 from workflowplane.protocol.replica_status import merge_all_status, merge_plane_status
 from workflowplane.protocol.replicas import ReplicaDirectory, ReplicaRotation, StaticDirectory
-from workflowplane.protocol.watch_position import WatchPosition, is_watch
+from workflowplane.protocol.watch_position import WatchPosition, is_watch, timeout_of
 
 log = logging.getLogger(__name__)
 
@@ -452,6 +452,8 @@ class GatewayClient:
         row without a line as there are replicas."""
         target = self.proxy_path(plane_type, plane_id, cr_namespace, cr_name, path)
         position = WatchPosition() if is_watch(query) else None
+        timeout = timeout_of(query) if position is not None else None
+        ends_at = time.monotonic() + timeout if timeout is not None else None
         breaks = 0
         while True:
             async with self._stream_response(method, f"{target}?{query}") as (url, resp):
@@ -463,20 +465,27 @@ class GatewayClient:
                         if position is not None:
                             position.observe(line)
                         yield line
-                    return
                 except (aiohttp.ClientError, TimeoutError) as exc:
-                    self._rotation.failed(url)
-                    breaks += 1
-                    if position is None or breaks > len(await self.replica_urls()):
+                    if position is None:
                         raise TransientError(f"stream from gateway {url} broke: {exc!r}") from exc
-                    query = position.resume_query(query)
-                    log.info(
-                        "watch %s via %s broke (%r); resuming at resourceVersion %s",
-                        path,
-                        url,
-                        exc,
-                        position.resource_version,
-                    )
+                    why = repr(exc)
+                else:
+                    if position is None or not _ended_early(position, ends_at):
+                        return
+                    why = "it ended before its timeoutSeconds"
+            self._rotation.failed(url)
+            breaks += 1
+            if breaks > len(await self.replica_urls()):
+                raise TransientError(f"watch {path} through gateway {url} keeps breaking: {why}")
+            left = ends_at - time.monotonic() if ends_at is not None else None
+            query = position.resume_query(query, left)
+            log.info(
+                "watch %s via %s: %s; resuming at resourceVersion %s",
+                path,
+                url,
+                why,
+                position.resource_version,
+            )
 
     # ---- the push channel ----------------------------------------------------------------------
 
@@ -532,6 +541,13 @@ class GatewayClient:
             self._rotation.failed(url)
             error = _unreachable(url, exc)
         await queue.put(_Ended(url, error))
+
+
+def _ended_early(position: WatchPosition, ends_at: float | None) -> bool:
+    """A watch that ends cleanly before its timeoutSeconds, and not with an ERROR event, lost
+    its replica or that replica's agent (the gateway ends the body when the agent's stream
+    fails): it is resumed. Without timeoutSeconds an end is an end."""
+    return ends_at is not None and not position.error_seen and time.monotonic() < ends_at - 1
 
 
 def _event_of(line: bytes) -> Mapping[str, Any] | None:

@@ -11,6 +11,7 @@ plane (untrusted): a line too long or not an event is passed on and ignored here
 from __future__ import annotations
 
 import json
+import math
 from urllib.parse import parse_qsl, urlencode
 
 MAX_EVENT_LINE_BYTES = 16 * 1024 * 1024
@@ -25,15 +26,28 @@ def is_watch(query: str) -> bool:
     return any(k == "watch" and v in ("true", "1") for k, v in parse_qsl(query))
 
 
-def resource_version_of(line: bytes) -> str | None:
-    """The resourceVersion a watch event line moves the stream to (None: it moves nothing)."""
+def timeout_of(query: str) -> float | None:
+    """The watch's ``timeoutSeconds`` (None: not given, or not a positive number)."""
+    for key, value in parse_qsl(query):
+        if key == "timeoutSeconds" and value.isdigit() and int(value) > 0:
+            return float(value)
+    return None
+
+
+def _event(line: bytes) -> dict[str, object] | None:
     if len(line) > MAX_EVENT_LINE_BYTES or not line.strip():
         return None
     try:
         event = json.loads(line)
     except (ValueError, UnicodeDecodeError):
         return None
-    if not isinstance(event, dict) or event.get("type") not in POSITION_TYPES:
+    return event if isinstance(event, dict) else None
+
+
+def resource_version_of(line: bytes) -> str | None:
+    """The resourceVersion a watch event line moves the stream to (None: it moves nothing)."""
+    event = _event(line)
+    if event is None or event.get("type") not in POSITION_TYPES:
         return None
     obj = event.get("object")
     metadata = obj.get("metadata") if isinstance(obj, dict) else None
@@ -43,21 +57,36 @@ def resource_version_of(line: bytes) -> str | None:
     return None
 
 
+def is_error_event(line: bytes) -> bool:
+    event = _event(line)
+    return event is not None and event.get("type") == "ERROR"
+
+
 class WatchPosition:
-    """The last resourceVersion seen in one watch stream."""
+    """The last resourceVersion seen in one watch stream, and whether it ended in an ERROR
+    event (the API server's own end: the caller decides what follows, as before)."""
 
     def __init__(self) -> None:
         self.resource_version: str | None = None
+        self.error_seen = False
 
     def observe(self, line: bytes) -> None:
         version = resource_version_of(line)
         if version is not None:
             self.resource_version = version
+            self.error_seen = False
+        elif is_error_event(line):
+            self.error_seen = True
 
-    def resume_query(self, query: str) -> str:
-        """The watch's query, from the last resourceVersion seen (unchanged if none yet)."""
+    def resume_query(self, query: str, seconds_left: float | None = None) -> str:
+        """The watch's query from the last resourceVersion seen, with what is left of its
+        ``timeoutSeconds`` (so the caller's watch still ends when it asked)."""
+        pairs = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True)]
+        if seconds_left is not None:
+            left = str(max(1, math.ceil(seconds_left)))
+            pairs = [(k, left if k == "timeoutSeconds" else v) for k, v in pairs]
         if self.resource_version is None:
-            return query
+            return urlencode(pairs)
         pairs = [
             (k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k not in START_PARAMETERS
         ]
