@@ -24,9 +24,9 @@ from typing import Any
 
 from workflowplane.cli import dev_systems
 from workflowplane.cli.doctor import Report, check_components
-from workflowplane.cli.errors import EXIT_UNAVAILABLE, CliError
+from workflowplane.cli.errors import EXIT_UNAVAILABLE, EXIT_USAGE, CliError
 from workflowplane.cli.get import render_table, row
-from workflowplane.cli.state import dev_health_urls, state_root
+from workflowplane.cli.state import GATEWAY_REPLICA, dev_gateway_urls, dev_health_urls, state_root
 from workflowplane.cli.testenv import running
 from workflowplane.testenv import (
     CONTROL_PLANE,
@@ -48,6 +48,7 @@ CP = f"wp-{CONTROL_PLANE}"
 PLANE_NAMESPACE = "default"
 PROCESSES = "processes.json"
 READY_TIMEOUT = 120.0
+GATEWAY_PORTS = ("public", "internal", "health")
 
 
 def dev_dir() -> Path:
@@ -61,6 +62,13 @@ def register(subparsers: Any) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     up = actions.add_parser("up", help="start everything (harmless when already up)")
     up.add_argument("--planes", type=int, default=1, help="number of workflow planes")
+    up.add_argument(
+        "--gateways",
+        type=int,
+        default=1,
+        help="gateway replicas (the control plane's, then gateway-2 ...; each on its own "
+        "ports of 127.0.0.1)",
+    )
     up.add_argument(
         "--no-argo",
         action="store_true",
@@ -215,18 +223,32 @@ def _wait_http(url: str, what: str, root: Path, component: str) -> None:
     )
 
 
-def _start_control_plane(root: Path, kubeconfig: Path) -> dict[str, int]:
+def _ports(root: Path, name: str, names: tuple[str, ...]) -> dict[str, int]:
+    """A component's ports: where it ran before (the agents and the controller expect it
+    there), else free ones."""
+    recorded = _processes(root).get(name) or {}
+    return {key: int(recorded.get(key) or free_port()) for key in names}
+
+
+def _replica_ports(root: Path, count: int) -> dict[str, dict[str, int]]:
+    """The ports of replicas 2..count (``gateway-2`` ...), chosen before any starts, so the
+    controller and the agents can be given every replica at once."""
+    return {
+        f"{GATEWAY_REPLICA}{i}": _ports(root, f"{GATEWAY_REPLICA}{i}", GATEWAY_PORTS)
+        for i in range(2, count + 1)
+    }
+
+
+def _start_control_plane(
+    root: Path, kubeconfig: Path, peers: dict[str, dict[str, int]]
+) -> dict[str, int]:
     if _component_running(root, "control-plane"):
         _say("control plane already running")
         entry = _processes(root)["control-plane"]
         return {"public": entry["public"], "health": entry["health"]}
-    recorded = _processes(root).get("control-plane")
-    names = ("public", "internal", "health", "controller_health")
-    if recorded:  # it died: the agents and the gateway CA file expect it where it was
-        ports = {key: int(recorded.get(key) or free_port()) for key in names}
+    if "control-plane" in _processes(root):
         _say("the control plane had exited: restarting it on its recorded ports")
-    else:
-        ports = {key: free_port() for key in names}
+    ports = _ports(root, "control-plane", (*GATEWAY_PORTS, "controller_health"))
     _say(f"starting the control plane (gateway + controller), agents on :{ports['public']}")
     pid = _spawn(
         root,
@@ -249,6 +271,11 @@ def _start_control_plane(root: Path, kubeconfig: Path) -> dict[str, int]:
             str(ports["controller_health"]),
             "--resync-seconds",
             "30",
+            *(
+                arg
+                for peer in peers.values()
+                for arg in ("--gateway-peer-url", f"https://127.0.0.1:{peer['internal']}")
+            ),
         ],
     )
     _remember(root, "control-plane", pid, **ports)
@@ -256,8 +283,31 @@ def _start_control_plane(root: Path, kubeconfig: Path) -> dict[str, int]:
     return ports
 
 
+def _start_replica(root: Path, kubeconfig: Path, name: str, ports: dict[str, int]) -> None:
+    """One more gateway replica (``wpctl gateway``), its PKI from the control plane's."""
+    if _component_running(root, name):
+        return
+    _say(f"starting gateway replica {name}, agents on :{ports['public']}")
+    pid = _spawn(
+        root,
+        name,
+        [
+            "gateway",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--context",
+            CP,
+            "--host",
+            "127.0.0.1",
+            *(arg for key in GATEWAY_PORTS for arg in (f"--{key}-port", str(ports[key]))),
+        ],
+    )
+    _remember(root, name, pid, **ports)
+    _wait_http(f"http://127.0.0.1:{ports['health']}/readyz", f"gateway {name}", root, name)
+
+
 def _start_agent(
-    root: Path, kubeconfig: Path, server: str, public_port: int, ca_file: Path
+    root: Path, kubeconfig: Path, server: str, public_ports: list[int], ca_file: Path
 ) -> None:
     name = f"agent-{server}"
     if _component_running(root, name):
@@ -273,8 +323,10 @@ def _start_agent(
             "127.0.0.1",
             "--health-port",
             str(health),
+            # HA: switch to ha-agent's flag when it lands (one line):
+            # "--server-urls", ",".join(f"wss://127.0.0.1:{p}" for p in public_ports),
             "--server-url",
-            f"wss://127.0.0.1:{public_port}",
+            f"wss://127.0.0.1:{public_ports[0]}",
             "--plane-id",
             plane_id_of(server),
             "--server-ca",
@@ -421,10 +473,16 @@ def _up(args: argparse.Namespace) -> int:
     kubeconfig = _start_clusters(root, planes)
     planes = _planes_of(root)
     _install_crds(kubeconfig)
-    ports = _start_control_plane(root, kubeconfig)
+    if args.gateways < 1:
+        raise CliError("--gateways must be at least 1", exit_code=EXIT_USAGE)
+    peers = _replica_ports(root, args.gateways)
+    ports = _start_control_plane(root, kubeconfig, peers)
+    for name, replica in peers.items():
+        _start_replica(root, kubeconfig, name, replica)
     ca_file = gateway_server_ca(kubeconfig, CP, root / "gateway-ca.crt")
+    public = [ports["public"], *(replica["public"] for replica in peers.values())]
     for server in planes:
-        _start_agent(root, kubeconfig, server, ports["public"], ca_file)
+        _start_agent(root, kubeconfig, server, public, ca_file)
     cas = {server: _agent_ca(kubeconfig, server, root) for server in planes}
     names = [_register_plane(kubeconfig, server, ca) for server, ca in cas.items()]
     _register_default_cluster_plane(kubeconfig, planes[0], cas[planes[0]])
@@ -487,6 +545,7 @@ def _status(args: argparse.Namespace) -> int:
     for name in _processes(root):
         state = "running" if _component_running(root, name) else "STOPPED"
         print(f"{name:32} {state}")
+    print("\ngateway replicas (internal API):", ", ".join(dev_gateway_urls()))
     print("\nhealth (each component's /healthz and /readyz):")
     report = Report()
     asyncio.run(check_components(dev_health_urls(), report))

@@ -31,7 +31,7 @@ from workflowplane.api.kube import get_dict
 from workflowplane.cli.ca import read_agent_ca
 from workflowplane.cli.errors import EXIT_FAILURE, EXIT_USAGE, CliError
 from workflowplane.cli.kube import add_kubeconfig_flag, client_for
-from workflowplane.cli.state import dev_gateway_url, dev_health_urls
+from workflowplane.cli.state import dev_health_urls, gateway_urls_or_dev
 from workflowplane.controller.status import assess_ca
 from workflowplane.kits.errors import Failure
 from workflowplane.pki import load_certificates, sha256_fingerprint
@@ -64,7 +64,10 @@ def register(subparsers: Any) -> None:
     add_kubeconfig_flag(parser)
     parser.add_argument("--cp-context", help="the control plane's context")
     parser.add_argument("--wp-context", help="the workflow plane's context (optional)")
-    parser.add_argument("--gateway-url", help="gateway internal API (default: the local dev one)")
+    parser.add_argument(
+        "--gateway-url",
+        help="gateway internal API (replicas: comma-separated; default: dev up's)",
+    )
     parser.add_argument("--gateway-namespace", default="openchoreo-control-plane")
     parser.add_argument(
         "--health",
@@ -77,8 +80,8 @@ def register(subparsers: Any) -> None:
 
 
 async def _doctor(args: argparse.Namespace) -> int:
-    url = args.gateway_url or dev_gateway_url()
-    if url is None:
+    url = gateway_urls_or_dev(args.gateway_url)
+    if not url:
         raise CliError("no gateway URL", "pass --gateway-url https://HOST:8444", EXIT_USAGE)
     kube = client_for(args.kubeconfig, args.cp_context)
     report = Report()
@@ -94,7 +97,7 @@ async def _doctor(args: argparse.Namespace) -> int:
     return EXIT_FAILURE if report.failed else 0
 
 
-async def _checks(args: argparse.Namespace, kube: Any, url: str, report: Report) -> None:
+async def _checks(args: argparse.Namespace, kube: Any, url: list[str], report: Report) -> None:
     resource = WorkflowPlaneResource if args.namespace else ClusterWorkflowPlaneResource
     raw = await get_dict(kube, resource, args.name, args.namespace)
     if raw is None:

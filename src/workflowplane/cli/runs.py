@@ -29,7 +29,7 @@ from workflowplane.api.workflows import (
 )
 from workflowplane.cli.errors import EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_USAGE, CliError
 from workflowplane.cli.kube import add_kubeconfig_flag, client_for
-from workflowplane.cli.state import dev_gateway_url
+from workflowplane.cli.state import gateway_urls_or_dev
 from workflowplane.kits.clock import parse_rfc3339
 from workflowplane.kits.errors import Failure
 from workflowplane.protocol.gateway_client import GatewayClient
@@ -69,7 +69,10 @@ def register(subparsers: Any) -> None:
     logs.add_argument("run", help="the WorkflowRun's name")
     logs.add_argument("-f", "--follow", action="store_true", help="stream until the run ends")
     logs.add_argument("--container", default="main", help="container in each step pod")
-    logs.add_argument("--gateway-url", help="gateway internal API (default: the local dev one)")
+    logs.add_argument(
+        "--gateway-url",
+        help="gateway internal API (replicas: comma-separated; default: dev up's)",
+    )
     logs.add_argument("--gateway-namespace", default="openchoreo-control-plane")
     _common(logs)
     logs.set_defaults(handler=lambda args: asyncio.run(_logs(args)))
@@ -228,8 +231,8 @@ async def _runs(args: argparse.Namespace) -> int:
 
 
 async def _logs(args: argparse.Namespace) -> int:
-    url = args.gateway_url or dev_gateway_url()
-    if url is None:
+    url = gateway_urls_or_dev(args.gateway_url)
+    if not url:
         raise CliError("no gateway URL", "pass --gateway-url https://HOST:8444", EXIT_USAGE)
     kube = client_for(args.kubeconfig, args.context)
     try:
