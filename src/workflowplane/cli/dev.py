@@ -239,6 +239,12 @@ def _replica_ports(root: Path, count: int) -> dict[str, dict[str, int]]:
     }
 
 
+def _gateway_args(kubeconfig: Path, ports: dict[str, int]) -> list[str]:
+    """A gateway's flags: the control plane, loopback, its ports."""
+    listeners = [arg for key in GATEWAY_PORTS for arg in (f"--{key}-port", str(ports[key]))]
+    return ["--kubeconfig", str(kubeconfig), "--context", CP, "--host", "127.0.0.1", *listeners]
+
+
 def _start_control_plane(
     root: Path, kubeconfig: Path, peers: dict[str, dict[str, int]]
 ) -> dict[str, int]:
@@ -255,18 +261,7 @@ def _start_control_plane(
         "control-plane",
         [
             "control-plane",
-            "--kubeconfig",
-            str(kubeconfig),
-            "--context",
-            CP,
-            "--host",
-            "127.0.0.1",
-            "--public-port",
-            str(ports["public"]),
-            "--internal-port",
-            str(ports["internal"]),
-            "--health-port",
-            str(ports["health"]),
+            *_gateway_args(kubeconfig, ports),
             "--controller-health-port",
             str(ports["controller_health"]),
             "--resync-seconds",
@@ -291,16 +286,7 @@ def _start_replica(root: Path, kubeconfig: Path, name: str, ports: dict[str, int
     pid = _spawn(
         root,
         name,
-        [
-            "gateway",
-            "--kubeconfig",
-            str(kubeconfig),
-            "--context",
-            CP,
-            "--host",
-            "127.0.0.1",
-            *(arg for key in GATEWAY_PORTS for arg in (f"--{key}-port", str(ports[key]))),
-        ],
+        ["gateway", *_gateway_args(kubeconfig, ports)],
     )
     _remember(root, name, pid, **ports)
     _wait_http(f"http://127.0.0.1:{ports['health']}/readyz", f"gateway {name}", root, name)

@@ -35,13 +35,11 @@ from workflowplane.api import (
     effective_plane_id,
 )
 from workflowplane.api.kube import get_dict
-from workflowplane.kits.errors import NETWORK_ERRORS, is_expected
+from workflowplane.kits.errors import KUBE_READ_ERRORS, is_expected
 from workflowplane.kits.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 RESTART_DELAY = 2.0
-# What a read from the API server fails with when the fault is not ours.
-KUBE_READ_ERRORS: tuple[type[BaseException], ...] = (ApiError, *NETWORK_ERRORS)
 
 
 @dataclass(frozen=True)

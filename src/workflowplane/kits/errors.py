@@ -71,6 +71,10 @@ NETWORK_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# What a read from the Kubernetes API server fails with when the fault is not ours.
+KUBE_READ_ERRORS: tuple[type[BaseException], ...] = (ApiError, *NETWORK_ERRORS)
+
+
 def status_of(exc: BaseException) -> int:
     """The HTTP status an error carries (0 when it never got an answer)."""
     if isinstance(exc, ApiError):

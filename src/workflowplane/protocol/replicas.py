@@ -24,10 +24,9 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from lightkube import AsyncClient
-from lightkube.core.exceptions import ApiError
 from lightkube.resources.coordination_v1 import Lease
 
-from workflowplane.kits.errors import NETWORK_ERRORS
+from workflowplane.kits.errors import KUBE_READ_ERRORS
 
 log = logging.getLogger(__name__)
 REPLICA_LABEL = "openchoreo.dev/gateway-replica"
@@ -36,7 +35,6 @@ REFRESH_SECONDS = 5.0
 # A replica that failed is tried last for this long (unless nothing else is left).
 FAILURE_MEMORY_SECONDS = 10.0
 MAX_URL_LENGTH = 2048
-LEASE_READ_FAILURES: tuple[type[BaseException], ...] = (ApiError, *NETWORK_ERRORS)
 
 
 @dataclass(frozen=True)
@@ -166,7 +164,7 @@ class LeaseDirectory:
         self._read_at = self._clock()
         try:
             replicas = await live_replicas(self._kube, self._namespace)
-        except LEASE_READ_FAILURES as exc:  # RBAC, no namespace, API server down
+        except KUBE_READ_ERRORS as exc:  # RBAC, no namespace, API server down
             known = len(self._known)
             log.warning("gateway Leases unreadable (%s); keeping %d known replica(s)", exc, known)
             return

@@ -42,6 +42,11 @@ async def callers_client(gw: RunningGateway, *replicas: RunningGateway) -> Gatew
     return await GatewayClient.from_secret(gw.kube, [r.internal_url for r in replicas])
 
 
+def route(plane_id: str, namespace: str) -> dict[str, str]:
+    """The proxy route to the plane, on the connection authorized for CR ``namespace/wp``."""
+    return {"plane_type": WP, "plane_id": plane_id, "cr_namespace": namespace, "cr_name": "wp"}
+
+
 def create_configmap(workflow_plane: ApiServer, namespace: str, name: str) -> None:
     kubectl(
         workflow_plane.kubeconfig,
@@ -69,14 +74,7 @@ async def test_a_get_reaches_the_replica_with_the_agent(
         alone = await second.client.plane_status(WP, plane_id, namespace=namespace, name="wp")
         assert alone["connectedAgents"] == 0
         for _ in range(3):
-            answer = await client.proxy(
-                "GET",
-                plane_type=WP,
-                plane_id=plane_id,
-                cr_namespace=namespace,
-                cr_name="wp",
-                path="api/v1/namespaces/default",
-            )
+            answer = await client.proxy("GET", **route(plane_id, namespace), path="api/v1")
             assert answer.status == 200, answer.body
         status = await client.plane_status(WP, plane_id, namespace=namespace, name="wp")
         assert status["connectedAgents"] == 1
@@ -107,10 +105,7 @@ async def test_a_watch_resumes_on_another_replica(
         await eventually(lambda: second.gateway.connections.for_plane(WP, plane_id))
         stream = client.proxy_stream(
             "GET",
-            plane_type=WP,
-            plane_id=plane_id,
-            cr_namespace=namespace,
-            cr_name="wp",
+            **route(plane_id, namespace),
             path=f"api/v1/namespaces/{watched}/configmaps",
             query="watch=true&allowWatchBookmarks=true&timeoutSeconds=300",
         )
