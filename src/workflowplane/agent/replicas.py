@@ -323,10 +323,15 @@ class TunnelFleet:
                 with contextlib.suppress(TimeoutError):
                     raise await asyncio.wait_for(asyncio.shield(self._crashed), wait)
         finally:
-            await cancel_and_wait([fan_out, *self._tasks()])
-            self._replicas.clear()
-            self._leaving.clear()
-            self._changed()
+            await cancel_and_wait([fan_out])
+            await self.close()
+
+    async def close(self) -> None:
+        """Stop every replica's tunnel (their connections end as ``shutdown``)."""
+        await cancel_and_wait([r.task for r in (*self._replicas.values(), *self._leaving)])
+        self._replicas.clear()
+        self._leaving.clear()
+        self._changed()
 
     async def refresh(self) -> None:
         """Ask the discovery once and follow its answer (a failed or empty one changes
@@ -401,9 +406,6 @@ class TunnelFleet:
         error = task.exception()
         if error is not None:
             self._crashed.set_result(error)
-
-    def _tasks(self) -> list[asyncio.Task[None]]:
-        return [r.task for r in (*self._replicas.values(), *self._leaving)]
 
     def _changed(self) -> None:
         connected = sum(1 for r in self._replicas.values() if r.up)

@@ -86,7 +86,7 @@ async def serving(*gateways: Gateway) -> AsyncIterator[None]:
         yield
 
 
-async def _plain() -> Any:
+async def plain() -> Any:
     return False  # ws://: no TLS
 
 
@@ -103,7 +103,7 @@ def plain_tunnel(url: str, **options: Any) -> AgentTunnel:
         **options,
     }
     upstream = settings.pop("upstream", None) or Upstream()
-    return AgentTunnel(url, "workflowplane", "p", _plain, upstream, **settings)
+    return AgentTunnel(url, "workflowplane", "p", plain, upstream, **settings)
 
 
 def plain_fleet(discovery: Discovery | tuple[str, ...], **options: Any) -> TunnelFleet:
