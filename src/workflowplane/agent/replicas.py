@@ -300,6 +300,11 @@ class TunnelFleet:
         """The replicas known, and whether each holds an admitted connection."""
         return {address: replica.up for address, replica in self._replicas.items()}
 
+    @property
+    def leaving(self) -> int:
+        """Replicas gone from the discovery whose connection is still open (not redialled)."""
+        return len(self._leaving)
+
     def describe(self) -> str:
         """Per replica, up or down (for readiness' detail)."""
         if not self._replicas:

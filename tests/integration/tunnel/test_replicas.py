@@ -1,0 +1,153 @@
+"""One agent, several of our gateway replicas (issue #12): the agent holds a connection to
+every replica it finds, by list or by every address of a DNS name (each dialled with the
+name as TLS server name), re-joins a replica that restarts, and drops one that leaves the
+discovery; any replica then serves the plane."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.harness import (
+    RunningGateway,
+    eventually,
+    registered_agent,
+    start_agent,
+    start_gateway,
+)
+from workflowplane.agent.runner import Agent
+from workflowplane.testenv import ApiServer
+
+pytestmark = pytest.mark.integration
+WP = "workflowplane"
+
+
+@contextlib.asynccontextmanager
+async def replicas(
+    control_plane: ApiServer, tmp_path: Path, settings: list[dict[str, Any]]
+) -> AsyncIterator[list[RunningGateway]]:
+    """Gateway replicas, one per entry of ``settings`` (host, ports), stopped at the end."""
+    started: list[RunningGateway] = []
+    try:
+        for overrides in settings:
+            started.append(await start_gateway(control_plane, tmp_path, **overrides))
+        yield started
+    finally:
+        for gateway in started:
+            await gateway.stop()
+
+
+def agents_on(replica: RunningGateway, plane_id: str) -> int:
+    """Connections of the plane's agents this replica holds (its status' connectedAgents)."""
+    return len(replica.gateway.connections.for_plane(WP, plane_id))
+
+
+async def wait_connected(replica: RunningGateway, plane_id: str, count: int = 1) -> None:
+    await eventually(lambda: agents_on(replica, plane_id) == count, timeout=20)
+
+
+async def test_the_agent_connects_to_every_listed_replica_and_rejoins_a_restarted_one(
+    control_plane: ApiServer,
+    workflow_plane: ApiServer,
+    crds: Path,
+    tmp_path: Path,
+    namespace: str,
+) -> None:
+    async with replicas(control_plane, tmp_path, [{}, {}, {}]) as gateways:
+        plane_id, prepared = await registered_agent(
+            control_plane, workflow_plane, gateways[0], namespace, "ha"
+        )
+        for gateway in gateways:  # every replica knows the CR before the agent dials
+            await eventually(lambda gateway=gateway: gateway.gateway.planes.for_plane(plane_id))
+        await prepared.upstream.close()  # it made the identity; the agent below runs
+        urls = ",".join(f"{g.public_url}/ws" for g in gateways)
+        config = replace(prepared.config, server_url="", server_urls=(urls,))
+        running = await start_agent(Agent(config))
+        agent = running.agent
+        try:
+            for gateway in gateways:
+                await wait_connected(gateway, plane_id)
+                status = await gateway.client.plane_status(
+                    WP, plane_id, namespace=namespace, name="wp"
+                )
+                assert status["connected"] and status["connectedAgents"] == 1
+                # the gateway's side of the contract reports it once merged (ha-gw)
+                assert status.get("agents", [agent.instance]) == [agent.instance]
+                listed = await gateway.client.proxy(
+                    "GET",
+                    plane_type=WP,
+                    plane_id=plane_id,
+                    cr_namespace=namespace,
+                    cr_name="wp",
+                    path="/api/v1/namespaces",
+                )
+                assert listed.status == 200  # any replica serves the plane
+            assert sum(agent.tunnel.replicas.values()) == 3
+
+            port = gateways[1].gateway.ports["public"]
+            await gateways[1].stop()
+            await eventually(lambda: sum(agent.tunnel.replicas.values()) == 2)
+            assert agent.tunnel.connected.is_set()  # still ready: two replicas left
+            gateways[1] = await start_gateway(control_plane, tmp_path, public_port=port)
+            await eventually(lambda: gateways[1].gateway.planes.for_plane(plane_id))
+            await wait_connected(gateways[1], plane_id)
+            assert sum(agent.tunnel.replicas.values()) == 3
+        finally:
+            await running.stop()
+
+
+async def test_every_address_of_a_name_is_a_replica_and_one_gone_is_dropped(
+    control_plane: ApiServer,
+    workflow_plane: ApiServer,
+    crds: Path,
+    tmp_path: Path,
+    namespace: str,
+) -> None:
+    async with replicas(control_plane, tmp_path, [{"host": "127.0.0.1"}]) as gateways:
+        port = gateways[0].gateway.ports["public"]
+        for host in ("127.0.0.2", "127.0.0.3"):  # a headless Service: one port, many pods
+            gateways.append(
+                await start_gateway(control_plane, tmp_path, host=host, public_port=port)
+            )
+        plane_id, prepared = await registered_agent(
+            control_plane, workflow_plane, gateways[0], namespace, "dns"
+        )
+        for gateway in gateways:
+            await eventually(lambda gateway=gateway: gateway.gateway.planes.for_plane(plane_id))
+        await prepared.upstream.close()
+        addresses = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+
+        async def resolve(host: str, asked_port: int) -> list[str]:
+            # the server certificate names "localhost", not these addresses: TLS checks the name
+            assert (host, asked_port) == ("localhost", port)
+            return list(addresses)
+
+        config = replace(
+            prepared.config,
+            server_url="",
+            server_dns_name=f"localhost:{port}",
+            server_resolve_seconds=0.2,
+        )
+        running = await start_agent(Agent(config, resolver=resolve))
+        agent = running.agent
+        try:
+            for gateway in gateways:
+                await wait_connected(gateway, plane_id)
+            assert {a.url for a in agent.tunnel.replicas} == {
+                f"wss://{ip}:{port}" for ip in addresses
+            }
+
+            addresses.remove("127.0.0.3")  # its pod is gone from the Service
+            await eventually(lambda: len(agent.tunnel.replicas) == 2)
+            assert agents_on(gateways[2], plane_id) == 1  # not cut: it closes it (drain)
+            await gateways[2].gateway.connections.close_all(b"draining")
+            await eventually(lambda: agent.tunnel.leaving == 0)  # no redial after the close
+            assert agents_on(gateways[2], plane_id) == 0
+            assert agents_on(gateways[0], plane_id) == agents_on(gateways[1], plane_id) == 1
+        finally:
+            await running.stop()
