@@ -93,9 +93,7 @@ class AgentHealth:
         def gateway() -> Verdict:
             if tunnel.connected.is_set():
                 return OK
-            return Verdict(
-                False, f"no connection admitted by a gateway replica: {tunnel.describe()}"
-            )
+            return Verdict(False, f"no connection admitted by the gateway ({tunnel.describe()})")
 
         self.health.ready_checks["gateway"] = gateway
         self.health.ready_checks["api-server"] = self.api_server

@@ -62,7 +62,7 @@ async def test_readiness_names_what_is_missing_and_metrics_are_the_agents() -> N
         status, body = await _get(health.port, "/readyz")
         assert status == 503 and set(body["failing"]) == {"gateway"}
         detail = body["failing"]["gateway"]
-        assert detail.startswith("no connection admitted by a gateway replica: 0 of 1")
+        assert detail.startswith("no connection admitted by the gateway (0 of 1")
         assert "wss://gateway.example:8443/ws?planeType=workflowplane&planeID=p down" in detail
         tunnel.connected.set()
         tunnel.metrics.connection_opened()
