@@ -20,6 +20,8 @@ from tests.integration.harness import (
     start_agent,
     start_gateway,
 )
+from tests.integration.tunnel.test_proxy import _proxy
+from workflowplane.agent.config import AgentConfig
 from workflowplane.agent.runner import Agent
 from workflowplane.testenv import ApiServer
 
@@ -42,6 +44,23 @@ async def replicas(
             await gateway.stop()
 
 
+async def plane_on(
+    control_plane: ApiServer,
+    workflow_plane: ApiServer,
+    gateways: list[RunningGateway],
+    namespace: str,
+) -> tuple[str, AgentConfig]:
+    """A new plane (CR ``wp`` trusting a new agent identity) every replica knows, and the
+    agent's settings, to be given the replicas."""
+    plane_id, prepared = await registered_agent(
+        control_plane, workflow_plane, gateways[0], namespace, "ha"
+    )
+    for gateway in gateways:  # every replica knows the CR before the agent dials
+        await eventually(lambda gateway=gateway: gateway.gateway.planes.for_plane(plane_id))
+    await prepared.upstream.close()  # it made the identity; the agent under test runs
+    return plane_id, prepared.config
+
+
 def agents_on(replica: RunningGateway, plane_id: str) -> int:
     """Connections of the plane's agents this replica holds (its status' connectedAgents)."""
     return len(replica.gateway.connections.for_plane(WP, plane_id))
@@ -59,14 +78,9 @@ async def test_the_agent_connects_to_every_listed_replica_and_rejoins_a_restarte
     namespace: str,
 ) -> None:
     async with replicas(control_plane, tmp_path, [{}, {}, {}]) as gateways:
-        plane_id, prepared = await registered_agent(
-            control_plane, workflow_plane, gateways[0], namespace, "ha"
-        )
-        for gateway in gateways:  # every replica knows the CR before the agent dials
-            await eventually(lambda gateway=gateway: gateway.gateway.planes.for_plane(plane_id))
-        await prepared.upstream.close()  # it made the identity; the agent below runs
+        plane_id, config = await plane_on(control_plane, workflow_plane, gateways, namespace)
         urls = ",".join(f"{g.public_url}/ws" for g in gateways)
-        config = replace(prepared.config, server_url="", server_urls=(urls,))
+        config = replace(config, server_url="", server_urls=(urls,))
         running = await start_agent(Agent(config))
         agent = running.agent
         try:
@@ -78,14 +92,7 @@ async def test_the_agent_connects_to_every_listed_replica_and_rejoins_a_restarte
                 assert status["connected"] and status["connectedAgents"] == 1
                 # the gateway's side of the contract reports it once merged (ha-gw)
                 assert status.get("agents", [agent.instance]) == [agent.instance]
-                listed = await gateway.client.proxy(
-                    "GET",
-                    plane_type=WP,
-                    plane_id=plane_id,
-                    cr_namespace=namespace,
-                    cr_name="wp",
-                    path="/api/v1/namespaces",
-                )
+                listed = await _proxy(gateway, plane_id, namespace, "GET", "/api/v1/namespaces")
                 assert listed.status == 200  # any replica serves the plane
             assert sum(agent.tunnel.replicas.values()) == 3
 
@@ -114,12 +121,7 @@ async def test_every_address_of_a_name_is_a_replica_and_one_gone_is_dropped(
             gateways.append(
                 await start_gateway(control_plane, tmp_path, host=host, public_port=port)
             )
-        plane_id, prepared = await registered_agent(
-            control_plane, workflow_plane, gateways[0], namespace, "dns"
-        )
-        for gateway in gateways:
-            await eventually(lambda gateway=gateway: gateway.gateway.planes.for_plane(plane_id))
-        await prepared.upstream.close()
+        plane_id, config = await plane_on(control_plane, workflow_plane, gateways, namespace)
         addresses = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
 
         async def resolve(host: str, asked_port: int) -> list[str]:
@@ -128,7 +130,7 @@ async def test_every_address_of_a_name_is_a_replica_and_one_gone_is_dropped(
             return list(addresses)
 
         config = replace(
-            prepared.config,
+            config,
             server_url="",
             server_dns_name=f"localhost:{port}",
             server_resolve_seconds=0.2,

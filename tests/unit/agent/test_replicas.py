@@ -43,25 +43,6 @@ def test_a_list_of_urls_comma_separated_and_repeated() -> None:
     assert urls == ("wss://a:8443/ws", "wss://b:8443/ws", "https://[fd00::1]:8443")
 
 
-@pytest.mark.parametrize(
-    ("value", "message"),
-    [
-        ("ftp://gw:8443", "'ftp://gw:8443' must start with wss://, ws://, https://, http://"),
-        ("gw:8443", "'gw:8443' must start with wss://"),
-        ("wss://", "'wss://' names no host"),
-        ("wss://gw:99999/ws", "'wss://gw:99999/ws' is not a URL"),
-        ("wss://me:secret@gw:8443", "must not carry credentials"),
-        ("wss://gw:8443/ws?planeID=x", "must not carry a query or fragment"),
-        ("wss://a:1,,wss://b:1", "entry 2 of 'wss://a:1,,wss://b:1' is empty"),
-        ("wss://a:1,wss://a:1", "'wss://a:1' is listed twice"),
-    ],
-)
-def test_a_bad_url_in_the_list_is_named(value: str, message: str) -> None:
-    with pytest.raises(ReplicaConfigError, match=r"^--server-urls: ") as caught:
-        parse_server_urls([value])
-    assert message in str(caught.value)
-
-
 def test_a_dns_name_dials_each_address_under_the_name() -> None:
     name = DnsName.parse("cluster-gateway-headless.openchoreo-control-plane.svc:8443")
     assert (name.host, name.port, str(name)) == (
@@ -78,21 +59,35 @@ def test_a_dns_name_dials_each_address_under_the_name() -> None:
     assert as_url.address("10.1.2.3").url == "ws://10.1.2.3:9000/tunnel/ws"
 
 
+def _parse_list(value: str) -> object:
+    return parse_server_urls([value])
+
+
 @pytest.mark.parametrize(
-    ("value", "message"),
+    ("parse", "setting", "value", "message"),
     [
-        ("cluster-gateway", "needs a port, e.g. cluster-gateway-headless:8443"),
-        ("10.0.0.1:8443", "'10.0.0.1' is an address, not a name to resolve"),
-        ("bad_name.svc:8443", "'bad_name.svc' is not a DNS name"),
-        ("gw:http", "is not a URL"),
-        ("gw:8443/ws", "must be host:port or a wss:// URL"),
-        ("ftp://gw:21", "must start with wss://"),
+        (_parse_list, "--server-urls", "ftp://gw:8443", "must start with wss://, ws://, https://"),
+        (_parse_list, "--server-urls", "gw:8443", "'gw:8443' must start with wss://"),
+        (_parse_list, "--server-urls", "wss://", "'wss://' names no host"),
+        (_parse_list, "--server-urls", "wss://gw:99999/ws", "'wss://gw:99999/ws' is not a URL"),
+        (_parse_list, "--server-urls", "wss://me:secret@gw:8443", "must not carry credentials"),
+        (_parse_list, "--server-urls", "wss://gw/ws?planeID=x", "must not carry a query"),
+        (_parse_list, "--server-urls", "wss://a:1,,wss://b:1", "entry 2 of 'wss://a:1,,wss"),
+        (_parse_list, "--server-urls", "wss://a:1,wss://a:1", "'wss://a:1' is listed twice"),
+        (DnsName.parse, "--server-dns-name", "cluster-gateway", "needs a port, e.g. cluster-"),
+        (DnsName.parse, "--server-dns-name", "10.0.0.1:8443", "'10.0.0.1' is an address, not"),
+        (DnsName.parse, "--server-dns-name", "bad_name.svc:8443", "'bad_name.svc' is not a DNS"),
+        (DnsName.parse, "--server-dns-name", "gw:http", "is not a URL"),
+        (DnsName.parse, "--server-dns-name", "gw:8443/ws", "must be host:port or a wss:// URL"),
+        (DnsName.parse, "--server-dns-name", "ftp://gw:21", "must start with wss://"),
     ],
 )
-def test_a_bad_dns_name_is_named(value: str, message: str) -> None:
-    with pytest.raises(ReplicaConfigError, match=r"^--server-dns-name: ") as caught:
-        DnsName.parse(value)
-    assert message in str(caught.value)
+def test_a_bad_replica_setting_is_named(
+    parse: Callable[[str], object], setting: str, value: str, message: str
+) -> None:
+    with pytest.raises(ReplicaConfigError) as caught:
+        parse(value)
+    assert str(caught.value).startswith(f"{setting}: ") and message in str(caught.value)
 
 
 def test_exactly_one_way_to_find_replicas() -> None:
