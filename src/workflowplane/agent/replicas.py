@@ -28,14 +28,14 @@ import socket
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
-
-from yarl import URL
+from urllib.parse import SplitResult, urlsplit
 
 from workflowplane.agent.metrics import AgentMetrics
 from workflowplane.kits.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 SCHEMES = ("wss", "ws", "https", "http")
+DEFAULT_PORTS = {"wss": 443, "https": 443, "ws": 80, "http": 80}
 DEFAULT_RESOLVE_SECONDS = 10.0
 RESOLVE_TIMEOUT_SECONDS = 10.0
 RETIRE_GRACE_SECONDS = 30.0  # longer than a replica's drain (its --drain-seconds, 20 s)
@@ -60,7 +60,7 @@ class ReplicaAddress:
         """The Host header of the name the address was found under (none for a plain URL)."""
         if self.server_name is None:
             return {}
-        port = URL(self.url).port
+        port = urlsplit(self.url).port
         return {"Host": f"{self.server_name}:{port}" if port else self.server_name}
 
     def __str__(self) -> str:
@@ -72,26 +72,33 @@ class ReplicaAddress:
 
 def check_url(value: str, setting: str) -> str:
     """``value`` when it is a URL the agent can dial, else a ReplicaConfigError naming it."""
+    _split(value, setting)
+    return value
+
+
+def _split(value: str, setting: str) -> SplitResult:
+    """The URL's parts, every one checked (ReplicaConfigError naming what is wrong)."""
     example = "e.g. wss://cluster-gateway.openchoreo-control-plane.svc:8443/ws"
     try:
-        url = URL(value)
-    except ValueError as exc:  # yarl: bad port, bad host
+        url = urlsplit(value)
+        url.port  # noqa: B018 - parsed on access: out of range or not a number raises here
+    except ValueError as exc:
         raise ReplicaConfigError(f"{setting}: {value!r} is not a URL ({exc}); {example}") from exc
     if url.scheme not in SCHEMES:
         raise ReplicaConfigError(
             f"{setting}: {value!r} must start with {', '.join(s + '://' for s in SCHEMES)}; "
             + example
         )
-    if not url.host:
+    if not url.hostname:
         raise ReplicaConfigError(f"{setting}: {value!r} names no host; {example}")
-    if url.user is not None or url.password is not None:
+    if url.username is not None or url.password is not None:
         raise ReplicaConfigError(f"{setting}: {value!r} must not carry credentials")
-    if url.query_string or url.fragment:
+    if url.query or url.fragment:
         raise ReplicaConfigError(
             f"{setting}: {value!r} must not carry a query or fragment (the agent adds "
             "planeType and planeID)"
         )
-    return value
+    return url
 
 
 def parse_server_urls(values: Iterable[str], setting: str = "--server-urls") -> tuple[str, ...]:
@@ -123,9 +130,9 @@ class DnsName:
         given_url = "://" in text
         if not given_url and "/" in text:
             raise ReplicaConfigError(f"{setting}: {value!r} must be host:port or a wss:// URL")
-        url = URL(check_url(text if given_url else f"wss://{text}", setting))
-        host = url.host or ""
-        if not given_url and url.explicit_port is None:
+        url = _split(text if given_url else f"wss://{text}", setting)
+        host = url.hostname or ""
+        if not given_url and url.port is None:
             raise ReplicaConfigError(
                 f"{setting}: {value!r} needs a port, e.g. cluster-gateway-headless:8443"
             )
@@ -136,9 +143,9 @@ class DnsName:
             )
         if len(host) > 253 or not all(_LABEL.match(label) for label in host.split(".")):
             raise ReplicaConfigError(f"{setting}: {host!r} is not a DNS name")
-        assert url.port is not None  # every scheme we accept has a default port
         path = url.path if url.path != "/" else ""
-        return cls(host=host, port=url.port, scheme=url.scheme, path=path)
+        port = url.port or DEFAULT_PORTS[url.scheme]
+        return cls(host=host, port=port, scheme=url.scheme, path=path)
 
     def address(self, ip: str) -> ReplicaAddress:
         literal = f"[{ip}]" if ":" in ip else ip
