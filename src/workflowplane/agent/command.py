@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from workflowplane.agent.config import CONSENT_CONFIGMAP, CONSENT_KEY, AgentConfig, env
+from workflowplane.agent.replicas import ReplicaConfigError, discovery_from
 from workflowplane.api.consent import ConsentError, parse_allow_list
 from workflowplane.api.constants import AGENT_NAMESPACE, AGENT_SECRET_NAME, PLANE_TYPE
 from workflowplane.kits.goflags import add_go_flag, apply_go_log_level, env_bool, parse_duration
@@ -49,7 +50,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "server-url",
         default=env("SERVER_URL", go="SERVER_URL"),
-        help="gateway URL, e.g. wss://gw:8443/ws",
+        help="gateway URL, e.g. wss://gw:8443/ws (one replica; or --server-urls, "
+        "--server-dns-name)",
+    )
+    add(
+        "server-urls",
+        action="append",
+        default=[env("SERVER_URLS")] if env("SERVER_URLS") else [],
+        metavar="URLS",
+        help="every gateway replica's URL, comma-separated, repeatable: one connection each",
+    )
+    add(
+        "server-dns-name",
+        default=env("SERVER_DNS_NAME", ""),
+        metavar="HOST:PORT",
+        help="a name whose every address is a gateway replica (a headless Service), dialled "
+        "with the name as TLS server name; resolved again every --server-resolve-seconds",
+    )
+    add(
+        "server-resolve-seconds",
+        type=parse_duration,
+        default=parse_duration(env("SERVER_RESOLVE_SECONDS") or "10s"),
     )
     add("plane-type", default=env("PLANE_TYPE", PLANE_TYPE, go="PLANE_TYPE"))
     add("plane-id", default=env("PLANE_ID", go="PLANE_ID"), help="must match the CR's planeID")
@@ -138,14 +159,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
-    for flag in ("server_url", "plane_id"):
-        if not getattr(args, flag):
-            name = flag.replace("_", "-")
-            raise FatalError(
-                f"--{name} is required",
-                f"or set CLUSTER_AGENT_{flag.upper()} (or {flag.upper()})",
-                EXIT_USAGE,
-            )
+    if not args.plane_id:
+        raise FatalError(
+            "--plane-id is required", "or set CLUSTER_AGENT_PLANE_ID (or PLANE_ID)", EXIT_USAGE
+        )
+    try:
+        discovery_from(args.server_url or "", args.server_urls, args.server_dns_name)
+    except ReplicaConfigError as exc:
+        raise FatalError(
+            str(exc),
+            "or set CLUSTER_AGENT_SERVER_URL (or SERVER_URL), CLUSTER_AGENT_SERVER_URLS, "
+            "CLUSTER_AGENT_SERVER_DNS_NAME",
+            EXIT_USAGE,
+        ) from exc
+    if args.server_resolve_seconds <= 0:
+        raise FatalError("--server-resolve-seconds must be more than 0", exit_code=EXIT_USAGE)
     try:
         allowed = parse_allow_list(args.allowed_namespaces)
     except ConsentError as exc:
@@ -154,7 +182,10 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
             exit_code=EXIT_USAGE,
         ) from exc
     return AgentConfig(
-        server_url=args.server_url,
+        server_url=args.server_url or "",
+        server_urls=tuple(args.server_urls),
+        server_dns_name=args.server_dns_name,
+        server_resolve_seconds=args.server_resolve_seconds,
         plane_id=args.plane_id,
         plane_type=args.plane_type,
         server_ca_file=_path(args.server_ca),

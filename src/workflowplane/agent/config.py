@@ -14,7 +14,7 @@ CONSENT_KEY = "allowed"
 
 @dataclass(frozen=True)
 class AgentConfig:
-    server_url: str
+    server_url: str  # one replica; "" when server_urls or server_dns_name says where they are
     plane_id: str
     plane_type: str = PLANE_TYPE
     server_ca_file: Path | None = None
@@ -43,6 +43,11 @@ class AgentConfig:
     cert_validity_days: float = 90.0
     ca_validity_days: float = 3650.0
     renew_before_fraction: float = 1 / 3  # renew when less than this much of the life remains
+    # Every gateway replica gets a connection (agent/replicas.py): a list, or every address of
+    # a DNS name ("host:port" or a URL) resolved again every server_resolve_seconds.
+    server_urls: tuple[str, ...] = ()
+    server_dns_name: str = ""
+    server_resolve_seconds: float = 10.0
     ignored: tuple[str, ...] = ()  # settings accepted for compatibility, without effect here
     # /healthz /readyz /metrics (agent/health.py); None: no listener (the CLI's default: 8082)
     health_host: str = "0.0.0.0"

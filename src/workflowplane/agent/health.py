@@ -6,7 +6,9 @@ OpenChoreo's agent has no health endpoint; this one says whether the agent can d
 - liveness (``event-loop``): the loop answers and has not stalled for longer than
   ``loop_limit``. A gateway that is down is not the agent's fault: restarting the agent would
   not help, so it does not fail liveness;
-- readiness adds ``gateway``: the agent holds a connection the gateway admitted, and
+- readiness adds ``gateway``: the agent holds a connection a gateway replica admitted (one
+  is enough: a request reaches the agent through any replica; the detail names each replica's
+  state, and ``workflowplane_agent_gateway_replicas`` counts them), and
   ``api-server``: its own API server answers ``GET /readyz`` with the agent's credentials
   (checked at most every ``api_cache`` seconds, so probes do not load it).
 
@@ -19,11 +21,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Protocol
 
 import aiohttp
 
 from workflowplane.agent.metrics import AgentMetrics
-from workflowplane.agent.tunnel import AgentTunnel
 from workflowplane.agent.upstream import Upstream
 from workflowplane.kits.health import OK, Health, HealthListener, LoopLag, Verdict
 
@@ -61,12 +63,21 @@ class ApiServerCheck:
         return OK
 
 
+class Tunnels(Protocol):
+    """What readiness reads of the agent's connections (``agent.replicas.TunnelFleet``)."""
+
+    connected: asyncio.Event
+    metrics: AgentMetrics
+
+    def describe(self) -> str: ...
+
+
 class AgentHealth:
-    """The checks and the listener of one agent; its metrics are the tunnel's."""
+    """The checks and the listener of one agent; its metrics are the tunnels'."""
 
     def __init__(
         self,
-        tunnel: AgentTunnel,
+        tunnel: Tunnels,
         upstream: Upstream,
         *,
         loop_limit: float = 5.0,
@@ -82,7 +93,7 @@ class AgentHealth:
         def gateway() -> Verdict:
             if tunnel.connected.is_set():
                 return OK
-            return Verdict(False, f"no connection admitted by the gateway ({tunnel.url})")
+            return Verdict(False, f"no connection admitted by the gateway ({tunnel.describe()})")
 
         self.health.ready_checks["gateway"] = gateway
         self.health.ready_checks["api-server"] = self.api_server

@@ -43,9 +43,17 @@ class AgentMetrics:
         self.registry = CollectorRegistry()
         self.connected = Gauge(
             "workflowplane_agent_connected",
-            "1 while the agent holds a connection the gateway admitted, else 0",
+            "1 while the agent holds a connection a gateway replica admitted, else 0",
             registry=self.registry,
         )
+        self.replicas = Gauge(
+            "workflowplane_agent_gateway_replicas",
+            "Gateway replicas the agent knows (known: found by discovery, dialled) and holds "
+            "an admitted connection to (connected)",
+            ["state"],
+            registry=self.registry,
+        )
+        self._open = 0  # admitted connections open, over every replica
         self.connections = Counter(
             "workflowplane_agent_connections_total",
             "Connections to the gateway the gateway admitted",
@@ -83,6 +91,8 @@ class AgentMetrics:
             registry=self.registry,
             buckets=FRAME_BUCKETS,
         )
+        for state in ("known", "connected"):
+            self.replicas.labels(state)
         for reason in DISCONNECT_REASONS:
             self.disconnections.labels(reason)
         for direction in ("in", "out"):
@@ -92,11 +102,17 @@ class AgentMetrics:
 
     def connection_opened(self) -> None:
         self.connections.inc()
+        self._open += 1
         self.connected.set(1)
 
     def connection_closed(self, reason: str) -> None:
-        self.connected.set(0)
+        self._open = max(0, self._open - 1)
+        self.connected.set(1 if self._open else 0)
         self.disconnections.labels(reason if reason in DISCONNECT_REASONS else "error").inc()
+
+    def replicas_seen(self, known: int, connected: int) -> None:
+        self.replicas.labels("known").set(known)
+        self.replicas.labels("connected").set(connected)
 
     # ---- requests ---------------------------------------------------------------------------
 

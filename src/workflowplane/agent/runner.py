@@ -1,10 +1,11 @@
-"""Run the agent: identity (bootstrap/renewal), consent, upstream, and the tunnel, until stopped.
+"""Run the agent: identity (bootstrap/renewal), consent, upstream, and the tunnels (one per
+gateway replica, ``agent/replicas.py``), until stopped.
 
 The leaf it presents always carries the effective consent list (flags, env and the watched
 ConfigMap): a list change re-issues the leaf from the agent's own CA by the renewal path and
-reconnects. A leaf the agent cannot re-issue (cert-manager's Secret or certificate files: no
-``ca.key``) that does not carry a configured list is never presented: the agent refuses to
-connect and says why (fail closed).
+reconnects every replica's connection. A leaf the agent cannot re-issue (cert-manager's
+Secret or certificate files: no ``ca.key``) that does not carry a configured list is never
+presented: the agent refuses to connect and says why (fail closed).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import contextlib
 import logging
 import ssl
 import tempfile
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography import x509
@@ -23,12 +26,21 @@ from workflowplane.agent.bootstrap import AgentIdentity, load_or_create, renew
 from workflowplane.agent.config import AgentConfig
 from workflowplane.agent.consent import ConfigMapConsent, describe, union
 from workflowplane.agent.health import AgentHealth
+from workflowplane.agent.metrics import AgentMetrics
+from workflowplane.agent.replicas import (
+    ReplicaAddress,
+    Resolver,
+    TunnelFleet,
+    discovery_from,
+    system_resolver,
+)
 from workflowplane.agent.tunnel import AgentTunnel, ConnectRefused
 from workflowplane.agent.upstream import Upstream
 from workflowplane.api.consent import Consent, consent_of, parse_allow_list
 from workflowplane.kits.errors import report_failure
 from workflowplane.kits.tasks import cancel_and_wait
 from workflowplane.pki import KeyPair, load_certificates, uri_sans
+from workflowplane.protocol.http import AGENT_INSTANCE_HEADER
 
 log = logging.getLogger(__name__)
 RENEWAL_CHECK_SECONDS = 60.0
@@ -36,8 +48,12 @@ RETRY_SECONDS = 5.0  # after a failed re-issue
 
 
 class Agent:
-    def __init__(self, config: AgentConfig) -> None:
+    """One agent process: ``instance`` names it to every gateway replica it connects to;
+    ``resolver`` finds the addresses of ``--server-dns-name`` (the system's by default)."""
+
+    def __init__(self, config: AgentConfig, *, resolver: Resolver = system_resolver) -> None:
         self.config = config
+        self.instance = uuid.uuid4().hex
         self.upstream = Upstream.from_kubeconfig(
             config.kubeconfig,
             config.context,
@@ -56,8 +72,22 @@ class Agent:
             else None
         )
         self._leaf_check = asyncio.Event()
-        self.tunnel = AgentTunnel(
-            config.server_url,
+        metrics = AgentMetrics()
+        self.upstream.observe(metrics.upstream_trace())
+        discovery = discovery_from(
+            config.server_url, config.server_urls, config.server_dns_name, resolver
+        )
+        # One tunnel per gateway replica; to the rest of the agent, one tunnel.
+        self.tunnel = TunnelFleet(
+            discovery, self._dial, metrics, resolve_every=config.server_resolve_seconds
+        )
+        self.health = AgentHealth(self.tunnel, self.upstream)
+
+    def _dial(self, address: ReplicaAddress, on_change: Callable[[], None]) -> AgentTunnel:
+        """The tunnel to one replica, with the agent's settings and its instance id."""
+        config = self.config
+        return AgentTunnel(
+            address.url,
             config.plane_type,
             config.plane_id,
             self._ssl_context,
@@ -70,8 +100,11 @@ class Agent:
             timeout=config.request_timeout_seconds,
             max_concurrent=config.max_concurrent_requests,
             max_streams=config.max_concurrent_streams,
+            server_hostname=address.server_name,
+            headers={AGENT_INSTANCE_HEADER: self.instance, **address.headers()},
+            metrics=self.tunnel.metrics,
+            on_change=on_change,
         )
-        self.health = AgentHealth(self.tunnel, self.upstream)
 
     def _kube(self) -> AsyncClient:
         return self.upstream.lightkube_client()

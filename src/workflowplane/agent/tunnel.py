@@ -29,7 +29,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -405,7 +405,15 @@ def _headers(value: object) -> dict[str, list[str]] | None:
 
 
 class AgentTunnel:
-    """Keeps one connection to the gateway up for as long as ``run`` runs."""
+    """Keeps one connection to the gateway up for as long as ``run`` runs.
+
+    One per gateway replica (``agent/replicas.py`` owns them): ``server_hostname`` is the name
+    TLS checks when ``url`` names an address, ``headers`` go on the upgrade, ``metrics`` may be
+    shared by every replica's tunnel (the owner then observes the upstream once), and
+    ``on_change`` is called whenever ``connected`` is set or cleared. A connection the gateway
+    closes with 1001 (going away: a replica draining) is redialled after the first, short
+    backoff, as a connection that was stable.
+    """
 
     def __init__(
         self,
@@ -423,6 +431,10 @@ class AgentTunnel:
         timeout: float,
         max_concurrent: int,
         max_streams: int = 64,
+        server_hostname: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        metrics: AgentMetrics | None = None,
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
         query = urlencode({"planeType": plane_type, "planeID": plane_id})
         self.url = f"{url.rstrip('/')}/ws?{query}" if "/ws" not in url else f"{url}?{query}"
@@ -434,14 +446,18 @@ class AgentTunnel:
         self._max_streams = max_streams
         self.connected = asyncio.Event()
         self.reconnect_requested = asyncio.Event()
-        self.metrics = AgentMetrics()
-        upstream.observe(self.metrics.upstream_trace())
+        self._server_hostname, self._headers = server_hostname, dict(headers or {})
+        self._on_change, self._going_away = on_change, False
+        if metrics is None:
+            metrics = AgentMetrics()
+            upstream.observe(metrics.upstream_trace())
+        self.metrics = metrics
 
     async def run(self) -> None:
         attempt = 0
         async with aiohttp.ClientSession() as session:
             while True:
-                started = time.monotonic()
+                started, self._going_away = time.monotonic(), False
                 try:
                     await self._connect_once(session)
                 except ConnectRefused as exc:
@@ -450,7 +466,9 @@ class AgentTunnel:
                     log.warning("gateway connection failed: %s", exc)
                 finally:
                     self.connected.clear()
-                attempt = 0 if time.monotonic() - started > self._stable else attempt + 1
+                    self._on_change()
+                stable = self._going_away or time.monotonic() - started > self._stable
+                attempt = 0 if stable else attempt + 1
                 delay = full_jitter_delay(attempt, self._initial, self._cap)
                 log.info("reconnecting in %.1fs", delay)
                 await self._backoff(delay)
@@ -473,11 +491,17 @@ class AgentTunnel:
             heartbeat=None,
             timeout=aiohttp.ClientWSTimeout(ws_close=5),
             protocols=(TUNNEL_V2,),
+            server_hostname=self._server_hostname,
+            headers=self._headers,
         ) as ws:
             log.info("connected to %s (%s)", self.url, _describe(ws.protocol, self._max_frame))
             self.connected.set()
+            self._on_change()
             self.metrics.connection_opened()
-            await self._serve(ws)
+            try:
+                await self._serve(ws)
+            finally:
+                self._going_away = ws.close_code == aiohttp.WSCloseCode.GOING_AWAY
 
     async def _serve(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         lock = asyncio.Lock()

@@ -26,6 +26,9 @@ HOP_BY_HOP = frozenset(
 # On the gateway's own error answers (not the plane's), so a caller can tell a 403 "no
 # connection is authorized for this CR" from a 403 of the plane's RBAC.
 GATEWAY_ERROR_HEADER = "X-Cluster-Gateway-Error"
+# One agent process names itself on every replica connection's upgrade (the same uuid4 hex on
+# each), so replicas count agents, not connections (docs/ha.md).
+AGENT_INSTANCE_HEADER = "X-Workflowplane-Agent-Instance"
 
 # The caller's identity never crosses the tunnel: the plane's API server must see only the
 # agent's credentials. Both ends strip these (OpenChoreo's agent forwards ``Impersonate-*``).

@@ -21,6 +21,7 @@ from tests.integration.helm.conftest import (
     WORKFLOW_PLANE_CHART,
     Helm,
 )
+from workflowplane.agent.command import config_from_args
 from workflowplane.cli.main import build_parser
 from workflowplane.pki import generate_ca
 from workflowplane.testenv import ApiServer
@@ -34,6 +35,7 @@ METRICS_LABEL = "workflowplane.openchoreo.dev/metrics"
 DASHBOARD = CONTROL_PLANE_CHART / "dashboards" / "workflowplane.json"
 ALERTS = CONTROL_PLANE_CHART / "rules" / "workflowplane-alerts.yaml"
 WP_NAMESPACE = "openchoreo-workflow-plane"
+AGENT = "cluster-agent-workflowplane"
 PLANE = ("--set", "clusterAgent.planeId=default")
 CP_HA = ("-f", str(CONTROL_PLANE_CHART / "ci" / "ha-values.yaml"))
 WP_HA = ("-f", str(WORKFLOW_PLANE_CHART / "ci" / "ha-values.yaml"))
@@ -424,6 +426,48 @@ def test_workflow_plane_rbac_is_least_privilege(helm: Helm) -> None:
             assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], rule
 
 
+# ---- gateway replicas (issue #12) -------------------------------------------------------------
+
+HEADLESS = "cluster-gateway-headless.openchoreo-control-plane.svc.cluster.local:8443"
+REPLICA_URLS = ("--set", "clusterAgent.serverUrls={wss://gw-0.example:8443/ws,wss://gw-1.example}")
+REPLICA_DNS = (
+    "--set",
+    f"clusterAgent.serverDnsName={HEADLESS}",
+    "--set",
+    "clusterAgent.serverResolveSeconds=5",
+)
+
+
+def test_the_agent_is_told_every_gateway_replica(helm: Helm) -> None:
+    listed = args_of(helm.template(WORKFLOW_PLANE_CHART, *PLANE, *REPLICA_URLS), AGENT)
+    assert listed[1] == "--server-urls=wss://gw-0.example:8443/ws,wss://gw-1.example"
+    named = args_of(helm.template(WORKFLOW_PLANE_CHART, *PLANE, *REPLICA_DNS), AGENT)
+    assert named[1:3] == [f"--server-dns-name={HEADLESS}", "--server-resolve-seconds=5"]
+    for args in (listed, named):
+        assert not any(a.startswith("--server-url=") for a in args)  # one way, not two
+        config = config_from_args(build_parser().parse_args(args))  # the agent accepts it
+        assert config.server_urls or config.server_dns_name
+
+
+def test_replicas_by_list_and_by_name_at_once_fail(helm: Helm) -> None:
+    error = helm.template_error(WORKFLOW_PLANE_CHART, *PLANE, *REPLICA_URLS, *REPLICA_DNS)
+    assert "clusterAgent.serverUrls and clusterAgent.serverDnsName are both set" in error
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("serverDnsName", "cluster-gateway-headless"),  # no port
+        ("serverDnsName", "wss://gw:8443"),
+        ("serverUrls", "{gw-0:8443}"),
+        ("serverResolveSeconds", "0"),
+    ],
+)
+def test_schema_rejects_a_bad_replica_setting(helm: Helm, key: str, value: str) -> None:
+    setting = f"clusterAgent.{key}={value}"
+    assert key in helm.template_error(WORKFLOW_PLANE_CHART, *PLANE, "--set", setting)
+
+
 # ---- plane-side consent --------------------------------------------------------------------
 
 
@@ -598,6 +642,8 @@ def test_schema_rejects_bad_enum(helm: Helm) -> None:
         (WORKFLOW_PLANE_CHART, WP_HA),
         (WORKFLOW_PLANE_CHART, (*PLANE, "--set", "clusterAgent.logLevel=debug")),
         (WORKFLOW_PLANE_CHART, (*PLANE, "--set", "clusterAgent.allowedNamespaces={a,b/c}")),
+        (WORKFLOW_PLANE_CHART, (*PLANE, *REPLICA_URLS)),
+        (WORKFLOW_PLANE_CHART, (*PLANE, *REPLICA_DNS)),
     ],
     ids=[
         "cp",
@@ -610,6 +656,8 @@ def test_schema_rejects_bad_enum(helm: Helm) -> None:
         "wp-ha",
         "wp-debug",
         "wp-consent",
+        "wp-replica-urls",
+        "wp-replica-dns",
     ],
 )
 def test_rendered_args_parse_with_wpctl(
@@ -628,7 +676,8 @@ def test_rendered_args_parse_with_wpctl(
         if parsed.command in {"controller", "control-plane"}:
             assert parsed.controller_health_port == 8081
         if parsed.command == "agent":
-            assert parsed.plane_id and parsed.server_url
+            assert parsed.plane_id
+            assert parsed.server_url or parsed.server_urls or parsed.server_dns_name
         if parsed.command in {"gateway", "control-plane"}:
             assert "localhost" in parsed.dns_names
 

@@ -23,6 +23,9 @@ class Tunnel:
     connected: asyncio.Event = field(default_factory=asyncio.Event)
     metrics: AgentMetrics = field(default_factory=AgentMetrics)
 
+    def describe(self) -> str:
+        return f"0 of 1 gateway replicas connected: {self.url} down"
+
 
 async def _get(port: int, path: str) -> tuple[int, Any]:
     async with (
@@ -58,7 +61,9 @@ async def test_readiness_names_what_is_missing_and_metrics_are_the_agents() -> N
     try:
         status, body = await _get(health.port, "/readyz")
         assert status == 503 and set(body["failing"]) == {"gateway"}
-        assert "no connection admitted by the gateway (wss://gateway.example" in str(body)
+        detail = body["failing"]["gateway"]
+        assert detail.startswith("no connection admitted by the gateway (0 of 1")
+        assert "wss://gateway.example:8443/ws?planeType=workflowplane&planeID=p down" in detail
         tunnel.connected.set()
         tunnel.metrics.connection_opened()
         assert (await _get(health.port, "/ready"))[0] == 200  # OpenChoreo's name too

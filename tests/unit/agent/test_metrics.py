@@ -10,15 +10,14 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import BaseTestServer, TestServer
+from aiohttp.test_utils import TestServer
 
-from tests.unit.agent.stand_ins import Upstream, until
+from tests.unit.agent.stand_ins import Gateway, Upstream, plain_fleet, plain_tunnel, serving, until
 from workflowplane.agent.health import AgentHealth, ApiServerCheck
 from workflowplane.agent.metrics import AgentMetrics
 from workflowplane.agent.tunnel import AgentTunnel, FrameServer
@@ -112,50 +111,12 @@ async def test_upstream_requests_are_timed_by_verb_and_code() -> None:
 # ---- the connection to the gateway ---------------------------------------------------------
 
 
-@dataclass
-class Gateway:
-    """A WebSocket server in the gateway's place; each connection does what ``script`` says."""
-
-    script: Callable[[web.WebSocketResponse], Any]
-    server: BaseTestServer | None = None
-    sockets: list[web.WebSocketResponse] = field(default_factory=list)
-
-    async def handle(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(autoping=False)
-        await ws.prepare(request)
-        self.sockets.append(ws)
-        await self.script(ws)
-        return ws
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"ws://127.0.0.1:{self.server.port}"
-
-
 @contextlib.asynccontextmanager
 async def tunnel_to(
     gateway: Gateway, **options: Any
 ) -> AsyncIterator[tuple[AgentTunnel, asyncio.Task[None]]]:
-    app = web.Application()
-    app.router.add_get("/ws", gateway.handle)
-    async with TestServer(app) as server:
-        gateway.server = server
-
-        async def plain() -> Any:
-            return False  # ws://: no TLS
-
-        settings: dict[str, Any] = {
-            "initial_backoff": 0.01,
-            "max_backoff": 0.05,
-            "stable_after": 30.0,
-            "dead_after": 30.0,
-            "max_frame": 1 << 20,
-            "timeout": 5.0,
-            "max_concurrent": 4,
-            **options,
-        }
-        tunnel = AgentTunnel(gateway.url, "workflowplane", "p", plain, Upstream(), **settings)  # type: ignore[arg-type]
+    async with serving(gateway):
+        tunnel = plain_tunnel(gateway.url, **options)
         task = asyncio.create_task(tunnel.run())
         try:
             yield tunnel, task
@@ -217,7 +178,9 @@ async def test_ready_only_with_an_admitted_connection() -> None:
     upstream = Upstream()
     upstream.gate.set()
     gateway = Gateway(_serve_until_closed)
-    async with tunnel_to(gateway) as (tunnel, _):
+    async with serving(gateway):
+        tunnel = plain_fleet((gateway.url,))
+        task = asyncio.create_task(tunnel.run())
         health = AgentHealth(tunnel, upstream)  # type: ignore[arg-type]
         await tunnel.connected.wait()
         ready = await health.health.ready()
@@ -229,6 +192,7 @@ async def test_ready_only_with_an_admitted_connection() -> None:
         verdicts = await health.health.ready()
         assert not verdicts["gateway"].ok and "no connection admitted" in verdicts["gateway"].detail
         assert (await health.health.live())["event-loop"].ok  # a gateway down is no restart
+        await cancel_and_wait([task])
 
 
 async def test_the_api_server_check_fails_recovers_and_is_cached() -> None:

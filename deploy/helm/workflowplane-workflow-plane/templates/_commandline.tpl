@@ -18,7 +18,14 @@ real `wpctl` argument parser.
 - --log-format={{ $a.logFormat }}
 {{ end -}}
 - agent
+{{- if $a.serverDnsName }}
+- --server-dns-name={{ $a.serverDnsName }}
+- --server-resolve-seconds={{ $a.serverResolveSeconds }}
+{{- else if $a.serverUrls }}
+- --server-urls={{ join "," $a.serverUrls }}
+{{- else }}
 - --server-url={{ $a.serverUrl }}
+{{- end }}
 - --plane-type={{ $a.planeType }}
 - --plane-id={{ include "wpwp.planeID" . }}
 - --namespace={{ include "wpwp.namespace" . }}

@@ -59,6 +59,9 @@ the same value. No silent precedence, so a leftover value cannot redirect the ag
 
 {{- define "wpwp.validate" -}}
 {{- $_ := include "wpwp.planeID" . -}}
+{{- if and .Values.clusterAgent.serverUrls .Values.clusterAgent.serverDnsName -}}
+{{- fail "clusterAgent.serverUrls and clusterAgent.serverDnsName are both set: give the gateway replicas one way, a list of URLs or a name whose every address is a replica" -}}
+{{- end -}}
 {{- $ca := .Values.clusterAgent.tls.serverCA -}}
 {{- if and $ca.value $ca.existingSecret.name -}}
 {{- fail "clusterAgent.tls.serverCA: set value (inline PEM) or existingSecret.name, not both" -}}
