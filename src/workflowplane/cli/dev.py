@@ -309,10 +309,9 @@ def _start_agent(
             "127.0.0.1",
             "--health-port",
             str(health),
-            # HA: switch to ha-agent's flag when it lands (one line):
-            # "--server-urls", ",".join(f"wss://127.0.0.1:{p}" for p in public_ports),
-            "--server-url",
-            f"wss://127.0.0.1:{public_ports[0]}",
+            # One connection to every replica (docs/ha-agent.md).
+            "--server-urls",
+            ",".join(f"wss://127.0.0.1:{port}" for port in public_ports),
             "--plane-id",
             plane_id_of(server),
             "--server-ca",
