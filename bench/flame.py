@@ -92,7 +92,9 @@ def summary(path: Path, top: int = 15) -> str:
     lines = [f"### {path.stem}: {total} samples", "", "| self % | function |", "|---:|---|"]
     lines += [f"| {100 * n / total:.1f} | `{name}` |" for name, n in own.most_common(top)]
     lines += ["", "| cumulative % | function |", "|---:|---|"]
-    lines += [f"| {100 * n / total:.1f} | `{name}` |" for name, n in cumulative.most_common(top)]
+    outermost = max(cumulative.values(), default=0)  # the process's own entry frames: skipped
+    inner = [(name, n) for name, n in cumulative.most_common() if n < outermost][:top]
+    lines += [f"| {100 * n / total:.1f} | `{name}` |" for name, n in inner]
     return "\n".join(lines) + "\n"
 
 

@@ -261,19 +261,19 @@ class FrameServer:
             )
         await self._send(data)
 
+    def _upstream_call(
+        self, frame: TunnelRequest
+    ) -> tuple[str, str, str, dict[str, list[str]] | None, bytes, float]:
+        """The request to make upstream: method, path, query, headers, body, deadline."""
+        query, body = _str(frame.query), _bytes(frame.body)
+        return frame.method.upper(), frame.path, query, _headers(frame.headers), body, self._timeout
+
     async def _answer(self, frame: TunnelRequest, streaming: bool) -> TunnelResponse:
         """The whole answer in one response; upstream failures become 502s."""
         rid = frame.request_id
         try:
             result = await self._upstream.request(
-                frame.method.upper(),
-                frame.path,
-                _str(frame.query),
-                _headers(frame.headers),
-                _bytes(frame.body),
-                self._timeout,
-                body_limit(self._max_frame),
-                streaming=streaming,
+                *self._upstream_call(frame), body_limit(self._max_frame), streaming=streaming
             )
         except ResponseTooLarge as exc:
             return error_response(rid, 502, _too_large(exc))
@@ -288,18 +288,10 @@ class FrameServer:
     async def _answer_in_chunks(self, frame: TunnelRequest, streaming: bool) -> None:
         """v2: a small answer in one frame, a larger one as chunks as it is read."""
         rid, head = frame.request_id, _Head()
-        try:
-            async with asyncio.timeout(self._timeout):
-                upstream = self._upstream.open(
-                    frame.method.upper(),
-                    frame.path,
-                    _str(frame.query),
-                    _headers(frame.headers),
-                    _bytes(frame.body),
-                    streaming=streaming,
-                )
-                async with upstream as response:
-                    await self._relay(rid, response, head)
+        try:  # aiohttp's own deadline covers the body too (no second timer per request)
+            upstream = self._upstream.open(*self._upstream_call(frame), streaming=streaming)
+            async with upstream as response:
+                await self._relay(rid, response, head)
         except TimeoutError:
             await self._fail(
                 rid, head.sent, 504, f"upstream did not answer within {self._timeout:g}s"

@@ -18,18 +18,15 @@ from workflowplane.gateway.frames import request_id_of
 from workflowplane.gateway.metrics import GatewayMetrics
 from workflowplane.gateway.plane_cache import PlaneCache
 from workflowplane.pki import generate_ca, issue_certificate
-from workflowplane.protocol import (
-    BinaryFrameError,
-    Frame,
+from workflowplane.protocol import BinaryFrameError, Frame, decode_binary, encode_binary
+from workflowplane.protocol.binary import HEADER, MAX_ID_BYTES, MAX_META_BYTES
+from workflowplane.protocol.messages import (
     StreamChunk,
     StreamInit,
     TunnelError,
     TunnelRequest,
     TunnelResponse,
-    decode_binary,
-    encode_binary,
 )
-from workflowplane.protocol.binary import HEADER, MAX_ID_BYTES, MAX_META_BYTES
 
 EVERY_BYTE = bytes(range(256)) * 4
 FRAMES: list[Frame] = [
