@@ -12,8 +12,11 @@ The gateway runs as its own process (``wpctl gateway``) so its memory can be rea
 OpenChoreo's pair (its Go gateway and agent, built from ``../shared/peers/openchoreo``) and
 through ours (``cluster-gateway`` and ``cluster-agent``), each pair started with OpenChoreo's
 chart command lines as separate processes: sequential GET /version p50/p99, requests/s at
-concurrency 16 and 64, CPU ms per request of each process (utime+stime from /proc) and each
-process's peak RSS. OpenChoreo's gateway binds :8080, so this takes the interop tests' lock.
+concurrency 16 and 64, CPU ms per request of each process (utime+stime from /proc), each
+process's idle and peak RSS, and the median time of a 10 MB list (11 ConfigMaps of 950 kB,
+uncompressed) and its ratio to the direct time. OpenChoreo's gateway binds :8080, so this takes
+the interop tests' lock. ``--peer --profile DIR`` also samples our gateway and agent with py-spy
+during the load (``bench/flame.py``; docs/performance.md) and prints their hottest functions.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from typing import Any
 import aiohttp
 import yaml
 from aiohttp import web
+
+from flame import profiled, summary
 
 from workflowplane.agent.config import AgentConfig
 from workflowplane.agent.runner import Agent
@@ -359,23 +364,56 @@ async def reconnect_storm(bench: Bench, session: aiohttp.ClientSession, url: str
 SEQUENTIAL, WARMUP, CONCURRENCY = 500, 50, (16, 64)
 
 
-async def measure(fn: Any, pids: dict[str, int]) -> dict[str, float]:
-    """One row: latency, throughput, CPU per request of each process, peak RSS."""
+async def measure(
+    fn: Any, pids: dict[str, int], profile_dir: Path | None = None
+) -> dict[str, float]:
+    """One row: latency, throughput, CPU per request of each process, peak RSS; with
+    ``profile_dir``, py-spy samples each process meanwhile (its CPU figures are then off)."""
     await timed(fn, WARMUP)
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     started = time.perf_counter()
-    samples = await timed(fn, SEQUENTIAL)
-    row = {"p50": pct(samples, 0.5), "p99": pct(samples, 0.99)}
-    requests = float(SEQUENTIAL)
-    for concurrency in CONCURRENCY:
-        rate = await throughput(fn, concurrency)
-        row[f"c{concurrency}"] = rate
-        requests += rate * 3.0
+    with profiled(pids, profile_dir):
+        samples = await timed(fn, SEQUENTIAL)
+        row = {"p50": pct(samples, 0.5), "p99": pct(samples, 0.99)}
+        requests = float(SEQUENTIAL)
+        for concurrency in CONCURRENCY:
+            rate = await throughput(fn, concurrency)
+            row[f"c{concurrency}"] = rate
+            requests += rate * 3.0
     row["seconds"] = time.perf_counter() - started
     for name, pid in pids.items():
         row[f"cpu_{name}"] = (cpu_seconds(pid) - before[name]) * 1000 / requests
         row[f"rss_{name}"] = rss_mib(pid, "VmHWM")
     return row
+
+
+BIG_LIST_NAMESPACE, BIG_LIST_ITEMS, BIG_ITEM_BYTES, BIG_ROUNDS = "bench-big", 11, 950_000, 5
+BIG_LIST_PATH = f"/api/v1/namespaces/{BIG_LIST_NAMESPACE}/configmaps"
+PLAIN = {"Accept-Encoding": "identity"}  # the API server would gzip it otherwise
+
+
+async def make_big_list(session: aiohttp.ClientSession, url: str) -> None:
+    """About 10 MB of ConfigMaps in one namespace: one list answer of that size."""
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": BIG_LIST_NAMESPACE}}
+    async with session.post(f"{url}/api/v1/namespaces", json=namespace) as r:
+        assert r.status in (201, 409), await r.text()
+    for i in range(BIG_LIST_ITEMS):
+        item = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"big-{i}"},
+                "data": {"blob": "x" * BIG_ITEM_BYTES}}
+        async with session.post(f"{url}{BIG_LIST_PATH}", json=item) as r:
+            assert r.status in (201, 409), await r.text()
+
+
+async def big_list_ms(fetch: Any) -> float:
+    """Median milliseconds for the whole 10 MB list (after one warm-up)."""
+    size = await fetch()
+    assert size > BIG_LIST_ITEMS * BIG_ITEM_BYTES, size
+    samples = []
+    for _ in range(BIG_ROUNDS):
+        started = time.perf_counter()
+        await fetch()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples) * 1000
 
 
 def print_peer_table(rows: dict[str, dict[str, float]]) -> None:
@@ -386,16 +424,27 @@ def print_peer_table(rows: dict[str, dict[str, float]]) -> None:
         ("req/s c64", "c64", "{:,.0f}"),
         ("CPU ms/req gw", "cpu_gateway", "{:.3f}"),
         ("CPU ms/req agent", "cpu_agent", "{:.3f}"),
+        ("idle RSS gw MiB", "idle_gateway", "{:.0f}"),
+        ("idle RSS agent MiB", "idle_agent", "{:.0f}"),
         ("peak RSS gw MiB", "rss_gateway", "{:.0f}"),
         ("peak RSS agent MiB", "rss_agent", "{:.0f}"),
+        ("10 MB list ms", "big", "{:.0f}"),
+        ("10 MB x direct", "big_ratio", "{:.2f}"),
     ]
-    print(f"{'GET /version':<24}" + "".join(f"{title:>20}" for title, _, _ in columns))
+    width = 19
+    print(f"{'GET /version':<22}" + "".join(f"{title:>{width}}" for title, _, _ in columns))
     for label, row in rows.items():
         cells = [fmt.format(row[key]) if key in row else "-" for _, key, fmt in columns]
-        print(f"{label:<24}" + "".join(f"{cell:>20}" for cell in cells))
+        print(f"{label:<22}" + "".join(f"{cell:>{width}}" for cell in cells))
+    direct = rows.get("direct (no tunnel)", {})
+    for label, row in rows.items():
+        if label in ("direct (no tunnel)",) or "p50" not in direct:
+            continue
+        print(f"{label}: overhead over direct at p50 {row['p50'] - direct['p50']:.2f} ms, "
+              f"c64 {row['c64'] / direct['c64']:.0%} of direct")
 
 
-async def peer_comparison(env: Environment, tmp: Path) -> None:
+async def peer_comparison(env: Environment, tmp: Path, profile_dir: Path | None) -> None:
     """--peer: the same load direct, through OpenChoreo's pair, and through ours."""
     sys.path.insert(0, str(REPO))  # the interop tests' process wrappers, reused
     from tests.interop import peers  # noqa: PLC0415
@@ -413,7 +462,13 @@ async def peer_comparison(env: Environment, tmp: Path) -> None:
             async with s.get(f"{wp.url}/version") as r:
                 await r.read()
 
+        async def direct_big() -> int:
+            async with s.get(f"{wp.url}{BIG_LIST_PATH}", headers=PLAIN) as r:
+                return len(await r.read())
+
+        await make_big_list(s, wp.url)
         rows["direct (no tunnel)"] = await measure(direct, {})
+        rows["direct (no tunnel)"]["big"] = await big_list_ms(direct_big)
     with peers.health_port_lock():
         for kind, label in (("go", "OpenChoreo (Go) pair"), ("ours", "workflowplane pair")):
             gateway_kind = peers.GoGateway if kind == "go" else peers.OurGateway
@@ -446,21 +501,38 @@ async def peer_comparison(env: Environment, tmp: Path) -> None:
                     reply = await api.proxy(plane_id, cr, "GET", "/version")
                     assert reply.status == 200, reply.body
 
+                async def proxied_big(
+                    api: Any = api, cr: tuple[str, str] = cr, plane_id: str = plane_id
+                ) -> int:
+                    reply = await api.proxy(plane_id, cr, "GET", BIG_LIST_PATH, headers=PLAIN)
+                    assert reply.status == 200, reply.body[:300]
+                    return len(reply.body)
+
                 pids = {"gateway": gateway.process.pid, "agent": agent.process.pid}
-                rows[label] = await measure(proxied, pids)
+                idle = {f"idle_{name}": rss_mib(pid) for name, pid in pids.items()}
+                spied = profile_dir if kind == "ours" else None
+                rows[label] = {**idle, **await measure(proxied, pids, spied)}
+                rows[label]["big"] = await big_list_ms(proxied_big)
+                rows[label]["big_ratio"] = rows[label]["big"] / rows["direct (no tunnel)"]["big"]
             finally:
                 await api.close()
                 agent.stop()
                 gateway.stop()
     print(f"machine: {os.cpu_count()} cores, loopback; {SEQUENTIAL} sequential GETs, then 3 s "
-          f"at each concurrency; CPU per request over all of them")
+          f"at each concurrency; CPU per request over all of them; 10 MB list: median of "
+          f"{BIG_ROUNDS}")
     print_peer_table(rows)
+    if profile_dir is not None:
+        for name in ("gateway", "agent"):
+            print(summary(profile_dir / f"{name}.txt"))
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--idle", default="1000,5000")
     parser.add_argument("--reconnect", default="100,1000")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="with --peer: py-spy our gateway and agent into this directory")
     parser.add_argument("--peer", action="store_true",
                         help="only: direct vs OpenChoreo's Go pair vs ours, side by side")
     args = parser.parse_args()
@@ -474,7 +546,7 @@ async def main() -> None:
                     str(REPO / "deploy" / "crds") + "/")
             kubectl(cp.kubeconfig, cp.context, "wait", "--for=condition=Established", "crd",
                     "--all")
-            await peer_comparison(env, tmp)
+            await peer_comparison(env, tmp, args.profile)
         finally:
             env.stop()
         return

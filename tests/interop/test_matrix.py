@@ -22,7 +22,9 @@ import yaml
 
 from tests.integration.harness import apply, eventually, unique, workflow_plane_cr
 from tests.interop.conftest import GATEWAY_FIXTURES, Pair, Pairing
+from tests.interop.peers import tail
 from workflowplane.gateway.kube_proxy import DEGRADED_HEADER
+from workflowplane.protocol import TUNNEL_V3
 from workflowplane.testenv import ApiServer, free_port
 from workflowplane.testenv.tools import kubectl
 
@@ -56,6 +58,20 @@ async def test_admission_by_the_crs_ca_and_refusal_of_an_untrusted_agent(
     await stranger.wait_log(refusal)
     status = await pair.api.call("GET", f"/api/v1/planes/workflowplane/{plane.plane_id}/status")
     assert status.json()["connectedAgents"] == 1
+
+
+async def test_each_pairing_speaks_the_protocol_both_sides_know(pair: Pair, namespace: str) -> None:
+    """Our pair negotiates binary frames (workflowplane.tunnel.v3); with OpenChoreo's agent or
+    gateway on either side the connection stays v1 JSON (neither offers nor selects ours)."""
+    plane = await pair.plane(namespace)
+    ours = pair.pairing == Pairing("ours", "ours")
+    if pair.pairing.agent == "ours":
+        await plane.agent.wait_log("connected to", TUNNEL_V3 if ours else "v1 gateway")
+    if pair.pairing.gateway == "ours":
+        said = f"for planeID {plane.plane_id} ({TUNNEL_V3 if ours else 'v1'})"
+        await eventually(lambda: said in tail(pair.gateway.log, 2000))
+    reply = await pair.api.proxy(plane.plane_id, plane.cr, "GET", "/api/v1/namespaces/default")
+    assert reply.status == 200 and reply.json()["metadata"]["name"] == "default"
 
 
 async def test_crud_through_the_tunnel(

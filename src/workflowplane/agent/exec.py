@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 
 from workflowplane.agent.upstream import Upstream
-from workflowplane.protocol import TARGET_K8S, StreamChunk, StreamInit, encode
+from workflowplane.protocol import TARGET_K8S, Frame, StreamChunk, StreamInit, encode
 from workflowplane.protocol.exec import (
     K8S_ERROR,
     K8S_PROTOCOLS,
@@ -38,14 +38,16 @@ from workflowplane.protocol.exec import (
 log = logging.getLogger(__name__)
 POD_STREAM = re.compile(r"^/api/v1/namespaces/[^/]+/pods/[^/]+/(exec|attach)$")
 Send = Callable[[bytes], Awaitable[None]]
+Encoder = Callable[[Frame], bytes]
 
 
 class ExecSessions:
     """The exec/attach sessions of one gateway connection, by requestID."""
 
-    def __init__(self, upstream: Upstream, send: Send) -> None:
+    def __init__(self, upstream: Upstream, send: Send, encoder: Encoder = encode) -> None:
         self._upstream = upstream
         self._send = send
+        self._encode = encoder  # the connection's: v1/v2 JSON or v3 binary
         self._stdin: dict[str, asyncio.Queue[bytes]] = {}
 
     def feed(self, chunk: StreamChunk) -> bool:
@@ -70,7 +72,9 @@ class ExecSessions:
                 self._stdin.pop(rid, None)
         if reason:
             log.info("exec %s %s ended: %.300s", rid, init.path, reason.decode(errors="replace"))
-        await self._send(encode(StreamChunk(request_id=rid, data=reason or None, is_close=True)))
+        await self._send(
+            self._encode(StreamChunk(request_id=rid, data=reason or None, is_close=True))
+        )
 
     async def _session(self, init: StreamInit) -> bytes | None:
         """The upstream WebSocket's life; what to close with (None: success)."""
@@ -78,7 +82,9 @@ class ExecSessions:
         try:
             async with self._upstream.websocket(init.path, query, K8S_PROTOCOLS) as ws:
                 await self._send(
-                    encode(StreamChunk(request_id=init.request_id, data=STARTED, stream_id=STDOUT))
+                    self._encode(
+                        StreamChunk(request_id=init.request_id, data=STARTED, stream_id=STDOUT)
+                    )
                 )
                 return await self._relay(ws, init.request_id)
         except aiohttp.WSServerHandshakeError as exc:
@@ -102,7 +108,7 @@ class ExecSessions:
                 out = k8s_to_tunnel(data)
                 if out and out[0] in (STDOUT, STDERR):
                     await self._send(
-                        encode(StreamChunk(request_id=rid, data=out, stream_id=out[0]))
+                        self._encode(StreamChunk(request_id=rid, data=out, stream_id=out[0]))
                     )
         finally:
             writer.cancel()

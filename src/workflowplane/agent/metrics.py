@@ -125,6 +125,8 @@ class AgentMetrics:
 
         def ended(done: asyncio.Task[None]) -> None:
             gauge.dec()
+            if not log.isEnabledFor(logging.DEBUG):  # no arguments built for nothing
+                return
             outcome = "cancelled" if done.cancelled() else "served"
             log.debug(
                 "%s %s %s (request %s) after %.3fs",

@@ -29,7 +29,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -37,7 +37,7 @@ from urllib.parse import urlencode
 import aiohttp
 import msgspec
 
-from workflowplane.agent.exec import ExecSessions
+from workflowplane.agent.exec import Encoder, ExecSessions
 from workflowplane.agent.metrics import AgentMetrics
 from workflowplane.agent.upstream import (
     ResponseTooLarge,
@@ -48,6 +48,8 @@ from workflowplane.agent.upstream import (
 from workflowplane.protocol import (
     TARGET_K8S,
     TUNNEL_V2,
+    TUNNEL_V3,
+    BinaryFrameError,
     Frame,
     StreamChunk,
     StreamInit,
@@ -55,13 +57,17 @@ from workflowplane.protocol import (
     TunnelRequest,
     TunnelResponse,
     classify_agent_frame,
+    decode_binary,
     encode,
+    encode_binary,
 )
 from workflowplane.protocol.http import ALLOWED_METHODS
 from workflowplane.protocol.messages import opens_stream
 
 log = logging.getLogger(__name__)
 CHUNK_BYTES = 1024 * 1024
+# Offered in this order; the gateway takes the first it knows (OpenChoreo's: none, so v1).
+OFFERED = (TUNNEL_V3, TUNNEL_V2)
 # Room in a frame for everything but the base64 body: ids, status, headers, JSON syntax.
 FRAME_OVERHEAD = 64 * 1024
 
@@ -149,25 +155,32 @@ class FrameServer:
         chunked: bool = False,
         chunk_bytes: int = CHUNK_BYTES,
         max_streams: int = 64,
+        encoder: Encoder = encode,
     ) -> None:
         self._upstream = upstream
         self._send = send
+        self._encode = encoder  # the connection's: v1/v2 JSON or v3 binary
         self._timeout = timeout
         self._slots = asyncio.Semaphore(max_concurrent)
         self._max_streams, self._open_streams = max_streams, 0
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._max_frame, self._chunked, self._chunk = max_frame, chunked, chunk_bytes
         self.metrics = AgentMetrics()  # the tunnel puts its own here
-        self._exec = ExecSessions(upstream, send)
+        self._exec = ExecSessions(upstream, send, encoder)
 
     @property
     def open_streams(self) -> int:
         return self._open_streams
 
-    def dispatch(self, raw: bytes | str) -> None:
+    def dispatch(self, raw: bytes | str, *, binary: bool = False) -> None:
+        """Start serving one message from the gateway (``binary``: a v3 message)."""
         try:
-            frame = classify_agent_frame(raw)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            frame = (
+                decode_binary(raw)
+                if binary and isinstance(raw, bytes)
+                else classify_agent_frame(raw)
+            )
+        except (msgspec.DecodeError, msgspec.ValidationError, BinaryFrameError) as exc:
             log.warning("dropping malformed frame: %s", exc)
             return
         self._start(frame)
@@ -212,9 +225,9 @@ class FrameServer:
             "watch/follow streams at once (--max-concurrent-streams); retry later"
         )
         log.warning("refusing stream %s: %s", frame.request_id, message)
-        await self._send(encode(error_response(frame.request_id, 429, message)))
+        await self._send(self._encode(error_response(frame.request_id, 429, message)))
         if isinstance(frame, StreamInit):
-            await self._send(encode(StreamChunk(request_id=frame.request_id, is_close=True)))
+            await self._send(self._encode(StreamChunk(request_id=frame.request_id, is_close=True)))
 
     async def _serve(self, frame: TunnelRequest, *, streaming: bool = False) -> None:
         """An ordinary request waits for one of the ordinary slots; a watch/follow request
@@ -236,9 +249,9 @@ class FrameServer:
 
     async def _send_whole(self, response: TunnelResponse) -> None:
         """One frame; one that would exceed the frame limit becomes a 502 saying so."""
-        data = encode(response)
+        data = self._encode(response)
         if len(data) > self._max_frame:
-            data = encode(
+            data = self._encode(
                 error_response(
                     response.request_id,
                     502,
@@ -248,19 +261,19 @@ class FrameServer:
             )
         await self._send(data)
 
+    def _upstream_call(
+        self, frame: TunnelRequest
+    ) -> tuple[str, str, str, dict[str, list[str]] | None, bytes, float]:
+        """The request to make upstream: method, path, query, headers, body, deadline."""
+        query, body = _str(frame.query), _bytes(frame.body)
+        return frame.method.upper(), frame.path, query, _headers(frame.headers), body, self._timeout
+
     async def _answer(self, frame: TunnelRequest, streaming: bool) -> TunnelResponse:
         """The whole answer in one response; upstream failures become 502s."""
         rid = frame.request_id
         try:
             result = await self._upstream.request(
-                frame.method.upper(),
-                frame.path,
-                _str(frame.query),
-                _headers(frame.headers),
-                _bytes(frame.body),
-                self._timeout,
-                body_limit(self._max_frame),
-                streaming=streaming,
+                *self._upstream_call(frame), body_limit(self._max_frame), streaming=streaming
             )
         except ResponseTooLarge as exc:
             return error_response(rid, 502, _too_large(exc))
@@ -275,18 +288,10 @@ class FrameServer:
     async def _answer_in_chunks(self, frame: TunnelRequest, streaming: bool) -> None:
         """v2: a small answer in one frame, a larger one as chunks as it is read."""
         rid, head = frame.request_id, _Head()
-        try:
-            async with asyncio.timeout(self._timeout):
-                upstream = self._upstream.open(
-                    frame.method.upper(),
-                    frame.path,
-                    _str(frame.query),
-                    _headers(frame.headers),
-                    _bytes(frame.body),
-                    streaming=streaming,
-                )
-                async with upstream as response:
-                    await self._relay(rid, response, head)
+        try:  # aiohttp's own deadline covers the body too (no second timer per request)
+            upstream = self._upstream.open(*self._upstream_call(frame), streaming=streaming)
+            async with upstream as response:
+                await self._relay(rid, response, head)
         except TimeoutError:
             await self._fail(
                 rid, head.sent, 504, f"upstream did not answer within {self._timeout:g}s"
@@ -295,39 +300,31 @@ class FrameServer:
             await self._fail(rid, head.sent, 502, f"backend request failed: {exc!r}")
 
     async def _relay(self, rid: str, response: aiohttp.ClientResponse, head: _Head) -> None:
-        """Send the upstream answer: whole if it fits one chunk, else head, chunks, close."""
+        """Send the upstream answer: whole if it fits one chunk, else head, chunks of
+        ``chunk_bytes``, close. Each chunk is joined once from what was read (no copies)."""
         status, headers = response.status, response_headers(response.headers)
-        pending = bytearray()
-        async for piece in response.content.iter_chunked(self._chunk):
-            pending += piece
-            while len(pending) >= self._chunk:
-                if not head.sent:
-                    await self._send(
-                        encode(
-                            TunnelResponse(
-                                request_id=rid, status_code=status, headers=headers, chunked=True
-                            )
-                        )
-                    )
-                    head.sent = True
-                part = bytes(pending[: self._chunk])
-                del pending[: self._chunk]
-                await self._send(encode(StreamChunk(request_id=rid, data=part)))
-        if not head.sent:
-            whole = TunnelResponse(
-                request_id=rid, status_code=status, headers=headers, body=bytes(pending)
-            )
-            await self._send(encode(whole))
-            return
-        if pending:
-            await self._send(encode(StreamChunk(request_id=rid, data=bytes(pending))))
-        await self._send(encode(StreamChunk(request_id=rid, is_close=True)))
+        async for part in _exact_chunks(response.content, self._chunk):
+            if len(part) < self._chunk and not head.sent:  # the whole answer
+                whole = TunnelResponse(
+                    request_id=rid, status_code=status, headers=headers, body=part
+                )
+                await self._send(self._encode(whole))
+                return
+            if not head.sent:
+                chunked = TunnelResponse(
+                    request_id=rid, status_code=status, headers=headers, chunked=True
+                )
+                await self._send(self._encode(chunked))
+                head.sent = True
+            if part:
+                await self._send(self._encode(StreamChunk(request_id=rid, data=part)))
+        await self._send(self._encode(StreamChunk(request_id=rid, is_close=True)))
 
     async def _fail(self, rid: str, started: bool, status: int, message: str) -> None:
         """Before the head: an error response. After it: a close chunk carrying the reason."""
         if started:
             await self._send(
-                encode(StreamChunk(request_id=rid, data=message.encode(), is_close=True))
+                self._encode(StreamChunk(request_id=rid, data=message.encode(), is_close=True))
             )
         else:
             await self._send_whole(error_response(rid, status, message))
@@ -340,13 +337,15 @@ class FrameServer:
         )
         log.warning("refusing stream %s: %s", frame.request_id, reason)
         chunk = StreamChunk(request_id=frame.request_id, data=reason.encode(), is_close=True)
-        await self._send(encode(chunk))
+        await self._send(self._encode(chunk))
 
     async def _stream(self, frame: StreamInit) -> None:
         rid = frame.request_id
         if frame.target != TARGET_K8S:
-            await self._send(encode(error_response(rid, 404, f"unknown target: {frame.target}")))
-            await self._send(encode(StreamChunk(request_id=rid, is_close=True)))
+            await self._send(
+                self._encode(error_response(rid, 404, f"unknown target: {frame.target}"))
+            )
+            await self._send(self._encode(StreamChunk(request_id=rid, is_close=True)))
             return
         try:
             async for part in self._upstream.stream(
@@ -354,19 +353,21 @@ class FrameServer:
             ):
                 if isinstance(part, UpstreamResult):
                     await self._send(
-                        encode(
+                        self._encode(
                             TunnelResponse(
                                 request_id=rid, status_code=part.status, headers=part.headers
                             )
                         )
                     )
                 else:
-                    await self._send(encode(StreamChunk(request_id=rid, data=part)))
+                    await self._send(self._encode(StreamChunk(request_id=rid, data=part)))
         except asyncio.CancelledError:
             return  # the gateway closed it; nothing more to say
         except (aiohttp.ClientError, OSError) as exc:
-            await self._send(encode(error_response(rid, 502, f"upstream stream failed: {exc!r}")))
-        await self._send(encode(StreamChunk(request_id=rid, is_close=True)))
+            await self._send(
+                self._encode(error_response(rid, 502, f"upstream stream failed: {exc!r}"))
+            )
+        await self._send(self._encode(StreamChunk(request_id=rid, is_close=True)))
 
     async def idle(self) -> None:
         """Wait until every request and stream started so far has finished."""
@@ -387,9 +388,33 @@ def _too_large(exc: ResponseTooLarge) -> str:
 
 
 def _describe(protocol: str | None, max_frame: int) -> str:
+    if protocol == TUNNEL_V3:
+        return f"{TUNNEL_V3}: binary frames, large answers in chunks"
     if protocol == TUNNEL_V2:
         return f"{TUNNEL_V2}: large answers in chunks"
     return f"v1 gateway: each answer in one frame of at most {max_frame} bytes"
+
+
+async def _exact_chunks(content: aiohttp.StreamReader, size: int) -> AsyncIterator[bytes]:
+    """A body as pieces of exactly ``size`` bytes, then the rest (shorter, maybe empty);
+    each joined once from what was read."""
+    pieces: list[bytes] = []
+    held = 0
+    async for piece in content.iter_chunked(size):
+        room = size - held
+        if len(piece) < room:
+            pieces.append(piece)
+            held += len(piece)
+            continue
+        pieces.append(piece[:room] if len(piece) > room else piece)
+        yield _joined(pieces)
+        rest = piece[room:]
+        pieces, held = ([rest], len(rest)) if rest else ([], 0)
+    yield _joined(pieces)
+
+
+def _joined(pieces: list[bytes]) -> bytes:
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 def _str(value: object) -> str:
@@ -490,7 +515,7 @@ class AgentTunnel:
             autoping=False,
             heartbeat=None,
             timeout=aiohttp.ClientWSTimeout(ws_close=5),
-            protocols=(TUNNEL_V2,),
+            protocols=OFFERED,
             server_hostname=self._server_hostname,
             headers=self._headers,
         ) as ws:
@@ -505,11 +530,15 @@ class AgentTunnel:
 
     async def _serve(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         lock = asyncio.Lock()
+        binary = ws.protocol == TUNNEL_V3
+        kind = aiohttp.WSMsgType.BINARY if binary else aiohttp.WSMsgType.TEXT
+        sent_bytes = self.metrics.frame_bytes.labels("out")
+        received_bytes = self.metrics.frame_bytes.labels("in")
 
         async def send(data: bytes) -> None:
-            self.metrics.frame_bytes.labels("out").observe(len(data))
-            async with lock:  # a text frame from the bytes as they are (no str copy)
-                await ws.send_frame(data, aiohttp.WSMsgType.TEXT)
+            sent_bytes.observe(len(data))
+            async with lock:  # a frame from the bytes as they are (no str copy)
+                await ws.send_frame(data, kind)
 
         server = FrameServer(
             self._upstream,
@@ -517,8 +546,9 @@ class AgentTunnel:
             self._timeout,
             self._max_concurrent,
             max_frame=self._max_frame,
-            chunked=ws.protocol == TUNNEL_V2,
+            chunked=ws.protocol in OFFERED,
             max_streams=self._max_streams,
+            encoder=encode_binary if binary else encode,
         )
         server.metrics = self.metrics
         watcher = asyncio.create_task(self._close_on_request(ws))
@@ -527,8 +557,10 @@ class AgentTunnel:
             while True:
                 message = await ws.receive(timeout=self._dead_after)
                 if message.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                    self.metrics.frame_bytes.labels("in").observe(len(message.data))
-                    server.dispatch(message.data)
+                    received_bytes.observe(len(message.data))
+                    server.dispatch(
+                        message.data, binary=binary and message.type == aiohttp.WSMsgType.BINARY
+                    )
                 elif message.type == aiohttp.WSMsgType.PING:  # pings count as traffic
                     await ws.pong(message.data)
                 elif message.type == aiohttp.WSMsgType.ERROR:

@@ -29,10 +29,13 @@ from workflowplane.kits.ratelog import LogThrottle
 from workflowplane.kits.tasks import TaskSet, cancel_and_wait
 from workflowplane.protocol import (
     TUNNEL_V2,
+    TUNNEL_V3,
+    BinaryFrameError,
     Frame,
     StreamChunk,
     TunnelResponse,
     classify_gateway_frame,
+    decode_binary,
 )
 
 log = logging.getLogger(__name__)
@@ -40,7 +43,9 @@ KNOWN_PLANE_TYPES = frozenset({PLANE_TYPE})
 EXPIRY_RECHECK_SECONDS = 3600.0  # sleep in steps, so a wall-clock jump is noticed
 # What decoding an agent's frame raises on bad input: msgspec's errors, and RecursionError
 # for nesting deeper than the decoder's stack (a 5000-deep array).
-UNDECODABLE = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)
+UNDECODABLE = (msgspec.DecodeError, msgspec.ValidationError, RecursionError, BinaryFrameError)
+# What the gateway selects of what an agent offers (the agent's order decides: v3 first).
+SUBPROTOCOLS = (TUNNEL_V3, TUNNEL_V2)
 
 
 class JunkBudget:
@@ -131,7 +136,7 @@ class AgentEndpoint:
                 f"verifies against no CR's CA that it may serve ({admission.why_refused()})",
             )
         ws = GuardedWebSocket(
-            limit=self._config.max_frame_bytes, autoping=False, protocols=(TUNNEL_V2,)
+            limit=self._config.max_frame_bytes, autoping=False, protocols=SUBPROTOCOLS
         )
         await ws.prepare(request)
         conn = AgentConnection(
@@ -142,14 +147,15 @@ class AgentEndpoint:
             set(admission.granted),
             consent=admission.consent,
             consent_refused=set(admission.consent_refused),
-            v2=ws.ws_protocol == TUNNEL_V2,
+            v2=ws.ws_protocol in SUBPROTOCOLS,
+            binary=ws.ws_protocol == TUNNEL_V3,
         )
         self._connections.connect(conn)
         log.info(
             "agent %s connected for planeID %s (%s), authorized for %s%s",
             conn.id,
             plane_id,
-            TUNNEL_V2 if conn.v2 else "v1",
+            ws.ws_protocol or "v1",
             sorted(admission.granted),
             f", refused by its consent list: {sorted(admission.consent_refused)}"
             if admission.consent_refused
@@ -207,7 +213,8 @@ class AgentEndpoint:
                 self._oversized(conn, message.data)
             elif message.type in {WSMsgType.TEXT, WSMsgType.BINARY}:
                 self._metrics.frame_bytes.labels("in").observe(len(message.data))
-                if not self._route_frame(conn, message.data) and (pause := junk.spend()):
+                binary = conn.binary and message.type == WSMsgType.BINARY
+                if not self._route_frame(conn, message.data, binary) and (pause := junk.spend()):
                     self._metrics.throttled.inc()
                     self._problem(
                         conn,
@@ -227,11 +234,15 @@ class AgentEndpoint:
         """One warning per connection and kind per interval (the rest are counted in it)."""
         self._problems.log((conn.id, kind), logging.WARNING, "agent %s: " + msg, conn.id, *args)
 
-    def _route_frame(self, conn: AgentConnection, raw: str | bytes) -> bool:
+    def _route_frame(self, conn: AgentConnection, raw: str | bytes, binary: bool = False) -> bool:
         """Deliver a response or chunk to whoever waits for it; drop (and count) the rest.
-        Whether anyone could use it."""
+        Whether anyone could use it. ``binary``: a v3 message (else v1 JSON)."""
         try:
-            frame = classify_gateway_frame(raw)
+            frame = (
+                decode_binary(raw)
+                if binary and isinstance(raw, bytes)
+                else classify_gateway_frame(raw)
+            )
         except UNDECODABLE as exc:
             self._metrics.dropped_frames.inc()
             self._problem(conn, "malformed", "malformed frame dropped: %.200s", exc)

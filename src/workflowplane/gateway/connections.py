@@ -31,7 +31,7 @@ from workflowplane.gateway.plane_cache import PlaneCache
 from workflowplane.gateway.streams import StreamBuffer, StreamEnd
 from workflowplane.kits.clock import utcnow
 from workflowplane.pki import CertificateRejected, uri_sans, verify_client_certificate
-from workflowplane.protocol import Frame, TunnelResponse, encode
+from workflowplane.protocol import Frame, TunnelResponse, encode, encode_binary
 
 log = logging.getLogger(__name__)
 ConnectionEvent = dict[str, Any]
@@ -46,6 +46,8 @@ class AgentSocket(Protocol):
     def closed(self) -> bool: ...
 
     async def send_str(self, data: str) -> None: ...
+
+    async def send_bytes(self, data: bytes) -> None: ...
 
     async def close(self, *, message: bytes = b"") -> bool: ...
 
@@ -75,6 +77,8 @@ class AgentConnection:
     # The agent offered and the gateway selected ``workflowplane.tunnel.v2`` (docs/streaming.md):
     # chunked answers and watch/follow streams. Otherwise plain v1, as OpenChoreo's agent.
     v2: bool = False
+    # ``workflowplane.tunnel.v3`` (v2's meaning, binary frames: ``protocol/binary.py``).
+    binary: bool = False
     _send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
@@ -111,11 +115,14 @@ class AgentConnection:
         self.close_reason = self.close_reason or reason
 
     async def send(self, frame: Frame) -> None:
-        data = encode(frame)
+        data = encode_binary(frame) if self.binary else encode(frame)
         if self.metrics is not None:
             self.metrics.frame_bytes.labels("out").observe(len(data))
         async with self._send_lock:
-            await self.ws.send_str(data.decode())
+            if self.binary:
+                await self.ws.send_bytes(data)
+            else:
+                await self.ws.send_str(data.decode())
 
     def fail_all(self, reason: str) -> None:
         for future in self.pending.values():

@@ -29,6 +29,8 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp._websocket.helpers import websocket_mask
 from aiohttp.http_websocket import WebSocketError, WSMessage
 
+from workflowplane.protocol.binary import request_id_of as binary_request_id
+
 HEAD_BYTES = 512  # enough of an oversized message to find its requestID
 _REQUEST_ID = re.compile(rb'"requestID"\s*:\s*"([^"\\]{1,200})"')
 _OP_CONTINUATION, _OP_TEXT, _OP_BINARY = 0x0, 0x1, 0x2
@@ -54,8 +56,11 @@ class OversizedMessage:
         )
 
 
-def request_id_of(head: bytes) -> str | None:
-    """The ``requestID`` among a JSON frame's first bytes (encoders write it first)."""
+def request_id_of(head: bytes, *, binary: bool = False) -> str | None:
+    """The ``requestID`` among a frame's first bytes: a JSON frame's (encoders write it
+    first), or a binary v3 message's (``binary``: at a fixed place)."""
+    if binary:
+        return binary_request_id(head)
     found = _REQUEST_ID.search(head)
     return found.group(1).decode(errors="replace") if found else None
 
@@ -246,7 +251,7 @@ class FrameGuard:
         """Tell the reader once, as soon as the requestID can be read (or cannot be)."""
         if message.reported:
             return
-        request_id = request_id_of(message.head)
+        request_id = request_id_of(message.head, binary=message.opcode == _OP_BINARY)
         if request_id is None and not final and len(message.head) < HEAD_BYTES:
             return
         message.reported = True

@@ -198,10 +198,14 @@ class PublicTLS:
         return base
 
     def _context(self, cas: bytes | None) -> ssl.SSLContext:
+        """A context that admits any certificate (401 after the handshake); where that cannot
+        be done, one that refuses in the handshake and reports why. The report hook runs on
+        every TLS record, so it is set only where a handshake can refuse a certificate."""
         context = server_context(self._chain, cas, required=False)
-        report_sent_alerts(context, self._refused)
         if self._any_certificate:
             self._any_certificate = request_any_client_certificate(context)
+        if not self._any_certificate:
+            report_sent_alerts(context, self._refused)
         return context
 
     def _select(

@@ -1,9 +1,11 @@
-"""Wire types shared by the cluster gateway and agent (OpenChoreo tunnel protocol v1)."""
+"""Wire types shared by the cluster gateway and agent: OpenChoreo's v1, our v2 and v3."""
 
+from workflowplane.protocol.binary import BinaryFrameError, decode_binary, encode_binary
 from workflowplane.protocol.messages import (
     PLANE_TYPE_WORKFLOW,
     TARGET_K8S,
     TUNNEL_V2,
+    TUNNEL_V3,
     Frame,
     StreamChunk,
     StreamInit,
@@ -19,6 +21,8 @@ __all__ = [
     "PLANE_TYPE_WORKFLOW",
     "TARGET_K8S",
     "TUNNEL_V2",
+    "TUNNEL_V3",
+    "BinaryFrameError",
     "Frame",
     "StreamChunk",
     "StreamInit",
@@ -27,5 +31,7 @@ __all__ = [
     "TunnelResponse",
     "classify_agent_frame",
     "classify_gateway_frame",
+    "decode_binary",
     "encode",
+    "encode_binary",
 ]

@@ -27,6 +27,8 @@ TARGET_K8S = "k8s"
 # chunked answers and body streams (docs/streaming.md). OpenChoreo's peers neither offer nor
 # select it, so a connection without it is plain v1.
 TUNNEL_V2 = "workflowplane.tunnel.v2"
+# v2's meaning in binary messages, bodies as raw bytes (protocol/binary.py): our peers only.
+TUNNEL_V3 = "workflowplane.tunnel.v3"
 
 Headers = dict[str, list[str]]
 

@@ -180,6 +180,40 @@ async def test_watch_streams_events_as_they_happen(
         await _stop(agents)
 
 
+async def test_our_pair_speaks_binary_frames_bodies_both_ways_and_chunked(
+    control_plane: ApiServer, workflow_plane: ApiServer, gw: RunningGateway, namespace: str
+) -> None:
+    """Our agent offers v3 first and our gateway selects it: request bodies, whole answers
+    and an answer of several 1 MiB chunks all travel as binary frames, byte for byte."""
+    plane_id, agents = await _plane(control_plane, workflow_plane, gw, namespace)
+    target = unique("big")
+    kubectl(workflow_plane.kubeconfig, workflow_plane.context, "create", "namespace", target)
+    try:
+        (conn,) = gw.gateway.connections.for_plane(WP, plane_id)
+        assert conn.binary and conn.v2
+        base = f"/api/v1/namespaces/{target}/configmaps"
+        blob = "".join(chr(0x20 + i % 0x5F) for i in range(900_000)) + "é\u2603"
+        for i in range(3):
+            manifest = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"b{i}"}}
+            body = json.dumps({**manifest, "data": {"blob": blob}}).encode()
+            created = await _proxy(gw, plane_id, namespace, "POST", base, body=body)
+            assert created.status == 201, created.body[:300]
+        plain = {"Accept-Encoding": "identity"}
+        listed = await _proxy(gw, plane_id, namespace, "GET", base, headers=plain)
+        assert listed.status == 200 and len(listed.body) > 2_700_000  # three chunks at least
+        assert [item["data"]["blob"] for item in listed.json()["items"]] == [blob] * 3
+    finally:
+        kubectl(
+            workflow_plane.kubeconfig,
+            workflow_plane.context,
+            "delete",
+            "ns",
+            target,
+            "--wait=false",
+        )
+        await _stop(agents)
+
+
 async def test_ha_agents_share_load_and_survive_one_loss(
     control_plane: ApiServer, workflow_plane: ApiServer, gw: RunningGateway, namespace: str
 ) -> None:
