@@ -120,7 +120,9 @@ def test_round_robin_only_over_connections_authorized_for_the_cr() -> None:
         "planeType": WP,
         "planeID": "r",
         "connected": False,
+        "replica": "",
         "connectedAgents": 0,
+        "agents": [],
         "lastSeen": None,
     }
 
