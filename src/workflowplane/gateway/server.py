@@ -224,8 +224,9 @@ class Gateway:
         self._draining = True
 
     async def release_lease(self) -> None:
-        if self.lease is not None:
-            await self.lease.release()
+        lease, self.lease = self.lease, None  # once: drain, then stop
+        if lease is not None:
+            await lease.release()
 
     def stop_admitting(self) -> None:
         self._agents.draining = True
