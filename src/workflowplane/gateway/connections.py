@@ -192,6 +192,8 @@ class ConnectionManager:
             itertools.count
         )
         self._subscribers: set[asyncio.Queue[ConnectionEvent]] = set()
+        self._none_left = asyncio.Event()
+        self._none_left.set()
 
     # ---- authorization --------------------------------------------------------------------
 
@@ -281,6 +283,7 @@ class ConnectionManager:
     def connect(self, conn: AgentConnection) -> None:
         """Register an admitted connection (its ``authorized`` from ``admit``)."""
         self._connections[conn.id] = conn
+        self._none_left.clear()
         conn.metrics = self._metrics
         self._metrics.agent_connected(conn.plane_id)
         self._count_agents(conn.plane_id)
@@ -289,6 +292,8 @@ class ConnectionManager:
     def disconnect(self, conn: AgentConnection) -> None:
         """Forget a connection; its requests in flight fail at once."""
         if self._connections.pop(conn.id, None) is not None:
+            if not self._connections:
+                self._none_left.set()
             conn.fail_all("agent disconnected")
             self._metrics.agent_disconnected(conn.plane_id, conn.close_reason)
             self._count_agents(conn.plane_id)
@@ -306,6 +311,15 @@ class ConnectionManager:
         for conn in list(self._connections.values()):
             conn.closing("gateway-shutdown")
             await conn.ws.close(code=code, message=message)
+
+    async def all_gone(self, seconds: float) -> bool:
+        """Wait (at most ``seconds``) until no connection is left: closed connections finish
+        their close handshake before the listener goes (else agents see 1006, not our code)."""
+        try:
+            await asyncio.wait_for(self._none_left.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
 
     def _count_agents(self, plane_id: str) -> None:
         instances = {c.instance for c in self._connections.values() if c.plane_id == plane_id}

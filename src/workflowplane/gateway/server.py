@@ -40,6 +40,7 @@ from workflowplane.kits.health import OK, Health, Verdict, health_app
 
 log = logging.getLogger(__name__)
 SYNC_TIMEOUT_SECONDS = 60
+CLOSE_HANDSHAKE_SECONDS = 5.0
 
 
 class BoundedSite(web.BaseSite):
@@ -233,6 +234,7 @@ class Gateway:
 
     async def close_agents(self) -> None:
         await self.connections.close_all(b"gateway replica going away", WSCloseCode.GOING_AWAY)
+        await self.connections.all_gone(CLOSE_HANDSHAKE_SECONDS)
 
     async def drain(self) -> None:
         """SIGTERM: leave the rotation, finish what is in flight, then let agents go."""

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import ssl
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,18 +22,22 @@ from lightkube.resources.core_v1 import ConfigMap
 
 from tests.integration.harness import (
     RunningGateway,
+    apply,
     eventually,
     registered_agent,
     running_gateway,
     start_agent,
+    unique,
+    workflow_plane_cr,
 )
 from tests.integration.tunnel.scripted import ScriptedAgent, answer, leaf_of, scripted_agent
 from tests.integration.tunnel.scripted import scripted_plane as scripted_plane_on
+from workflowplane.pki import generate_ca
 from workflowplane.protocol.gateway_client import GATEWAY_NAMESPACE, ProxyResponse
 from workflowplane.protocol.http import FORWARDED_BY_HEADER, UNSENT_HEADER
 from workflowplane.protocol.replicas import lease_name, live_replicas
-from workflowplane.testenv import ApiServer
-from workflowplane.testenv.tools import async_client
+from workflowplane.testenv import ApiServer, free_port
+from workflowplane.testenv.tools import async_client, gateway_server_ca
 
 pytestmark = pytest.mark.integration
 WP = "workflowplane"
@@ -169,12 +176,7 @@ async def test_without_any_agent_the_answer_says_it_was_never_sent(
 
 
 async def _lease_exists(gw: RunningGateway, name: str) -> bool:
-    names = [
-        lease.metadata.name
-        async for lease in gw.kube.list(Lease, namespace=GATEWAY_NAMESPACE)
-        if lease.metadata is not None
-    ]
-    return name in names
+    return await _lease_present(gw.kube, name)
 
 
 async def test_drain_leaves_the_directory_and_lets_the_request_in_flight_finish(
@@ -219,3 +221,70 @@ async def test_drain_leaves_the_directory_and_lets_the_request_in_flight_finish(
 
 async def _lease_gone(gw: RunningGateway, name: str) -> bool:
     return not await _lease_exists(gw, name)
+
+
+async def test_sigterm_drains_the_process_and_agents_are_told_it_goes_away(
+    control_plane: ApiServer, crds: Path, namespace: str, tmp_path: Path
+) -> None:
+    """The signal path end to end: ``cluster-gateway`` as its own process, SIGTERM, and the
+    agent's connection closed with 1001 (a plain stop would close it with 1000)."""
+    name = f"gw-term-{uuid.uuid4().hex[:6]}"
+    public = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "workflowplane.gateway",
+        f"--kubeconfig={control_plane.kubeconfig}",
+        f"--context={control_plane.context}",
+        "--host=127.0.0.1",
+        f"--public-port={public}",
+        f"--internal-port={free_port()}",
+        f"--health-port={free_port()}",
+        f"--replica-name={name}",
+        "--drain-seconds=5",
+    )
+    kube = async_client(control_plane.kubeconfig, control_plane.context)
+    try:
+        await eventually(lambda: _lease_present(kube, lease_name(name)), timeout=60)
+        ca = generate_ca("term-agent-ca")
+        apply(
+            control_plane,
+            workflow_plane_cr(
+                "wp", namespace, plane_id := unique("term"), ca_pem=ca.cert_pem.decode()
+            ),
+        )
+        server_ca = gateway_server_ca(
+            control_plane.kubeconfig, control_plane.context, tmp_path / "ca.crt"
+        )
+        context = ssl.create_default_context(cafile=str(server_ca))
+        leaf = leaf_of(ca)
+        (tmp_path / "a.crt").write_bytes(leaf.cert_pem)
+        (tmp_path / "a.key").write_bytes(leaf.key_pem)
+        context.load_cert_chain(tmp_path / "a.crt", tmp_path / "a.key")
+        url = f"wss://127.0.0.1:{public}/ws?planeType={WP}&planeID={plane_id}"
+        async with aiohttp.ClientSession() as session:
+
+            async def connected() -> aiohttp.ClientWebSocketResponse | None:
+                try:
+                    return await session.ws_connect(url, ssl=context)
+                except aiohttp.WSServerHandshakeError:
+                    return None  # the CR is not in its cache yet
+
+            ws = await eventually(connected, timeout=20)
+            process.send_signal(signal.SIGTERM)
+            message = await asyncio.wait_for(ws.receive(), 60)
+            assert message.type == aiohttp.WSMsgType.CLOSE
+            assert message.data == aiohttp.WSCloseCode.GOING_AWAY
+            await ws.close()
+        assert await asyncio.wait_for(process.wait(), 60) == 0
+        assert not await _lease_present(kube, lease_name(name))
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await kube.close()
+
+
+async def _lease_present(kube: Any, name: str) -> bool:
+    leases = [lease async for lease in kube.list(Lease, namespace=GATEWAY_NAMESPACE)]
+    return name in {lease.metadata.name for lease in leases if lease.metadata}

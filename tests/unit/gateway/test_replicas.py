@@ -207,6 +207,7 @@ class Recorder:
     def __init__(self, in_flight: InFlight) -> None:
         self.steps: list[str] = []
         self._in_flight = in_flight
+        self.stopped_admitting = asyncio.Event()
 
     def _note(self, step: str) -> None:
         self.steps.append(f"{step} (in flight: {self._in_flight.count})")
@@ -219,6 +220,7 @@ class Recorder:
 
     def stop_admitting(self) -> None:
         self._note("stop_admitting")
+        self.stopped_admitting.set()
 
     async def close_agents(self) -> None:
         self._note("close_agents")
@@ -238,8 +240,7 @@ async def test_drain_leaves_first_refuses_new_work_and_closes_agents_after_in_fl
     await asyncio.sleep(0)
     recorder = Recorder(in_flight)
     draining = asyncio.create_task(drain(recorder, in_flight, 30))
-    while "stop_admitting" not in " ".join(recorder.steps):
-        await asyncio.sleep(0)
+    await recorder.stopped_admitting.wait()
     refused = await handler(make_mocked_request("GET", "/api/proxy/y"))
     assert refused.status == 503 and refused.headers[UNSENT_HEADER] == "1"
     assert not draining.done()
