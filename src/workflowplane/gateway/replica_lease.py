@@ -10,7 +10,6 @@ briefly away; the replica keeps serving meanwhile).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from lightkube import AsyncClient
@@ -21,6 +20,7 @@ from lightkube.resources.coordination_v1 import Lease
 
 from workflowplane.kits.clock import utcnow
 from workflowplane.kits.errors import EXPECTED_ERRORS, NETWORK_ERRORS, status_of
+from workflowplane.kits.tasks import cancel_and_wait
 from workflowplane.protocol.replicas import INTERNAL_URL_ANNOTATION, REPLICA_LABEL, lease_name
 
 log = logging.getLogger(__name__)
@@ -97,9 +97,7 @@ class ReplicaLease:
     async def release(self) -> None:
         """Stop renewing and delete the Lease (idempotent; a missing Lease is fine)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task])
             self._task = None
         try:
             await self._kube.delete(Lease, self.name, namespace=self._namespace)

@@ -24,6 +24,8 @@ from tests.integration.harness import (
     RunningGateway,
     apply,
     eventually,
+    proxied,
+    proxied_watch,
     registered_agent,
     running_gateway,
     start_agent,
@@ -33,7 +35,7 @@ from tests.integration.harness import (
 from tests.integration.tunnel.scripted import ScriptedAgent, answer, leaf_of, scripted_agent
 from tests.integration.tunnel.scripted import scripted_plane as scripted_plane_on
 from workflowplane.pki import generate_ca
-from workflowplane.protocol.gateway_client import GATEWAY_NAMESPACE, ProxyResponse
+from workflowplane.protocol.gateway_client import GATEWAY_NAMESPACE
 from workflowplane.protocol.http import FORWARDED_BY_HEADER, UNSENT_HEADER
 from workflowplane.protocol.replicas import lease_name, live_replicas
 from workflowplane.testenv import ApiServer, free_port
@@ -66,25 +68,6 @@ async def _has_replicas(gw: RunningGateway, names: set[str]) -> bool:
     return names <= await _replica_names(gw)
 
 
-async def _get(
-    gw: RunningGateway,
-    plane_id: str,
-    namespace: str,
-    path: str,
-    headers: dict[str, str] | None = None,
-    method: str = "GET",
-) -> ProxyResponse:
-    return await gw.client.proxy(
-        method,
-        plane_type=WP,
-        plane_id=plane_id,
-        cr_namespace=namespace,
-        cr_name="wp",
-        path=path,
-        headers=headers,
-    )
-
-
 async def test_a_request_to_the_replica_without_the_agent_reaches_it_through_its_peer(
     control_plane: ApiServer,
     workflow_plane: ApiServer,
@@ -98,7 +81,7 @@ async def test_a_request_to_the_replica_without_the_agent_reaches_it_through_its
     agent = await start_agent(prepared)  # dials A only, as OpenChoreo's agent would
     try:
         assert not b.gateway.connections.for_plane(WP, plane_id)
-        answer_ = await _get(b, plane_id, namespace, "/api/v1/namespaces/default")
+        answer_ = await proxied(b, plane_id, namespace, "/api/v1/namespaces/default")
         assert answer_.status == 200, answer_.body
         assert answer_.json()["metadata"]["name"] == "default"
         assert UNSENT_HEADER not in answer_.headers
@@ -106,15 +89,8 @@ async def test_a_request_to_the_replica_without_the_agent_reaches_it_through_its
         watched = asyncio.Queue[dict[str, Any]]()
 
         async def watch() -> None:
-            async for line in b.client.proxy_stream(
-                "GET",
-                plane_type=WP,
-                plane_id=plane_id,
-                cr_namespace=namespace,
-                cr_name="wp",
-                path="/api/v1/namespaces/default/configmaps",
-                query="watch=true",
-            ):
+            path = "/api/v1/namespaces/default/configmaps"
+            async for line in proxied_watch(b, plane_id, namespace, path):
                 await watched.put(json.loads(line))
 
         watching = asyncio.create_task(watch())
@@ -156,8 +132,8 @@ async def test_a_forwarded_request_is_never_forwarded_again(
     a, b = pair
     plane_id, ca = await _scripted_plane(control_plane, pair, namespace)
     async with scripted_agent(a, plane_id, leaf_of(ca), tmp_path) as agent:
-        refused = await _get(
-            b, plane_id, namespace, "/api/v1/namespaces", {FORWARDED_BY_HEADER: "gw-elsewhere"}
+        refused = await proxied(
+            b, plane_id, namespace, "/api/v1/namespaces", headers={FORWARDED_BY_HEADER: "gw-x"}
         )
         assert refused.status == 502 and refused.headers[UNSENT_HEADER] == "1"
         assert agent.received == []  # A never saw it
@@ -171,7 +147,7 @@ async def test_without_any_agent_the_answer_says_it_was_never_sent(
     a, b = pair
     plane_id, _ = await _scripted_plane(control_plane, pair, namespace)
     for gw in (a, b):
-        refused = await _get(gw, plane_id, namespace, "/api/v1/namespaces", method="POST")
+        refused = await proxied(gw, plane_id, namespace, "/api/v1/namespaces", method="POST")
         assert refused.status == 502 and refused.headers[UNSENT_HEADER] == "1"
 
 
@@ -194,7 +170,7 @@ async def test_drain_leaves_the_directory_and_lets_the_request_in_flight_finish(
         assert await _lease_exists(gw, lease)
         plane_id, ca = await _scripted_plane(control_plane, (gw,), namespace)
         async with scripted_agent(gw, plane_id, leaf_of(ca), tmp_path, slow) as agent:
-            in_flight = asyncio.create_task(_get(gw, plane_id, namespace, "/api/v1/namespaces"))
+            in_flight = asyncio.create_task(proxied(gw, plane_id, namespace, "/api/v1/namespaces"))
             await eventually(lambda: agent.received)
             draining = asyncio.create_task(gw.gateway.drain())
 
@@ -207,7 +183,7 @@ async def test_drain_leaves_the_directory_and_lets_the_request_in_flight_finish(
 
                 await eventually(unready)
             await eventually(lambda: _lease_gone(gw, lease))
-            late = await _get(gw, plane_id, namespace, "/api/v1/namespaces")
+            late = await proxied(gw, plane_id, namespace, "/api/v1/namespaces")
             assert late.status == 503 and late.headers[UNSENT_HEADER] == "1"
             assert not agent.ws.closed and not draining.done()
 
