@@ -20,7 +20,7 @@ from lightkube.resources.core_v1 import Namespace, Secret
 
 from workflowplane.agent.config import AgentConfig
 from workflowplane.agent.runner import Agent
-from workflowplane.api import AGENT_NAMESPACE
+from workflowplane.api import AGENT_NAMESPACE, PLANE_TYPE
 from workflowplane.api.consent import parse_allow_list
 from workflowplane.api.kube import load_config
 from workflowplane.controller.health import ControllerHealth
@@ -28,7 +28,7 @@ from workflowplane.controller.runner import ControllerConfig, run_controller
 from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.server import Gateway
 from workflowplane.pki import generate_ca, issue_certificate
-from workflowplane.protocol.gateway_client import GatewayClient
+from workflowplane.protocol.gateway_client import GatewayClient, ProxyResponse
 from workflowplane.testenv import ApiServer
 from workflowplane.testenv.tools import async_client, kubectl
 
@@ -79,6 +79,44 @@ async def start_gateway(control_plane: ApiServer, tmp: Path, **overrides: Any) -
         kube, f"https://127.0.0.1:{gateway.ports['internal']}", config.namespace
     )
     return RunningGateway(gateway, kube, client, ca_file)
+
+
+async def proxied(
+    gw: RunningGateway,
+    plane_id: str,
+    namespace: str,
+    path: str,
+    *,
+    method: str = "GET",
+    query: str = "",
+    headers: dict[str, str] | None = None,
+) -> ProxyResponse:
+    """A request through ``gw`` for WorkflowPlane ``namespace/wp`` of ``plane_id``."""
+    return await gw.client.proxy(
+        method,
+        plane_type=PLANE_TYPE,
+        plane_id=plane_id,
+        cr_namespace=namespace,
+        cr_name="wp",
+        path=path,
+        query=query,
+        headers=headers,
+    )
+
+
+def proxied_watch(
+    gw: RunningGateway, plane_id: str, namespace: str, path: str
+) -> AsyncIterator[bytes]:
+    """A watch of ``path`` through ``gw`` for WorkflowPlane ``namespace/wp``: its lines."""
+    return gw.client.proxy_stream(
+        "GET",
+        plane_type=PLANE_TYPE,
+        plane_id=plane_id,
+        cr_namespace=namespace,
+        cr_name="wp",
+        path=path,
+        query="watch=true",
+    )
 
 
 @dataclass

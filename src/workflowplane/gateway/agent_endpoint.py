@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.connections import AgentConnection, ConnectionManager
 from workflowplane.gateway.frames import GuardedWebSocket, OversizedMessage, ResponseTooLarge
 from workflowplane.gateway.metrics import GatewayMetrics
+from workflowplane.gateway.replica import instance_problem, valid_instance
 from workflowplane.gateway.streams import StreamBuffer, StreamEnd
 from workflowplane.kits.clock import utcnow
 from workflowplane.kits.ratelog import LogThrottle
@@ -37,6 +39,7 @@ from workflowplane.protocol import (
     classify_gateway_frame,
     decode_binary,
 )
+from workflowplane.protocol.http import AGENT_INSTANCE_HEADER, UNSENT_HEADER
 
 log = logging.getLogger(__name__)
 KNOWN_PLANE_TYPES = frozenset({PLANE_TYPE})
@@ -103,6 +106,8 @@ class AgentEndpoint:
         self._metrics = metrics
         self._watchers = TaskSet("agent-watch")
         self._problems = LogThrottle(log, config.frame_log_interval_seconds)
+        self._serials = itertools.count(1)
+        self.draining = False  # set on SIGTERM: new agents are sent to other replicas
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/ws", self.handle)]
@@ -118,6 +123,13 @@ class AgentEndpoint:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """GET /ws?planeType=&planeID=: 400/401 before the upgrade, with the reason."""
+        if self.draining:
+            refused = self._refuse(503, "draining", "this gateway replica is shutting down")
+            refused.headers[UNSENT_HEADER] = "1"
+            return refused
+        instance = request.headers.get(AGENT_INSTANCE_HEADER)
+        if instance is not None and not valid_instance(instance):
+            return self._refuse(400, "bad-instance", instance_problem(instance))
         plane_type = request.query.get("planeType", "")
         plane_id = request.query.get("planeID", "")
         if not plane_type or not plane_id:
@@ -149,6 +161,7 @@ class AgentEndpoint:
             consent_refused=set(admission.consent_refused),
             v2=ws.ws_protocol in SUBPROTOCOLS,
             binary=ws.ws_protocol == TUNNEL_V3,
+            instance=instance or f"conn-{self._connections.replica}-{next(self._serials)}",
         )
         self._connections.connect(conn)
         log.info(

@@ -125,6 +125,23 @@ def add_gateway_flags(parser: argparse.ArgumentParser) -> None:
     add("tls-handshake-timeout", type=parse_duration, default=base.tls_handshake_timeout_seconds)
     add("header-timeout", type=parse_duration, default=base.header_timeout_seconds)
     add("max-junk-frames-per-second", type=int, default=base.max_junk_frames_per_second)
+    add(
+        "replica-name",
+        default=os.environ.get("POD_NAME", ""),
+        help="this replica's name (its Lease, status answers); env POD_NAME; "
+        "default: hostname and internal port",
+    )
+    add(
+        "advertise-host",
+        default=os.environ.get("POD_IP", ""),
+        help="host peers dial for this replica's internal API; env POD_IP",
+    )
+    add(
+        "drain-seconds",
+        type=parse_duration,
+        default=base.drain_seconds,
+        help="on SIGTERM, how long requests in flight may take to finish",
+    )
     add("log-level", default=os.environ.get("LOG_LEVEL"), help="debug|info|warn|error")
     for name in ("read-timeout", "write-timeout", "idle-timeout", "shutdown-timeout"):
         add(name, type=parse_duration, default=None, help="accepted for OpenChoreo; unused")
@@ -167,6 +184,9 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         tls_handshake_timeout_seconds=args.tls_handshake_timeout,
         header_timeout_seconds=args.header_timeout,
         max_junk_frames_per_second=args.max_junk_frames_per_second,
+        replica_name=args.replica_name,
+        advertise_host=args.advertise_host,
+        drain_seconds=args.drain_seconds,
         ignored=tuple(
             f"--{name.replace('_', '-')}={getattr(args, name)}"
             for name in IGNORED_FLAGS

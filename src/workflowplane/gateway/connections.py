@@ -22,6 +22,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from aiohttp import WSCloseCode
 from cryptography import x509
 
 from workflowplane.api import ClientCAError
@@ -49,7 +50,7 @@ class AgentSocket(Protocol):
 
     async def send_bytes(self, data: bytes) -> None: ...
 
-    async def close(self, *, message: bytes = b"") -> bool: ...
+    async def close(self, *, code: int = ..., message: bytes = b"") -> bool: ...
 
 
 @dataclass(eq=False)
@@ -68,6 +69,9 @@ class AgentConnection:
     close_reason: str = ""
     metrics: GatewayMetrics | None = field(default=None, repr=False)  # set by connect()
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    # The agent process it belongs to (one agent may hold a connection to every replica):
+    # its X-Workflowplane-Agent-Instance, or one of its own for an agent that sends none.
+    instance: str = ""
     connected_at: dt.datetime = field(default_factory=utcnow)
     last_seen: dt.datetime = field(default_factory=utcnow)
     pending: dict[str, asyncio.Future[TunnelResponse]] = field(default_factory=dict)
@@ -80,6 +84,9 @@ class AgentConnection:
     # ``workflowplane.tunnel.v3`` (v2's meaning, binary frames: ``protocol/binary.py``).
     binary: bool = False
     _send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def __post_init__(self) -> None:
+        self.instance = self.instance or f"conn-{self.id}"
 
     @property
     def expires_at(self) -> dt.datetime:
@@ -183,7 +190,8 @@ class ConnectionManager:
     this class keeps no copy of them.
     """
 
-    def __init__(self, planes: PlaneCache, metrics: GatewayMetrics) -> None:
+    def __init__(self, planes: PlaneCache, metrics: GatewayMetrics, replica: str = "") -> None:
+        self.replica = replica  # this gateway replica's name, in every status answer
         self._planes = planes
         self._metrics = metrics
         self._connections: dict[str, AgentConnection] = {}
@@ -191,6 +199,8 @@ class ConnectionManager:
             itertools.count
         )
         self._subscribers: set[asyncio.Queue[ConnectionEvent]] = set()
+        self._none_left = asyncio.Event()
+        self._none_left.set()
 
     # ---- authorization --------------------------------------------------------------------
 
@@ -280,6 +290,7 @@ class ConnectionManager:
     def connect(self, conn: AgentConnection) -> None:
         """Register an admitted connection (its ``authorized`` from ``admit``)."""
         self._connections[conn.id] = conn
+        self._none_left.clear()
         conn.metrics = self._metrics
         self._metrics.agent_connected(conn.plane_id)
         self._count_agents(conn.plane_id)
@@ -288,6 +299,8 @@ class ConnectionManager:
     def disconnect(self, conn: AgentConnection) -> None:
         """Forget a connection; its requests in flight fail at once."""
         if self._connections.pop(conn.id, None) is not None:
+            if not self._connections:
+                self._none_left.set()
             conn.fail_all("agent disconnected")
             self._metrics.agent_disconnected(conn.plane_id, conn.close_reason)
             self._count_agents(conn.plane_id)
@@ -301,14 +314,23 @@ class ConnectionManager:
             await conn.ws.close(message=message)
         return len(conns)
 
-    async def close_all(self, message: bytes) -> None:
+    async def close_all(self, message: bytes, code: int = WSCloseCode.OK) -> None:
         for conn in list(self._connections.values()):
             conn.closing("gateway-shutdown")
-            await conn.ws.close(message=message)
+            await conn.ws.close(code=code, message=message)
+
+    async def all_gone(self, seconds: float) -> bool:
+        """Wait (at most ``seconds``) until no connection is left: closed connections finish
+        their close handshake before the listener goes (else agents see 1006, not our code)."""
+        try:
+            await asyncio.wait_for(self._none_left.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
 
     def _count_agents(self, plane_id: str) -> None:
-        count = sum(1 for c in self._connections.values() if c.plane_id == plane_id)
-        self._metrics.agents.labels(plane_id).set(count)
+        instances = {c.instance for c in self._connections.values() if c.plane_id == plane_id}
+        self._metrics.agents.labels(plane_id).set(len(instances))
 
     # ---- status ---------------------------------------------------------------------------
 
@@ -322,14 +344,31 @@ class ConnectionManager:
     def status(self, plane_type: str, plane_id: str, key: str | None) -> dict[str, Any]:
         """Connections of a plane, or, for CR ``key``, what only its own CA's agents say."""
         if key is None:
-            return _summary(plane_type, plane_id, self.for_plane(plane_type, plane_id))
+            return self._summary(plane_type, plane_id, self.for_plane(plane_type, plane_id))
         mine = self.authorized(plane_type, plane_id, key)
         refusing = [c for c in self.for_plane(plane_type, plane_id) if key in c.consent_refused]
         return {
-            **_summary(plane_type, plane_id, mine),
+            **self._summary(plane_type, plane_id, mine),
             "consentRefused": bool(refusing),
             "consentRefusedAgents": len(refusing),
             "unrestrictedSharedCA": _shared_without_consent(mine),
+        }
+
+    def _agents_of(self, conns: list[AgentConnection]) -> dict[str, Any]:
+        """Agents, not connections: one agent connected here twice is one."""
+        agents = sorted({c.instance for c in conns})
+        return {"replica": self.replica, "connectedAgents": len(agents), "agents": agents}
+
+    def _summary(
+        self, plane_type: str, plane_id: str, conns: list[AgentConnection]
+    ) -> dict[str, Any]:
+        last_seen = max((c.last_seen for c in conns), default=None)
+        return {
+            "planeType": plane_type,
+            "planeID": plane_id,
+            "connected": bool(conns),
+            **self._agents_of(conns),
+            "lastSeen": last_seen.isoformat() if last_seen else None,
         }
 
     def all_status(self) -> list[dict[str, Any]]:
@@ -361,7 +400,8 @@ class ConnectionManager:
             "crKeys": sorted(conn.authorized),
             "consentRefusedKeys": sorted(conn.consent_refused),
             "agentID": conn.id,
-            "connectedAgents": len(self.for_plane(conn.plane_type, conn.plane_id)),
+            "instance": conn.instance,
+            **self._agents_of(self.for_plane(conn.plane_type, conn.plane_id)),
             "lastSeen": conn.last_seen.isoformat(),
             # When the change happened (RFC 3339, microseconds): the controller's status lag
             # is measured from here, not from the event's arrival.
@@ -374,17 +414,6 @@ class ConnectionManager:
                 log.warning("an event subscriber is not reading; dropping it")
                 self._metrics.subscribers_dropped.inc()
                 self._subscribers.discard(queue)
-
-
-def _summary(plane_type: str, plane_id: str, conns: list[AgentConnection]) -> dict[str, Any]:
-    last_seen = max((c.last_seen for c in conns), default=None)
-    return {
-        "planeType": plane_type,
-        "planeID": plane_id,
-        "connected": bool(conns),
-        "connectedAgents": len(conns),
-        "lastSeen": last_seen.isoformat() if last_seen else None,
-    }
 
 
 def _shared_without_consent(conns: list[AgentConnection]) -> list[str]:

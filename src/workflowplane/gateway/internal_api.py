@@ -90,7 +90,8 @@ class InternalAPI:
 
     async def all_status(self, _request: web.Request) -> web.Response:
         planes = self._connections.all_status()
-        return web.json_response({"planes": planes, "total": len(planes)})
+        replica = self._connections.replica
+        return web.json_response({"planes": planes, "total": len(planes), "replica": replica})
 
     async def reconnect(self, request: web.Request) -> web.Response:
         info = request.match_info

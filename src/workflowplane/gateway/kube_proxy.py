@@ -46,6 +46,7 @@ from workflowplane.protocol.http import (
     ALLOWED_METHODS,
     GATEWAY_ERROR_HEADER,
     HOP_BY_HOP,
+    UNSENT_HEADER,
     is_caller_credential,
     is_streaming_query,
 )
@@ -83,6 +84,8 @@ class Target:
 AnyResponse = TypeVar("AnyResponse", bound=web.StreamResponse)
 # Serves an upgrade request (exec, attach) for a target and Kubernetes path.
 UpgradeHandler = Callable[[web.Request, Target, str], Awaitable[web.StreamResponse]]
+# Serves a request no local agent may serve, given the local refusal (forwarding.py).
+MissHandler = Callable[[web.Request, Target, web.Response], Awaitable[web.StreamResponse]]
 
 
 def k8s_status(code: int, message: str, reason: str = "") -> web.Response:
@@ -97,6 +100,12 @@ def k8s_status(code: int, message: str, reason: str = "") -> web.Response:
         "code": code,
     }
     return web.json_response(body, status=code, headers={GATEWAY_ERROR_HEADER: reason or "Failure"})
+
+
+def unsent(response: web.Response) -> web.Response:
+    """Mark an answer given before the request reached any agent: safe to retry elsewhere."""
+    response.headers[UNSENT_HEADER] = "1"
+    return response
 
 
 def bad_path(raw_path: str) -> bool:
@@ -177,6 +186,7 @@ class KubeProxy:
         self._config = config
         self._metrics = metrics
         self.on_upgrade: UpgradeHandler | None = None
+        self.on_miss: MissHandler | None = None
 
     def routes(self) -> list[web.RouteDef]:
         return [web.route("*", PROXY_ROUTE, self.handle)]
@@ -186,27 +196,33 @@ class KubeProxy:
         plane = f"{target.plane_type}/{target.plane_id}"
         if not self._connections.for_plane(target.plane_type, target.plane_id):
             return self.count(
-                k8s_status(502, f"no agent connected for {plane}", "ServiceUnavailable")
+                unsent(k8s_status(502, f"no agent connected for {plane}", "ServiceUnavailable"))
             )
         if not self._connections.authorized(target.plane_type, target.plane_id, target.key):
             return self.count(
-                k8s_status(
-                    403,
-                    f"no agent connection of {plane} is authorized for {target.key}",
-                    "Forbidden",
+                unsent(
+                    k8s_status(
+                        403,
+                        f"no agent connection of {plane} is authorized for {target.key}",
+                        "Forbidden",
+                    )
                 )
             )
         return None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if request.method not in ALLOWED_METHODS:
-            return k8s_status(405, f"method {request.method} not allowed", "MethodNotAllowed")
+            return unsent(
+                k8s_status(405, f"method {request.method} not allowed", "MethodNotAllowed")
+            )
         if bad_path(request.raw_path):
-            return k8s_status(400, "path traversal ('..' or NUL) is not allowed", "BadRequest")
+            return unsent(
+                k8s_status(400, "path traversal ('..' or NUL) is not allowed", "BadRequest")
+            )
         target = Target.of(request.match_info)
         refused = self.refusal(target)
         if refused is not None:
-            return refused
+            return refused if self.on_miss is None else await self.on_miss(request, target, refused)
         path = "/" + request.match_info["path"]
         if request.headers.get("Upgrade"):
             if self.on_upgrade is None:
@@ -218,7 +234,7 @@ class KubeProxy:
         conn = self._connections.pick(target.plane_type, target.plane_id, target.key)
         if conn is None:  # its last authorized connection went while the body was read
             return self.count(
-                k8s_status(502, f"no agent connection for {target.key}", "Unavailable")
+                unsent(k8s_status(502, f"no agent connection for {target.key}", "Unavailable"))
             )
         frame = TunnelRequest(
             request_id=str(uuid.uuid4()),
@@ -490,6 +506,6 @@ def _abort(request: web.Request, why: str) -> None:
 
 
 def _too_many(message: str) -> web.Response:
-    response = k8s_status(429, message, "TooManyRequests")
+    response = unsent(k8s_status(429, message, "TooManyRequests"))
     response.headers["Retry-After"] = str(RETRY_STREAM_AFTER_SECONDS)
     return response

@@ -24,6 +24,9 @@ async def serve_forever(config: GatewayConfig) -> None:
     await gateway.start()
     try:
         await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        await gateway.drain()  # SIGTERM/SIGINT; a second signal cuts the drain short
+        raise
     finally:
         await gateway.stop()
         await kube.close()

@@ -17,24 +17,30 @@ import ssl
 import tempfile
 from pathlib import Path
 
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 from lightkube import AsyncClient
+from lightkube.core.exceptions import ApiError
 
 from workflowplane.gateway.agent_endpoint import AgentEndpoint
 from workflowplane.gateway.answers import AnswerLog
-from workflowplane.gateway.config import GatewayConfig
+from workflowplane.gateway.config import INTERNAL_CLIENT_SECRET, GatewayConfig
 from workflowplane.gateway.connections import ConnectionManager
+from workflowplane.gateway.drain import InFlight, drain
 from workflowplane.gateway.exec_proxy import ExecProxy
+from workflowplane.gateway.forwarding import Forwarder
 from workflowplane.gateway.internal_api import InternalAPI
 from workflowplane.gateway.kube_proxy import KubeProxy
 from workflowplane.gateway.metrics import GatewayMetrics
 from workflowplane.gateway.pki_store import GatewayPKI, ensure_pki, pki_from_files
 from workflowplane.gateway.plane_cache import PlaneCache
+from workflowplane.gateway.replica import advertised_host, internal_url, replica_name
+from workflowplane.gateway.replica_lease import ReplicaLease
 from workflowplane.gateway.tls import ChainFiles, PublicTLS, server_context
 from workflowplane.kits.health import OK, Health, Verdict, health_app
 
 log = logging.getLogger(__name__)
 SYNC_TIMEOUT_SECONDS = 60
+CLOSE_HANDSHAKE_SECONDS = 5.0
 
 
 class BoundedSite(web.BaseSite):
@@ -95,7 +101,13 @@ class Gateway:
         self._proxy = KubeProxy(self.connections, config, self.metrics)
         self._exec = ExecProxy(self._proxy, config)
         self._proxy.on_upgrade = self._exec.handle_upgrade
-        self.health = Health(ready_checks={"plane-cache": self._plane_cache_synced})
+        self._in_flight = InFlight()
+        self._draining = False
+        self.lease: ReplicaLease | None = None
+        self._forwarder: Forwarder | None = None
+        self.health = Health(
+            ready_checks={"plane-cache": self._plane_cache_synced, "serving": self._serving}
+        )
         self.pki: GatewayPKI | None = None
         self._public_tls: PublicTLS | None = None
         self._files = tempfile.TemporaryDirectory(prefix="wp-gateway-")
@@ -113,7 +125,8 @@ class Gateway:
 
     def _internal_app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.max_body_bytes)
-        app.add_routes(self._internal.routes() + self._proxy.routes() + self._exec.routes())
+        proxied = self._in_flight.guard_routes(self._proxy.routes() + self._exec.routes())
+        app.add_routes(self._internal.routes() + proxied)
         app.on_response_prepare.append(AnswerLog(self.metrics).on_response_prepare)
         return app
 
@@ -121,6 +134,9 @@ class Gateway:
         if self.planes.synced.is_set():
             return OK
         return Verdict(False, "plane cache not synced yet (CRs and CAs not listed)")
+
+    def _serving(self) -> Verdict:
+        return Verdict(False, "draining (shutting down)") if self._draining else OK
 
     async def _serve(
         self, name: str, app: web.Application, port: int, context: ssl.SSLContext | None
@@ -156,6 +172,8 @@ class Gateway:
         self.planes.start()
         await asyncio.wait_for(self.planes.synced.wait(), timeout=SYNC_TIMEOUT_SECONDS)
         self._trust_changed()
+        await self._serve_internal(chain)
+        self.connections.replica = replica_name(self.config.replica_name, self.ports["internal"])
         await self._serve(
             "public",
             self._public_app(),
@@ -166,6 +184,10 @@ class Gateway:
         await self._serve(
             "health", health_app(self.health, self.metrics.registry), self.config.health_port, None
         )
+        await self._join_replicas()
+
+    async def _serve_internal(self, chain: ChainFiles) -> None:
+        assert self.pki is not None
         if self.config.internal_mtls:
             internal = server_context(chain, self.pki.internal_ca_pem, required=True)
         else:
@@ -173,7 +195,55 @@ class Gateway:
             internal = server_context(chain, None, required=False, verify=False)
         await self._serve("internal", self._internal_app(), self.config.internal_port, internal)
 
+    async def _join_replicas(self) -> None:
+        """Forward for peers' agents, and announce this replica (its Lease)."""
+        assert self.pki is not None
+        me = self.connections.replica
+        try:
+            self._forwarder = await Forwarder.from_secret(
+                self.kube,
+                self.config.namespace,
+                me,
+                self.pki.server.cert_pem,
+                self.config.request_timeout_seconds,
+            )
+            self._proxy.on_miss = self._forwarder.handle_miss
+        except ApiError as exc:
+            log.warning(
+                "no forwarding to peer replicas: cannot read %s: %s", INTERNAL_CLIENT_SECRET, exc
+            )
+        host = advertised_host(self.config.advertise_host, self.config.host)
+        self.lease = ReplicaLease(
+            self.kube, self.config.namespace, me, internal_url(host, self.ports["internal"])
+        )
+        await self.lease.start()
+        log.info("replica %s serving (Lease %s)", me, self.lease.name)
+
+    # ---- drain (drain.py decides the order) ----------------------------------------------
+
+    def unready(self) -> None:
+        self._draining = True
+
+    async def release_lease(self) -> None:
+        lease, self.lease = self.lease, None  # once: drain, then stop
+        if lease is not None:
+            await lease.release()
+
+    def stop_admitting(self) -> None:
+        self._agents.draining = True
+
+    async def close_agents(self) -> None:
+        await self.connections.close_all(b"gateway replica going away", WSCloseCode.GOING_AWAY)
+        await self.connections.all_gone(CLOSE_HANDSHAKE_SECONDS)
+
+    async def drain(self) -> None:
+        """SIGTERM: leave the rotation, finish what is in flight, then let agents go."""
+        await drain(self, self._in_flight, self.config.drain_seconds)
+
     async def stop(self) -> None:
+        await self.release_lease()
+        if self._forwarder is not None:
+            await self._forwarder.close()
         await self.connections.close_all(b"gateway shutting down")
         for runner in self._runners:
             await runner.cleanup()

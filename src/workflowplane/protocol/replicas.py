@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,12 +36,22 @@ REFRESH_SECONDS = 5.0
 # A replica that failed is tried last for this long (unless nothing else is left).
 FAILURE_MEMORY_SECONDS = 10.0
 MAX_URL_LENGTH = 2048
+LEASE_PREFIX = "cluster-gateway-"
+DNS_LABEL_MAX = 63
+_NOT_DNS = re.compile(r"[^a-z0-9-]+")
 
 
 @dataclass(frozen=True)
 class Replica:
     name: str
     internal_url: str
+
+
+def lease_name(replica: str) -> str:
+    """``cluster-gateway-<replica name as a DNS label>`` (lower case, other characters as
+    ``-``, at most 63 characters)."""
+    label = _NOT_DNS.sub("-", replica.lower()).strip("-")
+    return (LEASE_PREFIX + label)[:DNS_LABEL_MAX].rstrip("-")
 
 
 def valid_internal_url(url: str) -> bool:

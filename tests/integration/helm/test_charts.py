@@ -170,10 +170,48 @@ def test_control_plane_defaults(helm: Helm) -> None:
         "cluster-gateway",
         "workflowplane-controller",
     }
+    assert_gateway_replicas(docs, replicas=3, drain_seconds=20)
     assert {d["metadata"]["name"] for d in find(docs, "ServiceAccount")} == {
         "cluster-gateway",
         "workflowplane-controller",
     }
+
+
+def assert_gateway_replicas(
+    docs: list[dict[str, Any]], *, replicas: int, drain_seconds: int
+) -> None:
+    """The HA shape of the gateway (docs/ha-gateway.md): replicas on different nodes when
+    possible, one disrupted at a time, each named after its pod and reachable at its own
+    address (headless Service), given time to drain."""
+    deployment = one(docs, "Deployment", "cluster-gateway")["spec"]
+    assert deployment["replicas"] == replicas
+    pod = deployment["template"]["spec"]
+    preferred = pod["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert preferred[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert pod["terminationGracePeriodSeconds"] > drain_seconds
+    container = pod["containers"][0]
+    assert f"--drain-seconds={drain_seconds}" in container["args"]
+    env = {
+        e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+        for e in container["env"]
+    }
+    assert env["POD_NAME"] == "metadata.name" and env["POD_IP"] == "status.podIP"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert one(docs, "PodDisruptionBudget", "cluster-gateway")["spec"]["maxUnavailable"] == 1
+    peers = one(docs, "Service", "cluster-gateway-peers")["spec"]
+    assert peers["clusterIP"] == "None"
+    assert peers["selector"]["app.kubernetes.io/component"] == "gateway"
+    assert {p["port"] for p in peers["ports"]} == {8443, 8444}
+    leases = one(docs, "Role", "cluster-gateway-replicas")["rules"]
+    assert leases == [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "verbs": ["get", "list", "watch", "create", "update", "delete"],
+        }
+    ]
 
 
 def test_control_plane_rbac_is_least_privilege(helm: Helm) -> None:
@@ -230,8 +268,8 @@ def test_control_plane_ha(helm: Helm) -> None:
             }
         },
     }
-    # One gateway (connections are per process), its public host name in the certificate.
-    assert one(docs, "Deployment", "cluster-gateway")["spec"]["replicas"] == 1
+    # Five gateway replicas with a longer drain, its public host name in the certificate.
+    assert_gateway_replicas(docs, replicas=5, drain_seconds=45)
     assert "--server-dns-name=gateway.example.com" in args_of(docs, "cluster-gateway")
     external = one(docs, "Service", "cluster-gateway-external")["spec"]
     assert external["externalTrafficPolicy"] == "Local"
@@ -282,7 +320,8 @@ def test_existing_certificates(helm: Helm) -> None:
     assert "--internal-ca=/etc/workflowplane/gateway-internal-ca/ca.crt" in gateway
     controller = args_of(docs, "workflowplane-controller")
     assert "--gateway-cert=/etc/workflowplane/gateway-client/tls.crt" in controller
-    assert not find(docs, "Role")  # nothing to create: no write access to Secrets
+    # nothing to create: no write access to Secrets (only the replica directory's Leases)
+    assert [d["metadata"]["name"] for d in find(docs, "Role")] == ["cluster-gateway-replicas"]
     pod = one(docs, "Deployment", "cluster-gateway")["spec"]["template"]["spec"]
     assert {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v} == {
         "gw-tls",

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.harness import RunningGateway, eventually, running_gateway
+from tests.integration.harness import RunningGateway, eventually, proxied, running_gateway
 from tests.integration.tunnel.scripted import (
     ScriptedAgent,
     answer,
@@ -39,16 +39,7 @@ async def _call(
     query: str = "",
     headers: dict[str, str] | None = None,
 ) -> ProxyResponse:
-    return await gw.client.proxy(
-        "GET",
-        plane_type=WP,
-        plane_id=plane_id,
-        cr_namespace=namespace,
-        cr_name="wp",
-        path=path,
-        query=query,
-        headers=headers,
-    )
+    return await proxied(gw, plane_id, namespace, path, query=query, headers=headers)
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ class FakeSocket:
     async def send_str(self, data: str) -> None:
         raise AssertionError(f"nothing should be sent here: {data}")
 
-    async def close(self, *, message: bytes = b"") -> bool:
+    async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
         self.closed, self.close_message = True, message
         return True
 
@@ -120,7 +120,9 @@ def test_round_robin_only_over_connections_authorized_for_the_cr() -> None:
         "planeType": WP,
         "planeID": "r",
         "connected": False,
+        "replica": "",
         "connectedAgents": 0,
+        "agents": [],
         "lastSeen": None,
     }
 

@@ -127,7 +127,7 @@ class _Socket:
     async def send_str(self, data: str) -> None:
         raise AssertionError(data)
 
-    async def close(self, *, message: bytes = b"") -> bool:
+    async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
         raise AssertionError("the connection must survive")
 
 

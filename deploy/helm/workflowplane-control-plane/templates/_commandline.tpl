@@ -41,6 +41,7 @@ Helm tests parse the rendered args with the real `wpctl` argument parser.
 - --dead-after={{ $gw.deadAfterSeconds }}
 - --request-timeout={{ $gw.requestTimeoutSeconds }}
 - --max-body-bytes={{ int64 $gw.maxBodyBytes }}
+- --drain-seconds={{ $gw.drainSeconds }}
 {{- end -}}
 
 {{/* Controller flags shared by `wpctl controller` and `wpctl control-plane`. */}}
@@ -100,6 +101,10 @@ Helm tests parse the rendered args with the real `wpctl` argument parser.
   valueFrom:
     fieldRef:
       fieldPath: metadata.namespace
+- name: POD_IP
+  valueFrom:
+    fieldRef:
+      fieldPath: status.podIP
 - name: PYTHONUNBUFFERED
   value: "1"
 - name: TMPDIR

@@ -161,6 +161,9 @@ spec:
             matchLabels:
               {{- include "wpcp.selectorLabels" (dict "root" $root "component" .component) | nindent 14 }}
   {{- end }}
+  {{- with .terminationGracePeriodSeconds }}
+  terminationGracePeriodSeconds: {{ . }}
+  {{- end }}
   {{- with .pod.topologySpreadConstraints }}
   topologySpreadConstraints:
     {{- toYaml . | nindent 4 }}
