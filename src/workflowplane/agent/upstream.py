@@ -7,18 +7,16 @@ control plane's identity, or anyone else's, into the plane.
 
 from __future__ import annotations
 
-import base64
 import ssl
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-from lightkube import AsyncClient
-from lightkube.config.kubeconfig import KubeConfig, SingleConfig
 
+from workflowplane.agent.kubeconfig import KubeTarget
 from workflowplane.protocol.http import HOP_BY_HOP
 
 TOKEN_REREAD_SECONDS = 60.0
@@ -57,20 +55,18 @@ class Upstream:
 
     def __init__(
         self,
-        config: SingleConfig,
+        target: KubeTarget,
         max_body_bytes: int,
         *,
         request_pool: int = 100,
         stream_pool: int = 64,
     ) -> None:
-        self._config = config
-        self._server = config.cluster.server.rstrip("/")
+        self._server = target.server.rstrip("/")
         self._max_body = max_body_bytes
         self._files = tempfile.TemporaryDirectory(prefix="wp-agent-")
-        self._ssl = self._ssl_context(config)
-        user = config.user
-        self._token = user.token if user else None
-        self._token_file = Path(user.token_file) if user and user.token_file else None
+        self._ssl = self._ssl_context(target)
+        self._token = target.token
+        self._token_file = target.token_file
         self._token_read_at = 0.0
         self._session = self._pool(request_pool)
         self._streams = self._pool(stream_pool)
@@ -91,44 +87,30 @@ class Upstream:
         stream_pool: int = 64,
     ) -> Upstream:
         if kubeconfig is None:
-            config = KubeConfig.from_service_account().get()
+            target = KubeTarget.from_service_account()
         else:
-            config = KubeConfig.from_file(kubeconfig).get(context_name=context)
-        if config is None:
-            raise ValueError(f"no usable context {context!r} in {kubeconfig}")
-        return cls(config, max_body_bytes, request_pool=request_pool, stream_pool=stream_pool)
+            target = KubeTarget.from_file(kubeconfig, context)
+        return cls(target, max_body_bytes, request_pool=request_pool, stream_pool=stream_pool)
 
-    def lightkube_client(self) -> AsyncClient:
-        """A typed client with the same credentials, for the agent's own Secret."""
-        return AsyncClient(config=self._config, field_manager="cluster-agent")
+    def _file(self, name: str, data: bytes | None, path: Path | None) -> str | None:
+        """The path of ``data`` written to a private file, or ``path`` as it is."""
+        if data is None:
+            return str(path) if path is not None else None
+        written = Path(self._files.name) / name
+        written.write_bytes(data)
+        written.chmod(0o600)
+        return str(written)
 
-    def _write(self, name: str, b64: str) -> str:
-        path = Path(self._files.name) / name
-        path.write_bytes(base64.b64decode(b64))
-        path.chmod(0o600)
-        return str(path)
-
-    def _ssl_context(self, config: SingleConfig) -> ssl.SSLContext:
-        cluster, user = config.cluster, config.user
-        if cluster.certificate_auth_data:
-            context = ssl.create_default_context(
-                cafile=self._write("ca.crt", cluster.certificate_auth_data)
-            )
-        elif cluster.certificate_auth:
-            context = ssl.create_default_context(cafile=cluster.certificate_auth)
-        else:
-            context = ssl.create_default_context()
-        if user and (user.client_cert_data or user.client_cert):
-            cert = (
-                self._write("tls.crt", user.client_cert_data)
-                if user.client_cert_data
-                else str(user.client_cert)
-            )
-            key = (
-                self._write("tls.key", user.client_key_data or "")
-                if user.client_key_data
-                else str(user.client_key)
-            )
+    def _ssl_context(self, target: KubeTarget) -> ssl.SSLContext:
+        context = ssl.create_default_context(
+            cafile=self._file("ca.crt", target.ca_data, target.ca_file)
+        )
+        if target.insecure:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        cert = self._file("tls.crt", target.client_cert_data, target.client_cert_file)
+        if cert is not None:
+            key = self._file("tls.key", target.client_key_data, target.client_key_file)
             context.load_cert_chain(cert, key)
         return context
 
@@ -195,7 +177,7 @@ class Upstream:
 
     async def stream(
         self, method: str, path: str, query: str, headers: dict[str, list[str]] | None
-    ) -> AsyncIterator[UpstreamResult | bytes]:
+    ) -> AsyncGenerator[UpstreamResult | bytes, None]:
         """First the status and headers (empty body), then the body's bytes as they come."""
         async with self.open(method, path, query, headers, streaming=True) as response:
             yield UpstreamResult(response.status, response_headers(response.headers), b"")
