@@ -73,7 +73,7 @@ class Agent:
         )
         self._leaf_check = asyncio.Event()
         metrics = AgentMetrics()
-        self.upstream.observe(metrics.upstream_trace())
+        self.upstream.observe(metrics.upstream_observed)
         discovery = discovery_from(
             config.server_url, config.server_urls, config.server_dns_name, resolver
         )
