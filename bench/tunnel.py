@@ -282,13 +282,18 @@ def _admin_files(server: Any) -> tuple[str, str]:
 async def idle_agents(bench: Bench, ca: Path, counts: list[int], reconnects: list[int]) -> None:
     """Light agents (the real TLS + WebSocket handshake, no forwarding work) in this process."""
     wp = bench.env[WORKFLOW_PLANE]
-    kube = async_client(wp.kubeconfig, wp.context)
     from workflowplane.agent.bootstrap import load_or_create  # noqa: PLC0415
+    from workflowplane.agent.kube import AgentKube  # noqa: PLC0415
+    from workflowplane.agent.upstream import Upstream  # noqa: PLC0415
 
-    identity = await load_or_create(kube, "openchoreo-workflow-plane", "tls-idle", "idle", 3650, 90)
-    await kube.close()
+    upstream = Upstream.from_kubeconfig(wp.kubeconfig, wp.context, 1 << 20)
+    identity = await load_or_create(
+        AgentKube(upstream), "openchoreo-workflow-plane", "tls-idle", "idle", 3650, 90
+    )
+    await upstream.close()
     await register_plane(bench, "idle", identity.ca.cert_pem.decode())
-    leaf: KeyPair = issue_certificate(identity.ca, "idle-agent")
+    ca = KeyPair(identity.ca.cert_pem, identity.ca.key_pem)
+    leaf: KeyPair = issue_certificate(ca, "idle-agent")
     files = Path(tempfile.mkdtemp())
     (files / "c.crt").write_bytes(leaf.cert_pem)
     (files / "c.key").write_bytes(leaf.key_pem)

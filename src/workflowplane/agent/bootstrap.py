@@ -11,6 +11,9 @@ re-issues it from the same CA when the list changes, by the same path as a renew
 OpenChoreo's chart has cert-manager write the Secret instead: a self-signed leaf, ``ca.crt`` equal
 to ``tls.crt`` and no ``ca.key``. Such an identity is used as it is and never renewed here
 (cert-manager renews it; the agent picks the new leaf up from the Secret).
+
+Keys and certificates are made and read in a short-lived worker process (``certworker``), so
+that the agent process holds PEM bytes and a few parsed facts, not ``cryptography``.
 """
 
 from __future__ import annotations
@@ -22,22 +25,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lightkube import AsyncClient
-from lightkube.core.exceptions import ApiError
-from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Namespace, Secret
-
+from workflowplane.agent.certworker import (
+    LeafFacts,
+    PemPair,
+    issue_leaf,
+    leaf_facts,
+    new_ca_and_leaf,
+)
+from workflowplane.agent.kube import AgentKube, core_path
 from workflowplane.api.consent import Consent, consent_of
 from workflowplane.kits.clock import utcnow
-from workflowplane.pki import KeyPair, generate_ca, issue_certificate, uri_sans
+from workflowplane.kits.failures import Failure
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class AgentIdentity:
-    ca: KeyPair  # key_pem is empty when the Secret has no ca.key (cert-manager's)
-    client: KeyPair
+    ca: PemPair  # key_pem is empty when the Secret has no ca.key (cert-manager's)
+    client: PemPair
+    leaf: LeafFacts  # the client certificate's, parsed by the worker
 
     @property
     def renewable(self) -> bool:
@@ -47,13 +54,17 @@ class AgentIdentity:
     @property
     def consent(self) -> Consent:
         """The consent list the leaf carries (none: unrestricted)."""
-        return consent_of(uri_sans(self.client.certificate))
+        return consent_of(self.leaf.uris)
 
     def renewal_due(self, fraction: float, now: dt.datetime | None = None) -> bool:
-        cert = self.client.certificate
         moment = now or utcnow()
-        life = cert.not_valid_after_utc - cert.not_valid_before_utc
-        return cert.not_valid_after_utc - moment < life * fraction
+        life = self.leaf.not_after - self.leaf.not_before
+        return self.leaf.not_after - moment < life * fraction
+
+
+async def identity_of(ca: PemPair, client: PemPair) -> AgentIdentity:
+    """The identity of these PEMs, the leaf read by the worker."""
+    return AgentIdentity(ca, client, await leaf_facts(client.cert_pem))
 
 
 def _b64(data: bytes) -> str:
@@ -69,44 +80,52 @@ def _secret_data(identity: AgentIdentity) -> dict[str, str]:
     }
 
 
-def identity_from_secret(secret: Secret) -> AgentIdentity:
-    """Ours (with ``ca.key``) or cert-manager's (a leaf, maybe ``ca.crt``, no ``ca.key``)."""
-    data = {key: base64.b64decode(value) for key, value in (secret.data or {}).items()}
-    name = secret.metadata.name if secret.metadata else ""
+def pairs_from_secret(secret: dict[str, Any]) -> tuple[PemPair, PemPair]:
+    """Ours (with ``ca.key``) or cert-manager's (a leaf, maybe ``ca.crt``, no ``ca.key``):
+    the CA pair and the client pair."""
+    data = {key: base64.b64decode(value) for key, value in (secret.get("data") or {}).items()}
+    name = (secret.get("metadata") or {}).get("name", "")
     missing = {"tls.crt", "tls.key"} - data.keys()
     if "ca.key" in data and "ca.crt" not in data:
         missing.add("ca.crt")
     if missing:
         raise ValueError(f"Secret {name} lacks {', '.join(sorted(missing))}")
     ca_cert = data.get("ca.crt") or data["tls.crt"]
-    return AgentIdentity(
-        KeyPair(ca_cert, data.get("ca.key", b"")), KeyPair(data["tls.crt"], data["tls.key"])
-    )
+    return PemPair(ca_cert, data.get("ca.key", b"")), PemPair(data["tls.crt"], data["tls.key"])
 
 
-def new_identity(
+async def identity_from_secret(secret: dict[str, Any]) -> AgentIdentity:
+    return await identity_of(*pairs_from_secret(secret))
+
+
+async def new_identity(
     plane_id: str, ca_days: float, cert_days: float, uris: Sequence[str] = ()
 ) -> AgentIdentity:
-    ca = generate_ca(f"cluster-agent-ca-{plane_id}", dt.timedelta(days=ca_days))
-    return AgentIdentity(ca, _leaf(ca, plane_id, cert_days, uris))
+    return AgentIdentity(*await new_ca_and_leaf(plane_id, ca_days, cert_days, uris))
 
 
-def _leaf(ca: KeyPair, plane_id: str, cert_days: float, uris: Sequence[str]) -> KeyPair:
-    return issue_certificate(
-        ca, f"cluster-agent-{plane_id}", valid_for=dt.timedelta(days=cert_days), uris=uris
-    )
-
-
-async def _ensure_namespace(client: AsyncClient, namespace: str) -> None:
+async def _ensure_namespace(client: AgentKube, namespace: str) -> None:
+    body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
     try:
-        await client.create(Namespace(metadata=ObjectMeta(name=namespace)))
-    except ApiError as exc:
-        if exc.status.code not in (409, 403):
+        await client.create(core_path("", "namespaces"), body)
+    except Failure as exc:
+        if exc.status not in (409, 403):
             raise
 
 
+async def _stored(client: AgentKube, namespace: str, name: str) -> AgentIdentity | None:
+    """The identity in the Secret; None when there is no such Secret."""
+    try:
+        secret = await client.get(core_path(namespace, "secrets", name))
+    except Failure as exc:
+        if exc.status != 404:
+            raise
+        return None
+    return await identity_from_secret(secret)
+
+
 async def load_or_create(
-    client: AsyncClient,
+    client: AgentKube,
     namespace: str,
     name: str,
     plane_id: str,
@@ -116,32 +135,37 @@ async def load_or_create(
 ) -> AgentIdentity:
     """The stored identity, or a new one stored now (the winner of a create race counts);
     ``uris``: the consent SANs of a new leaf."""
-    try:
-        return identity_from_secret(await client.get(Secret, name, namespace=namespace))
-    except ApiError as exc:
-        if exc.status.code != 404:
-            raise
+    stored = await _stored(client, namespace, name)
+    if stored is not None:
+        return stored
     await _ensure_namespace(client, namespace)
-    identity = new_identity(plane_id, ca_days, cert_days, uris)
-    secret = Secret(
-        metadata=ObjectMeta(
-            name=name, namespace=namespace, labels={"app.kubernetes.io/name": "cluster-agent"}
-        ),
-        type="Opaque",
-        data=_secret_data(identity),
-    )
+    identity = await new_identity(plane_id, ca_days, cert_days, uris)
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/name": "cluster-agent"},
+        },
+        "type": "Opaque",
+        "data": _secret_data(identity),
+    }
     try:
-        await client.create(secret)
+        await client.create(core_path(namespace, "secrets"), secret)
         log.info("created agent CA and client certificate in Secret %s/%s", namespace, name)
         return identity
-    except ApiError as exc:
-        if exc.status.code != 409:
+    except Failure as exc:
+        if exc.status != 409:
             raise
-    return identity_from_secret(await client.get(Secret, name, namespace=namespace))
+    won = await _stored(client, namespace, name)
+    if won is None:
+        raise Failure(f"Secret {namespace}/{name} vanished right after a create race", status=404)
+    return won
 
 
 async def renew(
-    client: AsyncClient,
+    client: AgentKube,
     namespace: str,
     name: str,
     identity: AgentIdentity,
@@ -152,9 +176,10 @@ async def renew(
 ) -> AgentIdentity:
     """A new client certificate from the same CA carrying ``uris`` (the consent list),
     written back to the Secret."""
-    renewed = AgentIdentity(identity.ca, _leaf(identity.ca, plane_id, cert_days, uris))
-    patcher: Any = client.patch
-    await patcher(Secret, name, {"data": _secret_data(renewed)}, namespace=namespace)
+    leaf, facts = await issue_leaf(identity.ca, plane_id, cert_days, uris)
+    renewed = AgentIdentity(identity.ca, leaf, facts)
+    path = core_path(namespace, "secrets", name)
+    await client.merge_patch(path, {"data": _secret_data(renewed)})
     log.info(
         "re-issued the agent client certificate (same CA) in %s/%s: %s", namespace, name, reason
     )

@@ -12,15 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
-
-from lightkube import AsyncClient
-from lightkube.resources.core_v1 import ConfigMap
 
 from workflowplane.agent.config import CONSENT_KEY
+from workflowplane.agent.kube import AgentKube, core_path
 from workflowplane.agent.tunnel import full_jitter_delay
 from workflowplane.api.consent import UNRESTRICTED, Consent, ConsentError, parse_allow_list
-from workflowplane.kits.errors import EXPECTED_ERRORS, report_failure, status_of
+from workflowplane.kits.failures import BASE_EXPECTED_ERRORS, Failure, report_failure
 
 log = logging.getLogger(__name__)
 WATCH_BACKOFF_SECONDS = (1.0, 30.0)  # first and longest wait before watching again
@@ -53,7 +50,7 @@ class ConfigMapConsent:
 
     def __init__(
         self,
-        kube: Callable[[], AsyncClient],
+        kube: Callable[[], AgentKube],
         namespace: str,
         name: str,
         on_change: Callable[[], None],
@@ -93,14 +90,14 @@ class ConfigMapConsent:
         then connects (it answers 502s), and the watch applies the list once it can read it."""
         client = self._kube()
         try:
-            configmap = await client.get(ConfigMap, self.name, namespace=self.namespace)
-        except EXPECTED_ERRORS as exc:
-            if status_of(exc) != 404:  # absent: no entries
+            configmap = await client.get(core_path(self.namespace, "configmaps", self.name))
+        except BASE_EXPECTED_ERRORS as exc:
+            if not (isinstance(exc, Failure) and exc.status == 404):  # absent: no entries
                 self._unread(exc)
             return
         finally:
             await client.close()
-        self.apply(configmap.data)
+        self.apply(configmap.get("data"))
 
     def _unread(self, exc: BaseException) -> None:
         log.warning(
@@ -125,12 +122,10 @@ class ConfigMapConsent:
 
     async def _watch(self) -> None:
         client = self._kube()
-        try:
-            watcher: Any = client.watch
-            fields = {"metadata.name": self.name}  # RBAC may name just this one object
-            async for kind, configmap in watcher(
-                ConfigMap, namespace=self.namespace, fields=fields
+        try:  # RBAC may name just this one object: watched by name
+            async for kind, configmap in client.watch(
+                core_path(self.namespace, "configmaps"), self.name
             ):
-                self.apply(None if kind == "DELETED" else configmap.data)
+                self.apply(None if kind == "DELETED" else configmap.get("data"))
         finally:
             await client.close()

@@ -13,10 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from types import SimpleNamespace
-from typing import Final
+from typing import Any, Final
 
-import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from workflowplane.protocol import StreamInit, TunnelRequest
@@ -25,6 +23,7 @@ from workflowplane.protocol.verbs import kube_verb
 
 log = logging.getLogger(__name__)
 UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+MAX_CACHED_CHILDREN = 512  # (verb, code) metric handles kept, not looked up per request
 FRAME_BUCKETS = tuple(float(4**n * 256) for n in range(10))  # 256 B .. 64 MiB
 # Why a connection to the gateway ended: the gateway closed it, no traffic for the dead-after
 # time, a WebSocket or network error, the agent itself reconnecting (a new certificate), or
@@ -91,6 +90,7 @@ class AgentMetrics:
             registry=self.registry,
             buckets=FRAME_BUCKETS,
         )
+        self._upstream_children: dict[tuple[str, str], Any] = {}
         for state in ("known", "connected"):
             self.replicas.labels(state)
         for reason in DISCONNECT_REASONS:
@@ -140,51 +140,15 @@ class AgentMetrics:
 
         task.add_done_callback(ended)
 
-    def upstream_trace(self) -> aiohttp.TraceConfig:
-        """Times every request of an aiohttp session to the API server (add it with
-        ``Upstream.observe``): from sending to its status line and headers."""
-        trace = aiohttp.TraceConfig()
-
-        async def started(
-            _session: aiohttp.ClientSession,
-            context: SimpleNamespace,
-            _params: aiohttp.TraceRequestStartParams,
-        ) -> None:
-            context.started = time.perf_counter()
-
-        async def answered(
-            _session: aiohttp.ClientSession,
-            context: SimpleNamespace,
-            params: aiohttp.TraceRequestEndParams,
-        ) -> None:
-            url, status = params.url, str(params.response.status)
-            self._observe(context, params.method, url.path, url.query_string, status)
-
-        async def failed(
-            _session: aiohttp.ClientSession,
-            context: SimpleNamespace,
-            params: aiohttp.TraceRequestExceptionParams,
-        ) -> None:
-            error = params.exception
-            code = (
-                "cancelled"
-                if isinstance(error, asyncio.CancelledError)
-                else "timeout"
-                if isinstance(error, TimeoutError)
-                else "error"
-            )
-            self._observe(context, params.method, params.url.path, params.url.query_string, code)
-
-        trace.on_request_start.append(started)
-        trace.on_request_end.append(answered)
-        trace.on_request_exception.append(failed)
-        trace.freeze()
-        return trace
-
-    def _observe(
-        self, context: SimpleNamespace, method: str, path: str, query: str, code: str
+    def upstream_observed(
+        self, method: str, path: str, query: str, code: str, seconds: float
     ) -> None:
-        started = getattr(context, "started", None)
-        if started is not None:
-            verb = kube_verb(method, path, query)
-            self.upstream.labels(verb, code).observe(time.perf_counter() - started)
+        """One request to the API server (``Upstream.observe``): from sending to its status
+        line and headers, by verb and code."""
+        key = (kube_verb(method, path, query), code)
+        child = self._upstream_children.get(key)
+        if child is None:  # codes are the API server's few statuses: a small, bounded cache
+            child = self.upstream.labels(*key)
+            if len(self._upstream_children) < MAX_CACHED_CHILDREN:
+                self._upstream_children[key] = child
+        child.observe(seconds)

@@ -19,13 +19,12 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from cryptography import x509
-from lightkube import AsyncClient
-
 from workflowplane.agent.bootstrap import AgentIdentity, load_or_create, renew
+from workflowplane.agent.certworker import LeafFacts, PemPair, leaf_facts
 from workflowplane.agent.config import AgentConfig
 from workflowplane.agent.consent import ConfigMapConsent, describe, union
 from workflowplane.agent.health import AgentHealth
+from workflowplane.agent.kube import AgentKube
 from workflowplane.agent.metrics import AgentMetrics
 from workflowplane.agent.replicas import (
     ReplicaAddress,
@@ -37,9 +36,9 @@ from workflowplane.agent.replicas import (
 from workflowplane.agent.tunnel import AgentTunnel, ConnectRefused
 from workflowplane.agent.upstream import Upstream
 from workflowplane.api.consent import Consent, consent_of, parse_allow_list
-from workflowplane.kits.errors import report_failure
+from workflowplane.kits.failures import report_failure
+from workflowplane.kits.memory import settle
 from workflowplane.kits.tasks import cancel_and_wait
-from workflowplane.pki import KeyPair, load_certificates, uri_sans
 from workflowplane.protocol.http import AGENT_INSTANCE_HEADER
 
 log = logging.getLogger(__name__)
@@ -62,6 +61,7 @@ class Agent:
             stream_pool=config.max_concurrent_streams,
         )
         self.identity: AgentIdentity | None = None
+        self._file_leaf: tuple[bytes, LeafFacts] | None = None  # --client-cert's, parsed
         self._files = tempfile.TemporaryDirectory(prefix="wp-agent-id-")
         self.static_consent = parse_allow_list(config.allowed)
         self.configmap = (
@@ -73,7 +73,7 @@ class Agent:
         )
         self._leaf_check = asyncio.Event()
         metrics = AgentMetrics()
-        self.upstream.observe(metrics.upstream_trace())
+        self.upstream.observe(metrics.upstream_observed)
         discovery = discovery_from(
             config.server_url, config.server_urls, config.server_dns_name, resolver
         )
@@ -106,8 +106,8 @@ class Agent:
             on_change=on_change,
         )
 
-    def _kube(self) -> AsyncClient:
-        return self.upstream.lightkube_client()
+    def _kube(self) -> AgentKube:
+        return AgentKube(self.upstream)
 
     @property
     def consent(self) -> Consent:
@@ -148,7 +148,7 @@ class Agent:
                 "(valid until %s); the agent will not renew it, it reconnects when the Secret "
                 "holds a new one",
                 self._secret,
-                self.identity.client.certificate.not_valid_after_utc.isoformat(),
+                self.identity.leaf.not_after.isoformat(),
             )
         return self.identity
 
@@ -157,7 +157,7 @@ class Agent:
         consent list."""
         if self.config.tls_enabled and self.config.client_cert_file is None and not self.identity:
             await self.ensure_identity()
-        refusal = self.consent_refusal()
+        refusal = await self.consent_refusal()
         if refusal is not None:
             raise ConnectRefused(refusal)
         if not self.config.tls_enabled:
@@ -174,7 +174,7 @@ class Agent:
         context.load_cert_chain(cert, key)
         return context
 
-    def consent_refusal(self) -> str | None:
+    async def consent_refusal(self) -> str | None:
         """Why the leaf the agent would present must not be (None: it may)."""
         wanted = self.consent
         if not self.config.tls_enabled:
@@ -185,7 +185,7 @@ class Agent:
                 "presents no certificate to carry it: refusing to connect (fail closed)"
             )
         if self.config.client_cert_file is not None:
-            (leaf, *_) = load_certificates(self.config.client_cert_file.read_bytes())
+            leaf = await self._client_cert_facts(self.config.client_cert_file)
             return self._fixed_leaf_refusal(leaf, f"--client-cert {self.config.client_cert_file}")
         identity = self.identity
         if identity is None or identity.consent == wanted:
@@ -195,11 +195,18 @@ class Agent:
                 f"the leaf in {self._secret} does not carry the consent list "
                 f"({describe(wanted)}) yet: connecting once it is re-issued"
             )
-        return self._fixed_leaf_refusal(identity.client.certificate, f"{self._secret}")
+        return self._fixed_leaf_refusal(identity.leaf, f"{self._secret}")
 
-    def _fixed_leaf_refusal(self, leaf: x509.Certificate, where: str) -> str | None:
+    async def _client_cert_facts(self, path: Path) -> LeafFacts:
+        """The certificate file's leaf, read by the worker again only when the file changed."""
+        pem = await asyncio.to_thread(path.read_bytes)
+        if self._file_leaf is None or self._file_leaf[0] != pem:
+            self._file_leaf = (pem, await leaf_facts(pem))
+        return self._file_leaf[1]
+
+    def _fixed_leaf_refusal(self, leaf: LeafFacts, where: str) -> str | None:
         """A leaf the agent cannot re-issue is presented only if it carries the list."""
-        wanted, carried = self.consent, consent_of(uri_sans(leaf))
+        wanted, carried = self.consent, consent_of(leaf.uris)
         if not wanted.restricted or carried == wanted:
             return None
         return (
@@ -209,7 +216,7 @@ class Agent:
             "create its own Secret, or give the certificate the URI SANs " + " ".join(wanted.uris())
         )
 
-    def _write_pair(self, pair: KeyPair) -> tuple[Path, Path]:
+    def _write_pair(self, pair: PemPair) -> tuple[Path, Path]:
         cert, key = Path(self._files.name) / "tls.crt", Path(self._files.name) / "tls.key"
         cert.write_bytes(pair.cert_pem)
         key.write_bytes(pair.key_pem)
@@ -284,9 +291,9 @@ class Agent:
     def _renewal_wait(self) -> float:
         return min(RENEWAL_CHECK_SECONDS, max(1.0, self.config.cert_validity_days * 86400 / 20))
 
-    def _say_consent(self) -> None:
+    async def _say_consent(self) -> None:
         log.info("consent: the CRs allowed to use this agent: %s", describe(self.consent))
-        refusal = self.consent_refusal()
+        refusal = await self.consent_refusal()
         if refusal is not None:
             log.error("%s", refusal)
 
@@ -303,7 +310,8 @@ class Agent:
             await self.ensure_identity()
         self._leaf_check.clear()  # what the load changed is handled now, before connecting
         aligned = await self.keep_leaf_current()  # the leaf carries the list from the start
-        self._say_consent()
+        await self._say_consent()
+        settle()  # start-up garbage freed, what stays frozen out of the collector's way
         first = self._renewal_wait() if aligned else RETRY_SECONDS
         background = [asyncio.create_task(self._renew_forever(first))]
         if self.configmap is not None:

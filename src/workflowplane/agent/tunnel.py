@@ -475,7 +475,7 @@ class AgentTunnel:
         self._on_change, self._going_away = on_change, False
         if metrics is None:
             metrics = AgentMetrics()
-            upstream.observe(metrics.upstream_trace())
+            upstream.observe(metrics.upstream_observed)
         self.metrics = metrics
 
     async def run(self) -> None:

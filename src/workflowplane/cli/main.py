@@ -27,9 +27,29 @@ COMPONENT_COMMANDS = (
     "workflowplane.controller.command",
     "workflowplane.cli.control_plane",
 )
+# Long-running components: ``wpctl <name>`` registers only that one, so the process does not
+# carry the others' imports for its whole life (the agent would load kopf and cryptography).
+LONG_RUNNING = {
+    "agent": "workflowplane.agent.command",
+    "gateway": "workflowplane.gateway.command",
+    "controller": "workflowplane.controller.command",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv`` (the first word that is no global option's)."""
+    words = iter(argv)
+    for word in words:
+        if word == "--log-format":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """Every component's subcommand; given the command line (``argv``), only the one it
+    names when that is a long-running one."""
     parser = argparse.ArgumentParser(
         prog="wpctl",
         description="Operate OpenChoreo-compatible workflow planes: local environment, "
@@ -45,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
         "record's context (plane, cr, ...); default $WORKFLOWPLANE_LOG_FORMAT or text",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module_name in COMPONENT_COMMANDS:
+    chosen = LONG_RUNNING.get(_command_of(argv) or "") if argv is not None else None
+    for module_name in (chosen,) if chosen else COMPONENT_COMMANDS:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
@@ -57,8 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    parser = build_parser(words)
+    args = parser.parse_args(words)
     configure(args.log_format, verbose=args.verbose)
     for chatty in ("httpx", "httpx2", "httpcore", "httpcore2"):  # one line per request
         logging.getLogger(chatty).setLevel(logging.DEBUG if args.verbose else logging.WARNING)

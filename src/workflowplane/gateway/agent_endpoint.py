@@ -222,10 +222,10 @@ class AgentEndpoint:
         async for message in ws:
             conn.seen()
             if isinstance(message.data, OversizedMessage):
-                self._metrics.frame_bytes.labels("in").observe(message.data.at_least)
+                self._metrics.frame_in.observe(message.data.at_least)
                 self._oversized(conn, message.data)
             elif message.type in {WSMsgType.TEXT, WSMsgType.BINARY}:
-                self._metrics.frame_bytes.labels("in").observe(len(message.data))
+                self._metrics.frame_in.observe(len(message.data))
                 binary = conn.binary and message.type == WSMsgType.BINARY
                 if not self._route_frame(conn, message.data, binary) and (pause := junk.spend()):
                     self._metrics.throttled.inc()

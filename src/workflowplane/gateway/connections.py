@@ -124,7 +124,7 @@ class AgentConnection:
     async def send(self, frame: Frame) -> None:
         data = encode_binary(frame) if self.binary else encode(frame)
         if self.metrics is not None:
-            self.metrics.frame_bytes.labels("out").observe(len(data))
+            self.metrics.frame_out.observe(len(data))
         async with self._send_lock:
             if self.binary:
                 await self.ws.send_bytes(data)

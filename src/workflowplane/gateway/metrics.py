@@ -162,6 +162,11 @@ class GatewayMetrics:
         )
         for direction in FRAME_DIRECTIONS:
             self.frame_bytes.labels(direction)
+        # the two looked up once: each proxied request observes one of each
+        self.frame_in, self.frame_out = (
+            self.frame_bytes.labels("in"),
+            self.frame_bytes.labels("out"),
+        )
 
     def plane(self, plane_id: str) -> str:
         """``plane_id`` as a label value: itself once an agent of it has connected, else

@@ -32,17 +32,25 @@ def _on_collection(path: str) -> bool | None:
     return len(rest) == 1
 
 
+def _watches(query: Mapping[str, str] | str) -> bool:
+    """``watch=true|1``; a query string is parsed only when it can say so (every request
+    is counted: most carry no query at all)."""
+    if isinstance(query, str):
+        if "watch" not in query:
+            return False
+        query = dict(parse_qsl(query))
+    return query.get("watch") in _TRUE
+
+
 def kube_verb(method: str, path: str, query: Mapping[str, str] | str) -> str:
     """``get``/``list``/``watch``/``create``/``update``/``patch``/``delete``/
     ``deletecollection``; ``other`` for any method the tunnel does not carry. ``follow``
     (pod logs) is a ``get`` of the log subresource, as the API server counts it."""
-    if isinstance(query, str):
-        query = dict(parse_qsl(query))
     method = method.upper()
     if method in _METHOD_VERBS:
         return _METHOD_VERBS[method]
     if method in ("GET", "HEAD"):
-        if query.get("watch") in _TRUE:
+        if _watches(query):
             return "watch"
         return "list" if _on_collection(path) else "get"
     if method == "DELETE":

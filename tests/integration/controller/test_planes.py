@@ -564,7 +564,7 @@ async def test_a_ca_close_to_expiry_warns_but_stays_ready(
     namespace: str,
 ) -> None:
     """An agent CA with 10 days left: Ready=True, the message and a Warning event say so."""
-    from workflowplane.agent.bootstrap import AgentIdentity  # noqa: PLC0415
+    from tests.identities import identity_of  # noqa: PLC0415
 
     plane_id = unique("expiring")
     ca = generate_ca("short-lived", valid_for=dt.timedelta(days=10))
@@ -574,7 +574,7 @@ async def test_a_ca_close_to_expiry_warns_but_stays_ready(
     from workflowplane.agent.runner import Agent  # noqa: PLC0415
 
     short = Agent(config)
-    short.identity = AgentIdentity(ca, issue_certificate(ca, "agent"))
+    short.identity = identity_of(ca, issue_certificate(ca, "agent"))
     running = await start_agent(short, wait=False)
     apply(control_plane, workflow_plane_cr("wp", namespace, plane_id, ca_pem=ca.cert_pem.decode()))
     try:

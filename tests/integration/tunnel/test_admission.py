@@ -22,6 +22,8 @@ from tests.integration.harness import (
     workflow_plane_cr,
 )
 from workflowplane.agent.bootstrap import load_or_create, renew
+from workflowplane.agent.kube import AgentKube
+from workflowplane.agent.upstream import Upstream
 from workflowplane.pki import (
     generate_ca,
     issue_certificate,
@@ -29,7 +31,7 @@ from workflowplane.pki import (
     verify_client_certificate,
 )
 from workflowplane.testenv import ApiServer
-from workflowplane.testenv.tools import async_client, kubectl
+from workflowplane.testenv.tools import kubectl
 
 pytestmark = pytest.mark.integration
 WP = "workflowplane"
@@ -45,7 +47,8 @@ async def test_agent_creates_its_secret_and_the_reference_command_prints_the_ca(
     assert ca.extensions.get_extension_for_class(BasicConstraints).value.ca
     assert pem.startswith("-----BEGIN CERTIFICATE-----")
     assert agent.identity is not None
-    verify_client_certificate([agent.identity.client.certificate], pem.encode())
+    (leaf,) = load_certificates(agent.identity.client.cert_pem)
+    verify_client_certificate([leaf], pem.encode())
     again = await prepare_agent(config)  # a second start reuses the Secret
     assert again.identity is not None and again.identity.ca.cert_pem == pem.encode()
     await agent.upstream.close()
@@ -53,16 +56,18 @@ async def test_agent_creates_its_secret_and_the_reference_command_prints_the_ca(
 
 
 async def test_renewal_issues_a_new_leaf_from_the_same_ca(workflow_plane: ApiServer) -> None:
-    client = async_client(workflow_plane.kubeconfig, workflow_plane.context)
+    upstream = Upstream.from_kubeconfig(workflow_plane.kubeconfig, workflow_plane.context, 1 << 20)
+    client = AgentKube(upstream)
     name = unique("agent-tls")
     first = await load_or_create(client, "openchoreo-workflow-plane", name, "p", 3650, 1)
     assert first.renewal_due(1 / 3, dt.datetime.now(dt.UTC) + dt.timedelta(hours=20))
     renewed = await renew(client, "openchoreo-workflow-plane", name, first, "p", 1)
     assert renewed.client.cert_pem != first.client.cert_pem
-    verify_client_certificate([renewed.client.certificate], first.ca.cert_pem)
+    (leaf,) = load_certificates(renewed.client.cert_pem)
+    verify_client_certificate([leaf], first.ca.cert_pem)
     stored = await load_or_create(client, "openchoreo-workflow-plane", name, "p", 3650, 1)
     assert stored.client.cert_pem == renewed.client.cert_pem
-    await client.aclose() if hasattr(client, "aclose") else await client.close()
+    await upstream.close()
 
 
 async def test_inline_and_secret_ref_cas_both_admit(

@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
-from lightkube.config.kubeconfig import KubeConfig
 
+from workflowplane.agent.kubeconfig import KubeTarget
 from workflowplane.agent.upstream import ResponseTooLarge, Upstream
 
 pytestmark = pytest.mark.integration
@@ -44,9 +44,7 @@ async def slow_upstream() -> AsyncIterator[str]:
 
 
 def _upstream(url: str, max_body: int) -> Upstream:
-    config = KubeConfig.from_server(url).get()
-    assert config is not None
-    return Upstream(config, max_body)
+    return Upstream(KubeTarget.from_server(url), max_body)
 
 
 async def test_a_body_sent_in_pieces_arrives_whole(slow_upstream: str) -> None:

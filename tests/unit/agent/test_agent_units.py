@@ -37,8 +37,8 @@ def test_credentials_impersonation_and_hop_by_hop_headers_never_travel() -> None
     assert kept == [("Accept", "application/json"), ("Content-Type", "application/json")]
 
 
-def test_renewal_is_due_in_the_last_third_of_the_leaf_lifetime() -> None:
-    identity = new_identity("p", ca_days=3650, cert_days=30)
+async def test_renewal_is_due_in_the_last_third_of_the_leaf_lifetime() -> None:
+    identity = await new_identity("p", ca_days=3650, cert_days=30)
     now = dt.datetime.now(dt.UTC)
     assert not identity.renewal_due(1 / 3, now)
     assert identity.renewal_due(1 / 3, now + dt.timedelta(days=21))

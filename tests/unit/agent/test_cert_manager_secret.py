@@ -11,14 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Secret
 
 from tests import certmanager
+from tests.identities import identity_of
 from workflowplane.agent.bootstrap import AgentIdentity, identity_from_secret, new_identity
 from workflowplane.agent.config import AgentConfig
 from workflowplane.agent.runner import Agent
-from workflowplane.pki import KeyPair
+from workflowplane.pki import KeyPair, load_certificates
 
 KUBECONFIG = """apiVersion: v1
 kind: Config
@@ -29,27 +28,30 @@ current-context: x
 """
 
 
-def _secret(data: dict[str, str]) -> Secret:
-    return Secret(metadata=ObjectMeta(name="cluster-agent-tls"), data=data)
+def _secret(data: dict[str, str]) -> dict[str, Any]:
+    return {"kind": "Secret", "metadata": {"name": "cluster-agent-tls"}, "data": data}
 
 
-def test_cert_manager_secret_is_used_as_it_is_and_not_renewable() -> None:
+async def test_cert_manager_secret_is_used_as_it_is_and_not_renewable() -> None:
     data = certmanager.secret_data("default")
-    identity = identity_from_secret(_secret(data))
+    identity = await identity_from_secret(_secret(data))
     assert not identity.renewable
     assert identity.client.cert_pem == base64.b64decode(data["tls.crt"])
     assert identity.ca.cert_pem == identity.client.cert_pem  # ca.crt == tls.crt
-    assert identity.client.certificate.subject.rfc4514_string() == "CN=default,O=OpenChoreo"
+    (leaf,) = load_certificates(identity.client.cert_pem)
+    assert leaf.subject.rfc4514_string() == "CN=default,O=OpenChoreo"
+    assert identity.leaf.not_after == leaf.not_valid_after_utc  # read by the worker
 
 
-def test_a_leaf_without_ca_crt_is_its_own_ca() -> None:
+async def test_a_leaf_without_ca_crt_is_its_own_ca() -> None:
     data = certmanager.secret_data("p")
     del data["ca.crt"]
-    assert identity_from_secret(_secret(data)).ca.cert_pem == base64.b64decode(data["tls.crt"])
+    identity = await identity_from_secret(_secret(data))
+    assert identity.ca.cert_pem == base64.b64decode(data["tls.crt"])
 
 
-def test_our_own_secret_stays_renewable() -> None:
-    ours = new_identity("p", 3650, 90)
+async def test_our_own_secret_stays_renewable() -> None:
+    ours = await new_identity("p", 3650, 90)
     data = {
         name: base64.b64encode(pem).decode()
         for name, pem in {
@@ -59,20 +61,20 @@ def test_our_own_secret_stays_renewable() -> None:
             "tls.key": ours.client.key_pem,
         }.items()
     }
-    assert identity_from_secret(_secret(data)).renewable
+    assert (await identity_from_secret(_secret(data))).renewable
 
 
 @pytest.mark.parametrize(("drop", "named"), [("tls.key", "tls.key"), ("tls.crt", "tls.crt")])
-def test_an_incomplete_secret_names_what_it_lacks(drop: str, named: str) -> None:
+async def test_an_incomplete_secret_names_what_it_lacks(drop: str, named: str) -> None:
     data = certmanager.secret_data("p")
     del data[drop]
     with pytest.raises(ValueError, match=named):
-        identity_from_secret(_secret(data))
+        await identity_from_secret(_secret(data))
 
 
 def _identity(plane_id: str) -> AgentIdentity:
     cert, key = certmanager.self_signed_leaf(plane_id)
-    return AgentIdentity(KeyPair(cert, b""), KeyPair(cert, key))
+    return identity_of(KeyPair(cert, b""), KeyPair(cert, key))
 
 
 @pytest.fixture

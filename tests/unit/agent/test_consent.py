@@ -15,20 +15,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lightkube.core.exceptions import ApiError
-from lightkube.models.meta_v1 import Status
-from lightkube.resources.core_v1 import ConfigMap
 
 from tests import certmanager
+from tests.identities import identity_of, leaf_uris
 from workflowplane.agent.bootstrap import AgentIdentity, new_identity
+from workflowplane.agent.certworker import PemPair
 from workflowplane.agent.command import add_arguments, config_from_args, main
 from workflowplane.agent.config import AgentConfig
 from workflowplane.agent.consent import ConfigMapConsent, parse_configmap
 from workflowplane.agent.runner import Agent
 from workflowplane.agent.tunnel import AgentTunnel, ConnectRefused
 from workflowplane.api.consent import CONSENT_URI_PREFIX, Consent, ConsentError
+from workflowplane.kits.failures import PermanentError
 from workflowplane.kits.process import FatalError
-from workflowplane.pki import KeyPair, issue_certificate, uri_sans, verify_client_certificate
+from workflowplane.pki import (
+    KeyPair,
+    generate_ca,
+    issue_certificate,
+    load_certificates,
+    verify_client_certificate,
+)
 
 KUBECONFIG = """apiVersion: v1
 kind: Config
@@ -121,10 +127,11 @@ class FakeConfigMaps:
     def __init__(self, data: dict[str, str] | None = None, fail: BaseException | None = None):
         self.data, self.fail = data, fail
 
-    async def get(self, *_: object, namespace: str) -> ConfigMap:
+    async def get(self, path: str) -> dict[str, Any]:
+        assert path == "/api/v1/namespaces/ns/configmaps/cm"
         if self.fail is not None:
             raise self.fail
-        return ConfigMap(data=self.data)
+        return {"kind": "ConfigMap", "data": self.data}
 
     async def close(self) -> None:
         return None
@@ -133,8 +140,8 @@ class FakeConfigMaps:
 @pytest.mark.parametrize(
     ("fail", "said"),
     [
-        (ApiError(status=Status(code=404, message="not found")), None),
-        (ApiError(status=Status(code=403, message="forbidden")), "cannot read"),
+        (PermanentError("not found", status=404), None),
+        (PermanentError("forbidden", status=403), "cannot read"),
         (ConnectionRefusedError("API server down"), "API server down"),
     ],
     ids=["absent", "forbidden", "unreachable"],
@@ -170,7 +177,8 @@ class FakeKube:
         self.patches: list[dict[str, Any]] = []
         self.fail = fail
 
-    async def patch(self, _: object, name: str, body: dict[str, Any], namespace: str) -> None:
+    async def merge_patch(self, path: str, body: dict[str, Any]) -> None:
+        assert path == "/api/v1/namespaces/openchoreo-workflow-plane/secrets/cluster-agent-tls"
         if self.fail:
             raise ConnectionRefusedError("the API server is down")
         self.patches.append(body)
@@ -179,9 +187,9 @@ class FakeKube:
         return None
 
 
-def _patched_leaf(kube: FakeKube) -> KeyPair:
+def _patched_leaf(kube: FakeKube) -> PemPair:
     data = kube.patches[-1]["data"]
-    return KeyPair(base64.b64decode(data["tls.crt"]), base64.b64decode(data["tls.key"]))
+    return PemPair(base64.b64decode(data["tls.crt"]), base64.b64decode(data["tls.key"]))
 
 
 @pytest.fixture
@@ -208,14 +216,16 @@ async def test_the_leaf_is_reissued_with_the_list_and_only_when_it_changes(
     agent: Agent = make_agent(allowed=("team-a/*",))
     kube = FakeKube()
     agent._kube = lambda: kube  # type: ignore[method-assign]
-    agent.identity = before = new_identity("p", 3650, 90)  # a leaf without a list
-    assert uri_sans(before.client.certificate) == []
+    agent.identity = before = await new_identity("p", 3650, 90)  # a leaf without a list
+    assert leaf_uris(before.client) == []
 
     assert await agent.keep_leaf_current()
     leaf = _patched_leaf(kube)
-    assert uri_sans(leaf.certificate) == _uris("team-a/*")
+    assert leaf_uris(leaf) == _uris("team-a/*")
     assert agent.identity is not None and agent.identity.client == leaf
-    verify_client_certificate([leaf.certificate], before.ca.cert_pem)  # the same CA
+    assert list(agent.identity.leaf.uris) == _uris("team-a/*")  # what the worker read
+    (certificate,) = load_certificates(leaf.cert_pem)
+    verify_client_certificate([certificate], before.ca.cert_pem)  # the same CA
     assert agent.tunnel.reconnect_requested.is_set()
 
     agent.tunnel.reconnect_requested.clear()
@@ -226,7 +236,7 @@ async def test_the_leaf_is_reissued_with_the_list_and_only_when_it_changes(
     agent.configmap.apply({"allowed": "team-b/build\n/shared"})
     assert agent._leaf_check.is_set()  # wakes the renewal loop at once
     assert await agent.keep_leaf_current(consent_changed=True)
-    assert uri_sans(_patched_leaf(kube).certificate) == _uris("team-a/*", "team-b/build", "/shared")
+    assert leaf_uris(_patched_leaf(kube)) == _uris("team-a/*", "team-b/build", "/shared")
     assert agent.tunnel.reconnect_requested.is_set()
 
 
@@ -234,16 +244,16 @@ async def test_an_emptied_list_reissues_an_unrestricted_leaf(make_agent: Any) ->
     agent: Agent = make_agent()
     kube = FakeKube()
     agent._kube = lambda: kube  # type: ignore[method-assign]
-    identity = new_identity("p", 3650, 90, _uris("team-a/*"))
+    identity = await new_identity("p", 3650, 90, _uris("team-a/*"))
     agent.identity = identity
     assert await agent.keep_leaf_current()
-    assert uri_sans(_patched_leaf(kube).certificate) == []
+    assert leaf_uris(_patched_leaf(kube)) == []
 
 
 async def test_a_failed_reissue_never_connects_with_the_old_list(make_agent: Any) -> None:
     agent: Agent = make_agent(allowed=("team-a/build",))
     agent._kube = lambda: FakeKube(fail=True)  # type: ignore[method-assign]
-    agent.identity = new_identity("p", 3650, 90, _uris("team-a/*"))
+    agent.identity = await new_identity("p", 3650, 90, _uris("team-a/*"))
     assert not await agent.keep_leaf_current()  # the caller retries soon
     assert agent.tunnel.reconnect_requested.is_set()  # the open connection goes
     with pytest.raises(ConnectRefused, match="does not carry the consent list"):
@@ -252,9 +262,9 @@ async def test_a_failed_reissue_never_connects_with_the_old_list(make_agent: Any
 
 async def test_a_leaf_with_the_list_connects(make_agent: Any) -> None:
     agent: Agent = make_agent(allowed=("team-a/*",))
-    agent.identity = new_identity("p", 3650, 90, _uris("team-a/*"))
+    agent.identity = await new_identity("p", 3650, 90, _uris("team-a/*"))
     await agent._ssl_context()
-    assert agent.consent_refusal() is None
+    assert await agent.consent_refusal() is None
 
 
 # ---- a leaf the agent cannot re-issue: fail closed -------------------------------------------
@@ -262,7 +272,7 @@ async def test_a_leaf_with_the_list_connects(make_agent: Any) -> None:
 
 def _cert_manager_identity() -> AgentIdentity:
     cert, key = certmanager.self_signed_leaf("p")
-    return AgentIdentity(KeyPair(cert, b""), KeyPair(cert, key))
+    return identity_of(KeyPair(cert, b""), KeyPair(cert, key))
 
 
 async def test_cert_manager_secret_with_a_list_is_refused_and_said_at_start(
@@ -277,7 +287,7 @@ async def test_cert_manager_secret_with_a_list_is_refused_and_said_at_start(
     assert "refusing to connect (fail closed)" in message
     assert CONSENT_URI_PREFIX + "team-a/*" in message  # how to carry it with cert-manager
     with caplog.at_level(logging.ERROR, logger="workflowplane.agent.runner"):
-        agent._say_consent()
+        await agent._say_consent()
     assert "refusing to connect" in caplog.text
 
 
@@ -307,7 +317,7 @@ async def test_a_list_from_the_configmap_closes_a_cert_manager_connection(
 
 
 async def test_certificate_files_must_carry_the_list(make_agent: Any, tmp_path: Path) -> None:
-    ca = new_identity("p", 3650, 90).ca
+    ca = generate_ca("p")
     for name, uris in (("without", []), ("with", _uris("team-a/*"))):
         leaf = issue_certificate(ca, "agent", uris=uris)
         (tmp_path / f"{name}.crt").write_bytes(leaf.cert_pem)

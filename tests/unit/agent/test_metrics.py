@@ -19,8 +19,10 @@ from aiohttp.test_utils import TestServer
 
 from tests.unit.agent.stand_ins import Gateway, Upstream, plain_fleet, plain_tunnel, serving, until
 from workflowplane.agent.health import AgentHealth, ApiServerCheck
+from workflowplane.agent.kubeconfig import KubeTarget
 from workflowplane.agent.metrics import AgentMetrics
 from workflowplane.agent.tunnel import AgentTunnel, FrameServer
+from workflowplane.agent.upstream import Upstream as RealUpstream
 from workflowplane.kits.tasks import cancel_and_wait
 from workflowplane.protocol import StreamChunk, StreamInit, TunnelRequest, encode
 
@@ -91,17 +93,23 @@ async def test_upstream_requests_are_timed_by_verb_and_code() -> None:
     app = web.Application()
     app.router.add_get("/api/v1/pods", pods)
     app.router.add_get("/api/v1/namespaces/ns/pods/{name}", pods)
-    async with (
-        TestServer(app) as api,
-        aiohttp.ClientSession(trace_configs=[metrics.upstream_trace()]) as session,
-    ):
-        for path in ("/api/v1/pods", "/api/v1/namespaces/ns/pods/p", "/api/v1/pods?watch=1"):
-            async with session.get(api.make_url(path)) as response:
-                await response.read()
-        closed = f"http://127.0.0.1:{api.port}/"
+    async with TestServer(app) as api:
+        upstream = RealUpstream(KubeTarget.from_server(f"http://127.0.0.1:{api.port}"), 1 << 20)
+        upstream.observe(metrics.upstream_observed)
+        try:
+            for path, query in (
+                ("/api/v1/pods", ""),
+                ("/api/v1/namespaces/ns/pods/p", ""),
+                ("/api/v1/pods", "watch=1"),
+            ):
+                await upstream.request("GET", path, query, None, b"", 10)
+        finally:
+            await upstream.close()
+    closed = RealUpstream(KubeTarget.from_server(f"http://127.0.0.1:{api.port}"), 1 << 20)
+    closed.observe(metrics.upstream_observed)
     with contextlib.suppress(aiohttp.ClientError):
-        async with aiohttp.ClientSession(trace_configs=[metrics.upstream_trace()]) as session:
-            await session.get(closed)
+        await closed.request("GET", "/", "", None, b"", 10)
+    await closed.close()
     assert value(metrics, UPSTREAM, verb="list", code="200") == 1
     assert value(metrics, UPSTREAM, verb="get", code="404") == 1
     assert value(metrics, UPSTREAM, verb="watch", code="200") == 1

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from lightkube.config.kubeconfig import KubeConfig
 
+from workflowplane.agent.kubeconfig import KubeTarget
 from workflowplane.agent.tunnel import FrameServer
 from workflowplane.agent.upstream import Upstream
 from workflowplane.protocol import StreamInit, TunnelRequest
@@ -60,9 +60,8 @@ async def plane() -> AsyncIterator[tuple[Plane, Upstream]]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    config = KubeConfig.from_server(f"http://127.0.0.1:{runner.addresses[0][1]}").get()
-    assert config is not None
-    upstream = Upstream(config, 1 << 20)  # the agent's default pools
+    target = KubeTarget.from_server(f"http://127.0.0.1:{runner.addresses[0][1]}")
+    upstream = Upstream(target, 1 << 20)  # the agent's default pools
     try:
         yield fake, upstream
     finally:

@@ -13,13 +13,13 @@ from lightkube.core.exceptions import ApiError
 from lightkube.models.meta_v1 import ObjectMeta, Status
 from lightkube.resources.core_v1 import ConfigMap, Secret
 
-from workflowplane.agent.bootstrap import new_identity
 from workflowplane.api.consent import Consent
 from workflowplane.cli import register
 from workflowplane.cli.errors import CliError
 from workflowplane.cli.main import build_parser
+from workflowplane.pki import generate_ca
 
-CA = new_identity("p", 3650, 90).ca.cert_pem
+CA = generate_ca("cluster-agent-ca-p").cert_pem
 
 
 class FakePlane:
