@@ -167,8 +167,8 @@ async def fleet_of(
 
 @dataclass
 class StatusRecorder:
-    """Every ``(connected, connectedAgents)`` a plane CR's ``status.agentConnection`` shows, read over and over
-    while the test runs (from the moment it first shows its agents connected)."""
+    """Every ``(connected, connectedAgents)`` of a plane CR's ``status.agentConnection``,
+    read over and over while the test runs (from when it first shows its agents connected)."""
 
     kube: AsyncClient
     name: str
