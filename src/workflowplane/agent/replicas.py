@@ -1,6 +1,6 @@
 """The agent's connections to every gateway replica: discovery, and one ``AgentTunnel`` each.
 
-Discovery (docs/ha-agent.md): an explicit list (``--server-urls``; ``--server-url`` alone is a
+Discovery (docs/ha.md): an explicit list (``--server-urls``; ``--server-url`` alone is a
 list of one) is fixed for the life of the process. A DNS name (``--server-dns-name host:port``,
 a headless Service) is resolved every ``--server-resolve-seconds``; each address is a replica,
 dialled by its address with the name as TLS server name (SNI and certificate check) and as the
