@@ -8,7 +8,7 @@ import contextlib
 import json
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -282,7 +282,7 @@ class RunningController:
 @contextlib.asynccontextmanager
 async def controller_running(
     control_plane: ApiServer,
-    gw: RunningGateway,
+    gw: RunningGateway | Sequence[str],
     resync: float = 30.0,
     *,
     peering: str | None = None,
@@ -294,7 +294,8 @@ async def controller_running(
     event loop as a separate process would be: when kopf stops it cancels every task started
     in its loop while it ran, which here would include the in-process gateway's and agents'.
 
-    ``health`` (default: default limits) is served on a free port; ``gateway`` may wrap the
+    ``gw`` is one in-process gateway or the internal URLs of several replicas; ``health``
+    (default: default limits) is served on a free port; ``gateway`` may wrap the
     controller's gateway client (to stall or fail it)."""
     stop, ready = threading.Event(), threading.Event()
     config = ControllerConfig(
@@ -314,7 +315,8 @@ async def controller_running(
         running.loop = asyncio.get_running_loop()
         kube = AsyncClient(config=load_config(control_plane.kubeconfig, control_plane.context))
         try:
-            client = await GatewayClient.from_secret(kube, gw.internal_url)
+            urls = gw.internal_url if isinstance(gw, RunningGateway) else list(gw)
+            client = await GatewayClient.from_secret(kube, urls)
         finally:
             await kube.close()
         api = gateway(client) if gateway is not None else client

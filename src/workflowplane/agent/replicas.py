@@ -1,6 +1,6 @@
 """The agent's connections to every gateway replica: discovery, and one ``AgentTunnel`` each.
 
-Discovery (docs/ha-agent.md): an explicit list (``--server-urls``; ``--server-url`` alone is a
+Discovery (docs/ha.md): an explicit list (``--server-urls``; ``--server-url`` alone is a
 list of one) is fixed for the life of the process. A DNS name (``--server-dns-name host:port``,
 a headless Service) is resolved every ``--server-resolve-seconds``; each address is a replica,
 dialled by its address with the name as TLS server name (SNI and certificate check) and as the
@@ -40,6 +40,8 @@ DEFAULT_RESOLVE_SECONDS = 10.0
 RESOLVE_TIMEOUT_SECONDS = 10.0
 RETIRE_GRACE_SECONDS = 30.0  # longer than a replica's drain (its --drain-seconds, 20 s)
 MAX_REPLICAS = 64  # addresses beyond it (a misconfigured name) are not dialled
+# A replica of several is redialled at least this often (see redial_cap).
+REPLICA_RECONNECT_MAX_SECONDS = 3.0
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", re.IGNORECASE)
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -209,6 +211,15 @@ class ResolvedReplicas:
 
     def __str__(self) -> str:
         return f"every address of {self.name}"
+
+
+def redial_cap(max_backoff: float, several: bool) -> float:
+    """The longest backoff before redialling one replica. With one gateway, the configured
+    cap (30 s) spares a gateway that is down. With several, the plane is served by the others
+    meanwhile, and a replica that restarts (a rolling update: down for its drain and start)
+    must get its agents back within seconds, not after a backoff grown to 30 s while it was
+    down: redialling a closed port costs little (bench/ha.py, docs/ha.md)."""
+    return min(max_backoff, REPLICA_RECONNECT_MAX_SECONDS) if several else max_backoff
 
 
 def discovery_from(

@@ -31,6 +31,7 @@ from workflowplane.agent.replicas import (
     Resolver,
     TunnelFleet,
     discovery_from,
+    redial_cap,
     system_resolver,
 )
 from workflowplane.agent.tunnel import AgentTunnel, ConnectRefused
@@ -93,7 +94,9 @@ class Agent:
             self._ssl_context,
             self.upstream,
             initial_backoff=config.reconnect_initial_seconds,
-            max_backoff=config.reconnect_max_seconds,
+            max_backoff=redial_cap(
+                config.reconnect_max_seconds, bool(config.server_urls or config.server_dns_name)
+            ),
             stable_after=config.stable_after_seconds,
             dead_after=config.dead_after_seconds,
             max_frame=config.max_frame_bytes,

@@ -309,7 +309,7 @@ def _start_agent(
             "127.0.0.1",
             "--health-port",
             str(health),
-            # One connection to every replica (docs/ha-agent.md).
+            # One connection to every replica (docs/ha.md).
             "--server-urls",
             ",".join(f"wss://127.0.0.1:{port}" for port in public_ports),
             "--plane-id",

@@ -63,7 +63,7 @@ class GatewayConfig:
     # Frames nobody can use (malformed, late, for no stream) one agent may send per second
     # before the gateway stops reading it for the rest of that second (0: no limit).
     max_junk_frames_per_second: int = 1000
-    # High availability (docs/ha-gateway.md). The replica's name (empty: hostname and internal
+    # High availability (docs/ha.md). The replica's name (empty: hostname and internal
     # port), the host its peers dial for its internal API (empty: the listen host, or this
     # host's address when that is 0.0.0.0), and how long a SIGTERM waits for requests in flight.
     replica_name: str = ""

@@ -1,4 +1,4 @@
-"""Graceful drain on SIGTERM (docs/ha-gateway.md): leave the rotation, then finish.
+"""Graceful drain on SIGTERM (docs/ha.md): leave the rotation, then finish.
 
 The order matters and is :func:`drain`'s alone: readiness turns false (Services stop sending
 new callers), the Lease goes (peers stop forwarding here), new agents and new proxied

@@ -1,4 +1,4 @@
-"""Who this replica is, and who the agents connected to it are (docs/ha-gateway.md).
+"""Who this replica is, and who the agents connected to it are (docs/ha.md).
 
 A replica's name (``--replica-name``, ``POD_NAME``, else hostname and internal port) is in
 every status answer and names its Lease. An agent's instance id (its

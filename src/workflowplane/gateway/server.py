@@ -41,6 +41,7 @@ from workflowplane.kits.health import OK, Health, Verdict, health_app
 log = logging.getLogger(__name__)
 SYNC_TIMEOUT_SECONDS = 60
 CLOSE_HANDSHAKE_SECONDS = 5.0
+STOP_GRACE_SECONDS = 1.0  # streams still open when a listener stops (after the drain)
 
 
 class BoundedSite(web.BaseSite):
@@ -143,11 +144,16 @@ class Gateway:
     ) -> None:
         # aiohttp's keep-alive timer starts when a connection is made and is re-armed only
         # after a response, so it also bounds the wait for each request's headers.
+        # At stop the drain has already let plain requests finish; what is left are streams
+        # that never end by themselves (the controller's event subscription, watches): they
+        # are cancelled after STOP_GRACE_SECONDS, not aiohttp's 60 s, which would outlast
+        # the pod's termination grace (drainSeconds + 10) and end in a SIGKILL.
         runner = web.AppRunner(
             app,
             handler_cancellation=True,
             access_log=None,
             keepalive_timeout=self.config.header_timeout_seconds,
+            shutdown_timeout=STOP_GRACE_SECONDS,
         )
         await runner.setup()
         self._runners.append(runner)

@@ -30,7 +30,7 @@ GATEWAY_ERROR_HEADER = "X-Cluster-Gateway-Error"
 # each), so replicas count agents, not connections (docs/ha.md).
 AGENT_INSTANCE_HEADER = "X-Workflowplane-Agent-Instance"
 
-# High availability (docs/ha-gateway.md). The agent's process id, the same on each replica
+# High availability (docs/ha.md). The agent's process id, the same on each replica
 # connection of one agent; the replica that forwarded a request (never forwarded again); and
 # on an answer given without the request reaching any agent (safe to retry, any method).
 AGENT_INSTANCE_HEADER = "X-Workflowplane-Agent-Instance"

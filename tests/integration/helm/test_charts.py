@@ -180,7 +180,7 @@ def test_control_plane_defaults(helm: Helm) -> None:
 def assert_gateway_replicas(
     docs: list[dict[str, Any]], *, replicas: int, drain_seconds: int
 ) -> None:
-    """The HA shape of the gateway (docs/ha-gateway.md): replicas on different nodes when
+    """The HA shape of the gateway (docs/ha.md): replicas on different nodes when
     possible, one disrupted at a time, each named after its pod and reachable at its own
     address (headless Service), given time to drain."""
     deployment = one(docs, "Deployment", "cluster-gateway")["spec"]

@@ -1,4 +1,4 @@
-"""Several gateway replicas on one control plane (issue #12, docs/ha-gateway.md): the Lease
+"""Several gateway replicas on one control plane (issue #12, docs/ha.md): the Lease
 directory, forwarding to the replica that holds a plane's agent, no forwarding loops, the
 Unsent marker, and the drain."""
 

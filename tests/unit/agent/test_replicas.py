@@ -22,6 +22,7 @@ from workflowplane.agent.config import AgentConfig
 from workflowplane.agent.metrics import AgentMetrics
 from workflowplane.agent.replicas import (
     MAX_REPLICAS,
+    REPLICA_RECONNECT_MAX_SECONDS,
     DnsName,
     ListedReplicas,
     ReplicaAddress,
@@ -30,6 +31,7 @@ from workflowplane.agent.replicas import (
     TunnelFleet,
     discovery_from,
     parse_server_urls,
+    redial_cap,
 )
 from workflowplane.agent.runner import Agent
 from workflowplane.kits.tasks import cancel_and_wait
@@ -381,3 +383,25 @@ async def test_a_going_away_close_is_redialled_after_the_first_backoff(
             await cancel_and_wait([task])
     # each plain close backs off longer; a replica going away is redialled at the first step
     assert attempts[:4] == [1, 2, 0, 1]
+
+
+async def test_a_replica_of_several_is_redialled_within_seconds_one_gateway_as_configured(
+    tmp_path: Path,
+) -> None:
+    """A rolling restart must get every agent back to a restarted replica within seconds
+    (bench/ha.py): with several replicas the backoff stops at 3 s, not the 30 s default."""
+
+    async def nowhere(host: str, port: int) -> list[str]:
+        return []
+
+    several = _agent(tmp_path, server_urls=("wss://a:1/ws,wss://b:1/ws",), resolver=nowhere)
+    named = _agent(tmp_path, server_dns_name="gw.example:8443", resolver=nowhere)
+    one = _agent(tmp_path, server_url="wss://a:1/ws", resolver=nowhere)
+    address = ReplicaAddress("wss://a:1")
+    try:
+        caps = [agent._dial(address, lambda: None)._cap for agent in (several, named, one)]
+    finally:
+        for agent in (several, named, one):
+            await agent.upstream.close()
+    assert caps == [REPLICA_RECONNECT_MAX_SECONDS, REPLICA_RECONNECT_MAX_SECONDS, 30.0]
+    assert redial_cap(1.0, several=True) == 1.0  # a shorter configured cap stays

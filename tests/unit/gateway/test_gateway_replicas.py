@@ -1,4 +1,4 @@
-"""Replica rules that need no server (issue #12, docs/ha-gateway.md): agent instance ids,
+"""Replica rules that need no server (issue #12, docs/ha.md): agent instance ids,
 status by agent rather than connection, Lease names and liveness, the Unsent marker, no
 forwarding loops, and the order of a drain."""
 
