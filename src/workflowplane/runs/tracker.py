@@ -2,7 +2,10 @@
 through the tunnel, so a run's status follows the plane within a second or so.
 
 A broken watch is re-established with capped backoff and a fresh list (which is also the
-catch-up poll); a watch that ends normally resumes from the last resourceVersion.
+catch-up poll); a watch that ends normally resumes from the last resourceVersion. What the
+watch brings is handed to a work queue, so the stream never waits for a status write: each
+run's newest state is written, several runs' at once (one slow write used to hold up every
+run of the plane, and 100 Argo changes a second queued up for seconds).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from workflowplane.api.workflows import (
 )
 from workflowplane.kits.errors import EXPECTED_ERRORS, report_failure
 from workflowplane.kits.tasks import TaskSet
+from workflowplane.kits.workqueue import WorkQueue
 from workflowplane.protocol.gateway_client import TunnelAPI
 from workflowplane.runs.plan import PlaneTarget
 from workflowplane.runs.plane_api import Discovery, PlaneAPI, WatchExpired
@@ -32,6 +36,7 @@ RunKey = tuple[str, str]
 Observer = Callable[[RunKey, str, dict[str, Any]], Awaitable[None]]
 SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
 CATCH_UP_RETRY = 5.0
+STATUS_WRITERS = 32  # runs whose observed change is being written at once
 
 
 class ArgoTracker:
@@ -47,6 +52,10 @@ class ArgoTracker:
         self._references: dict[RunKey, dict[str, Any]] = {}
         self._watches: dict[PlaneTarget, asyncio.Task[Any]] = {}
         self._tasks = TaskSet("argo-tracker")
+        self._latest: dict[RunKey, tuple[PlaneTarget, str, dict[str, Any]]] = {}
+        self._writes: WorkQueue[RunKey] = WorkQueue(
+            self._observe_latest, concurrency=STATUS_WRITERS, name="run-status"
+        )
 
     def track(self, key: RunKey, target: PlaneTarget, reference: dict[str, Any]) -> None:
         """Follow this run's Argo Workflow. A run that joins a watch already past its list
@@ -74,6 +83,7 @@ class ArgoTracker:
     def forget(self, key: RunKey) -> None:
         target = self._runs.pop(key, None)
         self._references.pop(key, None)
+        self._latest.pop(key, None)
         if target is not None and target not in self._runs.values():
             task = self._watches.pop(target, None)
             if task is not None:
@@ -95,11 +105,12 @@ class ArgoTracker:
             log.info("catch-up read of run %s/%s failed: %s", key[0], key[1], exc)
             self._spawn(self._catch_up(key, target, CATCH_UP_RETRY))
             return
-        await self._deliver(target, "ADDED" if found else "DELETED", found or _gone(key))
+        self._deliver(target, "ADDED" if found else "DELETED", found or _gone(key))
 
     async def close(self) -> None:
         self._watches.clear()
         await self._tasks.close()
+        await self._writes.close()
 
     async def _follow(self, target: PlaneTarget) -> None:
         api = PlaneAPI(self._tunnel, target, self._discovery)
@@ -109,7 +120,7 @@ class ArgoTracker:
                 expected = {key for key, where in self._runs.items() if where == target}
                 items, version = await api.list(ARGO_API_VERSION, ARGO_WORKFLOW, SELECTOR)
                 for item in items:
-                    await self._deliver(target, "ADDED", item)
+                    self._deliver(target, "ADDED", item)
                 await self._missing(target, expected - {_key_of(item) for item in items})
                 delay = 1.0
                 while True:
@@ -127,18 +138,27 @@ class ArgoTracker:
         async for kind, obj in api.watch(ARGO_API_VERSION, ARGO_WORKFLOW, SELECTOR, version):
             version = (obj.get("metadata") or {}).get("resourceVersion") or version
             if kind != "BOOKMARK":
-                await self._deliver(target, kind, obj)
+                self._deliver(target, kind, obj)
         return version
 
     async def _missing(self, target: PlaneTarget, keys: set[RunKey]) -> None:
         """Runs in flight before the list whose Argo Workflow it lacks: deleted meanwhile."""
         for key in keys:
-            await self._deliver(target, "DELETED", _gone(key))
+            self._deliver(target, "DELETED", _gone(key))
 
-    async def _deliver(self, target: PlaneTarget, kind: str, obj: dict[str, Any]) -> None:
+    def _deliver(self, target: PlaneTarget, kind: str, obj: dict[str, Any]) -> None:
+        """Keep the run's newest observation and queue its write (never waits for it)."""
         key = _key_of(obj)
         if self._runs.get(key) != target:
             return  # not in flight, or a run of another plane CR that shares this cluster
+        self._latest[key] = (target, kind, obj)
+        self._writes.add(key)
+
+    async def _observe_latest(self, key: RunKey) -> None:
+        """The work queue's pass for one run: its newest observation, if still wanted."""
+        target, kind, obj = self._latest.pop(key, (None, "", {}))
+        if target is None or self._runs.get(key) != target:
+            return
         try:
             await self._observe(key, kind, obj)
         except asyncio.CancelledError:
