@@ -12,6 +12,9 @@ for each count N of ``--counts`` (default 100,500,1000):
 3. cleanup throughput: the N runs deleted at once → until every finalizer has removed the
    Argo Workflow from the plane and the run is gone.
 Both ends are seen through one watch each (no polling), so the bench adds little load.
+Each phase also prints the CPU milliseconds per run of each component process started by
+``dev up`` (with its children: the render workers): on a shared machine wall-clock figures
+move with the neighbours' load, CPU per run much less.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -38,6 +42,50 @@ CP, WP = "wp-control-plane", "wp-workflow-plane"
 WPCTL = str(Path(sys.executable).parent / "wpctl")
 ArgoWorkflow = create_namespaced_resource("argoproj.io", "v1alpha1", "Workflow", "workflows")
 PARAMS = {"repository": {"url": "https://git.example/app"}, "image": {"name": "reg/app"}}
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> tuple[int, float]:
+    """(parent pid, CPU seconds) of one process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / TICK
+
+
+class CpuMeter:
+    """CPU seconds used by each of dev up's component processes and their descendants."""
+
+    def __init__(self, state: Path) -> None:
+        recorded = json.loads((state / "dev" / "processes.json").read_text())
+        self.pids = {name: int(entry["pid"]) for name, entry in recorded.items()}
+
+    def sample(self) -> dict[str, float]:
+        stats = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    stats[int(entry.name)] = _stat(int(entry.name))
+        used = {}
+        for name, root in self.pids.items():
+            family, total = {root}, 0.0
+            for pid in sorted(stats):  # parents start before their children
+                parent, seconds = stats[pid]
+                if pid in family or parent in family:
+                    family.add(pid)
+                    total += seconds
+            used[name] = total
+        return used
+
+    @contextlib.contextmanager
+    def per_run(self, what: str, runs: int) -> Any:
+        before = self.sample()
+        yield
+        after = self.sample()
+        shares = ", ".join(
+            f"{name} {(after[name] - before.get(name, 0.0)) / runs * 1000:.1f}" for name in after
+        )
+        print(f"  CPU ms per run ({what}): {shares}")
 
 
 def wpctl(state: Path, *args: str) -> None:
@@ -148,14 +196,18 @@ async def cleanup_throughput(cp: Any, names: list[str]) -> None:
     print(f"cleanup: {len(names)} runs deleted, plane cleaned, in {elapsed:.2f}s")
 
 
-async def measure(kubeconfig: Path, counts: list[int], rate: float) -> None:
+async def measure(state: Path, counts: list[int], rate: float) -> None:
+    kubeconfig, cpu = state / "dev" / "kubeconfig", CpuMeter(state)
     cp, wp = async_client(kubeconfig, CP), async_client(kubeconfig, WP)
     try:
         for count in counts:
             async with watching(cp) as watch:
-                names = await start_throughput(cp, watch, count)
-                await status_latency(wp, watch, names, rate)
-            await cleanup_throughput(cp, names)
+                with cpu.per_run("start", count):
+                    names = await start_throughput(cp, watch, count)
+                with cpu.per_run("status", count):
+                    await status_latency(wp, watch, names, rate)
+            with cpu.per_run("cleanup", count):
+                await cleanup_throughput(cp, names)
     finally:
         await cp.close()
         await wp.close()
@@ -177,7 +229,8 @@ def main() -> None:
         wpctl(state, "dev", "up", "--no-argo")
         try:
             counts = [int(c) for c in args.counts.split(",")]
-            asyncio.run(measure(state / "dev" / "kubeconfig", counts, args.follow_rate))
+            print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}")
+            asyncio.run(measure(state, counts, args.follow_rate))
         finally:
             wpctl(state, "dev", "down")
 
