@@ -8,6 +8,7 @@ created on the plane, so a restart at any point resumes without duplicates or le
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import time
@@ -204,6 +205,7 @@ class RunReconciler:
             if not fresh:
                 self._setup_fresh[setup_key] = time.monotonic() + SETUP_FRESH_SECONDS
             # Created now: it carries this run's UID. Already there: whose is it?
+            created_at = asyncio.get_running_loop().time()
             created = await api.create(plan.workflow)
             conflict = None if created else await self._foreign_workflow(api, run, plan)
         except Failure as exc:
@@ -228,7 +230,8 @@ class RunReconciler:
             # No tasks yet: said now, so Argo's first (task-less) state is no second write.
             {"submittedAt": now, "startedAt": now, "conditions": conditions, "tasks": []},
         )
-        self.tracker.track(key, target, plan.run_reference())
+        # Created by this pass: the tracker's watch saw it, no read needed (unless it was down).
+        self.tracker.track(key, target, plan.run_reference(), created_at if created else None)
         log.info("run %s/%s started on %s", key[0], key[1], target.ref)
         return None
 

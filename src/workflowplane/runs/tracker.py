@@ -37,6 +37,10 @@ Observer = Callable[[RunKey, str, dict[str, Any]], Awaitable[None]]
 SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
 CATCH_UP_RETRY = 5.0
 STATUS_WRITERS = 32  # runs whose observed change is being written at once
+# How long the watch keeps what it saw of an Argo Workflow no run follows yet: the run that
+# has just created it claims it when it starts following (instead of reading it once more).
+UNCLAIMED_SECONDS = 30.0
+UNCLAIMED_MAX = 10_000
 
 
 class ArgoTracker:
@@ -56,10 +60,20 @@ class ArgoTracker:
         self._writes: WorkQueue[RunKey] = WorkQueue(
             self._observe_latest, concurrency=STATUS_WRITERS, name="run-status"
         )
+        self._streaming_since: dict[PlaneTarget, float] = {}  # listed, watching without a gap
+        self._unclaimed: dict[RunKey, tuple[PlaneTarget, str, dict[str, Any], float]] = {}
 
-    def track(self, key: RunKey, target: PlaneTarget, reference: dict[str, Any]) -> None:
+    def track(
+        self,
+        key: RunKey,
+        target: PlaneTarget,
+        reference: dict[str, Any],
+        created_at: float | None = None,
+    ) -> None:
         """Follow this run's Argo Workflow. A run that joins a watch already past its list
-        gets its current state read once, so nothing that happened before is missed."""
+        gets its current state read once, so nothing that happened before is missed; unless
+        it created its Argo Workflow (at monotonic ``created_at``) while the watch streamed
+        without a gap: then every event of it came or will come through the watch."""
         previous = self._runs.get(key)
         if previous == target:
             return
@@ -69,8 +83,17 @@ class ArgoTracker:
         self._references[key] = reference
         if target not in self._watches:
             self._watches[target] = self._tasks.spawn(self._follow(target), f"watch {target.ref}")
+        elif self._seen_by_watch(target, created_at):
+            seen = self._unclaimed.pop(key, None)
+            if seen is not None and seen[0] == target:
+                self._deliver(target, seen[1], seen[2])
         else:
             self._spawn(self._catch_up(key, target, 0.0))
+
+    def _seen_by_watch(self, target: PlaneTarget, created_at: float | None) -> bool:
+        since = self._streaming_since.get(target)
+        recent = asyncio.get_running_loop().time() - UNCLAIMED_SECONDS
+        return created_at is not None and since is not None and since <= created_at >= recent
 
     def __len__(self) -> int:
         """Runs followed (started, not completed)."""
@@ -116,6 +139,7 @@ class ArgoTracker:
         api = PlaneAPI(self._tunnel, target, self._discovery)
         delay = 1.0
         while True:
+            self._streaming_since.pop(target, None)
             try:
                 expected = {key for key, where in self._runs.items() if where == target}
                 items, version = await api.list(ARGO_API_VERSION, ARGO_WORKFLOW, SELECTOR)
@@ -123,6 +147,7 @@ class ArgoTracker:
                     self._deliver(target, "ADDED", item)
                 await self._missing(target, expected - {_key_of(item) for item in items})
                 delay = 1.0
+                self._streaming_since[target] = asyncio.get_running_loop().time()
                 while True:
                     version = await self._watch_once(api, target, version)
             except WatchExpired:
@@ -138,7 +163,7 @@ class ArgoTracker:
         async for kind, obj in api.watch(ARGO_API_VERSION, ARGO_WORKFLOW, SELECTOR, version):
             version = (obj.get("metadata") or {}).get("resourceVersion") or version
             if kind != "BOOKMARK":
-                self._deliver(target, kind, obj)
+                self._deliver(target, kind, obj, keep=True)
         return version
 
     async def _missing(self, target: PlaneTarget, keys: set[RunKey]) -> None:
@@ -146,13 +171,31 @@ class ArgoTracker:
         for key in keys:
             self._deliver(target, "DELETED", _gone(key))
 
-    def _deliver(self, target: PlaneTarget, kind: str, obj: dict[str, Any]) -> None:
-        """Keep the run's newest observation and queue its write (never waits for it)."""
+    def _deliver(
+        self, target: PlaneTarget, kind: str, obj: dict[str, Any], keep: bool = False
+    ) -> None:
+        """Keep the run's newest observation and queue its write (never waits for it).
+        ``keep``: a watch event no run follows yet is kept a while for its run to claim."""
         key = _key_of(obj)
         if self._runs.get(key) != target:
-            return  # not in flight, or a run of another plane CR that shares this cluster
+            # not in flight (perhaps not yet), or a run of another plane CR on this cluster
+            if keep:
+                self._keep_unclaimed(key, target, kind, obj)
+            return
         self._latest[key] = (target, kind, obj)
         self._writes.add(key)
+
+    def _keep_unclaimed(
+        self, key: RunKey, target: PlaneTarget, kind: str, obj: dict[str, Any]
+    ) -> None:
+        now = asyncio.get_running_loop().time()
+        self._unclaimed.pop(key, None)  # re-inserted last: the dict stays oldest first
+        self._unclaimed[key] = (target, kind, obj, now)
+        for old in list(self._unclaimed):
+            seen_at = self._unclaimed[old][3]
+            if seen_at >= now - UNCLAIMED_SECONDS and len(self._unclaimed) <= UNCLAIMED_MAX:
+                break
+            del self._unclaimed[old]
 
     async def _observe_latest(self, key: RunKey) -> None:
         """The work queue's pass for one run: its newest observation, if still wanted."""

@@ -157,3 +157,33 @@ async def test_one_slow_status_write_does_not_hold_up_the_other_runs() -> None:
         (("team", "slow"), "MODIFIED", "Succeeded"),
     ]
     await tracker.close()
+
+
+async def test_a_run_that_created_its_workflow_under_the_watch_is_not_read_again() -> None:
+    tunnel = StreamingTunnel({"first": argo("team", "first", "")})
+    reads: list[str] = []
+    serve = tunnel.proxy
+
+    async def counted(method: str, *, path: str, **kwargs: Any) -> ProxyResponse:
+        reads.append(path)
+        return await serve(method, path=path, **kwargs)
+
+    tunnel.proxy = counted  # type: ignore[method-assign]
+    observed = Observed()
+    tracker = ArgoTracker(tunnel, Discovery(), observed)
+    tracker.track(("team", "first"), PLANE, reference("first"))
+    await asyncio.sleep(1)  # listed and watching
+    reads.clear()
+
+    created_at = asyncio.get_running_loop().time()
+    tunnel.events.put_nowait({"type": "ADDED", "object": argo("team", "early", "Pending")})
+    await asyncio.sleep(1)  # the watch saw it before its run followed it
+    tracker.track(("team", "early"), PLANE, reference("early"), created_at)
+    tracker.track(("team", "late"), PLANE, reference("late"), created_at)
+    tunnel.events.put_nowait({"type": "ADDED", "object": argo("team", "late", "Running")})
+    await asyncio.sleep(1)
+
+    assert (("team", "early"), "ADDED", "Pending") in observed.events
+    assert (("team", "late"), "ADDED", "Running") in observed.events
+    assert reads == []
+    await tracker.close()
