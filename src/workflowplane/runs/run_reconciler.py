@@ -405,14 +405,19 @@ class RunReconciler:
         """A merge patch of the run; the API server's answer is the cache's newest copy, so
         the pass that this write wakes already sees it."""
         meta = run["metadata"]
-        written = await merge_patch(
-            self._kube,
-            WorkflowRunResource,
-            meta["name"],
-            body,
-            namespace=meta["namespace"],
-            status=status,
-        )
+        try:
+            written = await merge_patch(
+                self._kube,
+                WorkflowRunResource,
+                meta["name"],
+                body,
+                namespace=meta["namespace"],
+                status=status,
+            )
+        except ApiError as exc:
+            if exc.status.code == 409:  # our copy was stale: the retry reads the API server
+                self.cache.forget(WORKFLOW_RUN, meta["namespace"], meta["name"])
+            raise
         self.cache.remember(WORKFLOW_RUN, written.to_dict())
 
 

@@ -240,3 +240,21 @@ def test_an_older_copy_never_replaces_a_newer_one() -> None:
     cache.remember(WORKFLOW_RUN, newer)
     cache.remember(WORKFLOW_RUN, older)  # an event for an earlier write, arriving late
     assert cache._objects[(WORKFLOW_RUN, "team", "r1")]["status"]["startedAt"]
+
+
+async def test_a_write_refused_for_a_stale_copy_is_retried_from_the_api_server(
+    world: World,
+) -> None:
+    await world.reconciler.reconcile(("team", "r1"))
+    stored = world.run("r1")
+    stale = copy.deepcopy(stored)
+    stale["metadata"]["finalizers"] = []  # as if ours had been removed: a write is due
+    world.reconciler.cache._objects[(WORKFLOW_RUN, "team", "r1")] = stale
+    stored["metadata"]["resourceVersion"] = "99"  # someone wrote meanwhile
+    stored["metadata"]["finalizers"] = []
+
+    with pytest.raises(ApiError):
+        await world.reconciler.reconcile(("team", "r1"))
+    await world.reconciler.reconcile(("team", "r1"))
+
+    assert stored["metadata"]["finalizers"] == ["openchoreo.dev/workflowrun-cleanup"]
