@@ -8,6 +8,7 @@ import copy
 import json
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -33,12 +34,9 @@ DISCOVERY = {
 }
 
 
-class FakeObject:
-    def __init__(self, data: dict[str, Any]) -> None:
-        self._data = data
-
-    def to_dict(self) -> dict[str, Any]:
-        return copy.deepcopy(self._data)
+def answer(data: dict[str, Any]) -> Any:
+    """What lightkube gives back: an object whose ``to_dict`` is the data."""
+    return SimpleNamespace(to_dict=lambda: copy.deepcopy(data))
 
 
 class FakeKube:
@@ -55,16 +53,16 @@ class FakeKube:
     def _key(kind: str, meta: Mapping[str, Any]) -> tuple[str, str | None, str]:
         return (kind, meta.get("namespace"), meta["name"])
 
-    async def get(self, resource: Any, name: str, namespace: str | None = None) -> FakeObject:
+    async def get(self, resource: Any, name: str, namespace: str | None = None) -> Any:
         self.gets.append(f"{kind_of(resource)} {name}")
         found = self.objects.get((kind_of(resource), namespace, name))
         if found is None:
             raise ApiError(status=Status(code=404, message="not found"))
-        return FakeObject(found)
+        return answer(found)
 
     async def patch(
         self, resource: Any, name: str, body: dict[str, Any], *, namespace: str | None, **_: Any
-    ) -> FakeObject:
+    ) -> Any:
         self.patches.append(copy.deepcopy(body))
         found = self.objects[(kind_of(resource), namespace, name)]
         guard = (body.get("metadata") or {}).get("resourceVersion")
@@ -74,7 +72,7 @@ class FakeKube:
             found.setdefault(part, {}).update(values)
         self.version += 1
         found["metadata"]["resourceVersion"] = str(self.version)
-        return FakeObject(found)
+        return answer(found)
 
 
 class FakePlane:
