@@ -415,7 +415,8 @@ class RunReconciler:
                 status=status,
             )
         except ApiError as exc:
-            if exc.status.code == 409:  # our copy was stale: the retry reads the API server
+            if exc.status.code in (404, 409):  # our copy was stale (a deletion's event
+                # missed in a watch gap, a concurrent write): the retry reads the API server
                 self.cache.forget(WORKFLOW_RUN, meta["namespace"], meta["name"])
             raise
         self.cache.remember(WORKFLOW_RUN, written.to_dict())

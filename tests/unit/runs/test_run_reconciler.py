@@ -64,7 +64,9 @@ class FakeKube:
         self, resource: Any, name: str, body: dict[str, Any], *, namespace: str | None, **_: Any
     ) -> Any:
         self.patches.append(copy.deepcopy(body))
-        found = self.objects[(kind_of(resource), namespace, name)]
+        found = self.objects.get((kind_of(resource), namespace, name))
+        if found is None:
+            raise ApiError(status=Status(code=404, message="not found"))
         guard = (body.get("metadata") or {}).get("resourceVersion")
         if guard is not None and guard != found["metadata"]["resourceVersion"]:
             raise ApiError(status=Status(code=409, message="conflict"))
@@ -256,3 +258,14 @@ async def test_a_write_refused_for_a_stale_copy_is_retried_from_the_api_server(
     await world.reconciler.reconcile(("team", "r1"))
 
     assert stored["metadata"]["finalizers"] == ["openchoreo.dev/workflowrun-cleanup"]
+
+
+async def test_a_run_deleted_unseen_is_read_again_after_its_write_fails(world: World) -> None:
+    del world.kube.objects[(WORKFLOW_RUN, "team", "r1")]  # its deletion event never came
+
+    with pytest.raises(ApiError):
+        await world.reconciler.reconcile(("team", "r1"))
+    assert await world.reconciler.reconcile(("team", "r1")) is None
+
+    assert world.kube.gets == ["WorkflowRun r1"]  # the second pass asked, and it was gone
+    assert len(world.kube.patches) == 1
