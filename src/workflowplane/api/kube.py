@@ -48,8 +48,9 @@ async def merge_patch(
     *,
     namespace: str | None = None,
     status: bool = False,
-) -> None:
-    """JSON merge patch of the object, or of its status subresource."""
+) -> Any:
+    """JSON merge patch of the object, or of its status subresource; the API server's answer
+    (the whole object as written)."""
     patcher: Any = client.patch
     target = resource.Status if status else resource
-    await patcher(target, name, body, namespace=namespace, patch_type=PatchType.MERGE)
+    return await patcher(target, name, body, namespace=namespace, patch_type=PatchType.MERGE)

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import sys
 from typing import Any
 from urllib.parse import urlencode
@@ -264,7 +265,7 @@ async def _plane_of(kube: AsyncClient, run: dict[str, Any]) -> PlaneTarget:
             f"see its conditions: kubectl get workflowrun {meta['name']} "
             f"-n {meta['namespace']} -o yaml",
         )
-    target = await recorded_target(kube, run)
+    target = await recorded_target(functools.partial(get_dict, kube), run)
     if target is None:
         raise CliError(f"the run's plane ({recorded}) no longer exists", exit_code=EXIT_NOT_FOUND)
     return target

@@ -13,7 +13,7 @@ import kopf
 from lightkube import AsyncClient
 
 from workflowplane.api.constants import CLUSTER_WORKFLOW_PLANE, GROUP, VERSION, WORKFLOW_PLANE
-from workflowplane.api.workflows import CLUSTER_WORKFLOW, WORKFLOW
+from workflowplane.api.workflows import CLUSTER_WORKFLOW, WORKFLOW, WORKFLOW_RUN
 from workflowplane.kits.health import ProgressWatch
 from workflowplane.kits.workqueue import QueueMetrics, WorkQueue
 from workflowplane.protocol.gateway_client import TunnelAPI
@@ -58,6 +58,15 @@ class RunsController:
         """The queue's health check: stuck when runs are due and no pass finishes."""
         return self.queue.progress_watch(limit)
 
+    def saw(
+        self, kind: str, namespace: str | None, name: str, event: str | None, body: kopf.Body
+    ) -> None:
+        """An object's newest state from its watch event, for the reconciler's cache."""
+        if event == "DELETED":
+            self.reconciler.cache.forget(kind, namespace, name)
+        else:
+            self.reconciler.cache.remember(kind, body)
+
     async def close(self) -> None:
         await self.queue.close()
         await self.reconciler.tracker.close()
@@ -66,7 +75,10 @@ class RunsController:
 
 def register_runs(registry: kopf.OperatorRegistry, runs: RunsController) -> None:
     @kopf.on.event(GROUP, VERSION, "workflowruns", registry=registry, id="workflowrun-event")
-    async def run_changed(name: str, namespace: str | None, **_: Any) -> None:
+    async def run_changed(
+        name: str, namespace: str | None, type: str | None, body: kopf.Body, **_: Any
+    ) -> None:
+        runs.saw(WORKFLOW_RUN, namespace, name, type, body)
         runs.queue.add((namespace or "", name))
 
     for plural, kind in WAKERS.items():
@@ -81,7 +93,10 @@ def _register_waker(
     registry: kopf.OperatorRegistry, runs: RunsController, plural: str, kind: str
 ) -> None:
     @kopf.on.event(GROUP, VERSION, plural, registry=registry, id=f"wake-runs-{plural}")
-    async def wake(name: str, namespace: str | None, type: str | None, **_: Any) -> None:
+    async def wake(
+        name: str, namespace: str | None, type: str | None, body: kopf.Body, **_: Any
+    ) -> None:
+        runs.saw(kind, namespace, name, type, body)
         if type == "DELETED":
             return
         scope = None if kind in CLUSTER_SCOPED else namespace

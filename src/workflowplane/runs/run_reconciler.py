@@ -8,6 +8,7 @@ created on the plane, so a restart at any point resumes without duplicates or le
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import time
@@ -20,13 +21,14 @@ from prometheus_client import CollectorRegistry
 
 from workflowplane.api.conditions import Verdict, find_condition
 from workflowplane.api.constants import CLUSTER_WORKFLOW_PLANE, WORKFLOW_PLANE
-from workflowplane.api.kube import get_dict, merge_patch
+from workflowplane.api.kube import merge_patch
 from workflowplane.api.workflows import (
     CLUSTER_WORKFLOW,
     PLANE_ANNOTATION,
     RUN_FINALIZER,
     RUN_UID_ANNOTATION,
     WORKFLOW,
+    WORKFLOW_RUN,
     ClusterWorkflowResource,
     RunCondition,
     RunReason,
@@ -36,6 +38,7 @@ from workflowplane.api.workflows import (
 from workflowplane.kits.clock import parse_rfc3339, rfc3339, utcnow
 from workflowplane.kits.errors import Failure, TransientError
 from workflowplane.protocol.gateway_client import TunnelAPI
+from workflowplane.runs.cache import ObjectCache
 from workflowplane.runs.metrics import RunMetrics
 from workflowplane.runs.plan import PlaneTarget, RunPlan
 from workflowplane.runs.plane_api import Discovery, PlaneAPI
@@ -61,6 +64,11 @@ NOT_FOUND_RETRY = 60.0
 UNREACHABLE_RETRY = 5.0
 RESOURCES_RETRY = 10.0  # how often an in-flight run's unsynced ExternalSecrets are read again
 CLEANUP_GIVE_UP = dt.timedelta(minutes=10)
+# How long the shared objects of a plane namespace (Namespace, ServiceAccount, executor RBAC),
+# once created or found, are not created again for the next runs there: one round of creates
+# per namespace and half minute instead of four per run; one deleted on the plane meanwhile is
+# back within this time (or at once, when a run's creation fails).
+SETUP_FRESH_SECONDS = 30.0
 ObjectKey = tuple[str, str | None, str]  # kind, namespace, name of something a run waits for
 
 
@@ -78,6 +86,8 @@ class RunReconciler:
         self._planner = planner
         self._clock = clock
         self._discovery = Discovery()
+        self.cache = ObjectCache(kube)
+        self._setup_fresh: dict[tuple[PlaneTarget, str], float] = {}
         self.tracker = ArgoTracker(tunnel, self._discovery, self.observe)
         self.metrics = metrics or RunMetrics(CollectorRegistry())
         self.metrics.follow(self.tracker.__len__, self.tracker.watches)
@@ -87,7 +97,7 @@ class RunReconciler:
 
     async def reconcile(self, key: RunKey) -> float | None:
         """One pass; returns seconds until the run should be looked at again, if ever."""
-        run = await get_dict(self._kube, WorkflowRunResource, key[1], key[0])
+        run = await self.cache.copy(WorkflowRunResource, key[1], key[0])
         if run is None:
             self.tracker.forget(key)
             self._unwait(key)
@@ -95,13 +105,13 @@ class RunReconciler:
         meta, status = run["metadata"], run.get("status") or {}
         if meta.get("deletionTimestamp"):
             return await self._finalize(key, run)
-        if RUN_FINALIZER not in (meta.get("finalizers") or []):
+        if _sent(run) and RUN_FINALIZER not in (meta.get("finalizers") or []):
             await self._set_finalizers(run, [*(meta.get("finalizers") or []), RUN_FINALIZER])
         if is_completed(status):
             self.tracker.forget(key)
             return await self._expire(key, run)
         if status.get("startedAt"):
-            target = await recorded_target(self._kube, run)
+            target = await recorded_target(self.cache.get, run)
             if target is None:
                 recorded = (meta.get("annotations") or {}).get(PLANE_ANNOTATION, "its plane")
                 message = f"the plane this run was sent to ({recorded}) no longer exists"
@@ -131,7 +141,7 @@ class RunReconciler:
     async def observe(self, key: RunKey, event: str, argo: dict[str, Any]) -> None:
         """The tracker saw the run's Argo Workflow change (or go away)."""
         arrived = time.monotonic()
-        run = await get_dict(self._kube, WorkflowRunResource, key[1], key[0])
+        run = await self.cache.copy(WorkflowRunResource, key[1], key[0])
         if run is None or run["metadata"].get("deletionTimestamp"):
             return
         status = run.get("status") or {}
@@ -187,11 +197,19 @@ class RunReconciler:
     ) -> float | None:
         await self._record_intent(run, target, plan)
         api = PlaneAPI(self._tunnel, target, self._discovery)
+        setup_key = (target, plan.workflow["metadata"]["namespace"])
+        fresh = self._setup_fresh.get(setup_key, 0.0) > time.monotonic()
         try:
-            for obj in plan.objects:
+            for obj in plan.objects[len(plan.setup) if fresh else 0 : -1]:
                 await api.create(obj)
-            conflict = await self._foreign_workflow(api, run, plan)
+            if not fresh:
+                self._setup_fresh[setup_key] = time.monotonic() + SETUP_FRESH_SECONDS
+            # Created now: it carries this run's UID. Already there: whose is it?
+            created_at = asyncio.get_running_loop().time()
+            created = await api.create(plan.workflow)
+            conflict = None if created else await self._foreign_workflow(api, run, plan)
         except Failure as exc:
+            self._setup_fresh.pop(setup_key, None)  # a namespace deleted there, perhaps
             if isinstance(exc, TransientError):
                 await self._set_waiting(
                     run, RunReason.WORKFLOW_PLANE_UNREACHABLE, f"{target.ref}: {exc.message}"
@@ -209,9 +227,11 @@ class RunReconciler:
         await self._patch_status(
             run,
             # startedAt until Argo says when it started (the tracker then writes Argo's time).
-            {"submittedAt": now, "startedAt": now, "conditions": conditions},
+            # No tasks yet: said now, so Argo's first (task-less) state is no second write.
+            {"submittedAt": now, "startedAt": now, "conditions": conditions, "tasks": []},
         )
-        self.tracker.track(key, target, plan.run_reference())
+        # Created by this pass: the tracker's watch saw it, no read needed (unless it was down).
+        self.tracker.track(key, target, plan.run_reference(), created_at if created else None)
         log.info("run %s/%s started on %s", key[0], key[1], target.ref)
         return None
 
@@ -243,15 +263,17 @@ class RunReconciler:
         """
         meta, status = run["metadata"], run.get("status") or {}
         record = plane_record(target)
+        finalizers = list(meta.get("finalizers") or [])
+        metadata: dict[str, Any] = {}
         if (meta.get("annotations") or {}).get(PLANE_ANNOTATION) != record:
-            await merge_patch(
-                self._kube,
-                WorkflowRunResource,
-                meta["name"],
-                {"metadata": {"annotations": {PLANE_ANNOTATION: record}}},
-                namespace=meta["namespace"],
-            )
+            metadata["annotations"] = {PLANE_ANNOTATION: record}
+        if RUN_FINALIZER not in finalizers:  # one write with the record, guarded
+            metadata |= {"finalizers": [*finalizers, RUN_FINALIZER]}
+            metadata["resourceVersion"] = meta["resourceVersion"]
+        if metadata:
+            await self._patch_run(run, {"metadata": metadata})
             meta.setdefault("annotations", {})[PLANE_ANNOTATION] = record
+            meta["finalizers"] = metadata.get("finalizers", finalizers)
         update: dict[str, Any] = {
             "runReference": plan.run_reference(),
             "resources": _merged(status.get("resources") or [], plan.resource_refs()),
@@ -266,12 +288,12 @@ class RunReconciler:
     async def _definition(self, run: Mapping[str, Any]) -> dict[str, Any] | None:
         kind, namespace, name = _definition_key(run)
         if kind == WORKFLOW:
-            return await get_dict(self._kube, WorkflowResource, name, namespace)
-        return await get_dict(self._kube, ClusterWorkflowResource, name)
+            return await self.cache.get(WorkflowResource, name, namespace)
+        return await self.cache.get(ClusterWorkflowResource, name)
 
     async def _resolve_plane(self, candidates: list[ObjectKey]) -> PlaneTarget | None:
         for kind, namespace, name in candidates:
-            target = await plane_target(self._kube, kind, namespace, name)
+            target = await plane_target(self.cache.get, kind, namespace, name)
             if target is not None:
                 return target
         return None
@@ -330,7 +352,7 @@ class RunReconciler:
         if RUN_FINALIZER not in finalizers:
             return None
         self.tracker.forget(key)
-        target = await recorded_target(self._kube, run, terminating=True)
+        target = await recorded_target(self.cache.get, run, terminating=True)
         if target is not None:
             try:
                 await self._delete_from_plane(target, run.get("status") or {})
@@ -365,29 +387,46 @@ class RunReconciler:
         return with_verdicts(run.get("status") or {}, verdicts, generation, self._clock())
 
     async def _patch_status(self, run: dict[str, Any], update: dict[str, Any]) -> None:
-        meta, before = run["metadata"], dict(run.get("status") or {})
-        await merge_patch(
-            self._kube,
-            WorkflowRunResource,
-            meta["name"],
-            {"status": update},
-            namespace=meta["namespace"],
-            status=True,
-        )
+        before = dict(run.get("status") or {})
+        await self._patch_run(run, {"status": update}, status=True)
         run.setdefault("status", {}).update(update)
         self.metrics.status_written(before, run["status"])
 
     async def _set_finalizers(self, run: dict[str, Any], finalizers: list[str]) -> None:
         """Guarded by resourceVersion, so a concurrent change to the list is never lost."""
         meta = run["metadata"]
-        await merge_patch(
-            self._kube,
-            WorkflowRunResource,
-            meta["name"],
-            {"metadata": {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]}},
-            namespace=meta["namespace"],
-        )
+        guarded = {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]}
+        await self._patch_run(run, {"metadata": guarded})
         meta["finalizers"] = finalizers
+
+    async def _patch_run(
+        self, run: dict[str, Any], body: dict[str, Any], status: bool = False
+    ) -> None:
+        """A merge patch of the run; the API server's answer is the cache's newest copy, so
+        the pass that this write wakes already sees it."""
+        meta = run["metadata"]
+        try:
+            written = await merge_patch(
+                self._kube,
+                WorkflowRunResource,
+                meta["name"],
+                body,
+                namespace=meta["namespace"],
+                status=status,
+            )
+        except ApiError as exc:
+            if exc.status.code in (404, 409):  # our copy was stale (a deletion's event
+                # missed in a watch gap, a concurrent write): the retry reads the API server
+                self.cache.forget(WORKFLOW_RUN, meta["namespace"], meta["name"])
+            raise
+        self.cache.remember(WORKFLOW_RUN, written.to_dict())
+
+
+def _sent(run: Mapping[str, Any]) -> bool:
+    """Whether the run may have objects on a plane (its plane recorded): it needs its
+    finalizer. Before that, nothing of it exists there, and the record adds it (one write)."""
+    meta = run["metadata"]
+    return bool((meta.get("annotations") or {}).get(PLANE_ANNOTATION))
 
 
 def _merged(recorded: list[dict[str, Any]], planned: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -10,22 +10,21 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from lightkube import AsyncClient
-
 from workflowplane.api.constants import WORKFLOW_PLANE
-from workflowplane.api.kube import get_dict
 from workflowplane.api.planes import PLANE_RESOURCES, plane_id_of
 from workflowplane.api.workflows import PLANE_ANNOTATION
+from workflowplane.runs.cache import Reader
 from workflowplane.runs.plan import PlaneTarget
 
 log = logging.getLogger(__name__)
 
 
 async def plane_target(
-    kube: AsyncClient, kind: str, namespace: str | None, name: str, *, terminating: bool = False
+    read: Reader, kind: str, namespace: str | None, name: str, *, terminating: bool = False
 ) -> PlaneTarget | None:
-    """The plane CR as a target; one being deleted counts only when ``terminating``."""
-    plane = await get_dict(kube, PLANE_RESOURCES[kind], name, namespace)
+    """The plane CR as a target; one being deleted counts only when ``terminating``.
+    ``read`` is ``get_dict`` bound to a client, or the controller's cache."""
+    plane = await read(PLANE_RESOURCES[kind], name, namespace)
     if plane is None or (plane["metadata"].get("deletionTimestamp") and not terminating):
         return None
     spec = plane.get("spec") or {}
@@ -44,7 +43,7 @@ def plane_record(target: PlaneTarget) -> str:
 
 
 async def recorded_target(
-    kube: AsyncClient, run: Mapping[str, Any], *, terminating: bool = False
+    read: Reader, run: Mapping[str, Any], *, terminating: bool = False
 ) -> PlaneTarget | None:
     """The plane the run was sent to (its recorded planeID), if that CR still exists."""
     meta = run["metadata"]
@@ -55,7 +54,7 @@ async def recorded_target(
         record = json.loads(raw)
         kind, name = record["kind"], record["name"]
         namespace = meta["namespace"] if kind == WORKFLOW_PLANE else None
-        current = await plane_target(kube, kind, namespace, name, terminating=terminating)
+        current = await plane_target(read, kind, namespace, name, terminating=terminating)
     except (ValueError, KeyError, TypeError):
         log.warning("run %s has an unreadable %s annotation", meta["name"], PLANE_ANNOTATION)
         return None

@@ -2,7 +2,10 @@
 through the tunnel, so a run's status follows the plane within a second or so.
 
 A broken watch is re-established with capped backoff and a fresh list (which is also the
-catch-up poll); a watch that ends normally resumes from the last resourceVersion.
+catch-up poll); a watch that ends normally resumes from the last resourceVersion. What the
+watch brings is handed to a work queue, so the stream never waits for a status write: each
+run's newest state is written, several runs' at once (one slow write used to hold up every
+run of the plane, and 100 Argo changes a second queued up for seconds).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from workflowplane.api.workflows import (
 )
 from workflowplane.kits.errors import EXPECTED_ERRORS, report_failure
 from workflowplane.kits.tasks import TaskSet
+from workflowplane.kits.workqueue import WorkQueue
 from workflowplane.protocol.gateway_client import TunnelAPI
 from workflowplane.runs.plan import PlaneTarget
 from workflowplane.runs.plane_api import Discovery, PlaneAPI, WatchExpired
@@ -32,6 +36,11 @@ RunKey = tuple[str, str]
 Observer = Callable[[RunKey, str, dict[str, Any]], Awaitable[None]]
 SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
 CATCH_UP_RETRY = 5.0
+STATUS_WRITERS = 32  # runs whose observed change is being written at once
+# How long the watch keeps what it saw of an Argo Workflow no run follows yet: the run that
+# has just created it claims it when it starts following (instead of reading it once more).
+UNCLAIMED_SECONDS = 30.0
+UNCLAIMED_MAX = 10_000
 
 
 class ArgoTracker:
@@ -47,10 +56,24 @@ class ArgoTracker:
         self._references: dict[RunKey, dict[str, Any]] = {}
         self._watches: dict[PlaneTarget, asyncio.Task[Any]] = {}
         self._tasks = TaskSet("argo-tracker")
+        self._latest: dict[RunKey, tuple[PlaneTarget, str, dict[str, Any]]] = {}
+        self._writes: WorkQueue[RunKey] = WorkQueue(
+            self._observe_latest, concurrency=STATUS_WRITERS, name="run-status"
+        )
+        self._streaming_since: dict[PlaneTarget, float] = {}  # listed, watching without a gap
+        self._unclaimed: dict[RunKey, tuple[PlaneTarget, str, dict[str, Any], float]] = {}
 
-    def track(self, key: RunKey, target: PlaneTarget, reference: dict[str, Any]) -> None:
+    def track(
+        self,
+        key: RunKey,
+        target: PlaneTarget,
+        reference: dict[str, Any],
+        created_at: float | None = None,
+    ) -> None:
         """Follow this run's Argo Workflow. A run that joins a watch already past its list
-        gets its current state read once, so nothing that happened before is missed."""
+        gets its current state read once, so nothing that happened before is missed; unless
+        it created its Argo Workflow (at monotonic ``created_at``) while the watch streamed
+        without a gap: then every event of it came or will come through the watch."""
         previous = self._runs.get(key)
         if previous == target:
             return
@@ -60,8 +83,17 @@ class ArgoTracker:
         self._references[key] = reference
         if target not in self._watches:
             self._watches[target] = self._tasks.spawn(self._follow(target), f"watch {target.ref}")
+        elif self._seen_by_watch(target, created_at):
+            seen = self._unclaimed.pop(key, None)
+            if seen is not None and seen[0] == target:
+                self._deliver(target, seen[1], seen[2])
         else:
             self._spawn(self._catch_up(key, target, 0.0))
+
+    def _seen_by_watch(self, target: PlaneTarget, created_at: float | None) -> bool:
+        since = self._streaming_since.get(target)
+        recent = asyncio.get_running_loop().time() - UNCLAIMED_SECONDS
+        return created_at is not None and since is not None and since <= created_at >= recent
 
     def __len__(self) -> int:
         """Runs followed (started, not completed)."""
@@ -74,6 +106,7 @@ class ArgoTracker:
     def forget(self, key: RunKey) -> None:
         target = self._runs.pop(key, None)
         self._references.pop(key, None)
+        self._latest.pop(key, None)
         if target is not None and target not in self._runs.values():
             task = self._watches.pop(target, None)
             if task is not None:
@@ -95,23 +128,26 @@ class ArgoTracker:
             log.info("catch-up read of run %s/%s failed: %s", key[0], key[1], exc)
             self._spawn(self._catch_up(key, target, CATCH_UP_RETRY))
             return
-        await self._deliver(target, "ADDED" if found else "DELETED", found or _gone(key))
+        self._deliver(target, "ADDED" if found else "DELETED", found or _gone(key))
 
     async def close(self) -> None:
         self._watches.clear()
         await self._tasks.close()
+        await self._writes.close()
 
     async def _follow(self, target: PlaneTarget) -> None:
         api = PlaneAPI(self._tunnel, target, self._discovery)
         delay = 1.0
         while True:
+            self._streaming_since.pop(target, None)
             try:
                 expected = {key for key, where in self._runs.items() if where == target}
                 items, version = await api.list(ARGO_API_VERSION, ARGO_WORKFLOW, SELECTOR)
                 for item in items:
-                    await self._deliver(target, "ADDED", item)
+                    self._deliver(target, "ADDED", item)
                 await self._missing(target, expected - {_key_of(item) for item in items})
                 delay = 1.0
+                self._streaming_since[target] = asyncio.get_running_loop().time()
                 while True:
                     version = await self._watch_once(api, target, version)
             except WatchExpired:
@@ -127,18 +163,45 @@ class ArgoTracker:
         async for kind, obj in api.watch(ARGO_API_VERSION, ARGO_WORKFLOW, SELECTOR, version):
             version = (obj.get("metadata") or {}).get("resourceVersion") or version
             if kind != "BOOKMARK":
-                await self._deliver(target, kind, obj)
+                self._deliver(target, kind, obj, keep=True)
         return version
 
     async def _missing(self, target: PlaneTarget, keys: set[RunKey]) -> None:
         """Runs in flight before the list whose Argo Workflow it lacks: deleted meanwhile."""
         for key in keys:
-            await self._deliver(target, "DELETED", _gone(key))
+            self._deliver(target, "DELETED", _gone(key))
 
-    async def _deliver(self, target: PlaneTarget, kind: str, obj: dict[str, Any]) -> None:
+    def _deliver(
+        self, target: PlaneTarget, kind: str, obj: dict[str, Any], keep: bool = False
+    ) -> None:
+        """Keep the run's newest observation and queue its write (never waits for it).
+        ``keep``: a watch event no run follows yet is kept a while for its run to claim."""
         key = _key_of(obj)
         if self._runs.get(key) != target:
-            return  # not in flight, or a run of another plane CR that shares this cluster
+            # not in flight (perhaps not yet), or a run of another plane CR on this cluster
+            if keep:
+                self._keep_unclaimed(key, target, kind, obj)
+            return
+        self._latest[key] = (target, kind, obj)
+        self._writes.add(key)
+
+    def _keep_unclaimed(
+        self, key: RunKey, target: PlaneTarget, kind: str, obj: dict[str, Any]
+    ) -> None:
+        now = asyncio.get_running_loop().time()
+        self._unclaimed.pop(key, None)  # re-inserted last: the dict stays oldest first
+        self._unclaimed[key] = (target, kind, obj, now)
+        for old in list(self._unclaimed):
+            seen_at = self._unclaimed[old][3]
+            if seen_at >= now - UNCLAIMED_SECONDS and len(self._unclaimed) <= UNCLAIMED_MAX:
+                break
+            del self._unclaimed[old]
+
+    async def _observe_latest(self, key: RunKey) -> None:
+        """The work queue's pass for one run: its newest observation, if still wanted."""
+        target, kind, obj = self._latest.pop(key, (None, "", {}))
+        if target is None or self._runs.get(key) != target:
+            return
         try:
             await self._observe(key, kind, obj)
         except asyncio.CancelledError:

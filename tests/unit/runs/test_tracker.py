@@ -109,3 +109,81 @@ async def test_a_failed_status_write_is_retried_from_a_fresh_read() -> None:
     await asyncio.sleep(10)
     assert observed.events == [(("team", "r"), "ADDED", "Failed")]
     await tracker.close()
+
+
+class StreamingTunnel(FakeTunnel):
+    """Also streams the watch events put in ``events``."""
+
+    def __init__(self, objects: dict[str, dict[str, Any]]) -> None:
+        super().__init__(objects)
+        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def proxy_stream(self, method: str, **_: Any) -> AsyncIterator[bytes]:
+        while True:
+            yield json.dumps(await self.events.get()).encode() + b"\n"
+
+
+class HeldObserver(Observed):
+    """Holds the status write of one run until released, like a slow API server."""
+
+    def __init__(self, held: str) -> None:
+        super().__init__()
+        self.held, self.release = held, asyncio.Event()
+
+    async def __call__(self, key: tuple[str, str], event: str, obj: Mapping[str, Any]) -> None:
+        if key[1] == self.held:
+            await self.release.wait()
+        await super().__call__(key, event, obj)
+
+
+async def test_one_slow_status_write_does_not_hold_up_the_other_runs() -> None:
+    tunnel = StreamingTunnel({"slow": argo("team", "slow", ""), "fast": argo("team", "fast", "")})
+    observed = HeldObserver("slow")
+    tracker = ArgoTracker(tunnel, Discovery(), observed)
+    tracker.track(("team", "slow"), PLANE, reference("slow"))
+    tracker.track(("team", "fast"), PLANE, reference("fast"))
+    await asyncio.sleep(1)  # listed: "slow"'s write hangs
+    tunnel.events.put_nowait({"type": "MODIFIED", "object": argo("team", "fast", "Running")})
+    await asyncio.sleep(1)
+    assert (("team", "fast"), "MODIFIED", "Running") in observed.events
+
+    tunnel.events.put_nowait({"type": "MODIFIED", "object": argo("team", "slow", "Running")})
+    tunnel.events.put_nowait({"type": "MODIFIED", "object": argo("team", "slow", "Succeeded")})
+    observed.release.set()
+    await asyncio.sleep(1)
+    # the held write, then only the newest of what arrived meanwhile
+    assert [e for e in observed.events if e[0] == ("team", "slow")] == [
+        (("team", "slow"), "ADDED", ""),
+        (("team", "slow"), "MODIFIED", "Succeeded"),
+    ]
+    await tracker.close()
+
+
+async def test_a_run_that_created_its_workflow_under_the_watch_is_not_read_again() -> None:
+    tunnel = StreamingTunnel({"first": argo("team", "first", "")})
+    reads: list[str] = []
+    serve = tunnel.proxy
+
+    async def counted(method: str, *, path: str, **kwargs: Any) -> ProxyResponse:
+        reads.append(path)
+        return await serve(method, path=path, **kwargs)
+
+    tunnel.proxy = counted  # type: ignore[method-assign]
+    observed = Observed()
+    tracker = ArgoTracker(tunnel, Discovery(), observed)
+    tracker.track(("team", "first"), PLANE, reference("first"))
+    await asyncio.sleep(1)  # listed and watching
+    reads.clear()
+
+    created_at = asyncio.get_running_loop().time()
+    tunnel.events.put_nowait({"type": "ADDED", "object": argo("team", "early", "Pending")})
+    await asyncio.sleep(1)  # the watch saw it before its run followed it
+    tracker.track(("team", "early"), PLANE, reference("early"), created_at)
+    tracker.track(("team", "late"), PLANE, reference("late"), created_at)
+    tunnel.events.put_nowait({"type": "ADDED", "object": argo("team", "late", "Running")})
+    await asyncio.sleep(1)
+
+    assert (("team", "early"), "ADDED", "Pending") in observed.events
+    assert (("team", "late"), "ADDED", "Running") in observed.events
+    assert reads == []
+    await tracker.close()

@@ -1,0 +1,80 @@
+"""The newest copy of each object the runs controller reads, fed by kopf's events and by the
+answers to its own writes, so a reconcile pass reads the control plane's API server only for
+an object it has not seen yet.
+
+Why: every pass used to GET the run, its definition and its plane, and every status write
+woke the run for one more pass that did the same; at a few hundred runs those reads were
+about half the controller's CPU (bench/runs.py, docs/runs.md "Performance"). This is what
+controller-runtime's informer cache does: a pass may see a copy one event old, and the event
+that follows wakes it again.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from lightkube import AsyncClient
+
+from workflowplane.api.kube import get_dict
+
+ObjectKey = tuple[str, str | None, str]  # kind, namespace (None: cluster-scoped), name
+Reader = Callable[[Any, str, str | None], Awaitable[dict[str, Any] | None]]
+
+
+def kind_of(resource: Any) -> str:
+    """The kind of a lightkube resource class (generic resources carry it in their API info)."""
+    return str(resource._api_info.resource.kind)
+
+
+def _version(obj: Mapping[str, Any]) -> int | None:
+    """resourceVersion as a number where it is one (etcd's), else None (not comparable)."""
+    text = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+    return int(text) if text.isdigit() else None
+
+
+class ObjectCache:
+    """Objects by (kind, namespace, name); a copy older than the one held is ignored, so an
+    event that arrives after our own write's answer cannot roll the object back."""
+
+    def __init__(self, kube: AsyncClient) -> None:
+        self._kube = kube
+        self._objects: dict[ObjectKey, dict[str, Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self._objects)
+
+    def remember(self, kind: str, obj: Mapping[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        key = (kind, meta.get("namespace") or None, str(meta.get("name", "")))
+        held = self._objects.get(key)
+        if held is not None:
+            new, old = _version(obj), _version(held)
+            if new is not None and old is not None and new < old:
+                return
+        self._objects[key] = dict(obj)  # event bodies and answers are fresh: never changed
+
+    def forget(self, kind: str, namespace: str | None, name: str) -> None:
+        self._objects.pop((kind, namespace or None, name), None)
+
+    async def get(
+        self, resource: Any, name: str, namespace: str | None = None
+    ) -> dict[str, Any] | None:
+        """Like :func:`api.kube.get_dict`, from the cache when held, else read once from the
+        API server and kept. Shared: change only a :meth:`copy`."""
+        kind = kind_of(resource)
+        held = self._objects.get((kind, namespace or None, name))
+        if held is not None:
+            return held
+        found = await get_dict(self._kube, resource, name, namespace)
+        if found is not None:
+            self.remember(kind, found)
+        return found
+
+    async def copy(
+        self, resource: Any, name: str, namespace: str | None = None
+    ) -> dict[str, Any] | None:
+        """:meth:`get`, as a copy the caller may change."""
+        found = await self.get(resource, name, namespace)
+        return None if found is None else copy.deepcopy(found)

@@ -1,0 +1,271 @@
+"""The run reconciler against an in-memory control plane and plane: the API calls a run
+costs. Each read or write is CPU in the controller (and each write one more pass), so the
+number per run is what bounds runs/s (bench/runs.py, docs/runs.md "Performance")."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import yaml
+from lightkube.core.exceptions import ApiError
+from lightkube.models.meta_v1 import Status
+
+from workflowplane.api.workflows import WORKFLOW_RUN
+from workflowplane.protocol.gateway_client import ProxyResponse
+from workflowplane.runs.cache import ObjectCache, kind_of
+from workflowplane.runs.plan import PlaneTarget, RunPlan, plan_run
+from workflowplane.runs.run_reconciler import RunReconciler
+
+SAMPLE = Path(__file__).resolve().parents[3] / "samples" / "workflows" / "docker-build.yaml"
+PARAMS = {"repository": {"url": "https://git.example/app"}, "image": {"name": "reg/app"}}
+DISCOVERY = {
+    "/api/v1": [("namespaces", "Namespace", False), ("serviceaccounts", "ServiceAccount", True)],
+    "/apis/rbac.authorization.k8s.io/v1": [
+        ("roles", "Role", True),
+        ("rolebindings", "RoleBinding", True),
+    ],
+    "/apis/argoproj.io/v1alpha1": [("workflows", "Workflow", True)],
+}
+
+
+def answer(data: dict[str, Any]) -> Any:
+    """What lightkube gives back: an object whose ``to_dict`` is the data."""
+    return SimpleNamespace(to_dict=lambda: copy.deepcopy(data))
+
+
+class FakeKube:
+    """Objects by (kind, namespace, name); merge patches (resourceVersion-guarded when the
+    patch names one); every call recorded."""
+
+    def __init__(self, *objects: dict[str, Any]) -> None:
+        self.objects = {self._key(o["kind"], o["metadata"]): o for o in objects}
+        self.gets: list[str] = []
+        self.patches: list[dict[str, Any]] = []
+        self.version = 10
+
+    @staticmethod
+    def _key(kind: str, meta: Mapping[str, Any]) -> tuple[str, str | None, str]:
+        return (kind, meta.get("namespace"), meta["name"])
+
+    async def get(self, resource: Any, name: str, namespace: str | None = None) -> Any:
+        self.gets.append(f"{kind_of(resource)} {name}")
+        found = self.objects.get((kind_of(resource), namespace, name))
+        if found is None:
+            raise ApiError(status=Status(code=404, message="not found"))
+        return answer(found)
+
+    async def patch(
+        self, resource: Any, name: str, body: dict[str, Any], *, namespace: str | None, **_: Any
+    ) -> Any:
+        self.patches.append(copy.deepcopy(body))
+        found = self.objects.get((kind_of(resource), namespace, name))
+        if found is None:
+            raise ApiError(status=Status(code=404, message="not found"))
+        guard = (body.get("metadata") or {}).get("resourceVersion")
+        if guard is not None and guard != found["metadata"]["resourceVersion"]:
+            raise ApiError(status=Status(code=409, message="conflict"))
+        for part, values in body.items():
+            found.setdefault(part, {}).update(values)
+        self.version += 1
+        found["metadata"]["resourceVersion"] = str(self.version)
+        return answer(found)
+
+
+class FakePlane:
+    """The gateway's proxy to one plane: discovery, creates (409 when there), GETs."""
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+        self.created: dict[str, dict[str, Any]] = {}
+        self.fail_creates = 0
+
+    async def proxy(
+        self, method: str, *, path: str, body: bytes | None = None, **_: Any
+    ) -> ProxyResponse:
+        self.requests.append(f"{method} {path}")
+        if method == "GET" and path in DISCOVERY:
+            resources = [{"name": n, "kind": k, "namespaced": ns} for n, k, ns in DISCOVERY[path]]
+            return _answer(200, {"resources": resources})
+        if method == "POST":
+            if self.fail_creates:
+                self.fail_creates -= 1
+                return _answer(503, {"message": "the plane's API server is restarting"})
+            obj = json.loads(body or b"{}")
+            where = f"{path}/{obj['metadata']['name']}"
+            if where in self.created:
+                return _answer(409, {"message": "already exists"})
+            self.created[where] = obj
+            return _answer(201, obj)
+        found = self.created.get(path)
+        return _answer(200, found) if found else _answer(404, {"message": "not found"})
+
+    def proxy_stream(self, method: str, **_: Any) -> AsyncIterator[bytes]:
+        raise AssertionError("no watch in these tests")
+
+    def posts(self) -> list[str]:
+        return [r for r in self.requests if r.startswith("POST")]
+
+
+def _answer(status: int, body: Any) -> ProxyResponse:
+    return ProxyResponse(status, {}, json.dumps(body).encode())
+
+
+class InProcessPlanner:
+    """The planner's contract without its worker processes."""
+
+    async def plan(
+        self, run: Mapping[str, Any], definition: Mapping[str, Any], target: PlaneTarget
+    ) -> RunPlan:
+        return plan_run(run, definition, target)
+
+
+def a_run(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "openchoreo.dev/v1alpha1",
+        "kind": WORKFLOW_RUN,
+        "metadata": {
+            "name": name,
+            "namespace": "team",
+            "uid": f"uid-{name}",
+            "generation": 1,
+            "resourceVersion": "1",
+        },
+        "spec": {"workflow": {"name": "docker-build", "parameters": PARAMS}},
+    }
+
+
+def the_plane() -> dict[str, Any]:
+    return {
+        "apiVersion": "openchoreo.dev/v1alpha1",
+        "kind": "ClusterWorkflowPlane",
+        "metadata": {"name": "default", "resourceVersion": "1"},
+        "spec": {"planeID": "p1"},
+    }
+
+
+class World:
+    """A reconciler whose cache already holds what kopf's events brought (runs, definition,
+    plane), as in the running controller."""
+
+    def __init__(self, *runs: str) -> None:
+        definition = yaml.safe_load(SAMPLE.read_text())
+        definition["metadata"]["resourceVersion"] = "1"
+        self.kube = FakeKube(*(a_run(n) for n in runs), definition, the_plane())
+        self.plane = FakePlane()
+        fake_kube: Any = self.kube
+        planner: Any = InProcessPlanner()
+        self.reconciler = RunReconciler(fake_kube, self.plane, planner)
+        for obj in self.kube.objects.values():
+            self.reconciler.cache.remember(obj["kind"], copy.deepcopy(obj))
+
+    def run(self, name: str) -> dict[str, Any]:
+        return self.kube.objects[(WORKFLOW_RUN, "team", name)]
+
+    async def close(self) -> None:
+        await self.reconciler.tracker.close()
+
+
+@pytest.fixture
+async def world() -> AsyncIterator[World]:
+    made = World("r1", "r2", "r3", "r4")
+    yield made
+    await made.close()
+
+
+async def test_a_run_starts_with_three_writes_and_no_reads(world: World) -> None:
+    await world.reconciler.reconcile(("team", "r1"))
+
+    assert world.run("r1")["status"]["startedAt"]
+    assert world.kube.gets == []  # run, definition and plane came from the cache
+    assert len(world.kube.patches) == 3
+    record, intent, started = world.kube.patches
+    # the plane record and the finalizer: one write, before anything is on the plane
+    assert record["metadata"]["finalizers"] == ["openchoreo.dev/workflowrun-cleanup"]
+    assert "openchoreo.dev/workflowplane" in record["metadata"]["annotations"]
+    assert set(intent["status"]) >= {"runReference", "resources"}
+    assert started["status"]["tasks"] == []  # so Argo's first, task-less state is no write
+
+
+async def test_the_pass_woken_by_its_own_writes_reads_and_writes_nothing(world: World) -> None:
+    await world.reconciler.reconcile(("team", "r1"))
+    calls = (len(world.kube.gets), len(world.kube.patches), len(world.plane.requests))
+
+    await world.reconciler.reconcile(("team", "r1"))
+
+    assert (len(world.kube.gets), len(world.kube.patches), len(world.plane.requests)) == calls
+
+
+async def test_the_shared_setup_is_created_once_while_fresh(world: World) -> None:
+    await world.reconciler.reconcile(("team", "r1"))
+    assert [p.rsplit(" ", 1)[1].rsplit("/", 1)[1] for p in world.plane.posts()] == [
+        "namespaces",
+        "serviceaccounts",
+        "roles",
+        "rolebindings",
+        "workflows",
+    ]
+    before = len(world.plane.requests)
+
+    await world.reconciler.reconcile(("team", "r2"))
+
+    # only its Argo Workflow; created now (201), so no read to ask whose it is
+    assert world.plane.requests[before:] == [
+        "POST /apis/argoproj.io/v1alpha1/namespaces/workflows-team/workflows"
+    ]
+
+
+async def test_a_failed_creation_makes_the_next_run_create_the_setup_again(world: World) -> None:
+    await world.reconciler.reconcile(("team", "r1"))
+    world.plane.fail_creates = 1
+    assert await world.reconciler.reconcile(("team", "r2")) is not None  # retried later
+    before = len(world.plane.posts())
+
+    await world.reconciler.reconcile(("team", "r3"))
+
+    assert len(world.plane.posts()) - before == 5  # namespace, SA, Role, RoleBinding, Workflow
+    assert world.run("r3")["status"]["startedAt"]
+
+
+def test_an_older_copy_never_replaces_a_newer_one() -> None:
+    cache = ObjectCache(Any)  # type: ignore[arg-type]
+    newer, older = a_run("r1"), a_run("r1")
+    newer["metadata"]["resourceVersion"], older["metadata"]["resourceVersion"] = "12", "11"
+    newer["status"] = {"startedAt": "2026-01-01T00:00:00Z"}
+    cache.remember(WORKFLOW_RUN, newer)
+    cache.remember(WORKFLOW_RUN, older)  # an event for an earlier write, arriving late
+    assert cache._objects[(WORKFLOW_RUN, "team", "r1")]["status"]["startedAt"]
+
+
+async def test_a_write_refused_for_a_stale_copy_is_retried_from_the_api_server(
+    world: World,
+) -> None:
+    await world.reconciler.reconcile(("team", "r1"))
+    stored = world.run("r1")
+    stale = copy.deepcopy(stored)
+    stale["metadata"]["finalizers"] = []  # as if ours had been removed: a write is due
+    world.reconciler.cache._objects[(WORKFLOW_RUN, "team", "r1")] = stale
+    stored["metadata"]["resourceVersion"] = "99"  # someone wrote meanwhile
+    stored["metadata"]["finalizers"] = []
+
+    with pytest.raises(ApiError):
+        await world.reconciler.reconcile(("team", "r1"))
+    await world.reconciler.reconcile(("team", "r1"))
+
+    assert stored["metadata"]["finalizers"] == ["openchoreo.dev/workflowrun-cleanup"]
+
+
+async def test_a_run_deleted_unseen_is_read_again_after_its_write_fails(world: World) -> None:
+    del world.kube.objects[(WORKFLOW_RUN, "team", "r1")]  # its deletion event never came
+
+    with pytest.raises(ApiError):
+        await world.reconciler.reconcile(("team", "r1"))
+    assert await world.reconciler.reconcile(("team", "r1")) is None
+
+    assert world.kube.gets == ["WorkflowRun r1"]  # the second pass asked, and it was gone
+    assert len(world.kube.patches) == 1
