@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,10 +210,29 @@ async def recording(recorder: StatusRecorder, agents: int) -> AsyncIterator[Stat
             await task
 
 
-async def warnings_for(kube: AsyncClient, name: str, namespace: str) -> list[str]:
-    """Reasons of the Warning events about object ``name`` in ``namespace``."""
+async def warnings_for(
+    kube: AsyncClient, name: str, namespace: str, *, besides: Collection[str] = ()
+) -> list[str]:
+    """Reasons of the Warning events about object ``name`` in ``namespace``, leaving out the
+    events named in ``besides`` (taken before the test by :func:`warning_events`: an object
+    shared with earlier tests, such as the ClusterWorkflowPlane ``default``, has its own)."""
     return [
         f"{event.reason}: {event.message}"
-        async for event in kube.list(Event, namespace=namespace)
-        if event.type == "Warning" and event.involvedObject.name == name
+        async for event in _warnings(kube, name, namespace)
+        if (event.metadata.name if event.metadata else None) not in besides
     ]
+
+
+async def warning_events(kube: AsyncClient, name: str, namespace: str) -> set[str]:
+    """The names of the Warning events about object ``name`` there now."""
+    return {
+        event.metadata.name
+        async for event in _warnings(kube, name, namespace)
+        if event.metadata and event.metadata.name
+    }
+
+
+async def _warnings(kube: AsyncClient, name: str, namespace: str) -> AsyncIterator[Event]:
+    async for event in kube.list(Event, namespace=namespace):
+        if event.type == "Warning" and event.involvedObject.name == name:
+            yield event
