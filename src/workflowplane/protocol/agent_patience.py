@@ -90,21 +90,22 @@ def pauses(wait_seconds: float, deadline: float) -> Iterator[float]:
 
 @dataclass
 class Round:
-    """What one pass over the replicas says about waiting: worth it only when no replica can
-    have sent the request (each answered Unsent or could not be connected to), at least one
-    said it has no agent of the plane now, and none gave a verdict about the request."""
+    """What one pass over the replicas says about waiting: worth it when at least one replica
+    said it has no agent of the plane now, and none gave a verdict about the request itself.
+
+    Waiting is safe whenever a round ends without an answer: a miss that may have reached the
+    agent (a 502 without Unsent, a connection lost mid-request) ends the request at once
+    unless the method may be repeated (``may_retry``), and then a later round may too."""
 
     no_agent: bool = False
     settled: bool = False
 
     def unsent(self, status: int) -> None:
+        """An answer marked Unsent, with its status."""
         if status in NO_AGENT_STATUSES:
             self.no_agent = True
         else:
             self.settled = True
-
-    def maybe_sent(self) -> None:
-        self.settled = True
 
     @property
     def agent_may_come_back(self) -> bool:

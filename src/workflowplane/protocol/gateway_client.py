@@ -166,14 +166,6 @@ def miss_of_error(exc: BaseException) -> Miss:
     return Miss.LOST
 
 
-def tally(seen: Round, miss: Miss, status: int = 0) -> None:
-    """One replica's miss, counted towards whether waiting for the agent is safe and useful."""
-    if miss is Miss.UNSENT:
-        seen.unsent(status)
-    elif miss is not Miss.NOT_CONNECTED:
-        seen.maybe_sent()
-
-
 class Unreachable(TransientError):
     """A replica could not be connected to: it received nothing."""
 
@@ -361,7 +353,6 @@ class GatewayClient:
                 self._rotation.failed(url)
                 missed.error = exc
                 broken = Miss.NOT_CONNECTED if isinstance(exc, Unreachable) else Miss.LOST
-                tally(missed.seen, broken)
                 if may_retry(method, broken):
                     continue
                 raise
@@ -370,7 +361,8 @@ class GatewayClient:
                 self._rotation.succeeded(url)
                 return answer
             missed.answer = answer
-            tally(missed.seen, miss, answer.status)
+            if miss is Miss.UNSENT:
+                missed.seen.unsent(answer.status)
             log.debug("%s %s on %s: %s; trying another replica", method, path, url, miss.value)
         return missed
 
@@ -524,7 +516,6 @@ class GatewayClient:
                     except (aiohttp.ClientError, TimeoutError) as exc:
                         self._rotation.failed(url)
                         error = _unreachable(url, exc)
-                        tally(seen, miss_of_error(exc))
                         if may_retry(method, miss_of_error(exc)):
                             continue
                         raise error from exc
@@ -533,7 +524,8 @@ class GatewayClient:
                         error = gateway_error(resp.status, message, parsed)
                         miss = miss_of_answer(resp.status, resp.headers)
                         if miss is not None and may_retry(method, miss):
-                            tally(seen, miss, resp.status)
+                            if miss is Miss.UNSENT:
+                                seen.unsent(resp.status)
                             continue
                         raise error
                     self._rotation.succeeded(url)
