@@ -32,6 +32,11 @@ class RoundRobinService:
         assert self._server is not None, "the Service is not started"
         return int(self._server.sockets[0].getsockname()[1])
 
+    def redialled(self, since: int, dead_port: int) -> bool:
+        """A connection made after the first ``since``, to a backend other than ``dead_port``
+        (an agent back through the Service on a live replica)."""
+        return len(self.routed) > since and self.routed[-1] != dead_port
+
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, self.host, 0)
 

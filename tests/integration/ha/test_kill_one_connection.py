@@ -12,9 +12,15 @@ from pathlib import Path
 import pytest
 from lightkube import AsyncClient
 
-from tests.integration.ha.fleet import Fleet, StatusRecorder, recording, warnings_for
+from tests.integration.ha.fleet import (
+    Fleet,
+    StatusRecorder,
+    plane_connected,
+    recording,
+    warnings_for,
+)
 from tests.integration.ha.load import Load, running_load
-from tests.integration.ha.service import RoundRobinService, service_of
+from tests.integration.ha.service import service_of
 from tests.integration.harness import (
     apply,
     controller_running,
@@ -24,8 +30,6 @@ from tests.integration.harness import (
 )
 from tests.interop.conftest import peer_binaries  # noqa: F401 (a fixture used here)
 from tests.interop.peers import AgentProcess, tail
-from workflowplane.api import PLANE_TYPE
-from workflowplane.protocol.gateway_client import GatewayClient
 from workflowplane.testenv import ApiServer
 from workflowplane.testenv.peer import PeerBinaries
 from workflowplane.testenv.tools import gateway_server_ca
@@ -34,16 +38,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.interop]
 
 GO_RECONNECT_DELAY = "5s"  # OpenChoreo's default (the chart's interop values say 1s)
 DISCONNECT_GRACE = 10.0  # the controller's default: longer than the Go agent's redial
-
-
-async def connected(client: GatewayClient, plane_id: str, namespace: str) -> bool:
-    status = await client.plane_status(PLANE_TYPE, plane_id, namespace=namespace, name="wp")
-    return status.get("connected") is True
-
-
-def redialled(service: RoundRobinService, before: int, dead_port: int) -> bool:
-    """A new connection through the Service since ``before``, to a live replica."""
-    return len(service.routed) > before and service.routed[-1] != dead_port
 
 
 async def test_kill_9_of_a_one_connection_agents_replica_fails_no_request(
@@ -61,6 +55,10 @@ async def test_kill_9_of_a_one_connection_agents_replica_fails_no_request(
     plane_id = unique("ha-go")
     client = await fleet.client()
     load = Load(client, [(plane_id, namespace, "wp")])
+
+    async def connected() -> bool:
+        return await plane_connected(client, plane_id, namespace, "wp")
+
     async with service_of([r.public_port for r in fleet.replicas]) as service:
         agent = AgentProcess(
             kind="go",
@@ -76,10 +74,10 @@ async def test_kill_9_of_a_one_connection_agents_replica_fails_no_request(
         agent.start()
         try:
             try:
-                await eventually(lambda: connected(client, plane_id, namespace), timeout=60)
+                await eventually(connected, timeout=60)
             except AssertionError as exc:
                 raise AssertionError(f"{exc}\nagent log:\n{tail(agent.log)}") from None
-            held = next(r for r in fleet.replicas if r.public_port == service.routed[-1])
+            held = fleet.serving(service.routed[-1])
             async with (
                 controller_running(
                     control_plane, fleet.internal_urls, disconnect_grace=DISCONNECT_GRACE
@@ -90,8 +88,8 @@ async def test_kill_9_of_a_one_connection_agents_replica_fails_no_request(
                 await load.more(10)
                 before = len(service.routed)
                 await held.kill()
-                await eventually(lambda: redialled(service, before, held.public_port), timeout=30)
-                await eventually(lambda: connected(client, plane_id, namespace), timeout=30)
+                await eventually(lambda: service.redialled(before, held.public_port), timeout=30)
+                await eventually(connected, timeout=30)
                 await load.more(30)
         finally:
             agent.stop()
