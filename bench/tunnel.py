@@ -403,12 +403,8 @@ async def make_big_list(session: aiohttp.ClientSession, url: str) -> None:
     async with session.post(f"{url}/api/v1/namespaces", json=namespace) as r:
         assert r.status in (201, 409), await r.text()
     for i in range(BIG_LIST_ITEMS):
-        item = {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": f"big-{i}"},
-            "data": {"blob": "x" * BIG_ITEM_BYTES},
-        }
+        item = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"big-{i}"},
+                "data": {"blob": "x" * BIG_ITEM_BYTES}}
         async with session.post(f"{url}{BIG_LIST_PATH}", json=item) as r:
             assert r.status in (201, 409), await r.text()
 
@@ -449,10 +445,8 @@ def print_peer_table(rows: dict[str, dict[str, float]]) -> None:
     for label, row in rows.items():
         if label in ("direct (no tunnel)",) or "p50" not in direct:
             continue
-        print(
-            f"{label}: overhead over direct at p50 {row['p50'] - direct['p50']:.2f} ms, "
-            f"c64 {row['c64'] / direct['c64']:.0%} of direct"
-        )
+        print(f"{label}: overhead over direct at p50 {row['p50'] - direct['p50']:.2f} ms, "
+              f"c64 {row['c64'] / direct['c64']:.0%} of direct")
 
 
 async def peer_comparison(env: Environment, tmp: Path, profile_dir: Path | None) -> None:
@@ -484,28 +478,17 @@ async def peer_comparison(env: Environment, tmp: Path, profile_dir: Path | None)
         for kind, label in (("go", "OpenChoreo (Go) pair"), ("ours", "workflowplane pair")):
             gateway_kind = peers.GoGateway if kind == "go" else peers.OurGateway
             extra = {"binaries": binaries} if kind == "go" else {}
-            gateway = gateway_kind(cp, pki, tmp / f"{kind}-gateway.log", log_level="info", **extra)
+            gateway = gateway_kind(cp, pki, tmp / f"{kind}-gateway.log", log_level="info",
+                                   **extra)
             gateway.start()
             plane_id = f"bench-{kind}"
-            agent = peers.AgentProcess(
-                kind,
-                binaries,
-                gateway.public_url,
-                pki.file("server-ca.crt"),
-                plane_id,
-                wp.kubeconfig,
-                tmp / f"{kind}-agent",
-                extra=["--log-level=info"],
-            )
-            manifest = {
-                "apiVersion": "openchoreo.dev/v1alpha1",
-                "kind": "WorkflowPlane",
-                "metadata": {"name": plane_id, "namespace": "default"},
-                "spec": {
-                    "planeID": plane_id,
-                    "clusterAgent": {"clientCA": {"value": agent.ca_pem}},
-                },
-            }
+            agent = peers.AgentProcess(kind, binaries, gateway.public_url,
+                                       pki.file("server-ca.crt"), plane_id, wp.kubeconfig,
+                                       tmp / f"{kind}-agent", extra=["--log-level=info"])
+            manifest = {"apiVersion": "openchoreo.dev/v1alpha1", "kind": "WorkflowPlane",
+                        "metadata": {"name": plane_id, "namespace": "default"},
+                        "spec": {"planeID": plane_id,
+                                 "clusterAgent": {"clientCA": {"value": agent.ca_pem}}}}
             kubectl(cp.kubeconfig, cp.context, "apply", "-f", "-", input=json.dumps(manifest))
             api = peers.InternalAPI(gateway.internal_url, pki.caller_ssl())
             try:
@@ -540,11 +523,9 @@ async def peer_comparison(env: Environment, tmp: Path, profile_dir: Path | None)
                 await api.close()
                 agent.stop()
                 gateway.stop()
-    print(
-        f"machine: {os.cpu_count()} cores, loopback; {SEQUENTIAL} sequential GETs, then 3 s "
-        f"at each concurrency; CPU per request over all of them; 10 MB list: median of "
-        f"{BIG_ROUNDS}"
-    )
+    print(f"machine: {os.cpu_count()} cores, loopback; {SEQUENTIAL} sequential GETs, then 3 s "
+          f"at each concurrency; CPU per request over all of them; 10 MB list: median of "
+          f"{BIG_ROUNDS}")
     print_peer_table(rows)
     if profile_dir is not None:
         for name in ("gateway", "agent"):
@@ -555,17 +536,10 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--idle", default="1000,5000")
     parser.add_argument("--reconnect", default="100,1000")
-    parser.add_argument(
-        "--profile",
-        type=Path,
-        default=None,
-        help="with --peer: py-spy our gateway and agent into this directory",
-    )
-    parser.add_argument(
-        "--peer",
-        action="store_true",
-        help="only: direct vs OpenChoreo's Go pair vs ours, side by side",
-    )
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="with --peer: py-spy our gateway and agent into this directory")
+    parser.add_argument("--peer", action="store_true",
+                        help="only: direct vs OpenChoreo's Go pair vs ours, side by side")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="wp-bench-"))
     if args.peer:
@@ -573,17 +547,10 @@ async def main() -> None:
         env.start()
         try:
             cp = env[CONTROL_PLANE]
-            kubectl(
-                cp.kubeconfig,
-                cp.context,
-                "apply",
-                "--server-side",
-                "-f",
-                str(REPO / "deploy" / "crds") + "/",
-            )
-            kubectl(
-                cp.kubeconfig, cp.context, "wait", "--for=condition=Established", "crd", "--all"
-            )
+            kubectl(cp.kubeconfig, cp.context, "apply", "--server-side", "-f",
+                    str(REPO / "deploy" / "crds") + "/")
+            kubectl(cp.kubeconfig, cp.context, "wait", "--for=condition=Established", "crd",
+                    "--all")
             await peer_comparison(env, tmp, args.profile)
         finally:
             env.stop()
