@@ -1,6 +1,6 @@
 """HA benchmark (issue #12): prints figures, asserts nothing.
 Run: PYTHONPATH=src .venv/bin/python bench/ha.py [--replicas 3] [--agents 50]
-     [--agents-per-process 25] [--loops 6]
+     [--agents-per-process 25] [--loops 6] [--one-connection-only]
 The issue's big case: --replicas 20 --agents 1000 --agents-per-process 100 (not run here by
 default: it needs far more than this 2-core machine).
 
@@ -14,7 +14,11 @@ identity, dialling every replica (``--server-urls``) with the agent's default ba
    the same address), per replica: process start to ready, and ready to every agent
    connected to it;
 3. requests the callers saw fail (GET loops through a GatewayClient given every replica)
-   during a kill -9 of one replica (and its restart), and during a rolling restart.
+   during a kill -9 of one replica (and its restart), and during a rolling restart;
+4. the same during a kill -9 of the replica holding the only connection of OpenChoreo's Go
+   agent (dialling a round-robin Service in front of the replicas, its default 5 s
+   --reconnect-delay), with the callers' default patience for a plane they reached lately,
+   then without it (--gateway-agent-wait 0). ``--one-connection-only``: just this figure.
 """
 
 from __future__ import annotations
@@ -35,14 +39,18 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the integration tests' replica processes and load loops
 
 from lightkube import AsyncClient  # noqa: E402
-from tests.integration.ha.fleet import Fleet, GatewayProcess, fleet_of  # noqa: E402
+from tests.integration.ha.fleet import Fleet, GatewayProcess, fleet_of, plane_connected  # noqa: E402
 from tests.integration.ha.load import Load, running_load  # noqa: E402
+from tests.integration.ha.service import RoundRobinService, service_of  # noqa: E402
 from tests.integration.harness import write_agent_identity  # noqa: E402
+from tests.interop.peers import AgentProcess  # noqa: E402
 
 from workflowplane.agent.config import AgentConfig  # noqa: E402
 from workflowplane.agent.runner import Agent  # noqa: E402
+from workflowplane.protocol.agent_patience import AgentPatience  # noqa: E402
 from workflowplane.protocol.gateway_client import GatewayClient  # noqa: E402
 from workflowplane.testenv import CONTROL_PLANE, WORKFLOW_PLANE, ApiServer, Environment  # noqa: E402
+from workflowplane.testenv import peer as peer_build  # noqa: E402
 from workflowplane.testenv.tools import async_client, gateway_server_ca, kubectl  # noqa: E402
 
 WP = "workflowplane"
@@ -312,25 +320,88 @@ async def failures_under_load(
         await client.close()
 
 
+async def one_connection_kill(fleet: Fleet, plane: ApiServer, tmp: Path) -> None:
+    """OpenChoreo's Go agent dialling a Service; the replica holding it killed, twice: the
+    callers with the default patience, then with none (a second replica is killed)."""
+    control = fleet.control_plane
+    binaries = await asyncio.to_thread(peer_build.ensure, log=False)
+    async with service_of([r.public_port for r in fleet.replicas]) as service:
+        agent = AgentProcess(
+            kind="go",
+            binaries=binaries,
+            gateway_url=f"wss://127.0.0.1:{service.port}/ws",
+            server_ca=gateway_server_ca(control.kubeconfig, control.context, tmp / "go-ca.crt"),
+            plane_id="bench-go",
+            kubeconfig=plane.kubeconfig,
+            directory=tmp / "go-agent",
+            extra=["--reconnect-delay=5s"],  # OpenChoreo's default
+        )
+        manifest = _plane_cr("wp-go", "bench-go", agent.ca_pem.encode())
+        kubectl(control.kubeconfig, control.context, "apply", "-f", "-", input=json.dumps(manifest))
+        agent.start()
+        print("kill -9 of the replica holding a Go agent's only connection (via a Service):")
+        try:
+            for label, patience in (
+                ("callers' default patience", AgentPatience()),
+                ("callers without patience (--gateway-agent-wait 0)", AgentPatience(60.0, 0.0)),
+            ):
+                await _kill_holder(fleet, service, patience, label)
+        finally:
+            agent.stop()
+
+
+async def _kill_holder(
+    fleet: Fleet, service: RoundRobinService, patience: AgentPatience, label: str
+) -> None:
+    client = await fleet.client(patience)
+    load = Load(client, [("bench-go", NAMESPACE, "wp-go")])
+    try:
+        await wait_until(lambda: plane_connected(client, "bench-go", NAMESPACE, "wp-go"))
+        async with running_load(load):
+            await load.more(10)
+            mark, before = len(load.outcomes), len(service.routed)
+            held = fleet.serving(service.routed[-1])
+            await held.kill()
+            back = await wait_until(lambda: _back(client, service, before, held.public_port))
+            await load.more(10)
+            total, bad = failed(load, mark)
+        print(
+            f"  {label}: {bad} of {total} GETs failed for the caller "
+            f"(the agent back on a live replica {back:.1f} s after the kill)"
+        )
+    finally:
+        await client.close()
+
+
+async def _back(client: GatewayClient, service: RoundRobinService, since: int, dead: int) -> bool:
+    redialled = service.redialled(since, dead)
+    return redialled and await plane_connected(client, "bench-go", NAMESPACE, "wp-go")
+
+
 async def run(args: argparse.Namespace, tmp: Path) -> None:
     env = api_servers(tmp)
     control, plane = env[CONTROL_PLANE], env[WORKFLOW_PLANE]
     kube: AsyncClient = async_client(control.kubeconfig, control.context)
     agents: Agents | None = None
-    print(
-        f"machine: {os.cpu_count()} cores; {args.replicas} replicas, {args.agents} agents in "
-        f"fleets of {args.agents_per_process} per process"
+    agents_line = (
+        "no agent fleets"
+        if args.one_connection_only
+        else f"{args.agents} agents in fleets of {args.agents_per_process} per process"
     )
+    print(f"machine: {os.cpu_count()} cores; {args.replicas} replicas, {agents_line}")
     try:
         async with (
             fleet_of(control, kube, tmp, "bench-gw", args.replicas) as fleet,
             one_replica_clients(fleet) as clients,
         ):
-            ca_file = gateway_server_ca(control.kubeconfig, control.context, tmp / "ca.crt")
-            agents = Agents(tmp, control, plane, ca_file)
-            await mesh_and_cost(args, fleet, clients, agents)
-            planes = [p for p, _ in agents.planes[: args.agents]]
-            await failures_under_load(args, fleet, clients, planes)
+            if not args.one_connection_only:
+                ca_file = gateway_server_ca(control.kubeconfig, control.context, tmp / "ca.crt")
+                agents = Agents(tmp, control, plane, ca_file)
+                await mesh_and_cost(args, fleet, clients, agents)
+                planes = [p for p, _ in agents.planes[: args.agents]]
+                await failures_under_load(args, fleet, clients, planes)
+            if len(fleet.replicas) >= 3:  # two are killed
+                await one_connection_kill(fleet, plane, tmp)
     finally:
         if agents is not None:
             await agents.stop()
@@ -347,6 +418,11 @@ async def main() -> None:
     parser.add_argument("--agents", type=int, default=50)
     parser.add_argument("--agents-per-process", type=int, default=25)
     parser.add_argument("--loops", type=int, default=6, help="concurrent GET loops in all")
+    parser.add_argument(
+        "--one-connection-only",
+        action="store_true",
+        help="only figure 4 (a Go agent's replica killed): no agent fleets",
+    )
     args = parser.parse_args()
     await run(args, Path(tempfile.mkdtemp(prefix="wp-bench-ha-")))
 

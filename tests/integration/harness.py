@@ -289,6 +289,7 @@ async def controller_running(
     priority: int = 0,
     health: ControllerHealth | None = None,
     gateway: Callable[[GatewayClient], Any] | None = None,
+    disconnect_grace: float = 2.0,
 ) -> AsyncIterator[RunningController]:
     """The real (kopf) controller, planes and runs, until the block ends, in its own thread and
     event loop as a separate process would be: when kopf stops it cancels every task started
@@ -296,13 +297,14 @@ async def controller_running(
 
     ``gw`` is one in-process gateway or the internal URLs of several replicas; ``health``
     (default: default limits) is served on a free port; ``gateway`` may wrap the
-    controller's gateway client (to stall or fail it)."""
+    controller's gateway client (to stall or fail it); ``disconnect_grace`` is short by default:
+    tests that stop agents wait for the disconnect."""
     stop, ready = threading.Event(), threading.Event()
     config = ControllerConfig(
         kubeconfig=control_plane.kubeconfig,
         context=control_plane.context,
         resync_seconds=resync,
-        disconnect_grace_seconds=2.0,  # short: tests that stop agents wait for the disconnect
+        disconnect_grace_seconds=disconnect_grace,
         peering=peering,
         priority=priority,
         health_host="127.0.0.1",

@@ -55,8 +55,10 @@ async def serve(
     replicas: list[str] | LeaseDirectory = urls
     if args.gateway_leases:  # the Leases' client is the gateway's (closed after the directory)
         replicas = LeaseDirectory(kube, gateway_config.namespace, own)
-    client = await GatewayClient.from_secret(kube, replicas, gateway_config.namespace)
     config = controller_config(args)
+    client = await GatewayClient.from_secret(
+        kube, replicas, gateway_config.namespace, config.gateway_patience
+    )
     health = health or ControllerHealth(stuck_after=config.stuck_after_seconds)
     host = "127.0.0.1" if gateway_config.host in ANY_ADDRESS else gateway_config.host
     probe = f"http://{host}:{gateway.ports['health']}"

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import argparse
 import random
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from workflowplane.controller.runner import ControllerConfig, GatewayReplicas
 from workflowplane.kits.process import EXIT_USAGE, FatalError
+from workflowplane.protocol.agent_patience import (
+    DEFAULT_AGENT_WAIT_SECONDS,
+    DEFAULT_RECENT_SECONDS,
+    AgentPatience,
+    check_seconds,
+)
 
 DEFAULT_HEALTH_PORT = 8081
 
@@ -75,6 +82,24 @@ def add_controller_flags(parser: argparse.ArgumentParser, *, standalone: bool) -
         "connected (a replica's restart does not flap the status)",
     )
     add(
+        "--gateway-agent-wait",
+        type=seconds("--gateway-agent-wait"),
+        metavar="SECONDS",
+        default=DEFAULT_AGENT_WAIT_SECONDS,
+        help="when every gateway replica says a plane's agent is missing, and the controller "
+        "reached that plane within --gateway-recent-seconds, wait up to this long for the "
+        "agent to come back before failing (an agent that dials one replica redials through "
+        "the Service after its replica died: OpenChoreo's agent after 5 s); 0: fail at once",
+    )
+    add(
+        "--gateway-recent-seconds",
+        type=seconds("--gateway-recent-seconds"),
+        metavar="SECONDS",
+        default=DEFAULT_RECENT_SECONDS,
+        help="a plane reached within this many seconds is waited for (--gateway-agent-wait); "
+        "a plane not reached lately fails at once",
+    )
+    add(
         "--peering",
         default=None,
         help="kopf peering name: replicas with the same name elect one active controller",
@@ -91,9 +116,24 @@ def controller_config(args: argparse.Namespace) -> ControllerConfig:
         priority=random.randint(1, 1_000_000) if args.peering else 0,
         health_port=args.controller_health_port,
         stuck_after_seconds=args.stuck_after,
+        gateway_patience=AgentPatience(args.gateway_recent_seconds, args.gateway_agent_wait),
     )
     host = getattr(args, "health_host", None) or getattr(args, "host", None)
     return replace(config, health_host=host) if host else config
+
+
+def seconds(flag: str) -> Callable[[str], float]:
+    """An argparse type: a number of seconds, not negative (else a usage error naming it)."""
+
+    def parse(value: str) -> float:
+        try:
+            return check_seconds(flag, float(value))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{flag} needs a number of seconds >= 0 (got {value!r})"
+            ) from None
+
+    return parse
 
 
 def gateway_urls(value: str) -> tuple[str, ...]:

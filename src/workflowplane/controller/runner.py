@@ -25,6 +25,7 @@ from workflowplane.controller.plane_handlers import (
     register_login,
 )
 from workflowplane.controller.plane_reconciler import PlaneReconciler
+from workflowplane.protocol.agent_patience import DEFAULT_PATIENCE, AgentPatience
 from workflowplane.runs.run_handlers import RunsController, register_runs
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ class ControllerConfig:
     health_host: str = "0.0.0.0"
     health_port: int | None = None
     stuck_after_seconds: float = 300.0
+    gateway_patience: AgentPatience = DEFAULT_PATIENCE
 
 
 async def run_controller(
@@ -152,10 +154,12 @@ async def gateway_client(
         target = LeaseDirectory(kube, replicas.namespace, replicas.urls[0], owns_client=True)
     ca, cert, key = files
     if ca and cert and key:
-        return GatewayClient.from_files(target, ca, cert, key)
+        return GatewayClient.from_files(target, ca, cert, key, config.gateway_patience)
     kube = AsyncClient(config=load_config(config.kubeconfig, config.context))
     try:
-        return await GatewayClient.from_secret(kube, target, replicas.namespace)
+        return await GatewayClient.from_secret(
+            kube, target, replicas.namespace, config.gateway_patience
+        )
     finally:
         await kube.close()
 

@@ -8,8 +8,10 @@ beside the other wire types, below every component that calls it. Failures come 
 The gateway may run as several replicas (docs/ha.md). The client is given one URL (as
 before), a list, or a :class:`~workflowplane.protocol.replicas.ReplicaDirectory` (Leases).
 Proxied requests are spread round-robin and retried on another replica only when that is
-safe (:func:`may_retry`); watches resume on another replica from their last resourceVersion;
-status and notifications go to every replica, and their answers are merged by agent instance.
+safe (:func:`may_retry`); when every replica says it has no agent of a plane this client
+reached lately, the request waits a few seconds for the agent to redial (``agent_patience``);
+watches resume on another replica from their last resourceVersion; status and notifications
+go to every replica, and their answers are merged by agent instance.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ import logging
 import ssl
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,6 +35,17 @@ from lightkube import AsyncClient
 from lightkube.resources.core_v1 import Secret
 
 from workflowplane.kits.errors import Failure, PermanentError, TransientError, from_status
+from workflowplane.protocol.agent_patience import (
+    DEFAULT_AGENT_WAIT_SECONDS,
+    DEFAULT_PATIENCE,
+    DEFAULT_RECENT_PLANES,
+    DEFAULT_RECENT_SECONDS,
+    AgentPatience,
+    RecentPlanes,
+    Round,
+    check_seconds,
+    pauses,
+)
 from workflowplane.protocol.replica_status import merge_all_status, merge_plane_status
 from workflowplane.protocol.replicas import ReplicaDirectory, ReplicaRotation, StaticDirectory
 from workflowplane.protocol.watch_position import WatchPosition, is_watch, timeout_of
@@ -171,6 +184,16 @@ def _directory(replicas: str | Sequence[str] | ReplicaDirectory) -> ReplicaDirec
     return replicas
 
 
+@dataclass
+class _Missed:
+    """One round in which every replica missed: the last answer and error, and what the
+    misses say about waiting for the plane's agent."""
+
+    answer: ProxyResponse | None = None
+    error: TransientError | None = None
+    seen: Round = field(default_factory=Round)
+
+
 @dataclass(frozen=True)
 class _Ended:
     """One replica's event stream ended (``error`` says how)."""
@@ -185,7 +208,14 @@ class GatewayClient:
         replicas: str | Sequence[str] | ReplicaDirectory,
         ssl_context: ssl.SSLContext,
         timeout: float = 35.0,
+        *,
+        recent_seconds: float = DEFAULT_RECENT_SECONDS,
+        agent_wait_seconds: float = DEFAULT_AGENT_WAIT_SECONDS,
+        recent_planes: int = DEFAULT_RECENT_PLANES,
     ):
+        """``agent_wait_seconds``: how long a request waits, within ``timeout``, when every
+        replica says it has no agent of a plane this client reached in the last
+        ``recent_seconds`` (at most ``recent_planes`` planes are remembered)."""
         directory = _directory(replicas)
         self._rotation = ReplicaRotation(directory)
         first = replicas if isinstance(replicas, str) else None
@@ -194,6 +224,8 @@ class GatewayClient:
         # The one URL proxy_url builds on (a fixed first replica; empty for a directory).
         self.base_url = (first or "").rstrip("/")
         self._timeout = timeout
+        self._recent = RecentPlanes(recent_seconds, recent_planes)
+        self._agent_wait_seconds = check_seconds("agent_wait_seconds", agent_wait_seconds)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=ssl_context, limit=64),
             timeout=aiohttp.ClientTimeout(total=timeout),
@@ -204,12 +236,30 @@ class GatewayClient:
         self._ssl = ssl_context
 
     @classmethod
-    def from_files(
-        cls, replicas: str | Sequence[str] | ReplicaDirectory, ca: Path, cert: Path, key: Path
+    def with_patience(
+        cls,
+        replicas: str | Sequence[str] | ReplicaDirectory,
+        ssl_context: ssl.SSLContext,
+        patience: AgentPatience,
     ) -> GatewayClient:
         return cls(
-            replicas, client_ssl_context(ca.read_bytes(), cert.read_bytes(), key.read_bytes())
+            replicas,
+            ssl_context,
+            recent_seconds=patience.recent_seconds,
+            agent_wait_seconds=patience.agent_wait_seconds,
         )
+
+    @classmethod
+    def from_files(
+        cls,
+        replicas: str | Sequence[str] | ReplicaDirectory,
+        ca: Path,
+        cert: Path,
+        key: Path,
+        patience: AgentPatience = DEFAULT_PATIENCE,
+    ) -> GatewayClient:
+        context = client_ssl_context(ca.read_bytes(), cert.read_bytes(), key.read_bytes())
+        return cls.with_patience(replicas, context, patience)
 
     @classmethod
     async def from_secret(
@@ -217,11 +267,13 @@ class GatewayClient:
         kube: AsyncClient,
         replicas: str | Sequence[str] | ReplicaDirectory,
         namespace: str = GATEWAY_NAMESPACE,
+        patience: AgentPatience = DEFAULT_PATIENCE,
     ) -> GatewayClient:
         """Credentials from the Secret the gateway wrote for its internal callers."""
         secret = await kube.get(Secret, INTERNAL_CLIENT_SECRET, namespace=namespace)
         data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
-        return cls(replicas, client_ssl_context(data["ca.crt"], data["tls.crt"], data["tls.key"]))
+        context = client_ssl_context(data["ca.crt"], data["tls.crt"], data["tls.key"])
+        return cls.with_patience(replicas, context, patience)
 
     async def replica_urls(self) -> list[str]:
         """The replicas in use now."""
@@ -257,12 +309,40 @@ class GatewayClient:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _unreachable(url, exc) from exc
 
-    async def _send(self, method: str, path: str, **kwargs: Any) -> ProxyResponse:
+    async def _send(
+        self, method: str, path: str, plane: str | None = None, **kwargs: Any
+    ) -> ProxyResponse:
         """The request on one replica after another, while the miss allows a retry: each live
-        replica at most once, all within the client's timeout."""
+        replica at most once per round, all within the client's timeout. Further rounds,
+        after short pauses, only while the plane's agent may be coming back (:meth:`_waits`)."""
         deadline = time.monotonic() + self._timeout
+        waits: Iterator[float] | None = None
         answer: ProxyResponse | None = None
         error: TransientError | None = None
+        while True:
+            outcome = await self._round(method, path, deadline, **kwargs)
+            if isinstance(outcome, ProxyResponse):
+                self._note_reached(plane, outcome.headers)
+                return outcome
+            answer, error = outcome.answer or answer, outcome.error or error
+            if waits is None:
+                waits = self._waits(plane, deadline)
+            pause = next(waits, None) if outcome.seen.agent_may_come_back else None
+            if pause is None:
+                break
+            log.debug(
+                "%s %s: no replica has the agent of %s; again in %.2fs", method, path, plane, pause
+            )
+            await asyncio.sleep(pause)
+        if answer is not None:
+            return answer
+        raise error or TransientError("gateway: no replica is live, or none answered in time")
+
+    async def _round(
+        self, method: str, path: str, deadline: float, **kwargs: Any
+    ) -> ProxyResponse | _Missed:
+        """One pass over the live replicas: the first answer to hand back, or the misses."""
+        missed = _Missed()
         for url in await self._rotation.order():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -271,7 +351,7 @@ class GatewayClient:
                 answer = await self._attempt(method, url + path, remaining, **kwargs)
             except TransientError as exc:
                 self._rotation.failed(url)
-                error = exc
+                missed.error = exc
                 broken = Miss.NOT_CONNECTED if isinstance(exc, Unreachable) else Miss.LOST
                 if may_retry(method, broken):
                     continue
@@ -280,10 +360,23 @@ class GatewayClient:
             if miss is None or not may_retry(method, miss):
                 self._rotation.succeeded(url)
                 return answer
+            missed.answer = answer
+            if miss is Miss.UNSENT:
+                missed.seen.unsent(answer.status)
             log.debug("%s %s on %s: %s; trying another replica", method, path, url, miss.value)
-        if answer is not None:
-            return answer
-        raise error or TransientError("gateway: no replica is live, or none answered in time")
+        return missed
+
+    def _waits(self, plane: str | None, deadline: float) -> Iterator[float]:
+        """Pauses before the next rounds: none for a plane not reached in the last
+        ``recent_seconds`` (it fails at once, as it always did)."""
+        if plane is None or not self._recent.recent(plane):
+            return iter(())
+        return pauses(self._agent_wait_seconds, deadline)
+
+    def _note_reached(self, plane: str | None, headers: Mapping[str, str]) -> None:
+        """An answer not marked Unsent came from (or through) the plane's agent."""
+        if plane is not None and headers.get(UNSENT_HEADER) != "1":
+            self._recent.reached(plane)
 
     async def _fan_out(self, method: str, path: str, **kwargs: Any) -> list[dict[str, Any]]:
         """The call on every replica at once; each answer carries its ``replica`` (the URL when
@@ -398,40 +491,53 @@ class GatewayClient:
         return await self._send(
             method,
             target + (f"?{query}" if query else ""),
+            plane=plane_key(plane_type, plane_id),
             data=body,
             headers=dict(headers or {"Content-Type": "application/json"}),
         )
 
     @contextlib.asynccontextmanager
     async def _stream_response(
-        self, method: str, target: str
+        self, method: str, target: str, plane: str
     ) -> AsyncIterator[tuple[str, aiohttp.ClientResponse]]:
-        """The first replica whose answer starts a stream (the retry rules of :meth:`_send`);
-        an error answer that may not be retried is raised as before."""
+        """The first replica whose answer starts a stream (the retry rules of :meth:`_send`,
+        with its patience for a plane's agent); an error answer that may not be retried is
+        raised as before."""
         error: Failure | None = None
-        for url in await self._rotation.order():
-            async with contextlib.AsyncExitStack() as stack:
-                try:
-                    resp = await stack.enter_async_context(
-                        self._open(method, url + target, timeout=STREAM_TIMEOUT)
-                    )
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    self._rotation.failed(url)
-                    error = _unreachable(url, exc)
-                    if may_retry(method, miss_of_error(exc)):
-                        continue
-                    raise error from exc
-                if resp.status >= 400:
-                    message, parsed = _message(await resp.read(), resp.status)
-                    error = gateway_error(resp.status, message, parsed)
-                    miss = miss_of_answer(resp.status, resp.headers)
-                    if miss is not None and may_retry(method, miss):
-                        continue
-                    raise error
-                self._rotation.succeeded(url)
-                yield url, resp
-                return
-        raise error or TransientError("gateway: no replica is live")
+        waits: Iterator[float] | None = None
+        while True:
+            seen = Round()
+            for url in await self._rotation.order():
+                async with contextlib.AsyncExitStack() as stack:
+                    try:
+                        resp = await stack.enter_async_context(
+                            self._open(method, url + target, timeout=STREAM_TIMEOUT)
+                        )
+                    except (aiohttp.ClientError, TimeoutError) as exc:
+                        self._rotation.failed(url)
+                        error = _unreachable(url, exc)
+                        if may_retry(method, miss_of_error(exc)):
+                            continue
+                        raise error from exc
+                    if resp.status >= 400:
+                        message, parsed = _message(await resp.read(), resp.status)
+                        error = gateway_error(resp.status, message, parsed)
+                        miss = miss_of_answer(resp.status, resp.headers)
+                        if miss is not None and may_retry(method, miss):
+                            if miss is Miss.UNSENT:
+                                seen.unsent(resp.status)
+                            continue
+                        raise error
+                    self._rotation.succeeded(url)
+                    self._note_reached(plane, resp.headers)
+                    yield url, resp
+                    return
+            if waits is None:
+                waits = self._waits(plane, time.monotonic() + self._timeout)
+            pause = next(waits, None) if seen.agent_may_come_back else None
+            if pause is None:
+                raise error or TransientError("gateway: no replica is live")
+            await asyncio.sleep(pause)
 
     async def proxy_stream(
         self,
@@ -456,7 +562,8 @@ class GatewayClient:
         ends_at = time.monotonic() + timeout if timeout is not None else None
         breaks = 0
         while True:
-            async with self._stream_response(method, f"{target}?{query}") as (url, resp):
+            plane = plane_key(plane_type, plane_id)
+            async with self._stream_response(method, f"{target}?{query}", plane) as (url, resp):
                 try:
                     async for line in resp.content:
                         if position is not None and not line.endswith(b"\n"):
@@ -541,6 +648,11 @@ class GatewayClient:
             self._rotation.failed(url)
             error = _unreachable(url, exc)
         await queue.put(_Ended(url, error))
+
+
+def plane_key(plane_type: str, plane_id: str) -> str:
+    """What the client remembers a plane by (an agent serves a plane, whatever its CR)."""
+    return f"{plane_type}/{plane_id}"
 
 
 def _ended_early(position: WatchPosition, ends_at: float | None) -> bool:

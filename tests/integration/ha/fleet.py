@@ -18,7 +18,9 @@ from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.core_v1 import Event
 
 from tests.integration.harness import eventually
+from workflowplane.api import PLANE_TYPE
 from workflowplane.api.planes import ClusterWorkflowPlaneResource, WorkflowPlaneResource
+from workflowplane.protocol.agent_patience import DEFAULT_PATIENCE, AgentPatience
 from workflowplane.protocol.gateway_client import GATEWAY_NAMESPACE, GatewayClient
 from workflowplane.protocol.replicas import lease_name
 from workflowplane.testenv import ApiServer, free_port
@@ -142,9 +144,21 @@ class Fleet:
     def public_urls(self) -> str:
         return ",".join(r.public_url for r in self.replicas)
 
-    async def client(self) -> GatewayClient:
+    async def client(self, patience: AgentPatience = DEFAULT_PATIENCE) -> GatewayClient:
         """A caller's client given every replica (as the controller and CLI are)."""
-        return await GatewayClient.from_secret(self.kube, self.internal_urls)
+        return await GatewayClient.from_secret(
+            self.kube, self.internal_urls, GATEWAY_NAMESPACE, patience
+        )
+
+    def serving(self, port: int) -> GatewayProcess:
+        """The replica whose public port is ``port``."""
+        return next(r for r in self.replicas if r.public_port == port)
+
+
+async def plane_connected(client: GatewayClient, plane_id: str, namespace: str, name: str) -> bool:
+    """Whether any replica the client reaches holds an agent of WorkflowPlane ``name``."""
+    status = await client.plane_status(PLANE_TYPE, plane_id, namespace=namespace, name=name)
+    return status.get("connected") is True
 
 
 @contextlib.asynccontextmanager

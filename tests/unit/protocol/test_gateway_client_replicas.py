@@ -3,16 +3,20 @@ replica, each failing in one way; the client is given [failing, healthy] (its fi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from aiohttp import web
 
+from tests.unit.agent.stand_ins import until
 from workflowplane.kits.errors import Failure, TransientError
+from workflowplane.protocol.agent_patience import RecentPlanes
 from workflowplane.protocol.gateway_client import UNSENT_HEADER, GatewayClient
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -93,8 +97,8 @@ async def servers() -> AsyncIterator[Callable[[Handler], Awaitable[Replica]]]:
         await replica.stop()
 
 
-def client(urls: list[str], timeout: float = 10.0) -> GatewayClient:
-    return GatewayClient(urls, ssl.create_default_context(), timeout=timeout)
+def client(urls: list[str], timeout: float = 10.0, **patience: Any) -> GatewayClient:
+    return GatewayClient(urls, ssl.create_default_context(), timeout=timeout, **patience)
 
 
 FAILURES: dict[str, Handler | None] = {
@@ -176,6 +180,166 @@ async def test_a_failed_replica_is_tried_last(
         assert sum(len(r.hits) for r in healthy) == 6
     finally:
         await gateway.close()
+
+
+# ---- patience for a plane whose agent is between replicas -----------------------------------
+
+
+def hits(replicas: list[Replica], plane: str = "p") -> int:
+    """Requests the replicas received for ``plane``."""
+    return sum(1 for r in replicas for h in r.hits if f"/{plane}/" in h.path)
+
+
+async def reached_then_gone(
+    servers: Callable[[Handler], Awaitable[Replica]], total: float = 10.0, **patience: Any
+) -> tuple[GatewayClient, list[Replica]]:
+    """A client that got a real answer from plane ``p`` (first of three replicas: dead); then
+    the agent is gone from every live replica (each answers "no agent", Unsent)."""
+    replicas = [await servers(ok) for _ in range(2)]
+    gateway = client([refused_url(), *(r.url for r in replicas)], total, **patience)
+    assert (await gateway.proxy("GET", **ROUTE, path="api/v1/pods")).status == 200
+    for replica in replicas:
+        replica.handler = unsent
+    return gateway, replicas
+
+
+@pytest.mark.parametrize(
+    ("method", "first"),
+    [("GET", unsent), ("POST", unsent), ("GET", bad_gateway)],
+    ids=["GET", "POST", "GET in flight when the agent went"],
+)
+async def test_a_plane_reached_lately_waits_for_its_agent_to_come_back(
+    servers: Callable[[Handler], Awaitable[Replica]], method: str, first: Handler
+) -> None:
+    """Safe for any method: no replica sent it anywhere (a GET may also run again after a
+    502 without Unsent, from the replica whose agent went mid-request)."""
+    gateway, replicas = await reached_then_gone(servers)
+    replicas[0].handler = first
+    try:
+        before = hits(replicas)
+        request = asyncio.create_task(
+            gateway.proxy(method, **ROUTE, path="api/v1/pods", body=b"{}")
+        )
+        await until(lambda: hits(replicas) >= before + 2 * len(replicas))  # a second round
+        assert not request.done()
+        replicas[1].handler = ok  # the agent redialled, and landed on this replica
+        answer = await request
+        assert answer.status == 200
+    finally:
+        await gateway.close()
+
+
+@pytest.mark.parametrize(
+    ("total", "agent_wait_seconds"), [(1.0, 8.0), (35.0, 1.0)], ids=["deadline", "wait"]
+)
+async def test_the_wait_ends_within_the_deadline_and_the_agent_wait(
+    servers: Callable[[Handler], Awaitable[Replica]], total: float, agent_wait_seconds: float
+) -> None:
+    """Pauses of 0.25, 0.5, then what is left of 1 s: at most four rounds, then the last
+    answer, as without waiting."""
+    gateway, replicas = await reached_then_gone(
+        servers, total, agent_wait_seconds=agent_wait_seconds
+    )
+    try:
+        before = hits(replicas)
+        answer = await gateway.proxy("GET", **ROUTE, path="api/v1/pods")
+    finally:
+        await gateway.close()
+    assert answer.status == 502 and answer.headers[UNSENT_HEADER] == "1"
+    rounds = (hits(replicas) - before) // len(replicas)
+    assert 1 < rounds <= 4
+
+
+def by_plane(reached: str) -> Handler:
+    """Plane ``reached`` has an agent; any other plane none."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await (ok if f"/{reached}/" in request.path else unsent)(request)
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    ("reached_before", "recent_planes"),
+    [(False, 4096), (True, 1)],
+    ids=["never reached", "forgotten over the cap"],
+)
+async def test_a_plane_not_reached_lately_fails_at_once(
+    servers: Callable[[Handler], Awaitable[Replica]], reached_before: bool, recent_planes: int
+) -> None:
+    """Only a plane reached lately is waited for; here plane ``other`` was, and ``p`` never
+    was, or was and then forgotten (room for one plane, and ``other`` reached since)."""
+    replicas = [await servers(by_plane("other")) for _ in range(2)]
+    gateway = client([r.url for r in replicas], recent_planes=recent_planes)
+    try:
+        if reached_before:
+            gateway._recent.reached("workflowplane/p")
+        other = {**ROUTE, "plane_id": "other"}
+        assert (await gateway.proxy("GET", **other, path="api/v1/pods")).status == 200
+        assert len(gateway._recent) == 1
+        answer = await gateway.proxy("POST", **ROUTE, path="api/v1/pods", body=b"{}")
+    finally:
+        await gateway.close()
+    assert answer.status == 502
+    assert hits(replicas) == len(replicas)
+
+
+async def test_a_verdict_on_the_request_is_not_waited_on(
+    servers: Callable[[Handler], Awaitable[Replica]],
+) -> None:
+    """A 403 Unsent (no agent may serve this CR) is an answer, not an absence."""
+
+    async def forbidden(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"message": "no"}, status=403, headers={UNSENT_HEADER: "1"})
+
+    gateway, replicas = await reached_then_gone(servers)
+    for replica in replicas:
+        replica.handler = forbidden
+    try:
+        before = hits(replicas)
+        answer = await gateway.proxy("GET", **ROUTE, path="api/v1/pods")
+    finally:
+        await gateway.close()
+    assert answer.status == 403
+    assert hits(replicas) - before == len(replicas)
+
+
+async def test_a_watch_waits_for_the_agent_too(
+    servers: Callable[[Handler], Awaitable[Replica]],
+) -> None:
+    gateway, replicas = await reached_then_gone(servers)
+
+    async def first_line() -> bytes:
+        async for line in gateway.proxy_stream(
+            "GET", **ROUTE, path="api/v1/pods", query="watch=true"
+        ):
+            return line
+        raise AssertionError("the watch ended without a line")
+
+    try:
+        before = hits(replicas)
+        watch = asyncio.create_task(first_line())
+        await until(lambda: hits(replicas) >= before + 2 * len(replicas))
+        replicas[0].handler = streaming([event("ADDED", "7")], then_break=False)
+        assert await watch == event("ADDED", "7")
+    finally:
+        await gateway.close()
+
+
+def test_recent_planes_expire_and_the_least_recent_go_first() -> None:
+    now = [0.0]
+    recent = RecentPlanes(within_seconds=60, cap=2, clock=lambda: now[0])
+    recent.reached("a")
+    recent.reached("b")
+    recent.reached("a")  # a is now the most recent
+    recent.reached("c")  # over the cap: b goes
+    assert (recent.recent("a"), recent.recent("b"), recent.recent("c")) == (True, False, True)
+    now[0] = 61.0
+    assert not recent.recent("a")
+    with pytest.raises(ValueError, match="recent_seconds"):
+        RecentPlanes(within_seconds=-1)
+    with pytest.raises(ValueError, match="at least 1"):
+        RecentPlanes(cap=0)
 
 
 # ---- watches ---------------------------------------------------------------------------------
