@@ -24,6 +24,12 @@ pytestmark = pytest.mark.e2e
 CP, WP = "wp-control-plane", "wp-workflow-plane"
 
 
+def _logs_of(dev_state: Path) -> str:
+    """The dev environment's component logs (the state directory goes with the test)."""
+    logs = sorted((dev_state / "dev" / "logs").glob("*.log"))
+    return "".join(f"\n--- {log.name} (last lines) ---\n{log.read_text()[-3000:]}" for log in logs)
+
+
 def _port_open(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(1)
@@ -153,7 +159,7 @@ def _run_a_workflow(dev_state: Path, kubeconfig: Path) -> None:
 
 def test_dev_up_the_reference_flows_and_down(dev_state: Path) -> None:
     up = run_wpctl(dev_state, "dev", "up")
-    assert up.returncode == 0, up.stderr + up.stdout
+    assert up.returncode == 0, up.stderr + up.stdout + _logs_of(dev_state)
     kubeconfig = dev_state / "dev" / "kubeconfig"
     assert f"kubectl --context {CP}" in up.stdout and "True (Ready)" in up.stdout
     # Built before the tests (wp test), so up waits for them: the next run can succeed.

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import ssl
 import time
 import urllib.error
@@ -40,6 +41,17 @@ from workflowplane.testenv.apiserver import (
 )
 from workflowplane.testenv.plane_systems import ALL, PlaneBinaries
 from workflowplane.testenv.tools import kubectl
+
+log = logging.getLogger(__name__)
+# A system that exits while starting is tried once more on fresh ports: the ports are picked
+# free but not held until the process binds them, and under load another process (an outgoing
+# connection's ephemeral port, a parallel test) can take one in between.
+START_ATTEMPTS = 2
+
+
+class ExitedDuringStart(StartError):
+    """A system's process ended before it was ready (its log tail is in the message)."""
+
 
 NODE = "kwok-node"
 ARGO_NAMESPACE = "argo"
@@ -299,12 +311,21 @@ class PlaneRuntime:
         return exited
 
     def start(self) -> None:
-        self.launch()
-        try:
-            self.wait_ready()
-        except StartError:
-            self.stop()
-            raise
+        for attempt in range(1, START_ATTEMPTS + 1):
+            self.launch()
+            try:
+                self.wait_ready()
+                return
+            except StartError as exc:
+                self.stop()
+                if attempt == START_ATTEMPTS or not isinstance(exc, ExitedDuringStart):
+                    raise
+                log.warning("%s; starting again on fresh ports", str(exc).splitlines()[0])
+                self._fresh_ports()
+
+    def _fresh_ports(self) -> None:
+        self.kwok_port, self.scheduler_port = free_port(), free_port()
+        self.argo_metrics_port, self.eso_metrics_port = free_port(), free_port()
 
     def stop(self) -> None:
         for pid in reversed(list(self.pids.values())):
@@ -364,7 +385,8 @@ class PlaneRuntime:
         while pending:
             dead = [name for name, pid in self.pids.items() if not alive_child(pid)]
             if dead:
-                raise StartError(self._failure(f"{', '.join(dead)} exited during start-up"))
+                what = f"{', '.join(dead)} exited during start-up"
+                raise ExitedDuringStart(self._failure(what))
             pending = {name: probe for name, probe in pending.items() if not probe()}
             if pending and time.monotonic() > deadline:
                 raise StartError(
