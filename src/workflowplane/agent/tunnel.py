@@ -45,6 +45,7 @@ from workflowplane.agent.upstream import (
     UpstreamResult,
     response_headers,
 )
+from workflowplane.agent.ws_writer import mask_in_place
 from workflowplane.protocol import (
     TARGET_K8S,
     TUNNEL_V2,
@@ -61,6 +62,7 @@ from workflowplane.protocol import (
     encode,
     encode_binary,
 )
+from workflowplane.protocol.binary import encode_chunk
 from workflowplane.protocol.http import ALLOWED_METHODS
 from workflowplane.protocol.messages import opens_stream
 
@@ -70,6 +72,8 @@ CHUNK_BYTES = 1024 * 1024
 OFFERED = (TUNNEL_V3, TUNNEL_V2)
 # Room in a frame for everything but the base64 body: ids, status, headers, JSON syntax.
 FRAME_OVERHEAD = 64 * 1024
+# A StreamChunk message with data from the pieces read: (requestID, pieces) -> message.
+ChunkEncoder = Callable[[str, list[bytes]], bytes | bytearray]
 
 
 def full_jitter_delay(attempt: int, initial: float, cap: float) -> float:
@@ -147,7 +151,7 @@ class FrameServer:
     def __init__(
         self,
         upstream: Upstream,
-        send: Callable[[bytes], Awaitable[None]],
+        send: Callable[[bytes | bytearray], Awaitable[None]],
         timeout: float,
         max_concurrent: int,
         *,
@@ -156,10 +160,12 @@ class FrameServer:
         chunk_bytes: int = CHUNK_BYTES,
         max_streams: int = 64,
         encoder: Encoder = encode,
+        chunk_encoder: ChunkEncoder | None = None,
     ) -> None:
         self._upstream = upstream
         self._send = send
         self._encode = encoder  # the connection's: v1/v2 JSON or v3 binary
+        self._encode_chunk = chunk_encoder or self._chunk_via_encoder
         self._timeout = timeout
         self._slots = asyncio.Semaphore(max_concurrent)
         self._max_streams, self._open_streams = max_streams, 0
@@ -167,6 +173,9 @@ class FrameServer:
         self._max_frame, self._chunked, self._chunk = max_frame, chunked, chunk_bytes
         self.metrics = AgentMetrics()  # the tunnel puts its own here
         self._exec = ExecSessions(upstream, send, encoder)
+
+    def _chunk_via_encoder(self, rid: str, parts: list[bytes]) -> bytes:
+        return self._encode(StreamChunk(request_id=rid, data=_joined(parts)))
 
     @property
     def open_streams(self) -> int:
@@ -301,12 +310,13 @@ class FrameServer:
 
     async def _relay(self, rid: str, response: aiohttp.ClientResponse, head: _Head) -> None:
         """Send the upstream answer: whole if it fits one chunk, else head, chunks of
-        ``chunk_bytes``, close. Each chunk is joined once from what was read (no copies)."""
+        ``chunk_bytes``, close. Each chunk is joined once, from what was read, into its
+        message (v3: a bytearray the sender may mask in place, so no further copy)."""
         status, headers = response.status, response_headers(response.headers)
-        async for part in _exact_chunks(response.content, self._chunk):
-            if len(part) < self._chunk and not head.sent:  # the whole answer
+        async for parts, size in _exact_chunks(response.content, self._chunk):
+            if size < self._chunk and not head.sent:  # the whole answer
                 whole = TunnelResponse(
-                    request_id=rid, status_code=status, headers=headers, body=part
+                    request_id=rid, status_code=status, headers=headers, body=_joined(parts)
                 )
                 await self._send(self._encode(whole))
                 return
@@ -316,8 +326,8 @@ class FrameServer:
                 )
                 await self._send(self._encode(chunked))
                 head.sent = True
-            if part:
-                await self._send(self._encode(StreamChunk(request_id=rid, data=part)))
+            if size:
+                await self._send(self._encode_chunk(rid, parts))
         await self._send(self._encode(StreamChunk(request_id=rid, is_close=True)))
 
     async def _fail(self, rid: str, started: bool, status: int, message: str) -> None:
@@ -395,22 +405,27 @@ def _describe(protocol: str | None, max_frame: int) -> str:
     return f"v1 gateway: each answer in one frame of at most {max_frame} bytes"
 
 
-async def _exact_chunks(content: aiohttp.StreamReader, size: int) -> AsyncIterator[bytes]:
-    """A body as pieces of exactly ``size`` bytes, then the rest (shorter, maybe empty);
-    each joined once from what was read."""
+async def _exact_chunks(
+    content: aiohttp.StreamReader, size: int
+) -> AsyncIterator[tuple[list[bytes], int]]:
+    """A body as chunks of exactly ``size`` bytes, then the rest (shorter, maybe empty),
+    each as the pieces read (not joined: the encoder joins them into its message) and
+    its length. Pieces come as the socket gives them (no re-slicing into ``size`` reads)."""
     pieces: list[bytes] = []
     held = 0
-    async for piece in content.iter_chunked(size):
-        room = size - held
-        if len(piece) < room:
-            pieces.append(piece)
-            held += len(piece)
-            continue
-        pieces.append(piece[:room] if len(piece) > room else piece)
-        yield _joined(pieces)
-        rest = piece[room:]
-        pieces, held = ([rest], len(rest)) if rest else ([], 0)
-    yield _joined(pieces)
+    async for read in content.iter_any():
+        piece = read
+        while piece:
+            room = size - held
+            if len(piece) < room:
+                pieces.append(piece)
+                held += len(piece)
+                break
+            pieces.append(piece[:room] if len(piece) > room else piece)
+            yield pieces, size
+            piece = piece[room:]
+            pieces, held = [], 0
+    yield pieces, held
 
 
 def _joined(pieces: list[bytes]) -> bytes:
@@ -535,10 +550,13 @@ class AgentTunnel:
         sent_bytes = self.metrics.frame_bytes.labels("out")
         received_bytes = self.metrics.frame_bytes.labels("in")
 
-        async def send(data: bytes) -> None:
+        if binary:
+            mask_in_place(ws._writer)  # chunks of large answers: no copies to mask them
+
+        async def send(data: bytes | bytearray) -> None:
             sent_bytes.observe(len(data))
             async with lock:  # a frame from the bytes as they are (no str copy)
-                await ws.send_frame(data, kind)
+                await ws.send_frame(data, kind)  # type: ignore[arg-type]  # see ws_writer
 
         server = FrameServer(
             self._upstream,
@@ -549,6 +567,7 @@ class AgentTunnel:
             chunked=ws.protocol in OFFERED,
             max_streams=self._max_streams,
             encoder=encode_binary if binary else encode,
+            chunk_encoder=encode_chunk if binary else None,
         )
         server.metrics = self.metrics
         watcher = asyncio.create_task(self._close_on_request(ws))

@@ -247,14 +247,16 @@ class AgentEndpoint:
         """One warning per connection and kind per interval (the rest are counted in it)."""
         self._problems.log((conn.id, kind), logging.WARNING, "agent %s: " + msg, conn.id, *args)
 
-    def _route_frame(self, conn: AgentConnection, raw: str | bytes, binary: bool = False) -> bool:
+    def _route_frame(
+        self, conn: AgentConnection, raw: str | bytes | bytearray, binary: bool = False
+    ) -> bool:
         """Deliver a response or chunk to whoever waits for it; drop (and count) the rest.
         Whether anyone could use it. ``binary``: a v3 message (else v1 JSON)."""
         try:
             frame = (
                 decode_binary(raw)
-                if binary and isinstance(raw, bytes)
-                else classify_gateway_frame(raw)
+                if binary and isinstance(raw, bytes | bytearray)
+                else classify_gateway_frame(bytes(raw) if isinstance(raw, bytearray) else raw)
             )
         except UNDECODABLE as exc:
             self._metrics.dropped_frames.inc()

@@ -97,19 +97,22 @@ class _Frame:
     mask: bytes | None
     remaining: int
     passthrough: bool  # control or malformed: aiohttp's parser reads it
-    pieces: list[bytes] = field(default_factory=list)
+    # The payload as it arrives: one copy out of the socket's buffers, unmasked in place
+    # (a 1 MiB chunk of a large answer must not be copied once per step).
+    data: bytearray = field(default_factory=bytearray)
     head: bytearray = field(default_factory=bytearray)
 
-    def payload(self) -> bytes:
-        data = b"".join(self.pieces)
-        return _unmask(self.mask, data)
+    def payload(self) -> bytearray:
+        if self.mask is not None and self.data:
+            websocket_mask(self.mask, self.data)
+        return self.data
 
 
 @dataclass
 class _Message:
     opcode: int
     size: int = 0
-    parts: list[bytes] = field(default_factory=list)
+    parts: list[bytearray] = field(default_factory=list)
     head: bytes = b""
     discarding: bool = False
     reported: bool = False
@@ -220,7 +223,7 @@ class FrameGuard:
         message = self._message
         assert message is not None
         if not message.discarding:
-            frame.pieces.append(bytes(piece))
+            frame.data += piece
             return
         if not message.head and len(frame.head) < HEAD_BYTES:
             frame.head += piece[: HEAD_BYTES - len(frame.head)]
@@ -237,7 +240,7 @@ class FrameGuard:
             payload = frame.payload()
             message.parts.append(payload)
             if not message.head:
-                message.head = payload[:HEAD_BYTES]
+                message.head = bytes(payload[:HEAD_BYTES])
         elif not message.head:
             message.head = _unmask(frame.mask, frame.head)
         if message.discarding:
@@ -259,9 +262,15 @@ class FrameGuard:
         self._queue.feed_data(WSMessage(WSMsgType.BINARY, oversized, None), 0)
 
     def _deliver(self, message: _Message) -> None:
-        data = message.parts[0] if len(message.parts) == 1 else b"".join(message.parts)
-        kind = WSMsgType.TEXT if message.opcode == _OP_TEXT else WSMsgType.BINARY
-        self._queue.feed_data(WSMessage(kind, data, None), len(data))
+        """TEXT (v1/v2 JSON) as bytes, as before; BINARY (v3) as the bytearray it was read
+        into, uncopied (``decode_binary`` takes the body out of it in one copy)."""
+        parts = message.parts
+        if message.opcode == _OP_TEXT:
+            text = bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
+            self._queue.feed_data(WSMessage(WSMsgType.TEXT, text, None), len(text))
+            return
+        data = parts[0] if len(parts) == 1 else bytearray().join(parts)
+        self._queue.feed_data(WSMessage(WSMsgType.BINARY, data, None), len(data))
 
     def _pass(self, data: bytes) -> None:
         eof, _ = self._inner.feed_data(data)

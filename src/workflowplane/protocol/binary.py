@@ -20,6 +20,7 @@ without data means success).
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from typing import Final
 
 import msgspec
@@ -93,6 +94,17 @@ def encode_binary(frame: Frame) -> bytes:
     return b"".join((head, rid, meta, body))
 
 
+def encode_chunk(request_id: str, parts: Sequence[bytes]) -> bytearray:
+    """A v3 StreamChunk message whose data is ``parts`` joined, built with one copy of them
+    into a bytearray the caller owns (a WebSocket client may mask it in place)."""
+    rid = request_id.encode()
+    if not 0 < len(rid) <= MAX_ID_BYTES:
+        raise BinaryFrameError(f"requestID must be 1 to {MAX_ID_BYTES} bytes, not {len(rid)}")
+    meta = _encoder.encode(_ChunkMeta(has_data=True))
+    head = HEADER.pack(_KINDS[StreamChunk], VERSION, len(rid), len(meta))
+    return bytearray().join((head, rid, meta, *parts))
+
+
 def _header(data: bytes | bytearray | memoryview) -> tuple[int, int, int]:
     """kind, id length, metadata length of a message; BinaryFrameError when they are wrong."""
     if len(data) < HEADER.size:
@@ -120,8 +132,9 @@ def request_id_of(head: bytes | bytearray | memoryview) -> str | None:
     return bytes(head[HEADER.size : HEADER.size + id_len]).decode(errors="replace")
 
 
-def decode_binary(data: bytes) -> Frame:
-    """A v3 message back into its frame; BinaryFrameError for anything that is not one."""
+def decode_binary(data: bytes | bytearray) -> Frame:
+    """A v3 message back into its frame; BinaryFrameError for anything that is not one.
+    The body is copied out once (``data`` may be the receive buffer, reused or not)."""
     kind, id_len, meta_len = _header(data)
     meta_end = HEADER.size + id_len + meta_len
     if len(data) < meta_end:
@@ -132,7 +145,7 @@ def decode_binary(data: bytes) -> Frame:
     try:
         rid = bytes(view[HEADER.size : HEADER.size + id_len]).decode()
         meta = view[HEADER.size + id_len : meta_end]
-        body = data[meta_end:]
+        body = bytes(view[meta_end:])
         if kind == _KINDS[StreamChunk]:
             flags = _chunk_meta.decode(meta)
             return StreamChunk(
