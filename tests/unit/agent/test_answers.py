@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import itertools
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,6 +17,8 @@ from multidict import CIMultiDict
 
 from workflowplane.agent.tunnel import FrameServer, body_limit
 from workflowplane.agent.upstream import ResponseTooLarge, UpstreamResult, read_bounded
+from workflowplane.protocol import StreamChunk, TunnelRequest, TunnelResponse
+from workflowplane.protocol.binary import decode_binary, encode_binary, encode_chunk
 
 REQUEST = {"requestID": "r1", "target": "k8s", "method": "GET", "path": "/api/v1/configmaps"}
 
@@ -199,3 +202,39 @@ async def test_idle_waits_for_work_in_flight() -> None:
     gate.set()
     await waiter
     assert len(sent) == 1
+
+
+async def test_v3_chunks_are_built_once_from_the_pieces_read_exact_bytes() -> None:
+    """Pieces of any size (one spans several chunks) become chunks of exactly ``chunk_bytes``,
+    each one bytearray message built for the sender (which masks it in place)."""
+    body = bytes(range(256)) * 200  # 51,200 bytes
+    cuts = [0, 1, 700, 9_999, 10_000, 33_333, 51_200]
+    pieces = [body[a:b] for a, b in itertools.pairwise(cuts)]
+    sent: list[bytes | bytearray] = []
+
+    async def send(data: bytes | bytearray) -> None:
+        sent.append(data)
+
+    server = FrameServer(
+        FakeUpstream(FakeResponse(pieces)),
+        send,
+        timeout=5,
+        max_concurrent=2,
+        chunked=True,
+        chunk_bytes=10_000,
+        encoder=encode_binary,
+        chunk_encoder=encode_chunk,
+    )
+    server.dispatch(encode_binary(TunnelRequest(**_request_fields())), binary=True)
+    await server.idle()
+    head, *chunks, close = [decode_binary(bytes(data)) for data in sent]
+    assert isinstance(head, TunnelResponse) and head.chunked is True
+    assert all(isinstance(data, bytearray) for data in sent[1:-1])
+    data = [chunk.data for chunk in chunks if isinstance(chunk, StreamChunk)]
+    assert [len(d or b"") for d in data] == [10_000] * 5 + [1_200]
+    assert b"".join(d or b"" for d in data) == body
+    assert isinstance(close, StreamChunk) and close.is_close is True and close.data is None
+
+
+def _request_fields() -> dict[str, Any]:
+    return {"request_id": "r1", "target": "k8s", "method": "GET", "path": "/api/v1/configmaps"}

@@ -19,7 +19,7 @@ from workflowplane.gateway.metrics import GatewayMetrics
 from workflowplane.gateway.plane_cache import PlaneCache
 from workflowplane.pki import generate_ca, issue_certificate
 from workflowplane.protocol import BinaryFrameError, Frame, decode_binary, encode_binary
-from workflowplane.protocol.binary import HEADER, MAX_ID_BYTES, MAX_META_BYTES
+from workflowplane.protocol.binary import HEADER, MAX_ID_BYTES, MAX_META_BYTES, encode_chunk
 from workflowplane.protocol.messages import (
     StreamChunk,
     StreamInit,
@@ -174,3 +174,11 @@ async def test_the_gateway_drops_garbage_counts_it_and_routes_the_next_answer() 
     answer = TunnelResponse(request_id="ok", status_code=200, body=b"\x00\x01")
     assert endpoint._route_frame(conn, encode_binary(answer), binary=True)
     assert waiting.result() == answer
+
+
+def test_a_chunk_built_from_pieces_is_the_chunk_of_their_bytes() -> None:
+    pieces = [b"ab", b"", b"c" * 70_000, b"d"]
+    message = encode_chunk("rid", pieces)
+    assert isinstance(message, bytearray)
+    assert message == encode_binary(StreamChunk(request_id="rid", data=b"".join(pieces)))
+    assert decode_binary(message) == StreamChunk(request_id="rid", data=b"".join(pieces))
