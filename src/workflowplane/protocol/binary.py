@@ -84,11 +84,16 @@ def _split(frame: Frame) -> tuple[bytes, bytes]:
     return _encoder.encode(msgspec.structs.replace(frame, request_id="")), b""
 
 
-def encode_binary(frame: Frame) -> bytes:
-    """One v3 message (the body is copied once, into the message)."""
-    rid = frame.request_id.encode()
+def _request_id_bytes(request_id: str) -> bytes:
+    rid = request_id.encode()
     if not 0 < len(rid) <= MAX_ID_BYTES:
         raise BinaryFrameError(f"requestID must be 1 to {MAX_ID_BYTES} bytes, not {len(rid)}")
+    return rid
+
+
+def encode_binary(frame: Frame) -> bytes:
+    """One v3 message (the body is copied once, into the message)."""
+    rid = _request_id_bytes(frame.request_id)
     meta, body = _split(frame)
     head = HEADER.pack(_KINDS[type(frame)], VERSION, len(rid), len(meta))
     return b"".join((head, rid, meta, body))
@@ -97,9 +102,7 @@ def encode_binary(frame: Frame) -> bytes:
 def encode_chunk(request_id: str, parts: Sequence[bytes]) -> bytearray:
     """A v3 StreamChunk message whose data is ``parts`` joined, built with one copy of them
     into a bytearray the caller owns (a WebSocket client may mask it in place)."""
-    rid = request_id.encode()
-    if not 0 < len(rid) <= MAX_ID_BYTES:
-        raise BinaryFrameError(f"requestID must be 1 to {MAX_ID_BYTES} bytes, not {len(rid)}")
+    rid = _request_id_bytes(request_id)
     meta = _encoder.encode(_ChunkMeta(has_data=True))
     head = HEADER.pack(_KINDS[StreamChunk], VERSION, len(rid), len(meta))
     return bytearray().join((head, rid, meta, *parts))
