@@ -303,6 +303,12 @@ class FrameServer:
         """Send the upstream answer: whole if it fits one chunk, else head, chunks of
         ``chunk_bytes``, close. Each chunk is joined once from what was read (no copies)."""
         status, headers = response.status, response_headers(response.headers)
+        size = response.content_length
+        if size is not None and size < self._chunk:  # small and known: one read, one frame
+            body = await response.read()
+            whole = TunnelResponse(request_id=rid, status_code=status, headers=headers, body=body)
+            await self._send(self._encode(whole))
+            return
         async for part in _exact_chunks(response.content, self._chunk):
             if len(part) < self._chunk and not head.sent:  # the whole answer
                 whole = TunnelResponse(
