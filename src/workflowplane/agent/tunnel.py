@@ -195,11 +195,12 @@ class FrameServer:
         if isinstance(frame, TunnelResponse):  # not meant for an agent
             log.warning("dropping unexpected response frame %s", frame.request_id)
             return
-        counted = opens_stream(frame) and self._open_streams < self._max_streams
-        work = self._work(frame) if counted or not opens_stream(frame) else self._over_cap(frame)
+        streams = opens_stream(frame)
+        counted = streams and self._open_streams < self._max_streams
+        work = self._work(frame, streams) if counted or not streams else self._over_cap(frame)
         task = asyncio.create_task(work)
         request_id = frame.request_id
-        self.metrics.track(frame, task)
+        self.metrics.track(frame, task, streams)
         self._tasks[request_id] = task
         if counted:  # counted at once: a burst of streams cannot overshoot the cap
             self._open_streams += 1
@@ -211,9 +212,9 @@ class FrameServer:
 
         task.add_done_callback(forget)
 
-    def _work(self, frame: TunnelRequest | StreamInit) -> Coroutine[Any, Any, None]:
+    def _work(self, frame: TunnelRequest | StreamInit, streams: bool) -> Coroutine[Any, Any, None]:
         if isinstance(frame, TunnelRequest):
-            return self._serve(frame, streaming=opens_stream(frame))
+            return self._serve(frame, streaming=streams)
         if frame.is_upgrade:
             return self._exec.run(frame)
         return self._stream(frame)
