@@ -240,7 +240,7 @@ class KubeProxy:
                 return self.count(k8s_status(501, "upgrades are not served", "NotImplemented"))
             return await self.on_upgrade(request, target, path)
         body = await request.read()
-        if is_streaming_query(request.query):
+        if is_streaming_query(request.query_string):  # the string: no MultiDict built
             return await self._stream(request, target, path)
         conn = self._connections.pick(target.plane_type, target.plane_id, target.key)
         if conn is None:  # its last authorized connection went while the body was read

@@ -56,8 +56,8 @@ def is_streaming_query(query: Mapping[str, str] | str) -> bool:
     """``watch=true`` or ``follow=true``: an answer that lasts as long as the caller wants,
     which both ends count against their stream caps, not their request caps."""
     if isinstance(query, str):
-        if "watch" not in query and "follow" not in query:  # most requests: parse nothing
-            return False
+        if "%" not in query and "watch" not in query and "follow" not in query:
+            return False  # most requests: nothing to parse (``%`` may hide either name)
         values: Mapping[str, str] = dict(parse_qsl(query))
     else:
         values = query
