@@ -116,10 +116,16 @@ class AgentMetrics:
 
     # ---- requests ---------------------------------------------------------------------------
 
-    def track(self, frame: TunnelRequest | StreamInit, task: asyncio.Task[None]) -> None:
+    def track(
+        self,
+        frame: TunnelRequest | StreamInit,
+        task: asyncio.Task[None],
+        streams: bool | None = None,
+    ) -> None:
         """Count ``task`` (serving ``frame``) in flight until it ends, then log its end at
-        DEBUG with the request's id."""
-        gauge = self.streams_in_flight if opens_stream(frame) else self.requests_in_flight
+        DEBUG with the request's id. ``streams``: whether it opens a stream, when known."""
+        streams = opens_stream(frame) if streams is None else streams
+        gauge = self.streams_in_flight if streams else self.requests_in_flight
         gauge.inc()
         started = time.monotonic()
 

@@ -204,11 +204,12 @@ class FrameServer:
         if isinstance(frame, TunnelResponse):  # not meant for an agent
             log.warning("dropping unexpected response frame %s", frame.request_id)
             return
-        counted = opens_stream(frame) and self._open_streams < self._max_streams
-        work = self._work(frame) if counted or not opens_stream(frame) else self._over_cap(frame)
+        streams = opens_stream(frame)
+        counted = streams and self._open_streams < self._max_streams
+        work = self._work(frame, streams) if counted or not streams else self._over_cap(frame)
         task = asyncio.create_task(work)
         request_id = frame.request_id
-        self.metrics.track(frame, task)
+        self.metrics.track(frame, task, streams)
         self._tasks[request_id] = task
         if counted:  # counted at once: a burst of streams cannot overshoot the cap
             self._open_streams += 1
@@ -220,9 +221,9 @@ class FrameServer:
 
         task.add_done_callback(forget)
 
-    def _work(self, frame: TunnelRequest | StreamInit) -> Coroutine[Any, Any, None]:
+    def _work(self, frame: TunnelRequest | StreamInit, streams: bool) -> Coroutine[Any, Any, None]:
         if isinstance(frame, TunnelRequest):
-            return self._serve(frame, streaming=opens_stream(frame))
+            return self._serve(frame, streaming=streams)
         if frame.is_upgrade:
             return self._exec.run(frame)
         return self._stream(frame)
@@ -313,6 +314,12 @@ class FrameServer:
         ``chunk_bytes``, close. Each chunk is joined once, from what was read, into its
         message (v3: a bytearray the sender may mask in place, so no further copy)."""
         status, headers = response.status, response_headers(response.headers)
+        size = response.content_length
+        if size is not None and size < self._chunk:  # small and known: one read, one frame
+            body = await response.read()
+            whole = TunnelResponse(request_id=rid, status_code=status, headers=headers, body=body)
+            await self._send(self._encode(whole))
+            return
         async for parts, size in _exact_chunks(response.content, self._chunk):
             if size < self._chunk and not head.sent:  # the whole answer
                 whole = TunnelResponse(

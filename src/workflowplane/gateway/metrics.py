@@ -9,7 +9,7 @@ name is ever a label. docs/observability.md lists the series.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -47,6 +47,7 @@ DISCONNECT_REASONS: Final = frozenset(
     }
 )
 FRAME_DIRECTIONS: Final = ("in", "out")  # in: from agents; out: to agents
+MAX_CACHED_HANDLES = 1024  # labelled series handles kept per cache (label sets are bounded)
 
 
 class GatewayMetrics:
@@ -180,3 +181,32 @@ class GatewayMetrics:
     def agent_disconnected(self, plane_id: str, reason: str) -> None:
         reason = reason if reason in DISCONNECT_REASONS else "connection-closed"
         self.agent_disconnections.labels(plane_id, reason).inc()
+
+
+class MetricHandles:
+    """The labelled series each proxied request touches, looked up once per label set
+    (``labels()`` costs more than the observation itself). Label sets are bounded (planes,
+    verbs, codes); past ``MAX_CACHED_HANDLES`` a handle is looked up each time."""
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self._metrics = metrics
+        self._cache: dict[tuple[str, ...], Any] = {}
+
+    def _child(self, metric: Counter | Gauge | Histogram, *labels: str) -> Any:
+        key = (metric._name, *labels)
+        child = self._cache.get(key)
+        if child is None:
+            child = metric.labels(*labels)
+            if len(self._cache) < MAX_CACHED_HANDLES:
+                self._cache[key] = child
+        return child
+
+    def in_flight(self, plane_id: str) -> Any:
+        return self._child(self._metrics.requests_in_flight, plane_id)
+
+    def latency(self, plane_id: str, verb: str) -> Any:
+        return self._child(self._metrics.latency, plane_id, verb)
+
+    def answered(self, plane_id: str, verb: str, code: int) -> Any:
+        """The answers counter of a plane (``unknown`` until an agent of it connected)."""
+        return self._child(self._metrics.requests, self._metrics.plane(plane_id), verb, str(code))

@@ -55,5 +55,10 @@ _TRUE = ("true", "1")
 def is_streaming_query(query: Mapping[str, str] | str) -> bool:
     """``watch=true`` or ``follow=true``: an answer that lasts as long as the caller wants,
     which both ends count against their stream caps, not their request caps."""
-    values = dict(parse_qsl(query)) if isinstance(query, str) else query
+    if isinstance(query, str):
+        if "%" not in query and "watch" not in query and "follow" not in query:
+            return False  # most requests: nothing to parse (``%`` may hide either name)
+        values: Mapping[str, str] = dict(parse_qsl(query))
+    else:
+        values = query
     return values.get("watch") in _TRUE or values.get("follow") in _TRUE

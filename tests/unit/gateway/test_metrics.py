@@ -297,3 +297,18 @@ async def test_a_failure_the_gateway_gives_itself_is_counted_and_logged_as_a_war
     lines = [r for r in debug_logs.records if r.getMessage().startswith("proxied")]
     assert [r.levelno for r in lines] == [logging.WARNING, logging.WARNING]
     assert lines[0].cr == "ns/other" and lines[0].request_id is None  # type: ignore[attr-defined]
+
+
+async def test_an_agent_that_never_answers_gets_its_caller_a_502_and_nothing_stays() -> None:
+    connections, metrics = manager()
+    conn = connection()
+    connections.connect(conn)
+    app = web.Application()
+    config = GatewayConfig(request_timeout_seconds=0.2)
+    app.add_routes(KubeProxy(connections, config, metrics).routes())
+    async with TestClient(TestServer(app)) as client:
+        response = await client.get(f"{BASE}/api/v1/namespaces/ns/configmaps")
+        assert response.status == 502
+        assert "did not answer within" in (await response.json())["message"]
+    assert conn.pending == {}
+    assert sample(metrics, IN_FLIGHT, plane_id="p") == 0
