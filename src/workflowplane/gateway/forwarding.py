@@ -21,11 +21,9 @@ Upgrades (exec, attach) are not forwarded: they are answered with the local refu
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -35,7 +33,6 @@ from lightkube import AsyncClient
 from lightkube.resources.core_v1 import Secret
 
 from workflowplane.gateway.kube_proxy import REQUEST_HOP_BY_HOP, Target, k8s_status, unsent
-from workflowplane.kits.errors import EXPECTED_ERRORS, NETWORK_ERRORS
 from workflowplane.protocol.gateway_client import INTERNAL_CLIENT_SECRET, client_ssl_context
 from workflowplane.protocol.http import (
     FORWARDED_BY_HEADER,
@@ -43,7 +40,7 @@ from workflowplane.protocol.http import (
     UNSENT_HEADER,
     is_streaming_query,
 )
-from workflowplane.protocol.replicas import Replica, live_replicas
+from workflowplane.protocol.replicas import LeaseDirectory, Replica
 
 log = logging.getLogger(__name__)
 PEERS_TTL_SECONDS = 2.0  # the Lease directory is listed at most this often
@@ -53,28 +50,15 @@ NO_AGENT = (502, 503)  # refusals that say less than a peer's (403: its agent ma
 
 
 class PeerDirectory:
-    """The live peers (this replica excluded), listed from the Leases at most every 2 s."""
+    """The live peers (this replica excluded): the Lease directory, read at most every 2 s."""
 
-    def __init__(self, kube: AsyncClient, namespace: str, me: str) -> None:
-        self._kube = kube
-        self._namespace = namespace
+    def __init__(self, leases: LeaseDirectory, me: str) -> None:
+        self._leases = leases
         self._me = me
-        self._peers: list[Replica] = []
-        self._listed_at = float("-inf")
-        self._lock = asyncio.Lock()
         self._preferred: dict[tuple[str, str], str] = {}
 
     async def peers(self) -> list[Replica]:
-        async with self._lock:
-            if time.monotonic() - self._listed_at >= PEERS_TTL_SECONDS:
-                try:
-                    found = await live_replicas(self._kube, self._namespace)
-                except EXPECTED_ERRORS + NETWORK_ERRORS as exc:
-                    log.warning("cannot list gateway replicas (keeping the last list): %s", exc)
-                else:
-                    self._peers = [r for r in found if r.name != self._me]
-                self._listed_at = time.monotonic()
-            return list(self._peers)
+        return [r for r in await self._leases.replicas() if r.name != self._me]
 
     async def candidates(self, target: Target) -> list[Replica]:
         """Peers in the order to try: the one that served this plane last first."""
@@ -142,7 +126,8 @@ class Forwarder:
             connector=aiohttp.TCPConnector(ssl=context, limit=256),
             auto_decompress=False,  # the body goes back as the peer sent it
         )
-        directory = PeerDirectory(kube, namespace, me)
+        leases = LeaseDirectory(kube, namespace, refresh_seconds=PEERS_TTL_SECONDS)
+        directory = PeerDirectory(leases, me)
         return cls(directory, me, session, peer_server_name(server_cert_pem), request_timeout)
 
     async def close(self) -> None:

@@ -149,16 +149,20 @@ class LeaseDirectory:
         self._refresh = refresh_seconds
         self._clock = clock
         self._owns_client = owns_client
-        self._known: list[str] = []
+        self._known: list[Replica] = []
         self._read_at: float | None = None
         self._lock = asyncio.Lock()
 
-    async def urls(self) -> list[str]:
+    async def replicas(self) -> list[Replica]:
+        """The live replicas as last read (re-read when due)."""
         if self._due():
             async with self._lock:
                 if self._due():
                     await self._reread()
-        return list(self._known or self._fallback)
+        return list(self._known)
+
+    async def urls(self) -> list[str]:
+        return [replica.internal_url for replica in await self.replicas()] or list(self._fallback)
 
     def failed(self, url: str) -> None:
         """A replica failed: it may be gone, so the next call re-reads the Leases."""
@@ -179,10 +183,10 @@ class LeaseDirectory:
             known = len(self._known)
             log.warning("gateway Leases unreadable (%s); keeping %d known replica(s)", exc, known)
             return
-        urls = [replica.internal_url for replica in replicas]
-        if urls != self._known:
-            log.info("gateway replicas: %s", ", ".join(urls) or "none (using the fallback)")
-        self._known = urls
+        if replicas != self._known:
+            urls = ", ".join(replica.internal_url for replica in replicas)
+            log.info("gateway replicas: %s", urls or "none (using the fallback)")
+        self._known = replicas
 
 
 class ReplicaRotation:
