@@ -10,9 +10,11 @@ plane (untrusted): a line too long or not an event is passed on and ignored here
 
 from __future__ import annotations
 
-import json
 import math
+from typing import Any
 from urllib.parse import parse_qsl, urlencode
+
+import msgspec
 
 MAX_EVENT_LINE_BYTES = 16 * 1024 * 1024
 MAX_RESOURCE_VERSION = 256
@@ -34,32 +36,52 @@ def timeout_of(query: str) -> float | None:
     return None
 
 
-def _event(line: bytes) -> dict[str, object] | None:
+class _Metadata(msgspec.Struct):
+    resource_version: str | None = msgspec.field(default=None, name="resourceVersion")
+
+
+class _Object(msgspec.Struct):
+    metadata: _Metadata | None = None
+
+
+class _Event(msgspec.Struct):
+    """The two fields a position needs; the object stays unparsed until the type says it
+    carries one (every other member of a large object is skipped, not built)."""
+
+    type: Any = None
+    object: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
+
+
+_events = msgspec.json.Decoder(_Event)
+_objects = msgspec.json.Decoder(_Object)
+
+
+def _event(line: bytes) -> _Event | None:
     if len(line) > MAX_EVENT_LINE_BYTES or not line.strip():
         return None
     try:
-        event = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
+        return _events.decode(line)
+    except (msgspec.DecodeError, msgspec.ValidationError):
         return None
-    return event if isinstance(event, dict) else None
+
+
+def _version_in(event: _Event) -> str | None:
+    if event.type not in POSITION_TYPES or not event.object:
+        return None
+    try:
+        metadata = _objects.decode(event.object).metadata
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    version = metadata.resource_version if metadata is not None else None
+    if version is not None and 0 < len(version) <= MAX_RESOURCE_VERSION and version.isprintable():
+        return version
+    return None
 
 
 def resource_version_of(line: bytes) -> str | None:
     """The resourceVersion a watch event line moves the stream to (None: it moves nothing)."""
     event = _event(line)
-    if event is None or event.get("type") not in POSITION_TYPES:
-        return None
-    obj = event.get("object")
-    metadata = obj.get("metadata") if isinstance(obj, dict) else None
-    version = metadata.get("resourceVersion") if isinstance(metadata, dict) else None
-    if isinstance(version, str) and 0 < len(version) <= MAX_RESOURCE_VERSION:
-        return version if version.isprintable() else None
-    return None
-
-
-def is_error_event(line: bytes) -> bool:
-    event = _event(line)
-    return event is not None and event.get("type") == "ERROR"
+    return _version_in(event) if event is not None else None
 
 
 class WatchPosition:
@@ -71,11 +93,14 @@ class WatchPosition:
         self.error_seen = False
 
     def observe(self, line: bytes) -> None:
-        version = resource_version_of(line)
+        event = _event(line)  # one parse of the line for both questions
+        if event is None:
+            return
+        version = _version_in(event)
         if version is not None:
             self.resource_version = version
             self.error_seen = False
-        elif is_error_event(line):
+        elif event.type == "ERROR":
             self.error_seen = True
 
     def resume_query(self, query: str, seconds_left: float | None = None) -> str:
@@ -87,7 +112,5 @@ class WatchPosition:
             pairs = [(k, left if k == "timeoutSeconds" else v) for k, v in pairs]
         if self.resource_version is None:
             return urlencode(pairs)
-        pairs = [
-            (k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k not in START_PARAMETERS
-        ]
+        pairs = [(k, v) for k, v in pairs if k not in START_PARAMETERS]
         return urlencode([*pairs, ("resourceVersion", self.resource_version)])

@@ -209,6 +209,14 @@ def test_a_resumed_watch_starts_at_the_last_version() -> None:
     assert position.resume_query(query) == "watch=true&labelSelector=a%3Db&resourceVersion=9"
 
 
+def test_a_resumed_watch_keeps_only_what_is_left_of_its_timeout() -> None:
+    position = WatchPosition()
+    query = "watch=true&timeoutSeconds=300&resourceVersion=1"
+    assert position.resume_query(query, 120.2) == "watch=true&timeoutSeconds=121&resourceVersion=1"
+    position.observe(line("MODIFIED", "7"))
+    assert position.resume_query(query, 0.3) == "watch=true&timeoutSeconds=1&resourceVersion=7"
+
+
 @pytest.mark.parametrize(
     ("query", "watch"),
     [("watch=true", True), ("a=b&watch=1", True), ("follow=true", False), ("watch=false", False)],
