@@ -44,7 +44,7 @@ class InFlight:
                 return unsent(
                     k8s_status(503, "this gateway replica is shutting down", "ServiceUnavailable")
                 )
-            if is_streaming_query(request.query) or request.headers.get("Upgrade"):
+            if is_streaming_query(request.query_string) or request.headers.get("Upgrade"):
                 return await handler(request)
             self.count += 1
             self._idle.clear()

@@ -52,13 +52,23 @@ def is_caller_credential(name: str) -> bool:
 _TRUE = ("true", "1")
 
 
+def first_values(query: str) -> dict[str, str]:
+    """Each parameter's first value, the one the API server acts on (Go's ``url.Values.Get``,
+    as aiohttp's ``MultiDict.get``): ``watch=true&watch=false`` is a watch, and must be
+    counted as one however the duplicates are ordered."""
+    values: dict[str, str] = {}
+    for key, value in parse_qsl(query):
+        values.setdefault(key, value)
+    return values
+
+
 def is_streaming_query(query: Mapping[str, str] | str) -> bool:
     """``watch=true`` or ``follow=true``: an answer that lasts as long as the caller wants,
     which both ends count against their stream caps, not their request caps."""
     if isinstance(query, str):
         if "%" not in query and "watch" not in query and "follow" not in query:
             return False  # most requests: nothing to parse (``%`` may hide either name)
-        values: Mapping[str, str] = dict(parse_qsl(query))
+        values: Mapping[str, str] = first_values(query)
     else:
         values = query
     return values.get("watch") in _TRUE or values.get("follow") in _TRUE

@@ -43,6 +43,21 @@ def test_streaming_requests_are_recognised() -> None:
     assert not is_streaming({"watch": "false"}) and not is_streaming({})
 
 
+@pytest.mark.parametrize(
+    ("query", "streaming"),
+    [
+        ("watch=true&watch=false", True),  # the API server acts on the first value: a watch
+        ("watch=false&watch=true", False),
+        ("follow=1&follow=0", True),
+        ("limit=5&watch=true", True),
+        ("watch=%74rue", True),
+        ("limit=5", False),
+    ],
+)
+def test_a_query_string_counts_as_the_api_server_reads_it(query: str, streaming: bool) -> None:
+    assert is_streaming(query) is streaming
+
+
 def test_bundles_split_so_one_bad_block_can_be_skipped() -> None:
     good = generate_ca("a").cert_pem + generate_ca("b").cert_pem
     bad = b"-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n"
