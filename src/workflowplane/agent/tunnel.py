@@ -46,6 +46,7 @@ from workflowplane.agent.upstream import (
     response_headers,
 )
 from workflowplane.agent.ws_writer import mask_in_place
+from workflowplane.kits.corking import cork
 from workflowplane.protocol import (
     TARGET_K8S,
     TUNNEL_V2,
@@ -557,6 +558,7 @@ class AgentTunnel:
         sent_bytes = self.metrics.frame_bytes.labels("out")
         received_bytes = self.metrics.frame_bytes.labels("in")
 
+        cork(ws._writer)  # frames written in one pass of the loop leave as one write
         if binary:
             mask_in_place(ws._writer)  # chunks of large answers: no copies to mask them
 

@@ -27,6 +27,7 @@ from workflowplane.gateway.metrics import GatewayMetrics
 from workflowplane.gateway.replica import instance_problem, valid_instance
 from workflowplane.gateway.streams import StreamBuffer, StreamEnd
 from workflowplane.kits.clock import utcnow
+from workflowplane.kits.corking import cork
 from workflowplane.kits.ratelog import LogThrottle
 from workflowplane.kits.tasks import TaskSet, cancel_and_wait
 from workflowplane.protocol import (
@@ -151,6 +152,7 @@ class AgentEndpoint:
             limit=self._config.max_frame_bytes, autoping=False, protocols=SUBPROTOCOLS
         )
         await ws.prepare(request)
+        cork(ws._writer)  # frames of answers written in one pass leave as one write
         conn = AgentConnection(
             plane_type,
             plane_id,
