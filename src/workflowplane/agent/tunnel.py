@@ -47,6 +47,7 @@ from workflowplane.agent.upstream import (
 )
 from workflowplane.agent.ws_writer import mask_in_place
 from workflowplane.kits.corking import cork
+from workflowplane.kits.http1 import Http1Response, InvalidRequest
 from workflowplane.protocol import (
     TARGET_K8S,
     TUNNEL_V2,
@@ -88,6 +89,7 @@ def body_limit(max_frame: int) -> int:
 
 
 _REASONS = {
+    400: "BadRequest",
     404: "NotFound",
     429: "TooManyRequests",
     500: "InternalError",
@@ -288,9 +290,11 @@ class FrameServer:
             )
         except ResponseTooLarge as exc:
             return error_response(rid, 502, _too_large(exc))
+        except InvalidRequest as exc:
+            return error_response(rid, 400, f"bad request: {exc}")
         except TimeoutError:
             return error_response(rid, 504, f"upstream did not answer within {self._timeout:g}s")
-        except (aiohttp.ClientError, OSError) as exc:
+        except OSError as exc:
             return error_response(rid, 502, f"backend request failed: {exc!r}")
         return TunnelResponse(
             request_id=rid, status_code=result.status, headers=result.headers, body=result.body
@@ -299,18 +303,20 @@ class FrameServer:
     async def _answer_in_chunks(self, frame: TunnelRequest, streaming: bool) -> None:
         """v2: a small answer in one frame, a larger one as chunks as it is read."""
         rid, head = frame.request_id, _Head()
-        try:  # aiohttp's own deadline covers the body too (no second timer per request)
+        try:  # the request's one deadline covers the body too
             upstream = self._upstream.open(*self._upstream_call(frame), streaming=streaming)
             async with upstream as response:
                 await self._relay(rid, response, head)
+        except InvalidRequest as exc:
+            await self._fail(rid, head.sent, 400, f"bad request: {exc}")
         except TimeoutError:
             await self._fail(
                 rid, head.sent, 504, f"upstream did not answer within {self._timeout:g}s"
             )
-        except (aiohttp.ClientError, OSError) as exc:
+        except OSError as exc:
             await self._fail(rid, head.sent, 502, f"backend request failed: {exc!r}")
 
-    async def _relay(self, rid: str, response: aiohttp.ClientResponse, head: _Head) -> None:
+    async def _relay(self, rid: str, response: Http1Response, head: _Head) -> None:
         """Send the upstream answer: whole if it fits one chunk, else head, chunks of
         ``chunk_bytes``, close. Each chunk is joined once, from what was read, into its
         message (v3: a bytearray the sender may mask in place, so no further copy)."""
@@ -321,7 +327,7 @@ class FrameServer:
             whole = TunnelResponse(request_id=rid, status_code=status, headers=headers, body=body)
             await self._send(self._encode(whole))
             return
-        async for parts, size in _exact_chunks(response.content, self._chunk):
+        async for parts, size in _exact_chunks(response.iter_any(), self._chunk):
             if size < self._chunk and not head.sent:  # the whole answer
                 whole = TunnelResponse(
                     request_id=rid, status_code=status, headers=headers, body=_joined(parts)
@@ -381,7 +387,9 @@ class FrameServer:
                     await self._send(self._encode(StreamChunk(request_id=rid, data=part)))
         except asyncio.CancelledError:
             return  # the gateway closed it; nothing more to say
-        except (aiohttp.ClientError, OSError) as exc:
+        except InvalidRequest as exc:
+            await self._send(self._encode(error_response(rid, 400, f"bad request: {exc}")))
+        except OSError as exc:
             await self._send(
                 self._encode(error_response(rid, 502, f"upstream stream failed: {exc!r}"))
             )
@@ -414,14 +422,14 @@ def _describe(protocol: str | None, max_frame: int) -> str:
 
 
 async def _exact_chunks(
-    content: aiohttp.StreamReader, size: int
+    content: AsyncIterator[bytes], size: int
 ) -> AsyncIterator[tuple[list[bytes], int]]:
     """A body as chunks of exactly ``size`` bytes, then the rest (shorter, maybe empty),
     each as the pieces read (not joined: the encoder joins them into its message) and
     its length. Pieces come as the socket gives them (no re-slicing into ``size`` reads)."""
     pieces: list[bytes] = []
     held = 0
-    async for read in content.iter_any():
+    async for read in content:
         piece = read
         while piece:
             room = size - held

@@ -11,7 +11,7 @@ import asyncio
 import ssl
 import tempfile
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +21,13 @@ from typing import Any, Generic, TypeVar
 import aiohttp
 
 from workflowplane.agent.kubeconfig import KubeTarget
+from workflowplane.kits.http1 import Http1Pool, Http1Response
 from workflowplane.protocol.http import HOP_BY_HOP
 
 TOKEN_REREAD_SECONDS = 60.0
+USER_AGENT = ("User-Agent", "workflowplane-cluster-agent")
+# Not forwarded either: the agent sends every body at once, so a 100 Continue is never awaited.
+_DROPPED = HOP_BY_HOP | {"expect"}
 T = TypeVar("T")
 # Told of every request to the API server: method, path, query, code (the HTTP status, or
 # error, timeout, cancelled: no answer) and seconds from sending to the status and headers.
@@ -33,17 +37,21 @@ Observer = Callable[[str, str, str, str, float], None]
 def forwardable_headers(headers: dict[str, list[str]] | None) -> list[tuple[str, str]]:
     """Request headers minus credentials, impersonation and hop-by-hop headers."""
     kept: list[tuple[str, str]] = []
+    named = False
     for name, values in (headers or {}).items():
         lower = name.lower()
-        if lower == "authorization" or lower.startswith("impersonate-") or lower in HOP_BY_HOP:
+        if lower == "authorization" or lower.startswith("impersonate-") or lower in _DROPPED:
             continue
+        named = named or lower == "user-agent"
         kept.extend((name, value) for value in values)
+    if not named:
+        kept.append(USER_AGENT)
     return kept
 
 
-def response_headers(headers: aiohttp.typedefs.LooseHeaders) -> dict[str, list[str]]:
+def response_headers(headers: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
     grouped: dict[str, list[str]] = {}
-    for name, value in headers.items():  # type: ignore[union-attr]
+    for name, value in headers:
         if name.lower() not in HOP_BY_HOP:
             grouped.setdefault(name, []).append(value)
     return grouped
@@ -57,9 +65,11 @@ class UpstreamResult:
 
 
 class Upstream:
-    """Two pooled HTTP sessions to the plane's API server: one for ordinary requests, one for
+    """Two pools of connections to the plane's API server: one for ordinary requests, one for
     streams (watch/follow), so that long-lived streams can never take the connections ordinary
-    requests need (a pool that is full makes a request wait, silently)."""
+    requests need (a pool that is full makes a request wait, silently). Requests go through the
+    lean client of ``kits.http1`` (aiohttp's session cost half the agent's CPU per request);
+    WebSockets (exec) through an aiohttp session, made when first needed."""
 
     def __init__(
         self,
@@ -76,25 +86,10 @@ class Upstream:
         self._token = target.token
         self._token_file = target.token_file
         self._token_read_at = 0.0
-        self._session = self._pool(request_pool)
-        self._streams = self._pool(stream_pool)
+        self._requests = Http1Pool(self._server, self._ssl, limit=request_pool)
+        self._streams = Http1Pool(self._server, self._ssl, limit=stream_pool)
+        self._sockets: aiohttp.ClientSession | None = None
         self._observers: list[Observer] = []
-        self._timeouts: dict[float | None, aiohttp.ClientTimeout] = {}
-
-    def _pool(self, size: int) -> aiohttp.ClientSession:
-        """Keep-alive connections, bytes as they come (no decompression), no cookies."""
-        return aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=self._ssl, limit=size),
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
-
-    def _timeout(self, total: float | None) -> aiohttp.ClientTimeout:
-        """One ``ClientTimeout`` per deadline (requests share the agent's)."""
-        timeout = self._timeouts.get(total)
-        if timeout is None:
-            timeout = self._timeouts[total] = aiohttp.ClientTimeout(total=total, sock_connect=10)
-        return timeout
 
     @classmethod
     def from_kubeconfig(
@@ -144,7 +139,7 @@ class Upstream:
         return [("Authorization", f"Bearer {self._token}")] if self._token else []
 
     def _url(self, path: str, query: str) -> str:
-        return f"{self._server}/{path.lstrip('/')}" + (f"?{query}" if query else "")
+        return f"{self._server}{_target(path, query)}"
 
     def open(
         self,
@@ -156,17 +151,17 @@ class Upstream:
         timeout: float | None = None,
         *,
         streaming: bool = False,
-    ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+    ) -> AbstractAsyncContextManager[Http1Response]:
         """The upstream response, its body not yet read (``async with``); ``streaming`` takes a
-        connection from the streams' pool."""
-        session = self._streams if streaming else self._session
-        opened = session.request(
+        connection from the streams' pool. ``InvalidRequest`` (kits.http1) for a request that
+        cannot be sent as it is."""
+        pool = self._streams if streaming else self._requests
+        opened = pool.request(
             method,
-            self._url(path, query),
-            data=body or None,
-            headers=forwardable_headers(headers) + self._auth_header(),
-            timeout=self._timeout(timeout),
-            allow_redirects=False,
+            _target(path, query),
+            forwardable_headers(headers) + self._auth_header(),
+            body,
+            timeout,
         )
         return self._timed(opened, method, path, query, _status_code)
 
@@ -174,8 +169,13 @@ class Upstream:
         self, path: str, query: str, protocols: tuple[str, ...]
     ) -> AbstractAsyncContextManager[aiohttp.ClientWebSocketResponse]:
         """A WebSocket to the API server with the agent's credentials (exec, attach)."""
+        if self._sockets is None:
+            self._sockets = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl),
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
         url = self._url(path, query)
-        opened = self._streams.ws_connect(url, headers=self._auth_header(), protocols=protocols)
+        opened = self._sockets.ws_connect(url, headers=self._auth_header(), protocols=protocols)
         return self._timed(opened, "GET", path, query, _upgraded)
 
     def _timed(
@@ -215,7 +215,7 @@ class Upstream:
         """First the status and headers (empty body), then the body's bytes as they come."""
         async with self.open(method, path, query, headers, streaming=True) as response:
             yield UpstreamResult(response.status, response_headers(response.headers), b"")
-            async for chunk in response.content.iter_any():
+            async for chunk in response.iter_any():
                 yield chunk
 
     def observe(self, observer: Observer) -> None:
@@ -224,12 +224,18 @@ class Upstream:
         self._observers.append(observer)
 
     async def close(self) -> None:
-        await self._session.close()
+        await self._requests.close()
         await self._streams.close()
+        if self._sockets is not None:
+            await self._sockets.close()
         self._files.cleanup()
 
 
-def _status_code(response: aiohttp.ClientResponse) -> str:
+def _target(path: str, query: str) -> str:
+    return f"/{path.lstrip('/')}" + (f"?{query}" if query else "")
+
+
+def _status_code(response: Http1Response) -> str:
     return str(response.status)
 
 
@@ -279,7 +285,7 @@ class _Timed(Generic[T]):
         return await self._opened.__aexit__(kind, exc, tb)
 
 
-async def read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
+async def read_bounded(response: Http1Response, limit: int) -> bytes:
     """The whole body (``read(n)`` would return only what has arrived so far), bounded.
 
     A Content-Length over the bound refuses at once, without reading anything.
@@ -288,7 +294,7 @@ async def read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
         raise ResponseTooLarge(response.content_length, limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in response.content.iter_any():
+    async for chunk in response.iter_any():
         size += len(chunk)
         if size > limit:
             raise ResponseTooLarge(None, limit)

@@ -10,7 +10,7 @@ import pytest
 
 from workflowplane.agent.bootstrap import new_identity
 from workflowplane.agent.tunnel import FrameServer, full_jitter_delay
-from workflowplane.agent.upstream import forwardable_headers
+from workflowplane.agent.upstream import USER_AGENT, forwardable_headers
 
 
 def test_full_jitter_stays_within_the_capped_exponential_envelope() -> None:
@@ -30,11 +30,21 @@ def test_credentials_impersonation_and_hop_by_hop_headers_never_travel() -> None
             "impersonate-user": ["admin"],
             "Impersonate-Group": ["system:masters"],
             "Connection": ["keep-alive"],
+            "Expect": ["100-continue"],
             "Accept": ["application/json"],
             "Content-Type": ["application/json"],
         }
     )
-    assert kept == [("Accept", "application/json"), ("Content-Type", "application/json")]
+    assert kept == [
+        ("Accept", "application/json"),
+        ("Content-Type", "application/json"),
+        USER_AGENT,  # the agent's, as the caller named none
+    ]
+
+
+def test_the_callers_user_agent_travels_instead_of_the_agents() -> None:
+    kept = forwardable_headers({"user-agent": ["kubectl/v1.36"]})
+    assert kept == [("user-agent", "kubectl/v1.36")]
 
 
 async def test_renewal_is_due_in_the_last_third_of_the_leaf_lifetime() -> None:

@@ -11,12 +11,11 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
-from multidict import CIMultiDict
 
 from workflowplane.agent.tunnel import FrameServer, body_limit
 from workflowplane.agent.upstream import ResponseTooLarge, UpstreamResult, read_bounded
+from workflowplane.kits.http1 import Http1Error
 from workflowplane.protocol import StreamChunk, TunnelRequest, TunnelResponse
 from workflowplane.protocol.binary import decode_binary, encode_binary, encode_chunk
 
@@ -32,7 +31,7 @@ class FakeContent:
     async def _iterate(self) -> AsyncIterator[bytes]:
         for index, piece in enumerate(self.pieces):
             if index == self.fail_after:
-                raise aiohttp.ClientPayloadError("connection reset by the API server")
+                raise Http1Error("connection reset by the API server")
             self.read += len(piece)
             yield piece
 
@@ -46,9 +45,15 @@ class FakeContent:
 class FakeResponse:
     def __init__(self, body: list[bytes], length: int | None = None, **kw: Any) -> None:
         self.status = 200
-        self.headers = CIMultiDict({"Content-Type": "application/json"})
+        self.headers = [("Content-Type", "application/json")]
         self.content = FakeContent(body, kw.get("fail_after"))
         self.content_length = length
+
+    def iter_any(self) -> AsyncIterator[bytes]:
+        return self.content.iter_any()
+
+    async def read(self) -> bytes:
+        return b"".join([piece async for piece in self.iter_any()])
 
 
 class FakeUpstream:

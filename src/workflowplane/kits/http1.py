@@ -1,0 +1,442 @@
+"""A lean HTTP/1.1 client for one server: keep-alive connections, bytes as they come.
+
+Why not aiohttp's ``ClientSession`` here: per request it builds a URL, a header multidict, a
+cookie jar lookup, a request and response object, tracing signals and two timers. For a proxy
+that forwards small requests to one server that was half of the process's CPU per request.
+This client does what a forwarding proxy needs and nothing more: one origin, a bounded pool
+of keep-alive connections, the response parsed by ``httptools`` (llhttp, Node's parser),
+its body handed on as the socket gives it, with flow control, and one deadline per request.
+No redirects, cookies, decompression or proxies: bytes go on as they came.
+
+Everything sent is checked first: a method, target, header name or value that could split
+the request (whitespace, CR, LF, NUL) is refused with :class:`InvalidRequest` naming it;
+non-ASCII and spaces in the target are percent-encoded, as aiohttp's URL handling did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from types import TracebackType
+from typing import Final
+from urllib.parse import quote, urlsplit
+
+import httptools  # type: ignore[import-untyped]
+
+HEAD_LIMIT: Final = 1024 * 1024  # status line and headers of one response
+HIGH_WATER: Final = 4 * 1024 * 1024  # body bytes held before the socket is no longer read
+LOW_WATER: Final = 1024 * 1024  # ... and read again once this little is held
+IDLE_SECONDS: Final = 30.0  # an idle connection older than this is closed, not reused
+RETRY_SAFE: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE: Final = re.compile(r"[\r\n\x00]")
+_VISIBLE: Final = re.compile(r"[\x21-\x7e]+")
+_TARGET_SAFE: Final = "!#$%&'()*+,/:;=?@[]~"  # kept as they are; everything else is encoded
+
+Headers = list[tuple[str, str]]
+
+
+class Http1Error(ConnectionError):
+    """The request failed on the way (connection lost, bad response, refused connection)."""
+
+
+class InvalidRequest(ValueError):
+    """The request could not be sent as given; the message names what is wrong."""
+
+
+class StaleConnection(Http1Error):
+    """A reused connection failed before any byte of the answer: safe to try once more."""
+
+
+def encode_head(method: str, target: str, host: str, headers: Iterable[tuple[str, str]]) -> bytes:
+    """The request line and headers, checked so that nothing in them can split the request."""
+    if not _TOKEN.fullmatch(method):
+        raise InvalidRequest(f"invalid HTTP method {method!r}")
+    if not _VISIBLE.fullmatch(target):
+        target = quote(target, safe=_TARGET_SAFE)
+    lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
+    for name, value in headers:
+        if not _TOKEN.fullmatch(name):
+            raise InvalidRequest(f"invalid HTTP header name {name!r}")
+        if _BAD_VALUE.search(value):
+            raise InvalidRequest(f"HTTP header {name} has a CR, LF or NUL in its value")
+        lines.append(f"{name}: {value}\r\n")
+    lines.append("\r\n")
+    try:
+        return "".join(lines).encode("latin-1")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequest(f"HTTP header value is not Latin-1: {exc.object[:80]!r}") from None
+
+
+class Http1Response:
+    """Status and headers as soon as they arrive; the body as the socket gives it."""
+
+    __slots__ = (
+        "_chunks",
+        "_connection",
+        "_error",
+        "_held",
+        "_paused",
+        "_waiter",
+        "complete",
+        "content_length",
+        "headers",
+        "status",
+    )
+
+    def __init__(self, connection: _Connection) -> None:
+        self._connection = connection
+        self.status = 0
+        self.headers: Headers = []
+        self.content_length: int | None = None
+        self.complete = False
+        self._chunks: deque[bytes] = deque()
+        self._held = 0
+        self._paused = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    async def read(self) -> bytes:
+        return b"".join([chunk async for chunk in self.iter_any()])
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        while True:
+            while self._chunks:
+                chunk = self._chunks.popleft()
+                self._held -= len(chunk)
+                if self._paused and self._held <= LOW_WATER:
+                    self._paused = False
+                    self._connection.resume_reading()
+                yield chunk
+            if self._error is not None:
+                raise self._error
+            if self.complete:
+                return
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._held += len(data)
+        if not self._paused and self._held > HIGH_WATER:
+            self._paused = True
+            self._connection.pause_reading()
+        self._wake()
+
+    def finish(self) -> None:
+        self.complete = True
+        self._wake()
+
+    def fail(self, error: BaseException) -> None:
+        if self._error is None and not self.complete:
+            self._error = error
+        self._wake()
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; at most one exchange at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+        self.reused = False
+        self.idle_since = 0.0
+        self._parser = httptools.HttpResponseParser(self)
+        self.response: Http1Response | None = None
+        self._head: asyncio.Future[Http1Response] | None = None
+        self._head_bytes = 0
+        self._received = False
+        self._header_names: list[str] = []
+        self._no_body = False
+        self._until_close = False
+        self.reusable = False
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.response is None:  # nothing was asked: a server that talks out of turn
+            self.abort()
+            return
+        self._received = True
+        if self._head is not None:
+            self._head_bytes += len(data)
+            if self._head_bytes > HEAD_LIMIT:
+                self.fail(Http1Error(f"response headers are larger than {HEAD_LIMIT} bytes"))
+                return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self.fail(Http1Error(f"malformed HTTP response from the server: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        response = self.response
+        if exc is None and response is not None and self._until_close and self._head is None:
+            response.finish()  # a body without a length ends when the connection does
+            return
+        reason = (
+            f"connection to the server lost: {exc!r}" if exc else "server closed the connection"
+        )
+        error: Http1Error = (
+            StaleConnection(reason) if self.reused and not self._received else Http1Error(reason)
+        )
+        self.fail(error)
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        response = self.response
+        if response is not None and (response.complete or response.status):
+            self.fail(Http1Error("the server sent more than one response to one request"))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        assert self.response is not None
+        self.response.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        response = self.response
+        assert response is not None and self._head is not None
+        response.status = self._parser.get_status_code()
+        response.content_length = _content_length(response.headers)
+        self._until_close = response.content_length is None and not _chunked(response.headers)
+        head, self._head = self._head, None
+        if not head.done():
+            head.set_result(response)
+        if self._no_body:  # HEAD: llhttp would wait for the body the headers describe
+            response.finish()
+
+    def on_body(self, body: bytes) -> None:
+        if self.response is not None and not self._no_body:
+            self.response.feed(body)
+
+    def on_message_complete(self) -> None:
+        if self.response is not None:
+            self.reusable = self._parser.should_keep_alive() and not self._no_body
+            self.response.finish()
+
+    # the pool's side
+
+    def begin(self, head: bytes, body: bytes, *, no_body: bool) -> asyncio.Future[Http1Response]:
+        assert self.transport is not None
+        self.response = Http1Response(self)
+        self._head = asyncio.get_running_loop().create_future()
+        self._head_bytes, self._received, self._no_body = 0, False, no_body
+        self._until_close = False
+        self.reusable = False
+        if body:
+            self.transport.writelines((head, body))
+        else:
+            self.transport.write(head)
+        return self._head
+
+    def end(self) -> None:
+        """The exchange is over (its body read, or given up)."""
+        self.response = None
+        self._head = None
+
+    def fail(self, error: BaseException) -> None:
+        if self._head is not None and not self._head.done():
+            self._head.set_exception(error)
+        if self.response is not None:
+            self.response.fail(error)
+        self.reusable = False
+        self.abort()
+
+    def abort(self) -> None:
+        self.reusable = False
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.abort()
+
+    @property
+    def usable(self) -> bool:
+        return not self.lost and self.transport is not None and not self.transport.is_closing()
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+
+def _chunked(headers: Headers) -> bool:
+    return any(
+        name.lower() == "transfer-encoding" and "chunked" in value.lower()
+        for name, value in headers
+    )
+
+
+def _content_length(headers: Headers) -> int | None:
+    for name, value in headers:
+        if name.lower() == "content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
+class Http1Pool:
+    """Keep-alive connections to the server of ``url`` (its path is a prefix of every target);
+    at most ``limit`` exchanges at once (more wait for one to end)."""
+
+    def __init__(
+        self,
+        url: str,
+        ssl_context: ssl.SSLContext | None,
+        *,
+        limit: int = 100,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise InvalidRequest(f"server URL must be http(s)://host[:port][/prefix]: {url!r}")
+        self._host, self._netloc = parts.hostname, parts.netloc
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._ssl = ssl_context if parts.scheme == "https" else None
+        self._prefix = parts.path.rstrip("/")
+        self._idle: list[_Connection] = []
+        self.slots = asyncio.Semaphore(limit)
+        self._connect_timeout = connect_timeout
+        self._closed = False
+
+    def request(
+        self,
+        method: str,
+        target: str,
+        headers: Headers,
+        body: bytes = b"",
+        timeout: float | None = None,
+    ) -> Exchange:
+        """The response, its body not yet read, as ``async with``; ``timeout`` bounds the
+        whole exchange, body included (``TimeoutError``)."""
+        if body or method in ("POST", "PUT", "PATCH"):
+            headers = [*headers, ("Content-Length", str(len(body)))]
+        head = encode_head(method, self._prefix + target, self._netloc, headers)
+        return Exchange(self, method, head, body, timeout)
+
+    async def connection(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        while self._idle:
+            connection = self._idle.pop()
+            if connection.usable and loop.time() - connection.idle_since < IDLE_SECONDS:
+                connection.reused = True
+                return connection
+            connection.abort()
+        if self._closed:
+            raise Http1Error("the client is closed")
+        try:
+            _, connection = await asyncio.wait_for(
+                loop.create_connection(_Connection, self._host, self._port, ssl=self._ssl),
+                self._connect_timeout,
+            )
+        except TimeoutError:
+            raise Http1Error(
+                f"connecting to {self._netloc} took over {self._connect_timeout:g}s"
+            ) from None
+        return connection
+
+    def give_back(self, connection: _Connection, *, whole: bool) -> None:
+        connection.end()
+        if whole and connection.reusable and not connection.lost and not self._closed:
+            connection.idle_since = asyncio.get_running_loop().time()
+            self._idle.append(connection)
+        else:
+            connection.abort()
+
+    async def close(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.abort()
+
+
+class Exchange:
+    """One request and its response (``async with``): the connection goes back to the pool
+    when the body was read whole, and is closed otherwise. One timer is the whole deadline."""
+
+    __slots__ = (
+        "_body",
+        "_connection",
+        "_expired",
+        "_head",
+        "_method",
+        "_pool",
+        "_timeout",
+        "_timer",
+    )
+
+    def __init__(
+        self, pool: Http1Pool, method: str, head: bytes, body: bytes, timeout: float | None
+    ) -> None:
+        self._pool, self._method, self._head, self._body = pool, method, head, body
+        self._timeout = timeout
+        self._connection: _Connection | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._expired = False
+
+    async def __aenter__(self) -> Http1Response:
+        if self._timeout is not None:
+            self._timer = asyncio.get_running_loop().call_later(self._timeout, self._expire)
+        acquired = False
+        try:
+            await self._pool.slots.acquire()
+            acquired = True
+            return await self._send()
+        except BaseException:
+            self._release(whole=False, acquired=acquired)
+            raise
+
+    def _timed_out(self) -> TimeoutError:
+        return TimeoutError(f"the server did not answer within {self._timeout:g}s")
+
+    def _expire(self) -> None:
+        """The deadline: whatever is awaited (the head, the body) fails with TimeoutError."""
+        self._timer, self._expired = None, True
+        if self._connection is not None:
+            self._connection.fail(self._timed_out())
+
+    async def _send(self) -> Http1Response:
+        for attempt in (1, 2):
+            self._connection = await self._pool.connection()
+            if self._expired:  # while waiting for a slot or connecting
+                raise self._timed_out()
+            head = self._connection.begin(self._head, self._body, no_body=self._method == "HEAD")
+            try:
+                return await head
+            except StaleConnection:
+                self._give_back(whole=False)
+                if attempt == 2 or self._method not in RETRY_SAFE:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        connection = self._connection
+        response = connection.response if connection is not None else None
+        self._release(whole=kind is None and response is not None and response.complete)
+
+    def _release(self, *, whole: bool, acquired: bool = True) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._give_back(whole=whole)
+        if acquired:
+            self._pool.slots.release()
+
+    def _give_back(self, *, whole: bool) -> None:
+        if self._connection is not None:
+            self._pool.give_back(self._connection, whole=whole)
+            self._connection = None
