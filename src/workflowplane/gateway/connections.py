@@ -87,10 +87,16 @@ class AgentConnection:
 
     def __post_init__(self) -> None:
         self.instance = self.instance or f"conn-{self.id}"
+        self._expiry = (self.leaf, self.leaf.not_valid_after_utc)
 
     @property
     def expires_at(self) -> dt.datetime:
-        return self.leaf.not_valid_after_utc
+        """The leaf's notAfter, read once per leaf: every request checks it, and the leaf's
+        getter builds a new datetime each time."""
+        leaf, expires_at = self._expiry
+        if leaf is not self.leaf:
+            self._expiry = (self.leaf, expires_at := self.leaf.not_valid_after_utc)
+        return expires_at
 
     def may_serve(self, key: str, now: dt.datetime) -> bool:
         """Authorized for ``key``, on the leaf's consent list, and the leaf still valid."""

@@ -65,10 +65,10 @@ def encode_head(method: str, target: str, host: str, headers: Iterable[tuple[str
             raise InvalidRequest(f"HTTP header {name} has a CR, LF or NUL in its value")
         lines.append(f"{name}: {value}\r\n")
     lines.append("\r\n")
-    try:
-        return "".join(lines).encode("latin-1")
+    try:  # UTF-8, as aiohttp wrote headers (and as callers' UTF-8 bytes were decoded)
+        return "".join(lines).encode("utf-8", "surrogateescape")
     except UnicodeEncodeError as exc:
-        raise InvalidRequest(f"HTTP header value is not Latin-1: {exc.object[:80]!r}") from None
+        raise InvalidRequest(f"HTTP header cannot be encoded: {exc.reason}") from None
 
 
 class Http1Response:

@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import pytest
 
 from tests.integration.harness import eventually
+from workflowplane.agent.kubeconfig import KubeTarget
+from workflowplane.agent.tunnel import FrameServer
+from workflowplane.agent.upstream import Upstream
 from workflowplane.kits.http1 import HIGH_WATER, Http1Error, Http1Pool, InvalidRequest
+from workflowplane.protocol import TunnelRequest, encode
 
 pytestmark = pytest.mark.integration
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -71,8 +76,10 @@ async def answer_each(seen: Seen, reader: asyncio.StreamReader, writer: asyncio.
         await writer.drain()
 
 
-async def get(pool: Http1Pool, target: str = "/", **kw: object) -> tuple[int, bytes]:
-    async with pool.request("GET", target, [], **kw) as response:  # type: ignore[arg-type]
+async def get(
+    pool: Http1Pool, target: str = "/", headers: list[tuple[str, str]] | None = None, **kw: object
+) -> tuple[int, bytes]:
+    async with pool.request("GET", target, headers or [], **kw) as response:  # type: ignore[arg-type]
         return response.status, await response.read()
 
 
@@ -219,3 +226,31 @@ async def test_a_bad_answer_fails_with_what_was_wrong(answer: bytes, error: str)
         with pytest.raises(Http1Error, match=error):
             await get(pool, timeout=5)
         await pool.close()
+
+
+async def test_header_values_travel_as_utf8_as_aiohttp_sent_them() -> None:
+    async with serving(answer_each) as (url, seen):
+        pool = Http1Pool(url, None)
+        assert await get(pool, headers=[("X-Name", "Zoë")]) == (200, b"ok")
+        await pool.close()
+    assert b"X-Name: Zo\xc3\xab\r\n" in seen.heads[0]
+
+
+async def test_an_agent_answers_a_frame_that_would_split_its_request_with_a_400() -> None:
+    sent: list[bytes] = []
+
+    async def send(data: bytes | bytearray) -> None:
+        sent.append(bytes(data))
+
+    async with serving(answer_each) as (url, seen):
+        upstream = Upstream(KubeTarget.from_server(url), 1 << 20)
+        server = FrameServer(upstream, send, timeout=5, max_concurrent=2, chunked=True)
+        evil = {"X-Evil": ["a\r\nImpersonate-User: admin"]}
+        server.dispatch(encode(TunnelRequest(request_id="r1", path="/api", headers=evil)))
+        await server.idle()
+        await upstream.close()
+    answer = json.loads(sent[0])
+    assert (
+        answer["statusCode"] == 400 and "X-Evil has a CR, LF or NUL" in answer["error"]["message"]
+    )
+    assert seen.heads == []
