@@ -9,6 +9,7 @@ frame was on the stack). Run alone: ``python bench/flame.py FILE...``.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import subprocess
@@ -39,7 +40,8 @@ def profiled(pids: dict[str, int], directory: Path | None) -> Iterator[None]:
                 str(pid),
                 "--format",
                 "raw",
-                "--nonblocking",
+                # PROFILE_NATIVE=1: C frames too (py-spy then pauses the process to sample)
+                *(["--native"] if os.environ.get("PROFILE_NATIVE") else ["--nonblocking"]),
                 "--rate",
                 str(SAMPLES_PER_SECOND),
                 "-o",

@@ -176,6 +176,7 @@ class FrameServer:
         self._max_frame, self._chunked, self._chunk = max_frame, chunked, chunk_bytes
         self.metrics = AgentMetrics()  # the tunnel puts its own here
         self._exec = ExecSessions(upstream, send, encoder)
+        self._loop = asyncio.get_running_loop()
 
     def _chunk_via_encoder(self, rid: str, parts: list[bytes]) -> bytes:
         return self._encode(StreamChunk(request_id=rid, data=_joined(parts)))
@@ -210,7 +211,7 @@ class FrameServer:
         streams = opens_stream(frame)
         counted = streams and self._open_streams < self._max_streams
         work = self._work(frame, streams) if counted or not streams else self._over_cap(frame)
-        task = asyncio.create_task(work)
+        task = self._loop.create_task(work)  # asyncio.create_task: a getpid call on 3.11
         request_id = frame.request_id
         self.metrics.track(frame, task, streams)
         self._tasks[request_id] = task

@@ -198,6 +198,12 @@ class KubeProxy:
         self._handles = MetricHandles(metrics)
         self.on_upgrade: UpgradeHandler | None = None
         self.on_miss: MissHandler | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _first_loop(self) -> asyncio.AbstractEventLoop:
+        """Looked up once: on Python 3.11 ``get_running_loop`` makes a ``getpid`` call."""
+        self._loop = asyncio.get_running_loop()
+        return self._loop
 
     def routes(self) -> list[web.RouteDef]:
         return [web.route("*", PROXY_ROUTE, self.handle)]
@@ -289,7 +295,7 @@ class KubeProxy:
         gateway's own error answer (timeout, too large, connection lost). One timer per
         request (no ``wait_for`` task machinery); ``verb`` when the caller knows it."""
         rid = frame.request_id
-        loop = asyncio.get_running_loop()
+        loop = self._loop or self._first_loop()
         future: asyncio.Future[TunnelResponse] = loop.create_future()
         conn.pending[rid] = future
         started = time.perf_counter()

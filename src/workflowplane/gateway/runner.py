@@ -10,6 +10,7 @@ from lightkube import AsyncClient
 from workflowplane.api.kube import load_config
 from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.server import Gateway
+from workflowplane.kits.memory import settle
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,7 @@ async def serve_forever(config: GatewayConfig) -> None:
     )
     gateway = Gateway(config, kube)
     await gateway.start()
+    settle()  # start-up objects frozen out of the collector's way (it walked them per request)
     try:
         await asyncio.Event().wait()
     except asyncio.CancelledError:

@@ -11,6 +11,9 @@ No redirects, cookies, decompression or proxies: bytes go on as they came.
 Everything sent is checked first: a method, target, header name or value that could split
 the request (whitespace, CR, LF, NUL) is refused with :class:`InvalidRequest` naming it;
 non-ASCII and spaces in the target are percent-encoded, as aiohttp's URL handling did.
+
+The event loop is looked up once per connection and pool, not per request: on Python 3.11
+``asyncio.get_running_loop()`` makes a ``getpid`` system call each time (gone in 3.12).
 """
 
 from __future__ import annotations
@@ -115,7 +118,7 @@ class Http1Response:
                 raise self._error
             if self.complete:
                 return
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = self._connection.loop.create_future()
             try:
                 await self._waiter
             finally:
@@ -147,6 +150,7 @@ class _Connection(asyncio.Protocol):
     """One keep-alive connection; at most one exchange at a time."""
 
     def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.lost = False
         self.reused = False
@@ -232,7 +236,7 @@ class _Connection(asyncio.Protocol):
     def begin(self, head: bytes, body: bytes, *, no_body: bool) -> asyncio.Future[Http1Response]:
         assert self.transport is not None
         self.response = Http1Response(self)
-        self._head = asyncio.get_running_loop().create_future()
+        self._head = self.loop.create_future()
         self._head_bytes, self._received, self._no_body = 0, False, no_body
         self._until_close = False
         self.reusable = False
@@ -310,6 +314,14 @@ class Http1Pool:
         self.slots = asyncio.Semaphore(limit)
         self._connect_timeout = connect_timeout
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop of the first request (a pool serves one loop)."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
 
     def request(
         self,
@@ -327,7 +339,7 @@ class Http1Pool:
         return Exchange(self, method, head, body, timeout)
 
     async def connection(self) -> _Connection:
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         while self._idle:
             connection = self._idle.pop()
             if connection.usable and loop.time() - connection.idle_since < IDLE_SECONDS:
@@ -350,7 +362,7 @@ class Http1Pool:
     def give_back(self, connection: _Connection, *, whole: bool) -> None:
         connection.end()
         if whole and connection.reusable and not connection.lost and not self._closed:
-            connection.idle_since = asyncio.get_running_loop().time()
+            connection.idle_since = connection.loop.time()
             self._idle.append(connection)
         else:
             connection.abort()
@@ -388,7 +400,7 @@ class Exchange:
 
     async def __aenter__(self) -> Http1Response:
         if self._timeout is not None:
-            self._timer = asyncio.get_running_loop().call_later(self._timeout, self._expire)
+            self._timer = self._pool.loop.call_later(self._timeout, self._expire)
         acquired = False
         try:
             await self._pool.slots.acquire()
