@@ -338,7 +338,9 @@ class Http1Pool:
         head = encode_head(method, self._prefix + target, self._netloc, headers)
         return Exchange(self, method, head, body, timeout)
 
-    async def connection(self) -> _Connection:
+    async def connection(self, within: float | None = None) -> _Connection:
+        """An idle connection, or a new one made within ``within`` seconds (and the pool's
+        connect timeout): ``TimeoutError`` naming the server otherwise."""
         loop = self.loop
         while self._idle:
             connection = self._idle.pop()
@@ -348,15 +350,14 @@ class Http1Pool:
             connection.abort()
         if self._closed:
             raise Http1Error("the client is closed")
+        seconds = self._connect_timeout if within is None else min(self._connect_timeout, within)
         try:
             _, connection = await asyncio.wait_for(
                 loop.create_connection(_Connection, self._host, self._port, ssl=self._ssl),
-                self._connect_timeout,
+                max(seconds, 0.0),
             )
         except TimeoutError:
-            raise Http1Error(
-                f"connecting to {self._netloc} took over {self._connect_timeout:g}s"
-            ) from None
+            raise TimeoutError(f"connecting to {self._netloc} took over {seconds:g}s") from None
         return connection
 
     def give_back(self, connection: _Connection, *, whole: bool) -> None:
@@ -381,6 +382,7 @@ class Exchange:
     __slots__ = (
         "_body",
         "_connection",
+        "_deadline",
         "_expired",
         "_head",
         "_method",
@@ -396,19 +398,37 @@ class Exchange:
         self._timeout = timeout
         self._connection: _Connection | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None
         self._expired = False
 
     async def __aenter__(self) -> Http1Response:
+        loop = self._pool.loop
         if self._timeout is not None:
-            self._timer = self._pool.loop.call_later(self._timeout, self._expire)
+            self._deadline = loop.time() + self._timeout
+            self._timer = loop.call_at(self._deadline, self._expire)
         acquired = False
         try:
-            await self._pool.slots.acquire()
+            await self._acquire_slot()
             acquired = True
             return await self._send()
         except BaseException:
             self._release(whole=False, acquired=acquired)
             raise
+
+    async def _acquire_slot(self) -> None:
+        """A slot of the pool; waiting for one counts against the deadline."""
+        slots = self._pool.slots
+        if self._deadline is None or not slots.locked():
+            await slots.acquire()
+            return
+        try:
+            async with asyncio.timeout_at(self._deadline):
+                await slots.acquire()
+        except TimeoutError:
+            raise self._timed_out() from None
+
+    def _within(self) -> float | None:
+        return None if self._deadline is None else self._deadline - self._pool.loop.time()
 
     def _timed_out(self) -> TimeoutError:
         return TimeoutError(f"the server did not answer within {self._timeout:g}s")
@@ -421,8 +441,8 @@ class Exchange:
 
     async def _send(self) -> Http1Response:
         for attempt in (1, 2):
-            self._connection = await self._pool.connection()
-            if self._expired:  # while waiting for a slot or connecting
+            self._connection = await self._pool.connection(self._within())
+            if self._expired:  # while connecting
                 raise self._timed_out()
             head = self._connection.begin(self._head, self._body, no_body=self._method == "HEAD")
             try:

@@ -254,3 +254,19 @@ async def test_an_agent_answers_a_frame_that_would_split_its_request_with_a_400(
         answer["statusCode"] == 400 and "X-Evil has a CR, LF or NUL" in answer["error"]["message"]
     )
     assert seen.heads == []
+
+
+async def test_waiting_for_a_free_connection_counts_against_the_deadline() -> None:
+    async def stall(seen: Seen, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await seen.next_head(reader, seen.opened)
+        await reader.read()
+
+    async with serving(stall) as (url, seen):
+        pool = Http1Pool(url, None, limit=1)
+        holder = asyncio.create_task(get(pool))  # takes the only slot, never answered
+        await eventually(lambda: len(seen.heads) == 1, interval=0.01)
+        with pytest.raises(TimeoutError, match=r"within 0\.2s"):
+            await get(pool, timeout=0.2)
+        holder.cancel()
+        await pool.close()
+    assert len(seen.heads) == 1  # the second request never went out
