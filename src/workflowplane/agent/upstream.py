@@ -290,8 +290,9 @@ async def read_bounded(response: Http1Response, limit: int) -> bytes:
 
     A Content-Length over the bound refuses at once, without reading anything.
     """
-    if response.content_length is not None and response.content_length > limit:
-        raise ResponseTooLarge(response.content_length, limit)
+    length = response.content_length
+    if length is not None and length > limit and not response.complete:  # HEAD, 304: no body
+        raise ResponseTooLarge(length, limit)
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.iter_any():

@@ -34,6 +34,8 @@ HIGH_WATER: Final = 4 * 1024 * 1024  # body bytes held before the socket is no l
 LOW_WATER: Final = 1024 * 1024  # ... and read again once this little is held
 IDLE_SECONDS: Final = 30.0  # an idle connection older than this is closed, not reused
 RETRY_SAFE: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+# Framing headers: written by the client from the request itself, never taken from a caller.
+CLIENT_HEADERS: Final = frozenset({"host", "content-length", "transfer-encoding"})
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE: Final = re.compile(r"[\r\n\x00]")
 _VISIBLE: Final = re.compile(r"[\x21-\x7e]+")
@@ -158,11 +160,11 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self.response: Http1Response | None = None
         self._head: asyncio.Future[Http1Response] | None = None
-        self._head_bytes = 0
+        self._since_body = 0  # bytes read since the last body byte (heads, trailers, 1xx)
         self._received = False
-        self._header_names: list[str] = []
         self._no_body = False
         self._until_close = False
+        self._interim = False
         self.reusable = False
 
     # asyncio.Protocol
@@ -175,15 +177,17 @@ class _Connection(asyncio.Protocol):
             self.abort()
             return
         self._received = True
-        if self._head is not None:
-            self._head_bytes += len(data)
-            if self._head_bytes > HEAD_LIMIT:
-                self.fail(Http1Error(f"response headers are larger than {HEAD_LIMIT} bytes"))
-                return
+        self._since_body += len(data)
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.fail(Http1Error("the server switched protocols (101) on a plain request"))
+            return
         except httptools.HttpParserError as exc:
             self.fail(Http1Error(f"malformed HTTP response from the server: {exc}"))
+            return
+        if self._since_body > HEAD_LIMIT:  # headers, trailers or 1xx answers without end
+            self.fail(Http1Error(f"response headers are larger than {HEAD_LIMIT} bytes"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -204,16 +208,27 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         response = self.response
         if response is not None and (response.complete or response.status):
-            self.fail(Http1Error("the server sent more than one response to one request"))
+            # raised: the parser stops here (a callback's error ends feed_data)
+            raise Http1Error("the server sent more than one response to one request")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         assert self.response is not None
+        if self._head is None:  # trailers, after the body: not this response's headers
+            return
         self.response.headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         response = self.response
         assert response is not None and self._head is not None
-        response.status = self._parser.get_status_code()
+        status = self._parser.get_status_code()
+        if status == 101:
+            self.fail(Http1Error("the server switched protocols (101) on a plain request"))
+            return
+        if 100 <= status < 200:  # interim (100, 103): the answer follows
+            response.headers.clear()
+            self._interim = True
+            return
+        response.status = status
         response.content_length = _content_length(response.headers)
         self._until_close = response.content_length is None and not _chunked(response.headers)
         head, self._head = self._head, None
@@ -223,10 +238,14 @@ class _Connection(asyncio.Protocol):
             response.finish()
 
     def on_body(self, body: bytes) -> None:
+        self._since_body = 0
         if self.response is not None and not self._no_body:
             self.response.feed(body)
 
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
         if self.response is not None:
             self.reusable = self._parser.should_keep_alive() and not self._no_body
             self.response.finish()
@@ -237,8 +256,8 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         self.response = Http1Response(self)
         self._head = self.loop.create_future()
-        self._head_bytes, self._received, self._no_body = 0, False, no_body
-        self._until_close = False
+        self._since_body, self._received, self._no_body = 0, False, no_body
+        self._until_close = self._interim = False
         self.reusable = False
         if body:
             self.transport.writelines((head, body))
@@ -306,8 +325,12 @@ class Http1Pool:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise InvalidRequest(f"server URL must be http(s)://host[:port][/prefix]: {url!r}")
-        self._host, self._netloc = parts.hostname, parts.netloc
+        self._host = parts.hostname
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        # Host: the name and port only (never a URL's user:password@)
+        self._authority = f"[{self._host}]" if ":" in self._host else self._host
+        if parts.port is not None:
+            self._authority += f":{parts.port}"
         self._ssl = ssl_context if parts.scheme == "https" else None
         self._prefix = parts.path.rstrip("/")
         self._idle: list[_Connection] = []
@@ -333,9 +356,12 @@ class Http1Pool:
     ) -> Exchange:
         """The response, its body not yet read, as ``async with``; ``timeout`` bounds the
         whole exchange, body included (``TimeoutError``)."""
+        for name, _ in headers:
+            if name.lower() in CLIENT_HEADERS:
+                raise InvalidRequest(f"HTTP header {name} is the client's own to write")
         if body or method in ("POST", "PUT", "PATCH"):
             headers = [*headers, ("Content-Length", str(len(body)))]
-        head = encode_head(method, self._prefix + target, self._netloc, headers)
+        head = encode_head(method, self._prefix + target, self._authority, headers)
         return Exchange(self, method, head, body, timeout)
 
     async def connection(self, within: float | None = None) -> _Connection:
@@ -351,18 +377,20 @@ class Http1Pool:
         if self._closed:
             raise Http1Error("the client is closed")
         seconds = self._connect_timeout if within is None else min(self._connect_timeout, within)
-        try:
-            _, connection = await asyncio.wait_for(
-                loop.create_connection(_Connection, self._host, self._port, ssl=self._ssl),
-                max(seconds, 0.0),
-            )
+        seconds = max(seconds, 0.0)
+        try:  # not wait_for: on 3.11 it can swallow a cancellation that comes as it connects
+            async with asyncio.timeout(seconds):
+                _, connection = await loop.create_connection(
+                    _Connection, self._host, self._port, ssl=self._ssl
+                )
         except TimeoutError:
-            raise TimeoutError(f"connecting to {self._netloc} took over {seconds:g}s") from None
+            raise TimeoutError(f"connecting to {self._authority} took over {seconds:g}s") from None
         return connection
 
     def give_back(self, connection: _Connection, *, whole: bool) -> None:
         connection.end()
         if whole and connection.reusable and not connection.lost and not self._closed:
+            connection.resume_reading()  # paused for a body its caller left unread
             connection.idle_since = connection.loop.time()
             self._idle.append(connection)
         else:

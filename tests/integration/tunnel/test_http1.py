@@ -270,3 +270,124 @@ async def test_waiting_for_a_free_connection_counts_against_the_deadline() -> No
         holder.cancel()
         await pool.close()
     assert len(seen.heads) == 1  # the second request never went out
+
+
+def answering(answer: bytes) -> Script:
+    """A server that answers the first request with ``answer`` and then only reads."""
+
+    async def script(
+        seen: Seen, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await seen.next_head(reader, seen.opened)
+        writer.write(answer)
+        await writer.drain()
+        await reader.read()
+
+    return script
+
+
+@pytest.mark.parametrize("interim", [b"100 Continue", b"103 Early Hints\r\nLink: </a>"])
+async def test_interim_answers_are_skipped_for_the_final_one(interim: bytes) -> None:
+    answer = b"HTTP/1.1 " + interim + b"\r\n\r\n" + OK
+    async with serving(answering(answer)) as (url, _):
+        pool = Http1Pool(url, None)
+        async with pool.request("GET", "/", [], timeout=5) as response:
+            assert (response.status, await response.read()) == (200, b"ok")
+            assert response.headers == [("Content-Length", "2")]
+        await pool.close()
+
+
+async def test_trailers_are_not_headers_and_endless_ones_are_cut_off() -> None:
+    trailers = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-T: t\r\n\r\n"
+    )
+    async with serving(answering(trailers)) as (url, _):
+        pool = Http1Pool(url, None)
+        async with pool.request("GET", "/", [], timeout=5) as response:
+            assert await response.read() == b"ok"
+            assert response.headers == [("Transfer-Encoding", "chunked")]
+        await pool.close()
+
+    async def endless(
+        seen: Seen, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await seen.next_head(reader, 1)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n")
+        with contextlib.suppress(ConnectionError):
+            for _ in range(20_000):  # 20 MB of trailer lines, if nothing stops it
+                writer.write(b"X-T: " + b"a" * 1000 + b"\r\n")
+                await writer.drain()
+
+    async with serving(endless) as (url, _):
+        pool = Http1Pool(url, None)
+        async with pool.request("GET", "/", []) as response:  # a stream: no deadline
+            with pytest.raises(Http1Error, match="larger than 1048576 bytes"):
+                await response.read()
+            assert len(response.headers) == 1
+        await pool.close()
+
+
+async def test_a_second_answer_to_one_request_fails_it_and_adds_nothing() -> None:
+    injected = OK + b"HTTP/1.1 200 OK\r\nSet-Cookie: injected=1\r\nContent-Length: 0\r\n\r\n"
+    async with serving(answering(injected)) as (url, seen):
+        pool = Http1Pool(url, None)
+        with contextlib.suppress(Http1Error):
+            async with pool.request("GET", "/", [], timeout=5) as response:
+                await response.read()
+        assert ("Set-Cookie", "injected=1") not in response.headers
+        assert await get(pool, timeout=5) == (200, b"ok")  # on a new connection
+        await pool.close()
+    assert seen.opened == 2
+
+
+async def test_a_connection_paused_for_an_unread_body_reads_again_when_reused() -> None:
+    size = HIGH_WATER + 1  # the read that ends the body is the one that pauses the socket
+
+    async def twice(seen: Seen, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await seen.next_head(reader, 1)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + b"x" * size)
+        await seen.next_head(reader, 1)
+        writer.write(OK)
+        await writer.drain()
+        await reader.read()
+
+    async with serving(twice) as (url, seen):
+        pool = Http1Pool(url, None)
+        async with pool.request("GET", "/", [], timeout=5) as response:
+            await eventually(lambda: response.complete, interval=0.01)  # arrived, left unread
+        assert await get(pool, timeout=5) == (200, b"ok")
+        await pool.close()
+    assert seen.opened == 1
+
+
+async def test_a_101_on_a_plain_request_fails_it() -> None:
+    upgrade = (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    )
+    async with serving(answering(upgrade)) as (url, _):
+        pool = Http1Pool(url, None)
+        with pytest.raises(Http1Error, match="switched protocols"):
+            await get(pool, timeout=5)
+        await pool.close()
+
+
+async def test_host_names_only_the_server_and_framing_headers_are_the_clients_own() -> None:
+    async with serving(answer_each) as (url, seen):
+        port = url.rsplit(":", 1)[1]
+        pool = Http1Pool(f"http://user:secret@127.0.0.1:{port}", None)
+        assert await get(pool, timeout=5) == (200, b"ok")
+        for name in ("Transfer-Encoding", "content-length", "Host"):
+            with pytest.raises(InvalidRequest, match=f"{name} is the client's own"):
+                pool.request("POST", "/", [(name, "chunked")], b"{}")
+        await pool.close()
+    assert b"Host: 127.0.0.1:" + port.encode() + b"\r\n" in seen.heads[0]
+    assert b"secret" not in seen.heads[0]
+
+
+async def test_a_head_answer_is_not_refused_for_the_length_it_announces() -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 5000000\r\n\r\n"
+    async with serving(answering(head)) as (url, _):
+        upstream = Upstream(KubeTarget.from_server(url), 1 << 20)
+        result = await upstream.request("HEAD", "/x", "", None, b"", 5)
+        await upstream.close()
+    assert (result.status, result.body) == (200, b"")

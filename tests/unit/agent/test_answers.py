@@ -48,6 +48,7 @@ class FakeResponse:
         self.headers = [("Content-Type", "application/json")]
         self.content = FakeContent(body, kw.get("fail_after"))
         self.content_length = length
+        self.complete = False  # a body is still to come
 
     def iter_any(self) -> AsyncIterator[bytes]:
         return self.content.iter_any()
