@@ -12,9 +12,7 @@ import argparse
 import threading
 from typing import Any
 
-from lightkube import AsyncClient
-
-from workflowplane.api.kube import load_config
+from workflowplane.api.kube import kube_client, load_config
 from workflowplane.controller.command import add_controller_flags, controller_config
 from workflowplane.controller.health import ControllerHealth
 from workflowplane.controller.runner import run_controller
@@ -44,9 +42,8 @@ async def serve(
 ) -> None:
     """Until cancelled (or ``stop_flag``); ``health`` may come from the caller (tests)."""
     gateway_config = config_from_args(args)
-    kube = AsyncClient(
-        config=load_config(gateway_config.kubeconfig, gateway_config.context),
-        field_manager="cluster-gateway",
+    kube = kube_client(
+        load_config(gateway_config.kubeconfig, gateway_config.context), "cluster-gateway"
     )
     gateway = Gateway(gateway_config, kube)
     await gateway.start()

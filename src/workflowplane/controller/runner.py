@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, cast
 import kopf
 from lightkube import AsyncClient
 
-from workflowplane.api.kube import load_config
+from workflowplane.api.kube import kube_client, load_config
 from workflowplane.controller.events import EventRecorder
 from workflowplane.controller.gateway_api import GatewayAPI
 from workflowplane.controller.health import ControllerHealth
@@ -72,7 +72,7 @@ async def run_controller(
     """
     health = health or ControllerHealth(stuck_after=config.stuck_after_seconds)
     kube_config = load_config(config.kubeconfig, config.context)
-    kube = AsyncClient(config=kube_config, field_manager="workflowplane-controller")
+    kube = kube_client(kube_config, "workflowplane-controller")
     identity = peer_identity()
     try:
         registry = _build(config, kube, gateway, health)
@@ -150,12 +150,12 @@ async def gateway_client(
 
     target: list[str] | ReplicaDirectory = list(replicas.urls)
     if replicas.leases:
-        kube = AsyncClient(config=load_config(config.kubeconfig, config.context))
+        kube = kube_client(load_config(config.kubeconfig, config.context))
         target = LeaseDirectory(kube, replicas.namespace, replicas.urls[0], owns_client=True)
     ca, cert, key = files
     if ca and cert and key:
         return GatewayClient.from_files(target, ca, cert, key, config.gateway_patience)
-    kube = AsyncClient(config=load_config(config.kubeconfig, config.context))
+    kube = kube_client(load_config(config.kubeconfig, config.context))
     try:
         return await GatewayClient.from_secret(
             kube, target, replicas.namespace, config.gateway_patience

@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from lightkube import AsyncClient
-
-from workflowplane.api.kube import load_config
+from workflowplane.api.kube import kube_client, load_config
 from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.server import Gateway
 from workflowplane.kits.memory import settle
@@ -18,9 +16,7 @@ log = logging.getLogger(__name__)
 async def serve_forever(config: GatewayConfig) -> None:
     for setting in config.ignored:
         log.info("accepted for OpenChoreo's command line, no effect here: %s", setting)
-    kube = AsyncClient(
-        config=load_config(config.kubeconfig, config.context), field_manager="cluster-gateway"
-    )
+    kube = kube_client(load_config(config.kubeconfig, config.context), "cluster-gateway")
     gateway = Gateway(config, kube)
     await gateway.start()
     settle()  # start-up objects frozen out of the collector's way (it walked them per request)
