@@ -22,6 +22,7 @@ from workflowplane.controller.plane_handlers import (
     build_registry,
     build_settings,
     connection_info,
+    has_changing_handlers,
     register_login,
 )
 from workflowplane.controller.plane_reconciler import PlaneReconciler
@@ -125,6 +126,8 @@ def _build(
         register_runs(registry, runs)
     health.register(registry)
     health.watch_gateway(gateway)
+    if has_changing_handlers(registry):  # settings: EventsOnlyDiffBase builds no diff base
+        raise RuntimeError("a changing handler needs kopf's own diff base storage")
     return registry
 
 
