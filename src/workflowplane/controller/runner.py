@@ -58,6 +58,14 @@ class ControllerConfig:
     gateway_patience: AgentPatience = DEFAULT_PATIENCE
 
 
+def quiet_handler_successes() -> None:
+    """kopf logs "Handler … succeeded." at INFO for every event of every object. Our handlers
+    only hand events to work queues, so those lines say nothing, and there were four per run
+    started. kopf's per-object warnings and errors still show; ``--verbose`` shows all."""
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+
+
 async def run_controller(
     config: ControllerConfig,
     gateway: GatewayAPI,
@@ -88,6 +96,7 @@ async def run_controller(
         health.watch_leadership(leadership)
         if config.health_port is not None:
             await health.start(config.health_host, config.health_port)
+        quiet_handler_successes()
         await kopf.operator(
             registry=registry,
             settings=build_settings(),
