@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import getproxies_environment, proxy_bypass
 
 from lightkube import AsyncClient
 from lightkube.config.client_adapter import verify_cluster
@@ -32,9 +34,21 @@ def kube_client(config: SingleConfig, field_manager: str | None = None) -> Async
     """lightkube's client for ``config``, its requests sent by the lean HTTP/1.1 client
     (``kits.http1_httpx``: httpx's own transport was a third of the control plane's CPU)."""
     assert config.user is not None, "a kubeconfig context without a user"
+    if _proxied(config.cluster.server):  # the lean client speaks no proxy: httpx's own does
+        return AsyncClient(config=config, field_manager=field_manager)
     context = verify_cluster(config.cluster, config.user, config.abs_file)
     transport = Http1Transport(config.cluster.server, context)
     return AsyncClient(config=config, field_manager=field_manager, transport=transport)
+
+
+def _proxied(server: str) -> bool:
+    """Whether the environment (HTTPS_PROXY, NO_PROXY, ...) sends requests to ``server``
+    through a proxy, as httpx would read it."""
+    parts = urlsplit(server)
+    proxies = getproxies_environment()
+    if parts.scheme not in proxies and "all" not in proxies:
+        return False
+    return not proxy_bypass(parts.hostname or "", proxies)
 
 
 async def get_dict(

@@ -39,8 +39,10 @@ async def serve(
     *,
     health: ControllerHealth | None = None,
     stop_flag: threading.Event | None = None,
+    own_process: bool = False,
 ) -> None:
-    """Until cancelled (or ``stop_flag``); ``health`` may come from the caller (tests)."""
+    """Until cancelled (or ``stop_flag``); ``health`` may come from the caller (tests);
+    ``own_process``: the process's main work (memory settles after start)."""
     gateway_config = config_from_args(args)
     kube = kube_client(
         load_config(gateway_config.kubeconfig, gateway_config.context), "cluster-gateway"
@@ -64,7 +66,9 @@ async def serve(
     try:
         # When kopf stops it cancels every task started in this loop while it ran, the
         # gateway's included; that is only ever at shutdown, and the gateway stops next.
-        await run_controller(config, client, health=health, stop_flag=stop_flag)
+        await run_controller(
+            config, client, health=health, stop_flag=stop_flag, own_process=own_process
+        )
     finally:
         await client.close()
         await gateway.stop()
@@ -74,5 +78,5 @@ async def serve(
 def _run(args: argparse.Namespace) -> int:
     from workflowplane.kits.process import run  # noqa: PLC0415
 
-    run(serve(args))
+    run(serve(args, own_process=True))
     return 0

@@ -52,6 +52,10 @@ class InvalidRequest(ValueError):
     """The request could not be sent as given; the message names what is wrong."""
 
 
+class ConnectTimeout(TimeoutError):
+    """No connection to the server within the time left (nothing was sent)."""
+
+
 class StaleConnection(Http1Error):
     """A reused connection failed before any byte of the answer: safe to try once more."""
 
@@ -89,6 +93,7 @@ class Http1Response:
         "complete",
         "content_length",
         "headers",
+        "last_data",
         "status",
     )
 
@@ -97,6 +102,7 @@ class Http1Response:
         self.status = 0
         self.headers: Headers = []
         self.content_length: int | None = None
+        self.last_data = 0.0
         self.complete = False
         self._chunks: deque[bytes] = deque()
         self._held = 0
@@ -131,6 +137,7 @@ class Http1Response:
             self._waiter.set_result(None)
 
     def feed(self, data: bytes) -> None:
+        self.last_data = self._connection.loop.time()
         self._chunks.append(data)
         self._held += len(data)
         if not self._paused and self._held > HIGH_WATER:
@@ -215,7 +222,8 @@ class _Connection(asyncio.Protocol):
         assert self.response is not None
         if self._head is None:  # trailers, after the body: not this response's headers
             return
-        self.response.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        # UTF-8 (as aiohttp read them): the API server writes Warning headers' text as UTF-8
+        self.response.headers.append((_text(name), _text(value)))
 
     def on_headers_complete(self) -> None:
         response = self.response
@@ -232,6 +240,7 @@ class _Connection(asyncio.Protocol):
         response.content_length = _content_length(response.headers)
         self._until_close = response.content_length is None and not _chunked(response.headers)
         head, self._head = self._head, None
+        response.last_data = self.loop.time()  # an idle deadline counts from the head
         if not head.done():
             head.set_result(response)
         if self._no_body:  # HEAD: llhttp would wait for the body the headers describe
@@ -296,6 +305,10 @@ class _Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
 
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
 def _chunked(headers: Headers) -> bool:
     return any(
         name.lower() == "transfer-encoding" and "chunked" in value.lower()
@@ -353,16 +366,19 @@ class Http1Pool:
         headers: Headers,
         body: bytes = b"",
         timeout: float | None = None,
+        *,
+        idle: bool = False,
     ) -> Exchange:
         """The response, its body not yet read, as ``async with``; ``timeout`` bounds the
-        whole exchange, body included (``TimeoutError``)."""
+        whole exchange, body included (``TimeoutError``), or with ``idle`` the wait for the
+        head and then each silence of the body (httpx's read timeout)."""
         for name, _ in headers:
             if name.lower() in CLIENT_HEADERS:
                 raise InvalidRequest(f"HTTP header {name} is the client's own to write")
         if body or method in ("POST", "PUT", "PATCH"):
             headers = [*headers, ("Content-Length", str(len(body)))]
         head = encode_head(method, self._prefix + target, self._authority, headers)
-        return Exchange(self, method, head, body, timeout)
+        return Exchange(self, method, head, body, timeout, idle=idle)
 
     async def connection(self, within: float | None = None) -> _Connection:
         """An idle connection, or a new one made within ``within`` seconds (and the pool's
@@ -384,7 +400,8 @@ class Http1Pool:
                     _Connection, self._host, self._port, ssl=self._ssl
                 )
         except TimeoutError:
-            raise TimeoutError(f"connecting to {self._authority} took over {seconds:g}s") from None
+            message = f"connecting to {self._authority} took over {seconds:g}s"
+            raise ConnectTimeout(message) from None
         return connection
 
     def give_back(self, connection: _Connection, *, whole: bool) -> None:
@@ -405,7 +422,8 @@ class Http1Pool:
 
 class Exchange:
     """One request and its response (``async with``): the connection goes back to the pool
-    when the body was read whole, and is closed otherwise. One timer is the whole deadline."""
+    when the body was read whole, and is closed otherwise. One timer is the deadline: of the
+    whole exchange, or (``idle``) of the head, then of each silence in the body."""
 
     __slots__ = (
         "_body",
@@ -413,6 +431,7 @@ class Exchange:
         "_deadline",
         "_expired",
         "_head",
+        "_idle",
         "_method",
         "_pool",
         "_timeout",
@@ -420,10 +439,17 @@ class Exchange:
     )
 
     def __init__(
-        self, pool: Http1Pool, method: str, head: bytes, body: bytes, timeout: float | None
+        self,
+        pool: Http1Pool,
+        method: str,
+        head: bytes,
+        body: bytes,
+        timeout: float | None,
+        *,
+        idle: bool = False,
     ) -> None:
         self._pool, self._method, self._head, self._body = pool, method, head, body
-        self._timeout = timeout
+        self._timeout, self._idle = timeout, idle
         self._connection: _Connection | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._deadline: float | None = None
@@ -462,10 +488,19 @@ class Exchange:
         return TimeoutError(f"the server did not answer within {self._timeout:g}s")
 
     def _expire(self) -> None:
-        """The deadline: whatever is awaited (the head, the body) fails with TimeoutError."""
-        self._timer, self._expired = None, True
-        if self._connection is not None:
-            self._connection.fail(self._timed_out())
+        """The deadline: whatever is awaited (the head, the body) fails with TimeoutError.
+        With ``idle``, a body that got bytes within the timeout gets the timeout again."""
+        self._timer = None
+        connection = self._connection
+        response = connection.response if connection is not None else None
+        if self._idle and response is not None and response.status and self._timeout:
+            again = response.last_data + self._timeout
+            if again > self._pool.loop.time():
+                self._timer = self._pool.loop.call_at(again, self._expire)
+                return
+        self._expired = True
+        if connection is not None:
+            connection.fail(self._timed_out())
 
     async def _send(self) -> Http1Response:
         for attempt in (1, 2):

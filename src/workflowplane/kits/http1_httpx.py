@@ -7,9 +7,10 @@ building, authentication flows, status errors); this sends the request and reads
 with the lean client. Failures are httpx's own exception types, so callers classify them as
 before (``kits.errors``: ``httpx2.TransportError`` is a network error).
 
-Deadlines: httpx's read timeout bounds each read; here it bounds the whole exchange (head and
-body), which for the control plane's calls (single objects, small lists) is the practical
-bound. A request with no read timeout (a watch) has none.
+Deadlines: httpx's read timeout bounds the wait for the answer's head and then each silence
+of its body (a large list that keeps coming is never cut); a request with none (a watch) has
+none. Proxies are not spoken: ``api.kube_client`` leaves a server the environment sends
+through a proxy to httpx's own transport.
 """
 
 from __future__ import annotations
@@ -21,7 +22,15 @@ from urllib.parse import urlsplit
 
 import httpx2
 
-from workflowplane.kits.http1 import CLIENT_HEADERS, Exchange, Http1Pool, Http1Response
+from workflowplane.kits.http1 import (
+    CLIENT_HEADERS,
+    ConnectTimeout,
+    Exchange,
+    Http1Error,
+    Http1Pool,
+    Http1Response,
+    InvalidRequest,
+)
 
 
 class Http1Transport(httpx2.AsyncBaseTransport):
@@ -32,25 +41,31 @@ class Http1Transport(httpx2.AsyncBaseTransport):
         self._pool = Http1Pool(f"{parts.scheme}://{parts.netloc}", ssl_context, limit=limit)
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        exchange = self._pool.request(
-            request.method,
-            request.url.raw_path.decode("ascii"),
-            _headers(request),
-            await request.aread(),
-            _deadline(request),
-        )
+        try:
+            exchange = self._pool.request(
+                request.method,
+                request.url.raw_path.decode("ascii"),
+                _headers(request),
+                await request.aread(),
+                _read_timeout(request),
+                idle=True,
+            )
+        except InvalidRequest as exc:
+            raise httpx2.LocalProtocolError(str(exc), request=request) from exc
         try:
             answer = await exchange.__aenter__()
-        except TimeoutError as exc:
-            raise httpx2.ReadTimeout(str(exc), request=request) from exc
-        except OSError as exc:
-            raise httpx2.ConnectError(str(exc) or repr(exc), request=request) from exc
-        return httpx2.Response(
-            answer.status,
-            headers=answer.headers,
-            stream=_Body(exchange, answer, request),
-            extensions={"http_version": b"HTTP/1.1"},
-        )
+        except BaseException as exc:
+            raise _as_httpx(exc, request) from exc
+        try:
+            return httpx2.Response(
+                answer.status,
+                headers=[(_raw(name), _raw(value)) for name, value in answer.headers],
+                stream=_Body(exchange, answer, request),
+                extensions={"http_version": b"HTTP/1.1"},
+            )
+        except BaseException:
+            await exchange.__aexit__(None, None, None)  # never a slot left taken
+            raise
 
     async def aclose(self) -> None:
         await self._pool.close()
@@ -67,10 +82,8 @@ class _Body(httpx2.AsyncByteStream):
         try:
             async for chunk in self._answer.iter_any():
                 yield chunk
-        except TimeoutError as exc:
-            raise httpx2.ReadTimeout(str(exc), request=self._request) from exc
-        except OSError as exc:
-            raise httpx2.ReadError(str(exc) or repr(exc), request=self._request) from exc
+        except (TimeoutError, OSError) as exc:
+            raise _as_httpx(exc, self._request) from exc
 
     async def aclose(self) -> None:
         if not self._closed:
@@ -78,16 +91,35 @@ class _Body(httpx2.AsyncByteStream):
             await self._exchange.__aexit__(None, None, None)
 
 
+def _as_httpx(exc: BaseException, request: httpx2.Request) -> BaseException:
+    """httpx's exception for a failure of ours (others as they are): what lightkube and
+    ``kits.errors`` expect from an httpx transport."""
+    message = str(exc) or repr(exc)
+    if isinstance(exc, ConnectTimeout):
+        return httpx2.ConnectTimeout(message, request=request)
+    if isinstance(exc, TimeoutError):
+        return httpx2.ReadTimeout(message, request=request)
+    if isinstance(exc, Http1Error):  # the connection was there: the answer went wrong
+        return httpx2.RemoteProtocolError(message, request=request)
+    if isinstance(exc, OSError):  # refused, unreachable, name not known, TLS
+        return httpx2.ConnectError(message, request=request)
+    return exc
+
+
+def _raw(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
 def _headers(request: httpx2.Request) -> list[tuple[str, str]]:
-    """The request's headers but those the client writes itself."""
+    """The request's headers but those the client writes itself (bytes as they are)."""
     return [
-        (name.decode("latin-1"), value.decode("latin-1"))
+        (name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
         for name, value in request.headers.raw
         if name.decode("latin-1").lower() not in CLIENT_HEADERS
     ]
 
 
-def _deadline(request: httpx2.Request) -> float | None:
+def _read_timeout(request: httpx2.Request) -> float | None:
     timeouts: Any = request.extensions.get("timeout") or {}
     read = timeouts.get("read")
     return float(read) if read is not None else None

@@ -11,6 +11,7 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
+import httpx2
 import pytest
 
 from tests.integration.harness import eventually
@@ -18,6 +19,7 @@ from workflowplane.agent.kubeconfig import KubeTarget
 from workflowplane.agent.tunnel import FrameServer
 from workflowplane.agent.upstream import Upstream
 from workflowplane.kits.http1 import HIGH_WATER, Http1Error, Http1Pool, InvalidRequest
+from workflowplane.kits.http1_httpx import Http1Transport
 from workflowplane.protocol import TunnelRequest, encode
 
 pytestmark = pytest.mark.integration
@@ -391,3 +393,71 @@ async def test_a_head_answer_is_not_refused_for_the_length_it_announces() -> Non
         result = await upstream.request("HEAD", "/x", "", None, b"", 5)
         await upstream.close()
     assert (result.status, result.body) == (200, b"")
+
+
+async def test_an_idle_deadline_lets_a_body_that_keeps_coming_finish() -> None:
+    async def trickle(seen: Seen, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await seen.next_head(r, 1)
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n")
+        for piece in (b"ab", b"cd", b"ef"):  # 0.45 s in all, never silent for 0.3 s
+            await asyncio.sleep(0.15)
+            w.write(piece)
+            await w.drain()
+        await r.read()
+
+    async with serving(trickle) as (url, _):
+        pool = Http1Pool(url, None)
+        async with pool.request("GET", "/", [], timeout=0.3, idle=True) as response:
+            assert await response.read() == b"abcdef"
+        with pytest.raises(TimeoutError):  # the same body against a deadline for the whole
+            async with pool.request("GET", "/", [], timeout=0.3) as response:
+                await response.read()
+        await pool.close()
+
+
+async def test_response_headers_are_read_as_utf8() -> None:
+    warning = '299 - "policy “no-latest”: pin the image"'
+    answer = b"HTTP/1.1 200 OK\r\nWarning: " + warning.encode() + b"\r\nContent-Length: 0\r\n\r\n"
+    async with serving(answering(answer)) as (url, _):
+        pool = Http1Pool(url, None)
+        async with pool.request("GET", "/", [], timeout=5) as response:
+            assert ("Warning", warning) in response.headers
+        await pool.close()
+
+
+async def test_httpx_over_the_lean_client_carries_utf8_headers_and_frees_every_slot() -> None:
+    warning = '299 - "policy “no-latest”"'
+    answer = b"HTTP/1.1 200 OK\r\nWarning: " + warning.encode() + b"\r\nContent-Length: 2\r\n\r\nok"
+
+    async def each(seen: Seen, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while True:
+            await seen.next_head(r, seen.opened)
+            w.write(answer)
+            await w.drain()
+
+    async with serving(each) as (url, _):
+        transport = Http1Transport(url, None, limit=4)
+        async with httpx2.AsyncClient(base_url=url, transport=transport) as client:
+            for _ in range(10):  # more than the pool's slots: each must come back
+                reply = await client.get("/api/v1/namespaces", timeout=5)
+                assert (reply.status_code, reply.text) == (200, "ok")
+                assert reply.headers["warning"] == warning
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (b"NOT HTTP\r\n\r\n", httpx2.RemoteProtocolError),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab", httpx2.ReadTimeout),
+    ],
+    ids=["garbage", "silent-body"],
+)
+async def test_httpx_gets_its_own_exception_types(answer: bytes, error: type[Exception]) -> None:
+    async with serving(answering(answer)) as (url, _):
+        client = httpx2.AsyncClient(base_url=url, transport=Http1Transport(url, None))
+        with pytest.raises(error):
+            await client.get("/", timeout=0.3)
+        await client.aclose()
+    async with httpx2.AsyncClient(transport=Http1Transport("http://127.0.0.1:9", None)) as c:
+        with pytest.raises(httpx2.ConnectError):
+            await c.get("http://127.0.0.1:9/")
