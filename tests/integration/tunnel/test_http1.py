@@ -78,6 +78,20 @@ async def answer_each(seen: Seen, reader: asyncio.StreamReader, writer: asyncio.
         await writer.drain()
 
 
+def answering(answer: bytes) -> Script:
+    """A server that answers the first request with ``answer`` and then only reads."""
+
+    async def script(
+        seen: Seen, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await seen.next_head(reader, seen.opened)
+        writer.write(answer)
+        await writer.drain()
+        await reader.read()
+
+    return script
+
+
 async def get(
     pool: Http1Pool, target: str = "/", headers: list[tuple[str, str]] | None = None, **kw: object
 ) -> tuple[int, bytes]:
@@ -194,13 +208,8 @@ async def test_nothing_a_caller_sends_can_split_the_request() -> None:
 
 
 async def test_a_head_request_ends_at_its_headers() -> None:
-    async def head(seen: Seen, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await seen.next_head(reader, 1)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
-        await writer.drain()
-        await reader.read()
-
-    async with serving(head) as (url, _):
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"
+    async with serving(answering(head)) as (url, _):
         pool = Http1Pool(url, None)
         async with pool.request("HEAD", "/", [], timeout=5) as response:
             assert (response.status, response.content_length) == (200, 1000)
@@ -217,13 +226,7 @@ async def test_a_head_request_ends_at_its_headers() -> None:
     ids=["huge-headers", "garbage"],
 )
 async def test_a_bad_answer_fails_with_what_was_wrong(answer: bytes, error: str) -> None:
-    async def bad(seen: Seen, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await seen.next_head(reader, 1)
-        writer.write(answer)
-        await writer.drain()
-        await reader.read()
-
-    async with serving(bad) as (url, _):
+    async with serving(answering(answer)) as (url, _):
         pool = Http1Pool(url, None)
         with pytest.raises(Http1Error, match=error):
             await get(pool, timeout=5)
@@ -272,20 +275,6 @@ async def test_waiting_for_a_free_connection_counts_against_the_deadline() -> No
         holder.cancel()
         await pool.close()
     assert len(seen.heads) == 1  # the second request never went out
-
-
-def answering(answer: bytes) -> Script:
-    """A server that answers the first request with ``answer`` and then only reads."""
-
-    async def script(
-        seen: Seen, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        await seen.next_head(reader, seen.opened)
-        writer.write(answer)
-        await writer.drain()
-        await reader.read()
-
-    return script
 
 
 @pytest.mark.parametrize("interim", [b"100 Continue", b"103 Early Hints\r\nLink: </a>"])
