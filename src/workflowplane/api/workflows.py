@@ -28,9 +28,6 @@ RUN_FINALIZER: Final = "openchoreo.dev/workflowrun-cleanup"
 # Which plane a run was sent to, recorded before anything is created there, so that tracking
 # and cleanup keep using it even if plane resolution would now give another answer.
 PLANE_ANNOTATION: Final = "openchoreo.dev/workflowplane"
-# What a run creates on its plane (JSON: runReference and resources), recorded with the plane
-# in the same write, before anything is created; copied to status when the run starts.
-INTENT_ANNOTATION: Final = "openchoreo.dev/workflowrun-intent"
 
 # On the Argo Workflow: which run (by UID) created it, so a same-named leftover of an earlier
 # run is never mistaken for this run's.

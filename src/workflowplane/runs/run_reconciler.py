@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -20,12 +19,11 @@ from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 from prometheus_client import CollectorRegistry
 
-from workflowplane.api.conditions import Verdict
+from workflowplane.api.conditions import Verdict, find_condition
 from workflowplane.api.constants import CLUSTER_WORKFLOW_PLANE, WORKFLOW_PLANE
 from workflowplane.api.kube import merge_patch
 from workflowplane.api.workflows import (
     CLUSTER_WORKFLOW,
-    INTENT_ANNOTATION,
     PLANE_ANNOTATION,
     RUN_FINALIZER,
     RUN_UID_ANNOTATION,
@@ -230,13 +228,7 @@ class RunReconciler:
             run,
             # startedAt until Argo says when it started (the tracker then writes Argo's time).
             # No tasks yet: said now, so Argo's first (task-less) state is no second write.
-            {
-                **_intended(run, plan),
-                "submittedAt": now,
-                "startedAt": now,
-                "conditions": conditions,
-                "tasks": [],
-            },
+            {"submittedAt": now, "startedAt": now, "conditions": conditions, "tasks": []},
         )
         # Created by this pass: the tracker's watch saw it, no read needed (unless it was down).
         self.tracker.track(key, target, plan.run_reference(), created_at if created else None)
@@ -264,30 +256,34 @@ class RunReconciler:
         )
 
     async def _record_intent(self, run: dict[str, Any], target: PlaneTarget, plan: RunPlan) -> None:
-        """Where the run goes and what it creates, with the finalizer: one write, before
-        anything is created there (status gets the same refs when the run starts).
+        """Where the run goes and what it creates, written before anything is created there.
 
         Writes only what changed, so a run retrying against an unreachable plane does not
-        churn (each write would wake it again).
+        churn its own status (each write would wake it again).
         """
-        meta = run["metadata"]
-        annotations = dict(meta.get("annotations") or {})
-        wanted = {
-            PLANE_ANNOTATION: plane_record(target),
-            INTENT_ANNOTATION: _intent_text(_intended(run, plan)),
-        }
+        meta, status = run["metadata"], run.get("status") or {}
+        record = plane_record(target)
         finalizers = list(meta.get("finalizers") or [])
         metadata: dict[str, Any] = {}
-        changed_annotations = {k: v for k, v in wanted.items() if annotations.get(k) != v}
-        if changed_annotations:
-            metadata["annotations"] = changed_annotations
+        if (meta.get("annotations") or {}).get(PLANE_ANNOTATION) != record:
+            metadata["annotations"] = {PLANE_ANNOTATION: record}
         if RUN_FINALIZER not in finalizers:  # one write with the record, guarded
             metadata |= {"finalizers": [*finalizers, RUN_FINALIZER]}
             metadata["resourceVersion"] = meta["resourceVersion"]
         if metadata:
             await self._patch_run(run, {"metadata": metadata})
-            meta["annotations"] = annotations | changed_annotations
+            meta.setdefault("annotations", {})[PLANE_ANNOTATION] = record
             meta["finalizers"] = metadata.get("finalizers", finalizers)
+        update: dict[str, Any] = {
+            "runReference": plan.run_reference(),
+            "resources": _merged(status.get("resources") or [], plan.resource_refs()),
+        }
+        if find_condition(status.get("conditions") or [], RunCondition.COMPLETED) is None:
+            update["conditions"] = self._conditions(
+                run, waiting(RunReason.PENDING, f"creating the run's objects on {target.ref}")
+            )
+        if changed(status, update):
+            await self._patch_status(run, update)
 
     async def _definition(self, run: Mapping[str, Any]) -> dict[str, Any] | None:
         kind, namespace, name = _definition_key(run)
@@ -359,7 +355,7 @@ class RunReconciler:
         target = await recorded_target(self.cache.get, run, terminating=True)
         if target is not None:
             try:
-                await self._delete_from_plane(target, _recorded(run))
+                await self._delete_from_plane(target, run.get("status") or {})
             except Failure as exc:
                 since = self._clock() - parse_rfc3339(meta["deletionTimestamp"])
                 if since < CLEANUP_GIVE_UP:
@@ -370,7 +366,6 @@ class RunReconciler:
         return None
 
     async def _delete_from_plane(self, target: PlaneTarget, status: Mapping[str, Any]) -> None:
-        """Delete ``status``'s runReference, then its resources in reverse order."""
         api = PlaneAPI(self._tunnel, target, self._discovery)
         refs = [status["runReference"]] if status.get("runReference") else []
         refs += list(reversed(status.get("resources") or []))
@@ -432,42 +427,6 @@ def _sent(run: Mapping[str, Any]) -> bool:
     finalizer. Before that, nothing of it exists there, and the record adds it (one write)."""
     meta = run["metadata"]
     return bool((meta.get("annotations") or {}).get(PLANE_ANNOTATION))
-
-
-def _recorded(run: Mapping[str, Any]) -> dict[str, Any]:
-    """What the run may have created on its plane: its status's refs and its intent's (a
-    controller may have stopped between recording the intent and the start)."""
-    status = run.get("status") or {}
-    intent = _intent_of(run)
-    reference = status.get("runReference") or intent.get("runReference")
-    resources = _merged(list(status.get("resources") or []), list(intent.get("resources") or []))
-    return (
-        {"runReference": reference, "resources": resources}
-        if reference
-        else {"resources": resources}
-    )
-
-
-def _intended(run: Mapping[str, Any], plan: RunPlan) -> dict[str, Any]:
-    """The refs this attempt creates, plus any recorded earlier that the plan no longer has."""
-    return {
-        "runReference": plan.run_reference(),
-        "resources": _merged(_recorded(run)["resources"], plan.resource_refs()),
-    }
-
-
-def _intent_text(intent: Mapping[str, Any]) -> str:
-    return json.dumps(intent, sort_keys=True, separators=(",", ":"))
-
-
-def _intent_of(run: Mapping[str, Any]) -> dict[str, Any]:
-    """The intent annotation; one that does not parse as an object counts as none."""
-    text = ((run.get("metadata") or {}).get("annotations") or {}).get(INTENT_ANNOTATION)
-    try:
-        intent = json.loads(text) if text else {}
-    except ValueError:
-        return {}
-    return intent if isinstance(intent, dict) else {}
 
 
 def _merged(recorded: list[dict[str, Any]], planned: list[dict[str, Any]]) -> list[dict[str, Any]]:
