@@ -16,7 +16,8 @@ import yaml
 from lightkube.core.exceptions import ApiError
 from lightkube.models.meta_v1 import Status
 
-from workflowplane.api.workflows import WORKFLOW_RUN
+from workflowplane.api.workflows import RUN_FINALIZER, WORKFLOW_RUN
+from workflowplane.kits.clock import rfc3339, utcnow
 from workflowplane.protocol.gateway_client import ProxyResponse
 from workflowplane.runs.cache import ObjectCache, kind_of
 from workflowplane.runs.plan import PlaneTarget, RunPlan, plan_run
@@ -190,6 +191,36 @@ async def test_a_run_starts_with_three_writes_and_no_reads(world: World) -> None
     assert "openchoreo.dev/workflowplane" in record["metadata"]["annotations"]
     assert set(intent["status"]) >= {"runReference", "resources"}
     assert started["status"]["tasks"] == []  # so Argo's first, task-less state is no write
+
+
+async def test_what_a_tenant_writes_in_its_runs_metadata_never_names_what_cleanup_deletes(
+    world: World,
+) -> None:
+    """Metadata is the tenant's to write; only status (the controller's) lists what the run
+    created. Objects named anywhere else are never deleted on the plane."""
+    foreign = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "name": "cluster-agent-tls",
+        "namespace": "openchoreo-workflow-plane",
+    }
+    planted = json.dumps({"runReference": foreign, "resources": [foreign]})
+    run = world.run("r1")
+    run["metadata"]["annotations"] = {"openchoreo.dev/workflowrun-intent": planted}
+    world.reconciler.cache.remember(WORKFLOW_RUN, copy.deepcopy(run))
+    await world.reconciler.reconcile(("team", "r1"))
+    assert foreign not in world.run("r1")["status"]["resources"]
+
+    run = world.run("r1")
+    run["metadata"]["annotations"]["openchoreo.dev/workflowrun-intent"] = planted  # and again
+    run["metadata"]["deletionTimestamp"] = rfc3339(utcnow())
+    world.reconciler.cache.remember(WORKFLOW_RUN, copy.deepcopy(run))
+    await world.reconciler.reconcile(("team", "r1"))
+
+    deletes = [r.split(" ", 1)[1] for r in world.plane.requests if r.startswith("DELETE")]
+    assert deletes  # the run's own objects were cleaned up
+    assert not [path for path in deletes if "cluster-agent-tls" in path]
+    assert RUN_FINALIZER not in world.run("r1")["metadata"]["finalizers"]
 
 
 async def test_the_pass_woken_by_its_own_writes_reads_and_writes_nothing(world: World) -> None:
