@@ -50,11 +50,20 @@ def forwardable_headers(headers: dict[str, list[str]] | None) -> list[tuple[str,
 
 
 def response_headers(headers: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """The answer's headers that travel back. Bytes that are not UTF-8 (read as surrogates)
+    become U+FFFD, as Go's agent sends them: a frame cannot carry them, and an answer that
+    cannot be encoded would leave its caller waiting for the gateway's timeout."""
     grouped: dict[str, list[str]] = {}
     for name, value in headers:
         if name.lower() not in HOP_BY_HOP:
-            grouped.setdefault(name, []).append(value)
+            grouped.setdefault(_utf8(name), []).append(_utf8(value))
     return grouped
+
+
+def _utf8(text: str) -> str:
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 @dataclass

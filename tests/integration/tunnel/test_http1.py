@@ -450,3 +450,21 @@ async def test_httpx_gets_its_own_exception_types(answer: bytes, error: type[Exc
     async with httpx2.AsyncClient(transport=Http1Transport("http://127.0.0.1:9", None)) as c:
         with pytest.raises(httpx2.ConnectError):
             await c.get("http://127.0.0.1:9/")
+
+
+async def test_a_header_that_is_not_utf8_reaches_the_caller_replaced_not_a_hang() -> None:
+    sent: list[bytes] = []
+
+    async def send(data: bytes | bytearray) -> None:
+        sent.append(bytes(data))
+
+    answer = b"HTTP/1.1 200 OK\r\nX-Odd: a\xffb\r\nContent-Length: 2\r\n\r\nok"
+    async with serving(answering(answer)) as (url, _):
+        upstream = Upstream(KubeTarget.from_server(url), 1 << 20)
+        server = FrameServer(upstream, send, timeout=5, max_concurrent=2, chunked=True)
+        server.dispatch(encode(TunnelRequest(request_id="r1", path="/api")))
+        await asyncio.wait_for(server.idle(), 10)
+        await upstream.close()
+    answer_frame = json.loads(sent[0])
+    assert answer_frame["statusCode"] == 200
+    assert answer_frame["headers"]["X-Odd"] == ["a\ufffdb"]  # as Go's agent sends it
