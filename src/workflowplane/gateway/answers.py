@@ -13,6 +13,7 @@ request can be found (``kits/logs.py`` writes them as JSON fields).
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 from aiohttp import web
 
@@ -28,6 +29,18 @@ REQUEST_ID = web.RequestKey("request_id", str)
 VERB = web.RequestKey("verb", str)
 
 
+class Answered(NamedTuple):
+    """What an answer's log line and count say about its request."""
+
+    method: str
+    path: str  # the Kubernetes path
+    plane_id: str
+    cr_namespace: str  # ``_cluster`` for a cluster-scoped CR
+    cr_name: str
+    verb: str
+    request_id: str | None
+
+
 class AnswerLog:
     """Counts each proxied answer by plane, verb and code, and logs it: at DEBUG when the plane
     answered, at WARNING when the tunnel failed it (a 5xx, or an error the gateway gave).
@@ -40,29 +53,42 @@ class AnswerLog:
         if not request.path.startswith(PROXY_PREFIX):
             return
         info = request.match_info
-        plane_id, path = info.get("planeID", ""), "/" + info.get("path", "")
+        path = "/" + info.get("path", "")
         verb = request.get(VERB) or kube_verb(request.method, path, request.query_string)
-        code = response.status
-        self._handles.answered(plane_id, verb, code).inc()
-        failed = code >= 500 or GATEWAY_ERROR_HEADER in response.headers
-        level = logging.WARNING if failed else logging.DEBUG
+        failed = GATEWAY_ERROR_HEADER in response.headers
+        self.record(
+            Answered(
+                request.method,
+                path,
+                info.get("planeID", ""),
+                info.get("crNamespace", ""),
+                info.get("crName", ""),
+                verb,
+                request.get(REQUEST_ID),
+            ),
+            response.status,
+            gateway_error=failed,
+        )
+
+    def record(self, what: Answered, code: int, *, gateway_error: bool = False) -> None:
+        """Count the answer; log it (``gateway_error``: the gateway gave it, not the plane)."""
+        self._handles.answered(what.plane_id, what.verb, code).inc()
+        level = logging.WARNING if code >= 500 or gateway_error else logging.DEBUG
         if not log.isEnabledFor(level):
             return
-        namespace = info.get("crNamespace")
+        namespace = what.cr_namespace
         log.log(
             level,
             "proxied %s %s through plane %s: %d",
-            request.method,
-            path,
-            plane_id,
+            what.method,
+            what.path,
+            what.plane_id,
             code,
             extra={
-                "plane": plane_id,
-                "cr": cr_key_of(
-                    None if namespace == "_cluster" else namespace, info.get("crName", "")
-                ),
-                "request_id": request.get(REQUEST_ID),
-                "verb": verb,
+                "plane": what.plane_id,
+                "cr": cr_key_of(None if namespace == "_cluster" else namespace, what.cr_name),
+                "request_id": what.request_id,
+                "verb": what.verb,
                 "code": code,
             },
         )

@@ -46,16 +46,23 @@ class InFlight:
                 )
             if is_streaming_query(request.query_string) or request.headers.get("Upgrade"):
                 return await handler(request)
-            self.count += 1
-            self._idle.clear()
+            self.enter()
             try:
                 return await handler(request)
             finally:
-                self.count -= 1
-                if not self.count:
-                    self._idle.set()
+                self.leave()
 
         return guarded
+
+    def enter(self) -> None:
+        """A plain request starts (the caller checked ``draining`` first)."""
+        self.count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if not self.count:
+            self._idle.set()
 
     def guard_routes(self, routes: list[web.RouteDef]) -> list[web.RouteDef]:
         return [web.route(r.method, r.path, self.guard(r.handler), **r.kwargs) for r in routes]

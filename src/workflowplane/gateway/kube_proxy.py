@@ -21,7 +21,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlencode
@@ -92,6 +92,7 @@ class Target:
 
 
 AnyResponse = TypeVar("AnyResponse", bound=web.StreamResponse)
+Headers = list[tuple[str, str]]
 # Serves an upgrade request (exec, attach) for a target and Kubernetes path.
 UpgradeHandler = Callable[[web.Request, Target, str], Awaitable[web.StreamResponse]]
 # Serves a request no local agent may serve, given the local refusal (forwarding.py).
@@ -124,13 +125,16 @@ def bad_path(raw_path: str) -> bool:
     return "\x00" in decoded or any(part == ".." for part in decoded.split("/"))
 
 
-def forward_headers(headers: Mapping[str, str]) -> dict[str, list[str]]:
+def forward_headers(
+    headers: Mapping[str, str] | Iterable[tuple[str, str]],
+) -> dict[str, list[str]]:
     """The caller's headers that travel: no hop-by-hop ones, and never the caller's identity
     (``Authorization``, ``Impersonate-*``), whatever the agent would do with them. Never
     none: OpenChoreo's agent hands the map to Go's HTTP client, which refuses a nil one
     ("http: nil Request.Header"), and an empty map is left out of the frame."""
     kept: dict[str, list[str]] = {}
-    for name, value in headers.items():
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    for name, value in pairs:
         if name.lower() not in REQUEST_HOP_BY_HOP and not is_caller_credential(name):
             kept.setdefault(name, []).append(value)
     return kept or dict(NO_HEADERS)
@@ -152,7 +156,7 @@ def degraded_query(query: Any, request_timeout: float) -> str:
     return urlencode(items)
 
 
-def _reply_headers(headers: dict[str, list[str]] | None) -> list[tuple[str, str]]:
+def reply_headers(headers: dict[str, list[str]] | None) -> list[tuple[str, str]]:
     """The agent's headers the caller gets: no hop-by-hop ones, none that would break the
     response (a name that is not a token, a value with CR, LF or NUL)."""
     return [
@@ -272,6 +276,15 @@ class KubeProxy:
 
     def to_response(self, reply: TunnelResponse) -> web.Response:
         """The agent's answer as the caller's; one that HTTP cannot carry becomes a 502."""
+        answer = self.plain_answer(reply)
+        if isinstance(answer, web.Response):
+            return answer
+        status, headers, body = answer
+        return web.Response(status=status, body=body, headers=headers)
+
+    def plain_answer(self, reply: TunnelResponse) -> tuple[int, Headers, bytes] | web.Response:
+        """The agent's answer's status, headers and body, or the gateway's error answer for
+        one that HTTP cannot carry (a 502) or that failed at the agent."""
         error = reply.error if isinstance(reply.error, TunnelError) and not reply.body else None
         status = reply.status_code or (error.code if error else 0) or 502
         if not final_status(status):
@@ -284,9 +297,7 @@ class KubeProxy:
             )
         if error:
             return k8s_status(status, f"agent: {error.message}{_details(error)}")
-        return web.Response(
-            status=status, body=reply.body or b"", headers=_reply_headers(reply.headers)
-        )
+        return status, reply_headers(reply.headers), reply.body or b""
 
     async def ask(
         self, conn: AgentConnection, frame: TunnelRequest, verb: str = ""
@@ -342,35 +353,37 @@ class KubeProxy:
             conn.bodies.pop(head.request_id, None)
             await close_stream(conn, head.request_id)
             return self.to_response(head)
-        response = web.StreamResponse(status=head.status_code, headers=_reply_headers(head.headers))
-        complete = False
+        response = web.StreamResponse(status=head.status_code, headers=reply_headers(head.headers))
+        problem: str | None = "the caller went away"
         try:
             await response.prepare(request)
-            complete = await self._pump_body(request, response, body)
+            problem = await self.pump_body(body, response.write)
         finally:
             conn.bodies.pop(head.request_id, None)
-            if not complete:
+            if problem is not None:
                 await close_stream(conn, head.request_id)
+        if problem is not None:
+            _abort(request, f"answer to {request.path}: {problem}")
+        else:
+            await response.write_eof()
         return response
 
-    async def _pump_body(
-        self, request: web.Request, response: web.StreamResponse, body: StreamBuffer
-    ) -> bool:
-        """Write the chunks; whether the agent ended the body cleanly. Between two chunks
-        the agent gets the request timeout."""
+    async def pump_body(
+        self, body: StreamBuffer, write: Callable[[bytes], Awaitable[None]]
+    ) -> str | None:
+        """Write the chunks of a chunked answer; None when the agent ended the body cleanly,
+        else what went wrong (the caller must then be cut off: its body is not whole).
+        Between two chunks the agent gets the request timeout."""
         idle = self._config.request_timeout_seconds
         try:
             while not isinstance(item := await asyncio.wait_for(body.get(), idle), StreamEnd):
                 if isinstance(item, bytes):
-                    await response.write(item)
+                    await write(item)
         except TimeoutError:
-            _abort(request, f"answer to {request.path}: no chunk for {idle:.0f}s")
-            return False
+            return f"no chunk for {idle:.0f}s"
         if item.problem is not None:
-            _abort(request, f"answer to {request.path} failed mid-way: {item.problem}")
-            return False
-        await response.write_eof()
-        return True
+            return f"failed mid-way: {item.problem}"
+        return None
 
     def stream_slot(self, target: Target) -> AgentConnection | web.Response:
         """A connection with room for one more stream of the CR, or the 429 saying which
@@ -485,7 +498,7 @@ class KubeProxy:
         """The stream's body as it comes; it ends when the agent's stream does (or fails:
         the status is sent already, so the caller sees the body end, and re-watches)."""
         response = web.StreamResponse(
-            status=first.status_code, headers=_reply_headers(first.headers)
+            status=first.status_code, headers=reply_headers(first.headers)
         )
         await response.prepare(request)
         while not isinstance(item := await buffer.get(), StreamEnd):

@@ -27,6 +27,7 @@ from workflowplane.gateway.config import INTERNAL_CLIENT_SECRET, GatewayConfig
 from workflowplane.gateway.connections import ConnectionManager
 from workflowplane.gateway.drain import InFlight, drain
 from workflowplane.gateway.exec_proxy import ExecProxy
+from workflowplane.gateway.fast_proxy import FastProxy
 from workflowplane.gateway.forwarding import Forwarder
 from workflowplane.gateway.internal_api import InternalAPI
 from workflowplane.gateway.kube_proxy import KubeProxy
@@ -37,6 +38,7 @@ from workflowplane.gateway.replica import advertised_host, internal_url, replica
 from workflowplane.gateway.replica_lease import ReplicaLease
 from workflowplane.gateway.tls import ChainFiles, PublicTLS, server_context
 from workflowplane.kits.health import OK, Health, Verdict, health_app
+from workflowplane.kits.http1_server import FrontServer, Limits, Router
 
 log = logging.getLogger(__name__)
 SYNC_TIMEOUT_SECONDS = 60
@@ -46,7 +48,8 @@ STOP_GRACE_SECONDS = 1.0  # streams still open when a listener stops (after the 
 
 class BoundedSite(web.BaseSite):
     """aiohttp's TCP site with a TLS handshake timeout (``web.TCPSite`` has no such knob and
-    asyncio's default is 60 s): a client that never finishes its handshake is dropped."""
+    asyncio's default is 60 s): a client that never finishes its handshake is dropped. With
+    ``front``, connections go to that lean server first (it hands aiohttp what it declines)."""
 
     def __init__(
         self,
@@ -56,11 +59,13 @@ class BoundedSite(web.BaseSite):
         *,
         ssl_context: ssl.SSLContext | None,
         handshake_timeout: float,
+        front: FrontServer | None = None,
     ) -> None:
         super().__init__(runner, ssl_context=ssl_context)
         self._host = host
         self._port = port
         self._handshake_timeout = handshake_timeout
+        self._front = front
 
     @property
     def name(self) -> str:
@@ -72,7 +77,7 @@ class BoundedSite(web.BaseSite):
         server = self._runner.server
         assert server is not None
         self._server = await asyncio.get_running_loop().create_server(
-            server,
+            self._front or server,
             self._host,
             self._port,
             ssl=self._ssl_context,
@@ -103,6 +108,9 @@ class Gateway:
         self._exec = ExecProxy(self._proxy, config)
         self._proxy.on_upgrade = self._exec.handle_upgrade
         self._in_flight = InFlight()
+        self._answers = AnswerLog(self.metrics)
+        self._fast = FastProxy(self._proxy, self.connections, self._in_flight, self._answers)
+        self._front: FrontServer | None = None
         self._draining = False
         self.lease: ReplicaLease | None = None
         self._forwarder: Forwarder | None = None
@@ -128,7 +136,7 @@ class Gateway:
         app = web.Application(client_max_size=self.config.max_body_bytes)
         proxied = self._in_flight.guard_routes(self._proxy.routes() + self._exec.routes())
         app.add_routes(self._internal.routes() + proxied)
-        app.on_response_prepare.append(AnswerLog(self.metrics).on_response_prepare)
+        app.on_response_prepare.append(self._answers.on_response_prepare)
         return app
 
     def _plane_cache_synced(self) -> Verdict:
@@ -140,7 +148,13 @@ class Gateway:
         return Verdict(False, "draining (shutting down)") if self._draining else OK
 
     async def _serve(
-        self, name: str, app: web.Application, port: int, context: ssl.SSLContext | None
+        self,
+        name: str,
+        app: web.Application,
+        port: int,
+        context: ssl.SSLContext | None,
+        *,
+        router: Router | None = None,
     ) -> None:
         # aiohttp's keep-alive timer starts when a connection is made and is re-armed only
         # after a response, so it also bounds the wait for each request's headers.
@@ -157,12 +171,16 @@ class Gateway:
         )
         await runner.setup()
         self._runners.append(runner)
+        front = None
+        if router is not None and runner.server is not None:
+            front = self._front = FrontServer(router, runner.server, self._front_limits())
         site = BoundedSite(
             runner,
             self.config.host,
             port,
             ssl_context=context,
             handshake_timeout=self.config.tls_handshake_timeout_seconds,
+            front=front,
         )
         await site.start()
         self.ports[name] = runner.addresses[0][1]
@@ -199,7 +217,21 @@ class Gateway:
         else:
             log.warning("internal API mTLS disabled: /api/* accepts unauthenticated callers")
             internal = server_context(chain, None, required=False, verify=False)
-        await self._serve("internal", self._internal_app(), self.config.internal_port, internal)
+        await self._serve(
+            "internal",
+            self._internal_app(),
+            self.config.internal_port,
+            internal,
+            router=self._fast.route,
+        )
+
+    def _front_limits(self) -> Limits:
+        """The lean server's bounds, as aiohttp's are set for the internal listener."""
+        return Limits(
+            body_bytes=self.config.max_body_bytes,
+            head_seconds=self.config.header_timeout_seconds,
+            body_seconds=self.config.request_timeout_seconds,
+        )
 
     async def _join_replicas(self) -> None:
         """Forward for peers' agents, and announce this replica (its Lease)."""
@@ -251,6 +283,8 @@ class Gateway:
         if self._forwarder is not None:
             await self._forwarder.close()
         await self.connections.close_all(b"gateway shutting down")
+        if self._front is not None:
+            self._front.close_all()
         for runner in self._runners:
             await runner.cleanup()
         await self._agents.close()

@@ -344,12 +344,40 @@ def _sample(gw: RunningGateway, name: str, **labels: str) -> float:
     return gw.gateway.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
-async def _internal_session(gw: RunningGateway) -> aiohttp.ClientSession:
+async def _internal_session(gw: RunningGateway, limit: int = 100) -> aiohttp.ClientSession:
     """A raw HTTP session with the internal client certificate (the client's own is private)."""
     secret = await gw.kube.get(Secret, INTERNAL_CLIENT_SECRET, namespace=GATEWAY_NAMESPACE)
     data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
     context = client_ssl_context(data["ca.crt"], data["tls.crt"], data["tls.key"])
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context))
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context, limit=limit))
+
+
+async def test_plain_requests_are_served_lean_and_a_connection_that_mixes_goes_on(
+    control_plane: ApiServer, workflow_plane: ApiServer, gw: RunningGateway, namespace: str
+) -> None:
+    """Plain proxied requests are answered by the lean server (aiohttp's answers carry its
+    ``Server`` header, the lean ones none), counted like any other; a control call on the same
+    connection hands it to aiohttp, which serves what follows on it."""
+    plane_id, agents = await _plane(control_plane, workflow_plane, gw, namespace)
+    url = gw.client.proxy_url(WP, plane_id, namespace, "wp", "/version")
+    session = await _internal_session(gw, limit=1)
+    counted = {"plane_id": plane_id, "verb": "get", "code": "200"}
+    before = _sample(gw, "workflowplane_gateway_proxy_requests_total", **counted)
+    try:
+        for _ in range(3):
+            async with session.get(url) as resp:
+                assert resp.status == 200 and "gitVersion" in await resp.json()
+                assert "Server" not in resp.headers
+        assert _sample(gw, "workflowplane_gateway_proxy_requests_total", **counted) == before + 3
+        async with session.get(f"{gw.internal_url}/api/v1/planes/status") as resp:
+            assert resp.status == 200 and "aiohttp" in resp.headers["Server"]
+        async with session.get(url) as resp:
+            assert resp.status == 200 and "gitVersion" in await resp.json()
+            assert "aiohttp" in resp.headers["Server"]
+        assert _sample(gw, "workflowplane_gateway_proxy_requests_total", **counted) == before + 4
+    finally:
+        await session.close()
+        await _stop(agents)
 
 
 async def test_internal_api_requires_the_internal_client_certificate(

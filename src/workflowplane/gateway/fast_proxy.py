@@ -1,0 +1,172 @@
+"""The proxy's plain requests on the lean HTTP server (``kits/http1_server.py``).
+
+A plain proxied request (not a watch or follow, not an upgrade) to a CR that a local agent
+connection is authorized for is most of what the internal listener serves; aiohttp's server
+machinery around it cost more of the gateway's CPU than the proxying. Such a request is
+served here, through the same ``KubeProxy`` steps (the frame, the wait for the answer, a
+chunked answer's relay) and counted by the same ``AnswerLog`` and ``InFlight``. Everything
+else, and anything this router is not sure about, goes to aiohttp (its routes, its 4xx
+answers, forwarding to peer replicas, the drain's 503), unchanged: the router declines.
+
+The router takes a target only when aiohttp would read it the same way: a path without
+``%`` (aiohttp decodes one), a query decoded exactly as aiohttp's URL does.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from functools import partial
+from typing import Final
+
+from aiohttp import web
+from yarl import URL
+
+from workflowplane.gateway.answers import PROXY_PREFIX, Answered, AnswerLog
+from workflowplane.gateway.connections import AgentConnection, ConnectionManager
+from workflowplane.gateway.drain import InFlight
+from workflowplane.gateway.kube_proxy import (
+    KubeProxy,
+    Target,
+    bad_path,
+    close_stream,
+    final_status,
+    forward_headers,
+    k8s_status,
+    new_request_id,
+    reply_headers,
+    unsent,
+)
+from workflowplane.kits.http1_server import Abort, Handler, Headers, Request, Responder
+from workflowplane.protocol import TunnelRequest, TunnelResponse
+from workflowplane.protocol.http import ALLOWED_METHODS, is_streaming_query
+from workflowplane.protocol.verbs import kube_verb
+
+log = logging.getLogger(__name__)
+# aiohttp's pattern for PROXY_ROUTE: each {name} is one segment, {path:.*} the rest.
+_PROXY_PATH: Final = re.compile(
+    r"/api/proxy/(?P<planeType>[^{}/]+)/(?P<planeID>[^{}/]+)/(?P<crNamespace>[^{}/]+)"
+    r"/(?P<crName>[^{}/]+)/k8s/(?P<path>.*)"
+)
+_DECLINED_HEADERS: Final = frozenset({"upgrade", "expect"})  # aiohttp's: upgrades, 100-continue
+
+
+def aiohttp_query(raw: str) -> str:
+    """The query string as aiohttp hands it to a handler (``request.query_string``)."""
+    if "%" not in raw and "+" not in raw:
+        return raw
+    return URL.build(query_string=raw, encoded=True).query_string
+
+
+class FastProxy:
+    """Router and handler of plain proxied requests for the lean server."""
+
+    def __init__(
+        self,
+        proxy: KubeProxy,
+        connections: ConnectionManager,
+        in_flight: InFlight,
+        answers: AnswerLog,
+    ) -> None:
+        self._proxy = proxy
+        self._connections = connections
+        self._in_flight = in_flight
+        self._answers = answers
+
+    def route(self, method: str, target: str, headers: Headers) -> Handler | None:
+        """The handler of a plain proxied request this replica can serve, else None."""
+        if not target.startswith(PROXY_PREFIX) or method not in ALLOWED_METHODS:
+            return None
+        path, _, query = target.partition("?")
+        if "%" in path or "#" in target or not target.isascii():
+            return None
+        match = _PROXY_PATH.fullmatch(path)
+        if match is None or self._in_flight.draining or is_streaming_query(query):
+            return None
+        if bad_path(target) or any(name.lower() in _DECLINED_HEADERS for name, _ in headers):
+            return None
+        info = match.groupdict()
+        where = Target.of(info)
+        if not self._connections.authorized(where.plane_type, where.plane_id, where.key):
+            return None  # aiohttp's path says 502 or 403, or forwards to a peer replica
+        namespace, name = info["crNamespace"], info["crName"]
+        what = Answered(method, "/" + info["path"], where.plane_id, namespace, name, "", None)
+        return partial(self._serve, where, what, aiohttp_query(query))
+
+    async def _serve(
+        self, where: Target, what: Answered, query: str, request: Request, respond: Responder
+    ) -> None:
+        self._in_flight.enter()
+        try:
+            await self._exchange(where, what, query, request, respond)
+        finally:
+            self._in_flight.leave()
+
+    async def _exchange(
+        self, where: Target, what: Answered, query: str, request: Request, respond: Responder
+    ) -> None:
+        conn = self._connections.pick(where.plane_type, where.plane_id, where.key)
+        if conn is None:  # its last authorized connection went while the body was read
+            refusal = k8s_status(502, f"no agent connection for {where.key}", "Unavailable")
+            self._error(what, unsent(refusal), respond)
+            return
+        frame = TunnelRequest(
+            request_id=new_request_id(),
+            method=request.method,
+            path=what.path,
+            query=query,
+            headers=forward_headers(request.headers),
+            body=request.body,
+        )
+        what = what._replace(
+            verb=kube_verb(frame.method, what.path, query), request_id=frame.request_id
+        )
+        reply = await self._proxy.ask(conn, frame, what.verb)
+        if isinstance(reply, web.Response):
+            conn.bodies.pop(frame.request_id, None)
+            self._error(what, reply, respond)
+            return
+        body = conn.bodies.get(frame.request_id)
+        if reply.chunked and body is not None and final_status(reply.status_code):
+            await self._relay(conn, what, reply, respond)
+            return
+        if body is not None:
+            conn.bodies.pop(frame.request_id, None)
+            await close_stream(conn, frame.request_id)
+        answer = self._proxy.plain_answer(reply)
+        if isinstance(answer, web.Response):
+            self._error(what, answer, respond)
+            return
+        status, headers, payload = answer
+        self._answers.record(what, status)
+        respond.whole(status, headers, payload)
+
+    async def _relay(
+        self, conn: AgentConnection, what: Answered, head: TunnelResponse, respond: Responder
+    ) -> None:
+        """A chunked answer, as its chunks come; cut off (not ended) when it fails."""
+        rid = head.request_id
+        problem: str | None = "the caller went away"
+        try:
+            self._answers.record(what, head.status_code)
+            respond.stream(head.status_code, reply_headers(head.headers))
+            problem = await self._proxy.pump_body(conn.bodies[rid], respond.chunk)
+        finally:
+            conn.bodies.pop(rid, None)
+            if problem is not None:
+                await close_stream(conn, rid)
+        if problem is not None:
+            log.warning("answer to %s: %s: the caller's connection is closed", what.path, problem)
+            raise Abort(problem)
+        respond.end()
+
+    def _error(self, what: Answered, answer: web.Response, respond: Responder) -> None:
+        """One of the gateway's own answers (a ``k8s_status``), written by the lean server."""
+        self._answers.record(what, answer.status, gateway_error=True)
+        headers = [
+            (name, value)
+            for name, value in answer.headers.items()
+            if name.lower() not in ("content-length", "transfer-encoding")
+        ]
+        body = answer.body if isinstance(answer.body, bytes) else b""
+        respond.whole(answer.status, headers, body)

@@ -1,0 +1,130 @@
+"""The lean proxy path's router: it takes only plain proxied requests a local agent may serve,
+and reads each target exactly as aiohttp's router does; everything else is aiohttp's."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+
+from workflowplane.gateway.answers import AnswerLog
+from workflowplane.gateway.config import GatewayConfig
+from workflowplane.gateway.drain import InFlight
+from workflowplane.gateway.fast_proxy import FastProxy, aiohttp_query
+from workflowplane.gateway.kube_proxy import PROXY_ROUTE, KubeProxy, Target
+from workflowplane.gateway.metrics import GatewayMetrics
+
+PLAIN = "/api/proxy/workflowplane/p1/team-a/build/k8s/api/v1/namespaces/x/pods"
+
+
+class Connections:
+    """Authorized for the CRs named; nothing else of the manager is used by the router."""
+
+    def __init__(self, *keys: str) -> None:
+        self.keys = set(keys)
+
+    def authorized(self, plane_type: str, plane_id: str, key: str) -> bool:
+        return key in self.keys
+
+
+def fast(*keys: str, draining: bool = False) -> FastProxy:
+    metrics = GatewayMetrics()
+    connections: Any = Connections(*keys)
+    in_flight = InFlight()
+    in_flight.draining = draining
+    proxy = KubeProxy(connections, GatewayConfig(), metrics)
+    return FastProxy(proxy, connections, in_flight, AnswerLog(metrics))
+
+
+def test_a_plain_proxied_request_for_an_authorized_cr_is_taken() -> None:
+    assert fast("team-a/build").route("GET", PLAIN, [("Accept", "application/json")])
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "headers"),
+    [
+        ("GET", "/api/v1/planes/status", []),  # the control API
+        ("GET", "/api/exec/workflowplane/p1/team-a/build", []),
+        ("TRACE", PLAIN, []),  # aiohttp's 405
+        ("GET", PLAIN + "?watch=true", []),  # a stream
+        ("GET", PLAIN + "?follow=1", []),
+        ("GET", PLAIN + "?%77atch=true", []),  # a stream, percent-encoded
+        ("GET", PLAIN.replace("/pods", "/p%6Fds"), []),  # aiohttp decodes the path
+        ("GET", PLAIN + "/../secrets", []),  # aiohttp's 400
+        ("GET", PLAIN + "?x=/../..", []),
+        ("GET", PLAIN + "#frag", []),
+        ("GET", PLAIN + "?name=\u00e9", []),
+        ("GET", PLAIN, [("Upgrade", "SPDY/3.1"), ("Connection", "Upgrade")]),  # exec, attach
+        ("POST", PLAIN, [("Expect", "100-continue")]),
+        ("GET", PLAIN.replace("team-a", "team-b"), []),  # not authorized: 403, or a peer's
+    ],
+    ids=[
+        "control-api",
+        "exec-route",
+        "method",
+        "watch",
+        "follow",
+        "encoded-watch",
+        "encoded-path",
+        "dot-dot",
+        "dot-dot-query",
+        "fragment",
+        "non-ascii",
+        "upgrade",
+        "expect",
+        "unauthorized",
+    ],
+)
+def test_anything_else_is_left_to_aiohttp(
+    method: str, target: str, headers: list[tuple[str, str]]
+) -> None:
+    assert fast("team-a/build").route(method, target, headers) is None
+
+
+def test_a_draining_replica_leaves_every_request_to_aiohttp() -> None:
+    """Whose drain answers 503 with X-Workflowplane-Unsent, so the caller retries elsewhere."""
+    assert fast("team-a/build", draining=True).route("GET", PLAIN, []) is None
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "",
+        "limit=500",
+        "labelSelector=app%3Dweb%2Ctier%21%3Ddb",
+        "fieldSelector=metadata.name%3Dx&limit=1",
+        "a=b+c",
+        "x=%2B%20%25&y=%26",
+        "continue=eyJ2IjoibWV0YS5rOHMuaW8vdjEiLCJydiI6MX0%3D",
+    ],
+)
+def test_the_query_reaches_the_agent_as_aiohttp_would_have_passed_it(query: str) -> None:
+    request = make_mocked_request("GET", f"{PLAIN}?{query}" if query else PLAIN)
+    assert aiohttp_query(query) == request.query_string
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        PLAIN,
+        "/api/proxy/workflowplane/p1/_cluster/shared/k8s/apis/argoproj.io/v1alpha1/workflows",
+        "/api/proxy/workflowplane/p1/team-a/build/k8s/",
+        "/api/proxy/workflowplane/p1/team-a/build/k8s/version?timeout=5s",
+    ],
+)
+async def test_the_target_is_read_as_aiohttps_router_reads_it(target: str) -> None:
+    app = web.Application()
+    app.router.add_route("*", PROXY_ROUTE, web.Response)
+    request = make_mocked_request("GET", target, app=app)
+    seen = dict(await app.router.resolve(request))
+
+    key = Target.of(seen).key
+    taken = fast(key).route("GET", target, [])
+    assert isinstance(taken, partial)
+    where, what, query = taken.args
+    assert where == Target.of(seen)
+    assert what.path == "/" + seen["path"]
+    assert query == request.query_string
