@@ -301,21 +301,27 @@ class InternalAPI:
 
     def __init__(self, base_url: str, context: ssl.SSLContext) -> None:
         self.base_url = base_url
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=context),
-            timeout=aiohttp.ClientTimeout(total=90),
+        # Proxied requests on a pool of their own, as GatewayClient keeps them.
+        self._session, self._proxy_session = (
+            aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=context),
+                timeout=aiohttp.ClientTimeout(total=90),
+            )
+            for _ in range(2)
         )
 
-    async def call(self, method: str, path: str, **kwargs: Any) -> Reply:
+    async def call(self, method: str, path: str, *, proxied: bool = False, **kwargs: Any) -> Reply:
         started = time.monotonic()
-        async with self._session.request(method, self.base_url + path, **kwargs) as response:
+        session = self._proxy_session if proxied else self._session
+        async with session.request(method, self.base_url + path, **kwargs) as response:
             body = await response.read()
             return Reply(response.status, dict(response.headers), body, time.monotonic() - started)
 
     async def proxy(
         self, plane_id: str, cr: tuple[str, str], method: str, path: str, **kwargs: Any
     ) -> Reply:
-        return await self.call(method, self.proxy_route(plane_id, cr) + path, **kwargs)
+        route = self.proxy_route(plane_id, cr) + path
+        return await self.call(method, route, proxied=True, **kwargs)
 
     def stream(self, method: str, path: str, **kwargs: Any) -> Any:
         """A response to read as it comes (``async with``)."""
@@ -335,3 +341,4 @@ class InternalAPI:
 
     async def close(self) -> None:
         await self._session.close()
+        await self._proxy_session.close()

@@ -202,6 +202,17 @@ class _Ended:
     error: Failure
 
 
+def _session(ssl_context: ssl.SSLContext, timeout: float) -> aiohttp.ClientSession:
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=ssl_context, limit=64),
+        timeout=aiohttp.ClientTimeout(total=timeout),
+    )
+    # aiohttp repeats a PUT or DELETE once on its own when the connection breaks after the
+    # request was written; whether to repeat is decided here (may_retry), never there.
+    session._retry_connection = False
+    return session
+
+
 class GatewayClient:
     def __init__(
         self,
@@ -226,13 +237,11 @@ class GatewayClient:
         self._timeout = timeout
         self._recent = RecentPlanes(recent_seconds, recent_planes)
         self._agent_wait_seconds = check_seconds("agent_wait_seconds", agent_wait_seconds)
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=ssl_context, limit=64),
-            timeout=aiohttp.ClientTimeout(total=timeout),
-        )
-        # aiohttp repeats a PUT or DELETE once on its own when the connection breaks after the
-        # request was written; whether to repeat is decided here (may_retry), never there.
-        self._session._retry_connection = False
+        # Plain proxied requests keep connections of their own: the gateway serves those on
+        # its lean server until a connection carries anything else (a control call, a
+        # stream), which aiohttp then serves for the rest of that connection's life.
+        self._session = _session(ssl_context, timeout)
+        self._proxy_session = _session(ssl_context, timeout)
         self._ssl = ssl_context
 
     @classmethod
@@ -281,6 +290,7 @@ class GatewayClient:
 
     async def close(self) -> None:
         await self._session.close()
+        await self._proxy_session.close()
         await self._rotation.directory.close()
 
     @contextlib.asynccontextmanager
@@ -288,8 +298,10 @@ class GatewayClient:
         self, method: str, url: str, **kwargs: Any
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """A response whose connection is closed, not pooled, when the caller stops early
-        (cancelled mid-read, an abandoned stream), so a half-read connection is never reused."""
-        async with self._session.request(method, url, **kwargs) as resp:
+        (cancelled mid-read, an abandoned stream), so a half-read connection is never reused.
+        ``session=`` picks the pool (the control calls' and streams' by default)."""
+        session = kwargs.pop("session", self._session)
+        async with session.request(method, url, **kwargs) as resp:
             try:
                 yield resp
             except BaseException:
@@ -494,6 +506,7 @@ class GatewayClient:
             plane=plane_key(plane_type, plane_id),
             data=body,
             headers=dict(headers or {"Content-Type": "application/json"}),
+            session=self._proxy_session,
         )
 
     @contextlib.asynccontextmanager
