@@ -48,7 +48,8 @@ _PROXY_PATH: Final = re.compile(
     r"/api/proxy/(?P<planeType>[^{}/]+)/(?P<planeID>[^{}/]+)/(?P<crNamespace>[^{}/]+)"
     r"/(?P<crName>[^{}/]+)/k8s/(?P<path>.*)"
 )
-_DECLINED_HEADERS: Final = frozenset({"upgrade", "expect"})  # aiohttp's: upgrades, 100-continue
+# aiohttp's: upgrades, 100-continue, and request bodies it decompresses before a handler reads
+_DECLINED_HEADERS: Final = frozenset({"upgrade", "expect", "content-encoding"})
 
 
 def aiohttp_query(raw: str) -> str:
@@ -89,13 +90,19 @@ class FastProxy:
         where = Target.of(info)
         if not self._connections.authorized(where.plane_type, where.plane_id, where.key):
             return None  # aiohttp's path says 502 or 403, or forwards to a peer replica
-        namespace, name = info["crNamespace"], info["crName"]
-        what = Answered(method, "/" + info["path"], where.plane_id, namespace, name, "", None)
-        return partial(self._serve, where, what, aiohttp_query(query))
+        namespace, name, path = info["crNamespace"], info["crName"], "/" + info["path"]
+        query = aiohttp_query(query)
+        verb = kube_verb(method, path, query)
+        what = Answered(method, path, where.plane_id, namespace, name, verb, None)
+        return partial(self._serve, where, what, query)
 
     async def _serve(
         self, where: Target, what: Answered, query: str, request: Request, respond: Responder
     ) -> None:
+        if self._in_flight.draining:  # began while its body was still arriving
+            refusal = k8s_status(503, "this gateway replica is shutting down", "ServiceUnavailable")
+            self._error(what, unsent(refusal), respond)
+            return
         self._in_flight.enter()
         try:
             await self._exchange(where, what, query, request, respond)
@@ -118,9 +125,7 @@ class FastProxy:
             headers=forward_headers(request.headers),
             body=request.body,
         )
-        what = what._replace(
-            verb=kube_verb(frame.method, what.path, query), request_id=frame.request_id
-        )
+        what = what._replace(request_id=frame.request_id)
         reply = await self._proxy.ask(conn, frame, what.verb)
         if isinstance(reply, web.Response):
             conn.bodies.pop(frame.request_id, None)

@@ -283,10 +283,10 @@ class Gateway:
         if self._forwarder is not None:
             await self._forwarder.close()
         await self.connections.close_all(b"gateway shutting down")
-        if self._front is not None:
-            self._front.close_all()
         for runner in self._runners:
             await runner.cleanup()
+        if self._front is not None:  # its listener is closed now: no new connection comes
+            self._front.close_all()
         await self._agents.close()
         await self.planes.close()
         await self.health.loop.stop()

@@ -31,6 +31,9 @@ Headers = list[tuple[str, str]]
 NO_BODY_STATUSES: Final = frozenset({204, 304})
 _REASONS: Final = {int(s): s.phrase for s in HTTPStatus}
 _FINAL_CHUNK: Final = b"0\r\n\r\n"
+LINGER_SECONDS: Final = 1.0  # after a refusal, before the close
+HEAD_SLACK: Final = 4096  # raw bytes of a head beyond what the parser's callbacks report
+PIPELINED: Final = "pipelined requests are not served: send each after the previous answer"
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,7 @@ class FrontProtocol(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         self._writable = True
         self._paused = False
+        self._early_bytes = 0  # received while a request is served
         self._refusal: _Refused | None = None  # for a pipelined request, once the answer is out
         self.closing_after = False  # the answer being written is the connection's last
 
@@ -192,6 +196,11 @@ class FrontProtocol(asyncio.Protocol):
         does): a client that does not wait for its answer is refused (pipelining)."""
         if self._refusal is not None:
             return
+        if self._task is not None:  # a client that waits for its answer sends nothing now
+            self._early_bytes += len(data)
+            if self._early_bytes > self._limits.head_bytes:
+                self._refuse(_Refused(400, PIPELINED))
+                return
         if self._keep_raw:
             self._raw += data
         self._completed_in_feed = False
@@ -213,6 +222,9 @@ class FrontProtocol(asyncio.Protocol):
         else:
             if self._completed_in_feed and self._request is None:
                 self._raw.clear()
+            elif self._keep_raw and len(self._raw) > self._limits.head_bytes + HEAD_SLACK:
+                # bytes no callback counts (blank lines, padding whitespace) count here
+                self._refuse(_Refused(431, f"request head over {self._limits.head_bytes} bytes"))
 
     # ---- parser callbacks ----------------------------------------------------------------
 
@@ -234,6 +246,8 @@ class FrontProtocol(asyncio.Protocol):
         if len(headers) >= self._limits.header_count:
             raise _Refused(431, f"more than {self._limits.header_count} request headers")
         self._count_head(len(name) + len(value))
+        if self._handler is not None:
+            return  # a trailer of a chunked body: not a header (aiohttp drops them too)
         headers.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
 
     def _count_head(self, size: int) -> None:
@@ -251,10 +265,10 @@ class FrontProtocol(asyncio.Protocol):
             handler = self._server.router(request.method, request.target, request.headers)
         if handler is None:
             if self._task is not None or not self._start_known:
-                raise _Refused(400, "pipelined request: send it after the previous answer")
+                raise _Refused(400, PIPELINED)
             raise _HandOff
         if self._task is not None or not self._start_known:
-            raise _Refused(400, "pipelined requests are not served: send each after its answer")
+            raise _Refused(400, PIPELINED)
         self._handler = handler
         self._keep_raw = False
         self._raw.clear()
@@ -303,12 +317,15 @@ class FrontProtocol(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return
+        if self._refusal is None and (self._request is not None or not self._start_known):
+            self._refusal = _Refused(400, PIPELINED)  # begun before this answer went out
         if self._refusal is not None:
             self._refuse(self._refusal)
             return
         if self.closing_after:
             transport.close()
             return
+        self._early_bytes = 0
         self._start_known = True
         self._keep_raw = True
         self._raw.clear()
@@ -366,10 +383,15 @@ class FrontProtocol(asyncio.Protocol):
         if transport is None:
             return
         self.closing_after = True
+        self._refusal = refusal  # from here on what arrives is read and dropped
         body = str(refusal).encode() + b"\n"
         headers = [("Content-Type", "text/plain; charset=utf-8")]
         Responder(self, False).whole(refusal.status, headers, body)
-        transport.close()
+        # Linger: closing with unread bytes would reset the connection, and the client could
+        # lose the answer before reading it; so read (and drop) for a moment, then close.
+        if self._paused:
+            transport.resume_reading()
+        self._timer = self._loop.call_later(LINGER_SECONDS, transport.close)
 
     def _abort(self) -> None:
         self._disarm()

@@ -40,6 +40,7 @@ class Served:
     lean: list[Request] = field(default_factory=list)
     fallback: list[str] = field(default_factory=list)
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def lean_router(served: Served):  # type: ignore[no-untyped-def]
@@ -65,6 +66,11 @@ def lean_router(served: Served):  # type: ignore[no-untyped-def]
         finally:
             served.cancelled.set()
 
+    async def slow(request: Request, respond: Responder) -> None:
+        served.lean.append(request)
+        await served.release.wait()
+        respond.whole(200, [], b"slow")
+
     async def fail(request: Request, respond: Responder) -> None:
         raise RuntimeError("bug")
 
@@ -74,6 +80,7 @@ def lean_router(served: Served):  # type: ignore[no-untyped-def]
         "/cut": cut,
         "/hang": hang,
         "/fail": fail,
+        "/slow": slow,
     }
 
     def route(method: str, target: str, headers: Headers) -> Handler | None:
@@ -344,3 +351,55 @@ async def test_a_client_that_does_not_read_holds_back_the_handler() -> None:
             settled = len(sent)
         assert len(sent) < 64, f"{len(sent)} MiB were written to a client that read nothing"
         writer.close()
+
+
+@pytest.mark.parametrize("begun", [b"G", b"GET /other HTTP/1.1\r\nX-Pad: "])
+async def test_a_request_begun_before_the_previous_answer_is_refused_not_handed_on_cut(
+    begun: bytes,
+) -> None:
+    """Its first bytes came while another request was served: handing the rest to aiohttp
+    would let the two parsers read different requests, so it gets the pipelining 400."""
+    async with front() as (port, served, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        await eventually(lambda: served.lean)
+        writer.write(begun)
+        await writer.drain()
+        await asyncio.sleep(0.05)  # the partial request is read before the answer goes out
+        served.release.set()
+        writer.write(b"ET /secret HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 OK") and b"slow" in answer
+    assert b"HTTP/1.1 400 Bad Request" in answer and b"pipelined" in answer
+    assert served.fallback == []
+
+
+@pytest.mark.parametrize("padding", [b"\r\n", b" "], ids=["blank-lines", "spaces"])
+async def test_padding_no_parser_callback_reports_still_counts_against_the_head_limit(
+    padding: bytes,
+) -> None:
+    request = {
+        b"\r\n": b"\r\n" * 100_000 + b"GET /lean HTTP/1.1\r\n\r\n",
+        b" ": b"GET /lean HTTP/1.1\r\nX-A:" + b" " * 200_000 + b"1\r\n\r\n",
+    }[padding]
+    async with front() as (port, served, _):
+        answer = await exchange(port, request)
+    assert answer.startswith((b"HTTP/1.1 431 ", b"HTTP/1.1 400 ")), answer[:100]
+    assert b"over 4096" in answer or b"malformed" in answer
+    assert served.lean == []
+
+
+async def test_trailers_of_a_chunked_body_are_not_request_headers() -> None:
+    chunked = (
+        b"POST /lean HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"Connection: close\r\n\r\n2\r\nhi\r\n0\r\nX-Trailer: smuggled\r\n\r\n"
+    )
+    async with front() as (port, served, _):
+        answer = await exchange(port, chunked)
+    assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b"lean:hi")
+    assert [name for name, _ in served.lean[0].headers] == [
+        "Host",
+        "Transfer-Encoding",
+        "Connection",
+    ]

@@ -16,6 +16,7 @@ from workflowplane.gateway.drain import InFlight
 from workflowplane.gateway.fast_proxy import FastProxy, aiohttp_query
 from workflowplane.gateway.kube_proxy import PROXY_ROUTE, KubeProxy, Target
 from workflowplane.gateway.metrics import GatewayMetrics
+from workflowplane.kits.http1_server import Request
 
 PLAIN = "/api/proxy/workflowplane/p1/team-a/build/k8s/api/v1/namespaces/x/pods"
 
@@ -59,6 +60,7 @@ def test_a_plain_proxied_request_for_an_authorized_cr_is_taken() -> None:
         ("GET", PLAIN + "?name=\u00e9", []),
         ("GET", PLAIN, [("Upgrade", "SPDY/3.1"), ("Connection", "Upgrade")]),  # exec, attach
         ("POST", PLAIN, [("Expect", "100-continue")]),
+        ("POST", PLAIN, [("Content-Encoding", "gzip")]),  # aiohttp decompresses it
         ("GET", PLAIN.replace("team-a", "team-b"), []),  # not authorized: 403, or a peer's
     ],
     ids=[
@@ -75,6 +77,7 @@ def test_a_plain_proxied_request_for_an_authorized_cr_is_taken() -> None:
         "non-ascii",
         "upgrade",
         "expect",
+        "content-encoding",
         "unauthorized",
     ],
 )
@@ -128,3 +131,27 @@ async def test_the_target_is_read_as_aiohttps_router_reads_it(target: str) -> No
     assert where == Target.of(seen)
     assert what.path == "/" + seen["path"]
     assert query == request.query_string
+
+
+class Answers:
+    """A Responder's whole answers, as written."""
+
+    def __init__(self) -> None:
+        self.written: list[tuple[int, list[tuple[str, str]], bytes]] = []
+
+    def whole(self, status: int, headers: list[tuple[str, str]], body: bytes = b"") -> None:
+        self.written.append((status, headers, body))
+
+
+async def test_a_request_whose_body_was_still_arriving_when_the_drain_began_gets_a_503() -> None:
+    """It was taken before the drain, counted in flight only once whole: it must not reach
+    an agent the drain is about to close, and its caller may retry it elsewhere (Unsent)."""
+    proxy = fast("team-a/build")
+    handler = proxy.route("POST", PLAIN, [])
+    assert handler is not None
+    proxy._in_flight.draining = True
+    answers: Any = Answers()
+    await handler(Request("POST", PLAIN, [], b"{}"), answers)
+    ((status, headers, _),) = answers.written
+    assert status == 503
+    assert ("X-Workflowplane-Unsent", "1") in headers
