@@ -119,8 +119,11 @@ def test_the_query_reaches_the_agent_as_aiohttp_would_have_passed_it(query: str)
     ],
 )
 async def test_the_target_is_read_as_aiohttps_router_reads_it(target: str) -> None:
+    async def answer(_request: web.Request) -> web.Response:
+        return web.Response()
+
     app = web.Application()
-    app.router.add_route("*", PROXY_ROUTE, web.Response)
+    app.router.add_route("*", PROXY_ROUTE, answer)
     request = make_mocked_request("GET", target, app=app)
     seen = dict(await app.router.resolve(request))
 
