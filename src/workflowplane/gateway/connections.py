@@ -17,6 +17,7 @@ import asyncio
 import datetime as dt
 import itertools
 import logging
+import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -53,6 +54,11 @@ class AgentSocket(Protocol):
     async def close(self, *, code: int = ..., message: bytes = b"") -> bool: ...
 
 
+def _expiry_of(leaf: x509.Certificate) -> tuple[x509.Certificate, dt.datetime, float]:
+    not_after = leaf.not_valid_after_utc
+    return leaf, not_after, not_after.timestamp()
+
+
 @dataclass(eq=False)
 class AgentConnection:
     """One agent's WebSocket, the CRs it is authorized for, and its requests in flight."""
@@ -73,7 +79,7 @@ class AgentConnection:
     # its X-Workflowplane-Agent-Instance, or one of its own for an agent that sends none.
     instance: str = ""
     connected_at: dt.datetime = field(default_factory=utcnow)
-    last_seen: dt.datetime = field(default_factory=utcnow)
+    seen_at: float = field(default_factory=time.time)  # POSIX time of the last frame
     pending: dict[str, asyncio.Future[TunnelResponse]] = field(default_factory=dict)
     streams: dict[str, StreamBuffer] = field(default_factory=dict)
     # Answers arriving in chunks (v2), by requestID: not streams, so outside the stream caps.
@@ -87,20 +93,31 @@ class AgentConnection:
 
     def __post_init__(self) -> None:
         self.instance = self.instance or f"conn-{self.id}"
-        self._expiry = (self.leaf, self.leaf.not_valid_after_utc)
+        self._expiry = _expiry_of(self.leaf)
 
     @property
     def expires_at(self) -> dt.datetime:
         """The leaf's notAfter, read once per leaf: every request checks it, and the leaf's
         getter builds a new datetime each time."""
-        leaf, expires_at = self._expiry
-        if leaf is not self.leaf:
-            self._expiry = (self.leaf, expires_at := self.leaf.not_valid_after_utc)
-        return expires_at
+        return self._leaf_expiry()[1]
 
-    def may_serve(self, key: str, now: dt.datetime) -> bool:
-        """Authorized for ``key``, on the leaf's consent list, and the leaf still valid."""
-        return key in self.authorized and self.consent.allows(key) and now < self.expires_at
+    def _leaf_expiry(self) -> tuple[x509.Certificate, dt.datetime, float]:
+        if self._expiry[0] is not self.leaf:
+            self._expiry = _expiry_of(self.leaf)
+        return self._expiry
+
+    def may_serve(self, key: str, now: float) -> bool:
+        """Authorized for ``key``, on the leaf's consent list, and the leaf still valid at
+        ``now`` (POSIX time: a float compare per request, not a datetime)."""
+        return key in self.authorized and self.consent.allows(key) and now < self._leaf_expiry()[2]
+
+    @property
+    def last_seen(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(self.seen_at, dt.UTC)
+
+    @last_seen.setter
+    def last_seen(self, moment: dt.datetime) -> None:
+        self.seen_at = moment.timestamp()
 
     def settle(self, key: str, *, verified: bool) -> str:
         """Record whether CR ``key`` is served, now that its CA does (``verified``) or does
@@ -121,7 +138,8 @@ class AgentConnection:
         return "refused" if refused_before != (key in self.consent_refused) else ""
 
     def seen(self) -> None:
-        self.last_seen = utcnow()
+        """A frame came (every frame: a float, not a datetime)."""
+        self.seen_at = time.time()
 
     def closing(self, reason: str) -> None:
         """Note why the gateway closes it; the first reason given is the one counted."""
@@ -267,8 +285,13 @@ class ConnectionManager:
 
     def authorized(self, plane_type: str, plane_id: str, key: str) -> list[AgentConnection]:
         """The connections of this plane that may serve CR ``key`` right now."""
-        now = utcnow()
+        now = time.time()
         return [c for c in self.for_plane(plane_type, plane_id) if c.may_serve(key, now)]
+
+    def serves(self, plane_type: str, plane_id: str, key: str) -> bool:
+        """Whether any connection of this plane may serve CR ``key`` right now."""
+        now = time.time()
+        return any(c.may_serve(key, now) for c in self.for_plane(plane_type, plane_id))
 
     def pick(
         self, plane_type: str, plane_id: str, key: str, *, stream_cap: int | None = None

@@ -88,7 +88,7 @@ class FastProxy:
             return None
         info = match.groupdict()
         where = Target.of(info)
-        if not self._connections.authorized(where.plane_type, where.plane_id, where.key):
+        if not self._connections.serves(where.plane_type, where.plane_id, where.key):
             return None  # aiohttp's path says 502 or 403, or forwards to a peer replica
         namespace, name, path = info["crNamespace"], info["crName"], "/" + info["path"]
         query = aiohttp_query(query)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -134,6 +135,8 @@ class FrameGuard:
         self._inner = inner
         self._queue = queue
         self._limit = limit
+        # Takes a whole binary message as it is read, or declines it (False: it is queued).
+        self.direct: Callable[[bytearray], bool] | None = None
         self._header = bytearray()
         self._frame: _Frame | None = None
         self._message: _Message | None = None
@@ -270,6 +273,8 @@ class FrameGuard:
             self._queue.feed_data(WSMessage(WSMsgType.TEXT, text, None), len(text))
             return
         data = parts[0] if len(parts) == 1 else bytearray().join(parts)
+        if self.direct is not None and self.direct(data):
+            return
         self._queue.feed_data(WSMessage(WSMsgType.BINARY, data, None), len(data))
 
     def _pass(self, data: bytes) -> None:
@@ -285,11 +290,12 @@ class GuardedWebSocket(web.WebSocketResponse):
     def __init__(self, *, limit: int, **kwargs: Any) -> None:
         super().__init__(compress=False, max_msg_size=limit + 1, **kwargs)
         self._guard_limit = limit
+        self.guard: FrameGuard | None = None  # once started
 
     def _post_start(self, request: web.BaseRequest, protocol: str | None, writer: Any) -> None:
         super()._post_start(request, protocol, writer)
         handler = request.protocol
         assert self._reader is not None
-        handler._payload_parser = FrameGuard(
+        self.guard = handler._payload_parser = FrameGuard(
             handler._payload_parser, self._reader, self._guard_limit
         )

@@ -121,6 +121,8 @@ def unsent(response: web.Response) -> web.Response:
 
 def bad_path(raw_path: str) -> bool:
     """``..`` segments (also percent-encoded) and NUL bytes are refused."""
+    if "%" not in raw_path and ".." not in raw_path and "\x00" not in raw_path:
+        return False  # nothing to decode, no dot-dot: most requests
     decoded = unquote(unquote(raw_path))
     return "\x00" in decoded or any(part == ".." for part in decoded.split("/"))
 
@@ -214,7 +216,7 @@ class KubeProxy:
 
     def refusal(self, target: Target) -> web.Response | None:
         """502 when no agent of the plane is connected, 403 when none may serve the CR."""
-        if self._connections.authorized(target.plane_type, target.plane_id, target.key):
+        if self._connections.serves(target.plane_type, target.plane_id, target.key):
             return None
         plane = f"{target.plane_type}/{target.plane_id}"
         if not self._connections.for_plane(target.plane_type, target.plane_id):

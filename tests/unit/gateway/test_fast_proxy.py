@@ -27,7 +27,7 @@ class Connections:
     def __init__(self, *keys: str) -> None:
         self.keys = set(keys)
 
-    def authorized(self, plane_type: str, plane_id: str, key: str) -> bool:
+    def serves(self, plane_type: str, plane_id: str, key: str) -> bool:
         return key in self.keys
 
 

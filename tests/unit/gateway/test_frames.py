@@ -159,3 +159,19 @@ def test_the_request_id_is_read_from_the_head_only_when_complete() -> None:
     assert request_id_of(b'{"statusCode":200,"requestID":"x"') == "x"
     assert request_id_of(b'{"requestID":"trunc') is None
     assert request_id_of(b"\xff\xfe garbage") is None
+
+
+async def test_a_binary_message_the_direct_taker_wants_is_not_queued_the_rest_is() -> None:
+    """The agent endpoint takes v3 answers somebody waits for as they are read (no hop through
+    aiohttp's queue and its reader task); what it declines is queued as before."""
+    frames_guard, queue = guard()
+    taken: list[bytes] = []
+    frames_guard.direct = lambda data: bytes(data).startswith(b"mine") and not taken.append(
+        bytes(data)
+    )
+    frames_guard.feed_data(frame(2, b"mine-1") + frame(2, b"other") + frame(1, b"text"))
+    assert taken == [b"mine-1"]
+    assert [(m.type, bytes(m.data)) for m in drain(queue)] == [
+        (WSMsgType.BINARY, b"other"),
+        (WSMsgType.TEXT, b"text"),
+    ]
