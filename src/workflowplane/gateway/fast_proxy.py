@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import re
 from functools import partial
-from typing import Final
+from typing import Any, Final
 
 from aiohttp import web
 from yarl import URL
@@ -59,6 +59,29 @@ def aiohttp_query(raw: str) -> str:
     return URL.build(query_string=raw, encoded=True).query_string
 
 
+_Read = tuple[Target, Answered, str]  # the CR, the answer's log facts, the query to send
+_UNREAD: Final[Any] = object()
+READS_KEPT: Final = 4096  # targets remembered (all forgotten at once when full)
+
+
+def _read_target(method: str, target: str) -> _Read | None:
+    """A target as aiohttp's router reads it, or None when the lean path must not take it."""
+    if not target.startswith(PROXY_PREFIX) or method not in ALLOWED_METHODS:
+        return None
+    path, _, query = target.partition("?")
+    if "%" in path or "#" in target or not target.isascii():
+        return None
+    match = _PROXY_PATH.fullmatch(path)
+    if match is None or is_streaming_query(query) or bad_path(target):
+        return None
+    info = match.groupdict()
+    where = Target.of(info)
+    namespace, name, path = info["crNamespace"], info["crName"], "/" + info["path"]
+    query = aiohttp_query(query)
+    verb = kube_verb(method, path, query)
+    return where, Answered(method, path, where.plane_id, namespace, name, verb, None), query
+
+
 class FastProxy:
     """Router and handler of plain proxied requests for the lean server."""
 
@@ -73,27 +96,27 @@ class FastProxy:
         self._connections = connections
         self._in_flight = in_flight
         self._answers = answers
+        # What each (method, target) reads as, or None when aiohttp must read it: callers
+        # repeat targets (lists, gets, the same objects), and reading one is a regex, a
+        # percent-decoding and a verb.
+        self._reads: dict[tuple[str, str], _Read | None] = {}
 
     def route(self, method: str, target: str, headers: Headers) -> Handler | None:
         """The handler of a plain proxied request this replica can serve, else None."""
-        if not target.startswith(PROXY_PREFIX) or method not in ALLOWED_METHODS:
+        if self._in_flight.draining:
             return None
-        path, _, query = target.partition("?")
-        if "%" in path or "#" in target or not target.isascii():
+        key = (method, target)
+        read = self._reads.get(key, _UNREAD)
+        if read is _UNREAD:
+            read = _read_target(method, target)
+            if len(self._reads) >= READS_KEPT:
+                self._reads.clear()
+            self._reads[key] = read
+        if read is None or any(name.lower() in _DECLINED_HEADERS for name, _ in headers):
             return None
-        match = _PROXY_PATH.fullmatch(path)
-        if match is None or self._in_flight.draining or is_streaming_query(query):
-            return None
-        if bad_path(target) or any(name.lower() in _DECLINED_HEADERS for name, _ in headers):
-            return None
-        info = match.groupdict()
-        where = Target.of(info)
+        where, what, query = read
         if not self._connections.serves(where.plane_type, where.plane_id, where.key):
             return None  # aiohttp's path says 502 or 403, or forwards to a peer replica
-        namespace, name, path = info["crNamespace"], info["crName"], "/" + info["path"]
-        query = aiohttp_query(query)
-        verb = kube_verb(method, path, query)
-        what = Answered(method, path, where.plane_id, namespace, name, verb, None)
         return partial(self._serve, where, what, query)
 
     async def _serve(

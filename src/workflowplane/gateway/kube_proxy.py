@@ -164,10 +164,23 @@ def reply_headers(headers: dict[str, list[str]] | None) -> list[tuple[str, str]]
     return [
         (k, v)
         for k, values in (headers or {}).items()
-        if k.lower() not in HOP_BY_HOP and _HEADER_NAME.match(k)
+        if _relayed_name(k)
         for v in values
         if not _BAD_VALUE.search(v)
     ]
+
+
+_RELAYED_NAMES: dict[str, bool] = {}  # an API server sends the same few names every time
+RELAYED_NAMES_KEPT = 256
+
+
+def _relayed_name(name: str) -> bool:
+    known = _RELAYED_NAMES.get(name)
+    if known is None:
+        known = name.lower() not in HOP_BY_HOP and bool(_HEADER_NAME.match(name))
+        if len(_RELAYED_NAMES) < RELAYED_NAMES_KEPT:
+            _RELAYED_NAMES[name] = known
+    return known
 
 
 def final_status(code: int) -> bool:

@@ -166,6 +166,7 @@ class FrontProtocol(asyncio.Protocol):
         self._writable = True
         self._paused = False
         self._early_bytes = 0  # received while a request is served
+        self._body_timer_due = False
         self._refusal: _Refused | None = None  # for a pipelined request, once the answer is out
         self.closing_after = False  # the answer being written is the connection's last
 
@@ -220,6 +221,9 @@ class FrontProtocol(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._refuse(_Refused(400, f"malformed HTTP request: {exc}"))
         else:
+            if self._body_timer_due and self._handler is not None:
+                self._body_timer_due = False
+                self._arm(self._limits.body_seconds)
             if self._completed_in_feed and self._request is None:
                 self._raw.clear()
             elif self._keep_raw and len(self._raw) > self._limits.head_bytes + HEAD_SLACK:
@@ -272,7 +276,7 @@ class FrontProtocol(asyncio.Protocol):
         self._handler = handler
         self._keep_raw = False
         self._raw.clear()
-        self._arm(self._limits.body_seconds)
+        self._body_timer_due = True  # armed after this read if the body is still to come
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
@@ -284,6 +288,7 @@ class FrontProtocol(asyncio.Protocol):
         request, handler = self._request, self._handler
         assert request is not None and handler is not None
         self._completed_in_feed = True
+        self._body_timer_due = False
         self._disarm()
         if self._body:
             request.body = self._body[0] if len(self._body) == 1 else b"".join(self._body)

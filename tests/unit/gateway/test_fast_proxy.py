@@ -13,7 +13,7 @@ from aiohttp.test_utils import make_mocked_request
 from workflowplane.gateway.answers import AnswerLog
 from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.drain import InFlight
-from workflowplane.gateway.fast_proxy import FastProxy, aiohttp_query
+from workflowplane.gateway.fast_proxy import READS_KEPT, FastProxy, aiohttp_query
 from workflowplane.gateway.kube_proxy import PROXY_ROUTE, KubeProxy, Target
 from workflowplane.gateway.metrics import GatewayMetrics
 from workflowplane.kits.http1_server import Request
@@ -158,3 +158,11 @@ async def test_a_request_whose_body_was_still_arriving_when_the_drain_began_gets
     ((status, headers, _),) = answers.written
     assert status == 503
     assert ("X-Workflowplane-Unsent", "1") in headers
+
+
+def test_the_targets_remembered_are_bounded() -> None:
+    """Callers choose targets: remembering how each reads must not grow without end."""
+    proxy = fast("team-a/build")
+    for i in range(READS_KEPT + 10):
+        assert proxy.route("GET", f"{PLAIN}/pod-{i}", [])
+    assert len(proxy._reads) <= READS_KEPT
