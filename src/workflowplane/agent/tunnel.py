@@ -29,7 +29,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -75,7 +75,7 @@ OFFERED = (TUNNEL_V3, TUNNEL_V2)
 # Room in a frame for everything but the base64 body: ids, status, headers, JSON syntax.
 FRAME_OVERHEAD = 64 * 1024
 # A StreamChunk message with data from the pieces read: (requestID, pieces) -> message.
-ChunkEncoder = Callable[[str, list[bytes]], bytes | bytearray]
+ChunkEncoder = Callable[[str, Sequence[bytes | memoryview]], bytes | bytearray]
 
 
 def full_jitter_delay(attempt: int, initial: float, cap: float) -> float:
@@ -178,7 +178,7 @@ class FrameServer:
         self._exec = ExecSessions(upstream, send, encoder)
         self._loop = asyncio.get_running_loop()
 
-    def _chunk_via_encoder(self, rid: str, parts: list[bytes]) -> bytes:
+    def _chunk_via_encoder(self, rid: str, parts: Sequence[bytes | memoryview]) -> bytes:
         return self._encode(StreamChunk(request_id=rid, data=_joined(parts)))
 
     @property
@@ -424,15 +424,18 @@ def _describe(protocol: str | None, max_frame: int) -> str:
 
 async def _exact_chunks(
     content: AsyncIterator[bytes], size: int
-) -> AsyncIterator[tuple[list[bytes], int]]:
+) -> AsyncIterator[tuple[list[bytes | memoryview], int]]:
     """A body as chunks of exactly ``size`` bytes, then the rest (shorter, maybe empty),
     each as the pieces read (not joined: the encoder joins them into its message) and
-    its length. Pieces come as the socket gives them (no re-slicing into ``size`` reads)."""
-    pieces: list[bytes] = []
+    its length. Pieces come as the socket gives them (no re-slicing into ``size`` reads);
+    a read that straddles two chunks is cut as a memoryview (no copy of its halves)."""
+    pieces: list[bytes | memoryview] = []
     held = 0
     async for read in content:
-        piece = read
+        piece: bytes | memoryview = read
         while piece:
+            if len(piece) > size - held and isinstance(piece, bytes):
+                piece = memoryview(piece)
             room = size - held
             if len(piece) < room:
                 pieces.append(piece)
@@ -445,8 +448,8 @@ async def _exact_chunks(
     yield pieces, held
 
 
-def _joined(pieces: list[bytes]) -> bytes:
-    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+def _joined(pieces: Sequence[bytes | memoryview]) -> bytes:
+    return bytes(pieces[0]) if len(pieces) == 1 else b"".join(pieces)
 
 
 def _str(value: object) -> str:
