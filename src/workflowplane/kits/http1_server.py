@@ -345,12 +345,20 @@ class FrontProtocol(asyncio.Protocol):
             self._transport.writelines(parts)
 
     async def drained(self) -> None:
+        """Until the client has read enough of what was written; Abort when it is gone, or
+        reads nothing for the body timeout (a stalled reader cannot hold the answer open)."""
         if self._transport is None:
             raise Abort("the client is gone")
         if self._writable:
             return
         self._drain = self._loop.create_future()
-        await self._drain
+        try:
+            async with asyncio.timeout(self._limits.body_seconds):
+                await self._drain
+        except TimeoutError:
+            raise Abort(f"the client read nothing for {self._limits.body_seconds:g}s") from None
+        if self._transport is None:
+            raise Abort("the client is gone")
 
     def _wake_writer(self) -> None:
         drain, self._drain = self._drain, None

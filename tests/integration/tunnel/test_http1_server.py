@@ -328,15 +328,21 @@ async def test_an_idle_connection_is_closed_after_the_head_timeout() -> None:
         await eventually(lambda: not server.connections)
 
 
-async def test_a_client_that_does_not_read_holds_back_the_handler() -> None:
-    """Back-pressure: a streamed answer waits for the client instead of piling up in memory."""
+async def test_a_client_that_does_not_read_holds_back_the_handler_then_is_cut_off() -> None:
+    """Back-pressure: a streamed answer waits for the client instead of piling up in memory,
+    and a client that reads nothing for the body timeout is cut off (the handler ends)."""
     sent: list[int] = []
+    ended: list[BaseException] = []
 
     async def flood(request: Request, respond: Responder) -> None:
         respond.stream(200, [])
-        for _ in range(200):
-            await respond.chunk(b"x" * 1024 * 1024)
-            sent.append(1)
+        try:
+            for _ in range(200):
+                await respond.chunk(b"x" * 1024 * 1024)
+                sent.append(1)
+        except Abort as exc:
+            ended.append(exc)
+            raise
 
     async with front() as (port, _, server):
         server.router = lambda method, target, headers: flood
@@ -350,6 +356,8 @@ async def test_a_client_that_does_not_read_holds_back_the_handler() -> None:
                 break
             settled = len(sent)
         assert len(sent) < 64, f"{len(sent)} MiB were written to a client that read nothing"
+        await eventually(lambda: ended)
+        assert "read nothing for 0.3s" in str(ended[0])
         writer.close()
 
 
