@@ -166,8 +166,8 @@ async def test_a_binary_message_the_direct_taker_wants_is_not_queued_the_rest_is
     aiohttp's queue and its reader task); what it declines is queued as before."""
     frames_guard, queue = guard()
     taken: list[bytes] = []
-    frames_guard.direct = lambda data: bytes(data).startswith(b"mine") and not taken.append(
-        bytes(data)
+    frames_guard.direct = lambda data: (
+        bytes(data).startswith(b"mine") and not taken.append(bytes(data))
     )
     frames_guard.feed_data(frame(2, b"mine-1") + frame(2, b"other") + frame(1, b"text"))
     assert taken == [b"mine-1"]
