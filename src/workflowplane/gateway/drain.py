@@ -41,9 +41,7 @@ class InFlight:
 
         async def guarded(request: web.Request) -> web.StreamResponse:
             if self.draining:
-                return unsent(
-                    k8s_status(503, "this gateway replica is shutting down", "ServiceUnavailable")
-                )
+                return self.refusal()
             if is_streaming_query(request.query_string) or request.headers.get("Upgrade"):
                 return await handler(request)
             self.enter()
@@ -53,6 +51,14 @@ class InFlight:
                 self.leave()
 
         return guarded
+
+    @staticmethod
+    def refusal() -> web.Response:
+        """The answer to a request that comes while draining: its caller may retry it on
+        another replica, whatever its method (nothing reached an agent)."""
+        return unsent(
+            k8s_status(503, "this gateway replica is shutting down", "ServiceUnavailable")
+        )
 
     def enter(self) -> None:
         """A plain request starts (the caller checked ``draining`` first)."""

@@ -25,20 +25,11 @@ from yarl import URL
 from workflowplane.gateway.answers import PROXY_PREFIX, Answered, AnswerLog
 from workflowplane.gateway.connections import AgentConnection, ConnectionManager
 from workflowplane.gateway.drain import InFlight
-from workflowplane.gateway.kube_proxy import (
-    KubeProxy,
-    Target,
-    bad_path,
-    close_stream,
-    final_status,
-    forward_headers,
-    k8s_status,
-    new_request_id,
-    reply_headers,
-    unsent,
-)
-from workflowplane.kits.http1_server import Abort, Handler, Headers, Request, Responder
-from workflowplane.protocol import TunnelRequest, TunnelResponse
+from workflowplane.gateway.kube_proxy import KubeProxy, Target, bad_path, reply_headers
+from workflowplane.gateway.streams import StreamBuffer
+from workflowplane.kits.http1 import Headers
+from workflowplane.kits.http1_server import Abort, Handler, Request, Responder
+from workflowplane.protocol import TunnelResponse
 from workflowplane.protocol.http import ALLOWED_METHODS, is_streaming_query
 from workflowplane.protocol.verbs import kube_verb
 
@@ -123,8 +114,7 @@ class FastProxy:
         self, where: Target, what: Answered, query: str, request: Request, respond: Responder
     ) -> None:
         if self._in_flight.draining:  # began while its body was still arriving
-            refusal = k8s_status(503, "this gateway replica is shutting down", "ServiceUnavailable")
-            self._error(what, unsent(refusal), respond)
+            self._error(what, self._in_flight.refusal(), respond)
             return
         self._in_flight.enter()
         try:
@@ -135,54 +125,44 @@ class FastProxy:
     async def _exchange(
         self, where: Target, what: Answered, query: str, request: Request, respond: Responder
     ) -> None:
-        conn = self._connections.pick(where.plane_type, where.plane_id, where.key)
-        if conn is None:  # its last authorized connection went while the body was read
-            refusal = k8s_status(502, f"no agent connection for {where.key}", "Unavailable")
-            self._error(what, unsent(refusal), respond)
-            return
-        frame = TunnelRequest(
-            request_id=new_request_id(),
-            method=request.method,
-            path=what.path,
-            query=query,
-            headers=forward_headers(request.headers),
-            body=request.body,
+        sending = self._proxy.plain_request(
+            where, request.method, what.path, query, request.headers, request.body
         )
+        if isinstance(sending, web.Response):
+            self._error(what, sending, respond)
+            return
+        conn, frame = sending
         what = what._replace(request_id=frame.request_id)
         reply = await self._proxy.ask(conn, frame, what.verb)
         if isinstance(reply, web.Response):
             conn.bodies.pop(frame.request_id, None)
             self._error(what, reply, respond)
             return
-        body = conn.bodies.get(frame.request_id)
-        if reply.chunked and body is not None and final_status(reply.status_code):
-            await self._relay(conn, what, reply, respond)
-            return
-        if body is not None:
-            conn.bodies.pop(frame.request_id, None)
-            await close_stream(conn, frame.request_id)
-        answer = self._proxy.plain_answer(reply)
+        answer = await self._proxy.answer_of(conn, reply, f"a request of {what.path}")
         if isinstance(answer, web.Response):
             self._error(what, answer, respond)
-            return
-        status, headers, payload = answer
-        self._answers.record(what, status)
-        respond.whole(status, headers, payload)
+        elif isinstance(answer, StreamBuffer):
+            await self._relay(conn, what, reply, answer, respond)
+        else:
+            status, headers, payload = answer
+            self._answers.record(what, status)
+            respond.whole(status, headers, payload)
 
     async def _relay(
-        self, conn: AgentConnection, what: Answered, head: TunnelResponse, respond: Responder
+        self,
+        conn: AgentConnection,
+        what: Answered,
+        head: TunnelResponse,
+        body: StreamBuffer,
+        respond: Responder,
     ) -> None:
         """A chunked answer, as its chunks come; cut off (not ended) when it fails."""
-        rid = head.request_id
-        problem: str | None = "the caller went away"
-        try:
+
+        async def start() -> None:
             self._answers.record(what, head.status_code)
             respond.stream(head.status_code, reply_headers(head.headers))
-            problem = await self._proxy.pump_body(conn.bodies[rid], respond.chunk)
-        finally:
-            conn.bodies.pop(rid, None)
-            if problem is not None:
-                await close_stream(conn, rid)
+
+        problem = await self._proxy.relay_body(conn, head.request_id, body, start, respond.chunk)
         if problem is not None:
             log.warning("answer to %s: %s: the caller's connection is closed", what.path, problem)
             raise Abort(problem)

@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlencode
 
@@ -36,6 +37,7 @@ from workflowplane.gateway.connections import AgentConnection, ConnectionManager
 from workflowplane.gateway.frames import ResponseTooLarge
 from workflowplane.gateway.metrics import GatewayMetrics, MetricHandles
 from workflowplane.gateway.streams import StreamBuffer, StreamEnd
+from workflowplane.kits.http1 import Headers
 from workflowplane.protocol import (
     StreamChunk,
     StreamInit,
@@ -92,7 +94,6 @@ class Target:
 
 
 AnyResponse = TypeVar("AnyResponse", bound=web.StreamResponse)
-Headers = list[tuple[str, str]]
 # Serves an upgrade request (exec, attach) for a target and Kubernetes path.
 UpgradeHandler = Callable[[web.Request, Target, str], Awaitable[web.StreamResponse]]
 # Serves a request no local agent may serve, given the local refusal (forwarding.py).
@@ -267,22 +268,39 @@ class KubeProxy:
         body = await request.read()
         if is_streaming_query(request.query_string):  # the string: no MultiDict built
             return await self._stream(request, target, path)
-        conn = self._connections.pick(target.plane_type, target.plane_id, target.key)
-        if conn is None:  # its last authorized connection went while the body was read
-            return self.count(
-                unsent(k8s_status(502, f"no agent connection for {target.key}", "Unavailable"))
-            )
-        frame = TunnelRequest(
-            request_id=new_request_id(),
-            method=request.method,
-            path=path,
-            query=request.query_string,
-            headers=forward_headers(request.headers),
-            body=body,
+        sending = self.plain_request(
+            target, request.method, path, request.query_string, request.headers, body
         )
+        if isinstance(sending, web.Response):
+            return self.count(sending)
+        conn, frame = sending
         request[REQUEST_ID] = frame.request_id
         request[VERB] = verb = kube_verb(frame.method, path, frame.query or "")
         return self.count(await self._exchange(request, conn, frame, verb))
+
+    def plain_request(
+        self,
+        target: Target,
+        method: str,
+        path: str,
+        query: str,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]],
+        body: bytes,
+    ) -> tuple[AgentConnection, TunnelRequest] | web.Response:
+        """The connection and frame a plain request goes with, or the 502 (Unsent) when its
+        CR's last authorized connection went while the body was read."""
+        conn = self._connections.pick(target.plane_type, target.plane_id, target.key)
+        if conn is None:
+            return unsent(k8s_status(502, f"no agent connection for {target.key}", "Unavailable"))
+        frame = TunnelRequest(
+            request_id=new_request_id(),
+            method=method,
+            path=path,
+            query=query,
+            headers=forward_headers(headers),
+            body=body,
+        )
+        return conn, frame
 
     def count(self, response: AnyResponse) -> AnyResponse:
         """Where every answer passes; it is counted and logged by ``answers.AnswerLog`` when
@@ -291,11 +309,7 @@ class KubeProxy:
 
     def to_response(self, reply: TunnelResponse) -> web.Response:
         """The agent's answer as the caller's; one that HTTP cannot carry becomes a 502."""
-        answer = self.plain_answer(reply)
-        if isinstance(answer, web.Response):
-            return answer
-        status, headers, body = answer
-        return web.Response(status=status, body=body, headers=headers)
+        return _as_response(self.plain_answer(reply))
 
     def plain_answer(self, reply: TunnelResponse) -> tuple[int, Headers, bytes] | web.Response:
         """The agent's answer's status, headers and body, or the gateway's error answer for
@@ -353,42 +367,64 @@ class KubeProxy:
         if isinstance(reply, web.Response):
             conn.bodies.pop(frame.request_id, None)
             return reply
-        body = conn.bodies.get(frame.request_id)
-        if reply.chunked and body is not None:
-            body.key = f"a request of {request.path}"
-            return await self._relay_body(request, conn, reply, body)
-        return self.to_response(reply)
-
-    async def _relay_body(
-        self, request: web.Request, conn: AgentConnection, head: TunnelResponse, body: StreamBuffer
-    ) -> web.StreamResponse:
-        """A chunked (v2) answer, relayed as its chunks come. A failure after the head can
-        only cut the caller off (the status is sent): the body must not look complete."""
-        if not final_status(head.status_code):
-            conn.bodies.pop(head.request_id, None)
-            await close_stream(conn, head.request_id)
-            return self.to_response(head)
-        response = web.StreamResponse(status=head.status_code, headers=reply_headers(head.headers))
-        problem: str | None = "the caller went away"
-        try:
-            await response.prepare(request)
-            problem = await self.pump_body(body, response.write)
-        finally:
-            conn.bodies.pop(head.request_id, None)
-            if problem is not None:
-                await close_stream(conn, head.request_id)
+        answer = await self.answer_of(conn, reply, f"a request of {request.path}")
+        if not isinstance(answer, StreamBuffer):
+            return _as_response(answer)
+        response = web.StreamResponse(
+            status=reply.status_code, headers=reply_headers(reply.headers)
+        )
+        problem = await self.relay_body(
+            conn, reply.request_id, answer, partial(response.prepare, request), response.write
+        )
         if problem is not None:
             _abort(request, f"answer to {request.path}: {problem}")
         else:
             await response.write_eof()
         return response
 
-    async def pump_body(
+    async def answer_of(
+        self, conn: AgentConnection, reply: TunnelResponse, what: str
+    ) -> StreamBuffer | tuple[int, Headers, bytes] | web.Response:
+        """How an answer's head goes on: the buffer of its body, for a chunked (v2) answer to
+        relay (``what`` names it in that buffer's messages); else the whole answer, any body
+        buffer dropped and the agent told to stop (a status that cannot start a body)."""
+        rid = reply.request_id
+        body = conn.bodies.get(rid)
+        if reply.chunked and body is not None and final_status(reply.status_code):
+            body.key = what
+            return body
+        if body is not None:
+            conn.bodies.pop(rid, None)
+            await close_stream(conn, rid)
+        return self.plain_answer(reply)
+
+    async def relay_body(
+        self,
+        conn: AgentConnection,
+        rid: str,
+        body: StreamBuffer,
+        start: Callable[[], Awaitable[object]],
+        write: Callable[[bytes], Awaitable[None]],
+    ) -> str | None:
+        """Start the caller's answer, then relay a chunked answer's body as it comes; None
+        when the agent ended it cleanly, else what went wrong: a failure after the head can
+        only cut the caller off (the status is sent), so the body must not look complete.
+        Either way the body's buffer is dropped; when not whole, the agent is told to stop."""
+        problem: str | None = "the caller went away"
+        try:
+            await start()
+            problem = await self._pump_body(body, write)
+        finally:
+            conn.bodies.pop(rid, None)
+            if problem is not None:
+                await close_stream(conn, rid)
+        return problem
+
+    async def _pump_body(
         self, body: StreamBuffer, write: Callable[[bytes], Awaitable[None]]
     ) -> str | None:
-        """Write the chunks of a chunked answer; None when the agent ended the body cleanly,
-        else what went wrong (the caller must then be cut off: its body is not whole).
-        Between two chunks the agent gets the request timeout."""
+        """Write the chunks; None when the agent ended the body cleanly, else what went
+        wrong. Between two chunks the agent gets the request timeout."""
         idle = self._config.request_timeout_seconds
         try:
             while not isinstance(item := await asyncio.wait_for(body.get(), idle), StreamEnd):
@@ -547,6 +583,13 @@ async def close_stream(conn: AgentConnection, rid: str) -> None:
     if not conn.ws.closed:
         with contextlib.suppress(ConnectionError):
             await conn.send(StreamChunk(request_id=rid, is_close=True))
+
+
+def _as_response(answer: tuple[int, Headers, bytes] | web.Response) -> web.Response:
+    if isinstance(answer, web.Response):
+        return answer
+    status, headers, body = answer
+    return web.Response(status=status, body=body, headers=headers)
 
 
 def _expire(future: asyncio.Future[TunnelResponse]) -> None:

@@ -25,9 +25,10 @@ from typing import Final, cast
 
 import httptools  # type: ignore[import-untyped]
 
+from workflowplane.kits.http1 import Headers
+
 log = logging.getLogger(__name__)
 
-Headers = list[tuple[str, str]]
 NO_BODY_STATUSES: Final = frozenset({204, 304})
 _REASONS: Final = {int(s): s.phrase for s in HTTPStatus}
 _FINAL_CHUNK: Final = b"0\r\n\r\n"
