@@ -369,15 +369,32 @@ async def test_plain_requests_are_served_lean_and_a_connection_that_mixes_goes_o
                 assert resp.status == 200 and "gitVersion" in await resp.json()
                 assert "Server" not in resp.headers
         assert _sample(gw, "workflowplane_gateway_proxy_requests_total", **counted) == before + 3
+        openapi = await _whole_openapi(session, gw, plane_id, namespace)
+        assert "Server" not in openapi.headers  # a chunked answer, relayed by the lean server
         async with session.get(f"{gw.internal_url}/api/v1/planes/status") as resp:
             assert resp.status == 200 and "aiohttp" in resp.headers["Server"]
         async with session.get(url) as resp:
             assert resp.status == 200 and "gitVersion" in await resp.json()
             assert "aiohttp" in resp.headers["Server"]
-        assert _sample(gw, "workflowplane_gateway_proxy_requests_total", **counted) == before + 4
+        # three GETs of /version, the OpenAPI document, and this one
+        assert _sample(gw, "workflowplane_gateway_proxy_requests_total", **counted) == before + 5
+        openapi = await _whole_openapi(session, gw, plane_id, namespace)
+        assert "aiohttp" in openapi.headers["Server"]  # and by aiohttp, the same way
     finally:
         await session.close()
         await _stop(agents)
+
+
+async def _whole_openapi(
+    session: aiohttp.ClientSession, gw: RunningGateway, plane_id: str, namespace: str
+) -> aiohttp.ClientResponse:
+    """The plane's OpenAPI document (megabytes: it travels in chunks), read whole and checked."""
+    url = gw.client.proxy_url(WP, plane_id, namespace, "wp", "/openapi/v2")
+    async with session.get(url, headers={"Accept-Encoding": "identity"}) as resp:
+        body = await resp.read()
+        assert resp.status == 200 and len(body) > 1024 * 1024, (resp.status, len(body))
+        assert "paths" in json.loads(body)
+        return resp
 
 
 async def test_internal_api_requires_the_internal_client_certificate(
