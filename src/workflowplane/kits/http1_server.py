@@ -168,7 +168,7 @@ class FrontProtocol(asyncio.Protocol):
         self._paused = False
         self._early_bytes = 0  # received while a request is served
         self._body_timer_due = False
-        self._refusal: _Refused | None = None  # for a pipelined request, once the answer is out
+        self._refusal: _Refused | None = None  # said, or to say after the answer; then the end
         self.closing_after = False  # the answer being written is the connection's last
 
     # ---- transport events --------------------------------------------------------------
