@@ -148,6 +148,19 @@ class _Head:
     sent: bool = False
 
 
+class _Heard:
+    """When the gateway last sent anything (the loop's clock)."""
+
+    __slots__ = ("at", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.at = loop.time()
+
+    def now(self) -> None:
+        self.at = self.loop.time()
+
+
 class FrameServer:
     """Serves the frames of one connection; owns its in-flight requests and streams."""
 
@@ -184,6 +197,11 @@ class FrameServer:
     @property
     def open_streams(self) -> int:
         return self._open_streams
+
+    @property
+    def requests_in_flight(self) -> int:
+        """Requests being served, streams (watch/follow, exec) not counted."""
+        return len(self._tasks) - self._open_streams
 
     def dispatch(self, raw: bytes | str, *, binary: bool = False) -> None:
         """Start serving one message from the gateway (``binary``: a v3 message)."""
@@ -570,14 +588,17 @@ class AgentTunnel:
         sent_bytes = self.metrics.frame_bytes.labels("out")
         received_bytes = self.metrics.frame_bytes.labels("in")
 
-        cork(ws._writer)  # frames written in one pass of the loop leave as one write
+        corked = cork(ws._writer)  # frames written in one pass of the loop leave as one write
         if binary:
             mask_in_place(ws._writer)  # chunks of large answers: no copies to mask them
 
         async def send(data: bytes | bytearray) -> None:
-            sent_bytes.observe(len(data))
+            size = len(data)  # before the writer may mask (and so change) it in place
             async with lock:  # a frame from the bytes as they are (no str copy)
                 await ws.send_frame(data, kind)  # type: ignore[arg-type]  # see ws_writer
+            if corked is not None and server.requests_in_flight <= 1:
+                corked.flush()  # a lone answer: nothing to join it with
+            sent_bytes.observe(size)
 
         server = FrameServer(
             self._upstream,
@@ -592,15 +613,18 @@ class AgentTunnel:
         )
         server.metrics = self.metrics
         watcher = asyncio.create_task(self._close_on_request(ws))
+        heard = _Heard(asyncio.get_running_loop())
+        watchdog = asyncio.create_task(self._fail_when_silent(ws, heard))
         reason = "error"  # unless a way out below says otherwise (the metric's reason)
         try:
             while True:
-                message = await ws.receive(timeout=self._dead_after)
+                message = await ws.receive()
+                heard.now()
                 if message.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                    received_bytes.observe(len(message.data))
                     server.dispatch(
                         message.data, binary=binary and message.type == aiohttp.WSMsgType.BINARY
                     )
+                    received_bytes.observe(len(message.data))
                 elif message.type == aiohttp.WSMsgType.PING:  # pings count as traffic
                     await ws.pong(message.data)
                 elif message.type == aiohttp.WSMsgType.ERROR:
@@ -624,7 +648,19 @@ class AgentTunnel:
         finally:
             self.metrics.connection_closed(reason)
             watcher.cancel()
+            watchdog.cancel()
             await server.close()
+
+    async def _fail_when_silent(self, ws: aiohttp.ClientWebSocketResponse, heard: _Heard) -> None:
+        """The waiting receive fails with TimeoutError once the gateway has sent nothing for
+        ``dead_after``, as a receive timeout would: one timer per quiet spell, where a timeout
+        on each receive would set and cancel one for every message, in every request's way."""
+        while True:
+            left = heard.at + self._dead_after - heard.loop.time()
+            if left <= 0:
+                break
+            await asyncio.sleep(left)  # traffic meanwhile moves the end further
+        ws._reader.set_exception(TimeoutError(f"no traffic for {self._dead_after:g}s"))
 
     async def _close_on_request(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         await self.reconnect_requested.wait()

@@ -273,8 +273,7 @@ class _Timed(Generic[T]):
         self._opened, self._call, self._code_of = opened, call, code_of
         self._observers = observers
 
-    def _tell(self, code: str, started: float) -> None:
-        seconds = time.perf_counter() - started
+    def _tell(self, code: str, seconds: float) -> None:
         for observer in self._observers:
             observer(*self._call, code, seconds)
 
@@ -283,9 +282,10 @@ class _Timed(Generic[T]):
         try:
             answer = await self._opened.__aenter__()
         except BaseException as exc:
-            self._tell(_failure_code(exc), started)
+            self._tell(_failure_code(exc), time.perf_counter() - started)
             raise
-        self._tell(self._code_of(answer), started)
+        seconds = time.perf_counter() - started  # told once the answer is on its way:
+        asyncio.get_running_loop().call_soon(self._tell, self._code_of(answer), seconds)
         return answer
 
     async def __aexit__(

@@ -154,7 +154,7 @@ class AgentEndpoint:
             limit=self._config.max_frame_bytes, autoping=False, protocols=SUBPROTOCOLS
         )
         await ws.prepare(request)
-        cork(ws._writer)  # frames of answers written in one pass leave as one write
+        corked = cork(ws._writer)  # frames written in one pass leave as one write
         conn = AgentConnection(
             plane_type,
             plane_id,
@@ -166,6 +166,7 @@ class AgentEndpoint:
             v2=ws.ws_protocol in SUBPROTOCOLS,
             binary=ws.ws_protocol == TUNNEL_V3,
             instance=instance or f"conn-{self._connections.replica}-{next(self._serials)}",
+            flush_writes=corked.flush if corked is not None else None,
         )
         self._connections.connect(conn)
         if conn.binary and ws.guard is not None:
@@ -271,8 +272,9 @@ class AgentEndpoint:
         if stream is None and not isinstance(frame, TunnelResponse):
             return False
         conn.seen()
+        taken = self._dispatch(conn, frame)
         self._metrics.frame_in.observe(len(data))
-        return self._dispatch(conn, frame)
+        return taken
 
     def _route_frame(
         self, conn: AgentConnection, raw: str | bytes | bytearray, binary: bool = False

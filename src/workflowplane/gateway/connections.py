@@ -20,6 +20,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -89,6 +90,8 @@ class AgentConnection:
     v2: bool = False
     # ``workflowplane.tunnel.v3`` (v2's meaning, binary frames: ``protocol/binary.py``).
     binary: bool = False
+    # Sends what the socket's writer holds for the end of the loop's pass (kits.corking).
+    flush_writes: Callable[[], None] | None = field(default=None, repr=False)
     _send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def __post_init__(self) -> None:
@@ -147,13 +150,15 @@ class AgentConnection:
 
     async def send(self, frame: Frame) -> None:
         data = encode_binary(frame) if self.binary else encode(frame)
-        if self.metrics is not None:
-            self.metrics.frame_out.observe(len(data))
         async with self._send_lock:
             if self.binary:
                 await self.ws.send_bytes(data)
             else:
                 await self.ws.send_str(data.decode())
+        if self.flush_writes is not None and len(self.pending) <= 1:
+            self.flush_writes()  # a lone request: nothing to join its frame with
+        if self.metrics is not None:
+            self.metrics.frame_out.observe(len(data))
 
     def fail_all(self, reason: str) -> None:
         for future in self.pending.values():

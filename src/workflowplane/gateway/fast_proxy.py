@@ -145,8 +145,8 @@ class FastProxy:
             await self._relay(conn, what, reply, answer, respond)
         else:
             status, headers, payload = answer
-            self._answers.record(what, status)
             respond.whole(status, headers, payload)
+            self._answers.record(what, status)  # counted once the answer is on its way
 
     async def _relay(
         self,

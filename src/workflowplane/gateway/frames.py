@@ -36,6 +36,9 @@ HEAD_BYTES = 512  # enough of an oversized message to find its requestID
 _REQUEST_ID = re.compile(rb'"requestID"\s*:\s*"([^"\\]{1,200})"')
 _OP_CONTINUATION, _OP_TEXT, _OP_BINARY = 0x0, 0x1, 0x2
 _DATA_OPCODES = frozenset({_OP_CONTINUATION, _OP_TEXT, _OP_BINARY})
+_FIN_BINARY = 0x80 | _OP_BINARY
+_SHORT_MASKED = 2 + 4  # a frame header with a 7-bit length and a mask
+_U16, _U64 = struct.Struct("!H"), struct.Struct("!Q")
 
 
 class ResponseTooLarge(Exception):
@@ -149,11 +152,40 @@ class FrameGuard:
         if self._broken:
             return self._inner.feed_data(data)
         try:
-            self._feed(memoryview(data))
+            view = memoryview(data)
+            if self._frame is None and self._message is None and not self._header:
+                view = view[self._whole_messages(view) :]
+            if view:
+                self._feed(view)
         except WebSocketError as exc:
             self._broken = True
             self._queue.set_exception(exc)
         return self._broken, b""
+
+    def _whole_messages(self, data: memoryview) -> int:
+        """Deliver the masked binary single-frame messages within the limit that ``data``
+        holds whole, from its start (every answer, when the socket keeps up); the bytes
+        used. The rest, and anything else, goes the general way, frame state and all."""
+        pos, end = 0, len(data)
+        while end - pos >= _SHORT_MASKED and data[pos] == _FIN_BINARY and data[pos + 1] & 0x80:
+            flag = data[pos + 1] & 0x7F
+            if flag < 126:
+                start, length = pos + _SHORT_MASKED, flag
+            elif flag == 126 and end - pos >= _SHORT_MASKED + 2:
+                start, length = pos + _SHORT_MASKED + 2, _U16.unpack_from(data, pos + 2)[0]
+            elif flag == 127 and end - pos >= _SHORT_MASKED + 8:
+                start, length = pos + _SHORT_MASKED + 8, _U64.unpack_from(data, pos + 2)[0]
+            else:
+                break
+            if length > self._limit or start + length > end:
+                break
+            payload = bytearray(data[start : start + length])
+            if payload:
+                websocket_mask(bytes(data[start - 4 : start]), payload)
+            pos = start + length
+            if self.direct is None or not self.direct(payload):
+                self._queue.feed_data(WSMessage(WSMsgType.BINARY, payload, None), len(payload))
+        return pos
 
     def _feed(self, data: memoryview) -> None:
         pos = 0

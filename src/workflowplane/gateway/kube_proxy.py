@@ -356,9 +356,16 @@ class KubeProxy:
             timer.cancel()
             conn.pending.pop(rid, None)
             in_flight.dec()
-        verb = verb or kube_verb(frame.method, frame.path, frame.query or "")
-        self._handles.latency(conn.plane_id, verb).observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        loop.call_soon(self._observe_latency, conn.plane_id, frame, verb, elapsed)
         return reply
+
+    def _observe_latency(
+        self, plane_id: str, frame: TunnelRequest, verb: str, seconds: float
+    ) -> None:
+        """Observed after the answer is on its way (the caller waits for none of this)."""
+        verb = verb or kube_verb(frame.method, frame.path, frame.query or "")
+        self._handles.latency(plane_id, verb).observe(seconds)
 
     async def _exchange(
         self, request: web.Request, conn: AgentConnection, frame: TunnelRequest, verb: str

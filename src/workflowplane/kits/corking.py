@@ -3,9 +3,10 @@
 A tunnel carries many requests on one connection. Under load the frames of several answers are
 written in the same pass of the loop; written one by one, each is its own TLS record and its
 own ``send`` system call (which on loopback also does the receiver's TCP work, and wakes it).
-Held until the end of the pass and joined, they are one record run and one call. A lone frame
-waits only for the rest of the pass (microseconds), and a large one is never joined: what is
-held goes first, then it, as they came.
+Held until the end of the pass and joined, they are one record run and one call. A large write
+is never joined: what is held goes first, then it, as they came. A writer that knows its frame
+is alone (nothing else in flight) flushes at once: the rest of the pass (the cleanup after an
+answer, another trip through the loop) would only delay it.
 
 Install on aiohttp's ``WebSocketWriter`` (its ``transport`` attribute, pinned with aiohttp).
 """
@@ -71,15 +72,16 @@ class CorkedTransport:
         return getattr(self._transport, name)
 
 
-def cork(writer: Any) -> None:
-    """Make ``writer`` (aiohttp's ``WebSocketWriter``) write through a :class:`CorkedTransport`.
+def cork(writer: Any) -> CorkedTransport | None:
+    """Make ``writer`` (aiohttp's ``WebSocketWriter``) write through a :class:`CorkedTransport`
+    (returned, for :meth:`CorkedTransport.flush`; None when the writer has no transport).
 
     Control frames (close, ping, pong) leave at once, with what is held before them: aiohttp
     may close the transport itself right after a close frame, without passing through here.
     """
     transport = writer.transport
     if isinstance(transport, CorkedTransport) or transport is None:
-        return
+        return transport
     corked = writer.transport = CorkedTransport(transport, asyncio.get_running_loop())
     send_frame = writer.send_frame
 
@@ -91,3 +93,4 @@ def cork(writer: Any) -> None:
             corked.flush()
 
     writer.send_frame = send_frame_then_flush_control
+    return corked

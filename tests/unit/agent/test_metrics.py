@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Any
 
 import pytest
@@ -176,6 +177,25 @@ async def test_connections_and_their_ends_are_counted_by_reason() -> None:
 
 async def test_a_silent_gateway_ends_the_connection_as_a_timeout() -> None:
     async with tunnel_to(Gateway(_serve_until_closed), dead_after=0.2) as (tunnel, _):
+        await until(lambda: value(tunnel.metrics, DISCONNECTIONS, reason="timeout") >= 1)
+
+
+async def test_traffic_keeps_the_connection_alive_longer_than_the_silence_allowed() -> None:
+    """Every message counts as traffic: pings for five times the dead-after keep the
+    connection, and the silence after them ends it."""
+    pinged = asyncio.Event()
+
+    async def ping_then_fall_silent(ws: web.WebSocketResponse) -> None:
+        for _ in range(20):
+            await ws.ping()
+            await asyncio.sleep(0.05)
+        pinged.set()
+        await _serve_until_closed(ws)
+
+    async with tunnel_to(Gateway(ping_then_fall_silent), dead_after=0.2) as (tunnel, _):
+        timeouts = partial(value, tunnel.metrics, DISCONNECTIONS, reason="timeout")
+        await until(lambda: pinged.is_set() or timeouts() >= 1)
+        assert pinged.is_set() and timeouts() == 0
         await until(lambda: value(tunnel.metrics, DISCONNECTIONS, reason="timeout") >= 1)
 
 

@@ -145,6 +145,8 @@ async def test_an_over_cap_stream_is_refused_at_once_while_requests_go_through(
     for rid in ("a", "b"):
         server.dispatch(_watch(rid))
     await wire.until(lambda: wire.status("a") == 200 and wire.status("b") == 200)
+    # open streams are not requests in flight (a lone answer is not held to be joined)
+    assert (server.open_streams, server.requests_in_flight) == (2, 0)
     started = time.monotonic()
     server.dispatch(_watch("c"))
     server.dispatch(json.dumps({**WATCH, "requestID": "d"}))  # a watch as a plain request

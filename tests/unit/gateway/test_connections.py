@@ -15,7 +15,9 @@ from workflowplane.gateway.connections import AgentConnection, ConnectionManager
 from workflowplane.gateway.metrics import GatewayMetrics
 from workflowplane.gateway.plane_cache import PlaneCache, PlaneEntry
 from workflowplane.gateway.streams import StreamBuffer, StreamEnd
+from workflowplane.kits.corking import CorkedTransport
 from workflowplane.pki import KeyPair, generate_ca, issue_certificate
+from workflowplane.protocol import TunnelRequest
 
 WP = "workflowplane"
 
@@ -361,3 +363,45 @@ def test_a_squatter_does_not_change_the_victims_answer(ca_a: KeyPair, ca_b: KeyP
     assert manager.status(WP, "p", "victim/wp") == before
     assert before["consentRefused"] is False and before["connectedAgents"] == 0
     assert manager.status(WP, "p", None)["connectedAgents"] == 1  # the plane-wide count moves
+
+
+class CorkedSocket:
+    """An agent socket whose writes are held for the loop's pass, as ``cork`` makes them."""
+
+    def __init__(self) -> None:
+        self.transport = RecordingTransport()
+        self.corked = CorkedTransport(self.transport, asyncio.get_running_loop())  # type: ignore[arg-type]
+
+    async def send_bytes(self, data: bytes) -> None:
+        self.corked.write(data)
+
+
+class RecordingTransport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return False
+
+
+async def test_a_lone_requests_frame_leaves_at_once_frames_of_many_wait_to_be_joined() -> None:
+    """Holding a frame for the end of the loop's pass only pays when other frames may join
+    it; a request alone on its connection must not wait for the rest of the pass."""
+    socket = CorkedSocket()
+    conn = AgentConnection(
+        WP, "p", socket, _ANY_LEAF, {"ns/wp"}, binary=True, flush_writes=socket.corked.flush
+    )
+    loop = asyncio.get_running_loop()
+    conn.pending["lone"] = loop.create_future()
+    await conn.send(TunnelRequest(request_id="lone", method="GET", path="/api"))
+    assert len(socket.transport.written) == 1  # sent before the loop's next pass
+    conn.pending.update(one=loop.create_future(), two=loop.create_future())
+    await conn.send(TunnelRequest(request_id="one", method="GET", path="/api"))
+    await conn.send(TunnelRequest(request_id="two", method="GET", path="/api"))
+    assert len(socket.transport.written) == 1  # both held...
+    await asyncio.sleep(0)
+    assert len(socket.transport.written) == 2  # ...and joined into one write
+    assert b"one" in socket.transport.written[1] and b"two" in socket.transport.written[1]

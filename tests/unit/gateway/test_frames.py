@@ -175,3 +175,36 @@ async def test_a_binary_message_the_direct_taker_wants_is_not_queued_the_rest_is
         (WSMsgType.BINARY, b"other"),
         (WSMsgType.TEXT, b"text"),
     ]
+
+
+def binary_stream() -> tuple[bytes, list[bytes]]:
+    """Binary messages of each header size (7-bit, 16-bit, 64-bit length; empty), single
+    frames and one fragmented, with a ping among them, and what each delivers."""
+    payloads = [b"", b"s" * 100, b"m" * 300, b"l" * 70_000]
+    wire = b"".join(frame(2, payload) for payload in payloads)
+    fragmented = b"f" * 9000
+    wire += fragments(fragmented, opcode=2) + frame(9, b"hi") + frame(2, b"last")
+    return wire, [*payloads, fragmented, b"last"]
+
+
+@pytest.mark.parametrize("step", [1, 5, 6, 106, 4099, 200_000])
+async def test_binary_messages_read_whole_or_split_anywhere_arrive_alike(step: int) -> None:
+    """Whole single-frame binary messages are taken straight from the read; split ones (or any
+    other) go the general way, and the two hand over anywhere without losing a byte."""
+    wire, expected = binary_stream()
+    frames_guard, queue = guard(limit=LIMIT * 2)
+    taken: list[bytes] = []
+    frames_guard.direct = lambda data: not taken.append(bytes(data))
+    for start in range(0, len(wire), step):
+        assert frames_guard.feed_data(wire[start : start + step]) == (False, b"")
+    assert taken == expected
+    assert [(m.type, m.data) for m in drain(queue)] == [(WSMsgType.PING, b"hi")]
+
+
+async def test_a_whole_binary_message_over_the_limit_is_still_refused() -> None:
+    frames_guard, queue = guard(limit=1000)
+    frames_guard.direct = lambda data: True
+    frames_guard.feed_data(frame(2, b"x" * 1001) + frame(2, b"next"))
+    got = drain(queue)
+    assert isinstance(got[0].data, OversizedMessage) and got[0].data.at_least == 1001
+    assert len(got) == 1  # "next" went to the direct taker
