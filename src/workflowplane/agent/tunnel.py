@@ -48,6 +48,7 @@ from workflowplane.agent.upstream import (
 from workflowplane.agent.ws_writer import mask_in_place
 from workflowplane.kits.corking import cork
 from workflowplane.kits.http1 import Http1Response, InvalidRequest
+from workflowplane.kits.ws_tap import TappedWebSocket
 from workflowplane.protocol import (
     TARGET_K8S,
     TUNNEL_V2,
@@ -533,7 +534,7 @@ class AgentTunnel:
 
     async def run(self) -> None:
         attempt = 0
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(ws_response_class=TappedWebSocket) as session:
             while True:
                 started, self._going_away = time.monotonic(), False
                 try:
@@ -582,12 +583,40 @@ class AgentTunnel:
                 self._going_away = ws.close_code == aiohttp.WSCloseCode.GOING_AWAY
 
     async def _serve(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        lock = asyncio.Lock()
         binary = ws.protocol == TUNNEL_V3
+        server = self._frame_server(ws, binary)
+        received_bytes = self.metrics.frame_bytes.labels("in")
+        heard = _Heard(asyncio.get_running_loop())
+
+        def take(data: bytes) -> None:  # a v3 message, as the socket's bytes are read
+            heard.now()
+            server.dispatch(data, binary=True)
+            received_bytes.observe(len(data))
+
+        if binary and isinstance(ws, TappedWebSocket) and ws.tap is not None:
+            ws.tap.start(take, self._max_frame)  # the rest still comes by receive()
+        watcher = asyncio.create_task(self._close_on_request(ws))
+        watchdog = asyncio.create_task(self._fail_when_silent(ws, heard))
+        reason = "error"  # unless a way out below says otherwise (the metric's reason)
+        try:
+            reason = await self._receive(ws, server, heard, binary)
+        except TimeoutError:
+            reason = "timeout"
+            log.warning("no traffic from the gateway for %.0fs: reconnecting", self._dead_after)
+        except asyncio.CancelledError:
+            reason = "shutdown"
+            raise
+        finally:
+            self.metrics.connection_closed(reason)
+            watcher.cancel()
+            watchdog.cancel()
+            await server.close()
+
+    def _frame_server(self, ws: aiohttp.ClientWebSocketResponse, binary: bool) -> FrameServer:
+        """The server of this connection's frames, and how its answers are sent."""
+        lock = asyncio.Lock()
         kind = aiohttp.WSMsgType.BINARY if binary else aiohttp.WSMsgType.TEXT
         sent_bytes = self.metrics.frame_bytes.labels("out")
-        received_bytes = self.metrics.frame_bytes.labels("in")
-
         corked = cork(ws._writer)  # frames written in one pass of the loop leave as one write
         if binary:
             mask_in_place(ws._writer)  # chunks of large answers: no copies to mask them
@@ -612,44 +641,34 @@ class AgentTunnel:
             chunk_encoder=encode_chunk if binary else None,
         )
         server.metrics = self.metrics
-        watcher = asyncio.create_task(self._close_on_request(ws))
-        heard = _Heard(asyncio.get_running_loop())
-        watchdog = asyncio.create_task(self._fail_when_silent(ws, heard))
-        reason = "error"  # unless a way out below says otherwise (the metric's reason)
-        try:
-            while True:
-                message = await ws.receive()
-                heard.now()
-                if message.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                    server.dispatch(
-                        message.data, binary=binary and message.type == aiohttp.WSMsgType.BINARY
-                    )
-                    received_bytes.observe(len(message.data))
-                elif message.type == aiohttp.WSMsgType.PING:  # pings count as traffic
-                    await ws.pong(message.data)
-                elif message.type == aiohttp.WSMsgType.ERROR:
-                    log.warning("websocket error: %s (frame too large?)", ws.exception())
-                    return
-                elif message.type in (
-                    aiohttp.WSMsgType.CLOSE,
-                    aiohttp.WSMsgType.CLOSING,
-                    aiohttp.WSMsgType.CLOSED,
-                ):
-                    log.info("gateway closed the connection (%s)", message.extra)
-                    requested = self.reconnect_requested.is_set()
-                    reason = "reconnect-requested" if requested else "gateway-closed"
-                    return
-        except TimeoutError:
-            reason = "timeout"
-            log.warning("no traffic from the gateway for %.0fs: reconnecting", self._dead_after)
-        except asyncio.CancelledError:
-            reason = "shutdown"
-            raise
-        finally:
-            self.metrics.connection_closed(reason)
-            watcher.cancel()
-            watchdog.cancel()
-            await server.close()
+        return server
+
+    async def _receive(
+        self, ws: aiohttp.ClientWebSocketResponse, server: FrameServer, heard: _Heard, binary: bool
+    ) -> str:
+        """Serve what ``receive()`` brings until the connection ends; why it ended."""
+        received_bytes = self.metrics.frame_bytes.labels("in")
+        while True:
+            message = await ws.receive()
+            heard.now()
+            if message.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                server.dispatch(
+                    message.data, binary=binary and message.type == aiohttp.WSMsgType.BINARY
+                )
+                received_bytes.observe(len(message.data))
+            elif message.type == aiohttp.WSMsgType.PING:  # pings count as traffic
+                await ws.pong(message.data)
+            elif message.type == aiohttp.WSMsgType.ERROR:
+                log.warning("websocket error: %s (frame too large?)", ws.exception())
+                return "error"
+            elif message.type in (
+                aiohttp.WSMsgType.CLOSE,
+                aiohttp.WSMsgType.CLOSING,
+                aiohttp.WSMsgType.CLOSED,
+            ):
+                log.info("gateway closed the connection (%s)", message.extra)
+                requested = self.reconnect_requested.is_set()
+                return "reconnect-requested" if requested else "gateway-closed"
 
     async def _fail_when_silent(self, ws: aiohttp.ClientWebSocketResponse, heard: _Heard) -> None:
         """The waiting receive fails with TimeoutError once the gateway has sent nothing for

@@ -1,0 +1,176 @@
+"""Whole binary WebSocket messages handed over as the socket's bytes are read.
+
+aiohttp's client reads a message into a queue, wakes the task waiting in ``receive()``, and that
+task hands it on: a trip through the event loop and a message object for every frame. A
+:class:`FrameTap` stands where aiohttp's WebSocket reader stands (fed the socket's bytes) and,
+once started, gives each unfragmented, unmasked binary message within the limit straight to
+``take``. Everything else (text, fragmented messages, control frames, masked or oversized
+frames, and every frame before the start) goes to aiohttp's reader byte for byte, at frame
+boundaries, so it is read, refused or closed on exactly as before.
+
+The tap is in place from the connection's first byte (:class:`TappedWebSocket`, as a session's
+``ws_response_class``): put in later, it could not know where aiohttp's reader is within a
+frame. This uses aiohttp internals (the response's ``_parser``, which ``ws_connect`` hands to
+the protocol), pinned with aiohttp; tests/unit/kits exercises them against the installed version.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Final, Protocol
+
+import aiohttp
+
+_FIN_BINARY: Final = 0x82  # FIN, no reserved bits, opcode 2
+_FIN: Final = 0x80
+_CONTROL: Final = 0x8  # opcodes from here on: close, ping, pong
+_U16, _U64 = struct.Struct("!H"), struct.Struct("!Q")
+
+
+class FrameReader(Protocol):
+    """aiohttp's WebSocket reader, as far as the tap delegates to it."""
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]: ...
+
+    def feed_eof(self) -> None: ...
+
+
+def _header_length(header: bytes | bytearray) -> int:
+    """Bytes a frame header needs, judged from what has arrived (at least 2)."""
+    if len(header) < 2:
+        return 2
+    flag = header[1] & 0x7F
+    return 2 + (2 if flag == 126 else 8 if flag == 127 else 0) + (4 if header[1] & 0x80 else 0)
+
+
+def _payload_length(header: bytes | bytearray) -> int:
+    flag = header[1] & 0x7F
+    if flag == 126:
+        return int(_U16.unpack_from(header, 2)[0])
+    if flag == 127:
+        return int(_U64.unpack_from(header, 2)[0])
+    return flag
+
+
+class FrameTap:
+    """Feeds aiohttp's reader all but the messages ``take`` gets; see the module docstring."""
+
+    def __init__(self, inner: FrameReader) -> None:
+        self._inner = inner
+        self._take: Callable[[bytes], None] = _untaken
+        self._limit = -1  # nothing is taken before the start
+        self._header = bytearray()  # of the frame begun, until it is whole
+        self._passing = 0  # bytes of the current frame still to go to the inner reader
+        self._taking: bytearray | None = None  # the payload of a message being taken
+        self._wanted = 0  # bytes of that payload still to come
+        self._inner_message = False  # a fragmented message is with the inner reader
+        self._broken = False
+
+    def start(self, take: Callable[[bytes], None], limit: int) -> None:
+        """From the next message on, give ``take`` the binary messages up to ``limit`` bytes."""
+        self._take, self._limit = take, limit
+
+    def feed_eof(self) -> None:
+        self._inner.feed_eof()
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        if self._broken:
+            return self._inner.feed_data(data)
+        view, pos, end = memoryview(data), 0, len(data)
+        while pos < end and not self._broken:
+            if self._passing:
+                pos = self._pass(view, pos, min(self._passing, end - pos))
+            elif self._taking is not None:
+                pos = self._collect(view, pos)
+            elif not self._header and (whole := self._whole_at(view, pos)):
+                start, stop = whole
+                self._take(bytes(view[start:stop]))
+                pos = stop
+            else:
+                pos = self._read_header(view, pos)
+        return self._broken, b""
+
+    def _whole_at(self, data: memoryview, pos: int) -> tuple[int, int] | None:
+        """Where the payload of a message to take lies, when it is whole in ``data``."""
+        if data[pos] != _FIN_BINARY or self._inner_message or len(data) - pos < 2:
+            return None
+        flag = data[pos + 1]  # the mask bit set: not ours to take
+        if flag < 126:
+            start, length = pos + 2, flag
+        elif flag == 126 and len(data) - pos >= 4:
+            start, length = pos + 4, _U16.unpack_from(data, pos + 2)[0]
+        elif flag == 127 and len(data) - pos >= 10:
+            start, length = pos + 10, _U64.unpack_from(data, pos + 2)[0]
+        else:
+            return None
+        if length > self._limit or start + length > len(data):
+            return None
+        return start, start + length
+
+    def _read_header(self, data: memoryview, pos: int) -> int:
+        missing = _header_length(self._header) - len(self._header)
+        while missing > 0 and pos < len(data):
+            piece = data[pos : pos + missing]
+            self._header += piece
+            pos += len(piece)
+            missing = _header_length(self._header) - len(self._header)
+        if missing > 0:
+            return pos  # the rest of the header comes with the next read
+        header, self._header = bytes(self._header), bytearray()
+        length = _payload_length(header)
+        unmasked = not header[1] & 0x80
+        if (
+            header[0] == _FIN_BINARY
+            and unmasked
+            and not self._inner_message
+            and length <= self._limit
+        ):
+            self._taking, self._wanted = bytearray(), length
+            if not length:
+                self._collect(data, pos)
+            return pos
+        opcode = header[0] & 0x0F
+        if opcode < _CONTROL:  # data: a fragmented message stays with the inner reader
+            self._inner_message = not header[0] & _FIN
+        self._passing = length
+        self._forward(header)
+        return pos
+
+    def _collect(self, data: memoryview, pos: int) -> int:
+        assert self._taking is not None
+        piece = data[pos : pos + self._wanted]
+        self._taking += piece
+        self._wanted -= len(piece)
+        if not self._wanted:
+            payload, self._taking = bytes(self._taking), None
+            self._take(payload)
+        return pos + len(piece)
+
+    def _pass(self, data: memoryview, pos: int, size: int) -> int:
+        self._passing -= size
+        self._forward(bytes(data[pos : pos + size]))
+        return pos + size
+
+    def _forward(self, data: bytes) -> None:
+        broken, _ = self._inner.feed_data(data)
+        self._broken = self._broken or broken
+
+
+def _untaken(_: bytes) -> None:
+    raise AssertionError("a message was taken before the tap started")
+
+
+class TappedWebSocket(aiohttp.ClientWebSocketResponse):
+    """aiohttp's client WebSocket with a :class:`FrameTap` (``tap``) in front of its reader:
+    ``ws_connect`` hands the reader it sets here to the protocol, so the tap reads every byte."""
+
+    tap: FrameTap | None = None
+
+    @property  # type: ignore[override]
+    def _parser(self) -> FrameTap | None:
+        return self.tap
+
+    @_parser.setter
+    def _parser(self, reader: FrameReader | None) -> None:
+        self.tap = None if reader is None else FrameTap(reader)

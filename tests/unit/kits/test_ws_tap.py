@@ -1,0 +1,152 @@
+"""The frame tap against the installed aiohttp: once started, whole binary messages go to the
+taker as they are read; everything else reaches aiohttp's reader byte for byte, so it is read,
+refused or closed on as before, however the bytes are split."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import WSMsgType, web
+from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
+from aiohttp.test_utils import TestServer
+
+from workflowplane.kits.ws_tap import FrameTap, TappedWebSocket
+
+LIMIT = 64 * 1024
+
+
+class FakeProtocol:
+    """What aiohttp's data queue asks of the HTTP protocol: pause and resume reading."""
+
+    def __init__(self) -> None:
+        self._reading_paused = False
+
+    def pause_reading(self) -> None:
+        self._reading_paused = True
+
+    def resume_reading(self) -> None:
+        self._reading_paused = False
+
+
+def frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bytes | None = None) -> bytes:
+    """One frame as a server writes it (unmasked), or masked with ``mask``."""
+    first = (0x80 if fin else 0) | opcode
+    bit = 0x80 if mask else 0
+    length = len(payload)
+    if length < 126:
+        header = struct.pack("!BB", first, bit | length)
+    elif length < 1 << 16:
+        header = struct.pack("!BBH", first, bit | 126, length)
+    else:
+        header = struct.pack("!BBQ", first, bit | 127, length)
+    if not mask:
+        return header + payload
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def tapped(limit: int = LIMIT) -> tuple[FrameTap, Any]:
+    loop = asyncio.get_running_loop()
+    queue = WebSocketDataQueue(FakeProtocol(), 2**30, loop=loop)  # type: ignore[arg-type]
+    reader = WebSocketReader(queue, limit, compress=False, decode_text=True)
+    return FrameTap(reader), queue
+
+
+def drain(queue: Any) -> list[tuple[WSMsgType, Any]]:
+    messages = []
+    while queue._buffer:
+        message = queue._buffer.popleft()[0]
+        messages.append((message.type, message.data))
+    return messages
+
+
+def mixed_stream() -> tuple[bytes, list[bytes], list[tuple[WSMsgType, Any]]]:
+    """Frames of every kind; what the taker gets, and what aiohttp's reader delivers."""
+    taken = [b"", b"s" * 100, b"m" * 300, b"l" * 70_000, b"last"]
+    fragmented = b"f" * 9000
+    wire = b"".join(frame(2, payload) for payload in taken[:4])
+    wire += frame(1, b"text") + frame(2, fragmented[:4000], fin=False) + frame(9, b"ping")
+    wire += frame(0, fragmented[4000:]) + frame(2, b"masked", mask=b"\x01\x02\x03\x04")
+    wire += frame(10, b"pong") + frame(2, taken[4])
+    queued = [
+        (WSMsgType.TEXT, "text"),
+        (WSMsgType.PING, b"ping"),
+        (WSMsgType.BINARY, fragmented),
+        (WSMsgType.BINARY, b"masked"),
+        (WSMsgType.PONG, b"pong"),
+    ]
+    return wire, taken, queued
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 7, 100, 4099, 1 << 20])
+async def test_whole_binary_messages_are_taken_the_rest_read_by_aiohttp_however_split(
+    step: int,
+) -> None:
+    wire, expected, queued = mixed_stream()
+    tap, queue = tapped(limit=LIMIT * 2)
+    taken: list[bytes] = []
+    tap.start(taken.append, LIMIT * 2)
+    for start in range(0, len(wire), step):
+        assert tap.feed_data(wire[start : start + step]) == (False, b"")
+    assert taken == expected
+    assert drain(queue) == queued
+
+
+async def test_before_the_start_every_message_goes_to_aiohttp_and_after_it_none_is_lost() -> None:
+    tap, queue = tapped()
+    early = frame(2, b"early") + frame(2, b"x" * 300)
+    tap.feed_data(early + frame(2, b"y" * 300)[:7])  # a frame split as the tap starts
+    taken: list[bytes] = []
+    tap.start(taken.append, LIMIT)
+    tap.feed_data(frame(2, b"y" * 300)[7:] + frame(2, b"later"))
+    assert drain(queue) == [
+        (WSMsgType.BINARY, b"early"),
+        (WSMsgType.BINARY, b"x" * 300),
+        (WSMsgType.BINARY, b"y" * 300),  # begun before the start: aiohttp's to finish
+    ]
+    assert taken == [b"later"]
+
+
+async def test_a_message_over_the_limit_is_aiohttps_to_refuse() -> None:
+    tap, queue = tapped(limit=1000)
+    tap.start(lambda data: pytest.fail("taken"), 1000)
+    broken, _ = tap.feed_data(frame(2, b"x" * 1001))
+    assert broken  # aiohttp's reader ends the connection, as without the tap
+    with pytest.raises(Exception, match="1001"):
+        await queue.read()
+
+
+async def test_a_session_with_tapped_websockets_taps_from_the_first_byte() -> None:
+    """The server writes as soon as the handshake is done; the tap, in place from the first
+    byte, knows where every frame begins when the taker starts."""
+    sent = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.send_bytes(b"a" * 20_000)  # in flight while the client connects
+        await sent.wait()
+        await ws.send_bytes(b"taken")
+        await ws.send_str("text")
+        await ws.close()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    async with (
+        TestServer(app) as server,
+        aiohttp.ClientSession(ws_response_class=TappedWebSocket) as session,
+        session.ws_connect(server.make_url("/ws")) as ws,
+    ):
+        assert isinstance(ws, TappedWebSocket) and ws.tap is not None
+        taken: list[bytes] = []
+        ws.tap.start(taken.append, LIMIT)
+        first = await ws.receive()
+        sent.set()
+        second = await ws.receive()
+        assert (first.type, len(first.data)) == (WSMsgType.BINARY, 20_000)
+        assert (second.type, second.data) == (WSMsgType.TEXT, "text")
+        assert taken == [b"taken"]
