@@ -14,7 +14,10 @@ through ours (``cluster-gateway`` and ``cluster-agent``), each pair started with
 chart command lines as separate processes: sequential GET /version p50/p99, requests/s at
 concurrency 16 and 64, CPU ms per request of each process (utime+stime from /proc), each
 process's idle and peak RSS, and the median time of a 10 MB list (11 ConfigMaps of 950 kB,
-uncompressed) and its ratio to the direct time. OpenChoreo's gateway binds :8080, so this takes
+uncompressed) and its ratio to the direct time. Each pair's sequential GETs and its 10 MB lists
+alternate with direct ones, and its overhead and ratio are taken against those: a shared
+machine's speed drifts over the minutes between pairs, and a baseline measured at another time
+would move the figures by more than the pairs differ. OpenChoreo's gateway binds :8080, so this takes
 the interop tests' lock. ``--peer --profile DIR`` also samples our gateway and agent with py-spy
 during the load (``bench/flame.py``; docs/performance.md) and prints their hottest functions.
 """
@@ -124,6 +127,18 @@ async def timed(fn: Any, count: int) -> list[float]:
         await fn()
         samples.append(time.perf_counter() - started)
     return samples
+
+
+async def timed_alongside(fn: Any, baseline: Any, count: int) -> tuple[list[float], list[float]]:
+    """``fn`` and ``baseline`` in turn, ``count`` times each: both see the machine alike."""
+    samples: list[float] = []
+    baseline_samples: list[float] = []
+    for _ in range(count):
+        for call, into in ((baseline, baseline_samples), (fn, samples)):
+            started = time.perf_counter()
+            await call()
+            into.append(time.perf_counter() - started)
+    return samples, baseline_samples
 
 
 async def throughput(fn: Any, concurrency: int, seconds: float = 3.0) -> float:
@@ -370,16 +385,22 @@ SEQUENTIAL, WARMUP, CONCURRENCY = 500, 50, (16, 64)
 
 
 async def measure(
-    fn: Any, pids: dict[str, int], profile_dir: Path | None = None
+    fn: Any, pids: dict[str, int], profile_dir: Path | None = None, alongside: Any = None
 ) -> dict[str, float]:
     """One row: latency, throughput, CPU per request of each process, peak RSS; with
-    ``profile_dir``, py-spy samples each process meanwhile (its CPU figures are then off)."""
+    ``profile_dir``, py-spy samples each process meanwhile (its CPU figures are then off);
+    with ``alongside``, the sequential calls alternate with it (its p50: ``p50_alongside``)."""
     await timed(fn, WARMUP)
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     started = time.perf_counter()
     with profiled(pids, profile_dir):
-        samples = await timed(fn, SEQUENTIAL)
-        row = {"p50": pct(samples, 0.5), "p99": pct(samples, 0.99)}
+        if alongside is None:
+            samples = await timed(fn, SEQUENTIAL)
+            row = {}
+        else:
+            samples, baseline = await timed_alongside(fn, alongside, SEQUENTIAL)
+            row = {"p50_alongside": pct(baseline, 0.5)}
+        row.update(p50=pct(samples, 0.5), p99=pct(samples, 0.99))
         requests = float(SEQUENTIAL)
         for concurrency in CONCURRENCY:
             rate = await throughput(fn, concurrency)
@@ -409,22 +430,24 @@ async def make_big_list(session: aiohttp.ClientSession, url: str) -> None:
             assert r.status in (201, 409), await r.text()
 
 
-async def big_list_ms(fetch: Any) -> float:
-    """Median milliseconds for the whole 10 MB list (after one warm-up)."""
-    size = await fetch()
-    assert size > BIG_LIST_ITEMS * BIG_ITEM_BYTES, size
-    samples = []
-    for _ in range(BIG_ROUNDS):
-        started = time.perf_counter()
-        await fetch()
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples) * 1000
+async def big_list_ms(fetch: Any, alongside: Any = None) -> tuple[float, float | None]:
+    """Median milliseconds for the whole 10 MB list (after one warm-up), and with
+    ``alongside`` (fetched in turn with it) that one's median."""
+    for warm_up in (fetch, alongside):
+        if warm_up is not None:
+            size = await warm_up()
+            assert size > BIG_LIST_ITEMS * BIG_ITEM_BYTES, size
+    if alongside is None:
+        return statistics.median(await timed(fetch, BIG_ROUNDS)) * 1000, None
+    samples, baseline = await timed_alongside(fetch, alongside, BIG_ROUNDS)
+    return statistics.median(samples) * 1000, statistics.median(baseline) * 1000
 
 
 def print_peer_table(rows: dict[str, dict[str, float]]) -> None:
     columns = [
         ("seq p50 ms", "p50", "{:.2f}"),
         ("seq p99 ms", "p99", "{:.2f}"),
+        ("direct p50 ms", "p50_alongside", "{:.2f}"),
         ("req/s c16", "c16", "{:,.0f}"),
         ("req/s c64", "c64", "{:,.0f}"),
         ("CPU ms/req gw", "cpu_gateway", "{:.3f}"),
@@ -434,6 +457,7 @@ def print_peer_table(rows: dict[str, dict[str, float]]) -> None:
         ("peak RSS gw MiB", "rss_gateway", "{:.0f}"),
         ("peak RSS agent MiB", "rss_agent", "{:.0f}"),
         ("10 MB list ms", "big", "{:.0f}"),
+        ("10 MB direct ms", "big_alongside", "{:.0f}"),
         ("10 MB x direct", "big_ratio", "{:.2f}"),
     ]
     width = 19
@@ -445,7 +469,9 @@ def print_peer_table(rows: dict[str, dict[str, float]]) -> None:
     for label, row in rows.items():
         if label in ("direct (no tunnel)",) or "p50" not in direct:
             continue
-        print(f"{label}: overhead over direct at p50 {row['p50'] - direct['p50']:.2f} ms, "
+        beside = row.get("p50_alongside", direct["p50"])
+        print(f"{label}: overhead over direct at p50 {row['p50'] - direct['p50']:.2f} ms "
+              f"({row['p50'] - beside:.2f} ms over the direct GETs made in turn with its own), "
               f"c64 {row['c64'] / direct['c64']:.0%} of direct")
 
 
@@ -461,19 +487,39 @@ async def peer_comparison(env: Environment, tmp: Path, profile_dir: Path | None)
     rows: dict[str, dict[str, float]] = {}
     direct_ssl = ssl.create_default_context(cadata=wp.ca.cert_pem.decode())  # type: ignore[union-attr]
     direct_ssl.load_cert_chain(*_admin_files(wp))
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=direct_ssl)) as s:
+    s = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=direct_ssl))
 
-        async def direct() -> None:
-            async with s.get(f"{wp.url}/version") as r:
-                await r.read()
+    async def direct() -> None:
+        async with s.get(f"{wp.url}/version") as r:
+            await r.read()
 
-        async def direct_big() -> int:
-            async with s.get(f"{wp.url}{BIG_LIST_PATH}", headers=PLAIN) as r:
-                return len(await r.read())
+    async def direct_big() -> int:
+        async with s.get(f"{wp.url}{BIG_LIST_PATH}", headers=PLAIN) as r:
+            return len(await r.read())
 
+    try:
         await make_big_list(s, wp.url)
         rows["direct (no tunnel)"] = await measure(direct, {})
-        rows["direct (no tunnel)"]["big"] = await big_list_ms(direct_big)
+        rows["direct (no tunnel)"]["big"], _ = await big_list_ms(direct_big)
+        await _pairs(cp, wp, pki, binaries, tmp, rows, profile_dir, direct, direct_big)
+    finally:
+        await s.close()
+    print(f"machine: {os.cpu_count()} cores, loopback; {SEQUENTIAL} sequential GETs, then 3 s "
+          f"at each concurrency; CPU per request over all of them; 10 MB list: median of "
+          f"{BIG_ROUNDS}")
+    print_peer_table(rows)
+    if profile_dir is not None:
+        for name in ("gateway", "agent"):
+            print(summary(profile_dir / f"{name}.txt"))
+
+
+async def _pairs(
+    cp: Any, wp: Any, pki: Any, binaries: Any, tmp: Path, rows: dict[str, dict[str, float]],
+    profile_dir: Path | None, direct: Any, direct_big: Any,
+) -> None:
+    """Each pair in turn: started, measured (direct calls in turn with its own), stopped."""
+    from tests.interop import peers  # noqa: PLC0415
+
     with peers.health_port_lock():
         for kind, label in (("go", "OpenChoreo (Go) pair"), ("ours", "workflowplane pair")):
             gateway_kind = peers.GoGateway if kind == "go" else peers.OurGateway
@@ -516,20 +562,14 @@ async def peer_comparison(env: Environment, tmp: Path, profile_dir: Path | None)
                 pids = {"gateway": gateway.process.pid, "agent": agent.process.pid}
                 idle = {f"idle_{name}": rss_mib(pid) for name, pid in pids.items()}
                 spied = profile_dir if kind == "ours" else None
-                rows[label] = {**idle, **await measure(proxied, pids, spied)}
-                rows[label]["big"] = await big_list_ms(proxied_big)
-                rows[label]["big_ratio"] = rows[label]["big"] / rows["direct (no tunnel)"]["big"]
+                rows[label] = {**idle, **await measure(proxied, pids, spied, alongside=direct)}
+                big, big_direct = await big_list_ms(proxied_big, alongside=direct_big)
+                assert big_direct is not None
+                rows[label].update(big=big, big_alongside=big_direct, big_ratio=big / big_direct)
             finally:
                 await api.close()
                 agent.stop()
                 gateway.stop()
-    print(f"machine: {os.cpu_count()} cores, loopback; {SEQUENTIAL} sequential GETs, then 3 s "
-          f"at each concurrency; CPU per request over all of them; 10 MB list: median of "
-          f"{BIG_ROUNDS}")
-    print_peer_table(rows)
-    if profile_dir is not None:
-        for name in ("gateway", "agent"):
-            print(summary(profile_dir / f"{name}.txt"))
 
 
 async def main() -> None:
