@@ -191,6 +191,7 @@ class FrameServer:
         self.metrics = AgentMetrics()  # the tunnel puts its own here
         self._exec = ExecSessions(upstream, send, encoder)
         self._loop = asyncio.get_running_loop()
+        self._closed = False
 
     def _chunk_via_encoder(self, rid: str, parts: Sequence[bytes | memoryview]) -> bytes:
         return self._encode(StreamChunk(request_id=rid, data=_joined(parts)))
@@ -206,6 +207,9 @@ class FrameServer:
 
     def dispatch(self, raw: bytes | str, *, binary: bool = False) -> None:
         """Start serving one message from the gateway (``binary``: a v3 message)."""
+        if self._closed:
+            log.debug("dropping a frame that came after the connection's server closed")
+            return
         try:
             frame = (
                 decode_binary(raw)
@@ -421,6 +425,8 @@ class FrameServer:
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
     async def close(self) -> None:
+        """Cancel what is in flight; a frame dispatched from now on is dropped."""
+        self._closed = True
         for task in list(self._tasks.values()):
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
@@ -593,8 +599,9 @@ class AgentTunnel:
             server.dispatch(data, binary=True)
             received_bytes.observe(len(data))
 
-        if binary and isinstance(ws, TappedWebSocket) and ws.tap is not None:
-            ws.tap.start(take, self._max_frame)  # the rest still comes by receive()
+        tapped = ws.tap if binary and isinstance(ws, TappedWebSocket) else None
+        if tapped is not None:
+            tapped.start(take, self._max_frame)  # the rest still comes by receive()
         watcher = asyncio.create_task(self._close_on_request(ws))
         watchdog = asyncio.create_task(self._fail_when_silent(ws, heard))
         reason = "error"  # unless a way out below says otherwise (the metric's reason)
@@ -610,6 +617,8 @@ class AgentTunnel:
             self.metrics.connection_closed(reason)
             watcher.cancel()
             watchdog.cancel()
+            if tapped is not None:
+                tapped.stop()  # requests read while the socket closes are not served
             await server.close()
 
     def _frame_server(self, ws: aiohttp.ClientWebSocketResponse, binary: bool) -> FrameServer:

@@ -59,7 +59,7 @@ class FrameTap:
     def __init__(self, inner: FrameReader) -> None:
         self._inner = inner
         self._take: Callable[[bytes], None] = _untaken
-        self._limit = -1  # nothing is taken before the start
+        self._limit = 0  # nothing is taken before the start
         self._header = bytearray()  # of the frame begun, until it is whole
         self._passing = 0  # bytes of the current frame still to go to the inner reader
         self._taking: bytearray | None = None  # the payload of a message being taken
@@ -68,8 +68,14 @@ class FrameTap:
         self._broken = False
 
     def start(self, take: Callable[[bytes], None], limit: int) -> None:
-        """From the next message on, give ``take`` the binary messages up to ``limit`` bytes."""
+        """From the next message on, give ``take`` the binary messages under ``limit`` bytes
+        (aiohttp's ``max_msg_size``: its reader refuses a message of that size or more)."""
         self._take, self._limit = take, limit
+
+    def stop(self) -> None:
+        """Drop the binary messages ``take`` would get from now on (whoever took them is
+        gone; aiohttp's close drops what it reads too); the rest goes on to aiohttp's reader."""
+        self._take = _dropped
 
     def feed_eof(self) -> None:
         self._inner.feed_eof()
@@ -104,7 +110,7 @@ class FrameTap:
             start, length = pos + 10, _U64.unpack_from(data, pos + 2)[0]
         else:
             return None
-        if length > self._limit or start + length > len(data):
+        if length >= self._limit or start + length > len(data):
             return None
         return start, start + length
 
@@ -124,7 +130,7 @@ class FrameTap:
             header[0] == _FIN_BINARY
             and unmasked
             and not self._inner_message
-            and length <= self._limit
+            and length < self._limit
         ):
             self._taking, self._wanted = bytearray(), length
             if not length:
@@ -159,6 +165,10 @@ class FrameTap:
 
 def _untaken(_: bytes) -> None:
     raise AssertionError("a message was taken before the tap started")
+
+
+def _dropped(_: bytes) -> None:
+    """A message read after the tap stopped."""
 
 
 class TappedWebSocket(aiohttp.ClientWebSocketResponse):

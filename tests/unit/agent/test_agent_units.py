@@ -91,3 +91,18 @@ async def test_errors_come_back_as_responses_never_silence(
 async def test_malformed_frames_are_dropped_without_an_answer() -> None:
     assert await _answers("{not json") == []
     assert await _answers('{"target": "k8s"}') == []  # no requestID
+
+
+async def test_a_frame_dispatched_after_the_server_closed_is_dropped() -> None:
+    """The connection is going: nothing it still reads may reach the plane."""
+    sent: list[bytes] = []
+
+    async def send(data: bytes) -> None:
+        sent.append(data)
+
+    server = FrameServer(_Unreachable(), send, timeout=1, max_concurrent=2)  # type: ignore[arg-type]
+    await server.close()
+    server.dispatch(json.dumps({"requestID": "a", "method": "GET", "path": "/api"}))
+    assert server.requests_in_flight == 0
+    await server.idle()
+    assert sent == []

@@ -144,6 +144,8 @@ async def test_a_close_frame_reaches_aiohttp() -> None:
         frame(0, b"orphan continuation"),
         frame(1, b"a", fin=False) + frame(1, b"b"),  # a new message inside a message
         frame(1, b"{}", rsv=0x40),  # compression was never negotiated
+        frame(2, b"\x03v3", rsv=0x40),  # ...nor in a binary message read whole
+        frame(2, b"a", fin=False) + frame(2, b"b"),  # nor a whole one inside a message
         frame(9, b"x" * 200),  # control frames are at most 125 bytes
     ],
 )

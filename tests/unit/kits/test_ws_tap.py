@@ -32,9 +32,11 @@ class FakeProtocol:
         self._reading_paused = False
 
 
-def frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bytes | None = None) -> bytes:
+def frame(
+    opcode: int, payload: bytes, *, fin: bool = True, mask: bytes | None = None, rsv: int = 0
+) -> bytes:
     """One frame as a server writes it (unmasked), or masked with ``mask``."""
-    first = (0x80 if fin else 0) | opcode
+    first = (0x80 if fin else 0) | rsv | opcode
     bit = 0x80 if mask else 0
     length = len(payload)
     if length < 126:
@@ -110,13 +112,51 @@ async def test_before_the_start_every_message_goes_to_aiohttp_and_after_it_none_
     assert taken == [b"later"]
 
 
-async def test_a_message_over_the_limit_is_aiohttps_to_refuse() -> None:
+@pytest.mark.parametrize("split", [False, True])
+async def test_a_message_at_the_limit_is_aiohttps_to_refuse(split: bool) -> None:
+    """The limit is aiohttp's ``max_msg_size``: a message of that size is refused, as before."""
     tap, queue = tapped(limit=1000)
-    tap.start(lambda data: pytest.fail("taken"), 1000)
-    broken, _ = tap.feed_data(frame(2, b"x" * 1001))
-    assert broken  # aiohttp's reader ends the connection, as without the tap
-    with pytest.raises(Exception, match="1001"):
+    taken: list[bytes] = []
+    tap.start(taken.append, 1000)
+    assert tap.feed_data(frame(2, b"x" * 999)) == (False, b"")
+    wire = frame(2, b"x" * 1000)
+    broken = any(
+        [tap.feed_data(wire[:3])[0], tap.feed_data(wire[3:])[0]]
+        if split
+        else [tap.feed_data(wire)[0]]
+    )
+    assert broken and taken == [b"x" * 999]  # aiohttp's reader ends the connection
+    with pytest.raises(Exception, match="1000"):
         await queue.read()
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        frame(2, b"v3", rsv=0x40),  # compression was never negotiated
+        frame(2, b"a", fin=False) + frame(2, b"b"),  # a whole message inside a message
+    ],
+)
+async def test_what_aiohttp_refuses_it_still_refuses(wire: bytes) -> None:
+    tap, queue = tapped()
+    tap.start(lambda data: pytest.fail(f"taken: {data!r}"), LIMIT)
+    assert tap.feed_data(wire) == (True, b"")
+    with pytest.raises(Exception):  # noqa: B017 - aiohttp's WebSocketError, as without the tap
+        await queue.read()
+
+
+async def test_after_the_stop_binary_messages_are_dropped_and_the_rest_still_read() -> None:
+    """Whoever took the messages is gone (the connection is closing): a request read now is
+    not served, as aiohttp's close drops what it reads; a close frame still reaches aiohttp."""
+    tap, queue = tapped()
+    taken: list[bytes] = []
+    tap.start(taken.append, LIMIT)
+    split = frame(2, b"s" * 300)
+    tap.feed_data(frame(2, b"before") + split[:10])
+    tap.stop()
+    tap.feed_data(split[10:] + frame(2, b"after") + frame(8, b"\x03\xe8bye"))
+    assert taken == [b"before"]
+    assert [kind for kind, _ in drain(queue)] == [WSMsgType.CLOSE]
 
 
 async def test_a_session_with_tapped_websockets_taps_from_the_first_byte() -> None:
