@@ -303,6 +303,8 @@ class AgentEndpoint:
         if isinstance(frame, TunnelResponse) and future is not None and not future.done():
             if frame.chunked and conn.v2:  # the body follows as chunks: catch them from now on
                 conn.bodies[rid] = StreamBuffer(rid, self._config.max_frame_bytes)
+            elif (answer_now := conn.answer_now.pop(rid, None)) is not None:
+                answer_now(frame)
             future.set_result(frame)
             return True
         if isinstance(frame, TunnelResponse):

@@ -82,6 +82,9 @@ class AgentConnection:
     connected_at: dt.datetime = field(default_factory=utcnow)
     seen_at: float = field(default_factory=time.time)  # POSIX time of the last frame
     pending: dict[str, asyncio.Future[TunnelResponse]] = field(default_factory=dict)
+    # Who answers its caller as soon as a whole answer is read (by requestID; called before
+    # the pending future is resolved, in the socket's read callback: no trip through the loop).
+    answer_now: dict[str, Callable[[TunnelResponse], None]] = field(default_factory=dict)
     streams: dict[str, StreamBuffer] = field(default_factory=dict)
     # Answers arriving in chunks (v2), by requestID: not streams, so outside the stream caps.
     bodies: dict[str, StreamBuffer] = field(default_factory=dict)

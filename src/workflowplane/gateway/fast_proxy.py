@@ -25,7 +25,13 @@ from yarl import URL
 from workflowplane.gateway.answers import PROXY_PREFIX, Answered, AnswerLog
 from workflowplane.gateway.connections import AgentConnection, ConnectionManager
 from workflowplane.gateway.drain import InFlight
-from workflowplane.gateway.kube_proxy import KubeProxy, Target, bad_path, reply_headers
+from workflowplane.gateway.kube_proxy import (
+    KubeProxy,
+    Target,
+    bad_path,
+    final_status,
+    reply_headers,
+)
 from workflowplane.gateway.streams import StreamBuffer
 from workflowplane.kits.http1 import Headers
 from workflowplane.kits.http1_server import Abort, Handler, Request, Responder
@@ -133,7 +139,15 @@ class FastProxy:
             return
         conn, frame = sending
         what = what._replace(request_id=frame.request_id)
-        reply = await self._proxy.ask(conn, frame, what.verb)
+        early = _EarlyAnswer(self._proxy, respond)
+        conn.answer_now[frame.request_id] = early
+        try:
+            reply = await self._proxy.ask(conn, frame, what.verb)
+        finally:
+            conn.answer_now.pop(frame.request_id, None)
+        if early.status:
+            self._answers.record(what, early.status)
+            return
         if isinstance(reply, web.Response):
             conn.bodies.pop(frame.request_id, None)
             self._error(what, reply, respond)
@@ -178,3 +192,26 @@ class FastProxy:
         ]
         body = answer.body if isinstance(answer.body, bytes) else b""
         respond.whole(answer.status, headers, body)
+
+
+class _EarlyAnswer:
+    """Writes a plain whole answer to its caller as the agent's answer is read (called by
+    the agent endpoint in the socket's read callback), not a trip through the event loop
+    later when the waiting task resumes; that task then only counts it. Anything else (an
+    error, a status HTTP cannot carry) is left to the task, which answers it as before."""
+
+    __slots__ = ("_proxy", "_respond", "status")
+
+    def __init__(self, proxy: KubeProxy, respond: Responder) -> None:
+        self._proxy, self._respond = proxy, respond
+        self.status = 0  # the status written, once written
+
+    def __call__(self, reply: TunnelResponse) -> None:
+        if reply.error is not None or not final_status(reply.status_code):
+            return
+        answer = self._proxy.plain_answer(reply)
+        if isinstance(answer, web.Response):  # not for these replies; the task's, if ever
+            return
+        status, headers, payload = answer
+        self._respond.whole(status, headers, payload)
+        self.status = status

@@ -3,22 +3,30 @@ and reads each target exactly as aiohttp's router does; everything else is aioht
 
 from __future__ import annotations
 
+import asyncio
 from functools import partial
 from typing import Any
 
+import msgspec
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
+from workflowplane.gateway.agent_endpoint import AgentEndpoint
 from workflowplane.gateway.answers import AnswerLog
 from workflowplane.gateway.config import GatewayConfig
+from workflowplane.gateway.connections import AgentConnection
 from workflowplane.gateway.drain import InFlight
 from workflowplane.gateway.fast_proxy import READS_KEPT, FastProxy, aiohttp_query
 from workflowplane.gateway.kube_proxy import PROXY_ROUTE, KubeProxy, Target
 from workflowplane.gateway.metrics import GatewayMetrics
 from workflowplane.kits.http1_server import Request
+from workflowplane.pki import generate_ca, issue_certificate
+from workflowplane.protocol import TunnelError, TunnelResponse
+from workflowplane.protocol.binary import decode_binary
 
 PLAIN = "/api/proxy/workflowplane/p1/team-a/build/k8s/api/v1/namespaces/x/pods"
+LEAF = issue_certificate(generate_ca("any"), "agent").certificate
 
 
 class Connections:
@@ -166,3 +174,72 @@ def test_the_targets_remembered_are_bounded() -> None:
     for i in range(READS_KEPT + 10):
         assert proxy.route("GET", f"{PLAIN}/pod-{i}", [])
     assert len(proxy._reads) <= READS_KEPT
+
+
+class AgentSocket:
+    """An agent connection's socket: the frames sent to the agent, decoded."""
+
+    closed = False
+
+    def __init__(self) -> None:
+        self.frames: list[Any] = []
+        self.sent = asyncio.Event()
+
+    async def send_bytes(self, data: bytes) -> None:
+        self.frames.append(decode_binary(data))
+        self.sent.set()
+
+
+class ServingConnections(Connections):
+    """Authorized for the CRs named, with one real agent connection to pick."""
+
+    def __init__(self, conn: AgentConnection, *keys: str) -> None:
+        super().__init__(*keys)
+        self.conn = conn
+
+    def pick(self, *_: Any, **__: Any) -> AgentConnection:
+        return self.conn
+
+
+@pytest.mark.parametrize(
+    ("reply", "early"),
+    [
+        (TunnelResponse(request_id="", status_code=200, body=b"{}"), True),
+        (TunnelResponse(request_id="", status_code=99, body=b"{}"), False),  # not final: 502
+        (TunnelResponse(request_id="", status_code=404, error=TunnelError(404, "gone")), False),
+    ],
+    ids=["whole", "invalid-status", "error"],
+)
+async def test_a_whole_answer_is_written_as_it_is_read_and_counted_once(
+    reply: TunnelResponse, early: bool
+) -> None:
+    """The agent endpoint hands a whole answer to the lean path before the waiting task
+    resumes: the caller has it at once, with no trip through the event loop; anything else
+    is answered by the task, as before. Either way it is written and counted once."""
+    metrics = GatewayMetrics()
+    socket = AgentSocket()
+    conn = AgentConnection("workflowplane", "p1", socket, LEAF, {"team-a/build"}, binary=True)
+    connections: Any = ServingConnections(conn, "team-a/build")
+    proxy = FastProxy(
+        KubeProxy(connections, GatewayConfig(), metrics),
+        connections,
+        InFlight(),
+        AnswerLog(metrics),
+    )
+    endpoint = AgentEndpoint(connections, GatewayConfig(), metrics)
+    handler = proxy.route("GET", PLAIN, [])
+    assert handler is not None
+    answers: Any = Answers()
+    task = asyncio.create_task(handler(Request("GET", PLAIN, [], b""), answers))
+    await socket.sent.wait()
+    rid = socket.frames[0].request_id
+    assert endpoint._dispatch(conn, msgspec.structs.replace(reply, request_id=rid))
+    assert len(answers.written) == (1 if early else 0)  # before the task ran again
+    await task
+    ((status, _, _),) = answers.written
+    assert status == (reply.status_code if early else 502 if reply.status_code == 99 else 404)
+    counted = metrics.registry.get_sample_value(
+        "workflowplane_gateway_proxy_requests_total",
+        {"plane_id": "unknown", "verb": "list", "code": str(status)},
+    )
+    assert counted == 1 and not conn.answer_now and not conn.pending
