@@ -25,6 +25,7 @@ from typing import Final, cast
 
 import httptools  # type: ignore[import-untyped]
 
+from workflowplane.kits.eager import start_eagerly
 from workflowplane.kits.http1 import Headers
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,11 @@ class Request:
     body: bytes = b""
 
 
+def _fail(future: asyncio.Future[None], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
 class Abort(Exception):
     """Raised while streaming an answer: the connection is cut, so the body cannot look whole."""
 
@@ -76,6 +82,7 @@ class Responder:
         head = _head(status, headers, length, self._protocol.closing_after)
         self.status = status
         self._protocol.write(head if no_body or self._head_only else head + body)
+        self._protocol.answer_sent()
 
     def stream(self, status: int, headers: Headers) -> None:
         """Send the head of an answer whose body follows in :meth:`chunk` calls."""
@@ -91,6 +98,7 @@ class Responder:
     def end(self) -> None:
         if not self._head_only:
             self._protocol.write(_FINAL_CHUNK)
+        self._protocol.answer_sent()
 
 
 Handler = Callable[[Request, Responder], Awaitable[None]]
@@ -167,6 +175,8 @@ class FrontProtocol(asyncio.Protocol):
         self._writable = True
         self._paused = False
         self._early_bytes = 0  # received while a request is served
+        self._answered = False  # the answer went out whole; its handler may still be running
+        self._after_answer = bytearray()  # sent after that: read once the handler is done
         self._body_timer_due = False
         self._refusal: _Refused | None = None  # said, or to say after the answer; then the end
         self.closing_after = False  # the answer being written is the connection's last
@@ -197,6 +207,12 @@ class FrontProtocol(asyncio.Protocol):
         """Read on while a request is served, so a client that leaves cancels it (as aiohttp
         does): a client that does not wait for its answer is refused (pipelining)."""
         if self._refusal is not None:
+            return
+        if self._task is not None and self._answered:
+            # the next request, sent on the answer (written before its handler ended, from
+            # another socket's callback): it waits for the handler's end, a loop's pass
+            self._after_answer += data
+            self._pause_reading()
             return
         if self._task is not None:  # a client that waits for its answer sends nothing now
             self._early_bytes += len(data)
@@ -296,8 +312,11 @@ class FrontProtocol(asyncio.Protocol):
             self._body = []
             self._body_bytes = 0
         self._request = self._handler = None
+        self._answered = False
         self.closing_after = not self._parser.should_keep_alive()
-        self._task = self._loop.create_task(self._serve(request, handler))
+        # begun at once, in this read's callback (a proxy's request is sent on before the
+        # loop's next pass); what waits goes on as a task
+        self._task = start_eagerly(self._loop, self._serve(request, handler))
 
     # ---- serving -------------------------------------------------------------------------
 
@@ -336,6 +355,26 @@ class FrontProtocol(asyncio.Protocol):
         self._keep_raw = True
         self._raw.clear()
         self._arm(self._limits.head_seconds)
+        if self._after_answer:  # read in a callback of its own, as any request is
+            self._loop.call_soon(self._read_after_answer)
+
+    def _read_after_answer(self) -> None:
+        data, self._after_answer = bytes(self._after_answer), bytearray()
+        if self._transport is None:
+            return
+        if self._paused:
+            self._transport.resume_reading()
+            self._paused = False
+        self.data_received(data)
+
+    def answer_sent(self) -> None:
+        """The answer is out whole (what the client sends now is its next request)."""
+        self._answered = True
+
+    def _pause_reading(self) -> None:
+        if self._transport is not None and not self._paused:
+            self._transport.pause_reading()
+            self._paused = True
 
     def write(self, data: bytes) -> None:
         if self._transport is not None:
@@ -352,12 +391,15 @@ class FrontProtocol(asyncio.Protocol):
             raise Abort("the client is gone")
         if self._writable:
             return
-        self._drain = self._loop.create_future()
+        self._drain = drain = self._loop.create_future()
+        # a timer, not asyncio.timeout: a handler may stream before its first wait, when it is
+        # run eagerly (kits.eager), outside any task
+        stalled = Abort(f"the client read nothing for {self._limits.body_seconds:g}s")
+        timer = self._loop.call_later(self._limits.body_seconds, _fail, drain, stalled)
         try:
-            async with asyncio.timeout(self._limits.body_seconds):
-                await self._drain
-        except TimeoutError:
-            raise Abort(f"the client read nothing for {self._limits.body_seconds:g}s") from None
+            await drain
+        finally:
+            timer.cancel()
         if self._transport is None:
             raise Abort("the client is gone")
 
@@ -388,9 +430,7 @@ class FrontProtocol(asyncio.Protocol):
         the answer being written, if any)."""
         if self._task is not None:  # said once the answer in progress is out; read no more
             self._refusal = refusal
-            if self._transport is not None and not self._paused:
-                self._transport.pause_reading()
-                self._paused = True
+            self._pause_reading()
             return
         self._disarm()
         transport = self._transport

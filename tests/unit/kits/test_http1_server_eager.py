@@ -1,0 +1,98 @@
+"""The lean server begins a handler in the read that completes its request: what the handler
+does before its first wait (a proxy sends the request on) happens before the loop's next pass;
+what waits goes on as a task, and the connection serves its next request after it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from workflowplane.kits.http1_server import FrontServer, Limits, Request, Responder
+
+
+class Transport:
+    """What the protocol writes, and whether it closed."""
+
+    def __init__(self) -> None:
+        self.written = bytearray()
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def writelines(self, parts: Any) -> None:
+        for part in parts:
+            self.written += part
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+async def test_a_handler_begins_in_the_read_and_its_wait_goes_on_as_a_task() -> None:
+    loop = asyncio.get_running_loop()
+    answers: list[asyncio.Future[bytes]] = []
+    began: list[str] = []
+    answered = asyncio.Event()
+
+    async def handler(request: Request, respond: Responder) -> None:
+        began.append(request.target)  # a proxy sends the request on here
+        answer: asyncio.Future[bytes] = loop.create_future()
+        answers.append(answer)
+        respond.whole(200, [], await answer)
+        answered.set()
+
+    server = FrontServer(lambda method, target, headers: handler, asyncio.Protocol, Limits())
+    protocol = server()
+    transport = Transport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    for number in (1, 2):
+        protocol.data_received(b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % number)
+        assert began[-1] == f"/{number}"  # before any pass of the loop
+        answered.clear()
+        answers[-1].set_result(b"answer %d" % number)
+        await answered.wait()
+        assert transport.written.endswith(b"answer %d" % number)
+    assert transport.written.count(b"HTTP/1.1 200 OK") == 2 and not transport.closed
+    protocol.connection_lost(None)
+
+
+async def test_a_request_sent_on_an_answer_written_before_its_handler_ended_is_served() -> None:
+    """A proxy may write the answer from another socket's callback, its handler ending a
+    pass of the loop later: the client's next request, sent on that answer, is not pipelining;
+    it is read once the handler ends."""
+    loop = asyncio.get_running_loop()
+    finish: asyncio.Future[None] = loop.create_future()
+    served: list[str] = []
+    second = asyncio.Event()
+
+    async def handler(request: Request, respond: Responder) -> None:
+        served.append(request.target)
+        respond.whole(200, [], b"answer " + request.target.encode())
+        if request.target == "/1":
+            await finish  # still running after its answer went out
+        else:
+            second.set()
+
+    server = FrontServer(lambda method, target, headers: handler, asyncio.Protocol, Limits())
+    protocol = server()
+    transport = Transport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    protocol.data_received(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert transport.written.endswith(b"answer /1")
+    protocol.data_received(b"GET /2 HTTP/1.1\r\nHost: x\r\n\r\n")  # before /1's handler ended
+    assert served == ["/1"]
+    finish.set_result(None)
+    await asyncio.wait_for(second.wait(), 10)  # refused as pipelining, it never comes
+    assert served == ["/1", "/2"] and transport.written.endswith(b"answer /2")
+    assert b"pipelined" not in transport.written and not transport.closed
+    protocol.connection_lost(None)
