@@ -30,6 +30,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp._websocket.helpers import websocket_mask
 from aiohttp.http_websocket import WebSocketError, WSMessage
 
+from workflowplane.kits.ws_tap import FrameReader, header_length
 from workflowplane.protocol.binary import request_id_of as binary_request_id
 
 HEAD_BYTES = 512  # enough of an oversized message to find its requestID
@@ -77,23 +78,6 @@ class MessageSink(Protocol):
     def set_exception(self, exc: BaseException) -> None: ...
 
 
-class FrameParser(Protocol):
-    """aiohttp's WebSocket reader, as far as the guard delegates to it."""
-
-    def feed_data(self, data: bytes) -> tuple[bool, bytes]: ...
-
-    def feed_eof(self) -> None: ...
-
-
-def _header_length(header: bytes | bytearray) -> int:
-    """Bytes the frame header needs, judged from what has arrived (at least 2)."""
-    if len(header) < 2:
-        return 2
-    flag = header[1] & 0x7F
-    extended = 2 if flag == 126 else 8 if flag == 127 else 0
-    return 2 + extended + (4 if header[1] & 0x80 else 0)
-
-
 @dataclass
 class _Frame:
     fin: bool
@@ -134,7 +118,7 @@ class FrameGuard:
     """Stands where aiohttp's WebSocket parser stands (fed the socket's bytes) and bounds
     each data message to ``limit`` bytes; see the module docstring."""
 
-    def __init__(self, inner: FrameParser, queue: MessageSink, limit: int) -> None:
+    def __init__(self, inner: FrameReader, queue: MessageSink, limit: int) -> None:
         self._inner = inner
         self._queue = queue
         self._limit = limit
@@ -208,7 +192,7 @@ class FrameGuard:
             self._end_frame(frame)
 
     def _read_header(self, data: memoryview, pos: int) -> int:
-        while (missing := _header_length(self._header) - len(self._header)) > 0:
+        while (missing := header_length(self._header) - len(self._header)) > 0:
             if pos >= len(data):
                 return pos
             piece = data[pos : pos + missing]

@@ -36,7 +36,7 @@ class FrameReader(Protocol):
     def feed_eof(self) -> None: ...
 
 
-def _header_length(header: bytes | bytearray) -> int:
+def header_length(header: bytes | bytearray) -> int:
     """Bytes a frame header needs, judged from what has arrived (at least 2)."""
     if len(header) < 2:
         return 2
@@ -115,12 +115,12 @@ class FrameTap:
         return start, start + length
 
     def _read_header(self, data: memoryview, pos: int) -> int:
-        missing = _header_length(self._header) - len(self._header)
+        missing = header_length(self._header) - len(self._header)
         while missing > 0 and pos < len(data):
             piece = data[pos : pos + missing]
             self._header += piece
             pos += len(piece)
-            missing = _header_length(self._header) - len(self._header)
+            missing = header_length(self._header) - len(self._header)
         if missing > 0:
             return pos  # the rest of the header comes with the next read
         header, self._header = bytes(self._header), bytearray()

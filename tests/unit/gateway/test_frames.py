@@ -14,23 +14,11 @@ from aiohttp import WSMsgType
 from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
 from aiohttp.http_websocket import WebSocketError
 
+from tests.unit.ws_stand_ins import FakeProtocol
 from workflowplane.gateway.frames import HEAD_BYTES, FrameGuard, OversizedMessage, request_id_of
 
 MASK = b"\x11\x22\x33\x44"
 LIMIT = 64 * 1024
-
-
-class FakeProtocol:
-    """What aiohttp's data queue asks of the HTTP protocol: pause and resume reading."""
-
-    def __init__(self) -> None:
-        self._reading_paused = False
-
-    def pause_reading(self) -> None:
-        self._reading_paused = True
-
-    def resume_reading(self) -> None:
-        self._reading_paused = False
 
 
 def frame(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0) -> bytes:

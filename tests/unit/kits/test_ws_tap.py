@@ -14,22 +14,10 @@ from aiohttp import WSMsgType, web
 from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
 from aiohttp.test_utils import TestServer
 
+from tests.unit.ws_stand_ins import FakeProtocol
 from workflowplane.kits.ws_tap import FrameTap, TappedWebSocket
 
 LIMIT = 64 * 1024
-
-
-class FakeProtocol:
-    """What aiohttp's data queue asks of the HTTP protocol: pause and resume reading."""
-
-    def __init__(self) -> None:
-        self._reading_paused = False
-
-    def pause_reading(self) -> None:
-        self._reading_paused = True
-
-    def resume_reading(self) -> None:
-        self._reading_paused = False
 
 
 def frame(
