@@ -139,8 +139,26 @@ def forward_headers(
     pairs = headers.items() if isinstance(headers, Mapping) else headers
     for name, value in pairs:
         if name.lower() not in REQUEST_HOP_BY_HOP and not is_caller_credential(name):
+            if not (value.isascii() or _utf8(value)):
+                raise NotUtf8Header(name)
             kept.setdefault(name, []).append(value)
     return kept or dict(NO_HEADERS)
+
+
+class NotUtf8Header(ValueError):
+    """A request header a frame cannot carry: its bytes are not UTF-8 text."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"request header {name} is not UTF-8 text; a frame cannot carry it")
+
+
+def _utf8(text: str) -> bool:
+    """Whether ``text`` (read with surrogateescape) was UTF-8 as sent."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def degraded_query(query: Any, request_timeout: float) -> str:
@@ -292,12 +310,16 @@ class KubeProxy:
         conn = self._connections.pick(target.plane_type, target.plane_id, target.key)
         if conn is None:
             return unsent(k8s_status(502, f"no agent connection for {target.key}", "Unavailable"))
+        try:
+            sent_headers = forward_headers(headers)
+        except NotUtf8Header as exc:
+            return k8s_status(400, str(exc), "BadRequest")
         frame = TunnelRequest(
             request_id=new_request_id(),
             method=method,
             path=path,
             query=query,
-            headers=forward_headers(headers),
+            headers=sent_headers,
             body=body,
         )
         return conn, frame
@@ -532,6 +554,8 @@ class KubeProxy:
             return self.count(k8s_status(502, f"agent did not {what} in time", "Timeout"))
         except ConnectionError as exc:
             return self.count(k8s_status(502, f"agent connection lost: {exc}", "Unavailable"))
+        except NotUtf8Header as exc:  # nothing was sent
+            return self.count(k8s_status(400, str(exc), "BadRequest"))
         finally:
             self.release_stream(conn, rid)
             if not degraded:  # OpenChoreo's agent knows no such stream (it would log it)

@@ -16,9 +16,14 @@ None): it must not use ``asyncio.timeout``, which needs one.
 from __future__ import annotations
 
 import asyncio
+import inspect
+import logging
 import types
 from collections.abc import Coroutine, Generator
+from functools import partial
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def start_eagerly(
@@ -29,7 +34,28 @@ def start_eagerly(
         awaited = coro.send(None)
     except StopIteration:
         return None
-    return loop.create_task(_resume(coro, awaited))
+    task = loop.create_task(_resume(coro, awaited))
+    task.add_done_callback(partial(_settle, coro, awaited))
+    return task
+
+
+def _settle(coro: Coroutine[Any, Any, None], awaited: Any, task: asyncio.Task[None]) -> None:
+    """A task cancelled before its first step never resumed ``coro``: it is still waiting
+    where it first waited. As in a task of its own, what it waits for is cancelled and so is
+    it (its ``except`` and ``finally`` blocks run); whatever it waits for after that, it is
+    closed there."""
+    if inspect.getcoroutinestate(coro) != inspect.CORO_SUSPENDED:
+        return
+    if asyncio.isfuture(awaited):
+        awaited.cancel()
+    try:
+        coro.throw(asyncio.CancelledError())
+    except (asyncio.CancelledError, StopIteration):
+        return
+    except Exception:
+        log.exception("a coroutine cancelled before it resumed failed as it ended")
+        return
+    coro.close()
 
 
 async def _resume(coro: Coroutine[Any, Any, None], awaited: Any) -> None:

@@ -250,6 +250,10 @@ class FrontProtocol(asyncio.Protocol):
     # ---- parser callbacks ----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self._completed_in_feed and self._task is None:
+            # the previous request of this read was answered at once (its handler never
+            # waited) and its end is done: this one was sent before that answer
+            raise _Refused(400, PIPELINED)
         if self._task is not None or self._completed_in_feed:
             self._start_known = False  # pipelined: sent before the last answer went out
         self._keep_raw = self._start_known

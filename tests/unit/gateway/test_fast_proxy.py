@@ -243,3 +243,26 @@ async def test_a_whole_answer_is_written_as_it_is_read_and_counted_once(
         {"plane_id": "unknown", "verb": "list", "code": str(status)},
     )
     assert counted == 1 and not conn.answer_now and not conn.pending
+
+
+async def test_a_header_that_is_not_utf8_gets_a_400_naming_it_not_a_500() -> None:
+    """Its bytes (read as surrogates) cannot travel in a frame; the caller is told which
+    header, and nothing is sent."""
+    socket = AgentSocket()
+    conn = AgentConnection("workflowplane", "p1", socket, LEAF, {"team-a/build"}, binary=True)
+    connections: Any = ServingConnections(conn, "team-a/build")
+    metrics = GatewayMetrics()
+    proxy = FastProxy(
+        KubeProxy(connections, GatewayConfig(), metrics),
+        connections,
+        InFlight(),
+        AnswerLog(metrics),
+    )
+    headers = [("Accept", "application/json"), ("X-Label", "caf\udcc3\udca9\udcff")]
+    handler = proxy.route("GET", PLAIN, headers)
+    assert handler is not None
+    answers: Any = Answers()
+    await handler(Request("GET", PLAIN, headers, b""), answers)
+    ((status, _, body),) = answers.written
+    assert status == 400 and b"X-Label is not UTF-8" in body
+    assert socket.frames == [] and not conn.pending

@@ -98,3 +98,27 @@ async def test_what_it_raises_is_the_tasks_exception() -> None:
     answer.set_result(None)
     with pytest.raises(ValueError, match="broken"):
         await task
+
+
+async def test_a_task_cancelled_before_its_first_step_still_cancels_the_coroutine() -> None:
+    """As a task of its own would: what it waits for is cancelled, its cleanup runs."""
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[str] = loop.create_future()
+    seen: list[str] = []
+
+    async def handler() -> None:
+        try:
+            seen.append(await answer)
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+        finally:
+            seen.append("cleaned up")
+
+    task = start_eagerly(loop, handler())
+    assert task is not None
+    task.cancel()  # before the loop ran the task at all
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0)  # the task's done callbacks
+    assert seen == ["cancelled", "cleaned up"] and answer.cancelled()

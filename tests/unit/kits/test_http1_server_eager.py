@@ -10,6 +10,19 @@ from typing import Any
 from workflowplane.kits.http1_server import FrontServer, Limits, Request, Responder
 
 
+async def read(protocol: Any, data: bytes) -> None:
+    """``data`` read as a socket's callback reads it: in a pass of the loop, outside any task
+    (so a handler begun there has no current task, as in the server)."""
+    done = asyncio.Event()
+
+    def callback() -> None:
+        protocol.data_received(data)
+        done.set()
+
+    asyncio.get_running_loop().call_soon(callback)
+    await done.wait()
+
+
 class Transport:
     """What the protocol writes, and whether it closed."""
 
@@ -46,6 +59,7 @@ async def test_a_handler_begins_in_the_read_and_its_wait_goes_on_as_a_task() -> 
 
     async def handler(request: Request, respond: Responder) -> None:
         began.append(request.target)  # a proxy sends the request on here
+        assert asyncio.current_task() is None  # begun in the read, not in a task
         answer: asyncio.Future[bytes] = loop.create_future()
         answers.append(answer)
         respond.whole(200, [], await answer)
@@ -56,8 +70,8 @@ async def test_a_handler_begins_in_the_read_and_its_wait_goes_on_as_a_task() -> 
     transport = Transport()
     protocol.connection_made(transport)  # type: ignore[arg-type]
     for number in (1, 2):
-        protocol.data_received(b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % number)
-        assert began[-1] == f"/{number}"  # before any pass of the loop
+        await read(protocol, b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % number)
+        assert began[-1] == f"/{number}"  # in the read's own callback
         answered.clear()
         answers[-1].set_result(b"answer %d" % number)
         await answered.wait()
@@ -87,12 +101,31 @@ async def test_a_request_sent_on_an_answer_written_before_its_handler_ended_is_s
     protocol = server()
     transport = Transport()
     protocol.connection_made(transport)  # type: ignore[arg-type]
-    protocol.data_received(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    await read(protocol, b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n")
     assert transport.written.endswith(b"answer /1")
-    protocol.data_received(b"GET /2 HTTP/1.1\r\nHost: x\r\n\r\n")  # before /1's handler ended
+    await read(protocol, b"GET /2 HTTP/1.1\r\nHost: x\r\n\r\n")  # before /1's handler ended
     assert served == ["/1"]
     finish.set_result(None)
     await asyncio.wait_for(second.wait(), 10)  # refused as pipelining, it never comes
     assert served == ["/1", "/2"] and transport.written.endswith(b"answer /2")
     assert b"pipelined" not in transport.written and not transport.closed
+    protocol.connection_lost(None)
+
+
+async def test_a_request_pipelined_behind_one_answered_at_once_is_refused_at_once() -> None:
+    """The first handler never waits, so its end comes inside the read: the next request in
+    that read was sent before its answer. It is refused there and then, not left to grow."""
+
+    async def handler(request: Request, respond: Responder) -> None:
+        respond.whole(502, [], b"no agent")
+
+    server = FrontServer(lambda method, target, headers: handler, asyncio.Protocol, Limits())
+    protocol = server()
+    transport = Transport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    await read(protocol, b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nX-Pad: ")
+    assert transport.written.startswith(b"HTTP/1.1 502")
+    assert b"HTTP/1.1 400" in transport.written and b"pipelined" in transport.written
+    await read(protocol, b" " * 100_000)  # read and dropped while the refusal lingers
+    assert transport.written.count(b"HTTP/1.1") == 2
     protocol.connection_lost(None)
