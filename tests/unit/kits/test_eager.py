@@ -58,9 +58,10 @@ async def test_an_exception_of_what_it_waits_for_is_its_own_to_catch() -> None:
     assert [str(exc) for exc in caught] == ["late"]
 
 
-@pytest.mark.parametrize("answered_first", [False, True])
-async def test_cancelling_the_task_cancels_the_coroutine(answered_first: bool) -> None:
-    """While it waits, or after what it waited for was done but before it resumed."""
+@pytest.mark.parametrize("moment", ["before its first step", "waiting", "answered, not resumed"])
+async def test_cancelling_the_task_cancels_the_coroutine(moment: str) -> None:
+    """As a task of its own would, whenever the cancellation comes: what it waits for is
+    cancelled (unless done), and its cleanup runs."""
     loop = asyncio.get_running_loop()
     answer: asyncio.Future[str] = loop.create_future()
     seen: list[str] = []
@@ -76,13 +77,16 @@ async def test_cancelling_the_task_cancels_the_coroutine(answered_first: bool) -
 
     task = start_eagerly(loop, handler())
     assert task is not None
-    await asyncio.sleep(0)  # the task is waiting
-    if answered_first:
+    if moment != "before its first step":
+        await asyncio.sleep(0)  # the task is waiting
+    if moment == "answered, not resumed":
         answer.set_result("too late")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    await asyncio.sleep(0)  # the task's done callbacks
     assert seen == ["cancelled", "cleaned up"] and task.cancelled()
+    assert answer.cancelled() or moment == "answered, not resumed"
 
 
 async def test_what_it_raises_is_the_tasks_exception() -> None:
@@ -98,27 +102,3 @@ async def test_what_it_raises_is_the_tasks_exception() -> None:
     answer.set_result(None)
     with pytest.raises(ValueError, match="broken"):
         await task
-
-
-async def test_a_task_cancelled_before_its_first_step_still_cancels_the_coroutine() -> None:
-    """As a task of its own would: what it waits for is cancelled, its cleanup runs."""
-    loop = asyncio.get_running_loop()
-    answer: asyncio.Future[str] = loop.create_future()
-    seen: list[str] = []
-
-    async def handler() -> None:
-        try:
-            seen.append(await answer)
-        except asyncio.CancelledError:
-            seen.append("cancelled")
-            raise
-        finally:
-            seen.append("cleaned up")
-
-    task = start_eagerly(loop, handler())
-    assert task is not None
-    task.cancel()  # before the loop ran the task at all
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    await asyncio.sleep(0)  # the task's done callbacks
-    assert seen == ["cancelled", "cleaned up"] and answer.cancelled()

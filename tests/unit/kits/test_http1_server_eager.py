@@ -7,7 +7,16 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from workflowplane.kits.http1_server import FrontServer, Limits, Request, Responder
+from workflowplane.kits.http1_server import FrontServer, Handler, Limits, Request, Responder
+
+
+def connected(handler: Handler) -> tuple[Any, Transport]:
+    """A lean server's connection whose every request ``handler`` serves."""
+    server = FrontServer(lambda method, target, headers: handler, asyncio.Protocol, Limits())
+    protocol = server()
+    transport = Transport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    return protocol, transport
 
 
 async def read(protocol: Any, data: bytes) -> None:
@@ -65,10 +74,7 @@ async def test_a_handler_begins_in_the_read_and_its_wait_goes_on_as_a_task() -> 
         respond.whole(200, [], await answer)
         answered.set()
 
-    server = FrontServer(lambda method, target, headers: handler, asyncio.Protocol, Limits())
-    protocol = server()
-    transport = Transport()
-    protocol.connection_made(transport)  # type: ignore[arg-type]
+    protocol, transport = connected(handler)
     for number in (1, 2):
         await read(protocol, b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % number)
         assert began[-1] == f"/{number}"  # in the read's own callback
@@ -97,10 +103,7 @@ async def test_a_request_sent_on_an_answer_written_before_its_handler_ended_is_s
         else:
             second.set()
 
-    server = FrontServer(lambda method, target, headers: handler, asyncio.Protocol, Limits())
-    protocol = server()
-    transport = Transport()
-    protocol.connection_made(transport)  # type: ignore[arg-type]
+    protocol, transport = connected(handler)
     await read(protocol, b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n")
     assert transport.written.endswith(b"answer /1")
     await read(protocol, b"GET /2 HTTP/1.1\r\nHost: x\r\n\r\n")  # before /1's handler ended
@@ -119,10 +122,7 @@ async def test_a_request_pipelined_behind_one_answered_at_once_is_refused_at_onc
     async def handler(request: Request, respond: Responder) -> None:
         respond.whole(502, [], b"no agent")
 
-    server = FrontServer(lambda method, target, headers: handler, asyncio.Protocol, Limits())
-    protocol = server()
-    transport = Transport()
-    protocol.connection_made(transport)  # type: ignore[arg-type]
+    protocol, transport = connected(handler)
     await read(protocol, b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nX-Pad: ")
     assert transport.written.startswith(b"HTTP/1.1 502")
     assert b"HTTP/1.1 400" in transport.written and b"pipelined" in transport.written
