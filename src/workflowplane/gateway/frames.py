@@ -21,7 +21,6 @@ exercises them against the installed version.
 from __future__ import annotations
 
 import re
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -30,16 +29,18 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp._websocket.helpers import websocket_mask
 from aiohttp.http_websocket import WebSocketError, WSMessage
 
-from workflowplane.kits.ws_tap import FrameReader, header_length
+from workflowplane.kits.ws_tap import (
+    FrameReader,
+    header_length,
+    payload_length,
+    whole_binary_frame,
+)
 from workflowplane.protocol.binary import request_id_of as binary_request_id
 
 HEAD_BYTES = 512  # enough of an oversized message to find its requestID
 _REQUEST_ID = re.compile(rb'"requestID"\s*:\s*"([^"\\]{1,200})"')
 _OP_CONTINUATION, _OP_TEXT, _OP_BINARY = 0x0, 0x1, 0x2
 _DATA_OPCODES = frozenset({_OP_CONTINUATION, _OP_TEXT, _OP_BINARY})
-_FIN_BINARY = 0x80 | _OP_BINARY
-_SHORT_MASKED = 2 + 4  # a frame header with a 7-bit length and a mask
-_U16, _U64 = struct.Struct("!H"), struct.Struct("!Q")
 
 
 class ResponseTooLarge(Exception):
@@ -150,23 +151,12 @@ class FrameGuard:
         """Deliver the masked binary single-frame messages within the limit that ``data``
         holds whole, from its start (every answer, when the socket keeps up); the bytes
         used. The rest, and anything else, goes the general way, frame state and all."""
-        pos, end = 0, len(data)
-        while end - pos >= _SHORT_MASKED and data[pos] == _FIN_BINARY and data[pos + 1] & 0x80:
-            flag = data[pos + 1] & 0x7F
-            if flag < 126:
-                start, length = pos + _SHORT_MASKED, flag
-            elif flag == 126 and end - pos >= _SHORT_MASKED + 2:
-                start, length = pos + _SHORT_MASKED + 2, _U16.unpack_from(data, pos + 2)[0]
-            elif flag == 127 and end - pos >= _SHORT_MASKED + 8:
-                start, length = pos + _SHORT_MASKED + 8, _U64.unpack_from(data, pos + 2)[0]
-            else:
-                break
-            if length > self._limit or start + length > end:
-                break
-            payload = bytearray(data[start : start + length])
+        pos, below = 0, self._limit + 1  # the guard's limit is the largest message taken
+        while (whole := whole_binary_frame(data, pos, masked=True, below=below)) is not None:
+            start, pos = whole
+            payload = bytearray(data[start:pos])
             if payload:
                 websocket_mask(bytes(data[start - 4 : start]), payload)
-            pos = start + length
             if self.direct is None or not self.direct(payload):
                 self._queue.feed_data(WSMessage(WSMsgType.BINARY, payload, None), len(payload))
         return pos
@@ -205,13 +195,7 @@ class FrameGuard:
 
     def _start_frame(self, header: bytes) -> _Frame:
         fin, reserved, opcode = bool(header[0] & 0x80), header[0] & 0x70, header[0] & 0x0F
-        flag = header[1] & 0x7F
-        if flag == 126:
-            length = struct.unpack_from("!H", header, 2)[0]
-        elif flag == 127:
-            length = struct.unpack_from("!Q", header, 2)[0]
-        else:
-            length = flag
+        length = payload_length(header)
         mask = header[-4:] if header[1] & 0x80 else None
         if reserved or opcode not in _DATA_OPCODES:
             self._pass(header)

@@ -26,6 +26,7 @@ _FIN_BINARY: Final = 0x82  # FIN, no reserved bits, opcode 2
 _FIN: Final = 0x80
 _CONTROL: Final = 0x8  # opcodes from here on: close, ping, pong
 _U16, _U64 = struct.Struct("!H"), struct.Struct("!Q")
+_EXTENDED: Final = {126: 2, 127: 8}  # length flag -> bytes of extended length that follow
 
 
 class FrameReader(Protocol):
@@ -44,13 +45,33 @@ def header_length(header: bytes | bytearray) -> int:
     return 2 + (2 if flag == 126 else 8 if flag == 127 else 0) + (4 if header[1] & 0x80 else 0)
 
 
-def _payload_length(header: bytes | bytearray) -> int:
+def payload_length(header: bytes | bytearray | memoryview) -> int:
+    """The payload length a whole frame header gives."""
     flag = header[1] & 0x7F
     if flag == 126:
         return int(_U16.unpack_from(header, 2)[0])
     if flag == 127:
         return int(_U64.unpack_from(header, 2)[0])
     return flag
+
+
+def whole_binary_frame(
+    data: memoryview, pos: int, *, masked: bool, below: int
+) -> tuple[int, int] | None:
+    """Where the payload of the unfragmented binary frame at ``pos`` lies (after its mask,
+    when ``masked``), if ``data`` holds it whole and it is under ``below`` bytes; else None
+    (another kind of frame, masked or not as asked, split, or too large)."""
+    end = len(data)
+    if end - pos < 2 or data[pos] != _FIN_BINARY or bool(data[pos + 1] & 0x80) != masked:
+        return None
+    extended = _EXTENDED.get(data[pos + 1] & 0x7F, 0)
+    start = pos + 2 + extended + (4 if masked else 0)
+    if start > end:
+        return None
+    length = payload_length(data[pos : pos + 2 + extended])
+    if length >= below or start + length > end:
+        return None
+    return start, start + length
 
 
 class FrameTap:
@@ -89,7 +110,7 @@ class FrameTap:
                 pos = self._pass(view, pos, min(self._passing, end - pos))
             elif self._taking is not None:
                 pos = self._collect(view, pos)
-            elif not self._header and (whole := self._whole_at(view, pos)):
+            elif not self._header and (whole := self._whole_at(view, pos)) is not None:
                 start, stop = whole
                 self._take(bytes(view[start:stop]))
                 pos = stop
@@ -99,20 +120,9 @@ class FrameTap:
 
     def _whole_at(self, data: memoryview, pos: int) -> tuple[int, int] | None:
         """Where the payload of a message to take lies, when it is whole in ``data``."""
-        if data[pos] != _FIN_BINARY or self._inner_message or len(data) - pos < 2:
+        if self._inner_message:
             return None
-        flag = data[pos + 1]  # the mask bit set: not ours to take
-        if flag < 126:
-            start, length = pos + 2, flag
-        elif flag == 126 and len(data) - pos >= 4:
-            start, length = pos + 4, _U16.unpack_from(data, pos + 2)[0]
-        elif flag == 127 and len(data) - pos >= 10:
-            start, length = pos + 10, _U64.unpack_from(data, pos + 2)[0]
-        else:
-            return None
-        if length >= self._limit or start + length > len(data):
-            return None
-        return start, start + length
+        return whole_binary_frame(data, pos, masked=False, below=self._limit)
 
     def _read_header(self, data: memoryview, pos: int) -> int:
         missing = header_length(self._header) - len(self._header)
@@ -124,7 +134,7 @@ class FrameTap:
         if missing > 0:
             return pos  # the rest of the header comes with the next read
         header, self._header = bytes(self._header), bytearray()
-        length = _payload_length(header)
+        length = payload_length(header)
         unmasked = not header[1] & 0x80
         if (
             header[0] == _FIN_BINARY
