@@ -139,28 +139,43 @@ class FastProxy:
             return
         conn, frame = sending
         what = what._replace(request_id=frame.request_id)
-        early = _EarlyAnswer(self._proxy, respond)
-        conn.answer_now[frame.request_id] = early
+        answered: list[TunnelResponse] = []
+
+        def answer_now(reply: TunnelResponse) -> None:
+            """A plain whole answer, written to the caller as the agent's answer is read (in
+            the socket's read callback), not a pass of the loop later when this task resumes.
+            An error or a status HTTP cannot carry is left to the task, as before."""
+            if reply.error is None and final_status(reply.status_code):
+                answered.append(reply)
+                self._answer(what, self._proxy.plain_answer(reply), respond)
+
+        conn.answer_now[frame.request_id] = answer_now
         try:
             reply = await self._proxy.ask(conn, frame, what.verb)
         finally:
             conn.answer_now.pop(frame.request_id, None)
-        if early.status:
-            self._answers.record(what, early.status)
+        if answered:
             return
         if isinstance(reply, web.Response):
             conn.bodies.pop(frame.request_id, None)
             self._error(what, reply, respond)
             return
         answer = await self._proxy.answer_of(conn, reply, f"a request of {what.path}")
-        if isinstance(answer, web.Response):
-            self._error(what, answer, respond)
-        elif isinstance(answer, StreamBuffer):
+        if isinstance(answer, StreamBuffer):
             await self._relay(conn, what, reply, answer, respond)
         else:
-            status, headers, payload = answer
-            respond.whole(status, headers, payload)
-            self._answers.record(what, status)  # counted once the answer is on its way
+            self._answer(what, answer, respond)
+
+    def _answer(
+        self, what: Answered, answer: tuple[int, Headers, bytes] | web.Response, respond: Responder
+    ) -> None:
+        """A whole answer: the plane's, or the gateway's own error; counted once it is sent."""
+        if isinstance(answer, web.Response):
+            self._error(what, answer, respond)
+            return
+        status, headers, payload = answer
+        respond.whole(status, headers, payload)
+        self._answers.record(what, status)
 
     async def _relay(
         self,
@@ -192,26 +207,3 @@ class FastProxy:
         ]
         body = answer.body if isinstance(answer.body, bytes) else b""
         respond.whole(answer.status, headers, body)
-
-
-class _EarlyAnswer:
-    """Writes a plain whole answer to its caller as the agent's answer is read (called by
-    the agent endpoint in the socket's read callback), not a trip through the event loop
-    later when the waiting task resumes; that task then only counts it. Anything else (an
-    error, a status HTTP cannot carry) is left to the task, which answers it as before."""
-
-    __slots__ = ("_proxy", "_respond", "status")
-
-    def __init__(self, proxy: KubeProxy, respond: Responder) -> None:
-        self._proxy, self._respond = proxy, respond
-        self.status = 0  # the status written, once written
-
-    def __call__(self, reply: TunnelResponse) -> None:
-        if reply.error is not None or not final_status(reply.status_code):
-            return
-        answer = self._proxy.plain_answer(reply)
-        if isinstance(answer, web.Response):  # not for these replies; the task's, if ever
-            return
-        status, headers, payload = answer
-        self._respond.whole(status, headers, payload)
-        self.status = status
