@@ -505,9 +505,13 @@ class KubeProxy:
             self._metrics.streams_in_flight.labels(conn.plane_id).dec()
 
     def _stream_frame(
-        self, request: web.Request, rid: str, path: str, degraded: bool
+        self,
+        request: web.Request,
+        rid: str,
+        path: str,
+        degraded: bool,
+        headers: dict[str, list[str]],
     ) -> TunnelRequest | StreamInit:
-        headers = forward_headers(request.headers)
         if degraded:
             query = degraded_query(request.query, self._config.request_timeout_seconds)
             return TunnelRequest(
@@ -528,13 +532,17 @@ class KubeProxy:
         A v1 agent (OpenChoreo's) would take a stream init for a plain request and answer
         only when the watch ends, so it gets a bounded plain request instead; its answer is
         the caller's whole answer. Either way the stream counts against the caps."""
+        try:
+            headers = forward_headers(request.headers)
+        except NotUtf8Header as exc:  # nothing opened, nothing sent
+            return self.count(k8s_status(400, str(exc), "BadRequest"))
         slot = self.stream_slot(target)
         if isinstance(slot, web.Response):
             return self.count(slot)
         conn, degraded = slot, not slot.v2
         rid, buffer = self.open_stream(request, conn, target.key)
         try:
-            await conn.send(self._stream_frame(request, rid, path, degraded))
+            await conn.send(self._stream_frame(request, rid, path, degraded, headers))
             first = await asyncio.wait_for(buffer.get(), self._config.request_timeout_seconds)
             if not isinstance(first, TunnelResponse):
                 problem = first.problem if isinstance(first, StreamEnd) else None
@@ -554,8 +562,6 @@ class KubeProxy:
             return self.count(k8s_status(502, f"agent did not {what} in time", "Timeout"))
         except ConnectionError as exc:
             return self.count(k8s_status(502, f"agent connection lost: {exc}", "Unavailable"))
-        except NotUtf8Header as exc:  # nothing was sent
-            return self.count(k8s_status(400, str(exc), "BadRequest"))
         finally:
             self.release_stream(conn, rid)
             if not degraded:  # OpenChoreo's agent knows no such stream (it would log it)

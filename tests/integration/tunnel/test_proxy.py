@@ -301,6 +301,7 @@ async def test_ca_rotation_changes_only_that_cr(
 
 async def test_bad_input_is_refused_with_the_right_status(
     control_plane: ApiServer,
+    crds: Path,
     workflow_plane: ApiServer,
     tmp_path: Path,
     namespace: str,
@@ -325,6 +326,10 @@ async def test_bad_input_is_refused_with_the_right_status(
                 assert resp.status == 400, sneaky
         async with session.request("TRACE", url) as resp:
             assert resp.status == 405
+        for query in ("", "?watch=true"):  # the lean path, aiohttp's stream path
+            answer = await _raw_get(gw, url + query, b"X-Label: caf\xff\r\n")
+            assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+            assert b"X-Label is not UTF-8" in answer
         conn = gw.gateway.connections.for_plane(WP, plane_id)[0]
         await conn.ws.send_str("not json")  # agents drop malformed frames and carry on
         await conn.ws.send_str(
@@ -344,12 +349,40 @@ def _sample(gw: RunningGateway, name: str, **labels: str) -> float:
     return gw.gateway.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
-async def _internal_session(gw: RunningGateway, limit: int = 100) -> aiohttp.ClientSession:
-    """A raw HTTP session with the internal client certificate (the client's own is private)."""
+async def _internal_ssl(gw: RunningGateway) -> ssl.SSLContext:
+    """The internal client certificate's TLS context (the client's own is private)."""
     secret = await gw.kube.get(Secret, INTERNAL_CLIENT_SECRET, namespace=GATEWAY_NAMESPACE)
     data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
-    context = client_ssl_context(data["ca.crt"], data["tls.crt"], data["tls.key"])
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context, limit=limit))
+    return client_ssl_context(data["ca.crt"], data["tls.crt"], data["tls.key"])
+
+
+async def _internal_session(gw: RunningGateway, limit: int = 100) -> aiohttp.ClientSession:
+    """A raw HTTP session with the internal client certificate."""
+    connector = aiohttp.TCPConnector(ssl=await _internal_ssl(gw), limit=limit)
+    return aiohttp.ClientSession(connector=connector)
+
+
+async def _raw_get(gw: RunningGateway, url: str, extra_head: bytes) -> bytes:
+    """A GET of ``url`` written byte for byte (``extra_head``: header lines a client library
+    would refuse to send), and its whole answer."""
+    target = yarl.URL(url, encoded=True)
+    reader, writer = await asyncio.open_connection(
+        target.host, target.port, ssl=await _internal_ssl(gw), server_hostname=target.host
+    )
+    try:
+        writer.write(
+            b"GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n%s\r\n"
+            % (target.raw_path_qs.encode(), target.host.encode(), extra_head)
+        )
+        got = b""
+        try:
+            while chunk := await asyncio.wait_for(reader.read(65536), 5):
+                got += chunk
+        except TimeoutError:
+            raise AssertionError(f"no end: {got!r}") from None
+        return got
+    finally:
+        writer.close()
 
 
 async def test_plain_requests_are_served_lean_and_a_connection_that_mixes_goes_on(
