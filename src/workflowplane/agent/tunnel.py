@@ -31,6 +31,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from urllib.parse import urlencode
 
@@ -594,19 +595,19 @@ class AgentTunnel:
         received_bytes = self.metrics.frame_bytes.labels("in")
         heard = _Heard(asyncio.get_running_loop())
 
-        def take(data: bytes) -> None:  # a v3 message, as the socket's bytes are read
+        def deliver(data: bytes | str, binary_message: bool) -> None:
             heard.now()
-            server.dispatch(data, binary=True)
+            server.dispatch(data, binary=binary_message)
             received_bytes.observe(len(data))
 
         tapped = ws.tap if binary and isinstance(ws, TappedWebSocket) else None
-        if tapped is not None:
-            tapped.start(take, self._max_frame)  # the rest still comes by receive()
+        if tapped is not None:  # v3 messages as the socket's bytes are read; the rest by receive()
+            tapped.start(partial(deliver, binary_message=True), self._max_frame)
         watcher = asyncio.create_task(self._close_on_request(ws))
         watchdog = asyncio.create_task(self._fail_when_silent(ws, heard))
         reason = "error"  # unless a way out below says otherwise (the metric's reason)
         try:
-            reason = await self._receive(ws, server, heard, binary)
+            reason = await self._receive(ws, deliver, heard, binary)
         except TimeoutError:
             reason = "timeout"
             log.warning("no traffic from the gateway for %.0fs: reconnecting", self._dead_after)
@@ -653,19 +654,19 @@ class AgentTunnel:
         return server
 
     async def _receive(
-        self, ws: aiohttp.ClientWebSocketResponse, server: FrameServer, heard: _Heard, binary: bool
+        self,
+        ws: aiohttp.ClientWebSocketResponse,
+        deliver: Callable[[bytes | str, bool], None],
+        heard: _Heard,
+        binary: bool,
     ) -> str:
-        """Serve what ``receive()`` brings until the connection ends; why it ended."""
-        received_bytes = self.metrics.frame_bytes.labels("in")
+        """Deliver what ``receive()`` brings until the connection ends; why it ended."""
         while True:
             message = await ws.receive()
-            heard.now()
+            heard.now()  # every message counts as traffic (pings, pongs too)
             if message.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                server.dispatch(
-                    message.data, binary=binary and message.type == aiohttp.WSMsgType.BINARY
-                )
-                received_bytes.observe(len(message.data))
-            elif message.type == aiohttp.WSMsgType.PING:  # pings count as traffic
+                deliver(message.data, binary and message.type == aiohttp.WSMsgType.BINARY)
+            elif message.type == aiohttp.WSMsgType.PING:
                 await ws.pong(message.data)
             elif message.type == aiohttp.WSMsgType.ERROR:
                 log.warning("websocket error: %s (frame too large?)", ws.exception())
