@@ -254,7 +254,7 @@ class FrontProtocol(asyncio.Protocol):
             # the previous request of this read was answered at once (its handler never
             # waited) and its end is done: this one was sent before that answer
             raise _Refused(400, PIPELINED)
-        if self._task is not None or self._completed_in_feed:
+        if self._task is not None:
             self._start_known = False  # pipelined: sent before the last answer went out
         self._keep_raw = self._start_known
         self._url.clear()
@@ -285,15 +285,13 @@ class FrontProtocol(asyncio.Protocol):
         assert request is not None
         request.method = self._parser.get_method().decode("ascii")
         request.target = self._url.decode("utf-8", "surrogateescape")
+        if self._task is not None or not self._start_known:
+            raise _Refused(400, PIPELINED)
         handler = None
         if self._parser.get_http_version() == "1.1" and not self._parser.should_upgrade():
             handler = self._server.router(request.method, request.target, request.headers)
         if handler is None:
-            if self._task is not None or not self._start_known:
-                raise _Refused(400, PIPELINED)
             raise _HandOff
-        if self._task is not None or not self._start_known:
-            raise _Refused(400, PIPELINED)
         self._handler = handler
         self._keep_raw = False
         self._raw.clear()
