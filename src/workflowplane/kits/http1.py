@@ -22,9 +22,10 @@ import asyncio
 import re
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from functools import partial
 from types import TracebackType
-from typing import Final
+from typing import Any, Final, TypeVar
 from urllib.parse import quote, urlsplit
 
 import httptools  # type: ignore[import-untyped]
@@ -32,6 +33,7 @@ import httptools  # type: ignore[import-untyped]
 HEAD_LIMIT: Final = 1024 * 1024  # status line and headers of one response
 HIGH_WATER: Final = 4 * 1024 * 1024  # body bytes held before the socket is no longer read
 LOW_WATER: Final = 1024 * 1024  # ... and read again once this little is held
+READ_BUFFER: Final = 256 * 1024  # bytes read from the socket at once, per pool
 IDLE_SECONDS: Final = 30.0  # an idle connection older than this is closed, not reused
 RETRY_SAFE: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 # Framing headers: written by the client from the request itself, never taken from a caller.
@@ -42,6 +44,7 @@ _VISIBLE: Final = re.compile(r"[\x21-\x7e]+")
 _TARGET_SAFE: Final = "!#$%&'()*+,/:;=?@[]~"  # kept as they are; everything else is encoded
 
 Headers = list[tuple[str, str]]
+T = TypeVar("T")
 
 
 class Http1Error(ConnectionError):
@@ -155,10 +158,17 @@ class Http1Response:
         self._wake()
 
 
-class _Connection(asyncio.Protocol):
-    """One keep-alive connection; at most one exchange at a time."""
+class _Connection(asyncio.BufferedProtocol):
+    """One keep-alive connection; at most one exchange at a time.
 
-    def __init__(self) -> None:
+    Read into ``read_buffer`` (buffered: TLS is decrypted straight into it, several records
+    at once), not handed a new ``bytes`` per read: for a large body that saves a copy of
+    every byte, and an allocation of the largest read size per TLS record (big enough to be
+    mapped and zeroed afresh). One buffer serves all of a pool's connections: each read is
+    parsed at once, in the same callback, and the parser copies out what it keeps."""
+
+    def __init__(self, read_buffer: memoryview) -> None:
+        self._read_buffer = read_buffer
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.lost = False
@@ -179,7 +189,13 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._read_buffer[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         if self.response is None:  # nothing was asked: a server that talks out of turn
             self.abort()
             return
@@ -305,6 +321,25 @@ class _Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
 
+async def in_own_task(
+    loop: asyncio.AbstractEventLoop, work: Coroutine[Any, Any, T], undo: Callable[[T], None]
+) -> T:
+    """``work`` in a task of its own, cancelled with its caller: ``asyncio.timeout`` needs a
+    task, and a request may be begun outside any (kits.eager). What ``work`` got is undone
+    (``undo``) when the caller is cancelled after it succeeded."""
+    task = loop.create_task(work)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if task.done() and not task.cancelled() and task.exception() is None:
+            undo(task.result())
+        raise
+
+
+def _release(slots: asyncio.Semaphore) -> None:
+    slots.release()
+
+
 def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
@@ -347,6 +382,7 @@ class Http1Pool:
         self._ssl = ssl_context if parts.scheme == "https" else None
         self._prefix = parts.path.rstrip("/")
         self._idle: list[_Connection] = []
+        self._read_buffer = memoryview(bytearray(READ_BUFFER))
         self.slots = asyncio.Semaphore(limit)
         self._connect_timeout = connect_timeout
         self._closed = False
@@ -393,11 +429,13 @@ class Http1Pool:
         if self._closed:
             raise Http1Error("the client is closed")
         seconds = self._connect_timeout if within is None else min(self._connect_timeout, within)
-        seconds = max(seconds, 0.0)
+        return await in_own_task(loop, self._connect(max(seconds, 0.0)), _Connection.abort)
+
+    async def _connect(self, seconds: float) -> _Connection:
         try:  # not wait_for: on 3.11 it can swallow a cancellation that comes as it connects
             async with asyncio.timeout(seconds):
-                _, connection = await loop.create_connection(
-                    _Connection, self._host, self._port, ssl=self._ssl
+                _, connection = await self.loop.create_connection(
+                    partial(_Connection, self._read_buffer), self._host, self._port, ssl=self._ssl
                 )
         except TimeoutError:
             message = f"connecting to {self._authority} took over {seconds:g}s"
@@ -475,11 +513,15 @@ class Exchange:
         if self._deadline is None or not slots.locked():
             await slots.acquire()
             return
+        await in_own_task(self._pool.loop, self._acquire_by(slots, self._deadline), _release)
+
+    async def _acquire_by(self, slots: asyncio.Semaphore, deadline: float) -> asyncio.Semaphore:
         try:
-            async with asyncio.timeout_at(self._deadline):
+            async with asyncio.timeout_at(deadline):
                 await slots.acquire()
         except TimeoutError:
             raise self._timed_out() from None
+        return slots
 
     def _within(self) -> float | None:
         return None if self._deadline is None else self._deadline - self._pool.loop.time()
