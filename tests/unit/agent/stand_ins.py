@@ -40,7 +40,7 @@ class Upstream:
     def observe(self, trace: aiohttp.TraceConfig) -> None:
         self.traces.append(trace)
 
-    async def request(self, *_: Any) -> UpstreamResult:
+    async def request(self, *_: Any, **__: Any) -> UpstreamResult:
         self.asked += 1
         await self.gate.wait()
         return UpstreamResult(self.status, {}, b"not ready" if self.status != 200 else b"ok")
