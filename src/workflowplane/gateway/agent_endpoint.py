@@ -40,6 +40,7 @@ from workflowplane.protocol import (
     TunnelResponse,
     classify_gateway_frame,
     decode_binary,
+    take_chunk,
 )
 from workflowplane.protocol.binary import request_id_of as binary_request_id
 from workflowplane.protocol.http import AGENT_INSTANCE_HEADER, UNSENT_HEADER
@@ -265,16 +266,24 @@ class AgentEndpoint:
         future = conn.pending.get(rid) if stream is None else None
         if stream is None and (future is None or future.done()):
             return False
+        size = len(data)
         try:
+            if stream is not None and not stream.whole_chunks:  # a body's bytes: not copied
+                taken = take_chunk(data)
+                if taken is not None:
+                    conn.seen()
+                    _feed_chunk(stream, *taken)
+                    self._metrics.frame_in.observe(size)
+                    return True
             frame = decode_binary(data)
         except UNDECODABLE:
             return False
         if stream is None and not isinstance(frame, TunnelResponse):
             return False
         conn.seen()
-        taken = self._dispatch(conn, frame)
-        self._metrics.frame_in.observe(len(data))
-        return taken
+        delivered = self._dispatch(conn, frame)
+        self._metrics.frame_in.observe(size)
+        return delivered
 
     def _route_frame(
         self, conn: AgentConnection, raw: str | bytes | bytearray, binary: bool = False
@@ -339,8 +348,13 @@ def _feed(stream: StreamBuffer, frame: Frame) -> None:
             stream.put(frame)
             if frame.is_close is True:
                 stream.end()
-        elif frame.is_close is True:
-            problem = frame.data.decode(errors="replace") if frame.data else None
-            stream.end(StreamEnd(problem))
-        elif frame.data:
-            stream.put(frame.data)
+        else:
+            _feed_chunk(stream, frame, frame.data)
+
+
+def _feed_chunk(stream: StreamBuffer, chunk: StreamChunk, data: bytes | bytearray | None) -> None:
+    """A body's chunk (``data`` may have come apart from it: take_chunk)."""
+    if chunk.is_close is True:
+        stream.end(StreamEnd(data.decode(errors="replace") if data else None))
+    elif data:
+        stream.put(data)

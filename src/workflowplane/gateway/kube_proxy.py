@@ -36,7 +36,7 @@ from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.connections import AgentConnection, ConnectionManager
 from workflowplane.gateway.frames import ResponseTooLarge
 from workflowplane.gateway.metrics import GatewayMetrics, MetricHandles
-from workflowplane.gateway.streams import StreamBuffer, StreamEnd
+from workflowplane.gateway.streams import Body, StreamBuffer, StreamEnd
 from workflowplane.kits.http1 import Headers
 from workflowplane.protocol import (
     StreamChunk,
@@ -433,7 +433,7 @@ class KubeProxy:
         rid: str,
         body: StreamBuffer,
         start: Callable[[], Awaitable[object]],
-        write: Callable[[bytes], Awaitable[None]],
+        write: Callable[[Body], Awaitable[None]],
     ) -> str | None:
         """Start the caller's answer, then relay a chunked answer's body as it comes; None
         when the agent ended it cleanly, else what went wrong: a failure after the head can
@@ -450,14 +450,14 @@ class KubeProxy:
         return problem
 
     async def _pump_body(
-        self, body: StreamBuffer, write: Callable[[bytes], Awaitable[None]]
+        self, body: StreamBuffer, write: Callable[[Body], Awaitable[None]]
     ) -> str | None:
         """Write the chunks; None when the agent ended the body cleanly, else what went
         wrong. Between two chunks the agent gets the request timeout."""
         idle = self._config.request_timeout_seconds
         try:
             while not isinstance(item := await asyncio.wait_for(body.get(), idle), StreamEnd):
-                if isinstance(item, bytes):
+                if isinstance(item, Body):
                     await write(item)
         except TimeoutError:
             return f"no chunk for {idle:.0f}s"
@@ -569,12 +569,12 @@ class KubeProxy:
 
     async def _collect(self, head: TunnelResponse, buffer: StreamBuffer) -> web.Response:
         """An error answer whose body came as chunks, as one answer (bounded in size and time)."""
-        parts: list[bytes] = []
+        parts: list[Body] = []
         size, limit = 0, self._config.max_stream_buffer_bytes
         deadline = self._config.request_timeout_seconds
         async with asyncio.timeout(deadline):
             while not isinstance(item := await buffer.get(), StreamEnd):
-                if isinstance(item, bytes) and size < limit:
+                if isinstance(item, Body) and size < limit:
                     parts.append(item[: limit - size])
                     size += len(parts[-1])
         return self.to_response(msgspec.structs.replace(head, body=b"".join(parts)))
@@ -590,7 +590,7 @@ class KubeProxy:
         )
         await response.prepare(request)
         while not isinstance(item := await buffer.get(), StreamEnd):
-            if isinstance(item, bytes):
+            if isinstance(item, Body):
                 await response.write(item)
         if item.problem:
             log.info("stream %s for %s ended early: %s", request.path, buffer.key, item.problem)

@@ -8,7 +8,7 @@ import logging
 from workflowplane.api.kube import kube_client, load_config
 from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.server import Gateway
-from workflowplane.kits.memory import settle
+from workflowplane.kits.memory import keep_heap_for_bodies, settle
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +20,7 @@ async def serve_forever(config: GatewayConfig) -> None:
     gateway = Gateway(config, kube)
     await gateway.start()
     settle()  # start-up objects frozen out of the collector's way (it walked them per request)
+    keep_heap_for_bodies()  # large bodies' memory kept for the next ones
     try:
         await asyncio.Event().wait()
     except asyncio.CancelledError:

@@ -23,14 +23,16 @@ class StreamEnd:
     problem: str | None = None
 
 
-# bytes: a watch/follow body or a chunked answer; StreamChunk: an exec stream's chunks whole
-# (their stream byte and isClose data mean something there).
-StreamItem = TunnelResponse | bytes | StreamChunk | StreamEnd
+# bytes: a watch/follow body or a chunked answer (a bytearray when it is the v3 message it
+# came in, uncopied); StreamChunk: an exec stream's chunks whole (their stream byte and
+# isClose data mean something there).
+Body = bytes | bytearray
+StreamItem = TunnelResponse | Body | StreamChunk | StreamEnd
 CLEAN_END = StreamEnd()
 
 
-def _size(item: TunnelResponse | bytes | StreamChunk) -> int:
-    if isinstance(item, bytes):
+def _size(item: TunnelResponse | Body | StreamChunk) -> int:
+    if isinstance(item, Body):
         return len(item)
     if isinstance(item, StreamChunk):
         return len(item.data or b"")
@@ -66,7 +68,7 @@ class StreamBuffer:
         """No more items will come (the agent closed it, it failed, or it overflowed)."""
         return self._ended
 
-    def put(self, item: TunnelResponse | bytes | StreamChunk) -> bool:
+    def put(self, item: TunnelResponse | Body | StreamChunk) -> bool:
         """Queue what the agent sent; False when the stream is over (ended or overflowed)."""
         if self._ended:
             return False

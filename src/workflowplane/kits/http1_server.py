@@ -90,7 +90,7 @@ class Responder:
         self.status = status
         self._protocol.write(_head(status, headers, framing, self._protocol.closing_after))
 
-    async def chunk(self, data: bytes) -> None:
+    async def chunk(self, data: bytes | bytearray) -> None:
         if data and not self._head_only:
             self._protocol.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
             await self._protocol.drained()
@@ -382,7 +382,7 @@ class FrontProtocol(asyncio.Protocol):
         if self._transport is not None:
             self._transport.write(data)
 
-    def writelines(self, parts: tuple[bytes, ...]) -> None:
+    def writelines(self, parts: tuple[bytes | bytearray, ...]) -> None:
         if self._transport is not None:
             self._transport.writelines(parts)
 

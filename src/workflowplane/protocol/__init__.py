@@ -1,6 +1,11 @@
 """Wire types shared by the cluster gateway and agent: OpenChoreo's v1, our v2 and v3."""
 
-from workflowplane.protocol.binary import BinaryFrameError, decode_binary, encode_binary
+from workflowplane.protocol.binary import (
+    BinaryFrameError,
+    decode_binary,
+    encode_binary,
+    take_chunk,
+)
 from workflowplane.protocol.messages import (
     PLANE_TYPE_WORKFLOW,
     TARGET_K8S,
@@ -34,4 +39,5 @@ __all__ = [
     "decode_binary",
     "encode",
     "encode_binary",
+    "take_chunk",
 ]

@@ -135,19 +135,43 @@ def request_id_of(head: bytes | bytearray | memoryview) -> str | None:
     return bytes(head[HEADER.size : HEADER.size + id_len]).decode(errors="replace")
 
 
-def decode_binary(data: bytes | bytearray) -> Frame:
-    """A v3 message back into its frame; BinaryFrameError for anything that is not one.
-    The body is copied out once (``data`` may be the receive buffer, reused or not)."""
+def _bounds(data: bytes | bytearray) -> tuple[int, int, int]:
+    """kind, end of the requestID, end of the metadata; BinaryFrameError when wrong."""
     kind, id_len, meta_len = _header(data)
     meta_end = HEADER.size + id_len + meta_len
     if len(data) < meta_end:
         raise BinaryFrameError(
             f"a {len(data)}-byte message is shorter than its header says ({meta_end} bytes)"
         )
+    return kind, HEADER.size + id_len, meta_end
+
+
+def take_chunk(data: bytearray) -> tuple[StreamChunk, bytearray | None] | None:
+    """A v3 StreamChunk message its reader gives away, as the chunk (without its data) and
+    its data: ``data`` itself, its head cut off in place (CPython moves a bytearray's start,
+    so a large chunk is not copied again). None, ``data`` untouched, for another kind of
+    message; BinaryFrameError as :func:`decode_binary`."""
+    kind, id_end, meta_end = _bounds(data)
+    if kind != _KINDS[StreamChunk]:
+        return None
+    try:
+        rid = data[HEADER.size : id_end].decode()
+        flags = _chunk_meta.decode(data[id_end:meta_end])
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+        raise BinaryFrameError(f"frame metadata does not decode: {exc}") from exc
+    del data[:meta_end]
+    chunk = StreamChunk(request_id=rid, stream_id=flags.stream_id, is_close=flags.is_close)
+    return chunk, data if flags.has_data else None
+
+
+def decode_binary(data: bytes | bytearray) -> Frame:
+    """A v3 message back into its frame; BinaryFrameError for anything that is not one.
+    The body is copied out once (``data`` may be the receive buffer, reused or not)."""
+    kind, id_end, meta_end = _bounds(data)
     view = memoryview(data)
     try:
-        rid = bytes(view[HEADER.size : HEADER.size + id_len]).decode()
-        meta = view[HEADER.size + id_len : meta_end]
+        rid = bytes(view[HEADER.size : id_end]).decode()
+        meta = view[id_end:meta_end]
         body = bytes(view[meta_end:])
         if kind == _KINDS[StreamChunk]:
             flags = _chunk_meta.decode(meta)

@@ -18,7 +18,13 @@ from workflowplane.gateway.frames import request_id_of
 from workflowplane.gateway.metrics import GatewayMetrics
 from workflowplane.gateway.plane_cache import PlaneCache
 from workflowplane.pki import generate_ca, issue_certificate
-from workflowplane.protocol import BinaryFrameError, Frame, decode_binary, encode_binary
+from workflowplane.protocol import (
+    BinaryFrameError,
+    Frame,
+    decode_binary,
+    encode_binary,
+    take_chunk,
+)
 from workflowplane.protocol.binary import HEADER, MAX_ID_BYTES, MAX_META_BYTES, encode_chunk
 from workflowplane.protocol.messages import (
     StreamChunk,
@@ -182,3 +188,31 @@ def test_a_chunk_built_from_pieces_is_the_chunk_of_their_bytes() -> None:
     assert isinstance(message, bytearray)
     assert message == encode_binary(StreamChunk(request_id="rid", data=b"".join(pieces)))
     assert decode_binary(message) == StreamChunk(request_id="rid", data=b"".join(pieces))
+
+
+@pytest.mark.parametrize(
+    "chunk",
+    [frame for frame in FRAMES if isinstance(frame, StreamChunk)],
+    ids=lambda f: f.request_id,
+)
+def test_a_chunk_given_away_is_its_message_with_the_head_cut_off(chunk: StreamChunk) -> None:
+    message = bytearray(encode_binary(chunk))
+    taken = take_chunk(message)
+    assert taken is not None
+    bare, data = taken
+    assert bare == msgspec.structs.replace(chunk, data=None)
+    assert data == chunk.data
+    if chunk.data is not None:
+        assert data is message  # the same buffer: the data was not copied out of it
+
+
+def test_only_a_chunk_is_taken_and_anything_else_is_left_as_it_was() -> None:
+    answer = bytearray(encode_binary(FRAMES[2]))
+    before = bytes(answer)
+    assert take_chunk(answer) is None and answer == before
+    broken = bytearray(encode_binary(StreamChunk(request_id="c", data=b"x")))
+    broken[HEADER.size + 1] = 0xC1  # never valid msgpack
+    with pytest.raises(BinaryFrameError, match="metadata does not decode"):
+        take_chunk(broken)
+    with pytest.raises(BinaryFrameError, match="shorter than its header says"):
+        take_chunk(broken[: HEADER.size + 2])
