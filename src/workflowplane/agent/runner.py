@@ -38,7 +38,7 @@ from workflowplane.agent.tunnel import AgentTunnel, ConnectRefused
 from workflowplane.agent.upstream import Upstream
 from workflowplane.api.consent import Consent, consent_of, parse_allow_list
 from workflowplane.kits.failures import report_failure
-from workflowplane.kits.memory import settle
+from workflowplane.kits.memory import keep_heap_for_bodies, settle
 from workflowplane.kits.tasks import cancel_and_wait
 from workflowplane.protocol.http import AGENT_INSTANCE_HEADER
 
@@ -315,6 +315,7 @@ class Agent:
         aligned = await self.keep_leaf_current()  # the leaf carries the list from the start
         await self._say_consent()
         settle()  # start-up garbage freed, what stays frozen out of the collector's way
+        keep_heap_for_bodies()  # large bodies' memory kept for the next ones
         first = self._renewal_wait() if aligned else RETRY_SECONDS
         background = [asyncio.create_task(self._renew_forever(first))]
         if self.configmap is not None:
