@@ -86,18 +86,15 @@ class _Frame:
     mask: bytes | None
     remaining: int
     passthrough: bool  # control or malformed: aiohttp's parser reads it
-    # The payload as it arrives: views of the socket's reads (bytes, never reused), joined
-    # once into a buffer of its size and unmasked there (a chunk of a large answer must not
-    # be copied once per step, nor grown read by read).
-    pieces: list[memoryview] = field(default_factory=list)
+    # The payload as it arrives: one copy out of the socket's buffers, unmasked in place
+    # (a 1 MiB chunk of a large answer must not be copied once per step).
+    data: bytearray = field(default_factory=bytearray)
     head: bytearray = field(default_factory=bytearray)
 
     def payload(self) -> bytearray:
-        data = bytearray().join(self.pieces)
-        self.pieces.clear()
-        if self.mask is not None and data:
-            websocket_mask(self.mask, data)
-        return data
+        if self.mask is not None and self.data:
+            websocket_mask(self.mask, self.data)
+        return self.data
 
 
 @dataclass
@@ -139,8 +136,8 @@ class FrameGuard:
     def feed_data(self, data: bytes) -> tuple[bool, bytes]:
         if self._broken:
             return self._inner.feed_data(data)
-        try:  # views of it may be kept until their frame ends: it must not change
-            view = memoryview(data if isinstance(data, bytes) else bytes(data))
+        try:
+            view = memoryview(data)
             if self._frame is None and self._message is None and not self._header:
                 view = view[self._whole_messages(view) :]
             if view:
@@ -229,7 +226,7 @@ class FrameGuard:
         message = self._message
         assert message is not None
         if not message.discarding:
-            frame.pieces.append(piece)
+            frame.data += piece
             return
         if not message.head and len(frame.head) < HEAD_BYTES:
             frame.head += piece[: HEAD_BYTES - len(frame.head)]
@@ -269,7 +266,7 @@ class FrameGuard:
 
     def _deliver(self, message: _Message) -> None:
         """TEXT (v1/v2 JSON) as bytes, as before; BINARY (v3) as the bytearray it was read
-        into, uncopied (``decode_binary`` takes the body out of it in one copy)."""
+        into, uncopied (a chunk's data stays in it: ``take_chunk``)."""
         parts = message.parts
         if message.opcode == _OP_TEXT:
             text = bytes(parts[0]) if len(parts) == 1 else b"".join(parts)

@@ -198,3 +198,22 @@ async def test_a_whole_binary_message_over_the_limit_is_still_refused() -> None:
     got = drain(queue)
     assert isinstance(got[0].data, OversizedMessage) and got[0].data.at_least == 1001
     assert len(got) == 1  # "next" went to the direct taker
+
+
+async def test_a_frame_trickled_a_byte_per_read_holds_about_its_own_size() -> None:
+    """An agent that sends an unfinished frame in tiny reads must not make the gateway hold
+    many times what it sent (a view kept per read would cost hundreds of bytes per byte)."""
+    import tracemalloc  # noqa: PLC0415
+
+    checker, _ = guard(limit=4 * 1024 * 1024)
+    header = struct.pack("!BBQ", 0x82, 0x80 | 127, 2 * 1024 * 1024) + MASK
+    sent = 100_000
+    tracemalloc.start()
+    try:
+        checker.feed_data(header)
+        for _ in range(sent):
+            checker.feed_data(b"\x00")  # a fresh bytes object per read, as a socket gives
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 4 * sent
