@@ -260,6 +260,9 @@ class FrameServer:
         loop later (kits.eager); the wait for its answer goes on as a task."""
         try:
             return start_eagerly(self._loop, self._serve(frame))
+        except asyncio.CancelledError:  # e.g. a send that waited on a cancelled drain: a
+            log.debug("request %s cancelled as it was begun", frame.request_id)  # task's end
+            return None
         except Exception:  # in a task of its own it would have ended that task only
             log.exception("serving request %s failed", frame.request_id)
             return None

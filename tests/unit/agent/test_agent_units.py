@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import random
@@ -147,3 +148,23 @@ async def test_a_request_that_fails_as_it_is_begun_is_logged_and_the_next_one_se
     await server.idle()
     assert "serving request bad failed" in caplog.text
     assert [answer["requestID"] for answer in sent] == ["good"]
+
+
+async def test_a_request_cancelled_as_it_is_begun_ends_quietly_and_the_reader_goes_on() -> None:
+    """A send can fail with CancelledError at once (aiohttp's drain waiter left cancelled):
+    as in a task of its own, the request ends; nothing is raised into the reader."""
+    upstream, sent = Upstream(), []
+    upstream.gate.set()
+    cancelled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    cancelled.cancel()
+
+    async def send(data: bytes) -> None:
+        if b'"gone"' in data:
+            await cancelled
+        sent.append(json.loads(data))
+
+    server = FrameServer(upstream, send, timeout=1, max_concurrent=2)  # type: ignore[arg-type]
+    server.dispatch(json.dumps({"requestID": "gone", "method": "BREW", "path": "/api"}))
+    server.dispatch(json.dumps({"requestID": "next", "method": "GET", "path": "/api"}))
+    await server.idle()
+    assert [answer["requestID"] for answer in sent] == ["next"]
