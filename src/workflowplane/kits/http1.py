@@ -330,8 +330,10 @@ async def in_own_task(
     task = loop.create_task(work)
     try:
         return await task
-    except asyncio.CancelledError:
-        if task.done() and not task.cancelled() and task.exception() is None:
+    except BaseException:  # cancelled, or closed (GeneratorExit) where it waited
+        if not task.done():
+            task.cancel()
+        elif not task.cancelled() and task.exception() is None:
             undo(task.result())
         raise
 

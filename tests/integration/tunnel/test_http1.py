@@ -297,6 +297,8 @@ async def test_bodies_read_at_once_on_connections_sharing_a_read_buffer_stay_apa
     async with serving(distinct) as (url, seen):
         pool = Http1Pool(url, None)
         answers = await asyncio.gather(get(pool), get(pool))
+        first, second = pool._idle  # both connections went back to the pool
+        assert first.get_buffer(-1) is second.get_buffer(-1)  # and read into one buffer
         await pool.close()
     assert seen.opened == 2
     assert sorted(body for _, body in answers) == [bytes([n]) * size for n in (1, 2)]

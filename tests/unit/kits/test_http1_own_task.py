@@ -45,3 +45,22 @@ async def test_a_caller_cancelled_while_the_step_runs_cancels_the_step() -> None
     with pytest.raises(asyncio.CancelledError):
         await caller
     assert step_cancelled.is_set() and undone == []
+
+
+async def test_a_caller_closed_where_it_waited_cancels_the_step() -> None:
+    """A coroutine closed rather than cancelled (kits.eager's last resort, or collected):
+    its step must not go on holding what it takes."""
+    started = asyncio.Event()
+
+    async def connect() -> str:
+        started.set()
+        await asyncio.Event().wait()
+        return "never"
+
+    caller = in_own_task(asyncio.get_running_loop(), connect(), lambda _: None)
+    waiting = caller.send(None)  # the caller waits for its step's task
+    await started.wait()
+    caller.close()
+    assert isinstance(waiting, asyncio.Task) and waiting.cancelling() == 1
+    await asyncio.wait({waiting})
+    assert waiting.cancelled()
