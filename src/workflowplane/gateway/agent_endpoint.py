@@ -267,17 +267,16 @@ class AgentEndpoint:
         if stream is None and (future is None or future.done()):
             return False
         size = len(data)
-        try:
-            if stream is not None and not stream.whole_chunks:  # a body's bytes: not copied
-                taken = take_chunk(data)
-                if taken is not None:
-                    conn.seen()
-                    _feed_chunk(stream, *taken)
-                    self._metrics.frame_in.observe(size)
-                    return True
-            frame = decode_binary(data)
+        try:  # a body's bytes stay in the message (take_chunk), not copied out of it
+            taken = take_chunk(data) if stream is not None and not stream.whole_chunks else None
+            frame = decode_binary(data) if taken is None else taken[0]
         except UNDECODABLE:
             return False
+        if taken is not None and stream is not None:  # data was cut: it is not declined now
+            conn.seen()
+            _feed_chunk(stream, *taken)
+            self._metrics.frame_in.observe(size)
+            return True
         if stream is None and not isinstance(frame, TunnelResponse):
             return False
         conn.seen()

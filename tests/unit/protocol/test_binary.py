@@ -17,6 +17,7 @@ from workflowplane.gateway.connections import AgentConnection, ConnectionManager
 from workflowplane.gateway.frames import request_id_of
 from workflowplane.gateway.metrics import GatewayMetrics
 from workflowplane.gateway.plane_cache import PlaneCache
+from workflowplane.gateway.streams import StreamBuffer
 from workflowplane.pki import generate_ca, issue_certificate
 from workflowplane.protocol import (
     BinaryFrameError,
@@ -180,6 +181,24 @@ async def test_the_gateway_drops_garbage_counts_it_and_routes_the_next_answer() 
     answer = TunnelResponse(request_id="ok", status_code=200, body=b"\x00\x01")
     assert endpoint._route_frame(conn, encode_binary(answer), binary=True)
     assert waiting.result() == answer
+
+
+async def test_a_body_chunk_reaches_its_stream_as_the_message_it_was_read_into() -> None:
+    """The gateway's direct delivery does not copy a chunk's data out of its message; an
+    exec stream (whole chunks) still gets the chunk decoded."""
+    metrics = GatewayMetrics()
+    manager = ConnectionManager(PlaneCache(None), metrics)  # type: ignore[arg-type]
+    endpoint = AgentEndpoint(manager, GatewayConfig(), metrics)
+    leaf = issue_certificate(generate_ca("any"), "agent").certificate
+    conn = AgentConnection("workflowplane", "p", _Socket(), leaf, {"ns/wp"}, v2=True, binary=True)
+    conn.bodies["body"] = body = StreamBuffer("ns/wp", 1 << 20)
+    conn.streams["exec"] = execs = StreamBuffer("ns/wp", 1 << 20, whole_chunks=True)
+    message = bytearray(encode_binary(StreamChunk(request_id="body", data=EVERY_BYTE)))
+    assert endpoint._direct(conn, message)
+    assert (await body.get()) is message and message == EVERY_BYTE
+    chunk = StreamChunk(request_id="exec", data=b"out", stream_id=1)
+    assert endpoint._direct(conn, bytearray(encode_binary(chunk)))
+    assert await execs.get() == chunk
 
 
 def test_a_chunk_built_from_pieces_is_the_chunk_of_their_bytes() -> None:
