@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 KEPT_FREE_BYTES = 16 * 1024 * 1024  # free heap kept at the top, not given back at once
-MAPPED_FROM_BYTES = 1024 * 1024  # smaller blocks come from the heap, not a mapping each
+MAPPED_FROM_BYTES = 32 * 1024 * 1024  # smaller blocks come from the heap (glibc's own cap)
 
 
 @functools.cache
@@ -48,14 +48,19 @@ def settle() -> None:
 def keep_heap_for_bodies() -> bool:
     """Make glibc keep the memory of large bodies for the next ones; whether it was set.
 
-    A relay's large blocks (a 256 KiB chunk, a TLS read) come and go with every request.
-    glibc maps each block over its mmap threshold afresh, and gives the heap's free top back
-    once it passes the trim threshold, after which the next body faults its pages in and
-    zeroes them again: a tenth of the gateway's and the agent's CPU for a 10 MB list. Fixed
-    thresholds keep up to ``KEPT_FREE_BYTES`` of free heap instead (``settle`` still gives
-    start-up memory back). Left alone where the operator set glibc's own variables for
-    them, and where there is no glibc."""
-    if "MALLOC_TRIM_THRESHOLD_" in os.environ or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+    A relay's large blocks (a 256 KiB chunk, a TLS read, a whole v1 answer) come and go with
+    every request. glibc raises its mmap threshold to the largest block freed so far, but
+    gives the heap's free top back once it passes twice that, so with several chunks alive
+    at once the next body faults its pages in and zeroes them again: a tenth of the gateway's
+    and the agent's CPU for a 10 MB list. Fixed thresholds keep up to ``KEPT_FREE_BYTES`` of
+    free heap instead, and take blocks up to the dynamic threshold's own cap from the heap
+    (``settle`` still gives start-up memory back). Left alone where the operator tuned
+    glibc's allocator (its ``MALLOC_`` variables or ``GLIBC_TUNABLES``), and where there is
+    no glibc."""
+    tuned = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_")
+    if any(name in os.environ for name in tuned):
+        return False
+    if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
         return False
     try:
         mallopt: Callable[[int, int], int] = _libc().mallopt
