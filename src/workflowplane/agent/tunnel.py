@@ -48,7 +48,6 @@ from workflowplane.agent.upstream import (
 )
 from workflowplane.agent.ws_writer import mask_in_place
 from workflowplane.kits.corking import cork
-from workflowplane.kits.eager import start_eagerly
 from workflowplane.kits.http1 import Http1Response, InvalidRequest
 from workflowplane.kits.ws_tap import TappedWebSocket
 from workflowplane.protocol import (
@@ -235,14 +234,9 @@ class FrameServer:
             return
         streams = opens_stream(frame)
         counted = streams and self._open_streams < self._max_streams
+        work = self._work(frame, streams) if counted or not streams else self._over_cap(frame)
+        task = self._loop.create_task(work)  # asyncio.create_task: a getpid call on 3.11
         request_id = frame.request_id
-        if isinstance(frame, TunnelRequest) and not streams:
-            task = self._begin_eagerly(frame)
-            if task is None:  # answered at once
-                return
-        else:
-            work = self._work(frame, streams) if counted or not streams else self._over_cap(frame)
-            task = self._loop.create_task(work)  # asyncio.create_task: a getpid call on 3.11
         self.metrics.track(frame, task, streams)
         self._tasks[request_id] = task
         if counted:  # counted at once: a burst of streams cannot overshoot the cap
@@ -254,18 +248,6 @@ class FrameServer:
                 self._open_streams -= 1
 
         task.add_done_callback(forget)
-
-    def _begin_eagerly(self, frame: TunnelRequest) -> asyncio.Task[None] | None:
-        """A plain request is sent upstream in the callback that read it, not a pass of the
-        loop later (kits.eager); the wait for its answer goes on as a task."""
-        try:
-            return start_eagerly(self._loop, self._serve(frame))
-        except asyncio.CancelledError:  # e.g. a send that waited on a cancelled drain: a
-            log.debug("request %s cancelled as it was begun", frame.request_id)  # task's end
-            return None
-        except Exception:  # in a task of its own it would have ended that task only
-            log.exception("serving request %s failed", frame.request_id)
-            return None
 
     def _work(self, frame: TunnelRequest | StreamInit, streams: bool) -> Coroutine[Any, Any, None]:
         if isinstance(frame, TunnelRequest):

@@ -22,10 +22,10 @@ import asyncio
 import re
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Iterable
 from functools import partial
 from types import TracebackType
-from typing import Any, Final, TypeVar
+from typing import Final
 from urllib.parse import quote, urlsplit
 
 import httptools  # type: ignore[import-untyped]
@@ -44,7 +44,6 @@ _VISIBLE: Final = re.compile(r"[\x21-\x7e]+")
 _TARGET_SAFE: Final = "!#$%&'()*+,/:;=?@[]~"  # kept as they are; everything else is encoded
 
 Headers = list[tuple[str, str]]
-T = TypeVar("T")
 
 
 class Http1Error(ConnectionError):
@@ -321,27 +320,6 @@ class _Connection(asyncio.BufferedProtocol):
             self.transport.resume_reading()
 
 
-async def in_own_task(
-    loop: asyncio.AbstractEventLoop, work: Coroutine[Any, Any, T], undo: Callable[[T], None]
-) -> T:
-    """``work`` in a task of its own, cancelled with its caller: ``asyncio.timeout`` needs a
-    task, and a request may be begun outside any (kits.eager). What ``work`` got is undone
-    (``undo``) when the caller is cancelled after it succeeded."""
-    task = loop.create_task(work)
-    try:
-        return await task
-    except BaseException:  # cancelled, or closed (GeneratorExit) where it waited
-        if not task.done():
-            task.cancel()
-        elif not task.cancelled() and task.exception() is None:
-            undo(task.result())
-        raise
-
-
-def _release(slots: asyncio.Semaphore) -> None:
-    slots.release()
-
-
 def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
@@ -431,12 +409,10 @@ class Http1Pool:
         if self._closed:
             raise Http1Error("the client is closed")
         seconds = self._connect_timeout if within is None else min(self._connect_timeout, within)
-        return await in_own_task(loop, self._connect(max(seconds, 0.0)), _Connection.abort)
-
-    async def _connect(self, seconds: float) -> _Connection:
+        seconds = max(seconds, 0.0)
         try:  # not wait_for: on 3.11 it can swallow a cancellation that comes as it connects
             async with asyncio.timeout(seconds):
-                _, connection = await self.loop.create_connection(
+                _, connection = await loop.create_connection(
                     partial(_Connection, self._read_buffer), self._host, self._port, ssl=self._ssl
                 )
         except TimeoutError:
@@ -515,15 +491,11 @@ class Exchange:
         if self._deadline is None or not slots.locked():
             await slots.acquire()
             return
-        await in_own_task(self._pool.loop, self._acquire_by(slots, self._deadline), _release)
-
-    async def _acquire_by(self, slots: asyncio.Semaphore, deadline: float) -> asyncio.Semaphore:
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout_at(self._deadline):
                 await slots.acquire()
         except TimeoutError:
             raise self._timed_out() from None
-        return slots
 
     def _within(self) -> float | None:
         return None if self._deadline is None else self._deadline - self._pool.loop.time()

@@ -18,7 +18,6 @@ from tests.integration.harness import eventually
 from workflowplane.agent.kubeconfig import KubeTarget
 from workflowplane.agent.tunnel import FrameServer
 from workflowplane.agent.upstream import Upstream
-from workflowplane.kits.eager import start_eagerly
 from workflowplane.kits.http1 import HIGH_WATER, Http1Error, Http1Pool, InvalidRequest
 from workflowplane.kits.http1_httpx import Http1Transport
 from workflowplane.protocol import TunnelRequest, encode
@@ -302,29 +301,6 @@ async def test_bodies_read_at_once_on_connections_sharing_a_read_buffer_stay_apa
         await pool.close()
     assert seen.opened == 2
     assert sorted(body for _, body in answers) == [bytes([n]) * size for n in (1, 2)]
-
-
-async def test_requests_begun_outside_any_task_connect_and_wait_for_a_slot() -> None:
-    """The agent begins a request in the callback that read it (kits.eager), outside any
-    task: its connect and its wait for a slot, each bounded by ``asyncio.timeout``, work."""
-    async with serving(answer_each) as (url, seen):
-        pool = Http1Pool(url, None, limit=1)
-        loop = asyncio.get_running_loop()
-        answers: list[tuple[int, bytes]] = []
-        begun: list[asyncio.Task[None] | None] = []
-
-        async def one() -> None:
-            answers.append(await get(pool, timeout=5))
-
-        def begin() -> None:  # a plain callback, as a socket's read is
-            begun.extend(start_eagerly(loop, one()) for _ in range(2))
-
-        loop.call_soon(begin)
-        await eventually(lambda: len(begun) == 2, interval=0.01)
-        await asyncio.gather(*[task for task in begun if task is not None])
-        await pool.close()
-    assert answers == [(200, b"ok")] * 2
-    assert seen.opened == 1  # the second waited for the first's slot and connection
 
 
 @pytest.mark.parametrize("interim", [b"100 Continue", b"103 Early Hints\r\nLink: </a>"])

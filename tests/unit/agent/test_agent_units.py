@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import random
 
 import pytest
 
-from tests.unit.agent.stand_ins import Upstream
 from workflowplane.agent.bootstrap import new_identity
 from workflowplane.agent.tunnel import FrameServer, full_jitter_delay
-from workflowplane.agent.upstream import USER_AGENT, UpstreamResult, forwardable_headers
+from workflowplane.agent.upstream import USER_AGENT, forwardable_headers
 
 
 def test_full_jitter_stays_within_the_capped_exponential_envelope() -> None:
@@ -108,63 +106,3 @@ async def test_a_frame_dispatched_after_the_server_closed_is_dropped() -> None:
     assert server.requests_in_flight == 0
     await server.idle()
     assert sent == []
-
-
-async def test_a_request_is_sent_upstream_in_the_callback_that_read_it() -> None:
-    """Begun eagerly (kits.eager): the upstream request goes before the loop's next pass;
-    only the wait for its answer is a task."""
-    upstream, sent = Upstream(), []
-
-    async def send(data: bytes) -> None:
-        sent.append(json.loads(data))
-
-    server = FrameServer(upstream, send, timeout=1, max_concurrent=2)  # type: ignore[arg-type]
-    server.dispatch(json.dumps({"requestID": "a", "method": "GET", "path": "/api"}))
-    assert upstream.asked == 1 and server.requests_in_flight == 1  # no await in between
-    upstream.gate.set()
-    await server.idle()
-    assert [answer["statusCode"] for answer in sent] == [200]
-
-
-async def test_a_request_that_fails_as_it_is_begun_is_logged_and_the_next_one_served(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    upstream, sent = Upstream(), []
-    upstream.gate.set()
-    failing = {"requestID": "bad", "method": "GET", "path": "/api"}
-
-    async def send(data: bytes) -> None:
-        if b'"bad"' in data:
-            raise RuntimeError("the writer broke")
-        sent.append(json.loads(data))
-
-    async def at_once(*_: object, **__: object) -> UpstreamResult:
-        return UpstreamResult(200, {}, b"ok")
-
-    upstream.request = at_once  # type: ignore[method-assign]
-    server = FrameServer(upstream, send, timeout=1, max_concurrent=2)  # type: ignore[arg-type]
-    server.dispatch(json.dumps(failing))  # its answer fails before anything waits
-    server.dispatch(json.dumps({**failing, "requestID": "good"}))
-    await server.idle()
-    assert "serving request bad failed" in caplog.text
-    assert [answer["requestID"] for answer in sent] == ["good"]
-
-
-async def test_a_request_cancelled_as_it_is_begun_ends_quietly_and_the_reader_goes_on() -> None:
-    """A send can fail with CancelledError at once (aiohttp's drain waiter left cancelled):
-    as in a task of its own, the request ends; nothing is raised into the reader."""
-    upstream, sent = Upstream(), []
-    upstream.gate.set()
-    cancelled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    cancelled.cancel()
-
-    async def send(data: bytes) -> None:
-        if b'"gone"' in data:
-            await cancelled
-        sent.append(json.loads(data))
-
-    server = FrameServer(upstream, send, timeout=1, max_concurrent=2)  # type: ignore[arg-type]
-    server.dispatch(json.dumps({"requestID": "gone", "method": "BREW", "path": "/api"}))
-    server.dispatch(json.dumps({"requestID": "next", "method": "GET", "path": "/api"}))
-    await server.idle()
-    assert [answer["requestID"] for answer in sent] == ["next"]
