@@ -14,7 +14,9 @@ through ours (``cluster-gateway`` and ``cluster-agent``), each pair started with
 chart command lines as separate processes: sequential GET /version p50/p99, requests/s at
 concurrency 16 and 64, CPU ms per request of each process (utime+stime from /proc), each
 process's idle and peak RSS, and the median time of a 10 MB list (11 ConfigMaps of 950 kB,
-uncompressed) and its ratio to the direct time. Each pair's sequential GETs and its 10 MB lists
+uncompressed) and its ratio to the direct time, and the CPU ms per list of each process and
+of the whole machine (lists fetched alone; on two cores the list's time follows that CPU).
+Each pair's sequential GETs and its 10 MB lists
 alternate with direct ones, and its overhead and ratio are taken against those: a shared
 machine's speed drifts over the minutes between pairs, and a baseline measured at another time
 would move the figures by more than the pairs differ. OpenChoreo's gateway binds :8080, so this takes
@@ -65,6 +67,13 @@ def rss_mib(pid: int, field: str = "VmRSS") -> float:
         if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have been busy so far (/proc/stat: user to steal, less idle and
+    iowait; guest time is already in user)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -443,6 +452,19 @@ async def big_list_ms(fetch: Any, alongside: Any = None) -> tuple[float, float |
     return statistics.median(samples) * 1000, statistics.median(baseline) * 1000
 
 
+async def big_list_cpu(fetch: Any, pids: dict[str, int]) -> dict[str, float]:
+    """CPU ms per 10 MB list of each process in ``pids`` and of the whole machine (every
+    process on it: API server, etcd, client), over lists fetched one after another alone."""
+    rounds = 2 * BIG_ROUNDS
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    machine = machine_busy_seconds()
+    await timed(fetch, rounds)
+    row = {"big_cpu_machine": (machine_busy_seconds() - machine) * 1000 / rounds}
+    for name, pid in pids.items():
+        row[f"big_cpu_{name}"] = (cpu_seconds(pid) - before[name]) * 1000 / rounds
+    return row
+
+
 def print_peer_table(rows: dict[str, dict[str, float]]) -> None:
     columns = [
         ("seq p50 ms", "p50", "{:.2f}"),
@@ -459,6 +481,9 @@ def print_peer_table(rows: dict[str, dict[str, float]]) -> None:
         ("10 MB list ms", "big", "{:.0f}"),
         ("10 MB direct ms", "big_alongside", "{:.0f}"),
         ("10 MB x direct", "big_ratio", "{:.2f}"),
+        ("10 MB CPU ms gw", "big_cpu_gateway", "{:.1f}"),
+        ("10 MB CPU ms agent", "big_cpu_agent", "{:.1f}"),
+        ("10 MB CPU ms all", "big_cpu_machine", "{:.0f}"),
     ]
     width = 19
     print(f"{'GET /version':<22}" + "".join(f"{title:>{width}}" for title, _, _ in columns))
@@ -501,12 +526,13 @@ async def peer_comparison(env: Environment, tmp: Path, profile_dir: Path | None)
         await make_big_list(s, wp.url)
         rows["direct (no tunnel)"] = await measure(direct, {})
         rows["direct (no tunnel)"]["big"], _ = await big_list_ms(direct_big)
+        rows["direct (no tunnel)"].update(await big_list_cpu(direct_big, {}))
         await _pairs(cp, wp, pki, binaries, tmp, rows, profile_dir, direct, direct_big)
     finally:
         await s.close()
     print(f"machine: {os.cpu_count()} cores, loopback; {SEQUENTIAL} sequential GETs, then 3 s "
           f"at each concurrency; CPU per request over all of them; 10 MB list: median of "
-          f"{BIG_ROUNDS}")
+          f"{BIG_ROUNDS}, its CPU over {2 * BIG_ROUNDS} more (all: every process on the machine)")
     print_peer_table(rows)
     if profile_dir is not None:
         for name in ("gateway", "agent"):
@@ -566,6 +592,7 @@ async def _pairs(
                 big, big_direct = await big_list_ms(proxied_big, alongside=direct_big)
                 assert big_direct is not None
                 rows[label].update(big=big, big_alongside=big_direct, big_ratio=big / big_direct)
+                rows[label].update(await big_list_cpu(proxied_big, pids))
             finally:
                 await api.close()
                 agent.stop()
