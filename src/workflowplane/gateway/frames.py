@@ -101,7 +101,9 @@ class _Frame:
 class _Message:
     opcode: int
     size: int = 0
-    parts: list[bytearray] = field(default_factory=list)
+    # Its frames' payloads in one buffer: a buffer per frame would let a message of many tiny
+    # or empty frames (which add little or nothing to its size) hold memory without bound.
+    body: bytearray = field(default_factory=bytearray)
     head: bytes = b""
     discarding: bool = False
     reported: bool = False
@@ -204,7 +206,7 @@ class FrameGuard:
         message.size += length
         if not message.discarding and message.size > self._limit:
             message.discarding = True
-            message.parts.clear()  # the memory goes now, not when the message ends
+            message.body = bytearray()  # the memory goes now, not when the message ends
         return _Frame(fin, opcode, mask, length, passthrough=False)
 
     def _message_for(self, opcode: int) -> _Message:
@@ -241,7 +243,10 @@ class FrameGuard:
         assert message is not None
         if not message.discarding:
             payload = frame.payload()
-            message.parts.append(payload)
+            if message.body:
+                message.body += payload
+            else:  # its first bytes: the frame's own buffer (a one-frame message is not copied)
+                message.body = payload
             if not message.head:
                 message.head = bytes(payload[:HEAD_BYTES])
         elif not message.head:
@@ -267,12 +272,11 @@ class FrameGuard:
     def _deliver(self, message: _Message) -> None:
         """TEXT (v1/v2 JSON) as bytes, as before; BINARY (v3) as the bytearray it was read
         into, uncopied (a chunk's data stays in it: ``take_chunk``)."""
-        parts = message.parts
+        data = message.body
         if message.opcode == _OP_TEXT:
-            text = bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
+            text = bytes(data)
             self._queue.feed_data(WSMessage(WSMsgType.TEXT, text, None), len(text))
             return
-        data = parts[0] if len(parts) == 1 else bytearray().join(parts)
         if self.direct is not None and self.direct(data):
             return
         self._queue.feed_data(WSMessage(WSMsgType.BINARY, data, None), len(data))

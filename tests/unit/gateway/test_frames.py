@@ -217,3 +217,21 @@ async def test_a_frame_trickled_a_byte_per_read_holds_about_its_own_size() -> No
     finally:
         tracemalloc.stop()
     assert held < 4 * sent
+
+
+async def test_a_message_of_many_empty_or_tiny_frames_holds_about_what_it_carries() -> None:
+    """Fragments add little or nothing to a message's size, so they must not each keep a
+    buffer of their own: a message left open with 100,000 of them stays small."""
+    import tracemalloc  # noqa: PLC0415
+
+    checker, _ = guard(limit=4 * 1024 * 1024)
+    checker.feed_data(frame(1, b'{"requestID":"r"', fin=False))
+    continuation = [frame(0, b"", fin=False), frame(0, b" ", fin=False)]
+    tracemalloc.start()
+    try:
+        for index in range(100_000):
+            checker.feed_data(continuation[index % 2])
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 400_000  # 50,000 bytes carried; a buffer per frame held about 6 MB
