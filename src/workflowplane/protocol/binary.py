@@ -49,6 +49,9 @@ _decoders = {code: msgspec.msgpack.Decoder(kind) for code, kind in _TYPES.items(
 _encoder = msgspec.msgpack.Encoder()
 
 
+_UNDECODABLE_META: Final = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
+
+
 class BinaryFrameError(ValueError):
     """A v3 message that is not a frame; the message says what is wrong with it."""
 
@@ -146,6 +149,19 @@ def _bounds(data: bytes | bytearray) -> tuple[int, int, int]:
     return kind, HEADER.size + id_len, meta_end
 
 
+def _chunk_without_data(
+    data: bytes | bytearray, id_end: int, meta_end: int
+) -> tuple[StreamChunk, bool]:
+    """A StreamChunk message's frame, its data left out, and whether it has data."""
+    try:
+        rid = data[HEADER.size : id_end].decode()
+        flags = _chunk_meta.decode(data[id_end:meta_end])
+    except _UNDECODABLE_META as exc:
+        raise BinaryFrameError(f"frame metadata does not decode: {exc}") from exc
+    chunk = StreamChunk(request_id=rid, stream_id=flags.stream_id, is_close=flags.is_close)
+    return chunk, flags.has_data
+
+
 def take_chunk(data: bytearray) -> tuple[StreamChunk, bytearray | None] | None:
     """A v3 StreamChunk message its reader gives away, as the chunk (without its data) and
     its data: ``data`` itself, its head cut off in place (CPython moves a bytearray's start,
@@ -154,14 +170,9 @@ def take_chunk(data: bytearray) -> tuple[StreamChunk, bytearray | None] | None:
     kind, id_end, meta_end = _bounds(data)
     if kind != _KINDS[StreamChunk]:
         return None
-    try:
-        rid = data[HEADER.size : id_end].decode()
-        flags = _chunk_meta.decode(data[id_end:meta_end])
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
-        raise BinaryFrameError(f"frame metadata does not decode: {exc}") from exc
+    chunk, has_data = _chunk_without_data(data, id_end, meta_end)
     del data[:meta_end]
-    chunk = StreamChunk(request_id=rid, stream_id=flags.stream_id, is_close=flags.is_close)
-    return chunk, data if flags.has_data else None
+    return chunk, data if has_data else None
 
 
 def decode_binary(data: bytes | bytearray) -> Frame:
@@ -169,22 +180,17 @@ def decode_binary(data: bytes | bytearray) -> Frame:
     The body is copied out once (``data`` may be the receive buffer, reused or not)."""
     kind, id_end, meta_end = _bounds(data)
     view = memoryview(data)
+    if kind == _KINDS[StreamChunk]:
+        chunk, has_data = _chunk_without_data(data, id_end, meta_end)
+        chunk.data = bytes(view[meta_end:]) if has_data else None
+        return chunk
     try:
         rid = bytes(view[HEADER.size : id_end]).decode()
-        meta = view[id_end:meta_end]
-        body = bytes(view[meta_end:])
-        if kind == _KINDS[StreamChunk]:
-            flags = _chunk_meta.decode(meta)
-            return StreamChunk(
-                request_id=rid,
-                data=body if flags.has_data else None,
-                stream_id=flags.stream_id,
-                is_close=flags.is_close,
-            )
-        frame = _decoders[kind].decode(meta)
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+        frame = _decoders[kind].decode(view[id_end:meta_end])
+    except _UNDECODABLE_META as exc:
         raise BinaryFrameError(f"frame metadata does not decode: {exc}") from exc
     frame.request_id = rid
     if isinstance(frame, TunnelRequest | TunnelResponse):
+        body = bytes(view[meta_end:])
         frame.body = body or (UNSET if isinstance(frame, TunnelRequest) else None)
     return frame
