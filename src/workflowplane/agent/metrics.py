@@ -15,8 +15,9 @@ import logging
 import time
 from typing import Any, Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 
+from workflowplane.kits.loop_metrics import LoopCounter, LoopGauge, LoopHistogram
 from workflowplane.protocol import StreamInit, TunnelRequest
 from workflowplane.protocol.messages import opens_stream
 from workflowplane.protocol.verbs import kube_verb
@@ -40,12 +41,12 @@ DISCONNECT_REASONS: Final = (
 class AgentMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.connected = Gauge(
+        self.connected = LoopGauge(
             "workflowplane_agent_connected",
             "1 while the agent holds a connection a gateway replica admitted, else 0",
             registry=self.registry,
         )
-        self.replicas = Gauge(
+        self.replicas = LoopGauge(
             "workflowplane_agent_gateway_replicas",
             "Gateway replicas the agent knows (known: found by discovery, dialled) and holds "
             "an admitted connection to (connected)",
@@ -53,19 +54,19 @@ class AgentMetrics:
             registry=self.registry,
         )
         self._open = 0  # admitted connections open, over every replica
-        self.connections = Counter(
+        self.connections = LoopCounter(
             "workflowplane_agent_connections_total",
             "Connections to the gateway the gateway admitted",
             registry=self.registry,
         )
-        self.disconnections = Counter(
+        self.disconnections = LoopCounter(
             "workflowplane_agent_disconnections_total",
             "Admitted connections that ended, by reason (gateway-closed, timeout: no traffic "
             "for the dead-after time, error, reconnect-requested: a new certificate, shutdown)",
             ["reason"],
             registry=self.registry,
         )
-        self.upstream = Histogram(
+        self.upstream = LoopHistogram(
             "workflowplane_agent_upstream_request_duration_seconds",
             "Requests to the plane's API server, from sending to its status and headers, by "
             "Kubernetes verb and status code (error, timeout, cancelled: no answer)",
@@ -73,17 +74,17 @@ class AgentMetrics:
             registry=self.registry,
             buckets=UPSTREAM_BUCKETS,
         )
-        self.requests_in_flight = Gauge(
+        self.requests_in_flight = LoopGauge(
             "workflowplane_agent_requests_in_flight",
             "Requests from the gateway being served (not streams)",
             registry=self.registry,
         )
-        self.streams_in_flight = Gauge(
+        self.streams_in_flight = LoopGauge(
             "workflowplane_agent_streams_in_flight",
             "Streams (watch/follow) from the gateway being served",
             registry=self.registry,
         )
-        self.frame_bytes = Histogram(
+        self.frame_bytes = LoopHistogram(
             "workflowplane_agent_frame_bytes",
             "Size of the WebSocket messages exchanged with the gateway (in: from it, out: to it)",
             ["direction"],

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
+
+from workflowplane.kits.loop_metrics import LoopCounter, LoopGauge, LoopHistogram
 
 UNKNOWN_PLANE: Final = "unknown"
 LATENCY_BUCKETS = (
@@ -51,22 +53,24 @@ MAX_CACHED_HANDLES = 1024  # labelled series handles kept per cache (label sets 
 
 
 class GatewayMetrics:
+    """The gateway's series; updated on its event loop only (`kits/loop_metrics`)."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self._planes: set[str] = set()
-        self.agents = Gauge(
+        self.agents = LoopGauge(
             "workflowplane_gateway_connected_agents",
             "Agent connections per plane",
             ["plane_id"],
             registry=self.registry,
         )
-        self.agent_connections = Counter(
+        self.agent_connections = LoopCounter(
             "workflowplane_gateway_agent_connections_total",
             "Agent connections admitted, per plane",
             ["plane_id"],
             registry=self.registry,
         )
-        self.agent_disconnections = Counter(
+        self.agent_disconnections = LoopCounter(
             "workflowplane_gateway_agent_disconnections_total",
             "Agent connections ended, per plane and reason (connection-closed: by the agent or "
             "the network; protocol-error; heartbeat-timeout; certificate-expired; "
@@ -74,14 +78,14 @@ class GatewayMetrics:
             ["plane_id", "reason"],
             registry=self.registry,
         )
-        self.requests = Counter(
+        self.requests = LoopCounter(
             "workflowplane_gateway_proxy_requests_total",
             "Proxied requests answered, by plane, Kubernetes verb and status code (counted "
             "when the status goes out: a stream when it starts)",
             ["plane_id", "verb", "code"],
             registry=self.registry,
         )
-        self.latency = Histogram(
+        self.latency = LoopHistogram(
             "workflowplane_gateway_proxy_request_seconds",
             "Proxied request latency through the tunnel, by plane and verb (non-streaming "
             "requests that got an answer from the agent)",
@@ -89,19 +93,19 @@ class GatewayMetrics:
             registry=self.registry,
             buckets=LATENCY_BUCKETS,
         )
-        self.requests_in_flight = Gauge(
+        self.requests_in_flight = LoopGauge(
             "workflowplane_gateway_proxy_requests_in_flight",
             "Proxied (non-streaming) requests sent to an agent and not answered yet, per plane",
             ["plane_id"],
             registry=self.registry,
         )
-        self.streams_in_flight = Gauge(
+        self.streams_in_flight = LoopGauge(
             "workflowplane_gateway_streams_in_flight",
             "Proxied streams (watch/follow) open through an agent, per plane",
             ["plane_id"],
             registry=self.registry,
         )
-        self.frame_bytes = Histogram(
+        self.frame_bytes = LoopHistogram(
             "workflowplane_gateway_frame_bytes",
             "Size of the WebSocket messages exchanged with agents (in: from agents, out: to "
             "agents; an oversized message counts with the size seen when it was skipped)",
@@ -109,54 +113,54 @@ class GatewayMetrics:
             registry=self.registry,
             buckets=FRAME_BUCKETS,
         )
-        self.subscribers_dropped = Counter(
+        self.subscribers_dropped = LoopCounter(
             "workflowplane_gateway_event_subscribers_dropped_total",
             "Push-channel subscribers dropped because their event queue was full (not read)",
             registry=self.registry,
         )
-        self.late = Counter(
+        self.late = LoopCounter(
             "workflowplane_gateway_late_responses_total",
             "Responses that arrived after their request timed out",
             registry=self.registry,
         )
-        self.rejected = Counter(
+        self.rejected = LoopCounter(
             "workflowplane_gateway_admissions_rejected_total",
             "Agent connections refused, by reason",
             ["reason"],
             registry=self.registry,
         )
-        self.dropped_frames = Counter(
+        self.dropped_frames = LoopCounter(
             "workflowplane_gateway_dropped_frames_total",
             "Malformed or unexpected frames from agents",
             registry=self.registry,
         )
-        self.oversized = Counter(
+        self.oversized = LoopCounter(
             "workflowplane_gateway_oversized_messages_total",
             "Agent messages over the frame limit: skipped, their request failed with 502",
             registry=self.registry,
         )
-        self.slow_streams = Counter(
+        self.slow_streams = LoopCounter(
             "workflowplane_gateway_slow_streams_closed_total",
             "Streams closed because the caller fell further behind than the stream buffer",
             registry=self.registry,
         )
-        self.streams_refused = Counter(
+        self.streams_refused = LoopCounter(
             "workflowplane_gateway_streams_refused_total",
             "Streams refused with 429, by the cap that was reached (agent or cr)",
             ["cap"],
             registry=self.registry,
         )
-        self.expired = Counter(
+        self.expired = LoopCounter(
             "workflowplane_gateway_expired_connections_total",
             "Agent connections closed because their client certificate expired",
             registry=self.registry,
         )
-        self.invalid_status = Counter(
+        self.invalid_status = LoopCounter(
             "workflowplane_gateway_invalid_status_codes_total",
             "Agent answers whose status code is not a final HTTP status (answered 502)",
             registry=self.registry,
         )
-        self.throttled = Counter(
+        self.throttled = LoopCounter(
             "workflowplane_gateway_throttled_reads_total",
             "Times an agent sent more useless frames per second than allowed and was not read",
             registry=self.registry,
@@ -192,7 +196,7 @@ class MetricHandles:
         self._metrics = metrics
         self._cache: dict[tuple[str, ...], Any] = {}
 
-    def _child(self, metric: Counter | Gauge | Histogram, *labels: str) -> Any:
+    def _child(self, metric: LoopCounter | LoopGauge | LoopHistogram, *labels: str) -> Any:
         key = (metric._name, *labels)
         child = self._cache.get(key)
         if child is None:
