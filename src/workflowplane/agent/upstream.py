@@ -172,7 +172,7 @@ class Upstream:
             body,
             timeout,
         )
-        return self._timed(opened, method, path, query, _status_code)
+        return self._timed(opened, method, path, query, _status_code, pool.loop)
 
     def websocket(
         self, path: str, query: str, protocols: tuple[str, ...]
@@ -185,7 +185,7 @@ class Upstream:
             )
         url = self._url(path, query)
         opened = self._sockets.ws_connect(url, headers=self._auth_header(), protocols=protocols)
-        return self._timed(opened, "GET", path, query, _upgraded)
+        return self._timed(opened, "GET", path, query, _upgraded, asyncio.get_running_loop())
 
     def _timed(
         self,
@@ -194,10 +194,11 @@ class Upstream:
         path: str,
         query: str,
         code_of: Callable[[T], str],
+        loop: asyncio.AbstractEventLoop,
     ) -> AbstractAsyncContextManager[T]:
         if not self._observers:
             return opened
-        return _Timed(opened, (method, path, query), code_of, self._observers)
+        return _Timed(opened, (method, path, query), code_of, self._observers, loop)
 
     async def request(
         self,
@@ -261,7 +262,7 @@ def _failure_code(exc: BaseException) -> str:
 class _Timed(Generic[T]):
     """A request timed from sending to its status and headers, told to the observers."""
 
-    __slots__ = ("_call", "_code_of", "_observers", "_opened")
+    __slots__ = ("_call", "_code_of", "_loop", "_observers", "_opened")
 
     def __init__(
         self,
@@ -269,9 +270,10 @@ class _Timed(Generic[T]):
         call: tuple[str, str, str],
         code_of: Callable[[T], str],
         observers: list[Observer],
+        loop: asyncio.AbstractEventLoop,  # passed in: looking it up is a getpid call on 3.11
     ) -> None:
         self._opened, self._call, self._code_of = opened, call, code_of
-        self._observers = observers
+        self._observers, self._loop = observers, loop
 
     def _tell(self, code: str, seconds: float) -> None:
         for observer in self._observers:
@@ -285,7 +287,7 @@ class _Timed(Generic[T]):
             self._tell(_failure_code(exc), time.perf_counter() - started)
             raise
         seconds = time.perf_counter() - started  # told once the answer is on its way:
-        asyncio.get_running_loop().call_soon(self._tell, self._code_of(answer), seconds)
+        self._loop.call_soon(self._tell, self._code_of(answer), seconds)
         return answer
 
     async def __aexit__(
