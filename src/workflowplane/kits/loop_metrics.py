@@ -33,6 +33,9 @@ class _Value:
     def get(self) -> float:
         return self.value
 
+    def set(self, value: float, timestamp: float | None = None) -> None:  # Counter.reset
+        self.value = value
+
     def get_exemplar(self) -> None:
         return None
 

@@ -54,9 +54,14 @@ def test_a_labelled_metric_itself_cannot_be_updated(update: Callable[[], None]) 
         update()
 
 
-def test_a_counter_never_goes_down() -> None:
+def test_a_counter_never_goes_down_but_may_be_reset() -> None:
+    counter = LoopCounter("c_total", "c", registry=None)
+    counter.inc(2)
     with pytest.raises(ValueError, match="non-negative"):
-        LoopCounter("c_total", "c", registry=None).inc(-1)
+        counter.inc(-1)
+    counter.reset()
+    counter.inc()
+    assert counter._value.get() == 1
 
 
 def _python_calls(update: Callable[[], None]) -> int:
