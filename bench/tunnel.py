@@ -49,7 +49,7 @@ from flame import profiled, summary
 from workflowplane.agent.config import AgentConfig
 from workflowplane.agent.runner import Agent
 from workflowplane.protocol.gateway_client import GatewayClient
-from workflowplane.pki import KeyPair, issue_certificate
+from workflowplane.pki import KeyPair, generate_ca, issue_certificate
 from workflowplane.testenv import CONTROL_PLANE, WORKFLOW_PLANE, Environment, free_port
 from workflowplane.testenv.tools import async_client, gateway_server_ca, kubectl
 
@@ -514,8 +514,11 @@ def print_peer_table(rows: dict[str, dict[str, float]]) -> None:
               f"c64 {row['c64'] / direct['c64']:.0%} of direct")
 
 
-async def peer_comparison(env: Environment, tmp: Path, profile_dir: Path | None) -> None:
-    """--peer: the same load direct, through OpenChoreo's pair, and through ours."""
+async def peer_comparison(
+    env: Environment, tmp: Path, profile_dir: Path | None, floor: bool = False
+) -> None:
+    """--peer: the same load direct, through OpenChoreo's pair, and through ours (and with
+    ``floor``, through two bare TLS relays: bench/tls_relay.py)."""
     sys.path.insert(0, str(REPO))  # the interop tests' process wrappers, reused
     from tests.interop import peers  # noqa: PLC0415
     from workflowplane.testenv import peer  # noqa: PLC0415
@@ -542,6 +545,9 @@ async def peer_comparison(env: Environment, tmp: Path, profile_dir: Path | None)
         rows["direct (no tunnel)"]["big"], _ = await big_list_ms(direct_big)
         rows["direct (no tunnel)"].update(await big_list_cpu(direct_big, {}))
         await _pairs(cp, wp, pki, binaries, tmp, rows, profile_dir, direct, direct_big)
+        if floor:
+            for threads in (False, True):
+                await _relay_pair(wp, tmp, rows, direct, direct_big, threads=threads)
     finally:
         await s.close()
     print(f"machine: {os.cpu_count()} cores, loopback; {SEQUENTIAL} sequential GETs, then 3 s "
@@ -613,6 +619,62 @@ async def _pairs(
                 gateway.stop()
 
 
+async def _relay_pair(
+    wp: Any, tmp: Path, rows: dict[str, dict[str, float]], direct: Any, direct_big: Any,
+    threads: bool,
+) -> None:
+    """--floor: the same load through two tls_relay.py processes (client -> relay B ->
+    relay A -> API server, TLS on every hop): what two Python processes cost that only
+    decrypt and re-encrypt, as our gateway and agent must."""
+    ca = generate_ca("bench relay CA")
+    leaf = issue_certificate(ca, "relay", client=False, server=True, ip_addresses=["127.0.0.1"])
+    files = {}
+    for name, pem in (("relay.crt", leaf.cert_pem), ("relay.key", leaf.key_pem)):
+        files[name] = tmp / name
+        files[name].write_bytes(pem)
+    api_port = int(wp.url.rsplit(":", 1)[1])
+    a_port, b_port = free_port(), free_port()
+    mode = ["--threads"] if threads else []
+    relay = [sys.executable, str(REPO / "bench" / "tls_relay.py")]
+    tls = [str(files["relay.crt"]), str(files["relay.key"])]
+    relays = [
+        await asyncio.create_subprocess_exec(
+            *relay, str(a_port), str(api_port), *tls, *_admin_files(wp), *mode,
+            stdout=subprocess.PIPE),
+        await asyncio.create_subprocess_exec(
+            *relay, str(b_port), str(a_port), *tls, *mode, stdout=subprocess.PIPE),
+    ]
+    client_ssl = ssl.create_default_context(cadata=ca.cert_pem.decode())
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ssl))
+    try:
+        for process in relays:
+            assert process.stdout is not None and await process.stdout.readline() == b"ready\n"
+
+        async def relayed() -> None:
+            async with session.get(f"https://127.0.0.1:{b_port}/version") as r:
+                assert r.status == 200
+                await r.read()
+
+        async def relayed_big() -> int:
+            async with session.get(f"https://127.0.0.1:{b_port}{BIG_LIST_PATH}",
+                                   headers=PLAIN) as r:
+                return len(await r.read())
+
+        pids = {"agent": relays[0].pid, "gateway": relays[1].pid}  # their places in the chain
+        label = "TLS relay pair, threads" if threads else "TLS relay pair, uvloop"
+        idle = {f"idle_{name}": rss_mib(pid) for name, pid in pids.items()}
+        rows[label] = {**idle, **await measure(relayed, pids, alongside=direct)}
+        big, big_direct = await big_list_ms(relayed_big, alongside=direct_big)
+        assert big_direct is not None
+        rows[label].update(big=big, big_alongside=big_direct, big_ratio=big / big_direct)
+        rows[label].update(await big_list_cpu(relayed_big, pids))
+    finally:
+        await session.close()
+        for process in relays:
+            process.kill()
+            await process.wait()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--idle", default="1000,5000")
@@ -621,6 +683,9 @@ async def main() -> None:
                         help="with --peer: py-spy our gateway and agent into this directory")
     parser.add_argument("--peer", action="store_true",
                         help="only: direct vs OpenChoreo's Go pair vs ours, side by side")
+    parser.add_argument("--floor", action="store_true",
+                        help="with --peer: also two bare TLS relays (bench/tls_relay.py), "
+                             "with uvloop and with threads")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="wp-bench-"))
     if args.peer:
@@ -632,7 +697,7 @@ async def main() -> None:
                     str(REPO / "deploy" / "crds") + "/")
             kubectl(cp.kubeconfig, cp.context, "wait", "--for=condition=Established", "crd",
                     "--all")
-            await peer_comparison(env, tmp, args.profile)
+            await peer_comparison(env, tmp, args.profile, args.floor)
         finally:
             env.stop()
         return
