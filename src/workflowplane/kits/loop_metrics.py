@@ -101,5 +101,6 @@ class LoopHistogram(Histogram):
 
     def observe(self, amount: float, exemplar: object = None) -> None:
         self._plain_sum.value += amount  # first: a labelled parent has no buckets
-        # the first bucket whose upper bound is at least ``amount`` (the last is +Inf)
-        self._plain_buckets[bisect_left(self._upper_bounds, amount)].value += 1
+        if amount == amount:  # noqa: PLR0124  # not NaN, which no bucket counts (as stock)
+            # the first bucket whose upper bound is at least ``amount`` (the last is +Inf)
+            self._plain_buckets[bisect_left(self._upper_bounds, amount)].value += 1

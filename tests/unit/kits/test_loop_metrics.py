@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from collections.abc import Callable
@@ -28,8 +29,9 @@ def _exposition(counter: Any, gauge: Any, histogram: Any) -> str:
     in_flight.dec()
     in_flight.set(7.5)
     in_flight.inc()
-    for seconds in (0.05, 0.1, 0.5, 1, 10, 11, -1):
+    for seconds in (0.05, 0.1, 0.5, 1, 10, 11, -1, math.inf):
         latency.labels("get").observe(seconds)
+    latency.labels("list").observe(math.nan)  # in the sum, in no bucket
     text = generate_latest(registry).decode()
     return re.sub(r"(_created\{[^}]*\}|_created) \S+", r"\1 <time>", text)
 
@@ -38,7 +40,8 @@ def test_the_exposition_is_prometheus_clients_own() -> None:
     stock = _exposition(Counter, Gauge, Histogram)
     assert _exposition(LoopCounter, LoopGauge, LoopHistogram) == stock
     assert 'latency_seconds_bucket{le="1.0",verb="get"} 5.0' in stock  # 1 falls in le=1
-    assert 'latency_seconds_bucket{le="+Inf",verb="get"} 7.0' in stock
+    assert 'latency_seconds_bucket{le="+Inf",verb="get"} 8.0' in stock
+    assert 'latency_seconds_count{verb="list"} 0.0' in stock
 
 
 @pytest.mark.parametrize(
