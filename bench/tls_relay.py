@@ -8,13 +8,15 @@ Accepts TLS on 127.0.0.1:LISTEN_PORT with CERT/KEY, and for each connection open
 bytes both ways. No HTTP, no WebSocket, no framing: a chain of two of these is the floor of
 any tunnel made of two Python processes with TLS on each hop. By default it runs as our
 gateway and agent do (uvloop, TLS through memory BIOs: every byte is copied into OpenSSL's
-buffer and out of it); ``--threads`` uses blocking ``ssl`` sockets, a thread per direction
+buffer and out of it); ``--threads`` uses blocking ``ssl`` sockets, a thread per connection
 (OpenSSL reads and writes the socket itself). Prints ``ready`` once listening.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import select
 import socket
 import ssl
 import sys
@@ -75,8 +77,17 @@ async def _serve_uvloop(port: int, upstream: int, argv: list[str]) -> None:
         down = _Half()
 
         async def dial() -> None:
-            _, up = await loop.create_connection(_Half, "127.0.0.1", upstream, ssl=client_ssl)
+            try:
+                _, up = await loop.create_connection(_Half, "127.0.0.1", upstream, ssl=client_ssl)
+            except OSError:
+                if down.transport is not None:
+                    down.transport.close()
+                return
             up.peer, down.peer = down, up
+            if down.transport is None or down.transport.is_closing():  # the caller left
+                assert up.transport is not None
+                up.transport.close()
+                return
             assert up.transport is not None
             for data in down.early:
                 up.transport.write(data)
@@ -92,16 +103,30 @@ async def _serve_uvloop(port: int, upstream: int, argv: list[str]) -> None:
     await server.serve_forever()
 
 
-def _pump(source: ssl.SSLSocket, sink: ssl.SSLSocket) -> None:
+def _relay(down: ssl.SSLSocket, up: ssl.SSLSocket) -> None:
+    """Both directions of one connection in one thread (an SSL object must not be read and
+    written from two threads at once): whichever side has bytes is read, and what it gives
+    is written to the other side before anything else is read."""
     buffer = bytearray(256 * 1024)
     view = memoryview(buffer)
+    other = {down: up, up: down}
     try:
-        while count := source.recv_into(buffer):
-            sink.sendall(view[:count])
+        while True:
+            ready = [end for end in (down, up) if end.pending()]  # decrypted, not yet read
+            if not ready:
+                ready, _, _ = select.select([down, up], [], [])
+            for source in ready:
+                count = source.recv_into(buffer)
+                if not count:
+                    return
+                other[source].sendall(view[:count])
     except OSError:
         pass
-    for end in (source, sink):
-        end.close()
+    finally:
+        for end in (down, up):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
 
 
 def _serve_threads(port: int, upstream: int, argv: list[str]) -> None:
@@ -112,8 +137,7 @@ def _serve_threads(port: int, upstream: int, argv: list[str]) -> None:
         up = client_ssl.wrap_socket(socket.create_connection(("127.0.0.1", upstream)))
         for end in (down, up):
             end.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        threading.Thread(target=_pump, args=(down, up), daemon=True).start()
-        _pump(up, down)
+        _relay(down, up)
 
     listener = socket.create_server(("127.0.0.1", port))
     print("ready", flush=True)
