@@ -20,6 +20,7 @@ exercises them against the installed version.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +39,12 @@ from workflowplane.kits.ws_tap import (
 from workflowplane.protocol.binary import request_id_of as binary_request_id
 
 HEAD_BYTES = 512  # enough of an oversized message to find its requestID
+# Frames read in one pass of the event loop; the rest of the read waits for the next pass
+# (reading paused meanwhile), so a read of thousands of tiny frames cannot hold the loop.
+FRAMES_PER_PASS = 1024
+# Frames any message may be split into; past them, one more per KiB it carries (gorilla
+# writes 4 KiB frames; empty or tiny fragments cost the parser and add nothing).
+FREE_FRAGMENTS = 64
 _REQUEST_ID = re.compile(rb'"requestID"\s*:\s*"([^"\\]{1,200})"')
 _OP_CONTINUATION, _OP_TEXT, _OP_BINARY = 0x0, 0x1, 0x2
 _DATA_OPCODES = frozenset({_OP_CONTINUATION, _OP_TEXT, _OP_BINARY})
@@ -79,6 +86,16 @@ class MessageSink(Protocol):
     def set_exception(self, exc: BaseException) -> None: ...
 
 
+class ReadFlow(Protocol):
+    """How the guard holds the connection's reading while it has bytes of its own to read."""
+
+    def hold(self) -> None: ...
+
+    def release(self) -> None: ...
+
+    def later(self, callback: Callable[[], None]) -> None: ...
+
+
 @dataclass
 class _Frame:
     fin: bool
@@ -107,6 +124,7 @@ class _Message:
     head: bytes = b""
     discarding: bool = False
     reported: bool = False
+    frames: int = 0
 
 
 def _unmask(mask: bytes | None, data: bytes | bytearray) -> bytes:
@@ -121,7 +139,9 @@ class FrameGuard:
     """Stands where aiohttp's WebSocket parser stands (fed the socket's bytes) and bounds
     each data message to ``limit`` bytes; see the module docstring."""
 
-    def __init__(self, inner: FrameReader, queue: MessageSink, limit: int) -> None:
+    def __init__(
+        self, inner: FrameReader, queue: MessageSink, limit: int, flow: ReadFlow | None = None
+    ) -> None:
         self._inner = inner
         self._queue = queue
         self._limit = limit
@@ -131,29 +151,90 @@ class FrameGuard:
         self._frame: _Frame | None = None
         self._message: _Message | None = None
         self._broken = False
+        # Without a flow (tests of the parsing alone) every read is parsed at once.
+        self._flow = flow
+        self._frames_left = FRAMES_PER_PASS
+        self._held = b""  # read, not parsed yet: reading is held until it is
+        self._held_from = 0
+        self._reads_held = False
+        self._waiting = False  # for the queue to drain (aiohttp's reader waits likewise)
+
+    @property
+    def holding(self) -> bool:
+        return len(self._held) > self._held_from
 
     def feed_eof(self) -> None:
+        if self.holding:  # the agent's last bytes still count: parsed now, all of them
+            self._flow = None
+            self._parse_held()
         self._inner.feed_eof()
 
     def feed_data(self, data: bytes) -> tuple[bool, bytes]:
         if self._broken:
             return self._inner.feed_data(data)
+        if self.holding:  # a read that came before reading was held: after the held bytes
+            self._held = self._held[self._held_from :] + data
+            self._held_from = 0
+            return self._broken, b""
+        self._parse(data)
+        return self._broken, b""
+
+    def queue_drained(self) -> None:
+        """aiohttp's queue resumed reading: go on with what is held, if anything."""
+        if self._waiting:
+            self._waiting = False
+            self._parse_held()
+
+    def _parse_held(self) -> None:
+        held, start = self._held, self._held_from
+        self._held, self._held_from = b"", 0
+        self._parse(held, start)
+        if not self.holding and self._reads_held and self._flow is not None:
+            self._reads_held = False
+            self._flow.release()
+
+    def _parse(self, data: bytes, start: int = 0) -> None:
+        """Parse ``data`` from ``start`` until it ends, a pass's frames are spent or the
+        queue is full; hold the rest and come back to it (next pass, or once drained)."""
+        self._frames_left = FRAMES_PER_PASS
+        pos = start
         try:
             view = memoryview(data)
             if self._frame is None and self._message is None and not self._header:
-                view = view[self._whole_messages(view) :]
-            if view:
-                self._feed(view)
+                pos = self._whole_messages(view, pos)
+            if pos < len(data) and self._may_go_on():
+                pos = self._feed(view, pos)
         except WebSocketError as exc:
             self._broken = True
             self._queue.set_exception(exc)
-        return self._broken, b""
+        if pos < len(data) and not self._broken:  # broken: the connection ends, unread
+            self._hold(data, pos)
 
-    def _whole_messages(self, data: memoryview) -> int:
+    def _hold(self, data: bytes, pos: int) -> None:
+        assert self._flow is not None  # without one, the parse never stops early
+        self._held, self._held_from = data, pos  # not copied: the read's own bytes
+        if not self._reads_held:
+            self._reads_held = True
+            self._flow.hold()
+        if self._queue_full():
+            self._waiting = True  # queue_drained comes back to it
+        else:
+            self._flow.later(self._parse_held)
+
+    def _may_go_on(self) -> bool:
+        if self._flow is None:
+            return True
+        return self._frames_left > 0 and not self._queue_full()
+
+    def _queue_full(self) -> bool:
+        size, limit = getattr(self._queue, "_size", 0), getattr(self._queue, "_limit", 0)
+        return bool(limit) and size > limit
+
+    def _whole_messages(self, data: memoryview, pos: int) -> int:
         """Deliver the masked binary single-frame messages within the limit that ``data``
-        holds whole, from its start (every answer, when the socket keeps up); the bytes
-        used. The rest, and anything else, goes the general way, frame state and all."""
-        pos, below = 0, self._limit + 1  # the guard's limit is the largest message taken
+        holds whole, from ``pos`` (every answer, when the socket keeps up); where they end.
+        The rest, and anything else, goes the general way, frame state and all."""
+        below = self._limit + 1  # the guard's limit is the largest message taken
         while (whole := whole_binary_frame(data, pos, masked=True, below=below)) is not None:
             start, pos = whole
             payload = bytearray(data[start:pos])
@@ -161,17 +242,24 @@ class FrameGuard:
                 websocket_mask(bytes(data[start - 4 : start]), payload)
             if self.direct is None or not self.direct(payload):
                 self._queue.feed_data(WSMessage(WSMsgType.BINARY, payload, None), len(payload))
+                if self._queue_full():
+                    self._frames_left = 0
+            self._frames_left -= 1
+            if self._frames_left <= 0 and self._flow is not None:
+                break
         return pos
 
-    def _feed(self, data: memoryview) -> None:
-        pos = 0
+    def _feed(self, data: memoryview, pos: int) -> int:
+        """Frames from ``pos`` on, until the data ends or the pass may not go on (at a frame's
+        start); where it stopped."""
         while not self._broken:
             if self._frame is None:
-                if pos >= len(data):
-                    return
+                if pos >= len(data) or (not self._header and not self._may_go_on()):
+                    return pos
                 pos = self._read_header(data, pos)
                 if self._frame is None:
-                    return
+                    return pos
+                self._frames_left -= 1
             frame = self._frame
             take = min(frame.remaining, len(data) - pos)
             if take:
@@ -179,9 +267,10 @@ class FrameGuard:
                 pos += take
                 frame.remaining -= take
             if frame.remaining:
-                return
+                return pos
             self._frame = None
             self._end_frame(frame)
+        return pos
 
     def _read_header(self, data: memoryview, pos: int) -> int:
         while (missing := header_length(self._header) - len(self._header)) > 0:
@@ -204,6 +293,13 @@ class FrameGuard:
             return _Frame(fin, opcode, mask, length, passthrough=True)
         message = self._message_for(opcode)
         message.size += length
+        message.frames += 1
+        if message.frames > FREE_FRAGMENTS + message.size // 1024:
+            raise WebSocketError(
+                WSCloseCode.POLICY_VIOLATION,
+                f"a message split into {message.frames} frames for {message.size} bytes "
+                f"(at most {FREE_FRAGMENTS}, and one more per KiB it carries)",
+            )
         if not message.discarding and message.size > self._limit:
             message.discarding = True
             message.body = bytearray()  # the memory goes now, not when the message ends
@@ -300,6 +396,42 @@ class GuardedWebSocket(web.WebSocketResponse):
         super()._post_start(request, protocol, writer)
         handler = request.protocol
         assert self._reader is not None
+        flow = _ConnectionFlow(handler, asyncio.get_running_loop())
         self.guard = handler._payload_parser = FrameGuard(
-            handler._payload_parser, self._reader, self._guard_limit
+            handler._payload_parser, self._reader, self._guard_limit, flow
         )
+        flow.guard = self.guard
+        # the queue pauses and resumes reading through it (a public attribute of the queue)
+        self._reader._protocol = flow  # type: ignore[assignment]
+
+
+class _ConnectionFlow:
+    """The connection's reading, as the guard holds it (aiohttp's "buffer" hold: the
+    transport stays paused while either it or the queue's flow control wants it) and as
+    aiohttp's message queue pauses and resumes it (so the guard hears of a resume)."""
+
+    def __init__(self, handler: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._handler = handler
+        self._loop = loop
+        self.guard: FrameGuard | None = None
+
+    def hold(self) -> None:
+        self._handler._pause_reading_for_buffer()
+
+    def release(self) -> None:
+        self._handler._resume_reading_for_buffer()
+
+    def later(self, callback: Callable[[], None]) -> None:
+        self._loop.call_soon(callback)
+
+    @property
+    def _reading_paused(self) -> bool:  # read by aiohttp's queue
+        return bool(self._handler._reading_paused)
+
+    def pause_reading(self) -> None:
+        self._handler.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._handler.resume_reading()
+        if self.guard is not None:
+            self.guard.queue_drained()

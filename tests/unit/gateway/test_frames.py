@@ -15,7 +15,13 @@ from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
 from aiohttp.http_websocket import WebSocketError
 
 from tests.unit.ws_stand_ins import FakeProtocol
-from workflowplane.gateway.frames import HEAD_BYTES, FrameGuard, OversizedMessage, request_id_of
+from workflowplane.gateway.frames import (
+    FRAMES_PER_PASS,
+    HEAD_BYTES,
+    FrameGuard,
+    OversizedMessage,
+    request_id_of,
+)
 
 MASK = b"\x11\x22\x33\x44"
 LIMIT = 64 * 1024
@@ -219,19 +225,99 @@ async def test_a_frame_trickled_a_byte_per_read_holds_about_its_own_size() -> No
     assert held < 4 * sent
 
 
-async def test_a_message_of_many_empty_or_tiny_frames_holds_about_what_it_carries() -> None:
-    """Fragments add little or nothing to a message's size, so they must not each keep a
-    buffer of their own: a message left open with 100,000 of them stays small."""
-    import tracemalloc  # noqa: PLC0415
-
-    checker, _ = guard(limit=4 * 1024 * 1024)
+async def test_a_message_split_into_many_empty_or_tiny_frames_ends_the_connection() -> None:
+    """Fragments that carry little or nothing cost the parser and never make the message
+    bigger: past 64 of them a message must carry a KiB per frame (gorilla writes 4 KiB)."""
+    checker, queue = guard(limit=4 * 1024 * 1024)
     checker.feed_data(frame(1, b'{"requestID":"r"', fin=False))
-    continuation = [frame(0, b"", fin=False), frame(0, b" ", fin=False)]
-    tracemalloc.start()
-    try:
-        for index in range(100_000):
-            checker.feed_data(continuation[index % 2])
-        held, _ = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert held < 400_000  # 50,000 bytes carried; a buffer per frame held about 6 MB
+    tiny = [frame(0, b"", fin=False), frame(0, b" ", fin=False)]
+    fed = 0
+    while fed < 100_000 and not checker.feed_data(tiny[fed % 2])[0]:
+        fed += 1
+    assert fed == 63  # the message's 65th frame
+    with pytest.raises(WebSocketError, match=r"split into 65 frames for 48 bytes"):
+        await queue.read()
+
+
+async def test_a_message_in_4_kib_frames_is_not_too_fragmented() -> None:
+    checker, queue = guard(limit=4 * 1024 * 1024)
+    payload = response("r", 3 * 1024 * 1024)
+    checker.feed_data(fragments(payload))
+    [message] = drain(queue)
+    assert message.data == payload
+
+
+class Flow:
+    """The connection's reading as a test sees it: holds, releases and deferred calls."""
+
+    def __init__(self) -> None:
+        self.holds = self.releases = 0
+        self.deferred: list[Any] = []
+
+    def hold(self) -> None:
+        self.holds += 1
+
+    def release(self) -> None:
+        self.releases += 1
+
+    def later(self, callback: Any) -> None:
+        self.deferred.append(callback)
+
+
+def paced_guard(queue_limit: int) -> tuple[FrameGuard, Any, Flow]:
+    loop = asyncio.get_running_loop()
+    queue = WebSocketDataQueue(FakeProtocol(), queue_limit, loop=loop)  # type: ignore[arg-type]
+    inner = WebSocketReader(queue, LIMIT + 1, compress=False, decode_text=True)
+    flow = Flow()
+    return FrameGuard(inner, queue, LIMIT, flow), queue, flow
+
+
+TINY_FRAMES = {
+    "pongs": frame(0xA, b""),  # control frames: aiohttp's parser reads them
+    "empty binary messages": frame(2, b""),  # whole messages: the guard's fast path
+    "one-byte text messages": frame(1, b"x"),  # the guard's general parser
+}
+
+
+@pytest.mark.parametrize("kind", list(TINY_FRAMES))
+async def test_a_read_of_thousands_of_tiny_frames_is_parsed_a_pass_of_the_loop_at_a_time(
+    kind: str,
+) -> None:
+    """One socket read may hold 40,000 frames; parsed at once, in Python, they would hold
+    the event loop every agent and caller shares for a long while. A pass parses at most
+    FRAMES_PER_PASS, the connection's reading is held, the rest waits for the next pass."""
+    checker, queue, flow = paced_guard(queue_limit=2**30)  # the queue never fills here
+    count = 20_000
+    checker.feed_data(TINY_FRAMES[kind] * count)
+    assert checker.holding and flow.holds == 1 and len(flow.deferred) == 1
+    assert len(queue._buffer) == FRAMES_PER_PASS
+    passes = 1
+    while flow.deferred:
+        before = len(queue._buffer)
+        flow.deferred.pop()()
+        assert len(queue._buffer) - before <= FRAMES_PER_PASS
+        passes += 1
+    assert len(queue._buffer) == count and not checker.holding
+    assert passes == -(-count // FRAMES_PER_PASS)
+    assert (flow.holds, flow.releases) == (1, 1)
+
+
+async def test_while_aiohttps_queue_is_full_the_guard_waits_for_it_to_drain() -> None:
+    """As aiohttp's own reader does: past the queue's high-water mark nothing more is parsed
+    (the connection's reading held) until the reader task has drained it."""
+    checker, queue, flow = paced_guard(queue_limit=16 * 1024)
+    messages = [frame(2, bytes([n % 256]) * 1000) for n in range(200)]
+    checker.feed_data(b"".join(messages[:100]))
+    checker.feed_data(b"".join(messages[100:]))  # read before reading was held: queued behind
+    assert checker.holding and not flow.deferred and flow.holds == 1
+    got: list[bytes] = []
+    while checker.holding:
+        queued = len(queue._buffer)
+        assert queued * 1000 <= 2 * 16 * 1024 + 1000  # aiohttp's limit is twice its argument
+        got += [bytes(message.data) for message in drain(queue)]
+        checker.queue_drained()
+        while flow.deferred:
+            flow.deferred.pop()()
+    got += [bytes(message.data) for message in drain(queue)]
+    assert got == [bytes([n % 256]) * 1000 for n in range(200)]  # all, in order
+    assert flow.releases == 1
