@@ -13,9 +13,15 @@ one frame. Both are handled; the limit applies to the whole message. Control fra
 (ping/pong/close) and anything malformed go to aiohttp's own parser untouched, so protocol
 errors end the connection exactly as before.
 
-This uses aiohttp internals (the response's ``_post_start``, its data queue, the protocol's
-``_payload_parser`` and the C masking helper), pinned with aiohttp; tests/unit/gateway
-exercises them against the installed version.
+A read's frames are parsed at most ``FRAMES_PER_PASS`` per pass of the event loop, and none
+while aiohttp's message queue is over its high-water mark (as aiohttp's own reader stalls):
+the rest of the read waits, the connection's reading held meanwhile, so one agent's flood of
+tiny frames cannot hold the loop every agent and caller shares.
+
+This uses aiohttp internals (the response's ``_post_start``, its data queue with its
+``_size``, ``_limit`` and ``_protocol``, the protocol's ``_payload_parser``,
+``_reading_paused`` and buffer hold, and the C masking helper), pinned with aiohttp;
+tests/unit/gateway exercises them against the installed version.
 """
 
 from __future__ import annotations
