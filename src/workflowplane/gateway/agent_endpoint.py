@@ -235,21 +235,31 @@ class AgentEndpoint:
             elif message.type in {WSMsgType.TEXT, WSMsgType.BINARY}:
                 self._metrics.frame_in.observe(len(message.data))
                 binary = conn.binary and message.type == WSMsgType.BINARY
-                if not self._route_frame(conn, message.data, binary) and (pause := junk.spend()):
-                    self._metrics.throttled.inc()
-                    self._problem(
-                        conn,
-                        "throttled",
-                        "over %d useless frames/s: not read for %.1fs",
-                        junk.per_second,
-                        pause,
-                    )
-                    await asyncio.sleep(pause)
-            elif message.type == WSMsgType.PING:
-                await ws.pong(message.data)
+                if not self._route_frame(conn, message.data, binary):
+                    await self._spend(conn, junk)
+            elif message.type in {WSMsgType.PING, WSMsgType.PONG}:
+                # a few a minute keep a connection alive; a flood of them is junk too
+                if message.type == WSMsgType.PING:
+                    await ws.pong(message.data)
+                await self._spend(conn, junk)
             elif message.type == WSMsgType.ERROR:
                 log.warning("agent %s websocket error: %s", conn.id, ws.exception())
                 conn.closing("protocol-error")
+
+    async def _spend(self, conn: AgentConnection, junk: JunkBudget) -> None:
+        """Count a frame nobody could use; over the budget, stop reading this agent a while
+        (its socket fills, TCP pushes back on it)."""
+        if not (pause := junk.spend()):
+            return
+        self._metrics.throttled.inc()
+        self._problem(
+            conn,
+            "throttled",
+            "over %d useless frames/s: not read for %.1fs",
+            junk.per_second,
+            pause,
+        )
+        await asyncio.sleep(pause)
 
     def _problem(self, conn: AgentConnection, kind: str, msg: str, *args: object) -> None:
         """One warning per connection and kind per interval (the rest are counted in it)."""
@@ -279,6 +289,8 @@ class AgentEndpoint:
             return True
         if stream is None and not isinstance(frame, TunnelResponse):
             return False
+        if _second_head(stream, frame):
+            return False  # useless: the queued way counts it (once)
         conn.seen()
         delivered = self._dispatch(conn, frame)
         self._metrics.frame_in.observe(size)
@@ -305,12 +317,16 @@ class AgentEndpoint:
         rid = frame.request_id
         stream = conn.streams.get(rid) or conn.bodies.get(rid)
         if stream is not None:
+            if _second_head(stream, frame):
+                self._metrics.dropped_frames.inc()
+                self._problem(conn, "second-head", "response for a stream that has begun dropped")
+                return False
             _feed(stream, frame)
             return True
         future = conn.pending.get(rid)
         if isinstance(frame, TunnelResponse) and future is not None and not future.done():
             if frame.chunked and conn.v2:  # the body follows as chunks: catch them from now on
-                conn.bodies[rid] = StreamBuffer(rid, self._config.max_frame_bytes)
+                conn.bodies[rid] = StreamBuffer(rid, self._config.max_frame_bytes, headed=True)
             elif (answer_now := conn.answer_now.pop(rid, None)) is not None:
                 answer_now(frame)
             future.set_result(frame)
@@ -349,6 +365,12 @@ def _feed(stream: StreamBuffer, frame: Frame) -> None:
                 stream.end()
         else:
             _feed_chunk(stream, frame, frame.data)
+
+
+def _second_head(stream: StreamBuffer | None, frame: Frame) -> bool:
+    """A response for a stream that has its head (or is over): nobody will read it, so it
+    is useless (counted and throttled as such), never queued."""
+    return isinstance(frame, TunnelResponse) and stream is not None and not stream.wants_head()
 
 
 def _feed_chunk(stream: StreamBuffer, chunk: StreamChunk, data: bytes | bytearray | None) -> None:

@@ -31,37 +31,64 @@ StreamItem = TunnelResponse | Body | StreamChunk | StreamEnd
 CLEAN_END = StreamEnd()
 
 
+# What one queued item costs besides its bytes: its object, the buffer it came in (a v3
+# chunk keeps its message's head) and its slot in the queue; about 100 bytes for a 1-byte
+# chunk. aiohttp counts 128 bytes per queued message for the same reason. Without it, an
+# agent sending 1-byte chunks made a buffer hold about 66 times its bound.
+ITEM_OVERHEAD = 128
+
+
 def _size(item: TunnelResponse | Body | StreamChunk) -> int:
+    """What an item counts against the bound: its bytes, its metadata and ITEM_OVERHEAD."""
     if isinstance(item, Body):
-        return len(item)
+        return ITEM_OVERHEAD + len(item)
     if isinstance(item, StreamChunk):
-        return len(item.data or b"")
-    return 0
+        return ITEM_OVERHEAD + len(item.request_id) + len(item.data or b"")
+    return ITEM_OVERHEAD + len(item.request_id) + len(item.body or b"") + _headers_size(item)
+
+
+def _headers_size(head: TunnelResponse) -> int:
+    """A head's header names and values (up to a frame's metadata, 1 MiB, on v3)."""
+    headers = head.headers or {}
+    return sum(len(name) + sum(map(len, values)) for name, values in headers.items())
 
 
 class StreamBuffer:
-    """Items for one stream of CR ``key``, at most ``limit`` bytes of body waiting.
+    """Items for one stream of CR ``key``, at most ``limit`` bytes waiting (each item counted
+    with its metadata and ITEM_OVERHEAD, so tiny chunks cannot hold more than the bound).
 
     One item is always accepted into an empty buffer (a chunk may be as large as a frame);
     adding to a non-empty one past ``limit`` overflows it. ``on_overflow`` is called once,
-    then, so the proxy can cut off a caller that is stuck not reading.
+    then, so the proxy can cut off a caller that is stuck not reading. A stream has one head
+    (a TunnelResponse), its first item: a response after anything else is refused.
     """
 
-    def __init__(self, key: str, limit: int, *, whole_chunks: bool = False) -> None:
+    def __init__(
+        self, key: str, limit: int, *, whole_chunks: bool = False, headed: bool = False
+    ) -> None:
         self.key = key
         self.limit = limit
         self.whole_chunks = whole_chunks  # exec: chunks queued as they are, not just their data
         self.on_overflow: Callable[[], None] = lambda: None
         self.overflowed = False
-        self.peak = 0  # the most body bytes ever waiting (for tests and the bench)
+        self.peak = 0  # the most bytes ever counted waiting (for tests and the bench)
         self._items: deque[StreamItem] = deque()
         self._bytes = 0
         self._ended = False
+        # headed: the head came another way (a chunked answer's, through its request's
+        # future), so no response is of use to it.
+        self._began = headed
         self._ready = asyncio.Event()
 
     @property
     def buffered(self) -> int:
+        """The bytes counted waiting (``_size``: items' bytes, metadata and overhead)."""
         return self._bytes
+
+    def wants_head(self) -> bool:
+        """Whether a head (TunnelResponse) can be of use: only as the first item of a stream
+        still going. Any later one would wait unread (the caller reads one head)."""
+        return not (self._began or self._ended)
 
     @property
     def ended(self) -> bool:
@@ -69,14 +96,16 @@ class StreamBuffer:
         return self._ended
 
     def put(self, item: TunnelResponse | Body | StreamChunk) -> bool:
-        """Queue what the agent sent; False when the stream is over (ended or overflowed)."""
-        if self._ended:
+        """Queue what the agent sent; False when the stream is over (ended or overflowed)
+        or the item is of no use to it (a head after the stream began: ``wants_head``)."""
+        if self._ended or (isinstance(item, TunnelResponse) and self._began):
             return False
         size = _size(item)
         if self._items and self._bytes + size > self.limit:
             self._overflow()
             return False
         self._items.append(item)
+        self._began = True
         self._bytes += size
         self.peak = max(self.peak, self._bytes)
         self._ready.set()

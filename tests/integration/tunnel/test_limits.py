@@ -277,6 +277,25 @@ async def test_half_open_clients_are_closed_by_every_listener(
         assert (await _get(gw, plane_id, namespace, "/version")).status == 200
 
 
+@pytest.mark.parametrize("control", ["ping", "pong"])
+async def test_a_flood_of_pings_or_pongs_is_read_slower_too(
+    control: str, control_plane: ApiServer, crds: Path, namespace: str, tmp_path: Path
+) -> None:
+    """Control frames are useless beyond a few a minute: a flood counts against the same
+    budget (answered pings too), and the connection still serves requests."""
+    async with running_gateway(control_plane, tmp_path, max_junk_frames_per_second=200) as gw:
+        plane_id, ca = await scripted_plane(control_plane, gw, namespace)
+        async with scripted_agent(gw, plane_id, leaf_of(ca), tmp_path, by_path) as agent:
+            send = agent.ws.ping if control == "ping" else agent.ws.pong
+            for _ in range(600):
+                await send(b"")
+            await eventually(
+                lambda: _sample(gw, "workflowplane_gateway_throttled_reads_total") >= 1,
+                timeout=30,
+            )
+            assert (await _get(gw, plane_id, namespace, "/version")).status == 200
+
+
 async def test_a_flood_of_useless_frames_is_read_slower_and_logged_once(
     control_plane: ApiServer,
     crds: Path,

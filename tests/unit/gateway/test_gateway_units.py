@@ -14,7 +14,7 @@ from workflowplane.gateway.connections import AgentConnection, ConnectionManager
 from workflowplane.gateway.kube_proxy import KubeProxy, bad_path
 from workflowplane.gateway.metrics import GatewayMetrics
 from workflowplane.gateway.plane_cache import PlaneCache
-from workflowplane.gateway.streams import StreamBuffer, StreamEnd
+from workflowplane.gateway.streams import ITEM_OVERHEAD, StreamBuffer, StreamEnd
 from workflowplane.gateway.tls import split_pems
 from workflowplane.pki import generate_ca, issue_certificate
 from workflowplane.protocol import TunnelError, TunnelResponse
@@ -122,15 +122,15 @@ async def test_a_stream_buffer_is_bounded_and_overflows_once_when_the_caller_lag
     buffer.on_overflow = lambda: cut.append(True)
     assert buffer.put(b"x" * 5000)  # one chunk always fits an empty buffer
     assert await buffer.get() == b"x" * 5000
-    for _ in range(4):
-        assert buffer.put(b"y" * 250)
+    for _ in range(4):  # each item counts its bytes and ITEM_OVERHEAD
+        assert buffer.put(b"y" * (250 - ITEM_OVERHEAD))
     assert buffer.buffered == 1000
     assert not buffer.put(b"z")  # past the bound: the stream is over
     assert buffer.overflowed and cut == [True] and buffer.buffered == 0
     end = await buffer.get()
     assert isinstance(end, StreamEnd) and "fell more than 1000 bytes behind" in str(end.problem)
     assert not buffer.put(b"more") and cut == [True]
-    assert buffer.peak == 5000
+    assert buffer.peak == 5000 + ITEM_OVERHEAD
 
 
 # ---- frames that do not decode ------------------------------------------------------------
