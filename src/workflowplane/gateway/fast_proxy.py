@@ -156,8 +156,7 @@ class FastProxy:
             conn.answer_now.pop(frame.request_id, None)
         if answered:
             return
-        if isinstance(reply, web.Response):
-            conn.bodies.pop(frame.request_id, None)
+        if isinstance(reply, web.Response):  # ask dropped any body buffer
             self._error(what, reply, respond)
             return
         answer = await self._proxy.answer_of(conn, reply, f"a request of {what.path}")

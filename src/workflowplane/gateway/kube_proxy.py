@@ -65,6 +65,9 @@ WATCH_MARGIN_SECONDS = 5.0
 DEGRADED_HEADER = "X-Workflowplane-Degraded"
 NO_HEADERS = {"Accept": ["*/*"]}  # what a request without headers travels with
 DEGRADED_V1 = "v1-agent"
+# At most this much of an agent's error details that JSON cannot carry (their repr, which
+# may be several times the frame's metadata) goes into the caller's message.
+DETAILS_SHOWN = 4096
 # RFC 9110 token (header names); values may not carry CR, LF or NUL (response splitting).
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _BAD_VALUE = re.compile(r"[\r\n\x00]")
@@ -215,9 +218,26 @@ def complete_answer(reply: TunnelResponse) -> bool:
 
 
 def _details(error: TunnelError) -> str:
+    """The agent's error details for the caller's message, as JSON. Details JSON cannot
+    carry (a v3 agent's msgpack extension value, a map with array keys) are shown as their
+    repr instead, so the agent's status and message still reach the caller (never a 500)."""
     if not error.details:
         return ""
-    return f" ({msgspec.json.encode(error.details).decode()})"
+    try:
+        return f" ({msgspec.json.encode(error.details).decode()})"
+    except (TypeError, ValueError, RecursionError):
+        return f" (not JSON: {_bounded_repr(error.details)})"
+
+
+def _bounded_repr(details: dict[str, Any]) -> str:
+    """``details`` as Python shows it, at most DETAILS_SHOWN characters."""
+    try:
+        shown = repr(details)
+    except RecursionError:  # nested deeper than repr's stack
+        return "nested too deeply to show"
+    if len(shown) <= DETAILS_SHOWN:
+        return shown
+    return f"{shown[:DETAILS_SHOWN]}... ({len(shown)} characters)"
 
 
 class KubeProxy:
@@ -355,8 +375,13 @@ class KubeProxy:
     ) -> TunnelResponse | web.Response:
         """Send one request and wait for its answer's head: the agent's response, or the
         gateway's own error answer (timeout, too large, connection lost). One timer per
-        request (no ``wait_for`` task machinery); ``verb`` when the caller knows it."""
+        request (no ``wait_for`` task machinery); ``verb`` when the caller knows it.
+
+        A chunked answer's body buffer (registered as its head arrives) is the caller's only
+        with the head returned: on an error answer, or when cancelled (the caller went away
+        in the pass its head arrived), it is dropped here and the agent told to stop."""
         rid = frame.request_id
+        reply: TunnelResponse | None = None
         loop = self._loop or self._first_loop()
         future: asyncio.Future[TunnelResponse] = loop.create_future()
         conn.pending[rid] = future
@@ -378,6 +403,8 @@ class KubeProxy:
             timer.cancel()
             conn.pending.pop(rid, None)
             in_flight.dec()
+            if reply is None and conn.bodies.pop(rid, None) is not None:
+                await close_stream(conn, rid)
         elapsed = time.perf_counter() - started
         loop.call_soon(self._observe_latency, conn.plane_id, frame, verb, elapsed)
         return reply
@@ -394,7 +421,6 @@ class KubeProxy:
     ) -> web.StreamResponse:
         reply = await self.ask(conn, frame, verb)
         if isinstance(reply, web.Response):
-            conn.bodies.pop(frame.request_id, None)
             return reply
         answer = await self.answer_of(conn, reply, f"a request of {request.path}")
         if not isinstance(answer, StreamBuffer):

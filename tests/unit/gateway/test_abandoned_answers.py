@@ -1,0 +1,110 @@
+"""A chunked answer whose request is cancelled (its caller left) in the pass its head arrives
+leaves no body buffer behind: it is dropped and the agent told to stop, exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from workflowplane.gateway.agent_endpoint import AgentEndpoint
+from workflowplane.gateway.answers import AnswerLog
+from workflowplane.gateway.config import GatewayConfig
+from workflowplane.gateway.connections import AgentConnection
+from workflowplane.gateway.drain import InFlight
+from workflowplane.gateway.fast_proxy import FastProxy
+from workflowplane.gateway.kube_proxy import KubeProxy
+from workflowplane.gateway.metrics import GatewayMetrics
+from workflowplane.kits.http1_server import Request
+from workflowplane.pki import generate_ca, issue_certificate
+from workflowplane.protocol import Frame, StreamChunk, TunnelRequest, TunnelResponse
+from workflowplane.protocol.binary import decode_binary
+
+pytestmark = pytest.mark.asyncio
+PLAIN = "/api/proxy/workflowplane/p1/team-a/build/k8s/api/v1/namespaces/x/pods"
+LEAF = issue_certificate(generate_ca("any"), "agent").certificate
+
+
+class _AgentSocket:
+    closed = False
+
+    def __init__(self) -> None:
+        self.frames: list[Frame] = []
+        self.sent = asyncio.Event()
+
+    async def send_bytes(self, data: bytes) -> None:
+        self.frames.append(decode_binary(data))
+        self.sent.set()
+
+    def closes(self, rid: str) -> int:
+        """How many times the agent was told to stop ``rid``."""
+        return sum(
+            isinstance(f, StreamChunk) and f.request_id == rid and f.is_close is True
+            for f in self.frames
+        )
+
+
+class _Connections:
+    def __init__(self, conn: AgentConnection) -> None:
+        self.conn = conn
+
+    def serves(self, *_: Any) -> bool:
+        return True
+
+    def pick(self, *_: Any, **__: Any) -> AgentConnection:
+        return self.conn
+
+
+class _Answers:
+    def whole(self, *_: Any) -> None: ...
+
+    def stream(self, *_: Any) -> None: ...
+
+
+def _wired() -> tuple[AgentConnection, _AgentSocket, KubeProxy, AgentEndpoint]:
+    metrics = GatewayMetrics()
+    socket = _AgentSocket()
+    ws: Any = socket  # the part of a WebSocket the gateway uses to send
+    conn = AgentConnection("workflowplane", "p1", ws, LEAF, {"team-a/build"}, v2=True, binary=True)
+    connections: Any = _Connections(conn)
+    proxy = KubeProxy(connections, GatewayConfig(), metrics)
+    return conn, socket, proxy, AgentEndpoint(connections, GatewayConfig(), metrics)
+
+
+async def _cancel_as_the_head_arrives(
+    task: asyncio.Future[Any], conn: AgentConnection, socket: _AgentSocket, endpoint: AgentEndpoint
+) -> str:
+    """One pass of the loop: the chunked head is read, and the caller's request cancelled."""
+    await socket.sent.wait()
+    rid = socket.frames[0].request_id
+    assert endpoint._dispatch(conn, TunnelResponse(request_id=rid, status_code=200, chunked=True))
+    assert rid in conn.bodies
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    return rid
+
+
+async def test_a_cancelled_ask_drops_the_chunked_body_and_tells_the_agent_once() -> None:
+    conn, socket, proxy, endpoint = _wired()
+    frame = TunnelRequest(request_id="r-1", method="GET", path="/api/v1/pods")
+    task = asyncio.create_task(proxy.ask(conn, frame))
+    rid = await _cancel_as_the_head_arrives(task, conn, socket, endpoint)
+    assert conn.bodies == {} and conn.pending == {}
+    assert socket.closes(rid) == 1
+    # the rest of the body is useless now (counted and throttled), never held
+    assert not endpoint._dispatch(conn, StreamChunk(request_id=rid, data=b"x" * 100_000))
+
+
+async def test_a_lean_request_cancelled_as_its_chunked_head_arrives_leaves_no_buffer() -> None:
+    conn, socket, proxy, endpoint = _wired()
+    connections: Any = _Connections(conn)
+    lean = FastProxy(proxy, connections, InFlight(), AnswerLog(GatewayMetrics()))
+    handler = lean.route("GET", PLAIN, [])
+    assert handler is not None
+    answers: Any = _Answers()  # the lean server's responder: nothing is answered here
+    task = asyncio.ensure_future(handler(Request("GET", PLAIN, [], b""), answers))
+    rid = await _cancel_as_the_head_arrives(task, conn, socket, endpoint)
+    assert conn.bodies == {} and conn.answer_now == {}
+    assert socket.closes(rid) == 1
