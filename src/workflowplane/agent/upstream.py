@@ -21,7 +21,7 @@ from typing import Any, Generic, TypeVar
 import aiohttp
 
 from workflowplane.agent.kubeconfig import KubeTarget
-from workflowplane.kits.http1 import Http1Pool, Http1Response
+from workflowplane.kits.http1 import Http1Pool, Http1Response, Piece, hold_piece
 from workflowplane.protocol.http import HOP_BY_HOP
 
 TOKEN_REREAD_SECONDS = 60.0
@@ -299,18 +299,20 @@ class _Timed(Generic[T]):
 async def read_bounded(response: Http1Response, limit: int) -> bytes:
     """The whole body (``read(n)`` would return only what has arrived so far), bounded.
 
-    A Content-Length over the bound refuses at once, without reading anything.
+    A Content-Length over the bound refuses at once, without reading anything. Short pieces
+    (a server's tiny chunks, one per read) are joined as they come (``hold_piece``), so what
+    is held stays about ``limit``, not ~25 bytes per byte.
     """
     length = response.content_length
     if length is not None and length > limit and not response.complete:  # HEAD, 304: no body
         raise ResponseTooLarge(length, limit)
-    chunks: list[bytes] = []
+    chunks: list[Piece] = []
     size = 0
     async for chunk in response.iter_any():
         size += len(chunk)
         if size > limit:
             raise ResponseTooLarge(None, limit)
-        chunks.append(chunk)
+        hold_piece(chunks, chunk)
     return b"".join(chunks)
 
 

@@ -26,7 +26,7 @@ from typing import Final, cast
 import httptools  # type: ignore[import-untyped]
 
 from workflowplane.kits.eager import start_eagerly
-from workflowplane.kits.http1 import Headers
+from workflowplane.kits.http1 import SMALL_PIECE, Headers, Piece, hold_piece
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ class FrontProtocol(asyncio.Protocol):
         self._handler: Handler | None = None
         self._url = bytearray()
         self._head_bytes = 0
-        self._body: list[bytes] = []
+        self._body: list[Piece] = []  # short pieces joined (hold_piece): ~the body's size
         self._body_bytes = 0
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -301,7 +301,10 @@ class FrontProtocol(asyncio.Protocol):
         self._body_bytes += len(body)
         if self._body_bytes > self._limits.body_bytes:
             raise _Refused(413, f"request body over {self._limits.body_bytes} bytes")
-        self._body.append(body)
+        if len(body) < SMALL_PIECE:
+            hold_piece(self._body, body)
+        else:  # a long piece (the bulk of a large body): kept as it is, without a call
+            self._body.append(body)
 
     def on_message_complete(self) -> None:
         request, handler = self._request, self._handler
@@ -310,7 +313,7 @@ class FrontProtocol(asyncio.Protocol):
         self._body_timer_due = False
         self._disarm()
         if self._body:
-            request.body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+            request.body = b"".join(self._body)  # one piece of bytes: itself, no copy
             self._body = []
             self._body_bytes = 0
         self._request = self._handler = None

@@ -102,7 +102,7 @@ def encode_binary(frame: Frame) -> bytes:
     return b"".join((head, rid, meta, body))
 
 
-def encode_chunk(request_id: str, parts: Sequence[bytes | memoryview]) -> bytearray:
+def encode_chunk(request_id: str, parts: Sequence[bytes | bytearray | memoryview]) -> bytearray:
     """A v3 StreamChunk message whose data is ``parts`` joined, built with one copy of them
     into a bytearray the caller owns (a WebSocket client may mask it in place)."""
     rid = _request_id_bytes(request_id)
