@@ -44,9 +44,13 @@ class _Half(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: _Half | None = None
         self.early: list[bytes] = []  # read before the other side was connected
+        self.lost = False
+        self.doomed = False  # no upstream: closed as soon as it is connected
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        if self.doomed:
+            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         if self.peer is None or self.peer.transport is None:
@@ -63,6 +67,7 @@ class _Half(asyncio.Protocol):
             self.peer.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
         if self.peer is not None and self.peer.transport is not None:
             self.peer.transport.close()
 
@@ -80,15 +85,15 @@ async def _serve_uvloop(port: int, upstream: int, argv: list[str]) -> None:
             try:
                 _, up = await loop.create_connection(_Half, "127.0.0.1", upstream, ssl=client_ssl)
             except OSError:
+                down.doomed = True
                 if down.transport is not None:
                     down.transport.close()
                 return
             up.peer, down.peer = down, up
-            if down.transport is None or down.transport.is_closing():  # the caller left
-                assert up.transport is not None
+            assert up.transport is not None
+            if down.lost:  # the caller left while this was dialled
                 up.transport.close()
                 return
-            assert up.transport is not None
             for data in down.early:
                 up.transport.write(data)
             down.early.clear()
