@@ -110,21 +110,27 @@ async def _serve_uvloop(port: int, upstream: int, argv: list[str]) -> None:
 
 def _relay(down: ssl.SSLSocket, up: ssl.SSLSocket) -> None:
     """Both directions of one connection in one thread (an SSL object must not be read and
-    written from two threads at once): whichever side has bytes is read, and what it gives
-    is written to the other side before anything else is read."""
+    written from two threads at once), on non-blocking sockets: a readable socket may hold a
+    record with no data for the caller (a TLS 1.3 session ticket), and a blocking read would
+    then wait for data that only comes after the other side is read."""
     buffer = bytearray(256 * 1024)
     view = memoryview(buffer)
     other = {down: up, up: down}
+    for end in (down, up):
+        end.setblocking(False)
     try:
         while True:
             ready = [end for end in (down, up) if end.pending()]  # decrypted, not yet read
             if not ready:
                 ready, _, _ = select.select([down, up], [], [])
             for source in ready:
-                count = source.recv_into(buffer)
+                try:
+                    count = source.recv_into(buffer)
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    continue
                 if not count:
                     return
-                other[source].sendall(view[:count])
+                _send_all(other[source], view[:count])
     except OSError:
         pass
     finally:
@@ -132,6 +138,21 @@ def _relay(down: ssl.SSLSocket, up: ssl.SSLSocket) -> None:
             with contextlib.suppress(OSError):
                 end.shutdown(socket.SHUT_RDWR)
             end.close()
+
+
+def _send_all(sink: ssl.SSLSocket, data: memoryview) -> None:
+    """Write all of ``data``, waiting for the socket as OpenSSL asks (the same data again
+    after a want-write: OpenSSL may have sent some records of it already)."""
+    while data:
+        try:
+            sent = sink.send(data)
+        except ssl.SSLWantWriteError:
+            select.select([], [sink], [])
+            continue
+        except ssl.SSLWantReadError:
+            select.select([sink], [], [])
+            continue
+        data = data[sent:]
 
 
 def _serve_threads(port: int, upstream: int, argv: list[str]) -> None:
