@@ -39,6 +39,39 @@ log = logging.getLogger(__name__)
 POD_STREAM = re.compile(r"^/api/v1/namespaces/[^/]+/pods/[^/]+/(exec|attach)$")
 Send = Callable[[bytes], Awaitable[None]]
 Encoder = Callable[[Frame], bytes]
+# Stdin the API server has not taken yet, per session: past it the session ends (a command
+# that reads no input must not make the agent hold whatever the gateway sends it).
+MAX_STDIN_BYTES = 4 * 1024 * 1024
+
+
+class _Stdin:
+    """A session's stdin on its way upstream, counted; ``overflow`` once over the bound."""
+
+    def __init__(self, task: asyncio.Task[None] | None) -> None:
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self.held = 0
+        self.task = task
+        self.overflow: bytes | None = None
+
+    def put(self, data: bytes) -> None:
+        if self.overflow is not None:
+            return
+        if self.held + len(data) > MAX_STDIN_BYTES:
+            self.overflow = (
+                f"stdin not taken by the API server grew past {MAX_STDIN_BYTES} bytes "
+                "(the command is not reading its input): session ended"
+            ).encode()
+            self.queue = asyncio.Queue()  # the memory goes now
+            if self.task is not None:
+                self.task.cancel()
+            return
+        self.held += len(data)
+        self.queue.put_nowait(data)
+
+    async def get(self) -> bytes:
+        data = await self.queue.get()
+        self.held -= len(data)
+        return data
 
 
 class ExecSessions:
@@ -48,16 +81,16 @@ class ExecSessions:
         self._upstream = upstream
         self._send = send
         self._encode = encoder  # the connection's: v1/v2 JSON or v3 binary
-        self._stdin: dict[str, asyncio.Queue[bytes]] = {}
+        self._stdin: dict[str, _Stdin] = {}
 
     def feed(self, chunk: StreamChunk) -> bool:
         """Stdin or a resize for a running session; whether it was one (an ``isClose`` is
         not: the tunnel cancels the session's task for it)."""
-        queue = self._stdin.get(chunk.request_id)
-        if queue is None or chunk.is_close is True:
+        stdin = self._stdin.get(chunk.request_id)
+        if stdin is None or chunk.is_close is True:
             return False
         if chunk.data:
-            queue.put_nowait(chunk.data)
+            stdin.put(chunk.data)
         return True
 
     async def run(self, init: StreamInit) -> None:
@@ -65,9 +98,14 @@ class ExecSessions:
         rid = init.request_id
         reason = _refusal(init)
         if reason is None:
-            self._stdin[rid] = asyncio.Queue()
+            stdin = self._stdin[rid] = _Stdin(asyncio.current_task())
             try:
                 reason = await self._session(init)
+            except asyncio.CancelledError:
+                if stdin.overflow is None:
+                    raise  # the gateway's isClose, or the connection's end
+                _uncancel()
+                reason = stdin.overflow
             finally:
                 self._stdin.pop(rid, None)
         if reason:
@@ -117,14 +155,19 @@ class ExecSessions:
         return outcome
 
     @staticmethod
-    async def _write_stdin(
-        ws: aiohttp.ClientWebSocketResponse[bool], queue: asyncio.Queue[bytes]
-    ) -> None:
+    async def _write_stdin(ws: aiohttp.ClientWebSocketResponse[bool], stdin: _Stdin) -> None:
         v5 = ws.protocol == K8S_V5
         while True:
-            out = tunnel_to_k8s(await queue.get(), v5=v5)
+            out = tunnel_to_k8s(await stdin.get(), v5=v5)
             if out:
                 await ws.send_bytes(out)
+
+
+def _uncancel() -> None:
+    """The session's own cancel (stdin overflow) is handled: the task goes on to report it."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
 
 
 def _refusal(init: StreamInit) -> bytes | None:

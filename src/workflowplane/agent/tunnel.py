@@ -49,6 +49,7 @@ from workflowplane.agent.upstream import (
 from workflowplane.agent.ws_writer import mask_in_place
 from workflowplane.kits.corking import cork
 from workflowplane.kits.http1 import Http1Response, InvalidRequest, Piece, hold_piece
+from workflowplane.kits.ratelog import LogThrottle
 from workflowplane.kits.ws_tap import TappedWebSocket
 from workflowplane.protocol import (
     TARGET_K8S,
@@ -76,6 +77,8 @@ CHUNK_BYTES = 256 * 1024  # 1 MiB chunks cost more CPU per byte (cache misses) a
 OFFERED = (TUNNEL_V3, TUNNEL_V2)
 # Room in a frame for everything but the base64 body: ids, status, headers, JSON syntax.
 FRAME_OVERHEAD = 64 * 1024
+# Kinds of malformed frame logged apart on one connection (each at most once per interval).
+MAX_PROBLEM_KINDS = 32
 # A StreamChunk message with data from the pieces read: (requestID, pieces) -> message.
 ChunkEncoder = Callable[[str, Sequence[Piece]], bytes | bytearray]
 
@@ -193,6 +196,10 @@ class FrameServer:
         self._exec = ExecSessions(upstream, send, encoder)
         self._loop = asyncio.get_running_loop()
         self._closed = False
+        # A gateway repeating a bad frame must not write a line per frame (most of the CPU
+        # of a read of empty frames went to logging them).
+        self._problems = LogThrottle(log)
+        self._refusals: set[asyncio.Task[None]] = set()  # of duplicate requestIDs
 
     def _chunk_via_encoder(self, rid: str, parts: Sequence[Piece]) -> bytes:
         return self._encode(StreamChunk(request_id=rid, data=_joined(parts)))
@@ -218,9 +225,20 @@ class FrameServer:
                 else classify_agent_frame(raw)
             )
         except (msgspec.DecodeError, msgspec.ValidationError, BinaryFrameError) as exc:
-            log.warning("dropping malformed frame: %s", exc)
+            self._drop_malformed(str(exc))
+            return
+        except RecursionError:  # msgspec's depth limit: one frame, not the connection
+            self._problems.log(
+                "nested", logging.WARNING, "dropping malformed frame: nested too deeply"
+            )
             return
         self._start(frame)
+
+    def _drop_malformed(self, problem: str) -> None:
+        """One line per kind of problem per interval; past a few kinds, one for all (a
+        gateway varying its garbage must neither flood the log nor grow the table)."""
+        key = problem if len(self._problems) < MAX_PROBLEM_KINDS else "malformed"
+        self._problems.log(key, logging.WARNING, "dropping malformed frame: %s", problem)
 
     def _start(self, frame: Frame) -> None:
         if isinstance(frame, StreamChunk):
@@ -231,6 +249,9 @@ class FrameServer:
             return
         if isinstance(frame, TunnelResponse):  # not meant for an agent
             log.warning("dropping unexpected response frame %s", frame.request_id)
+            return
+        if frame.request_id in self._tasks:
+            self._refuse_duplicate(frame)
             return
         streams = opens_stream(frame)
         counted = streams and self._open_streams < self._max_streams
@@ -249,6 +270,19 @@ class FrameServer:
 
         task.add_done_callback(forget)
 
+    def _refuse_duplicate(self, frame: TunnelRequest | StreamInit) -> None:
+        """A request whose requestID is in flight: tracked under it, the first would be
+        forgotten (never cancelled by ``isClose`` or close, a stream slot held for good)."""
+        message = f"requestID {frame.request_id!r} is already in flight on this connection"
+        task = self._loop.create_task(self._refuse(frame, 409, message))
+        self._refusals.add(task)
+        task.add_done_callback(self._refusals.discard)
+
+    async def _refuse(self, frame: TunnelRequest | StreamInit, status: int, message: str) -> None:
+        await self._send(self._encode(error_response(frame.request_id, status, message)))
+        if isinstance(frame, StreamInit):
+            await self._send(self._encode(StreamChunk(request_id=frame.request_id, is_close=True)))
+
     def _work(self, frame: TunnelRequest | StreamInit, streams: bool) -> Coroutine[Any, Any, None]:
         if isinstance(frame, TunnelRequest):
             return self._serve(frame, streaming=streams)
@@ -263,9 +297,7 @@ class FrameServer:
             "watch/follow streams at once (--max-concurrent-streams); retry later"
         )
         log.warning("refusing stream %s: %s", frame.request_id, message)
-        await self._send(self._encode(error_response(frame.request_id, 429, message)))
-        if isinstance(frame, StreamInit):
-            await self._send(self._encode(StreamChunk(request_id=frame.request_id, is_close=True)))
+        await self._refuse(frame, 429, message)
 
     async def _serve(self, frame: TunnelRequest, *, streaming: bool = False) -> None:
         """An ordinary request waits for one of the ordinary slots; a watch/follow request
@@ -428,9 +460,10 @@ class FrameServer:
     async def close(self) -> None:
         """Cancel what is in flight; a frame dispatched from now on is dropped."""
         self._closed = True
-        for task in list(self._tasks.values()):
+        tasks = [*self._tasks.values(), *self._refusals]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _too_large(exc: ResponseTooLarge) -> str:

@@ -1,0 +1,143 @@
+"""Frames a hostile (or broken) gateway may send: each fails alone, bounded, with a reason.
+
+Duplicate requestIDs used to orphan the first request (never cancelled, a stream slot held
+for good), a deeply nested frame raised RecursionError out of ``dispatch`` (the connection
+ended), every malformed frame wrote a log line (most of the CPU of a flood of empty frames),
+and an exec's stdin the API server did not take was queued without bound."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import tracemalloc
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from tests.unit.agent.stand_ins import Upstream, until
+from workflowplane.agent import exec as agent_exec
+from workflowplane.agent.exec import ExecSessions
+from workflowplane.agent.tunnel import FrameServer
+from workflowplane.protocol import (
+    StreamChunk,
+    StreamInit,
+    TunnelRequest,
+    TunnelResponse,
+    classify_gateway_frame,
+    encode,
+)
+from workflowplane.protocol.binary import HEADER
+
+WATCH = StreamInit(request_id="x", path="/api/v1/pods", query="watch=true")
+EXEC = StreamInit(
+    request_id="e", path="/api/v1/namespaces/n/pods/p/exec", query="command=cat", is_upgrade=True
+)
+
+
+class Sent:
+    """What the server sent the gateway, decoded."""
+
+    def __init__(self) -> None:
+        self.frames: list[Any] = []
+
+    async def __call__(self, data: bytes | bytearray) -> None:
+        self.frames.append(classify_gateway_frame(bytes(data)))
+
+
+async def test_a_duplicate_request_id_is_refused_and_the_first_stays_cancellable() -> None:
+    upstream, sent = Upstream(), Sent()
+    server = FrameServer(upstream, sent, 5, 4, max_streams=2)  # type: ignore[arg-type]
+    upstream.gate.set()
+    server.dispatch(encode(WATCH))
+    server.dispatch(encode(TunnelRequest(request_id="x", path="/api")))
+    server.dispatch(encode(StreamInit(request_id="x", path="/api/v1/pods", is_upgrade=False)))
+    await until(lambda: len(sent.frames) >= 3)
+    refusals = [f for f in sent.frames if isinstance(f, TunnelResponse) and f.status_code == 409]
+    assert len(refusals) == 2
+    assert refusals[0].error is not None
+    assert "requestID 'x' is already in flight" in refusals[0].error.message
+    assert server.open_streams == 1 and server.requests_in_flight == 0
+
+    server.dispatch(encode(StreamChunk(request_id="x", is_close=True)))  # the gateway's cancel
+    await until(lambda: server.open_streams == 0)
+    await server.close()
+    left = [t for t in asyncio.all_tasks() if "FrameServer" in repr(t)]
+    assert left == []
+
+
+async def test_a_frame_nested_too_deeply_is_dropped_and_the_next_is_served() -> None:
+    upstream, sent = Upstream(), Sent()
+    server = FrameServer(upstream, sent, 5, 4)  # type: ignore[arg-type]
+    upstream.gate.set()
+    deep = 100_000
+    server.dispatch('{"requestID":"a","x":' + "[" * deep + "]" * deep + "}")
+    meta = b"\x81\xa1x" + b"\x91" * deep + b"\xc0"  # {"x": [[[...nil]]]}
+    server.dispatch(HEADER.pack(1, 0, 1, len(meta)) + b"r" + meta, binary=True)
+    server.dispatch(encode(TunnelRequest(request_id="ok", path="/api")))
+    await until(lambda: len(sent.frames) == 1)
+    assert sent.frames[0].request_id == "ok" and sent.frames[0].status_code == 200
+    await server.close()
+
+
+async def test_a_flood_of_malformed_frames_writes_one_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = FrameServer(Upstream(), Sent(), 5, 4)  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="workflowplane.agent.tunnel"):
+        for _ in range(1000):
+            server.dispatch(b"", binary=True)
+    lines = [r for r in caplog.records if "malformed" in r.getMessage()]
+    assert len(lines) == 1
+    assert "shorter than a v3 header" in lines[0].getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="workflowplane.agent.tunnel"):
+        for kind in range(5, 256):  # a different problem each time: "unknown frame kind N"
+            server.dispatch(HEADER.pack(kind, 0, 1, 0) + b"r", binary=True)
+    assert len(caplog.records) == 32  # the kinds logged apart, then one line for the rest
+    await server.close()
+
+
+class _StuckSocket:
+    """An exec WebSocket whose API server takes no stdin and sends nothing."""
+
+    protocol = "v5.channel.k8s.io"
+
+    async def send_bytes(self, _: bytes) -> None:
+        await asyncio.Event().wait()
+
+    def __aiter__(self) -> _StuckSocket:
+        return self
+
+    async def __anext__(self) -> Any:
+        await asyncio.Event().wait()
+
+
+class _ExecUpstream:
+    @contextlib.asynccontextmanager
+    async def websocket(self, *_: Any) -> AsyncIterator[_StuckSocket]:
+        yield _StuckSocket()
+
+
+async def test_exec_stdin_the_api_server_does_not_take_is_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(agent_exec, "MAX_STDIN_BYTES", 64 * 1024, raising=False)
+    sent = Sent()
+    sessions = ExecSessions(_ExecUpstream(), sent)  # type: ignore[arg-type]
+    task = asyncio.create_task(sessions.run(EXEC))
+    await until(lambda: len(sent.frames) == 1)  # started
+    tracemalloc.start()
+    try:
+        for _ in range(100):  # 1.6 MB of stdin the command never reads
+            sessions.feed(StreamChunk(request_id="e", data=b"\x00" + b"y" * 16 * 1024))
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 256 * 1024
+    await until(task.done)
+    last = sent.frames[-1]
+    assert isinstance(last, StreamChunk) and last.is_close is True
+    assert last.data is not None and b"not reading its input" in last.data
+    assert sessions._stdin == {}
