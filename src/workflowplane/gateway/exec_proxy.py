@@ -154,17 +154,24 @@ class ExecProxy:
                     "NotImplemented",
                 )
             )
-        answer = await self._probe(conn, path, query)
-        if answer is None and caller is Caller.SPDY:
-            answer = k8s_status(
-                400,
-                "exec through the cluster gateway speaks WebSocket (v5.channel.k8s.io), not "
-                "SPDY: use kubectl 1.30 or later without KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false",
-                "BadRequest",
-            )
-        if answer is not None:
-            return self._proxy.count(answer)
-        return await self._stream(request, conn, target, path, query, caller)
+        # The slot is held from here: the probe waits for the agent, and exec requests
+        # checked against the caps meanwhile must count this one (else all pass at once).
+        rid, buffer = self._proxy.open_stream(request, conn, target.key, whole_chunks=True)
+        try:
+            answer = await self._probe(conn, path, query)
+            if answer is None and caller is Caller.SPDY:
+                answer = k8s_status(
+                    400,
+                    "exec through the cluster gateway speaks WebSocket (v5.channel.k8s.io), "
+                    "not SPDY: use kubectl 1.30 or later without "
+                    "KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false",
+                    "BadRequest",
+                )
+            if answer is not None:
+                return self._proxy.count(answer)
+            return await self._stream(request, conn, rid, buffer, path, query, caller)
+        finally:
+            self._proxy.release_stream(conn, rid)
 
     async def _probe(self, conn: AgentConnection, path: str, query: str) -> web.Response | None:
         """The plane's answer to the exec as a plain POST; None when it would upgrade."""
@@ -189,12 +196,13 @@ class ExecProxy:
         self,
         request: web.Request,
         conn: AgentConnection,
-        target: Target,
+        rid: str,
+        buffer: StreamBuffer,
         path: str,
         query: str,
         caller: Caller,
     ) -> web.StreamResponse:
-        rid, buffer = self._proxy.open_stream(request, conn, target.key, whole_chunks=True)
+        """The exec stream ``rid`` (opened by ``_serve``, which releases it)."""
         agent_closed = False
         try:
             await conn.send(
@@ -228,7 +236,7 @@ class ExecProxy:
                 k8s_status(502, f"agent connection lost: {exc}", "ServiceUnavailable")
             )
         finally:
-            self._proxy.release_stream(conn, rid)
+            self._proxy.release_stream(conn, rid)  # before telling the agent: no await first
             if not agent_closed:
                 await close_stream(conn, rid)
 

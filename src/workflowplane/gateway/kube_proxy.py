@@ -36,7 +36,7 @@ from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.connections import AgentConnection, ConnectionManager
 from workflowplane.gateway.frames import ResponseTooLarge
 from workflowplane.gateway.metrics import GatewayMetrics, MetricHandles
-from workflowplane.gateway.streams import Body, StreamBuffer, StreamEnd
+from workflowplane.gateway.streams import Body, StreamBuffer, StreamEnd, StreamItem
 from workflowplane.kits.http1 import Headers
 from workflowplane.protocol import (
     StreamChunk,
@@ -209,6 +209,22 @@ def final_status(code: int) -> bool:
     """A status that can end an HTTP exchange: 1xx are interim (a caller would wait for
     another answer), and anything outside 100-599 breaks the status line."""
     return 200 <= code <= 599
+
+
+# Statuses whose answer never has a body (RFC 9110 §6.4.1: 1xx are not final anyway).
+NO_BODY_STATUSES = frozenset({204, 304})
+
+
+def carries_body(method: str, status: int) -> bool:
+    """Whether the caller reads a body after this head: never to HEAD, nor after 204 or 304.
+    Bytes relayed after such a head would be read as the caller's next answer (a hostile
+    agent's 204 then a chunk ``HTTP/1.1 200 ...`` split the caller's connection)."""
+    return method != "HEAD" and status not in NO_BODY_STATUSES
+
+
+def _bodied(status: int, head_only: bool) -> bool:
+    """Whether a chunked answer's body is relayed: its status is final and allows a body."""
+    return final_status(status) and carries_body("HEAD" if head_only else "", status)
 
 
 def complete_answer(reply: TunnelResponse) -> bool:
@@ -422,7 +438,8 @@ class KubeProxy:
         reply = await self.ask(conn, frame, verb)
         if isinstance(reply, web.Response):
             return reply
-        answer = await self.answer_of(conn, reply, f"a request of {request.path}")
+        what = f"a request of {request.path}"
+        answer = await self.answer_of(conn, reply, what, head_only=request.method == "HEAD")
         if not isinstance(answer, StreamBuffer):
             return _as_response(answer)
         response = web.StreamResponse(
@@ -438,14 +455,15 @@ class KubeProxy:
         return response
 
     async def answer_of(
-        self, conn: AgentConnection, reply: TunnelResponse, what: str
+        self, conn: AgentConnection, reply: TunnelResponse, what: str, *, head_only: bool = False
     ) -> StreamBuffer | tuple[int, Headers, bytes] | web.Response:
         """How an answer's head goes on: the buffer of its body, for a chunked (v2) answer to
         relay (``what`` names it in that buffer's messages); else the whole answer, any body
-        buffer dropped and the agent told to stop (a status that cannot start a body)."""
+        buffer dropped and the agent told to stop (a status that cannot start a body, one
+        that has none, 204 or 304, or ``head_only``: the answer to a HEAD request)."""
         rid = reply.request_id
         body = conn.bodies.get(rid)
-        if reply.chunked and body is not None and final_status(reply.status_code):
+        if reply.chunked and body is not None and _bodied(reply.status_code, head_only):
             body.key = what
             return body
         if body is not None:
@@ -482,7 +500,7 @@ class KubeProxy:
         wrong. Between two chunks the agent gets the request timeout."""
         idle = self._config.request_timeout_seconds
         try:
-            while not isinstance(item := await asyncio.wait_for(body.get(), idle), StreamEnd):
+            while not isinstance(item := await _next(body, idle), StreamEnd):
                 if isinstance(item, Body):
                     await write(item)
         except TimeoutError:
@@ -575,7 +593,8 @@ class KubeProxy:
                 return self.count(
                     k8s_status(502, problem or "agent sent no stream header", "BadGateway")
                 )
-            if degraded or complete_answer(first):
+            status = first.status_code
+            if degraded or complete_answer(first) or not carries_body(request.method, status):
                 answer = self.to_response(first)
                 if degraded:
                     answer.headers[DEGRADED_HEADER] = DEGRADED_V1
@@ -646,6 +665,14 @@ async def close_stream(conn: AgentConnection, rid: str) -> None:
     if not conn.ws.closed:
         with contextlib.suppress(ConnectionError):
             await conn.send(StreamChunk(request_id=rid, is_close=True))
+
+
+async def _next(body: StreamBuffer, idle: float) -> StreamItem:
+    """The next item, within ``idle`` seconds (TimeoutError else). One waiting is taken at
+    once: a ``wait_for`` per item cost a task and a pass of the loop each (Python 3.11), so
+    the relay of many small chunks fell behind the agent's reads."""
+    item = body.get_nowait()
+    return item if item is not None else await asyncio.wait_for(body.get(), idle)
 
 
 def _as_response(answer: tuple[int, Headers, bytes] | web.Response) -> web.Response:

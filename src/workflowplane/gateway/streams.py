@@ -36,6 +36,9 @@ CLEAN_END = StreamEnd()
 # chunk. aiohttp counts 128 bytes per queued message for the same reason. Without it, an
 # agent sending 1-byte chunks made a buffer hold about 66 times its bound.
 ITEM_OVERHEAD = 128
+# At most this much of why a stream ended is kept: an agent's isClose data (up to a frame,
+# 64 MiB) is the reason, and it goes into the caller's 502 and the gateway's log lines.
+PROBLEM_SHOWN = 1024
 
 
 def _size(item: TunnelResponse | Body | StreamChunk) -> int:
@@ -116,7 +119,7 @@ class StreamBuffer:
         if self._ended:
             return
         self._ended = True
-        self._items.append(end)
+        self._items.append(_bounded(end))
         self._ready.set()
 
     def _overflow(self) -> None:
@@ -126,11 +129,26 @@ class StreamBuffer:
         self.end(StreamEnd(f"the caller fell more than {self.limit} bytes behind the stream"))
         self.on_overflow()
 
-    async def get(self) -> StreamItem:
-        while not self._items:
-            self._ready.clear()
-            await self._ready.wait()
+    def get_nowait(self) -> StreamItem | None:
+        """The next item if one waits, else None: a relay draining a full buffer needs no
+        timer (one ``wait_for`` per item cost a task and two passes of the loop on 3.11)."""
+        if not self._items:
+            return None
         item = self._items.popleft()
         if not isinstance(item, StreamEnd):
             self._bytes -= _size(item)
         return item
+
+    async def get(self) -> StreamItem:
+        while (item := self.get_nowait()) is None:
+            self._ready.clear()
+            await self._ready.wait()
+        return item
+
+
+def _bounded(end: StreamEnd) -> StreamEnd:
+    """``end`` with at most PROBLEM_SHOWN characters of its problem."""
+    problem = end.problem
+    if problem is None or len(problem) <= PROBLEM_SHOWN:
+        return end
+    return StreamEnd(f"{problem[:PROBLEM_SHOWN]}... ({len(problem)} characters)")
