@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from tests.unit.gateway.stand_ins import AgentSocket, OneAgent, wired
 from workflowplane.gateway.agent_endpoint import AgentEndpoint
 from workflowplane.gateway.answers import AnswerLog
-from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.connections import AgentConnection
 from workflowplane.gateway.drain import InFlight
 from workflowplane.gateway.fast_proxy import FastProxy
@@ -18,42 +18,11 @@ from workflowplane.gateway.kube_proxy import KubeProxy
 from workflowplane.gateway.metrics import GatewayMetrics
 from workflowplane.kits.http1_server import Request
 from workflowplane.pki import generate_ca, issue_certificate
-from workflowplane.protocol import Frame, StreamChunk, TunnelRequest, TunnelResponse
-from workflowplane.protocol.binary import decode_binary
+from workflowplane.protocol import StreamChunk, TunnelRequest, TunnelResponse
 
 pytestmark = pytest.mark.asyncio
 PLAIN = "/api/proxy/workflowplane/p1/team-a/build/k8s/api/v1/namespaces/x/pods"
 LEAF = issue_certificate(generate_ca("any"), "agent").certificate
-
-
-class _AgentSocket:
-    closed = False
-
-    def __init__(self) -> None:
-        self.frames: list[Frame] = []
-        self.sent = asyncio.Event()
-
-    async def send_bytes(self, data: bytes) -> None:
-        self.frames.append(decode_binary(data))
-        self.sent.set()
-
-    def closes(self, rid: str) -> int:
-        """How many times the agent was told to stop ``rid``."""
-        return sum(
-            isinstance(f, StreamChunk) and f.request_id == rid and f.is_close is True
-            for f in self.frames
-        )
-
-
-class _Connections:
-    def __init__(self, conn: AgentConnection) -> None:
-        self.conn = conn
-
-    def serves(self, *_: Any) -> bool:
-        return True
-
-    def pick(self, *_: Any, **__: Any) -> AgentConnection:
-        return self.conn
 
 
 class _Answers:
@@ -62,18 +31,13 @@ class _Answers:
     def stream(self, *_: Any) -> None: ...
 
 
-def _wired() -> tuple[AgentConnection, _AgentSocket, KubeProxy, AgentEndpoint]:
-    metrics = GatewayMetrics()
-    socket = _AgentSocket()
-    ws: Any = socket  # the part of a WebSocket the gateway uses to send
-    conn = AgentConnection("workflowplane", "p1", ws, LEAF, {"team-a/build"}, v2=True, binary=True)
-    connections: Any = _Connections(conn)
-    proxy = KubeProxy(connections, GatewayConfig(), metrics)
-    return conn, socket, proxy, AgentEndpoint(connections, GatewayConfig(), metrics)
+def _wired() -> tuple[AgentConnection, AgentSocket, KubeProxy, AgentEndpoint]:
+    gateway = wired()
+    return gateway.conn, gateway.socket, gateway.proxy, gateway.endpoint
 
 
 async def _cancel_as_the_head_arrives(
-    task: asyncio.Future[Any], conn: AgentConnection, socket: _AgentSocket, endpoint: AgentEndpoint
+    task: asyncio.Future[Any], conn: AgentConnection, socket: AgentSocket, endpoint: AgentEndpoint
 ) -> str:
     """One pass of the loop: the chunked head is read, and the caller's request cancelled."""
     await socket.sent.wait()
@@ -99,7 +63,7 @@ async def test_a_cancelled_ask_drops_the_chunked_body_and_tells_the_agent_once()
 
 async def test_a_lean_request_cancelled_as_its_chunked_head_arrives_leaves_no_buffer() -> None:
     conn, socket, proxy, endpoint = _wired()
-    connections: Any = _Connections(conn)
+    connections: Any = OneAgent(conn)
     lean = FastProxy(proxy, connections, InFlight(), AnswerLog(GatewayMetrics()))
     handler = lean.route("GET", PLAIN, [])
     assert handler is not None

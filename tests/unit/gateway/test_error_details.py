@@ -10,18 +10,18 @@ import msgspec
 import pytest
 from aiohttp import web
 
-from workflowplane.gateway.agent_endpoint import AgentEndpoint
+from tests.unit.gateway.stand_ins import wired
+from tests.unit.transports import RecordingTransport
 from workflowplane.gateway.answers import AnswerLog
 from workflowplane.gateway.config import GatewayConfig
-from workflowplane.gateway.connections import AgentConnection
 from workflowplane.gateway.drain import InFlight
 from workflowplane.gateway.fast_proxy import FastProxy
 from workflowplane.gateway.kube_proxy import DETAILS_SHOWN, KubeProxy
 from workflowplane.gateway.metrics import GatewayMetrics
 from workflowplane.kits.http1_server import FrontServer, Limits
 from workflowplane.pki import generate_ca, issue_certificate
-from workflowplane.protocol import Frame, TunnelError, TunnelResponse
-from workflowplane.protocol.binary import HEADER, decode_binary
+from workflowplane.protocol import TunnelError, TunnelResponse
+from workflowplane.protocol.binary import HEADER
 
 PLAIN = "/api/proxy/workflowplane/p1/team-a/build/k8s/api/v1/namespaces/x/pods"
 LEAF = issue_certificate(generate_ca("any"), "agent").certificate
@@ -67,52 +67,6 @@ def test_details_shown_as_their_repr_are_bounded() -> None:
     assert len(message) < DETAILS_SHOWN + 100 and message.endswith("characters))")
 
 
-class _AgentSocket:
-    closed = False
-
-    def __init__(self) -> None:
-        self.frames: list[Frame] = []
-        self.sent = asyncio.Event()
-
-    async def send_bytes(self, data: bytes) -> None:
-        self.frames.append(decode_binary(data))
-        self.sent.set()
-
-
-class _Connections:
-    def __init__(self, conn: AgentConnection) -> None:
-        self.conn = conn
-
-    def serves(self, *_: Any) -> bool:
-        return True
-
-    def pick(self, *_: Any, **__: Any) -> AgentConnection:
-        return self.conn
-
-
-class _Transport:
-    def __init__(self) -> None:
-        self.written = bytearray()
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def writelines(self, parts: Any) -> None:
-        for part in parts:
-            self.written += part
-
-    def is_closing(self) -> bool:
-        return False
-
-    def close(self) -> None: ...
-
-    def abort(self) -> None: ...
-
-    def pause_reading(self) -> None: ...
-
-    def resume_reading(self) -> None: ...
-
-
 def _v3_error(rid: str) -> bytearray:
     """A v3 agent's error answer whose details hold a msgpack extension value."""
     error = {"code": 503, "message": "etcd down", "details": {"cause": EXT}}
@@ -123,19 +77,13 @@ def _v3_error(rid: str) -> bytearray:
 @pytest.mark.asyncio
 async def test_a_callers_request_gets_the_agents_status_not_a_500() -> None:
     """Through the lean server, as the agent's frame is read."""
-    metrics = GatewayMetrics()
-    socket = _AgentSocket()
-    ws: Any = socket  # the part of a WebSocket the gateway uses to send
-    conn = AgentConnection("workflowplane", "p1", ws, LEAF, {"team-a/build"}, v2=True, binary=True)
-    connections: Any = _Connections(conn)
-    proxy = KubeProxy(connections, GatewayConfig(), metrics)
+    conn, socket, proxy, endpoint, connections, metrics = wired()
     lean = FastProxy(proxy, connections, InFlight(), AnswerLog(metrics))
     protocol = FrontServer(lean.route, asyncio.Protocol, Limits())()
-    transport = _Transport()
+    transport = RecordingTransport()
     protocol.connection_made(transport)  # type: ignore[arg-type]
     protocol.data_received(f"GET {PLAIN} HTTP/1.1\r\nHost: gw\r\n\r\n".encode())
     await socket.sent.wait()
-    endpoint = AgentEndpoint(connections, GatewayConfig(), metrics)
     assert endpoint._direct(conn, _v3_error(socket.frames[0].request_id))
     for _ in range(20):
         await asyncio.sleep(0)

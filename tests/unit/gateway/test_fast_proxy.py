@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
+from tests.unit.gateway.stand_ins import AgentSocket
 from workflowplane.gateway.agent_endpoint import AgentEndpoint
 from workflowplane.gateway.answers import AnswerLog
 from workflowplane.gateway.config import GatewayConfig
@@ -23,7 +24,6 @@ from workflowplane.gateway.metrics import GatewayMetrics
 from workflowplane.kits.http1_server import Request
 from workflowplane.pki import generate_ca, issue_certificate
 from workflowplane.protocol import TunnelError, TunnelResponse
-from workflowplane.protocol.binary import decode_binary
 
 PLAIN = "/api/proxy/workflowplane/p1/team-a/build/k8s/api/v1/namespaces/x/pods"
 LEAF = issue_certificate(generate_ca("any"), "agent").certificate
@@ -174,20 +174,6 @@ def test_the_targets_remembered_are_bounded() -> None:
     for i in range(READS_KEPT + 10):
         assert proxy.route("GET", f"{PLAIN}/pod-{i}", [])
     assert len(proxy._reads) <= READS_KEPT
-
-
-class AgentSocket:
-    """An agent connection's socket: the frames sent to the agent, decoded."""
-
-    closed = False
-
-    def __init__(self) -> None:
-        self.frames: list[Any] = []
-        self.sent = asyncio.Event()
-
-    async def send_bytes(self, data: bytes) -> None:
-        self.frames.append(decode_binary(data))
-        self.sent.set()
 
 
 class ServingConnections(Connections):

@@ -5,37 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import tracemalloc
-from typing import Any
 
+from tests.unit.transports import RecordingTransport
 from workflowplane.kits.http1_server import FrontServer, Limits, Request, Responder
-
-
-class Transport:
-    """What the protocol writes."""
-
-    def __init__(self) -> None:
-        self.written = bytearray()
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def writelines(self, parts: Any) -> None:
-        for part in parts:
-            self.written += part
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def pause_reading(self) -> None: ...
-
-    def resume_reading(self) -> None: ...
 
 
 async def test_a_chunked_body_of_tiny_chunks_holds_about_its_own_size() -> None:
@@ -49,7 +21,7 @@ async def test_a_chunked_body_of_tiny_chunks_holds_about_its_own_size() -> None:
 
     server = FrontServer(lambda m, t, h: handler, asyncio.Protocol, Limits(body_bytes=1 << 20))
     protocol = server()
-    transport = Transport()
+    transport = RecordingTransport()
     protocol.connection_made(transport)  # type: ignore[arg-type]
     protocol.data_received(b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
     read = b"2\r\nxy\r\n" * 20_000  # 2-byte chunks (1-byte ones are Python's cached objects)

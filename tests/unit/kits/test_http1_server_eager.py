@@ -7,14 +7,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from tests.unit.transports import RecordingTransport
 from workflowplane.kits.http1_server import FrontServer, Handler, Limits, Request, Responder
 
 
-def connected(handler: Handler) -> tuple[Any, Transport]:
+def connected(handler: Handler) -> tuple[Any, RecordingTransport]:
     """A lean server's connection whose every request ``handler`` serves."""
     server = FrontServer(lambda method, target, headers: handler, asyncio.Protocol, Limits())
     protocol = server()
-    transport = Transport()
+    transport = RecordingTransport()
     protocol.connection_made(transport)  # type: ignore[arg-type]
     return protocol, transport
 
@@ -30,34 +31,6 @@ async def read(protocol: Any, data: bytes) -> None:
 
     asyncio.get_running_loop().call_soon(callback)
     await done.wait()
-
-
-class Transport:
-    """What the protocol writes, and whether it closed."""
-
-    def __init__(self) -> None:
-        self.written = bytearray()
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def writelines(self, parts: Any) -> None:
-        for part in parts:
-            self.written += part
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def pause_reading(self) -> None: ...
-
-    def resume_reading(self) -> None: ...
 
 
 async def test_a_handler_begins_in_the_read_and_its_wait_goes_on_as_a_task() -> None:

@@ -1,0 +1,74 @@
+"""Stand-ins shared by the gateway's unit tests: an agent's socket and one serving agent."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, NamedTuple
+
+from workflowplane.gateway.agent_endpoint import AgentEndpoint
+from workflowplane.gateway.config import GatewayConfig
+from workflowplane.gateway.connections import AgentConnection
+from workflowplane.gateway.kube_proxy import KubeProxy
+from workflowplane.gateway.metrics import GatewayMetrics
+from workflowplane.pki import generate_ca, issue_certificate
+from workflowplane.protocol import Frame, StreamChunk
+from workflowplane.protocol.binary import decode_binary
+
+LEAF = issue_certificate(generate_ca("any"), "agent").certificate
+
+
+class AgentSocket:
+    """An agent connection's socket: the frames sent to the agent, decoded."""
+
+    closed = False
+
+    def __init__(self) -> None:
+        self.frames: list[Frame] = []
+        self.sent = asyncio.Event()
+
+    async def send_bytes(self, data: bytes) -> None:
+        self.frames.append(decode_binary(data))
+        self.sent.set()
+
+    def closes(self, rid: str) -> int:
+        """How many times the agent was told to stop ``rid``."""
+        return sum(
+            isinstance(f, StreamChunk) and f.request_id == rid and f.is_close is True
+            for f in self.frames
+        )
+
+
+class OneAgent:
+    """Connections that serve every CR, through one agent connection."""
+
+    def __init__(self, conn: AgentConnection) -> None:
+        self.conn = conn
+
+    def serves(self, *_: Any) -> bool:
+        return True
+
+    def pick(self, *_: Any, **__: Any) -> AgentConnection:
+        return self.conn
+
+
+class Wired(NamedTuple):
+    """A gateway's proxy and agent endpoint around one v3 agent connection of plane p1,
+    serving CR team-a/build, whose socket records what the gateway sends it."""
+
+    conn: AgentConnection
+    socket: AgentSocket
+    proxy: KubeProxy
+    endpoint: AgentEndpoint
+    connections: Any
+    metrics: GatewayMetrics
+
+
+def wired() -> Wired:
+    metrics, socket, config = GatewayMetrics(), AgentSocket(), GatewayConfig()
+    ws: Any = socket  # the part of a WebSocket the gateway uses to send
+    conn = AgentConnection("workflowplane", "p1", ws, LEAF, {"team-a/build"}, v2=True, binary=True)
+    connections: Any = OneAgent(conn)
+    proxy = KubeProxy(connections, config, metrics)
+    return Wired(
+        conn, socket, proxy, AgentEndpoint(connections, config, metrics), connections, metrics
+    )
