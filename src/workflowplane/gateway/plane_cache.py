@@ -181,6 +181,7 @@ class PlaneCache:
         try:
             entry = entry_of(decode_plane(data))
         except InvalidManifest:
+            self.remove(cr_key_of(namespace, name))  # its old CA must admit nobody now
             return None
         if entry.location is not None:
             await self.refresh_secret(entry.location)
@@ -228,7 +229,9 @@ class PlaneCache:
         try:
             entry = entry_of(decode_plane(data))
         except InvalidManifest as exc:
-            log.warning("ignoring invalid plane %s: %s", key, exc)
+            # Its previous version (and CA) must not keep admitting agents: forgotten.
+            log.warning("ignoring invalid plane %s (no agent is admitted for it): %s", key, exc)
+            self.remove(key)
             return
         self.upsert(entry)
         location = entry.location
