@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 EXEC_ROUTE = "/api/exec/{planeType}/{planeID}/{crNamespace}/{crName}"
 UPGRADE_REQUIRED = b"Upgrade request required"
 POD_STREAM = re.compile(r"^/api/v1/namespaces/[^/]+/pods/[^/]+/(exec|attach)$")
+# A DNS-1123 subdomain: what a pod's name and a namespace's are (no '/', no '..' segment).
+OBJECT_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 CALLER_MESSAGE_BYTES = 1024 * 1024  # stdin arrives in pieces; nothing needs more at once
 K8S_ERROR_CHANNEL = b"\x03"
 
@@ -114,6 +116,14 @@ class ExecProxy:
             return k8s_status(
                 400, "podNamespace and podName query parameters are required", "BadRequest"
             )
+        for name, value in (("podNamespace", pod_namespace), ("podName", pod)):
+            if not OBJECT_NAME.fullmatch(value):  # they become path segments upstream
+                return k8s_status(
+                    400,
+                    f"{name} must be a Kubernetes object name (lowercase letters, digits, '-' "
+                    f"and '.', at most 253), not {value[:100]!r}",
+                    "BadRequest",
+                )
         target = Target.of(request.match_info)
         refused = self._proxy.refusal(target)
         if refused is not None:

@@ -163,6 +163,26 @@ async def test_exec_errors_come_before_the_upgrade_as_the_api_servers_answer(
     assert exec_plane.stub.queries == []  # nothing ran
 
 
+@pytest.mark.parametrize(
+    "pod",
+    [
+        "podNamespace=..&podName=p",
+        "podNamespace=default&podName=p%2F..%2Fx",
+        "podNamespace=default&podName=p%00",
+    ],
+)
+async def test_openchoreos_route_refuses_pod_names_that_are_not_names(
+    exec_plane: ExecPlane, pod: str
+) -> None:
+    """They become path segments of the request to the plane: a '..' or a '/' in them would
+    name another path there."""
+    route = exec_plane.openchoreo_url(f"{pod}&command=ls")
+    async with exec_plane.session.get(route, headers=UPGRADE) as reply:
+        assert reply.status == 400
+        assert "must be a Kubernetes object name" in (await reply.json())["message"]
+    assert exec_plane.stub.queries == []  # nothing reached the plane
+
+
 async def test_a_caller_that_goes_away_ends_the_exec_upstream(exec_plane: ExecPlane) -> None:
     url = exec_plane.kubectl_url("p", "command=sleep&stdin=true&stdout=true")
     async with exec_plane.session.ws_connect(url, protocols=(K8S_V5,)) as ws:
