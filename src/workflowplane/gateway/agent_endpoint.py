@@ -155,6 +155,13 @@ class AgentEndpoint:
             limit=self._config.max_frame_bytes, autoping=False, protocols=SUBPROTOCOLS
         )
         await ws.prepare(request)
+        # Admitted again: a CR deleted or its CA rotated while the upgrade was written was
+        # re-verified on the connections registered then, and this one was not among them.
+        admission = self._connections.admit(plane_id, leaf)
+        if not admission.granted:
+            log.warning("agent refused after its upgrade: %s", admission.why_refused())
+            await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"no longer authorized")
+            return ws
         corked = cork(ws._writer)  # frames written in one pass leave as one write
         conn = AgentConnection(
             plane_type,
