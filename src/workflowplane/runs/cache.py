@@ -77,4 +77,26 @@ class ObjectCache:
     ) -> dict[str, Any] | None:
         """:meth:`get`, as a copy the caller may change."""
         found = await self.get(resource, name, namespace)
-        return None if found is None else copy.deepcopy(found)
+        return None if found is None else json_copy(found)
+
+
+def json_copy(obj: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of JSON-like data made without recursion: a tenant's run nested deeper than
+    Python's recursion limit (the API server accepts far more) made ``copy.deepcopy`` raise on
+    every pass, so the run never got an error and, once started, never its cleanup."""
+    top: dict[str, Any] = {}
+    stack: list[tuple[Any, Any]] = [(obj, top)]
+    while stack:
+        source, target = stack.pop()
+        items = source.items() if isinstance(source, Mapping) else enumerate(source)
+        for key, value in items:
+            if isinstance(value, Mapping):
+                made: Any = {}
+            elif isinstance(value, list):
+                made = [None] * len(value)
+            else:
+                made = copy.copy(value)
+            target[key] = made
+            if isinstance(value, (Mapping, list)):
+                stack.append((value, made))
+    return top
