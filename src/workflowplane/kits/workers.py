@@ -176,6 +176,11 @@ class WorkerPool:
         except asyncio.CancelledError:
             self._replace(worker)  # its answer would arrive for the next caller
             raise
+        except BaseException:
+            # The call or its answer did not (un)pickle (a value nested past the recursion
+            # limit, say): the worker must not be lost to the pool, and may hold half a call.
+            self._replace(worker)
+            raise
         idle.put_nowait(worker)
         if outcome == "error":
             raise value

@@ -57,6 +57,26 @@ async def test_results_and_errors_come_back(pool: WorkerPool) -> None:
     assert await pool.run(double, 2) == 4, "a failed call leaves its worker usable"
 
 
+def nested(depth: int) -> list[object]:
+    value: list[object] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+async def test_a_call_that_does_not_pickle_leaves_no_worker_lost() -> None:
+    """Arguments nested past the recursion limit cannot be sent; each such call must not
+    take a worker out of the pool (a pool of one would never run anything again)."""
+    workers = WorkerPool(size=1, budget=Budget(seconds=5.0))
+    try:
+        for _ in range(3):  # a lost worker: the next call waits for one for ever
+            with pytest.raises(RecursionError):
+                await asyncio.wait_for(workers.run(len, nested(100_000)), 30)
+        assert await asyncio.wait_for(workers.run(double, 4), 30) == 8
+    finally:
+        await workers.close()
+
+
 async def test_an_overrun_is_killed_and_the_pool_recovers(pool: WorkerPool) -> None:
     with pytest.raises(WorkerTimeout, match="longer than 1s"):
         await pool.run(spin, 30.0)
