@@ -50,7 +50,7 @@ from workflowplane.agent.ws_writer import mask_in_place
 from workflowplane.kits.corking import cork
 from workflowplane.kits.http1 import Http1Response, InvalidRequest, Piece, hold_piece
 from workflowplane.kits.ratelog import LogThrottle
-from workflowplane.kits.ws_tap import TappedWebSocket
+from workflowplane.kits.ws_tap import ProtocolFlow, TappedWebSocket
 from workflowplane.protocol import (
     TARGET_K8S,
     TUNNEL_V2,
@@ -637,7 +637,8 @@ class AgentTunnel:
 
         tapped = ws.tap if binary and isinstance(ws, TappedWebSocket) else None
         if tapped is not None:  # v3 messages as the socket's bytes are read; the rest by receive()
-            tapped.start(partial(deliver, binary_message=True), self._max_frame)
+            flow = ProtocolFlow(ws._writer.protocol, asyncio.get_running_loop())
+            tapped.start(partial(deliver, binary_message=True), self._max_frame, flow)
         watcher = asyncio.create_task(self._close_on_request(ws))
         watchdog = asyncio.create_task(self._fail_when_silent(ws, heard))
         reason = "error"  # unless a way out below says otherwise (the metric's reason)

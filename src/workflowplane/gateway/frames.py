@@ -37,7 +37,10 @@ from aiohttp._websocket.helpers import websocket_mask
 from aiohttp.http_websocket import WebSocketError, WSMessage
 
 from workflowplane.kits.ws_tap import (
+    FRAMES_PER_PASS,
     FrameReader,
+    ProtocolFlow,
+    ReadFlow,
     header_length,
     payload_length,
     whole_binary_frame,
@@ -45,9 +48,6 @@ from workflowplane.kits.ws_tap import (
 from workflowplane.protocol.binary import request_id_of as binary_request_id
 
 HEAD_BYTES = 512  # enough of an oversized message to find its requestID
-# Frames read in one pass of the event loop; the rest of the read waits for the next pass
-# (reading paused meanwhile), so a read of thousands of tiny frames cannot hold the loop.
-FRAMES_PER_PASS = 1024
 # Frames any message may be split into; past them, one more per KiB it carries (gorilla
 # writes 4 KiB frames; empty or tiny fragments cost the parser and add nothing).
 FREE_FRAGMENTS = 64
@@ -90,16 +90,6 @@ class MessageSink(Protocol):
     def feed_data(self, data: Any, size: int) -> None: ...
 
     def set_exception(self, exc: BaseException) -> None: ...
-
-
-class ReadFlow(Protocol):
-    """How the guard holds the connection's reading while it has bytes of its own to read."""
-
-    def hold(self) -> None: ...
-
-    def release(self) -> None: ...
-
-    def later(self, callback: Callable[[], None]) -> None: ...
 
 
 @dataclass
@@ -411,24 +401,14 @@ class GuardedWebSocket(web.WebSocketResponse):
         self._reader._protocol = flow  # type: ignore[assignment]
 
 
-class _ConnectionFlow:
-    """The connection's reading, as the guard holds it (aiohttp's "buffer" hold: the
-    transport stays paused while either it or the queue's flow control wants it) and as
-    aiohttp's message queue pauses and resumes it (so the guard hears of a resume)."""
+class _ConnectionFlow(ProtocolFlow):
+    """The connection's reading as the guard holds it (``ProtocolFlow``), and as aiohttp's
+    message queue pauses and resumes it: through this, so that the guard hears of a resume."""
 
     def __init__(self, handler: Any, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(handler, loop)
         self._handler = handler
-        self._loop = loop
         self.guard: FrameGuard | None = None
-
-    def hold(self) -> None:
-        self._handler._pause_reading_for_buffer()
-
-    def release(self) -> None:
-        self._handler._resume_reading_for_buffer()
-
-    def later(self, callback: Callable[[], None]) -> None:
-        self._loop.call_soon(callback)
 
     @property
     def _reading_paused(self) -> bool:  # read by aiohttp's queue

@@ -16,12 +16,16 @@ the protocol), pinned with aiohttp; tests/unit/kits exercises them against the i
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from collections.abc import Callable
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import aiohttp
 
+# Frames read in one pass of the event loop; the rest of the read waits for the next pass
+# (reading held meanwhile), so a read of thousands of tiny frames cannot hold the loop.
+FRAMES_PER_PASS: Final = 1024
 _FIN_BINARY: Final = 0x82  # FIN, no reserved bits, opcode 2
 _FIN: Final = 0x80
 _CONTROL: Final = 0x8  # opcodes from here on: close, ping, pong
@@ -35,6 +39,34 @@ class FrameReader(Protocol):
     def feed_data(self, data: bytes) -> tuple[bool, bytes]: ...
 
     def feed_eof(self) -> None: ...
+
+
+class ReadFlow(Protocol):
+    """How a reader holds its connection's reading while it has read bytes left to parse."""
+
+    def hold(self) -> None: ...
+
+    def release(self) -> None: ...
+
+    def later(self, callback: Callable[[], None]) -> None: ...
+
+
+class ProtocolFlow:
+    """A :class:`ReadFlow` over an aiohttp protocol: its buffer hold (the transport stays
+    paused while the hold or its flow control wants it), the next pass of ``loop``."""
+
+    def __init__(self, protocol: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._protocol = protocol
+        self._loop = loop
+
+    def hold(self) -> None:
+        self._protocol._pause_reading_for_buffer()
+
+    def release(self) -> None:
+        self._protocol._resume_reading_for_buffer()
+
+    def later(self, callback: Callable[[], None]) -> None:
+        self._loop.call_soon(callback)
 
 
 def header_length(header: bytes | bytearray) -> int:
@@ -87,11 +119,18 @@ class FrameTap:
         self._wanted = 0  # bytes of that payload still to come
         self._inner_message = False  # a fragmented message is with the inner reader
         self._broken = False
+        self._flow: ReadFlow | None = None  # without one, each read is parsed at once
+        self._held = b""  # read, not parsed yet (reading held until it is)
+        self._held_from = 0
+        self._reads_held = False
 
-    def start(self, take: Callable[[bytes], None], limit: int) -> None:
+    def start(
+        self, take: Callable[[bytes], None], limit: int, flow: ReadFlow | None = None
+    ) -> None:
         """From the next message on, give ``take`` the binary messages under ``limit`` bytes
-        (aiohttp's ``max_msg_size``: its reader refuses a message of that size or more)."""
-        self._take, self._limit = take, limit
+        (aiohttp's ``max_msg_size``: its reader refuses a message of that size or more);
+        with ``flow``, parse at most FRAMES_PER_PASS frames per pass of the loop."""
+        self._take, self._limit, self._flow = take, limit, flow
 
     def stop(self) -> None:
         """Drop the binary messages ``take`` would get from now on (whoever took them is
@@ -99,13 +138,39 @@ class FrameTap:
         self._take = _dropped
 
     def feed_eof(self) -> None:
+        if len(self._held) > self._held_from:  # the last bytes still count: all parsed now
+            self._flow = None
+            self._parse_held()
         self._inner.feed_eof()
 
     def feed_data(self, data: bytes) -> tuple[bool, bytes]:
         if self._broken:
             return self._inner.feed_data(data)
-        view, pos, end = memoryview(data), 0, len(data)
+        if len(self._held) > self._held_from:  # read before reading was held: after those
+            self._held = self._held[self._held_from :] + data
+            self._held_from = 0
+        else:
+            self._parse(data, 0)
+        return self._broken, b""
+
+    def _parse_held(self) -> None:
+        held, start = self._held, self._held_from
+        self._held, self._held_from = b"", 0
+        self._parse(held, start)
+        if len(self._held) <= self._held_from and self._reads_held and self._flow is not None:
+            self._reads_held = False
+            self._flow.release()
+
+    def _parse(self, data: bytes, pos: int) -> None:
+        """Frames from ``pos`` until the data ends or, with a flow, a pass's frames are
+        spent (at a frame's start): the rest is held for the next pass."""
+        view, end, left = memoryview(data), len(data), FRAMES_PER_PASS
         while pos < end and not self._broken:
+            if not (self._passing or self._taking is not None or self._header):  # a new frame
+                if left <= 0 and self._flow is not None:
+                    self._hold(data, pos, self._flow)
+                    return
+                left -= 1
             if self._passing:
                 pos = self._pass(view, pos, min(self._passing, end - pos))
             elif self._taking is not None:
@@ -116,7 +181,13 @@ class FrameTap:
                 pos = stop
             else:
                 pos = self._read_header(view, pos)
-        return self._broken, b""
+
+    def _hold(self, data: bytes, pos: int, flow: ReadFlow) -> None:
+        self._held, self._held_from = data, pos  # not copied: the read's own bytes
+        if not self._reads_held:
+            self._reads_held = True
+            flow.hold()
+        flow.later(self._parse_held)
 
     def _whole_at(self, data: memoryview, pos: int) -> tuple[int, int] | None:
         """Where the payload of a message to take lies, when it is whole in ``data``."""

@@ -14,7 +14,7 @@ from aiohttp import WSMsgType
 from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
 from aiohttp.http_websocket import WebSocketError
 
-from tests.unit.ws_stand_ins import FakeProtocol
+from tests.unit.ws_stand_ins import FakeProtocol, Flow
 from workflowplane.gateway.frames import (
     FRAMES_PER_PASS,
     HEAD_BYTES,
@@ -245,23 +245,6 @@ async def test_a_message_in_4_kib_frames_is_not_too_fragmented() -> None:
     checker.feed_data(fragments(payload))
     [message] = drain(queue)
     assert message.data == payload
-
-
-class Flow:
-    """The connection's reading as a test sees it: holds, releases and deferred calls."""
-
-    def __init__(self) -> None:
-        self.holds = self.releases = 0
-        self.deferred: list[Any] = []
-
-    def hold(self) -> None:
-        self.holds += 1
-
-    def release(self) -> None:
-        self.releases += 1
-
-    def later(self, callback: Any) -> None:
-        self.deferred.append(callback)
 
 
 def paced_guard(queue_limit: int) -> tuple[FrameGuard, Any, Flow]:

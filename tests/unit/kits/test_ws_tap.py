@@ -14,8 +14,8 @@ from aiohttp import WSMsgType, web
 from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
 from aiohttp.test_utils import TestServer
 
-from tests.unit.ws_stand_ins import FakeProtocol
-from workflowplane.kits.ws_tap import FrameTap, TappedWebSocket
+from tests.unit.ws_stand_ins import FakeProtocol, Flow
+from workflowplane.kits.ws_tap import FRAMES_PER_PASS, FrameTap, TappedWebSocket
 
 LIMIT = 64 * 1024
 
@@ -178,3 +178,30 @@ async def test_a_session_with_tapped_websockets_taps_from_the_first_byte() -> No
         assert (first.type, len(first.data)) == (WSMsgType.BINARY, 20_000)
         assert (second.type, second.data) == (WSMsgType.TEXT, "text")
         assert taken == [b"taken"]
+
+
+@pytest.mark.parametrize("kind", ["empty binary messages", "pings"])
+async def test_a_read_of_thousands_of_tiny_frames_is_parsed_a_pass_of_the_loop_at_a_time(
+    kind: str,
+) -> None:
+    """A gateway's read of 20,000 tiny frames, parsed at once in Python, would hold the
+    agent's loop for a long while: a pass parses at most FRAMES_PER_PASS, reading held."""
+    tap, queue = tapped()
+    taken: list[bytes] = []
+    flow = Flow()
+    tap.start(taken.append, LIMIT, flow)
+    one = frame(2, b"") if kind == "empty binary messages" else frame(9, b"")
+    count = 20_000
+    tap.feed_data(one * count)
+    tap.feed_data(frame(2, b"after"))  # read before reading was held: after the rest
+
+    def seen() -> int:
+        return len(taken) + len(queue._buffer)
+
+    assert seen() == FRAMES_PER_PASS and flow.holds == 1 and len(flow.deferred) == 1
+    while flow.deferred:
+        before = seen()
+        flow.deferred.pop()()
+        assert seen() - before <= FRAMES_PER_PASS
+    assert seen() == count + 1 and taken[-1] == b"after"
+    assert (flow.holds, flow.releases) == (1, 1)
