@@ -39,6 +39,7 @@ from aiohttp.http_websocket import WebSocketError, WSMessage
 from workflowplane.kits.ws_tap import (
     FRAMES_PER_PASS,
     FrameReader,
+    HeldReads,
     ProtocolFlow,
     ReadFlow,
     header_length,
@@ -148,31 +149,27 @@ class FrameGuard:
         self._message: _Message | None = None
         self._broken = False
         # Without a flow (tests of the parsing alone) every read is parsed at once.
-        self._flow = flow
+        self._held = HeldReads(flow)
         self._frames_left = FRAMES_PER_PASS
-        self._held = b""  # read, not parsed yet: reading is held until it is
-        self._held_from = 0
-        self._reads_held = False
         self._waiting = False  # for the queue to drain (aiohttp's reader waits likewise)
 
     @property
     def holding(self) -> bool:
-        return len(self._held) > self._held_from
+        return bool(self._held)
 
     def feed_eof(self) -> None:
-        if self.holding:  # the agent's last bytes still count: parsed now, all of them
-            self._flow = None
+        if self._held:  # the agent's last bytes still count: parsed now, all of them
+            self._held.unpaced()
             self._parse_held()
         self._inner.feed_eof()
 
     def feed_data(self, data: bytes) -> tuple[bool, bytes]:
         if self._broken:
             return self._inner.feed_data(data)
-        if self.holding:  # a read that came before reading was held: after the held bytes
-            self._held = self._held[self._held_from :] + data
-            self._held_from = 0
-            return self._broken, b""
-        self._parse(data)
+        if self._held:
+            self._held.add(data)
+        else:
+            self._parse(data)
         return self._broken, b""
 
     def queue_drained(self) -> None:
@@ -182,12 +179,8 @@ class FrameGuard:
             self._parse_held()
 
     def _parse_held(self) -> None:
-        held, start = self._held, self._held_from
-        self._held, self._held_from = b"", 0
-        self._parse(held, start)
-        if not self.holding and self._reads_held and self._flow is not None:
-            self._reads_held = False
-            self._flow.release()
+        self._parse(*self._held.take())
+        self._held.release_if_done()
 
     def _parse(self, data: bytes, start: int = 0) -> None:
         """Parse ``data`` from ``start`` until it ends, a pass's frames are spent or the
@@ -207,18 +200,15 @@ class FrameGuard:
             self._hold(data, pos)
 
     def _hold(self, data: bytes, pos: int) -> None:
-        assert self._flow is not None  # without one, the parse never stops early
-        self._held, self._held_from = data, pos  # not copied: the read's own bytes
-        if not self._reads_held:
-            self._reads_held = True
-            self._flow.hold()
+        self._held.hold(data, pos)
         if self._queue_full():
             self._waiting = True  # queue_drained comes back to it
         else:
-            self._flow.later(self._parse_held)
+            assert self._held.flow is not None  # held: there is one
+            self._held.flow.later(self._parse_held)
 
     def _may_go_on(self) -> bool:
-        if self._flow is None:
+        if self._held.flow is None:
             return True
         return self._frames_left > 0 and not self._queue_full()
 
@@ -241,7 +231,7 @@ class FrameGuard:
                 if self._queue_full():
                     self._frames_left = 0
             self._frames_left -= 1
-            if self._frames_left <= 0 and self._flow is not None:
+            if self._frames_left <= 0 and self._held.flow is not None:
                 break
         return pos
 

@@ -69,6 +69,49 @@ class ProtocolFlow:
         self._loop.call_soon(callback)
 
 
+class HeldReads:
+    """The bytes of a connection's reads its parser has not reached yet (it stops after a
+    pass's frames and goes on later from here), and the hold on the connection's reading
+    while there are any, so a flood is read no faster than it is parsed."""
+
+    def __init__(self, flow: ReadFlow | None) -> None:
+        self.flow = flow  # None: nothing is held back, every read is parsed at once
+        self._data = b""
+        self._from = 0
+        self._holding = False
+
+    def __bool__(self) -> bool:
+        return len(self._data) > self._from
+
+    def add(self, data: bytes) -> None:
+        """A read that came before reading was held: after the bytes held."""
+        self._data, self._from = self._data[self._from :] + data, 0
+
+    def hold(self, data: bytes, pos: int) -> None:
+        """``data`` from ``pos`` on waits (not copied: the read's own bytes)."""
+        assert self.flow is not None  # without one, a parse never stops early
+        self._data, self._from = data, pos
+        if not self._holding:
+            self._holding = True
+            self.flow.hold()
+
+    def take(self) -> tuple[bytes, int]:
+        """What waits, and from where; nothing waits after."""
+        data, pos = self._data, self._from
+        self._data, self._from = b"", 0
+        return data, pos
+
+    def release_if_done(self) -> None:
+        """Reading goes on once nothing waits any more."""
+        if not self and self._holding and self.flow is not None:
+            self._holding = False
+            self.flow.release()
+
+    def unpaced(self) -> None:
+        """From now on nothing is held back (the end of the connection: all is parsed)."""
+        self.flow = None
+
+
 def header_length(header: bytes | bytearray) -> int:
     """Bytes a frame header needs, judged from what has arrived (at least 2)."""
     if len(header) < 2:
@@ -119,10 +162,7 @@ class FrameTap:
         self._wanted = 0  # bytes of that payload still to come
         self._inner_message = False  # a fragmented message is with the inner reader
         self._broken = False
-        self._flow: ReadFlow | None = None  # without one, each read is parsed at once
-        self._held = b""  # read, not parsed yet (reading held until it is)
-        self._held_from = 0
-        self._reads_held = False
+        self._held = HeldReads(None)  # paced once started with a flow
 
     def start(
         self, take: Callable[[bytes], None], limit: int, flow: ReadFlow | None = None
@@ -130,7 +170,8 @@ class FrameTap:
         """From the next message on, give ``take`` the binary messages under ``limit`` bytes
         (aiohttp's ``max_msg_size``: its reader refuses a message of that size or more);
         with ``flow``, parse at most FRAMES_PER_PASS frames per pass of the loop."""
-        self._take, self._limit, self._flow = take, limit, flow
+        self._take, self._limit = take, limit
+        self._held.flow = flow
 
     def stop(self) -> None:
         """Drop the binary messages ``take`` would get from now on (whoever took them is
@@ -138,28 +179,23 @@ class FrameTap:
         self._take = _dropped
 
     def feed_eof(self) -> None:
-        if len(self._held) > self._held_from:  # the last bytes still count: all parsed now
-            self._flow = None
+        if self._held:  # the last bytes still count: all parsed now
+            self._held.unpaced()
             self._parse_held()
         self._inner.feed_eof()
 
     def feed_data(self, data: bytes) -> tuple[bool, bytes]:
         if self._broken:
             return self._inner.feed_data(data)
-        if len(self._held) > self._held_from:  # read before reading was held: after those
-            self._held = self._held[self._held_from :] + data
-            self._held_from = 0
+        if self._held:
+            self._held.add(data)
         else:
             self._parse(data, 0)
         return self._broken, b""
 
     def _parse_held(self) -> None:
-        held, start = self._held, self._held_from
-        self._held, self._held_from = b"", 0
-        self._parse(held, start)
-        if len(self._held) <= self._held_from and self._reads_held and self._flow is not None:
-            self._reads_held = False
-            self._flow.release()
+        self._parse(*self._held.take())
+        self._held.release_if_done()
 
     def _parse(self, data: bytes, pos: int) -> None:
         """Frames from ``pos`` until the data ends or, with a flow, a pass's frames are
@@ -167,8 +203,9 @@ class FrameTap:
         view, end, left = memoryview(data), len(data), FRAMES_PER_PASS
         while pos < end and not self._broken:
             if not (self._passing or self._taking is not None or self._header):  # a new frame
-                if left <= 0 and self._flow is not None:
-                    self._hold(data, pos, self._flow)
+                if left <= 0 and (flow := self._held.flow) is not None:
+                    self._held.hold(data, pos)
+                    flow.later(self._parse_held)
                     return
                 left -= 1
             if self._passing:
@@ -181,13 +218,6 @@ class FrameTap:
                 pos = stop
             else:
                 pos = self._read_header(view, pos)
-
-    def _hold(self, data: bytes, pos: int, flow: ReadFlow) -> None:
-        self._held, self._held_from = data, pos  # not copied: the read's own bytes
-        if not self._reads_held:
-            self._reads_held = True
-            flow.hold()
-        flow.later(self._parse_held)
 
     def _whole_at(self, data: memoryview, pos: int) -> tuple[int, int] | None:
         """Where the payload of a message to take lies, when it is whole in ``data``."""
