@@ -228,9 +228,7 @@ class FrameServer:
             self._drop_malformed(str(exc))
             return
         except RecursionError:  # msgspec's depth limit: one frame, not the connection
-            self._problems.log(
-                "nested", logging.WARNING, "dropping malformed frame: nested too deeply"
-            )
+            self._drop_malformed("nested too deeply")
             return
         self._start(frame)
 

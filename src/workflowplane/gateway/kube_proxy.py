@@ -36,8 +36,8 @@ from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.connections import AgentConnection, ConnectionManager
 from workflowplane.gateway.frames import ResponseTooLarge
 from workflowplane.gateway.metrics import GatewayMetrics, MetricHandles
-from workflowplane.gateway.streams import Body, StreamBuffer, StreamEnd, StreamItem
-from workflowplane.kits.http1 import Headers
+from workflowplane.gateway.streams import Body, StreamBuffer, StreamEnd, StreamItem, shortened
+from workflowplane.kits.http1 import Headers, carries_body
 from workflowplane.protocol import (
     StreamChunk,
     StreamInit,
@@ -211,22 +211,6 @@ def final_status(code: int) -> bool:
     return 200 <= code <= 599
 
 
-# Statuses whose answer never has a body (RFC 9110 §6.4.1: 1xx are not final anyway).
-NO_BODY_STATUSES = frozenset({204, 304})
-
-
-def carries_body(method: str, status: int) -> bool:
-    """Whether the caller reads a body after this head: never to HEAD, nor after 204 or 304.
-    Bytes relayed after such a head would be read as the caller's next answer (a hostile
-    agent's 204 then a chunk ``HTTP/1.1 200 ...`` split the caller's connection)."""
-    return method != "HEAD" and status not in NO_BODY_STATUSES
-
-
-def _bodied(status: int, head_only: bool) -> bool:
-    """Whether a chunked answer's body is relayed: its status is final and allows a body."""
-    return final_status(status) and carries_body("HEAD" if head_only else "", status)
-
-
 def complete_answer(reply: TunnelResponse) -> bool:
     """A response to a stream init that is the whole answer: it has a body or an error, or
     a status that cannot start a stream (so nothing is ever waited for that never comes)."""
@@ -248,12 +232,9 @@ def _details(error: TunnelError) -> str:
 def _bounded_repr(details: dict[str, Any]) -> str:
     """``details`` as Python shows it, at most DETAILS_SHOWN characters."""
     try:
-        shown = repr(details)
+        return shortened(repr(details), DETAILS_SHOWN)
     except RecursionError:  # nested deeper than repr's stack
         return "nested too deeply to show"
-    if len(shown) <= DETAILS_SHOWN:
-        return shown
-    return f"{shown[:DETAILS_SHOWN]}... ({len(shown)} characters)"
 
 
 class KubeProxy:
@@ -439,7 +420,7 @@ class KubeProxy:
         if isinstance(reply, web.Response):
             return reply
         what = f"a request of {request.path}"
-        answer = await self.answer_of(conn, reply, what, head_only=request.method == "HEAD")
+        answer = await self.answer_of(conn, reply, what, method=request.method)
         if not isinstance(answer, StreamBuffer):
             return _as_response(answer)
         response = web.StreamResponse(
@@ -455,15 +436,23 @@ class KubeProxy:
         return response
 
     async def answer_of(
-        self, conn: AgentConnection, reply: TunnelResponse, what: str, *, head_only: bool = False
+        self, conn: AgentConnection, reply: TunnelResponse, what: str, *, method: str = ""
     ) -> StreamBuffer | tuple[int, Headers, bytes] | web.Response:
         """How an answer's head goes on: the buffer of its body, for a chunked (v2) answer to
         relay (``what`` names it in that buffer's messages); else the whole answer, any body
-        buffer dropped and the agent told to stop (a status that cannot start a body, one
-        that has none, 204 or 304, or ``head_only``: the answer to a HEAD request)."""
+        buffer dropped and the agent told to stop (a status that cannot start a body, or one
+        that has none: 204, 304, the answer to a HEAD ``method``). Bytes relayed after a
+        bodiless head would be read as the caller's next answer (a hostile agent's 204, then
+        a chunk ``HTTP/1.1 200 ...``, split the caller's connection)."""
         rid = reply.request_id
         body = conn.bodies.get(rid)
-        if reply.chunked and body is not None and _bodied(reply.status_code, head_only):
+        status = reply.status_code
+        if (
+            reply.chunked
+            and body is not None
+            and final_status(status)
+            and carries_body(method, status)
+        ):
             body.key = what
             return body
         if body is not None:

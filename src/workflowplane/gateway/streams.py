@@ -151,4 +151,12 @@ def _bounded(end: StreamEnd) -> StreamEnd:
     problem = end.problem
     if problem is None or len(problem) <= PROBLEM_SHOWN:
         return end
-    return StreamEnd(f"{problem[:PROBLEM_SHOWN]}... ({len(problem)} characters)")
+    return StreamEnd(shortened(problem, PROBLEM_SHOWN))
+
+
+def shortened(text: str, limit: int) -> str:
+    """``text`` as shown to a caller or in a log line: its first ``limit`` characters, and
+    how long it was when it is longer (an agent's text may be a frame's size)."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"

@@ -47,6 +47,15 @@ _VISIBLE: Final = re.compile(r"[\x21-\x7e]+")
 _TARGET_SAFE: Final = "!#$%&'()*+,/:;=?@[]~"  # kept as they are; everything else is encoded
 
 Headers = list[tuple[str, str]]
+NO_BODY_STATUSES: Final = frozenset({204, 304})  # RFC 9110 §6.4.1 (1xx are not final)
+
+
+def carries_body(method: str, status: int) -> bool:
+    """Whether a body follows this answer's head: never to HEAD, nor after 204 or 304.
+    Bytes written after such a head are read as the connection's next answer."""
+    return method != "HEAD" and status not in NO_BODY_STATUSES
+
+
 Piece = bytes | bytearray | memoryview  # a body's piece as held (joined short ones: bytearray)
 
 

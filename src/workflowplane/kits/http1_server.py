@@ -26,11 +26,10 @@ from typing import Final, cast
 import httptools  # type: ignore[import-untyped]
 
 from workflowplane.kits.eager import start_eagerly
-from workflowplane.kits.http1 import SMALL_PIECE, Headers, Piece, hold_piece
+from workflowplane.kits.http1 import NO_BODY_STATUSES, SMALL_PIECE, Headers, Piece, hold_piece
 
 log = logging.getLogger(__name__)
 
-NO_BODY_STATUSES: Final = frozenset({204, 304})
 _REASONS: Final = {int(s): s.phrase for s in HTTPStatus}
 _FINAL_CHUNK: Final = b"0\r\n\r\n"
 LINGER_SECONDS: Final = 1.0  # after a refusal, before the close
