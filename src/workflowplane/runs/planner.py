@@ -61,7 +61,6 @@ class Planner:
         self, run: Mapping[str, Any], definition: Mapping[str, Any], target: PlaneTarget
     ) -> RunPlan:
         budget = self._pool.budget
-        check_nesting((run.get("spec") or {}).get("workflow"), "spec.workflow")
         check_nesting(run.get("spec"), "the WorkflowRun's spec")
         check_nesting(definition.get("spec"), f"the {definition.get('kind')}'s spec")
         async with self._one_per_namespace(str(run["metadata"].get("namespace", ""))):
