@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 
@@ -33,3 +34,21 @@ class Flow:
 
     def later(self, callback: Any) -> None:
         self.deferred.append(callback)
+
+
+def frame(
+    opcode: int, payload: bytes, *, fin: bool = True, mask: bytes | None = None, rsv: int = 0
+) -> bytes:
+    """One frame as a server writes it (unmasked), or masked with ``mask``."""
+    first = (0x80 if fin else 0) | rsv | opcode
+    bit = 0x80 if mask else 0
+    length = len(payload)
+    if length < 126:
+        header = struct.pack("!BB", first, bit | length)
+    elif length < 1 << 16:
+        header = struct.pack("!BBH", first, bit | 126, length)
+    else:
+        header = struct.pack("!BBQ", first, bit | 127, length)
+    if not mask:
+        return header + payload
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))

@@ -17,12 +17,10 @@ from workflowplane.gateway.fast_proxy import FastProxy
 from workflowplane.gateway.kube_proxy import KubeProxy
 from workflowplane.gateway.metrics import GatewayMetrics
 from workflowplane.kits.http1_server import Request
-from workflowplane.pki import generate_ca, issue_certificate
 from workflowplane.protocol import StreamChunk, TunnelRequest, TunnelResponse
 
 pytestmark = pytest.mark.asyncio
 PLAIN = "/api/proxy/workflowplane/p1/team-a/build/k8s/api/v1/namespaces/x/pods"
-LEAF = issue_certificate(generate_ca("any"), "agent").certificate
 
 
 class _Answers:

@@ -19,12 +19,10 @@ from workflowplane.gateway.fast_proxy import FastProxy
 from workflowplane.gateway.kube_proxy import DETAILS_SHOWN, KubeProxy
 from workflowplane.gateway.metrics import GatewayMetrics
 from workflowplane.kits.http1_server import FrontServer, Limits
-from workflowplane.pki import generate_ca, issue_certificate
 from workflowplane.protocol import TunnelError, TunnelResponse
 from workflowplane.protocol.binary import HEADER
 
 PLAIN = "/api/proxy/workflowplane/p1/team-a/build/k8s/api/v1/namespaces/x/pods"
-LEAF = issue_certificate(generate_ca("any"), "agent").certificate
 EXT = msgspec.msgpack.Ext(1, b"\x00")
 ARRAY_KEYS = msgspec.msgpack.decode(b"\x81\x92\x01\x02\x03")  # {[1, 2]: 3}, as a v3 agent's
 

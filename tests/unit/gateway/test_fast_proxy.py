@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
-from tests.unit.gateway.stand_ins import AgentSocket
+from tests.unit.gateway.stand_ins import LEAF, AgentSocket
 from workflowplane.gateway.agent_endpoint import AgentEndpoint
 from workflowplane.gateway.answers import AnswerLog
 from workflowplane.gateway.config import GatewayConfig
@@ -22,11 +22,9 @@ from workflowplane.gateway.fast_proxy import READS_KEPT, FastProxy, aiohttp_quer
 from workflowplane.gateway.kube_proxy import PROXY_ROUTE, KubeProxy, Target
 from workflowplane.gateway.metrics import GatewayMetrics
 from workflowplane.kits.http1_server import Request
-from workflowplane.pki import generate_ca, issue_certificate
 from workflowplane.protocol import TunnelError, TunnelResponse
 
 PLAIN = "/api/proxy/workflowplane/p1/team-a/build/k8s/api/v1/namespaces/x/pods"
-LEAF = issue_certificate(generate_ca("any"), "agent").certificate
 
 
 class Connections:

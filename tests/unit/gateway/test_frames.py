@@ -15,6 +15,7 @@ from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
 from aiohttp.http_websocket import WebSocketError
 
 from tests.unit.ws_stand_ins import FakeProtocol, Flow
+from tests.unit.ws_stand_ins import frame as ws_frame
 from workflowplane.gateway.frames import (
     FRAMES_PER_PASS,
     HEAD_BYTES,
@@ -29,16 +30,7 @@ LIMIT = 64 * 1024
 
 def frame(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0) -> bytes:
     """One client frame, masked as RFC 6455 wants from a client."""
-    first = (0x80 if fin else 0) | rsv | opcode
-    length = len(payload)
-    if length < 126:
-        header = struct.pack("!BB", first, 0x80 | length)
-    elif length < 1 << 16:
-        header = struct.pack("!BBH", first, 0x80 | 126, length)
-    else:
-        header = struct.pack("!BBQ", first, 0x80 | 127, length)
-    masked = bytes(b ^ MASK[i % 4] for i, b in enumerate(payload))
-    return header + MASK + masked
+    return ws_frame(opcode, payload, fin=fin, mask=MASK, rsv=rsv)
 
 
 def fragments(payload: bytes, size: int = 4096, opcode: int = 1) -> bytes:

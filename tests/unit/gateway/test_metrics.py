@@ -18,6 +18,7 @@ import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 
+from tests.unit.gateway.stand_ins import LEAF
 from workflowplane.gateway.agent_endpoint import AgentEndpoint
 from workflowplane.gateway.answers import AnswerLog
 from workflowplane.gateway.config import GatewayConfig
@@ -31,7 +32,6 @@ from workflowplane.pki import generate_ca, issue_certificate
 from workflowplane.protocol import StreamChunk, TunnelResponse
 
 WP = "workflowplane"
-LEAF = issue_certificate(generate_ca("any"), "agent").certificate
 
 
 class Agent:

@@ -4,7 +4,6 @@ their overhead, and a response for a stream that has its head is useless (never 
 from __future__ import annotations
 
 import asyncio
-import struct
 import tracemalloc
 from functools import partial
 from typing import Any
@@ -12,31 +11,21 @@ from typing import Any
 import pytest
 from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
 
+from tests.unit.gateway.stand_ins import LEAF
+from tests.unit.ws_stand_ins import FakeProtocol, frame
 from workflowplane.gateway.agent_endpoint import AgentEndpoint
 from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.connections import AgentConnection
 from workflowplane.gateway.frames import FrameGuard
 from workflowplane.gateway.metrics import GatewayMetrics
 from workflowplane.gateway.streams import ITEM_OVERHEAD, StreamBuffer, StreamEnd
-from workflowplane.pki import generate_ca, issue_certificate
 from workflowplane.protocol import StreamChunk, TunnelResponse
 from workflowplane.protocol.binary import encode_binary, encode_chunk
 
 pytestmark = pytest.mark.asyncio
-LEAF = issue_certificate(generate_ca("any"), "agent").certificate
 LIMIT = 64 * 1024  # the stream's bound (--max-stream-buffer-bytes)
 RID = "gw-1"
 DROPPED = "workflowplane_gateway_dropped_frames_total"
-
-
-class _Protocol:
-    _reading_paused = False
-
-    def pause_reading(self) -> None:
-        self._reading_paused = True
-
-    def resume_reading(self) -> None:
-        self._reading_paused = False
 
 
 class _Socket:
@@ -46,15 +35,8 @@ class _Socket:
 
 
 def _frame(payload: bytes | bytearray) -> bytes:
-    """A masked (zero mask) binary WebSocket frame, as an agent sends it."""
-    n = len(payload)
-    if n < 126:
-        head = struct.pack("!BB", 0x82, 0x80 | n)
-    elif n < 1 << 16:
-        head = struct.pack("!BBH", 0x82, 0x80 | 126, n)
-    else:
-        head = struct.pack("!BBQ", 0x82, 0x80 | 127, n)
-    return head + b"\x00\x00\x00\x00" + bytes(payload)
+    """A binary WebSocket frame as an agent sends it (masked: a zero mask)."""
+    return frame(2, bytes(payload), mask=b"\x00\x00\x00\x00")
 
 
 def _endpoint() -> tuple[AgentEndpoint, AgentConnection, GatewayMetrics]:
@@ -67,7 +49,7 @@ def _endpoint() -> tuple[AgentEndpoint, AgentConnection, GatewayMetrics]:
 
 def _read_by_the_guard(endpoint: AgentEndpoint, conn: AgentConnection) -> FrameGuard:
     """The agent's v3 socket as the gateway reads it: the frame guard, direct delivery."""
-    queue = WebSocketDataQueue(_Protocol(), 2**16, loop=asyncio.get_running_loop())  # type: ignore[arg-type]
+    queue = WebSocketDataQueue(FakeProtocol(), 2**16, loop=asyncio.get_running_loop())  # type: ignore[arg-type]
     guard = FrameGuard(WebSocketReader(queue, 2**26 + 1, False, False), queue, 2**26)
     guard.direct = partial(endpoint._direct, conn)
     return guard

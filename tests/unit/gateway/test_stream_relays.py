@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer, make_mocked_request
 
+from tests.unit.gateway.stand_ins import LEAF
 from workflowplane.gateway.agent_endpoint import AgentEndpoint
 from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.connections import AgentConnection
@@ -18,12 +19,10 @@ from workflowplane.gateway.exec_proxy import Caller, ExecProxy
 from workflowplane.gateway.kube_proxy import KubeProxy, Target
 from workflowplane.gateway.metrics import GatewayMetrics
 from workflowplane.gateway.streams import PROBLEM_SHOWN, StreamBuffer, StreamEnd
-from workflowplane.pki import generate_ca, issue_certificate
 from workflowplane.protocol import Frame, StreamChunk, StreamInit, TunnelRequest, TunnelResponse
 from workflowplane.protocol.binary import decode_binary
 
 pytestmark = pytest.mark.asyncio
-LEAF = issue_certificate(generate_ca("any"), "agent").certificate
 KEY = "team-a/build"
 BASE = "/api/proxy/workflowplane/p1/team-a/build/k8s/api/v1/namespaces/x/pods"
 # What a hostile agent streams after a head that may carry no body: the caller's next answer.

@@ -5,7 +5,6 @@ refused or closed on as before, however the bytes are split."""
 from __future__ import annotations
 
 import asyncio
-import struct
 from typing import Any
 
 import aiohttp
@@ -14,28 +13,10 @@ from aiohttp import WSMsgType, web
 from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
 from aiohttp.test_utils import TestServer
 
-from tests.unit.ws_stand_ins import FakeProtocol, Flow
+from tests.unit.ws_stand_ins import FakeProtocol, Flow, frame
 from workflowplane.kits.ws_tap import FRAMES_PER_PASS, FrameTap, TappedWebSocket
 
 LIMIT = 64 * 1024
-
-
-def frame(
-    opcode: int, payload: bytes, *, fin: bool = True, mask: bytes | None = None, rsv: int = 0
-) -> bytes:
-    """One frame as a server writes it (unmasked), or masked with ``mask``."""
-    first = (0x80 if fin else 0) | rsv | opcode
-    bit = 0x80 if mask else 0
-    length = len(payload)
-    if length < 126:
-        header = struct.pack("!BB", first, bit | length)
-    elif length < 1 << 16:
-        header = struct.pack("!BBH", first, bit | 126, length)
-    else:
-        header = struct.pack("!BBQ", first, bit | 127, length)
-    if not mask:
-        return header + payload
-    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 def tapped(limit: int = LIMIT) -> tuple[FrameTap, Any]:
