@@ -84,17 +84,29 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure(args.log_format, verbose=args.verbose)
     for chatty in ("httpx", "httpx2", "httpcore", "httpcore2"):  # one line per request
         logging.getLogger(chatty).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
-    handler: Callable[[argparse.Namespace], int | None] = args.handler
+    raise SystemExit(run_handler(args.handler, args))
+
+
+def run_handler(
+    handler: Callable[[argparse.Namespace], int | None], args: argparse.Namespace
+) -> int:
+    """The exit code of ``handler``: a CLI error as its message, a reader that went away
+    (``wpctl logs run | head``) as a quiet 141, the code a shell gives a process SIGPIPE ends."""
     try:
         code = handler(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python would report the failed flush again at exit; point stdout where it cannot fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13
     except CliError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         if exc.hint:
             print(f"hint: {exc.hint}", file=sys.stderr)
-        raise SystemExit(exc.exit_code) from None
+        return exc.exit_code
     except KeyboardInterrupt:
-        raise SystemExit(130) from None
-    raise SystemExit(code or 0)
+        return 130
+    return code or 0
 
 
 if __name__ == "__main__":
