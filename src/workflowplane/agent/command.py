@@ -109,6 +109,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "max-concurrent-requests",
         type=int,
         default=int(env("MAX_CONCURRENT_REQUESTS", "64") or 64),
+        help="ordinary requests served at once; 16 per slot more may wait (past that, or past "
+        "the frame limit in waiting bodies: 429 at once)",
     )
     add(
         "max-concurrent-streams",

@@ -18,6 +18,7 @@ the reason as the close chunk's data, as OpenChoreo's agent reports a failed exe
 Streams (a StreamInit, or a request with ``watch``/``follow``) have a cap and an upstream pool of
 their own, apart from ordinary requests': open streams can never starve the requests the
 controller needs, and a stream over the cap is answered at once with a 429, never queued.
+Ordinary requests past their slots wait in a bounded queue (``_Queue``); past it, 429 too.
 """
 
 from __future__ import annotations
@@ -166,6 +167,42 @@ class _Heard:
         self.at = self.loop.time()
 
 
+# Requests waiting for an ordinary slot: at most this many per slot, and at most the frame
+# limit's bytes of bodies (one request of any size fits an empty queue). Past either, a 429 at
+# once: a gateway sending faster than the plane answers must not grow the agent without bound.
+QUEUED_PER_SLOT = 16
+QUEUED_ITEM_OVERHEAD = 256  # a request's frame, task and bookkeeping, beyond its body and path
+
+
+class _Queue:
+    """The requests waiting for an ordinary slot, counted from the moment they arrive."""
+
+    __slots__ = ("bytes", "count", "max_bytes", "max_count")
+
+    def __init__(self, max_count: int, max_bytes: int) -> None:
+        self.max_count, self.max_bytes = max_count, max_bytes
+        self.count = self.bytes = 0
+
+    def enter(self, frame: TunnelRequest) -> Callable[[], None] | None:
+        """A function that takes ``frame`` out of the queue (once, however often it is
+        called), or None when the queue is full."""
+        size = QUEUED_ITEM_OVERHEAD + len(_bytes(frame.body)) + len(frame.path)
+        if self.count and (self.count >= self.max_count or self.bytes + size > self.max_bytes):
+            return None
+        self.count += 1
+        self.bytes += size
+        left = False
+
+        def leave() -> None:
+            nonlocal left
+            if not left:
+                left = True
+                self.count -= 1
+                self.bytes -= size
+
+        return leave
+
+
 class FrameServer:
     """Serves the frames of one connection; owns its in-flight requests and streams."""
 
@@ -188,7 +225,8 @@ class FrameServer:
         self._encode = encoder  # the connection's: v1/v2 JSON or v3 binary
         self._encode_chunk = chunk_encoder or self._chunk_via_encoder
         self._timeout = timeout
-        self._slots = asyncio.Semaphore(max_concurrent)
+        self._slots, self._slots_total = asyncio.Semaphore(max_concurrent), max_concurrent
+        self._queue = _Queue(QUEUED_PER_SLOT * max_concurrent, max_frame)
         self._max_streams, self._open_streams = max_streams, 0
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._max_frame, self._chunked, self._chunk = max_frame, chunked, chunk_bytes
@@ -253,7 +291,14 @@ class FrameServer:
             return
         streams = opens_stream(frame)
         counted = streams and self._open_streams < self._max_streams
-        work = self._work(frame, streams) if counted or not streams else self._over_cap(frame)
+        dequeue = None
+        if streams:
+            work = self._work(frame, streams) if counted else self._over_cap(frame)
+        elif isinstance(frame, TunnelRequest):  # counted at once, as streams are
+            dequeue = self._queue.enter(frame)
+            work = self._over_queue(frame) if dequeue is None else self._serve(frame, dequeue)
+        else:
+            work = self._work(frame, streams)
         task = self._loop.create_task(work)  # asyncio.create_task: a getpid call on 3.11
         request_id = frame.request_id
         self.metrics.track(frame, task, streams)
@@ -265,6 +310,8 @@ class FrameServer:
             self._tasks.pop(request_id, None)
             if counted:
                 self._open_streams -= 1
+            if dequeue is not None:
+                dequeue()
 
         task.add_done_callback(forget)
 
@@ -283,7 +330,7 @@ class FrameServer:
 
     def _work(self, frame: TunnelRequest | StreamInit, streams: bool) -> Coroutine[Any, Any, None]:
         if isinstance(frame, TunnelRequest):
-            return self._serve(frame, streaming=streams)
+            return self._serve_now(frame, streaming=streams)
         if frame.is_upgrade:
             return self._exec.run(frame)
         return self._stream(frame)
@@ -297,13 +344,22 @@ class FrameServer:
         log.warning("refusing stream %s: %s", frame.request_id, message)
         await self._refuse(frame, 429, message)
 
-    async def _serve(self, frame: TunnelRequest, *, streaming: bool = False) -> None:
-        """An ordinary request waits for one of the ordinary slots; a watch/follow request
-        sent as a plain request is already counted as a stream and takes none of them."""
-        if streaming:
-            await self._serve_now(frame, streaming=True)
-            return
+    async def _over_queue(self, frame: TunnelRequest) -> None:
+        """A 429 at once: the plane is not keeping up with what the gateway sends."""
+        queue = self._queue
+        message = (
+            f"too many requests waiting: this agent serves {self._slots_total} at once "
+            f"(--max-concurrent-requests) and holds at most {queue.max_count} requests or "
+            f"{queue.max_bytes} bytes waiting; retry later"
+        )
+        self._problems.log("queue full", logging.WARNING, "refusing requests: %s", message)
+        await self._refuse(frame, 429, message)
+
+    async def _serve(self, frame: TunnelRequest, dequeue: Callable[[], None]) -> None:
+        """An ordinary request waits in the queue for one of the ordinary slots (a watch/follow
+        request sent as a plain request is counted as a stream and takes none of them)."""
         async with self._slots:
+            dequeue()
             await self._serve_now(frame, streaming=False)
 
     async def _serve_now(self, frame: TunnelRequest, *, streaming: bool) -> None:

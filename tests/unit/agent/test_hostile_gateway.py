@@ -141,3 +141,47 @@ async def test_exec_stdin_the_api_server_does_not_take_is_bounded(
     assert isinstance(last, StreamChunk) and last.is_close is True
     assert last.data is not None and b"not reading its input" in last.data
     assert sessions._stdin == {}
+
+
+async def test_requests_past_the_queue_are_refused_at_once_and_the_rest_are_served() -> None:
+    """A gateway sending faster than the plane answers: each waiting request held its task
+    and body until served, without bound."""
+    upstream, sent = Upstream(), Sent()
+    server = FrameServer(upstream, sent, 5, 2)  # type: ignore[arg-type]  # 2 slots, 32 waiting
+    for n in range(40):
+        server.dispatch(encode(TunnelRequest(request_id=f"r{n}", path="/api")))
+    await until(lambda: len(sent.frames) == 8)
+    refused = {f.request_id for f in sent.frames if f.status_code == 429}
+    assert refused == {f"r{n}" for n in range(32, 40)}
+    assert "holds at most 32 requests" in sent.frames[0].error.message
+    assert server.requests_in_flight == 32
+
+    upstream.gate.set()
+    await until(lambda: len(sent.frames) == 40)
+    assert sorted(f.request_id for f in sent.frames if f.status_code == 200) == sorted(
+        f"r{n}" for n in range(32)
+    )
+    server.dispatch(encode(TunnelRequest(request_id="after", path="/api")))
+    await until(lambda: len(sent.frames) == 41)
+    assert sent.frames[-1].status_code == 200  # the queue emptied as they were served
+    await server.close()
+
+
+async def test_the_queue_holds_at_most_the_frame_limit_in_bodies() -> None:
+    upstream, sent = Upstream(), Sent()
+    server = FrameServer(upstream, sent, 5, 1, max_frame=100_000)  # type: ignore[arg-type]
+    body = b"x" * 40_000
+    for n in range(4):
+        server.dispatch(
+            encode(TunnelRequest(request_id=f"r{n}", method="POST", path="/a", body=body))
+        )
+    await until(lambda: len(sent.frames) == 2)
+    assert {f.request_id for f in sent.frames} == {"r2", "r3"}
+    assert all(f.status_code == 429 for f in sent.frames)
+    alone = FrameServer(upstream, sent, 5, 1, max_frame=100_000)  # type: ignore[arg-type]
+    alone.dispatch(encode(TunnelRequest(request_id="big", method="POST", path="/a", body=body * 3)))
+    upstream.gate.set()
+    await until(lambda: any(f.request_id == "big" for f in sent.frames))
+    assert [f.status_code for f in sent.frames if f.request_id == "big"] == [200]
+    await server.close()
+    await alone.close()
