@@ -124,7 +124,9 @@ class Gateway:
         self.ports: dict[str, int] = {}
 
     def _trust_changed(self) -> None:
-        if self._public_tls is not None:
+        """The union of CAs is computed only where handshakes use it: it is O(every CA),
+        and this runs on every change of every CR."""
+        if self._public_tls is not None and self._public_tls.judges_certificates:
             self._public_tls.trust(self.planes.all_cas())
 
     def _public_app(self) -> web.Application:
