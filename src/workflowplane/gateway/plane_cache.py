@@ -37,6 +37,7 @@ from workflowplane.api import (
 from workflowplane.api.kube import get_dict
 from workflowplane.kits.errors import KUBE_READ_ERRORS, is_expected
 from workflowplane.kits.tasks import TaskSet
+from workflowplane.pki import MAX_BUNDLE_CERTIFICATES, certificate_count
 
 log = logging.getLogger(__name__)
 RESTART_DELAY = 2.0
@@ -124,9 +125,11 @@ class PlaneCache:
         pems: list[bytes] = []
         for entry in self.entries.values():
             try:
-                pems.append(self.ca_of(entry).strip() + b"\n")
+                pem = self.ca_of(entry)
             except ClientCAError:
                 continue
+            if certificate_count(pem) <= MAX_BUNDLE_CERTIFICATES:  # more admits nobody anyway
+                pems.append(pem.strip() + b"\n")
         return b"".join(sorted(set(pems)))
 
     def upsert(self, entry: PlaneEntry) -> None:

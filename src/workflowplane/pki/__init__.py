@@ -1,8 +1,10 @@
 """Certificates for the tunnel: CA and leaf generation, and per-CA client verification."""
 
 from workflowplane.pki.certs import (
+    MAX_BUNDLE_CERTIFICATES,
     CertificateRejected,
     KeyPair,
+    certificate_count,
     describe_certificate,
     generate_ca,
     is_pinned_identity,
@@ -16,8 +18,10 @@ from workflowplane.pki.certs import (
 )
 
 __all__ = [
+    "MAX_BUNDLE_CERTIFICATES",
     "CertificateRejected",
     "KeyPair",
+    "certificate_count",
     "describe_certificate",
     "generate_ca",
     "is_pinned_identity",

@@ -91,11 +91,29 @@ def load_private_key(pem: bytes) -> PrivateKey:
     return key
 
 
+PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
+# A CA bundle is a few certificates (a rotation's old and new CA); a tenant's CR may hold a
+# megabyte of them, and each agent's admission parses every bundle of its planeID's CRs on
+# the gateway's shared loop (1,400 certificates: 8 ms per CR per admission).
+MAX_BUNDLE_CERTIFICATES = 100
+
+
+def certificate_count(pem: bytes) -> int:
+    """How many PEM certificates ``pem`` holds, without parsing them."""
+    return pem.count(PEM_CERTIFICATE)
+
+
 def load_certificates(pem: bytes | str) -> list[x509.Certificate]:
-    """Every certificate in a PEM bundle; ValueError naming the problem when there is none."""
+    """Every certificate in a PEM bundle; ValueError naming the problem when there is none,
+    or more than ``MAX_BUNDLE_CERTIFICATES``."""
     data = pem.encode() if isinstance(pem, str) else pem
-    if b"-----BEGIN CERTIFICATE-----" not in data:
+    count = certificate_count(data)
+    if not count:
         raise ValueError("no PEM certificate found (expected '-----BEGIN CERTIFICATE-----')")
+    if count > MAX_BUNDLE_CERTIFICATES:
+        raise ValueError(
+            f"{count} certificates in one bundle; at most {MAX_BUNDLE_CERTIFICATES} are taken"
+        )
     try:
         return x509.load_pem_x509_certificates(data)
     except ValueError as exc:

@@ -65,3 +65,11 @@ def test_the_own_namespaces_secret_and_a_cluster_planes_need_no_annotation() -> 
         SecretLocation("tenant-b", "agent-ca", "ca.crt", None),
     )
     assert planes.ca_of(own) == planes.ca_of(cluster) == CA.cert_pem
+
+
+def test_a_bundle_too_large_to_admit_anyone_stays_out_of_the_tls_trust() -> None:
+    planes = PlaneCache(None)  # type: ignore[arg-type]  # fed by hand, never watches
+    other = generate_ca("tenant-c-agent-ca")
+    planes.upsert(PlaneEntry("a/wp", "WorkflowPlane", "a", "wp", "p", CA.cert_pem * 101, None))
+    planes.upsert(PlaneEntry("c/wp", "WorkflowPlane", "c", "wp", "q", other.cert_pem, None))
+    assert planes.all_cas() == other.cert_pem.strip() + b"\n"

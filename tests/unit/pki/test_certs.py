@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from workflowplane.pki import (
+    MAX_BUNDLE_CERTIFICATES,
     CertificateRejected,
     KeyPair,
     describe_certificate,
@@ -75,6 +76,23 @@ def test_unusable_ca_pem_is_a_rejection_not_a_crash(ca: KeyPair) -> None:
     leaf = issue_certificate(ca, "agent")
     with pytest.raises(CertificateRejected, match="no PEM certificate"):
         verify_client_certificate([leaf.certificate], b"garbage")
+
+
+def test_a_bundle_of_more_certificates_than_a_ca_needs_is_refused_naming_the_count(
+    ca: KeyPair,
+) -> None:
+    """A tenant's CR may hold a megabyte of certificates, parsed on the gateway's shared loop
+    for each admission of an agent of its planeID."""
+    leaf = issue_certificate(ca, "agent")
+    most = ca.cert_pem * MAX_BUNDLE_CERTIFICATES
+    assert len(load_certificates(most)) == MAX_BUNDLE_CERTIFICATES
+    verify_client_certificate([leaf.certificate], most)
+    over = most + ca.cert_pem
+    message = f"{MAX_BUNDLE_CERTIFICATES + 1} certificates in one bundle; at most"
+    with pytest.raises(ValueError, match=message):
+        load_certificates(over)
+    with pytest.raises(CertificateRejected, match=f"client CA unusable: {message}"):
+        verify_client_certificate([leaf.certificate], over)
 
 
 def test_bundle_helpers(ca: KeyPair) -> None:
