@@ -227,6 +227,9 @@ class ConnectionManager:
         self._planes = planes
         self._metrics = metrics
         self._connections: dict[str, AgentConnection] = {}
+        # The same connections by planeID: every proxied request looks up its plane's, and a
+        # scan of all of them cost each request of each tenant time in the number of agents.
+        self._by_plane: dict[str, dict[str, AgentConnection]] = {}
         self._turns: defaultdict[tuple[str, str], itertools.count[int]] = defaultdict(
             itertools.count
         )
@@ -327,6 +330,7 @@ class ConnectionManager:
     def connect(self, conn: AgentConnection) -> None:
         """Register an admitted connection (its ``authorized`` from ``admit``)."""
         self._connections[conn.id] = conn
+        self._by_plane.setdefault(conn.plane_id, {})[conn.id] = conn
         self._none_left.clear()
         conn.metrics = self._metrics
         self._metrics.agent_connected(conn.plane_id)
@@ -336,6 +340,10 @@ class ConnectionManager:
     def disconnect(self, conn: AgentConnection) -> None:
         """Forget a connection; its requests in flight fail at once."""
         if self._connections.pop(conn.id, None) is not None:
+            same_plane = self._by_plane[conn.plane_id]
+            del same_plane[conn.id]
+            if not same_plane:
+                del self._by_plane[conn.plane_id]
             if not self._connections:
                 self._none_left.set()
             conn.fail_all("agent disconnected")
@@ -366,17 +374,16 @@ class ConnectionManager:
         return True
 
     def _count_agents(self, plane_id: str) -> None:
-        instances = {c.instance for c in self._connections.values() if c.plane_id == plane_id}
+        instances = {c.instance for c in self._by_plane.get(plane_id, {}).values()}
         self._metrics.agents.labels(plane_id).set(len(instances))
 
     # ---- status ---------------------------------------------------------------------------
 
     def for_plane(self, plane_type: str, plane_id: str) -> list[AgentConnection]:
-        return [
-            c
-            for c in self._connections.values()
-            if c.plane_id == plane_id and c.plane_type == plane_type
-        ]
+        same_plane = self._by_plane.get(plane_id)
+        if not same_plane:
+            return []
+        return [c for c in same_plane.values() if c.plane_type == plane_type]
 
     def status(self, plane_type: str, plane_id: str, key: str | None) -> dict[str, Any]:
         """Connections of a plane, or, for CR ``key``, what only its own CA's agents say."""

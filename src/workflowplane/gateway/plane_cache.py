@@ -101,6 +101,9 @@ class PlaneCache:
         self._client = client
         self._on_change = on_change
         self.entries: dict[str, PlaneEntry] = {}
+        # The same entries by planeID: an agent's admission reads its planeID's, and a scan
+        # of every CR cost each admission time in the number of all tenants' CRs.
+        self._by_plane: dict[str, dict[str, PlaneEntry]] = {}
         self._secrets: dict[tuple[str, str], CachedSecret] = {}
         self.synced = asyncio.Event()
         self._tasks = TaskSet("plane-cache")
@@ -118,7 +121,7 @@ class PlaneCache:
         return ca_from_secret_data(secret.data, location)
 
     def for_plane(self, plane_id: str) -> list[PlaneEntry]:
-        return [e for e in self.entries.values() if e.plane_id == plane_id]
+        return list(self._by_plane.get(plane_id, {}).values())
 
     def all_cas(self) -> bytes:
         """Every readable CA, concatenated: the TLS trust union for the public listener."""
@@ -133,12 +136,24 @@ class PlaneCache:
         return b"".join(sorted(set(pems)))
 
     def upsert(self, entry: PlaneEntry) -> None:
+        self._unindex(self.entries.get(entry.key))
         self.entries[entry.key] = entry
+        self._by_plane.setdefault(entry.plane_id, {})[entry.key] = entry
         self._on_change()
 
     def remove(self, key: str) -> None:
-        if self.entries.pop(key, None) is not None:
+        entry = self.entries.pop(key, None)
+        if entry is not None:
+            self._unindex(entry)
             self._on_change()
+
+    def _unindex(self, entry: PlaneEntry | None) -> None:
+        if entry is None:
+            return
+        same_plane = self._by_plane[entry.plane_id]
+        del same_plane[entry.key]
+        if not same_plane:
+            del self._by_plane[entry.plane_id]
 
     def put_secret(
         self,

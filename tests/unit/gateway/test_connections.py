@@ -405,3 +405,74 @@ async def test_a_lone_requests_frame_leaves_at_once_frames_of_many_wait_to_be_jo
     await asyncio.sleep(0)
     assert len(socket.transport.written) == 2  # ...and joined into one write
     assert b"one" in socket.transport.written[1] and b"two" in socket.transport.written[1]
+
+
+class _Watched(AgentConnection):
+    """A connection that counts how often anything asks which plane it belongs to."""
+
+    looked_at = 0
+
+    @property  # type: ignore[override]
+    def plane_id(self) -> str:
+        type(self).looked_at += 1
+        return self._plane_id
+
+    @plane_id.setter
+    def plane_id(self, value: str) -> None:
+        self._plane_id = value
+
+
+def test_a_planes_requests_never_look_at_other_planes_connections(ca_a: KeyPair) -> None:
+    """Every proxied request looks up its plane's connections; a scan of all of them cost
+    each request of each tenant time in the number of all tenants' agents."""
+    manager, _, _ = _manager(_entry("ns/mine", "mine", ca_a))
+    mine = _join(manager, "mine", ca_a)
+    for n in range(50):
+        manager.connect(_Watched(WP, f"other-{n}", FakeSocket(), _ANY_LEAF, {f"o/{n}"}))
+    _Watched.looked_at = 0
+    assert manager.pick(WP, "mine", "ns/mine") is mine
+    assert manager.serves(WP, "mine", "ns/mine")
+    assert _Watched.looked_at == 0
+    assert [c.authorized for c in manager.for_plane(WP, "other-7")] == [{"o/7"}]
+    manager.disconnect(mine)
+    assert manager.for_plane(WP, "mine") == []
+
+
+def test_a_crs_planeid_change_moves_it_to_its_new_planes_admissions(ca_a: KeyPair) -> None:
+    manager, planes, _ = _manager(_entry("ns/a", "old", ca_a), _entry("ns/b", "other", ca_a))
+    planes.upsert(_entry("ns/a", "new", ca_a))
+    assert [e.key for e in planes.for_plane("new")] == ["ns/a"]
+    assert planes.for_plane("old") == []
+    leaf = issue_certificate(ca_a, "agent").certificate
+    assert manager.admit("new", leaf).granted == {"ns/a"}
+    assert manager.admit("old", leaf).granted == set()
+    planes.remove("ns/a")
+    assert planes.for_plane("new") == [] and [e.key for e in planes.for_plane("other")] == ["ns/b"]
+
+
+class _WatchedEntry(PlaneEntry):
+    """A CR that counts how often anything asks for its planeID."""
+
+    looked_at = 0
+
+    @property  # type: ignore[override]
+    def plane_id(self) -> str:
+        type(self).looked_at += 1
+        return self.__dict__["_plane_id"]
+
+    @plane_id.setter
+    def plane_id(self, value: str) -> None:
+        self.__dict__["_plane_id"] = value
+
+
+def test_an_agents_admission_never_looks_at_other_planes_crs(ca_a: KeyPair) -> None:
+    """An admission reads the CRs of its planeID; a scan of every CR cost each admission
+    time in the number of all tenants' CRs."""
+    manager, planes, _ = _manager(_entry("ns/mine", "mine", ca_a))
+    for n in range(50):
+        planes.upsert(_WatchedEntry(f"o/{n}", "WorkflowPlane", "o", str(n), f"o-{n}", None, None))
+    _WatchedEntry.looked_at = 0
+    assert manager.admit("mine", issue_certificate(ca_a, "agent").certificate).granted == {
+        "ns/mine"
+    }
+    assert _WatchedEntry.looked_at == 0
