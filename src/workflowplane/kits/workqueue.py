@@ -23,6 +23,7 @@ from typing import Any, Generic, Literal, TypeVar
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from workflowplane.kits.errors import is_expected, is_transient
+from workflowplane.kits.fair_slots import FairSlots
 from workflowplane.kits.health import ProgressWatch
 
 log = logging.getLogger(__name__)
@@ -85,12 +86,16 @@ class WorkQueue(Generic[Key]):
         concurrency: int = 16,
         name: str = "queue",
         metrics: QueueMetrics | None = None,
+        fair_by: Callable[[Key], Hashable] = lambda _key: None,
     ) -> None:
+        """``fair_by``: the group of a key (its tenant); keys waiting for a slot are served
+        a group at a time in turn, so one group's many keys cannot hold back the others'."""
         self.name = name
         self._handle = handle
         self._metrics = metrics
         self._on_pass: list[Callable[[], None]] = []
-        self._slots = asyncio.Semaphore(concurrency)
+        self._slots = FairSlots(concurrency)
+        self._group_of = fair_by
         self._busy: set[Key] = set()
         self._dirty: set[Key] = set()
         self._timers: dict[Key, asyncio.TimerHandle] = {}
@@ -148,7 +153,7 @@ class WorkQueue(Generic[Key]):
         try:
             while True:
                 self._dirty.discard(key)
-                async with self._slots:
+                async with self._slots.slot(self._group_of(key)):
                     requeue = await self._attempt(key)
                 if key not in self._dirty:
                     break
