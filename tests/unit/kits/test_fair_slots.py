@@ -61,10 +61,12 @@ async def test_a_waiter_cancelled_as_it_is_handed_the_slot_passes_it_on() -> Non
 
 async def test_the_work_queue_serves_each_namespace_in_turn() -> None:
     handled: list[tuple[str, str]] = []
-    gate = asyncio.Event()
+    gate, all_handled = asyncio.Event(), asyncio.Event()
 
     async def handle(key: tuple[str, str]) -> None:
         handled.append(key)
+        if len(handled) == 51:
+            all_handled.set()
         await gate.wait()
 
     queue: WorkQueue[tuple[str, str]] = WorkQueue(handle, concurrency=1, fair_by=lambda k: k[0])
@@ -73,7 +75,6 @@ async def test_the_work_queue_serves_each_namespace_in_turn() -> None:
     queue.add(("quiet-tenant", "run"))
     await asyncio.sleep(0)
     gate.set()
-    while len(handled) < 51:
-        await asyncio.sleep(0)
+    await asyncio.wait_for(all_handled.wait(), 5)
     assert handled.index(("quiet-tenant", "run")) <= 2
     await queue.close()
