@@ -40,6 +40,40 @@ TENANT_KINDS = frozenset(
 )
 
 
+# The run records every resource's reference in its status before creating it (so cleanup
+# finds it), and the API server refuses a status whose names are not strings or that is over
+# etcd's 1.5 MB, on every retry: the run neither started nor failed. So references are
+# checked here, a render error the user can fix. Kubernetes' own limits: a name is at most
+# 253 characters, a kind 63, an API version a group (253) and a version (63).
+MAX_RESOURCES = 100
+MAX_NAME_CHARS = 253
+MAX_KIND_CHARS = 63
+MAX_API_VERSION_CHARS = 253 + 1 + 63
+
+
+# How deeply a run's spec or its definition's spec may nest (a real Argo Workflow nests about
+# fifteen levels). Checked without recursion, first thing in the worker: a value nested deeper
+# than Python's recursion limit cannot be pickled, and a send that fails that way used to
+# keep the worker out of the pool for good (two such runs and no tenant's run rendered again).
+MAX_NESTING = 100
+
+
+def check_nesting(value: Any, where: str, limit: int = MAX_NESTING) -> None:
+    """A :class:`RenderError` when ``value`` (JSON-like) nests deeper than ``limit``."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            raise RenderError(f"{where}: nested deeper than {limit} levels")
+        stack.extend((child, depth + 1) for child in children)
+
+
 @dataclass(frozen=True)
 class PlaneTarget:
     """The plane CR a run goes to: it decides which agent connections may carry the run.
@@ -92,6 +126,8 @@ def run_labels(run_namespace: str, run_name: str) -> dict[str, str]:
 
 def plan_run(run: Mapping[str, Any], definition: Mapping[str, Any], plane: PlaneTarget) -> RunPlan:
     """Render the definition for this run; raises RenderError (permanent) on any problem."""
+    check_nesting(run.get("spec"), "the WorkflowRun's spec")
+    check_nesting(definition.get("spec"), f"the {definition.get('kind')}'s spec")
     meta, spec = run["metadata"], definition.get("spec") or {}
     namespace, name = meta["namespace"], meta["name"]
     labels = run_labels(namespace, name)
@@ -109,7 +145,12 @@ def plan_run(run: Mapping[str, Any], definition: Mapping[str, Any], plane: Plane
     renderer = Renderer(context, f"{plane.ref} has no spec.secretStoreRef")
     target_ns = plane_namespace(namespace)
     resources = []
-    for index, item in enumerate(spec.get("resources") or []):
+    items = spec.get("resources") or []
+    if len(items) > MAX_RESOURCES:
+        raise RenderError(
+            f"resources: {len(items)} resources, over the limit of {MAX_RESOURCES} per workflow"
+        )
+    for index, item in enumerate(items):
         where = f"resources[{item.get('id', index)}]"
         if "includeWhen" in item and not renderer.condition(
             item["includeWhen"], f"{where}.includeWhen"
@@ -129,6 +170,9 @@ def plan_run(run: Mapping[str, Any], definition: Mapping[str, Any], plane: Plane
             raise RenderError(f"runTemplate.{key}: must be {wanted!r}, not {workflow[key]!r}")
     workflow["metadata"]["name"] = name
     workflow["metadata"].pop("generateName", None)
+    # Argo's Workflow has no status subresource: a status sent now would be kept, and read
+    # back as the run's result (Succeeded, say, with nothing run).
+    workflow.pop("status", None)
     if meta.get("uid"):
         annotations = workflow["metadata"].setdefault("annotations", {})
         if not isinstance(annotations, dict):
@@ -162,11 +206,29 @@ def _owned(obj: Any, namespace: str, labels: Mapping[str, str], where: str) -> d
         raise RenderError(f"{where}.metadata: must be an object")
     if not isinstance(meta.get("labels") or {}, dict):
         raise RenderError(f"{where}.metadata.labels: must be an object")
-    if where != "runTemplate" and not meta.get("name"):
-        raise RenderError(f"{where}: metadata.name is required")
+    if where != "runTemplate":
+        _check_reference(obj, where)
     meta["namespace"] = namespace
     meta["labels"] = {**(meta.get("labels") or {}), **labels}
     return obj
+
+
+def _check_reference(obj: Mapping[str, Any], where: str) -> None:
+    """What the run's status will record of this resource: strings Kubernetes can take."""
+    name = obj["metadata"].get("name")
+    if not name:
+        raise RenderError(f"{where}: metadata.name is required")
+    for part, value, limit in (
+        ("metadata.name", name, MAX_NAME_CHARS),
+        ("kind", obj["kind"], MAX_KIND_CHARS),
+        ("apiVersion", obj["apiVersion"], MAX_API_VERSION_CHARS),
+    ):
+        if not isinstance(value, str):
+            raise RenderError(f"{where}: {part} must be a string, not {type(value).__name__}")
+        if len(value) > limit:
+            raise RenderError(
+                f"{where}: {part} of {len(value)} characters is over Kubernetes' {limit}"
+            )
 
 
 def setup_objects(namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ from workflowplane.runs.plan import PlaneTarget
 TRANSIENT_STATUSES = {0, 403, 404, 408, 429, 500, 502, 503, 504}
 
 
+MAX_ANSWER_MESSAGE_CHARS = 1024
 LIST_PAGE = 250  # Argo Workflows with their node status are large; keep a page well in bounds
 
 
@@ -33,9 +34,13 @@ def request_error(response: ProxyResponse, what: str) -> Failure:
     Stricter than the generic mapping for a run: 403 and 404 from the gateway mean "no agent
     authorized or not there yet", which an agent connecting cures."""
     try:
-        message = str(response.json().get("message") or response.body[:200])
+        message = str(response.json().get("message") or "")
     except (ValueError, AttributeError):
-        message = response.body[:200].decode(errors="replace")
+        message = ""
+    # the plane's text, shown in the run's conditions and logged on every retry: bounded
+    message = message or response.body[:200].decode(errors="replace")
+    if len(message) > MAX_ANSWER_MESSAGE_CHARS:
+        message = f"{message[:MAX_ANSWER_MESSAGE_CHARS]}… ({len(message)} characters)"
     from_gateway = any(k.lower() == GATEWAY_ERROR_HEADER.lower() for k in response.headers)
     if response.status == 403 and not from_gateway:
         transient = False  # the plane's RBAC refused it: retrying will not help
@@ -217,5 +222,5 @@ class PlaneAPI:
             if event.get("type") == "ERROR":
                 if (event.get("object") or {}).get("code") == 410:
                     raise WatchExpired()
-                raise TransientError(f"watch {kind}: {event.get('object')}")
+                raise TransientError(f"watch {kind}: {str(event.get('object'))[:1024]}")
             yield str(event.get("type")), event.get("object") or {}

@@ -8,9 +8,51 @@ from typing import Any
 
 from workflowplane.api.conditions import Verdict, find_condition, set_condition
 from workflowplane.api.workflows import RunCondition, RunReason
-from workflowplane.kits.clock import rfc3339
+from workflowplane.kits.clock import parse_rfc3339, rfc3339
 
 COMPLETED_PHASES = {"Succeeded", "Failed", "Error"}
+
+# Bounds on what the run's status takes from Argo and from error messages. The status is
+# refused whole by the API server when one condition's message is over the CRD's 32768
+# characters or the object over etcd's 1.5 MB, and then refused again on every retry: the run
+# never completed, never expired. Argo's status is not only Argo's to write (its CRD has no
+# status subresource, so a tenant's runTemplate may carry one; a step's termination message
+# becomes its node's message), so each field is also checked for its type.
+MAX_MESSAGE_CHARS = 4096  # a condition's message
+MAX_REASON_CHARS = 1024  # the CRD's maxLength
+MAX_TASKS = 300  # the first ones in start order; with the bounds below, about 250 KiB at most
+MAX_TASK_NAME_CHARS = 253
+MAX_TASK_MESSAGE_CHARS = 512
+
+
+def bounded(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text) - limit} more characters)"
+
+
+def timestamp(value: Any) -> str | None:
+    """An RFC 3339 time (with its zone) as the run's status writes it, else None: the CRD
+    refuses anything else, and a time without a zone could not be compared with ours."""
+    if not isinstance(value, str) or len(value) > 64:
+        return None
+    try:
+        moment = parse_rfc3339(value)
+        if moment.tzinfo is None:
+            return None
+        moment = moment.astimezone(dt.UTC)
+    except (ValueError, OverflowError):
+        return None
+    return rfc3339(moment) if moment.year >= 1000 else None
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
 
 
 def is_completed(status: Mapping[str, Any]) -> bool:
@@ -25,7 +67,12 @@ def with_verdicts(
     now: dt.datetime,
 ) -> list[dict[str, Any]]:
     conditions = list(status.get("conditions") or [])
-    for type_, verdict in verdicts.items():
+    for type_, given in verdicts.items():
+        verdict = Verdict(
+            given.status,
+            bounded(given.reason, MAX_REASON_CHARS),
+            bounded(given.message, MAX_MESSAGE_CHARS),
+        )
         conditions = set_condition(conditions, type_, verdict, generation, now)
     return conditions
 
@@ -75,44 +122,56 @@ def phase_verdicts(phase: str, message: str) -> dict[str, Verdict]:
 
 
 def tasks_of(argo_status: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Argo's Pod nodes, in the order they started (not-yet-started ones last)."""
-    nodes = [n for n in (argo_status.get("nodes") or {}).values() if n.get("type") == "Pod"]
-    nodes.sort(
-        key=lambda n: (n.get("startedAt") is None, n.get("startedAt") or "", n.get("id", ""))
-    )
+    """Argo's Pod nodes, in the order they started (not-yet-started ones last), at most
+    :data:`MAX_TASKS`, each field a string of bounded length (or left out)."""
+    nodes = _mapping(argo_status.get("nodes")).values()
     tasks = []
     for node in nodes:
+        if not isinstance(node, Mapping) or node.get("type") != "Pod":
+            continue
+        name = _text(node.get("displayName")) or _text(node.get("name"))
         task = {
-            "name": node.get("displayName") or node.get("name", ""),
-            "phase": node.get("phase") or "Pending",
+            "name": bounded(name, MAX_TASK_NAME_CHARS),
+            "phase": bounded(_text(node.get("phase")) or "Pending", MAX_REASON_CHARS),
         }
-        for source, target in (
-            ("startedAt", "startedAt"),
-            ("finishedAt", "completedAt"),
-            ("message", "message"),
-        ):
-            if node.get(source):
-                task[target] = node[source]
-        tasks.append(task)
-    return tasks
+        for source, target in (("startedAt", "startedAt"), ("finishedAt", "completedAt")):
+            moment = timestamp(node.get(source))
+            if moment:
+                task[target] = moment
+        message = node.get("message")
+        if message:
+            task["message"] = bounded(
+                message if isinstance(message, str) else str(message), MAX_TASK_MESSAGE_CHARS
+            )
+        tasks.append(
+            (
+                task.get("startedAt") is None,
+                task.get("startedAt", ""),
+                str(node.get("id", "")),
+                task,
+            )
+        )
+    tasks.sort(key=lambda entry: entry[:3])
+    return [task for *_, task in tasks[:MAX_TASKS]]
 
 
 def status_from_argo(
     status: Mapping[str, Any], argo: Mapping[str, Any], generation: int | None, now: dt.datetime
 ) -> dict[str, Any]:
     """The run's new status fields for this observation of its Argo Workflow."""
-    argo_status = argo.get("status") or {}
-    phase = str(argo_status.get("phase") or "")
+    argo_status = _mapping(argo.get("status"))
+    phase = _text(argo_status.get("phase"))
     update: dict[str, Any] = {
         "conditions": with_verdicts(
             status, phase_verdicts(phase, str(argo_status.get("message") or "")), generation, now
         ),
         "tasks": tasks_of(argo_status),
     }
-    if argo_status.get("startedAt"):  # Argo's own start, not when we submitted the run
-        update["startedAt"] = argo_status["startedAt"]
+    started = timestamp(argo_status.get("startedAt"))
+    if started:  # Argo's own start, not when we submitted the run
+        update["startedAt"] = started
     if phase in COMPLETED_PHASES and not status.get("completedAt"):
-        update["completedAt"] = argo_status.get("finishedAt") or rfc3339(now)
+        update["completedAt"] = timestamp(argo_status.get("finishedAt")) or rfc3339(now)
     return update
 
 
@@ -135,13 +194,14 @@ def resources_verdict(observed: Mapping[str, Mapping[str, Any] | None]) -> Verdi
     Secrets' ``SecretSyncedError``); Unknown while any has not said yet; True when all have."""
     waiting = []
     for rid, obj in observed.items():
-        ready = find_condition(
-            list(((obj or {}).get("status") or {}).get("conditions") or []), "Ready"
-        )
+        # the plane's to write: a status or conditions of another shape is "not said yet"
+        conditions = _mapping(_mapping(obj).get("status")).get("conditions")
+        listed = [dict(c) for c in conditions or [] if isinstance(c, Mapping)]
+        ready = find_condition(listed if isinstance(conditions, list) else [], "Ready")
         if ready is None:
             waiting.append(rid)
         elif ready.get("status") == "False":
-            reason = ready.get("reason") or "NotReady"
+            reason = _text(ready.get("reason")) or "NotReady"
             message = f"{rid}: {reason}: {ready.get('message') or 'not ready'}"
             return Verdict("False", reason, message)
     if waiting:

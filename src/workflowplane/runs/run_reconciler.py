@@ -324,11 +324,17 @@ class RunReconciler:
         return None  # the status event brings the run back for its TTL
 
     async def _expire(self, key: RunKey, run: dict[str, Any]) -> float | None:
-        ttl = await self._ttl(run)
         completed_at = (run.get("status") or {}).get("completedAt")
-        if ttl is None or not completed_at:
+        try:
+            ttl = await self._ttl(run)
+            if ttl is None or not completed_at:
+                return None
+            remaining = (parse_rfc3339(completed_at) + ttl - self._clock()).total_seconds()
+        except (ValueError, OverflowError) as exc:
+            # A TTL the CRD's pattern lets through but time cannot hold (``99999999999d``):
+            # it is never reached. Raising made every pass of the run fail, for ever.
+            log.warning("run %s/%s is kept: its ttlAfterCompletion: %s", *key, exc)
             return None
-        remaining = (parse_rfc3339(completed_at) + ttl - self._clock()).total_seconds()
         if remaining > 0:
             return remaining
         log.info("run %s/%s reached its ttlAfterCompletion; deleting it", *key)
