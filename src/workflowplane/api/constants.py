@@ -28,6 +28,11 @@ ANNOTATION_CLIENT_CA_SHARED_WITH: Final = "openchoreo.dev/client-ca-shared-with"
 
 PLANE_ID_PATTERN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 PLANE_ID_MAX_LENGTH: Final = 63
+# Kubernetes object names (RFC 1123 subdomains), as the API server checks them on create. A
+# name from a spec that does not match is never put into a request path: the HTTP clients
+# resolve its dot segments (``../../other/secrets/x``) and ``?`` starts a query.
+DNS_SUBDOMAIN_PATTERN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+DNS_SUBDOMAIN_MAX_LENGTH: Final = 253
 
 AGENT_SECRET_NAME: Final = "cluster-agent-tls"
 AGENT_NAMESPACE: Final = "openchoreo-workflow-plane"

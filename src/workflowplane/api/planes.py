@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,8 @@ from lightkube.resources.core_v1 import Secret
 from workflowplane.api.constants import (
     ANNOTATION_CLIENT_CA_SHARED_WITH,
     CLUSTER_WORKFLOW_PLANE,
+    DNS_SUBDOMAIN_MAX_LENGTH,
+    DNS_SUBDOMAIN_PATTERN,
     GROUP,
     VERSION,
     WORKFLOW_PLANE,
@@ -42,6 +45,16 @@ PLANE_RESOURCES: dict[str, Any] = {
     WORKFLOW_PLANE: WorkflowPlaneResource,
     CLUSTER_WORKFLOW_PLANE: ClusterWorkflowPlaneResource,
 }
+
+
+_DNS_SUBDOMAIN = re.compile(DNS_SUBDOMAIN_PATTERN)
+
+
+def is_object_name(text: str, max_length: int = DNS_SUBDOMAIN_MAX_LENGTH) -> bool:
+    """Whether ``text`` is a Kubernetes object name (an RFC 1123 subdomain; a namespace: with
+    ``max_length`` 63, dots aside). Names from a spec are checked with it before they go into a
+    request path, where ``..`` segments would be resolved and ``?`` would start a query."""
+    return len(text) <= max_length and _DNS_SUBDOMAIN.match(text) is not None
 
 
 def cr_key_of(namespace: str | None, name: str) -> str:
@@ -95,6 +108,19 @@ class SecretLocation:
         listed = (annotations or {}).get(ANNOTATION_CLIENT_CA_SHARED_WITH, "")
         names = {name.strip() for name in listed.split(",")}
         return "*" in names or self.reader in names
+
+    def check_names(self) -> None:
+        """ClientCAError unless the name and namespace are object names: they become segments
+        of the read's path, and ``name: ../../victim/secrets/x`` read another namespace's
+        Secret, past the consent check (which saw the CR's own namespace)."""
+        if not is_object_name(self.name) or not (
+            is_object_name(self.namespace, 63) and "." not in self.namespace
+        ):
+            raise ClientCAError(
+                Reason.CLIENT_CA_NOT_FOUND,
+                "clientCA.secretKeyRef: name must be a Kubernetes object name and namespace "
+                f"a namespace name (got {self.namespace[:63]!r}/{self.name[:253]!r})",
+            )
 
     def unavailable(self) -> ClientCAError:
         """The one answer for a missing Secret, a missing key and a Secret that does not
@@ -178,6 +204,7 @@ async def read_client_ca(client: AsyncClient, plane: AnyPlane) -> bytes:
         return inline.encode()
     location = client_ca_location(plane)
     assert location is not None
+    location.check_names()
     try:
         secret = await client.get(Secret, location.name, namespace=location.namespace)
     except ApiError as exc:
