@@ -32,7 +32,7 @@ class EventRecorder:
         now = utcnow()
         event = Event(
             metadata=ObjectMeta(
-                name=f"{meta['name']}.{uuid.uuid4().hex[:12]}", namespace=namespace
+                name=f"{_prefix(meta['name'])}.{uuid.uuid4().hex[:12]}", namespace=namespace
             ),
             involvedObject=ObjectReference(
                 apiVersion=obj.get("apiVersion"),
@@ -55,3 +55,9 @@ class EventRecorder:
             await self._client.create(event)
         except ApiError as exc:
             log.warning("could not post event %s for %s: %s", reason, meta["name"], exc)
+
+
+def _prefix(name: str) -> str:
+    """The CR's name cut so that it and the 13-character suffix fit an object name (253): a
+    CR named near the limit had every Event refused. A cut ending in '-' or '.' is trimmed."""
+    return name[:240].rstrip("-.")

@@ -75,6 +75,8 @@ class PlanesController:
             metrics=metrics.queues if metrics else None,
         )
         self.tasks = TaskSet("planes")
+        # What of each CR's last watch event calls for a pass (see plane_event).
+        self._triggers: dict[PlaneRef, tuple[Any, ...]] = {}
 
     def add(self, ref: PlaneRef, *, force_notify: bool = False) -> None:
         """Reconcile ``ref`` soon; ``force_notify`` re-notifies the gateway on that pass even
@@ -88,6 +90,24 @@ class PlanesController:
         """The CR is gone: nothing more is owed to it."""
         self.directory.forget(ref)
         self.reconciler.notify_owed.discard(ref)
+        self._triggers.pop(ref, None)
+
+    def plane_event(self, ref: PlaneRef, body: Mapping[str, Any], type_: str | None) -> None:
+        """A watch event of a plane CR: a pass, unless only its status (or resourceVersion)
+        changed since the last event. Each pass's own status write is such an event: it
+        started another pass, which wrote again whenever something it reports moved between
+        the two (an agent answering the secret store check 200 and 500 in turn, a failure
+        naming another replica each time), a pass after pass for good. Status edits by
+        others are mended by the resync; a listing's events (type None) always pass."""
+        if type_ == "DELETED":  # gone: the finalizer made sure its last pass came before
+            self.forget(ref)
+            return
+        self.directory.remember(ref, body)
+        trigger = _trigger_of(body)
+        if type_ == "MODIFIED" and self._triggers.get(ref) == trigger:
+            return  # a (re)listing (type None, after a restart or a new leader) always passes
+        self._triggers[ref] = trigger
+        self.add(ref)
 
     def start(self) -> None:
         self.tasks.spawn(self.follow_gateway_events(), "gateway-events")
@@ -125,6 +145,19 @@ class PlanesController:
             self.add(ref)
 
 
+def _trigger_of(body: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What of a CR a pass acts on, status aside: its identity, spec (by generation), deletion,
+    finalizers, and whether it has a status at all."""
+    meta = body.get("metadata") or {}
+    return (
+        meta.get("uid"),
+        meta.get("generation"),
+        meta.get("deletionTimestamp"),
+        tuple(meta.get("finalizers") or ()),
+        bool(body.get("status")),
+    )
+
+
 def _happened_at(event: Mapping[str, Any]) -> float:
     """When the change happened, on ``time.monotonic``'s clock: the event's own ``time``
     (RFC 3339) if it carries one and it is not in the future, else now (its arrival)."""
@@ -145,12 +178,7 @@ def _register_kind(registry: kopf.OperatorRegistry, planes: PlanesController, ki
     async def plane_event(
         name: str, namespace: str | None, body: kopf.Body, type: str | None, **_: Any
     ) -> None:
-        ref = PlaneRef.of(kind, namespace, name)
-        if type == "DELETED":  # gone: the finalizer made sure its last pass came before
-            planes.forget(ref)
-            return
-        planes.directory.remember(ref, body)
-        planes.add(ref)
+        planes.plane_event(PlaneRef.of(kind, namespace, name), body, type)
 
 
 def _register_secrets(registry: kopf.OperatorRegistry, planes: PlanesController) -> None:

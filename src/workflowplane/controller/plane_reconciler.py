@@ -42,6 +42,7 @@ from workflowplane.api.kube import get_dict, merge_patch
 from workflowplane.api.planes import (
     ClusterObservabilityPlaneResource,
     ObservabilityPlaneResource,
+    is_object_name,
 )
 from workflowplane.controller.directory import PlaneRef
 from workflowplane.controller.events import EventRecorder
@@ -254,10 +255,29 @@ class PlaneReconciler:
         except GATEWAY_FAILURES as exc:  # the gateway may be down; the status says so
             log.info("gateway status for %s unavailable: %s", ref.key, exc)
             return None
+        except (ValueError, TypeError, OverflowError) as exc:
+            # An answer that does not parse (not JSON, a count that is no number: the client's
+            # merge raises) is the gateway's fault, not a bug of this pass: it raised out of
+            # every pass, and the status never said the gateway could not be read.
+            log.warning("gateway status for %s does not parse: %.200s", ref.key, exc)
+            return None
+        if not isinstance(mine, Mapping):
+            log.warning("gateway status for %s is not an object", ref.key)
+            return None
         return agent_observation(mine)
 
     async def _check_secret_store(self, ref: PlaneRef, plane: AnyPlane, name: str) -> Verdict:
-        """Look the ClusterSecretStore up in the *plane* cluster, through the tunnel."""
+        """Look the ClusterSecretStore up in the *plane* cluster, through the tunnel. A name
+        that is no object name is not asked for: it goes into the request path, where the
+        gateway client resolves ``..`` (``../../../../../../victim/theirs/k8s/...`` left this
+        CR's route for another tenant's CR's) and ``?`` starts a query."""
+        if not is_object_name(name):
+            return Verdict(
+                "False",
+                "SecretStoreNotFound",
+                f"secretStoreRef.name {name[:253]!r} is not a valid object name "
+                "(lowercase RFC 1123 subdomain)",
+            )
         for version in EXTERNAL_SECRETS_VERSIONS:
             try:
                 response = await self._gateway.proxy(

@@ -17,6 +17,14 @@ from workflowplane.kits.clock import parse_rfc3339, rfc3339
 from workflowplane.pki import is_pinned_identity, load_certificates
 
 EXPIRY_WARNING = dt.timedelta(days=30)
+# lastHeartbeatTime moves only by this much or more (the gateway pings every 30 s). Every
+# status write is a watch event and every event a pass: a heartbeat that moved by the second
+# made a busy agent's CRs write their status again on the pass their own write caused.
+HEARTBEAT_RESOLUTION = dt.timedelta(seconds=30)
+MAX_INT32 = 2**31 - 1  # agentConnection.connectedAgents is an int32
+# Namespaces named in the SharedCAUnrestricted message; the rest are counted (the gateway's
+# list has no bound, and the message must stay within the CRD's maxLength, advice included).
+SHARED_NAMESPACES_SHOWN = 20
 
 
 @dataclass(frozen=True)
@@ -84,14 +92,38 @@ class AgentObservation:
 
 
 def agent_observation(answer: Mapping[str, Any]) -> AgentObservation:
-    """The gateway's status answer for one CR (merged over every replica by the client)."""
-    last_seen = answer.get("lastSeen")
+    """The gateway's status answer for one CR (merged over every replica by the client).
+
+    Each value is type-checked: a count that is no int in the CRD's range (0 to int32) counts
+    as 0, a lastSeen that is no zoned RFC 3339 time as none, a namespace that is no string is
+    left out. Before, ``int()`` and ``fromisoformat`` raised out of the pass (a "bug", retried
+    for good, the status never written) and a negative count made a status the CRD refuses."""
+    shared = answer.get("unrestrictedSharedCA")
     return AgentObservation(
-        connected_agents=int(answer.get("connectedAgents") or 0),
-        last_seen=parse_rfc3339(str(last_seen)) if last_seen else None,
-        consent_refused_agents=int(answer.get("consentRefusedAgents") or 0),
-        unrestricted_shared_with=tuple(answer.get("unrestrictedSharedCA") or ()),
+        connected_agents=_count(answer.get("connectedAgents")),
+        last_seen=_moment(answer.get("lastSeen")),
+        consent_refused_agents=_count(answer.get("consentRefusedAgents")),
+        unrestricted_shared_with=tuple(
+            name for name in (shared if isinstance(shared, list) else ()) if isinstance(name, str)
+        ),
     )
+
+
+def _count(value: Any) -> int:
+    """An agent count as the CRD takes it (int32, not negative); anything else is 0."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT32:
+        return 0
+    return value
+
+
+def _moment(value: Any) -> dt.datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        moment = parse_rfc3339(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
 
 
 def through_grace(
@@ -149,11 +181,22 @@ def next_agent_connection(
         result["lastConnectedTime"] = rfc3339(now)
     if was_connected and not connected:
         result["lastDisconnectedTime"] = rfc3339(now)
-    if seen.last_seen is not None:
-        newest = rfc3339(seen.last_seen)
-        if newest > result.get("lastHeartbeatTime", ""):
-            result["lastHeartbeatTime"] = newest
+    if seen.last_seen is not None and _heartbeat_moved(result.get("lastHeartbeatTime"), seen):
+        result["lastHeartbeatTime"] = rfc3339(seen.last_seen)
     return result
+
+
+def _heartbeat_moved(recorded: str | None, seen: AgentObservation) -> bool:
+    """Whether ``seen.last_seen`` is worth a write: HEARTBEAT_RESOLUTION newer than the
+    recorded heartbeat (or none is recorded, or it cannot be read)."""
+    assert seen.last_seen is not None
+    if not recorded:
+        return True
+    try:
+        before = parse_rfc3339(recorded)
+        return seen.last_seen - before >= HEARTBEAT_RESOLUTION
+    except (ValueError, TypeError):  # not RFC 3339, or naive: replace it
+        return True
 
 
 def _why_not(seen: AgentObservation) -> str:
@@ -170,7 +213,10 @@ def access_warning(seen: AgentObservation | None) -> Verdict | None:
     """A warning while this CR's agents are unrestricted yet serve several namespaces."""
     if seen is None or not seen.unrestricted_shared_with:
         return None
-    namespaces = ", ".join(seen.unrestricted_shared_with)
+    shared = seen.unrestricted_shared_with
+    namespaces = ", ".join(name[:63] for name in shared[:SHARED_NAMESPACES_SHOWN])
+    if len(shared) > SHARED_NAMESPACES_SHOWN:
+        namespaces += f" and {len(shared) - SHARED_NAMESPACES_SHOWN} more"
     return Verdict(
         "False",
         Reason.SHARED_CA_UNRESTRICTED,
