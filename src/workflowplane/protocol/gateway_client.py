@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import unquote
 
 import aiohttp
 from lightkube import AsyncClient
@@ -211,6 +212,17 @@ def _session(ssl_context: ssl.SSLContext, timeout: float) -> aiohttp.ClientSessi
     # request was written; whether to repeat is decided here (may_retry), never there.
     session._retry_connection = False
     return session
+
+
+class UnroutablePath(PermanentError):
+    """A name or path that cannot be sent in the gateway's route without leaving it (so no
+    object of that name can have been made through it either)."""
+
+
+def _safe_segment(segment: str) -> bool:
+    """Whether a path segment stays where it is: no dot segment, however encoded, and
+    nothing that ends the path."""
+    return unquote(segment) not in (".", "..") and not any(c in segment for c in "?#")
 
 
 class GatewayClient:
@@ -477,8 +489,20 @@ class GatewayClient:
     def proxy_path(
         plane_type: str, plane_id: str, cr_namespace: str | None, cr_name: str, path: str
     ) -> str:
+        """The gateway's route for a request of CR ``cr_namespace/cr_name`` on its plane.
+
+        PermanentError for anything that could leave that route: the HTTP client resolves
+        ``..`` segments (percent-encoded too) and splits at ``?`` and ``#``, so a name a
+        tenant wrote (a resource of its workflow, a secret store) would otherwise send the
+        controller's request, with the controller's credentials, as another CR's."""
         scope = cr_namespace or "_cluster"
-        return f"/api/proxy/{plane_type}/{plane_id}/{scope}/{cr_name}/k8s/{path.lstrip('/')}"
+        for part in (plane_type, plane_id, scope, cr_name):
+            if "/" in part or not _safe_segment(part):
+                raise UnroutablePath(f"not a name for the gateway's route: {part[:253]!r}")
+        tail = path.lstrip("/")
+        if not all(_safe_segment(segment) for segment in tail.split("/")):
+            raise UnroutablePath(f"not a path for the gateway's route: {tail[:1024]!r}")
+        return f"/api/proxy/{plane_type}/{plane_id}/{scope}/{cr_name}/k8s/{tail}"
 
     def proxy_url(
         self, plane_type: str, plane_id: str, cr_namespace: str | None, cr_name: str, path: str

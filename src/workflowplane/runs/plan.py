@@ -229,6 +229,10 @@ def _check_reference(obj: Mapping[str, Any], where: str) -> None:
             raise RenderError(
                 f"{where}: {part} of {len(value)} characters is over Kubernetes' {limit}"
             )
+    if name in (".", "..") or any(c in name for c in "/%?#"):
+        # Kubernetes' rule for every name (a path segment); the run's cleanup deletes what
+        # its status records by a path that holds the name, and '../..' would leave it.
+        raise RenderError(f"{where}: metadata.name {name!r} cannot be a Kubernetes name")
 
 
 def setup_objects(namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 
 from workflowplane.api.constants import PLANE_TYPE
 from workflowplane.kits.errors import Failure, PermanentError, TransientError
-from workflowplane.protocol.gateway_client import ProxyResponse, TunnelAPI
+from workflowplane.protocol.gateway_client import ProxyResponse, TunnelAPI, UnroutablePath
 from workflowplane.protocol.http import GATEWAY_ERROR_HEADER
 from workflowplane.runs.plan import PlaneTarget
 
@@ -98,6 +98,8 @@ class PlaneAPI:
                 query=query,
                 body=None if body is None else json.dumps(body).encode(),
             )
+        except UnroutablePath:
+            raise  # no retry sends it: it is the name's fault, not the gateway's
         except Failure as exc:
             raise TransientError(f"{what or path}: {exc.message}", status=exc.status) from exc
         return response

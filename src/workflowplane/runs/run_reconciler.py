@@ -37,7 +37,7 @@ from workflowplane.api.workflows import (
 )
 from workflowplane.kits.clock import parse_rfc3339, rfc3339, utcnow
 from workflowplane.kits.errors import Failure, TransientError
-from workflowplane.protocol.gateway_client import TunnelAPI
+from workflowplane.protocol.gateway_client import TunnelAPI, UnroutablePath
 from workflowplane.runs.cache import ObjectCache
 from workflowplane.runs.metrics import RunMetrics
 from workflowplane.runs.plan import PlaneTarget, RunPlan
@@ -375,8 +375,16 @@ class RunReconciler:
         api = PlaneAPI(self._tunnel, target, self._discovery)
         refs = [status["runReference"]] if status.get("runReference") else []
         refs += list(reversed(status.get("resources") or []))
-        for ref in refs:
-            await api.delete(ref)
+        failed: Failure | None = None
+        for ref in refs:  # each one tried: one that fails keeps none of the others there
+            try:
+                await api.delete(ref)
+            except UnroutablePath as exc:  # no path names it: nothing of it was ever made
+                log.warning("cleanup skips a reference no request can name: %s", exc.message)
+            except Failure as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed
 
     # -- writes -------------------------------------------------------------------------------
 

@@ -63,3 +63,11 @@ def test_a_status_in_the_run_template_is_not_sent() -> None:
     template = {**run_template(), "status": {"phase": "Succeeded", "nodes": ["x"]}}
     plan = plan_run(run({"replicas": 1}), definition([], template), PLANE)
     assert "status" not in plan.workflow
+
+
+@pytest.mark.parametrize("name", ["..", "../../other-ns/theirs", "a%2F..", "x?watch=1", "."])
+def test_a_resource_name_that_is_no_kubernetes_name_is_a_render_error(name: str) -> None:
+    """Before: recorded in status.resources before creation (which the API server refused),
+    then deleted at cleanup by a path holding the name, which the HTTP client resolved."""
+    with pytest.raises(RenderError, match="cannot be a Kubernetes name"):
+        plan_run(run({}), definition([config_map("cfg", name)]), PLANE)

@@ -18,7 +18,7 @@ from lightkube.models.meta_v1 import Status
 
 from workflowplane.api.workflows import RUN_FINALIZER, WORKFLOW_RUN
 from workflowplane.kits.clock import rfc3339, utcnow
-from workflowplane.protocol.gateway_client import ProxyResponse
+from workflowplane.protocol.gateway_client import GatewayClient, ProxyResponse
 from workflowplane.runs.cache import ObjectCache, kind_of
 from workflowplane.runs.plan import PlaneTarget, RunPlan, plan_run
 from workflowplane.runs.run_reconciler import RunReconciler
@@ -154,11 +154,11 @@ class World:
     """A reconciler whose cache already holds what kopf's events brought (runs, definition,
     plane), as in the running controller."""
 
-    def __init__(self, *runs: str) -> None:
+    def __init__(self, *runs: str, plane: FakePlane | None = None) -> None:
         definition = yaml.safe_load(SAMPLE.read_text())
         definition["metadata"]["resourceVersion"] = "1"
         self.kube = FakeKube(*(a_run(n) for n in runs), definition, the_plane())
-        self.plane = FakePlane()
+        self.plane = plane or FakePlane()
         fake_kube: Any = self.kube
         planner: Any = InProcessPlanner()
         self.reconciler = RunReconciler(fake_kube, self.plane, planner)
@@ -300,3 +300,31 @@ async def test_a_run_deleted_unseen_is_read_again_after_its_write_fails(world: W
 
     assert world.kube.gets == ["WorkflowRun r1"]  # the second pass asked, and it was gone
     assert len(world.kube.patches) == 1
+
+
+class RoutedPlane(FakePlane):
+    """The plane behind the gateway client's own route building."""
+
+    async def proxy(self, method: str, *, path: str, **options: Any) -> ProxyResponse:
+        GatewayClient.proxy_path("clusterworkflowplane", "p1", None, "default", path)
+        return await super().proxy(method, path=path, **options)
+
+
+async def test_cleanup_deletes_every_object_it_can_name_and_skips_one_no_path_can() -> None:
+    """A reference recorded before names were checked (``../..``): no request can name it,
+    so nothing of it was made; it no longer stops cleanup of the others."""
+    world = World("r1", plane=RoutedPlane())
+    await world.reconciler.reconcile(("team", "r1"))
+    run = world.run("r1")
+    unnameable = {"apiVersion": "v1", "kind": "ServiceAccount", "name": "../../x", "namespace": "n"}
+    run["status"]["resources"] = [*run["status"]["resources"], unnameable]
+    run["metadata"]["deletionTimestamp"] = rfc3339(utcnow())
+    world.reconciler.cache.remember(WORKFLOW_RUN, copy.deepcopy(run))
+
+    assert await world.reconciler.reconcile(("team", "r1")) is None
+
+    deletes = [r for r in world.plane.requests if r.startswith("DELETE")]
+    assert any(r.endswith("/workflows/r1") for r in deletes)
+    assert not [r for r in deletes if ".." in r]
+    assert RUN_FINALIZER not in world.run("r1")["metadata"]["finalizers"]
+    await world.close()
