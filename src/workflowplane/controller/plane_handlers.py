@@ -73,6 +73,7 @@ class PlanesController:
             concurrency=concurrency,
             name="planes",
             metrics=metrics.queues if metrics else None,
+            fair_by=lambda ref: ref.namespace,  # ClusterWorkflowPlanes: a group of their own
         )
         self.tasks = TaskSet("planes")
         # What of each CR's last watch event calls for a pass (see plane_event).

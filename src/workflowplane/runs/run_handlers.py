@@ -20,7 +20,7 @@ from workflowplane.protocol.gateway_client import TunnelAPI
 from workflowplane.runs.metrics import RunMetrics
 from workflowplane.runs.planner import Planner
 from workflowplane.runs.run_reconciler import RunReconciler
-from workflowplane.runs.tracker import RunKey
+from workflowplane.runs.tracker import RunKey, namespace_of
 
 # What a waiting run can be waiting for: these kinds appearing or changing wake it up.
 WAKERS = {
@@ -52,6 +52,7 @@ class RunsController:
             concurrency=concurrency,
             name="runs",
             metrics=queue_metrics,
+            fair_by=namespace_of,  # one tenant's many runs wait behind each other's, not others'
         )
 
     def progress_watch(self, limit: float) -> ProgressWatch:

@@ -33,6 +33,13 @@ from workflowplane.runs.plane_api import Discovery, PlaneAPI, WatchExpired
 
 log = logging.getLogger(__name__)
 RunKey = tuple[str, str]
+
+
+def namespace_of(key: RunKey) -> str:
+    """A run's tenant: the group its work queues serve in turn."""
+    return key[0]
+
+
 Observer = Callable[[RunKey, str, dict[str, Any]], Awaitable[None]]
 SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
 CATCH_UP_RETRY = 5.0
@@ -58,7 +65,10 @@ class ArgoTracker:
         self._tasks = TaskSet("argo-tracker")
         self._latest: dict[RunKey, tuple[PlaneTarget, str, dict[str, Any]]] = {}
         self._writes: WorkQueue[RunKey] = WorkQueue(
-            self._observe_latest, concurrency=STATUS_WRITERS, name="run-status"
+            self._observe_latest,
+            concurrency=STATUS_WRITERS,
+            name="run-status",
+            fair_by=namespace_of,  # one tenant's many changes do not delay another's
         )
         self._streaming_since: dict[PlaneTarget, float] = {}  # listed, watching without a gap
         self._unclaimed: dict[RunKey, tuple[PlaneTarget, str, dict[str, Any], float]] = {}
