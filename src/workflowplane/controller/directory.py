@@ -7,9 +7,9 @@ concern without listing anything.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from workflowplane.api import (
     WORKFLOW_PLANE,
@@ -38,29 +38,55 @@ class PlaneRef:
         return cr_key_of(self.namespace, self.name)
 
 
-@dataclass
+Value = TypeVar("Value", bound=Hashable)
+
+
+class _Index(Generic[Value]):
+    """Each CR's value, and the CRs of each value: a lookup by value costs the CRs that have
+    it, not every CR (a Secret event anywhere in the cluster, or an agent's connection,
+    looked at every tenant's CR)."""
+
+    def __init__(self) -> None:
+        self.of: dict[PlaneRef, Value] = {}
+        self._refs: dict[Value, dict[PlaneRef, None]] = {}
+
+    def set(self, ref: PlaneRef, value: Value | None) -> None:
+        old = self.of.pop(ref, None)
+        if old is not None:
+            refs = self._refs[old]
+            del refs[ref]
+            if not refs:
+                del self._refs[old]
+        if value is not None:
+            self.of[ref] = value
+            self._refs.setdefault(value, {})[ref] = None
+
+    def refs(self, value: Value) -> list[PlaneRef]:
+        return list(self._refs.get(value, ()))
+
+
 class PlaneDirectory:
-    plane_ids: dict[PlaneRef, str] = field(default_factory=dict)
-    secrets: dict[PlaneRef, tuple[str, str]] = field(default_factory=dict)
+    """The planeID and CA Secret of every plane CR, to find the CRs an event concerns."""
+
+    def __init__(self) -> None:
+        self._plane_ids: _Index[str] = _Index()
+        self._secrets: _Index[tuple[str, str]] = _Index()
 
     def remember(self, ref: PlaneRef, body: Mapping[str, Any]) -> None:
         """Note the planeID and CA Secret of a CR from its current body."""
-        self.plane_ids[ref] = plane_id_of(body)
+        self._plane_ids.set(ref, plane_id_of(body))
         try:
             location = client_ca_location_of(body)
         except ClientCAError:  # a cluster-scoped CR without the Secret's namespace
             location = None
-        if location is None:
-            self.secrets.pop(ref, None)
-        else:
-            self.secrets[ref] = (location.namespace, location.name)
+        self._secrets.set(ref, None if location is None else (location.namespace, location.name))
 
     def forget(self, ref: PlaneRef) -> None:
-        self.plane_ids.pop(ref, None)
-        self.secrets.pop(ref, None)
+        self._plane_ids.set(ref, None)
+        self._secrets.set(ref, None)
 
     def by_plane_id(self, plane_id: str) -> list[PlaneRef]:
-        return [ref for ref, known in self.plane_ids.items() if known == plane_id]
+        return self._plane_ids.refs(plane_id)
 
     def by_secret(self, namespace: str, name: str) -> list[PlaneRef]:
-        return [ref for ref, known in self.secrets.items() if known == (namespace, name)]
+        return self._secrets.refs((namespace, name))
