@@ -47,7 +47,11 @@ from workflowplane.protocol.agent_patience import (
     check_seconds,
     pauses,
 )
-from workflowplane.protocol.replica_status import merge_all_status, merge_plane_status
+from workflowplane.protocol.replica_status import (
+    count_of,
+    merge_all_status,
+    merge_plane_status,
+)
 from workflowplane.protocol.replicas import ReplicaDirectory, ReplicaRotation, StaticDirectory
 from workflowplane.protocol.watch_position import WatchPosition, is_watch, timeout_of
 
@@ -716,6 +720,6 @@ def _summed(answers: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[s
     merged = dict(answers[0])
     for key in (*keys, "disconnectedAgents"):
         if any(key in a for a in answers):
-            merged[key] = sum(int(a.get(key) or 0) for a in answers)
+            merged[key] = sum(count_of(a.get(key)) for a in answers)
     merged["replicas"] = [a.get("replica") for a in answers]
     return merged

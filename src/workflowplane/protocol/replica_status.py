@@ -64,7 +64,7 @@ def merge_plane_status(answers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
     if any("consentRefusedAgents" in a for a in answers):
         # Refusing connections carry no instance id: the most any replica saw.
-        refused = max(int(a.get("consentRefusedAgents") or 0) for a in answers)
+        refused = max(count_of(a.get("consentRefusedAgents")) for a in answers)
         merged["consentRefused"] = refused > 0
         merged["consentRefusedAgents"] = refused
         merged["unrestrictedSharedCA"] = _union(answers, "unrestrictedSharedCA")
@@ -85,3 +85,11 @@ def merge_all_status(answers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     planes = [merge_plane_status(by_plane[key]) for key in sorted(by_plane)]
     replicas = sorted({str(a.get("replica") or "") for a in answers})
     return {"planes": planes, "total": len(planes), "replicas": replicas}
+
+
+def count_of(value: Any) -> int:
+    """A count from a replica's answer; anything that is no non-negative int (a gateway of
+    another make, a broken one) counts as 0, rather than raising out of the caller's pass."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return 0
+    return value

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from lightkube.resources.coordination_v1 import Lease
 
+from workflowplane.protocol.gateway_client import _summed
 from workflowplane.protocol.replica_status import merge_all_status, merge_plane_status
 from workflowplane.protocol.replicas import (
     INTERNAL_URL_ANNOTATION,
@@ -223,3 +224,21 @@ def test_a_resumed_watch_keeps_only_what_is_left_of_its_timeout() -> None:
 )
 def test_is_watch(query: str, watch: bool) -> None:
     assert is_watch(query) is watch
+
+
+def test_counts_a_replica_cannot_give_are_zero_not_an_exception() -> None:
+    """A gateway of another make (or a broken one) answering "many": before, ``int()`` raised
+    out of the controller's pass, which then retried it as a bug every 300 s."""
+    merged = merge_plane_status(
+        [
+            answer("r0", ["a"], consentRefusedAgents="many"),
+            answer("r1", ["a"], consentRefusedAgents=[1]),
+            answer("r2", ["a"], consentRefusedAgents=2),
+        ]
+    )
+    assert merged["consentRefusedAgents"] == 2
+    summed = _summed(
+        [{"authorizationsGranted": "3", "replica": "r0"}, {"authorizationsGranted": 1}],
+        ("authorizationsGranted",),
+    )
+    assert summed["authorizationsGranted"] == 1
