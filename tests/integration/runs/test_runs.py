@@ -533,15 +533,18 @@ async def test_a_cel_bomb_fails_its_run_and_never_stalls_another_tenants_request
     """A million CEL steps (several seconds in the interpreter, holding the GIL): rendered
     in a worker process, the run fails as RenderFailed within its budget, and another
     tenant's proxied GETs keep answering meanwhile (in the controller's process they stalled
-    for the whole evaluation: 17.8 s in the isolation report)."""
+    for the whole evaluation: 17.8 s in the isolation report).
+
+    Counted, not timed: the bomb runs until its budget (2 s) stops it, and the GETs answered
+    meanwhile are many (826 in one run); with the loop held for the evaluation, a handful
+    at most would be (those between its end and the run's status being read)."""
     bomb = unique("bomb")
     template = {"spec": {"entrypoint": "main", "arguments": CEL_BOMB}}
     apply(control_plane, definition("ClusterWorkflow", bomb, run_template=template))
     apply(control_plane, run(namespace, "bomb", bomb, REPO_PARAMS))
     ended = asyncio.create_task(_with_reason(control_plane, namespace, "bomb", "RenderFailed"))
-    slowest = 0.0
+    answered = 0
     while not ended.done():
-        began = time.monotonic()
         answer = await gw.client.proxy(
             "GET",
             plane_type="workflowplane",
@@ -551,7 +554,7 @@ async def test_a_cel_bomb_fails_its_run_and_never_stalls_another_tenants_request
             path="/api/v1/namespaces/default",
         )
         assert answer.status == 200
-        slowest = max(slowest, time.monotonic() - began)
+        answered += 1
     failed = condition(await ended, "WorkflowFailed")["message"]
     assert "took longer than" in failed and "was stopped" in failed
-    assert slowest < 1.0, f"another tenant's request waited {slowest:.1f}s during the bomb"
+    assert answered >= 50, f"only {answered} of another tenant's requests answered meanwhile"

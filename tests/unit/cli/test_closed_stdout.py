@@ -3,8 +3,10 @@ ends other tools, instead of with a traceback on stderr."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 # The handler writes far more than a pipe holds, so the write after `head` has gone fails.
 WRITER = """
@@ -30,3 +32,18 @@ def test_a_reader_that_goes_away_ends_wpctl_with_141_and_nothing_on_stderr() -> 
     stderr = writer.stderr.read()
     assert writer.wait(timeout=60) == 141
     assert stderr == b""
+
+
+def test_a_command_started_with_stdout_closed_ends_without_a_traceback(tmp_path: Path) -> None:
+    # `wpctl testenv down >&-`: Python has no sys.stdout at all then.
+    argv = ["testenv", "--dir", str(tmp_path / "none"), "down"]
+    ended = subprocess.run(
+        [sys.executable, "-m", "workflowplane.cli.main", *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: os.close(1),
+        timeout=60,
+        check=False,
+    )
+    assert b"Traceback" not in ended.stderr, ended.stderr.decode()
+    assert ended.returncode == 0

@@ -28,7 +28,6 @@ from workflowplane.controller.status import agent_observation, next_agent_connec
 from workflowplane.kits.clock import rfc3339
 from workflowplane.kits.errors import PermanentError, TransientError
 from workflowplane.protocol.gateway_client import ProxyResponse
-from workflowplane.protocol.replica_status import merge_plane_status
 
 
 class TunnelGateway(FakeGateway):
@@ -172,12 +171,10 @@ async def test_a_status_write_does_not_cause_another_for_a_busy_agent() -> None:
 
 
 class GarbledGateway(FakeGateway):
-    """A replica answers the CR's status with a count that is not a number; the gateway
-    client merges the replicas' answers as it does (``merge_plane_status``)."""
+    """A gateway client whose answer does not parse (a replica's body that is no JSON)."""
 
     async def plane_status(self, *_: Any, **__: Any) -> Mapping[str, Any]:
-        answer = {"replica": "gw-0", "agents": ["a"], "consentRefusedAgents": "many"}
-        return merge_plane_status([answer])
+        raise ValueError("Expecting value: line 1 column 1 (char 0)")
 
 
 async def test_a_status_answer_that_does_not_parse_is_reported_not_raised() -> None:
