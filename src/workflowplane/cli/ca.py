@@ -12,7 +12,7 @@ from lightkube.resources.core_v1 import Secret
 
 from workflowplane.api import AGENT_NAMESPACE, AGENT_SECRET_NAME
 from workflowplane.cli.errors import EXIT_NOT_FOUND, EXIT_UNAVAILABLE, CliError
-from workflowplane.cli.kube import add_kubeconfig_flag, client_for
+from workflowplane.cli.kube import add_kubeconfig_flag, client_for, namespace_name
 from workflowplane.pki import load_certificates, sha256_fingerprint
 
 
@@ -29,6 +29,7 @@ def register(subparsers: Any) -> None:
     show.add_argument(
         "-n",
         "--namespace",
+        type=namespace_name,
         default=AGENT_NAMESPACE,
         help=f"the agent's namespace (default {AGENT_NAMESPACE})",
     )
@@ -56,7 +57,16 @@ async def read_agent_ca(client: Any, namespace: str) -> bytes:
             f"Secret {namespace}/{AGENT_SECRET_NAME} has no ca.crt key",
             "delete the Secret and restart the agent to regenerate it",
         )
-    return base64.b64decode(data["ca.crt"])
+    try:  # what ca show, register and doctor go on to parse (and register to store)
+        pem = base64.b64decode(data["ca.crt"])
+        pem.decode()
+        load_certificates(pem)
+    except ValueError as exc:  # binascii.Error and UnicodeDecodeError are ValueErrors
+        raise CliError(
+            f"Secret {namespace}/{AGENT_SECRET_NAME}: ca.crt is not a PEM certificate: {exc}",
+            "delete the Secret and restart the agent to regenerate it",
+        ) from exc
+    return pem
 
 
 async def _show(args: argparse.Namespace) -> int:

@@ -24,9 +24,16 @@ from typing import Any
 
 from workflowplane.cli import dev_systems
 from workflowplane.cli.doctor import Report, check_components
-from workflowplane.cli.errors import EXIT_UNAVAILABLE, EXIT_USAGE, CliError
+from workflowplane.cli.errors import EXIT_UNAVAILABLE, CliError
 from workflowplane.cli.get import render_table, row
-from workflowplane.cli.state import GATEWAY_REPLICA, dev_gateway_urls, dev_health_urls, state_root
+from workflowplane.cli.state import (
+    GATEWAY_REPLICA,
+    dev_gateway_urls,
+    dev_health_urls,
+    read_processes,
+    state_root,
+    write_state_file,
+)
 from workflowplane.cli.testenv import running
 from workflowplane.testenv import (
     CONTROL_PLANE,
@@ -61,10 +68,10 @@ def register(subparsers: Any) -> None:
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     up = actions.add_parser("up", help="start everything (harmless when already up)")
-    up.add_argument("--planes", type=int, default=1, help="number of workflow planes")
+    up.add_argument("--planes", type=_count, default=1, help="number of workflow planes")
     up.add_argument(
         "--gateways",
-        type=int,
+        type=_count,
         default=1,
         help="gateway replicas (the control plane's, then gateway-2 ...; each on its own "
         "ports of 127.0.0.1)",
@@ -88,6 +95,18 @@ def register(subparsers: Any) -> None:
     down.set_defaults(handler=_down)
 
 
+def _count(text: str) -> int:
+    """``--planes`` and ``--gateways``: checked before anything starts (0 planes failed only
+    after the API servers were up, 0 gateways after the CRDs were installed)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def _say(message: str) -> None:
     print(f"==> {message}", file=sys.stderr, flush=True)
 
@@ -107,14 +126,13 @@ def plane_id_of(server_name: str) -> str:
 
 
 def _processes(root: Path) -> dict[str, Any]:
-    path = root / PROCESSES
-    return json.loads(path.read_text()) if path.exists() else {}
+    return read_processes(root / PROCESSES)
 
 
 def _remember(root: Path, name: str, pid: int, **extra: Any) -> None:
     data = _processes(root)
     data[name] = {"pid": pid, **extra}
-    (root / PROCESSES).write_text(json.dumps(data, indent=2))
+    write_state_file(root / PROCESSES, data)
 
 
 def _spawn(root: Path, name: str, args: list[str]) -> int:
@@ -458,8 +476,6 @@ def _up(args: argparse.Namespace) -> int:
     kubeconfig = _start_clusters(root, planes)
     planes = _planes_of(root)
     _install_crds(kubeconfig)
-    if args.gateways < 1:
-        raise CliError("--gateways must be at least 1", exit_code=EXIT_USAGE)
     peers = _replica_ports(root, args.gateways)
     ports = _start_control_plane(root, kubeconfig, peers)
     for name, replica in peers.items():
@@ -542,11 +558,17 @@ def _status(args: argparse.Namespace) -> int:
 
 def _down(args: argparse.Namespace) -> int:
     root = dev_dir()
-    components = _stop_components(root) if root.exists() else 0
-    stopped = stop_detached(root, remove=True)
+    damaged: CliError | None = None
+    try:
+        components = _stop_components(root) if root.exists() else 0
+    except CliError as exc:  # still stop the API servers; the file is kept for its pids
+        damaged, components = exc, 0
+    stopped = stop_detached(root, remove=damaged is None)
     print(
         f"stopped {components} component(s) and {len(stopped)} API server(s)"
         if stopped or components
         else "nothing was running"
     )
+    if damaged is not None:
+        raise damaged
     return 0

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from workflowplane.cli.state import read_state_file, write_state_file
 from workflowplane.testenv import plane_systems
 from workflowplane.testenv.plane_runtime import PlaneRuntime, fake_secret_store
 from workflowplane.testenv.tools import kubectl
@@ -35,12 +36,12 @@ WATCH_SECONDS = 2.0
 
 def write_state(root: Path, state: str, detail: str = "") -> None:
     since = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    (root / STATE_FILE).write_text(json.dumps({"state": state, "detail": detail, "since": since}))
+    # Whole: ``dev up`` and ``dev status`` read it while this process writes it.
+    write_state_file(root / STATE_FILE, {"state": state, "detail": detail, "since": since})
 
 
 def read_state(root: Path) -> dict[str, Any]:
-    path = root / STATE_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
+    return read_state_file(root / STATE_FILE)
 
 
 def _last_progress(log: Path) -> str:

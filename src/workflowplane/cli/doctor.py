@@ -30,7 +30,7 @@ from workflowplane.api import (
 from workflowplane.api.kube import get_dict
 from workflowplane.cli.ca import read_agent_ca
 from workflowplane.cli.errors import EXIT_FAILURE, EXIT_USAGE, CliError
-from workflowplane.cli.kube import add_kubeconfig_flag, client_for
+from workflowplane.cli.kube import add_kubeconfig_flag, client_for, namespace_name, object_name
 from workflowplane.cli.state import dev_health_urls, gateway_urls_or_dev
 from workflowplane.controller.status import assess_ca
 from workflowplane.kits.errors import Failure
@@ -59,8 +59,12 @@ def register(subparsers: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("name", help="WorkflowPlane (with -n) or ClusterWorkflowPlane name")
-    parser.add_argument("-n", "--namespace", help="namespace of a WorkflowPlane")
+    parser.add_argument(
+        "name", type=object_name, help="WorkflowPlane (with -n) or ClusterWorkflowPlane name"
+    )
+    parser.add_argument(
+        "-n", "--namespace", type=namespace_name, help="namespace of a WorkflowPlane"
+    )
     add_kubeconfig_flag(parser)
     parser.add_argument("--cp-context", help="the control plane's context")
     parser.add_argument("--wp-context", help="the workflow plane's context (optional)")
@@ -68,7 +72,9 @@ def register(subparsers: Any) -> None:
         "--gateway-url",
         help="gateway internal API (replicas: comma-separated; default: dev up's)",
     )
-    parser.add_argument("--gateway-namespace", default="openchoreo-control-plane")
+    parser.add_argument(
+        "--gateway-namespace", type=namespace_name, default="openchoreo-control-plane"
+    )
     parser.add_argument(
         "--health",
         action="append",
@@ -221,7 +227,7 @@ def _health_urls(given: list[str] | None) -> dict[str, str]:
     urls = {}
     for item in given:
         name, sep, url = item.partition("=")
-        if not sep or not url.startswith(("http://", "https://")):
+        if not name or not sep or not url.startswith(("http://", "https://")):
             raise CliError(f"--health {item!r}: expected NAME=http://HOST:PORT", None, EXIT_USAGE)
         urls[name] = url.rstrip("/")
     return urls

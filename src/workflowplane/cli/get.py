@@ -12,7 +12,7 @@ import yaml
 from workflowplane.api import ClusterWorkflowPlaneResource, WorkflowPlaneResource
 from workflowplane.api.constants import ANNOTATION_DESCRIPTION, ANNOTATION_DISPLAY_NAME
 from workflowplane.cli.errors import EXIT_USAGE, CliError
-from workflowplane.cli.kube import add_kubeconfig_flag, client_for
+from workflowplane.cli.kube import add_kubeconfig_flag, client_for, namespace_name, object_name
 
 KINDS: dict[str, Any] = {
     "wp": WorkflowPlaneResource,
@@ -40,8 +40,10 @@ COLUMNS = (
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("get", help="list WorkflowPlanes or ClusterWorkflowPlanes")
     parser.add_argument("kind", help="wp | cwp (or their long names)")
-    parser.add_argument("name", nargs="?", help="one object by name")
-    parser.add_argument("-n", "--namespace", help="one namespace (default: all)")
+    parser.add_argument("name", nargs="?", type=object_name, help="one object by name")
+    parser.add_argument(
+        "-n", "--namespace", type=namespace_name, help="one namespace (default: all)"
+    )
     parser.add_argument("-o", "--output", choices=("table", "yaml", "json"), default="table")
     add_kubeconfig_flag(parser)
     parser.add_argument("--context", help="the control plane's context")

@@ -4,13 +4,39 @@ from __future__ import annotations
 
 import argparse
 import os
+import ssl
 from pathlib import Path
+from typing import Any
 
+import yaml
 from lightkube import AsyncClient
 from lightkube.config.kubeconfig import KubeConfig
+from lightkube.core.exceptions import ConfigError
 
+from workflowplane.api.planes import is_object_name
 from workflowplane.cli.errors import EXIT_USAGE, CliError
 from workflowplane.cli.state import state_root
+
+
+def object_name(text: str) -> str:
+    """An argparse type for a name that goes into a request path: ``..`` would be resolved
+    into another path (``wpctl run ..`` found the API group's index as its workflow)."""
+    if not is_object_name(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a Kubernetes name (lowercase letters, digits, '-' and '.'; "
+            "at most 253 characters)"
+        )
+    return text
+
+
+def namespace_name(text: str) -> str:
+    """An argparse type for a namespace: a DNS label (no dots, at most 63 characters)."""
+    if "." in text or not is_object_name(text, 63):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a namespace name (lowercase letters, digits and '-'; "
+            "at most 63 characters)"
+        )
+    return text
 
 
 def add_kubeconfig_flag(parser: argparse.ArgumentParser) -> None:
@@ -43,13 +69,78 @@ def client_for(kubeconfig: Path | None, context: str | None) -> AsyncClient:
         raise CliError(
             f"kubeconfig {path} does not exist", "pass --kubeconfig, or set KUBECONFIG", EXIT_USAGE
         )
-    config = KubeConfig.from_file(path)
+    config = _load(path)
     if context is not None and context not in config.contexts:
         known = ", ".join(sorted(config.contexts)) or "none"
         raise CliError(
             f"context {context!r} not found in {path}", f"known contexts: {known}", EXIT_USAGE
         )
-    single = config.get(context_name=context)
-    if single is None:
+    name = context if context is not None else config.current_context
+    if name is None:
         raise CliError(f"{path} has no current context", "pass --context", EXIT_USAGE)
-    return AsyncClient(config=single)
+    if name not in config.contexts:  # a current-context naming no context
+        raise CliError(f"{path}: current context {name!r} is not defined", exit_code=EXIT_USAGE)
+    chosen = config.contexts[name]
+    defined: dict[str, Any] = {"cluster": config.clusters, "user": config.users}
+    for what, ref in (("cluster", chosen.cluster), ("user", chosen.user)):
+        if ref and ref not in defined[what]:  # lightkube would end with a bare KeyError
+            raise CliError(
+                f"{path}: context {name!r} names {what} {ref!r}, which is not defined",
+                exit_code=EXIT_USAGE,
+            )
+    single = config.get(context_name=name)
+    assert single is not None  # a context name was given
+    try:
+        return AsyncClient(config=single)
+    except (OSError, ssl.SSLError, ValueError) as exc:  # its CA or client certificate files
+        files = ", ".join(
+            str(f)
+            for f in (
+                single.cluster.certificate_auth,
+                *((single.user.client_cert, single.user.client_key) if single.user else ()),
+            )
+            if f
+        )
+        raise CliError(
+            f"{path}, context {name!r}: cannot load its TLS settings"
+            f"{f' ({files})' if files else ''}: {exc}",
+            exit_code=EXIT_USAGE,
+        ) from exc
+
+
+def _load(path: Path) -> KubeConfig:
+    """The file as a KubeConfig; lightkube's own loader ends with an AttributeError or a
+    KeyError on an empty file, a YAML list or a missing ``clusters``."""
+    try:
+        data: Any = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"cannot read kubeconfig {path}: {exc}", exit_code=EXIT_USAGE) from exc
+    except yaml.YAMLError as exc:
+        raise CliError(
+            f"kubeconfig {path} is not valid YAML: {_yaml_problem(exc)}", exit_code=EXIT_USAGE
+        ) from exc
+    if not isinstance(data, dict):
+        raise CliError(
+            f"kubeconfig {path} is not a kubeconfig (a mapping with clusters, contexts, users)",
+            exit_code=EXIT_USAGE,
+        )
+    try:
+        return KubeConfig.from_dict(data, fname=path)
+    except (ConfigError, KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise CliError(
+            f"kubeconfig {path} is malformed: {_why(exc)}", exit_code=EXIT_USAGE
+        ) from exc
+
+
+def _why(exc: Exception) -> str:
+    """A KeyError's message is only the key, in quotes."""
+    return f"no {exc.args[0]!r} entry" if isinstance(exc, KeyError) and exc.args else str(exc)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line: where and what (the full text quotes the input over several lines)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is None or not problem:
+        return " ".join(str(exc).split())
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"

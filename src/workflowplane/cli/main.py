@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from workflowplane import __version__
-from workflowplane.cli.errors import CliError
+from workflowplane.cli.errors import EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, CliError
 from workflowplane.kits.logs import LOG_FORMATS, configure
 
 # Each component owns its subcommand; the CLI only gathers them. Order = order in --help.
@@ -93,8 +93,16 @@ def run_handler(
     """The exit code of ``handler``: a CLI error as its message, a reader that went away
     (``wpctl logs run | head``) as a quiet 141, the code a shell gives a process SIGPIPE ends."""
     try:
-        code = handler(args)
-        sys.stdout.flush()
+        try:
+            code = handler(args)
+        except Exception as exc:
+            # A server that is down, refuses or is not where the kubeconfig says is no bug here.
+            said = _server_error(exc)
+            if said is None:
+                raise
+            raise said from exc
+        if sys.stdout is not None:  # None when started with stdout closed (``wpctl ... >&-``)
+            sys.stdout.flush()
     except BrokenPipeError:
         # Python would report the failed flush again at exit; point stdout where it cannot fail.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -107,6 +115,35 @@ def run_handler(
     except KeyboardInterrupt:
         return 130
     return code or 0
+
+
+def _server_error(exc: Exception) -> CliError | None:
+    """One line for a request error no command turned into its own message, None for any
+    other exception. Its classes are taken from the modules already loaded (an error of a
+    module never imported cannot be raised): the agent must not load lightkube or httpx2."""
+    kube = sys.modules.get("lightkube.core.exceptions")
+    failures = sys.modules.get("workflowplane.kits.failures")
+    httpx = sys.modules.get("httpx2")
+    if kube is not None and isinstance(exc, kube.ApiError):
+        status = exc.status
+        said = " ".join(str(part) for part in (status.code, status.reason) if part)
+        return CliError(
+            f"the API server answered {said or 'with an error'}: {status.message}",
+            exit_code=EXIT_NOT_FOUND if status.code == 404 else EXIT_FAILURE,
+        )
+    if failures is not None and isinstance(exc, failures.Failure):
+        return CliError(exc.message, exit_code=EXIT_FAILURE)
+    if httpx is None or not isinstance(exc, httpx.TransportError):
+        return None
+    try:
+        where = f" {exc.request.url}"
+    except RuntimeError:  # no request attached
+        where = ""
+    return CliError(
+        f"cannot reach{where}: {str(exc) or type(exc).__name__}",
+        "is the server up, and are --kubeconfig and the context the right ones?",
+        EXIT_UNAVAILABLE,
+    )
 
 
 if __name__ == "__main__":

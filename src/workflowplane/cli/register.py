@@ -36,7 +36,13 @@ from workflowplane.api.consent import Consent, ConsentError, parse_allow_list
 from workflowplane.api.constants import ANNOTATION_DESCRIPTION, ANNOTATION_DISPLAY_NAME
 from workflowplane.cli.ca import read_agent_ca
 from workflowplane.cli.errors import EXIT_USAGE, CliError
-from workflowplane.cli.kube import add_kubeconfig_flag, client_for, kubeconfig_path
+from workflowplane.cli.kube import (
+    add_kubeconfig_flag,
+    client_for,
+    kubeconfig_path,
+    namespace_name,
+    object_name,
+)
 from workflowplane.testenv.tools import kubectl
 
 
@@ -58,6 +64,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--cp-context", required=True, help="the control plane's context")
     parser.add_argument(
         "--agent-namespace",
+        type=namespace_name,
         default=AGENT_NAMESPACE,
         help=f"where the agent runs (default {AGENT_NAMESPACE})",
     )
@@ -80,6 +87,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--consent-configmap",
+        type=object_name,
         default=CONSENT_CONFIGMAP,
         help=f"the agent's consent ConfigMap (default {CONSENT_CONFIGMAP}, the agent's "
         "--consent-configmap)",
@@ -262,6 +270,9 @@ async def _read_plane(args: argparse.Namespace) -> tuple[str, ConfigMap | None, 
 async def _register(args: argparse.Namespace) -> int:
     _check_scope(args)
     requested = requested_consent(args)
+    # A --cp-context typo would otherwise surface only at the last step, after the consent
+    # list in the workflow plane was already changed.
+    await client_for(args.kubeconfig, args.cp_context).close()
     ca_pem, configmap, renewable = await _read_plane(args)
     current = _current_consent(args, configmap)
     consent = merged_consent(current, requested)

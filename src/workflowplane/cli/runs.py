@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import functools
+import math
 import sys
 from typing import Any
 from urllib.parse import urlencode
@@ -29,7 +30,7 @@ from workflowplane.api.workflows import (
     WorkflowRunResource,
 )
 from workflowplane.cli.errors import EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_USAGE, CliError
-from workflowplane.cli.kube import add_kubeconfig_flag, client_for
+from workflowplane.cli.kube import add_kubeconfig_flag, client_for, namespace_name, object_name
 from workflowplane.cli.state import gateway_urls_or_dev
 from workflowplane.kits.clock import parse_rfc3339
 from workflowplane.kits.errors import Failure
@@ -44,7 +45,9 @@ COLUMNS = ("NAMESPACE", "NAME", "WORKFLOW", "STATUS", "STARTED", "DURATION")
 
 def register(subparsers: Any) -> None:
     run = subparsers.add_parser("run", help="start a workflow: create a WorkflowRun")
-    run.add_argument("workflow", help="the ClusterWorkflow (or, with --kind, Workflow) to run")
+    run.add_argument(
+        "workflow", type=object_name, help="the ClusterWorkflow (or, with --kind, Workflow) to run"
+    )
     run.add_argument(
         "-p",
         "--param",
@@ -54,10 +57,12 @@ def register(subparsers: Any) -> None:
         help="a parameter; dotted keys nest (repository.url=...); repeatable",
     )
     run.add_argument("--kind", choices=(CLUSTER_WORKFLOW, WORKFLOW), default=CLUSTER_WORKFLOW)
-    run.add_argument("--name", help="the run's name (default: generated from the workflow's)")
+    run.add_argument(
+        "--name", type=object_name, help="the run's name (default: generated from the workflow's)"
+    )
     run.add_argument("--ttl", help="ttlAfterCompletion, e.g. 1d12h or 30m")
     run.add_argument("--wait", action="store_true", help="wait until it completes")
-    run.add_argument("--timeout", type=float, default=1800.0, help="seconds --wait waits")
+    run.add_argument("--timeout", type=_seconds, default=1800.0, help="seconds --wait waits")
     _common(run)
     run.set_defaults(handler=lambda args: asyncio.run(_run(args)))
 
@@ -67,22 +72,38 @@ def register(subparsers: Any) -> None:
     runs.set_defaults(handler=lambda args: asyncio.run(_runs(args)))
 
     logs = subparsers.add_parser("logs", help="the step pods' logs of a run, from its plane")
-    logs.add_argument("run", help="the WorkflowRun's name")
+    logs.add_argument("run", type=object_name, help="the WorkflowRun's name")
     logs.add_argument("-f", "--follow", action="store_true", help="stream until the run ends")
     logs.add_argument("--container", default="main", help="container in each step pod")
     logs.add_argument(
         "--gateway-url",
         help="gateway internal API (replicas: comma-separated; default: dev up's)",
     )
-    logs.add_argument("--gateway-namespace", default="openchoreo-control-plane")
+    logs.add_argument(
+        "--gateway-namespace", type=namespace_name, default="openchoreo-control-plane"
+    )
     _common(logs)
     logs.set_defaults(handler=lambda args: asyncio.run(_logs(args)))
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-n", "--namespace", default="default", help="the run's namespace")
+    parser.add_argument(
+        "-n", "--namespace", type=namespace_name, default="default", help="the run's namespace"
+    )
     add_kubeconfig_flag(parser)
     parser.add_argument("--context", help="the control plane's context")
+
+
+def _seconds(text: str) -> float:
+    """``--timeout``: a positive, finite number of seconds (``-5`` or ``nan`` would end the
+    wait before it starts, after the run was created)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if math.isnan(value) or value <= 0:  # inf: wait as long as it takes
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return value
 
 
 def parse_params(pairs: list[str]) -> dict[str, Any]:
@@ -92,8 +113,10 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise CliError(f"parameter {pair!r} is not KEY=VALUE", exit_code=EXIT_USAGE)
-        node = params
         *parents, leaf = key.split(".")
+        if not all([*parents, leaf]):  # a.b. or a..b would send a parameter named ""
+            raise CliError(f"parameter {key!r} has an empty name part", exit_code=EXIT_USAGE)
+        node = params
         for part in parents:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
@@ -105,6 +128,8 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
             raise CliError(
                 f"parameter {key!r} conflicts with {key}.* parameters", exit_code=EXIT_USAGE
             )
+        if leaf in node:  # the first value would be dropped without a word
+            raise CliError(f"parameter {key!r} is given twice", exit_code=EXIT_USAGE)
         node[leaf] = value
     return params
 
@@ -133,12 +158,13 @@ def run_manifest(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    manifest = run_manifest(args)  # a bad -p is named before any server is asked
     kube = client_for(args.kubeconfig, args.context)
     try:
         await _require_workflow(kube, args)
         creator: Any = kube.create
         resource: Any = WorkflowRunResource
-        created = await creator(resource.from_dict(run_manifest(args)), namespace=args.namespace)
+        created = await creator(resource.from_dict(manifest), namespace=args.namespace)
         name = created.metadata.name
         print(f"workflowrun.openchoreo.dev/{name} created in {args.namespace}")
         if not args.wait:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from workflowplane.cli.errors import EXIT_UNAVAILABLE, CliError
+from workflowplane.cli.errors import EXIT_UNAVAILABLE, EXIT_USAGE, CliError
 from workflowplane.cli.state import state_root
 from workflowplane.testenv import (
     CONTROL_PLANE,
@@ -54,7 +54,10 @@ def register(subparsers: Any) -> None:
 
 
 def _dir(args: argparse.Namespace) -> Path:
-    return Path(args.dir) if args.dir else default_dir()
+    root = Path(args.dir) if args.dir else default_dir()
+    if root.exists() and not root.is_dir():  # ``down`` would end in a NotADirectoryError
+        raise CliError(f"--dir {root} is not a directory", exit_code=EXIT_USAGE)
+    return root
 
 
 def running(root: Path) -> bool:

@@ -10,7 +10,8 @@ import httpx2
 import pytest
 from lightkube.core.exceptions import ApiError
 
-from workflowplane.cli.main import main, run_handler
+from tests.unit.cli.wpctl import wpctl
+from workflowplane.cli.main import run_handler
 
 GOOD = """
 apiVersion: v1
@@ -26,14 +27,6 @@ users:
 - name: u
   user: {token: abc}
 """
-
-
-def _wpctl(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as ended:
-        main(list(argv))
-    code = ended.value.code
-    assert isinstance(code, int)
-    return code, capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -65,7 +58,7 @@ def test_an_unusable_kubeconfig_is_named_without_a_traceback(
 ) -> None:
     path = tmp_path / "kubeconfig"
     path.write_text(content)
-    code, err = _wpctl(capsys, "runs", "--kubeconfig", str(path))
+    code, err = wpctl(capsys, "runs", "--kubeconfig", str(path))
     assert code == 2
     assert err.startswith("error: ") and str(path) in err and said in err
     assert "Traceback" not in err
@@ -77,7 +70,7 @@ def test_a_kubeconfig_that_is_binary_or_a_directory_is_named(
     binary = tmp_path / "binary"
     binary.write_bytes(b"\xff\xfe\x00garbage")
     for path in (binary, tmp_path):
-        code, err = _wpctl(capsys, "get", "wp", "--kubeconfig", str(path))
+        code, err = wpctl(capsys, "get", "wp", "--kubeconfig", str(path))
         assert code == 2
         assert err.startswith(f"error: cannot read kubeconfig {path}")
 
@@ -88,7 +81,7 @@ def test_a_server_that_does_not_answer_is_named_without_a_traceback(
     path = tmp_path / "kubeconfig"
     path.write_text(GOOD)  # port 1 on loopback: refused at once
     for argv in (["runs"], ["get", "wp"], ["ca", "show"], ["run", "build"]):
-        code, err = _wpctl(capsys, *argv, "--kubeconfig", str(path))
+        code, err = wpctl(capsys, *argv, "--kubeconfig", str(path))
         assert code == 4, argv
         assert err.startswith("error: cannot reach https://127.0.0.1:1/"), err
         assert "Traceback" not in err

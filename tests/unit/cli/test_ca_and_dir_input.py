@@ -3,16 +3,15 @@ are named in one line instead of ending in a traceback."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.unit.cli.wpctl import wpctl
 from workflowplane.cli.ca import read_agent_ca
 from workflowplane.cli.errors import CliError
-from workflowplane.cli.main import main
 from workflowplane.pki import generate_ca
 
 
@@ -30,17 +29,17 @@ class _Client:
 
 
 @pytest.mark.parametrize("ca", [b"not a pem", b"\xff\xfe binary", b""])
-def test_a_ca_crt_that_is_no_certificate_is_named(ca: bytes) -> None:
+async def test_a_ca_crt_that_is_no_certificate_is_named(ca: bytes) -> None:
     with pytest.raises(CliError) as refused:
-        asyncio.run(read_agent_ca(_Client(ca), "wp-ns"))
+        await read_agent_ca(_Client(ca), "wp-ns")
     assert refused.value.message.startswith(
         "Secret wp-ns/cluster-agent-tls: ca.crt is not a PEM certificate"
     )
 
 
-def test_a_real_ca_is_returned_as_it_is() -> None:
+async def test_a_real_ca_is_returned_as_it_is() -> None:
     pem = generate_ca("agent-ca").cert_pem
-    assert asyncio.run(read_agent_ca(_Client(pem), "wp-ns")) == pem
+    assert await read_agent_ca(_Client(pem), "wp-ns") == pem
 
 
 @pytest.mark.parametrize("action", ["down", "env"])
@@ -49,8 +48,7 @@ def test_a_testenv_dir_that_is_a_file_is_named(
 ) -> None:
     file = tmp_path / "kubeconfig"
     file.write_text("not a directory\n")
-    with pytest.raises(SystemExit) as ended:
-        main(["testenv", "--dir", str(file), action])
-    assert ended.value.code == 2
-    assert capsys.readouterr().err.startswith(f"error: --dir {file} is not a directory")
+    code, err = wpctl(capsys, "testenv", "--dir", str(file), action)
+    assert code == 2
+    assert err.startswith(f"error: --dir {file} is not a directory")
     assert file.read_text() == "not a directory\n"

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from tests.unit.cli.wpctl import wpctl
 from workflowplane.cli import dev
-from workflowplane.cli.main import main
 
 
 @pytest.fixture
@@ -21,21 +21,13 @@ def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "dev"
 
 
-def _wpctl(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as ended:
-        main(list(argv))
-    code = ended.value.code
-    assert isinstance(code, int)
-    return code, capsys.readouterr().err
-
-
 @pytest.mark.parametrize("content", ['{"control-plane": {"pid": 12', "[1, 2]", '{"a": 5}'])
 @pytest.mark.parametrize("argv", [["logs", "r"], ["doctor", "p"]])
 def test_a_damaged_processes_file_is_named(
     root: Path, capsys: pytest.CaptureFixture[str], content: str, argv: list[str]
 ) -> None:
     (root / "processes.json").write_text(content)
-    code, err = _wpctl(capsys, *argv)
+    code, err = wpctl(capsys, *argv)
     assert code == 1
     assert err.startswith(f"error: state file {root / 'processes.json'} is damaged")
 
@@ -47,7 +39,7 @@ def test_dev_down_with_a_damaged_file_stops_the_servers_and_keeps_the_pids(
     (root / "processes.json").write_text(damaged)
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(dev, "stop_detached", lambda path, **kw: calls.append(kw) or [])
-    code, err = _wpctl(capsys, "dev", "down")
+    code, err = wpctl(capsys, "dev", "down")
     assert code == 1
     assert "is damaged" in err
     assert calls == [{"remove": False}]  # the API servers were still stopped
@@ -84,6 +76,6 @@ def test_dev_up_refuses_a_count_below_one_before_starting_anything(
         raise AssertionError("API servers started")
 
     monkeypatch.setattr(dev, "_start_clusters", started)
-    code, err = _wpctl(capsys, "dev", "up", *flag)
+    code, err = wpctl(capsys, "dev", "up", *flag)
     assert code == 2
     assert f"argument {flag[0]}: must be at least 1" in err

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from tests.unit.cli.wpctl import wpctl
 from workflowplane.cli import register
-from workflowplane.cli.main import main
 
 KUBECONFIG = """
 apiVersion: v1
@@ -25,14 +25,6 @@ users:
 - name: u
   user: {token: abc}
 """
-
-
-def _wpctl(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as ended:
-        main(list(argv))
-    code = ended.value.code
-    assert isinstance(code, int)
-    return code, capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -54,7 +46,7 @@ def test_a_name_that_is_no_kubernetes_name_is_a_usage_error(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, argv: list[str], named: str
 ) -> None:
     contexts = ["--wp-context", "x", "--cp-context", "x"] if argv[0] == "register" else []
-    code, err = _wpctl(capsys, *argv, *contexts, "--kubeconfig", str(tmp_path / "none"))
+    code, err = wpctl(capsys, *argv, *contexts, "--kubeconfig", str(tmp_path / "none"))
     assert code == 2
     assert named in err
 
@@ -69,7 +61,7 @@ def test_register_names_a_wrong_cp_context_before_changing_the_workflow_plane(
         raise AssertionError("the workflow plane was read (and then written)")
 
     monkeypatch.setattr(register, "_read_plane", read_plane)
-    code, err = _wpctl(
+    code, err = wpctl(
         capsys,
         *("register", "p", "-n", "ns", "--wp-context", "x", "--cp-context", "nope"),
         *("--kubeconfig", str(kubeconfig)),
@@ -83,7 +75,7 @@ def test_doctor_refuses_a_health_listener_without_a_name(
 ) -> None:
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(KUBECONFIG)
-    code, err = _wpctl(
+    code, err = wpctl(
         capsys,
         *("doctor", "p", "--gateway-url", "https://127.0.0.1:1", "--health", "=http://x"),
         *("--kubeconfig", str(kubeconfig)),

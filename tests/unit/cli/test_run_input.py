@@ -6,17 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.cli.wpctl import wpctl
 from workflowplane.cli.errors import CliError
-from workflowplane.cli.main import main
 from workflowplane.cli.runs import parse_params
-
-
-def _wpctl(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as ended:
-        main(list(argv))
-    code = ended.value.code
-    assert isinstance(code, int)
-    return code, capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -41,7 +33,7 @@ def test_parameters_that_would_lose_or_misname_a_value_are_refused(
 def test_a_timeout_that_cannot_be_waited_is_a_usage_error(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, timeout: str
 ) -> None:
-    code, err = _wpctl(
+    code, err = wpctl(
         capsys, "run", "build", "--wait", f"--timeout={timeout}", "--kubeconfig", str(tmp_path)
     )
     assert code == 2
@@ -52,6 +44,6 @@ def test_a_bad_parameter_is_named_before_any_server_is_asked(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     missing = tmp_path / "no-kubeconfig"
-    code, err = _wpctl(capsys, "run", "build", "-p", "novalue", "--kubeconfig", str(missing))
+    code, err = wpctl(capsys, "run", "build", "-p", "novalue", "--kubeconfig", str(missing))
     assert code == 2
     assert err.startswith("error: parameter 'novalue' is not KEY=VALUE")
