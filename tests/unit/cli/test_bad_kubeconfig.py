@@ -10,23 +10,9 @@ import httpx2
 import pytest
 from lightkube.core.exceptions import ApiError
 
+from tests.unit.cli.wpctl import UNREACHABLE_KUBECONFIG as GOOD
 from tests.unit.cli.wpctl import wpctl
 from workflowplane.cli.main import run_handler
-
-GOOD = """
-apiVersion: v1
-kind: Config
-clusters:
-- name: c
-  cluster: {server: "https://127.0.0.1:1", insecure-skip-tls-verify: true}
-contexts:
-- name: x
-  context: {cluster: c, user: u}
-current-context: x
-users:
-- name: u
-  user: {token: abc}
-"""
 
 
 @pytest.mark.parametrize(
@@ -38,7 +24,10 @@ users:
         ("key: [unclosed\n", "is not valid YAML: line 2"),
         ("apiVersion: v1\nkind: Config\n", "is malformed: no 'clusters' entry"),
         (GOOD.replace("current-context: x", ""), "has no current context"),
-        (GOOD.replace("current-context: x", "current-context: gone"), "'gone' is not defined"),
+        (
+            GOOD.replace("current-context: x", "current-context: gone"),
+            "'gone' is not defined",
+        ),
         (GOOD.replace("cluster: c,", "cluster: other,"), "names cluster 'other'"),
         (GOOD.replace("user: u}", "user: nobody}"), "names user 'nobody'"),
         (

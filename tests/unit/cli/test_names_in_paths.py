@@ -8,23 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.unit.cli.wpctl import wpctl
+from tests.unit.cli.wpctl import UNREACHABLE_KUBECONFIG, wpctl
 from workflowplane.cli import register
-
-KUBECONFIG = """
-apiVersion: v1
-kind: Config
-clusters:
-- name: c
-  cluster: {server: "https://127.0.0.1:1", insecure-skip-tls-verify: true}
-contexts:
-- name: x
-  context: {cluster: c, user: u}
-current-context: x
-users:
-- name: u
-  user: {token: abc}
-"""
 
 
 @pytest.mark.parametrize(
@@ -55,7 +40,7 @@ def test_register_names_a_wrong_cp_context_before_changing_the_workflow_plane(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(KUBECONFIG)
+    kubeconfig.write_text(UNREACHABLE_KUBECONFIG)
 
     async def read_plane(*args: Any) -> Any:
         raise AssertionError("the workflow plane was read (and then written)")
@@ -74,7 +59,7 @@ def test_doctor_refuses_a_health_listener_without_a_name(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(KUBECONFIG)
+    kubeconfig.write_text(UNREACHABLE_KUBECONFIG)
     code, err = wpctl(
         capsys,
         *("doctor", "p", "--gateway-url", "https://127.0.0.1:1", "--health", "=http://x"),

@@ -12,6 +12,22 @@ import pytest
 
 from workflowplane.cli.main import main
 
+# A kubeconfig whose server refuses at once (port 1 on loopback).
+UNREACHABLE_KUBECONFIG = """
+apiVersion: v1
+kind: Config
+clusters:
+- name: c
+  cluster: {server: "https://127.0.0.1:1", insecure-skip-tls-verify: true}
+contexts:
+- name: x
+  context: {cluster: c, user: u}
+current-context: x
+users:
+- name: u
+  user: {token: abc}
+"""
+
 
 def wpctl(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     """The exit code and standard error of ``wpctl ARGV``."""

@@ -32,12 +32,20 @@ async def test_a_group_with_one_waiter_goes_after_at_most_one_of_another_groups(
     assert [who for who in order if who[0] == "a"] == many  # each group in its own order
 
 
+async def _held_with_two_waiting(
+    slots: FairSlots,
+) -> tuple[asyncio.Task[None], asyncio.Task[None]]:
+    """``slots`` (of one) held, and two waiters in line, of groups a and b."""
+    await slots.acquire("holder")
+    first = asyncio.create_task(slots.acquire("a"))
+    second = asyncio.create_task(slots.acquire("b"))
+    await asyncio.sleep(0)
+    return first, second
+
+
 async def test_a_cancelled_waiter_loses_no_slot() -> None:
     slots = FairSlots(1)
-    await slots.acquire("holder")
-    gone = asyncio.create_task(slots.acquire("a"))
-    stays = asyncio.create_task(slots.acquire("b"))
-    await asyncio.sleep(0)
+    gone, stays = await _held_with_two_waiting(slots)
     gone.cancel()
     await asyncio.sleep(0)
     slots.release()
@@ -49,10 +57,7 @@ async def test_a_cancelled_waiter_loses_no_slot() -> None:
 
 async def test_a_waiter_cancelled_as_it_is_handed_the_slot_passes_it_on() -> None:
     slots = FairSlots(1)
-    await slots.acquire("holder")
-    first = asyncio.create_task(slots.acquire("a"))
-    second = asyncio.create_task(slots.acquire("b"))
-    await asyncio.sleep(0)
+    first, second = await _held_with_two_waiting(slots)
     slots.release()  # the slot is first's, but first has not run yet
     first.cancel()
     await asyncio.wait_for(second, 5)
