@@ -7,11 +7,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from workflowplane.kits.clock import rfc3339
+from workflowplane.kits.text import within
 
 ConditionStatus = Literal["True", "False", "Unknown"]
-# metav1.Condition's message maxLength (every CRD here says the same): a longer message makes
-# the whole status write fail (422), and with it every later one that carries it.
+# metav1.Condition's maxLengths (every CRD here says the same): a longer message or reason
+# makes the whole status write fail (422), and with it every later one that carries it.
 MAX_MESSAGE_LENGTH = 32768
+MAX_REASON_LENGTH = 1024
 
 
 @dataclass(frozen=True)
@@ -40,8 +42,8 @@ def set_condition(
     updated: dict[str, Any] = {
         "type": type_,
         "status": verdict.status,
-        "reason": verdict.reason,
-        "message": bounded_message(verdict.message or verdict.reason),
+        "reason": within(verdict.reason, MAX_REASON_LENGTH),
+        "message": within(verdict.message or verdict.reason, MAX_MESSAGE_LENGTH),
         "lastTransitionTime": transition,
     }
     if generation is not None:
@@ -52,16 +54,6 @@ def set_condition(
         if previous is None
         else [updated if c.get("type") == type_ else c for c in conditions]
     )
-
-
-def bounded_message(message: str, limit: int = MAX_MESSAGE_LENGTH) -> str:
-    """``message`` within ``limit`` characters (the API server counts characters, as Python
-    does): a message built from a gateway's answer or an exception's text has no bound of its
-    own. The cut is said, and is the same every time, so the status does not flap."""
-    if len(message) <= limit:
-        return message
-    kept = limit - 40
-    return f"{message[:kept]}... ({len(message) - kept} characters cut)"
 
 
 def remove_condition(conditions: list[dict[str, Any]], type_: str) -> list[dict[str, Any]]:

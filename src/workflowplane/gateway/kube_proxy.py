@@ -36,8 +36,9 @@ from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.connections import AgentConnection, ConnectionManager
 from workflowplane.gateway.frames import ResponseTooLarge
 from workflowplane.gateway.metrics import GatewayMetrics, MetricHandles
-from workflowplane.gateway.streams import Body, StreamBuffer, StreamEnd, StreamItem, shortened
+from workflowplane.gateway.streams import Body, StreamBuffer, StreamEnd, StreamItem
 from workflowplane.kits.http1 import Headers, carries_body
+from workflowplane.kits.text import shortened
 from workflowplane.protocol import (
     StreamChunk,
     StreamInit,

@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from workflowplane.kits.text import shortened
 from workflowplane.protocol import StreamChunk, TunnelResponse
 
 
@@ -152,11 +153,3 @@ def _bounded(end: StreamEnd) -> StreamEnd:
     if problem is None or len(problem) <= PROBLEM_SHOWN:
         return end
     return StreamEnd(shortened(problem, PROBLEM_SHOWN))
-
-
-def shortened(text: str, limit: int) -> str:
-    """``text`` as shown to a caller or in a log line: its first ``limit`` characters, and
-    how long it was when it is longer (an agent's text may be a frame's size)."""
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}... ({len(text)} characters)"

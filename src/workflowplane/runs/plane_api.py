@@ -13,6 +13,7 @@ from urllib.parse import urlencode
 
 from workflowplane.api.constants import PLANE_TYPE
 from workflowplane.kits.errors import Failure, PermanentError, TransientError
+from workflowplane.kits.text import shortened
 from workflowplane.protocol.gateway_client import ProxyResponse, TunnelAPI, UnroutablePath
 from workflowplane.protocol.http import GATEWAY_ERROR_HEADER
 from workflowplane.runs.plan import PlaneTarget
@@ -39,8 +40,7 @@ def request_error(response: ProxyResponse, what: str) -> Failure:
         message = ""
     # the plane's text, shown in the run's conditions and logged on every retry: bounded
     message = message or response.body[:200].decode(errors="replace")
-    if len(message) > MAX_ANSWER_MESSAGE_CHARS:
-        message = f"{message[:MAX_ANSWER_MESSAGE_CHARS]}… ({len(message)} characters)"
+    message = shortened(message, MAX_ANSWER_MESSAGE_CHARS)
     from_gateway = any(k.lower() == GATEWAY_ERROR_HEADER.lower() for k in response.headers)
     if response.status == 403 and not from_gateway:
         transient = False  # the plane's RBAC refused it: retrying will not help
@@ -224,5 +224,7 @@ class PlaneAPI:
             if event.get("type") == "ERROR":
                 if (event.get("object") or {}).get("code") == 410:
                     raise WatchExpired()
-                raise TransientError(f"watch {kind}: {str(event.get('object'))[:1024]}")
+                raise TransientError(
+                    f"watch {kind}: {shortened(str(event.get('object')), MAX_ANSWER_MESSAGE_CHARS)}"
+                )
             yield str(event.get("type")), event.get("object") or {}

@@ -9,6 +9,7 @@ from typing import Any
 from workflowplane.api.conditions import Verdict, find_condition, set_condition
 from workflowplane.api.workflows import RunCondition, RunReason
 from workflowplane.kits.clock import parse_rfc3339, rfc3339
+from workflowplane.kits.text import within
 
 COMPLETED_PHASES = {"Succeeded", "Failed", "Error"}
 
@@ -18,18 +19,11 @@ COMPLETED_PHASES = {"Succeeded", "Failed", "Error"}
 # never completed, never expired. Argo's status is not only Argo's to write (its CRD has no
 # status subresource, so a tenant's runTemplate may carry one; a step's termination message
 # becomes its node's message), so each field is also checked for its type.
-MAX_MESSAGE_CHARS = 4096  # a condition's message
-MAX_REASON_CHARS = 1024  # the CRD's maxLength
+MAX_MESSAGE_CHARS = 4096  # a condition's message (set_condition cuts reasons to the CRD's)
+MAX_PHASE_CHARS = 1024
 MAX_TASKS = 300  # the first ones in start order; with the bounds below, about 250 KiB at most
 MAX_TASK_NAME_CHARS = 253
 MAX_TASK_MESSAGE_CHARS = 512
-
-
-def bounded(text: str, limit: int) -> str:
-    """``text`` cut to ``limit`` characters, saying how much was left out."""
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}… ({len(text) - limit} more characters)"
 
 
 def timestamp(value: Any) -> str | None:
@@ -68,11 +62,7 @@ def with_verdicts(
 ) -> list[dict[str, Any]]:
     conditions = list(status.get("conditions") or [])
     for type_, given in verdicts.items():
-        verdict = Verdict(
-            given.status,
-            bounded(given.reason, MAX_REASON_CHARS),
-            bounded(given.message, MAX_MESSAGE_CHARS),
-        )
+        verdict = Verdict(given.status, given.reason, within(given.message, MAX_MESSAGE_CHARS))
         conditions = set_condition(conditions, type_, verdict, generation, now)
     return conditions
 
@@ -131,8 +121,8 @@ def tasks_of(argo_status: Mapping[str, Any]) -> list[dict[str, Any]]:
             continue
         name = _text(node.get("displayName")) or _text(node.get("name"))
         task = {
-            "name": bounded(name, MAX_TASK_NAME_CHARS),
-            "phase": bounded(_text(node.get("phase")) or "Pending", MAX_REASON_CHARS),
+            "name": within(name, MAX_TASK_NAME_CHARS),
+            "phase": within(_text(node.get("phase")) or "Pending", MAX_PHASE_CHARS),
         }
         for source, target in (("startedAt", "startedAt"), ("finishedAt", "completedAt")):
             moment = timestamp(node.get(source))
@@ -140,7 +130,7 @@ def tasks_of(argo_status: Mapping[str, Any]) -> list[dict[str, Any]]:
                 task[target] = moment
         message = node.get("message")
         if message:
-            task["message"] = bounded(
+            task["message"] = within(
                 message if isinstance(message, str) else str(message), MAX_TASK_MESSAGE_CHARS
             )
         tasks.append(

@@ -20,7 +20,12 @@ import pytest
 from tests.unit.runs import test_run_reconciler as harness
 from workflowplane.api.workflows import WORKFLOW_RUN
 from workflowplane.kits.clock import parse_rfc3339
-from workflowplane.runs.progress import resources_verdict, status_from_argo, tasks_of
+from workflowplane.runs.progress import (
+    resources_verdict,
+    status_from_argo,
+    tasks_of,
+    with_verdicts,
+)
 
 NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 CONDITION_MESSAGE_MAX = 32768  # the CRD's maxLength (metav1.Condition's)
@@ -131,7 +136,7 @@ def test_a_huge_argo_message_is_bounded_in_every_condition() -> None:
     update = status_from_argo({}, argo, 1, NOW)
     assert_valid_status(update)
     assert all(c["message"].startswith("xxx") for c in update["conditions"])
-    assert all("more characters" in c["message"] for c in update["conditions"])
+    assert all(c["message"].endswith("(2000000 characters)") for c in update["conditions"])
 
 
 def test_many_pod_nodes_with_long_messages_give_a_bounded_task_list() -> None:
@@ -208,3 +213,14 @@ def test_a_synced_resources_status_of_any_shape_gives_a_verdict(
 ) -> None:
     verdict = resources_verdict({"git": external_secret})
     assert isinstance(verdict.reason, str) and verdict.reason
+
+
+def test_a_planes_reason_over_the_crds_length_is_cut_within_it() -> None:
+    """Before: cut to 1,024 characters and then a note added, past the CRD's maxLength."""
+    secret = {
+        "status": {"conditions": [{"type": "Ready", "status": "False", "reason": "R" * 5000}]}
+    }
+    verdict = resources_verdict({"creds": secret})
+    conditions = with_verdicts({}, {"ResourcesReady": verdict}, 1, NOW)
+    assert len(conditions[0]["reason"]) <= 1024
+    assert conditions[0]["reason"].endswith("(5000 characters)")
