@@ -57,6 +57,11 @@ def is_object_name(text: str, max_length: int = DNS_SUBDOMAIN_MAX_LENGTH) -> boo
     return len(text) <= max_length and _DNS_SUBDOMAIN.match(text) is not None
 
 
+def is_namespace_name(text: str) -> bool:
+    """Whether ``text`` is a namespace's name: an object name of at most 63, without dots."""
+    return "." not in text and is_object_name(text, 63)
+
+
 def cr_key_of(namespace: str | None, name: str) -> str:
     """``namespace/name``, or ``/name`` for a cluster-scoped CR: the authorization key."""
     return f"{namespace or ''}/{name}"
@@ -113,9 +118,7 @@ class SecretLocation:
         """ClientCAError unless the name and namespace are object names: they become segments
         of the read's path, and ``name: ../../victim/secrets/x`` read another namespace's
         Secret, past the consent check (which saw the CR's own namespace)."""
-        if not is_object_name(self.name) or not (
-            is_object_name(self.namespace, 63) and "." not in self.namespace
-        ):
+        if not (is_object_name(self.name) and is_namespace_name(self.namespace)):
             raise ClientCAError(
                 Reason.CLIENT_CA_NOT_FOUND,
                 "clientCA.secretKeyRef: name must be a Kubernetes object name and namespace "

@@ -13,7 +13,7 @@ from lightkube import AsyncClient
 from lightkube.config.kubeconfig import KubeConfig
 from lightkube.core.exceptions import ConfigError
 
-from workflowplane.api.planes import is_object_name
+from workflowplane.api.planes import is_namespace_name, is_object_name
 from workflowplane.cli.errors import EXIT_USAGE, CliError
 from workflowplane.cli.state import state_root
 
@@ -31,7 +31,7 @@ def object_name(text: str) -> str:
 
 def namespace_name(text: str) -> str:
     """An argparse type for a namespace: a DNS label (no dots, at most 63 characters)."""
-    if "." in text or not is_object_name(text, 63):
+    if not is_namespace_name(text):
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a namespace name (lowercase letters, digits and '-'; "
             "at most 63 characters)"

@@ -30,6 +30,7 @@ from urllib.parse import urlencode
 import aiohttp
 from aiohttp import web
 
+from workflowplane.api.planes import is_object_name
 from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.connections import AgentConnection
 from workflowplane.gateway.kube_proxy import KubeProxy, Target, close_stream, k8s_status
@@ -52,8 +53,6 @@ log = logging.getLogger(__name__)
 EXEC_ROUTE = "/api/exec/{planeType}/{planeID}/{crNamespace}/{crName}"
 UPGRADE_REQUIRED = b"Upgrade request required"
 POD_STREAM = re.compile(r"^/api/v1/namespaces/[^/]+/pods/[^/]+/(exec|attach)$")
-# A DNS-1123 subdomain: what a pod's name and a namespace's are (no '/', no '..' segment).
-OBJECT_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 CALLER_MESSAGE_BYTES = 1024 * 1024  # stdin arrives in pieces; nothing needs more at once
 K8S_ERROR_CHANNEL = b"\x03"
 
@@ -117,7 +116,7 @@ class ExecProxy:
                 400, "podNamespace and podName query parameters are required", "BadRequest"
             )
         for name, value in (("podNamespace", pod_namespace), ("podName", pod)):
-            if not OBJECT_NAME.fullmatch(value):  # they become path segments upstream
+            if not is_object_name(value):  # they become path segments upstream
                 return k8s_status(
                     400,
                     f"{name} must be a Kubernetes object name (lowercase letters, digits, '-' "
