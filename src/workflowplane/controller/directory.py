@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from workflowplane.api import (
     WORKFLOW_PLANE,
@@ -18,6 +18,9 @@ from workflowplane.api import (
     cr_key_of,
     plane_id_of,
 )
+from workflowplane.kits.grouped import Grouped
+
+Group = TypeVar("Group", bound=Hashable)
 
 
 @dataclass(frozen=True)
@@ -38,55 +41,37 @@ class PlaneRef:
         return cr_key_of(self.namespace, self.name)
 
 
-Value = TypeVar("Value", bound=Hashable)
-
-
-class _Index(Generic[Value]):
-    """Each CR's value, and the CRs of each value: a lookup by value costs the CRs that have
-    it, not every CR (a Secret event anywhere in the cluster, or an agent's connection,
-    looked at every tenant's CR)."""
-
-    def __init__(self) -> None:
-        self.of: dict[PlaneRef, Value] = {}
-        self._refs: dict[Value, dict[PlaneRef, None]] = {}
-
-    def set(self, ref: PlaneRef, value: Value | None) -> None:
-        old = self.of.pop(ref, None)
-        if old is not None:
-            refs = self._refs[old]
-            del refs[ref]
-            if not refs:
-                del self._refs[old]
-        if value is not None:
-            self.of[ref] = value
-            self._refs.setdefault(value, {})[ref] = None
-
-    def refs(self, value: Value) -> list[PlaneRef]:
-        return list(self._refs.get(value, ()))
-
-
 class PlaneDirectory:
     """The planeID and CA Secret of every plane CR, to find the CRs an event concerns."""
 
     def __init__(self) -> None:
-        self._plane_ids: _Index[str] = _Index()
-        self._secrets: _Index[tuple[str, str]] = _Index()
+        # Each CR's planeID and CA Secret, and the CRs of each: an event (an agent's connection,
+        # a Secret's change anywhere in the cluster) looks at the CRs it concerns, not all.
+        self._plane_ids: Grouped[PlaneRef, str, str] = Grouped(_itself)
+        self._secrets: Grouped[PlaneRef, tuple[str, str], tuple[str, str]] = Grouped(_itself)
 
     def remember(self, ref: PlaneRef, body: Mapping[str, Any]) -> None:
         """Note the planeID and CA Secret of a CR from its current body."""
-        self._plane_ids.set(ref, plane_id_of(body))
+        self._plane_ids.put(ref, plane_id_of(body))
         try:
             location = client_ca_location_of(body)
         except ClientCAError:  # a cluster-scoped CR without the Secret's namespace
             location = None
-        self._secrets.set(ref, None if location is None else (location.namespace, location.name))
+        if location is None:
+            self._secrets.pop(ref)
+        else:
+            self._secrets.put(ref, (location.namespace, location.name))
 
     def forget(self, ref: PlaneRef) -> None:
-        self._plane_ids.set(ref, None)
-        self._secrets.set(ref, None)
+        self._plane_ids.pop(ref)
+        self._secrets.pop(ref)
 
     def by_plane_id(self, plane_id: str) -> list[PlaneRef]:
-        return self._plane_ids.refs(plane_id)
+        return list(self._plane_ids.group(plane_id))
 
     def by_secret(self, namespace: str, name: str) -> list[PlaneRef]:
-        return self._secrets.refs((namespace, name))
+        return list(self._secrets.group((namespace, name)))
+
+
+def _itself(value: Group) -> Group:
+    return value

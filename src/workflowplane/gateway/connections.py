@@ -33,6 +33,7 @@ from workflowplane.gateway.metrics import GatewayMetrics
 from workflowplane.gateway.plane_cache import PlaneCache
 from workflowplane.gateway.streams import StreamBuffer, StreamEnd
 from workflowplane.kits.clock import utcnow
+from workflowplane.kits.grouped import Grouped
 from workflowplane.pki import CertificateRejected, uri_sans, verify_client_certificate
 from workflowplane.protocol import Frame, TunnelResponse, encode, encode_binary
 
@@ -226,10 +227,8 @@ class ConnectionManager:
         self.replica = replica  # this gateway replica's name, in every status answer
         self._planes = planes
         self._metrics = metrics
-        self._connections: dict[str, AgentConnection] = {}
-        # The same connections by planeID: every proxied request looks up its plane's, and a
-        # scan of all of them cost each request of each tenant time in the number of agents.
-        self._by_plane: dict[str, dict[str, AgentConnection]] = {}
+        # By id, and by planeID: every proxied request looks up its plane's connections.
+        self._connections: Grouped[str, str, AgentConnection] = Grouped(lambda c: c.plane_id)
         self._turns: defaultdict[tuple[str, str], itertools.count[int]] = defaultdict(
             itertools.count
         )
@@ -273,7 +272,7 @@ class ConnectionManager:
         granted: list[str] = []
         revoked: list[str] = []
         closing: list[AgentConnection] = []
-        for conn in list(self._connections.values()):
+        for conn in list(self._connections.by_key.values()):
             known = key in conn.authorized or key in conn.consent_refused
             if not known and conn.plane_id != plane_id:
                 continue
@@ -329,8 +328,7 @@ class ConnectionManager:
 
     def connect(self, conn: AgentConnection) -> None:
         """Register an admitted connection (its ``authorized`` from ``admit``)."""
-        self._connections[conn.id] = conn
-        self._by_plane.setdefault(conn.plane_id, {})[conn.id] = conn
+        self._connections.put(conn.id, conn)
         self._none_left.clear()
         conn.metrics = self._metrics
         self._metrics.agent_connected(conn.plane_id)
@@ -339,12 +337,8 @@ class ConnectionManager:
 
     def disconnect(self, conn: AgentConnection) -> None:
         """Forget a connection; its requests in flight fail at once."""
-        if self._connections.pop(conn.id, None) is not None:
-            same_plane = self._by_plane[conn.plane_id]
-            del same_plane[conn.id]
-            if not same_plane:
-                del self._by_plane[conn.plane_id]
-            if not self._connections:
+        if self._connections.pop(conn.id) is not None:
+            if not self._connections.by_key:
                 self._none_left.set()
             conn.fail_all("agent disconnected")
             self._metrics.agent_disconnected(conn.plane_id, conn.close_reason)
@@ -360,7 +354,7 @@ class ConnectionManager:
         return len(conns)
 
     async def close_all(self, message: bytes, code: int = WSCloseCode.OK) -> None:
-        for conn in list(self._connections.values()):
+        for conn in list(self._connections.by_key.values()):
             conn.closing("gateway-shutdown")
             await conn.ws.close(code=code, message=message)
 
@@ -374,15 +368,13 @@ class ConnectionManager:
         return True
 
     def _count_agents(self, plane_id: str) -> None:
-        instances = {c.instance for c in self._by_plane.get(plane_id, {}).values()}
+        instances = {c.instance for c in self._connections.group(plane_id).values()}
         self._metrics.agents.labels(plane_id).set(len(instances))
 
     # ---- status ---------------------------------------------------------------------------
 
     def for_plane(self, plane_type: str, plane_id: str) -> list[AgentConnection]:
-        same_plane = self._by_plane.get(plane_id)
-        if not same_plane:
-            return []
+        same_plane = self._connections.group(plane_id)
         return [c for c in same_plane.values() if c.plane_type == plane_type]
 
     def status(self, plane_type: str, plane_id: str, key: str | None) -> dict[str, Any]:
@@ -416,7 +408,7 @@ class ConnectionManager:
         }
 
     def all_status(self) -> list[dict[str, Any]]:
-        planes = sorted({(c.plane_type, c.plane_id) for c in self._connections.values()})
+        planes = sorted({(c.plane_type, c.plane_id) for c in self._connections.by_key.values()})
         result = []
         for plane_type, plane_id in planes:
             entry = self.status(plane_type, plane_id, None)

@@ -36,6 +36,7 @@ from workflowplane.api import (
 )
 from workflowplane.api.kube import get_dict
 from workflowplane.kits.errors import KUBE_READ_ERRORS, is_expected
+from workflowplane.kits.grouped import Grouped
 from workflowplane.kits.tasks import TaskSet
 from workflowplane.pki import MAX_BUNDLE_CERTIFICATES, certificate_count
 
@@ -100,10 +101,9 @@ class PlaneCache:
     def __init__(self, client: AsyncClient, on_change: Callable[[], None] = lambda: None):
         self._client = client
         self._on_change = on_change
-        self.entries: dict[str, PlaneEntry] = {}
-        # The same entries by planeID: an agent's admission reads its planeID's, and a scan
-        # of every CR cost each admission time in the number of all tenants' CRs.
-        self._by_plane: dict[str, dict[str, PlaneEntry]] = {}
+        # By CR key, and by planeID: an agent's admission reads its planeID's CRs.
+        self._entries: Grouped[str, str, PlaneEntry] = Grouped(lambda e: e.plane_id)
+        self.entries = self._entries.by_key
         self._secrets: dict[tuple[str, str], CachedSecret] = {}
         self.synced = asyncio.Event()
         self._tasks = TaskSet("plane-cache")
@@ -121,7 +121,7 @@ class PlaneCache:
         return ca_from_secret_data(secret.data, location)
 
     def for_plane(self, plane_id: str) -> list[PlaneEntry]:
-        return list(self._by_plane.get(plane_id, {}).values())
+        return list(self._entries.group(plane_id).values())
 
     def all_cas(self) -> bytes:
         """Every readable CA, concatenated: the TLS trust union for the public listener."""
@@ -136,24 +136,12 @@ class PlaneCache:
         return b"".join(sorted(set(pems)))
 
     def upsert(self, entry: PlaneEntry) -> None:
-        self._unindex(self.entries.get(entry.key))
-        self.entries[entry.key] = entry
-        self._by_plane.setdefault(entry.plane_id, {})[entry.key] = entry
+        self._entries.put(entry.key, entry)
         self._on_change()
 
     def remove(self, key: str) -> None:
-        entry = self.entries.pop(key, None)
-        if entry is not None:
-            self._unindex(entry)
+        if self._entries.pop(key) is not None:
             self._on_change()
-
-    def _unindex(self, entry: PlaneEntry | None) -> None:
-        if entry is None:
-            return
-        same_plane = self._by_plane[entry.plane_id]
-        del same_plane[entry.key]
-        if not same_plane:
-            del self._by_plane[entry.plane_id]
 
     def put_secret(
         self,
