@@ -120,22 +120,21 @@ class AgentMetrics:
     def track(
         self,
         frame: TunnelRequest | StreamInit,
-        task: asyncio.Task[None] | None,
+        task: asyncio.Task[None],
         streams: bool | None = None,
     ) -> None:
         """Count ``task`` (serving ``frame``) in flight until it ends, then log its end at
-        DEBUG with the request's id. ``streams``: whether it opens a stream, when known.
-        No task: ``frame`` was served at once (begun eagerly, it never waited)."""
+        DEBUG with the request's id. ``streams``: whether it opens a stream, when known."""
         streams = opens_stream(frame) if streams is None else streams
         gauge = self.streams_in_flight if streams else self.requests_in_flight
+        gauge.inc()
         started = time.monotonic()
 
-        def ended(done: asyncio.Task[None] | None) -> None:
-            if done is not None:
-                gauge.dec()
+        def ended(done: asyncio.Task[None]) -> None:
+            gauge.dec()
             if not log.isEnabledFor(logging.DEBUG):  # no arguments built for nothing
                 return
-            outcome = "cancelled" if done is not None and done.cancelled() else "served"
+            outcome = "cancelled" if done.cancelled() else "served"
             log.debug(
                 "%s %s %s (request %s) after %.3fs",
                 outcome,
@@ -146,10 +145,6 @@ class AgentMetrics:
                 extra={"request_id": frame.request_id},
             )
 
-        if task is None:
-            ended(None)
-            return
-        gauge.inc()
         task.add_done_callback(ended)
 
     def upstream_observed(

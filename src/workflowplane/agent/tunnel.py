@@ -49,7 +49,6 @@ from workflowplane.agent.upstream import (
 )
 from workflowplane.agent.ws_writer import mask_in_place
 from workflowplane.kits.corking import cork
-from workflowplane.kits.eager import start_eagerly
 from workflowplane.kits.http1 import Http1Response, InvalidRequest, Piece, hold_piece
 from workflowplane.kits.ratelog import LogThrottle
 from workflowplane.kits.ws_tap import ProtocolFlow, TappedWebSocket
@@ -300,15 +299,7 @@ class FrameServer:
             work = self._over_queue(frame) if dequeue is None else self._serve(frame, dequeue)
         else:
             work = self._work(frame, streams)
-        if dequeue is None:
-            task = self._loop.create_task(work)  # asyncio.create_task: a getpid call on 3.11
-        else:
-            begun = self._begin(work)
-            if begun is None:  # answered (or failed) before its first wait
-                dequeue()
-                self.metrics.track(frame, None, streams)
-                return
-            task = begun
+        task = self._loop.create_task(work)  # asyncio.create_task: a getpid call on 3.11
         request_id = frame.request_id
         self.metrics.track(frame, task, streams)
         self._tasks[request_id] = task
@@ -323,17 +314,6 @@ class FrameServer:
                 dequeue()
 
         task.add_done_callback(forget)
-
-    def _begin(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
-        """A plain request begins in the read that brought it (the tap's callback): its
-        request to the API server is written before the loop's next pass, where a task would
-        first run then. A failure before its first wait is logged, as a task's would be, and
-        stays out of the connection's reader."""
-        try:
-            return start_eagerly(self._loop, work)
-        except Exception:
-            log.exception("serving a request failed")
-            return None
 
     def _refuse_duplicate(self, frame: TunnelRequest | StreamInit) -> None:
         """A request whose requestID is in flight: tracked under it, the first would be

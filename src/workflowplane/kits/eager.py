@@ -9,10 +9,8 @@ each thing it waits for is waited for, then the coroutine is resumed to see the 
 (a result, an exception, a cancellation of what it waited for), and a cancellation of the task
 is thrown into it.
 
-Code run eagerly is outside any task (``asyncio.current_task()`` is None): before it uses
-``asyncio.timeout``, which needs one, it awaits :func:`in_a_task`. Called from a task,
-``start_eagerly`` makes a task as ``create_task`` does: run in the caller's task, such code
-would set its timeout on the caller.
+Code run eagerly is outside any task (``asyncio.current_task()`` is the caller's, usually
+None): it must not use ``asyncio.timeout``, which needs one.
 """
 
 from __future__ import annotations
@@ -31,10 +29,7 @@ log = logging.getLogger(__name__)
 def start_eagerly(
     loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]
 ) -> asyncio.Task[None] | None:
-    """Run ``coro`` up to its first wait; a task for the rest, or None when it finished.
-    From a task: a task for all of it (see the module's note)."""
-    if asyncio.current_task(loop) is not None:
-        return loop.create_task(coro)
+    """Run ``coro`` up to its first wait; a task for the rest, or None when it finished."""
     try:
         awaited = coro.send(None)
     except StopIteration:
@@ -42,13 +37,6 @@ def start_eagerly(
     task = loop.create_task(_resume(coro, awaited))
     task.add_done_callback(partial(_settle, coro, awaited))
     return task
-
-
-async def in_a_task() -> None:
-    """Go on in a task: code begun eagerly waits one pass of the loop here (after which its
-    task runs it); in a task already, nothing."""
-    if asyncio.current_task() is None:
-        await asyncio.sleep(0)
 
 
 def _settle(coro: Coroutine[Any, Any, None], awaited: Any, task: asyncio.Task[None]) -> None:

@@ -30,8 +30,6 @@ from urllib.parse import quote, urlsplit
 
 import httptools  # type: ignore[import-untyped]
 
-from workflowplane.kits.eager import in_a_task
-
 HEAD_LIMIT: Final = 1024 * 1024  # status line and headers of one response
 HIGH_WATER: Final = 4 * 1024 * 1024  # body bytes held before the socket is no longer read
 LOW_WATER: Final = 1024 * 1024  # ... and read again once this little is held
@@ -449,7 +447,6 @@ class Http1Pool:
             raise Http1Error("the client is closed")
         seconds = self._connect_timeout if within is None else min(self._connect_timeout, within)
         seconds = max(seconds, 0.0)
-        await in_a_task()  # a request begun eagerly: the timeout needs a task
         try:  # not wait_for: on 3.11 it can swallow a cancellation that comes as it connects
             async with asyncio.timeout(seconds):
                 _, connection = await loop.create_connection(
@@ -531,7 +528,6 @@ class Exchange:
         if self._deadline is None or not slots.locked():
             await slots.acquire()
             return
-        await in_a_task()
         try:
             async with asyncio.timeout_at(self._deadline):
                 await slots.acquire()

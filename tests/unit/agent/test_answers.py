@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from tests.unit.agent.stand_ins import Upstream
 from workflowplane.agent.tunnel import FrameServer, body_limit
 from workflowplane.agent.upstream import ResponseTooLarge, UpstreamResult, read_bounded
 from workflowplane.kits.http1 import Http1Error
@@ -245,61 +244,3 @@ async def test_v3_chunks_are_built_once_from_the_pieces_read_exact_bytes() -> No
 
 def _request_fields() -> dict[str, Any]:
     return {"request_id": "r1", "target": "k8s", "method": "GET", "path": "/api/v1/configmaps"}
-
-
-def _dispatched_in_a_read(server: FrameServer, frame: dict[str, Any]) -> asyncio.Future[None]:
-    """``frame`` dispatched as the agent's frame tap does: in a socket's read callback, outside
-    any task; the future is done after that callback."""
-    loop = asyncio.get_running_loop()
-    read: asyncio.Future[None] = loop.create_future()
-
-    def callback() -> None:
-        try:
-            server.dispatch(json.dumps(frame))
-        except Exception as exc:  # noqa: BLE001 - the test's to see
-            read.set_exception(exc)
-            return
-        read.set_result(None)
-
-    loop.call_soon(callback)
-    return read
-
-
-async def test_a_plain_request_goes_upstream_in_the_read_that_brought_it() -> None:
-    """Not a pass of the loop later, as a task's first step would send it."""
-    asked_in_the_read: list[int] = []
-    upstream = Upstream()
-    sent: list[bytes] = []
-
-    async def send(data: bytes) -> None:
-        sent.append(data)
-
-    server = FrameServer(upstream, send, timeout=5, max_concurrent=2)
-    loop = asyncio.get_running_loop()
-    read = _dispatched_in_a_read(server, REQUEST)
-    loop.call_soon(lambda: asked_in_the_read.append(upstream.asked))  # the same pass
-    await read
-    assert asked_in_the_read == [1]
-    upstream.gate.set()
-    await server.idle()
-    assert [json.loads(data)["statusCode"] for data in sent] == [200]
-    await server.close()
-
-
-async def test_a_failure_before_a_requests_first_wait_stays_out_of_the_reader(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """A bug in serving one request must not raise into the connection's read callback."""
-
-    class Broken:
-        async def request(self, *_: Any, **__: Any) -> UpstreamResult:
-            raise RuntimeError("a bug")
-
-    async def send(_: bytes) -> None:
-        raise AssertionError("nothing to send")
-
-    server = FrameServer(Broken(), send, timeout=5, max_concurrent=2)  # type: ignore[arg-type]
-    await _dispatched_in_a_read(server, REQUEST)
-    assert "serving a request failed" in caplog.text and "a bug" in caplog.text
-    assert server.requests_in_flight == 0
-    await server.close()

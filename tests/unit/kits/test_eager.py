@@ -4,34 +4,10 @@ sees each outcome (a result, an exception, a cancellation) exactly as in a task 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
-from typing import Any
 
 import pytest
 
-from workflowplane.kits.eager import in_a_task, start_eagerly
-
-
-async def begun(
-    coro: Coroutine[Any, Any, None], then: Callable[[asyncio.Task[None]], None] | None = None
-) -> asyncio.Task[None] | None:
-    """``start_eagerly`` as a socket's read callback calls it: in a pass of the loop, outside
-    any task; ``then`` runs on its task in that same callback."""
-    loop = asyncio.get_running_loop()
-    started: asyncio.Future[asyncio.Task[None] | None] = loop.create_future()
-
-    def callback() -> None:
-        try:
-            task = start_eagerly(loop, coro)
-        except Exception as exc:  # noqa: BLE001 - the test's to see
-            started.set_exception(exc)
-            return
-        if then is not None and task is not None:
-            then(task)
-        started.set_result(task)
-
-    loop.call_soon(callback)
-    return await started
+from workflowplane.kits.eager import start_eagerly
 
 
 async def test_a_coroutine_that_never_waits_is_done_at_once() -> None:
@@ -40,7 +16,7 @@ async def test_a_coroutine_that_never_waits_is_done_at_once() -> None:
     async def quick() -> None:
         done.append("quick")
 
-    assert await begun(quick()) is None
+    assert start_eagerly(asyncio.get_running_loop(), quick()) is None
     assert done == ["quick"]
 
 
@@ -57,8 +33,8 @@ async def test_it_runs_at_once_up_to_its_first_wait_then_gets_the_result() -> No
         async with lock:
             steps.append("locked")
 
-    task = await begun(handler())
-    assert steps == ["sent"] and task is not None  # before it was answered
+    task = start_eagerly(loop, handler())
+    assert steps == ["sent"] and task is not None  # before any pass of the loop
     answer.set_result("answered")
     await task
     assert steps == ["sent", "answered", "locked"]
@@ -75,7 +51,7 @@ async def test_an_exception_of_what_it_waits_for_is_its_own_to_catch() -> None:
         except TimeoutError as exc:
             caught.append(exc)
 
-    task = await begun(handler())
+    task = start_eagerly(loop, handler())
     assert task is not None
     answer.set_exception(TimeoutError("late"))
     await task
@@ -99,10 +75,7 @@ async def test_cancelling_the_task_cancels_the_coroutine(moment: str) -> None:
         finally:
             seen.append("cleaned up")
 
-    if moment == "before its first step":
-        task = await begun(handler(), then=lambda task: task.cancel())
-    else:
-        task = await begun(handler())
+    task = start_eagerly(loop, handler())
     assert task is not None
     if moment != "before its first step":
         await asyncio.sleep(0)  # the task is waiting
@@ -124,44 +97,8 @@ async def test_what_it_raises_is_the_tasks_exception() -> None:
         await answer
         raise ValueError("broken")
 
-    task = await begun(handler())
+    task = start_eagerly(loop, handler())
     assert task is not None
     answer.set_result(None)
     with pytest.raises(ValueError, match="broken"):
         await task
-
-
-async def test_from_a_task_it_is_a_task_of_its_own_run_later() -> None:
-    """Run in the caller's task, its ``asyncio.timeout`` would cancel the caller."""
-    steps: list[asyncio.Task[Any] | None] = []
-
-    async def handler() -> None:
-        steps.append(asyncio.current_task())
-
-    task = start_eagerly(asyncio.get_running_loop(), handler())
-    assert task is not None and steps == []
-    await task
-    assert steps == [task]
-
-
-async def test_in_a_task_lets_code_begun_eagerly_use_a_timeout() -> None:
-    """``asyncio.timeout`` outside a task raises RuntimeError; after ``in_a_task`` it times
-    out what it bounds, and the coroutine goes on."""
-    loop = asyncio.get_running_loop()
-    never: asyncio.Future[None] = loop.create_future()
-    seen: list[str] = []
-
-    async def handler() -> None:
-        seen.append("begun")
-        await in_a_task()
-        try:
-            async with asyncio.timeout(0.01):
-                await never
-        except TimeoutError:
-            seen.append("timed out")
-        seen.append("went on")
-
-    task = await begun(handler())
-    assert task is not None and seen == ["begun"]
-    await task
-    assert seen == ["begun", "timed out", "went on"] and never.cancelled()
