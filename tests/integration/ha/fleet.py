@@ -26,6 +26,8 @@ from workflowplane.protocol.replicas import lease_name
 from workflowplane.testenv import ApiServer, free_port
 
 READY_SECONDS = 90.0  # a process start on a busy 2-core machine (imports, PKI, cache sync)
+PORT_ATTEMPTS = 3  # a first start whose ports were taken meanwhile: chosen again
+PORT_TAKEN = "address already in use"
 # The chart's terminationGracePeriodSeconds is drainSeconds + 10: the kubelet's SIGKILL after.
 TERMINATION_GRACE_SECONDS = 10.0
 
@@ -48,6 +50,7 @@ class GatewayProcess:
     health_port: int = field(default_factory=free_port)
     drain_seconds: float = 5.0
     process: asyncio.subprocess.Process | None = None
+    started: bool = False  # once ready, its ports are its own (a pod's address)
 
     @property
     def public_url(self) -> str:
@@ -73,7 +76,32 @@ class GatewayProcess:
         ]
 
     async def start(self, kube: AsyncClient) -> None:
-        """Start the process and wait until it is ready and in the Lease directory."""
+        """Start the process and wait until it is ready and in the Lease directory. On its
+        first start only, ports another process took since ``free_port`` chose them (an
+        outgoing connection's ephemeral port can) are chosen again."""
+        if self.started:
+            await self._start(kube)
+            return
+        for _ in range(PORT_ATTEMPTS - 1):
+            if not await self._exits_on_a_taken_port(kube):
+                return
+            self.public_port, self.internal_port, self.health_port = (
+                free_port(),
+                free_port(),
+                free_port(),
+            )
+        await self._start(kube)
+
+    async def _exits_on_a_taken_port(self, kube: AsyncClient) -> bool:
+        try:
+            await self._start(kube)
+        except AssertionError:
+            if PORT_TAKEN in tail(self.log) and not self.started:
+                return True
+            raise
+        return False
+
+    async def _start(self, kube: AsyncClient) -> None:
         with self.log.open("ab") as out:
             self.process = await asyncio.create_subprocess_exec(
                 *self.argv(), stdout=out, stderr=asyncio.subprocess.STDOUT
@@ -85,6 +113,7 @@ class GatewayProcess:
             raise AssertionError(
                 f"replica {self.name} not ready: {exc}\n{tail(self.log)}"
             ) from None
+        self.started = True
 
     async def _ready(self) -> bool:
         if self.process is None or self.process.returncode is not None:
