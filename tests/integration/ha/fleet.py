@@ -96,7 +96,7 @@ class GatewayProcess:
         try:
             await self._start(kube)
         except AssertionError:
-            if PORT_TAKEN in tail(self.log) and not self.started:
+            if PORT_TAKEN in tail(self.log):
                 return True
             raise
         return False
