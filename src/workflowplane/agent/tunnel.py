@@ -38,6 +38,7 @@ from urllib.parse import urlencode
 
 import aiohttp
 import msgspec
+from aiohttp.connector import SocketFactoryType
 
 from workflowplane.agent.exec import Encoder, ExecSessions
 from workflowplane.agent.metrics import AgentMetrics
@@ -49,6 +50,7 @@ from workflowplane.agent.upstream import (
 )
 from workflowplane.agent.ws_writer import mask_in_place
 from workflowplane.kits.corking import cork
+from workflowplane.kits.dialing import Connector
 from workflowplane.kits.http1 import Http1Response, InvalidRequest, Piece, hold_piece
 from workflowplane.kits.ratelog import LogThrottle
 from workflowplane.kits.ws_tap import ProtocolFlow, TappedWebSocket
@@ -610,6 +612,7 @@ class AgentTunnel:
         headers: Mapping[str, str] | None = None,
         metrics: AgentMetrics | None = None,
         on_change: Callable[[], None] = lambda: None,
+        socket_factory: SocketFactoryType | None = None,
     ) -> None:
         query = urlencode({"planeType": plane_type, "planeID": plane_id})
         self.url = f"{url.rstrip('/')}/ws?{query}" if "/ws" not in url else f"{url}?{query}"
@@ -623,6 +626,7 @@ class AgentTunnel:
         self.reconnect_requested = asyncio.Event()
         self._server_hostname, self._headers = server_hostname, dict(headers or {})
         self._on_change, self._going_away = on_change, False
+        self._socket_factory = socket_factory
         if metrics is None:
             metrics = AgentMetrics()
             upstream.observe(metrics.upstream_observed)
@@ -630,7 +634,10 @@ class AgentTunnel:
 
     async def run(self) -> None:
         attempt = 0
-        async with aiohttp.ClientSession(ws_response_class=TappedWebSocket) as session:
+        connector = Connector(socket_factory=self._socket_factory)
+        async with aiohttp.ClientSession(
+            connector=connector, ws_response_class=TappedWebSocket
+        ) as session:
             while True:
                 started, self._going_away = time.monotonic(), False
                 try:

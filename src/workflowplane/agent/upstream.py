@@ -21,6 +21,7 @@ from typing import Any, Generic, TypeVar
 import aiohttp
 
 from workflowplane.agent.kubeconfig import KubeTarget
+from workflowplane.kits.dialing import Connector
 from workflowplane.kits.http1 import Http1Pool, Http1Response, Piece, hold_piece
 from workflowplane.protocol.http import HOP_BY_HOP
 
@@ -180,7 +181,7 @@ class Upstream:
         """A WebSocket to the API server with the agent's credentials (exec, attach)."""
         if self._sockets is None:
             self._sockets = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self._ssl),
+                connector=Connector(ssl=self._ssl),
                 cookie_jar=aiohttp.DummyCookieJar(),
             )
         url = self._url(path, query)

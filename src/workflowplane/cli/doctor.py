@@ -33,6 +33,7 @@ from workflowplane.cli.errors import EXIT_FAILURE, EXIT_USAGE, CliError
 from workflowplane.cli.kube import add_kubeconfig_flag, client_for, namespace_name, object_name
 from workflowplane.cli.state import dev_health_urls, gateway_urls_or_dev
 from workflowplane.controller.status import assess_ca
+from workflowplane.kits.dialing import Connector
 from workflowplane.kits.errors import Failure
 from workflowplane.pki import load_certificates, sha256_fingerprint
 from workflowplane.protocol.gateway_client import GatewayClient
@@ -236,7 +237,7 @@ def _health_urls(given: list[str] | None) -> dict[str, str]:
 async def check_components(urls: dict[str, str], report: Report) -> None:
     """Each listener's /healthz and /readyz, in plain words."""
     timeout = aiohttp.ClientTimeout(total=5)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    async with aiohttp.ClientSession(connector=Connector(), timeout=timeout) as session:
         for name, url in urls.items():
             live = await _probe(session, f"{url}/healthz")
             ready = await _probe(session, f"{url}/readyz") if live is None else None

@@ -33,6 +33,7 @@ from lightkube import AsyncClient
 from lightkube.resources.core_v1 import Secret
 
 from workflowplane.gateway.kube_proxy import REQUEST_HOP_BY_HOP, Target, k8s_status, unsent
+from workflowplane.kits.dialing import Connector
 from workflowplane.protocol.gateway_client import INTERNAL_CLIENT_SECRET, client_ssl_context
 from workflowplane.protocol.http import (
     FORWARDED_BY_HEADER,
@@ -123,7 +124,7 @@ class Forwarder:
         data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
         context = client_ssl_context(data["ca.crt"], data["tls.crt"], data["tls.key"])
         session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=context, limit=256),
+            connector=Connector(ssl=context, limit=256),
             auto_decompress=False,  # the body goes back as the peer sent it
         )
         leases = LeaseDirectory(kube, namespace, refresh_seconds=PEERS_TTL_SECONDS)
@@ -193,23 +194,9 @@ class Forwarder:
         except aiohttp.ClientConnectorError as exc:
             log.info("peer %s unreachable for %s: %s", peer.name, request.path, exc)
             return None
-        except RuntimeError as exc:
-            if not _fd_still_registered(exc):
-                raise
-            log.warning("peer %s not dialled for %s: %s", peer.name, request.path, exc)
-            return None
         except (aiohttp.ClientError, TimeoutError) as exc:  # it may have reached an agent
             reason = "Timeout" if isinstance(exc, TimeoutError) else "BadGateway"
             return k8s_status(502, f"peer replica {peer.name} failed: {exc!r}", reason)
-
-
-def _fd_still_registered(exc: RuntimeError) -> bool:
-    """uvloop's known bug (MagicStack/uvloop#653): after a peer refused connections, the
-    socket of a new dial can get a descriptor uvloop still files under an old transport,
-    and its ``sock_connect`` raises this before any byte is sent. Nothing reached the
-    peer, so the next one is as safe to try as after a refused connection; raised out of
-    the forwarding, it was the caller's 500."""
-    return "is used by transport" in str(exc)
 
 
 async def _relay(

@@ -24,6 +24,8 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from workflowplane.kits.dialing import Connector
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -130,7 +132,9 @@ def http_probe(url: str, timeout: float = 2.0) -> Check:
     async def check() -> Verdict:
         try:
             async with (
-                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
+                aiohttp.ClientSession(
+                    connector=Connector(), timeout=aiohttp.ClientTimeout(total=timeout)
+                ) as session,
                 session.get(url) as response,
             ):
                 if response.status == 200:

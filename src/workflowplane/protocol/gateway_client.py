@@ -35,6 +35,7 @@ import aiohttp
 from lightkube import AsyncClient
 from lightkube.resources.core_v1 import Secret
 
+from workflowplane.kits.dialing import Connector
 from workflowplane.kits.errors import Failure, PermanentError, TransientError, from_status
 from workflowplane.protocol.agent_patience import (
     DEFAULT_AGENT_WAIT_SECONDS,
@@ -209,7 +210,7 @@ class _Ended:
 
 def _session(ssl_context: ssl.SSLContext, timeout: float) -> aiohttp.ClientSession:
     session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(ssl=ssl_context, limit=64),
+        connector=Connector(ssl=ssl_context, limit=64),
         timeout=aiohttp.ClientTimeout(total=timeout),
     )
     # aiohttp repeats a PUT or DELETE once on its own when the connection breaks after the

@@ -7,6 +7,7 @@ redialling on a reconnect request, a 1001 close redialled after the first short 
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -405,3 +406,27 @@ async def test_a_replica_of_several_is_redialled_within_seconds_one_gateway_as_c
             await agent.upstream.close()
     assert caps == [REPLICA_RECONNECT_MAX_SECONDS, REPLICA_RECONNECT_MAX_SECONDS, 30.0]
     assert redial_cap(1.0, several=True) == 1.0  # a shorter configured cap stays
+
+
+async def test_a_dial_uvloops_descriptor_bug_failed_is_redialled_not_the_agents_end() -> None:
+    """MagicStack/uvloop#653 fails a dial with a RuntimeError before a byte is sent. The
+    tunnel backs off and dials again, as after a refused connection; a RuntimeError out of
+    it would end the whole fleet (a bug, above)."""
+    dials: list[str] = []
+
+    def clash_once(addr_info: Any) -> socket.socket:
+        dials.append(addr_info[4][0])
+        if len(dials) == 1:
+            raise RuntimeError("File descriptor 57 is used by transport <TCPTransport closed=0>")
+        family, kind, proto, _, _ = addr_info
+        return socket.socket(family, kind, proto)
+
+    gateway = Gateway(_serve_until_closed)
+    async with serving(gateway):
+        tunnel = plain_tunnel(gateway.url, socket_factory=clash_once)
+        task = asyncio.create_task(tunnel.run())
+        try:
+            await until(lambda: tunnel.connected.is_set() or task.done())
+            assert not task.done() and dials == ["127.0.0.1", "127.0.0.1"]
+        finally:
+            await cancel_and_wait([task])

@@ -1,0 +1,47 @@
+"""aiohttp's connector, with uvloop's descriptor bug reported as the connection error it is.
+
+uvloop files every transport under its socket's descriptor and may keep a dead one there
+(MagicStack/uvloop#653). A new socket that gets the same number then fails its
+``sock_connect`` with ``RuntimeError: File descriptor N is used by transport …`` before
+a byte is sent. aiohttp lets that RuntimeError through, so each caller would take a dial
+that failed for the most ordinary reason (try again, or try the next peer) for a bug of
+its own: the gateway's forwarding answered 500, and the agent's reconnect loop would end.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+if TYPE_CHECKING:
+    from aiohttp.client_reqrep import ClientRequest
+    from aiohttp.connector import Connection
+    from aiohttp.tracing import Trace
+
+__all__ = ["Connector", "is_descriptor_clash"]
+
+CLASH_MESSAGE = "is used by transport"
+
+
+def is_descriptor_clash(exc: BaseException) -> bool:
+    return isinstance(exc, RuntimeError) and CLASH_MESSAGE in str(exc)
+
+
+class Connector(aiohttp.TCPConnector):
+    """A ``TCPConnector`` (same options) whose dials fail only with aiohttp's own errors."""
+
+    async def connect(
+        self,
+        req: ClientRequest,
+        traces: list[Trace],
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 - aiohttp's signature
+    ) -> Connection:
+        try:
+            return await super().connect(req, traces, timeout)
+        except RuntimeError as exc:
+            if not is_descriptor_clash(exc):
+                raise
+            unsent = ConnectionError(errno.EBUSY, f"not dialled, uvloop's descriptor bug: {exc}")
+            raise aiohttp.ClientConnectorError(req.connection_key, unsent) from exc
