@@ -22,12 +22,16 @@ machine's speed drifts over the minutes between pairs, and a baseline measured a
 would move the figures by more than the pairs differ. OpenChoreo's gateway binds :8080, so this takes
 the interop tests' lock. ``--peer --profile DIR`` also samples our gateway and agent with py-spy
 during the load (``bench/flame.py``; docs/performance.md) and prints their hottest functions.
+``--peer --interleave`` instead keeps both pairs up at once and makes every call in turn with
+the other two paths' (direct, Go's pair, ours), in rounds: each pair's p50 overhead and 10 MB
+ratio over direct, and the spread of the rounds, with no drift between the pairs.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -37,6 +41,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -520,7 +526,8 @@ def print_peer_table(rows: dict[str, dict[str, float]]) -> None:
 
 
 async def peer_comparison(
-    env: Environment, tmp: Path, profile_dir: Path | None, floor: bool = False
+    env: Environment, tmp: Path, profile_dir: Path | None, floor: bool = False,
+    interleave: bool = False,
 ) -> None:
     """--peer: the same load direct, through OpenChoreo's pair, and through ours (and with
     ``floor``, through two bare TLS relays: bench/tls_relay.py)."""
@@ -546,6 +553,9 @@ async def peer_comparison(
 
     try:
         await make_big_list(s, wp.url)
+        if interleave:
+            await interleaved(cp, wp, pki, binaries, tmp, direct, direct_big)
+            return
         rows["direct (no tunnel)"] = await measure(direct, {})
         rows["direct (no tunnel)"]["big"], _ = await big_list_ms(direct_big)
         rows["direct (no tunnel)"].update(await big_list_cpu(direct_big, {}))
@@ -564,6 +574,66 @@ async def peer_comparison(
             print(summary(profile_dir / f"{name}.txt"))
 
 
+PAIRS = (("go", "OpenChoreo (Go) pair"), ("ours", "workflowplane pair"))
+
+
+@dataclass
+class RunningPair:
+    """A pair up and its agent connected: its calls and its processes."""
+
+    proxied: Any
+    proxied_big: Any
+    pids: dict[str, int]
+
+
+@contextlib.asynccontextmanager
+async def running_pair(
+    kind: str, cp: Any, wp: Any, pki: Any, binaries: Any, tmp: Path
+) -> AsyncIterator[RunningPair]:
+    """OpenChoreo's pair (``go``) or ours, started with the chart's command lines, until the
+    block ends."""
+    from tests.interop import peers  # noqa: PLC0415
+
+    gateway_kind = peers.GoGateway if kind == "go" else peers.OurGateway
+    extra = {"binaries": binaries} if kind == "go" else {}
+    gateway = gateway_kind(cp, pki, tmp / f"{kind}-gateway.log", log_level="info", **extra)
+    gateway.start()
+    plane_id = f"bench-{kind}"
+    agent = peers.AgentProcess(kind, binaries, gateway.public_url, pki.file("server-ca.crt"),
+                               plane_id, wp.kubeconfig, tmp / f"{kind}-agent",
+                               extra=["--log-level=info"])
+    manifest = {"apiVersion": "openchoreo.dev/v1alpha1", "kind": "WorkflowPlane",
+                "metadata": {"name": plane_id, "namespace": "default"},
+                "spec": {"planeID": plane_id,
+                         "clusterAgent": {"clientCA": {"value": agent.ca_pem}}}}
+    kubectl(cp.kubeconfig, cp.context, "apply", "-f", "-", input=json.dumps(manifest))
+    api = peers.InternalAPI(gateway.internal_url, pki.caller_ssl())
+    try:
+        agent.start()
+        cr = ("default", plane_id)
+        deadline = time.monotonic() + 60
+        while not await api.connected(plane_id, cr):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{kind} agent not connected:\n{peers.tail(agent.log)}")
+            await asyncio.sleep(0.2)
+
+        async def proxied() -> None:
+            reply = await api.proxy(plane_id, cr, "GET", "/version")
+            assert reply.status == 200, reply.body
+
+        async def proxied_big() -> int:
+            reply = await api.proxy(plane_id, cr, "GET", BIG_LIST_PATH, headers=PLAIN)
+            assert reply.status == 200, reply.body[:300]
+            return len(reply.body)
+
+        yield RunningPair(proxied, proxied_big,
+                          {"gateway": gateway.process.pid, "agent": agent.process.pid})
+    finally:
+        await api.close()
+        agent.stop()
+        gateway.stop()
+
+
 async def _pairs(
     cp: Any, wp: Any, pki: Any, binaries: Any, tmp: Path, rows: dict[str, dict[str, float]],
     profile_dir: Path | None, direct: Any, direct_big: Any,
@@ -572,56 +642,86 @@ async def _pairs(
     from tests.interop import peers  # noqa: PLC0415
 
     with peers.health_port_lock():
-        for kind, label in (("go", "OpenChoreo (Go) pair"), ("ours", "workflowplane pair")):
-            gateway_kind = peers.GoGateway if kind == "go" else peers.OurGateway
-            extra = {"binaries": binaries} if kind == "go" else {}
-            gateway = gateway_kind(cp, pki, tmp / f"{kind}-gateway.log", log_level="info",
-                                   **extra)
-            gateway.start()
-            plane_id = f"bench-{kind}"
-            agent = peers.AgentProcess(kind, binaries, gateway.public_url,
-                                       pki.file("server-ca.crt"), plane_id, wp.kubeconfig,
-                                       tmp / f"{kind}-agent", extra=["--log-level=info"])
-            manifest = {"apiVersion": "openchoreo.dev/v1alpha1", "kind": "WorkflowPlane",
-                        "metadata": {"name": plane_id, "namespace": "default"},
-                        "spec": {"planeID": plane_id,
-                                 "clusterAgent": {"clientCA": {"value": agent.ca_pem}}}}
-            kubectl(cp.kubeconfig, cp.context, "apply", "-f", "-", input=json.dumps(manifest))
-            api = peers.InternalAPI(gateway.internal_url, pki.caller_ssl())
-            try:
-                agent.start()
-                cr = ("default", plane_id)
-                deadline = time.monotonic() + 60
-                while not await api.connected(plane_id, cr):
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"{kind} agent not connected:\n{peers.tail(agent.log)}")
-                    await asyncio.sleep(0.2)
-
-                async def proxied(
-                    api: Any = api, cr: tuple[str, str] = cr, plane_id: str = plane_id
-                ) -> None:
-                    reply = await api.proxy(plane_id, cr, "GET", "/version")
-                    assert reply.status == 200, reply.body
-
-                async def proxied_big(
-                    api: Any = api, cr: tuple[str, str] = cr, plane_id: str = plane_id
-                ) -> int:
-                    reply = await api.proxy(plane_id, cr, "GET", BIG_LIST_PATH, headers=PLAIN)
-                    assert reply.status == 200, reply.body[:300]
-                    return len(reply.body)
-
-                pids = {"gateway": gateway.process.pid, "agent": agent.process.pid}
+        for kind, label in PAIRS:
+            async with running_pair(kind, cp, wp, pki, binaries, tmp) as pair:
+                pids = pair.pids
                 idle = {f"idle_{name}": rss_mib(pid) for name, pid in pids.items()}
                 spied = profile_dir if kind == "ours" else None
-                rows[label] = {**idle, **await measure(proxied, pids, spied, alongside=direct)}
-                big, big_direct = await big_list_ms(proxied_big, alongside=direct_big)
+                row = {**idle, **await measure(pair.proxied, pids, spied, alongside=direct)}
+                big, big_direct = await big_list_ms(pair.proxied_big, alongside=direct_big)
                 assert big_direct is not None
-                rows[label].update(big=big, big_alongside=big_direct, big_ratio=big / big_direct)
-                rows[label].update(await big_list_cpu(proxied_big, pids))
-            finally:
-                await api.close()
-                agent.stop()
-                gateway.stop()
+                row.update(big=big, big_alongside=big_direct, big_ratio=big / big_direct)
+                row.update(await big_list_cpu(pair.proxied_big, pids))
+                rows[label] = row
+
+
+ROUNDS, PER_ROUND, BIG_PER_ROUND = 6, 250, 3
+
+
+async def interleaved(cp: Any, wp: Any, pki: Any, binaries: Any, tmp: Path, direct: Any,
+                      direct_big: Any) -> None:
+    """--interleave: both pairs up at once, and every call made in turn with the other
+    paths' (direct, Go's pair, ours, in an order that rotates), so the machine's drift over
+    minutes falls on all three alike. Prints each path's p50 and each pair's overhead over
+    direct, over all calls and per round (the spread of the rounds is the noise)."""
+    from tests.interop import peers  # noqa: PLC0415
+
+    with peers.health_port_lock():
+        async with contextlib.AsyncExitStack() as stack:
+            calls = {"direct": (direct, direct_big)}
+            for kind, _ in PAIRS:
+                pair = await stack.enter_async_context(
+                    running_pair(kind, cp, wp, pki, binaries, tmp))
+                calls[kind] = (pair.proxied, pair.proxied_big)
+            for small, _ in calls.values():
+                await timed(small, WARMUP)
+            rounds: list[dict[str, list[float]]] = []
+            for _ in range(ROUNDS):
+                rounds.append(await _round(calls, PER_ROUND, big=False))
+            big_rounds = [await _round(calls, BIG_PER_ROUND, big=True) for _ in range(ROUNDS)]
+    print(f"interleaved: {ROUNDS} rounds of {PER_ROUND} GET /version per path and "
+          f"{BIG_PER_ROUND} 10 MB lists per path, each call in turn with the other paths'")
+    _print_interleaved("GET /version p50 ms", rounds, statistics.median, "{:.3f}", "over")
+    _print_interleaved("10 MB list median ms", big_rounds, statistics.median, "{:.2f}", "x")
+
+
+async def _round(calls: dict[str, tuple[Any, Any]], count: int, big: bool) -> dict[str, list[float]]:
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    names = list(calls)
+    for i in range(count):
+        shift = i % len(names)
+        for name in names[shift:] + names[:shift]:
+            call = calls[name][1 if big else 0]
+            started = time.perf_counter()
+            await call()
+            samples[name].append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+def _print_interleaved(title: str, rounds: list[dict[str, list[float]]], stat: Any, fmt: str,
+                       compare: str) -> None:
+    every = {name: [x for r in rounds for x in r[name]] for name in rounds[0]}
+    whole = {name: stat(values) for name, values in every.items()}
+    per_round = [{name: stat(values) for name, values in r.items()} for r in rounds]
+
+    def against(row: dict[str, float], name: str) -> float:
+        if compare == "x":
+            return row[name] / row["direct"]
+        return row[name] - row["direct"]
+
+    cells = ", ".join(f"{name} {fmt.format(value)}" for name, value in whole.items())
+    print(f"{title}: {cells}")
+    for kind, label in PAIRS:
+        spread = sorted(against(r, kind) for r in per_round)
+        what = "x direct" if compare == "x" else "ms over direct"
+        print(f"  {label}: {fmt.format(against(whole, kind))} {what} "
+              f"(rounds {fmt.format(spread[0])}–{fmt.format(spread[-1])})")
+    if compare != "x":
+        gaps = sorted(r["ours"] - r["go"] for r in per_round)
+        behind = sum(gap > 0 for gap in gaps)
+        print(f"  ours minus Go's: {fmt.format(whole['ours'] - whole['go'])} ms "
+              f"(rounds {fmt.format(gaps[0])}–{fmt.format(gaps[-1])}; ours behind in "
+              f"{behind} of {len(gaps)})")
 
 
 async def _relay_pair(
@@ -692,6 +792,9 @@ async def main() -> None:
     parser.add_argument("--floor", action="store_true",
                         help="with --peer: also two bare TLS relays (bench/tls_relay.py), "
                              "with uvloop and with threads")
+    parser.add_argument("--interleave", action="store_true",
+                        help="with --peer: instead, both pairs up at once and every call in "
+                             "turn with the other paths' (the fairest p50 and 10 MB comparison)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="wp-bench-"))
     if args.peer:
@@ -703,7 +806,7 @@ async def main() -> None:
                     str(REPO / "deploy" / "crds") + "/")
             kubectl(cp.kubeconfig, cp.context, "wait", "--for=condition=Established", "crd",
                     "--all")
-            await peer_comparison(env, tmp, args.profile, args.floor)
+            await peer_comparison(env, tmp, args.profile, args.floor, args.interleave)
         finally:
             env.stop()
         return
