@@ -23,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
+import aiohttp
 import kopf
 from lightkube.config.kubeconfig import SingleConfig
 from lightkube.config.models import User
@@ -38,6 +39,7 @@ from workflowplane.controller.gateway_api import GatewayAPI
 from workflowplane.controller.metrics import ControllerMetrics
 from workflowplane.controller.plane_reconciler import GATEWAY_FAILURES, PlaneReconciler
 from workflowplane.kits.clock import parse_rfc3339, utcnow
+from workflowplane.kits.dialing import Connector
 from workflowplane.kits.tasks import TaskSet
 from workflowplane.kits.workqueue import WorkQueue
 
@@ -262,9 +264,22 @@ def connection_info(config: SingleConfig) -> kopf.ConnectionInfo:
     )
 
 
+def dialling_session(info: kopf.ConnectionInfo) -> kopf.AiohttpSession:
+    """kopf's session for ``info`` as kopf would build it, on the project's connector
+    (``kits/dialing``): kopf retries aiohttp's connection errors, and lets any RuntimeError,
+    such as uvloop's descriptor bug's, out of its requests and watches."""
+    session = aiohttp.ClientSession(
+        connector=Connector(limit=0, ssl=info.as_ssl_context()),
+        headers=info.as_http_headers(),
+    )
+    return kopf.AiohttpSession(
+        server=info.server, default_namespace=info.default_namespace, aiohttp_session=session
+    )
+
+
 def register_login(
     registry: kopf.OperatorRegistry, credentials: Callable[[], Awaitable[kopf.ConnectionInfo]]
 ) -> None:
     @kopf.on.login(registry=registry)
-    async def login(**_: Any) -> kopf.ConnectionInfo:
-        return await credentials()
+    async def login(**_: Any) -> kopf.AiohttpSession:
+        return dialling_session(await credentials())
