@@ -59,6 +59,9 @@ def aiohttp_query(raw: str) -> str:
 _Read = tuple[Target, Answered, str]  # the CR, the answer's log facts, the query to send
 _UNREAD: Final[Any] = object()
 READS_KEPT: Final = 4096  # targets remembered (all forgotten at once when full)
+# and their characters: a target may be as long as a request head (64 KiB), and each is kept
+# about three times over (the key, the path, the query)
+READ_CHARS_KEPT: Final = 1 << 20
 
 
 def _read_target(method: str, target: str) -> _Read | None:
@@ -97,6 +100,7 @@ class FastProxy:
         # repeat targets (lists, gets, the same objects), and reading one is a regex, a
         # percent-decoding and a verb.
         self._reads: dict[tuple[str, str], _Read | None] = {}
+        self._read_chars = 0
 
     def route(self, method: str, target: str, headers: Headers) -> Handler | None:
         """The handler of a plain proxied request this replica can serve, else None."""
@@ -106,8 +110,10 @@ class FastProxy:
         read = self._reads.get(key, _UNREAD)
         if read is _UNREAD:
             read = _read_target(method, target)
-            if len(self._reads) >= READS_KEPT:
+            self._read_chars += len(target)
+            if len(self._reads) >= READS_KEPT or self._read_chars > READ_CHARS_KEPT:
                 self._reads.clear()
+                self._read_chars = len(target)
             self._reads[key] = read
         if read is None or any(name.lower() in _DECLINED_HEADERS for name, _ in headers):
             return None
@@ -159,7 +165,9 @@ class FastProxy:
         if isinstance(reply, web.Response):  # ask dropped any body buffer
             self._error(what, reply, respond)
             return
-        answer = await self._proxy.answer_of(conn, reply, f"a request of {what.path}")
+        answer = await self._proxy.answer_of(
+            conn, reply, f"a request of {what.path}", method=request.method
+        )
         if isinstance(answer, StreamBuffer):
             await self._relay(conn, what, reply, answer, respond)
         else:

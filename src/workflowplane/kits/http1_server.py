@@ -34,6 +34,9 @@ _REASONS: Final = {int(s): s.phrase for s in HTTPStatus}
 _FINAL_CHUNK: Final = b"0\r\n\r\n"
 LINGER_SECONDS: Final = 1.0  # after a refusal, before the close
 HEAD_SLACK: Final = 4096  # raw bytes of a head beyond what the parser's callbacks report
+# A chunked body's framing (chunk lines, extensions, trailers) beyond what its data earns, as
+# Go's net/http counts it: 16 bytes per chunk and twice its data are free, the rest is excess.
+CHUNK_FREE_BYTES: Final = 16
 PIPELINED: Final = "pipelined requests are not served: send each after the previous answer"
 
 
@@ -168,6 +171,8 @@ class FrontProtocol(asyncio.Protocol):
         self._head_bytes = 0
         self._body: list[Piece] = []  # short pieces joined (hold_piece): ~the body's size
         self._body_bytes = 0
+        self._chunks = 0
+        self._excess = 0  # framing bytes beyond what the body's chunks earned
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._drain: asyncio.Future[None] | None = None
@@ -221,6 +226,8 @@ class FrontProtocol(asyncio.Protocol):
         if self._keep_raw:
             self._raw += data
         self._completed_in_feed = False
+        in_body = self._handler is not None
+        body_before, chunks_before = self._body_bytes, self._chunks
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -237,6 +244,10 @@ class FrontProtocol(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._refuse(_Refused(400, f"malformed HTTP request: {exc}"))
         else:
+            if in_body and self._handler is not None:  # still in the body, as it began
+                carried, chunks = self._body_bytes - body_before, self._chunks - chunks_before
+                if self._too_much_framing(len(data) - carried, carried, chunks):
+                    return
             if self._body_timer_due and self._handler is not None:
                 self._body_timer_due = False
                 self._arm(self._limits.body_seconds)
@@ -245,6 +256,18 @@ class FrontProtocol(asyncio.Protocol):
             elif self._keep_raw and len(self._raw) > self._limits.head_bytes + HEAD_SLACK:
                 # bytes no callback counts (blank lines, padding whitespace) count here
                 self._refuse(_Refused(431, f"request head over {self._limits.head_bytes} bytes"))
+
+    def _too_much_framing(self, framing: int, carried: int, chunks: int) -> bool:
+        """Whether a read of the body was mostly chunk framing or trailers (refused then).
+        Unbounded, a trailer that never ends is held and joined again on every read (the
+        parser builds a header up before it reports it), stalling the loop for all clients."""
+        earned = CHUNK_FREE_BYTES * chunks + 2 * carried
+        self._excess = max(self._excess + framing - earned, 0)
+        if self._excess <= self._limits.head_bytes:
+            return False
+        message = "chunked encoding contains too much non-data (chunk extensions or trailers)"
+        self._refuse(_Refused(400, message))
+        return True
 
     # ---- parser callbacks ----------------------------------------------------------------
 
@@ -258,6 +281,7 @@ class FrontProtocol(asyncio.Protocol):
         self._keep_raw = self._start_known
         self._url.clear()
         self._head_bytes = 0
+        self._chunks = self._excess = 0
         self._request = Request("", "", [])
 
     def on_url(self, url: bytes) -> None:
@@ -296,6 +320,9 @@ class FrontProtocol(asyncio.Protocol):
         self._raw.clear()
         self._body_timer_due = True  # armed after this read if the body is still to come
 
+    def on_chunk_header(self) -> None:
+        self._chunks += 1
+
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
         if self._body_bytes > self._limits.body_bytes:
@@ -328,6 +355,8 @@ class FrontProtocol(asyncio.Protocol):
         responder = Responder(self, request.method == "HEAD")
         try:
             await handler(request, responder)
+            if not self._writable:  # the client reads its answer before its next request
+                await self.drained()  # is read: one that never reads cannot pile answers up
         except (Abort, asyncio.CancelledError):
             self._abort()
             return
@@ -352,7 +381,7 @@ class FrontProtocol(asyncio.Protocol):
             self._refuse(self._refusal)
             return
         if self.closing_after:
-            transport.close()
+            self._close(transport)
             return
         self._early_bytes = 0
         self._start_known = True
@@ -424,6 +453,8 @@ class FrontProtocol(asyncio.Protocol):
         fallback = self._server.fallback()
         fallback.connection_made(transport)
         transport.set_protocol(fallback)
+        if not self._writable:  # the transport told this protocol, and will tell it the resume
+            fallback.pause_writing()
         if self._paused:
             transport.resume_reading()
         raw, self._raw = bytes(self._raw), bytearray()
@@ -449,7 +480,7 @@ class FrontProtocol(asyncio.Protocol):
         # lose the answer before reading it; so read (and drop) for a moment, then close.
         if self._paused:
             transport.resume_reading()
-        self._timer = self._loop.call_later(LINGER_SECONDS, transport.close)
+        self._timer = self._loop.call_later(LINGER_SECONDS, self._close, transport)
 
     def _abort(self) -> None:
         self._disarm()
@@ -460,7 +491,14 @@ class FrontProtocol(asyncio.Protocol):
         if self._task is not None:
             self._abort()
         elif self._transport is not None:
-            self._transport.close()
+            self._close(self._transport)
+
+    def _close(self, transport: asyncio.Transport) -> None:
+        """Close once what was written is sent; a client that does not read it within the
+        body timeout is cut off (a plain close waits for it without end, holding the bytes)."""
+        transport.close()
+        if transport.get_write_buffer_size():
+            self._loop.call_later(self._limits.body_seconds, transport.abort)
 
     def _arm(self, seconds: float) -> None:
         self._disarm()
@@ -474,6 +512,6 @@ class FrontProtocol(asyncio.Protocol):
     def _timed_out(self) -> None:
         self._timer = None
         if self._request is None and self._transport is not None:
-            self._transport.close()  # idle between requests: a plain close
+            self._close(self._transport)  # idle between requests: a plain close
             return
         self._refuse(_Refused(408, "the request did not arrive in time"))

@@ -4,6 +4,7 @@ and reads each target exactly as aiohttp's router does; everything else is aioht
 from __future__ import annotations
 
 import asyncio
+import tracemalloc
 from functools import partial
 from typing import Any
 
@@ -18,7 +19,7 @@ from workflowplane.gateway.answers import AnswerLog
 from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.connections import AgentConnection
 from workflowplane.gateway.drain import InFlight
-from workflowplane.gateway.fast_proxy import READS_KEPT, FastProxy, aiohttp_query
+from workflowplane.gateway.fast_proxy import READ_CHARS_KEPT, READS_KEPT, FastProxy, aiohttp_query
 from workflowplane.gateway.kube_proxy import PROXY_ROUTE, KubeProxy, Target
 from workflowplane.gateway.metrics import GatewayMetrics
 from workflowplane.kits.http1_server import Request
@@ -174,6 +175,23 @@ def test_the_targets_remembered_are_bounded() -> None:
     assert len(proxy._reads) <= READS_KEPT
 
 
+@pytest.mark.parametrize("taken", [True, False], ids=["proxied", "declined"])
+def test_the_targets_remembered_are_bounded_in_characters_too(taken: bool) -> None:
+    """A target may be as long as a request head: 4,096 of 60 kB held 234 MiB (declined)
+    and 471 MiB (proxied, the query kept again in the read)."""
+    proxy = fast("team-a/build")
+    base = PLAIN if taken else "/api/v1/not-proxied"
+    tracemalloc.start()
+    try:
+        for i in range(200):
+            target = f"{base}?labelSelector={'a' * 60_000}{i}"
+            assert bool(proxy.route("GET", target, [])) is taken
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 4 * READ_CHARS_KEPT, f"{held} bytes held for 200 targets of 60 kB"
+
+
 class ServingConnections(Connections):
     """Authorized for the CRs named, with one real agent connection to pick."""
 
@@ -250,3 +268,33 @@ async def test_a_header_that_is_not_utf8_gets_a_400_naming_it_not_a_500() -> Non
     ((status, _, body),) = answers.written
     assert status == 400 and b"X-Label is not UTF-8" in body
     assert socket.frames == [] and not conn.pending
+
+
+async def test_a_head_requests_chunked_answer_is_not_pumped_the_agent_is_told_to_stop() -> None:
+    """As on aiohttp's path: a HEAD's answer has no body, so the agent's chunks would only
+    be read and thrown away while the caller waits for the agent to end them."""
+    socket = AgentSocket()
+    conn = AgentConnection(
+        "workflowplane", "p1", socket, LEAF, {"team-a/build"}, v2=True, binary=True
+    )
+    connections: Any = ServingConnections(conn, "team-a/build")
+    metrics = GatewayMetrics()
+    proxy = FastProxy(
+        KubeProxy(connections, GatewayConfig(), metrics),
+        connections,
+        InFlight(),
+        AnswerLog(metrics),
+    )
+    endpoint = AgentEndpoint(connections, GatewayConfig(), metrics)
+    handler = proxy.route("HEAD", PLAIN, [])
+    assert handler is not None
+    answers: Any = Answers()
+    task = asyncio.create_task(handler(Request("HEAD", PLAIN, [], b""), answers))
+    await socket.sent.wait()
+    rid = socket.frames[0].request_id
+    head = TunnelResponse(request_id=rid, status_code=200, chunked=True)
+    assert endpoint._dispatch(conn, head)
+    async with asyncio.timeout(5):
+        await task
+    ((status, _, _),) = answers.written
+    assert status == 200 and socket.closes(rid) == 1 and not conn.bodies
