@@ -203,6 +203,38 @@ class ServingConnections(Connections):
         return self.conn
 
 
+def one_agent(
+    *, v2: bool = False
+) -> tuple[AgentSocket, AgentConnection, FastProxy, AgentEndpoint, GatewayMetrics]:
+    """The lean path in front of one v3 agent connection authorized for team-a/build."""
+    metrics = GatewayMetrics()
+    socket = AgentSocket()
+    conn = AgentConnection(
+        "workflowplane", "p1", socket, LEAF, {"team-a/build"}, v2=v2, binary=True
+    )
+    connections: Any = ServingConnections(conn, "team-a/build")
+    proxy = FastProxy(
+        KubeProxy(connections, GatewayConfig(), metrics),
+        connections,
+        InFlight(),
+        AnswerLog(metrics),
+    )
+    return socket, conn, proxy, AgentEndpoint(connections, GatewayConfig(), metrics), metrics
+
+
+async def asked(
+    proxy: FastProxy, socket: AgentSocket, method: str
+) -> tuple[asyncio.Task[None], Any, str]:
+    """A ``method`` request of PLAIN taken by the lean path and sent to the agent: the
+    handler's task, its answers and the frame's requestID."""
+    handler = proxy.route(method, PLAIN, [])
+    assert handler is not None
+    answers: Any = Answers()
+    task = asyncio.create_task(handler(Request(method, PLAIN, [], b""), answers))
+    await socket.sent.wait()
+    return task, answers, socket.frames[0].request_id
+
+
 @pytest.mark.parametrize(
     ("reply", "early"),
     [
@@ -218,23 +250,8 @@ async def test_a_whole_answer_is_written_as_it_is_read_and_counted_once(
     """The agent endpoint hands a whole answer to the lean path before the waiting task
     resumes: the caller has it at once, with no trip through the event loop; anything else
     is answered by the task, as before. Either way it is written and counted once."""
-    metrics = GatewayMetrics()
-    socket = AgentSocket()
-    conn = AgentConnection("workflowplane", "p1", socket, LEAF, {"team-a/build"}, binary=True)
-    connections: Any = ServingConnections(conn, "team-a/build")
-    proxy = FastProxy(
-        KubeProxy(connections, GatewayConfig(), metrics),
-        connections,
-        InFlight(),
-        AnswerLog(metrics),
-    )
-    endpoint = AgentEndpoint(connections, GatewayConfig(), metrics)
-    handler = proxy.route("GET", PLAIN, [])
-    assert handler is not None
-    answers: Any = Answers()
-    task = asyncio.create_task(handler(Request("GET", PLAIN, [], b""), answers))
-    await socket.sent.wait()
-    rid = socket.frames[0].request_id
+    socket, conn, proxy, endpoint, metrics = one_agent()
+    task, answers, rid = await asked(proxy, socket, "GET")
     assert endpoint._dispatch(conn, msgspec.structs.replace(reply, request_id=rid))
     assert len(answers.written) == (1 if early else 0)  # before the task ran again
     await task
@@ -250,16 +267,7 @@ async def test_a_whole_answer_is_written_as_it_is_read_and_counted_once(
 async def test_a_header_that_is_not_utf8_gets_a_400_naming_it_not_a_500() -> None:
     """Its bytes (read as surrogates) cannot travel in a frame; the caller is told which
     header, and nothing is sent."""
-    socket = AgentSocket()
-    conn = AgentConnection("workflowplane", "p1", socket, LEAF, {"team-a/build"}, binary=True)
-    connections: Any = ServingConnections(conn, "team-a/build")
-    metrics = GatewayMetrics()
-    proxy = FastProxy(
-        KubeProxy(connections, GatewayConfig(), metrics),
-        connections,
-        InFlight(),
-        AnswerLog(metrics),
-    )
+    socket, conn, proxy, _, _ = one_agent()
     headers = [("Accept", "application/json"), ("X-Label", "caf\udcc3\udca9\udcff")]
     handler = proxy.route("GET", PLAIN, headers)
     assert handler is not None
@@ -273,25 +281,8 @@ async def test_a_header_that_is_not_utf8_gets_a_400_naming_it_not_a_500() -> Non
 async def test_a_head_requests_chunked_answer_is_not_pumped_the_agent_is_told_to_stop() -> None:
     """As on aiohttp's path: a HEAD's answer has no body, so the agent's chunks would only
     be read and thrown away while the caller waits for the agent to end them."""
-    socket = AgentSocket()
-    conn = AgentConnection(
-        "workflowplane", "p1", socket, LEAF, {"team-a/build"}, v2=True, binary=True
-    )
-    connections: Any = ServingConnections(conn, "team-a/build")
-    metrics = GatewayMetrics()
-    proxy = FastProxy(
-        KubeProxy(connections, GatewayConfig(), metrics),
-        connections,
-        InFlight(),
-        AnswerLog(metrics),
-    )
-    endpoint = AgentEndpoint(connections, GatewayConfig(), metrics)
-    handler = proxy.route("HEAD", PLAIN, [])
-    assert handler is not None
-    answers: Any = Answers()
-    task = asyncio.create_task(handler(Request("HEAD", PLAIN, [], b""), answers))
-    await socket.sent.wait()
-    rid = socket.frames[0].request_id
+    socket, conn, proxy, endpoint, _ = one_agent(v2=True)
+    task, answers, rid = await asked(proxy, socket, "HEAD")
     head = TunnelResponse(request_id=rid, status_code=200, chunked=True)
     assert endpoint._dispatch(conn, head)
     async with asyncio.timeout(5):
