@@ -111,17 +111,22 @@ class ConnectRefused(Exception):
     """The agent must not connect now (its message says why); it tries again after a backoff."""
 
 
-def error_response(request_id: str, status: int, message: str) -> TunnelResponse:
+def error_response(
+    request_id: str, status: int, message: str, *, logged: bool = True
+) -> TunnelResponse:
     """An error as a response: ``error`` for gateways that read it, a Kubernetes Status body
     for those that pass bodies on (OpenChoreo's) and for kubectl, which prints its message.
-    Every request the agent fails comes here, so this logs the one WARNING line about it."""
-    log.warning(
-        "request %s failed with %d: %s",
-        request_id,
-        status,
-        message,
-        extra={"request_id": request_id, "code": status},
-    )
+    Every request the agent fails comes here, so this logs the one WARNING line about it
+    (unless ``logged`` is False: a refusal the caller logs throttled, as a gateway can send
+    any number of them)."""
+    if logged:
+        log.warning(
+            "request %s failed with %d: %s",
+            request_id,
+            status,
+            message,
+            extra={"request_id": request_id, "code": status},
+        )
     status_body = {
         "kind": "Status",
         "apiVersion": "v1",
@@ -138,6 +143,15 @@ def error_response(request_id: str, status: int, message: str) -> TunnelResponse
         body=json.dumps(status_body).encode(),
         error=TunnelError(code=status, message=message),
     )
+
+
+def _carried(frame: TunnelRequest) -> int:
+    """The bytes a request holds while it waits: its body, path, query and headers."""
+    headers = frame.headers if isinstance(frame.headers, dict) else {}
+    size = len(_bytes(frame.body)) + len(frame.path) + len(_str(frame.query))
+    for name, values in headers.items():
+        size += len(name) + sum(len(value) for value in values if isinstance(value, str))
+    return size
 
 
 def _refusal(frame: TunnelRequest) -> TunnelResponse | None:
@@ -173,7 +187,11 @@ class _Heard:
 # limit's bytes of bodies (one request of any size fits an empty queue). Past either, a 429 at
 # once: a gateway sending faster than the plane answers must not grow the agent without bound.
 QUEUED_PER_SLOT = 16
-QUEUED_ITEM_OVERHEAD = 256  # a request's frame, task and bookkeeping, beyond its body and path
+QUEUED_ITEM_OVERHEAD = 256  # a request's frame, task and bookkeeping, beyond what it carries
+# Refusals (429, 409) whose answer waits for the gateway to read: past this many, a request is
+# dropped unanswered. A gateway that sends and never reads must not grow the agent by a task
+# per request it sends.
+REFUSALS_WAITING = 256
 
 
 class _Queue:
@@ -188,7 +206,7 @@ class _Queue:
     def enter(self, frame: TunnelRequest) -> Callable[[], None] | None:
         """A function that takes ``frame`` out of the queue (once, however often it is
         called), or None when the queue is full."""
-        size = QUEUED_ITEM_OVERHEAD + len(_bytes(frame.body)) + len(frame.path)
+        size = QUEUED_ITEM_OVERHEAD + _carried(frame)
         if self.count and (self.count >= self.max_count or self.bytes + size > self.max_bytes):
             return None
         self.count += 1
@@ -239,7 +257,7 @@ class FrameServer:
         # A gateway repeating a bad frame must not write a line per frame (most of the CPU
         # of a read of empty frames went to logging them).
         self._problems = LogThrottle(log)
-        self._refusals: set[asyncio.Task[None]] = set()  # of duplicate requestIDs
+        self._refusals: set[asyncio.Task[None]] = set()  # answers of refused requests
 
     def _chunk_via_encoder(self, rid: str, parts: Sequence[Piece]) -> bytes:
         return self._encode(StreamChunk(request_id=rid, data=_joined(parts)))
@@ -288,24 +306,33 @@ class FrameServer:
         if isinstance(frame, TunnelResponse):  # not meant for an agent
             log.warning("dropping unexpected response frame %s", frame.request_id)
             return
-        if frame.request_id in self._tasks:
-            self._refuse_duplicate(frame)
+        request_id = frame.request_id
+        if request_id in self._tasks:
+            self._refuse(
+                frame,
+                409,
+                f"requestID {request_id!r} is already in flight on this connection",
+                "a duplicate requestID",
+            )
             return
         streams = opens_stream(frame)
-        counted = streams and self._open_streams < self._max_streams
+        counted = streams  # counted at once: a burst of streams cannot overshoot the cap
         dequeue = None
-        if streams:
-            work = self._work(frame, streams) if counted else self._over_cap(frame)
-        elif isinstance(frame, TunnelRequest):  # counted at once, as streams are
+        if streams and self._open_streams >= self._max_streams:
+            self._refuse(frame, 429, self._over_cap, "too many streams")
+            return
+        if not streams and isinstance(frame, TunnelRequest):  # counted at once, as streams are
             dequeue = self._queue.enter(frame)
-            work = self._over_queue(frame) if dequeue is None else self._serve(frame, dequeue)
+            if dequeue is None:
+                self._refuse(frame, 429, self._over_queue, "queue full")
+                return
+            work = self._serve(frame, dequeue)
         else:
             work = self._work(frame, streams)
         task = self._loop.create_task(work)  # asyncio.create_task: a getpid call on 3.11
-        request_id = frame.request_id
         self.metrics.track(frame, task, streams)
         self._tasks[request_id] = task
-        if counted:  # counted at once: a burst of streams cannot overshoot the cap
+        if counted:
             self._open_streams += 1
 
         def forget(_: asyncio.Task[None]) -> None:  # runs even if cancelled before it started
@@ -317,18 +344,38 @@ class FrameServer:
 
         task.add_done_callback(forget)
 
-    def _refuse_duplicate(self, frame: TunnelRequest | StreamInit) -> None:
-        """A request whose requestID is in flight: tracked under it, the first would be
-        forgotten (never cancelled by ``isClose`` or close, a stream slot held for good)."""
-        message = f"requestID {frame.request_id!r} is already in flight on this connection"
-        task = self._loop.create_task(self._refuse(frame, 409, message))
+    def _refuse(
+        self, frame: TunnelRequest | StreamInit, status: int, message: str, kind: str
+    ) -> None:
+        """Answer ``status`` at once (a duplicate requestID, tracked under it, would leave the
+        first forgotten: never cancelled by ``isClose`` or close, a stream slot held for good;
+        a request past a cap must not wait). The answer is encoded now, so the frame and its
+        body are not held while it waits to be sent; past ``REFUSALS_WAITING`` of those, the
+        gateway is not reading them and the request is dropped unanswered."""
+        rid = frame.request_id
+        if len(self._refusals) >= REFUSALS_WAITING:
+            self._problems.log(
+                "refusals unread",
+                logging.WARNING,
+                "dropping requests unanswered: %d refusals wait for the gateway to read them",
+                REFUSALS_WAITING,
+            )
+            return
+        self._problems.log(kind, logging.WARNING, "refusing requests (%s): %s", kind, message)
+        answer = self._encode(error_response(rid, status, message, logged=False))
+        closing = self._encode(StreamChunk(request_id=rid, is_close=True))
+        task = self._loop.create_task(
+            self._send_refusal(answer, closing if isinstance(frame, StreamInit) else None)
+        )
         self._refusals.add(task)
         task.add_done_callback(self._refusals.discard)
 
-    async def _refuse(self, frame: TunnelRequest | StreamInit, status: int, message: str) -> None:
-        await self._send(self._encode(error_response(frame.request_id, status, message)))
-        if isinstance(frame, StreamInit):
-            await self._send(self._encode(StreamChunk(request_id=frame.request_id, is_close=True)))
+    async def _send_refusal(
+        self, answer: bytes | bytearray, closing: bytes | bytearray | None
+    ) -> None:
+        await self._send(answer)
+        if closing is not None:
+            await self._send(closing)
 
     def _work(self, frame: TunnelRequest | StreamInit, streams: bool) -> Coroutine[Any, Any, None]:
         if isinstance(frame, TunnelRequest):
@@ -337,25 +384,23 @@ class FrameServer:
             return self._exec.run(frame)
         return self._stream(frame)
 
-    async def _over_cap(self, frame: TunnelRequest | StreamInit) -> None:
-        """A 429 at once (a stream that waited for a slot would look like a hang)."""
-        message = (
+    @property
+    def _over_cap(self) -> str:
+        """A stream past the cap is refused at once (one that waited would look like a hang)."""
+        return (
             f"too many concurrent streams: this agent serves at most {self._max_streams} "
             "watch/follow streams at once (--max-concurrent-streams); retry later"
         )
-        log.warning("refusing stream %s: %s", frame.request_id, message)
-        await self._refuse(frame, 429, message)
 
-    async def _over_queue(self, frame: TunnelRequest) -> None:
-        """A 429 at once: the plane is not keeping up with what the gateway sends."""
+    @property
+    def _over_queue(self) -> str:
+        """The plane is not keeping up with what the gateway sends."""
         queue = self._queue
-        message = (
+        return (
             f"too many requests waiting: this agent serves {self._slots_total} at once "
             f"(--max-concurrent-requests) and holds at most {queue.max_count} requests or "
             f"{queue.max_bytes} bytes waiting; retry later"
         )
-        self._problems.log("queue full", logging.WARNING, "refusing requests: %s", message)
-        await self._refuse(frame, 429, message)
 
     async def _serve(self, frame: TunnelRequest, dequeue: Callable[[], None]) -> None:
         """An ordinary request waits in the queue for one of the ordinary slots (a watch/follow

@@ -19,7 +19,7 @@ import pytest
 from tests.unit.agent.stand_ins import Upstream, until
 from workflowplane.agent import exec as agent_exec
 from workflowplane.agent.exec import ExecSessions
-from workflowplane.agent.tunnel import FrameServer
+from workflowplane.agent.tunnel import REFUSALS_WAITING, FrameServer
 from workflowplane.protocol import (
     StreamChunk,
     StreamInit,
@@ -185,3 +185,67 @@ async def test_the_queue_holds_at_most_the_frame_limit_in_bodies() -> None:
     assert [f.status_code for f in sent.frames if f.request_id == "big"] == [200]
     await server.close()
     await alone.close()
+
+
+class NeverRead:
+    """A gateway that sends and never reads: every send waits for good."""
+
+    def __init__(self) -> None:
+        self.waiting = 0
+
+    async def __call__(self, _: bytes | bytearray) -> None:
+        self.waiting += 1
+        await asyncio.Event().wait()
+
+
+@pytest.mark.parametrize("kind", ["duplicate", "over-queue", "over-cap"])
+async def test_refusals_the_gateway_never_reads_hold_neither_frames_nor_tasks_without_bound(
+    kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each refusal was a task holding its frame, body included, until its answer was sent:
+    5,000 duplicate requestIDs held 94 MB, and an end-to-end flood 263 MB and growing."""
+    send = NeverRead()
+    server = FrameServer(Upstream(), send, 5, 1, max_streams=1)  # type: ignore[arg-type]
+    first = WATCH if kind == "over-cap" else TunnelRequest(request_id="x", path="/api")
+    server.dispatch(encode(first))
+    if kind == "over-queue":  # the queue full: 16 waiting for the one slot
+        for n in range(16):
+            server.dispatch(encode(TunnelRequest(request_id=f"q{n}", path="/api")))
+    body = b"b" * 16 * 1024
+    tracemalloc.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="workflowplane.agent.tunnel"):
+            for n in range(2000):
+                rid = "x" if kind == "duplicate" else f"r{n}"
+                if kind == "over-cap":
+                    frame: Any = StreamInit(request_id=rid, path="/api/v1/pods", query="watch=1")
+                else:
+                    frame = TunnelRequest(request_id=rid, method="POST", path="/api", body=body)
+                server.dispatch(encode(frame))
+            await asyncio.sleep(0)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 4 * 1024 * 1024, f"{held} bytes held for 2,000 refused requests"
+    assert len(server._refusals) <= REFUSALS_WAITING
+    assert len(caplog.records) <= 3  # the refusals, then the drops: a line each kind
+    await server.close()
+
+
+async def test_the_queue_counts_a_requests_query_and_headers_too() -> None:
+    """It counted only the body and path: 30 requests of 900 kB queries or headers were
+    taken as 8 kB within a 1 MiB limit."""
+    upstream, sent = Upstream(), Sent()
+    server = FrameServer(upstream, sent, 5, 1, max_frame=1 << 20)  # type: ignore[arg-type]
+    large = "q" * 400_000
+    frames = [
+        TunnelRequest(request_id="a", path="/api"),  # in the slot
+        TunnelRequest(request_id="b", path="/api", query=f"labelSelector={large}"),
+        TunnelRequest(request_id="c", path="/api", headers={"X-Big": [large]}),
+        TunnelRequest(request_id="d", path="/api", query=f"labelSelector={large}"),
+    ]
+    for frame in frames:
+        server.dispatch(encode(frame))
+    await until(lambda: len(sent.frames) == 1)
+    assert sent.frames[0].request_id == "d" and sent.frames[0].status_code == 429
+    await server.close()
