@@ -34,7 +34,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mappi
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import unquote, urlencode
 
 import aiohttp
 import msgspec
@@ -154,13 +154,26 @@ def _carried(frame: TunnelRequest) -> int:
     return size
 
 
-def _refusal(frame: TunnelRequest) -> TunnelResponse | None:
-    """404 unknown target, 500 bad request; None when the request may go upstream."""
+def _refusal(frame: TunnelRequest | StreamInit) -> TunnelResponse | None:
+    """404 unknown target, 500 bad request, 400 a path with a dot segment; None when the
+    request may go upstream."""
     if frame.target != TARGET_K8S:
         return error_response(frame.request_id, 404, f"unknown target: {frame.target}")
     if frame.method.upper() not in ALLOWED_METHODS or not frame.path.startswith("/"):
         return error_response(frame.request_id, 500, f"bad request: {frame.method} {frame.path!r}")
+    if _dot_segment(frame.path):
+        message = f"bad request: a dot segment in path {frame.path!r}"
+        return error_response(frame.request_id, 400, message)
     return None
+
+
+def _dot_segment(path: str) -> bool:
+    """Whether ``path`` has a ``.`` or ``..`` segment, percent-encoded or not: no Kubernetes
+    name is one, and a proxy in front of the API server that resolves them would take the
+    request, with the agent's credentials, out of the API server's prefix."""
+    if "." not in path and "%" not in path:
+        return False
+    return any(segment in (".", "..") for segment in unquote(path).split("/"))
 
 
 @dataclass
@@ -523,10 +536,9 @@ class FrameServer:
 
     async def _stream(self, frame: StreamInit) -> None:
         rid = frame.request_id
-        if frame.target != TARGET_K8S:
-            await self._send(
-                self._encode(error_response(rid, 404, f"unknown target: {frame.target}"))
-            )
+        refused = _refusal(frame)  # the target, the method and the path, as for requests
+        if refused is not None:
+            await self._send(self._encode(refused))
             await self._send(self._encode(StreamChunk(request_id=rid, is_close=True)))
             return
         try:

@@ -249,3 +249,61 @@ async def test_the_queue_counts_a_requests_query_and_headers_too() -> None:
     await until(lambda: len(sent.frames) == 1)
     assert sent.frames[0].request_id == "d" and sent.frames[0].status_code == 429
     await server.close()
+
+
+@pytest.mark.parametrize(
+    ("frame", "status", "says"),
+    [
+        (StreamInit(request_id="s", method="CONNECT", path="/api/v1/pods"), 500, "CONNECT"),
+        (StreamInit(request_id="s", method="TRACE", path="/api/v1/pods"), 500, "TRACE"),
+        (StreamInit(request_id="s", path="/api/v1/../../v3/tokens", query="watch=1"), 400, "dot"),
+        (TunnelRequest(request_id="s", path="/../../../v3/tokens"), 400, "dot segment"),
+        (TunnelRequest(request_id="s", path="/api/%2e%2e/%2E%2E/v3/tokens"), 400, "dot segment"),
+        (TunnelRequest(request_id="s", path="/api/v1/namespaces/a%2f..%2fb"), 400, "dot segment"),
+        (TunnelRequest(request_id="s", path="/api/v1/namespaces/./pods"), 400, "dot segment"),
+    ],
+    ids=["stream-connect", "stream-trace", "stream-dots", "dots", "encoded", "slash", "dot"],
+)
+async def test_what_may_not_go_upstream_is_refused_before_it_does(
+    frame: Any, status: int, says: str
+) -> None:
+    """A stream skipped the method check (CONNECT and TRACE reached the API server), and dot
+    segments went out as sent: a proxy in front of the API server that resolves them would
+    route the request, with the agent's token, outside the API server's prefix."""
+    upstream, sent = Recording(), Sent()
+    server = FrameServer(upstream, sent, 5, 4)  # type: ignore[arg-type]
+    server.dispatch(encode(frame))
+    await until(lambda: len(sent.frames) >= 1)
+    answer = sent.frames[0]
+    assert isinstance(answer, TunnelResponse) and answer.status_code == status
+    assert answer.error is not None and says in answer.error.message
+    assert upstream.paths == []
+    await server.close()
+
+
+async def test_names_with_dots_inside_them_still_go_upstream() -> None:
+    upstream, sent = Recording(), Sent()
+    server = FrameServer(upstream, sent, 5, 4)  # type: ignore[arg-type]
+    path = "/apis/openchoreo.dev/v1alpha1/namespaces/a.b/workflowplanes/..x"
+    server.dispatch(encode(TunnelRequest(request_id="ok", path=path)))
+    await until(lambda: len(sent.frames) == 1)
+    assert sent.frames[0].status_code == 200 and upstream.paths == [path]
+    await server.close()
+
+
+class Recording(Upstream):
+    """The API server, answering at once, and the paths it was asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate.set()
+        self.paths: list[str] = []
+
+    async def request(self, *args: Any, **kwargs: Any) -> Any:
+        self.paths.append(args[1])
+        return await super().request(*args, **kwargs)
+
+    async def stream(self, *args: Any) -> Any:
+        self.paths.append(args[1])
+        async for part in super().stream(*args):
+            yield part
