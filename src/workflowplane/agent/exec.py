@@ -36,12 +36,18 @@ from workflowplane.protocol.exec import (
 )
 
 log = logging.getLogger(__name__)
-POD_STREAM = re.compile(r"^/api/v1/namespaces/[^/]+/pods/[^/]+/(exec|attach)$")
+# A namespace (a DNS label) and a pod (a DNS subdomain) by Kubernetes' own rules: nothing that
+# could be read as another segment, a query or a fragment (``%2F``, ``?``, ``#``, ``..``).
+POD_STREAM = re.compile(
+    r"/api/v1/namespaces/[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?"
+    r"/pods/[a-z0-9](?:[-a-z0-9.]{0,251}[a-z0-9])?/(?:exec|attach)"
+)
 Send = Callable[[bytes], Awaitable[None]]
 Encoder = Callable[[Frame], bytes]
 # Stdin the API server has not taken yet, per session: past it the session ends (a command
 # that reads no input must not make the agent hold whatever the gateway sends it).
 MAX_STDIN_BYTES = 4 * 1024 * 1024
+STDIN_ITEM_BYTES = 64  # what each piece costs beyond its data (object, queue slot)
 
 
 class _Stdin:
@@ -56,7 +62,8 @@ class _Stdin:
     def put(self, data: bytes) -> None:
         if self.overflow is not None:
             return
-        if self.held + len(data) > MAX_STDIN_BYTES:
+        cost = len(data) + STDIN_ITEM_BYTES  # tiny pieces are counted at what they hold
+        if self.held + cost > MAX_STDIN_BYTES:
             self.overflow = (
                 f"stdin not taken by the API server grew past {MAX_STDIN_BYTES} bytes "
                 "(the command is not reading its input): session ended"
@@ -65,12 +72,12 @@ class _Stdin:
             if self.task is not None:
                 self.task.cancel()
             return
-        self.held += len(data)
+        self.held += cost
         self.queue.put_nowait(data)
 
     async def get(self) -> bytes:
         data = await self.queue.get()
-        self.held -= len(data)
+        self.held -= len(data) + STDIN_ITEM_BYTES
         return data
 
 
@@ -173,7 +180,7 @@ def _uncancel() -> None:
 def _refusal(init: StreamInit) -> bytes | None:
     if init.target != TARGET_K8S:
         return f"unknown target: {init.target}".encode()
-    if not POD_STREAM.match(init.path):
+    if not POD_STREAM.fullmatch(init.path):
         return f"upgrades are served for pods' exec and attach only, not {init.path}".encode()
     return None
 

@@ -24,11 +24,18 @@ STARTED = bytes([STDOUT])
 UPGRADE_PROTO = "SPDY/3.1"
 
 
+MAX_RESIZE_BYTES = 256  # {"Width": 65535, "Height": 65535} is 32
+
+
 def _size(payload: bytes, width: str, height: str) -> dict[str, int] | None:
+    """A resize's width and height, or None for anything else: a payload over
+    ``MAX_RESIZE_BYTES`` (no deep nesting to recurse into), ``1e999`` (an OverflowError)."""
+    if len(payload) > MAX_RESIZE_BYTES:
+        return None
     try:
         size: Any = json.loads(payload)
         return {"w": int(size[width]), "h": int(size[height])}
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, OverflowError, RecursionError):
         return None
 
 

@@ -29,6 +29,7 @@ from workflowplane.protocol import (
     encode,
 )
 from workflowplane.protocol.binary import HEADER
+from workflowplane.protocol.exec import k8s_to_tunnel, tunnel_to_k8s
 
 WATCH = StreamInit(request_id="x", path="/api/v1/pods", query="watch=true")
 EXEC = StreamInit(
@@ -307,3 +308,81 @@ class Recording(Upstream):
         self.paths.append(args[1])
         async for part in super().stream(*args):
             yield part
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/namespaces/n/pods/p%2Fportforward?/exec",
+        "/api/v1/namespaces/n/pods/p%2Fportforward#/exec",
+        "/api/v1/namespaces/kube-system%2Fservices%2Fx%3A80%2Fproxy%2F?/pods/p/exec",
+        "/api/v1/namespaces/../pods/../exec",
+        "/api/v1/namespaces/n/pods/p/exec\n",
+        "/api/v1/namespaces/N/pods/p/exec",
+    ],
+)
+async def test_an_upgrade_goes_upstream_for_a_pods_exec_or_attach_only(path: str) -> None:
+    """``[^/]+`` let a segment carry ``%2F``, ``?``, ``#`` or ``..``: the API server would
+    have opened a port-forward or a service proxy with the agent's credentials."""
+    upstream, sent = _CountingExecUpstream(), Sent()
+    sessions = ExecSessions(upstream, sent)  # type: ignore[arg-type]
+    async with asyncio.timeout(5):  # refused at once (else it would hold the stuck socket)
+        await sessions.run(StreamInit(request_id="e", path=path, is_upgrade=True))
+    assert upstream.opened == []
+    closing = sent.frames[-1]
+    assert isinstance(closing, StreamChunk) and closing.is_close is True
+    assert closing.data is not None and b"exec and attach only" in closing.data
+
+
+async def test_a_pods_exec_with_a_dotted_name_goes_upstream() -> None:
+    upstream, sent = _CountingExecUpstream(), Sent()
+    sessions = ExecSessions(upstream, sent)  # type: ignore[arg-type]
+    path = "/api/v1/namespaces/team-a/pods/build.step-1/exec"
+    task = asyncio.create_task(sessions.run(StreamInit(request_id="e", path=path, is_upgrade=True)))
+    await until(lambda: upstream.opened == [path])
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+class _CountingExecUpstream(_ExecUpstream):
+    def __init__(self) -> None:
+        self.opened: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def websocket(self, path: str, *_: Any) -> AsyncIterator[_StuckSocket]:
+        self.opened.append(path)
+        yield _StuckSocket()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b'{"width":1e999,"height":1}', b"[" * 100_000, b'{"width":1,"height":1}' + b" " * 300],
+)
+def test_a_resize_that_is_no_size_is_dropped_not_raised(payload: bytes) -> None:
+    """``1e999`` (OverflowError) or a deep nesting (RecursionError) killed the session's
+    stdin writer, and the session's end raised instead of telling the gateway."""
+    assert tunnel_to_k8s(bytes([3]) + payload, v5=True) is None
+    assert k8s_to_tunnel(bytes([4]) + payload.replace(b"width", b"Width")) is None
+
+
+async def test_exec_stdin_in_tiny_pieces_is_counted_at_what_it_holds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """2-byte pieces were counted at 2 bytes each: 4 MB counted held 90 MB."""
+    monkeypatch.setattr(agent_exec, "MAX_STDIN_BYTES", 64 * 1024, raising=False)
+    sent = Sent()
+    sessions = ExecSessions(_ExecUpstream(), sent)  # type: ignore[arg-type]
+    task = asyncio.create_task(sessions.run(EXEC))
+    await until(lambda: len(sent.frames) == 1)  # started
+    tracemalloc.start()
+    try:
+        for _ in range(20_000):  # 40 kB of stdin in 2-byte pieces
+            sessions.feed(StreamChunk(request_id="e", data=b"\x00y"))
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 256 * 1024
+    await until(task.done)
+    last = sent.frames[-1]
+    assert last.data is not None and b"not reading its input" in last.data
