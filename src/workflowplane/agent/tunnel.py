@@ -53,6 +53,7 @@ from workflowplane.kits.corking import cork
 from workflowplane.kits.dialing import Connector
 from workflowplane.kits.http1 import Http1Response, InvalidRequest, Piece, hold_piece
 from workflowplane.kits.ratelog import LogThrottle
+from workflowplane.kits.text import shortened
 from workflowplane.kits.ws_tap import ProtocolFlow, TappedWebSocket
 from workflowplane.protocol import (
     TARGET_K8S,
@@ -317,14 +318,19 @@ class FrameServer:
                 self._tasks[frame.request_id].cancel()
             return
         if isinstance(frame, TunnelResponse):  # not meant for an agent
-            log.warning("dropping unexpected response frame %s", frame.request_id)
+            self._problems.log(
+                "response",
+                logging.WARNING,
+                "dropping unexpected response frames (%s, …)",
+                shortened(frame.request_id, 64),
+            )
             return
         request_id = frame.request_id
         if request_id in self._tasks:
             self._refuse(
                 frame,
                 409,
-                f"requestID {request_id!r} is already in flight on this connection",
+                f"requestID {shortened(request_id, 64)!r} is already in flight on this connection",
                 "a duplicate requestID",
             )
             return
@@ -722,7 +728,7 @@ class AgentTunnel:
         # connection about to open, so no new leaf is ever missed.
         self.reconnect_requested.clear()
         context = await self._ssl_factory()  # fresh: renewed certificates take effect
-        async with session.ws_connect(
+        opening = session.ws_connect(
             self.url,
             ssl=context,
             max_msg_size=self._max_frame,
@@ -732,7 +738,14 @@ class AgentTunnel:
             protocols=OFFERED,
             server_hostname=self._server_hostname,
             headers=self._headers,
-        ) as ws:
+        )
+        try:  # a gateway that takes the connection and never answers is as silent as a dead one
+            async with asyncio.timeout(self._dead_after):
+                ws = await opening
+        except TimeoutError:
+            message = f"the gateway did not answer the upgrade within {self._dead_after:g}s"
+            raise TimeoutError(message) from None
+        async with ws:
             log.info("connected to %s (%s)", self.url, _describe(ws.protocol, self._max_frame))
             self.connected.set()
             self._on_change()

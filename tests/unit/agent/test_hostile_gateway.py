@@ -28,7 +28,7 @@ from workflowplane.protocol import (
     classify_gateway_frame,
     encode,
 )
-from workflowplane.protocol.binary import HEADER
+from workflowplane.protocol.binary import HEADER, encode_binary
 from workflowplane.protocol.exec import k8s_to_tunnel, tunnel_to_k8s
 
 WATCH = StreamInit(request_id="x", path="/api/v1/pods", query="watch=true")
@@ -386,3 +386,18 @@ async def test_exec_stdin_in_tiny_pieces_is_counted_at_what_it_holds(
     await until(task.done)
     last = sent.frames[-1]
     assert last.data is not None and b"not reading its input" in last.data
+
+
+async def test_a_flood_of_response_frames_writes_one_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A response is no frame for an agent: each wrote a WARNING line of its own."""
+    server = FrameServer(Upstream(), Sent(), 5, 4)  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="workflowplane.agent.tunnel"):
+        for n in range(1000):
+            response = TunnelResponse(request_id=f"r{n}" * 50, status_code=200)
+            server.dispatch(bytes(encode_binary(response)), binary=True)
+    (line,) = caplog.records
+    assert "dropping unexpected response frames" in line.getMessage()
+    assert len(line.getMessage()) < 200
+    await server.close()

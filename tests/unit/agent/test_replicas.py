@@ -430,3 +430,26 @@ async def test_a_dial_uvloops_descriptor_bug_failed_is_redialled_not_the_agents_
             assert not task.done() and dials == ["127.0.0.1", "127.0.0.1"]
         finally:
             await cancel_and_wait([task])
+
+
+async def test_a_gateway_that_never_answers_the_upgrade_is_redialled_after_dead_after() -> None:
+    """The upgrade had aiohttp's 300 s session timeout: a gateway that took the connection
+    and said nothing held the agent's redial for five minutes."""
+    taken: list[asyncio.StreamWriter] = []
+
+    async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        taken.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    tunnel = plain_tunnel(f"ws://127.0.0.1:{port}", dead_after=0.2)
+    task = asyncio.create_task(tunnel.run())
+    try:
+        await until(lambda: len(taken) >= 2 or task.done())
+        assert not task.done() and not tunnel.connected.is_set()
+    finally:
+        await cancel_and_wait([task])
+        for writer in taken:
+            writer.close()
+        server.close()
+        await server.wait_closed()
