@@ -196,6 +196,9 @@ class AgentEndpoint:
         try:
             await self._read_frames(conn, ws)
         finally:
+            if ws.write_stalled:
+                log.warning("agent %s read nothing sent to it: cut off", conn.id)
+                conn.closing("write-stalled")
             await cancel_and_wait(watchers)
             self._connections.disconnect(conn)
             self._problems.forget(lambda key: isinstance(key, tuple) and key[0] == conn.id)

@@ -172,6 +172,15 @@ class AgentConnection:
             stream.end(StreamEnd(reason))
 
 
+async def _close_each(
+    conns: list[AgentConnection], *, message: bytes, code: int = WSCloseCode.OK
+) -> None:
+    """Close the connections side by side: each close waits for its agent to read the close
+    frame (bounded by the write stall), and one slow agent must not hold the others'."""
+    closes = (conn.ws.close(code=code, message=message) for conn in conns)
+    await asyncio.gather(*closes, return_exceptions=True)  # each closes, or is gone
+
+
 def leaf_consent(leaf: x509.Certificate) -> Consent:
     """The consent a leaf carries; a SAN extension that does not parse allows nobody."""
     try:
@@ -290,7 +299,7 @@ class ConnectionManager:
         for conn in closing:
             log.info("closing agent %s: no CR authorizes it any more", conn.id)
             conn.closing("not-authorized")
-            await conn.ws.close(message=b"no longer authorized")
+        await _close_each(closing, message=b"no longer authorized")
         return Reverification(len(granted), len(revoked), len(closing))
 
     def authorized(self, plane_type: str, plane_id: str, key: str) -> list[AgentConnection]:
@@ -350,13 +359,14 @@ class ConnectionManager:
         conns = self.for_plane(plane_type, plane_id)
         for conn in conns:
             conn.closing("reconnect-requested")
-            await conn.ws.close(message=message)
+        await _close_each(conns, message=message)
         return len(conns)
 
     async def close_all(self, message: bytes, code: int = WSCloseCode.OK) -> None:
-        for conn in list(self._connections.by_key.values()):
+        conns = list(self._connections.by_key.values())
+        for conn in conns:
             conn.closing("gateway-shutdown")
-            await conn.ws.close(code=code, message=message)
+        await _close_each(conns, code=code, message=message)
 
     async def all_gone(self, seconds: float) -> bool:
         """Wait (at most ``seconds``) until no connection is left: closed connections finish

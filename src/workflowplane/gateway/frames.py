@@ -35,6 +35,7 @@ from typing import Any, Protocol
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp._websocket.helpers import websocket_mask
 from aiohttp.http_websocket import WebSocketError, WSMessage
+from aiohttp.web_protocol import RequestHandler
 
 from workflowplane.kits.ws_tap import (
     FRAMES_PER_PASS,
@@ -377,10 +378,13 @@ class GuardedWebSocket(web.WebSocketResponse):
         super().__init__(compress=False, max_msg_size=limit + 1, **kwargs)
         self._guard_limit = limit
         self.guard: FrameGuard | None = None  # once started
+        self.write_stalled = False  # cut off for reading nothing sent to it (``stalls``)
 
     def _post_start(self, request: web.BaseRequest, protocol: str | None, writer: Any) -> None:
         super()._post_start(request, protocol, writer)
         handler = request.protocol
+        if isinstance(handler, StallGuardedHandler):
+            handler.on_stall = self._stalled
         assert self._reader is not None
         flow = _ConnectionFlow(handler, asyncio.get_running_loop())
         self.guard = handler._payload_parser = FrameGuard(
@@ -389,6 +393,9 @@ class GuardedWebSocket(web.WebSocketResponse):
         flow.guard = self.guard
         # the queue pauses and resumes reading through it (a public attribute of the queue)
         self._reader._protocol = flow  # type: ignore[assignment]
+
+    def _stalled(self) -> None:
+        self.write_stalled = True
 
 
 class _ConnectionFlow(ProtocolFlow):
@@ -411,3 +418,72 @@ class _ConnectionFlow(ProtocolFlow):
         self._handler.resume_reading()
         if self.guard is not None:
             self.guard.queue_drained()
+
+
+class StallGuardedHandler(RequestHandler):
+    """aiohttp's request handler, for agents: one whose peer reads nothing of what is sent to
+    it for ``stall_seconds`` (the transport paused the writes, its buffer full, and the buffer
+    did not shrink since) is cut off. Every write and close would wait for that peer without
+    end: a request's send past its timeout, and each close (a shutdown closes every agent).
+    A slow reader that takes a large body bit by bit is not cut off."""
+
+    __slots__ = ("_stall_seconds", "_stall_timer", "_unsent", "on_stall")
+
+    def __init__(self, manager: Any, *, stall_seconds: float, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._stall_seconds = stall_seconds
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self._unsent = 0
+        self.on_stall: Callable[[], None] | None = None
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._stall_timer is None:
+            self._watch_stall()
+
+    def _watch_stall(self) -> None:
+        transport = self.transport
+        self._unsent = transport.get_write_buffer_size() if transport is not None else 0
+        self._stall_timer = self._loop.call_later(self._stall_seconds, self._check_stall)
+
+    def _check_stall(self) -> None:
+        transport = self.transport
+        if transport is not None and transport.get_write_buffer_size() < self._unsent:
+            self._watch_stall()  # it read some: slow, not stalled
+        else:
+            self._cut_off()
+
+    def resume_writing(self) -> None:
+        self._disarm_stall()
+        super().resume_writing()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm_stall()
+        super().connection_lost(exc)
+
+    def _disarm_stall(self) -> None:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+
+    def _cut_off(self) -> None:
+        self._stall_timer = None
+        if self.on_stall is not None:
+            self.on_stall()
+        if self.transport is not None:
+            self.transport.abort()  # its blocked writes fail and its reads end
+
+
+def stall_guarded(server: web.Server, stall_seconds: float) -> Callable[[], RequestHandler]:
+    """A protocol factory for ``loop.create_server``: ``server``'s handlers, stall-guarded
+    (what ``web.Server.__call__`` makes, with the same settings)."""
+
+    def handler() -> RequestHandler:
+        return StallGuardedHandler(
+            server,
+            loop=server._loop,  # web.Server keeps what it makes its handlers with
+            stall_seconds=stall_seconds,
+            **server._kwargs,
+        )
+
+    return handler

@@ -29,6 +29,7 @@ from workflowplane.gateway.drain import InFlight, drain
 from workflowplane.gateway.exec_proxy import ExecProxy
 from workflowplane.gateway.fast_proxy import FastProxy
 from workflowplane.gateway.forwarding import Forwarder
+from workflowplane.gateway.frames import stall_guarded
 from workflowplane.gateway.internal_api import InternalAPI
 from workflowplane.gateway.kube_proxy import KubeProxy
 from workflowplane.gateway.metrics import GatewayMetrics
@@ -60,8 +61,13 @@ class BoundedSite(web.BaseSite):
         ssl_context: ssl.SSLContext | None,
         handshake_timeout: float,
         front: FrontServer | None = None,
+        stall_seconds: float | None = None,
     ) -> None:
         super().__init__(runner, ssl_context=ssl_context)
+        server = runner.server
+        self._factory = None
+        if stall_seconds is not None and server is not None:
+            self._factory = stall_guarded(server, stall_seconds)
         self._host = host
         self._port = port
         self._handshake_timeout = handshake_timeout
@@ -77,7 +83,7 @@ class BoundedSite(web.BaseSite):
         server = self._runner.server
         assert server is not None
         self._server = await asyncio.get_running_loop().create_server(
-            self._front or server,
+            self._front or self._factory or server,
             self._host,
             self._port,
             ssl=self._ssl_context,
@@ -157,6 +163,7 @@ class Gateway:
         context: ssl.SSLContext | None,
         *,
         router: Router | None = None,
+        stall_seconds: float | None = None,
     ) -> None:
         # aiohttp's keep-alive timer starts when a connection is made and is re-armed only
         # after a response, so it also bounds the wait for each request's headers.
@@ -183,6 +190,7 @@ class Gateway:
             ssl_context=context,
             handshake_timeout=self.config.tls_handshake_timeout_seconds,
             front=front,
+            stall_seconds=stall_seconds,
         )
         await site.start()
         self.ports[name] = runner.addresses[0][1]
@@ -205,6 +213,8 @@ class Gateway:
             self._public_app(),
             self.config.public_port,
             self._public_tls.listener_context(),
+            # an agent that reads nothing sent to it for a request's time can answer none
+            stall_seconds=min(self.config.request_timeout_seconds, self.config.dead_after_seconds),
         )
         self.health.loop.start()
         await self._serve(
