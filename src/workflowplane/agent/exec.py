@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import Awaitable, Callable
 
 import aiohttp
@@ -27,6 +26,7 @@ from workflowplane.protocol.exec import (
     K8S_ERROR,
     K8S_PROTOCOLS,
     K8S_V5,
+    POD_STREAM,
     STARTED,
     STDERR,
     STDOUT,
@@ -36,12 +36,6 @@ from workflowplane.protocol.exec import (
 )
 
 log = logging.getLogger(__name__)
-# A namespace (a DNS label) and a pod (a DNS subdomain) by Kubernetes' own rules: nothing that
-# could be read as another segment, a query or a fragment (``%2F``, ``?``, ``#``, ``..``).
-POD_STREAM = re.compile(
-    r"/api/v1/namespaces/[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?"
-    r"/pods/[a-z0-9](?:[-a-z0-9.]{0,251}[a-z0-9])?/(?:exec|attach)"
-)
 Send = Callable[[bytes], Awaitable[None]]
 Encoder = Callable[[Frame], bytes]
 # Stdin the API server has not taken yet, per session: past it the session ends (a command

@@ -26,11 +26,12 @@ from workflowplane.gateway.connections import AgentConnection, ConnectionManager
 from workflowplane.gateway.frames import GuardedWebSocket, OversizedMessage, ResponseTooLarge
 from workflowplane.gateway.metrics import GatewayMetrics
 from workflowplane.gateway.replica import instance_problem, valid_instance
-from workflowplane.gateway.streams import StreamBuffer, StreamEnd
+from workflowplane.gateway.streams import PROBLEM_SHOWN, StreamBuffer, StreamEnd
 from workflowplane.kits.clock import utcnow
 from workflowplane.kits.corking import cork
 from workflowplane.kits.ratelog import LogThrottle
 from workflowplane.kits.tasks import TaskSet, cancel_and_wait
+from workflowplane.kits.text import decoded
 from workflowplane.protocol import (
     TUNNEL_V2,
     TUNNEL_V3,
@@ -386,6 +387,6 @@ def _second_head(stream: StreamBuffer | None, frame: Frame) -> bool:
 def _feed_chunk(stream: StreamBuffer, chunk: StreamChunk, data: bytes | bytearray | None) -> None:
     """A body's chunk (``data`` may have come apart from it: take_chunk)."""
     if chunk.is_close is True:
-        stream.end(StreamEnd(data.decode(errors="replace") if data else None))
+        stream.end(StreamEnd(decoded(data, PROBLEM_SHOWN) if data else None))
     elif data:
         stream.put(data)

@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import enum
 import logging
-import re
 import uuid
 from urllib.parse import urlencode
 
@@ -39,6 +38,7 @@ from workflowplane.protocol import StreamChunk, StreamInit, TunnelRequest, Tunne
 from workflowplane.protocol.exec import (
     K8S_PROTOCOLS,
     K8S_V5,
+    POD_STREAM,
     RESIZE,
     STDIN,
     UPGRADE_PROTO,
@@ -52,7 +52,6 @@ from workflowplane.protocol.exec import (
 log = logging.getLogger(__name__)
 EXEC_ROUTE = "/api/exec/{planeType}/{planeID}/{crNamespace}/{crName}"
 UPGRADE_REQUIRED = b"Upgrade request required"
-POD_STREAM = re.compile(r"^/api/v1/namespaces/[^/]+/pods/[^/]+/(exec|attach)$")
 CALLER_MESSAGE_BYTES = 1024 * 1024  # stdin arrives in pieces; nothing needs more at once
 K8S_ERROR_CHANNEL = b"\x03"
 
@@ -134,7 +133,7 @@ class ExecProxy:
         self, request: web.Request, target: Target, path: str
     ) -> web.StreamResponse:
         """An upgrade on the proxy route: exec or attach of a pod (kubectl)."""
-        if not POD_STREAM.match(path):
+        if not POD_STREAM.fullmatch(path):
             return self._proxy.count(
                 k8s_status(
                     501,

@@ -11,6 +11,16 @@ def shortened(text: str, limit: int) -> str:
     return text[:limit] + _cut(text)
 
 
+def decoded(data: bytes | bytearray, limit: int) -> str:
+    """Bytes from a peer as text (UTF-8, bad bytes replaced) in at most ``limit``
+    characters, a note of the size included when cut: only what is shown is decoded, so a
+    peer's 64 MiB costs no 64 MiB string."""
+    if len(data) <= limit:
+        return bytes(data).decode(errors="replace")
+    note = f"... ({len(data)} bytes)"
+    return (bytes(data[: max(0, limit - len(note))]).decode(errors="replace") + note)[:limit]
+
+
 def within(text: str, limit: int) -> str:
     """``text`` in at most ``limit`` characters, the same note included: for a schema's
     maxLength, where one character over makes the API server refuse the whole write."""

@@ -13,6 +13,7 @@ translate between the two with these functions, so both ends agree byte for byte
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 STDIN, STDOUT, STDERR, RESIZE = 0, 1, 2, 3  # tunnel stream bytes
@@ -22,6 +23,13 @@ K8S_PROTOCOLS = (K8S_V5, K8S_V4)
 STARTED = bytes([STDOUT])
 # What OpenChoreo's gateway puts in the stream init for exec (its agent ignores it).
 UPGRADE_PROTO = "SPDY/3.1"
+# The only upgrades carried: a pod's exec or attach, the namespace (a DNS label) and the pod
+# (a DNS subdomain) by Kubernetes' own rules, so that no segment can be read as another one,
+# a query or a fragment (``%2F``, ``?``, ``#``, ``..``). Matched whole (``fullmatch``).
+POD_STREAM = re.compile(
+    r"/api/v1/namespaces/[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?"
+    r"/pods/[a-z0-9](?:[-a-z0-9.]{0,251}[a-z0-9])?/(?:exec|attach)"
+)
 
 
 MAX_RESIZE_BYTES = 256  # {"Width": 65535, "Height": 65535} is 32

@@ -11,7 +11,7 @@ import pytest
 from workflowplane.gateway.agent_endpoint import AgentEndpoint, JunkBudget
 from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.connections import AgentConnection, ConnectionManager
-from workflowplane.gateway.kube_proxy import KubeProxy, bad_path
+from workflowplane.gateway.kube_proxy import KubeProxy, bad_path, reply_headers
 from workflowplane.gateway.metrics import GatewayMetrics
 from workflowplane.gateway.plane_cache import PlaneCache
 from workflowplane.gateway.streams import ITEM_OVERHEAD, StreamBuffer, StreamEnd
@@ -111,6 +111,15 @@ def test_valid_answers_pass_with_their_headers_minus_the_ones_that_would_break_h
         TunnelResponse(request_id="r", status_code=0, error=TunnelError(code=404, message="gone"))
     )
     assert errored.status == 404 and "agent: gone" in errored.text  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("name", ["X-A\n", "X-A\r", "X-A\n\n", "\nX-A"])
+def test_a_header_name_with_a_line_break_is_dropped_from_the_callers_answer(name: str) -> None:
+    """``^token$`` took ``X-A\n`` (``$`` matches before a last newline): written as it
+    came, the caller's client read the header block as ended and the next answer as this
+    one's body."""
+    headers = {"Content-Type": ["application/json"], name: ["1"]}
+    assert reply_headers(headers) == [("Content-Type", "application/json")]
 
 
 # ---- bounded streams --------------------------------------------------------------------

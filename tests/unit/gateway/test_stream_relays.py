@@ -146,7 +146,7 @@ async def test_a_huge_end_reason_is_bounded_in_the_callers_answer() -> None:
     _, _, proxy = _wired(script, GatewayConfig())
     received = await _raw(proxy, "GET", BASE + "?watch=true")
     assert received.startswith(b"HTTP/1.1 502 ")
-    assert b"eee" in received and b"(1000000 characters)" in received
+    assert b"eee" in received and b"(1000000 bytes)" in received
     assert len(received) < 2 * PROBLEM_SHOWN + 1024
 
 
