@@ -31,7 +31,7 @@ from workflowplane.kits.clock import utcnow
 from workflowplane.kits.corking import cork
 from workflowplane.kits.ratelog import LogThrottle
 from workflowplane.kits.tasks import TaskSet, cancel_and_wait
-from workflowplane.kits.text import decoded
+from workflowplane.kits.text import decoded, shortened
 from workflowplane.protocol import (
     TUNNEL_V2,
     TUNNEL_V3,
@@ -45,6 +45,7 @@ from workflowplane.protocol import (
 )
 from workflowplane.protocol.binary import request_id_of as binary_request_id
 from workflowplane.protocol.http import AGENT_INSTANCE_HEADER, UNSENT_HEADER
+from workflowplane.protocol.messages import MetadataTooLarge
 
 log = logging.getLogger(__name__)
 KNOWN_PLANE_TYPES = frozenset({PLANE_TYPE})
@@ -318,6 +319,10 @@ class AgentEndpoint:
                 if binary and isinstance(raw, bytes | bytearray)
                 else classify_gateway_frame(bytes(raw) if isinstance(raw, bytearray) else raw)
             )
+        except MetadataTooLarge as exc:  # not decoded: its request fails, the rest carry on
+            self._metrics.dropped_frames.inc()
+            self._fail_one(conn, exc.request_id, f"the agent's answer: {exc}", "oversized")
+            return False
         except UNDECODABLE as exc:
             self._metrics.dropped_frames.inc()
             self._problem(conn, "malformed", "malformed frame dropped: %.200s", exc)
@@ -353,15 +358,18 @@ class AgentEndpoint:
     def _oversized(self, conn: AgentConnection, oversized: OversizedMessage) -> None:
         """Fail the one request whose answer was too large; the connection carries on."""
         self._metrics.oversized.inc()
-        rid = oversized.request_id or ""
-        problem = oversized.describe()
+        self._fail_one(conn, oversized.request_id or "", oversized.describe(), "oversized")
+
+    def _fail_one(self, conn: AgentConnection, rid: str, problem: str, kind: str) -> None:
+        """Fail the request ``rid`` of this connection (its caller is told ``problem``)."""
         stream = conn.streams.get(rid) or conn.bodies.get(rid)
         future = conn.pending.get(rid)
         if stream is not None:
             stream.end(StreamEnd(problem))
         elif future is not None and not future.done():
             future.set_exception(ResponseTooLarge(problem))
-        self._problem(conn, "oversized", "%s; request %s failed", problem, rid or "(unknown)")
+        shown = shortened(rid, 64) or "(unknown)"
+        self._problem(conn, kind, "%s; request %s failed", problem, shown)
 
 
 def _feed(stream: StreamBuffer, frame: Frame) -> None:

@@ -27,6 +27,7 @@ import msgspec
 from msgspec import UNSET
 
 from workflowplane.protocol.messages import (
+    MAX_META_BYTES,
     Frame,
     StreamChunk,
     StreamInit,
@@ -37,7 +38,6 @@ from workflowplane.protocol.messages import (
 HEADER: Final = struct.Struct("!BBHI")
 VERSION: Final = 0
 MAX_ID_BYTES: Final = 256
-MAX_META_BYTES: Final = 1024 * 1024  # headers and the like; bodies are not metadata
 _KINDS: Final[dict[type[Frame], int]] = {
     TunnelRequest: 1,
     TunnelResponse: 2,

@@ -1,0 +1,71 @@
+"""An agent's JSON (v1/v2) answer whose headers or error are over the metadata bound (1 MiB,
+as v3's): not decoded, its one request fails with a 502 saying why, the connection carries
+on. Decoded whole, a 64 MiB frame of millions of header names or values held the loop for
+seconds and cost gigabytes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tracemalloc
+
+import pytest
+
+from tests.unit.gateway.stand_ins import wired
+from workflowplane.protocol import TunnelRequest, TunnelResponse, encode
+from workflowplane.protocol.messages import (
+    MAX_META_BYTES,
+    MetadataTooLarge,
+    classify_agent_frame,
+    classify_gateway_frame,
+)
+
+MANY_NAMES = {f"X-{n}": ["v"] for n in range(400_000)}  # about 5 MB
+MANY_VALUES = {"X-Many": ["v"] * 1_500_000}
+DEEP_DETAILS = {"code": 502, "message": "m", "details": [{}] * 1_000_000}
+
+
+def frame_of(rid: str, **fields: object) -> bytes:
+    return json.dumps({"requestID": rid, "statusCode": 200, **fields}).encode()
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"headers": MANY_NAMES}, {"headers": MANY_VALUES}, {"error": DEEP_DETAILS}],
+    ids=["names", "values", "error-details"],
+)
+async def test_an_answer_over_the_metadata_bound_fails_its_request_and_nothing_else(
+    fields: dict[str, object],
+) -> None:
+    w = wired()
+    ask = asyncio.create_task(w.proxy.ask(w.conn, TunnelRequest(request_id="r1", path="/api")))
+    await w.socket.sent.wait()
+    rid = w.socket.frames[0].request_id
+    raw = frame_of(rid, **fields)
+    assert len(raw) > MAX_META_BYTES
+    tracemalloc.start()
+    try:
+        assert not w.endpoint._route_frame(w.conn, raw)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * MAX_META_BYTES, f"{peak} bytes to look at a {len(raw)}-byte frame"
+    async with asyncio.timeout(5):  # failed at once, not at the request timeout
+        answer = await ask
+    assert answer.status == 502
+    assert b"headers and error of" in answer.body  # type: ignore[operator]
+    later = asyncio.create_task(w.proxy.ask(w.conn, TunnelRequest(request_id="r2", path="/api")))
+    await asyncio.sleep(0)
+    rid = w.socket.frames[-1].request_id
+    assert w.endpoint._route_frame(w.conn, encode(TunnelResponse(request_id=rid, status_code=200)))
+    assert (await later).status_code == 200  # type: ignore[union-attr]
+
+
+def test_the_bound_is_checked_before_decoding_at_both_ends() -> None:
+    big = frame_of("r", headers=MANY_NAMES)
+    for classify in (classify_gateway_frame, classify_agent_frame):
+        with pytest.raises(MetadataTooLarge) as caught:
+            classify(big)
+        assert caught.value.request_id == "r"
+    small = frame_of("r", headers={"Content-Type": ["application/json"]})
+    assert classify_gateway_frame(small).headers == {"Content-Type": ["application/json"]}
