@@ -382,10 +382,10 @@ class FrameServer:
             return
         self._problems.log(kind, logging.WARNING, "refusing requests (%s): %s", kind, message)
         answer = self._encode(error_response(rid, status, message, logged=False))
-        closing = self._encode(StreamChunk(request_id=rid, is_close=True))
-        task = self._loop.create_task(
-            self._send_refusal(answer, closing if isinstance(frame, StreamInit) else None)
-        )
+        closing = None
+        if isinstance(frame, StreamInit):  # a stream is also told it is over
+            closing = self._encode(StreamChunk(request_id=rid, is_close=True))
+        task = self._loop.create_task(self._send_refusal(answer, closing))
         self._refusals.add(task)
         task.add_done_callback(self._refusals.discard)
 
