@@ -66,6 +66,39 @@ def _fail(future: asyncio.Future[None], error: BaseException) -> None:
         future.set_exception(error)
 
 
+class StallWatch:
+    """Calls ``stalled`` once a transport's write buffer has not shrunk for ``seconds``
+    (its peer read nothing of it), unless ``until`` holds first. A deadline would cut off a
+    slow reader of a large answer that is reading all along."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, transport: asyncio.Transport, seconds: float
+    ) -> None:
+        self._loop, self._transport, self._seconds = loop, transport, seconds
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self, stalled: Callable[[], object], *, until: Callable[[], bool]) -> None:
+        self._arm(self._transport.get_write_buffer_size(), stalled, until)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _arm(self, unsent: int, stalled: Callable[[], object], until: Callable[[], bool]) -> None:
+        self._timer = self._loop.call_later(self._seconds, self._check, unsent, stalled, until)
+
+    def _check(self, unsent: int, stalled: Callable[[], object], until: Callable[[], bool]) -> None:
+        self._timer = None
+        if until():
+            return
+        now = self._transport.get_write_buffer_size()
+        if now < unsent:
+            self._arm(now, stalled, until)  # it read some: slow, not stalled
+        else:
+            stalled()
+
+
 class Abort(Exception):
     """Raised while streaming an answer: the connection is cut, so the body cannot look whole."""
 
@@ -428,11 +461,12 @@ class FrontProtocol(asyncio.Protocol):
         # a timer, not asyncio.timeout: a handler may stream before its first wait, when it is
         # run eagerly (kits.eager), outside any task
         stalled = Abort(f"the client read nothing for {self._limits.body_seconds:g}s")
-        timer = self._loop.call_later(self._limits.body_seconds, _fail, drain, stalled)
+        watch = StallWatch(self._loop, self._transport, self._limits.body_seconds)
+        watch.start(lambda: _fail(drain, stalled), until=drain.done)
         try:
             await drain
         finally:
-            timer.cancel()
+            watch.stop()
         if self._transport is None:
             raise Abort("the client is gone")
 
@@ -494,11 +528,12 @@ class FrontProtocol(asyncio.Protocol):
             self._close(self._transport)
 
     def _close(self, transport: asyncio.Transport) -> None:
-        """Close once what was written is sent; a client that does not read it within the
-        body timeout is cut off (a plain close waits for it without end, holding the bytes)."""
+        """Close once what was written is sent; a client that reads none of it for the body
+        timeout is cut off (a plain close waits for it without end, holding the bytes)."""
         transport.close()
         if transport.get_write_buffer_size():
-            self._loop.call_later(self._limits.body_seconds, transport.abort)
+            watch = StallWatch(self._loop, transport, self._limits.body_seconds)
+            watch.start(transport.abort, until=lambda: not transport.get_write_buffer_size())
 
     def _arm(self, seconds: float) -> None:
         self._disarm()

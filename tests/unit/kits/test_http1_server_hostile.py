@@ -5,6 +5,7 @@ handed to aiohttp while its writes were paused. Each is bounded, named or passed
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import pytest
@@ -191,3 +192,31 @@ async def test_a_connection_handed_off_while_its_writes_are_paused_stays_paused(
     fallback = Fallback.last
     assert fallback is not None and fallback.data.startswith(b"GET /stream")
     assert fallback.paused
+
+
+async def test_a_slow_reader_of_a_large_answer_gets_all_of_it() -> None:
+    """What cuts off a reader of nothing must not cut off a slow one: with a deadline to
+    drain a whole 8 MiB answer, a client reading 4 MiB/s lost the connection mid-body."""
+    loop = asyncio.get_running_loop()
+    body = b"x" * (8 << 20)
+
+    async def handler(_: Request, respond: Responder) -> None:
+        respond.whole(200, [("Content-Type", "text/plain")], body)
+
+    front = FrontServer(lambda method, target, headers: handler, Fallback, Limits(body_seconds=0.5))
+    server = await loop.create_server(front, "127.0.0.1", 0)
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    try:
+        client.connect(server.sockets[0].getsockname())
+        client.setblocking(False)
+        await loop.sock_sendall(client, b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        received = 0
+        async with asyncio.timeout(20):
+            while data := await loop.sock_recv(client, 65536):
+                received += len(data)
+                await asyncio.sleep(len(data) / (4 << 20))  # about 2 s for the whole answer
+        assert received > len(body)  # the head and all of the body
+    finally:
+        client.close()
+        server.close()
