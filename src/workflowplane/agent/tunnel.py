@@ -24,6 +24,7 @@ Ordinary requests past their slots wait in a bounded queue (``_Queue``); past it
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -73,7 +74,7 @@ from workflowplane.protocol import (
 )
 from workflowplane.protocol.binary import encode_chunk
 from workflowplane.protocol.http import ALLOWED_METHODS
-from workflowplane.protocol.messages import opens_stream
+from workflowplane.protocol.messages import MetadataTooLarge, opens_stream
 
 log = logging.getLogger(__name__)
 CHUNK_BYTES = 256 * 1024  # 1 MiB chunks cost more CPU per byte (cache misses) and latency
@@ -202,10 +203,11 @@ class _Heard:
 # once: a gateway sending faster than the plane answers must not grow the agent without bound.
 QUEUED_PER_SLOT = 16
 QUEUED_ITEM_OVERHEAD = 256  # a request's frame, task and bookkeeping, beyond what it carries
-# Refusals (429, 409) whose answer waits for the gateway to read: past this many, a request is
-# dropped unanswered. A gateway that sends and never reads must not grow the agent by a task
-# per request it sends.
-REFUSALS_WAITING = 256
+# Refusals (429, 409, 400) waiting to be sent, in bytes of their encoded answers: past this,
+# a request is dropped unanswered. A gateway that sends and never reads must not grow the
+# agent by what it sends; one that reads gets every refusal of a burst (a few hundred bytes
+# each).
+REFUSALS_QUEUED_BYTES = 1024 * 1024
 
 
 class _Queue:
@@ -271,7 +273,10 @@ class FrameServer:
         # A gateway repeating a bad frame must not write a line per frame (most of the CPU
         # of a read of empty frames went to logging them).
         self._problems = LogThrottle(log)
-        self._refusals: set[asyncio.Task[None]] = set()  # answers of refused requests
+        # refusals' answers, sent in order by one task (none while the queue is empty)
+        self._refusals: collections.deque[tuple[bytes | bytearray, ...]] = collections.deque()
+        self._refusal_bytes = 0
+        self._refusal_sender: asyncio.Task[None] | None = None
 
     def _chunk_via_encoder(self, rid: str, parts: Sequence[Piece]) -> bytes:
         return self._encode(StreamChunk(request_id=rid, data=_joined(parts)))
@@ -296,6 +301,9 @@ class FrameServer:
                 if binary and isinstance(raw, bytes)
                 else classify_agent_frame(raw)
             )
+        except MetadataTooLarge as exc:  # not decoded: that request is refused, not dropped
+            self._refuse(exc.request_id, 400, f"bad request: {exc}", "metadata too large")
+            return
         except (msgspec.DecodeError, msgspec.ValidationError, BinaryFrameError) as exc:
             self._drop_malformed(str(exc))
             return
@@ -326,24 +334,22 @@ class FrameServer:
             )
             return
         request_id = frame.request_id
+        is_init = isinstance(frame, StreamInit)
         if request_id in self._tasks:
-            self._refuse(
-                frame,
-                409,
-                f"requestID {shortened(request_id, 64)!r} is already in flight on this connection",
-                "a duplicate requestID",
-            )
+            message = f"requestID {shortened(request_id, 64)!r} is already in flight on this "
+            message += "connection"
+            self._refuse(request_id, 409, message, "a duplicate requestID", stream=is_init)
             return
         streams = opens_stream(frame)
         counted = streams  # counted at once: a burst of streams cannot overshoot the cap
         dequeue = None
         if streams and self._open_streams >= self._max_streams:
-            self._refuse(frame, 429, self._over_cap, "too many streams")
+            self._refuse(request_id, 429, self._over_cap, "too many streams", stream=is_init)
             return
         if not streams and isinstance(frame, TunnelRequest):  # counted at once, as streams are
             dequeue = self._queue.enter(frame)
             if dequeue is None:
-                self._refuse(frame, 429, self._over_queue, "queue full")
+                self._refuse(request_id, 429, self._over_queue, "queue full")
                 return
             work = self._serve(frame, dequeue)
         else:
@@ -364,37 +370,42 @@ class FrameServer:
         task.add_done_callback(forget)
 
     def _refuse(
-        self, frame: TunnelRequest | StreamInit, status: int, message: str, kind: str
+        self, rid: str, status: int, message: str, kind: str, *, stream: bool = False
     ) -> None:
         """Answer ``status`` at once (a duplicate requestID, tracked under it, would leave the
         first forgotten: never cancelled by ``isClose`` or close, a stream slot held for good;
         a request past a cap must not wait). The answer is encoded now, so the frame and its
-        body are not held while it waits to be sent; past ``REFUSALS_WAITING`` of those, the
-        gateway is not reading them and the request is dropped unanswered."""
-        rid = frame.request_id
-        if len(self._refusals) >= REFUSALS_WAITING:
+        body are not held while it waits to be sent; past ``REFUSALS_QUEUED_BYTES`` of those,
+        the gateway is not reading them and the request is dropped unanswered."""
+        answer = self._encode(error_response(rid, status, message, logged=False))
+        parts: tuple[bytes | bytearray, ...] = (answer,)
+        if stream:  # a stream is also told it is over
+            parts += (self._encode(StreamChunk(request_id=rid, is_close=True)),)
+        size = sum(len(part) for part in parts)
+        if self._refusal_bytes + size > REFUSALS_QUEUED_BYTES:
             self._problems.log(
                 "refusals unread",
                 logging.WARNING,
-                "dropping requests unanswered: %d refusals wait for the gateway to read them",
-                REFUSALS_WAITING,
+                "dropping requests unanswered: %d bytes of refusals wait for the gateway",
+                self._refusal_bytes,
             )
             return
         self._problems.log(kind, logging.WARNING, "refusing requests (%s): %s", kind, message)
-        answer = self._encode(error_response(rid, status, message, logged=False))
-        closing = None
-        if isinstance(frame, StreamInit):  # a stream is also told it is over
-            closing = self._encode(StreamChunk(request_id=rid, is_close=True))
-        task = self._loop.create_task(self._send_refusal(answer, closing))
-        self._refusals.add(task)
-        task.add_done_callback(self._refusals.discard)
+        self._refusals.append(parts)
+        self._refusal_bytes += size
+        if self._refusal_sender is None:
+            self._refusal_sender = self._loop.create_task(self._send_refusals())
 
-    async def _send_refusal(
-        self, answer: bytes | bytearray, closing: bytes | bytearray | None
-    ) -> None:
-        await self._send(answer)
-        if closing is not None:
-            await self._send(closing)
+    async def _send_refusals(self) -> None:
+        try:
+            while self._refusals:
+                parts = self._refusals[0]
+                for part in parts:
+                    await self._send(part)
+                self._refusals.popleft()
+                self._refusal_bytes -= sum(len(part) for part in parts)
+        finally:
+            self._refusal_sender = None
 
     def _work(self, frame: TunnelRequest | StreamInit, streams: bool) -> Coroutine[Any, Any, None]:
         if isinstance(frame, TunnelRequest):
@@ -579,7 +590,8 @@ class FrameServer:
     async def close(self) -> None:
         """Cancel what is in flight; a frame dispatched from now on is dropped."""
         self._closed = True
-        tasks = [*self._tasks.values(), *self._refusals]
+        sender = [self._refusal_sender] if self._refusal_sender is not None else []
+        tasks = [*self._tasks.values(), *sender]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -740,9 +752,11 @@ class AgentTunnel:
             headers=self._headers,
         )
         try:  # a gateway that takes the connection and never answers is as silent as a dead one
-            async with asyncio.timeout(self._dead_after):
+            async with asyncio.timeout(self._dead_after) as deadline:
                 ws = await opening
         except TimeoutError:
+            if not deadline.expired():
+                raise  # aiohttp's own (a connect timeout): it says what it was
             message = f"the gateway did not answer the upgrade within {self._dead_after:g}s"
             raise TimeoutError(message) from None
         async with ws:

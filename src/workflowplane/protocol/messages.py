@@ -144,26 +144,26 @@ MAX_META_BYTES = 1024 * 1024
 
 
 class MetadataTooLarge(msgspec.ValidationError):
-    """A frame whose headers and error are over ``MAX_META_BYTES``: not decoded. Its
-    ``request_id`` names the request it answers (to fail that one, not the connection)."""
+    """A frame whose metadata (all but its body) is over ``MAX_META_BYTES``: not decoded.
+    Its ``request_id`` names the request it is for (to fail that one, not the connection)."""
 
     def __init__(self, request_id: str, size: int) -> None:
         super().__init__(
-            f"headers and error of {size} bytes in one frame (at most {MAX_META_BYTES})"
+            f"headers and error of {size} bytes in one frame (all but the body: at most "
+            f"{MAX_META_BYTES})"
         )
         self.request_id = request_id
 
 
 class _Probe(msgspec.Struct):
     """The fields Go's receivers look at to tell frames apart (everything else is skipped),
-    and the metadata's size, before any of it is decoded."""
+    and the body's size: what is left is metadata, measured before any of it is decoded."""
 
     request_id: str | None = msgspec.field(default=None, name="requestID")
     is_upgrade: bool | None = msgspec.field(default=None, name="isUpgrade")
     data: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)  # empty: absent
     is_close: bool | None = msgspec.field(default=None, name="isClose")
-    headers: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
-    error: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
+    body: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
 
 
 _probe = msgspec.json.Decoder(_Probe)
@@ -188,7 +188,8 @@ def _probe_frame(raw: bytes | str) -> _Probe:
     probe = _probe.decode(raw)
     if not probe.request_id:
         raise msgspec.ValidationError("frame has no requestID")
-    meta = len(probe.headers) + len(probe.error)
+    # all but the body counts (a key given twice is decoded twice: only the last is kept)
+    meta = len(raw) - len(probe.body) - len(probe.data)
     if meta > MAX_META_BYTES:
         raise MetadataTooLarge(probe.request_id, meta)
     return probe

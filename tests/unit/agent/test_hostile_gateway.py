@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import tracemalloc
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ import pytest
 from tests.unit.agent.stand_ins import Upstream, until
 from workflowplane.agent import exec as agent_exec
 from workflowplane.agent.exec import ExecSessions
-from workflowplane.agent.tunnel import REFUSALS_WAITING, FrameServer
+from workflowplane.agent.tunnel import REFUSALS_QUEUED_BYTES, FrameServer
 from workflowplane.protocol import (
     StreamChunk,
     StreamInit,
@@ -236,8 +237,34 @@ async def test_refusals_the_gateway_never_reads_hold_neither_frames_nor_tasks_wi
     finally:
         tracemalloc.stop()
     assert held < 4 * 1024 * 1024, f"{held} bytes held for 2,000 refused requests"
-    assert len(server._refusals) <= REFUSALS_WAITING
+    assert server._refusal_bytes <= REFUSALS_QUEUED_BYTES
     assert len(caplog.records) <= 3  # the refusals, then the drops: a line each kind
+    await server.close()
+
+
+async def test_every_refusal_of_a_burst_is_answered_when_the_gateway_reads() -> None:
+    """A bound on refusals not yet sent counted the ones a burst had only just made (one
+    read of the socket dispatches many frames): 80 of 400 went unanswered, their callers
+    left to the gateway's timeout."""
+    upstream, sent = Upstream(), Sent()
+    server = FrameServer(upstream, sent, 5, 4)  # type: ignore[arg-type]  # 64 may wait
+    for n in range(400):
+        server.dispatch(encode(TunnelRequest(request_id=f"r{n}", path="/api")))
+    await until(lambda: len(sent.frames) == 400 - 64)
+    assert {f.status_code for f in sent.frames} == {429}
+    await server.close()
+
+
+async def test_a_request_over_the_metadata_bound_is_refused_not_dropped() -> None:
+    """Not decoded, it was dropped as malformed: its caller waited for the gateway's timeout."""
+    sent = Sent()
+    server = FrameServer(Upstream(), sent, 5, 4)  # type: ignore[arg-type]
+    headers = {f"X-{n}": ["v"] for n in range(100_000)}
+    server.dispatch(json.dumps({"requestID": "big", "path": "/api", "headers": headers}))
+    await until(lambda: len(sent.frames) == 1)
+    answer = sent.frames[0]
+    assert answer.request_id == "big" and answer.status_code == 400
+    assert "all but the body" in answer.error.message
     await server.close()
 
 

@@ -69,3 +69,17 @@ def test_the_bound_is_checked_before_decoding_at_both_ends() -> None:
         assert caught.value.request_id == "r"
     small = frame_of("r", headers={"Content-Type": ["application/json"]})
     assert classify_gateway_frame(small).headers == {"Content-Type": ["application/json"]}
+
+
+def test_a_key_given_twice_cannot_hide_its_first_value() -> None:
+    """The probe kept only the last ``headers``: ``{"headers": {4M names}, "headers": {}}``
+    passed it and was decoded whole (6 s of the loop for 64 MiB)."""
+    raw = (
+        b'{"requestID":"r","statusCode":200,"headers":'
+        + json.dumps(MANY_NAMES).encode()
+        + b',"headers":{}}'
+    )
+    with pytest.raises(MetadataTooLarge):
+        classify_gateway_frame(raw)
+    body = b'"' + b"A" * (4 << 20) + b'"'  # a large body is not metadata
+    assert classify_gateway_frame(b'{"requestID":"r","statusCode":200,"body":' + body + b"}")
