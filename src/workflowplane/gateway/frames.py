@@ -37,6 +37,7 @@ from aiohttp._websocket.helpers import websocket_mask
 from aiohttp.http_websocket import WebSocketError, WSMessage
 from aiohttp.web_protocol import RequestHandler
 
+from workflowplane.kits.stall import StallWatch
 from workflowplane.kits.ws_tap import (
     FRAMES_PER_PASS,
     FrameReader,
@@ -427,31 +428,19 @@ class StallGuardedHandler(RequestHandler):
     end: a request's send past its timeout, and each close (a shutdown closes every agent).
     A slow reader that takes a large body bit by bit is not cut off."""
 
-    __slots__ = ("_stall_seconds", "_stall_timer", "_unsent", "on_stall")
+    __slots__ = ("_stall", "_stall_seconds", "on_stall")
 
     def __init__(self, manager: Any, *, stall_seconds: float, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._stall_seconds = stall_seconds
-        self._stall_timer: asyncio.TimerHandle | None = None
-        self._unsent = 0
+        self._stall: StallWatch | None = None
         self.on_stall: Callable[[], None] | None = None
 
     def pause_writing(self) -> None:
         super().pause_writing()
-        if self._stall_timer is None:
-            self._watch_stall()
-
-    def _watch_stall(self) -> None:
-        transport = self.transport
-        self._unsent = transport.get_write_buffer_size() if transport is not None else 0
-        self._stall_timer = self._loop.call_later(self._stall_seconds, self._check_stall)
-
-    def _check_stall(self) -> None:
-        transport = self.transport
-        if transport is not None and transport.get_write_buffer_size() < self._unsent:
-            self._watch_stall()  # it read some: slow, not stalled
-        else:
-            self._cut_off()
+        if self._stall is None and self.transport is not None:
+            self._stall = StallWatch(self._loop, self.transport, self._stall_seconds)
+            self._stall.start(self._cut_off, until=lambda: self.transport is None)
 
     def resume_writing(self) -> None:
         self._disarm_stall()
@@ -462,12 +451,12 @@ class StallGuardedHandler(RequestHandler):
         super().connection_lost(exc)
 
     def _disarm_stall(self) -> None:
-        if self._stall_timer is not None:
-            self._stall_timer.cancel()
-            self._stall_timer = None
+        if self._stall is not None:
+            self._stall.stop()
+            self._stall = None
 
     def _cut_off(self) -> None:
-        self._stall_timer = None
+        self._stall = None
         if self.on_stall is not None:
             self.on_stall()
         if self.transport is not None:
