@@ -10,6 +10,7 @@ the server CA as ca.crt. Creation is race-safe: on 409 the existing Secret wins.
 from __future__ import annotations
 
 import base64
+import logging
 from dataclasses import dataclass
 
 from lightkube import AsyncClient
@@ -23,7 +24,17 @@ from workflowplane.gateway.config import (
     SERVER_SECRET,
     GatewayConfig,
 )
-from workflowplane.pki import KeyPair, generate_ca, issue_certificate
+from workflowplane.pki import (
+    CertificateRejected,
+    KeyPair,
+    generate_ca,
+    issue_certificate,
+    load_certificates,
+    sha256_fingerprint,
+    verify_client_certificate,
+)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -98,17 +109,36 @@ async def ensure_pki(client: AsyncClient, config: GatewayConfig) -> GatewayPKI:
     )
     internal_pair = KeyPair(internal["ca.crt"], internal["ca.key"])
     caller = issue_certificate(internal_pair, "workflowplane-controller")
-    await _load_or_create(
-        client,
-        config.namespace,
-        INTERNAL_CLIENT_SECRET,
-        {"ca.crt": stored["ca.crt"], "tls.crt": caller.cert_pem, "tls.key": caller.key_pem},
-    )
+    fresh = {"ca.crt": stored["ca.crt"], "tls.crt": caller.cert_pem, "tls.key": caller.key_pem}
+    held = await _load_or_create(client, config.namespace, INTERNAL_CLIENT_SECRET, fresh)
+    if not _caller_fits(held, stored["ca.crt"], internal["ca.crt"]):
+        # a server CA rotated by deleting its Secret, or a credential left from another set-up:
+        # internal callers would trust no certificate this gateway presents, or be refused
+        log.warning(
+            "Secret %s/%s did not fit this gateway's server CA and internal CA: issued again",
+            config.namespace,
+            INTERNAL_CLIENT_SECRET,
+        )
+        await client.patch(
+            Secret, INTERNAL_CLIENT_SECRET, {"data": _encode(fresh)}, namespace=config.namespace
+        )
     return GatewayPKI(
         KeyPair(stored["ca.crt"], stored["ca.key"]),
         KeyPair(stored["tls.crt"], stored["tls.key"]),
         internal["ca.crt"],
     )
+
+
+def _caller_fits(held: dict[str, bytes], server_ca: bytes, internal_ca: bytes) -> bool:
+    """Whether the internal callers' credential trusts this server CA (its ca.crt holds it)
+    and holds a client certificate of this internal CA."""
+    try:
+        trusted = {sha256_fingerprint(cert) for cert in load_certificates(held["ca.crt"])}
+        (server,) = load_certificates(server_ca)[:1]
+        verify_client_certificate(load_certificates(held["tls.crt"]), internal_ca)
+    except (KeyError, ValueError, CertificateRejected):
+        return False
+    return sha256_fingerprint(server) in trusted
 
 
 def pki_from_files(config: GatewayConfig) -> GatewayPKI:
