@@ -379,13 +379,10 @@ class GuardedWebSocket(web.WebSocketResponse):
         super().__init__(compress=False, max_msg_size=limit + 1, **kwargs)
         self._guard_limit = limit
         self.guard: FrameGuard | None = None  # once started
-        self.write_stalled = False  # cut off for reading nothing sent to it (``stalls``)
 
     def _post_start(self, request: web.BaseRequest, protocol: str | None, writer: Any) -> None:
         super()._post_start(request, protocol, writer)
         handler = request.protocol
-        if isinstance(handler, StallGuardedHandler):
-            handler.on_stall = self._stalled
         assert self._reader is not None
         flow = _ConnectionFlow(handler, asyncio.get_running_loop())
         self.guard = handler._payload_parser = FrameGuard(
@@ -395,8 +392,11 @@ class GuardedWebSocket(web.WebSocketResponse):
         # the queue pauses and resumes reading through it (a public attribute of the queue)
         self._reader._protocol = flow  # type: ignore[assignment]
 
-    def _stalled(self) -> None:
-        self.write_stalled = True
+    @property
+    def write_stalled(self) -> bool:
+        """Whether its connection was cut off for reading nothing sent to it."""
+        handler = self._req.protocol if self._req is not None else None
+        return isinstance(handler, StallGuardedHandler) and handler.stalled
 
 
 class _ConnectionFlow(ProtocolFlow):
@@ -428,13 +428,13 @@ class StallGuardedHandler(RequestHandler):
     end: a request's send past its timeout, and each close (a shutdown closes every agent).
     A slow reader that takes a large body bit by bit is not cut off."""
 
-    __slots__ = ("_stall", "_stall_seconds", "on_stall")
+    __slots__ = ("_stall", "_stall_seconds", "stalled")
 
     def __init__(self, manager: Any, *, stall_seconds: float, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._stall_seconds = stall_seconds
         self._stall: StallWatch | None = None
-        self.on_stall: Callable[[], None] | None = None
+        self.stalled = False  # cut off
 
     def pause_writing(self) -> None:
         super().pause_writing()
@@ -457,8 +457,7 @@ class StallGuardedHandler(RequestHandler):
 
     def _cut_off(self) -> None:
         self._stall = None
-        if self.on_stall is not None:
-            self.on_stall()
+        self.stalled = True
         if self.transport is not None:
             self.transport.abort()  # its blocked writes fail and its reads end
 
