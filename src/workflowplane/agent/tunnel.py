@@ -274,7 +274,9 @@ class FrameServer:
         # of a read of empty frames went to logging them).
         self._problems = LogThrottle(log)
         # refusals' answers, sent in order by one task (none while the queue is empty)
-        self._refusals: collections.deque[tuple[bytes | bytearray, ...]] = collections.deque()
+        self._refusals: collections.deque[tuple[tuple[bytes | bytearray, ...], int]] = (
+            collections.deque()
+        )
         self._refusal_bytes = 0
         self._refusal_sender: asyncio.Task[None] | None = None
 
@@ -391,7 +393,7 @@ class FrameServer:
             )
             return
         self._problems.log(kind, logging.WARNING, "refusing requests (%s): %s", kind, message)
-        self._refusals.append(parts)
+        self._refusals.append((parts, size))
         self._refusal_bytes += size
         if self._refusal_sender is None:
             self._refusal_sender = self._loop.create_task(self._send_refusals())
@@ -399,11 +401,11 @@ class FrameServer:
     async def _send_refusals(self) -> None:
         try:
             while self._refusals:
-                parts = self._refusals[0]
+                parts, size = self._refusals[0]
                 for part in parts:
                     await self._send(part)
                 self._refusals.popleft()
-                self._refusal_bytes -= sum(len(part) for part in parts)
+                self._refusal_bytes -= size
         finally:
             self._refusal_sender = None
 
