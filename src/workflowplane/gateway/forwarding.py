@@ -33,8 +33,13 @@ from lightkube import AsyncClient
 from lightkube.resources.core_v1 import Secret
 
 from workflowplane.gateway.kube_proxy import REQUEST_HOP_BY_HOP, Target, k8s_status, unsent
-from workflowplane.kits.dialing import Connector
-from workflowplane.protocol.gateway_client import INTERNAL_CLIENT_SECRET, client_ssl_context
+from workflowplane.kits.dialing import Connector, deciding_retries
+from workflowplane.protocol.gateway_client import (
+    INTERNAL_CLIENT_SECRET,
+    Miss,
+    client_ssl_context,
+    may_retry,
+)
 from workflowplane.protocol.http import (
     FORWARDED_BY_HEADER,
     HOP_BY_HOP,
@@ -105,7 +110,7 @@ class Forwarder:
     ) -> None:
         self._directory = directory
         self._me = me
-        self._session = session
+        self._session = deciding_retries(session)  # what may go again: _try, never aiohttp
         self._server_name = server_name
         self._request_timeout = request_timeout
 
@@ -180,8 +185,10 @@ class Forwarder:
     async def _try(
         self, request: web.Request, target: Target, peer: Replica, body: bytes
     ) -> web.StreamResponse | None:
-        """The peer's answer relayed; its Unsent refusal (to go past); None when it could
-        not be reached (nothing was sent, so the next peer is as safe)."""
+        """The peer's answer relayed; its Unsent refusal (to go past); None when the next
+        peer is as safe: this one could not be reached (nothing was sent), or it was lost
+        before answering a request that may run twice (GET, HEAD, OPTIONS: a replica
+        killed mid-request)."""
         try:
             async with self._open(request, peer, body) as response:
                 if UNSENT_HEADER in response.headers:
@@ -194,9 +201,18 @@ class Forwarder:
         except aiohttp.ClientConnectorError as exc:
             log.info("peer %s unreachable for %s: %s", peer.name, request.path, exc)
             return None
-        except (aiohttp.ClientError, TimeoutError) as exc:  # it may have reached an agent
-            reason = "Timeout" if isinstance(exc, TimeoutError) else "BadGateway"
-            return k8s_status(502, f"peer replica {peer.name} failed: {exc!r}", reason)
+        except TimeoutError as exc:  # it may have reached an agent, and the time is spent
+            return k8s_status(502, f"peer replica {peer.name} failed: {exc!r}", "Timeout")
+        except aiohttp.ClientError as exc:  # it may have reached an agent
+            if may_retry(request.method, Miss.LOST):
+                log.info(
+                    "peer %s lost %s %s: the next peer is asked",
+                    peer.name,
+                    request.method,
+                    request.path,
+                )
+                return None
+            return k8s_status(502, f"peer replica {peer.name} failed: {exc!r}", "BadGateway")
 
 
 async def _relay(

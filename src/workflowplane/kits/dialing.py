@@ -6,6 +6,9 @@ uvloop files every transport under its socket's descriptor and may keep a dead o
 a byte is sent. aiohttp lets that RuntimeError through, so each caller would take a dial
 that failed for the most ordinary reason (try again, or try the next peer) for a bug of
 its own: the gateway's forwarding answered 500, and the agent's reconnect loop would end.
+
+A session whose owner decides itself which requests may be sent twice also switches off
+aiohttp's own silent resend (:func:`deciding_retries`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ if TYPE_CHECKING:
     from aiohttp.connector import Connection
     from aiohttp.tracing import Trace
 
-__all__ = ["Connector", "is_descriptor_clash"]
+__all__ = ["Connector", "deciding_retries", "is_descriptor_clash"]
 
 CLASH_MESSAGE = "is used by transport"
 
@@ -45,3 +48,12 @@ class Connector(aiohttp.TCPConnector):
                 raise
             unsent = ConnectionError(errno.EBUSY, f"not dialled, uvloop's descriptor bug: {exc}")
             raise aiohttp.ClientConnectorError(req.connection_key, unsent) from exc
+
+
+def deciding_retries(session: aiohttp.ClientSession) -> aiohttp.ClientSession:
+    """``session`` without aiohttp's resend: it sends a GET, PUT or DELETE again on its own
+    when the connection breaks after the request was written (RFC 9112 allows it for
+    idempotent methods). A proxy must not run a PUT or DELETE twice in a plane behind the
+    caller's back; its owner decides what may go again, and where."""
+    session._retry_connection = False
+    return session

@@ -35,7 +35,7 @@ import aiohttp
 from lightkube import AsyncClient
 from lightkube.resources.core_v1 import Secret
 
-from workflowplane.kits.dialing import Connector
+from workflowplane.kits.dialing import Connector, deciding_retries
 from workflowplane.kits.errors import Failure, PermanentError, TransientError, from_status
 from workflowplane.protocol.agent_patience import (
     DEFAULT_AGENT_WAIT_SECONDS,
@@ -213,10 +213,7 @@ def _session(ssl_context: ssl.SSLContext, timeout: float) -> aiohttp.ClientSessi
         connector=Connector(ssl=ssl_context, limit=64),
         timeout=aiohttp.ClientTimeout(total=timeout),
     )
-    # aiohttp repeats a PUT or DELETE once on its own when the connection breaks after the
-    # request was written; whether to repeat is decided here (may_retry), never there.
-    session._retry_connection = False
-    return session
+    return deciding_retries(session)  # whether to repeat: may_retry, never aiohttp
 
 
 class UnroutablePath(PermanentError):

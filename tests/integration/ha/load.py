@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -20,6 +21,7 @@ class Load:
     planes: list[tuple[str, str, str]]
     loops: int = 3
     outcomes: list[tuple[str, str]] = field(default_factory=list)  # (planeID, status | error)
+    failed: list[str] = field(default_factory=list)  # what each failure said, and when
     missed: list[str] = field(default_factory=list)  # replicas the client moved past
 
     @property
@@ -49,9 +51,15 @@ class Load:
                     path="/api/v1/namespaces/default",
                 )
                 outcome = str(answer.status)
+                if answer.status != 200:
+                    self._failed(f"{answer.status} {answer.headers} {answer.body[:300]!r}")
             except Exception as exc:  # noqa: BLE001 (any failure the caller saw is counted)
                 outcome = repr(exc)
+                self._failed(outcome)
             self.outcomes.append((plane_id, outcome))
+
+    def _failed(self, what: str) -> None:
+        self.failed.append(f"{time.monotonic():.3f} {what}")
 
     async def more(self, count: int) -> None:
         """Wait until every plane got ``count`` more answers."""

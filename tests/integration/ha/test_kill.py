@@ -45,7 +45,7 @@ async def test_kill_9_of_a_replica_fails_no_request_and_no_status(
     finally:
         await client.close()
 
-    assert load.failures == [], load.failures[:5]
+    assert load.failures == [], load.failed[:5]
     for recorder in (wp_status, one_status):
         assert set(recorder.seen) == {(True, 1)}, recorder.seen
     for name in ("wp", "wp-one"):

@@ -192,14 +192,16 @@ class NoPeers(PeerDirectory):
 
 async def test_a_forwarded_request_is_answered_here_and_never_forwarded_again() -> None:
     directory = NoPeers()
-    forwarder = Forwarder(directory, "gw-b", None, None, 5.0)  # type: ignore[arg-type]
-    refusal = web.Response(status=502, headers={UNSENT_HEADER: "1"})
-    request = make_mocked_request("GET", "/api/proxy/x", headers={FORWARDED_BY_HEADER: "gw-a"})
-    assert await forwarder.handle_miss(request, Target(WP, "p", "ns/wp"), refusal) is refusal
-    assert directory.asked == 0
-    plain = make_mocked_request("GET", "/api/proxy/x")
-    assert await forwarder.handle_miss(plain, Target(WP, "p", "ns/wp"), refusal) is refusal
-    assert directory.asked == 1
+    async with aiohttp.ClientSession(connector=Connector()) as session:
+        forwarder = Forwarder(directory, "gw-b", session, None, 5.0)  # type: ignore[arg-type]
+        refusal = web.Response(status=502, headers={UNSENT_HEADER: "1"})
+        forwarded = {FORWARDED_BY_HEADER: "gw-a"}
+        request = make_mocked_request("GET", "/api/proxy/x", headers=forwarded)
+        assert await forwarder.handle_miss(request, Target(WP, "p", "ns/wp"), refusal) is refusal
+        assert directory.asked == 0
+        plain = make_mocked_request("GET", "/api/proxy/x")
+        assert await forwarder.handle_miss(plain, Target(WP, "p", "ns/wp"), refusal) is refusal
+        assert directory.asked == 1
 
 
 # ---- drain ----------------------------------------------------------------------------------
@@ -295,3 +297,83 @@ async def test_a_peer_uvloop_cannot_dial_is_passed_like_an_unreachable_one() -> 
         answer = await forwarder.handle_miss(plain, Target(WP, "p", "ns/wp"), refusal)
     assert answer.status == 502 and UNSENT_HEADER in answer.headers
     assert dialled == [1, 2]
+
+
+class CuttingPeer:
+    """A peer that reads a request's head and then dies (kill -9 mid-request): its
+    connection ends with no answer, so the request may have reached its agent."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.server: asyncio.Server | None = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        self.requests += 1
+        writer.transport.abort()
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+class NoAgentPeer:
+    """A peer that has no agent of the plane either: 502, Unsent."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+
+    async def handle(self, _request: web.Request) -> web.Response:
+        self.requests += 1
+        return web.Response(status=502, text="no agent at gw-c", headers={UNSENT_HEADER: "1"})
+
+
+class ListedPeers:
+    def __init__(self, *urls: str) -> None:
+        self.urls = urls
+
+    async def candidates(self, target: Target) -> list[Replica]:
+        return [Replica(f"gw-{i}", url) for i, url in enumerate(self.urls)]
+
+
+async def _miss_after_a_peer_dies(method: str) -> tuple[web.StreamResponse, int, int]:
+    cutting, no_agent = CuttingPeer(), NoAgentPeer()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", no_agent.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with cutting as dying, aiohttp.ClientSession(connector=Connector()) as session:
+            peers = ListedPeers(dying, f"http://127.0.0.1:{port}")
+            forwarder = Forwarder(peers, "gw-b", session, None, 5.0)  # type: ignore[arg-type]
+            refusal = web.Response(status=502, headers={UNSENT_HEADER: "1"})
+            request = make_mocked_request(method, "/api/proxy/x")
+            answer = await forwarder.handle_miss(request, Target(WP, "p", "ns/wp"), refusal)
+    finally:
+        await runner.cleanup()
+    return answer, cutting.requests, no_agent.requests
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS"])
+async def test_a_read_whose_peer_died_mid_request_goes_on_to_the_next_peer(method: str) -> None:
+    """The replica holding a one-connection agent killed while a forwarded GET was on it: the
+    GET may run again, so the next peer is asked, and its "no agent" (Unsent) lets the
+    caller wait for the agent instead of failing with "peer replica failed"."""
+    answer, dying_asked, next_asked = await _miss_after_a_peer_dies(method)
+    assert dying_asked == 1 and next_asked == 1
+    assert answer.status == 502 and answer.headers.get(UNSENT_HEADER) == "1"
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
+async def test_a_write_whose_peer_died_mid_request_is_not_sent_again(method: str) -> None:
+    answer, dying_asked, next_asked = await _miss_after_a_peer_dies(method)
+    assert dying_asked == 1 and next_asked == 0
+    assert answer.status == 502 and UNSENT_HEADER not in answer.headers
+    assert b"peer replica gw-0 failed" in answer.body  # type: ignore[attr-defined]
