@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -31,6 +32,7 @@ from workflowplane.protocol.agent_patience import DEFAULT_PATIENCE, AgentPatienc
 from workflowplane.runs.run_handlers import RunsController, register_runs
 
 if TYPE_CHECKING:
+    from workflowplane.protocol.gateway_client import Credentials
     from workflowplane.protocol.gateway_client import GatewayClient as GatewayClientType
 
 log = logging.getLogger(__name__)
@@ -168,12 +170,38 @@ class GatewayReplicas:
     leases: bool = False
 
 
+CREDENTIALS_CHECK_SECONDS = 3600.0  # the gateway re-issues them with a third of their life left
+
+Files = tuple[Path | None, Path | None, Path | None]  # ca.crt, tls.crt, tls.key
+
+
+def credentials_reader(
+    config: ControllerConfig, namespace: str, files: Files
+) -> Callable[[], Awaitable[Credentials]]:
+    """How the gateway callers' credential is read: from files (a mounted Secret, which the
+    kubelet updates), else from the Secret the gateway keeps."""
+    from workflowplane.protocol import gateway_client as gc  # noqa: PLC0415
+
+    ca, cert, key = files
+    if ca and cert and key:
+        return lambda: asyncio.to_thread(gc.credentials_from_files, ca, cert, key)
+
+    async def from_secret() -> Credentials:
+        kube = kube_client(load_config(config.kubeconfig, config.context))
+        try:
+            return await gc.credentials_from_secret(kube, namespace)
+        finally:
+            await kube.close()
+
+    return from_secret
+
+
 async def gateway_client(
     config: ControllerConfig,
     replicas: GatewayReplicas,
-    files: tuple[Path | None, Path | None, Path | None] = (None, None, None),
+    read: Callable[[], Awaitable[Credentials]],
 ) -> GatewayClientType:
-    """A client for the gateway's internal API (credentials from files, else its Secret)."""
+    """A client for the gateway's internal API."""
     from workflowplane.protocol.gateway_client import GatewayClient  # noqa: PLC0415
     from workflowplane.protocol.replicas import LeaseDirectory, ReplicaDirectory  # noqa: PLC0415
 
@@ -181,27 +209,38 @@ async def gateway_client(
     if replicas.leases:
         kube = kube_client(load_config(config.kubeconfig, config.context))
         target = LeaseDirectory(kube, replicas.namespace, replicas.urls[0], owns_client=True)
-    ca, cert, key = files
-    if ca and cert and key:
-        return GatewayClient.from_files(target, ca, cert, key, config.gateway_patience)
-    kube = kube_client(load_config(config.kubeconfig, config.context))
-    try:
-        return await GatewayClient.from_secret(
-            kube, target, replicas.namespace, config.gateway_patience
-        )
-    finally:
-        await kube.close()
+    return GatewayClient.with_credentials(target, await read(), config.gateway_patience)
+
+
+async def keep_credentials_current(
+    gateway: GatewayClientType,
+    read: Callable[[], Awaitable[Credentials]],
+    every: float = CREDENTIALS_CHECK_SECONDS,
+) -> None:
+    """Present the renewed credential once the gateway re-issued it, long before the one in
+    use expires (a controller running for a year would otherwise be refused by then)."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            if gateway.present(await read()):
+                log.info("gateway client credential renewed: presenting the new certificate")
+        except Exception:  # any failure: kept until the next check
+            log.warning("could not re-read the gateway client credential", exc_info=True)
 
 
 async def run_with_gateway_client(
     config: ControllerConfig,
     replicas: GatewayReplicas,
-    files: tuple[Path | None, Path | None, Path | None] = (None, None, None),
+    files: Files = (None, None, None),
     ready_flag: asyncio.Event | None = None,
 ) -> None:
     """The controller with a client for the gateway's internal API."""
-    gateway = await gateway_client(config, replicas, files)
+    read = credentials_reader(config, replicas.namespace, files)
+    gateway = await gateway_client(config, replicas, read)
+    renewal = asyncio.create_task(keep_credentials_current(gateway, read))
     try:
         await run_controller(config, gateway, ready_flag=ready_flag, own_process=True)
     finally:
+        renewal.cancel()
+        await asyncio.gather(renewal, return_exceptions=True)
         await gateway.close()

@@ -21,24 +21,26 @@ Upgrades (exec, attach) are not forwarded: they are answered with the local refu
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import logging
+import ssl
 from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
 from cryptography import x509
 from lightkube import AsyncClient
-from lightkube.resources.core_v1 import Secret
 
 from workflowplane.gateway.kube_proxy import REQUEST_HOP_BY_HOP, Target, k8s_status, unsent
 from workflowplane.kits.dialing import Connector, deciding_retries
 from workflowplane.protocol.gateway_client import (
     INTERNAL_CLIENT_SECRET,
+    Credentials,
     Miss,
     client_ssl_context,
+    credentials_from_secret,
     may_retry,
+    present_credentials,
 )
 from workflowplane.protocol.http import (
     FORWARDED_BY_HEADER,
@@ -113,6 +115,7 @@ class Forwarder:
         self._session = deciding_retries(session)  # what may go again: _try, never aiohttp
         self._server_name = server_name
         self._request_timeout = request_timeout
+        self._credentials: tuple[ssl.SSLContext, Credentials] | None = None
 
     @classmethod
     async def from_secret(
@@ -125,16 +128,28 @@ class Forwarder:
     ) -> Forwarder:
         """With the internal callers' credential (Secret ``cluster-gateway-internal-client``:
         a client certificate of the internal CA, and the server CA as ca.crt)."""
-        secret = await kube.get(Secret, INTERNAL_CLIENT_SECRET, namespace=namespace)
-        data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
-        context = client_ssl_context(data["ca.crt"], data["tls.crt"], data["tls.key"])
+        credentials = await credentials_from_secret(kube, namespace)
+        context = client_ssl_context(*credentials)
         session = aiohttp.ClientSession(
             connector=Connector(ssl=context, limit=256),
             auto_decompress=False,  # the body goes back as the peer sent it
         )
         leases = LeaseDirectory(kube, namespace, refresh_seconds=PEERS_TTL_SECONDS)
         directory = PeerDirectory(leases, me)
-        return cls(directory, me, session, peer_server_name(server_cert_pem), request_timeout)
+        forwarder = cls(directory, me, session, peer_server_name(server_cert_pem), request_timeout)
+        forwarder._credentials = (context, credentials)
+        return forwarder
+
+    async def refresh(self, kube: AsyncClient, namespace: str) -> None:
+        """Present the credential in the Secret from now on, if it was renewed."""
+        if self._credentials is None:
+            return
+        context, held = self._credentials
+        credentials = await credentials_from_secret(kube, namespace)
+        if credentials != held:
+            present_credentials(context, *credentials)
+            self._credentials = (context, credentials)
+            log.info("forwarding to peers with the renewed %s", INTERNAL_CLIENT_SECRET)
 
     async def close(self) -> None:
         await self._session.close()

@@ -35,6 +35,7 @@ from workflowplane.gateway.kube_proxy import KubeProxy
 from workflowplane.gateway.metrics import GatewayMetrics
 from workflowplane.gateway.pki_store import GatewayPKI, ensure_pki, pki_from_files
 from workflowplane.gateway.plane_cache import PlaneCache
+from workflowplane.gateway.renewal import CertificateRenewal
 from workflowplane.gateway.replica import advertised_host, internal_url, replica_name
 from workflowplane.gateway.replica_lease import ReplicaLease
 from workflowplane.gateway.tls import ChainFiles, PublicTLS, server_context
@@ -125,6 +126,8 @@ class Gateway:
         )
         self.pki: GatewayPKI | None = None
         self._public_tls: PublicTLS | None = None
+        self._internal_tls: ssl.SSLContext | None = None
+        self._renewal: asyncio.Task[None] | None = None
         self._files = tempfile.TemporaryDirectory(prefix="wp-gateway-")
         self._runners: list[web.AppRunner] = []
         self.ports: dict[str, int] = {}
@@ -196,11 +199,26 @@ class Gateway:
         self.ports[name] = runner.addresses[0][1]
         log.info("%s listener on %s:%d", name, self.config.host, self.ports[name])
 
-    async def start(self) -> None:
+    async def _load_pki(self) -> GatewayPKI:
+        """Files (their owner renews them), else the Secrets, renewed here when due."""
         if self.config.tls_cert_file:
-            self.pki = pki_from_files(self.config)
-        else:
-            self.pki = await ensure_pki(self.kube, self.config)
+            return await asyncio.to_thread(pki_from_files, self.config)
+        return await ensure_pki(self.kube, self.config)
+
+    async def _present_pki(self, pki: GatewayPKI) -> None:
+        """Certificates renewed while serving: the next handshakes use them."""
+        assert self._public_tls is not None and self._internal_tls is not None
+        chain = ChainFiles.write(Path(self._files.name), pki.server)
+        self._public_tls.present(chain)
+        self._internal_tls.load_cert_chain(chain.cert, chain.key)
+        if self.config.internal_mtls and pki.internal_ca_pem:
+            self._internal_tls.load_verify_locations(cadata=pki.internal_ca_pem.decode())
+        self.pki = pki
+        if self._forwarder is not None:
+            await self._forwarder.refresh(self.kube, self.config.namespace)
+
+    async def start(self) -> None:
+        self.pki = await self._load_pki()
         chain = ChainFiles.write(Path(self._files.name), self.pki.server)
         self._public_tls = PublicTLS(chain, self.metrics)
         self.planes.start()
@@ -221,6 +239,8 @@ class Gateway:
             "health", health_app(self.health, self.metrics.registry), self.config.health_port, None
         )
         await self._join_replicas()
+        renewal = CertificateRenewal(self.pki, self._load_pki, self._present_pki)
+        self._renewal = asyncio.create_task(renewal.run(), name="certificate renewal")
 
     async def _serve_internal(self, chain: ChainFiles) -> None:
         assert self.pki is not None
@@ -229,6 +249,7 @@ class Gateway:
         else:
             log.warning("internal API mTLS disabled: /api/* accepts unauthenticated callers")
             internal = server_context(chain, None, required=False, verify=False)
+        self._internal_tls = internal
         await self._serve(
             "internal",
             self._internal_app(),
@@ -291,6 +312,9 @@ class Gateway:
         await drain(self, self._in_flight, self.config.drain_seconds)
 
     async def stop(self) -> None:
+        if self._renewal is not None:
+            self._renewal.cancel()
+            await asyncio.gather(self._renewal, return_exceptions=True)
         await self.release_lease()
         if self._forwarder is not None:
             await self._forwarder.close()

@@ -201,6 +201,13 @@ class PublicTLS:
         self._trusted = cas
         self._current = self._context(cas or None)
 
+    def present(self, chain: ChainFiles) -> None:
+        """A renewed server certificate, for the handshakes from now on."""
+        self._chain = chain
+        for context in (self._base, self._current):
+            if context is not None:
+                context.load_cert_chain(chain.cert, chain.key)
+
     def listener_context(self) -> ssl.SSLContext:
         """The context the listener starts with; each handshake switches to the current one."""
         self._base.sni_callback = self._select

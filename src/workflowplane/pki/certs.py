@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -310,6 +311,28 @@ def verify_client_certificate(
 def not_valid_after(pem: bytes) -> dt.datetime:
     """The earliest expiry among the certificates of a PEM bundle."""
     return min(cert.not_valid_after_utc for cert in load_certificates(pem))
+
+
+def issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    """Whether ``ca`` signed ``cert`` (names and signature; not validity)."""
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def holds_key_of(cert: x509.Certificate, key_pem: bytes) -> bool:
+    """Whether ``key_pem`` is the private key of ``cert`` (any key type)."""
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError):
+        return False
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    encoding = serialization.Encoding.DER
+    return key.public_key().public_bytes(encoding, public) == cert.public_key().public_bytes(
+        encoding, public
+    )
 
 
 def sha256_fingerprint(cert: x509.Certificate) -> str:

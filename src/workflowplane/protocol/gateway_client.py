@@ -108,14 +108,38 @@ class TunnelAPI(Protocol):
     ) -> AsyncIterator[bytes]: ...
 
 
+Credentials = tuple[bytes, bytes, bytes]  # the server CA (ca.crt), tls.crt, tls.key
+
+
+def credentials_from_files(ca: Path, cert: Path, key: Path) -> Credentials:
+    return ca.read_bytes(), cert.read_bytes(), key.read_bytes()
+
+
+async def credentials_from_secret(kube: AsyncClient, namespace: str) -> Credentials:
+    """The credential the gateway keeps for its internal callers (and re-issues when due)."""
+    secret = await kube.get(Secret, INTERNAL_CLIENT_SECRET, namespace=namespace)
+    data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
+    return data["ca.crt"], data["tls.crt"], data["tls.key"]
+
+
 def client_ssl_context(ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
     context = ssl.create_default_context(cadata=ca_pem.decode())
+    present_credentials(context, ca_pem, cert_pem, key_pem)
+    return context
+
+
+def present_credentials(
+    context: ssl.SSLContext, ca_pem: bytes, cert_pem: bytes, key_pem: bytes
+) -> None:
+    """Load a renewed credential into a context in use: the connections made from now on
+    present the new certificate and also trust the new CA (``ca.crt``; the CAs trusted
+    before stay trusted, as through a rotation); open ones go on as they are."""
+    context.load_verify_locations(cadata=ca_pem.decode())
     with tempfile.TemporaryDirectory(prefix="wp-gw-client-") as tmp:
         cert, key = Path(tmp) / "tls.crt", Path(tmp) / "tls.key"
         cert.write_bytes(cert_pem)
         key.write_bytes(key_pem)
         context.load_cert_chain(cert, key)
-    return context
 
 
 def _message(body: bytes, status: int) -> tuple[str, Any]:
@@ -257,6 +281,7 @@ class GatewayClient:
         self._session = _session(ssl_context, timeout)
         self._proxy_session = _session(ssl_context, timeout)
         self._ssl = ssl_context
+        self._credentials: Credentials | None = None
 
     @classmethod
     def with_patience(
@@ -281,8 +306,7 @@ class GatewayClient:
         key: Path,
         patience: AgentPatience = DEFAULT_PATIENCE,
     ) -> GatewayClient:
-        context = client_ssl_context(ca.read_bytes(), cert.read_bytes(), key.read_bytes())
-        return cls.with_patience(replicas, context, patience)
+        return cls.with_credentials(replicas, credentials_from_files(ca, cert, key), patience)
 
     @classmethod
     async def from_secret(
@@ -293,10 +317,28 @@ class GatewayClient:
         patience: AgentPatience = DEFAULT_PATIENCE,
     ) -> GatewayClient:
         """Credentials from the Secret the gateway wrote for its internal callers."""
-        secret = await kube.get(Secret, INTERNAL_CLIENT_SECRET, namespace=namespace)
-        data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
-        context = client_ssl_context(data["ca.crt"], data["tls.crt"], data["tls.key"])
-        return cls.with_patience(replicas, context, patience)
+        credentials = await credentials_from_secret(kube, namespace)
+        return cls.with_credentials(replicas, credentials, patience)
+
+    @classmethod
+    def with_credentials(
+        cls,
+        replicas: str | Sequence[str] | ReplicaDirectory,
+        credentials: Credentials,
+        patience: AgentPatience = DEFAULT_PATIENCE,
+    ) -> GatewayClient:
+        client = cls.with_patience(replicas, client_ssl_context(*credentials), patience)
+        client._credentials = credentials
+        return client
+
+    def present(self, credentials: Credentials) -> bool:
+        """Use a renewed credential for the connections made from now on; whether it was
+        new (the gateway re-issues its callers' certificate before it expires)."""
+        if credentials == self._credentials:
+            return False
+        present_credentials(self._ssl, *credentials)
+        self._credentials = credentials
+        return True
 
     async def replica_urls(self) -> list[str]:
         """The replicas in use now."""
