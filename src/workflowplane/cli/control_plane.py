@@ -9,17 +9,22 @@ over loopback, so one probe port tells the truth about both. /metrics stays per 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import threading
 from typing import Any
 
 from workflowplane.api.kube import kube_client, load_config
 from workflowplane.controller.command import add_controller_flags, controller_config
 from workflowplane.controller.health import ControllerHealth
-from workflowplane.controller.runner import run_controller
+from workflowplane.controller.runner import keep_credentials_current, run_controller
 from workflowplane.gateway.command import add_gateway_flags, config_from_args
 from workflowplane.gateway.server import Gateway
 from workflowplane.kits.health import http_probe
-from workflowplane.protocol.gateway_client import GatewayClient
+from workflowplane.protocol.gateway_client import (
+    Credentials,
+    GatewayClient,
+    credentials_from_secret,
+)
 from workflowplane.protocol.replicas import LeaseDirectory
 
 ANY_ADDRESS = ("0.0.0.0", "::", "")
@@ -55,14 +60,17 @@ async def serve(
     if args.gateway_leases:  # the Leases' client is the gateway's (closed after the directory)
         replicas = LeaseDirectory(kube, gateway_config.namespace, own)
     config = controller_config(args)
-    client = await GatewayClient.from_secret(
-        kube, replicas, gateway_config.namespace, config.gateway_patience
-    )
+
+    async def read() -> Credentials:
+        return await credentials_from_secret(kube, gateway_config.namespace)
+
+    client = GatewayClient.with_credentials(replicas, await read(), config.gateway_patience)
     health = health or ControllerHealth(stuck_after=config.stuck_after_seconds)
     host = "127.0.0.1" if gateway_config.host in ANY_ADDRESS else gateway_config.host
     probe = f"http://{host}:{gateway.ports['health']}"
     health.add_live_check("gateway-healthz", http_probe(f"{probe}/healthz"))
     health.add_ready_check("gateway-readyz", http_probe(f"{probe}/readyz"))
+    renewal = asyncio.create_task(keep_credentials_current(client, read))
     try:
         # When kopf stops it cancels every task started in this loop while it ran, the
         # gateway's included; that is only ever at shutdown, and the gateway stops next.
@@ -70,6 +78,8 @@ async def serve(
             config, client, health=health, stop_flag=stop_flag, own_process=own_process
         )
     finally:
+        renewal.cancel()
+        await asyncio.gather(renewal, return_exceptions=True)
         await client.close()
         await gateway.stop()
         await kube.close()

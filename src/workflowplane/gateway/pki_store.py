@@ -37,6 +37,7 @@ from workflowplane.pki import (
     issue_certificate,
     issued_by,
     load_certificates,
+    load_private_key,
     sha256_fingerprint,
     verify_client_certificate,
 )
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 
 
 SanNames = tuple[tuple[str, ...], tuple[str, ...]]  # DNS names, IP addresses
+LEAF_VALIDITY = dt.timedelta(days=365)
 RENEW_BEFORE_FRACTION = 1 / 3  # as the agent's leaf (and cert-manager's default)
 
 
@@ -126,7 +128,7 @@ async def _kept_current(
             await client.replace(secret)
             return data
         except ApiError as exc:
-            if exc.status.code != 409:
+            if exc.status.code not in (404, 409):  # another wrote (or deleted) it first
                 raise
     raise RuntimeError(f"Secret {namespace}/{name} kept changing while it was renewed")
 
@@ -144,7 +146,13 @@ def _server_leaf(ca: KeyPair, config: GatewayConfig, kept: SanNames = ((), ())) 
         *(ip for ip in kept[1] if ipaddress.ip_address(ip) not in configured_ips),
     ]
     return issue_certificate(
-        ca, "cluster-gateway", client=False, server=True, dns_names=dns_names, ip_addresses=ips
+        ca,
+        "cluster-gateway",
+        client=False,
+        server=True,
+        dns_names=dns_names,
+        ip_addresses=ips,
+        valid_for=LEAF_VALIDITY,
     )
 
 
@@ -170,25 +178,87 @@ def _new_server_secret(config: GatewayConfig) -> dict[str, bytes]:
     }
 
 
+@dataclass(frozen=True)
+class Reissue:
+    """Why a leaf must be issued again; ``due``: only because its time is running out (so
+    another is worth issuing only if it outlives this one)."""
+
+    reason: str
+    due: bool = False
+
+
 def server_leaf_problem(
     data: dict[str, bytes], config: GatewayConfig, now: dt.datetime
-) -> str | None:
+) -> Reissue | None:
     """Why the stored server certificate must be issued again (from the same CA, so agents
     keep trusting it): due for renewal, not of this CA, or not naming what it serves as."""
     try:
         (leaf,) = load_certificates(data["tls.crt"])[:1]
         (ca,) = load_certificates(data["ca.crt"])[:1]
     except (KeyError, ValueError) as exc:
-        return f"is unreadable ({exc})"
+        return Reissue(f"is unreadable ({exc})")
     if not holds_key_of(leaf, data.get("tls.key", b"")):
-        return "does not match its key (tls.key)"
+        return Reissue("does not match its key (tls.key)")
     if not issued_by(leaf, ca):
-        return "is not issued by the server CA in the same Secret"
-    if now >= renewal_due_at(data["tls.crt"]):
-        return f"expires {leaf.not_valid_after_utc:%Y-%m-%d %H:%M:%S}Z: renewal due"
+        return Reissue("is not issued by the server CA in the same Secret")
     missing = _unnamed(data["tls.crt"], config)
     if missing:
-        return f"does not name {', '.join(missing)}"
+        return Reissue(f"does not name {', '.join(missing)}")
+    if now >= renewal_due_at(data["tls.crt"]):
+        return Reissue(f"expires {leaf.not_valid_after_utc:%Y-%m-%d %H:%M:%S}Z", due=True)
+    return None
+
+
+def _issuing_problem(ca_pem: bytes, ca_key: bytes, now: dt.datetime) -> str | None:
+    """Why no leaf can be issued from this CA (none: it can)."""
+    if not ca_key:
+        return "there is no ca.key to issue another"
+    try:
+        ca = load_certificates(ca_pem)[0]
+        load_private_key(ca_key)
+    except (ValueError, IndexError, TypeError) as exc:
+        return f"its CA cannot issue ({exc})"
+    if not holds_key_of(ca, ca_key):
+        return "ca.key is not the key of ca.crt"
+    if ca.not_valid_after_utc <= now:
+        return f"its CA expired {ca.not_valid_after_utc:%Y-%m-%d %H:%M:%S}Z: rotate the CA"
+    return None
+
+
+def _worth_issuing(current_pem: bytes, ca_pem: bytes, now: dt.datetime) -> bool:
+    """Whether a new leaf would outlive the current one by a day: near its CA's end a leaf
+    is cut to that end, and issuing one again and again would gain nothing."""
+    try:
+        ends = load_certificates(current_pem)[0].not_valid_after_utc
+    except (ValueError, IndexError):
+        return True
+    ca_ends = load_certificates(ca_pem)[0].not_valid_after_utc
+    return min(now + LEAF_VALIDITY, ca_ends) > ends + dt.timedelta(days=1)
+
+
+def issued_again(
+    what: str,
+    reissue: Reissue,
+    ca: KeyPair,
+    current_pem: bytes,
+    now: dt.datetime,
+    issue: Callable[[KeyPair], KeyPair],
+) -> KeyPair | None:
+    """A new leaf from ``ca`` for ``what``; None, with a warning, when it cannot be issued
+    or would not last longer than the current one (the current one is kept)."""
+    problem = _issuing_problem(ca.cert_pem, ca.key_pem, now)
+    if problem is None and reissue.due and not _worth_issuing(current_pem, ca.cert_pem, now):
+        ends = load_certificates(ca.cert_pem)[0].not_valid_after_utc
+        problem = f"its CA ends {ends:%Y-%m-%d}Z, before a new one would: rotate the CA"
+    if problem is None:
+        try:
+            leaf = issue(ca)
+        except ValueError as exc:
+            problem = f"issuing failed ({exc})"
+        else:
+            log.info("%s %s: issued again", what, reissue.reason)
+            return leaf
+    log.warning("%s %s, but %s: kept as it is", what, reissue.reason, problem)
     return None
 
 
@@ -201,28 +271,37 @@ def _unnamed(leaf_pem: bytes, config: GatewayConfig) -> list[str]:
 
 
 async def ensure_pki(
-    client: AsyncClient, config: GatewayConfig, now: dt.datetime | None = None
+    client: AsyncClient,
+    config: GatewayConfig,
+    now: dt.datetime | None = None,
+    *,
+    create_namespace: bool = True,
 ) -> GatewayPKI:
     """The gateway's certificates, created on first start and issued again when due: run at
     start and by :mod:`renewal` while the gateway runs. A CA is generated only when its
     Secret is missing."""
-    try:
-        await client.create(Namespace(metadata=ObjectMeta(name=config.namespace)))
-    except ApiError as exc:
-        if exc.status.code not in (409, 403):
-            raise
+    if create_namespace:  # at start; the renewal's checks know it is there
+        try:
+            await client.create(Namespace(metadata=ObjectMeta(name=config.namespace)))
+        except ApiError as exc:
+            if exc.status.code not in (409, 403):
+                raise
     moment = now or utcnow()
 
     def mend_server(data: dict[str, bytes]) -> dict[str, bytes] | None:
-        problem = server_leaf_problem(data, config, moment)
-        if problem is None or "ca.key" not in data:
-            if problem is not None:
-                log.warning("server certificate %s, and no ca.key to issue another", problem)
+        reissue = server_leaf_problem(data, config, moment)
+        if reissue is None:
             return None
-        log.info("server certificate in Secret %s %s: issued again", SERVER_SECRET, problem)
-        ca = KeyPair(data["ca.crt"], data["ca.key"])
-        leaf = _server_leaf(ca, config, _san_names(data.get("tls.crt", b"")))
-        return {"tls.crt": leaf.cert_pem, "tls.key": leaf.key_pem}
+        names = _san_names(data.get("tls.crt", b""))
+        leaf = issued_again(
+            f"the server certificate in Secret {SERVER_SECRET}",
+            reissue,
+            KeyPair(data.get("ca.crt", b""), data.get("ca.key", b"")),
+            data.get("tls.crt", b""),
+            moment,
+            lambda ca: _server_leaf(ca, config, names),
+        )
+        return None if leaf is None else {"tls.crt": leaf.cert_pem, "tls.key": leaf.key_pem}
 
     stored = await _kept_current(
         client, config.namespace, SERVER_SECRET, lambda: _new_server_secret(config), mend_server
@@ -232,21 +311,29 @@ async def ensure_pki(
     )
     internal_pair = KeyPair(internal["ca.crt"], internal["ca.key"])
 
-    def fresh_caller() -> dict[str, bytes]:
-        caller = issue_certificate(internal_pair, "workflowplane-controller")
-        return {"ca.crt": stored["ca.crt"], "tls.crt": caller.cert_pem, "tls.key": caller.key_pem}
+    def caller_data(leaf: KeyPair) -> dict[str, bytes]:
+        return {"ca.crt": stored["ca.crt"], "tls.crt": leaf.cert_pem, "tls.key": leaf.key_pem}
 
     def mend_caller(held: dict[str, bytes]) -> dict[str, bytes] | None:
-        problem = _caller_problem(held, stored["ca.crt"], internal["ca.crt"], moment)
-        if problem is None:
+        reissue = _caller_problem(held, stored["ca.crt"], internal["ca.crt"], moment)
+        if reissue is None:
             return None
-        log.warning(
-            "Secret %s/%s %s: issued again", config.namespace, INTERNAL_CLIENT_SECRET, problem
+        leaf = issued_again(
+            f"the credential in Secret {INTERNAL_CLIENT_SECRET}",
+            reissue,
+            internal_pair,
+            held.get("tls.crt", b""),
+            moment,
+            _caller_leaf,
         )
-        return fresh_caller()
+        return None if leaf is None else caller_data(leaf)
 
     held = await _kept_current(
-        client, config.namespace, INTERNAL_CLIENT_SECRET, fresh_caller, mend_caller
+        client,
+        config.namespace,
+        INTERNAL_CLIENT_SECRET,
+        lambda: caller_data(_caller_leaf(internal_pair)),
+        mend_caller,
     )
     return GatewayPKI(
         KeyPair(stored["ca.crt"], stored.get("ca.key", b"")),
@@ -261,22 +348,28 @@ def _new_internal_ca() -> dict[str, bytes]:
     return {"ca.crt": ca.cert_pem, "ca.key": ca.key_pem}
 
 
+def _caller_leaf(internal_ca: KeyPair) -> KeyPair:
+    return issue_certificate(internal_ca, "workflowplane-controller", valid_for=LEAF_VALIDITY)
+
+
 def _caller_problem(
     held: dict[str, bytes], server_ca: bytes, internal_ca: bytes, now: dt.datetime
-) -> str | None:
+) -> Reissue | None:
     """Why the internal callers' credential must be issued again: it does not trust this
     server CA (a server CA rotated by deleting its Secret, or one left from another set-up),
-    holds no client certificate of this internal CA, or is due for renewal."""
+    holds no client certificate of this internal CA (or not its key), or is due."""
+    unfit = Reissue("did not fit this gateway's server CA and internal CA")
     try:
         trusted = {sha256_fingerprint(cert) for cert in load_certificates(held["ca.crt"])}
         (server,) = load_certificates(server_ca)[:1]
-        verify_client_certificate(load_certificates(held["tls.crt"]), internal_ca, now=now)
+        chain = load_certificates(held["tls.crt"])
+        verify_client_certificate(chain, internal_ca, now=now)
     except (KeyError, ValueError, CertificateRejected):
-        return "did not fit this gateway's server CA and internal CA"
-    if sha256_fingerprint(server) not in trusted:
-        return "did not fit this gateway's server CA and internal CA"
+        return unfit
+    if sha256_fingerprint(server) not in trusted or not holds_key_of(chain[0], held["tls.key"]):
+        return unfit
     if now >= renewal_due_at(held["tls.crt"]):
-        return "is due for renewal"
+        return Reissue(f"expires {chain[0].not_valid_after_utc:%Y-%m-%d %H:%M:%S}Z", due=True)
     return None
 
 

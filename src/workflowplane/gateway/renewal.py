@@ -40,15 +40,19 @@ class CertificateRenewal:
         self._load = load
         self._present = present
         self._check_seconds = check_seconds
+        self._failed = False
 
     def wait_seconds(self) -> float:
-        """Until the first certificate is due, within the check period; a renewal that is
-        past due (it failed) is tried again after ``RETRY_SECONDS``."""
+        """Until the first certificate is due, within the check period; ``RETRY_SECONDS``
+        after a failed check."""
+        if self._failed:
+            return RETRY_SECONDS
         due = self.current.renewal_at()
         if due is None:
             return self._check_seconds
         left = (due - utcnow()).total_seconds()
-        return min(self._check_seconds, left) if left > 0 else RETRY_SECONDS
+        # past due, and the last check kept it (its CA ends first, and says so): hourly
+        return min(self._check_seconds, left) if left > 0 else self._check_seconds
 
     async def run(self) -> None:
         while True:
@@ -67,5 +71,10 @@ class CertificateRenewal:
                     fresh.renewal_at() or "with the files' owner",
                 )
             self.current = fresh
+            self._failed = False
         except Exception:  # any failure: the loop must outlive it
-            log.exception("could not renew or re-read the gateway's certificates")
+            log.exception(
+                "could not renew or re-read the gateway's certificates (again in %.0fs)",
+                RETRY_SECONDS,
+            )
+            self._failed = True

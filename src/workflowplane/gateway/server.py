@@ -41,6 +41,7 @@ from workflowplane.gateway.replica_lease import ReplicaLease
 from workflowplane.gateway.tls import ChainFiles, PublicTLS, server_context
 from workflowplane.kits.health import OK, Health, Verdict, health_app
 from workflowplane.kits.http1_server import FrontServer, Limits, Router
+from workflowplane.pki import holds_key_of
 
 log = logging.getLogger(__name__)
 SYNC_TIMEOUT_SECONDS = 60
@@ -199,18 +200,19 @@ class Gateway:
         self.ports[name] = runner.addresses[0][1]
         log.info("%s listener on %s:%d", name, self.config.host, self.ports[name])
 
-    async def _load_pki(self) -> GatewayPKI:
+    async def _load_pki(self, *, first: bool = False) -> GatewayPKI:
         """Files (their owner renews them), else the Secrets, renewed here when due."""
         if self.config.tls_cert_file:
             return await asyncio.to_thread(pki_from_files, self.config)
-        return await ensure_pki(self.kube, self.config)
+        return await ensure_pki(self.kube, self.config, create_namespace=first)
 
     async def _present_pki(self, pki: GatewayPKI) -> None:
         """Certificates renewed while serving: the next handshakes use them."""
         assert self._public_tls is not None and self._internal_tls is not None
+        if not holds_key_of(pki.server.certificate, pki.server.key_pem):
+            raise ValueError("the server certificate does not match its key (read mid-swap?)")
         chain = ChainFiles.write(Path(self._files.name), pki.server)
-        self._public_tls.present(chain)
-        self._internal_tls.load_cert_chain(chain.cert, chain.key)
+        self._public_tls.present(chain, also=[self._internal_tls])
         if self.config.internal_mtls and pki.internal_ca_pem:
             self._internal_tls.load_verify_locations(cadata=pki.internal_ca_pem.decode())
         self.pki = pki
@@ -218,7 +220,7 @@ class Gateway:
             await self._forwarder.refresh(self.kube, self.config.namespace)
 
     async def start(self) -> None:
-        self.pki = await self._load_pki()
+        self.pki = await self._load_pki(first=True)
         chain = ChainFiles.write(Path(self._files.name), self.pki.server)
         self._public_tls = PublicTLS(chain, self.metrics)
         self.planes.start()

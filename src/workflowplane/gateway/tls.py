@@ -19,7 +19,7 @@ import logging
 import platform
 import ssl
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,10 +201,14 @@ class PublicTLS:
         self._trusted = cas
         self._current = self._context(cas or None)
 
-    def present(self, chain: ChainFiles) -> None:
-        """A renewed server certificate, for the handshakes from now on."""
+    def present(self, chain: ChainFiles, also: Sequence[ssl.SSLContext] = ()) -> None:
+        """A renewed server certificate, for the handshakes from now on (of this listener and
+        of ``also``'s). It is loaded into a scratch context first: a pair that does not load
+        raises here, before any context in use is touched (OpenSSL would have kept the new
+        certificate and dropped the key, and every later handshake would fail)."""
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(chain.cert, chain.key)
         self._chain = chain
-        for context in (self._base, self._current):
+        for context in (self._base, self._current, *also):
             if context is not None:
                 context.load_cert_chain(chain.cert, chain.key)
 

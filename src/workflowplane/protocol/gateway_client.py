@@ -133,13 +133,19 @@ def present_credentials(
 ) -> None:
     """Load a renewed credential into a context in use: the connections made from now on
     present the new certificate and also trust the new CA (``ca.crt``; the CAs trusted
-    before stay trusted, as through a rotation); open ones go on as they are."""
-    context.load_verify_locations(cadata=ca_pem.decode())
+    before stay trusted, as through a rotation); open ones go on as they are.
+
+    Everything is loaded into a scratch context first: a pair that does not load (a
+    certificate read before its key was swapped too) raises here and leaves ``context`` as
+    it was, where OpenSSL would have kept the new certificate and dropped the key."""
     with tempfile.TemporaryDirectory(prefix="wp-gw-client-") as tmp:
         cert, key = Path(tmp) / "tls.crt", Path(tmp) / "tls.key"
         cert.write_bytes(cert_pem)
         key.write_bytes(key_pem)
-        context.load_cert_chain(cert, key)
+        key.chmod(0o600)
+        for target in (ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), context):
+            target.load_verify_locations(cadata=ca_pem.decode())
+            target.load_cert_chain(cert, key)
 
 
 def _message(body: bytes, status: int) -> tuple[str, Any]:

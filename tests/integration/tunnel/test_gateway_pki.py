@@ -223,7 +223,7 @@ async def _presented(port: int) -> bytes:
 async def test_a_running_gateway_renews_its_server_certificate_and_presents_the_new_one(
     control_plane: ApiServer, crds: Path, tmp_path: Path
 ) -> None:
-    """A leaf of 24 s is due after 16: the running gateway issues another from the same CA,
+    """A leaf of 45 s is due after 30: the running gateway issues another from the same CA,
     new handshakes on both listeners get it, and its internal callers go on being served."""
     namespace = f"gw-pki-{uuid.uuid4().hex[:6]}"
     kube = async_client(control_plane.kubeconfig, control_plane.context)
@@ -239,7 +239,7 @@ async def test_a_running_gateway_renews_its_server_certificate_and_presents_the_
             dns_names=config.server_dns_names,
             ip_addresses=config.server_ips,
             not_before=utcnow(),
-            valid_for=dt.timedelta(seconds=24),
+            valid_for=dt.timedelta(seconds=45),
         )
         await kube.create(_server_secret(ca, short, namespace))
         async with running_gateway(control_plane, tmp_path, namespace=namespace) as gw:
@@ -251,7 +251,7 @@ async def test_a_running_gateway_renews_its_server_certificate_and_presents_the_
                 cert = x509.load_der_x509_certificate(await _presented(ports["public"]))
                 return cert if cert != short.certificate else None
 
-            fresh = await eventually(renewed, timeout=40, interval=0.5)
+            fresh = await eventually(renewed, timeout=60, interval=0.5)
             assert issued_by(fresh, ca.certificate)
             assert fresh.not_valid_after_utc > utcnow() + dt.timedelta(days=300)
             internal = x509.load_der_x509_certificate(await _presented(ports["internal"]))

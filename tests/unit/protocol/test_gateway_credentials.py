@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -64,6 +65,22 @@ async def test_a_renewed_credential_is_presented_from_then_on(internal_listener:
         assert client.present(renewed) is True
         assert (await client.all_status()) is not None
         assert client.present(renewed) is False  # the same again: nothing to load
+    finally:
+        await client.close()
+
+
+async def test_a_certificate_without_its_key_is_refused_and_the_one_in_use_goes_on(
+    internal_listener: str,
+) -> None:
+    """Files read mid-swap: the pair is tried on a scratch context, so the context in use
+    keeps its certificate and key (OpenSSL would have dropped the key)."""
+    working = credentials(INTERNAL_CA)
+    client = GatewayClient.with_credentials(internal_listener, working)
+    try:
+        other = credentials(INTERNAL_CA)
+        with pytest.raises(ssl.SSLError):
+            client.present((other[0], other[1], working[2]))
+        assert (await client.all_status()) is not None
     finally:
         await client.close()
 
