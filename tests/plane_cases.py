@@ -79,6 +79,30 @@ CASES = [
         "spec.clusterAgent.clientCA",
     ),
     Case(
+        "client-ca-empty-value-and-secret",  # OpenChoreo: an empty value is unset (omitempty)
+        workflow_plane(clusterAgent={"clientCA": {"value": "", **SKR}}),
+        None,
+    ),
+    Case(
+        "secret-ref-empty-namespace",  # OpenChoreo: the CR's namespace, as when absent
+        workflow_plane(
+            clusterAgent={"clientCA": {"secretKeyRef": {"name": "ca", "namespace": "", "key": "k"}}}
+        ),
+        None,
+    ),
+    Case(
+        "client-ca-empty-value-alone",
+        workflow_plane(clusterAgent={"clientCA": {"value": ""}}),
+        "spec.clusterAgent.clientCA",
+    ),
+    Case(
+        "cwp-secret-empty-namespace",
+        cluster_workflow_plane(
+            clusterAgent={"clientCA": {"secretKeyRef": {"name": "ca", "namespace": "", "key": "k"}}}
+        ),
+        "spec.clusterAgent.clientCA",
+    ),
+    Case(
         "client-ca-neither",
         workflow_plane(clusterAgent={"clientCA": {}}),
         "spec.clusterAgent.clientCA",

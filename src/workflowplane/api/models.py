@@ -25,8 +25,7 @@ PlaneID = Annotated[str, msgspec.Meta(max_length=PLANE_ID_MAX_LENGTH, pattern=PL
 DNSLabel = Annotated[str, msgspec.Meta(min_length=1, max_length=63, pattern=PLANE_ID_PATTERN)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=253)]
 Key = Annotated[str, msgspec.Meta(min_length=1, max_length=253)]
-NamespaceName = Annotated[str, msgspec.Meta(min_length=1, max_length=63)]
-NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+OptionalNamespace = Annotated[str, msgspec.Meta(max_length=63)]
 ObservabilityKind = Literal["ObservabilityPlane", "ClusterObservabilityPlane"]
 
 
@@ -37,16 +36,20 @@ class _Spec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
 class SecretKeyReference(_Spec):
     name: Name
     key: Key
-    namespace: NamespaceName | None = None
+    # empty: the CR's namespace, as when absent (OpenChoreo's Go field is omitempty)
+    namespace: OptionalNamespace | None = None
 
 
 class ValueFrom(_Spec, rename={"secret_key_ref": "secretKeyRef"}):
     secret_key_ref: SecretKeyReference | None = None
-    value: NonEmpty | None = None
+    value: str | None = None  # empty counts as unset, as in OpenChoreo (omitempty)
 
     def __post_init__(self) -> None:
-        if (self.value is None) == (self.secret_key_ref is None):
-            raise ValueError("clientCA must set exactly one of value or secretKeyRef")
+        if bool(self.value) == (self.secret_key_ref is not None):
+            raise ValueError(
+                "clientCA must set exactly one of value or secretKeyRef "
+                "(an empty value counts as unset)"
+            )
 
 
 class ClusterAgentConfig(_Spec, rename={"client_ca": "clientCA"}):
@@ -58,9 +61,9 @@ class ClusterScopedValueFrom(ValueFrom, rename={"secret_key_ref": "secretKeyRef"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.secret_key_ref is not None and self.secret_key_ref.namespace is None:
+        if self.secret_key_ref is not None and not self.secret_key_ref.namespace:
             raise ValueError(
-                "clientCA.secretKeyRef.namespace is required on a ClusterWorkflowPlane"
+                "clientCA.secretKeyRef.namespace is required (not empty) on a ClusterWorkflowPlane"
             )
 
 

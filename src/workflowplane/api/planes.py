@@ -203,7 +203,7 @@ def ca_from_secret_data(data: dict[str, str] | None, location: SecretLocation) -
 async def read_client_ca(client: AsyncClient, plane: AnyPlane) -> bytes:
     """The CR's client CA as PEM bytes: the inline value, or the referenced Secret key."""
     inline = plane.spec.cluster_agent.client_ca.value
-    if inline is not None:
+    if inline:  # an empty value counts as unset
         return inline.encode()
     location = client_ca_location(plane)
     assert location is not None

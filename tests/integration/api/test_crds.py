@@ -176,7 +176,8 @@ def test_naming_another_namespaces_secret_warns_at_apply(
     control_plane: ApiServer, crds: Path, namespace: str
 ) -> None:
     """The shipped ValidatingAdmissionPolicy warns, naming the field and the consent annotation;
-    the plane's own namespace gets no warning. (The policy is live once the API server has
+    the plane's own namespace gets no warning, nor does an empty one (OpenChoreo reads it as
+    the plane's own). (The policy is live once the API server has
     loaded it, so the first applies may pass silently.)"""
     foreign = _plane_reading_secret_of("kube-system", "peeks")
     deadline = time.monotonic() + 30
@@ -188,3 +189,5 @@ def test_naming_another_namespaces_secret_warns_at_apply(
     assert "openchoreo.dev/client-ca-shared-with" in result.stderr
     own = _apply(control_plane, _plane_reading_secret_of(namespace, "own"), namespace)
     assert own.returncode == 0 and "Warning" not in own.stderr, own.stderr
+    empty = _apply(control_plane, _plane_reading_secret_of("", "own-by-default"), namespace)
+    assert empty.returncode == 0 and "Warning" not in empty.stderr, empty.stderr

@@ -5,6 +5,7 @@ that move when a plane reconciles and its agent connects."""
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -116,7 +117,8 @@ async def test_a_stuck_plane_pass_fails_liveness_until_it_finishes(
             await _until(base, "/healthz", 200)
             apply(control_plane, workflow_plane_cr("wp", namespace, unique("stuck"), "x"))
             body = await _until(base, "/healthz", 503)
-            assert "planes: 1 pending, no progress" in body["failing"]["planes"]
+            # CRs other tests left in the shared control plane may be pending too
+            assert re.match(r"planes: [1-9]\d* pending, no progress", body["failing"]["planes"])
             release.set()
             await _until(base, "/healthz", 200)
     finally:

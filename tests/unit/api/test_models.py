@@ -8,6 +8,8 @@ from typing import Any
 import msgspec
 import pytest
 import yaml
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Secret
 
 from tests.plane_cases import CASES, Case
 from workflowplane.api import (
@@ -23,9 +25,11 @@ from workflowplane.api import (
     decode_plane,
     effective_plane_id,
     plane_id_of,
+    read_client_ca,
 )
 from workflowplane.api.constants import ANNOTATION_CLIENT_CA_SHARED_WITH
 from workflowplane.api.models import ClusterWorkflowPlaneSpec, PlaneStatus, WorkflowPlaneSpec
+from workflowplane.gateway.plane_cache import entry_of
 
 REPO = Path(__file__).resolve().parents[3]
 CRDS = REPO / "deploy" / "crds"
@@ -201,3 +205,29 @@ def test_a_cluster_workflow_plane_may_read_any_namespace() -> None:
     location = client_ca_location(_with_secret_ref("ClusterWorkflowPlane", None, "tenant-b"))
     assert location is not None and location.namespace == "tenant-b"
     assert not location.foreign
+
+
+async def test_an_empty_inline_value_beside_a_secret_reads_the_secret_in_the_crs_namespace() -> (
+    None
+):
+    """OpenChoreo's fields are omitempty: ``value: ""`` is no value and ``namespace: ""`` is
+    the CR's namespace, so such a manifest reads the Secret (it had taken the empty string as
+    the CA, and every agent of the plane was refused)."""
+    ref = {"name": "ca", "namespace": "", "key": "ca.crt"}
+    plane = decode_plane(
+        {
+            "apiVersion": "openchoreo.dev/v1alpha1",
+            "kind": "WorkflowPlane",
+            "metadata": {"name": "p", "namespace": "team"},
+            "spec": {"clusterAgent": {"clientCA": {"value": "", "secretKeyRef": ref}}},
+        }
+    )
+    assert client_ca_location(plane) == SecretLocation("team", "ca", "ca.crt", "team")
+    assert entry_of(plane).inline_ca is None
+
+    class Secrets:
+        async def get(self, _kind: Any, name: str, *, namespace: str) -> Any:
+            assert (namespace, name) == ("team", "ca")
+            return Secret(metadata=ObjectMeta(name=name), data={"ca.crt": "UEVN"})
+
+    assert await read_client_ca(Secrets(), plane) == b"PEM"  # type: ignore[arg-type]
