@@ -34,7 +34,7 @@ from workflowplane.cli.state import (
     state_root,
     write_state_file,
 )
-from workflowplane.cli.testenv import running
+from workflowplane.cli.testenv import recorded, running
 from workflowplane.testenv import (
     CONTROL_PLANE,
     WORKFLOW_PLANE,
@@ -180,7 +180,7 @@ def _start_clusters(root: Path, planes: list[str]) -> Path:
     if running(root):
         _say("API servers already running")
         return kubeconfig
-    stop_detached(root, remove=True)
+    stop_detached(root, remove=True, owned=True)  # the CLI's own state directory
     _say(f"starting API servers: {CONTROL_PLANE} + {', '.join(planes)}")
     env = Environment(root, [CONTROL_PLANE, *planes], detached=True)
     try:
@@ -465,9 +465,7 @@ def _print_status(kubeconfig: Path, planes: list[str]) -> None:
 
 
 def _planes_of(root: Path) -> list[str]:
-    from workflowplane.testenv import read_state  # noqa: PLC0415
-
-    return [s.name for s in read_state(root) if s.name != CONTROL_PLANE]
+    return [s.name for s in recorded(root) if s.name != CONTROL_PLANE]
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -563,7 +561,11 @@ def _down(args: argparse.Namespace) -> int:
         components = _stop_components(root) if root.exists() else 0
     except CliError as exc:  # still stop the API servers; the file is kept for its pids
         damaged, components = exc, 0
-    stopped = stop_detached(root, remove=damaged is None)
+    try:
+        recorded(root)
+    except CliError as exc:  # the servers' pids are unreadable: nothing to stop or delete
+        raise damaged or exc from None
+    stopped = stop_detached(root, remove=damaged is None, owned=True)
     print(
         f"stopped {components} component(s) and {len(stopped)} API server(s)"
         if stopped or components

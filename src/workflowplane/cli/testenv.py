@@ -13,7 +13,10 @@ from workflowplane.testenv import (
     WORKFLOW_PLANE,
     AssetsError,
     Environment,
+    ServerInfo,
     StartError,
+    StateError,
+    check_root,
     read_state,
     stop_detached,
 )
@@ -32,8 +35,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--dir",
-        type=Path,
-        default=None,
+        default=None,  # a string: Path("") would be the current directory
         help="state directory "
         "(default: $WORKFLOWPLANE_STATE/testenv or ~/.local/state/workflowplane)",
     )
@@ -54,14 +56,32 @@ def register(subparsers: Any) -> None:
 
 
 def _dir(args: argparse.Namespace) -> Path:
-    root = Path(args.dir) if args.dir else default_dir()
-    if root.exists() and not root.is_dir():  # ``down`` would end in a NotADirectoryError
-        raise CliError(f"--dir {root} is not a directory", exit_code=EXIT_USAGE)
-    return root
+    """The state directory: the CLI's own, or one named with ``--dir``, which must be empty,
+    missing, or an environment's (``down`` deletes it: nobody's files may be in it)."""
+    if args.dir is None:
+        return default_dir()
+    if not args.dir.strip():
+        raise CliError("--dir is empty: name a directory", exit_code=EXIT_USAGE)
+    try:
+        return check_root(Path(args.dir))
+    except (StateError, OSError) as exc:
+        raise CliError(f"--dir {exc}", exit_code=EXIT_USAGE) from exc
+
+
+def _owned(args: argparse.Namespace) -> bool:
+    return args.dir is None
+
+
+def recorded(root: Path) -> list[ServerInfo]:
+    """The servers recorded under ``root``; a damaged record is a CliError naming the file."""
+    try:
+        return read_state(root)
+    except StateError as exc:
+        raise CliError(str(exc), exit_code=EXIT_UNAVAILABLE) from exc
 
 
 def running(root: Path) -> bool:
-    servers = read_state(root)
+    servers = recorded(root)
     return bool(servers) and all(process_alive(pid) for s in servers for pid in s.pids)
 
 
@@ -70,8 +90,11 @@ def _up(args: argparse.Namespace) -> int:
     if running(root):
         print(f"already up; kubeconfig: {root / 'kubeconfig'}")
         return 0
-    stop_detached(root, remove=True)
-    env = Environment(root, args.servers or [CONTROL_PLANE, WORKFLOW_PLANE], detached=True)
+    stop_detached(root, remove=True, owned=_owned(args))
+    try:
+        env = Environment(root, args.servers or [CONTROL_PLANE, WORKFLOW_PLANE], detached=True)
+    except StateError as exc:
+        raise CliError(f"--server: {exc}", exit_code=EXIT_USAGE) from exc
     try:
         env.start()
     except (AssetsError, StartError) as exc:
@@ -84,7 +107,9 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
-    stopped = stop_detached(_dir(args), remove=True)
+    root = _dir(args)
+    recorded(root)  # a damaged state file is said, not a traceback
+    stopped = stop_detached(root, remove=True, owned=_owned(args))
     print(f"stopped {len(stopped)} API server(s)" if stopped else "nothing was running")
     return 0
 

@@ -7,6 +7,8 @@ from workflowplane.testenv.environment import (
     WORKFLOW_PLANE,
     Environment,
     ServerInfo,
+    StateError,
+    check_root,
     read_state,
     stop_detached,
 )
@@ -20,6 +22,8 @@ __all__ = [
     "Environment",
     "ServerInfo",
     "StartError",
+    "StateError",
+    "check_root",
     "free_port",
     "read_state",
     "stop_detached",

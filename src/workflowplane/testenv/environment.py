@@ -7,6 +7,7 @@ Used by the pytest fixtures (tied to the test process) and by ``wpctl testenv up
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +19,35 @@ from workflowplane.testenv.apiserver import ApiServer, StartError, stop_process_
 CONTROL_PLANE = "control-plane"
 WORKFLOW_PLANE = "workflow-plane"
 STATE_FILE = "testenv.json"
+MARKER = ".workflowplane-testenv"  # this directory is an environment's: `down` may delete it
+SERVER_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # a directory and a context
+
+
+class StateError(ValueError):
+    """A state directory that is not an environment's, or whose state file is damaged."""
+
+
+def check_server_name(name: str) -> str:
+    """A server name becomes a directory under the root and a kubeconfig context."""
+    if not SERVER_NAME.fullmatch(name):
+        raise StateError(
+            f"server name {name[:80]!r} is not a DNS label (lowercase letters, digits and '-', "
+            "at most 63): it names a directory and a kubeconfig context"
+        )
+    return name
+
+
+def check_root(root: Path) -> Path:
+    """A directory an environment may be made in (later deleted whole by ``down``): missing,
+    empty, or one an environment made. Any other would lose its files."""
+    if root.exists() and not root.is_dir():
+        raise StateError(f"{root} is not a directory")
+    if root.is_dir() and not (root / MARKER).exists() and any(root.iterdir()):
+        raise StateError(
+            f"{root} holds files and is not a test environment's directory (no {MARKER}): "
+            "refusing to use it, since stopping the environment deletes its directory"
+        )
+    return root
 
 
 @dataclass(frozen=True)
@@ -35,7 +65,7 @@ class Environment:
 
     def __init__(self, root: Path, names: Sequence[str], *, detached: bool = False) -> None:
         self.root = root
-        self.names = list(names)
+        self.names = [check_server_name(name) for name in names]
         self.detached = detached
         self.servers: dict[str, ApiServer] = {}
 
@@ -49,6 +79,7 @@ class Environment:
     def start(self) -> None:
         binaries = assets_module.ensure()
         self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / MARKER).touch()
         self.servers = {
             name: ApiServer(name, self.root / name, binaries, detached=self.detached)
             for name in self.names
@@ -85,20 +116,35 @@ def read_state(root: Path) -> list[ServerInfo]:
     path = root / STATE_FILE
     if not path.exists():
         return []
-    data = json.loads(path.read_text())
-    return [
-        ServerInfo(name, entry["context"], entry["url"], list(entry["pids"]))
-        for name, entry in data.items()
-    ]
+    try:
+        data = json.loads(path.read_text())
+        return [
+            ServerInfo(str(name), str(entry["context"]), str(entry["url"]), _pids(entry))
+            for name, entry in data.items()
+        ]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise StateError(
+            f"state file {path} is damaged ({type(exc).__name__}: {exc}); stop its API servers "
+            "by hand (their pids are in the file, if readable) and remove it"
+        ) from exc
 
 
-def stop_detached(root: Path, *, remove: bool = False) -> list[ServerInfo]:
-    """Stop what ``read_state`` lists; optionally remove the data directory too."""
+def _pids(entry: dict[str, object]) -> list[int]:
+    pids = entry["pids"]
+    if not isinstance(pids, list) or not all(isinstance(p, int) and p > 1 for p in pids):
+        raise ValueError(f"pids must be a list of process ids, not {pids!r}")
+    return pids
+
+
+def stop_detached(root: Path, *, remove: bool = False, owned: bool = False) -> list[ServerInfo]:
+    """Stop what ``read_state`` lists; optionally remove the data directory too, if it is an
+    environment's or ``owned`` (the CLI's own state directory): a directory someone named
+    that holds anything else is never deleted."""
     servers = read_state(root)
     for server in servers:
         for pid in reversed(server.pids):
             stop_process_group(pid)
     (root / STATE_FILE).unlink(missing_ok=True)
-    if remove and root.exists():
+    if remove and root.exists() and (owned or (root / MARKER).exists()):
         shutil.rmtree(root)
     return servers

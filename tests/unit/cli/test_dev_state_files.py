@@ -42,7 +42,7 @@ def test_dev_down_with_a_damaged_file_stops_the_servers_and_keeps_the_pids(
     code, err = wpctl(capsys, "dev", "down")
     assert code == 1
     assert "is damaged" in err
-    assert calls == [{"remove": False}]  # the API servers were still stopped
+    assert calls == [{"remove": False, "owned": True}]  # the API servers were still stopped
     assert (root / "processes.json").read_text() == damaged
 
 
