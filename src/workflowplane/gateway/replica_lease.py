@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 LEASE_SECONDS = 15
 RENEW_SECONDS = 5.0
 NOT_FOUND = 404
+CONFLICT = 409
 
 
 class ReplicaLease:
@@ -48,6 +49,7 @@ class ReplicaLease:
         self._renew_seconds = renew_seconds
         self._acquired = utcnow()
         self._task: asyncio.Task[None] | None = None
+        self._version: str | None = None  # of the Lease as this replica wrote it last
 
     def _lease(self) -> Lease:
         return Lease(
@@ -66,13 +68,35 @@ class ReplicaLease:
         )
 
     async def renew(self) -> None:
-        """Write the Lease with a fresh renewTime (create it when it is missing)."""
+        """Write the Lease with a fresh renewTime: an update names the version it replaces
+        (the API server refuses a Lease update without one: 422), so the version written
+        last is kept; a missing Lease is created, and one written by someone else since
+        (409), or left by an earlier run of this replica, is read for its version first."""
         try:
-            await self._kube.replace(self._lease())
+            written = await self._write(self._version)
+        except ApiError as exc:
+            if exc.status.code not in (CONFLICT, NOT_FOUND):
+                raise
+            written = await self._write(await self._current_version())
+        self._version = written.metadata.resourceVersion if written.metadata else None
+
+    async def _write(self, version: str | None) -> Lease:
+        lease = self._lease()
+        if version is None:
+            return await self._kube.create(lease)
+        assert lease.metadata is not None
+        lease.metadata.resourceVersion = version
+        return await self._kube.replace(lease)
+
+    async def _current_version(self) -> str | None:
+        """The stored Lease's version (None: there is none, so it is created)."""
+        try:
+            stored = await self._kube.get(Lease, self.name, namespace=self._namespace)
         except ApiError as exc:
             if exc.status.code != NOT_FOUND:
                 raise
-            await self._kube.create(self._lease())
+            return None
+        return stored.metadata.resourceVersion if stored.metadata else None
 
     async def start(self) -> None:
         """The first write before returning (a replica is in the directory once it serves),
@@ -99,6 +123,7 @@ class ReplicaLease:
         if self._task is not None:
             await cancel_and_wait([self._task])
             self._task = None
+        self._version = None
         try:
             await self._kube.delete(Lease, self.name, namespace=self._namespace)
         except EXPECTED_ERRORS + NETWORK_ERRORS as exc:
