@@ -10,15 +10,34 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
+import re
+import ssl
 from pathlib import Path
 from typing import Any
 
 from workflowplane.agent.config import CONSENT_CONFIGMAP, CONSENT_KEY, AgentConfig, env
+from workflowplane.agent.kubeconfig import KubeConfigError
 from workflowplane.agent.replicas import ReplicaConfigError, discovery_from
 from workflowplane.api.consent import ConsentError, parse_allow_list
-from workflowplane.api.constants import AGENT_NAMESPACE, AGENT_SECRET_NAME, PLANE_TYPE
-from workflowplane.kits.goflags import add_go_flag, apply_go_log_level, env_bool, parse_duration
+from workflowplane.api.constants import (
+    AGENT_NAMESPACE,
+    AGENT_SECRET_NAME,
+    PLANE_ID_MAX_LENGTH,
+    PLANE_ID_PATTERN,
+    PLANE_TYPE,
+)
+from workflowplane.kits.goflags import (
+    add_go_flag,
+    apply_go_log_level,
+    at_least,
+    env_bool,
+    log_level,
+    parse_duration,
+    port,
+    positive_duration,
+)
 from workflowplane.kits.logs import add_fields
 from workflowplane.kits.process import EXIT_USAGE, FatalError
 
@@ -56,7 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "server-urls",
         action="append",
-        default=[env("SERVER_URLS")] if env("SERVER_URLS") else [],
+        default=None,  # given: instead of CLUSTER_AGENT_SERVER_URLS, not beside it
         metavar="URLS",
         help="every gateway replica's URL, comma-separated, repeatable: one connection each",
     )
@@ -69,8 +88,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "server-resolve-seconds",
-        type=parse_duration,
-        default=parse_duration(env("SERVER_RESOLVE_SECONDS") or "10s"),
+        type=positive_duration,
+        default=env("SERVER_RESOLVE_SECONDS") or "10s",
     )
     add("plane-type", default=env("PLANE_TYPE", PLANE_TYPE, go="PLANE_TYPE"))
     add("plane-id", default=env("PLANE_ID", go="PLANE_ID"), help="must match the CR's planeID")
@@ -95,33 +114,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "reconnect-initial",
         "reconnect-delay",
-        type=parse_duration,
-        default=parse_duration(env("RECONNECT_INITIAL") or env("RECONNECT_DELAY") or "1s"),
+        type=positive_duration,
+        default=env("RECONNECT_INITIAL") or env("RECONNECT_DELAY") or "1s",
         help="first reconnect backoff (OpenChoreo: --reconnect-delay; e.g. 5s)",
     )
-    add("reconnect-max", type=parse_duration, default=parse_duration(env("RECONNECT_MAX") or "30s"))
+    add("reconnect-max", type=positive_duration, default=env("RECONNECT_MAX") or "30s")
     add(
         "request-timeout",
-        type=parse_duration,
-        default=parse_duration(env("REQUEST_TIMEOUT") or "30s"),
+        type=positive_duration,
+        default=env("REQUEST_TIMEOUT") or "30s",
     )
     add(
         "max-concurrent-requests",
-        type=int,
-        default=int(env("MAX_CONCURRENT_REQUESTS", "64") or 64),
+        type=at_least(1),
+        default=env("MAX_CONCURRENT_REQUESTS") or "64",
         help="ordinary requests served at once; 16 per slot more may wait (past that, or past "
         "the frame limit in waiting bodies: 429 at once)",
     )
     add(
         "max-concurrent-streams",
-        type=int,
-        default=int(env("MAX_CONCURRENT_STREAMS") or AgentConfig.max_concurrent_streams),
+        type=at_least(1),
+        default=env("MAX_CONCURRENT_STREAMS") or str(AgentConfig.max_concurrent_streams),
         help="watch/follow streams served at once, apart from requests (over it: 429 at once)",
     )
     add(
         "allowed-namespaces",
         action="append",
-        default=[env("ALLOWED_NAMESPACES")] if env("ALLOWED_NAMESPACES") else [],
+        default=None,  # given: instead of CLUSTER_AGENT_ALLOWED_NAMESPACES (never widened)
         metavar="ENTRIES",
         help="plane CRs that may use this agent, comma-separated, repeatable: ns, ns/*, "
         "ns/name, /name (ClusterWorkflowPlane), /*; with the ConfigMap's, carried in the "
@@ -135,14 +154,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "max-frame-bytes",
-        type=int,
-        default=int(env("MAX_FRAME_BYTES") or AgentConfig.max_frame_bytes),
+        type=at_least(MIN_FRAME_BYTES),
+        default=env("MAX_FRAME_BYTES") or str(AgentConfig.max_frame_bytes),
         help="largest frame to a gateway that cannot take answers in chunks (OpenChoreo's)",
     )
     add(
         "cert-validity-days",
-        type=float,
-        default=float(env("CERT_VALIDITY_DAYS", "90") or 90),
+        type=validity_days,
+        default=env("CERT_VALIDITY_DAYS") or "90",
     )
     add(
         "heartbeat-interval",
@@ -150,14 +169,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="accepted for OpenChoreo's chart; unused (the gateway pings, the agent answers)",
     )
-    add("log-level", default=env("LOG_LEVEL", go="LOG_LEVEL"), help="debug|info|warn|error")
+    add(
+        "log-level",
+        type=log_level,
+        default=env("LOG_LEVEL", go="LOG_LEVEL"),
+        help="debug|info|warn|error",
+    )
     add("health-host", default=env("HEALTH_HOST", "0.0.0.0"), help="address of /healthz /readyz")
     add(
         "health-port",
-        type=int,
-        default=int(env("HEALTH_PORT") or 8082),
+        type=port,
+        default=env("HEALTH_PORT") or "8082",
         help="/healthz /readyz /metrics (0: any free port)",
     )
+
+
+MIN_FRAME_BYTES = 64 * 1024  # a frame must hold a request's head and a useful answer
+MAX_VALIDITY_DAYS = 3650  # the agent's CA's own life: a leaf cannot outlive it
+
+
+def validity_days(text: str) -> float:
+    """The leaf's life in days: at least one (a shorter one would be renewed again and again),
+    at most the CA's."""
+    try:
+        days = float(text)
+    except ValueError:
+        days = math.nan
+    if not 1 <= days <= MAX_VALIDITY_DAYS:
+        raise argparse.ArgumentTypeError(
+            f"must be a number of days from 1 to {MAX_VALIDITY_DAYS}: {text!r}"
+        )
+    return days
+
+
+def valid_plane_id(plane_id: str) -> bool:
+    """The CRDs' planeID rule: the gateway matches it against the CR's."""
+    return len(plane_id) <= PLANE_ID_MAX_LENGTH and re.match(PLANE_ID_PATTERN, plane_id) is not None
+
+
+def _from_flag_or_env(given: list[str] | None, name: str) -> list[str]:
+    """A list flag's values, else its environment variable's: a flag replaces the variable
+    (as for every other setting), so it can narrow what the variable allows."""
+    if given is not None:
+        return given
+    value = env(name)
+    return [value] if value else []
 
 
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
@@ -165,6 +221,20 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         raise FatalError(
             "--plane-id is required", "or set CLUSTER_AGENT_PLANE_ID (or PLANE_ID)", EXIT_USAGE
         )
+    if not valid_plane_id(args.plane_id):
+        raise FatalError(
+            f"--plane-id {args.plane_id[:80]!r} is not a planeID: lowercase letters, digits "
+            f"and '-', starting and ending with a letter or digit, at most {PLANE_ID_MAX_LENGTH}",
+            exit_code=EXIT_USAGE,
+        )
+    if args.reconnect_initial > args.reconnect_max:
+        raise FatalError(
+            f"--reconnect-initial ({args.reconnect_initial:g}s) is longer than --reconnect-max "
+            f"({args.reconnect_max:g}s)",
+            exit_code=EXIT_USAGE,
+        )
+    args.server_urls = _from_flag_or_env(args.server_urls, "SERVER_URLS")
+    args.allowed_namespaces = _from_flag_or_env(args.allowed_namespaces, "ALLOWED_NAMESPACES")
     try:
         discovery_from(args.server_url or "", args.server_urls, args.server_dns_name)
     except ReplicaConfigError as exc:
@@ -176,6 +246,15 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         ) from exc
     if args.server_resolve_seconds <= 0:
         raise FatalError("--server-resolve-seconds must be more than 0", exit_code=EXIT_USAGE)
+    empty = [
+        item for item in args.allowed_namespaces if any(not p.strip() for p in item.split(","))
+    ]
+    if empty:  # "," would have allowed nobody in particular: any CR trusting the CA
+        raise FatalError(
+            f"--allowed-namespaces / CLUSTER_AGENT_ALLOWED_NAMESPACES: {empty[0][:200]!r} has "
+            "an empty entry (to let any CR that trusts the agent's CA use it, leave it unset)",
+            exit_code=EXIT_USAGE,
+        )
     try:
         allowed = parse_allow_list(args.allowed_namespaces)
     except ConsentError as exc:
@@ -213,6 +292,24 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     )
 
 
+def _check_tls_files(args: argparse.Namespace) -> None:
+    """The certificate files given are loaded once at start (``ssl``, no extra import), so a
+    missing or broken one is named now, not retried without a name at every dial."""
+    if bool(args.client_cert) != bool(args.client_key):
+        raise FatalError("--client-cert and --client-key go together", exit_code=EXIT_USAGE)
+    try:
+        flag = f"--server-ca {args.server_ca}"
+        if args.server_ca:
+            ssl.create_default_context(cafile=args.server_ca)
+        flag = f"--client-cert {args.client_cert} / --client-key {args.client_key}"
+        if args.client_cert:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(
+                args.client_cert, args.client_key
+            )
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise FatalError(f"{flag}: {exc}", exit_code=EXIT_USAGE) from exc
+
+
 def _ignored(args: argparse.Namespace) -> tuple[str, ...]:
     """Settings accepted for compatibility that change nothing here, to say so in the log."""
     ignored = []
@@ -228,11 +325,17 @@ def _run(args: argparse.Namespace) -> int:
     from workflowplane.kits.process import run  # noqa: PLC0415
 
     config = config_from_args(args)
+    if config.tls_enabled:
+        _check_tls_files(args)
     apply_go_log_level(args.log_level)
     add_fields(plane=config.plane_id)  # one plane per agent process: every line names it
 
     async def main() -> None:  # the agent's sessions need the running loop
-        await Agent(config).serve()
+        try:
+            agent = Agent(config)
+        except KubeConfigError as exc:
+            raise FatalError(str(exc), "pass --kubeconfig outside a pod", EXIT_USAGE) from exc
+        await agent.serve()
 
     run(main())
     return 0

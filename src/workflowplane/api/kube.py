@@ -14,26 +14,54 @@ from urllib.request import getproxies_environment, proxy_bypass
 from lightkube import AsyncClient
 from lightkube.config.client_adapter import verify_cluster
 from lightkube.config.kubeconfig import KubeConfig, SingleConfig
-from lightkube.core.exceptions import ApiError
+from lightkube.core.exceptions import ApiError, ConfigError
 from lightkube.types import PatchType
+from yaml import YAMLError
 
 from workflowplane.kits.http1_httpx import Http1Transport
+from workflowplane.kits.process import EXIT_USAGE, FatalError
+
+# What reading a kubeconfig raises for a file that is missing, not YAML, or not shaped like one
+# (lightkube's ConfigError is a plain Exception; yaml's errors are ValueErrors' cousins).
+_CONFIG_ERRORS = (ConfigError, OSError, ValueError, KeyError, TypeError, AttributeError, YAMLError)
 
 
 def load_config(kubeconfig: Path | None, context: str | None) -> SingleConfig:
-    """A kubeconfig context, or the in-cluster service account when no file is given."""
-    if kubeconfig is None:
-        return KubeConfig.from_service_account().get()  # type: ignore[return-value]
-    found = KubeConfig.from_file(kubeconfig).get(context_name=context)
+    """A kubeconfig context, or the in-cluster service account when no file is given; a file
+    that cannot be used is a FatalError naming it (a traceback named nothing)."""
+    try:
+        if kubeconfig is None:
+            return KubeConfig.from_service_account().get()  # type: ignore[return-value]
+        found = KubeConfig.from_file(kubeconfig).get(context_name=context)
+    except _CONFIG_ERRORS as exc:
+        where = f"kubeconfig {kubeconfig}" if kubeconfig else "the in-cluster service account"
+        raise FatalError(
+            f"cannot use {where}: {type(exc).__name__}: {str(exc)[:300]}",
+            None if kubeconfig else "pass --kubeconfig (and --context) outside a pod",
+            EXIT_USAGE,
+        ) from exc
     if found is None:
-        raise ValueError(f"context {context!r} not found in {kubeconfig}")
+        raise FatalError(f"context {context!r} not found in {kubeconfig}", exit_code=EXIT_USAGE)
     return found
 
 
 def kube_client(config: SingleConfig, field_manager: str | None = None) -> AsyncClient:
     """lightkube's client for ``config``, its requests sent by the lean HTTP/1.1 client
     (``kits.http1_httpx``: httpx's own transport was a third of the control plane's CPU)."""
-    assert config.user is not None, "a kubeconfig context without a user"
+    if config.user is None:
+        raise FatalError(f"kubeconfig context {config.context_name!r} has no user", None, 2)
+    try:
+        return _client(config, field_manager)
+    except _CONFIG_ERRORS as exc:
+        raise FatalError(
+            f"cannot use kubeconfig context {config.context_name!r}: {type(exc).__name__}: "
+            f"{str(exc)[:300]}",
+            exit_code=EXIT_USAGE,
+        ) from exc
+
+
+def _client(config: SingleConfig, field_manager: str | None) -> AsyncClient:
+    assert config.user is not None
     if _proxied(config.cluster.server):  # the lean client speaks no proxy: httpx's own does
         return AsyncClient(config=config, field_manager=field_manager)
     context = verify_cluster(config.cluster, config.user, config.abs_file)

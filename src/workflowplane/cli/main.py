@@ -133,6 +133,15 @@ def _server_error(exc: Exception) -> CliError | None:
         )
     if failures is not None and isinstance(exc, failures.Failure):
         return CliError(exc.message, exit_code=EXIT_FAILURE)
+    if httpx is not None and isinstance(exc, httpx.HTTPStatusError):
+        answer = exc.response
+        return CliError(
+            f"the server at {answer.url} answered {answer.status_code} "
+            f"{answer.reason_phrase}: is it this project's control plane?",
+            "check --kubeconfig and --context (a workflow plane's context has no runs), and "
+            "that the CRDs are installed",
+            EXIT_FAILURE,
+        )
     if httpx is None or not isinstance(exc, httpx.TransportError):
         return None
     try:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from workflowplane.controller.runner import ControllerConfig, GatewayReplicas
+from workflowplane.kits.goflags import port
 from workflowplane.kits.process import EXIT_USAGE, FatalError
 from workflowplane.protocol.agent_patience import (
     DEFAULT_AGENT_WAIT_SECONDS,
@@ -46,13 +47,13 @@ def add_controller_flags(parser: argparse.ArgumentParser, *, standalone: bool) -
         "--health-port" if standalone else "--controller-health-port",
         dest="controller_health_port",
         metavar="PORT",
-        type=int,
+        type=port,
         default=DEFAULT_HEALTH_PORT,
         help="the controller's /healthz /readyz /metrics (0: any free port)",
     )
     add(
         "--stuck-after",
-        type=float,
+        type=more_than_zero("--stuck-after"),
         metavar="SECONDS",
         default=300.0,
         help="liveness fails when a work queue has work due and no pass finished for this "
@@ -72,10 +73,15 @@ def add_controller_flags(parser: argparse.ArgumentParser, *, standalone: bool) -
             metavar="URL",
             help="another gateway replica's internal API for the controller (repeatable)",
         )
-    add("--resync-seconds", type=float, default=60.0, help="periodic re-evaluation")
+    add(
+        "--resync-seconds",
+        type=more_than_zero("--resync-seconds"),
+        default=60.0,
+        help="periodic re-evaluation",
+    )
     add(
         "--disconnect-grace",
-        type=float,
+        type=seconds("--disconnect-grace"),
         metavar="SECONDS",
         default=10.0,
         help="an agent missing from every gateway replica for less than this is still "
@@ -132,6 +138,21 @@ def seconds(flag: str) -> Callable[[str], float]:
             raise argparse.ArgumentTypeError(
                 f"{flag} needs a number of seconds >= 0 (got {value!r})"
             ) from None
+
+    return parse
+
+
+def more_than_zero(flag: str) -> Callable[[str], float]:
+    """A number of seconds above zero (an interval or a deadline: 0 made a busy loop)."""
+    check = seconds(flag)
+
+    def parse(value: str) -> float:
+        number = check(value)
+        if number <= 0:
+            raise argparse.ArgumentTypeError(
+                f"{flag} needs a number of seconds > 0 (got {value!r})"
+            )
+        return number
 
     return parse
 

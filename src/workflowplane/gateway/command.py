@@ -13,14 +13,25 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from workflowplane.gateway.config import GATEWAY_NAMESPACE, GatewayConfig
-from workflowplane.kits.goflags import add_go_flag, apply_go_log_level, env_bool, parse_duration
+from workflowplane.kits.goflags import (
+    add_go_flag,
+    apply_go_log_level,
+    at_least,
+    env_bool,
+    log_level,
+    parse_duration,
+    port,
+    positive_duration,
+)
 from workflowplane.kits.process import EXIT_USAGE, FatalError
 
 log = logging.getLogger(__name__)
+DNS_NAME_MAX = 253
 # Accepted for OpenChoreo's command line; nothing here corresponds to them.
 IGNORED_FLAGS = (
     "read_timeout",
@@ -35,14 +46,6 @@ IGNORED_FLAGS = (
 def _env_path(name: str) -> Path | None:
     value = os.environ.get(name)
     return Path(value) if value else None
-
-
-def _env_int(name: str, default: int) -> int:
-    """OpenChoreo's ``GetEnvInt``: unset, empty or not a number keeps the default."""
-    try:
-        return int(os.environ.get(name) or default)
-    except ValueError:
-        return default
 
 
 def add_gateway_flags(parser: argparse.ArgumentParser) -> None:
@@ -64,19 +67,19 @@ def add_gateway_flags(parser: argparse.ArgumentParser) -> None:
     add(
         "public-port",
         "port",
-        type=int,
-        default=_env_int("AGENT_SERVER_PORT", base.public_port),
+        type=port,
+        default=os.environ.get("AGENT_SERVER_PORT") or str(base.public_port),
         help="agents (TLS, /ws); env AGENT_SERVER_PORT",
     )
     add(
         "internal-port",
-        type=int,
-        default=_env_int("AGENT_INTERNAL_PORT", base.internal_port),
+        type=port,
+        default=os.environ.get("AGENT_INTERNAL_PORT") or str(base.internal_port),
         help="internal API (mTLS); env AGENT_INTERNAL_PORT",
     )
     add(
         "health-port",
-        type=int,
+        type=port,
         default=base.health_port,
         help="/health /ready /healthz /readyz /metrics",
     )
@@ -112,19 +115,33 @@ def add_gateway_flags(parser: argparse.ArgumentParser) -> None:
     add(
         "ping-interval",
         "heartbeat-interval",
-        type=parse_duration,
+        type=positive_duration,
         default=base.ping_interval_seconds,
     )
-    add("dead-after", "heartbeat-timeout", type=parse_duration, default=base.dead_after_seconds)
-    add("request-timeout", type=parse_duration, default=base.request_timeout_seconds)
-    add("max-body-bytes", type=int, default=base.max_body_bytes)
-    add("max-frame-bytes", type=int, default=base.max_frame_bytes, help="largest agent message")
-    add("max-streams-per-agent", type=int, default=base.max_streams_per_agent)
-    add("max-streams-per-cr", type=int, default=base.max_streams_per_cr)
-    add("max-stream-buffer-bytes", type=int, default=base.max_stream_buffer_bytes)
-    add("tls-handshake-timeout", type=parse_duration, default=base.tls_handshake_timeout_seconds)
-    add("header-timeout", type=parse_duration, default=base.header_timeout_seconds)
-    add("max-junk-frames-per-second", type=int, default=base.max_junk_frames_per_second)
+    add(
+        "dead-after",
+        "heartbeat-timeout",
+        type=positive_duration,
+        default=base.dead_after_seconds,
+    )
+    add("request-timeout", type=positive_duration, default=base.request_timeout_seconds)
+    add("max-body-bytes", type=at_least(1024), default=base.max_body_bytes)
+    add(
+        "max-frame-bytes",
+        type=at_least(64 * 1024),
+        default=base.max_frame_bytes,
+        help="largest agent message",
+    )
+    add("max-streams-per-agent", type=at_least(1), default=base.max_streams_per_agent)
+    add("max-streams-per-cr", type=at_least(1), default=base.max_streams_per_cr)
+    add("max-stream-buffer-bytes", type=at_least(64 * 1024), default=base.max_stream_buffer_bytes)
+    add(
+        "tls-handshake-timeout",
+        type=positive_duration,
+        default=base.tls_handshake_timeout_seconds,
+    )
+    add("header-timeout", type=positive_duration, default=base.header_timeout_seconds)
+    add("max-junk-frames-per-second", type=at_least(1), default=base.max_junk_frames_per_second)
     add(
         "replica-name",
         default=os.environ.get("POD_NAME", ""),
@@ -142,15 +159,44 @@ def add_gateway_flags(parser: argparse.ArgumentParser) -> None:
         default=base.drain_seconds,
         help="on SIGTERM, how long requests in flight may take to finish",
     )
-    add("log-level", default=os.environ.get("LOG_LEVEL"), help="debug|info|warn|error")
+    add(
+        "log-level",
+        type=log_level,
+        default=os.environ.get("LOG_LEVEL") or None,
+        help="debug|info|warn|error",
+    )
     for name in ("read-timeout", "write-timeout", "idle-timeout", "shutdown-timeout"):
         add(name, type=parse_duration, default=None, help="accepted for OpenChoreo; unused")
     for name in ("skip-client-cert-verify", "tls-enabled"):
         add(name, go_bool=True, default=None, help="accepted for OpenChoreo; unused")
 
 
+DNS_NAME = re.compile(
+    r"(\*\.)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*"
+)
+
+
+def _check(args: argparse.Namespace) -> None:
+    """Settings that are each valid but not together, and names the certificate carries."""
+    if args.dead_after < args.ping_interval:
+        raise FatalError(
+            f"--dead-after ({args.dead_after:g}s) is shorter than --ping-interval "
+            f"({args.ping_interval:g}s): every agent would be taken for dead between pings",
+            exit_code=EXIT_USAGE,
+        )
+    for name in args.dns_names or ():
+        if len(name) > DNS_NAME_MAX or not DNS_NAME.fullmatch(name):
+            raise FatalError(
+                f"--server-dns-name {name[:80]!r} is not a DNS name (lowercase labels of "
+                "letters, digits and '-', joined by dots): it would be written into the "
+                "server certificate every replica presents",
+                exit_code=EXIT_USAGE,
+            )
+
+
 def config_from_args(args: argparse.Namespace) -> GatewayConfig:
     base = GatewayConfig()
+    _check(args)
     if args.tls_cert and args.internal_mtls and not args.internal_ca:
         raise FatalError(
             "internal mTLS is enabled but no client CA is configured",

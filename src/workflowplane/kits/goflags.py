@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _TRUE = {"1", "t", "T", "TRUE", "true", "True"}
 _FALSE = {"0", "f", "F", "FALSE", "false", "False"}
+MAX_PORT = 65535
 
 
 def parse_duration(text: str) -> float:
@@ -25,9 +28,57 @@ def parse_duration(text: str) -> float:
         seconds = float(value)
     except ValueError:
         seconds = _go_duration(value)
+    if not math.isfinite(seconds):
+        raise argparse.ArgumentTypeError(f"duration must be a finite time: {text!r}")
     if seconds < 0:
         raise argparse.ArgumentTypeError(f"duration must not be negative: {text!r}")
     return seconds
+
+
+def positive_duration(text: str) -> float:
+    """A duration that must be more than zero (a timeout, an interval)."""
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"duration must be more than 0: {text!r}")
+    return seconds
+
+
+def port(text: str) -> int:
+    """A TCP port, 0 (any free one) to 65535."""
+    try:
+        number = int(text.strip())
+    except ValueError:
+        number = -1
+    if not 0 <= number <= MAX_PORT:
+        raise argparse.ArgumentTypeError(f"port must be 0-{MAX_PORT}: {text!r}")
+    return number
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An integer of at least ``minimum`` (a count, a size)."""
+
+    def parse(text: str) -> int:
+        try:
+            number = int(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"must be a whole number of at least {minimum}: {text!r}"
+            ) from None
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}: {text!r}")
+        return number
+
+    parse.__name__ = f"at least {minimum}"  # argparse names the type in its own messages
+    return parse
+
+
+def log_level(text: str) -> str:
+    """OpenChoreo's levels: debug, info, warn (warning), error."""
+    if text.lower() not in {"info", *_GO_LOG_LEVELS}:
+        raise argparse.ArgumentTypeError(
+            f"invalid log level {text!r} (expected debug, info, warn or error)"
+        )
+    return text
 
 
 def _go_duration(value: str) -> float:
@@ -55,11 +106,11 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"invalid boolean {text!r} (expected true or false)")
 
 
-def env_bool(value: str | None, default: bool) -> bool:
-    """OpenChoreo's ``GetEnvBool``: unset or empty keeps the default, "true"/"1" is true."""
-    if not value:
-        return default
-    return value in ("true", "1")
+def env_bool(value: str | None, default: bool) -> str:
+    """A boolean environment variable as a flag's default, checked when the command line is
+    read (``parse_bool``: a value such as ``True`` or ``maybe`` is no longer taken as false,
+    which would switch TLS off): unset or empty keeps ``default``."""
+    return value or ("true" if default else "false")
 
 
 def add_go_flag(parser: argparse.ArgumentParser, *names: str, **kwargs: Any) -> None:
@@ -76,7 +127,7 @@ _GO_LOG_LEVELS = {"debug": "DEBUG", "warn": "WARNING", "warning": "WARNING", "er
 
 
 def apply_go_log_level(level: str | None) -> None:
-    """OpenChoreo's ``--log-level`` (debug|info|warn|error) on the root logger; anything else
-    is info, as its gateway and agent treat it; none leaves the level as it is."""
+    """OpenChoreo's ``--log-level`` (debug|info|warn|error, checked by :func:`log_level`)
+    on the root logger; none leaves the level as it is."""
     if level:
         logging.getLogger().setLevel(_GO_LOG_LEVELS.get(level.lower(), "INFO"))

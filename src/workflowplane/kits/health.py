@@ -25,6 +25,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from workflowplane.kits.dialing import Connector
+from workflowplane.kits.process import FatalError
 
 
 @dataclass(frozen=True)
@@ -198,7 +199,10 @@ class HealthListener:
         )
         await runner.setup()
         self._runner = runner
-        await web.TCPSite(runner, host, port, reuse_address=True).start()
+        try:
+            await web.TCPSite(runner, host, port, reuse_address=True).start()
+        except OSError as exc:  # a port taken or out of reach, a host that is no address
+            raise FatalError(f"cannot listen for health on {host}:{port}: {exc}", None, 2) from exc
         self.port = int(runner.addresses[0][1])
         return self.port
 

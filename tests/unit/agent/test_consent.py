@@ -71,10 +71,20 @@ def test_flags_take_comma_lists_and_repeat() -> None:
     assert config.allowed == ("/x", "team-a/*", "team-b/build")
 
 
-def test_env_and_flags_are_united(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_flag_replaces_the_environments_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As for every other setting, the flag wins over the variable: a flag given to narrow
+    the list had been added to the variable's, widening it."""
     monkeypatch.setenv("CLUSTER_AGENT_ALLOWED_NAMESPACES", "team-a,/shared")
     assert _config([]).allowed == ("/shared", "team-a/*")
-    assert _config(["-allowed-namespaces=team-c/p"]).allowed == ("/shared", "team-a/*", "team-c/p")
+    assert _config(["-allowed-namespaces=team-c/p"]).allowed == ("team-c/p",)
+
+
+@pytest.mark.parametrize("given", [",", " ", "a,,b", "team-a,"])
+def test_a_list_with_an_empty_entry_is_refused_not_read_as_no_list(given: str) -> None:
+    """``,`` parsed to no entries, which means "any CR that trusts the CA": the widest
+    consent there is, from a value that meant to name someone."""
+    with pytest.raises(FatalError, match="has an empty entry"):
+        _config([f"--allowed-namespaces={given}"])
 
 
 def test_no_list_anywhere_is_unrestricted() -> None:

@@ -10,9 +10,13 @@ import pytest
 from workflowplane.kits.goflags import (
     add_go_flag,
     apply_go_log_level,
+    at_least,
     env_bool,
+    log_level,
     parse_bool,
     parse_duration,
+    port,
+    positive_duration,
 )
 
 
@@ -48,10 +52,53 @@ def test_bools_as_go_parses_them() -> None:
         parse_bool("yes")
 
 
-def test_env_bool_is_openchoreos_getenvbool() -> None:
-    assert env_bool(None, True) and env_bool("", True)
-    assert env_bool("1", False) and env_bool("true", False)
-    assert not env_bool("TRUE", True)  # only "true" and "1" count, as in cmdutil.GetEnvBool
+def test_a_boolean_variable_is_checked_as_a_flag_value_is() -> None:
+    """OpenChoreo's ``GetEnvBool`` takes anything but "true" and "1" as false, so
+    ``INTERNAL_MTLS_ENABLED=True`` or ``TLS_ENABLED=maybe`` switched security off; here the
+    variable is the flag's default, read by ``parse_bool`` with the rest of the command line."""
+    assert env_bool(None, True) == "true" and env_bool("", False) == "false"
+    parser = argparse.ArgumentParser()
+    add_go_flag(parser, "tls-enabled", go_bool=True, default=env_bool("True", False))
+    assert parser.parse_args([]).tls_enabled is True
+    refusing = argparse.ArgumentParser(exit_on_error=False)
+    add_go_flag(refusing, "tls-enabled", go_bool=True, default=env_bool("maybe", True))
+    with pytest.raises(argparse.ArgumentError, match="invalid boolean 'maybe'"):
+        refusing.parse_args([])
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf", "1e999"])
+def test_a_duration_must_be_finite(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="finite"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [
+        ("0", True),
+        ("65535", True),
+        ("65536", False),
+        ("-1", False),
+        ("abc", False),
+        ("80.5", False),
+    ],
+)
+def test_ports_are_checked_not_wrapped(text: str, ok: bool) -> None:
+    if ok:
+        assert port(text) == int(text)
+    else:
+        with pytest.raises(argparse.ArgumentTypeError, match="port must be 0-65535"):
+            port(text)
+
+
+def test_counts_durations_and_levels_refuse_what_means_nothing() -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="at least 1"):
+        at_least(1)("0")
+    with pytest.raises(argparse.ArgumentTypeError, match="more than 0"):
+        positive_duration("0s")
+    with pytest.raises(argparse.ArgumentTypeError, match="invalid log level"):
+        log_level("verbose")
+    assert log_level("WARN") == "WARN" and positive_duration("1m") == 60
 
 
 def test_flags_take_one_or_two_dashes_and_bools_need_no_value() -> None:

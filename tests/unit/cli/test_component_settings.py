@@ -1,0 +1,115 @@
+"""Settings of the agent, gateway and controller that mean nothing (or something dangerous)
+are refused at start with the setting named, not accepted, wrapped or turned into a
+traceback (a review found each of these starting, or crashing, before)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.unit.cli.wpctl import wpctl
+
+AGENT = ["agent", "--plane-id", "p", "--server-url", "wss://gw:8443/ws"]
+
+
+def test_a_bad_agent_variable_does_not_break_every_wpctl_command(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent's flags read their variables when the parser was built: a bad one made
+    every wpctl command, --help included, end in a traceback."""
+    monkeypatch.setenv("CLUSTER_AGENT_HEALTH_PORT", "abc")
+    code, err = wpctl(capsys, "--help")
+    assert code == 0 and "Traceback" not in err
+    code, err = wpctl(capsys, *AGENT)
+    assert code == 2 and "--health-port" in err and "'abc'" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--health-port=70000"], "port must be 0-65535"),
+        (["--max-concurrent-requests=-1"], "must be at least 1"),
+        (["--request-timeout=0"], "more than 0"),
+        (["--reconnect-max=nan"], "finite"),
+        (["--cert-validity-days=0"], "days from 1 to 3650"),
+        (["--reconnect-initial=60s", "--reconnect-max=1s"], "longer than --reconnect-max"),
+        (["--log-level=verbose"], "invalid log level"),
+        (["--tls-enabled=maybe"], "invalid boolean"),
+        (["--allowed-namespaces=,"], "has an empty entry"),
+        (["--client-key=/k"], "--client-cert and --client-key go together"),
+        (["--server-ca=/nope/ca.crt"], "--server-ca /nope/ca.crt"),
+    ],
+)
+def test_the_agent_refuses_settings_that_mean_nothing(
+    capsys: pytest.CaptureFixture[str], argv: list[str], says: str
+) -> None:
+    code, err = wpctl(capsys, *AGENT, *argv)
+    assert code == 2 and says in err, err
+
+
+@pytest.mark.parametrize("plane_id", ["UPPER", "-lead", "a/b", "x" * 64, "has space"])
+def test_the_agent_refuses_a_plane_id_no_cr_can_have(
+    capsys: pytest.CaptureFixture[str], plane_id: str
+) -> None:
+    code, err = wpctl(capsys, "agent", f"--plane-id={plane_id}", "--server-url", "wss://g:1/ws")
+    assert code == 2 and "is not a planeID" in err
+
+
+def test_a_boolean_variable_that_is_not_one_is_refused_not_taken_as_false(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OpenChoreo reads anything but "true"/"1" as false: ``TLS_ENABLED=maybe`` switched TLS
+    off, and ``INTERNAL_MTLS_ENABLED=True`` let unauthenticated callers in."""
+    monkeypatch.setenv("TLS_ENABLED", "maybe")
+    code, err = wpctl(capsys, *AGENT)
+    assert code == 2 and "invalid boolean 'maybe'" in err
+    monkeypatch.setenv("INTERNAL_MTLS_ENABLED", "yes")
+    code, err = wpctl(capsys, "gateway")
+    assert code == 2 and "invalid boolean 'yes'" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--public-port=70000"], "port must be 0-65535"),
+        (["--tls-handshake-timeout=0"], "more than 0"),
+        (["--max-frame-bytes=-1"], "must be at least"),
+        (["--drain-seconds=nan"], "finite"),
+        (["--dead-after=1s", "--ping-interval=60s"], "is shorter than --ping-interval"),
+        (["--server-dns-name=bad name!"], "is not a DNS name"),
+        (["--server-dns-name="], "is not a DNS name"),
+    ],
+)
+def test_the_gateway_refuses_settings_that_mean_nothing(
+    capsys: pytest.CaptureFixture[str], argv: list[str], says: str
+) -> None:
+    code, err = wpctl(capsys, "gateway", *argv)
+    assert code == 2 and says in err, err
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--resync-seconds=0"], "> 0"),
+        (["--stuck-after=nan"], ">= 0"),
+        (["--disconnect-grace=-1"], ">= 0"),
+        (["--health-port=99999"], "port must be 0-65535"),
+    ],
+)
+def test_the_controller_refuses_settings_that_mean_nothing(
+    capsys: pytest.CaptureFixture[str], argv: list[str], says: str
+) -> None:
+    code, err = wpctl(capsys, "controller", *argv)
+    assert code == 2 and says in err, err
+
+
+@pytest.mark.parametrize("content", [None, "not: [yaml", "[]", "apiVersion: v1\n"])
+def test_a_kubeconfig_that_cannot_be_used_is_named(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, content: str | None
+) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    if content is not None:
+        kubeconfig.write_text(content)
+    code, err = wpctl(capsys, "runs", "--kubeconfig", str(kubeconfig))
+    assert code == 2 and str(kubeconfig) in err and "Traceback" not in err, err
