@@ -13,7 +13,6 @@ import logging
 import math
 import os
 import re
-import ssl
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from workflowplane.kits.goflags import (
 )
 from workflowplane.kits.logs import add_fields
 from workflowplane.kits.process import EXIT_USAGE, FatalError
+from workflowplane.kits.tlsfiles import check_ca, check_pair, check_together
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +233,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
             f"({args.reconnect_max:g}s)",
             exit_code=EXIT_USAGE,
         )
+    _check_tls_agrees(args)
     args.server_urls = _from_flag_or_env(args.server_urls, "SERVER_URLS")
     args.allowed_namespaces = _from_flag_or_env(args.allowed_namespaces, "ALLOWED_NAMESPACES")
     try:
@@ -292,22 +293,38 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     )
 
 
+def _check_tls_agrees(args: argparse.Namespace) -> None:
+    """TLS on with a plain ``ws://`` or ``http://`` gateway URL would send the tunnel in the
+    clear with no word of it; a consent list needs the client certificate TLS presents."""
+    urls = [
+        args.server_url or "",
+        args.server_dns_name or "",
+        *_from_flag_or_env(args.server_urls, "SERVER_URLS"),
+    ]
+    plain = [u for part in urls for u in part.split(",") if u.strip().startswith(("ws:", "http:"))]
+    if args.tls_enabled and plain:
+        raise FatalError(
+            f"{plain[0].strip()!r} is not a TLS URL but TLS is enabled: use wss://, or "
+            "--tls-enabled=false (OpenChoreo's single-cluster mode)",
+            exit_code=EXIT_USAGE,
+        )
+    listed = _from_flag_or_env(args.allowed_namespaces, "ALLOWED_NAMESPACES")
+    if not args.tls_enabled and listed:
+        raise FatalError(
+            "--allowed-namespaces needs TLS: the list travels in the client certificate, "
+            "which --tls-enabled=false does not present",
+            exit_code=EXIT_USAGE,
+        )
+
+
 def _check_tls_files(args: argparse.Namespace) -> None:
     """The certificate files given are loaded once at start (``ssl``, no extra import), so a
     missing or broken one is named now, not retried without a name at every dial."""
-    if bool(args.client_cert) != bool(args.client_key):
-        raise FatalError("--client-cert and --client-key go together", exit_code=EXIT_USAGE)
-    try:
-        flag = f"--server-ca {args.server_ca}"
-        if args.server_ca:
-            ssl.create_default_context(cafile=args.server_ca)
-        flag = f"--client-cert {args.client_cert} / --client-key {args.client_key}"
-        if args.client_cert:
-            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(
-                args.client_cert, args.client_key
-            )
-    except (OSError, ssl.SSLError, ValueError) as exc:
-        raise FatalError(f"{flag}: {exc}", exit_code=EXIT_USAGE) from exc
+    check_together({"--client-cert": args.client_cert, "--client-key": args.client_key})
+    if args.server_ca:
+        check_ca("--server-ca", args.server_ca)
+    if args.client_cert:
+        check_pair("--client-cert/--client-key", args.client_cert, args.client_key)
 
 
 def _ignored(args: argparse.Namespace) -> tuple[str, ...]:

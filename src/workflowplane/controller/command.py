@@ -12,6 +12,7 @@ from typing import Any
 from workflowplane.controller.runner import ControllerConfig, GatewayReplicas
 from workflowplane.kits.goflags import port
 from workflowplane.kits.process import EXIT_USAGE, FatalError
+from workflowplane.kits.tlsfiles import check_ca, check_pair, check_together
 from workflowplane.protocol.agent_patience import (
     DEFAULT_AGENT_WAIT_SECONDS,
     DEFAULT_RECENT_SECONDS,
@@ -183,6 +184,11 @@ def _run(args: argparse.Namespace) -> int:
     replicas = GatewayReplicas(
         gateway_urls(args.gateway_url), args.gateway_namespace, leases=args.gateway_leases
     )
+    files = {"--gateway-ca": args.gateway_ca, "--gateway-cert": args.gateway_cert}
+    check_together(files | {"--gateway-key": args.gateway_key})
+    if args.gateway_ca:
+        check_ca("--gateway-ca", args.gateway_ca)
+        check_pair("--gateway-cert/--gateway-key", args.gateway_cert, args.gateway_key)
     run(
         run_with_gateway_client(
             controller_config(args),

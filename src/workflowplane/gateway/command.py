@@ -29,6 +29,7 @@ from workflowplane.kits.goflags import (
     positive_duration,
 )
 from workflowplane.kits.process import EXIT_USAGE, FatalError
+from workflowplane.kits.tlsfiles import check_ca, check_pair
 
 log = logging.getLogger(__name__)
 DNS_NAME_MAX = 253
@@ -258,6 +259,10 @@ def _run(args: argparse.Namespace) -> int:
     from workflowplane.kits.process import run  # noqa: PLC0415
 
     config = config_from_args(args)
+    if config.tls_cert_file and config.tls_key_file:
+        check_pair("--server-cert/--server-key", config.tls_cert_file, config.tls_key_file)
+    if config.internal_ca_file and config.internal_mtls:
+        check_ca("--internal-client-ca-cert", config.internal_ca_file)
     apply_go_log_level(args.log_level)
     run(serve_forever(config))
     return 0

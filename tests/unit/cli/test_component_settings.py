@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.unit.cli.wpctl import wpctl
+from workflowplane.pki import generate_ca, issue_certificate
 
 AGENT = ["agent", "--plane-id", "p", "--server-url", "wss://gw:8443/ws"]
 
@@ -37,7 +38,7 @@ def test_a_bad_agent_variable_does_not_break_every_wpctl_command(
         (["--log-level=verbose"], "invalid log level"),
         (["--tls-enabled=maybe"], "invalid boolean"),
         (["--allowed-namespaces=,"], "has an empty entry"),
-        (["--client-key=/k"], "--client-cert and --client-key go together"),
+        (["--client-key=/k"], "--client-key given without --client-cert: they go together"),
         (["--server-ca=/nope/ca.crt"], "--server-ca /nope/ca.crt"),
     ],
 )
@@ -113,3 +114,34 @@ def test_a_kubeconfig_that_cannot_be_used_is_named(
         kubeconfig.write_text(content)
     code, err = wpctl(capsys, "runs", "--kubeconfig", str(kubeconfig))
     assert code == 2 and str(kubeconfig) in err and "Traceback" not in err, err
+
+
+def test_the_agent_refuses_a_plain_url_with_tls_on_and_a_consent_list_without_tls(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """TLS on with ws:// had run the tunnel in the clear without a word; a consent list with
+    TLS off had run forever, refusing to connect."""
+    code, err = wpctl(capsys, "agent", "--plane-id=p", "--server-url=ws://gw:80/ws")
+    assert code == 2 and "is not a TLS URL but TLS is enabled" in err
+    plain = ["agent", "--plane-id=p", "--server-url=ws://gw:80/ws", "--tls-enabled=false"]
+    code, err = wpctl(capsys, *plain, "--allowed-namespaces=team-a")
+    assert code == 2 and "--allowed-namespaces needs TLS" in err
+
+
+def test_certificate_files_are_loaded_at_start_and_named(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    one, other = generate_ca("one"), generate_ca("other")
+    leaf = issue_certificate(one, "gw", client=False, server=True)
+    (tmp_path / "tls.crt").write_bytes(leaf.cert_pem)
+    (tmp_path / "other.key").write_bytes(other.key_pem)
+    (tmp_path / "empty.pem").write_text("")
+    cert, key, empty = (str(tmp_path / n) for n in ("tls.crt", "other.key", "empty.pem"))
+    code, err = wpctl(
+        capsys, "gateway", f"--server-cert={cert}", f"--server-key={key}", "--internal-mtls=false"
+    )
+    assert code == 2 and f"--server-cert/--server-key ({cert}, {key})" in err
+    code, err = wpctl(capsys, *AGENT, f"--server-ca={empty}")
+    assert code == 2 and f"--server-ca {empty}" in err
+    code, err = wpctl(capsys, "controller", f"--gateway-ca={cert}")
+    assert code == 2 and "--gateway-ca given without --gateway-cert, --gateway-key" in err
