@@ -10,7 +10,13 @@ import sys
 from collections.abc import Callable, Sequence
 
 from workflowplane import __version__
-from workflowplane.cli.errors import EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, CliError
+from workflowplane.cli.errors import (
+    EXIT_FAILURE,
+    EXIT_NOT_FOUND,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    CliError,
+)
 from workflowplane.kits.logs import LOG_FORMATS, configure
 
 # Each component owns its subcommand; the CLI only gathers them. Order = order in --help.
@@ -148,8 +154,15 @@ def _server_error(exc: Exception) -> CliError | None:
         where = f" {exc.request.url}"
     except RuntimeError:  # no request attached
         where = ""
+    said = str(exc) or type(exc).__name__
+    if "Bearer" in said or "Basic" in said:  # a header built from credentials: never print it
+        return CliError(
+            f"cannot send a request{where}: the kubeconfig's credentials make an invalid HTTP "
+            "header (a token with a line break or a space?)",
+            exit_code=EXIT_USAGE,
+        )
     return CliError(
-        f"cannot reach{where}: {str(exc) or type(exc).__name__}",
+        f"cannot reach{where}: {said}",
         "is the server up, and are --kubeconfig and the context the right ones?",
         EXIT_UNAVAILABLE,
     )

@@ -53,8 +53,12 @@ def register(subparsers: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("name", help="name of the WorkflowPlane / ClusterWorkflowPlane")
-    parser.add_argument("-n", "--namespace", help="namespace of the WorkflowPlane")
+    parser.add_argument(
+        "name", type=object_name, help="name of the WorkflowPlane / ClusterWorkflowPlane"
+    )
+    parser.add_argument(
+        "-n", "--namespace", type=namespace_name, help="namespace of the WorkflowPlane"
+    )
     parser.add_argument(
         "--cluster", action="store_true", help="create a ClusterWorkflowPlane instead"
     )
@@ -69,12 +73,21 @@ def register(subparsers: Any) -> None:
         help=f"where the agent runs (default {AGENT_NAMESPACE})",
     )
     parser.add_argument(
-        "--ca-secret", metavar="NAME", help="Option 2: store the CA in this Secret and reference it"
+        "--ca-secret",
+        metavar="NAME",
+        type=object_name,
+        help="Option 2: store the CA in this Secret and reference it",
     )
     parser.add_argument(
-        "--ca-secret-namespace", help="namespace of that Secret (default: the CR's namespace)"
+        "--ca-secret-namespace",
+        type=namespace_name,
+        help="namespace of that Secret (default: the CR's namespace)",
     )
-    parser.add_argument("--secret-store", help="ClusterSecretStore name in the workflow plane")
+    parser.add_argument(
+        "--secret-store",
+        type=object_name,
+        help="ClusterSecretStore name in the workflow plane",
+    )
     parser.add_argument("--display-name", help="openchoreo.dev/display-name annotation")
     parser.add_argument("--description", help="openchoreo.dev/description annotation")
     parser.add_argument(
@@ -104,6 +117,18 @@ def _check_scope(args: argparse.Namespace) -> None:
             "a WorkflowPlane needs -n/--namespace",
             "or pass --cluster for a ClusterWorkflowPlane",
             EXIT_USAGE,
+        )
+    if args.cluster and args.namespace:
+        raise CliError(
+            "-n/--namespace names a WorkflowPlane's namespace: a ClusterWorkflowPlane has none",
+            exit_code=EXIT_USAGE,
+        )
+    if args.ca_secret_namespace and not args.ca_secret:
+        raise CliError("--ca-secret-namespace needs --ca-secret", exit_code=EXIT_USAGE)
+    if args.allow is not None and not any(entry.strip() for entry in args.allow):
+        raise CliError(
+            "--allow is empty: name the plane CRs, or leave it out to allow this one",
+            exit_code=EXIT_USAGE,
         )
     if args.cluster and args.ca_secret and not args.ca_secret_namespace:
         raise CliError(
@@ -286,22 +311,31 @@ async def _register(args: argparse.Namespace) -> int:
         print(f"# control plane (--cp-context {args.cp_context})")
         print(text, end="")
         return 0
+    # The control plane judges the manifests before anything is written in either cluster:
+    # a refusal had come after the agent's consent list was already changed.
+    _apply(args, text, "--dry-run=server")
     if consent_doc is not None:
         await _save_consent(args, consent_doc, configmap)
         _say_consent(args, current, consent, renewable)
+    print(_apply(args, text), end="")
+    return 0
+
+
+def _apply(args: argparse.Namespace, text: str, *flags: str) -> str:
     result = kubectl(
         kubeconfig_path(args.kubeconfig),
         args.cp_context,
         "apply",
+        *flags,
         "-f",
         "-",
         input=text,
         check=False,
     )
     if result.returncode != 0:
-        raise CliError(f"applying to {args.cp_context} failed: {result.stderr.strip()}")
-    print(result.stdout, end="")
-    return 0
+        what = "checking the manifests on" if flags else "applying to"
+        raise CliError(f"{what} {args.cp_context} failed: {result.stderr.strip()}")
+    return str(result.stdout)
 
 
 async def _save_consent(

@@ -24,6 +24,7 @@ from tests.integration.harness import (
     workflow_plane_cr,
 )
 from workflowplane.api.consent import CONSENT_URI_PREFIX, parse_allow_list
+from workflowplane.cli.errors import CliError
 from workflowplane.cli.main import build_parser
 from workflowplane.pki import load_certificates, uri_sans, verify_client_certificate
 from workflowplane.testenv import ApiServer, Environment
@@ -145,5 +146,53 @@ async def test_wpctl_register_writes_the_consent_the_agent_then_carries(
         assert await asyncio.to_thread(args.handler, args) == 0
         wanted = [CONSENT_URI_PREFIX + f"{namespace}/wp"]
         await eventually(lambda: presented_by(gw, plane_id) == [wanted], timeout=20)
+    finally:
+        await running.stop()
+
+
+async def test_wpctl_register_that_the_control_plane_refuses_changes_no_consent(
+    environment: Environment,
+    control_plane: ApiServer,
+    workflow_plane: ApiServer,
+    gw: RunningGateway,
+) -> None:
+    """The control plane judges the manifests (a server-side dry run) before the agent's
+    consent list is written: a refusal there (here: a namespace that does not exist) had
+    come after the list was changed, leaving an entry for a CR that never came."""
+    agent_namespace, plane_id = unique("agent"), unique("reg")
+    config = agent_config(
+        workflow_plane, gw, plane_id, "cluster-agent-tls", namespace=agent_namespace
+    )
+    running = await start_agent(config, wait=False)  # it creates its CA Secret
+    try:
+        await eventually(
+            lambda: (
+                kubectl(
+                    environment.kubeconfig,
+                    workflow_plane.context,
+                    *("get", "secret", "cluster-agent-tls", "-n", agent_namespace),
+                    check=False,
+                ).returncode
+                == 0
+            ),
+            timeout=20,
+        )
+        args = build_parser().parse_args(
+            [
+                *("register", "wp", "-n", unique("missing"), "--plane-id", plane_id),
+                *("--kubeconfig", str(environment.kubeconfig)),
+                *("--wp-context", workflow_plane.context, "--cp-context", control_plane.context),
+                *("--agent-namespace", agent_namespace),
+            ]
+        )
+        with pytest.raises(CliError, match="checking the manifests on"):
+            await asyncio.to_thread(args.handler, args)
+        consent = kubectl(
+            environment.kubeconfig,
+            workflow_plane.context,
+            *("get", "configmap", "cluster-agent-consent", "-n", agent_namespace),
+            check=False,
+        )
+        assert consent.returncode != 0 and "NotFound" in consent.stderr
     finally:
         await running.stop()

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx2
 import pytest
 
 from tests.unit.cli.wpctl import wpctl
+from workflowplane.cli.main import _server_error
 from workflowplane.pki import generate_ca, issue_certificate
 
 AGENT = ["agent", "--plane-id", "p", "--server-url", "wss://gw:8443/ws"]
@@ -145,3 +147,33 @@ def test_certificate_files_are_loaded_at_start_and_named(
     assert code == 2 and f"--server-ca {empty}" in err
     code, err = wpctl(capsys, "controller", f"--gateway-ca={cert}")
     assert code == 2 and "--gateway-ca given without --gateway-cert, --gateway-key" in err
+
+
+REGISTER = ["register", "--wp-context=w", "--cp-context=c", "--kubeconfig=/nope"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["UPPER", "-n", "default"], "argument name"),
+        (["wp", "-n", "Bad_NS"], "argument -n/--namespace"),
+        (["wp", "-n", "d", "--ca-secret", "UPPER"], "argument --ca-secret"),
+        (["wp", "--cluster", "--plane-id=p", "-n", "x"], "a ClusterWorkflowPlane has none"),
+        (["wp", "-n", "d", "--ca-secret-namespace=x"], "--ca-secret-namespace needs --ca-secret"),
+        (["wp", "-n", "d", "--allow="], "--allow is empty"),
+    ],
+)
+def test_register_refuses_names_and_flags_before_writing_anything(
+    capsys: pytest.CaptureFixture[str], argv: list[str], says: str
+) -> None:
+    """Each of these had reached the agent's consent ConfigMap (or been dropped silently)."""
+    code, err = wpctl(capsys, *REGISTER, *argv)
+    assert code == 2 and says in err, err
+
+
+def test_a_credential_in_a_broken_header_is_never_printed() -> None:
+    """A token with a line break made the HTTP client refuse the header, and its message,
+    token included, was printed as the reason the server was unreachable."""
+    said = _server_error(httpx2.LocalProtocolError("Illegal header value b'Bearer ab\\ncd'"))
+    assert said is not None and "Bearer" not in said.message and "cd" not in said.message
+    assert "invalid HTTP header" in said.message and said.exit_code == 2
