@@ -51,6 +51,7 @@ def _path(value: str | None) -> Path | None:
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "agent",
+        allow_abbrev=False,  # as Go flag parsing: --tls is no --tls-enabled
         help="run the cluster agent (in the workflow plane)",
         description="Dials out to the cluster gateway over mutual TLS and serves Kubernetes "
         "API requests for the control plane. Every flag also reads CLUSTER_AGENT_<FLAG>; "
@@ -361,7 +362,9 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> None:
     """``cluster-agent``: the agent alone, started with OpenChoreo's command line unchanged."""
     parser = argparse.ArgumentParser(
-        prog="cluster-agent", description="workflowplane's cluster agent (OpenChoreo-compatible)"
+        allow_abbrev=False,  # as Go flag parsing: --tls is no --tls-enabled
+        prog="cluster-agent",
+        description="workflowplane's cluster agent (OpenChoreo-compatible)",
     )
     add_arguments(parser)
     args = parser.parse_args(argv)

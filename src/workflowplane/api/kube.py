@@ -29,6 +29,12 @@ _CONFIG_ERRORS = (ConfigError, OSError, ValueError, KeyError, TypeError, Attribu
 def load_config(kubeconfig: Path | None, context: str | None) -> SingleConfig:
     """A kubeconfig context, or the in-cluster service account when no file is given; a file
     that cannot be used is a FatalError naming it (a traceback named nothing)."""
+    if kubeconfig is None and context:
+        raise FatalError(
+            f"--context {context} needs --kubeconfig: without one the pod's service account "
+            "is used, which has no contexts",
+            exit_code=EXIT_USAGE,
+        )
     try:
         if kubeconfig is None:
             return KubeConfig.from_service_account().get()  # type: ignore[return-value]

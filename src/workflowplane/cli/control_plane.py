@@ -32,7 +32,9 @@ ANY_ADDRESS = ("0.0.0.0", "::", "")
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "control-plane", help="run gateway + controller together in one process"
+        "control-plane",
+        help="run gateway + controller together in one process",
+        allow_abbrev=False,  # as Go flag parsing: --tls is no --tls-enabled
     )
     add_gateway_flags(parser)
     add_controller_flags(parser, standalone=False)

@@ -39,8 +39,19 @@ from workflowplane.runs.plan import PlaneTarget
 from workflowplane.runs.plane_api import Discovery, PlaneAPI, request_error
 from workflowplane.runs.progress import is_completed
 from workflowplane.runs.targets import recorded_target
+from workflowplane.runs.ttl import parse_ttl
 
 COLUMNS = ("NAMESPACE", "NAME", "WORKFLOW", "STATUS", "STARTED", "DURATION")
+
+
+def _ttl(text: str) -> str:
+    """The run's ``ttlAfterCompletion``, checked here as the CRD checks it (an empty one had
+    been dropped without a word)."""
+    try:
+        parse_ttl(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text.strip()
 
 
 def register(subparsers: Any) -> None:
@@ -60,7 +71,7 @@ def register(subparsers: Any) -> None:
     run.add_argument(
         "--name", type=object_name, help="the run's name (default: generated from the workflow's)"
     )
-    run.add_argument("--ttl", help="ttlAfterCompletion, e.g. 1d12h or 30m")
+    run.add_argument("--ttl", type=_ttl, help="ttlAfterCompletion, e.g. 1d12h or 30m")
     run.add_argument("--wait", action="store_true", help="wait until it completes")
     run.add_argument("--timeout", type=_seconds, default=1800.0, help="seconds --wait waits")
     _common(run)
@@ -142,7 +153,7 @@ def run_manifest(args: argparse.Namespace) -> dict[str, Any]:
             "parameters": parse_params(args.param),
         }
     }
-    if args.ttl:
+    if args.ttl is not None:
         spec["ttlAfterCompletion"] = args.ttl
     metadata: dict[str, Any] = {"namespace": args.namespace}
     if args.name:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import random
+import re
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from workflowplane.controller.runner import ControllerConfig, GatewayReplicas
 from workflowplane.kits.goflags import port
@@ -21,6 +23,7 @@ from workflowplane.protocol.agent_patience import (
 )
 
 DEFAULT_HEALTH_PORT = 8081
+PEERING_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 def add_controller_flags(parser: argparse.ArgumentParser, *, standalone: bool) -> None:
@@ -70,6 +73,7 @@ def add_controller_flags(parser: argparse.ArgumentParser, *, standalone: bool) -
         add(
             "--gateway-peer-url",
             action="append",
+            type=peer_url,
             default=[],
             metavar="URL",
             help="another gateway replica's internal API for the controller (repeatable)",
@@ -108,6 +112,7 @@ def add_controller_flags(parser: argparse.ArgumentParser, *, standalone: bool) -
     )
     add(
         "--peering",
+        type=peering_name,
         default=None,
         help="kopf peering name: replicas with the same name elect one active controller",
     )
@@ -158,13 +163,47 @@ def more_than_zero(flag: str) -> Callable[[str], float]:
     return parse
 
 
+def _https_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises for a port out of range)
+    except ValueError:
+        return False
+    host = parts.hostname or ""
+    return (
+        parts.scheme == "https"
+        and bool(host)
+        and " " not in url
+        and parts.username is None
+        and not parts.query
+        and not parts.fragment
+    )
+
+
+def peer_url(value: str) -> str:
+    if not _https_url(value.strip()):
+        raise argparse.ArgumentTypeError(f"{value[:200]!r} is not an https://host:port URL")
+    return value
+
+
+def peering_name(value: str) -> str:
+    """kopf's peering object is named by it: a Kubernetes object name."""
+    if not PEERING_NAME.fullmatch(value) or len(value) > 253:
+        raise argparse.ArgumentTypeError(
+            f"{value[:80]!r} is not a Kubernetes object name (lowercase letters, digits, "
+            "'-' and '.')"
+        )
+    return value
+
+
 def gateway_urls(value: str) -> tuple[str, ...]:
     """``--gateway-url``: one URL, or several comma-separated (each https://host:port)."""
     urls = tuple(url.strip() for url in value.split(",") if url.strip())
-    bad = [url for url in urls if not url.startswith("https://")]
-    if not urls or bad:
+    bad = [url for url in urls if not _https_url(url)]
+    if not urls or bad or len(set(urls)) != len(urls):
         raise FatalError(
-            f"--gateway-url needs https:// URLs (got {value!r})",
+            f"--gateway-url needs distinct https://host:port URLs, without credentials "
+            f"(got {value[:300]!r})",
             "e.g. --gateway-url https://gw-0:8444,https://gw-1:8444",
             EXIT_USAGE,
         )
@@ -172,7 +211,11 @@ def gateway_urls(value: str) -> tuple[str, ...]:
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("controller", help="run the plane controller")
+    parser = subparsers.add_parser(
+        "controller",
+        help="run the plane controller",
+        allow_abbrev=False,  # as Go flag parsing: --tls is no --tls-enabled
+    )
     add_controller_flags(parser, standalone=True)
     parser.set_defaults(handler=_run)
 

@@ -245,6 +245,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "gateway",
+        allow_abbrev=False,  # as Go flag parsing: --tls is no --tls-enabled
         help="run the cluster gateway (control plane)",
         description="Admits cluster agents (mutual TLS, per plane CR) and tunnels Kubernetes "
         "API requests to their planes. OpenChoreo's cluster-gateway flags and environment "
@@ -271,6 +272,7 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> None:
     """``cluster-gateway``: the gateway alone, started with OpenChoreo's command line."""
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,  # as Go flag parsing: --tls is no --tls-enabled
         prog="cluster-gateway",
         description="workflowplane's cluster gateway (OpenChoreo-compatible)",
     )

@@ -10,7 +10,9 @@ import httpx2
 import pytest
 
 from tests.unit.cli.wpctl import wpctl
+from workflowplane.api.kube import load_config
 from workflowplane.cli.main import _server_error
+from workflowplane.kits.process import FatalError
 from workflowplane.pki import generate_ca, issue_certificate
 
 AGENT = ["agent", "--plane-id", "p", "--server-url", "wss://gw:8443/ws"]
@@ -177,3 +179,44 @@ def test_a_credential_in_a_broken_header_is_never_printed() -> None:
     said = _server_error(httpx2.LocalProtocolError("Illegal header value b'Bearer ab\\ncd'"))
     assert said is not None and "Bearer" not in said.message and "cd" not in said.message
     assert "invalid HTTP header" in said.message and said.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [*AGENT, "--tls=false"],
+        [*AGENT, "--allow=team-a"],
+        ["gateway", "--tls-hand=1s"],
+    ],
+)
+def test_a_shortened_flag_is_refused_as_go_refuses_it(
+    capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """argparse took ``--tls=false`` for ``--tls-enabled=false``; Go's flag package (and
+    OpenChoreo's charts) know no such abbreviation."""
+    code, err = wpctl(capsys, *argv)
+    assert code == 2 and "unrecognized arguments" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["controller", "--gateway-url=https://"], "--gateway-url needs distinct https://host"),
+        (["controller", "--gateway-url=https://u:p@gw:1"], "without credentials"),
+        (["controller", "--gateway-url=https://a:1,https://a:1"], "distinct"),
+        (["controller", "--peering=Bad Name!"], "is not a Kubernetes object name"),
+        (["control-plane", "--gateway-peer-url=notaurl"], "is not an https://host:port URL"),
+        (["run", "docker-build", "--ttl="], "argument --ttl"),
+    ],
+)
+def test_urls_names_and_contexts_that_cannot_work_are_refused(
+    capsys: pytest.CaptureFixture[str], argv: list[str], says: str
+) -> None:
+    code, err = wpctl(capsys, *argv)
+    assert code == 2 and says in err, err
+
+
+def test_a_context_without_a_kubeconfig_is_refused_not_ignored() -> None:
+    """In a pod the service account was used and ``--context`` silently ignored."""
+    with pytest.raises(FatalError, match="--context foo needs --kubeconfig"):
+        load_config(None, "foo")
