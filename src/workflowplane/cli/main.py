@@ -130,6 +130,13 @@ def _server_error(exc: Exception) -> CliError | None:
     kube = sys.modules.get("lightkube.core.exceptions")
     failures = sys.modules.get("workflowplane.kits.failures")
     httpx = sys.modules.get("httpx2")
+    if kube is not None and isinstance(exc, kube.ConfigError):  # the kubeconfig's auth
+        return CliError(
+            f"the kubeconfig's credentials cannot be used: {exc}",
+            "lightkube supports tokens, token files, client certificates and exec plugins "
+            "of client.authentication.k8s.io/v1beta1",
+            EXIT_USAGE,
+        )
     if kube is not None and isinstance(exc, kube.ApiError):
         status = exc.status
         said = " ".join(str(part) for part in (status.code, status.reason) if part)

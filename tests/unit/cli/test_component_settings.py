@@ -220,3 +220,37 @@ def test_a_context_without_a_kubeconfig_is_refused_not_ignored() -> None:
     """In a pod the service account was used and ``--context`` silently ignored."""
     with pytest.raises(FatalError, match="--context foo needs --kubeconfig"):
         load_config(None, "foo")
+
+
+KUBECONFIG_USER = """
+apiVersion: v1
+kind: Config
+clusters:
+- name: c
+  cluster: {{server: "{server}", insecure-skip-tls-verify: true}}
+contexts:
+- name: x
+  context: {{cluster: c, user: u}}
+current-context: x
+users:
+- name: u
+  user: {user}
+"""
+
+
+@pytest.mark.parametrize(
+    ("server", "user", "says"),
+    [
+        ("https://127.0.0.1:1", "{auth-provider: {name: gcp}}", "credentials cannot be used"),
+        ("https://127.0.0.1:1", "{tokenFile: /nope/token}", "Token file /nope/token"),
+        ("https://127.0.0.1:1", "{client-certificate: /c.crt}", "go together"),
+        ("https://127.0.0.1:99999", "{token: abc}", "Port out of range"),
+    ],
+)
+def test_a_kubeconfig_the_client_cannot_use_is_named_not_a_traceback(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, server: str, user: str, says: str
+) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(KUBECONFIG_USER.format(server=server, user=user))
+    code, err = wpctl(capsys, "runs", "--kubeconfig", str(kubeconfig))
+    assert code == 2 and says in err and "Traceback" not in err, err
