@@ -36,7 +36,7 @@ from workflowplane.controller.status import assess_ca
 from workflowplane.kits.dialing import Connector
 from workflowplane.kits.errors import Failure
 from workflowplane.pki import load_certificates, sha256_fingerprint
-from workflowplane.protocol.gateway_client import GatewayClient
+from workflowplane.protocol.gateway_client import INTERACTIVE_TIMEOUT, GatewayClient
 
 WP = "workflowplane"
 
@@ -122,7 +122,9 @@ async def _checks(args: argparse.Namespace, kube: Any, url: list[str], report: R
     if args.wp_context and ca_pem is not None:
         await _check_agent_ca(args, ca_pem, report)
     try:
-        gateway = await GatewayClient.from_secret(kube, url, args.gateway_namespace)
+        gateway = await GatewayClient.from_secret(
+            kube, url, args.gateway_namespace, timeout=INTERACTIVE_TIMEOUT
+        )
     except Exception as exc:  # noqa: BLE001 - reported
         report.fail(
             f"cannot load the gateway client credentials: {exc}",

@@ -34,7 +34,7 @@ from workflowplane.cli.kube import add_kubeconfig_flag, client_for, namespace_na
 from workflowplane.cli.state import gateway_urls_or_dev
 from workflowplane.kits.clock import parse_rfc3339
 from workflowplane.kits.errors import Failure
-from workflowplane.protocol.gateway_client import GatewayClient
+from workflowplane.protocol.gateway_client import INTERACTIVE_TIMEOUT, GatewayClient
 from workflowplane.runs.plan import PlaneTarget
 from workflowplane.runs.plane_api import Discovery, PlaneAPI, request_error
 from workflowplane.runs.progress import is_completed
@@ -280,7 +280,9 @@ async def _logs(args: argparse.Namespace) -> int:
                 f"WorkflowRun {args.namespace}/{args.run} not found", exit_code=EXIT_NOT_FOUND
             )
         target = await _plane_of(kube, run)
-        gateway = await GatewayClient.from_secret(kube, url, args.gateway_namespace)
+        gateway = await GatewayClient.from_secret(
+            kube, url, args.gateway_namespace, timeout=INTERACTIVE_TIMEOUT
+        )
     finally:
         await kube.close()
     try:

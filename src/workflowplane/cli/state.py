@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from workflowplane.cli.errors import CliError
+from workflowplane.controller.command import gateway_urls
 
 # ``wpctl dev up --gateways N``: replicas 2..N run as processes named gateway-2 ... gateway-N.
 GATEWAY_REPLICA = "gateway-"
@@ -34,7 +35,7 @@ def dev_gateway_urls() -> list[str]:
 def gateway_urls_or_dev(flag: str | None) -> list[str]:
     """``--gateway-url`` (one URL, or several comma-separated), else the local replicas."""
     if flag:
-        return [url.strip() for url in flag.split(",") if url.strip()]
+        return list(gateway_urls(flag))  # distinct https://host:port, or a usage error
     return dev_gateway_urls()
 
 

@@ -163,6 +163,8 @@ def _message(body: bytes, status: int) -> tuple[str, Any]:
 UNSENT_HEADER = "X-Workflowplane-Unsent"
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 GATEWAY_GAP_STATUSES = frozenset({502, 503, 504})
+DEFAULT_TIMEOUT = 35.0  # a plain request through the tunnel: the agent's 30 s and the trip
+INTERACTIVE_TIMEOUT = 10.0  # a person waiting at a terminal (doctor, logs)
 STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10)
 EVENTS_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=60, sock_connect=10)
 EVENTS_RESUBSCRIBE_SECONDS = 5.0
@@ -262,7 +264,7 @@ class GatewayClient:
         self,
         replicas: str | Sequence[str] | ReplicaDirectory,
         ssl_context: ssl.SSLContext,
-        timeout: float = 35.0,
+        timeout: float = DEFAULT_TIMEOUT,
         *,
         recent_seconds: float = DEFAULT_RECENT_SECONDS,
         agent_wait_seconds: float = DEFAULT_AGENT_WAIT_SECONDS,
@@ -295,10 +297,12 @@ class GatewayClient:
         replicas: str | Sequence[str] | ReplicaDirectory,
         ssl_context: ssl.SSLContext,
         patience: AgentPatience,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> GatewayClient:
         return cls(
             replicas,
             ssl_context,
+            timeout,
             recent_seconds=patience.recent_seconds,
             agent_wait_seconds=patience.agent_wait_seconds,
         )
@@ -321,10 +325,11 @@ class GatewayClient:
         replicas: str | Sequence[str] | ReplicaDirectory,
         namespace: str = GATEWAY_NAMESPACE,
         patience: AgentPatience = DEFAULT_PATIENCE,
+        timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 (the client's, kept for its requests)
     ) -> GatewayClient:
         """Credentials from the Secret the gateway wrote for its internal callers."""
         credentials = await credentials_from_secret(kube, namespace)
-        return cls.with_credentials(replicas, credentials, patience)
+        return cls.with_credentials(replicas, credentials, patience, timeout)
 
     @classmethod
     def with_credentials(
@@ -332,8 +337,10 @@ class GatewayClient:
         replicas: str | Sequence[str] | ReplicaDirectory,
         credentials: Credentials,
         patience: AgentPatience = DEFAULT_PATIENCE,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> GatewayClient:
-        client = cls.with_patience(replicas, client_ssl_context(*credentials), patience)
+        context = client_ssl_context(*credentials)
+        client = cls.with_patience(replicas, context, patience, timeout)
         client._credentials = credentials
         return client
 

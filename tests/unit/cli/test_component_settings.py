@@ -207,6 +207,7 @@ def test_a_shortened_flag_is_refused_as_go_refuses_it(
         (["controller", "--peering=Bad Name!"], "is not a Kubernetes object name"),
         (["control-plane", "--gateway-peer-url=notaurl"], "is not an https://host:port URL"),
         (["run", "docker-build", "--ttl="], "argument --ttl"),
+        (["logs", "r", "--gateway-url=notaurl"], "--gateway-url needs distinct https://host"),
     ],
 )
 def test_urls_names_and_contexts_that_cannot_work_are_refused(
