@@ -15,10 +15,12 @@ import base64
 import datetime as dt
 import ssl
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from cryptography import x509
+from lightkube import AsyncClient
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace, Secret
 
@@ -41,42 +43,47 @@ from workflowplane.testenv.tools import async_client
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture
+async def pki_namespace(control_plane: ApiServer) -> AsyncIterator[tuple[AsyncClient, str]]:
+    """A client of the control plane and a namespace of the test's own for the Secrets."""
+    namespace = f"gw-pki-{uuid.uuid4().hex[:6]}"
+    kube = async_client(control_plane.kubeconfig, control_plane.context)
+    await kube.create(Namespace(metadata=ObjectMeta(name=namespace)))
+    yield kube, namespace
+    await kube.delete(Namespace, namespace)
+    await kube.close()
+
+
 def _encoded(values: dict[str, bytes]) -> dict[str, str]:
     return {key: base64.b64encode(value).decode() for key, value in values.items()}
 
 
 async def test_an_internal_callers_credential_of_another_set_up_is_issued_again(
-    control_plane: ApiServer,
+    pki_namespace: tuple[AsyncClient, str],
 ) -> None:
-    namespace = f"gw-pki-{uuid.uuid4().hex[:6]}"
-    kube = async_client(control_plane.kubeconfig, control_plane.context)
-    try:
-        await kube.create(Namespace(metadata=ObjectMeta(name=namespace)))
-        elsewhere = generate_ca("another gateway's server CA")
-        old_caller = issue_certificate(generate_ca("another internal CA"), "old caller")
-        stale = {"ca.crt": elsewhere.cert_pem, "tls.crt": old_caller.cert_pem}
-        stale["tls.key"] = old_caller.key_pem
-        await kube.create(
-            Secret(
-                metadata=ObjectMeta(name=INTERNAL_CLIENT_SECRET, namespace=namespace),
-                data=_encoded(stale),
-            )
+    kube, namespace = pki_namespace
+    elsewhere = generate_ca("another gateway's server CA")
+    old_caller = issue_certificate(generate_ca("another internal CA"), "old caller")
+    stale = {"ca.crt": elsewhere.cert_pem, "tls.crt": old_caller.cert_pem}
+    stale["tls.key"] = old_caller.key_pem
+    await kube.create(
+        Secret(
+            metadata=ObjectMeta(name=INTERNAL_CLIENT_SECRET, namespace=namespace),
+            data=_encoded(stale),
         )
-        config = GatewayConfig(namespace=namespace)
-        pki = await ensure_pki(kube, config)
+    )
+    config = GatewayConfig(namespace=namespace)
+    pki = await ensure_pki(kube, config)
 
-        secret = await kube.get(Secret, INTERNAL_CLIENT_SECRET, namespace=namespace)
-        held = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
-        assert held["ca.crt"] == pki.server_ca.cert_pem
-        verify_client_certificate(load_certificates(held["tls.crt"]), pki.internal_ca_pem)
+    secret = await kube.get(Secret, INTERNAL_CLIENT_SECRET, namespace=namespace)
+    held = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
+    assert held["ca.crt"] == pki.server_ca.cert_pem
+    verify_client_certificate(load_certificates(held["tls.crt"]), pki.internal_ca_pem)
 
-        await ensure_pki(kube, config)  # one that fits is left as it is
-        again = await kube.get(Secret, INTERNAL_CLIENT_SECRET, namespace=namespace)
-        assert again.metadata and secret.metadata
-        assert again.metadata.resourceVersion == secret.metadata.resourceVersion
-    finally:
-        await kube.delete(Namespace, namespace)
-        await kube.close()
+    await ensure_pki(kube, config)  # one that fits is left as it is
+    again = await kube.get(Secret, INTERNAL_CLIENT_SECRET, namespace=namespace)
+    assert again.metadata and secret.metadata
+    assert again.metadata.resourceVersion == secret.metadata.resourceVersion
 
 
 def _data(secret: Secret) -> dict[str, bytes]:
@@ -98,112 +105,90 @@ def _dns_names(cert_pem: bytes) -> set[str]:
 
 
 async def test_a_server_certificate_due_for_renewal_is_issued_again_from_the_same_ca(
-    control_plane: ApiServer,
+    pki_namespace: tuple[AsyncClient, str],
 ) -> None:
-    namespace = f"gw-pki-{uuid.uuid4().hex[:6]}"
-    kube = async_client(control_plane.kubeconfig, control_plane.context)
-    try:
-        await kube.create(Namespace(metadata=ObjectMeta(name=namespace)))
-        ca = generate_ca("server CA in use")
-        started = utcnow() - dt.timedelta(days=300)  # 65 of 365 days left: due
-        old = issue_certificate(
-            ca,
-            "cluster-gateway",
-            client=False,
-            server=True,
-            dns_names=["gw.example"],
-            not_before=started,
-        )
-        await kube.create(_server_secret(ca, old, namespace))
-        config = GatewayConfig(namespace=namespace)
+    kube, namespace = pki_namespace
+    ca = generate_ca("server CA in use")
+    started = utcnow() - dt.timedelta(days=300)  # 65 of 365 days left: due
+    old = issue_certificate(
+        ca,
+        "cluster-gateway",
+        client=False,
+        server=True,
+        dns_names=["gw.example"],
+        not_before=started,
+    )
+    await kube.create(_server_secret(ca, old, namespace))
+    config = GatewayConfig(namespace=namespace)
 
-        pki = await ensure_pki(kube, config)
+    pki = await ensure_pki(kube, config)
 
-        assert pki.server.cert_pem != old.cert_pem
-        assert pki.server_ca.cert_pem == ca.cert_pem  # the agents' trust holds
-        leaf = load_certificates(pki.server.cert_pem)[0]
-        assert issued_by(leaf, ca.certificate)
-        assert leaf.not_valid_after_utc > utcnow() + dt.timedelta(days=300)
-        # the configured names, and the names it carried (another replica's, perhaps)
-        assert _dns_names(pki.server.cert_pem) == {*config.server_dns_names, "gw.example"}
-        stored = await kube.get(Secret, SERVER_SECRET, namespace=namespace)
-        assert _data(stored)["tls.crt"] == pki.server.cert_pem
+    assert pki.server.cert_pem != old.cert_pem
+    assert pki.server_ca.cert_pem == ca.cert_pem  # the agents' trust holds
+    leaf = load_certificates(pki.server.cert_pem)[0]
+    assert issued_by(leaf, ca.certificate)
+    assert leaf.not_valid_after_utc > utcnow() + dt.timedelta(days=300)
+    # the configured names, and the names it carried (another replica's, perhaps)
+    assert _dns_names(pki.server.cert_pem) == {*config.server_dns_names, "gw.example"}
+    stored = await kube.get(Secret, SERVER_SECRET, namespace=namespace)
+    assert _data(stored)["tls.crt"] == pki.server.cert_pem
 
-        await ensure_pki(kube, config)  # not due: left as it is
-        again = await kube.get(Secret, SERVER_SECRET, namespace=namespace)
-        assert again.metadata and stored.metadata
-        assert again.metadata.resourceVersion == stored.metadata.resourceVersion
-    finally:
-        await kube.delete(Namespace, namespace)
-        await kube.close()
+    await ensure_pki(kube, config)  # not due: left as it is
+    again = await kube.get(Secret, SERVER_SECRET, namespace=namespace)
+    assert again.metadata and stored.metadata
+    assert again.metadata.resourceVersion == stored.metadata.resourceVersion
 
 
 async def test_replicas_renewing_at_once_end_with_one_certificate(
-    control_plane: ApiServer,
+    pki_namespace: tuple[AsyncClient, str],
 ) -> None:
     """The write is conditional on what was read: the replica that loses reads the winner's
     certificate instead of replacing it (each replica then presents the same one)."""
-    namespace = f"gw-pki-{uuid.uuid4().hex[:6]}"
-    kube = async_client(control_plane.kubeconfig, control_plane.context)
-    try:
-        await kube.create(Namespace(metadata=ObjectMeta(name=namespace)))
-        ca = generate_ca("server CA in use")
-        old = issue_certificate(
-            ca,
-            "cluster-gateway",
-            client=False,
-            server=True,
-            not_before=utcnow() - dt.timedelta(days=364),
-        )
-        await kube.create(_server_secret(ca, old, namespace))
-        config = GatewayConfig(namespace=namespace)
+    kube, namespace = pki_namespace
+    ca = generate_ca("server CA in use")
+    old = issue_certificate(
+        ca,
+        "cluster-gateway",
+        client=False,
+        server=True,
+        not_before=utcnow() - dt.timedelta(days=364),
+    )
+    await kube.create(_server_secret(ca, old, namespace))
+    config = GatewayConfig(namespace=namespace)
 
-        results = await asyncio.gather(*(ensure_pki(kube, config) for _ in range(4)))
+    results = await asyncio.gather(*(ensure_pki(kube, config) for _ in range(4)))
 
-        stored = _data(await kube.get(Secret, SERVER_SECRET, namespace=namespace))
-        assert {r.server.cert_pem for r in results} == {stored["tls.crt"]}
-        assert stored["tls.crt"] != old.cert_pem
-    finally:
-        await kube.delete(Namespace, namespace)
-        await kube.close()
+    stored = _data(await kube.get(Secret, SERVER_SECRET, namespace=namespace))
+    assert {r.server.cert_pem for r in results} == {stored["tls.crt"]}
+    assert stored["tls.crt"] != old.cert_pem
 
 
 async def test_an_internal_callers_credential_due_for_renewal_is_issued_again(
-    control_plane: ApiServer,
+    pki_namespace: tuple[AsyncClient, str],
 ) -> None:
-    namespace = f"gw-pki-{uuid.uuid4().hex[:6]}"
-    kube = async_client(control_plane.kubeconfig, control_plane.context)
-    try:
-        await kube.create(Namespace(metadata=ObjectMeta(name=namespace)))
-        config = GatewayConfig(namespace=namespace)
-        pki = await ensure_pki(kube, config)
-        internal_ca = KeyPair(
-            pki.internal_ca_pem,
-            _data(await kube.get(Secret, "cluster-gateway-internal-ca", namespace=namespace))[
-                "ca.key"
-            ],
-        )
-        aging = issue_certificate(
-            internal_ca, "workflowplane-controller", not_before=utcnow() - dt.timedelta(days=250)
-        )
-        held = {"ca.crt": pki.server_ca.cert_pem, "tls.crt": aging.cert_pem}
-        held["tls.key"] = aging.key_pem
-        await kube.patch(
-            Secret, INTERNAL_CLIENT_SECRET, {"data": _encoded(held)}, namespace=namespace
-        )
+    kube, namespace = pki_namespace
+    config = GatewayConfig(namespace=namespace)
+    pki = await ensure_pki(kube, config)
+    internal_ca = KeyPair(
+        pki.internal_ca_pem,
+        _data(await kube.get(Secret, "cluster-gateway-internal-ca", namespace=namespace))["ca.key"],
+    )
+    aging = issue_certificate(
+        internal_ca, "workflowplane-controller", not_before=utcnow() - dt.timedelta(days=250)
+    )
+    held = {"ca.crt": pki.server_ca.cert_pem, "tls.crt": aging.cert_pem}
+    held["tls.key"] = aging.key_pem
+    await kube.patch(Secret, INTERNAL_CLIENT_SECRET, {"data": _encoded(held)}, namespace=namespace)
 
-        renewed = await ensure_pki(kube, config)
+    renewed = await ensure_pki(kube, config)
 
-        assert renewed.caller is not None and renewed.caller.cert_pem != aging.cert_pem
-        fresh = _data(await kube.get(Secret, INTERNAL_CLIENT_SECRET, namespace=namespace))
-        assert fresh["tls.crt"] == renewed.caller.cert_pem
-        leaf = load_certificates(fresh["tls.crt"])[0]
-        assert leaf.not_valid_after_utc > utcnow() + dt.timedelta(days=300)
-        verify_client_certificate([leaf], pki.internal_ca_pem)
-        assert uri_sans(leaf) == []
-    finally:
-        await kube.delete(Namespace, namespace)
-        await kube.close()
+    assert renewed.caller is not None and renewed.caller.cert_pem != aging.cert_pem
+    fresh = _data(await kube.get(Secret, INTERNAL_CLIENT_SECRET, namespace=namespace))
+    assert fresh["tls.crt"] == renewed.caller.cert_pem
+    leaf = load_certificates(fresh["tls.crt"])[0]
+    assert leaf.not_valid_after_utc > utcnow() + dt.timedelta(days=300)
+    verify_client_certificate([leaf], pki.internal_ca_pem)
+    assert uri_sans(leaf) == []
 
 
 async def _presented(port: int) -> bytes:
@@ -221,45 +206,42 @@ async def _presented(port: int) -> bytes:
 
 
 async def test_a_running_gateway_renews_its_server_certificate_and_presents_the_new_one(
-    control_plane: ApiServer, crds: Path, tmp_path: Path
+    control_plane: ApiServer,
+    crds: Path,
+    tmp_path: Path,
+    pki_namespace: tuple[AsyncClient, str],
 ) -> None:
     """A leaf of 45 s is due after 30: the running gateway issues another from the same CA,
     new handshakes on both listeners get it, and its internal callers go on being served."""
-    namespace = f"gw-pki-{uuid.uuid4().hex[:6]}"
-    kube = async_client(control_plane.kubeconfig, control_plane.context)
-    try:
-        await kube.create(Namespace(metadata=ObjectMeta(name=namespace)))
-        ca = generate_ca("server CA in use")
-        config = GatewayConfig(namespace=namespace)
-        short = issue_certificate(
-            ca,
-            "cluster-gateway",
-            client=False,
-            server=True,
-            dns_names=config.server_dns_names,
-            ip_addresses=config.server_ips,
-            not_before=utcnow(),
-            valid_for=dt.timedelta(seconds=45),
-        )
-        await kube.create(_server_secret(ca, short, namespace))
-        async with running_gateway(control_plane, tmp_path, namespace=namespace) as gw:
-            ports = gw.gateway.ports
-            first = x509.load_der_x509_certificate(await _presented(ports["public"]))
-            assert first == short.certificate
+    kube, namespace = pki_namespace
+    ca = generate_ca("server CA in use")
+    config = GatewayConfig(namespace=namespace)
+    short = issue_certificate(
+        ca,
+        "cluster-gateway",
+        client=False,
+        server=True,
+        dns_names=config.server_dns_names,
+        ip_addresses=config.server_ips,
+        not_before=utcnow(),
+        valid_for=dt.timedelta(seconds=45),
+    )
+    await kube.create(_server_secret(ca, short, namespace))
+    async with running_gateway(control_plane, tmp_path, namespace=namespace) as gw:
+        ports = gw.gateway.ports
+        first = x509.load_der_x509_certificate(await _presented(ports["public"]))
+        assert first == short.certificate
 
-            async def renewed() -> x509.Certificate | None:
-                cert = x509.load_der_x509_certificate(await _presented(ports["public"]))
-                return cert if cert != short.certificate else None
+        async def renewed() -> x509.Certificate | None:
+            cert = x509.load_der_x509_certificate(await _presented(ports["public"]))
+            return cert if cert != short.certificate else None
 
-            fresh = await eventually(renewed, timeout=60, interval=0.5)
-            assert issued_by(fresh, ca.certificate)
-            assert fresh.not_valid_after_utc > utcnow() + dt.timedelta(days=300)
-            internal = x509.load_der_x509_certificate(await _presented(ports["internal"]))
-            assert internal == fresh
-            stored = _data(await kube.get(Secret, SERVER_SECRET, namespace=namespace))
-            assert load_certificates(stored["tls.crt"])[0] == fresh
-            status = await gw.client.plane_status("workflowplane", "no-such-plane")
-            assert status["connected"] is False
-    finally:
-        await kube.delete(Namespace, namespace)
-        await kube.close()
+        fresh = await eventually(renewed, timeout=60, interval=0.5)
+        assert issued_by(fresh, ca.certificate)
+        assert fresh.not_valid_after_utc > utcnow() + dt.timedelta(days=300)
+        internal = x509.load_der_x509_certificate(await _presented(ports["internal"]))
+        assert internal == fresh
+        stored = _data(await kube.get(Secret, SERVER_SECRET, namespace=namespace))
+        assert load_certificates(stored["tls.crt"])[0] == fresh
+        status = await gw.client.plane_status("workflowplane", "no-such-plane")
+        assert status["connected"] is False
