@@ -947,3 +947,46 @@ def test_agent_metrics_service_server_dry_run(helm: Helm, workflow_plane: ApiSer
     ]
     out = _dry_run(workflow_plane, yaml.safe_dump_all(docs))
     assert "service/cluster-agent-workflowplane-metrics" in out
+
+
+# ---- values the components would refuse at start are refused at render ---------------------
+
+
+@pytest.mark.parametrize(
+    ("chart", "settings", "says"),
+    [
+        (
+            CONTROL_PLANE_CHART,
+            ["clusterGateway.deadAfterSeconds=10", "clusterGateway.pingIntervalSeconds=30"],
+            "is shorter than clusterGateway.pingIntervalSeconds",
+        ),
+        (CONTROL_PLANE_CHART, ["clusterGateway.maxBodyBytes=512"], "maxBodyBytes"),
+        (CONTROL_PLANE_CHART, ["clusterGateway.tls.dnsNames={bad_name!}"], "dnsNames"),
+        (
+            WORKFLOW_PLANE_CHART,
+            [
+                "clusterAgent.planeId=p",
+                "clusterAgent.reconnect.initialSeconds=60",
+                "clusterAgent.reconnect.maxSeconds=5",
+            ],
+            "is longer than clusterAgent.reconnect.maxSeconds",
+        ),
+        (
+            WORKFLOW_PLANE_CHART,
+            ["clusterAgent.planeId=p", "clusterAgent.maxFrameBytes=4096"],
+            "maxFrameBytes",
+        ),
+        (
+            WORKFLOW_PLANE_CHART,
+            ["clusterAgent.planeId=p", "clusterAgent.certValidityDays=0.5"],
+            "certValidityDays",
+        ),
+    ],
+)
+def test_values_the_components_would_refuse_fail_at_render(
+    helm: Helm, chart: Path, settings: list[str], says: str
+) -> None:
+    """The agent and gateway check their settings at start; the charts refuse the same
+    values when rendered, rather than installing pods that exit."""
+    args = [arg for setting in settings for arg in ("--set", setting)]
+    assert says in helm.template_error(chart, *args)

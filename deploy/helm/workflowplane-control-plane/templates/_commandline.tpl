@@ -37,6 +37,9 @@ Helm tests parse the rendered args with the real `wpctl` argument parser.
 - --tls-key={{ include "wpcp.cmd.gatewayTLSDir" . }}/tls.key
 - --internal-ca={{ include "wpcp.cmd.internalCADir" . }}/ca.crt
 {{- end }}
+{{- if lt (float64 $gw.deadAfterSeconds) (float64 $gw.pingIntervalSeconds) }}
+{{- fail (printf "clusterGateway.deadAfterSeconds (%v) is shorter than clusterGateway.pingIntervalSeconds (%v): every agent would be taken for dead between pings" $gw.deadAfterSeconds $gw.pingIntervalSeconds) }}
+{{- end }}
 - --ping-interval={{ $gw.pingIntervalSeconds }}
 - --dead-after={{ $gw.deadAfterSeconds }}
 - --request-timeout={{ $gw.requestTimeoutSeconds }}

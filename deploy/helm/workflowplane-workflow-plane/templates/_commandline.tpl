@@ -34,6 +34,9 @@ real `wpctl` argument parser.
 {{- if or $a.tls.serverCA.value $a.tls.serverCA.existingSecret.name }}
 - --server-ca={{ include "wpwp.cmd.serverCADir" . }}/ca.crt
 {{- end }}
+{{- if gt (float64 $a.reconnect.initialSeconds) (float64 $a.reconnect.maxSeconds) }}
+{{- fail (printf "clusterAgent.reconnect.initialSeconds (%v) is longer than clusterAgent.reconnect.maxSeconds (%v)" $a.reconnect.initialSeconds $a.reconnect.maxSeconds) }}
+{{- end }}
 - --reconnect-initial={{ $a.reconnect.initialSeconds }}
 - --reconnect-max={{ $a.reconnect.maxSeconds }}
 - --request-timeout={{ $a.requestTimeoutSeconds }}
