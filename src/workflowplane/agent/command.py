@@ -119,7 +119,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=env("RECONNECT_INITIAL") or env("RECONNECT_DELAY") or "1s",
         help="first reconnect backoff (OpenChoreo: --reconnect-delay; e.g. 5s)",
     )
-    add("reconnect-max", type=positive_duration, default=env("RECONNECT_MAX") or "30s")
+    add(
+        "reconnect-max",
+        type=positive_duration,
+        default=env("RECONNECT_MAX"),
+        help=f"backoff cap (default {DEFAULT_RECONNECT_MAX:g}s, or --reconnect-initial if longer: "
+        "OpenChoreo's --reconnect-delay may be any length)",
+    )
     add(
         "request-timeout",
         type=positive_duration,
@@ -185,6 +191,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+DEFAULT_RECONNECT_MAX = 30.0
+OBJECT_NAME_MAX = 253
+OBJECT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 MIN_FRAME_BYTES = 64 * 1024  # a frame must hold a request's head and a useful answer
 MAX_VALIDITY_DAYS = 3650  # the agent's CA's own life: a leaf cannot outlive it
 
@@ -204,8 +213,11 @@ def validity_days(text: str) -> float:
 
 
 def valid_plane_id(plane_id: str) -> bool:
-    """The CRDs' planeID rule: the gateway matches it against the CR's."""
-    return len(plane_id) <= PLANE_ID_MAX_LENGTH and re.match(PLANE_ID_PATTERN, plane_id) is not None
+    """A planeID a CR can have: the CRDs' planeID rule, or a WorkflowPlane's name (a CR
+    without a planeID is reached by its name, as in OpenChoreo: a DNS subdomain)."""
+    if len(plane_id) <= PLANE_ID_MAX_LENGTH and re.match(PLANE_ID_PATTERN, plane_id):
+        return True
+    return len(plane_id) <= OBJECT_NAME_MAX and OBJECT_NAME.fullmatch(plane_id) is not None
 
 
 def _from_flag_or_env(given: list[str] | None, name: str) -> list[str]:
@@ -224,10 +236,13 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         )
     if not valid_plane_id(args.plane_id):
         raise FatalError(
-            f"--plane-id {args.plane_id[:80]!r} is not a planeID: lowercase letters, digits "
-            f"and '-', starting and ending with a letter or digit, at most {PLANE_ID_MAX_LENGTH}",
+            f"--plane-id {args.plane_id[:80]!r} is not a planeID a CR can have: lowercase "
+            "letters, digits and '-' (and '.' for a CR's name), starting and ending with a "
+            f"letter or digit, at most {PLANE_ID_MAX_LENGTH} (a name: {OBJECT_NAME_MAX})",
             exit_code=EXIT_USAGE,
         )
+    if args.reconnect_max is None:
+        args.reconnect_max = max(DEFAULT_RECONNECT_MAX, args.reconnect_initial)
     if args.reconnect_initial > args.reconnect_max:
         raise FatalError(
             f"--reconnect-initial ({args.reconnect_initial:g}s) is longer than --reconnect-max "

@@ -49,6 +49,14 @@ def _env_path(name: str) -> Path | None:
     return Path(value) if value else None
 
 
+def _env_port(name: str, default: int) -> str:
+    """A port variable, checked with the command line; a Kubernetes service link
+    (``tcp://10.0.0.1:8443``, set for a Service named ``agent-server``) is not one, and
+    keeps the default, as OpenChoreo's ``GetEnvInt`` does."""
+    value = os.environ.get(name, "")
+    return str(default) if not value or "://" in value else value
+
+
 def add_gateway_flags(parser: argparse.ArgumentParser) -> None:
     """Our flags, with OpenChoreo's names (and environment variables) as aliases."""
     base = GatewayConfig()
@@ -69,13 +77,13 @@ def add_gateway_flags(parser: argparse.ArgumentParser) -> None:
         "public-port",
         "port",
         type=port,
-        default=os.environ.get("AGENT_SERVER_PORT") or str(base.public_port),
+        default=_env_port("AGENT_SERVER_PORT", base.public_port),
         help="agents (TLS, /ws); env AGENT_SERVER_PORT",
     )
     add(
         "internal-port",
         type=port,
-        default=os.environ.get("AGENT_INTERNAL_PORT") or str(base.internal_port),
+        default=_env_port("AGENT_INTERNAL_PORT", base.internal_port),
         help="internal API (mTLS); env AGENT_INTERNAL_PORT",
     )
     add(

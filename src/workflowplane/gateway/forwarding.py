@@ -207,13 +207,15 @@ class Forwarder:
         try:
             async with self._open(request, peer, body) as response:
                 if UNSENT_HEADER in response.headers:
-                    refusal = await response.content.read(REFUSAL_BYTES)
+                    refusal = await _refusal_body(response)
                     return web.Response(
                         status=response.status, body=refusal, headers=_headers_back(response)
                     )
                 self._directory.served(target, peer)
                 return await _relay(request, response, peer)
-        except aiohttp.ClientConnectorError as exc:
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            # refused, reset, TLS, or no connection within CONNECT_SECONDS (a black-holed
+            # replica whose Lease is still live): nothing was sent
             log.info("peer %s unreachable for %s: %s", peer.name, request.path, exc)
             return None
         except TimeoutError as exc:  # it may have reached an agent, and the time is spent
@@ -228,6 +230,15 @@ class Forwarder:
                 )
                 return None
             return k8s_status(502, f"peer replica {peer.name} failed: {exc!r}", "BadGateway")
+
+
+async def _refusal_body(response: aiohttp.ClientResponse) -> bytes:
+    """An Unsent refusal's body (a Status); one that breaks off is none: the header already
+    says the request reached no agent, so the next peer is as safe for any method."""
+    try:
+        return await response.content.read(REFUSAL_BYTES)
+    except (aiohttp.ClientError, TimeoutError):
+        return b""
 
 
 async def _relay(

@@ -76,7 +76,7 @@ def log_level(text: str) -> str:
     """OpenChoreo's levels: debug, info, warn (warning), error."""
     if text.lower() not in {"info", *_GO_LOG_LEVELS}:
         raise argparse.ArgumentTypeError(
-            f"invalid log level {text!r} (expected debug, info, warn or error)"
+            f"invalid log level {text!r} (expected debug, info, warn or error; trace, fatal)"
         )
     return text
 
@@ -123,7 +123,15 @@ def add_go_flag(parser: argparse.ArgumentParser, *names: str, **kwargs: Any) -> 
     parser.add_argument(*spellings, dest=names[0].replace("-", "_"), **kwargs)
 
 
-_GO_LOG_LEVELS = {"debug": "DEBUG", "warn": "WARNING", "warning": "WARNING", "error": "ERROR"}
+_GO_LOG_LEVELS = {
+    "debug": "DEBUG",
+    "trace": "DEBUG",
+    "warn": "WARNING",
+    "warning": "WARNING",
+    "error": "ERROR",
+    "fatal": "ERROR",
+    "panic": "ERROR",
+}
 
 
 def apply_go_log_level(level: str | None) -> None:

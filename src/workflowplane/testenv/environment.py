@@ -37,12 +37,17 @@ def check_server_name(name: str) -> str:
     return name
 
 
+def is_environment(root: Path) -> bool:
+    """Made by an environment: its marker, or (made before there was one) its state file."""
+    return (root / MARKER).exists() or (root / STATE_FILE).exists()
+
+
 def check_root(root: Path) -> Path:
     """A directory an environment may be made in (later deleted whole by ``down``): missing,
     empty, or one an environment made. Any other would lose its files."""
     if root.exists() and not root.is_dir():
         raise StateError(f"{root} is not a directory")
-    if root.is_dir() and not (root / MARKER).exists() and any(root.iterdir()):
+    if root.is_dir() and not is_environment(root) and any(root.iterdir()):
         raise StateError(
             f"{root} holds files and is not a test environment's directory (no {MARKER}): "
             "refusing to use it, since stopping the environment deletes its directory"
@@ -141,10 +146,11 @@ def stop_detached(root: Path, *, remove: bool = False, owned: bool = False) -> l
     environment's or ``owned`` (the CLI's own state directory): a directory someone named
     that holds anything else is never deleted."""
     servers = read_state(root)
+    ours = owned or is_environment(root)
     for server in servers:
         for pid in reversed(server.pids):
             stop_process_group(pid)
     (root / STATE_FILE).unlink(missing_ok=True)
-    if remove and root.exists() and (owned or (root / MARKER).exists()):
+    if remove and root.exists() and ours:
         shutil.rmtree(root)
     return servers

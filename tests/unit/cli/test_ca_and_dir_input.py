@@ -113,3 +113,17 @@ def test_a_testenv_server_name_that_is_no_dns_label_is_refused(
     code, err = wpctl(capsys, "testenv", "--dir", str(tmp_path / "env"), "up", "--server", name)
     assert code == 2 and "--server: server name" in err and "is not a DNS label" in err
     assert not (tmp_path / "esc").exists()
+
+
+def test_an_environment_made_before_the_marker_is_still_stopped_and_removed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Directories ``up`` made before the marker existed hold its state file: they are an
+    environment's, and ``down`` must still stop and remove them."""
+    old = tmp_path / "env"
+    old.mkdir()
+    (old / "testenv.json").write_text("{}")
+    (old / "kubeconfig").write_text("x")
+    code, err = wpctl(capsys, "testenv", "--dir", str(old), "down")
+    assert code == 0, err
+    assert not old.exists()

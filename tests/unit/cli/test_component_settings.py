@@ -4,14 +4,17 @@ traceback (a review found each of these starting, or crashing, before)."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import httpx2
 import pytest
 
 from tests.unit.cli.wpctl import wpctl
+from workflowplane.agent.command import add_arguments, config_from_args
 from workflowplane.api.kube import load_config
 from workflowplane.cli.main import _server_error
+from workflowplane.gateway.command import add_gateway_flags
 from workflowplane.kits.process import FatalError
 from workflowplane.pki import generate_ca, issue_certificate
 
@@ -53,7 +56,7 @@ def test_the_agent_refuses_settings_that_mean_nothing(
     assert code == 2 and says in err, err
 
 
-@pytest.mark.parametrize("plane_id", ["UPPER", "-lead", "a/b", "x" * 64, "has space"])
+@pytest.mark.parametrize("plane_id", ["UPPER", "-lead", "a/b", "x" * 254, "has space", "a..b"])
 def test_the_agent_refuses_a_plane_id_no_cr_can_have(
     capsys: pytest.CaptureFixture[str], plane_id: str
 ) -> None:
@@ -255,3 +258,28 @@ def test_a_kubeconfig_the_client_cannot_use_is_named_not_a_traceback(
     kubeconfig.write_text(KUBECONFIG_USER.format(server=server, user=user))
     code, err = wpctl(capsys, "runs", "--kubeconfig", str(kubeconfig))
     assert code == 2 and says in err and "Traceback" not in err, err
+
+
+def test_openchoreos_settings_beyond_our_defaults_are_taken(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """OpenChoreo's chart may pass any --reconnect-delay (its cap is ours to choose), and a
+    CR without a planeID is reached by its name, which may hold dots."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    base = ["--server-url=wss://gw:8443/ws", "--plane-id=build.eu-west"]
+    config = config_from_args(parser.parse_args([*base, "--reconnect-delay=1m"]))
+    assert config.reconnect_initial_seconds == 60 and config.reconnect_max_seconds == 60
+    config = config_from_args(parser.parse_args(base))
+    assert config.reconnect_max_seconds == 30 and config.plane_id == "build.eu-west"
+
+
+def test_a_kubernetes_service_link_in_a_port_variable_keeps_the_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Kubernetes sets AGENT_SERVER_PORT=tcp://IP:PORT for a Service named agent-server;
+    OpenChoreo's GetEnvInt ignores it, and so does the gateway (a number is still checked)."""
+    monkeypatch.setenv("AGENT_SERVER_PORT", "tcp://10.0.0.1:8443")
+    parser = argparse.ArgumentParser()
+    add_gateway_flags(parser)
+    assert parser.parse_args([]).public_port == 8443

@@ -377,3 +377,53 @@ async def test_a_write_whose_peer_died_mid_request_is_not_sent_again(method: str
     assert dying_asked == 1 and next_asked == 0
     assert answer.status == 502 and UNSENT_HEADER not in answer.headers
     assert b"peer replica gw-0 failed" in answer.body  # type: ignore[attr-defined]
+
+
+class SilentPeer:
+    """A peer that accepts the connection and never answers the TLS handshake (a replica
+    black-holed by the network while its Lease is still live)."""
+
+    def __init__(self) -> None:
+        self.server: asyncio.Server | None = None
+        self.held: list[asyncio.StreamWriter] = []
+
+    async def _hold(self, _reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.held.append(writer)
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._hold, "127.0.0.1", 0)
+        return f"https://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self.server is not None
+        for writer in self.held:
+            writer.transport.abort()
+        self.server.close()
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_a_peer_that_never_completes_the_connection_is_passed_for_the_next(
+    method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiohttp's connect timeout is a TimeoutError, not a connector error: it had become a
+    502 "Timeout" for every method, though nothing was sent to that peer."""
+    monkeypatch.setattr("workflowplane.gateway.forwarding.CONNECT_SECONDS", 0.2)
+    no_agent = NoAgentPeer()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", no_agent.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with SilentPeer() as silent, aiohttp.ClientSession(connector=Connector()) as session:
+            peers = ListedPeers(silent, f"http://127.0.0.1:{port}")
+            forwarder = Forwarder(peers, "gw-b", session, None, 5.0)  # type: ignore[arg-type]
+            refusal = web.Response(status=502, headers={UNSENT_HEADER: "1"})
+            request = make_mocked_request(method, "/api/proxy/x")
+            answer = await forwarder.handle_miss(request, Target(WP, "p", "ns/wp"), refusal)
+    finally:
+        await runner.cleanup()
+    assert no_agent.requests == 1
+    assert answer.status == 502 and answer.headers.get(UNSENT_HEADER) == "1"
