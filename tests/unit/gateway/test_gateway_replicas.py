@@ -5,6 +5,7 @@ forwarding loops, and the order of a drain."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import socket
 from typing import Any
@@ -340,8 +341,13 @@ class ListedPeers:
         return [Replica(f"gw-{i}", url) for i, url in enumerate(self.urls)]
 
 
-async def _miss_after_a_peer_dies(method: str) -> tuple[web.StreamResponse, int, int]:
-    cutting, no_agent = CuttingPeer(), NoAgentPeer()
+async def _miss_with(
+    method: str, first: contextlib.AbstractAsyncContextManager[str]
+) -> tuple[web.StreamResponse, int]:
+    """``method`` missed locally, forwarded to ``first`` (a peer that fails in some way),
+    then to a peer with no agent either: the answer, and how often that second peer was
+    asked."""
+    no_agent = NoAgentPeer()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", no_agent.handle)
     runner = web.AppRunner(app)
@@ -350,15 +356,21 @@ async def _miss_after_a_peer_dies(method: str) -> tuple[web.StreamResponse, int,
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        async with cutting as dying, aiohttp.ClientSession(connector=Connector()) as session:
-            peers = ListedPeers(dying, f"http://127.0.0.1:{port}")
+        async with first as url, aiohttp.ClientSession(connector=Connector()) as session:
+            peers = ListedPeers(url, f"http://127.0.0.1:{port}")
             forwarder = Forwarder(peers, "gw-b", session, None, 5.0)  # type: ignore[arg-type]
             refusal = web.Response(status=502, headers={UNSENT_HEADER: "1"})
             request = make_mocked_request(method, "/api/proxy/x")
             answer = await forwarder.handle_miss(request, Target(WP, "p", "ns/wp"), refusal)
     finally:
         await runner.cleanup()
-    return answer, cutting.requests, no_agent.requests
+    return answer, no_agent.requests
+
+
+async def _miss_after_a_peer_dies(method: str) -> tuple[web.StreamResponse, int, int]:
+    cutting = CuttingPeer()
+    answer, next_asked = await _miss_with(method, cutting)
+    return answer, cutting.requests, next_asked
 
 
 @pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS"])
@@ -408,22 +420,6 @@ async def test_a_peer_that_never_completes_the_connection_is_passed_for_the_next
     """aiohttp's connect timeout is a TimeoutError, not a connector error: it had become a
     502 "Timeout" for every method, though nothing was sent to that peer."""
     monkeypatch.setattr("workflowplane.gateway.forwarding.CONNECT_SECONDS", 0.2)
-    no_agent = NoAgentPeer()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", no_agent.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        async with SilentPeer() as silent, aiohttp.ClientSession(connector=Connector()) as session:
-            peers = ListedPeers(silent, f"http://127.0.0.1:{port}")
-            forwarder = Forwarder(peers, "gw-b", session, None, 5.0)  # type: ignore[arg-type]
-            refusal = web.Response(status=502, headers={UNSENT_HEADER: "1"})
-            request = make_mocked_request(method, "/api/proxy/x")
-            answer = await forwarder.handle_miss(request, Target(WP, "p", "ns/wp"), refusal)
-    finally:
-        await runner.cleanup()
-    assert no_agent.requests == 1
+    answer, next_asked = await _miss_with(method, SilentPeer())
+    assert next_asked == 1
     assert answer.status == 502 and answer.headers.get(UNSENT_HEADER) == "1"
