@@ -6,14 +6,17 @@ describe; funnelling the calls through these helpers keeps every caller mypy-str
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 from urllib.request import getproxies_environment, proxy_bypass
 
+import msgspec
 from lightkube import AsyncClient
 from lightkube.config.client_adapter import verify_cluster
 from lightkube.config.kubeconfig import KubeConfig, SingleConfig
+from lightkube.config.models import NameValue
 from lightkube.core.exceptions import ApiError, ConfigError
 from lightkube.types import PatchType
 from yaml import YAMLError
@@ -39,6 +42,7 @@ def load_config(kubeconfig: Path | None, context: str | None) -> SingleConfig:
         if kubeconfig is None:
             return KubeConfig.from_service_account().get()  # type: ignore[return-value]
         found = KubeConfig.from_file(kubeconfig).get(context_name=context)
+        found = with_exec_v1(found) if found is not None else None
     except _CONFIG_ERRORS as exc:
         where = f"kubeconfig {kubeconfig}" if kubeconfig else "the in-cluster service account"
         raise FatalError(
@@ -49,6 +53,27 @@ def load_config(kubeconfig: Path | None, context: str | None) -> SingleConfig:
     if found is None:
         raise FatalError(f"context {context!r} not found in {kubeconfig}", exit_code=EXIT_USAGE)
     return found
+
+
+EXEC_V1 = "client.authentication.k8s.io/v1"
+EXEC_V1BETA1 = "client.authentication.k8s.io/v1beta1"
+# What a v1 credential plugin is told (KUBERNETES_EXEC_INFO): it runs with no terminal.
+EXEC_INFO_V1 = json.dumps(
+    {"apiVersion": EXEC_V1, "kind": "ExecCredential", "spec": {"interactive": False}}
+)
+
+
+def with_exec_v1(config: SingleConfig) -> SingleConfig:
+    """``config`` with a ``client.authentication.k8s.io/v1`` credential plugin made usable:
+    lightkube runs only v1alpha1/v1beta1 plugins (most cloud kubeconfigs now name v1). The
+    call is the same: the plugin is run, and its ``status.token`` read (the same in v1); a
+    v1 plugin is also told, in KUBERNETES_EXEC_INFO, that it runs without a terminal."""
+    user = config.user
+    if user is None or user.exec is None or user.exec.apiVersion != EXEC_V1:
+        return config
+    env = [*(user.exec.env or []), NameValue(name="KUBERNETES_EXEC_INFO", value=EXEC_INFO_V1)]
+    plugin = msgspec.structs.replace(user.exec, apiVersion=EXEC_V1BETA1, env=env)
+    return config._replace(user=msgspec.structs.replace(user, exec=plugin))
 
 
 def kube_client(config: SingleConfig, field_manager: str | None = None) -> AsyncClient:

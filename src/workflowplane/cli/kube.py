@@ -14,6 +14,7 @@ from lightkube import AsyncClient
 from lightkube.config.kubeconfig import KubeConfig
 from lightkube.core.exceptions import ConfigError
 
+from workflowplane.api.kube import with_exec_v1
 from workflowplane.api.planes import is_namespace_name, is_object_name
 from workflowplane.cli.errors import EXIT_USAGE, CliError
 from workflowplane.cli.state import state_root
@@ -89,8 +90,9 @@ def client_for(kubeconfig: Path | None, context: str | None) -> AsyncClient:
                 f"{path}: context {name!r} names {what} {ref!r}, which is not defined",
                 exit_code=EXIT_USAGE,
             )
-    single = config.get(context_name=name)
-    assert single is not None  # a context name was given
+    found = config.get(context_name=name)
+    assert found is not None  # a context name was given
+    single = with_exec_v1(found)
     _check_reachable_form(path, name, single)
     try:
         return AsyncClient(config=single)

@@ -133,8 +133,8 @@ def _server_error(exc: Exception) -> CliError | None:
     if kube is not None and isinstance(exc, kube.ConfigError):  # the kubeconfig's auth
         return CliError(
             f"the kubeconfig's credentials cannot be used: {exc}",
-            "lightkube supports tokens, token files, client certificates and exec plugins "
-            "of client.authentication.k8s.io/v1beta1",
+            "supported: tokens, token files, client certificates and credential plugins "
+            "(client.authentication.k8s.io/v1 and v1beta1); not auth-provider",
             EXIT_USAGE,
         )
     if kube is not None and isinstance(exc, kube.ApiError):
