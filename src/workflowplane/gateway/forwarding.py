@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import ssl
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -35,12 +34,10 @@ from workflowplane.gateway.kube_proxy import REQUEST_HOP_BY_HOP, Target, k8s_sta
 from workflowplane.kits.dialing import Connector, deciding_retries
 from workflowplane.protocol.gateway_client import (
     INTERNAL_CLIENT_SECRET,
-    Credentials,
+    HeldCredentials,
     Miss,
-    client_ssl_context,
     credentials_from_secret,
     may_retry,
-    present_credentials,
 )
 from workflowplane.protocol.http import (
     FORWARDED_BY_HEADER,
@@ -115,7 +112,7 @@ class Forwarder:
         self._session = deciding_retries(session)  # what may go again: _try, never aiohttp
         self._server_name = server_name
         self._request_timeout = request_timeout
-        self._credentials: tuple[ssl.SSLContext, Credentials] | None = None
+        self._held: HeldCredentials | None = None  # from the Secret (from_secret)
 
     @classmethod
     async def from_secret(
@@ -128,27 +125,22 @@ class Forwarder:
     ) -> Forwarder:
         """With the internal callers' credential (Secret ``cluster-gateway-internal-client``:
         a client certificate of the internal CA, and the server CA as ca.crt)."""
-        credentials = await credentials_from_secret(kube, namespace)
-        context = client_ssl_context(*credentials)
+        held = HeldCredentials.of(await credentials_from_secret(kube, namespace))
         session = aiohttp.ClientSession(
-            connector=Connector(ssl=context, limit=256),
+            connector=Connector(ssl=held.context, limit=256),
             auto_decompress=False,  # the body goes back as the peer sent it
         )
         leases = LeaseDirectory(kube, namespace, refresh_seconds=PEERS_TTL_SECONDS)
         directory = PeerDirectory(leases, me)
         forwarder = cls(directory, me, session, peer_server_name(server_cert_pem), request_timeout)
-        forwarder._credentials = (context, credentials)
+        forwarder._held = held
         return forwarder
 
     async def refresh(self, kube: AsyncClient, namespace: str) -> None:
         """Present the credential in the Secret from now on, if it was renewed."""
-        if self._credentials is None:
+        if self._held is None:
             return
-        context, held = self._credentials
-        credentials = await credentials_from_secret(kube, namespace)
-        if credentials != held:
-            present_credentials(context, *credentials)
-            self._credentials = (context, credentials)
+        if self._held.present(await credentials_from_secret(kube, namespace)):
             log.info("forwarding to peers with the renewed %s", INTERNAL_CLIENT_SECRET)
 
     async def close(self) -> None:

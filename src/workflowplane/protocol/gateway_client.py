@@ -123,8 +123,10 @@ async def credentials_from_secret(kube: AsyncClient, namespace: str) -> Credenti
 
 
 def client_ssl_context(ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
-    context = ssl.create_default_context(cadata=ca_pem.decode())
-    present_credentials(context, ca_pem, cert_pem, key_pem)
+    """Verifying the gateway (hostname and ``ca_pem`` alone, never the system's CAs: what
+    ``create_default_context(cadata=…)`` makes) and presenting the pair."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    _load_credentials([context], ca_pem, cert_pem, key_pem)
     return context
 
 
@@ -138,14 +140,45 @@ def present_credentials(
     Everything is loaded into a scratch context first: a pair that does not load (a
     certificate read before its key was swapped too) raises here and leaves ``context`` as
     it was, where OpenSSL would have kept the new certificate and dropped the key."""
+    scratch = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    _load_credentials([scratch, context], ca_pem, cert_pem, key_pem)
+
+
+def _load_credentials(
+    contexts: Sequence[ssl.SSLContext], ca_pem: bytes, cert_pem: bytes, key_pem: bytes
+) -> None:
+    """The CA to trust and the pair to present, into each context in turn (the pair goes
+    through files: ``load_cert_chain`` reads only files)."""
     with tempfile.TemporaryDirectory(prefix="wp-gw-client-") as tmp:
         cert, key = Path(tmp) / "tls.crt", Path(tmp) / "tls.key"
         cert.write_bytes(cert_pem)
         key.write_bytes(key_pem)
         key.chmod(0o600)
-        for target in (ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), context):
-            target.load_verify_locations(cadata=ca_pem.decode())
-            target.load_cert_chain(cert, key)
+        for context in contexts:
+            context.load_verify_locations(cadata=ca_pem.decode())
+            context.load_cert_chain(cert, key)
+
+
+class HeldCredentials:
+    """A client TLS context and the credential loaded in it (None: loaded by its maker): a
+    renewed credential goes into the same context, so a session built on it presents the
+    new certificate from its next connection on."""
+
+    def __init__(self, context: ssl.SSLContext, held: Credentials | None = None) -> None:
+        self.context = context
+        self._held = held
+
+    @classmethod
+    def of(cls, credentials: Credentials) -> HeldCredentials:
+        return cls(client_ssl_context(*credentials), credentials)
+
+    def present(self, credentials: Credentials) -> bool:
+        """Load ``credentials`` unless they are the ones held; whether they were new."""
+        if credentials == self._held:
+            return False
+        present_credentials(self.context, *credentials)
+        self._held = credentials
+        return True
 
 
 def _message(body: bytes, status: int) -> tuple[str, Any]:
@@ -289,7 +322,7 @@ class GatewayClient:
         self._session = _session(ssl_context, timeout)
         self._proxy_session = _session(ssl_context, timeout)
         self._ssl = ssl_context
-        self._credentials: Credentials | None = None
+        self._held = HeldCredentials(ssl_context)
 
     @classmethod
     def with_patience(
@@ -339,19 +372,15 @@ class GatewayClient:
         patience: AgentPatience = DEFAULT_PATIENCE,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> GatewayClient:
-        context = client_ssl_context(*credentials)
-        client = cls.with_patience(replicas, context, patience, timeout)
-        client._credentials = credentials
+        held = HeldCredentials.of(credentials)
+        client = cls.with_patience(replicas, held.context, patience, timeout)
+        client._held = held
         return client
 
     def present(self, credentials: Credentials) -> bool:
         """Use a renewed credential for the connections made from now on; whether it was
         new (the gateway re-issues its callers' certificate before it expires)."""
-        if credentials == self._credentials:
-            return False
-        present_credentials(self._ssl, *credentials)
-        self._credentials = credentials
-        return True
+        return self._held.present(credentials)
 
     async def replica_urls(self) -> list[str]:
         """The replicas in use now."""

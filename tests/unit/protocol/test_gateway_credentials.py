@@ -19,7 +19,7 @@ from workflowplane.gateway.tls import ChainFiles, server_context
 from workflowplane.kits.clock import utcnow
 from workflowplane.kits.errors import TransientError
 from workflowplane.pki import KeyPair, generate_ca, issue_certificate
-from workflowplane.protocol.gateway_client import Credentials, GatewayClient
+from workflowplane.protocol.gateway_client import Credentials, GatewayClient, HeldCredentials
 
 SERVER_CA = generate_ca("server CA")
 INTERNAL_CA = generate_ca("internal CA")
@@ -114,3 +114,14 @@ async def test_the_controller_reads_its_credential_again_and_outlives_a_failed_r
     finally:
         task.cancel()
     assert gateway.seen[:2] == [renewed, renewed]
+
+
+def test_the_client_trusts_the_gateways_ca_alone_through_a_renewal() -> None:
+    """Never the system's CAs (a public CA's certificate for the gateway's name must not be
+    taken for the gateway); a renewal adds the CA in the credential, and keeps the old one."""
+    held = HeldCredentials.of(credentials(INTERNAL_CA))
+    assert held.context.cert_store_stats()["x509_ca"] == 1
+    other_ca = generate_ca("rotated server CA")
+    leaf = issue_certificate(INTERNAL_CA, "workflowplane-controller")
+    assert held.present((other_ca.cert_pem, leaf.cert_pem, leaf.key_pem))
+    assert held.context.cert_store_stats()["x509_ca"] == 2
