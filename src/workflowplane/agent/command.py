@@ -23,8 +23,9 @@ from workflowplane.api.consent import ConsentError, parse_allow_list
 from workflowplane.api.constants import (
     AGENT_NAMESPACE,
     AGENT_SECRET_NAME,
+    DNS_SUBDOMAIN_MAX_LENGTH,
+    DNS_SUBDOMAIN_PATTERN,
     PLANE_ID_MAX_LENGTH,
-    PLANE_ID_PATTERN,
     PLANE_TYPE,
 )
 from workflowplane.kits.goflags import (
@@ -192,8 +193,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 DEFAULT_RECONNECT_MAX = 30.0
-OBJECT_NAME_MAX = 253
-OBJECT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 MIN_FRAME_BYTES = 64 * 1024  # a frame must hold a request's head and a useful answer
 MAX_VALIDITY_DAYS = 3650  # the agent's CA's own life: a leaf cannot outlive it
 
@@ -213,11 +212,12 @@ def validity_days(text: str) -> float:
 
 
 def valid_plane_id(plane_id: str) -> bool:
-    """A planeID a CR can have: the CRDs' planeID rule, or a WorkflowPlane's name (a CR
-    without a planeID is reached by its name, as in OpenChoreo: a DNS subdomain)."""
-    if len(plane_id) <= PLANE_ID_MAX_LENGTH and re.match(PLANE_ID_PATTERN, plane_id):
-        return True
-    return len(plane_id) <= OBJECT_NAME_MAX and OBJECT_NAME.fullmatch(plane_id) is not None
+    """A planeID a CR can have: a DNS subdomain, since a CR without a planeID is reached by
+    its name, as in OpenChoreo (the CRDs' planeID rule, a DNS label, is a part of it)."""
+    return (
+        len(plane_id) <= DNS_SUBDOMAIN_MAX_LENGTH
+        and re.match(DNS_SUBDOMAIN_PATTERN, plane_id) is not None
+    )
 
 
 def _from_flag_or_env(given: list[str] | None, name: str) -> list[str]:
@@ -238,7 +238,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         raise FatalError(
             f"--plane-id {args.plane_id[:80]!r} is not a planeID a CR can have: lowercase "
             "letters, digits and '-' (and '.' for a CR's name), starting and ending with a "
-            f"letter or digit, at most {PLANE_ID_MAX_LENGTH} (a name: {OBJECT_NAME_MAX})",
+            f"letter or digit, at most {PLANE_ID_MAX_LENGTH} (a name: {DNS_SUBDOMAIN_MAX_LENGTH})",
             exit_code=EXIT_USAGE,
         )
     if args.reconnect_max is None:
@@ -249,9 +249,9 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
             f"({args.reconnect_max:g}s)",
             exit_code=EXIT_USAGE,
         )
-    _check_tls_agrees(args)
     args.server_urls = _from_flag_or_env(args.server_urls, "SERVER_URLS")
     args.allowed_namespaces = _from_flag_or_env(args.allowed_namespaces, "ALLOWED_NAMESPACES")
+    _check_tls_agrees(args)
     try:
         discovery_from(args.server_url or "", args.server_urls, args.server_dns_name)
     except ReplicaConfigError as exc:
@@ -311,12 +311,9 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
 
 def _check_tls_agrees(args: argparse.Namespace) -> None:
     """TLS on with a plain ``ws://`` or ``http://`` gateway URL would send the tunnel in the
-    clear with no word of it; a consent list needs the client certificate TLS presents."""
-    urls = [
-        args.server_url or "",
-        args.server_dns_name or "",
-        *_from_flag_or_env(args.server_urls, "SERVER_URLS"),
-    ]
+    clear with no word of it; a consent list needs the client certificate TLS presents.
+    (The list settings are resolved from flags or variables first.)"""
+    urls = [args.server_url or "", args.server_dns_name or "", *args.server_urls]
     plain = [u for part in urls for u in part.split(",") if u.strip().startswith(("ws:", "http:"))]
     if args.tls_enabled and plain:
         raise FatalError(
@@ -324,8 +321,7 @@ def _check_tls_agrees(args: argparse.Namespace) -> None:
             "--tls-enabled=false (OpenChoreo's single-cluster mode)",
             exit_code=EXIT_USAGE,
         )
-    listed = _from_flag_or_env(args.allowed_namespaces, "ALLOWED_NAMESPACES")
-    if not args.tls_enabled and listed:
+    if not args.tls_enabled and args.allowed_namespaces:
         raise FatalError(
             "--allowed-namespaces needs TLS: the list travels in the client certificate, "
             "which --tls-enabled=false does not present",

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import random
-import re
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
+from workflowplane.api.planes import is_object_name
 from workflowplane.controller.runner import ControllerConfig, GatewayReplicas
 from workflowplane.kits.goflags import port
 from workflowplane.kits.process import EXIT_USAGE, FatalError
@@ -21,9 +20,9 @@ from workflowplane.protocol.agent_patience import (
     AgentPatience,
     check_seconds,
 )
+from workflowplane.protocol.replicas import valid_https_url
 
 DEFAULT_HEALTH_PORT = 8081
-PEERING_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 def add_controller_flags(parser: argparse.ArgumentParser, *, standalone: bool) -> None:
@@ -163,32 +162,15 @@ def more_than_zero(flag: str) -> Callable[[str], float]:
     return parse
 
 
-def _https_url(url: str) -> bool:
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 (raises for a port out of range)
-    except ValueError:
-        return False
-    host = parts.hostname or ""
-    return (
-        parts.scheme == "https"
-        and bool(host)
-        and " " not in url
-        and parts.username is None
-        and not parts.query
-        and not parts.fragment
-    )
-
-
 def peer_url(value: str) -> str:
-    if not _https_url(value.strip()):
+    if not valid_https_url(value.strip(), path=True):
         raise argparse.ArgumentTypeError(f"{value[:200]!r} is not an https://host:port URL")
     return value
 
 
 def peering_name(value: str) -> str:
     """kopf's peering object is named by it: a Kubernetes object name."""
-    if not PEERING_NAME.fullmatch(value) or len(value) > 253:
+    if not is_object_name(value):
         raise argparse.ArgumentTypeError(
             f"{value[:80]!r} is not a Kubernetes object name (lowercase letters, digits, "
             "'-' and '.')"
@@ -199,7 +181,7 @@ def peering_name(value: str) -> str:
 def gateway_urls(value: str) -> tuple[str, ...]:
     """``--gateway-url``: one URL, or several comma-separated (each https://host:port)."""
     urls = tuple(url.strip() for url in value.split(",") if url.strip())
-    bad = [url for url in urls if not _https_url(url)]
+    bad = [url for url in urls if not valid_https_url(url, path=True)]
     if not urls or bad or len(set(urls)) != len(urls):
         raise FatalError(
             f"--gateway-url needs distinct https://host:port URLs, without credentials "

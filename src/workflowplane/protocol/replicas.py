@@ -57,14 +57,27 @@ def lease_name(replica: str) -> str:
 def valid_internal_url(url: str) -> bool:
     """An https base URL with a host and nothing after the port (Leases are read, not
     trusted: a malformed annotation skips that replica instead of breaking every request)."""
-    if not url or len(url) > MAX_URL_LENGTH or not url.isprintable():
+    return valid_https_url(url, path=False)
+
+
+def valid_https_url(url: str, *, path: bool) -> bool:
+    """An https URL with a host and a port that can be; a path only where ``path``. Never
+    credentials, a query or a fragment, which a request built on it would carry along."""
+    if not url or len(url) > MAX_URL_LENGTH or not url.isprintable() or " " in url:
         return False
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises on a malformed port
     except ValueError:
         return False
-    return parts.scheme == "https" and bool(parts.hostname) and parts.path in ("", "/")
+    return (
+        parts.scheme == "https"
+        and bool(parts.hostname)
+        and (path or parts.path in ("", "/"))
+        and parts.username is None
+        and not parts.query
+        and not parts.fragment
+    )
 
 
 def replica_of(lease: Lease, now: dt.datetime) -> Replica | None:

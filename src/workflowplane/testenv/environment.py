@@ -7,12 +7,12 @@ Used by the pytest fixtures (tied to the test process) and by ``wpctl testenv up
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from workflowplane.api.planes import is_namespace_name
 from workflowplane.testenv import assets as assets_module
 from workflowplane.testenv.apiserver import ApiServer, StartError, stop_process_group
 
@@ -20,7 +20,6 @@ CONTROL_PLANE = "control-plane"
 WORKFLOW_PLANE = "workflow-plane"
 STATE_FILE = "testenv.json"
 MARKER = ".workflowplane-testenv"  # this directory is an environment's: `down` may delete it
-SERVER_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # a directory and a context
 
 
 class StateError(ValueError):
@@ -29,7 +28,7 @@ class StateError(ValueError):
 
 def check_server_name(name: str) -> str:
     """A server name becomes a directory under the root and a kubeconfig context."""
-    if not SERVER_NAME.fullmatch(name):
+    if not is_namespace_name(name):  # a DNS label, as a namespace's name is
         raise StateError(
             f"server name {name[:80]!r} is not a DNS label (lowercase letters, digits and '-', "
             "at most 63): it names a directory and a kubeconfig context"

@@ -71,6 +71,16 @@ def test_internal_urls_are_bounded() -> None:
     assert not valid_internal_url("https://host\n:8444")
 
 
+@pytest.mark.parametrize(
+    "url", ["https://u:p@10.0.0.1:8444", "https://10.0.0.1:8444?x=1", "https://10.0.0.1:8444#f"]
+)
+def test_a_lease_url_that_would_carry_credentials_or_a_query_is_skipped(url: str) -> None:
+    """The check the controller's --gateway-url uses too: a request built on such a URL
+    would send the credentials to that replica, or end its path in the query."""
+    assert not valid_internal_url(url)
+    assert valid_internal_url("https://10.0.0.1:8444")
+
+
 async def test_the_rotation_starts_at_the_next_replica_and_puts_failed_ones_last() -> None:
     now = [0.0]
     rotation = ReplicaRotation(StaticDirectory(["a", "b", "c"]), clock=lambda: now[0])
