@@ -80,7 +80,9 @@ def kube_client(config: SingleConfig, field_manager: str | None = None) -> Async
     """lightkube's client for ``config``, its requests sent by the lean HTTP/1.1 client
     (``kits.http1_httpx``: httpx's own transport was a third of the control plane's CPU)."""
     if config.user is None:
-        raise FatalError(f"kubeconfig context {config.context_name!r} has no user", None, 2)
+        raise FatalError(
+            f"kubeconfig context {config.context_name!r} has no user", exit_code=EXIT_USAGE
+        )
     try:
         return _client(config, field_manager)
     except _CONFIG_ERRORS as exc:

@@ -41,7 +41,7 @@ from workflowplane.gateway.replica_lease import ReplicaLease
 from workflowplane.gateway.tls import ChainFiles, PublicTLS, server_context
 from workflowplane.kits.health import OK, Health, Verdict, health_app
 from workflowplane.kits.http1_server import FrontServer, Limits, Router
-from workflowplane.kits.process import FatalError
+from workflowplane.kits.process import listening
 from workflowplane.pki import holds_key_of
 
 log = logging.getLogger(__name__)
@@ -197,12 +197,7 @@ class Gateway:
             front=front,
             stall_seconds=stall_seconds,
         )
-        try:
-            await site.start()
-        except OSError as exc:  # a port taken or out of reach, a host that is no address
-            raise FatalError(
-                f"cannot listen for {name} on {self.config.host}:{port}: {exc}", None, 2
-            ) from exc
+        await listening(site.start(), name, self.config.host, port)
         self.ports[name] = runner.addresses[0][1]
         log.info("%s listener on %s:%d", name, self.config.host, self.ports[name])
 

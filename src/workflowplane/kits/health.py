@@ -25,7 +25,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from workflowplane.kits.dialing import Connector
-from workflowplane.kits.process import FatalError
+from workflowplane.kits.process import listening
 
 
 @dataclass(frozen=True)
@@ -199,10 +199,8 @@ class HealthListener:
         )
         await runner.setup()
         self._runner = runner
-        try:
-            await web.TCPSite(runner, host, port, reuse_address=True).start()
-        except OSError as exc:  # a port taken or out of reach, a host that is no address
-            raise FatalError(f"cannot listen for health on {host}:{port}: {exc}", None, 2) from exc
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await listening(site.start(), "health", host, port)
         self.port = int(runner.addresses[0][1])
         return self.port
 

@@ -9,13 +9,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import Any
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
 EXIT_UNAVAILABLE = 4
+
+
+async def listening(start: Awaitable[None], what: str, host: str, port: int) -> None:
+    """``start`` (a listener's), or a FatalError naming it: a port taken or out of reach, a
+    host that is no address of this machine, is a setting to fix, not a traceback."""
+    try:
+        await start
+    except OSError as exc:
+        raise FatalError(
+            f"cannot listen for {what} on {host}:{port}: {exc}", None, EXIT_USAGE
+        ) from exc
 
 
 class FatalError(Exception):

@@ -4,20 +4,24 @@ unhealthy, naming why; each recovers."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Callable
 
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry, Counter
 
 from workflowplane.kits.health import (
     Health,
+    HealthListener,
     LoopLag,
     ProgressWatch,
     Verdict,
     health_app,
     http_probe,
 )
+from workflowplane.kits.process import FatalError
 
 
 async def _probe(client: TestClient, path: str) -> tuple[int, dict[str, object]]:
@@ -96,3 +100,18 @@ async def test_an_http_probe_carries_another_listeners_failure() -> None:
         url = str(server.make_url("/readyz"))
     gone = await http_probe(url, timeout=1)()
     assert not gone.ok and "did not answer" in gone.detail
+
+
+async def test_a_health_port_that_is_taken_is_one_line_naming_it() -> None:
+    """A port in use (or a host that is no address here) had ended the component in a
+    traceback; it is a setting to fix."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        listener = HealthListener(Health(), None)
+        try:
+            with pytest.raises(FatalError, match=f"cannot listen for health on 127.0.0.1:{port}"):
+                await listener.start("127.0.0.1", port)
+        finally:
+            await listener.close()
