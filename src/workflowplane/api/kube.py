@@ -43,6 +43,7 @@ def load_config(kubeconfig: Path | None, context: str | None) -> SingleConfig:
             return KubeConfig.from_service_account().get()  # type: ignore[return-value]
         found = KubeConfig.from_file(kubeconfig).get(context_name=context)
         found = with_exec_v1(found) if found is not None else None
+        problem = context_problem(found) if found is not None else None
     except _CONFIG_ERRORS as exc:
         where = f"kubeconfig {kubeconfig}" if kubeconfig else "the in-cluster service account"
         raise FatalError(
@@ -52,7 +53,23 @@ def load_config(kubeconfig: Path | None, context: str | None) -> SingleConfig:
         ) from exc
     if found is None:
         raise FatalError(f"context {context!r} not found in {kubeconfig}", exit_code=EXIT_USAGE)
+    if problem is not None:
+        where = f"kubeconfig {kubeconfig}, context {found.context_name!r}"
+        raise FatalError(f"{where}: {problem}", exit_code=EXIT_USAGE)
     return found
+
+
+def context_problem(config: SingleConfig) -> str | None:
+    """What the client would only trip over at the first request, with a traceback: a
+    server URL whose port cannot be, a client certificate without its key (or a key alone)."""
+    try:
+        urlsplit(config.cluster.server).port  # noqa: B018 (raises when out of range)
+    except ValueError as exc:
+        return f"server {config.cluster.server!r}: {exc}"
+    user = config.user
+    if user is not None and bool(user.client_cert) != bool(user.client_key):
+        return "client-certificate and client-key go together"
+    return None
 
 
 EXEC_V1 = "client.authentication.k8s.io/v1"

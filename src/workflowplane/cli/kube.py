@@ -7,14 +7,13 @@ import os
 import ssl
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import yaml
 from lightkube import AsyncClient
 from lightkube.config.kubeconfig import KubeConfig
 from lightkube.core.exceptions import ConfigError
 
-from workflowplane.api.kube import with_exec_v1
+from workflowplane.api.kube import context_problem, with_exec_v1
 from workflowplane.api.planes import is_namespace_name, is_object_name
 from workflowplane.cli.errors import EXIT_USAGE, CliError
 from workflowplane.cli.state import state_root
@@ -93,7 +92,9 @@ def client_for(kubeconfig: Path | None, context: str | None) -> AsyncClient:
     found = config.get(context_name=name)
     assert found is not None  # a context name was given
     single = with_exec_v1(found)
-    _check_reachable_form(path, name, single)
+    problem = context_problem(single)
+    if problem is not None:
+        raise CliError(f"{path}, context {name!r}: {problem}", exit_code=EXIT_USAGE)
     try:
         return AsyncClient(config=single)
     except (OSError, ssl.SSLError, ValueError) as exc:  # its CA or client certificate files
@@ -148,20 +149,3 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     if mark is None or not problem:
         return " ".join(str(exc).split())
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
-
-
-def _check_reachable_form(path: Path, name: str, single: Any) -> None:
-    """What the client would only trip over at the first request, with a traceback: a
-    server URL whose port cannot be, a client certificate without its key (or a key alone)."""
-    where = f"{path}, context {name!r}"
-    try:
-        urlsplit(single.cluster.server).port  # noqa: B018 (raises when out of range)
-    except ValueError as exc:
-        raise CliError(
-            f"{where}: server {single.cluster.server!r}: {exc}", None, EXIT_USAGE
-        ) from exc
-    user = single.user
-    if user is not None and bool(user.client_cert) != bool(user.client_key):
-        raise CliError(
-            f"{where}: client-certificate and client-key go together", exit_code=EXIT_USAGE
-        )

@@ -283,3 +283,21 @@ def test_a_kubernetes_service_link_in_a_port_variable_keeps_the_default(
     parser = argparse.ArgumentParser()
     add_gateway_flags(parser)
     assert parser.parse_args([]).public_port == 8443
+
+
+@pytest.mark.parametrize(
+    ("server", "user", "says"),
+    [
+        ("https://127.0.0.1:99999", "{token: abc}", "Port out of range"),
+        ("https://127.0.0.1:1", "{client-certificate: /c.crt}", "go together"),
+    ],
+)
+def test_the_components_kubeconfig_is_checked_as_wpctls_is(
+    tmp_path: Path, server: str, user: str, says: str
+) -> None:
+    """One check for both (api/kube.context_problem): the components had met these only at
+    their first request, in a traceback."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(KUBECONFIG_USER.format(server=server, user=user))
+    with pytest.raises(FatalError, match=says):
+        load_config(kubeconfig, None)
