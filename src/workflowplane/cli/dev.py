@@ -34,13 +34,14 @@ from workflowplane.cli.state import (
     state_root,
     write_state_file,
 )
-from workflowplane.cli.testenv import recorded, running
+from workflowplane.cli.testenv import damaged_record, recorded, running
 from workflowplane.testenv import (
     CONTROL_PLANE,
     WORKFLOW_PLANE,
     AssetsError,
     Environment,
     StartError,
+    StateError,
     free_port,
     stop_detached,
 )
@@ -562,10 +563,9 @@ def _down(args: argparse.Namespace) -> int:
     except CliError as exc:  # still stop the API servers; the file is kept for its pids
         damaged, components = exc, 0
     try:
-        recorded(root)
-    except CliError as exc:  # the servers' pids are unreadable: nothing to stop or delete
-        raise damaged or exc from None
-    stopped = stop_detached(root, remove=damaged is None, owned=True)
+        stopped = stop_detached(root, remove=damaged is None, owned=True)
+    except StateError as exc:  # the servers' pids are unreadable: nothing stopped or deleted
+        raise damaged or damaged_record(exc) from None
     print(
         f"stopped {components} component(s) and {len(stopped)} API server(s)"
         if stopped or components

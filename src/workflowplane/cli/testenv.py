@@ -77,7 +77,12 @@ def recorded(root: Path) -> list[ServerInfo]:
     try:
         return read_state(root)
     except StateError as exc:
-        raise CliError(str(exc), exit_code=EXIT_UNAVAILABLE) from exc
+        raise damaged_record(exc) from exc
+
+
+def damaged_record(exc: StateError) -> CliError:
+    """A state file that cannot be read, said as a command's error (it names the file)."""
+    return CliError(str(exc), exit_code=EXIT_UNAVAILABLE)
 
 
 def running(root: Path) -> bool:
@@ -108,8 +113,10 @@ def _up(args: argparse.Namespace) -> int:
 
 def _down(args: argparse.Namespace) -> int:
     root = _dir(args)
-    recorded(root)  # a damaged state file is said, not a traceback
-    stopped = stop_detached(root, remove=True, owned=_owned(args))
+    try:
+        stopped = stop_detached(root, remove=True, owned=_owned(args))
+    except StateError as exc:  # read before anything is stopped: the file is kept
+        raise damaged_record(exc) from exc
     print(f"stopped {len(stopped)} API server(s)" if stopped else "nothing was running")
     return 0
 

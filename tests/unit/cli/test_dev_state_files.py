@@ -79,3 +79,17 @@ def test_dev_up_refuses_a_count_below_one_before_starting_anything(
     code, err = wpctl(capsys, "dev", "up", *flag)
     assert code == 2
     assert f"argument {flag[0]}: must be at least 1" in err
+
+
+@pytest.mark.parametrize("argv", [["dev", "down"], ["dev", "status"]])
+def test_a_damaged_api_server_record_is_named_and_kept(
+    root: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """The API servers' own record (testenv.json) had ended dev status and dev down in a
+    traceback; its pids are the way back, so nothing is stopped or deleted either."""
+    damaged = '{"control-plane": {"context": "c"'
+    (root / "testenv.json").write_text(damaged)
+    code, err = wpctl(capsys, *argv)
+    assert code == 4
+    assert f"state file {root / 'testenv.json'} is damaged" in err
+    assert (root / "testenv.json").read_text() == damaged
