@@ -42,7 +42,6 @@ from workflowplane.gateway.tls import ChainFiles, PublicTLS, server_context
 from workflowplane.kits.health import OK, Health, Verdict, health_app
 from workflowplane.kits.http1_server import FrontServer, Limits, Router
 from workflowplane.kits.process import listening
-from workflowplane.pki import holds_key_of
 
 log = logging.getLogger(__name__)
 SYNC_TIMEOUT_SECONDS = 60
@@ -210,10 +209,10 @@ class Gateway:
     async def _present_pki(self, pki: GatewayPKI) -> None:
         """Certificates renewed while serving: the next handshakes use them."""
         assert self._public_tls is not None and self._internal_tls is not None
-        if not holds_key_of(pki.server.certificate, pki.server.key_pem):
-            raise ValueError("the server certificate does not match its key (read mid-swap?)")
-        chain = ChainFiles.write(Path(self._files.name), pki.server)
-        self._public_tls.present(chain, also=[self._internal_tls])
+        # Files of their own: those in use stay whole (PublicTLS rebuilds contexts from
+        # them) when the new pair is refused (``present`` tries it on a scratch context).
+        fresh = Path(tempfile.mkdtemp(prefix="renewed-", dir=self._files.name))
+        self._public_tls.present(ChainFiles.write(fresh, pki.server), also=[self._internal_tls])
         if self.config.internal_mtls and pki.internal_ca_pem:
             self._internal_tls.load_verify_locations(cadata=pki.internal_ca_pem.decode())
         self.pki = pki

@@ -16,6 +16,7 @@ import datetime as dt
 import ssl
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -245,3 +246,28 @@ async def test_a_running_gateway_renews_its_server_certificate_and_presents_the_
         assert load_certificates(stored["tls.crt"])[0] == fresh
         status = await gw.client.plane_status("workflowplane", "no-such-plane")
         assert status["connected"] is False
+
+
+async def test_a_renewed_pair_that_does_not_load_leaves_the_gateway_as_it_was(
+    control_plane: ApiServer,
+    crds: Path,
+    tmp_path: Path,
+    pki_namespace: tuple[AsyncClient, str],
+) -> None:
+    """Files read mid-swap (a new certificate, the old key): refused before any context in
+    use is touched, and the files the listener rebuilds its contexts from stay whole."""
+    _, namespace = pki_namespace
+    async with running_gateway(control_plane, tmp_path, namespace=namespace) as gw:
+        gateway = gw.gateway
+        assert gateway.pki is not None and gateway._public_tls is not None
+        before = await _presented(gateway.ports["public"])
+        in_use = gateway._public_tls._chain
+        kept = (in_use.cert.read_bytes(), in_use.key.read_bytes())
+        other = issue_certificate(generate_ca("other"), "gw", client=False, server=True)
+        mixed = replace(gateway.pki, server=KeyPair(other.cert_pem, gateway.pki.server.key_pem))
+        with pytest.raises(ssl.SSLError):
+            await gateway._present_pki(mixed)
+        assert (in_use.cert.read_bytes(), in_use.key.read_bytes()) == kept
+        assert gateway._public_tls._chain == in_use
+        assert await _presented(gateway.ports["public"]) == before
+        assert await _presented(gateway.ports["internal"]) == before
