@@ -37,6 +37,7 @@ from workflowplane.kits.dialing import Connector
 from workflowplane.kits.errors import Failure
 from workflowplane.pki import load_certificates, sha256_fingerprint
 from workflowplane.protocol.gateway_client import INTERACTIVE_TIMEOUT, GatewayClient
+from workflowplane.protocol.replicas import valid_base_url
 
 WP = "workflowplane"
 
@@ -224,14 +225,22 @@ async def _check_agents(
         )
 
 
+_HEALTH_SCHEMES = ("http", "https")
+
+
 def _health_urls(given: list[str] | None) -> dict[str, str]:
     if not given:
         return dev_health_urls()
     urls = {}
     for item in given:
         name, sep, url = item.partition("=")
-        if not name or not sep or not url.startswith(("http://", "https://")):
-            raise CliError(f"--health {item!r}: expected NAME=http://HOST:PORT", None, EXIT_USAGE)
+        if not name or not sep or not valid_base_url(url, schemes=_HEALTH_SCHEMES, path=True):
+            raise CliError(
+                f"--health {item!r}: expected NAME=http://HOST:PORT (a host, a port that can "
+                "be, no credentials, query or fragment)",
+                None,
+                EXIT_USAGE,
+            )
         urls[name] = url.rstrip("/")
     return urls
 

@@ -63,6 +63,11 @@ def valid_internal_url(url: str) -> bool:
 def valid_https_url(url: str, *, path: bool) -> bool:
     """An https URL with a host and a port that can be; a path only where ``path``. Never
     credentials, a query or a fragment, which a request built on it would carry along."""
+    return valid_base_url(url, schemes=("https",), path=path)
+
+
+def valid_base_url(url: str, *, schemes: tuple[str, ...], path: bool) -> bool:
+    """A URL of one of ``schemes`` that requests are built on (see :func:`valid_https_url`)."""
     if not url or len(url) > MAX_URL_LENGTH or not url.isprintable() or " " in url:
         return False
     try:
@@ -71,7 +76,7 @@ def valid_https_url(url: str, *, path: bool) -> bool:
     except ValueError:
         return False
     return (
-        parts.scheme == "https"
+        parts.scheme in schemes
         and bool(parts.hostname)
         and (path or parts.path in ("", "/"))
         and parts.username is None

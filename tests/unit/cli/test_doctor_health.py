@@ -46,3 +46,23 @@ def test_health_flags_are_name_equals_url() -> None:
     }
     with pytest.raises(CliError):
         _health_urls(["localhost:8081"])
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://localhost:99999",  # a port that cannot be
+        "http://localhost:80x",
+        "http://",  # no host
+        "http://user:secret@localhost:8081",  # credentials would be sent along
+        "http://localhost:8081?x=1",  # /healthz would land in the query
+        "http://localhost:8081#frag",
+        "ftp://localhost:8081",
+        "http://local host:8081",
+    ],
+)
+def test_a_health_url_no_probe_could_use_is_refused_naming_it(url: str) -> None:
+    with pytest.raises(CliError) as refused:
+        _health_urls([f"controller={url}"])
+    assert repr(f"controller={url}") in str(refused.value)
+    assert "a port that can be" in str(refused.value)
