@@ -72,7 +72,7 @@ from workflowplane.protocol import (
     encode,
     encode_binary,
 )
-from workflowplane.protocol.binary import encode_chunk
+from workflowplane.protocol.binary import MAX_ID_BYTES, encode_chunk
 from workflowplane.protocol.http import ALLOWED_METHODS
 from workflowplane.protocol.messages import MetadataTooLarge, opens_stream
 
@@ -167,6 +167,12 @@ def _refusal(frame: TunnelRequest | StreamInit) -> TunnelResponse | None:
         message = f"bad request: a dot segment in path {frame.path!r}"
         return error_response(frame.request_id, 400, message)
     return None
+
+
+def _overlong_id(request_id: str) -> bool:
+    """Longer than any gateway's requestID may be (v3's bound, for JSON frames too): every
+    answer echoes it, and the binary encoder refuses it."""
+    return len(request_id) > MAX_ID_BYTES // 4 and len(request_id.encode()) > MAX_ID_BYTES
 
 
 def _dot_segment(path: str) -> bool:
@@ -297,6 +303,11 @@ class FrameServer:
         if self._closed:
             log.debug("dropping a frame that came after the connection's server closed")
             return
+        if not binary and self._encode is encode_binary:
+            # v3 answers are binary: a JSON request's answer could not name a requestID
+            # the binary format cannot hold, so it is not served at all.
+            self._drop_malformed("a text message on a binary (workflowplane.tunnel.v3) connection")
+            return
         try:
             frame = (
                 decode_binary(raw)
@@ -304,6 +315,9 @@ class FrameServer:
                 else classify_agent_frame(raw)
             )
         except MetadataTooLarge as exc:  # not decoded: that request is refused, not dropped
+            if _overlong_id(exc.request_id):
+                self._drop_malformed(f"a requestID over {MAX_ID_BYTES} bytes (it is not echoed)")
+                return
             self._refuse(exc.request_id, 400, f"bad request: {exc}", "metadata too large")
             return
         except (msgspec.DecodeError, msgspec.ValidationError, BinaryFrameError) as exc:
@@ -311,6 +325,9 @@ class FrameServer:
             return
         except RecursionError:  # msgspec's depth limit: one frame, not the connection
             self._drop_malformed("nested too deeply")
+            return
+        if _overlong_id(frame.request_id):
+            self._drop_malformed(f"a requestID over {MAX_ID_BYTES} bytes (it is not echoed)")
             return
         self._start(frame)
 
@@ -723,6 +740,9 @@ class AgentTunnel:
                     log.error("not connecting: %s", exc)
                 except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                     log.warning("gateway connection failed: %s", exc)
+                except Exception:  # a bug or a frame nobody foresaw: this tunnel redials,
+                    # the agent's tunnels to the other replicas carry on
+                    log.exception("the connection to the gateway failed unexpectedly")
                 finally:
                     self.connected.clear()
                     self._on_change()

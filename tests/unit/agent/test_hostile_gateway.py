@@ -12,12 +12,13 @@ import contextlib
 import json
 import logging
 import tracemalloc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from aiohttp import web
 
-from tests.unit.agent.stand_ins import Upstream, until
+from tests.unit.agent.stand_ins import Gateway, Upstream, plain_tunnel, serving, until
 from workflowplane.agent import exec as agent_exec
 from workflowplane.agent.exec import ExecSessions
 from workflowplane.agent.tunnel import REFUSALS_QUEUED_BYTES, FrameServer
@@ -29,7 +30,7 @@ from workflowplane.protocol import (
     classify_gateway_frame,
     encode,
 )
-from workflowplane.protocol.binary import HEADER, encode_binary
+from workflowplane.protocol.binary import HEADER, decode_binary, encode_binary
 from workflowplane.protocol.exec import k8s_to_tunnel, tunnel_to_k8s
 
 WATCH = StreamInit(request_id="x", path="/api/v1/pods", query="watch=true")
@@ -41,11 +42,12 @@ EXEC = StreamInit(
 class Sent:
     """What the server sent the gateway, decoded."""
 
-    def __init__(self) -> None:
+    def __init__(self, decode: Callable[[bytes], Any] = classify_gateway_frame) -> None:
         self.frames: list[Any] = []
+        self._decode = decode
 
     async def __call__(self, data: bytes | bytearray) -> None:
-        self.frames.append(classify_gateway_frame(bytes(data)))
+        self.frames.append(self._decode(bytes(data)))
 
 
 async def test_a_duplicate_request_id_is_refused_and_the_first_stays_cancellable() -> None:
@@ -414,3 +416,59 @@ async def test_a_flood_of_response_frames_writes_one_log_line(
     assert "dropping unexpected response frames" in line.getMessage()
     assert len(line.getMessage()) < 200
     await server.close()
+
+
+async def test_a_text_message_on_a_binary_connection_is_dropped_and_the_next_served() -> None:
+    """A v3 answer cannot carry a requestID over 256 bytes: a JSON request with one, refused
+    at once (metadata too large, or a duplicate), raised out of ``dispatch`` and ended the
+    agent's every tunnel."""
+    upstream, sent = Upstream(), Sent(decode_binary)
+    server = FrameServer(upstream, sent, 5, 4, encoder=encode_binary)  # type: ignore[arg-type]
+    upstream.gate.set()
+    rid = "r" * 300
+    server.dispatch(json.dumps({"requestID": rid, "headers": {"x": ["a" * (1 << 20)]}}))
+    server.dispatch(encode(TunnelRequest(request_id=rid, path="/api")))
+    server.dispatch(encode(TunnelRequest(request_id="text", path="/api")))
+    server.dispatch(encode_binary(TunnelRequest(request_id="ok", path="/api")), binary=True)
+    await until(lambda: len(sent.frames) == 1)
+    assert sent.frames[0].request_id == "ok" and upstream.asked == 1
+    await server.close()
+
+
+@pytest.mark.parametrize("rid", ["r" * 257, "é" * 129])
+async def test_a_request_id_longer_than_any_gateways_is_dropped_unserved(rid: str) -> None:
+    upstream, sent = Upstream(), Sent()
+    server = FrameServer(upstream, sent, 5, 4)  # type: ignore[arg-type]
+    upstream.gate.set()
+    server.dispatch(encode(TunnelRequest(request_id=rid, path="/api")))
+    big = {f"X-{n}": ["v"] for n in range(100_000)}
+    server.dispatch(json.dumps({"requestID": rid, "path": "/api", "headers": big}))
+    server.dispatch(encode(TunnelRequest(request_id="r" * 256, path="/api")))
+    await until(lambda: len(sent.frames) == 1)
+    assert sent.frames[0].request_id == "r" * 256 and upstream.asked == 1
+    await server.close()
+
+
+async def test_an_unforeseen_failure_of_a_connection_redials_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The reconnect loop caught network errors only: anything else ended the tunnel, and
+    with it the agent's fleet of tunnels to every replica."""
+
+    def broken(self: FrameServer, raw: bytes | str, *, binary: bool = False) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(FrameServer, "dispatch", broken)
+
+    async def script(ws: web.WebSocketResponse) -> None:
+        await ws.send_str("{}")
+        await ws.receive()
+
+    gateway = Gateway(script)
+    async with serving(gateway):
+        running = asyncio.create_task(plain_tunnel(gateway.url).run())
+        await until(lambda: len(gateway.upgrades) >= 2)
+        assert not running.done()
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
