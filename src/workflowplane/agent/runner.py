@@ -107,6 +107,7 @@ class Agent:
             headers={AGENT_INSTANCE_HEADER: self.instance, **address.headers()},
             metrics=self.tunnel.metrics,
             on_change=on_change,
+            private_namespace=config.namespace,
         )
 
     def _kube(self) -> AgentKube:

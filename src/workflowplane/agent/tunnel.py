@@ -106,7 +106,6 @@ _REASONS = {
     502: "InternalError",
     504: "Timeout",
 }
-_TRUE = ("true", "1")  # as the gateway reads watch/follow
 
 
 class ConnectRefused(Exception):
@@ -156,17 +155,44 @@ def _carried(frame: TunnelRequest) -> int:
     return size
 
 
-def _refusal(frame: TunnelRequest | StreamInit) -> TunnelResponse | None:
-    """404 unknown target, 500 bad request, 400 a path with a dot segment; None when the
-    request may go upstream."""
+def _refusal(
+    frame: TunnelRequest | StreamInit, private_namespace: str | None
+) -> TunnelResponse | None:
+    """404 unknown target, 500 bad request, 400 a path with a dot segment, a query or a
+    fragment, 403 the agent's own Secrets; None when the request may go upstream."""
+    rid, path = frame.request_id, frame.path
     if frame.target != TARGET_K8S:
-        return error_response(frame.request_id, 404, f"unknown target: {frame.target}")
-    if frame.method.upper() not in ALLOWED_METHODS or not frame.path.startswith("/"):
-        return error_response(frame.request_id, 500, f"bad request: {frame.method} {frame.path!r}")
-    if _dot_segment(frame.path):
-        message = f"bad request: a dot segment in path {frame.path!r}"
-        return error_response(frame.request_id, 400, message)
+        return error_response(rid, 404, f"unknown target: {shortened(str(frame.target), 64)}")
+    if frame.method.upper() not in ALLOWED_METHODS or not path.startswith("/"):
+        shown = f"{shortened(frame.method, 16)} {shortened(path, 256)!r}"
+        return error_response(rid, 500, f"bad request: {shown}")
+    if "?" in path or "#" in path:
+        shown = shortened(path, 256)
+        message = f"bad request: a query or fragment in path {shown!r} (the query has its field)"
+        return error_response(rid, 400, message)
+    if _dot_segment(path):
+        return error_response(
+            rid, 400, f"bad request: a dot segment in path {shortened(path, 256)!r}"
+        )
+    if private_namespace is not None and _in_private_secrets(path, private_namespace):
+        message = (
+            f"the Secrets of namespace {private_namespace} (the agent's own identity and CA) "
+            "are not reachable through the tunnel"
+        )
+        return error_response(rid, 403, message)
     return None
+
+
+def _in_private_secrets(path: str, namespace: str) -> bool:
+    """A path of the Secrets of the agent's own namespace, however spelled (percent-encoded,
+    doubled slashes, the old ``/watch/`` form): the agent may read and replace its CA's
+    Secret there, which no caller through the tunnel may."""
+    if "secrets" not in path.lower() and "%" not in path:
+        return False
+    segments = [segment for segment in unquote(path).split("/") if segment]
+    if segments[2:3] == ["watch"]:
+        segments = segments[:2] + segments[3:]
+    return segments[:5] == ["api", "v1", "namespaces", namespace, "secrets"]
 
 
 def _overlong_id(request_id: str) -> bool:
@@ -261,8 +287,10 @@ class FrameServer:
         max_streams: int = 64,
         encoder: Encoder = encode,
         chunk_encoder: ChunkEncoder | None = None,
+        private_namespace: str | None = None,
     ) -> None:
         self._upstream = upstream
+        self._private_namespace = private_namespace  # whose Secrets callers may not reach
         self._send = send
         self._encode = encoder  # the connection's: v1/v2 JSON or v3 binary
         self._encode_chunk = chunk_encoder or self._chunk_via_encoder
@@ -459,7 +487,7 @@ class FrameServer:
             await self._serve_now(frame, streaming=False)
 
     async def _serve_now(self, frame: TunnelRequest, *, streaming: bool) -> None:
-        refused = _refusal(frame)
+        refused = _refusal(frame, self._private_namespace)
         if refused is not None:
             await self._send_whole(refused)
         elif self._chunked:
@@ -572,7 +600,7 @@ class FrameServer:
 
     async def _stream(self, frame: StreamInit) -> None:
         rid = frame.request_id
-        refused = _refusal(frame)  # the target, the method and the path, as for requests
+        refused = _refusal(frame, self._private_namespace)  # as for requests
         if refused is not None:
             await self._send(self._encode(refused))
             await self._send(self._encode(StreamChunk(request_id=rid, is_close=True)))
@@ -707,7 +735,9 @@ class AgentTunnel:
         metrics: AgentMetrics | None = None,
         on_change: Callable[[], None] = lambda: None,
         socket_factory: SocketFactoryType | None = None,
+        private_namespace: str | None = None,
     ) -> None:
+        self._private_namespace = private_namespace
         query = urlencode({"planeType": plane_type, "planeID": plane_id})
         self.url = f"{url.rstrip('/')}/ws?{query}" if "/ws" not in url else f"{url}?{query}"
         self._ssl_factory = ssl_factory
@@ -852,6 +882,7 @@ class AgentTunnel:
             max_streams=self._max_streams,
             encoder=encode_binary if binary else encode,
             chunk_encoder=encode_chunk if binary else None,
+            private_namespace=self._private_namespace,
         )
         server.metrics = self.metrics
         return server

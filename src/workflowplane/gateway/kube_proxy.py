@@ -53,6 +53,7 @@ from workflowplane.protocol.http import (
     UNSENT_HEADER,
     is_caller_credential,
     is_streaming_query,
+    kube_true,
 )
 from workflowplane.protocol.verbs import kube_verb
 
@@ -170,7 +171,7 @@ def degraded_query(query: Any, request_timeout: float) -> str:
     a watch ends by ``timeoutSeconds`` within the gateway's wait, ``follow`` is dropped."""
     bound = max(1, int(request_timeout - WATCH_MARGIN_SECONDS))
     items = [(k, v) for k, v in query.items() if k not in ("timeoutSeconds", "follow")]
-    if is_streaming_query({"watch": query.get("watch", "")}):
+    if kube_true(query.get("watch")):
         try:
             asked = int(query.get("timeoutSeconds", ""))
         except ValueError:

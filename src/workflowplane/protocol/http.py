@@ -49,15 +49,20 @@ def is_caller_credential(name: str) -> bool:
     return lower == CALLER_CREDENTIAL or lower.startswith(IMPERSONATION_PREFIX)
 
 
-_TRUE = ("true", "1")
+def kube_true(value: str | None) -> bool:
+    """A boolean query parameter as the API server reads it (``Convert_Slice_string_To_bool``):
+    given with any value but ``0`` or ``false`` (any case) is true, ``watch=``, ``watch`` and
+    ``watch=yes`` included; absent (None) is false."""
+    return value is not None and value != "0" and value.lower() != "false"
 
 
 def first_values(query: str) -> dict[str, str]:
     """Each parameter's first value, the one the API server acts on (Go's ``url.Values.Get``,
     as aiohttp's ``MultiDict.get``): ``watch=true&watch=false`` is a watch, and must be
-    counted as one however the duplicates are ordered."""
+    counted as one however the duplicates are ordered. A parameter without a value is kept
+    (as ``""``): the API server takes ``watch`` alone for a watch."""
     values: dict[str, str] = {}
-    for key, value in parse_qsl(query):
+    for key, value in parse_qsl(query, keep_blank_values=True):
         values.setdefault(key, value)
     return values
 
@@ -71,4 +76,4 @@ def is_streaming_query(query: Mapping[str, str] | str) -> bool:
         values: Mapping[str, str] = first_values(query)
     else:
         values = query
-    return values.get("watch") in _TRUE or values.get("follow") in _TRUE
+    return kube_true(values.get("watch")) or kube_true(values.get("follow"))

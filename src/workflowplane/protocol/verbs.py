@@ -5,10 +5,10 @@ the HTTP method alone cannot tell a list from a get, or a watch from either."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from urllib.parse import parse_qsl
+
+from workflowplane.protocol.http import first_values, kube_true
 
 _METHOD_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch"}
-_TRUE = ("true", "1")
 _NAMESPACE_SUBRESOURCES = frozenset({"status", "finalize"})
 VERBS = frozenset(
     {"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection", "other"}
@@ -33,13 +33,13 @@ def _on_collection(path: str) -> bool | None:
 
 
 def _watches(query: Mapping[str, str] | str) -> bool:
-    """``watch=true|1``; a query string is parsed only when it can say so (every request
-    is counted: most carry no query at all)."""
+    """``watch`` as the API server reads it (:func:`kube_true`); a query string is parsed
+    only when it can say so (every request is counted: most carry no query at all)."""
     if isinstance(query, str):
-        if "watch" not in query:
+        if "watch" not in query and "%" not in query:
             return False
-        query = dict(parse_qsl(query))
-    return query.get("watch") in _TRUE
+        query = first_values(query)
+    return kube_true(query.get("watch"))
 
 
 def kube_verb(method: str, path: str, query: Mapping[str, str] | str) -> str:

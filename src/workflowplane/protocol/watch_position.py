@@ -16,6 +16,8 @@ from urllib.parse import parse_qsl, urlencode
 
 import msgspec
 
+from workflowplane.protocol.http import first_values, kube_true
+
 MAX_EVENT_LINE_BYTES = 16 * 1024 * 1024
 MAX_RESOURCE_VERSION = 256
 POSITION_TYPES = frozenset({"ADDED", "MODIFIED", "DELETED", "BOOKMARK"})
@@ -25,7 +27,7 @@ START_PARAMETERS = frozenset({"resourceVersion", "resourceVersionMatch", "sendIn
 
 
 def is_watch(query: str) -> bool:
-    return any(k == "watch" and v in ("true", "1") for k, v in parse_qsl(query))
+    return kube_true(first_values(query).get("watch"))
 
 
 def timeout_of(query: str) -> float | None:

@@ -130,6 +130,35 @@ async def test_a_squatting_agent_does_not_change_the_victims_status_answer(
         assert squat["connected"] is True
 
 
+async def test_no_caller_reaches_the_agents_own_secret_through_the_tunnel(
+    control_plane: ApiServer,
+    workflow_plane: ApiServer,
+    gw: RunningGateway,
+    make_namespace: MakeNamespace,
+) -> None:
+    """The Secret holds the plane owner's CA key, which the agent may read and replace: a
+    caller of the gateway (or one gateway replica gone bad) could take or swap it."""
+    namespace = make_namespace(control_plane, "own")
+    plane_id, agent = await registered_agent(control_plane, workflow_plane, gw, namespace, "own")
+    running = await start_agent(agent)
+    try:
+        own = f"/api/v1/namespaces/{agent.config.namespace}/secrets"
+        for path in (f"{own}/{agent.config.secret_name}", own):
+            refused = await _get_path(gw, plane_id, namespace, path)
+            assert refused.status == 403, refused.body[:300]
+            assert b"not reachable through the tunnel" in refused.body
+        served = await _get_path(gw, plane_id, namespace, "/api/v1/namespaces/default/secrets")
+        assert served.status == 200, served.body[:300]
+    finally:
+        await running.stop()
+
+
+def _get_path(gw: RunningGateway, plane_id: str, namespace: str, path: str) -> Any:
+    return gw.client.proxy(
+        "GET", plane_type=WP, plane_id=plane_id, cr_namespace=namespace, cr_name="wp", path=path
+    )
+
+
 @contextlib.asynccontextmanager
 async def _watch(
     session: aiohttp.ClientSession, gw: RunningGateway, plane_id: str, key: tuple[str, str]

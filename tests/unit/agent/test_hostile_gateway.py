@@ -472,3 +472,67 @@ async def test_an_unforeseen_failure_of_a_connection_redials_it(
         running.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await running
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/namespaces/agent-ns/secrets/cluster-agent-tls",
+        "/api/v1/namespaces/agent-ns/secrets",
+        "/api/v1/namespaces/agent-ns/secrets/cluster%2Dagent%2Dtls",
+        "//api/v1//namespaces/agent-ns/secrets/cluster-agent-tls",
+        "/api/v1/namespaces/agent%2Dns/secrets/x",
+        "/api/v1/namespaces/agent-ns/%73ecrets/x",
+        "/api/v1/watch/namespaces/agent-ns/secrets",
+    ],
+)
+@pytest.mark.parametrize("method", ["GET", "PATCH", "PUT", "POST", "DELETE"])
+async def test_the_agents_own_secrets_are_not_reachable_through_the_tunnel(
+    path: str, method: str
+) -> None:
+    """Its CA's key lives there, and the agent may read and replace that Secret: any caller
+    of the gateway could take the plane owner's CA, or swap it and cut the plane off."""
+    upstream, sent = Recording(), Sent()
+    server = FrameServer(upstream, sent, 5, 4, private_namespace="agent-ns")  # type: ignore[arg-type]
+    server.dispatch(encode(TunnelRequest(request_id="s", method=method, path=path)))
+    server.dispatch(encode(StreamInit(request_id="w", path=path, query="watch=true")))
+    await until(lambda: len(sent.frames) >= 2)
+    answers = [f for f in sent.frames if isinstance(f, TunnelResponse)]
+    assert {a.status_code for a in answers} == {403}
+    assert all("not reachable through the tunnel" in a.error.message for a in answers)
+    assert upstream.paths == []
+    await server.close()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/namespaces/other/secrets/x",  # another namespace: the API server's RBAC decides
+        "/api/v1/namespaces/agent-ns/configmaps/x",
+        "/api/v1/namespaces/agent-ns-2/secrets/x",
+        "/apis/external-secrets.io/v1/namespaces/agent-ns/secrets/x",
+    ],
+)
+async def test_other_secrets_and_the_agents_other_objects_still_go_upstream(path: str) -> None:
+    upstream, sent = Recording(), Sent()
+    server = FrameServer(upstream, sent, 5, 4, private_namespace="agent-ns")  # type: ignore[arg-type]
+    server.dispatch(encode(TunnelRequest(request_id="ok", path=path)))
+    await until(lambda: len(sent.frames) == 1)
+    assert sent.frames[0].status_code == 200 and upstream.paths == [path]
+    await server.close()
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/v1/pods?watch=true", "/api/v1/namespaces/x/pods/..?y=1", "/api/v1/pods#x"]
+)
+async def test_a_query_or_fragment_in_the_path_is_refused(path: str) -> None:
+    """Written as it came, ``?`` began the query early: a watch went past the stream cap, and
+    ``..?y=1`` past the dot-segment check."""
+    upstream, sent = Recording(), Sent()
+    server = FrameServer(upstream, sent, 5, 4)  # type: ignore[arg-type]
+    server.dispatch(encode(TunnelRequest(request_id="s", path=path)))
+    await until(lambda: len(sent.frames) == 1)
+    answer = sent.frames[0]
+    assert answer.status_code == 400 and "a query or fragment in path" in answer.error.message
+    assert upstream.paths == []
+    await server.close()

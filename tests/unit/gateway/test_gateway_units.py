@@ -51,6 +51,16 @@ def test_streaming_requests_are_recognised() -> None:
         ("follow=1&follow=0", True),
         ("limit=5&watch=true", True),
         ("watch=%74rue", True),
+        # Any value but 0 or false is true to the API server (Convert_Slice_string_To_bool):
+        # these went past the stream caps as ordinary requests.
+        ("watch=yes", True),
+        ("watch=True", True),
+        ("watch=", True),
+        ("watch", True),
+        ("limit=1&follow", True),
+        ("watch=FALSE", False),
+        ("watch=0", False),
+        ("watchx=1", False),
         ("limit=5", False),
     ],
 )

@@ -18,6 +18,9 @@ from workflowplane.protocol.verbs import VERBS, kube_verb
         ("GET", "/api/v1/namespaces/ns/pods", "watch=true", "watch"),
         ("GET", "/api/v1/namespaces/ns/pods/p/log", "follow=true", "get"),
         ("GET", "/apis/argoproj.io/v1alpha1/workflows", "watch=1", "watch"),
+        ("GET", "/api/v1/pods", "watch=yes", "watch"),  # the API server's reading of a bool
+        ("GET", "/api/v1/pods", "watch", "watch"),
+        ("GET", "/api/v1/pods", "watch=False", "list"),
         ("GET", "/apis/argoproj.io/v1alpha1/namespaces/ns/workflows/w", "", "get"),
         ("HEAD", "/api/v1/nodes", "", "list"),
         ("POST", "/api/v1/namespaces/ns/configmaps", "", "create"),
