@@ -54,6 +54,7 @@ from workflowplane.kits.corking import cork
 from workflowplane.kits.dialing import Connector
 from workflowplane.kits.http1 import Http1Response, InvalidRequest, Piece, hold_piece
 from workflowplane.kits.ratelog import LogThrottle
+from workflowplane.kits.stall import guard_writes
 from workflowplane.kits.text import shortened
 from workflowplane.kits.ws_tap import ProtocolFlow, TappedWebSocket
 from workflowplane.protocol import (
@@ -838,6 +839,10 @@ class AgentTunnel:
             tapped.start(partial(deliver, binary_message=True), self._max_frame, flow)
         watcher = asyncio.create_task(self._close_on_request(ws))
         watchdog = asyncio.create_task(self._fail_when_silent(ws, heard))
+        transport = ws._writer.transport
+        unguard = guard_writes(
+            ws._writer.protocol, transport, self._timeout, partial(self._cut_off, transport)
+        )
         reason = "error"  # unless a way out below says otherwise (the metric's reason)
         try:
             reason = await self._receive(ws, deliver, heard, binary)
@@ -849,6 +854,7 @@ class AgentTunnel:
             raise
         finally:
             self.metrics.connection_closed(reason)
+            unguard()
             watcher.cancel()
             watchdog.cancel()
             if tapped is not None:
@@ -924,6 +930,16 @@ class AgentTunnel:
                 break
             await asyncio.sleep(left)  # traffic meanwhile moves the end further
         ws._reader.set_exception(TimeoutError(f"no traffic for {self._dead_after:g}s"))
+
+    def _cut_off(self, transport: asyncio.Transport) -> None:
+        """A gateway that reads nothing of what the agent writes (it may still ping) holds
+        every answer's send, and with it the API server connection the answer is read
+        from, shared with the other replicas' tunnels: its connection goes, and is redialled."""
+        log.warning(
+            "the gateway read nothing the agent sent for %.0fs: closing the connection",
+            self._timeout,
+        )
+        transport.abort()
 
     async def _close_on_request(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         await self.reconnect_requested.wait()

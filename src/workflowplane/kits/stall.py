@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 
 class StallWatch:
@@ -37,3 +38,35 @@ class StallWatch:
             self._arm(now, stalled, until)  # it read some: slow, not stalled
         else:
             stalled()
+
+
+def guard_writes(
+    protocol: Any,
+    transport: asyncio.Transport,
+    seconds: float,
+    stalled: Callable[[], object],
+) -> Callable[[], None]:
+    """Watch a client connection's writes as :class:`StallWatch` does a server's: armed when
+    the transport pauses ``protocol``'s writing, disarmed when it resumes, ``stalled`` once
+    the peer read nothing for ``seconds``. Nothing runs while writes flow. Returns the undo
+    (the protocol is the connection's alone: its methods are wrapped on the instance)."""
+    loop = asyncio.get_running_loop()
+    pause, resume = protocol.pause_writing, protocol.resume_writing
+    watch = StallWatch(loop, transport, seconds)
+
+    def paused() -> None:
+        pause()
+        watch.stop()
+        watch.start(stalled, until=transport.is_closing)
+
+    def resumed() -> None:
+        watch.stop()
+        resume()
+
+    protocol.pause_writing, protocol.resume_writing = paused, resumed
+
+    def undo() -> None:
+        watch.stop()
+        protocol.pause_writing, protocol.resume_writing = pause, resume
+
+    return undo
