@@ -32,6 +32,7 @@ from workflowplane.kits.corking import cork
 from workflowplane.kits.ratelog import LogThrottle
 from workflowplane.kits.tasks import TaskSet, cancel_and_wait
 from workflowplane.kits.text import decoded, shortened
+from workflowplane.pki import name_text
 from workflowplane.protocol import (
     TUNNEL_V2,
     TUNNEL_V3,
@@ -112,6 +113,9 @@ class AgentEndpoint:
         self._metrics = metrics
         self._watchers = TaskSet("agent-watch")
         self._problems = LogThrottle(log, config.frame_log_interval_seconds)
+        # Refusals, one line per reason per interval: anyone reaching the listener may repeat
+        # /ws on one keep-alive connection, and each line may list every CR of a planeID.
+        self._refusals = LogThrottle(log, config.frame_log_interval_seconds)
         self._serials = itertools.count(1)
         self.draining = False  # set on SIGTERM: new agents are sent to other replicas
 
@@ -122,9 +126,16 @@ class AgentEndpoint:
         """Stop every heartbeat and expiry watch still running (their connections close)."""
         await self._watchers.close()
 
-    def _refuse(self, status: int, reason: str, message: str) -> web.Response:
+    def _refuse(
+        self, status: int, reason: str, message: str, detail: str | None = None
+    ) -> web.Response:
+        """Answer ``message``; the log line (throttled per reason) says ``detail`` as well,
+        which is for the gateway's operator only."""
         self._metrics.rejected.labels(reason).inc()
-        log.warning("agent refused (%d %s): %s", status, reason, message)
+        shown = f"{message}; {detail}" if detail else message
+        self._refusals.log(
+            reason, logging.WARNING, "agent refused (%d %s): %s", status, reason, shown
+        )
         return web.json_response({"error": message, "reason": reason}, status=status)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -146,12 +157,13 @@ class AgentEndpoint:
         if leaf is None:
             return self._refuse(401, "no-certificate", "a client certificate is required")
         admission = self._connections.admit(plane_id, leaf)
-        if not admission.granted:
+        if not admission.granted:  # the client is told of its certificate, the log of each CR
             return self._refuse(
                 401,
                 "not-authorized",
-                f"certificate {leaf.subject.rfc4514_string()} for planeID {plane_id!r} "
-                f"verifies against no CR's CA that it may serve ({admission.why_refused()})",
+                f"certificate {name_text(leaf)} for planeID {plane_id!r} "
+                f"verifies against no CR's CA that it may serve ({admission.told()})",
+                f"by CR: {admission.why_refused()}",
             )
         ws = GuardedWebSocket(
             limit=self._config.max_frame_bytes, autoping=False, protocols=SUBPROTOCOLS
@@ -161,7 +173,12 @@ class AgentEndpoint:
         # re-verified on the connections registered then, and this one was not among them.
         admission = self._connections.admit(plane_id, leaf)
         if not admission.granted:
-            log.warning("agent refused after its upgrade: %s", admission.why_refused())
+            self._refusals.log(
+                "after-upgrade",
+                logging.WARNING,
+                "agent refused after its upgrade: %s",
+                admission.why_refused(),
+            )
             await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"no longer authorized")
             return ws
         corked = cork(ws._writer)  # frames written in one pass leave as one write

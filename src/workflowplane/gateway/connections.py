@@ -34,12 +34,15 @@ from workflowplane.gateway.plane_cache import PlaneCache
 from workflowplane.gateway.streams import StreamBuffer, StreamEnd
 from workflowplane.kits.clock import utcnow
 from workflowplane.kits.grouped import Grouped
-from workflowplane.pki import CertificateRejected, uri_sans, verify_client_certificate
+from workflowplane.pki import ClientCheck, uri_sans
 from workflowplane.protocol import Frame, TunnelResponse, encode, encode_binary
 
 log = logging.getLogger(__name__)
 ConnectionEvent = dict[str, Any]
 CONSENT_REFUSAL = "the agent's allow-list (URI SANs of its certificate) does not name this CR"
+# What a refused agent is told when a CA trusted for its planeID verifies its leaf: it holds
+# that CA's leaf (and key), so it learns nothing it could not; no CR is named.
+CONSENT_REFUSAL_TOLD = "the CRs whose CA verifies it are not on its consent list (URI SANs)"
 NOBODY = Consent(frozenset({"-/-"}))  # matches no CR key
 
 
@@ -192,17 +195,28 @@ def leaf_consent(leaf: x509.Certificate) -> Consent:
 @dataclass(frozen=True)
 class Admission:
     """The CRs an agent's certificate is admitted for, and why each other CR refused it
-    (``consent_refused``: those whose CA verifies it but that its consent leaves out)."""
+    (``consent_refused``: those whose CA verifies it but that its consent leaves out).
+    ``leaf_problem``: why no CA without its issuer admits the leaf (it names no CR)."""
 
     granted: frozenset[str]
     refused: dict[str, str]
     consent_refused: frozenset[str] = frozenset()
     consent: Consent = UNRESTRICTED
+    leaf_problem: str = ""
 
     def why_refused(self) -> str:
+        """Every CR's reason: for the gateway's log only (CR keys, Secret names)."""
         return "; ".join(f"{k}: {v}" for k, v in sorted(self.refused.items())) or (
             "no CR has planeID"
         )
+
+    def told(self) -> str:
+        """Why the certificate is refused, in terms of the certificate alone: what a client
+        not yet authenticated may read. Never a CR, a Secret or a CA's problem, nor whether
+        the planeID has CRs (the same answer when it has none)."""
+        if self.consent_refused:
+            return CONSENT_REFUSAL_TOLD
+        return self.leaf_problem or "no CA admits it"
 
 
 @dataclass(frozen=True)
@@ -214,13 +228,12 @@ class Reverification:
     disconnected: int
 
 
-def _refusal(leaf: x509.Certificate, ca: bytes) -> str | None:
-    """Why ``ca`` does not admit ``leaf``; None when it does. The one verification rule."""
-    try:
-        verify_client_certificate([leaf], ca)
-    except CertificateRejected as exc:
-        return str(exc)
-    return None
+def _admits(ca: bytes, leaf: x509.Certificate, seen: dict[x509.Certificate, bool]) -> bool:
+    """Whether ``ca`` admits ``leaf``, once per leaf (``seen``) within one notify."""
+    verdict = seen.get(leaf)
+    if verdict is None:
+        verdict = seen[leaf] = ClientCheck([leaf]).refusal(ca) is None
+    return verdict
 
 
 class ConnectionManager:
@@ -249,14 +262,19 @@ class ConnectionManager:
 
     def admit(self, plane_id: str, leaf: x509.Certificate) -> Admission:
         """Check ``leaf`` against the CA of each CR of ``plane_id`` separately; a CR its CA
-        admits is granted only if the leaf's consent list (when it has one) names it."""
+        admits is granted only if the leaf's consent list (when it has one) names it.
+
+        Each distinct CA is judged once (CRs sharing one are common), from bundles parsed
+        once per process: a client repeating /ws costs no parsing and no chain search for
+        CAs that cannot have signed its leaf."""
         consent = leaf_consent(leaf)
+        check = ClientCheck([leaf])
         granted: set[str] = set()
         refused: dict[str, str] = {}
         by_consent: set[str] = set()
         for entry in self._planes.for_plane(plane_id):
             try:
-                reason = _refusal(leaf, self._planes.ca_of(entry))
+                reason = check.refusal(self._planes.ca_of(entry))
             except ClientCAError as exc:
                 reason = str(exc)
             if reason is None and not consent.allows(entry.key):
@@ -266,7 +284,8 @@ class ConnectionManager:
                 granted.add(entry.key)
             else:
                 refused[entry.key] = reason
-        return Admission(frozenset(granted), refused, frozenset(by_consent), consent)
+        leaf_problem = "" if granted else check.leaf_problem()
+        return Admission(frozenset(granted), refused, frozenset(by_consent), consent, leaf_problem)
 
     async def reverify(
         self, plane_type: str, plane_id: str, key: str, ca: bytes | None
@@ -281,12 +300,13 @@ class ConnectionManager:
         granted: list[str] = []
         revoked: list[str] = []
         closing: list[AgentConnection] = []
+        seen: dict[x509.Certificate, bool] = {}  # leaves shared by connections: judged once
         for conn in list(self._connections.by_key.values()):
             known = key in conn.authorized or key in conn.consent_refused
             if not known and conn.plane_id != plane_id:
                 continue
             same_plane = (conn.plane_type, conn.plane_id) == (plane_type, plane_id)
-            verified = same_plane and ca is not None and _refusal(conn.leaf, ca) is None
+            verified = same_plane and ca is not None and _admits(ca, conn.leaf, seen)
             change = conn.settle(key, verified=verified)
             if change == "granted":
                 granted.append(conn.id)

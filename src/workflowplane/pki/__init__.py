@@ -3,7 +3,9 @@
 from workflowplane.pki.certs import (
     MAX_BUNDLE_CERTIFICATES,
     CertificateRejected,
+    ClientCheck,
     KeyPair,
+    TrustBundle,
     certificate_count,
     describe_certificate,
     generate_ca,
@@ -13,8 +15,10 @@ from workflowplane.pki.certs import (
     issued_by,
     load_certificates,
     load_private_key,
+    name_text,
     not_valid_after,
     sha256_fingerprint,
+    trust_bundle,
     uri_sans,
     verify_client_certificate,
 )
@@ -22,7 +26,9 @@ from workflowplane.pki.certs import (
 __all__ = [
     "MAX_BUNDLE_CERTIFICATES",
     "CertificateRejected",
+    "ClientCheck",
     "KeyPair",
+    "TrustBundle",
     "certificate_count",
     "describe_certificate",
     "generate_ca",
@@ -32,8 +38,10 @@ __all__ = [
     "issued_by",
     "load_certificates",
     "load_private_key",
+    "name_text",
     "not_valid_after",
     "sha256_fingerprint",
+    "trust_bundle",
     "uri_sans",
     "verify_client_certificate",
 ]

@@ -8,8 +8,12 @@ leaves, so what we issue is accepted by an OpenChoreo peer as well as by ourselv
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import ipaddress
+import threading
+import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -94,8 +98,8 @@ def load_private_key(pem: bytes) -> PrivateKey:
 
 PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
 # A CA bundle is a few certificates (a rotation's old and new CA); a tenant's CR may hold a
-# megabyte of them, and each agent's admission parses every bundle of its planeID's CRs on
-# the gateway's shared loop (1,400 certificates: 8 ms per CR per admission).
+# megabyte of them, and the gateway parses each bundle on its shared loop (once per process:
+# ``trust_bundle``; 1,400 certificates took 8 ms).
 MAX_BUNDLE_CERTIFICATES = 100
 
 
@@ -254,6 +258,218 @@ def is_pinned_identity(cert: x509.Certificate) -> bool:
     return cert.issuer == cert.subject and _has_client_auth(cert)
 
 
+NO_CERTIFICATE = "no client certificate presented"
+PINNED_WITHOUT_CLIENT_AUTH = (
+    "client certificate rejected: the pinned certificate has no ExtendedKeyUsage ClientAuth"
+)
+# Parsed CA bundles kept (least recently used dropped first): enough for every CR of a large
+# cluster, and a bound on the PEM they hold (one CR's bundle may be a megabyte).
+MAX_CACHED_BUNDLES = 4096
+MAX_CACHED_BUNDLE_BYTES = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TrustBundle:
+    """A CA bundle as verification uses it, parsed once: each admission and each notify asks
+    about the same bundles again (100 certificates take ~0.4 ms to parse on the shared loop).
+
+    ``ders``: its certificates' DER (a leaf among them is pinned; strict DER, so equal bytes
+    are equal certificates). ``subjects`` is None when a root's name does not parse in
+    Python: no shortcut then, every leaf goes to the verifier as before. ``problem`` says why
+    the bundle is unusable."""
+
+    ders: frozenset[bytes]
+    subjects: frozenset[x509.Name] | None
+    store: Store | None
+    problem: str | None = None
+
+
+def _parse_bundle(pem: bytes) -> TrustBundle:
+    try:
+        roots = load_certificates(pem)
+    except ValueError as exc:
+        return TrustBundle(frozenset(), frozenset(), None, str(exc))
+    try:
+        subjects: frozenset[x509.Name] | None = frozenset(root.subject for root in roots)
+    except ValueError:
+        subjects = None
+    ders = frozenset(root.public_bytes(serialization.Encoding.DER) for root in roots)
+    return TrustBundle(ders, subjects, Store(roots))
+
+
+class BundleCache:
+    """Parsed bundles by their PEM bytes; past ``max_entries`` bundles or ``max_bytes`` of
+    PEM the least recently used go (a rotated CA's old bundle is never asked for again).
+    ``max_entries`` 0 keeps nothing. Locked: ``pki`` may be used from threads."""
+
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._bundles: OrderedDict[bytes, TrustBundle] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, pem: bytes) -> TrustBundle:
+        with self._lock:
+            bundle = self._bundles.get(pem)
+            if bundle is not None:
+                self._bundles.move_to_end(pem)
+                return bundle
+        bundle = _parse_bundle(pem)  # outside the lock: parsing is the slow part
+        with self._lock:
+            if self.max_entries > 0 and pem not in self._bundles:
+                self._bundles[pem] = bundle
+                self._bytes += len(pem)
+                self._trim()
+        return bundle
+
+    def _trim(self) -> None:
+        while len(self._bundles) > self.max_entries or (
+            self._bytes > self.max_bytes and len(self._bundles) > 1
+        ):
+            pem, _ = self._bundles.popitem(last=False)
+            self._bytes -= len(pem)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._bundles.clear()
+            self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._bundles)
+
+
+TRUST_BUNDLES = BundleCache(MAX_CACHED_BUNDLES, MAX_CACHED_BUNDLE_BYTES)
+
+
+def trust_bundle(ca_pem: bytes) -> TrustBundle:
+    """The bundle ``ca_pem`` parsed, from the process's cache when it was parsed before."""
+    return TRUST_BUNDLES.get(ca_pem)
+
+
+@functools.cache
+def _no_issuer_store() -> Store:
+    """A store of one throwaway CA (a fresh key nobody keeps, a random name): the verifier's
+    answer with it is its answer with any store that lacks the leaf's issuer."""
+    return Store([generate_ca(f"workflowplane-no-issuer-{uuid.uuid4().hex}").certificate])
+
+
+def _validity_problem(leaf: x509.Certificate, moment: dt.datetime) -> str | None:
+    if moment > leaf.not_valid_after_utc:
+        return f"client certificate expired at {leaf.not_valid_after_utc}"
+    if moment < leaf.not_valid_before_utc:
+        return f"client certificate not valid before {leaf.not_valid_before_utc}"
+    return None
+
+
+def name_text(cert: x509.Certificate, *, issuer: bool = False) -> str:
+    """The subject's (or issuer's) RFC 4514 string; a placeholder for a name Python cannot
+    read (a client may present any bytes: telling it so must not raise)."""
+    try:
+        return (cert.issuer if issuer else cert.subject).rfc4514_string()
+    except ValueError:
+        return "(a name that does not parse)"
+
+
+def _chain_refusal(
+    chain: Sequence[x509.Certificate], store: Store, moment: dt.datetime
+) -> str | None:
+    """The verifier's verdict (web PKI rules, ClientAuth required) in plain words."""
+    verifier = (
+        PolicyBuilder()
+        .store(store)
+        .time(moment)
+        .extension_policies(
+            ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=_CLIENT_LEAF_POLICY
+        )
+        .build_client_verifier()
+    )
+    leaf = chain[0]
+    try:
+        verifier.verify(leaf, list(chain[1:]))
+    except VerificationError as exc:
+        reason = str(exc)
+        if "candidates exhausted" in reason:
+            reason = f"not signed by this CA (issuer {name_text(leaf, issuer=True)})"
+        elif "missing required extension" in reason and "2.5.29.37" in reason:
+            reason = "no ExtendedKeyUsage extension (an agent's leaf needs EKU ClientAuth)"
+        return f"client certificate rejected: {reason}"
+    return None
+
+
+class ClientCheck:
+    """One presented chain (leaf first) checked against any number of CA bundles, as one
+    admission or one notify does: what depends on the chain alone is worked out once, each
+    bundle is parsed once per process (``trust_bundle``) and judged once per check.
+
+    A leaf a bundle does not pin and whose issuer is no subject in it gets the verifier's
+    answer for a store without its issuer (``leaf_problem``, found once) instead of a search:
+    an unauthenticated client asking again and again costs a set lookup per CR.
+    """
+
+    def __init__(self, chain: Sequence[x509.Certificate], *, now: dt.datetime | None = None):
+        self._chain = tuple(chain)
+        self._moment = now or utcnow()
+        self._validity = _validity_problem(self._chain[0], self._moment) if self._chain else None
+        self._verdicts: dict[bytes, str | None] = {}
+        self._unanchored: str | None = None
+
+    def refusal(self, ca_pem: bytes) -> str | None:
+        """Why the bundle ``ca_pem`` does not admit the chain; None when it does."""
+        if not self._chain:
+            return NO_CERTIFICATE
+        if ca_pem not in self._verdicts:
+            self._verdicts[ca_pem] = self._judge(trust_bundle(ca_pem))
+        return self._verdicts[ca_pem]
+
+    def _judge(self, bundle: TrustBundle) -> str | None:
+        if bundle.problem is not None:
+            return f"client CA unusable: {bundle.problem}"
+        if self._validity is not None:
+            return self._validity
+        if self._leaf_der in bundle.ders:  # byte-identical: pinned
+            return None if _has_client_auth(self._chain[0]) else PINNED_WITHOUT_CLIENT_AUTH
+        if len(self._chain) == 1 and not self._may_have_issuer(bundle):
+            return self.leaf_problem()
+        assert bundle.store is not None  # a usable bundle has one
+        return _chain_refusal(self._chain, bundle.store, self._moment)
+
+    @functools.cached_property
+    def _leaf_der(self) -> bytes:
+        return self._chain[0].public_bytes(serialization.Encoding.DER)
+
+    @functools.cached_property
+    def _issuer(self) -> x509.Name | None:
+        try:
+            return self._chain[0].issuer
+        except ValueError:  # a name Python cannot read: the verifier decides
+            return None
+
+    def _may_have_issuer(self, bundle: TrustBundle) -> bool:
+        """Whether the bundle may hold the leaf's issuer: Python's name equality is looser
+        than the verifier's (it ignores string types), so "no" is sure."""
+        if bundle.subjects is None or self._issuer is None:
+            return True
+        return self._issuer in bundle.subjects
+
+    def leaf_problem(self) -> str:
+        """Why a bundle without the leaf's issuer refuses the chain: the leaf's own problem
+        (validity, ClientAuth, the web PKI's rules for leaves), else that no CA it trusts
+        signed it. It depends on no bundle: an unauthenticated client may be told it."""
+        if not self._chain:
+            return NO_CERTIFICATE
+        if self._validity is not None:
+            return self._validity
+        if self._unanchored is None:
+            leaf = self._chain[0]
+            verdict = _chain_refusal([leaf], _no_issuer_store(), self._moment)
+            self._unanchored = verdict or (
+                f"client certificate rejected: not signed by this CA "
+                f"(issuer {name_text(leaf, issuer=True)})"
+            )
+        return self._unanchored
+
+
 def verify_client_certificate(
     chain: Sequence[x509.Certificate],
     ca_pem: bytes,
@@ -266,46 +482,11 @@ def verify_client_certificate(
     validity and ClientAuth (Go's verifier accepts a leaf found among its roots the same way;
     OpenChoreo's chart registers the agent's self-signed leaf as the CR's "CA").
     Raises CertificateRejected with the reason; the caller decides what it means.
+    ``ClientCheck`` does the same for many bundles at once.
     """
-    if not chain:
-        raise CertificateRejected("no client certificate presented")
-    try:
-        roots = load_certificates(ca_pem)
-    except ValueError as exc:
-        raise CertificateRejected(f"client CA unusable: {exc}") from exc
-    moment = now or utcnow()
-    leaf = chain[0]
-    if moment > leaf.not_valid_after_utc:
-        raise CertificateRejected(f"client certificate expired at {leaf.not_valid_after_utc}")
-    if moment < leaf.not_valid_before_utc:
-        raise CertificateRejected(
-            f"client certificate not valid before {leaf.not_valid_before_utc}"
-        )
-    if any(leaf == root for root in roots):
-        if not _has_client_auth(leaf):
-            raise CertificateRejected(
-                "client certificate rejected: the pinned certificate has no ExtendedKeyUsage "
-                "ClientAuth"
-            )
-        return
-    verifier = (
-        PolicyBuilder()
-        .store(Store(roots))
-        .time(moment)
-        .extension_policies(
-            ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=_CLIENT_LEAF_POLICY
-        )
-        .build_client_verifier()
-    )
-    try:
-        verifier.verify(leaf, list(chain[1:]))
-    except VerificationError as exc:
-        reason = str(exc)
-        if "candidates exhausted" in reason:
-            reason = f"not signed by this CA (issuer {leaf.issuer.rfc4514_string()})"
-        elif "missing required extension" in reason and "2.5.29.37" in reason:
-            reason = "no ExtendedKeyUsage extension (an agent's leaf needs EKU ClientAuth)"
-        raise CertificateRejected(f"client certificate rejected: {reason}") from exc
+    reason = ClientCheck(chain, now=now).refusal(ca_pem)
+    if reason is not None:
+        raise CertificateRejected(reason)
 
 
 def not_valid_after(pem: bytes) -> dt.datetime:

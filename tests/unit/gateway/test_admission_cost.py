@@ -1,0 +1,139 @@
+"""What an admission and a notify cost the gateway's shared loop, counted (never timed):
+a client that anyone can be repeats ``GET /ws`` on one keep-alive connection, and a notify
+re-verifies every connection of its plane.
+
+With 50 CRs of 100-certificate bundles for one planeID, each refused request parsed and
+verified all 50 bundles (~27 ms of the loop); now bundles are parsed once per process and a
+leaf no bundle could have issued costs no chain search."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from cryptography import x509
+
+from workflowplane.gateway.connections import AgentConnection, ConnectionManager
+from workflowplane.gateway.metrics import GatewayMetrics
+from workflowplane.gateway.plane_cache import PlaneCache, PlaneEntry
+from workflowplane.pki import KeyPair, generate_ca, issue_certificate, load_certificates
+from workflowplane.pki import certs as pki_certs
+
+WP = "workflowplane"
+PLANE = "crowded"
+CRS = 50
+
+
+class FakeSocket:
+    closed = False
+
+    async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
+        self.closed = True
+        return True
+
+
+class Counts:
+    """Bundles parsed and verifiers built, from the moment the counting starts."""
+
+    def __init__(self) -> None:
+        self.parsed = 0
+        self.verifiers = 0
+
+    def reset(self) -> None:
+        self.parsed = self.verifiers = 0
+
+
+@pytest.fixture
+def counts(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counts]:
+    counted = Counts()
+    parse, builder = x509.load_pem_x509_certificates, pki_certs.PolicyBuilder
+
+    def parsing(data: bytes) -> list[x509.Certificate]:
+        counted.parsed += 1
+        return parse(data)
+
+    def building() -> pki_certs.PolicyBuilder:
+        counted.verifiers += 1
+        return builder()
+
+    monkeypatch.setattr(x509, "load_pem_x509_certificates", parsing)
+    monkeypatch.setattr(pki_certs, "PolicyBuilder", building)
+    yield counted
+
+
+@pytest.fixture(scope="module")
+def cas() -> list[KeyPair]:
+    return [generate_ca(f"tenant-ca-{i}") for i in range(100)]
+
+
+def _bundles(cas: list[KeyPair]) -> list[bytes]:
+    """50 different bundles of 100 certificates each (the same CAs, each in another order),
+    made for this test alone: no other test's admission parsed them before."""
+    salt = generate_ca("salt").cert_pem  # a CA of this call only: its bundles are new
+    pems = [ca.cert_pem for ca in cas[:99]]
+    return [b"".join(pems[i:] + pems[:i]) + salt for i in range(CRS)]
+
+
+def _manager(bundles: list[bytes]) -> ConnectionManager:
+    planes = PlaneCache(None)  # type: ignore[arg-type]  # fed by hand, never watches
+    for i, pem in enumerate(bundles):
+        key = f"tenant-{i}/wp"
+        planes.upsert(PlaneEntry(key, "WorkflowPlane", f"tenant-{i}", "wp", PLANE, pem, None))
+    return ConnectionManager(planes, GatewayMetrics())
+
+
+def test_a_repeated_refused_admission_parses_nothing_and_searches_no_chain(
+    cas: list[KeyPair], counts: Counts
+) -> None:
+    bundles = _bundles(cas)
+    assert all(len(load_certificates(pem)) == 100 for pem in bundles)
+    manager = _manager(bundles)
+    stranger = issue_certificate(generate_ca("anyone"), "anyone").certificate
+    counts.reset()
+    first = manager.admit(PLANE, stranger)
+    assert not first.granted and len(first.refused) == CRS
+    assert counts.parsed == CRS  # each bundle, once
+    assert counts.verifiers <= 1  # the leaf's own verdict, once: no search in any bundle
+    counts.reset()
+    for leaf in (stranger, stranger, issue_certificate(generate_ca("x"), "x").certificate):
+        again = manager.admit(PLANE, leaf)
+        assert not again.granted and again.refused.keys() == first.refused.keys()
+    assert counts.parsed == 0
+    assert counts.verifiers <= 3  # the leaf's own verdict, once per admission, not per CR
+
+
+def test_crs_sharing_one_ca_are_verified_once_per_admission(
+    cas: list[KeyPair], counts: Counts
+) -> None:
+    shared = _bundles(cas)[0]
+    copies = [bytes(bytearray(shared)) for _ in range(CRS)]  # equal bytes, other objects
+    manager = _manager(copies)
+    leaf = issue_certificate(cas[7], "agent").certificate
+    counts.reset()
+    admission = manager.admit(PLANE, leaf)
+    assert len(admission.granted) == CRS
+    assert counts.parsed == 1 and counts.verifiers == 1
+
+
+async def test_a_notify_parses_nothing_it_has_seen_and_judges_each_leaf_once(
+    cas: list[KeyPair], counts: Counts
+) -> None:
+    bundles = _bundles(cas)
+    manager = _manager(bundles)
+    leaves = [issue_certificate(cas[i], f"agent-{i}").certificate for i in range(3)]
+    for leaf in leaves:  # 300 connections of 3 agents' leaves
+        admission = manager.admit(PLANE, leaf)
+        assert len(admission.granted) == CRS
+        for _ in range(100):
+            conn = AgentConnection(WP, PLANE, FakeSocket(), leaf, set(admission.granted))
+            manager.connect(conn)
+    counts.reset()
+    result = await manager.reverify(WP, PLANE, "tenant-0/wp", bundles[0])
+    assert (result.granted, result.revoked, result.disconnected) == (0, 0, 0)
+    assert counts.parsed == 0
+    assert counts.verifiers == 3  # one per distinct leaf, not per connection
+    stranger_ca = generate_ca("rotated").cert_pem
+    counts.reset()
+    rotated = await manager.reverify(WP, PLANE, "tenant-0/wp", stranger_ca)
+    assert rotated.revoked == 300
+    assert counts.parsed == 1 and counts.verifiers <= 3

@@ -1,0 +1,288 @@
+"""Verification with parsed bundles cached and a shortcut for leaves no bundle could have
+issued gives, word for word, the verdicts of the verifier that parsed every bundle on every
+call: the reference below is that verifier, kept as it was."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.verification import (
+    ExtensionPolicy,
+    PolicyBuilder,
+    Store,
+    VerificationError,
+)
+
+from workflowplane.pki import (
+    MAX_BUNDLE_CERTIFICATES,
+    CertificateRejected,
+    ClientCheck,
+    KeyPair,
+    generate_ca,
+    issue_certificate,
+    load_certificates,
+    trust_bundle,
+    verify_client_certificate,
+)
+from workflowplane.pki.certs import _CLIENT_LEAF_POLICY, BundleCache
+
+NOW = dt.datetime.now(dt.UTC)
+
+
+def _reference(chain: Sequence[x509.Certificate], ca_pem: bytes, now: dt.datetime) -> str | None:
+    """The verification as it was before bundles were cached: parse, then verify."""
+    if not chain:
+        return "no client certificate presented"
+    try:
+        roots = load_certificates(ca_pem)
+    except ValueError as exc:
+        return f"client CA unusable: {exc}"
+    leaf = chain[0]
+    if now > leaf.not_valid_after_utc:
+        return f"client certificate expired at {leaf.not_valid_after_utc}"
+    if now < leaf.not_valid_before_utc:
+        return f"client certificate not valid before {leaf.not_valid_before_utc}"
+    if any(leaf == root for root in roots):
+        try:
+            usage = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except x509.ExtensionNotFound:
+            usage = None
+        if usage is None or ExtendedKeyUsageOID.CLIENT_AUTH not in usage:
+            return (
+                "client certificate rejected: the pinned certificate has no ExtendedKeyUsage "
+                "ClientAuth"
+            )
+        return None
+    verifier = (
+        PolicyBuilder()
+        .store(Store(roots))
+        .time(now)
+        .extension_policies(
+            ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=_CLIENT_LEAF_POLICY
+        )
+        .build_client_verifier()
+    )
+    try:
+        verifier.verify(leaf, list(chain[1:]))
+    except VerificationError as exc:
+        reason = str(exc)
+        if "candidates exhausted" in reason:
+            reason = f"not signed by this CA (issuer {leaf.issuer.rfc4514_string()})"
+        elif "missing required extension" in reason and "2.5.29.37" in reason:
+            reason = "no ExtendedKeyUsage extension (an agent's leaf needs EKU ClientAuth)"
+        return f"client certificate rejected: {reason}"
+    return None
+
+
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _self_signed(name: str, *, client: bool = True, ca: bool = False) -> x509.Certificate:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - dt.timedelta(minutes=5))
+        .not_valid_after(NOW + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False
+        )
+    )
+    if client:
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+    return builder.sign(key, hashes.SHA256())
+
+
+def _leaf_without_eku(ca: KeyPair) -> x509.Certificate:
+    key = ec.generate_private_key(ec.SECP256R1())
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "no-eku")]))
+        .issuer_name(ca.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - dt.timedelta(minutes=5))
+        .not_valid_after(NOW + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.private_key.public_key()),
+            critical=False,
+        )
+        .sign(ca.private_key, hashes.SHA256())
+    )
+
+
+class World:
+    """CAs, bundles and leaves: every kind the admission rules tell apart."""
+
+    def __init__(self) -> None:
+        self.ca = generate_ca("agent-ca")
+        self.twin = generate_ca("agent-ca")  # the same name, another key
+        self.other = generate_ca("other-ca")
+        start = NOW - dt.timedelta(days=2)
+        self.lapsed = generate_ca("lapsed-ca", valid_for=dt.timedelta(days=1), not_before=start)
+        self.pinned = _self_signed("pinned-agent")
+        self.pinned_no_eku = _self_signed("pinned-no-eku", client=False)
+        self.bundles: dict[str, bytes] = {
+            "ca": self.ca.cert_pem,
+            "ca among others": self.other.cert_pem + self.ca.cert_pem,
+            "twin": self.twin.cert_pem,
+            "other": self.other.cert_pem,
+            "lapsed": self.lapsed.cert_pem,
+            "pinned": _pem(self.pinned),
+            "pinned among others": self.other.cert_pem + _pem(self.pinned),
+            "pinned without ClientAuth": _pem(self.pinned_no_eku),
+            "garbage": b"garbage",
+            "malformed": b"-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n",
+            "too many": self.ca.cert_pem * (MAX_BUNDLE_CERTIFICATES + 1),
+            "as many as may be": self.other.cert_pem * (MAX_BUNDLE_CERTIFICATES - 1)
+            + self.ca.cert_pem,
+        }
+        good = issue_certificate(self.ca, "agent").certificate
+        stranger = issue_certificate(self.other, "stranger").certificate
+        self.chains: dict[str, list[x509.Certificate]] = {
+            "signed by the CA": [good],
+            "another CA's": [stranger],
+            "the lapsed CA's": [
+                issue_certificate(self.lapsed, "late", not_before=start).certificate
+            ],
+            "expired": [
+                issue_certificate(
+                    self.ca,
+                    "old",
+                    valid_for=dt.timedelta(minutes=1),
+                    not_before=NOW - dt.timedelta(hours=1),
+                ).certificate
+            ],
+            "not yet valid": [
+                issue_certificate(
+                    self.ca, "early", not_before=NOW + dt.timedelta(days=1)
+                ).certificate
+            ],
+            "server only": [
+                issue_certificate(
+                    self.ca, "srv", client=False, server=True, dns_names=["x"]
+                ).certificate
+            ],
+            "another CA's, server only": [
+                issue_certificate(
+                    self.other, "srv", client=False, server=True, dns_names=["x"]
+                ).certificate
+            ],
+            "without EKU": [_leaf_without_eku(self.ca)],
+            "another CA's, without EKU": [_leaf_without_eku(self.other)],
+            "pinned": [self.pinned],
+            "pinned without ClientAuth": [self.pinned_no_eku],
+            "self-signed, pinned nowhere": [_self_signed("pinned-agent")],
+            "a CA certificate": [self.ca.certificate],
+            "with its CA": [good, self.ca.certificate],
+            "another CA's, with its CA": [stranger, self.other.certificate],
+            "none": [],
+        }
+
+
+@pytest.fixture(scope="module")
+def world() -> World:
+    return World()
+
+
+def test_every_verdict_is_the_reference_verifiers_word_for_word(world: World) -> None:
+    """Each chain against each bundle, and each chain's one check against every bundle in
+    turn (what one admission does), twice (the second time from the cache)."""
+    for _ in range(2):
+        for chain_name, chain in world.chains.items():
+            check = ClientCheck(chain, now=NOW)
+            for bundle_name, pem in world.bundles.items():
+                expected = _reference(chain, pem, NOW)
+                where = f"{chain_name} against {bundle_name}"
+                assert ClientCheck(chain, now=NOW).refusal(pem) == expected, where
+                assert check.refusal(pem) == expected, where
+
+
+def test_the_verdicts_that_matter_most_are_the_ones_they_were(world: World) -> None:
+    """The reference could be wrong too: the verdicts admission depends on, spelled out."""
+
+    def refusal(chain: str, bundle: str) -> str | None:
+        return ClientCheck(world.chains[chain], now=NOW).refusal(world.bundles[bundle])
+
+    assert refusal("signed by the CA", "ca") is None
+    assert refusal("signed by the CA", "as many as may be") is None
+    assert refusal("pinned", "pinned among others") is None
+    assert "not signed by this CA (issuer CN=agent-ca)" in (
+        refusal("signed by the CA", "twin") or ""
+    )
+    assert "not signed by this CA (issuer CN=other-ca)" in (refusal("another CA's", "ca") or "")
+    assert "expired at" in (refusal("expired", "ca") or "")
+    assert "expired at" in (refusal("expired", "other") or "")
+    assert "not valid before" in (refusal("not yet valid", "ca") or "")
+    assert "EKU lacks ClientAuth" in (refusal("server only", "ca") or "")
+    assert "EKU lacks ClientAuth" in (refusal("another CA's, server only", "ca") or "")
+    assert "no ExtendedKeyUsage extension" in (refusal("another CA's, without EKU", "ca") or "")
+    assert "pinned certificate has no ExtendedKeyUsage ClientAuth" in (
+        refusal("pinned without ClientAuth", "pinned without ClientAuth") or ""
+    )
+    assert "not signed by this CA" in (refusal("self-signed, pinned nowhere", "pinned") or "")
+    assert "client CA unusable: 101 certificates" in (refusal("expired", "too many") or "")
+
+
+def test_the_leafs_own_problem_is_what_any_bundle_without_its_issuer_says(world: World) -> None:
+    for chain_name, chain in world.chains.items():
+        told = ClientCheck(chain, now=NOW).leaf_problem()
+        assert told, chain_name
+        if chain_name != "none":
+            without_issuer = generate_ca("nobody-of-theirs").cert_pem
+            assert told == _reference(chain[:1], without_issuer, NOW), chain_name
+
+
+def test_verify_client_certificate_raises_the_same_reason(world: World) -> None:
+    stranger = world.chains["another CA's"]
+    with pytest.raises(CertificateRejected, match=r"not signed by this CA \(issuer CN=other-ca\)"):
+        verify_client_certificate(stranger, world.bundles["ca"], now=NOW)
+    verify_client_certificate(world.chains["signed by the CA"], world.bundles["ca"], now=NOW)
+
+
+def test_a_bundle_is_parsed_once_and_kept_within_its_bounds(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parsed: list[int] = []
+    real = x509.load_pem_x509_certificates
+
+    def counting(data: bytes) -> list[x509.Certificate]:
+        parsed.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(x509, "load_pem_x509_certificates", counting)
+    fresh = generate_ca("fresh").cert_pem
+    assert trust_bundle(fresh) is trust_bundle(fresh) and len(parsed) == 1
+    cache = BundleCache(max_entries=2, max_bytes=10 * len(fresh))
+    first, second, third = (generate_ca(n).cert_pem for n in "abc")
+    for pem in (first, second, first, third):  # first is used again: second is the oldest
+        cache.get(pem)
+    assert len(cache) == 2
+    parsed.clear()
+    cache.get(first)
+    cache.get(third)
+    assert parsed == []
+    cache.get(second)
+    assert len(parsed) == 1
+    by_bytes = BundleCache(max_entries=10, max_bytes=len(first + second + third) - 1)
+    for pem in (first, second, third):
+        by_bytes.get(pem)
+    assert len(by_bytes) == 2
+    nothing = BundleCache(max_entries=0, max_bytes=len(first))
+    nothing.get(first)
+    assert len(nothing) == 0
