@@ -27,6 +27,8 @@ from tests.integration.harness import (
     workflow_plane_cr,
 )
 from workflowplane.kits.tasks import cancel_and_wait
+from workflowplane.protocol import TunnelRequest
+from workflowplane.protocol.binary import encode_binary
 from workflowplane.protocol.gateway_client import (
     GATEWAY_NAMESPACE,
     INTERNAL_CLIENT_SECRET,
@@ -332,9 +334,9 @@ async def test_bad_input_is_refused_with_the_right_status(
             assert b"X-Label is not UTF-8" in answer
         conn = gw.gateway.connections.for_plane(WP, plane_id)[0]
         await conn.ws.send_str("not json")  # agents drop malformed frames and carry on
-        await conn.ws.send_str(
-            '{"requestID": "x", "target": "nowhere", "method": "GET", "path": "/"}'
-        )
+        await conn.ws.send_bytes(b"\x01\x00not a frame")
+        nowhere = TunnelRequest(request_id="x", target="nowhere", method="GET", path="/")
+        await conn.ws.send_bytes(encode_binary(nowhere))
         # the agent answers "x" with a 404 nobody waits for: the gateway counts it as late
         await eventually(lambda: _sample(gw, "workflowplane_gateway_late_responses_total") >= 1)
         assert (await _proxy(gw, plane_id, namespace, "GET", "/version")).status == 200
