@@ -45,6 +45,7 @@ from workflowplane.protocol.http import AGENT_INSTANCE_HEADER
 log = logging.getLogger(__name__)
 RENEWAL_CHECK_SECONDS = 60.0
 RETRY_SECONDS = 5.0  # after a failed re-issue
+OWN_CALLS_POOL = 2  # connections for the agent's own API calls (one watch, one request)
 
 
 class Agent:
@@ -60,6 +61,16 @@ class Agent:
             config.max_frame_bytes,
             request_pool=config.max_concurrent_requests,
             stream_pool=config.max_concurrent_streams,
+        )
+        # The agent's own calls (its Secret, its consent ConfigMap and the watch of it) on
+        # connections of their own: requests and streams through the tunnel may fill the
+        # upstream's pools for as long as they like, and a revocation must still be heard.
+        self.own_upstream = Upstream.from_kubeconfig(
+            config.kubeconfig,
+            config.context,
+            config.max_frame_bytes,
+            request_pool=OWN_CALLS_POOL,
+            stream_pool=OWN_CALLS_POOL,
         )
         self.identity: AgentIdentity | None = None
         self._file_leaf: tuple[bytes, LeafFacts] | None = None  # --client-cert's, parsed
@@ -111,7 +122,7 @@ class Agent:
         )
 
     def _kube(self) -> AgentKube:
-        return AgentKube(self.upstream)
+        return AgentKube(self.own_upstream)
 
     @property
     def consent(self) -> Consent:
@@ -326,6 +337,7 @@ class Agent:
         finally:
             await cancel_and_wait(background)
             await self.upstream.close()
+            await self.own_upstream.close()
             self._files.cleanup()
 
     async def serve(self) -> None:
