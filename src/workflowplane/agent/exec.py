@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 
 from workflowplane.agent.upstream import Upstream
+from workflowplane.kits.text import shortened
 from workflowplane.protocol import TARGET_K8S, Frame, StreamChunk, StreamInit, encode
 from workflowplane.protocol.exec import (
     K8S_ERROR,
@@ -110,7 +111,8 @@ class ExecSessions:
             finally:
                 self._stdin.pop(rid, None)
         if reason:
-            log.info("exec %s %s ended: %.300s", rid, init.path, reason.decode(errors="replace"))
+            shown = reason[:300].decode(errors="replace")
+            log.info("exec %s %.256s ended: %s", rid, init.path, shown)
         await self._send(
             self._encode(StreamChunk(request_id=rid, data=reason or None, is_close=True))
         )
@@ -173,9 +175,10 @@ def _uncancel() -> None:
 
 def _refusal(init: StreamInit) -> bytes | None:
     if init.target != TARGET_K8S:
-        return f"unknown target: {init.target}".encode()
+        return f"unknown target: {shortened(str(init.target), 64)}".encode()
     if not POD_STREAM.fullmatch(init.path):
-        return f"upgrades are served for pods' exec and attach only, not {init.path}".encode()
+        shown = shortened(init.path, 256)
+        return f"upgrades are served for pods' exec and attach only, not {shown}".encode()
     return None
 
 

@@ -92,11 +92,17 @@ def status(message: str = "", *, reason: str = "InternalError", code: int = 500)
     return json.dumps({**body, "code": code}).encode()
 
 
+MAX_STATUS_BYTES = 64 * 1024  # an exec's Status is a few hundred bytes
+
+
 def parse_status(data: bytes) -> dict[str, Any] | None:
-    """``data`` as a Kubernetes ``Status`` object, or None when it is not one."""
+    """``data`` as a Kubernetes ``Status`` object, or None when it is not one (too large,
+    or nested too deeply for the parser: a peer's bytes must not raise out of here)."""
+    if len(data) > MAX_STATUS_BYTES:
+        return None
     try:
         found = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     if isinstance(found, dict) and found.get("status") in ("Success", "Failure"):
         return found

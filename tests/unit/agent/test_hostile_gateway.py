@@ -536,3 +536,14 @@ async def test_a_query_or_fragment_in_the_path_is_refused(path: str) -> None:
     assert answer.status_code == 400 and "a query or fragment in path" in answer.error.message
     assert upstream.paths == []
     await server.close()
+
+
+@pytest.mark.parametrize(
+    "hostile", [b"[" * 100_000, b'{"status": "Failure", "x": "' + b"y" * 70_000 + b'"}']
+)
+def test_an_error_channel_message_no_parser_should_read_is_passed_on_as_it_is(
+    hostile: bytes,
+) -> None:
+    """Nested 100,000 deep it raised RecursionError: the exec's task died and the gateway
+    was never told the exec ended."""
+    assert agent_exec._failure(hostile) == hostile
