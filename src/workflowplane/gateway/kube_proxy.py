@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 from urllib.parse import unquote, urlencode
 
 import msgspec
@@ -37,9 +37,13 @@ from workflowplane.gateway.connections import AgentConnection, ConnectionManager
 from workflowplane.gateway.frames import ResponseTooLarge
 from workflowplane.gateway.metrics import GatewayMetrics, MetricHandles
 from workflowplane.gateway.streams import Body, StreamBuffer, StreamEnd, StreamItem
+from workflowplane.kits.cut_short import run_until
 from workflowplane.kits.http1 import Headers, carries_body
+from workflowplane.kits.http1_server import Limits
+from workflowplane.kits.tasks import TaskSet
 from workflowplane.kits.text import shortened
 from workflowplane.protocol import (
+    Frame,
     StreamChunk,
     StreamInit,
     TunnelError,
@@ -182,20 +186,74 @@ def degraded_query(query: Any, request_timeout: float) -> str:
     return urlencode(items)
 
 
+# What an agent's answer may carry in headers (the Kubernetes API server sends about ten).
+# Names: as many as the cache of relayed names below holds.
+# Header lines (values): four per name on average (Set-Cookie, Warning, Vary repeat); a
+# pod's or service's own server answers through the API server's proxy too. Bytes (names
+# and values, each name once per value): what a request's head may take
+# (``kits.http1_server.Limits``). Beyond them the answer is a 502 naming the limit: 60,000
+# headers in a frame's 1 MiB of metadata took ~70 ms of the shared event loop to convert,
+# and would all have gone to the caller.
+ANSWER_HEADER_NAMES: Final = 256
+ANSWER_HEADER_LINES: Final = 1024
+ANSWER_HEADER_BYTES: Final = Limits.head_bytes
+
+
+class AnswerHeadersRefused(ValueError):
+    """An agent's answer carries more headers than the gateway relays."""
+
+    def __init__(self, limit: str) -> None:
+        super().__init__(f"the agent's answer has {limit}, over the gateway's limit for an answer")
+
+
 def reply_headers(headers: dict[str, list[str]] | None) -> list[tuple[str, str]]:
     """The agent's headers the caller gets: no hop-by-hop ones, none that would break the
-    response (a name that is not a token, a value with CR, LF or NUL)."""
-    return [
-        (k, v)
-        for k, values in (headers or {}).items()
-        if _relayed_name(k)
-        for v in values
-        if not _BAD_VALUE.search(v)
-    ]
+    response (a name that is not a token, a value with CR, LF or NUL).
+
+    Headers over the answer's limits raise :class:`AnswerHeadersRefused`, counted as they
+    are read: the names at once, each value's line and bytes before anything else is done
+    with it, so a flood costs no more than an answer at the limits. Within them (every real
+    answer) the counting costs a few additions per header."""
+    if not headers:
+        return []
+    if len(headers) > ANSWER_HEADER_NAMES:
+        raise AnswerHeadersRefused(f"more than {ANSWER_HEADER_NAMES} header names")
+    kept: list[tuple[str, str]] = []
+    lines = size = 0
+    for name, values in headers.items():
+        for value in values:
+            lines += 1
+            size += len(name) + len(value)
+            if lines > ANSWER_HEADER_LINES or size > ANSWER_HEADER_BYTES:
+                raise AnswerHeadersRefused(_over(lines))
+            if _relayed_name(name) and not _BAD_VALUE.search(value):
+                kept.append((name, value))
+    return kept
+
+
+def _over(lines: int) -> str:
+    if lines > ANSWER_HEADER_LINES:
+        return f"more than {ANSWER_HEADER_LINES} header lines"
+    return f"more than {ANSWER_HEADER_BYTES} bytes of headers"
+
+
+def header_refusal(headers: dict[str, list[str]] | None) -> web.Response | None:
+    """The 502 for an answer whose headers are over the limits, else None: for an answer's
+    head that is checked before anything of it reaches the caller (a chunked answer's, a
+    stream's), whose headers are converted later."""
+    try:
+        reply_headers(headers)
+    except AnswerHeadersRefused as exc:
+        return _headers_refused(exc)
+    return None
+
+
+def _headers_refused(exc: AnswerHeadersRefused) -> web.Response:
+    return k8s_status(502, str(exc), "ResponseHeadersTooLarge")
 
 
 _RELAYED_NAMES: dict[str, bool] = {}  # an API server sends the same few names every time
-RELAYED_NAMES_KEPT = 256
+RELAYED_NAMES_KEPT = ANSWER_HEADER_NAMES
 
 
 def _relayed_name(name: str) -> bool:
@@ -256,6 +314,10 @@ class KubeProxy:
         self.on_upgrade: UpgradeHandler | None = None
         self.on_miss: MissHandler | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # A stream's isClose after its init's send was cut at the deadline (it may have gone
+        # whole into the transport's buffer): sent when the connection takes it, while the
+        # caller has its 502 already. Each ends with its send (or the connection).
+        self._later = TaskSet("kube-proxy")
 
     def _first_loop(self) -> asyncio.AbstractEventLoop:
         """Looked up once: on Python 3.11 ``get_running_loop`` makes a ``getpid`` call."""
@@ -367,7 +429,11 @@ class KubeProxy:
             )
         if error:
             return k8s_status(status, f"agent: {error.message}{_details(error)}")
-        return status, reply_headers(reply.headers), reply.body or b""
+        try:
+            headers = reply_headers(reply.headers)
+        except AnswerHeadersRefused as exc:
+            return _headers_refused(exc)
+        return status, headers, reply.body or b""
 
     async def ask(
         self, conn: AgentConnection, frame: TunnelRequest, verb: str = ""
@@ -375,6 +441,10 @@ class KubeProxy:
         """Send one request and wait for its answer's head: the agent's response, or the
         gateway's own error answer (timeout, too large, connection lost). One timer per
         request (no ``wait_for`` task machinery); ``verb`` when the caller knows it.
+
+        The timeout covers the send too (:func:`send_within`): a send still waiting for the
+        connection (another request's large frame draining to a slow agent) at the deadline
+        ends there, the frame unsent, and the caller has the same 502 as for no answer.
 
         A chunked answer's body buffer (registered as its head arrives) is the caller's only
         with the head returned: on an error answer, or when cancelled (the caller went away
@@ -390,8 +460,8 @@ class KubeProxy:
         in_flight = self._handles.in_flight(conn.plane_id)
         in_flight.inc()
         try:
-            await conn.send(frame)
-            reply = await future
+            await send_within(conn, frame, future)
+            reply = await future  # at once when the send ended with it: its outcome
         except TimeoutError:
             return k8s_status(502, f"agent did not answer within {timeout:.0f}s", "Timeout")
         except ResponseTooLarge as exc:
@@ -455,8 +525,13 @@ class KubeProxy:
             and final_status(status)
             and carries_body(method, status)
         ):
-            body.key = what
-            return body
+            refused = header_refusal(reply.headers)
+            if refused is None:
+                body.key = what
+                return body
+            conn.bodies.pop(rid, None)
+            await close_stream(conn, rid)
+            return refused
         if body is not None:
             conn.bodies.pop(rid, None)
             await close_stream(conn, rid)
@@ -576,9 +651,18 @@ class KubeProxy:
             return self.count(slot)
         conn, degraded = slot, not slot.v2
         rid, buffer = self.open_stream(request, conn, target.key)
+        loop = self._loop or self._first_loop()
+        deadline: asyncio.Future[None] = loop.create_future()  # the head's, the send's too
+        timer = loop.call_later(self._config.request_timeout_seconds, deadline.cancel)
+        sent = True
         try:
-            await conn.send(self._stream_frame(request, rid, path, degraded, headers))
-            first = await asyncio.wait_for(buffer.get(), self._config.request_timeout_seconds)
+            frame = self._stream_frame(request, rid, path, degraded, headers)
+            sent = await send_within(conn, frame, deadline)
+            if not sent:
+                raise TimeoutError
+            left = max(0.0, timer.when() - loop.time())
+            first = await asyncio.wait_for(buffer.get(), left)
+            timer.cancel()
             if not isinstance(first, TunnelResponse):
                 problem = first.problem if isinstance(first, StreamEnd) else None
                 return self.count(
@@ -590,6 +674,9 @@ class KubeProxy:
                 if degraded:
                     answer.headers[DEGRADED_HEADER] = DEGRADED_V1
                 return self.count(answer)
+            refused = header_refusal(first.headers)
+            if refused is not None:
+                return self.count(refused)
             if first.status_code >= 400:  # the error's body follows as chunks
                 return self.count(await self._collect(first, buffer))
             return await self._relay(request, first, buffer)
@@ -599,9 +686,13 @@ class KubeProxy:
         except ConnectionError as exc:
             return self.count(k8s_status(502, f"agent connection lost: {exc}", "Unavailable"))
         finally:
+            timer.cancel()
             self.release_stream(conn, rid)
             if not degraded:  # OpenChoreo's agent knows no such stream (it would log it)
-                await close_stream(conn, rid)
+                if sent:
+                    await close_stream(conn, rid)
+                else:  # its send waited for the connection past the deadline: so would this
+                    self._later.spawn(close_stream(conn, rid), f"close {rid}")
 
     async def _collect(self, head: TunnelResponse, buffer: StreamBuffer) -> web.Response:
         """An error answer whose body came as chunks, as one answer (bounded in size and time)."""
@@ -656,6 +747,30 @@ async def close_stream(conn: AgentConnection, rid: str) -> None:
     if not conn.ws.closed:
         with contextlib.suppress(ConnectionError):
             await conn.send(StreamChunk(request_id=rid, is_close=True))
+
+
+async def send_within(conn: AgentConnection, frame: Frame, until: asyncio.Future[Any]) -> bool:
+    """Send ``frame`` on ``conn`` unless ``until`` (its request's answer, failed by the
+    request's timer at the deadline) is done first; whether the send ended on its own (sent,
+    or in the transport's buffer), not cut by ``until``. A frame is never sent after it.
+
+    Most sends do not wait (the connection's send lock free, its transport's buffer below
+    aiohttp's limit): one step of the send's coroutine, no timer, future or task of their
+    own. What a waiting send waits for, and so what a cut does (aiohttp's
+    ``WebSocketWriter``, no compression: ``GuardedWebSocket``):
+
+    - the connection's send lock (``AgentConnection.send``): cut there, the frame is never
+      written and the lock goes to the next sender as on any cancellation;
+    - the transport's drain, after ``send_frame`` wrote the whole frame (header and payload,
+      in one synchronous call) to the transport: cut there, the frame leaves whole, later,
+      as the agent reads (its answer, if any, arrives late and is dropped). A frame is never
+      cut in the middle, so the stream stays whole for every other request.
+
+    The drain's future is aiohttp's one ``_drain_waiter`` of the connection, which a task's
+    cancellation would cancel for every sender: ``kits.cut_short`` cuts the send without."""
+    if until.done():
+        return False
+    return await run_until(conn.send(frame), until)
 
 
 async def _next(body: StreamBuffer, idle: float) -> StreamItem:
