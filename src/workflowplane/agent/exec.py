@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import aiohttp
 
@@ -95,14 +96,27 @@ class ExecSessions:
             stdin.put(chunk.data)
         return True
 
+    def begin(self, init: StreamInit) -> Coroutine[Any, Any, None]:
+        """The session of ``init``, its stdin taken from now on: the gateway may send stdin
+        in the same read as the init, before the session's task first runs."""
+        if _refusal(init) is None:
+            self._stdin[init.request_id] = _Stdin(None)
+        return self.run(init)
+
+    def forget(self, request_id: str) -> None:
+        """A session's task ended, perhaps before it ever ran: its stdin goes."""
+        self._stdin.pop(request_id, None)
+
     async def run(self, init: StreamInit) -> None:
         """Serve one stream init with ``isUpgrade: true`` until either side ends it."""
         rid = init.request_id
         reason = _refusal(init)
         if reason is None:
-            stdin = self._stdin[rid] = _Stdin(asyncio.current_task())
-            try:
-                reason = await self._session(init)
+            stdin = self._stdin.get(rid) or _Stdin(None)
+            stdin.task = asyncio.current_task()
+            self._stdin[rid] = stdin
+            try:  # stdin may have overflowed before the task ran
+                reason = stdin.overflow or await self._session(init)
             except asyncio.CancelledError:
                 if stdin.overflow is None:
                     raise  # the gateway's isClose, or the connection's end

@@ -410,6 +410,8 @@ class FrameServer:
 
         def forget(_: asyncio.Task[None]) -> None:  # runs even if cancelled before it started
             self._tasks.pop(request_id, None)
+            if is_init:
+                self._exec.forget(request_id)
             if counted:
                 self._open_streams -= 1
             if dequeue is not None:
@@ -459,7 +461,7 @@ class FrameServer:
         if isinstance(frame, TunnelRequest):
             return self._serve_now(frame, streaming=streams)
         if frame.is_upgrade:
-            return self._exec.run(frame)
+            return self._exec.begin(frame)
         return self._stream(frame)
 
     @property

@@ -547,3 +547,34 @@ def test_an_error_channel_message_no_parser_should_read_is_passed_on_as_it_is(
     """Nested 100,000 deep it raised RecursionError: the exec's task died and the gateway
     was never told the exec ended."""
     assert agent_exec._failure(hostile) == hostile
+
+
+class _TakingSocket(_StuckSocket):
+    """An exec WebSocket whose API server takes stdin (kept) and sends nothing."""
+
+    def __init__(self) -> None:
+        self.stdin: list[bytes] = []
+
+    async def send_bytes(self, data: bytes) -> None:
+        self.stdin.append(data)
+
+
+class _TakingUpstream:
+    def __init__(self) -> None:
+        self.socket = _TakingSocket()
+
+    @contextlib.asynccontextmanager
+    async def websocket(self, *_: Any) -> AsyncIterator[_TakingSocket]:
+        yield self.socket
+
+
+async def test_stdin_in_the_same_read_as_the_exec_init_reaches_the_api_server() -> None:
+    """The session took stdin only once its task ran: what came in the init's read was
+    dropped (a gateway that does not wait for the agent's "started" loses its first line)."""
+    upstream, sent = _TakingUpstream(), Sent()
+    server = FrameServer(upstream, sent, 5, 4)  # type: ignore[arg-type]
+    server.dispatch(encode(EXEC))
+    server.dispatch(encode(StreamChunk(request_id="e", data=b"\x00hello\n")))
+    await until(lambda: len(upstream.socket.stdin) == 1)
+    assert upstream.socket.stdin == [tunnel_to_k8s(b"\x00hello\n", v5=True)]
+    await server.close()
