@@ -31,6 +31,9 @@ from urllib.parse import quote, urlsplit
 import httptools  # type: ignore[import-untyped]
 
 HEAD_LIMIT: Final = 1024 * 1024  # status line and headers of one response
+# What a kept header costs beyond its bytes (two str objects and a tuple), counted against
+# HEAD_LIMIT: a megabyte of two-byte headers held 15 MB.
+HEADER_COST: Final = 64
 HIGH_WATER: Final = 4 * 1024 * 1024  # body bytes held before the socket is no longer read
 LOW_WATER: Final = 1024 * 1024  # ... and read again once this little is held
 READ_BUFFER: Final = 256 * 1024  # bytes read from the socket at once, per pool
@@ -276,6 +279,7 @@ class _Connection(asyncio.BufferedProtocol):
             return
         # UTF-8 (as aiohttp read them): the API server writes Warning headers' text as UTF-8
         self.response.headers.append((_text(name), _text(value)))
+        self._since_body += HEADER_COST
 
     def on_headers_complete(self) -> None:
         response = self.response

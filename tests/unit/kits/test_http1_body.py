@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import tracemalloc
 
-from workflowplane.kits.http1 import HIGH_WATER, _Connection
+from workflowplane.kits.http1 import HEAD_LIMIT, HIGH_WATER, _Connection
 
 
 class Transport:
@@ -73,3 +73,29 @@ async def test_tiny_chunks_held_for_a_slow_reader_hold_about_their_size() -> Non
     response.feed(b"ab")
     assert await waiting == b"ab"  # handed on as soon as it arrives
     response.finish()
+
+
+async def test_a_head_of_tiny_headers_is_refused_before_it_holds_many_times_its_size() -> None:
+    """Each header kept costs two strings and a tuple: a megabyte of ``a:`` headers within
+    the head's limit held 15 MB."""
+    buffer = memoryview(bytearray(256 * 1024))
+    connection = _Connection(buffer)
+    connection.connection_made(Transport())  # type: ignore[arg-type]
+    head = connection.begin(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"", no_body=False)
+
+    def read(data: bytes) -> None:
+        buffer[: len(data)] = data
+        connection.buffer_updated(len(data))
+
+    read(b"HTTP/1.1 200 OK\r\n")
+    tracemalloc.start()
+    try:
+        for _ in range(16):  # 1 MiB of headers, 64 KiB a read
+            read(b"a:\r\n" * (16 * 1024))
+            if head.done():
+                break
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert head.done() and "response headers are larger than" in str(head.exception())
+    assert held < 4 * HEAD_LIMIT, f"{held} bytes held for a head of at most {HEAD_LIMIT}"
