@@ -148,9 +148,12 @@ def error_response(
 
 
 def _carried(frame: TunnelRequest) -> int:
-    """The bytes a request holds while it waits: its body, path, query and headers."""
+    """The bytes a request holds while it waits: every field a gateway chose (a requestID is
+    bounded at decode, the rest only by the frame limit)."""
     headers = frame.headers if isinstance(frame.headers, dict) else {}
     size = len(_bytes(frame.body)) + len(frame.path) + len(_str(frame.query))
+    size += len(frame.request_id) + len(frame.method) + len(frame.target)
+    size += len(_str(frame.gateway_request_id))
     for name, values in headers.items():
         size += len(name) + sum(len(value) for value in values if isinstance(value, str))
     return size
