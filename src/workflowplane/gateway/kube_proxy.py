@@ -358,13 +358,20 @@ class KubeProxy:
         target = Target.of(request.match_info)
         refused = self.refusal(target)
         if refused is not None:
-            return refused if self.on_miss is None else await self.on_miss(request, target, refused)
+            if self.on_miss is None:
+                return refused
+            body = await self.read_body(request)  # bounded here; the miss handler's read of
+            if isinstance(body, web.Response):  # it then takes what was read (aiohttp's)
+                return self.count(body)
+            return await self.on_miss(request, target, refused)
         path = "/" + request.match_info["path"]
         if request.headers.get("Upgrade"):
             if self.on_upgrade is None:
                 return self.count(k8s_status(501, "upgrades are not served", "NotImplemented"))
             return await self.on_upgrade(request, target, path)
-        body = await request.read()
+        body = await self.read_body(request)
+        if isinstance(body, web.Response):
+            return self.count(body)
         if is_streaming_query(request.query_string):  # the string: no MultiDict built
             return await self._stream(request, target, path)
         sending = self.plain_request(
@@ -376,6 +383,29 @@ class KubeProxy:
         request[REQUEST_ID] = frame.request_id
         request[VERB] = verb = kube_verb(frame.method, path, frame.query or "")
         return self.count(await self._exchange(request, conn, frame, verb))
+
+    async def read_body(self, request: web.Request) -> bytes | web.Response:
+        """The request's body, or a 408 when it did not arrive within the request timeout
+        (a caller trickling it would hold its handler without end: aiohttp's server has no
+        deadline for a body; the lean server has its own, ``Limits.body_seconds``). A body
+        already whole (every request without one, most with one) is taken without a timer.
+        The 408 ends the connection: aiohttp reads (and drops) what comes for at most its
+        lingering time (10 s) so the caller can read the answer, then closes it."""
+        if request.content.is_eof():
+            return await request.read()
+        seconds = self._config.request_timeout_seconds
+        try:
+            async with asyncio.timeout(seconds):  # aiohttp's handler task: never run eagerly
+                return await request.read()
+        except TimeoutError:
+            response = k8s_status(
+                408,
+                f"the request body did not arrive within {seconds:g}s "
+                "(the gateway's request timeout, --request-timeout)",
+                "Timeout",
+            )
+            response.force_close()
+            return response
 
     def plain_request(
         self,
@@ -563,14 +593,21 @@ class KubeProxy:
         self, body: StreamBuffer, write: Callable[[Body], Awaitable[None]]
     ) -> str | None:
         """Write the chunks; None when the agent ended the body cleanly, else what went
-        wrong. Between two chunks the agent gets the request timeout."""
+        wrong. Between two chunks the agent gets the request timeout, and it must keep a
+        minimum pace throughout (:class:`Pace`): a chunk just within each timeout kept a
+        caller forever."""
         idle = self._config.request_timeout_seconds
+        pace = Pace(self._loop or self._first_loop(), body, idle)
         try:
             while not isinstance(item := await _next(body, idle), StreamEnd):
                 if isinstance(item, Body):
                     await write(item)
         except TimeoutError:
             return f"no chunk for {idle:.0f}s"
+        finally:
+            pace.stop()
+        if pace.verdict is not None:
+            return pace.verdict
         if item.problem is not None:
             return f"failed mid-way: {item.problem}"
         return None
@@ -740,6 +777,55 @@ class KubeProxy:
         )
         if request.transport is not None:
             request.transport.abort()
+
+
+# The least of a chunked answer's body an agent must deliver in each request timeout.
+MIN_BYTES_PER_WINDOW: Final = 64 * 1024
+
+
+class Pace:
+    """A chunked (plain, not watch/follow) answer's minimum pace: from its head on, in every
+    window of the request timeout the agent must deliver at least MIN_BYTES_PER_WINDOW of
+    its body; a window short of that cuts the answer (``verdict`` says so, and the body's
+    buffer ends with it at once, what it held dropped).
+
+    Why a rate and not a total deadline: a total cuts a legitimately large list on a slow
+    link (a 60 MiB list at 1 MiB/s takes a minute, whatever the bound is set to), and would
+    need a knob tuned to the largest list; a minimum rate lets any answer that progresses go
+    on however long it takes, and still ends a trickle (1 byte just within each idle
+    timeout) within one window. The bound is far below any real answer: our agent sends 256
+    KiB chunks (only the last may be shorter), each within a request timeout or the idle
+    rule cuts it anyway, so only a broken or hostile agent is ever judged short; OpenChoreo's
+    agent never chunks. Judged on what the agent delivered into the buffer (``received``),
+    not on what the caller took: a caller slow to read is the stall guard's and the
+    buffer bound's business, not the agent's. One timer per window, nothing per chunk."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, body: StreamBuffer, window: float) -> None:
+        self._loop, self._body, self._window = loop, body, window
+        self._mark = 0  # what had arrived when the window began (the head's: none)
+        self.verdict: str | None = None
+        self._timer: asyncio.TimerHandle | None = loop.call_later(window, self._judge)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _judge(self) -> None:
+        self._timer = None
+        body = self._body
+        if body.ended:  # whole, failed or overflowed: the agent sends no more of it
+            return
+        got = body.received - self._mark
+        if got >= MIN_BYTES_PER_WINDOW:
+            self._mark = body.received
+            self._timer = self._loop.call_later(self._window, self._judge)
+            return
+        self.verdict = (
+            f"the agent sent {got} bytes of the body in {self._window:g}s, below the "
+            f"gateway's minimum of {MIN_BYTES_PER_WINDOW} bytes per request timeout"
+        )
+        body.cut(self.verdict)
 
 
 async def close_stream(conn: AgentConnection, rid: str) -> None:

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import ssl
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import WSCloseCode, web
@@ -51,8 +52,15 @@ STOP_GRACE_SECONDS = 1.0  # streams still open when a listener stops (after the 
 
 class BoundedSite(web.BaseSite):
     """aiohttp's TCP site with a TLS handshake timeout (``web.TCPSite`` has no such knob and
-    asyncio's default is 60 s): a client that never finishes its handshake is dropped. With
-    ``front``, connections go to that lean server first (it hands aiohttp what it declines)."""
+    asyncio's default is 60 s): a client that never finishes its handshake is dropped.
+
+    With ``stall_seconds``, aiohttp's handlers cut off a peer that reads nothing of what is
+    written to it for that long (``frames.StallGuardedHandler``): every write to it, and so
+    its handler, would wait without end otherwise. With ``router``, connections go to a lean
+    server first (``front``, bounded by ``limits``), which serves what the router takes and
+    hands aiohttp the rest of a connection it declines: to the stall-guarded handlers too,
+    so a connection is guarded whichever server has it (the lean one cuts off a stalled
+    reader itself: ``FrontProtocol.drained``, after ``limits.body_seconds``)."""
 
     def __init__(
         self,
@@ -62,18 +70,22 @@ class BoundedSite(web.BaseSite):
         *,
         ssl_context: ssl.SSLContext | None,
         handshake_timeout: float,
-        front: FrontServer | None = None,
+        router: Router | None = None,
+        limits: Limits | None = None,
         stall_seconds: float | None = None,
     ) -> None:
         super().__init__(runner, ssl_context=ssl_context)
         server = runner.server
-        self._factory = None
-        if stall_seconds is not None and server is not None:
+        assert server is not None, "the runner is set up first"
+        self._factory: Callable[[], asyncio.Protocol] = server
+        if stall_seconds is not None:
             self._factory = stall_guarded(server, stall_seconds)
+        self.front: FrontServer | None = None
+        if router is not None:
+            self.front = FrontServer(router, self._factory, limits or Limits())
         self._host = host
         self._port = port
         self._handshake_timeout = handshake_timeout
-        self._front = front
 
     @property
     def name(self) -> str:
@@ -82,10 +94,8 @@ class BoundedSite(web.BaseSite):
 
     async def start(self) -> None:
         await super().start()
-        server = self._runner.server
-        assert server is not None
         self._server = await asyncio.get_running_loop().create_server(
-            self._front or self._factory or server,
+            self.front or self._factory,
             self._host,
             self._port,
             ssl=self._ssl_context,
@@ -184,18 +194,18 @@ class Gateway:
         )
         await runner.setup()
         self._runners.append(runner)
-        front = None
-        if router is not None and runner.server is not None:
-            front = self._front = FrontServer(router, runner.server, self._front_limits())
         site = BoundedSite(
             runner,
             self.config.host,
             port,
             ssl_context=context,
             handshake_timeout=self.config.tls_handshake_timeout_seconds,
-            front=front,
+            router=router,
+            limits=self._front_limits(),
             stall_seconds=stall_seconds,
         )
+        if site.front is not None:
+            self._front = site.front
         await listening(site.start(), name, self.config.host, port)
         self.ports[name] = runner.addresses[0][1]
         log.info("%s listener on %s:%d", name, self.config.host, self.ports[name])
@@ -258,6 +268,9 @@ class Gateway:
             self.config.internal_port,
             internal,
             router=self._fast.route,
+            # a caller that reads nothing of its answer would hold its handler, and a chunked
+            # answer's body buffer and agent stream, without end (aiohttp's drain has no limit)
+            stall_seconds=self.config.request_timeout_seconds,
         )
 
     def _front_limits(self) -> Limits:

@@ -78,6 +78,7 @@ class StreamBuffer:
         self.peak = 0  # the most bytes ever counted waiting (for tests and the bench)
         self._items: deque[StreamItem] = deque()
         self._bytes = 0
+        self.received = 0  # bytes of data (bodies, chunks) ever queued: the agent's pace
         self._ended = False
         # headed: the head came another way (a chunked answer's, through its request's
         # future), so no response is of use to it.
@@ -111,6 +112,8 @@ class StreamBuffer:
         self._items.append(item)
         self._began = True
         self._bytes += size
+        if isinstance(item, Body):
+            self.received += len(item)
         self.peak = max(self.peak, self._bytes)
         self._ready.set()
         return True
@@ -125,10 +128,17 @@ class StreamBuffer:
 
     def _overflow(self) -> None:
         self.overflowed = True
+        self.cut(f"the caller fell more than {self.limit} bytes behind the stream")
+        self.on_overflow()
+
+    def cut(self, problem: str) -> None:
+        """End the stream at once for ``problem``: what waits is dropped (the caller will be
+        cut off, its answer incomplete), and nothing more is taken. Once ended, a no-op."""
+        if self._ended:
+            return
         self._items.clear()
         self._bytes = 0
-        self.end(StreamEnd(f"the caller fell more than {self.limit} bytes behind the stream"))
-        self.on_overflow()
+        self.end(StreamEnd(problem))
 
     def get_nowait(self) -> StreamItem | None:
         """The next item if one waits, else None: a relay draining a full buffer needs no

@@ -33,6 +33,7 @@ async def test_cut_short_the_shared_future_it_waited_on_stays_usable() -> None:
             raise
 
     until: asyncio.Future[None] = loop.create_future()
+
     async def also_waits() -> None:  # another waiter on the same future
         await shared
 
