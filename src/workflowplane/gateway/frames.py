@@ -13,6 +13,17 @@ one frame. Both are handled; the limit applies to the whole message. Control fra
 (ping/pong/close) and anything malformed go to aiohttp's own parser untouched, so protocol
 errors end the connection exactly as before.
 
+A message must also be complete ``timeout`` seconds (the gateway's request timeout) after
+its first byte arrived: one frame trickling in, or fragments with only pongs between them
+(which keep the connection alive), would otherwise hold up to the limit for as long as the
+agent likes. An unfinished message then goes as one over the limit does: its buffer is freed
+at once, an :class:`UnfinishedMessage` fails its request, the rest of it is skipped as it
+arrives. Messages read whole in one read (nearly all) cost nothing for this; one still open
+at the end of a read is stamped with the loop's time, and one timer per connection (armed
+while such a message is open, moved on to the next one's deadline when it fires) judges it,
+so that an agent that goes silent after part of a message is dropped on time too (the
+heartbeat would close it only after ``--dead-after``, 3x the deadline by default).
+
 A read's frames are parsed at most ``FRAMES_PER_PASS`` per pass of the event loop, and none
 while aiohttp's message queue is over its high-water mark (as aiohttp's own reader stalls):
 the rest of the read waits, the connection's reading held meanwhile, so one agent's flood of
@@ -37,6 +48,7 @@ from aiohttp._websocket.helpers import websocket_mask
 from aiohttp.http_websocket import WebSocketError, WSMessage
 from aiohttp.web_protocol import RequestHandler
 
+from workflowplane.gateway.config import GatewayConfig
 from workflowplane.kits.stall import StallWatch
 from workflowplane.kits.ws_tap import (
     FRAMES_PER_PASS,
@@ -57,6 +69,8 @@ FREE_FRAGMENTS = 64
 _REQUEST_ID = re.compile(rb'"requestID"\s*:\s*"([^"\\]{1,200})"')
 _OP_CONTINUATION, _OP_TEXT, _OP_BINARY = 0x0, 0x1, 0x2
 _DATA_OPCODES = frozenset({_OP_CONTINUATION, _OP_TEXT, _OP_BINARY})
+# Seconds a message may take from its first byte to its last (``--request-timeout``).
+MESSAGE_TIMEOUT: float = GatewayConfig.request_timeout_seconds
 
 
 class ResponseTooLarge(Exception):
@@ -75,6 +89,20 @@ class OversizedMessage:
         return (
             f"the agent's answer is larger than the gateway's frame limit of "
             f"{self.limit} bytes (at least {self.at_least} bytes)"
+        )
+
+
+@dataclass(frozen=True)
+class UnfinishedMessage(OversizedMessage):
+    """Queued in place of a message not complete ``within`` seconds of its first byte (it
+    fails its request as an oversized one does; ``at_least``: the bytes that had arrived)."""
+
+    within: float
+
+    def describe(self) -> str:
+        return (
+            f"the agent's answer did not complete within {self.within:g}s "
+            f"({self.at_least} bytes of it had arrived)"
         )
 
 
@@ -124,6 +152,7 @@ class _Message:
     discarding: bool = False
     reported: bool = False
     frames: int = 0
+    started: float | None = None  # loop time, once it is still open at the end of a read
 
 
 def _unmask(mask: bytes | None, data: bytes | bytearray) -> bytes:
@@ -139,11 +168,22 @@ class FrameGuard:
     each data message to ``limit`` bytes; see the module docstring."""
 
     def __init__(
-        self, inner: FrameReader, queue: MessageSink, limit: int, flow: ReadFlow | None = None
+        self,
+        inner: FrameReader,
+        queue: MessageSink,
+        limit: int,
+        flow: ReadFlow | None = None,
+        *,
+        timeout: float = MESSAGE_TIMEOUT,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self._inner = inner
         self._queue = queue
         self._limit = limit
+        self._timeout = timeout  # for a message, from its first byte to its last
+        self._loop = loop  # None: the running loop, when first needed
+        self._timer: asyncio.TimerHandle | None = None  # at most one, for the open message
+        self._timer_at = 0.0
         # Takes a whole binary message as it is read, or declines it (False: it is queued).
         self.direct: Callable[[bytearray], bool] | None = None
         self._header = bytearray()
@@ -159,10 +199,22 @@ class FrameGuard:
     def holding(self) -> bool:
         return bool(self._held)
 
+    @property
+    def buffered(self) -> int:
+        """Bytes of the unfinished message held (its payload so far)."""
+        held = len(self._message.body) if self._message is not None else 0
+        if self._frame is not None and not self._frame.passthrough:
+            held += len(self._frame.data)
+        return held
+
     def feed_eof(self) -> None:
         if self._held:  # the agent's last bytes still count: parsed now, all of them
             self._held.unpaced()
             self._parse_held()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._message = self._frame = None  # nothing more comes: an unfinished one goes now
         self._inner.feed_eof()
 
     def feed_data(self, data: bytes) -> tuple[bool, bytes]:
@@ -200,6 +252,54 @@ class FrameGuard:
             self._queue.set_exception(exc)
         if pos < len(data) and not self._broken:  # broken: the connection ends, unread
             self._hold(data, pos)
+        message = self._message
+        if message is not None and message.started is None and not message.discarding:
+            self._stamp(message)
+
+    def _stamp(self, message: _Message) -> None:
+        """A message open at the end of a read: its time runs from now (its first byte came
+        in this read); the connection's timer is armed for its deadline unless it is armed."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        message.started = loop.time()
+        if self._timer is None:
+            self._arm(loop, message.started + self._timeout)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        self._timer_at = deadline
+        self._timer = loop.call_at(deadline, self._at_deadline)
+
+    def _at_deadline(self) -> None:
+        """The timer's deadline: the message open now is dropped if it is the one (or as old
+        as the one) the timer was armed for; a later one gets the timer for its own."""
+        self._timer = None
+        message = self._message
+        if message is None or message.started is None or message.discarding or self._broken:
+            return  # nothing to judge: unarmed until a message is open at a read's end again
+        deadline = message.started + self._timeout
+        if deadline > self._timer_at:
+            assert self._loop is not None  # set when the message was stamped
+            self._arm(self._loop, deadline)
+            return
+        self._expire(message)
+
+    def _expire(self, message: _Message) -> None:
+        """Drop an unfinished message as an oversized one is dropped: its buffer freed now,
+        its request failed (by the requestID its first bytes show), the rest skipped."""
+        frame = self._frame if self._frame is not None and not self._frame.passthrough else None
+        arrived = len(message.body) + (len(frame.data) if frame is not None else 0)
+        head = bytearray(message.body[:HEAD_BYTES])
+        if frame is not None and len(head) < HEAD_BYTES:  # its payload from 0: mask aligned
+            head += _unmask(frame.mask, frame.data[: HEAD_BYTES - len(head)])
+        message.head = bytes(head)
+        message.body = bytearray()
+        if frame is not None:
+            frame.data = bytearray()
+        message.discarding = message.reported = True
+        request_id = request_id_of(message.head, binary=message.opcode == _OP_BINARY)
+        unfinished = UnfinishedMessage(request_id, arrived, self._limit, self._timeout)
+        self._queue.feed_data(WSMessage(WSMsgType.BINARY, unfinished, None), 0)
 
     def _hold(self, data: bytes, pos: int) -> None:
         self._held.hold(data, pos)
@@ -375,18 +475,27 @@ class GuardedWebSocket(web.WebSocketResponse):
     """The agent-facing WebSocket: no compression (so frames are what the guard reads), and
     a :class:`FrameGuard` in front of aiohttp's parser. TEXT messages arrive as bytes."""
 
-    def __init__(self, *, limit: int, **kwargs: Any) -> None:
+    def __init__(
+        self, *, limit: int, message_timeout: float = MESSAGE_TIMEOUT, **kwargs: Any
+    ) -> None:
         super().__init__(compress=False, max_msg_size=limit + 1, **kwargs)
         self._guard_limit = limit
+        self._message_timeout = message_timeout
         self.guard: FrameGuard | None = None  # once started
 
     def _post_start(self, request: web.BaseRequest, protocol: str | None, writer: Any) -> None:
         super()._post_start(request, protocol, writer)
         handler = request.protocol
         assert self._reader is not None
-        flow = _ConnectionFlow(handler, asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        flow = _ConnectionFlow(handler, loop)
         self.guard = handler._payload_parser = FrameGuard(
-            handler._payload_parser, self._reader, self._guard_limit, flow
+            handler._payload_parser,
+            self._reader,
+            self._guard_limit,
+            flow,
+            timeout=self._message_timeout,
+            loop=loop,
         )
         flow.guard = self.guard
         # the queue pauses and resumes reading through it (a public attribute of the queue)
