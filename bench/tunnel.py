@@ -54,6 +54,7 @@ from flame import profiled, summary
 
 from workflowplane.agent.config import AgentConfig
 from workflowplane.agent.runner import Agent
+from workflowplane.gateway.connections import MAX_CONNECTIONS_PER_LEAF
 from workflowplane.protocol.gateway_client import GatewayClient
 from workflowplane.pki import KeyPair, generate_ca, issue_certificate
 from workflowplane.testenv import CONTROL_PLANE, WORKFLOW_PLANE, Environment, free_port
@@ -336,24 +337,20 @@ async def idle_agents(bench: Bench, ca: Path, counts: list[int], reconnects: lis
     )
     await upstream.close()
     await register_plane(bench, "idle", identity.ca.cert_pem.decode())
-    ca = KeyPair(identity.ca.cert_pem, identity.ca.key_pem)
-    leaf: KeyPair = issue_certificate(ca, "idle-agent")
-    files = Path(tempfile.mkdtemp())
-    (files / "c.crt").write_bytes(leaf.cert_pem)
-    (files / "c.key").write_bytes(leaf.key_pem)
-    context = ssl.create_default_context(cafile=str(ca))
-    context.load_cert_chain(files / "c.crt", files / "c.key")
+    agent_ca = KeyPair(identity.ca.cert_pem, identity.ca.key_pem)
+    most = max([*counts, *reconnects, 1])
+    sessions = [  # a leaf per MAX_CONNECTIONS_PER_LEAF agents: the gateway's cap per leaf
+        _leaf_session(agent_ca, ca, n) for n in range(-(-most // MAX_CONNECTIONS_PER_LEAF))
+    ]
     url = f"wss://127.0.0.1:{bench.ports['public']}/ws?planeType={WP}&planeID=idle"
-    connector = aiohttp.TCPConnector(ssl=context, limit=0)
-    session = aiohttp.ClientSession(connector=connector)
     sockets: list[aiohttp.ClientWebSocketResponse] = []
     assert bench.gateway is not None
     base = rss_mib(bench.gateway.pid)
     for target in counts:
         while len(sockets) < target:
             batch = [
-                session.ws_connect(url, autoping=True)
-                for _ in range(min(200, target - len(sockets)))
+                _session_of(sessions, n).ws_connect(url, autoping=True)
+                for n in range(len(sockets), min(len(sockets) + 200, target))
             ]
             sockets += await asyncio.gather(*batch)
         await asyncio.sleep(2)
@@ -365,16 +362,34 @@ async def idle_agents(bench: Bench, ca: Path, counts: list[int], reconnects: lis
     for ws in sockets:
         await ws.close()
     for n in reconnects:
-        await reconnect_storm(bench, session, url, n)
-    await session.close()
+        await reconnect_storm(bench, sessions, url, n)
+    for session in sessions:
+        await session.close()
 
 
-async def reconnect_storm(bench: Bench, session: aiohttp.ClientSession, url: str, n: int) -> None:
+def _leaf_session(agent_ca: KeyPair, server_ca: Path, n: int) -> aiohttp.ClientSession:
+    """A client session presenting a leaf of its own (``n`` names it)."""
+    leaf: KeyPair = issue_certificate(agent_ca, f"idle-agent-{n}")
+    files = Path(tempfile.mkdtemp())
+    (files / "c.crt").write_bytes(leaf.cert_pem)
+    (files / "c.key").write_bytes(leaf.key_pem)
+    context = ssl.create_default_context(cafile=str(server_ca))
+    context.load_cert_chain(files / "c.crt", files / "c.key")
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context, limit=0))
+
+
+def _session_of(sessions: list[aiohttp.ClientSession], agent: int) -> aiohttp.ClientSession:
+    return sessions[agent // MAX_CONNECTIONS_PER_LEAF]
+
+
+async def reconnect_storm(
+    bench: Bench, sessions: list[aiohttp.ClientSession], url: str, n: int
+) -> None:
     """N agents connected; restart the gateway; time until all N are back (full jitter)."""
     back = 0
     all_back = asyncio.Event()
 
-    async def agent_loop() -> None:
+    async def agent_loop(session: aiohttp.ClientSession) -> None:
         nonlocal back
         attempt, counted = 0, False
         while True:
@@ -394,7 +409,7 @@ async def reconnect_storm(bench: Bench, session: aiohttp.ClientSession, url: str
                 pass
 
     restarted = asyncio.Event()
-    tasks = [asyncio.create_task(agent_loop()) for _ in range(n)]
+    tasks = [asyncio.create_task(agent_loop(_session_of(sessions, i))) for i in range(n)]
     await asyncio.sleep(3 + n / 200)
     bench.stop_gateway()
     restarted.set()

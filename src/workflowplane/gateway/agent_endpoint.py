@@ -56,6 +56,9 @@ EXPIRY_RECHECK_SECONDS = 3600.0  # sleep in steps, so a wall-clock jump is notic
 UNDECODABLE = (msgspec.DecodeError, msgspec.ValidationError, RecursionError, BinaryFrameError)
 # What the gateway selects of what an agent offers (the agent's order decides: v3 first).
 SUBPROTOCOLS = (TUNNEL_V3, TUNNEL_V2)
+# Refused: one client certificate holds the most connections it may (ConnectionManager.leaf_cap).
+TOO_MANY = "too-many-connections"
+LEAF_CAP_RETRY_SECONDS = 5
 
 
 class JunkBudget:
@@ -165,8 +168,16 @@ class AgentEndpoint:
                 f"verifies against no CR's CA that it may serve ({admission.told()})",
                 f"by CR: {admission.why_refused()}",
             )
+        too_many = self._connections.leaf_refusal(leaf)  # one certificate's connections: capped
+        if too_many is not None:
+            refused = self._refuse(429, TOO_MANY, too_many)
+            refused.headers["Retry-After"] = str(LEAF_CAP_RETRY_SECONDS)
+            return refused
         ws = GuardedWebSocket(
-            limit=self._config.max_frame_bytes, autoping=False, protocols=SUBPROTOCOLS
+            limit=self._config.max_frame_bytes,
+            message_timeout=self._config.request_timeout_seconds,
+            autoping=False,
+            protocols=SUBPROTOCOLS,
         )
         await ws.prepare(request)
         # Admitted again: a CR deleted or its CA rotated while the upgrade was written was
@@ -180,6 +191,15 @@ class AgentEndpoint:
                 admission.why_refused(),
             )
             await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"no longer authorized")
+            return ws
+        if self._connections.leaf_refusal(leaf) is not None:  # others came during the upgrade
+            self._metrics.rejected.labels(TOO_MANY).inc()
+            cap = self._connections.leaf_cap
+            told = f"too many connections with this client certificate (cap {cap} per replica)"
+            self._refusals.log(
+                TOO_MANY, logging.WARNING, "agent refused after its upgrade: %s", told
+            )
+            await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=told.encode())
             return ws
         corked = cork(ws._writer)  # frames written in one pass leave as one write
         conn = AgentConnection(

@@ -9,6 +9,15 @@ and tells subscribers of every change (the push channel the controller listens t
 
 A CR's status answer is built only from connections its own CA verifies: an agent authorized
 for other CRs alone never changes it (docs/security.md, "status").
+
+Nothing one tenant adds costs another tenant's requests anything: anyone with a CA of its own
+can make a CR with a victim's planeID and hold thousands of connections on it. So every
+per-request and per-event answer is kept as connections come, go and change, never found by
+looking through the plane's connections: the connections authorized for each CR (and those
+its CA verifies but whose consent list leaves it out), the streams open per CR
+(``StreamTable``), the agent instances per plane, and the connections per client certificate
+(at most ``MAX_CONNECTIONS_PER_LEAF``, which /ws enforces). An event names at most
+``EVENT_AGENTS`` instances of its plane, with the count of them all.
 """
 
 from __future__ import annotations
@@ -22,10 +31,12 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from functools import partial
+from typing import Any, Protocol, Self
 
 from aiohttp import WSCloseCode
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from workflowplane.api import ClientCAError
 from workflowplane.api.consent import UNRESTRICTED, Consent, consent_of
@@ -44,6 +55,15 @@ CONSENT_REFUSAL = "the agent's allow-list (URI SANs of its certificate) does not
 # that CA's leaf (and key), so it learns nothing it could not; no CR is named.
 CONSENT_REFUSAL_TOLD = "the CRs whose CA verifies it are not on its consent list (URI SANs)"
 NOBODY = Consent(frozenset({"-/-"}))  # matches no CR key
+# Connections one client certificate may hold to one replica at once: an agent holds one per
+# replica, and a few more while it reconnects (the old one not yet seen to be gone).
+MAX_CONNECTIONS_PER_LEAF = 16
+# Instances an event names (those of its plane connected the longest), with the count of all:
+# the controller reads an event's type, planeID and time; every instance of a plane in each
+# event made it grow with the plane's connections (38 KB at 3,000), anyone's to add.
+EVENT_AGENTS = 20
+Plane = tuple[str, str]  # (planeType, planeID)
+Slot = tuple[str, str, str]  # (planeType, planeID, CR key)
 
 
 class AgentSocket(Protocol):
@@ -62,6 +82,74 @@ class AgentSocket(Protocol):
 def _expiry_of(leaf: x509.Certificate) -> tuple[x509.Certificate, dt.datetime, float]:
     not_after = leaf.not_valid_after_utc
     return leaf, not_after, not_after.timestamp()
+
+
+def fingerprint_of(leaf: x509.Certificate) -> bytes:
+    """What tells client certificates apart (the per-certificate connection cap)."""
+    return leaf.fingerprint(hashes.SHA256())
+
+
+class StreamTable(dict[str, StreamBuffer]):
+    """A connection's streams by requestID (``AgentConnection.streams``) that tells its
+    manager of each stream put in or taken out (``tally``: the stream's CR key, +1 or -1),
+    so a CR's open streams are counted as they open and close, not looked for on every
+    connection of its plane. Reads are a dict's own (a lookup per frame)."""
+
+    __slots__ = ("tally",)
+
+    def __init__(self, streams: dict[str, StreamBuffer] | None = None) -> None:
+        super().__init__()
+        self.tally: Callable[[str, int], None] | None = None
+        if streams:
+            self.update(streams)
+
+    def _told(self, stream: StreamBuffer, change: int) -> None:
+        if self.tally is not None:
+            self.tally(stream.key, change)
+
+    def __setitem__(self, rid: str, stream: StreamBuffer) -> None:
+        before = self.get(rid)
+        super().__setitem__(rid, stream)
+        if before is not None:
+            self._told(before, -1)
+        self._told(stream, 1)
+
+    def __delitem__(self, rid: str) -> None:
+        stream = self[rid]
+        super().__delitem__(rid)
+        self._told(stream, -1)
+
+    def pop(self, rid: str, *default: Any) -> Any:
+        if rid not in self:
+            return super().pop(rid, *default)  # the default, or KeyError
+        stream = super().pop(rid)
+        self._told(stream, -1)
+        return stream
+
+    def popitem(self) -> tuple[str, StreamBuffer]:
+        rid, stream = super().popitem()
+        self._told(stream, -1)
+        return rid, stream
+
+    def clear(self) -> None:
+        streams = list(self.values())
+        super().clear()
+        for stream in streams:
+            self._told(stream, -1)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for rid, stream in dict(*args, **kwargs).items():
+            self[rid] = stream
+
+    def setdefault(self, rid: str, *default: Any) -> Any:
+        if rid not in self:
+            (stream,) = default  # a table of streams holds no None
+            self[rid] = stream
+        return self[rid]
+
+    def __ior__(self, other: Any) -> Self:  # type: ignore[override,misc]
+        self.update(other)
+        return self
 
 
 @dataclass(eq=False)
@@ -89,7 +177,8 @@ class AgentConnection:
     # Who answers its caller as soon as a whole answer is read (by requestID; called before
     # the pending future is resolved, in the socket's read callback: no trip through the loop).
     answer_now: dict[str, Callable[[TunnelResponse], None]] = field(default_factory=dict)
-    streams: dict[str, StreamBuffer] = field(default_factory=dict)
+    # Its streams (watch/follow, exec), each counted for its CR while it is connected.
+    streams: dict[str, StreamBuffer] = field(default_factory=StreamTable)
     # Answers arriving in chunks (v2), by requestID: not streams, so outside the stream caps.
     bodies: dict[str, StreamBuffer] = field(default_factory=dict)
     # The agent offered and the gateway selected ``workflowplane.tunnel.v2`` (docs/streaming.md):
@@ -104,6 +193,9 @@ class AgentConnection:
     def __post_init__(self) -> None:
         self.instance = self.instance or f"conn-{self.id}"
         self._expiry = _expiry_of(self.leaf)
+        self.fingerprint = fingerprint_of(self.leaf)  # the leaf it was admitted with
+        if not isinstance(self.streams, StreamTable):
+            self.streams = StreamTable(self.streams)
 
     @property
     def expires_at(self) -> dt.datetime:
@@ -228,6 +320,40 @@ class Reverification:
     disconnected: int
 
 
+@dataclass
+class _Held:
+    """What the manager counted a connection under, to take back exactly that when it goes
+    (whatever was done to the connection meanwhile)."""
+
+    conn: AgentConnection
+    plane: Plane
+    instance: str
+    fingerprint: bytes
+    serving: set[str]  # the CRs it is in ``_serving`` for
+    refusing: set[str]  # the CRs it is in ``_refusing`` for
+    streams: StreamTable | None  # the table whose streams are counted
+
+
+def _add(index: dict[Slot, dict[str, AgentConnection]], slot: Slot, conn: AgentConnection) -> None:
+    index.setdefault(slot, {})[conn.id] = conn
+
+
+def _drop(index: dict[Slot, dict[str, AgentConnection]], slot: Slot, conn: AgentConnection) -> None:
+    members = index.get(slot)
+    if members is not None and members.pop(conn.id, None) is not None and not members:
+        del index[slot]
+
+
+def _count(counts: dict[Any, int], key: Any, change: int) -> None:
+    """Add ``change`` to ``counts[key]``; a count that reaches 0 is removed (no key stays
+    for something gone)."""
+    left = counts.get(key, 0) + change
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
+
+
 def _admits(ca: bytes, leaf: x509.Certificate, seen: dict[x509.Certificate, bool]) -> bool:
     """Whether ``ca`` admits ``leaf``, once per leaf (``seen``) within one notify."""
     verdict = seen.get(leaf)
@@ -243,14 +369,36 @@ class ConnectionManager:
     connection may serve changes only here: at admission (``admit``) and on notify
     (``reverify``). ``pick`` and ``status`` read the result. CAs come from the plane cache;
     this class keeps no copy of them.
+
+    What requests and events ask is kept up to date as connections change (``_hold``,
+    ``_unhold``, ``_settled``), so that it costs the CR's own connections, never the plane's.
     """
 
-    def __init__(self, planes: PlaneCache, metrics: GatewayMetrics, replica: str = "") -> None:
+    def __init__(
+        self,
+        planes: PlaneCache,
+        metrics: GatewayMetrics,
+        replica: str = "",
+        leaf_cap: int = MAX_CONNECTIONS_PER_LEAF,
+    ) -> None:
         self.replica = replica  # this gateway replica's name, in every status answer
+        self.leaf_cap = leaf_cap  # connections one client certificate may hold here
         self._planes = planes
         self._metrics = metrics
-        # By id, and by planeID: every proxied request looks up its plane's connections.
-        self._connections: Grouped[str, str, AgentConnection] = Grouped(lambda c: c.plane_id)
+        # By id, and by plane: a request refused, a status, a reconnect look at its plane's.
+        self._connections: Grouped[str, Plane, AgentConnection] = Grouped(
+            lambda c: (c.plane_type, c.plane_id)
+        )
+        self._held: dict[str, _Held] = {}  # by connection id
+        # The connections of a plane authorized for a CR (every proxied request asks), and
+        # those its CA verifies but whose consent list leaves it out (its status asks).
+        self._serving: dict[Slot, dict[str, AgentConnection]] = {}
+        self._refusing: dict[Slot, dict[str, AgentConnection]] = {}
+        self._streams: dict[Slot, int] = {}  # streams open per CR on its plane's connections
+        # Connections per agent instance: per planeID (the agents gauge), per plane (events).
+        self._instances: dict[str, dict[str, int]] = {}
+        self._plane_instances: dict[Plane, dict[str, int]] = {}
+        self._leaves: dict[bytes, int] = {}  # connections per client certificate
         self._turns: defaultdict[tuple[str, str], itertools.count[int]] = defaultdict(
             itertools.count
         )
@@ -308,6 +456,7 @@ class ConnectionManager:
             same_plane = (conn.plane_type, conn.plane_id) == (plane_type, plane_id)
             verified = same_plane and ca is not None and _admits(ca, conn.leaf, seen)
             change = conn.settle(key, verified=verified)
+            self._settled(conn, key)
             if change == "granted":
                 granted.append(conn.id)
             elif change == "revoked":
@@ -323,14 +472,22 @@ class ConnectionManager:
         return Reverification(len(granted), len(revoked), len(closing))
 
     def authorized(self, plane_type: str, plane_id: str, key: str) -> list[AgentConnection]:
-        """The connections of this plane that may serve CR ``key`` right now."""
+        """The connections of this plane that may serve CR ``key`` right now: of those
+        authorized for it (no other connection is looked at), those its consent list and
+        the leaf's expiry still allow."""
+        conns = self._serving.get((plane_type, plane_id, key))
+        if not conns:
+            return []
         now = time.time()
-        return [c for c in self.for_plane(plane_type, plane_id) if c.may_serve(key, now)]
+        return [c for c in conns.values() if c.may_serve(key, now)]
 
     def serves(self, plane_type: str, plane_id: str, key: str) -> bool:
         """Whether any connection of this plane may serve CR ``key`` right now."""
+        conns = self._serving.get((plane_type, plane_id, key))
+        if not conns:
+            return False
         now = time.time()
-        return any(c.may_serve(key, now) for c in self.for_plane(plane_type, plane_id))
+        return any(c.may_serve(key, now) for c in conns.values())
 
     def pick(
         self, plane_type: str, plane_id: str, key: str, *, stream_cap: int | None = None
@@ -345,19 +502,31 @@ class ConnectionManager:
         return candidates[next(self._turns[(plane_id, key)]) % len(candidates)]
 
     def streams_of(self, plane_type: str, plane_id: str, key: str) -> int:
-        """Streams open for CR ``key`` on every connection of its plane (its caller's share)."""
-        return sum(
-            1
-            for c in self.for_plane(plane_type, plane_id)
-            for stream in c.streams.values()
-            if stream.key == key
+        """Streams open for CR ``key`` on every connection of its plane (its caller's share):
+        counted as they open and close (``StreamTable``)."""
+        return self._streams.get((plane_type, plane_id, key), 0)
+
+    def leaf_refusal(self, leaf: x509.Certificate) -> str | None:
+        """Why ``leaf`` may not have one more connection here (it holds ``leaf_cap``), or
+        None. One client certificate's connections cost every tenant of its plane's events;
+        an agent needs one per replica."""
+        held = self._leaves.get(fingerprint_of(leaf), 0)
+        if held < self.leaf_cap:
+            return None
+        return (
+            f"this client certificate already holds {held} connections to this gateway "
+            f"replica, the cap per certificate ({self.leaf_cap}; an agent needs one per "
+            "replica): close one, or wait for the old ones to end, then retry"
         )
 
     # ---- lifecycle ------------------------------------------------------------------------
 
     def connect(self, conn: AgentConnection) -> None:
         """Register an admitted connection (its ``authorized`` from ``admit``)."""
+        if conn.id in self._held:  # registered again: counted once
+            self._unhold(conn.id)
         self._connections.put(conn.id, conn)
+        self._hold(conn)
         self._none_left.clear()
         conn.metrics = self._metrics
         self._metrics.agent_connected(conn.plane_id)
@@ -367,6 +536,7 @@ class ConnectionManager:
     def disconnect(self, conn: AgentConnection) -> None:
         """Forget a connection; its requests in flight fail at once."""
         if self._connections.pop(conn.id) is not None:
+            self._unhold(conn.id)
             if not self._connections.by_key:
                 self._none_left.set()
             conn.fail_all("agent disconnected")
@@ -398,21 +568,78 @@ class ConnectionManager:
         return True
 
     def _count_agents(self, plane_id: str) -> None:
-        instances = {c.instance for c in self._connections.group(plane_id).values()}
-        self._metrics.agents.labels(plane_id).set(len(instances))
+        self._metrics.agents.labels(plane_id).set(len(self._instances.get(plane_id, ())))
+
+    # ---- what is kept as connections change -----------------------------------------------
+
+    def _hold(self, conn: AgentConnection) -> None:
+        """Count a connection in: its CRs, its instance, its certificate, its streams."""
+        plane = (conn.plane_type, conn.plane_id)
+        table = conn.streams if isinstance(conn.streams, StreamTable) else None
+        self._held[conn.id] = _Held(
+            conn, plane, conn.instance, conn.fingerprint, set(), set(), table
+        )
+        for key in conn.authorized | conn.consent_refused:
+            self._settled(conn, key)
+        _count(self._instances.setdefault(conn.plane_id, {}), conn.instance, 1)
+        _count(self._plane_instances.setdefault(plane, {}), conn.instance, 1)
+        _count(self._leaves, conn.fingerprint, 1)
+        if table is not None:
+            for stream in table.values():
+                self._tally_stream(plane, stream.key, 1)
+            table.tally = partial(self._tally_stream, plane)
+
+    def _unhold(self, conn_id: str) -> None:
+        """Take back all that ``_hold`` and ``_settled`` counted for a connection."""
+        held = self._held.pop(conn_id)
+        conn, plane, instance = held.conn, held.plane, held.instance
+        for key in held.serving:
+            _drop(self._serving, (*plane, key), conn)
+        for key in held.refusing:
+            _drop(self._refusing, (*plane, key), conn)
+        by_id, by_plane = self._instances[plane[1]], self._plane_instances[plane]
+        _count(by_id, instance, -1)
+        _count(by_plane, instance, -1)
+        if not by_id:
+            del self._instances[plane[1]]
+        if not by_plane:
+            del self._plane_instances[plane]
+        _count(self._leaves, held.fingerprint, -1)
+        if held.streams is not None:
+            held.streams.tally = None
+            for stream in held.streams.values():
+                self._tally_stream(plane, stream.key, -1)
+
+    def _settled(self, conn: AgentConnection, key: str) -> None:
+        """Whether the connection is authorized for CR ``key``, or refused it by its consent
+        list, now that this may have changed (``settle``)."""
+        held = self._held[conn.id]
+        slot = (*held.plane, key)
+        for index, listed, now in (
+            (self._serving, held.serving, key in conn.authorized),
+            (self._refusing, held.refusing, key in conn.consent_refused),
+        ):
+            if now and key not in listed:
+                listed.add(key)
+                _add(index, slot, conn)
+            elif not now and key in listed:
+                listed.discard(key)
+                _drop(index, slot, conn)
+
+    def _tally_stream(self, plane: Plane, key: str, change: int) -> None:
+        _count(self._streams, (*plane, key), change)
 
     # ---- status ---------------------------------------------------------------------------
 
     def for_plane(self, plane_type: str, plane_id: str) -> list[AgentConnection]:
-        same_plane = self._connections.group(plane_id)
-        return [c for c in same_plane.values() if c.plane_type == plane_type]
+        return list(self._connections.group((plane_type, plane_id)).values())
 
     def status(self, plane_type: str, plane_id: str, key: str | None) -> dict[str, Any]:
         """Connections of a plane, or, for CR ``key``, what only its own CA's agents say."""
         if key is None:
             return self._summary(plane_type, plane_id, self.for_plane(plane_type, plane_id))
         mine = self.authorized(plane_type, plane_id, key)
-        refusing = [c for c in self.for_plane(plane_type, plane_id) if key in c.consent_refused]
+        refusing = list(self._refusing.get((plane_type, plane_id, key), {}).values())
         return {
             **self._summary(plane_type, plane_id, mine),
             "consentRefused": bool(refusing),
@@ -424,6 +651,18 @@ class ConnectionManager:
         """Agents, not connections: one agent connected here twice is one."""
         agents = sorted({c.instance for c in conns})
         return {"replica": self.replica, "connectedAgents": len(agents), "agents": agents}
+
+    def _agents_told(self, plane: Plane) -> dict[str, Any]:
+        """An event's agents of its plane: how many, and at most ``EVENT_AGENTS`` of them by
+        name (those connected the longest), sorted; ``agentsOmitted`` the others."""
+        instances = self._plane_instances.get(plane, {})
+        named = sorted(itertools.islice(instances, EVENT_AGENTS))
+        return {
+            "replica": self.replica,
+            "connectedAgents": len(instances),
+            "agents": named,
+            "agentsOmitted": len(instances) - len(named),
+        }
 
     def _summary(
         self, plane_type: str, plane_id: str, conns: list[AgentConnection]
@@ -467,7 +706,7 @@ class ConnectionManager:
             "consentRefusedKeys": sorted(conn.consent_refused),
             "agentID": conn.id,
             "instance": conn.instance,
-            **self._agents_of(self.for_plane(conn.plane_type, conn.plane_id)),
+            **self._agents_told((conn.plane_type, conn.plane_id)),
             "lastSeen": conn.last_seen.isoformat(),
             # When the change happened (RFC 3339, microseconds): the controller's status lag
             # is measured from here, not from the event's arrival.
