@@ -104,6 +104,11 @@ class PlaneCache:
         # By CR key, and by planeID: an agent's admission reads its planeID's CRs.
         self._entries: Grouped[str, str, PlaneEntry] = Grouped(lambda e: e.plane_id)
         self.entries = self._entries.by_key
+        # And by the Secret holding their CA: every Secret event in the cluster asks whether
+        # a CR names it (a scan of every tenant's CR per event before).
+        self._by_secret: Grouped[str, tuple[str, str] | None, PlaneEntry] = Grouped(
+            _secret_of
+        )
         self._secrets: dict[tuple[str, str], CachedSecret] = {}
         self.synced = asyncio.Event()
         self._tasks = TaskSet("plane-cache")
@@ -137,9 +142,11 @@ class PlaneCache:
 
     def upsert(self, entry: PlaneEntry) -> None:
         self._entries.put(entry.key, entry)
+        self._by_secret.put(entry.key, entry)
         self._on_change()
 
     def remove(self, key: str) -> None:
+        self._by_secret.pop(key)
         if self._entries.pop(key) is not None:
             self._on_change()
 
@@ -158,10 +165,7 @@ class PlaneCache:
         self._on_change()
 
     def _referenced(self, namespace: str, name: str) -> bool:
-        return any(
-            e.location and (e.location.namespace, e.location.name) == (namespace, name)
-            for e in self.entries.values()
-        )
+        return bool(self._by_secret.group((namespace, name)))
 
     async def refresh_secret(self, location: SecretLocation) -> None:
         """Read one Secret now (notify must not trust a cache that may lag)."""
@@ -276,3 +280,8 @@ class PlaneCache:
 
 def _annotations(secret: Secret) -> Mapping[str, str]:
     return (secret.metadata.annotations if secret.metadata else None) or {}
+
+
+def _secret_of(entry: PlaneEntry) -> tuple[str, str] | None:
+    location = entry.location
+    return None if location is None else (location.namespace, location.name)

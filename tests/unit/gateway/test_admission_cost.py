@@ -137,3 +137,35 @@ async def test_a_notify_parses_nothing_it_has_seen_and_judges_each_leaf_once(
     rotated = await manager.reverify(WP, PLANE, "tenant-0/wp", stranger_ca)
     assert rotated.revoked == 300
     assert counts.parsed == 1 and counts.verifiers <= 3
+
+
+def test_a_secret_event_looks_only_at_the_crs_naming_that_secret() -> None:
+    """Every Secret event in the cluster asked whether a CR names it by scanning every
+    tenant's CR."""
+    from workflowplane.api.planes import SecretLocation  # noqa: PLC0415
+
+    planes = PlaneCache(None)  # type: ignore[arg-type]  # no client: nothing is watched
+    for i in range(3):
+        where = SecretLocation(f"tenant-{i}", "agent-ca", "ca.crt", reader=f"tenant-{i}")
+        planes.upsert(
+            PlaneEntry(f"tenant-{i}/wp", "WorkflowPlane", f"tenant-{i}", "wp", PLANE, None, where)
+        )
+    planes.upsert(PlaneEntry("tenant-9/wp", "WorkflowPlane", "tenant-9", "wp", PLANE, b"pem", None))
+    scanned = []
+    planes.entries = _Watched(planes.entries, scanned)  # type: ignore[assignment]
+    assert planes._referenced("tenant-1", "agent-ca")
+    assert not planes._referenced("tenant-1", "other")
+    assert not planes._referenced("default", "agent-ca")
+    planes.remove("tenant-1/wp")
+    assert not planes._referenced("tenant-1", "agent-ca")
+    assert scanned == []
+
+
+class _Watched(dict):  # type: ignore[type-arg]
+    def __init__(self, entries: dict[str, PlaneEntry], scanned: list[str]) -> None:
+        super().__init__(entries)
+        self._scanned = scanned
+
+    def values(self):  # type: ignore[no-untyped-def]
+        self._scanned.append("values")
+        return super().values()
