@@ -634,6 +634,10 @@ class ConnectionManager:
     def for_plane(self, plane_type: str, plane_id: str) -> list[AgentConnection]:
         return list(self._connections.group((plane_type, plane_id)).values())
 
+    def connected(self, plane_type: str, plane_id: str) -> bool:
+        """Whether any agent of the plane is connected (no list of them built)."""
+        return bool(self._connections.group((plane_type, plane_id)))
+
     def status(self, plane_type: str, plane_id: str, key: str | None) -> dict[str, Any]:
         """Connections of a plane, or, for CR ``key``, what only its own CA's agents say."""
         if key is None:

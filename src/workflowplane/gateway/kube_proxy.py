@@ -332,7 +332,7 @@ class KubeProxy:
         if self._connections.serves(target.plane_type, target.plane_id, target.key):
             return None
         plane = f"{target.plane_type}/{target.plane_id}"
-        if not self._connections.for_plane(target.plane_type, target.plane_id):
+        if not self._connections.connected(target.plane_type, target.plane_id):
             return self.count(
                 unsent(k8s_status(502, f"no agent connected for {plane}", "ServiceUnavailable"))
             )

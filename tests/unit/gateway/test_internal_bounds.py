@@ -235,8 +235,8 @@ class _NoAgentHere:
     def serves(self, *_: Any) -> bool:
         return False
 
-    def for_plane(self, *_: Any) -> list[AgentConnection]:
-        return []
+    def connected(self, *_: Any) -> bool:
+        return False
 
 
 @pytest.mark.looptime
