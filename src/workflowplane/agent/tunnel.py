@@ -162,46 +162,53 @@ def _carried(frame: TunnelRequest) -> int:
 def _refusal(
     frame: TunnelRequest | StreamInit, private_namespace: str | None
 ) -> TunnelResponse | None:
-    """404 unknown target, 500 bad request, 400 a path with a dot segment, a query or a
-    fragment, 403 the agent's own Secrets; None when the request may go upstream."""
+    """404 unknown target, 500 bad request, 400 a path with a dot segment, 403 the agent's
+    own namespace; None when the request may go upstream."""
     rid, path = frame.request_id, frame.path
     if frame.target != TARGET_K8S:
         return error_response(rid, 404, f"unknown target: {shortened(str(frame.target), 64)}")
     if frame.method.upper() not in ALLOWED_METHODS or not path.startswith("/"):
         shown = f"{shortened(frame.method, 16)} {shortened(path, 256)!r}"
         return error_response(rid, 500, f"bad request: {shown}")
-    if "?" in path or "#" in path:
-        shown = shortened(path, 256)
-        message = f"bad request: a query or fragment in path {shown!r} (the query has its field)"
-        return error_response(rid, 400, message)
     if _dot_segment(path):
         return error_response(
             rid, 400, f"bad request: a dot segment in path {shortened(path, 256)!r}"
         )
-    if private_namespace is not None and _in_private_secrets(path, private_namespace):
+    if private_namespace is not None and _private(path, private_namespace):
         message = (
-            f"the Secrets of namespace {private_namespace} (the agent's own identity and CA) "
-            "are not reachable through the tunnel"
+            f"namespace {private_namespace} (the agent's own: its identity and its CA's key) "
+            "and cluster-wide Secret lists are not reachable through the tunnel"
         )
         return error_response(rid, 403, message)
     return None
 
 
-def _in_private_secrets(path: str, namespace: str) -> bool:
-    """A path of the Secrets of the agent's own namespace, however spelled (percent-encoded,
-    doubled slashes, the old ``/watch/`` form): the agent may read and replace its CA's
-    Secret there, which no caller through the tunnel may."""
-    if "secrets" not in path.lower() and "%" not in path:
+def _private(path: str, namespace: str) -> bool:
+    """A path into the agent's own namespace (any resource, any API group), or a cluster-wide
+    collection of Secrets, however spelled (percent-encoded, doubled slashes, the old
+    ``/watch/`` form). The agent may read and replace its CA's Secret there, and create
+    workloads that could mount it; nothing a caller of the gateway does needs that
+    namespace (runs work in ``workflows-<namespace>``)."""
+    if namespace not in path and "secrets" not in path and "%" not in path:
         return False
     segments = [segment for segment in unquote(path).split("/") if segment]
-    if segments[2:3] == ["watch"]:
-        segments = segments[:2] + segments[3:]
-    return segments[:5] == ["api", "v1", "namespaces", namespace, "secrets"]
+    if segments[:1] == ["api"]:
+        rest = segments[2:]
+    elif segments[:1] == ["apis"]:
+        rest = segments[3:]
+    else:
+        return False
+    if rest[:1] == ["watch"]:
+        rest = rest[1:]
+    if rest[:2] == ["namespaces", namespace]:
+        return True
+    return segments[:1] == ["api"] and rest[:1] == ["secrets"]
 
 
 def _overlong_id(request_id: str) -> bool:
-    """Longer than any gateway's requestID may be (v3's bound, for JSON frames too): every
-    answer echoes it, and the binary encoder refuses it."""
+    """Longer than a v3 frame's requestID may be: every answer echoes it, and the binary
+    encoder refuses it (on JSON connections any length is echoed: OpenChoreo's gateway uses
+    a caller's ``X-Request-ID`` as an exec's requestID)."""
     return len(request_id) > MAX_ID_BYTES // 4 and len(request_id.encode()) > MAX_ID_BYTES
 
 
@@ -347,8 +354,8 @@ class FrameServer:
                 else classify_agent_frame(raw)
             )
         except MetadataTooLarge as exc:  # not decoded: that request is refused, not dropped
-            if _overlong_id(exc.request_id):
-                self._drop_malformed(f"a requestID over {MAX_ID_BYTES} bytes (it is not echoed)")
+            if self._encode is encode_binary and _overlong_id(exc.request_id):
+                self._drop_malformed(f"a requestID over {MAX_ID_BYTES} bytes (v3 cannot echo it)")
                 return
             self._refuse(exc.request_id, 400, f"bad request: {exc}", "metadata too large")
             return
@@ -358,8 +365,8 @@ class FrameServer:
         except RecursionError:  # msgspec's depth limit: one frame, not the connection
             self._drop_malformed("nested too deeply")
             return
-        if _overlong_id(frame.request_id):
-            self._drop_malformed(f"a requestID over {MAX_ID_BYTES} bytes (it is not echoed)")
+        if self._encode is encode_binary and _overlong_id(frame.request_id):
+            self._drop_malformed(f"a requestID over {MAX_ID_BYTES} bytes (v3 cannot echo it)")
             return
         self._start(frame)
 

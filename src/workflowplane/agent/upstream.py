@@ -243,6 +243,12 @@ class Upstream:
 
 
 def _target(path: str, query: str) -> str:
+    """The request target: a ``?`` or ``#`` in the path is part of it (OpenChoreo's gateway
+    sends the decoded path, so a caller's ``%3F`` arrives as ``?``), never the start of a
+    query or a fragment, which would take the request past the stream caps and the path's
+    checks."""
+    if "?" in path or "#" in path:
+        path = path.replace("?", "%3F").replace("#", "%23")
     return f"/{path.lstrip('/')}" + (f"?{query}" if query else "")
 
 
