@@ -56,9 +56,7 @@ EXPIRY_RECHECK_SECONDS = 3600.0  # sleep in steps, so a wall-clock jump is notic
 UNDECODABLE = (msgspec.DecodeError, msgspec.ValidationError, RecursionError, BinaryFrameError)
 # What the gateway selects of what an agent offers (the agent's order decides: v3 first).
 SUBPROTOCOLS = (TUNNEL_V3, TUNNEL_V2)
-# Refused: one client certificate holds the most connections it may (ConnectionManager.leaf_cap).
-TOO_MANY = "too-many-connections"
-LEAF_CAP_RETRY_SECONDS = 5
+REPLACED = b"replaced by a newer connection of its client certificate"
 
 
 class JunkBudget:
@@ -129,6 +127,24 @@ class AgentEndpoint:
         """Stop every heartbeat and expiry watch still running (their connections close)."""
         await self._watchers.close()
 
+    def _replaced(self, conns: list[AgentConnection]) -> None:
+        """Close connections a newer one of their certificate took the place of (each one's
+        handler then ends as on any close); logged throttled."""
+        cap = self._connections.leaf_cap
+        for conn in conns:
+            self._refusals.log(
+                "replaced",
+                logging.WARNING,
+                "closing agent connection %s: its client certificate opened more than %d "
+                "connections to this replica (the cap per certificate); the oldest go",
+                conn.id,
+                cap,
+            )
+            self._watchers.spawn(
+                conn.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=REPLACED),
+                f"replace {conn.id}",
+            )
+
     def _refuse(
         self, status: int, reason: str, message: str, detail: str | None = None
     ) -> web.Response:
@@ -168,11 +184,6 @@ class AgentEndpoint:
                 f"verifies against no CR's CA that it may serve ({admission.told()})",
                 f"by CR: {admission.why_refused()}",
             )
-        too_many = self._connections.leaf_refusal(leaf)  # one certificate's connections: capped
-        if too_many is not None:
-            refused = self._refuse(429, TOO_MANY, too_many)
-            refused.headers["Retry-After"] = str(LEAF_CAP_RETRY_SECONDS)
-            return refused
         ws = GuardedWebSocket(
             limit=self._config.max_frame_bytes,
             message_timeout=self._config.request_timeout_seconds,
@@ -192,15 +203,9 @@ class AgentEndpoint:
             )
             await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"no longer authorized")
             return ws
-        if self._connections.leaf_refusal(leaf) is not None:  # others came during the upgrade
-            self._metrics.rejected.labels(TOO_MANY).inc()
-            cap = self._connections.leaf_cap
-            told = f"too many connections with this client certificate (cap {cap} per replica)"
-            self._refusals.log(
-                TOO_MANY, logging.WARNING, "agent refused after its upgrade: %s", told
-            )
-            await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=told.encode())
-            return ws
+        replaced = self._connections.make_room(leaf)  # its certificate's cap: oldest go
+        if replaced:
+            self._replaced(replaced)
         corked = cork(ws._writer)  # frames written in one pass leave as one write
         conn = AgentConnection(
             plane_type,

@@ -16,7 +16,7 @@ per-request and per-event answer is kept as connections come, go and change, nev
 looking through the plane's connections: the connections authorized for each CR (and those
 its CA verifies but whose consent list leaves it out), the streams open per CR
 (``StreamTable``), the agent instances per plane, and the connections per client certificate
-(at most ``MAX_CONNECTIONS_PER_LEAF``, which /ws enforces). An event names at most
+(at most ``MAX_CONNECTIONS_PER_LEAF``: /ws closes the oldest past it). An event names at most
 ``EVENT_AGENTS`` instances of its plane, with the count of them all.
 """
 
@@ -398,7 +398,8 @@ class ConnectionManager:
         # Connections per agent instance: per planeID (the agents gauge), per plane (events).
         self._instances: dict[str, dict[str, int]] = {}
         self._plane_instances: dict[Plane, dict[str, int]] = {}
-        self._leaves: dict[bytes, int] = {}  # connections per client certificate
+        # Connections per client certificate, by id.
+        self._leaves: dict[bytes, dict[str, AgentConnection]] = {}
         self._turns: defaultdict[tuple[str, str], itertools.count[int]] = defaultdict(
             itertools.count
         )
@@ -506,18 +507,22 @@ class ConnectionManager:
         counted as they open and close (``StreamTable``)."""
         return self._streams.get((plane_type, plane_id, key), 0)
 
-    def leaf_refusal(self, leaf: x509.Certificate) -> str | None:
-        """Why ``leaf`` may not have one more connection here (it holds ``leaf_cap``), or
-        None. One client certificate's connections cost every tenant of its plane's events;
-        an agent needs one per replica."""
-        held = self._leaves.get(fingerprint_of(leaf), 0)
-        if held < self.leaf_cap:
-            return None
-        return (
-            f"this client certificate already holds {held} connections to this gateway "
-            f"replica, the cap per certificate ({self.leaf_cap}; an agent needs one per "
-            "replica): close one, or wait for the old ones to end, then retry"
-        )
+    def make_room(self, leaf: x509.Certificate) -> list[AgentConnection]:
+        """Take out the connections of ``leaf`` that one more would put past ``leaf_cap``,
+        the least recently heard first, and return them for closing. One client
+        certificate's connections cost every tenant of its plane's events, and an agent
+        needs one per replica; the newest is kept, not refused: the old ones may be
+        half-open, unnoticed until dead-after, and refusing the new one kept a live agent
+        out for that long. Only that certificate's holder loses connections by it."""
+        held = self._leaves.get(fingerprint_of(leaf), {})
+        surplus = len(held) + 1 - self.leaf_cap
+        if surplus <= 0:
+            return []
+        oldest = sorted(held.values(), key=lambda c: c.seen_at)[:surplus]
+        for conn in oldest:
+            conn.closing("replaced")
+            self.disconnect(conn, "replaced by a newer connection of its client certificate")
+        return oldest
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -533,13 +538,13 @@ class ConnectionManager:
         self._count_agents(conn.plane_id)
         self._publish("connected", conn)
 
-    def disconnect(self, conn: AgentConnection) -> None:
-        """Forget a connection; its requests in flight fail at once."""
+    def disconnect(self, conn: AgentConnection, why: str = "agent disconnected") -> None:
+        """Forget a connection; its requests in flight fail at once (saying ``why``)."""
         if self._connections.pop(conn.id) is not None:
             self._unhold(conn.id)
             if not self._connections.by_key:
                 self._none_left.set()
-            conn.fail_all("agent disconnected")
+            conn.fail_all(why)
             self._metrics.agent_disconnected(conn.plane_id, conn.close_reason)
             self._count_agents(conn.plane_id)
             self._publish("disconnected", conn)
@@ -583,7 +588,7 @@ class ConnectionManager:
             self._settled(conn, key)
         _count(self._instances.setdefault(conn.plane_id, {}), conn.instance, 1)
         _count(self._plane_instances.setdefault(plane, {}), conn.instance, 1)
-        _count(self._leaves, conn.fingerprint, 1)
+        self._leaves.setdefault(conn.fingerprint, {})[conn.id] = conn
         if table is not None:
             for stream in table.values():
                 self._tally_stream(plane, stream.key, 1)
@@ -604,7 +609,10 @@ class ConnectionManager:
             del self._instances[plane[1]]
         if not by_plane:
             del self._plane_instances[plane]
-        _count(self._leaves, held.fingerprint, -1)
+        same_leaf = self._leaves.get(held.fingerprint, {})
+        same_leaf.pop(conn_id, None)
+        if not same_leaf:
+            self._leaves.pop(held.fingerprint, None)
         if held.streams is not None:
             held.streams.tally = None
             for stream in held.streams.values():

@@ -106,9 +106,7 @@ class PlaneCache:
         self.entries = self._entries.by_key
         # And by the Secret holding their CA: every Secret event in the cluster asks whether
         # a CR names it (a scan of every tenant's CR per event before).
-        self._by_secret: Grouped[str, tuple[str, str] | None, PlaneEntry] = Grouped(
-            _secret_of
-        )
+        self._by_secret: Grouped[str, tuple[str, str] | None, PlaneEntry] = Grouped(_secret_of)
         self._secrets: dict[tuple[str, str], CachedSecret] = {}
         self.synced = asyncio.Event()
         self._tasks = TaskSet("plane-cache")

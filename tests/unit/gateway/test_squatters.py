@@ -10,17 +10,17 @@ of them, and the victim's answers must read none; one client certificate may hol
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import pytest
-from aiohttp import WSCloseCode, WSMsgType, web
-from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
+from aiohttp import WSCloseCode, web
+from aiohttp.test_utils import TestClient, TestServer
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from tests.unit.agent.stand_ins import until
 from workflowplane.gateway import agent_endpoint
 from workflowplane.gateway.agent_endpoint import AgentEndpoint
 from workflowplane.gateway.config import GatewayConfig
@@ -297,60 +297,52 @@ def _fill(manager: ConnectionManager, leaf: x509.Certificate, n: int) -> list[Ag
     return conns
 
 
-async def test_one_certificate_holds_at_most_the_cap_of_connections(
+def test_one_certificate_holds_at_most_the_cap_and_its_least_recently_heard_go_first(
     victim_ca: KeyPair, squat_ca: KeyPair
 ) -> None:
-    manager, metrics = _manager(victim_ca, squat_ca)
-    endpoint = AgentEndpoint(manager, GatewayConfig(), metrics)
+    """Refusing the newcomer kept a live agent out while its half-open connections lingered
+    (until dead-after); its own oldest connections go instead, and only its own."""
+    manager, _ = _manager(victim_ca, squat_ca)
     leaf = issue_certificate(victim_ca, "agent").certificate
-    held = _fill(manager, leaf, MAX_CONNECTIONS_PER_LEAF - 1)
-    assert manager.leaf_refusal(leaf) is None  # the cap's last one may still come
-    assert manager.leaf_refusal(issue_certificate(victim_ca, "another").certificate) is None
-    held += _fill(manager, leaf, 1)
-    request = make_mocked_request(
-        "GET", f"/ws?planeType={WP}&planeID={PLANE}", transport=_peer(leaf)
+    other = _fill(manager, issue_certificate(victim_ca, "another").certificate, 3)
+    held = _fill(manager, leaf, MAX_CONNECTIONS_PER_LEAF)
+    for n, conn in enumerate(held):
+        conn.seen_at = 1000.0 + n
+    held[5].seen_at = 1.0  # heard from least recently
+    assert manager.make_room(issue_certificate(victim_ca, "a third").certificate) == []
+    replaced = manager.make_room(leaf)
+    assert replaced == [held[5]] and held[5].close_reason == "replaced"
+    assert held[5] not in manager.for_plane(WP, PLANE)
+    assert all(conn in manager.for_plane(WP, PLANE) for conn in other)
+    newest = _fill(manager, leaf, 1)[0]
+    assert len([c for c in manager.for_plane(WP, PLANE) if c.leaf == leaf]) == (
+        MAX_CONNECTIONS_PER_LEAF
     )
-    refused = await endpoint.handle(request)
-    assert isinstance(refused, web.Response) and refused.status == 429
-    assert isinstance(refused.body, bytes)
-    body = json.loads(refused.body)
-    assert body["reason"] == "too-many-connections"
-    assert f"cap per certificate ({MAX_CONNECTIONS_PER_LEAF}" in body["error"]
-    assert refused.headers["Retry-After"]
-    rejected = "workflowplane_gateway_admissions_rejected_total"
-    sample = metrics.registry.get_sample_value(rejected, {"reason": "too-many-connections"})
-    assert sample == 1
-    manager.disconnect(held[0])  # one goes: another may come
-    assert manager.leaf_refusal(leaf) is None
+    assert newest in manager.for_plane(WP, PLANE)
 
 
-async def test_connections_of_one_certificate_made_during_its_upgrade_count(
+async def test_an_upgrade_past_its_certificates_cap_closes_the_oldest_and_is_served(
     victim_ca: KeyPair, squat_ca: KeyPair, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Upgrades of one certificate side by side all pass the check before the upgrade; the
-    one finishing past the cap is closed (1013, naming the cap) and never registered."""
     manager, metrics = _manager(victim_ca, squat_ca)
     endpoint = AgentEndpoint(manager, GatewayConfig(), metrics)
     leaf = issue_certificate(victim_ca, "agent").certificate
-    _fill(manager, leaf, MAX_CONNECTIONS_PER_LEAF - 1)
+    held = _fill(manager, leaf, MAX_CONNECTIONS_PER_LEAF)
+    closed: list[int] = []
+
+    async def close(*, code: int = 1000, message: bytes = b"") -> bool:
+        closed.append(code)
+        return True
+
+    for conn in held:
+        conn.ws.close = close  # type: ignore[method-assign]
     monkeypatch.setattr(agent_endpoint, "peer_certificate", lambda _request: leaf)
-    admit, calls = manager.admit, []
-
-    def admitted_while_upgrading(plane_id: str, cert: x509.Certificate) -> Any:
-        calls.append(plane_id)
-        if len(calls) == 2:  # after the upgrade: another upgrade of the leaf came first
-            _fill(manager, leaf, 1)
-        return admit(plane_id, cert)
-
-    monkeypatch.setattr(manager, "admit", admitted_while_upgrading)
     app = web.Application()
     app.router.add_routes(endpoint.routes())
     async with TestClient(TestServer(app)) as client:
         ws = await client.ws_connect(f"/ws?planeType={WP}&planeID={PLANE}")
-        message = await asyncio.wait_for(ws.receive(), 10)
-        assert message.type == WSMsgType.CLOSE, message
-        assert message.data == WSCloseCode.TRY_AGAIN_LATER
-        assert f"cap {MAX_CONNECTIONS_PER_LEAF} per replica" in message.extra
+        await until(lambda: closed == [WSCloseCode.POLICY_VIOLATION])
+        mine = [c for c in manager.for_plane(WP, PLANE) if c.leaf == leaf]
+        assert len(mine) == MAX_CONNECTIONS_PER_LEAF and held[0] not in mine
         await ws.close()
-    assert len(calls) >= 2  # before the upgrade, after it (and the stand-in's own)
-    assert len(manager.for_plane(WP, PLANE)) == MAX_CONNECTIONS_PER_LEAF  # not one more
+        await endpoint.close()
