@@ -42,7 +42,9 @@ class InFlight:
         async def guarded(request: web.Request) -> web.StreamResponse:
             if self.draining:
                 return self.refusal()
-            if is_streaming_query(request.query_string) or request.headers.get("Upgrade"):
+            if is_streaming_query(request.query_string, request.path) or request.headers.get(
+                "Upgrade"
+            ):
                 return await handler(request)
             self.enter()
             try:

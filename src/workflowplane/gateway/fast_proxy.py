@@ -72,7 +72,7 @@ def _read_target(method: str, target: str) -> _Read | None:
     if "%" in path or "#" in target or not target.isascii():
         return None
     match = _PROXY_PATH.fullmatch(path)
-    if match is None or is_streaming_query(query) or bad_path(target):
+    if match is None or is_streaming_query(query, path) or bad_path(target):
         return None
     info = match.groupdict()
     where = Target.of(info)

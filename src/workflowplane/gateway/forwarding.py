@@ -168,7 +168,7 @@ class Forwarder:
         return unsent(best)
 
     def _timeout(self, request: web.Request) -> aiohttp.ClientTimeout:
-        if is_streaming_query(request.query):
+        if is_streaming_query(request.query, request.path):
             return aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_SECONDS)
         return aiohttp.ClientTimeout(
             total=self._request_timeout + CONNECT_SECONDS, sock_connect=CONNECT_SECONDS

@@ -372,7 +372,7 @@ class KubeProxy:
         body = await self.read_body(request)
         if isinstance(body, web.Response):
             return self.count(body)
-        if is_streaming_query(request.query_string):  # the string: no MultiDict built
+        if is_streaming_query(request.query_string, path):  # the string: no MultiDict built
             return await self._stream(request, target, path)
         sending = self.plain_request(
             target, request.method, path, request.query_string, request.headers, body

@@ -67,13 +67,18 @@ def first_values(query: str) -> dict[str, str]:
     return values
 
 
-def is_streaming_query(query: Mapping[str, str] | str) -> bool:
-    """``watch=true`` or ``follow=true``: an answer that lasts as long as the caller wants,
-    which both ends count against their stream caps, not their request caps."""
+def is_streaming_query(query: Mapping[str, str] | str, path: str | None = None) -> bool:
+    """``watch=true`` anywhere, or ``follow=true`` on a log (``path`` ending in ``/log``; any
+    path when it is not given): an answer that lasts as long as the caller wants, which both
+    ends count against their stream caps, not their request caps. ``follow`` means nothing
+    to the API server elsewhere; on a pod's or service's proxy it is the application's own
+    parameter."""
     if isinstance(query, str):
         if "%" not in query and "watch" not in query and "follow" not in query:
             return False  # most requests: nothing to parse (``%`` may hide either name)
         values: Mapping[str, str] = first_values(query)
     else:
         values = query
-    return kube_true(values.get("watch")) or kube_true(values.get("follow"))
+    if kube_true(values.get("watch")):
+        return True
+    return (path is None or path.endswith("/log")) and kube_true(values.get("follow"))

@@ -225,4 +225,4 @@ def opens_stream(frame: TunnelRequest | StreamInit) -> bool:
     watch/follow sent as a plain request (as OpenChoreo's gateway sends them)."""
     if isinstance(frame, StreamInit):
         return True
-    return is_streaming_query(frame.query if isinstance(frame.query, str) else "")
+    return is_streaming_query(frame.query if isinstance(frame.query, str) else "", frame.path)

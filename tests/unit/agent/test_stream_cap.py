@@ -201,7 +201,11 @@ async def test_busy_ordinary_requests_do_not_hold_up_streams(
         # an exec or attach is as long-lived as a watch: it takes a stream slot too
         (StreamInit(request_id="s", method="POST", path="/x", is_upgrade=True), True),
         (TunnelRequest(request_id="r", method="GET", path="/x", query="watch=1"), True),
-        (TunnelRequest(request_id="r", method="GET", path="/x", query="follow=true&x=1"), True),
+        (
+            TunnelRequest(request_id="r", path="/api/v1/namespaces/n/pods/p/log", query="follow=1"),
+            True,
+        ),
+        (TunnelRequest(request_id="r", method="GET", path="/x", query="follow=true&x=1"), False),
         (TunnelRequest(request_id="r", method="GET", path="/x", query="watch=false"), False),
         (TunnelRequest(request_id="r", method="GET", path="/x"), False),
     ],

@@ -58,7 +58,7 @@ def test_a_plain_proxied_request_for_an_authorized_cr_is_taken() -> None:
         ("GET", "/api/exec/workflowplane/p1/team-a/build", []),
         ("TRACE", PLAIN, []),  # aiohttp's 405
         ("GET", PLAIN + "?watch=true", []),  # a stream
-        ("GET", PLAIN + "?follow=1", []),
+        ("GET", PLAIN + "/p/log?follow=1", []),  # a pod's log followed
         ("GET", PLAIN + "?%77atch=true", []),  # a stream, percent-encoded
         ("GET", PLAIN.replace("/pods", "/p%6Fds"), []),  # aiohttp decodes the path
         ("GET", PLAIN + "/../secrets", []),  # aiohttp's 400

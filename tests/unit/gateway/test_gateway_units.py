@@ -209,3 +209,19 @@ def test_an_agent_past_its_useless_frame_budget_is_not_read_for_the_rest_of_the_
     assert budget.spend() == 0.0  # a new second, a new budget
     unlimited = JunkBudget(0, clock=lambda: now[0])
     assert all(unlimited.spend() == 0.0 for _ in range(10_000))
+
+
+@pytest.mark.parametrize(
+    ("path", "streaming"),
+    [
+        ("/api/v1/namespaces/x/pods/p/log", True),
+        ("/api/proxy/workflowplane/p/ns/wp/k8s/api/v1/namespaces/x/pods/p/log", True),
+        ("/api/v1/namespaces/x/services/s:80/proxy/feed", False),  # the application's own
+        ("/api/v1/namespaces/x/pods", False),
+    ],
+)
+def test_follow_streams_a_log_only(path: str, streaming: bool) -> None:
+    """``follow`` means a stream to the API server on a pod's log alone (as OpenChoreo's
+    gateway reads it): elsewhere it was taken for one, and a v1 agent's request lost it."""
+    assert is_streaming("follow=true", path) is streaming
+    assert is_streaming("watch=true", path) is True
