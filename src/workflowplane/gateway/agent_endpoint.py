@@ -146,14 +146,20 @@ class AgentEndpoint:
             )
 
     def _refuse(
-        self, status: int, reason: str, message: str, detail: str | None = None
+        self,
+        status: int,
+        reason: str,
+        message: str,
+        detail: str | None = None,
+        *,
+        kind: str | None = None,
     ) -> web.Response:
-        """Answer ``message``; the log line (throttled per reason) says ``detail`` as well,
-        which is for the gateway's operator only."""
+        """Answer ``message``; the log line (throttled per ``kind``, the reason by default)
+        says ``detail`` as well, which is for the gateway's operator only."""
         self._metrics.rejected.labels(reason).inc()
         shown = f"{message}; {detail}" if detail else message
         self._refusals.log(
-            reason, logging.WARNING, "agent refused (%d %s): %s", status, reason, shown
+            kind or reason, logging.WARNING, "agent refused (%d %s): %s", status, reason, shown
         )
         return web.json_response({"error": message, "reason": reason}, status=status)
 
@@ -183,6 +189,9 @@ class AgentEndpoint:
                 f"certificate {name_text(leaf)} for planeID {plane_id!r} "
                 f"verifies against no CR's CA that it may serve ({admission.told()})",
                 f"by CR: {admission.why_refused()}",
+                # a line per planeID that has CRs (a bounded number): a stranger repeating
+                # /ws must not take the one line an operator's own agent needs
+                kind=f"not-authorized {plane_id}" if admission.refused else None,
             )
         ws = GuardedWebSocket(
             limit=self._config.max_frame_bytes,

@@ -162,3 +162,19 @@ async def test_refusals_are_counted_each_and_logged_once_per_interval(
         "workflowplane_gateway_admissions_rejected_total", {"reason": "not-authorized"}
     )
     assert rejected == 5
+
+
+async def test_a_stranger_repeating_ws_does_not_hide_a_planes_own_refusal(
+    tenant_ca: KeyPair, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Throttled by reason alone, a scanner's refusals (for planeIDs nobody has) took the one
+    line per interval that told an operator why their own agent was refused."""
+    endpoint, _ = _endpoint(tenant_ca)
+    stranger = issue_certificate(generate_ca("stranger-ca"), "stranger").certificate
+    with caplog.at_level(logging.WARNING):
+        for n in range(5):
+            await _refusal(endpoint, f"scan-{n}", stranger)
+        await _refusal(endpoint, KNOWN, stranger)
+    lines = [r.getMessage() for r in caplog.records if "not-authorized" in r.getMessage()]
+    assert len(lines) == 2
+    assert "by CR: " in lines[-1] and "tenant-a/hijack-me" in lines[-1]
