@@ -319,6 +319,11 @@ class KubeProxy:
         # caller has its 502 already. Each ends with its send (or the connection).
         self._later = TaskSet("kube-proxy")
 
+    async def close(self) -> None:
+        """End what it still sends in the background (the isClose of streams whose init's
+        send was cut): the connections are closed by now, so each ends at once."""
+        await self._later.close()
+
     def _first_loop(self) -> asyncio.AbstractEventLoop:
         """Looked up once: on Python 3.11 ``get_running_loop`` makes a ``getpid`` call."""
         self._loop = asyncio.get_running_loop()

@@ -339,6 +339,7 @@ class Gateway:
         if self._front is not None:  # its listener is closed now: no new connection comes
             self._front.close_all()
         await self._agents.close()
+        await self._proxy.close()
         await self.planes.close()
         await self.health.loop.stop()
         self._files.cleanup()
