@@ -23,7 +23,12 @@ from cryptography import x509
 from workflowplane.api import PLANE_TYPE
 from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.connections import AgentConnection, ConnectionManager
-from workflowplane.gateway.frames import GuardedWebSocket, OversizedMessage, ResponseTooLarge
+from workflowplane.gateway.frames import (
+    GuardedWebSocket,
+    MessageBudget,
+    OversizedMessage,
+    ResponseTooLarge,
+)
 from workflowplane.gateway.metrics import GatewayMetrics
 from workflowplane.gateway.replica import instance_problem, valid_instance
 from workflowplane.gateway.streams import PROBLEM_SHOWN, StreamBuffer, StreamEnd
@@ -107,11 +112,21 @@ class AgentEndpoint:
     """
 
     def __init__(
-        self, connections: ConnectionManager, config: GatewayConfig, metrics: GatewayMetrics
+        self,
+        connections: ConnectionManager,
+        config: GatewayConfig,
+        metrics: GatewayMetrics,
+        budget: MessageBudget | None = None,
     ) -> None:
         self._connections = connections
         self._config = config
         self._metrics = metrics
+        # The bytes of agent messages being assembled, all connections together (one per
+        # gateway; by default four messages at the frame limit).
+        self.budget = (
+            budget if budget is not None else MessageBudget.for_frames(config.max_frame_bytes)
+        )
+        metrics.count_unfinished(lambda: self.budget.held)
         self._watchers = TaskSet("agent-watch")
         self._problems = LogThrottle(log, config.frame_log_interval_seconds)
         # Refusals, one line per reason per interval: anyone reaching the listener may repeat
@@ -196,6 +211,8 @@ class AgentEndpoint:
         ws = GuardedWebSocket(
             limit=self._config.max_frame_bytes,
             message_timeout=self._config.request_timeout_seconds,
+            budget=self.budget,
+            plane=plane_id,
             autoping=False,
             protocols=SUBPROTOCOLS,
         )

@@ -24,6 +24,16 @@ while such a message is open, moved on to the next one's deadline when it fires)
 so that an agent that goes silent after part of a message is dropped on time too (the
 heartbeat would close it only after ``--dead-after``, 3x the deadline by default).
 
+The bytes of messages being assembled count against one budget per gateway
+(:class:`MessageBudget`: four messages at the frame limit, 256 MiB by default; the agents
+of one planeID at most half of it). A message still open at the end of a read takes what
+that read added to it, and gives it all back when it is handed on, dropped or skipped, or
+its connection ends; one that would pass the budget goes as one over the limit does (an
+:class:`OverBudget` fails its request, the rest of it is skipped), never waited for:
+waiting while others hold buffers could deadlock. A message begun and ended within one read
+is never held past it (one connection's read is parsed at a time) and costs nothing; so
+the budget costs no frame anything, and a read a few attribute lookups.
+
 A read's frames are parsed at most ``FRAMES_PER_PASS`` per pass of the event loop, and none
 while aiohttp's message queue is over its high-water mark (as aiohttp's own reader stalls):
 the rest of the read waits, the connection's reading held meanwhile, so one agent's flood of
@@ -93,6 +103,27 @@ class OversizedMessage:
 
 
 @dataclass(frozen=True)
+class OverBudget(OversizedMessage):
+    """Queued in place of a message the gateway had no room for: its bytes would have
+    passed the gateway-wide ``budget`` (``plane`` None), or the share of it the agents of
+    ``plane`` may hold (``budget``: that share). Skipped as an oversized one is."""
+
+    budget: int
+    plane: str | None = None
+
+    def describe(self) -> str:
+        if self.plane is None:
+            return (
+                f"the gateway holds {self.budget} bytes of unfinished agent answers, "
+                f"its limit; retry"
+            )
+        return (
+            f"the agents of planeID {self.plane!r} hold {self.budget} bytes of unfinished "
+            f"answers at the gateway, their share of its limit; retry"
+        )
+
+
+@dataclass(frozen=True)
 class UnfinishedMessage(OversizedMessage):
     """Queued in place of a message not complete ``within`` seconds of its first byte (it
     fails its request as an oversized one does; ``at_least``: the bytes that had arrived)."""
@@ -104,6 +135,67 @@ class UnfinishedMessage(OversizedMessage):
             f"the agent's answer did not complete within {self.within:g}s "
             f"({self.at_least} bytes of it had arrived)"
         )
+
+
+# Messages at the frame limit the gateway assembles at once (its budget, in frame limits).
+BUDGET_MESSAGES = 4
+
+
+class MessageBudget:
+    """The bytes of agent messages being assembled, gateway-wide: one per gateway, shared by
+    its connections' guards. At most ``total`` (``BUDGET_MESSAGES`` frame limits by default:
+    256 MiB, under the chart's 512 MiB), and the connections of one planeID at most
+    ``share`` (half of it): one tenant's agents cannot take it all. Each connection
+    assembles one message at a time (a frame limit at most); so many agents at once, not
+    one, could pass the pod's memory without it.
+
+    A guard charges a message what each read adds to it while it stays open past the read,
+    and gives it all back when the message is handed on, dropped or skipped, or its
+    connection ends. A message that would pass either bound is refused at once, never
+    waited for (``take`` is False)."""
+
+    __slots__ = ("_planes", "held", "share", "total")
+
+    def __init__(self, total: int, share: int | None = None) -> None:
+        self.total = total
+        self.share = total // 2 if share is None else share
+        self.held = 0
+        self._planes: dict[str, int] = {}  # planeID -> bytes held, those holding any
+
+    @classmethod
+    def for_frames(cls, max_frame_bytes: int) -> MessageBudget:
+        """The gateway's: ``BUDGET_MESSAGES`` messages at the frame limit."""
+        return cls(BUDGET_MESSAGES * max_frame_bytes)
+
+    def take(self, size: int, plane: str) -> bool:
+        """Hold ``size`` more bytes for a message of ``plane``'s, if both bounds allow."""
+        held = self.held + size
+        if held > self.total:
+            return False
+        mine = self._planes.get(plane, 0) + size
+        if mine > self.share:
+            return False
+        self.held = held
+        self._planes[plane] = mine
+        return True
+
+    def give_back(self, size: int, plane: str) -> None:
+        self.held -= size
+        mine = self._planes[plane] - size
+        if mine:
+            self._planes[plane] = mine
+        else:
+            del self._planes[plane]
+
+    def held_by(self, plane: str) -> int:
+        return self._planes.get(plane, 0)
+
+    def refusal(self, size: int, plane: str) -> tuple[int, str | None]:
+        """Which bound ``size`` more bytes of ``plane``'s would pass: (the gateway's total,
+        None) or (the plane's share, the plane)."""
+        if self.held + size > self.total:
+            return self.total, None
+        return self.share, plane
 
 
 def request_id_of(head: bytes, *, binary: bool = False) -> str | None:
@@ -153,6 +245,7 @@ class _Message:
     reported: bool = False
     frames: int = 0
     started: float | None = None  # loop time, once it is still open at the end of a read
+    refused: tuple[int, str | None] | None = None  # the budget's bound it would pass
 
 
 def _unmask(mask: bytes | None, data: bytes | bytearray) -> bytes:
@@ -176,6 +269,8 @@ class FrameGuard:
         *,
         timeout: float = MESSAGE_TIMEOUT,
         loop: asyncio.AbstractEventLoop | None = None,
+        budget: MessageBudget | None = None,
+        plane: str = "",
     ) -> None:
         self._inner = inner
         self._queue = queue
@@ -194,6 +289,9 @@ class FrameGuard:
         self._held = HeldReads(flow)
         self._frames_left = FRAMES_PER_PASS
         self._waiting = False  # for the queue to drain (aiohttp's reader waits likewise)
+        self._budget = budget  # None: no gateway-wide bound (tests of the parsing alone)
+        self._plane = plane  # the connection's planeID, whose share it draws on
+        self._charged = 0  # bytes of the open message held in the budget
 
     @property
     def holding(self) -> bool:
@@ -215,6 +313,7 @@ class FrameGuard:
             self._timer.cancel()
             self._timer = None
         self._message = self._frame = None  # nothing more comes: an unfinished one goes now
+        self._release()
         self._inner.feed_eof()
 
     def feed_data(self, data: bytes) -> tuple[bool, bytes]:
@@ -249,12 +348,17 @@ class FrameGuard:
                 pos = self._feed(view, pos)
         except WebSocketError as exc:
             self._broken = True
+            self._message = self._frame = None  # the connection ends: nothing more is parsed
+            self._release()
             self._queue.set_exception(exc)
         if pos < len(data) and not self._broken:  # broken: the connection ends, unread
             self._hold(data, pos)
         message = self._message
-        if message is not None and message.started is None and not message.discarding:
-            self._stamp(message)
+        if message is not None and not message.discarding:
+            if message.started is None:
+                self._stamp(message)
+            if self._budget is not None:
+                self._charge(message, self._budget)
 
     def _stamp(self, message: _Message) -> None:
         """A message open at the end of a read: its time runs from now (its first byte came
@@ -296,6 +400,7 @@ class FrameGuard:
         message.body = bytearray()
         if frame is not None:
             frame.data = bytearray()
+        self._release()
         message.discarding = message.reported = True
         request_id = request_id_of(message.head, binary=message.opcode == _OP_BINARY)
         unfinished = UnfinishedMessage(request_id, arrived, self._limit, self._timeout)
@@ -391,6 +496,7 @@ class FrameGuard:
         if not message.discarding and message.size > self._limit:
             message.discarding = True
             message.body = bytearray()  # the memory goes now, not when the message ends
+            self._release()
         return _Frame(fin, opcode, mask, length, passthrough=False)
 
     def _message_for(self, opcode: int) -> _Message:
@@ -420,6 +526,42 @@ class FrameGuard:
                 message.head = _unmask(frame.mask, frame.head)
         self._report(message)
 
+    def _charge(self, message: _Message, budget: MessageBudget) -> None:
+        """A message open at the end of a read holds its bytes until a later one: the budget
+        is charged what this read added to it, or the message is refused."""
+        grown = self.buffered - self._charged
+        if not grown:
+            return
+        if budget.take(grown, self._plane):
+            self._charged += grown
+        else:
+            self._refuse(message, budget.refusal(grown, self._plane))
+
+    def _refuse(self, message: _Message, refused: tuple[int, str | None]) -> None:
+        """No room in the budget for the open message: it goes as one over the limit goes
+        (its buffers freed now, its request failed as soon as its requestID can be read,
+        the rest skipped as it arrives), naming the bound it would pass."""
+        frame = self._frame if self._frame is not None and not self._frame.passthrough else None
+        if frame is not None:
+            if not message.head:  # in its first bytes: the head, from its frame's start
+                frame.head = frame.data[:HEAD_BYTES]  # masked yet, as the rest will be
+                if len(frame.head) >= HEAD_BYTES:
+                    message.head = _unmask(frame.mask, frame.head)
+            frame.data = bytearray()
+        message.body = bytearray()
+        message.refused = refused
+        message.discarding = True
+        self._release()
+        self._report(message)
+
+    def _release(self) -> None:
+        """Give the budget back what the open message held (it is handed on, dropped or
+        skipped, or its connection is over)."""
+        if self._charged:
+            assert self._budget is not None
+            self._budget.give_back(self._charged, self._plane)
+            self._charged = 0
+
     def _end_frame(self, frame: _Frame) -> None:
         if frame.passthrough:
             return
@@ -439,6 +581,8 @@ class FrameGuard:
             self._report(message, final=frame.fin)
         if frame.fin:
             self._message = None
+            if self._charged:  # held past a read
+                self._release()
             if not message.discarding:
                 self._deliver(message)
 
@@ -450,7 +594,11 @@ class FrameGuard:
         if request_id is None and not final and len(message.head) < HEAD_BYTES:
             return
         message.reported = True
-        oversized = OversizedMessage(request_id, message.size, self._limit)
+        oversized = (
+            OversizedMessage(request_id, message.size, self._limit)
+            if message.refused is None
+            else OverBudget(request_id, message.size, self._limit, *message.refused)
+        )
         self._queue.feed_data(WSMessage(WSMsgType.BINARY, oversized, None), 0)
 
     def _deliver(self, message: _Message) -> None:
@@ -476,11 +624,19 @@ class GuardedWebSocket(web.WebSocketResponse):
     a :class:`FrameGuard` in front of aiohttp's parser. TEXT messages arrive as bytes."""
 
     def __init__(
-        self, *, limit: int, message_timeout: float = MESSAGE_TIMEOUT, **kwargs: Any
+        self,
+        *,
+        limit: int,
+        message_timeout: float = MESSAGE_TIMEOUT,
+        budget: MessageBudget | None = None,
+        plane: str = "",
+        **kwargs: Any,
     ) -> None:
         super().__init__(compress=False, max_msg_size=limit + 1, **kwargs)
         self._guard_limit = limit
         self._message_timeout = message_timeout
+        self._budget = budget  # the gateway's, shared by its agents' sockets
+        self._plane = plane
         self.guard: FrameGuard | None = None  # once started
 
     def _post_start(self, request: web.BaseRequest, protocol: str | None, writer: Any) -> None:
@@ -496,6 +652,8 @@ class GuardedWebSocket(web.WebSocketResponse):
             flow,
             timeout=self._message_timeout,
             loop=loop,
+            budget=self._budget,
+            plane=self._plane,
         )
         flow.guard = self.guard
         # the queue pauses and resumes reading through it (a public attribute of the queue)

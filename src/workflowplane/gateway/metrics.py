@@ -9,6 +9,7 @@ name is ever a label. docs/observability.md lists the series.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry
@@ -165,6 +166,12 @@ class GatewayMetrics:
             "Times an agent sent more useless frames per second than allowed and was not read",
             registry=self.registry,
         )
+        self.unfinished_message_bytes = LoopGauge(
+            "workflowplane_gateway_unfinished_message_bytes",
+            "Bytes of agent messages being assembled, all connections together (bounded by "
+            "the gateway's budget: 4x --max-frame-bytes; a message past it fails with 502)",
+            registry=self.registry,
+        )
         for direction in FRAME_DIRECTIONS:
             self.frame_bytes.labels(direction)
         # the two looked up once: each proxied request observes one of each
@@ -172,6 +179,10 @@ class GatewayMetrics:
             self.frame_bytes.labels("in"),
             self.frame_bytes.labels("out"),
         )
+
+    def count_unfinished(self, held: Callable[[], int]) -> None:
+        """``unfinished_message_bytes`` reads ``held`` when scraped (nothing per frame)."""
+        self.unfinished_message_bytes.set_function(held)
 
     def plane(self, plane_id: str) -> str:
         """``plane_id`` as a label value: itself once an agent of it has connected, else

@@ -30,7 +30,7 @@ from workflowplane.gateway.drain import InFlight, drain
 from workflowplane.gateway.exec_proxy import ExecProxy
 from workflowplane.gateway.fast_proxy import FastProxy
 from workflowplane.gateway.forwarding import Forwarder
-from workflowplane.gateway.frames import stall_guarded
+from workflowplane.gateway.frames import MessageBudget, stall_guarded
 from workflowplane.gateway.internal_api import InternalAPI
 from workflowplane.gateway.kube_proxy import KubeProxy
 from workflowplane.gateway.metrics import GatewayMetrics
@@ -120,7 +120,11 @@ class Gateway:
         self.metrics = GatewayMetrics()
         self.planes = PlaneCache(kube, on_change=self._trust_changed)
         self.connections = ConnectionManager(self.planes, self.metrics)
-        self._agents = AgentEndpoint(self.connections, config, self.metrics)
+        # One for the process: what all agents' messages being assembled may hold together.
+        self.message_budget = MessageBudget.for_frames(config.max_frame_bytes)
+        self._agents = AgentEndpoint(
+            self.connections, config, self.metrics, budget=self.message_budget
+        )
         self._internal = InternalAPI(self.connections, self.planes)
         self._proxy = KubeProxy(self.connections, config, self.metrics)
         self._exec = ExecProxy(self._proxy, config)
