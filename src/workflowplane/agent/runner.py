@@ -34,8 +34,8 @@ from workflowplane.agent.replicas import (
     redial_cap,
     system_resolver,
 )
-from workflowplane.agent.tunnel import AgentTunnel, ConnectRefused
-from workflowplane.agent.upstream import Upstream
+from workflowplane.agent.tunnel import AgentTunnel, ConnectRefused, whole_answers_bytes
+from workflowplane.agent.upstream import AnswerBudget, Upstream
 from workflowplane.api.consent import Consent, consent_of, parse_allow_list
 from workflowplane.kits.failures import report_failure
 from workflowplane.kits.memory import keep_heap_for_bodies, settle
@@ -62,6 +62,8 @@ class Agent:
             request_pool=config.max_concurrent_requests,
             stream_pool=config.max_concurrent_streams,
         )
+        # The whole (v1) answers every replica's connection holds at once, together.
+        self.answers = AnswerBudget(whole_answers_bytes(config.max_frame_bytes))
         # The agent's own calls (its Secret, its consent ConfigMap and the watch of it) on
         # connections of their own: requests and streams through the tunnel may fill the
         # upstream's pools for as long as they like, and a revocation must still be heard.
@@ -119,6 +121,7 @@ class Agent:
             metrics=self.tunnel.metrics,
             on_change=on_change,
             private_namespace=config.namespace,
+            answers=self.answers,
         )
 
     def _kube(self) -> AgentKube:

@@ -5,7 +5,9 @@ travel (docs/streaming.md):
 
 - v1 (OpenChoreo's gateway, which selects nothing): each answer is one TunnelResponse frame of at
   most ``max_frame`` bytes. A body that cannot fit is refused at once with a 502 whose body is a
-  Kubernetes Status saying so (OpenChoreo's gateway passes bodies on but drops ``error``).
+  Kubernetes Status saying so (OpenChoreo's gateway passes bodies on but drops ``error``). Large
+  bodies (``SMALL_ANSWER`` and up) held whole count against the process's ``AnswerBudget``
+  (``whole_answers_bytes``) until their frame is sent; one that does not fit is a 503 at once.
 - v2: an answer larger than one chunk is a TunnelResponse with ``chunked: true`` (status and
   headers), then StreamChunks of at most ``chunk_bytes``, then a chunk with ``isClose``. The body
   is never held whole.
@@ -44,6 +46,8 @@ from aiohttp.connector import SocketFactoryType
 from workflowplane.agent.exec import Encoder, ExecSessions
 from workflowplane.agent.metrics import AgentMetrics
 from workflowplane.agent.upstream import (
+    AnswerBudget,
+    AnswersOverBudget,
     ResponseTooLarge,
     Upstream,
     UpstreamResult,
@@ -99,12 +103,24 @@ def body_limit(max_frame: int) -> int:
     return max(0, (max_frame - FRAME_OVERHEAD) // 4 * 3)
 
 
+def whole_answers_bytes(max_frame: int) -> int:
+    """The body bytes of whole (v1) answers an agent process holds at once: one frame's
+    worth, 64 MiB at the default frame limit. Why that much and no more: a whole answer costs
+    about four times its body at its peak (the body, its base64 inside the JSON frame, the
+    WebSocket writer's masked copy), so whole answers peak near 256 MiB, which leaves room
+    within the chart's 384 MiB limit for the agent itself (about 45 MiB idle), the answers
+    too small to count (``SMALL_ANSWER``, one per request slot at most) and v2/v3 chunks. Not
+    less: it is above ``body_limit``, so any answer that fits a frame is served when alone."""
+    return max_frame
+
+
 _REASONS = {
     400: "BadRequest",
     404: "NotFound",
     429: "TooManyRequests",
     500: "InternalError",
     502: "InternalError",
+    503: "ServiceUnavailable",
     504: "Timeout",
 }
 
@@ -283,7 +299,9 @@ class _Queue:
 
 
 class FrameServer:
-    """Serves the frames of one connection; owns its in-flight requests and streams."""
+    """Serves the frames of one connection; owns its in-flight requests and streams.
+    ``answers``: the process's budget of whole (v1) answers, shared by its connections (a
+    budget of its own, ``whole_answers_bytes``, when not given)."""
 
     def __init__(
         self,
@@ -299,8 +317,12 @@ class FrameServer:
         encoder: Encoder = encode,
         chunk_encoder: ChunkEncoder | None = None,
         private_namespace: str | None = None,
+        answers: AnswerBudget | None = None,
     ) -> None:
         self._upstream = upstream
+        self._answers = (
+            answers if answers is not None else AnswerBudget(whole_answers_bytes(max_frame))
+        )
         self._private_namespace = private_namespace  # whose Secrets callers may not reach
         self._send = send
         self._encode = encoder  # the connection's: v1/v2 JSON or v3 binary
@@ -506,7 +528,7 @@ class FrameServer:
         elif self._chunked:
             await self._answer_in_chunks(frame, streaming)
         else:
-            await self._send_whole(await self._answer(frame, streaming))
+            await self._answer(frame, streaming)
 
     async def _send_whole(self, response: TunnelResponse) -> None:
         """One frame; one that would exceed the frame limit becomes a 502 saying so."""
@@ -529,24 +551,54 @@ class FrameServer:
         query, body = _str(frame.query), _bytes(frame.body)
         return frame.method.upper(), frame.path, query, _headers(frame.headers), body, self._timeout
 
-    async def _answer(self, frame: TunnelRequest, streaming: bool) -> TunnelResponse:
-        """The whole answer in one response; upstream failures become 502s."""
+    async def _answer(self, frame: TunnelRequest, streaming: bool) -> None:
+        """The whole answer in one frame (v1); upstream failures become 502s. A large body is
+        reserved from the process's whole answers while it is read, and given back once its
+        frame is sent (or its sending failed or was cancelled); one that does not fit is a
+        503 at once."""
         rid = frame.request_id
         try:
             result = await self._upstream.request(
-                *self._upstream_call(frame), body_limit(self._max_frame), streaming=streaming
+                *self._upstream_call(frame),
+                body_limit(self._max_frame),
+                self._answers,
+                streaming=streaming,
             )
+        except AnswersOverBudget as exc:
+            answer = error_response(rid, 503, self._over_budget(exc), logged=False)
         except ResponseTooLarge as exc:
-            return error_response(rid, 502, _too_large(exc))
+            answer = error_response(rid, 502, _too_large(exc))
         except InvalidRequest as exc:
-            return error_response(rid, 400, f"bad request: {exc}")
+            answer = error_response(rid, 400, f"bad request: {exc}")
         except TimeoutError:
-            return error_response(rid, 504, f"upstream did not answer within {self._timeout:g}s")
+            answer = error_response(rid, 504, f"upstream did not answer within {self._timeout:g}s")
         except OSError as exc:
-            return error_response(rid, 502, f"backend request failed: {exc!r}")
-        return TunnelResponse(
-            request_id=rid, status_code=result.status, headers=result.headers, body=result.body
+            answer = error_response(rid, 502, f"backend request failed: {exc!r}")
+        else:
+            answer = TunnelResponse(
+                request_id=rid, status_code=result.status, headers=result.headers, body=result.body
+            )
+            if result.held:  # a large body: the budget's until its frame is out
+                try:
+                    await self._send_whole(answer)
+                finally:
+                    self._answers.give(result.held)
+                return
+        await self._send_whole(answer)
+
+    def _over_budget(self, exc: AnswersOverBudget) -> str:
+        """A large answer that came while others held the budget: said, and logged throttled
+        (a gateway may ask for any number of lists at once)."""
+        size = f"{exc.size} bytes" if exc.known else f"at least {exc.size} bytes"
+        message = (
+            f"the agent holds {exc.held} bytes of whole answers for OpenChoreo's (v1) gateway "
+            f"and at most {exc.limit} at once: this answer ({size}) does not fit beside them; "
+            "retry, or page the list with ?limit= and continue"
         )
+        self._problems.log(
+            "whole answers over budget", logging.WARNING, "refusing answers (503): %s", message
+        )
+        return message
 
     async def _answer_in_chunks(self, frame: TunnelRequest, streaming: bool) -> None:
         """v2: a small answer in one frame, a larger one as chunks as it is read."""
@@ -749,8 +801,13 @@ class AgentTunnel:
         on_change: Callable[[], None] = lambda: None,
         socket_factory: SocketFactoryType | None = None,
         private_namespace: str | None = None,
+        answers: AnswerBudget | None = None,
     ) -> None:
         self._private_namespace = private_namespace
+        # the process's whole answers, shared by every replica's tunnel (else this tunnel's)
+        self._answers = (
+            answers if answers is not None else AnswerBudget(whole_answers_bytes(max_frame))
+        )
         query = urlencode({"planeType": plane_type, "planeID": plane_id})
         self.url = f"{url.rstrip('/')}/ws?{query}" if "/ws" not in url else f"{url}?{query}"
         self._ssl_factory = ssl_factory
@@ -901,6 +958,7 @@ class AgentTunnel:
             encoder=encode_binary if binary else encode,
             chunk_encoder=encode_chunk if binary else None,
             private_namespace=self._private_namespace,
+            answers=self._answers,
         )
         server.metrics = self.metrics
         return server

@@ -30,6 +30,10 @@ USER_AGENT = ("User-Agent", "workflowplane-cluster-agent")
 # Not forwarded either: the agent sends every body at once, so a 100 Continue is never awaited.
 _DROPPED = HOP_BY_HOP | {"expect"}
 T = TypeVar("T")
+# A whole answer (v1) whose body is shorter than this is not counted against the process's
+# ``AnswerBudget``: the hot path (small GETs) does no bookkeeping. What such answers hold is
+# bounded by the request and stream caps (at most one in flight per slot).
+SMALL_ANSWER = 256 * 1024
 # Told of every request to the API server: method, path, query, code (the HTTP status, or
 # error, timeout, cancelled: no answer) and seconds from sending to the status and headers.
 Observer = Callable[[str, str, str, str, float], None]
@@ -69,9 +73,48 @@ def _utf8(text: str) -> str:
 
 @dataclass
 class UpstreamResult:
+    """An answer; ``held``: the body's bytes reserved from an ``AnswerBudget``, which the
+    caller gives back once it is done with the body (after its frame is sent)."""
+
     status: int
     headers: dict[str, list[str]]
     body: bytes
+    held: int = 0
+
+
+class AnswersOverBudget(Exception):
+    """An answer that must be held whole does not fit in what the process may hold at once."""
+
+    def __init__(self, size: int, known: bool, held: int, limit: int) -> None:
+        what = f"of {size} bytes" if known else f"of at least {size} bytes (no Content-Length)"
+        super().__init__(
+            f"answer {what} does not fit: {held} of at most {limit} bytes of whole answers held"
+        )
+        self.size, self.known, self.held, self.limit = size, known, held, limit
+
+
+class AnswerBudget:
+    """The body bytes of whole answers (one frame each: OpenChoreo's v1 gateway) the process
+    holds at once, shared by all its connections. An answer reserves its body before or as it
+    is read and gives it back once its frame is sent; one that does not fit is refused at
+    once (``AnswersOverBudget``), never made to wait: an answer waiting while it holds part
+    of the budget could wait for another that waits for it."""
+
+    __slots__ = ("held", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, size: int, answer: int, known: bool) -> None:
+        """Reserve ``size`` more bytes for an answer of ``answer`` bytes (``known``: its
+        Content-Length; else what was read so far), or raise ``AnswersOverBudget``."""
+        if self.held + size > self.limit:
+            raise AnswersOverBudget(answer, known, self.held, self.limit)
+        self.held += size
+
+    def give(self, size: int) -> None:
+        self.held -= size
 
 
 class Upstream:
@@ -210,15 +253,26 @@ class Upstream:
         body: bytes,
         timeout: float,  # noqa: ASYNC109 - a per-request deadline
         max_body: int | None = None,
+        answers: AnswerBudget | None = None,
         *,
         streaming: bool = False,
     ) -> UpstreamResult:
-        """The whole answer; ResponseTooLarge as soon as it is known to exceed ``max_body``."""
+        """The whole answer; ResponseTooLarge as soon as it is known to exceed ``max_body``.
+        With ``answers``, a body of ``SMALL_ANSWER`` bytes or more is reserved from it as it
+        is read (``AnswersOverBudget`` when it does not fit); the result's ``held`` is then
+        the caller's to give back."""
         limit = self._max_body if max_body is None else max_body
         opened = self.open(method, path, query, headers, body, timeout, streaming=streaming)
-        async with opened as response:
-            content = await read_bounded(response, limit)
-            return UpstreamResult(response.status, response_headers(response.headers), content)
+        held = 0
+        try:
+            async with opened as response:
+                content, held = await read_held(response, limit, answers)
+                status, kept = response.status, response_headers(response.headers)
+        except BaseException:
+            if held and answers is not None:
+                answers.give(held)
+            raise
+        return UpstreamResult(status, kept, content, held)
 
     async def stream(
         self, method: str, path: str, query: str, headers: dict[str, list[str]] | None
@@ -310,17 +364,42 @@ async def read_bounded(response: Http1Response, limit: int) -> bytes:
     (a server's tiny chunks, one per read) are joined as they come (``hold_piece``), so what
     is held stays about ``limit``, not ~25 bytes per byte.
     """
+    body, _ = await read_held(response, limit, None)
+    return body
+
+
+async def read_held(
+    response: Http1Response, limit: int, answers: AnswerBudget | None
+) -> tuple[bytes, int]:
+    """``read_bounded``, and with ``answers`` a body of ``SMALL_ANSWER`` bytes or more
+    reserved from it: its Content-Length before anything is read, else what has been read
+    as it comes. The body and the bytes reserved (the caller's to give back); on any failure
+    (too large, over the budget, the upstream's error, a cancellation) nothing stays
+    reserved."""
     length = response.content_length
-    if length is not None and length > limit and not response.complete:  # HEAD, 304: no body
-        raise ResponseTooLarge(length, limit)
+    held = 0
+    if length is not None and not response.complete:  # HEAD, 304: no body
+        if length > limit:
+            raise ResponseTooLarge(length, limit)
+        if length >= SMALL_ANSWER and answers is not None:
+            answers.take(length, length, True)
+            held = length
     chunks: list[Piece] = []
     size = 0
-    async for chunk in response.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise ResponseTooLarge(None, limit)
-        hold_piece(chunks, chunk)
-    return b"".join(chunks)
+    try:
+        async for chunk in response.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise ResponseTooLarge(None, limit)
+            if size > held and size >= SMALL_ANSWER and answers is not None:
+                answers.take(size - held, size, False)
+                held = size
+            hold_piece(chunks, chunk)
+        return b"".join(chunks), held
+    except BaseException:
+        if held and answers is not None:
+            answers.give(held)
+        raise
 
 
 class ResponseTooLarge(Exception):
