@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any, NamedTuple
 
+from aiohttp.http_websocket import WSMessage
+
 from workflowplane.gateway.agent_endpoint import AgentEndpoint
 from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.connections import AgentConnection
@@ -72,3 +74,22 @@ def wired() -> Wired:
     return Wired(
         conn, socket, proxy, AgentEndpoint(connections, config, metrics), connections, metrics
     )
+
+
+class ReadSide:
+    """The gateway's reading of the agent's WebSocket, as ``_read_frames`` iterates it."""
+
+    def __init__(self, queue: Any) -> None:
+        self._queue = queue
+
+    def __aiter__(self) -> ReadSide:
+        return self
+
+    async def __anext__(self) -> WSMessage:
+        message: WSMessage = await self._queue.read()
+        return message
+
+    async def pong(self, data: bytes) -> None: ...
+
+    def exception(self) -> None:
+        return None

@@ -26,7 +26,7 @@ from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
 from aiohttp.http_websocket import WSMessage
 from aiohttp.test_utils import make_mocked_request
 
-from tests.unit.gateway.stand_ins import LEAF, OneAgent
+from tests.unit.gateway.stand_ins import LEAF, OneAgent, ReadSide
 from tests.unit.ws_stand_ins import FakeProtocol
 from workflowplane.gateway.agent_endpoint import AgentEndpoint
 from workflowplane.gateway.config import GatewayConfig
@@ -306,25 +306,6 @@ class AgentSide:
 
     async def send_str(self, data: str) -> None:
         self.sent.append(data)
-
-
-class ReadSide:
-    """The gateway's reading of the agent's WebSocket, as ``_read_frames`` iterates it."""
-
-    def __init__(self, queue: Any) -> None:
-        self._queue = queue
-
-    def __aiter__(self) -> ReadSide:
-        return self
-
-    async def __anext__(self) -> WSMessage:
-        message: WSMessage = await self._queue.read()
-        return message
-
-    async def pong(self, data: bytes) -> None: ...
-
-    def exception(self) -> None:
-        return None
 
 
 @pytest.mark.parametrize("kind", KINDS)
