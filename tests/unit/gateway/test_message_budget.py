@@ -24,13 +24,13 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp._websocket.helpers import websocket_mask
 from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
 from aiohttp.http_websocket import WebSocketError, WSMessage
 from aiohttp.test_utils import make_mocked_request
 
 from tests.unit.gateway.stand_ins import LEAF, OneAgent, ReadSide
 from tests.unit.ws_stand_ins import FakeProtocol
+from tests.unit.ws_stand_ins import frame as ws_frame
 from workflowplane.gateway import agent_endpoint
 from workflowplane.gateway.agent_endpoint import AgentEndpoint
 from workflowplane.gateway.config import GatewayConfig
@@ -67,18 +67,7 @@ SHAPES = ["fragments", "one frame"]
 
 def frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
     """One client frame, masked as an agent sends it."""
-    first = (0x80 if fin else 0) | opcode
-    size = len(payload)
-    if size < 126:
-        header = bytes([first, 0x80 | size])
-    elif size < 1 << 16:
-        header = bytes([first, 0x80 | 126]) + size.to_bytes(2, "big")
-    else:
-        header = bytes([first, 0x80 | 127]) + size.to_bytes(8, "big")
-    masked = bytearray(payload)
-    if masked:
-        websocket_mask(MASK, masked)
-    return header + MASK + bytes(masked)
+    return ws_frame(opcode, payload, fin=fin, mask=MASK)
 
 
 def answer(kind: str, rid: str, wire_bytes: int) -> tuple[int, bytes]:
