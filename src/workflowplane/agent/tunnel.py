@@ -376,8 +376,7 @@ class FrameServer:
                 else classify_agent_frame(raw)
             )
         except MetadataTooLarge as exc:  # not decoded: that request is refused, not dropped
-            if self._encode is encode_binary and _overlong_id(exc.request_id):
-                self._drop_malformed(f"a requestID over {MAX_ID_BYTES} bytes (v3 cannot echo it)")
+            if self._unechoable(exc.request_id):
                 return
             self._refuse(exc.request_id, 400, f"bad request: {exc}", "metadata too large")
             return
@@ -387,10 +386,17 @@ class FrameServer:
         except RecursionError:  # msgspec's depth limit: one frame, not the connection
             self._drop_malformed("nested too deeply")
             return
-        if self._encode is encode_binary and _overlong_id(frame.request_id):
-            self._drop_malformed(f"a requestID over {MAX_ID_BYTES} bytes (v3 cannot echo it)")
+        if self._unechoable(frame.request_id):
             return
         self._start(frame)
+
+    def _unechoable(self, request_id: str) -> bool:
+        """A requestID this connection's answers cannot carry (v3's bound): the frame is
+        dropped, said once per interval."""
+        if self._encode is not encode_binary or not _overlong_id(request_id):
+            return False
+        self._drop_malformed(f"a requestID over {MAX_ID_BYTES} bytes (v3 cannot echo it)")
+        return True
 
     def _drop_malformed(self, problem: str) -> None:
         """One line per kind of problem per interval; past a few kinds, one for all (a
@@ -556,7 +562,7 @@ class FrameServer:
         reserved from the process's whole answers while it is read, and given back once its
         frame is sent (or its sending failed or was cancelled); one that does not fit is a
         503 at once."""
-        rid = frame.request_id
+        rid, held = frame.request_id, 0
         try:
             result = await self._upstream.request(
                 *self._upstream_call(frame),
@@ -578,13 +584,12 @@ class FrameServer:
             answer = TunnelResponse(
                 request_id=rid, status_code=result.status, headers=result.headers, body=result.body
             )
-            if result.held:  # a large body: the budget's until its frame is out
-                try:
-                    await self._send_whole(answer)
-                finally:
-                    self._answers.give(result.held)
-                return
-        await self._send_whole(answer)
+            held = result.held  # a large body: the budget's until its frame is out
+        try:
+            await self._send_whole(answer)
+        finally:
+            if held:
+                self._answers.give(held)
 
     def _over_budget(self, exc: AnswersOverBudget) -> str:
         """A large answer that came while others held the budget: said, and logged throttled
