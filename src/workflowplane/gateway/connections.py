@@ -334,11 +334,11 @@ class _Held:
     streams: StreamTable | None  # the table whose streams are counted
 
 
-def _add(index: dict[Slot, dict[str, AgentConnection]], slot: Slot, conn: AgentConnection) -> None:
+def _add(index: dict[Any, dict[str, AgentConnection]], slot: Any, conn: AgentConnection) -> None:
     index.setdefault(slot, {})[conn.id] = conn
 
 
-def _drop(index: dict[Slot, dict[str, AgentConnection]], slot: Slot, conn: AgentConnection) -> None:
+def _drop(index: dict[Any, dict[str, AgentConnection]], slot: Any, conn: AgentConnection) -> None:
     members = index.get(slot)
     if members is not None and members.pop(conn.id, None) is not None and not members:
         del index[slot]
@@ -588,7 +588,7 @@ class ConnectionManager:
             self._settled(conn, key)
         _count(self._instances.setdefault(conn.plane_id, {}), conn.instance, 1)
         _count(self._plane_instances.setdefault(plane, {}), conn.instance, 1)
-        self._leaves.setdefault(conn.fingerprint, {})[conn.id] = conn
+        _add(self._leaves, conn.fingerprint, conn)
         if table is not None:
             for stream in table.values():
                 self._tally_stream(plane, stream.key, 1)
@@ -609,10 +609,7 @@ class ConnectionManager:
             del self._instances[plane[1]]
         if not by_plane:
             del self._plane_instances[plane]
-        same_leaf = self._leaves.get(held.fingerprint, {})
-        same_leaf.pop(conn_id, None)
-        if not same_leaf:
-            self._leaves.pop(held.fingerprint, None)
+        _drop(self._leaves, held.fingerprint, conn)
         if held.streams is not None:
             held.streams.tally = None
             for stream in held.streams.values():

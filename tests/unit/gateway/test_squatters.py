@@ -346,3 +346,18 @@ async def test_an_upgrade_past_its_certificates_cap_closes_the_oldest_and_is_ser
         assert len(mine) == MAX_CONNECTIONS_PER_LEAF and held[0] not in mine
         await ws.close()
         await endpoint.close()
+
+
+def test_a_certificates_connections_that_ended_leave_its_count(
+    victim_ca: KeyPair, squat_ca: KeyPair
+) -> None:
+    """Kept after they ended, they would be counted, and chosen, as the oldest to close."""
+    manager, _ = _manager(victim_ca, squat_ca)
+    leaf = issue_certificate(victim_ca, "agent").certificate
+    held = _fill(manager, leaf, MAX_CONNECTIONS_PER_LEAF)
+    manager.disconnect(held[0])
+    assert manager.make_room(leaf) == []
+    assert manager._leaves[held[1].fingerprint].keys() == {c.id for c in held[1:]}
+    for conn in held[1:]:
+        manager.disconnect(conn)
+    assert manager._leaves == {}
