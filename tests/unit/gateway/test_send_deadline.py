@@ -156,17 +156,6 @@ class Answers:
         self.written.append((status, headers, body))
 
 
-class Serving:
-    def __init__(self, conn: AgentConnection) -> None:
-        self.conn = conn
-
-    def serves(self, *_: Any) -> bool:
-        return True
-
-    def pick(self, *_: Any, **__: Any) -> AgentConnection:
-        return self.conn
-
-
 @pytest.mark.looptime
 async def test_the_lean_path_run_eagerly_gets_its_502_at_its_deadline_unsent() -> None:
     """The lean server begins a handler outside any task (``kits.eager``): the wait for the
@@ -177,7 +166,7 @@ async def test_the_lean_path_run_eagerly_gets_its_502_at_its_deadline_unsent() -
     a = asyncio.create_task(proxy_for(conn, 60).ask(conn, request("a", LARGE)))
     await asyncio.sleep(0)
     metrics = GatewayMetrics()
-    connections: Any = Serving(conn)
+    connections: Any = OneAgent(conn)
     lean = FastProxy(proxy_for(conn, 1), connections, InFlight(), AnswerLog(metrics))
     handler = lean.route("GET", PLAIN, [])
     assert handler is not None
@@ -316,7 +305,7 @@ async def test_through_aiohttps_writer_the_stream_stays_whole_and_a_late_frame_i
     assert not ws.closed
 
 
-class StreamingAgent(Serving):
+class StreamingAgent(OneAgent):
     def streams_of(self, *_: Any) -> int:
         return len(self.conn.streams)
 
