@@ -35,6 +35,7 @@ from typing import Any
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.types import PatchType
 
+from machine import interpreter
 from workflowplane.api.workflows import WorkflowRunResource
 from workflowplane.testenv.tools import async_client
 
@@ -236,7 +237,8 @@ def main() -> None:
         wpctl(state, "dev", "up", "--no-argo")
         try:
             counts = [int(c) for c in args.counts.split(",")]
-            print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}")
+            print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}, "
+                  f"{interpreter()}")
             asyncio.run(measure(state, counts, args.follow_rate))
         finally:
             wpctl(state, "dev", "down")

@@ -51,6 +51,7 @@ import yaml
 from aiohttp import web
 
 from flame import profiled, summary
+from machine import interpreter
 
 from workflowplane.agent.config import AgentConfig
 from workflowplane.agent.runner import Agent
@@ -580,8 +581,8 @@ async def peer_comparison(
                 await _relay_pair(wp, tmp, rows, direct, direct_big, threads=threads)
     finally:
         await s.close()
-    print(f"machine: {os.cpu_count()} cores, loopback; {SEQUENTIAL} sequential GETs, then 3 s "
-          f"at each concurrency; CPU per request over all of them; 10 MB list: median of "
+    print(f"machine: {os.cpu_count()} cores, loopback, {interpreter()}; {SEQUENTIAL} sequential "
+          f"GETs, then 3 s at each concurrency; CPU per request over all of them; 10 MB list: median of "
           f"{BIG_ROUNDS}, its CPU over {2 * BIG_ROUNDS} more (all: every process on the machine)")
     print_peer_table(rows)
     if profile_dir is not None:
@@ -694,8 +695,9 @@ async def interleaved(cp: Any, wp: Any, pki: Any, binaries: Any, tmp: Path, dire
             for _ in range(ROUNDS):
                 rounds.append(await _round(calls, PER_ROUND, big=False))
             big_rounds = [await _round(calls, BIG_PER_ROUND, big=True) for _ in range(ROUNDS)]
-    print(f"interleaved: {ROUNDS} rounds of {PER_ROUND} GET /version per path and "
-          f"{BIG_PER_ROUND} 10 MB lists per path, each call in turn with the other paths'")
+    print(f"interleaved ({interpreter()}): {ROUNDS} rounds of {PER_ROUND} GET /version per "
+          f"path and {BIG_PER_ROUND} 10 MB lists per path, each call in turn with the other "
+          "paths'")
     _print_interleaved("GET /version p50 ms", rounds, statistics.median, "{:.3f}", "over")
     _print_interleaved("10 MB list median ms", big_rounds, statistics.median, "{:.2f}", "x")
 
