@@ -394,6 +394,10 @@ class ConnectionManager:
         # those its CA verifies but whose consent list leaves it out (its status asks).
         self._serving: dict[Slot, dict[str, AgentConnection]] = {}
         self._refusing: dict[Slot, dict[str, AgentConnection]] = {}
+        # What a notify of a CR looks at: the connections of its planeID (of any plane type),
+        # and those of any plane authorized for it or refusing it (it may have moved).
+        self._by_plane_id: dict[str, dict[str, AgentConnection]] = {}
+        self._knowing: dict[str, dict[str, AgentConnection]] = {}
         self._streams: dict[Slot, int] = {}  # streams open per CR on its plane's connections
         # Connections per agent instance: per planeID (the agents gauge), per plane (events).
         self._instances: dict[str, dict[str, int]] = {}
@@ -444,16 +448,15 @@ class ConnectionManager:
 
         Connections of the CR's plane are re-verified against its CA and their consent list;
         connections of any other planeID lose the CR (its planeID changed), so requests for it
-        can only reach its plane. A connection left authorized for no CR is closed.
+        can only reach its plane. A connection left authorized for no CR is closed. Only
+        those connections are looked at: a tenant's notify costs no other tenant's agents.
         """
         granted: list[str] = []
         revoked: list[str] = []
         closing: list[AgentConnection] = []
         seen: dict[x509.Certificate, bool] = {}  # leaves shared by connections: judged once
-        for conn in list(self._connections.by_key.values()):
-            known = key in conn.authorized or key in conn.consent_refused
-            if not known and conn.plane_id != plane_id:
-                continue
+        concerned = {**self._by_plane_id.get(plane_id, {}), **self._knowing.get(key, {})}
+        for conn in concerned.values():
             same_plane = (conn.plane_type, conn.plane_id) == (plane_type, plane_id)
             verified = same_plane and ca is not None and _admits(ca, conn.leaf, seen)
             change = conn.settle(key, verified=verified)
@@ -584,6 +587,7 @@ class ConnectionManager:
         self._held[conn.id] = _Held(
             conn, plane, conn.instance, conn.fingerprint, set(), set(), table
         )
+        _add(self._by_plane_id, conn.plane_id, conn)
         for key in conn.authorized | conn.consent_refused:
             self._settled(conn, key)
         _count(self._instances.setdefault(conn.plane_id, {}), conn.instance, 1)
@@ -602,6 +606,9 @@ class ConnectionManager:
             _drop(self._serving, (*plane, key), conn)
         for key in held.refusing:
             _drop(self._refusing, (*plane, key), conn)
+        for key in held.serving | held.refusing:
+            _drop(self._knowing, key, conn)
+        _drop(self._by_plane_id, plane[1], conn)
         by_id, by_plane = self._instances[plane[1]], self._plane_instances[plane]
         _count(by_id, instance, -1)
         _count(by_plane, instance, -1)
@@ -630,6 +637,10 @@ class ConnectionManager:
             elif not now and key in listed:
                 listed.discard(key)
                 _drop(index, slot, conn)
+        if key in held.serving or key in held.refusing:
+            _add(self._knowing, key, conn)
+        else:
+            _drop(self._knowing, key, conn)
 
     def _tally_stream(self, plane: Plane, key: str, change: int) -> None:
         _count(self._streams, (*plane, key), change)

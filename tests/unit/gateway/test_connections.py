@@ -438,6 +438,29 @@ def test_a_planes_requests_never_look_at_other_planes_connections(ca_a: KeyPair)
     assert manager.for_plane(WP, "mine") == []
 
 
+async def test_a_notify_never_looks_at_other_planes_connections(ca_a: KeyPair) -> None:
+    """A notify of one tenant's CR (each change of it or of its CA Secret) re-verifies the
+    connections of its planeID and those holding the CR; a scan of every connection cost
+    each notify time in the number of all tenants' agents, on the loop they share."""
+    manager, _, _ = _manager(_entry("ns/mine", "mine", ca_a), _entry("ns/moved", "old", ca_a))
+    mine = _join(manager, "mine", ca_a)
+    moved = _join(manager, "old", ca_a)
+    for n in range(50):
+        manager.connect(_Watched(WP, f"other-{n}", FakeSocket(), _ANY_LEAF, {f"o/{n}"}))
+    _Watched.looked_at = 0
+    result = await manager.reverify(WP, "mine", "ns/moved", ca_a.cert_pem)
+    assert (result.granted, result.revoked, result.disconnected) == (1, 1, 1)
+    assert mine.authorized == {"ns/mine", "ns/moved"} and moved.ws.closed
+    await manager.reverify(WP, "mine", "ns/mine", None)
+    assert mine.authorized == {"ns/moved"}
+    assert _Watched.looked_at == 0
+    manager.disconnect(moved)
+    manager.disconnect(mine)
+    result = await manager.reverify(WP, "mine", "ns/moved", ca_a.cert_pem)
+    assert (result.granted, result.revoked, result.disconnected) == (0, 0, 0)
+    assert _Watched.looked_at == 0
+
+
 def test_a_crs_planeid_change_moves_it_to_its_new_planes_admissions(ca_a: KeyPair) -> None:
     manager, planes, _ = _manager(_entry("ns/a", "old", ca_a), _entry("ns/b", "other", ca_a))
     planes.upsert(_entry("ns/a", "new", ca_a))
