@@ -21,9 +21,11 @@ import pytest
 import yaml
 
 from tests.integration.harness import apply, eventually, unique, workflow_plane_cr
-from tests.interop.conftest import GATEWAY_FIXTURES, Pair, Pairing
+from tests.interop.conftest import GATEWAY_FIXTURES, Pair, Pairing, Plane
 from tests.interop.peers import tail
+from tests.pki_chains import intermediate_ca, root_ca
 from workflowplane.gateway.kube_proxy import DEGRADED_HEADER
+from workflowplane.pki import issue_certificate
 from workflowplane.protocol import TUNNEL_V3
 from workflowplane.testenv import ApiServer, free_port
 from workflowplane.testenv.tools import kubectl
@@ -58,6 +60,28 @@ async def test_admission_by_the_crs_ca_and_refusal_of_an_untrusted_agent(
     await stranger.wait_log(refusal)
     status = await pair.api.call("GET", f"/api/v1/planes/workflowplane/{plane.plane_id}/status")
     assert status.json()["connectedAgents"] == 1
+
+
+async def test_an_agent_whose_leaf_an_intermediate_issued_is_admitted_by_the_root(
+    pair: Pair, namespace: str
+) -> None:
+    """cert-manager behind a CA issuer writes the leaf and its intermediate to ``tls.crt``; the
+    CR names the root. Each agent sends the chain in its handshake and each gateway verifies
+    the leaf through it (Go's ``PeerCertificates[1:]``)."""
+    root = root_ca("org-root")
+    inter = intermediate_ca(root, "org-agents")
+    leaf = issue_certificate(inter, "agent")
+    plane_id = unique("p")
+    agent = pair.agent(plane_id)
+    certs = agent.directory / "certs"
+    (certs / "tls.crt").write_bytes(leaf.cert_pem + inter.cert_pem)
+    (certs / "tls.key").write_bytes(leaf.key_pem)
+    (certs / "ca.crt").write_bytes(root.cert_pem)
+    apply(pair.control_plane, workflow_plane_cr("wp", namespace, plane_id, agent.ca_pem))
+    agent.start()
+    await pair.wait_connected(Plane(plane_id, (namespace, "wp"), agent))
+    reply = await pair.api.proxy(plane_id, (namespace, "wp"), "GET", "/api/v1/namespaces/default")
+    assert reply.status == 200
 
 
 async def test_each_pairing_speaks_the_protocol_both_sides_know(pair: Pair, namespace: str) -> None:

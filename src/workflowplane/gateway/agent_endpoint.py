@@ -8,6 +8,7 @@ logged at most once per connection and kind per interval, with a count.
 
 from __future__ import annotations
 
+import _ssl
 import asyncio
 import datetime as dt
 import itertools
@@ -15,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -55,6 +57,8 @@ from workflowplane.protocol.messages import MetadataTooLarge
 
 log = logging.getLogger(__name__)
 KNOWN_PLANE_TYPES = frozenset({PLANE_TYPE})
+# Certificates after the leaf that admission considers (the verifier's own depth bound is 8).
+MAX_INTERMEDIATES = 8
 EXPIRY_RECHECK_SECONDS = 3600.0  # sleep in steps, so a wall-clock jump is noticed
 # What decoding an agent's frame raises on bad input: msgspec's errors, and RecursionError
 # for nesting deeper than the decoder's stack (a 5000-deep array).
@@ -94,11 +98,33 @@ async def _sleep_until(moment: dt.datetime) -> None:
         left = (moment - utcnow()).total_seconds()
 
 
-def peer_certificate(request: web.Request) -> x509.Certificate | None:
+def peer_chain(request: web.Request) -> tuple[x509.Certificate, ...]:
+    """The client's certificate and the intermediates it sent after it (leaf first), as
+    OpenChoreo's gateway uses them (Go's ``PeerCertificates``); empty without a certificate."""
     transport = request.transport
     ssl_object = transport.get_extra_info("ssl_object") if transport else None
     der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
-    return x509.load_der_x509_certificate(der) if der else None
+    if not der:
+        return ()
+    return (x509.load_der_x509_certificate(der), *_intermediates(ssl_object))
+
+
+def _intermediates(ssl_object: Any) -> list[x509.Certificate]:
+    """What the client sent after its leaf, at most ``MAX_INTERMEDIATES`` of them (a chain
+    longer than the verifier's depth cannot be used anyway). Python 3.11 has the chain only
+    as a private method of ``_ssl`` (public from 3.13: ``get_unverified_chain``); without it
+    the leaf alone is judged. One that cannot be read is left out, as it could not chain."""
+    native = getattr(ssl_object, "_sslobj", ssl_object)
+    chain_of = getattr(native, "get_unverified_chain", None)
+    chain = chain_of() if chain_of is not None else None
+    found: list[x509.Certificate] = []
+    for cert in (chain or [])[1 : 1 + MAX_INTERMEDIATES]:
+        der = cert if isinstance(cert, bytes) else cert.public_bytes(_ssl.ENCODING_DER)
+        try:
+            found.append(x509.load_der_x509_certificate(der))
+        except ValueError:
+            continue
+    return found
 
 
 class AgentEndpoint:
@@ -193,10 +219,11 @@ class AgentEndpoint:
             return self._refuse(400, "missing-params", "planeType and planeID are required")
         if plane_type not in KNOWN_PLANE_TYPES:
             return self._refuse(400, "unknown-plane-type", f"unknown planeType {plane_type!r}")
-        leaf = peer_certificate(request)
-        if leaf is None:
+        chain = peer_chain(request)
+        if not chain:
             return self._refuse(401, "no-certificate", "a client certificate is required")
-        admission = self._connections.admit(plane_id, leaf)
+        leaf, intermediates = chain[0], chain[1:]
+        admission = self._connections.admit(plane_id, leaf, intermediates)
         if not admission.granted:  # the client is told of its certificate, the log of each CR
             return self._refuse(
                 401,
@@ -219,7 +246,7 @@ class AgentEndpoint:
         await ws.prepare(request)
         # Admitted again: a CR deleted or its CA rotated while the upgrade was written was
         # re-verified on the connections registered then, and this one was not among them.
-        admission = self._connections.admit(plane_id, leaf)
+        admission = self._connections.admit(plane_id, leaf, intermediates)
         if not admission.granted:
             self._refusals.log(
                 "after-upgrade",
@@ -240,6 +267,7 @@ class AgentEndpoint:
             leaf,
             set(admission.granted),
             consent=admission.consent,
+            intermediates=intermediates,
             consent_refused=set(admission.consent_refused),
             v2=ws.ws_protocol in SUBPROTOCOLS,
             binary=ws.ws_protocol == TUNNEL_V3,

@@ -29,7 +29,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol, Self
@@ -162,6 +162,9 @@ class AgentConnection:
     leaf: x509.Certificate
     authorized: set[str]
     consent: Consent = UNRESTRICTED
+    # What the agent sent after its leaf in the handshake (Go's PeerCertificates[1:]): a leaf
+    # issued by an intermediate chains to a CR's CA through them, at admission and notify.
+    intermediates: tuple[x509.Certificate, ...] = ()
     # CRs whose CA verifies the leaf but which the leaf's consent list leaves out:
     consent_refused: set[str] = field(default_factory=set)
     # Why the gateway closed it (metrics' disconnect reasons); "" while it has not.
@@ -354,11 +357,15 @@ def _count(counts: dict[Any, int], key: Any, change: int) -> None:
         counts.pop(key, None)
 
 
-def _admits(ca: bytes, leaf: x509.Certificate, seen: dict[x509.Certificate, bool]) -> bool:
-    """Whether ``ca`` admits ``leaf``, once per leaf (``seen``) within one notify."""
-    verdict = seen.get(leaf)
+Chain = tuple[x509.Certificate, ...]
+
+
+def _admits(ca: bytes, chain: Chain, seen: dict[Chain, bool]) -> bool:
+    """Whether ``ca`` admits ``chain`` (leaf first), once per chain (``seen``) within one
+    notify."""
+    verdict = seen.get(chain)
     if verdict is None:
-        verdict = seen[leaf] = ClientCheck([leaf]).refusal(ca) is None
+        verdict = seen[chain] = ClientCheck(chain).refusal(ca) is None
     return verdict
 
 
@@ -413,15 +420,21 @@ class ConnectionManager:
 
     # ---- authorization --------------------------------------------------------------------
 
-    def admit(self, plane_id: str, leaf: x509.Certificate) -> Admission:
-        """Check ``leaf`` against the CA of each CR of ``plane_id`` separately; a CR its CA
-        admits is granted only if the leaf's consent list (when it has one) names it.
+    def admit(
+        self,
+        plane_id: str,
+        leaf: x509.Certificate,
+        intermediates: Sequence[x509.Certificate] = (),
+    ) -> Admission:
+        """Check ``leaf`` (with the ``intermediates`` the agent sent) against the CA of each
+        CR of ``plane_id`` separately; a CR its CA admits is granted only if the leaf's
+        consent list (when it has one) names it.
 
         Each distinct CA is judged once (CRs sharing one are common), from bundles parsed
         once per process: a client repeating /ws costs no parsing and no chain search for
         CAs that cannot have signed its leaf."""
         consent = leaf_consent(leaf)
-        check = ClientCheck([leaf])
+        check = ClientCheck([leaf, *intermediates])
         granted: set[str] = set()
         refused: dict[str, str] = {}
         by_consent: set[str] = set()
@@ -454,11 +467,12 @@ class ConnectionManager:
         granted: list[str] = []
         revoked: list[str] = []
         closing: list[AgentConnection] = []
-        seen: dict[x509.Certificate, bool] = {}  # leaves shared by connections: judged once
+        seen: dict[Chain, bool] = {}  # chains shared by connections: judged once
         concerned = {**self._by_plane_id.get(plane_id, {}), **self._knowing.get(key, {})}
         for conn in concerned.values():
             same_plane = (conn.plane_type, conn.plane_id) == (plane_type, plane_id)
-            verified = same_plane and ca is not None and _admits(ca, conn.leaf, seen)
+            chain = (conn.leaf, *conn.intermediates)
+            verified = same_plane and ca is not None and _admits(ca, chain, seen)
             change = conn.settle(key, verified=verified)
             self._settled(conn, key)
             if change == "granted":

@@ -429,7 +429,7 @@ class ClientCheck:
             return self._validity
         if self._leaf_der in bundle.ders:  # byte-identical: pinned
             return None if _has_client_auth(self._chain[0]) else PINNED_WITHOUT_CLIENT_AUTH
-        if len(self._chain) == 1 and not self._may_have_issuer(bundle):
+        if not self._may_anchor(bundle):
             return self.leaf_problem()
         assert bundle.store is not None  # a usable bundle has one
         return _chain_refusal(self._chain, bundle.store, self._moment)
@@ -439,21 +439,24 @@ class ClientCheck:
         return self._chain[0].public_bytes(serialization.Encoding.DER)
 
     @functools.cached_property
-    def _issuer(self) -> x509.Name | None:
+    def _issuers(self) -> tuple[x509.Name, ...] | None:
         try:
-            return self._chain[0].issuer
+            return tuple(cert.issuer for cert in self._chain)
         except ValueError:  # a name Python cannot read: the verifier decides
             return None
 
-    def _may_have_issuer(self, bundle: TrustBundle) -> bool:
-        """Whether the bundle may hold the leaf's issuer: Python's name equality is looser
-        than the verifier's (it ignores string types), so "no" is sure."""
-        if bundle.subjects is None or self._issuer is None:
+    def _may_anchor(self, bundle: TrustBundle) -> bool:
+        """Whether the chain may end in the bundle: some certificate of it (the leaf, or an
+        intermediate the client sent) names an issuer the bundle holds. Its anchors are the
+        bundle's own certificates, so a chain none of whose issuers is among them cannot
+        reach one; Python's name equality is looser than the verifier's (it ignores string
+        types), so "no" is sure. A client sending intermediates costs no search either."""
+        if bundle.subjects is None or self._issuers is None:
             return True
-        return self._issuer in bundle.subjects
+        return any(issuer in bundle.subjects for issuer in self._issuers)
 
     def leaf_problem(self) -> str:
-        """Why a bundle without the leaf's issuer refuses the chain: the leaf's own problem
+        """Why a bundle without any of the chain's issuers refuses it: the leaf's own problem
         (validity, ClientAuth, the web PKI's rules for leaves), else that no CA it trusts
         signed it. It depends on no bundle: an unauthenticated client may be told it."""
         if not self._chain:

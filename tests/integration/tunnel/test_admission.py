@@ -21,6 +21,7 @@ from tests.integration.harness import (
     unique,
     workflow_plane_cr,
 )
+from tests.pki_chains import intermediate_ca, root_ca
 from workflowplane.agent.bootstrap import load_or_create, renew
 from workflowplane.agent.kube import AgentKube
 from workflowplane.agent.upstream import Upstream
@@ -188,6 +189,27 @@ async def test_expired_wrong_eku_and_missing_certificates_are_refused(
         session.get(url, ssl=ssl.create_default_context(cafile=str(gw.server_ca_file))) as resp,
     ):
         assert resp.status == 400 and "planeID" in await resp.text()
+
+
+async def test_a_leaf_an_intermediate_issued_is_admitted_with_the_chain_it_sends(
+    control_plane: ApiServer, gw: RunningGateway, namespace: str, tmp_path: Path
+) -> None:
+    """The CR names the root; the agent's certificate file holds its leaf and the
+    intermediate that issued it (cert-manager's chain), sent in the handshake: admitted, as
+    OpenChoreo's gateway admits it. The leaf alone chains to nothing the CR trusts."""
+    plane_id = unique("p")
+    root = root_ca("org-root")
+    inter = intermediate_ca(root, "org-agents")
+    ca_pem = root.cert_pem.decode()
+    apply(control_plane, workflow_plane_cr("wp", namespace, plane_id, ca_pem=ca_pem))
+    await eventually(lambda: gw.gateway.planes.for_plane(plane_id))
+    await eventually(lambda: root.cert_pem.strip() in gw.gateway.planes.all_cas())
+    agent = issue_certificate(inter, "agent")
+    chain_file = agent.cert_pem + inter.cert_pem
+    context = _client_context(gw, chain_file, agent.key_pem, tmp_path)
+    assert await _dial(gw, plane_id, context) == 101
+    alone = _client_context(gw, agent.cert_pem, agent.key_pem, tmp_path)
+    assert await _dial(gw, plane_id, alone) == 401
 
 
 async def test_shared_plane_id_each_agent_only_for_its_own_cr(

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 from cryptography import x509
 
+from tests.pki_chains import intermediate_ca, root_ca
 from workflowplane.gateway.connections import AgentConnection, ConnectionManager
 from workflowplane.gateway.metrics import GatewayMetrics
 from workflowplane.gateway.plane_cache import PlaneCache, PlaneEntry
@@ -98,6 +99,25 @@ def test_a_repeated_refused_admission_parses_nothing_and_searches_no_chain(
     for leaf in (stranger, stranger, issue_certificate(generate_ca("x"), "x").certificate):
         again = manager.admit(PLANE, leaf)
         assert not again.granted and again.refused.keys() == first.refused.keys()
+    assert counts.parsed == 0
+    assert counts.verifiers <= 3  # the leaf's own verdict, once per admission, not per CR
+
+
+def test_intermediates_a_stranger_sends_cost_no_chain_search(
+    cas: list[KeyPair], counts: Counts
+) -> None:
+    """Intermediates are judged with the leaf (an agent's leaf may chain to a CR's CA through
+    them), but a chain none of whose issuers is in a bundle searches none: a stranger's
+    handful of intermediates must not buy a chain search per CR per request."""
+    manager = _manager(_bundles(cas))
+    root = root_ca("anyone-root")
+    sent = [intermediate_ca(root, f"anyone-{i}").certificate for i in range(8)]
+    leaf = issue_certificate(intermediate_ca(root, "anyone-issuer"), "anyone").certificate
+    manager.admit(PLANE, leaf, sent)  # the bundles parsed, once
+    counts.reset()
+    for _ in range(3):
+        again = manager.admit(PLANE, leaf, sent)
+        assert not again.granted and len(again.refused) == CRS
     assert counts.parsed == 0
     assert counts.verifiers <= 3  # the leaf's own verdict, once per admission, not per CR
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.pki_chains import intermediate_ca, root_ca
 from workflowplane.api import SecretLocation
 from workflowplane.api.consent import parse_allow_list
 from workflowplane.gateway.connections import AgentConnection, ConnectionManager
@@ -209,6 +210,29 @@ async def test_notify_with_a_rotated_ca_revokes_only_that_cr(ca_a: KeyPair, ca_b
     assert conn.authorized == {"ns/a"} and not conn.ws.closed
     assert manager.pick(WP, "p", "ns/other") is None
     assert manager.pick(WP, "p", "ns/a") is conn
+
+
+async def test_a_leaf_an_intermediate_issued_chains_through_what_the_agent_sent() -> None:
+    """OpenChoreo's gateway verifies an agent's leaf with the intermediates of its handshake
+    (Go's ``PeerCertificates[1:]``), at connect and on notify: a CR whose CA is the root
+    admits a leaf an intermediate issued, with that intermediate and only with it."""
+    root = root_ca("org-root")
+    inter = intermediate_ca(root, "org-agents")
+    manager, _, _ = _manager(_entry("ns/a", "p", root), _entry("ns/b", "p", root))
+    leaf = issue_certificate(inter, "agent").certificate
+    assert manager.admit("p", leaf).granted == set()
+    admission = manager.admit("p", leaf, [inter.certificate])
+    assert admission.granted == {"ns/a", "ns/b"}
+    conn = AgentConnection(
+        WP, "p", FakeSocket(), leaf, set(admission.granted), intermediates=(inter.certificate,)
+    )
+    manager.connect(conn)
+    kept = await manager.reverify(WP, "p", "ns/a", root.cert_pem)
+    assert (kept.granted, kept.revoked) == (0, 0) and conn.authorized == {"ns/a", "ns/b"}
+    rotated = await manager.reverify(WP, "p", "ns/a", root_ca("another-root").cert_pem)
+    assert rotated.revoked == 1 and conn.authorized == {"ns/b"}
+    back = await manager.reverify(WP, "p", "ns/a", root.cert_pem)
+    assert back.granted == 1 and manager.pick(WP, "p", "ns/a") is conn
 
 
 async def test_a_cr_moved_to_another_plane_id_leaves_the_old_plane(ca_a: KeyPair) -> None:

@@ -479,10 +479,12 @@ async def test_each_agent_socket_draws_on_the_endpoints_budget_for_its_plane(
         raise _Built
 
     admits: Any = SimpleNamespace(
-        admit=lambda plane, leaf: SimpleNamespace(granted=frozenset({"team-a/build"}))
+        admit=lambda plane, leaf, intermediates=(): SimpleNamespace(
+            granted=frozenset({"team-a/build"})
+        )
     )
     endpoint = AgentEndpoint(admits, GatewayConfig(), GatewayMetrics())
-    monkeypatch.setattr(agent_endpoint, "peer_certificate", lambda request: LEAF)
+    monkeypatch.setattr(agent_endpoint, "peer_chain", lambda request: (LEAF,))
     monkeypatch.setattr(agent_endpoint, "GuardedWebSocket", socket)
     with pytest.raises(_Built):
         await endpoint.handle(make_mocked_request("GET", "/ws?planeType=workflowplane&planeID=p7"))

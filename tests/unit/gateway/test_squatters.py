@@ -336,7 +336,7 @@ async def test_an_upgrade_past_its_certificates_cap_closes_the_oldest_and_is_ser
 
     for conn in held:
         conn.ws.close = close  # type: ignore[method-assign]
-    monkeypatch.setattr(agent_endpoint, "peer_certificate", lambda _request: leaf)
+    monkeypatch.setattr(agent_endpoint, "peer_chain", lambda _request: (leaf,))
     app = web.Application()
     app.router.add_routes(endpoint.routes())
     async with TestClient(TestServer(app)) as client:
