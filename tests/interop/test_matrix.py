@@ -84,6 +84,25 @@ async def test_an_agent_whose_leaf_an_intermediate_issued_is_admitted_by_the_roo
     assert reply.status == 200
 
 
+async def test_kube_systems_secrets_are_refused_by_every_gateway(
+    pair: Pair, namespace: str
+) -> None:
+    """OpenChoreo's gateway refuses them on every plane (validator.go's blockedPaths); ours
+    refuses them too, and also the spellings its substring check lets through."""
+    plane = await pair.plane(namespace)
+    for path in (
+        "/api/v1/namespaces/kube-system/secrets",
+        "/api/v1/namespaces/kube-system/secrets/anything",
+    ):
+        reply = await pair.api.proxy(plane.plane_id, plane.cr, "GET", path)
+        assert reply.status == 403, (path, reply.body)
+    if pair.pairing.gateway == "ours":
+        watch = "/api/v1/watch/namespaces/kube-system/secrets"
+        assert (await pair.api.proxy(plane.plane_id, plane.cr, "GET", watch)).status == 403
+    reply = await pair.api.proxy(plane.plane_id, plane.cr, "GET", "/api/v1/namespaces/default")
+    assert reply.status == 200
+
+
 async def test_each_pairing_speaks_the_protocol_both_sides_know(pair: Pair, namespace: str) -> None:
     """Our pair negotiates binary frames (workflowplane.tunnel.v3); with OpenChoreo's agent or
     gateway on either side the connection stays v1 JSON (neither offers nor selects ours)."""

@@ -29,6 +29,7 @@ from workflowplane.gateway.kube_proxy import (
     KubeProxy,
     Target,
     bad_path,
+    blocked_path,
     final_status,
     reply_headers,
 )
@@ -75,6 +76,8 @@ def _read_target(method: str, target: str) -> _Read | None:
     if match is None or is_streaming_query(query, path) or bad_path(target):
         return None
     info = match.groupdict()
+    if blocked_path("/" + info["path"]):
+        return None  # aiohttp's path refuses it
     where = Target.of(info)
     namespace, name, path = info["crNamespace"], info["crName"], "/" + info["path"]
     query = aiohttp_query(query)

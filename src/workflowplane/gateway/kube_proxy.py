@@ -137,6 +137,38 @@ def bad_path(raw_path: str) -> bool:
     return "\x00" in decoded or any(part == ".." for part in decoded.split("/"))
 
 
+# What OpenChoreo's gateway refuses on every plane whatever the CR (validator.go's
+# blockedPaths): the Secrets of kube-system (the cluster's own tokens and keys), and its
+# literal "/apis/v1/serviceaccounts" (no API server serves that path; kept for parity).
+_BLOCKED_LITERALS: Final = ("/api/v1/namespaces/kube-system/secrets", "/apis/v1/serviceaccounts")
+
+
+def blocked_path(path: str) -> bool:
+    """A Kubernetes path no caller reaches through the gateway: OpenChoreo's substrings, and
+    kube-system's Secrets however spelled (percent-encoded, doubled slashes, the ``/watch/``
+    form), which its check lets through."""
+    if any(literal in path for literal in _BLOCKED_LITERALS):
+        return True
+    if "kube-system" not in path and "%" not in path:
+        return False
+    segments = [segment for segment in unquote(path).split("/") if segment]
+    if segments[:2] != ["api", "v1"]:
+        return False
+    rest = segments[2:]
+    if rest[:1] == ["watch"]:
+        rest = rest[1:]
+    return rest[:3] == ["namespaces", "kube-system", "secrets"]
+
+
+def _blocked(path: str) -> web.Response:
+    return k8s_status(
+        403,
+        f"access to path is blocked: {shortened(path, 256)} (kube-system's Secrets are not "
+        "reachable through the gateway, as in OpenChoreo's)",
+        "Forbidden",
+    )
+
+
 def forward_headers(
     headers: Mapping[str, str] | Iterable[tuple[str, str]],
 ) -> dict[str, list[str]]:
@@ -360,6 +392,8 @@ class KubeProxy:
             return unsent(
                 k8s_status(400, "path traversal ('..' or NUL) is not allowed", "BadRequest")
             )
+        if blocked_path("/" + request.match_info["path"]):
+            return unsent(_blocked("/" + request.match_info["path"]))
         target = Target.of(request.match_info)
         refused = self.refusal(target)
         if refused is not None:

@@ -69,6 +69,7 @@ def test_a_plain_proxied_request_for_an_authorized_cr_is_taken() -> None:
         ("POST", PLAIN, [("Expect", "100-continue")]),
         ("POST", PLAIN, [("Content-Encoding", "gzip")]),  # aiohttp decompresses it
         ("GET", PLAIN.replace("team-a", "team-b"), []),  # not authorized: 403, or a peer's
+        ("GET", PLAIN.replace("/x/pods", "/kube-system/secrets"), []),  # blocked: aiohttp's 403
     ],
     ids=[
         "control-api",
@@ -86,6 +87,7 @@ def test_a_plain_proxied_request_for_an_authorized_cr_is_taken() -> None:
         "expect",
         "content-encoding",
         "unauthorized",
+        "blocked",
     ],
 )
 def test_anything_else_is_left_to_aiohttp(

@@ -11,7 +11,7 @@ import pytest
 from workflowplane.gateway.agent_endpoint import AgentEndpoint, JunkBudget
 from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.connections import AgentConnection, ConnectionManager
-from workflowplane.gateway.kube_proxy import KubeProxy, bad_path, reply_headers
+from workflowplane.gateway.kube_proxy import KubeProxy, bad_path, blocked_path, reply_headers
 from workflowplane.gateway.metrics import GatewayMetrics
 from workflowplane.gateway.plane_cache import PlaneCache
 from workflowplane.gateway.streams import ITEM_OVERHEAD, StreamBuffer, StreamEnd
@@ -36,6 +36,64 @@ def test_traversal_and_nul_are_bad_paths(path: str) -> None:
 
 def test_ordinary_paths_pass() -> None:
     assert not bad_path("/api/proxy/wp/p/ns/cr/k8s/api/v1/namespaces/a..b/pods")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/namespaces/kube-system/secrets",  # OpenChoreo's gateway's own two
+        "/api/v1/namespaces/kube-system/secrets/bootstrap-token-abc",
+        "/apis/v1/serviceaccounts",
+        "/api/v1/watch/namespaces/kube-system/secrets",  # what its substring check misses
+        "/api/v1/namespaces//kube-system/secrets",
+        "//api/v1/namespaces/kube-system/secrets/x",
+        "/api/v1/namespaces/kube%2Dsystem/secrets",
+        "/api/v1/namespaces/kube-system/%73ecrets",
+    ],
+)
+def test_kube_systems_secrets_are_blocked_however_spelled(path: str) -> None:
+    assert blocked_path(path)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/namespaces/kube-system/configmaps",
+        "/api/v1/namespaces/kube-system/pods",
+        "/api/v1/namespaces/team-a/secrets",
+        "/apis/example.com/v1/namespaces/kube-system/secrets",  # another group's "secrets"
+        "/api/v1/namespaces/kube-systemx/secrets",
+    ],
+)
+def test_other_paths_are_not_blocked(path: str) -> None:
+    assert not blocked_path(path)
+
+
+async def test_a_blocked_path_is_refused_before_any_agent_is_asked() -> None:
+    """aiohttp's route (the lean one leaves such targets to it): a 403 the caller may retry
+    nowhere else, as OpenChoreo's gateway answers; no connection is looked up."""
+    from aiohttp.test_utils import make_mocked_request  # noqa: PLC0415
+
+    class NoConnections:
+        def __getattr__(self, name: str) -> object:
+            raise AssertionError(f"no connection should be looked at ({name})")
+
+    proxy = KubeProxy(NoConnections(), GatewayConfig(), GatewayMetrics())  # type: ignore[arg-type]
+    target = "/api/proxy/workflowplane/p/ns/cr/k8s/api/v1/namespaces/kube-system/secrets"
+    request = make_mocked_request(
+        "GET",
+        target,
+        match_info={
+            "planeType": "workflowplane",
+            "planeID": "p",
+            "crNamespace": "ns",
+            "crName": "cr",
+            "path": "api/v1/namespaces/kube-system/secrets",
+        },
+    )
+    response = await proxy.handle(request)
+    assert response.status == 403
+    assert "access to path is blocked" in json.loads(response.body)["message"]  # type: ignore[arg-type]
 
 
 def test_streaming_requests_are_recognised() -> None:
