@@ -14,7 +14,7 @@ import datetime as dt
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
@@ -96,6 +96,15 @@ async def _sleep_until(moment: dt.datetime) -> None:
     while left > 0:
         await asyncio.sleep(min(left, EXPIRY_RECHECK_SECONDS))
         left = (moment - utcnow()).total_seconds()
+
+
+def budget_owner(granted: Iterable[str]) -> str:
+    """Whose share of the gateway's message budget a connection draws on: the namespaces of
+    the CRs it was admitted for (its tenant, however many planeIDs that tenant's CRs name;
+    ``/`` for ClusterWorkflowPlanes, the platform's). Not its planeID: any tenant may name
+    any planeID, and a squatter on a victim's would spend the victim's share."""
+    namespaces = sorted({key.partition("/")[0] or "/" for key in granted})
+    return "namespaces " + ",".join(namespaces)
 
 
 def peer_chain(request: web.Request) -> tuple[x509.Certificate, ...]:
@@ -239,7 +248,7 @@ class AgentEndpoint:
             limit=self._config.max_frame_bytes,
             message_timeout=self._config.request_timeout_seconds,
             budget=self.budget,
-            plane=plane_id,
+            owner=budget_owner(admission.granted),
             autoping=False,
             protocols=SUBPROTOCOLS,
         )

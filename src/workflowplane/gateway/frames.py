@@ -26,11 +26,12 @@ heartbeat would close it only after ``--dead-after``, 3x the deadline by default
 
 The bytes of messages being assembled count against one budget per gateway
 (:class:`MessageBudget`: four messages at the frame limit, 256 MiB by default; the agents
-of one planeID at most half of it). A message still open at the end of a read takes what
-that read added to it, and gives it all back when it is handed on, dropped or skipped, or
-its connection ends; one that would pass the budget goes as one over the limit does (an
-:class:`OverBudget` fails its request, the rest of it is skipped), never waited for:
-waiting while others hold buffers could deadlock. A message begun and ended within one read
+of one owner at most half of it: ``budget_owner``, the namespaces of the CRs they serve).
+A message still open at the end of a read takes what that read added to it, and gives it
+all back when it is handed on, dropped or skipped, or its connection ends; one that would
+pass the budget goes as one over the limit does (an :class:`OverBudget` fails its request,
+the rest of it is skipped), never waited for: waiting while others hold buffers could
+deadlock. A message begun and ended within one read
 is never held past it (one connection's read is parsed at a time) and costs nothing; so
 the budget costs no frame anything, and a read a few attribute lookups.
 
@@ -105,20 +106,20 @@ class OversizedMessage:
 @dataclass(frozen=True)
 class OverBudget(OversizedMessage):
     """Queued in place of a message the gateway had no room for: its bytes would have
-    passed the gateway-wide ``budget`` (``plane`` None), or the share of it the agents of
-    ``plane`` may hold (``budget``: that share). Skipped as an oversized one is."""
+    passed the gateway-wide ``budget`` (``owner`` None), or the share of it the agents of
+    ``owner`` may hold (``budget``: that share). Skipped as an oversized one is."""
 
     budget: int
-    plane: str | None = None
+    owner: str | None = None
 
     def describe(self) -> str:
-        if self.plane is None:
+        if self.owner is None:
             return (
                 f"the gateway holds {self.budget} bytes of unfinished agent answers, "
                 f"its limit; retry"
             )
         return (
-            f"the agents of planeID {self.plane!r} hold {self.budget} bytes of unfinished "
+            f"the agents serving {self.owner} hold {self.budget} bytes of unfinished "
             f"answers at the gateway, their share of its limit; retry"
         )
 
@@ -144,58 +145,58 @@ BUDGET_MESSAGES = 4
 class MessageBudget:
     """The bytes of agent messages being assembled, gateway-wide: one per gateway, shared by
     its connections' guards. At most ``total`` (``BUDGET_MESSAGES`` frame limits by default:
-    256 MiB, under the chart's 512 MiB), and the connections of one planeID at most
-    ``share`` (half of it): one tenant's agents cannot take it all. Each connection
-    assembles one message at a time (a frame limit at most); so many agents at once, not
-    one, could pass the pod's memory without it.
+    256 MiB, under the chart's 512 MiB), and the connections of one owner (a tenant:
+    ``budget_owner``) at most ``share`` (half of it): one tenant's agents cannot take it
+    all. Each connection assembles one message at a time (a frame limit at most); so many
+    agents at once, not one, could pass the pod's memory without it.
 
     A guard charges a message what each read adds to it while it stays open past the read,
     and gives it all back when the message is handed on, dropped or skipped, or its
     connection ends. A message that would pass either bound is refused at once, never
     waited for (``take`` is False)."""
 
-    __slots__ = ("_planes", "held", "share", "total")
+    __slots__ = ("_owners", "held", "share", "total")
 
     def __init__(self, total: int, share: int | None = None) -> None:
         self.total = total
         self.share = total // 2 if share is None else share
         self.held = 0
-        self._planes: dict[str, int] = {}  # planeID -> bytes held, those holding any
+        self._owners: dict[str, int] = {}  # owner -> bytes held, those holding any
 
     @classmethod
     def for_frames(cls, max_frame_bytes: int) -> MessageBudget:
         """The gateway's: ``BUDGET_MESSAGES`` messages at the frame limit."""
         return cls(BUDGET_MESSAGES * max_frame_bytes)
 
-    def take(self, size: int, plane: str) -> bool:
-        """Hold ``size`` more bytes for a message of ``plane``'s, if both bounds allow."""
+    def take(self, size: int, owner: str) -> bool:
+        """Hold ``size`` more bytes for a message of ``owner``'s, if both bounds allow."""
         held = self.held + size
         if held > self.total:
             return False
-        mine = self._planes.get(plane, 0) + size
+        mine = self._owners.get(owner, 0) + size
         if mine > self.share:
             return False
         self.held = held
-        self._planes[plane] = mine
+        self._owners[owner] = mine
         return True
 
-    def give_back(self, size: int, plane: str) -> None:
+    def give_back(self, size: int, owner: str) -> None:
         self.held -= size
-        mine = self._planes[plane] - size
+        mine = self._owners[owner] - size
         if mine:
-            self._planes[plane] = mine
+            self._owners[owner] = mine
         else:
-            del self._planes[plane]
+            del self._owners[owner]
 
-    def held_by(self, plane: str) -> int:
-        return self._planes.get(plane, 0)
+    def held_by(self, owner: str) -> int:
+        return self._owners.get(owner, 0)
 
-    def refusal(self, size: int, plane: str) -> tuple[int, str | None]:
-        """Which bound ``size`` more bytes of ``plane``'s would pass: (the gateway's total,
-        None) or (the plane's share, the plane)."""
+    def refusal(self, size: int, owner: str) -> tuple[int, str | None]:
+        """Which bound ``size`` more bytes of ``owner``'s would pass: (the gateway's total,
+        None) or (the owner's share, the owner)."""
         if self.held + size > self.total:
             return self.total, None
-        return self.share, plane
+        return self.share, owner
 
 
 def request_id_of(head: bytes, *, binary: bool = False) -> str | None:
@@ -270,7 +271,7 @@ class FrameGuard:
         timeout: float = MESSAGE_TIMEOUT,
         loop: asyncio.AbstractEventLoop | None = None,
         budget: MessageBudget | None = None,
-        plane: str = "",
+        owner: str = "",
     ) -> None:
         self._inner = inner
         self._queue = queue
@@ -290,7 +291,7 @@ class FrameGuard:
         self._frames_left = FRAMES_PER_PASS
         self._waiting = False  # for the queue to drain (aiohttp's reader waits likewise)
         self._budget = budget  # None: no gateway-wide bound (tests of the parsing alone)
-        self._plane = plane  # the connection's planeID, whose share it draws on
+        self._owner = owner  # whose share of the budget it draws on (``budget_owner``)
         self._charged = 0  # bytes of the open message held in the budget
 
     @property
@@ -532,10 +533,10 @@ class FrameGuard:
         grown = self.buffered - self._charged
         if not grown:
             return
-        if budget.take(grown, self._plane):
+        if budget.take(grown, self._owner):
             self._charged += grown
         else:
-            self._refuse(message, budget.refusal(grown, self._plane))
+            self._refuse(message, budget.refusal(grown, self._owner))
 
     def _refuse(self, message: _Message, refused: tuple[int, str | None]) -> None:
         """No room in the budget for the open message: it goes as one over the limit goes
@@ -559,7 +560,7 @@ class FrameGuard:
         skipped, or its connection is over)."""
         if self._charged:
             assert self._budget is not None
-            self._budget.give_back(self._charged, self._plane)
+            self._budget.give_back(self._charged, self._owner)
             self._charged = 0
 
     def _end_frame(self, frame: _Frame) -> None:
@@ -629,14 +630,14 @@ class GuardedWebSocket(web.WebSocketResponse):
         limit: int,
         message_timeout: float = MESSAGE_TIMEOUT,
         budget: MessageBudget | None = None,
-        plane: str = "",
+        owner: str = "",
         **kwargs: Any,
     ) -> None:
         super().__init__(compress=False, max_msg_size=limit + 1, **kwargs)
         self._guard_limit = limit
         self._message_timeout = message_timeout
         self._budget = budget  # the gateway's, shared by its agents' sockets
-        self._plane = plane
+        self._owner = owner
         self.guard: FrameGuard | None = None  # once started
 
     def _post_start(self, request: web.BaseRequest, protocol: str | None, writer: Any) -> None:
@@ -653,7 +654,7 @@ class GuardedWebSocket(web.WebSocketResponse):
             timeout=self._message_timeout,
             loop=loop,
             budget=self._budget,
-            plane=self._plane,
+            owner=self._owner,
         )
         flow.guard = self.guard
         # the queue pauses and resumes reading through it (a public attribute of the queue)

@@ -96,7 +96,7 @@ def make_guard(budget: MessageBudget | None, plane: str) -> tuple[FrameGuard, An
     loop = asyncio.get_running_loop()
     queue = WebSocketDataQueue(FakeProtocol(), 2**30, loop=loop)  # type: ignore[arg-type]
     inner = WebSocketReader(queue, LIMIT + 1, compress=False, decode_text=False)
-    checker = FrameGuard(inner, queue, LIMIT, timeout=DEADLINE, budget=budget, plane=plane)
+    checker = FrameGuard(inner, queue, LIMIT, timeout=DEADLINE, budget=budget, owner=plane)
     return checker, queue
 
 
@@ -161,7 +161,7 @@ async def test_five_agents_at_once_never_pass_the_budget_one_fails_and_the_other
     assert len(refused) == 1, reported
     (loser,) = refused
     (report,) = reported[loser]
-    assert report.request_id == f"req-{loser}" and report.plane is None
+    assert report.request_id == f"req-{loser}" and report.owner is None
     assert report.describe() == OVER_TOTAL and report.budget == TOTAL
     assert agents.guards[loser].buffered == 0
     assert agents.most > TOTAL - 2 * PIECE  # it was full, not refused early
@@ -196,10 +196,10 @@ async def test_one_planes_agents_hold_at_most_half_the_budget_and_others_go_on(
     agents.interleaved([mine[:-1] for mine in reads[:3]])
     assert agents.budget.held_by("greedy") <= SHARE
     (report,) = over_budget(drain(agents.queues[2]))
-    assert report.request_id == "req-2" and report.plane == "greedy"
+    assert report.request_id == "req-2" and report.owner == "greedy"
     assert report.budget == SHARE
     assert report.describe() == (
-        f"the agents of planeID 'greedy' hold {SHARE} bytes of unfinished answers at the "
+        f"the agents serving greedy hold {SHARE} bytes of unfinished answers at the "
         "gateway, their share of its limit; retry"
     )
     for piece in reads[3]:  # the other tenant's whole answer, while greedy's are open
@@ -467,11 +467,21 @@ class _Built(Exception):
     pass
 
 
-async def test_each_agent_socket_draws_on_the_endpoints_budget_for_its_plane(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize(
+    ("granted", "owner"),
+    [
+        ({"team-a/build"}, "namespaces team-a"),
+        ({"team-a/build", "team-a/test", "team-b/x"}, "namespaces team-a,team-b"),
+        ({"/shared"}, "namespaces /"),  # ClusterWorkflowPlanes: the platform's
+    ],
+)
+async def test_each_agent_socket_draws_on_the_budget_share_of_its_crs_namespaces(
+    monkeypatch: pytest.MonkeyPatch, granted: set[str], owner: str
 ) -> None:
-    """``/ws`` makes the agent's socket with the endpoint's budget and the planeID it was
-    admitted for; the socket's guard charges that budget for that plane."""
+    """``/ws`` makes the agent's socket with the endpoint's budget, owned by the namespaces
+    of the CRs it was admitted for, not by its planeID: a squatter (its own CR and CA on a
+    victim's planeID) filling its share leaves the victim's whole, and a tenant naming many
+    planeIDs still has one share."""
     made: dict[str, Any] = {}
 
     def socket(**kwargs: Any) -> GuardedWebSocket:
@@ -479,22 +489,24 @@ async def test_each_agent_socket_draws_on_the_endpoints_budget_for_its_plane(
         raise _Built
 
     admits: Any = SimpleNamespace(
-        admit=lambda plane, leaf, intermediates=(): SimpleNamespace(
-            granted=frozenset({"team-a/build"})
-        )
+        admit=lambda plane, leaf, intermediates=(): SimpleNamespace(granted=frozenset(granted))
     )
     endpoint = AgentEndpoint(admits, GatewayConfig(), GatewayMetrics())
     monkeypatch.setattr(agent_endpoint, "peer_chain", lambda request: (LEAF,))
     monkeypatch.setattr(agent_endpoint, "GuardedWebSocket", socket)
-    with pytest.raises(_Built):
-        await endpoint.handle(make_mocked_request("GET", "/ws?planeType=workflowplane&planeID=p7"))
-    assert made["budget"] is endpoint.budget and made["plane"] == "p7"
+    for plane_id in ("p7", "p8"):
+        with pytest.raises(_Built):
+            target = f"/ws?planeType=workflowplane&planeID={plane_id}"
+            await endpoint.handle(make_mocked_request("GET", target))
+        assert made["budget"] is endpoint.budget and made["owner"] == owner
 
+
+async def test_a_guard_charges_its_owners_share_until_its_connection_ends() -> None:
     budget = MessageBudget(TOTAL)
     key = base64.b64encode(os.urandom(16)).decode()
     upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13"}
     request = make_mocked_request("GET", "/ws", headers={**upgrade, "Sec-WebSocket-Key": key})
-    ws = GuardedWebSocket(limit=LIMIT, budget=budget, plane="p7")
+    ws = GuardedWebSocket(limit=LIMIT, budget=budget, owner="p7")
     await ws.prepare(request)
     assert ws.guard is not None
     opcode, payload = answer("v3 binary", "r", NEAR_LIMIT)
