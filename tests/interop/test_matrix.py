@@ -153,6 +153,37 @@ async def test_crud_through_the_tunnel(
     assert gone.status == 404
 
 
+async def test_a_query_reaches_the_api_server_as_the_caller_sent_it(
+    pair: Pair, namespace: str, make_namespace: Any, workflow_plane: ApiServer
+) -> None:
+    """Every gateway sends the query on still percent-encoded (Go's ``r.URL.RawQuery``) and
+    every agent appends it as it is. Decoded on the way, a ``%2B`` became a ``+`` (a space
+    to the API server) and a ``%25`` a bad escape: the field manager the API server records
+    shows what arrived. kubectl's set-based selector and a ``%26`` in a value arrive too."""
+    plane = await pair.plane(namespace)
+    target = make_namespace(workflow_plane, "query")
+    base = f"/api/v1/namespaces/{target}/configmaps"
+    for name, app in (("a", "a"), ("c", "c")):
+        manifest = {"apiVersion": "v1", "kind": "ConfigMap"}
+        manifest["metadata"] = {"name": name, "labels": {"app": app}}  # type: ignore[assignment]
+        query = "?fieldManager=tool%2Bv1%25x%26y"
+        created = await pair.api.proxy(
+            plane.plane_id, plane.cr, "POST", base + query, json=manifest
+        )
+        assert created.status == 201, created.body
+        (managed,) = created.json()["metadata"]["managedFields"]
+        assert managed["manager"] == "tool+v1%x&y"
+
+    async def names(query: str) -> list[str]:
+        reply = await pair.api.proxy(plane.plane_id, plane.cr, "GET", f"{base}?{query}")
+        assert reply.status == 200, (query, reply.body)
+        return [item["metadata"]["name"] for item in reply.json()["items"]]
+
+    assert await names("labelSelector=app+in+%28a%2Cb%29") == ["a"]
+    assert await names("fieldSelector=metadata.name%3Da%26c") == []  # no object "a&c"
+    assert await names("fieldSelector=metadata.name%3Dc") == ["c"]
+
+
 async def test_not_found_passes_through_as_the_api_servers_status(
     pair: Pair, namespace: str
 ) -> None:

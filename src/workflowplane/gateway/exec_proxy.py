@@ -32,7 +32,13 @@ from aiohttp import web
 from workflowplane.api.planes import is_object_name
 from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.connections import AgentConnection
-from workflowplane.gateway.kube_proxy import KubeProxy, Target, close_stream, k8s_status
+from workflowplane.gateway.kube_proxy import (
+    KubeProxy,
+    Target,
+    close_stream,
+    k8s_status,
+    raw_query,
+)
 from workflowplane.gateway.streams import StreamBuffer, StreamEnd, StreamItem
 from workflowplane.protocol import StreamChunk, StreamInit, TunnelRequest, TunnelResponse
 from workflowplane.protocol.exec import (
@@ -144,7 +150,7 @@ class ExecProxy:
         caller = _caller_of(request)
         if isinstance(caller, web.Response):
             return self._proxy.count(caller)
-        return await self._serve(request, target, path, request.query_string, caller)
+        return await self._serve(request, target, path, raw_query(request), caller)
 
     async def _serve(
         self, request: web.Request, target: Target, path: str, query: str, caller: Caller

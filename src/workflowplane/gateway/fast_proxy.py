@@ -9,7 +9,7 @@ else, and anything this router is not sure about, goes to aiohttp (its routes, i
 answers, forwarding to peer replicas, the drain's 503), unchanged: the router declines.
 
 The router takes a target only when aiohttp would read it the same way: a path without
-``%`` (aiohttp decodes one), a query decoded exactly as aiohttp's URL does.
+``%`` (aiohttp decodes one). The query goes on as sent, percent-encoded, on both paths.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from functools import partial
 from typing import Any, Final
 
 from aiohttp import web
-from yarl import URL
 
 from workflowplane.gateway.answers import PROXY_PREFIX, Answered, AnswerLog
 from workflowplane.gateway.connections import AgentConnection, ConnectionManager
@@ -50,13 +49,6 @@ _PROXY_PATH: Final = re.compile(
 _DECLINED_HEADERS: Final = frozenset({"upgrade", "expect", "content-encoding"})
 
 
-def aiohttp_query(raw: str) -> str:
-    """The query string as aiohttp hands it to a handler (``request.query_string``)."""
-    if "%" not in raw and "+" not in raw:
-        return raw
-    return URL.build(query_string=raw, encoded=True).query_string
-
-
 _Read = tuple[Target, Answered, str]  # the CR, the answer's log facts, the query to send
 _UNREAD: Final[Any] = object()
 READS_KEPT: Final = 4096  # targets remembered (all forgotten at once when full)
@@ -80,7 +72,6 @@ def _read_target(method: str, target: str) -> _Read | None:
         return None  # aiohttp's path refuses it
     where = Target.of(info)
     namespace, name, path = info["crNamespace"], info["crName"], "/" + info["path"]
-    query = aiohttp_query(query)
     verb = kube_verb(method, path, query)
     return where, Answered(method, path, where.plane_id, namespace, name, verb, None), query
 

@@ -129,6 +129,13 @@ def unsent(response: web.Response) -> web.Response:
     return response
 
 
+def raw_query(request: web.Request) -> str:
+    """The query exactly as the caller sent it, still percent-encoded (OpenChoreo's gateway
+    sends ``r.URL.RawQuery``): the agent appends it as it is, so a decoded ``%26``, ``%23``,
+    ``+`` or ``%25`` would change the request, and aiohttp's own raw form is normalised."""
+    return request.raw_path.partition("?")[2].partition("#")[0]
+
+
 def bad_path(raw_path: str) -> bool:
     """``..`` segments (also percent-encoded) and NUL bytes are refused."""
     if "%" not in raw_path and ".." not in raw_path and "\x00" not in raw_path:
@@ -411,11 +418,12 @@ class KubeProxy:
         body = await self.read_body(request)
         if isinstance(body, web.Response):
             return self.count(body)
-        if is_streaming_query(request.query_string, path):  # the string: no MultiDict built
+        # The query as the caller sent it, still percent-encoded (as OpenChoreo's gateway
+        # sends r.URL.RawQuery): decoded, "%26", "%23" or "+" in a value would change it.
+        query = raw_query(request)
+        if is_streaming_query(query, path):  # the string: no MultiDict built
             return await self._stream(request, target, path)
-        sending = self.plain_request(
-            target, request.method, path, request.query_string, request.headers, body
-        )
+        sending = self.plain_request(target, request.method, path, query, request.headers, body)
         if isinstance(sending, web.Response):
             return self.count(sending)
         conn, frame = sending
@@ -707,7 +715,7 @@ class KubeProxy:
             request_id=rid,
             method=request.method,
             path=path,
-            query=request.query_string,
+            query=raw_query(request),
             headers=headers,
             is_upgrade=False,
         )

@@ -19,8 +19,8 @@ from workflowplane.gateway.answers import AnswerLog
 from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.connections import AgentConnection
 from workflowplane.gateway.drain import InFlight
-from workflowplane.gateway.fast_proxy import READ_CHARS_KEPT, READS_KEPT, FastProxy, aiohttp_query
-from workflowplane.gateway.kube_proxy import PROXY_ROUTE, KubeProxy, Target
+from workflowplane.gateway.fast_proxy import READ_CHARS_KEPT, READS_KEPT, FastProxy
+from workflowplane.gateway.kube_proxy import PROXY_ROUTE, KubeProxy, Target, raw_query
 from workflowplane.gateway.metrics import GatewayMetrics
 from workflowplane.kits.http1_server import Request
 from workflowplane.protocol import TunnelError, TunnelResponse
@@ -101,21 +101,47 @@ def test_a_draining_replica_leaves_every_request_to_aiohttp() -> None:
     assert fast("team-a/build", draining=True).route("GET", PLAIN, []) is None
 
 
-@pytest.mark.parametrize(
-    "query",
-    [
-        "",
-        "limit=500",
-        "labelSelector=app%3Dweb%2Ctier%21%3Ddb",
-        "fieldSelector=metadata.name%3Dx&limit=1",
-        "a=b+c",
-        "x=%2B%20%25&y=%26",
-        "continue=eyJ2IjoibWV0YS5rOHMuaW8vdjEiLCJydiI6MX0%3D",
-    ],
-)
-def test_the_query_reaches_the_agent_as_aiohttp_would_have_passed_it(query: str) -> None:
-    request = make_mocked_request("GET", f"{PLAIN}?{query}" if query else PLAIN)
-    assert aiohttp_query(query) == request.query_string
+SENT_QUERIES = [
+    "",
+    "limit=500",
+    "labelSelector=app%3Dweb%2Ctier%21%3Ddb",
+    "labelSelector=app+in+%28a%2Cb%29",  # decoded: a space in the request line
+    "fieldSelector=metadata.name%3Dx&limit=1",
+    "a=b+c",
+    "x=%2B%20%25&y=%26",  # decoded: "+" a space, "%" a bad escape, "&" a new parameter
+    "labelSelector=a%23b",  # decoded: "#" would end the query
+    "continue=eyJ2IjoibWV0YS5rOHMuaW8vdjEiLCJydiI6MX0%3D",
+]
+
+
+@pytest.mark.parametrize("query", SENT_QUERIES)
+def test_the_lean_path_sends_the_query_as_the_caller_sent_it(query: str) -> None:
+    """As OpenChoreo's gateway does (``r.URL.RawQuery``): the agent appends it to its request
+    as it is, so a decoded ``%26``, ``%23``, ``+`` or ``%25`` would change or break it."""
+    taken = fast("team-a/build").route("GET", f"{PLAIN}?{query}" if query else PLAIN, [])
+    assert isinstance(taken, partial)
+    assert taken.args[2] == query
+
+
+@pytest.mark.parametrize("query", SENT_QUERIES)
+async def test_aiohttps_path_sends_the_query_as_the_caller_sent_it(query: str) -> None:
+    metrics = GatewayMetrics()
+    connections: Any = Connections("team-a/build")
+    proxy = KubeProxy(connections, GatewayConfig(), metrics)
+    sent: list[str] = []
+
+    def plain_request(*args: Any) -> web.Response:
+        sent.append(args[3])
+        return web.Response(status=599)
+
+    proxy.plain_request = plain_request  # type: ignore[method-assign]
+    app = web.Application()
+    app.router.add_route("*", PROXY_ROUTE, proxy.handle)
+    request = make_mocked_request("GET", f"{PLAIN}?{query}" if query else PLAIN, app=app)
+    match = await app.router.resolve(request)
+    request._match_info = match  # as aiohttp's handler sees it
+    assert (await proxy.handle(request)).status == 599
+    assert sent == [query]
 
 
 @pytest.mark.parametrize(
@@ -142,7 +168,7 @@ async def test_the_target_is_read_as_aiohttps_router_reads_it(target: str) -> No
     where, what, query = taken.args
     assert where == Target.of(seen)
     assert what.path == "/" + seen["path"]
-    assert query == request.query_string
+    assert query == raw_query(request)
 
 
 class Answers:
