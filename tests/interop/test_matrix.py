@@ -355,6 +355,25 @@ async def test_caller_credentials_and_impersonation(pair: Pair, namespace: str) 
         assert reply.status == 200
 
 
+async def test_notify_refuses_what_is_no_notification_and_deleted_alone_closes_the_plane(
+    pair: Pair, namespace: str
+) -> None:
+    """Both gateways answer 400 for a body that is no notification (ours had answered a JSON
+    array with a 500), and a ``deleted`` naming no CR closes every connection of the plane
+    (the agents reconnect and are admitted afresh)."""
+    plane = await pair.plane(namespace)
+    for body in ([], "x", {"planeType": "workflowplane"}, {"event": "created"}):
+        reply = await pair.api.call("POST", "/api/v1/planes/notify", json=body)
+        assert reply.status == 400, (body, reply.body)
+    event = {"planeType": "workflowplane", "planeID": plane.plane_id, "event": "deleted"}
+    reply = await pair.api.call("POST", "/api/v1/planes/notify", json=event)
+    assert reply.status == 200, reply.body
+    assert reply.json()["action"] == "disconnect" and reply.json()["disconnectedAgents"] == 1
+    await pair.wait_connected(plane)  # the CR is still there: the agent is back
+    reply = await pair.api.proxy(plane.plane_id, plane.cr, "GET", "/api/v1/namespaces/default")
+    assert reply.status == 200
+
+
 async def test_notify_deleted_disconnects_and_the_agent_comes_back(
     pair: Pair, namespace: str
 ) -> None:

@@ -33,6 +33,26 @@ def notify_answer(event: str, result: Reverification) -> dict[str, object]:
     return {"success": True, "action": action, **counts}
 
 
+def _notify_problem(payload: object) -> str:
+    """Why a notify body cannot be acted on, or "" (a JSON object of strings, as Go's
+    ``PlaneNotification`` decodes it; a name, except for ``deleted``)."""
+    if not isinstance(payload, dict):
+        return "notify's body must be a JSON object"
+    fields = ("planeType", "planeID", "event", "namespace", "name")
+    wrong = [k for k in fields if not isinstance(payload.get(k, ""), str)]
+    if wrong:
+        return f"notify's {', '.join(wrong)} must be strings"
+    needed: tuple[str, ...] = ("planeType", "planeID", "event")
+    needed += () if payload.get("event") == "deleted" else ("name",)
+    missing = [k for k in needed if not payload.get(k)]
+    if missing or payload["event"] not in NOTIFY_EVENTS:
+        return (
+            f"notify needs planeType, planeID, event in {sorted(NOTIFY_EVENTS)} and, unless "
+            f"deleted, name (missing: {', '.join(missing) or 'none'})"
+        )
+    return ""
+
+
 class InternalAPI:
     """``/api/v1/planes/...`` for the controller and the CLI (mTLS with the internal CA).
 
@@ -54,30 +74,32 @@ class InternalAPI:
         ]
 
     async def notify(self, request: web.Request) -> web.Response:
-        """A CR was created, updated or deleted: grant or revoke it on every connection."""
+        """A CR was created, updated or deleted: grant or revoke it on every connection.
+        ``deleted`` without a CR named closes every connection of the plane, as OpenChoreo's
+        gateway does for any ``deleted`` (its agents reconnect and are admitted afresh)."""
         try:
             payload = await request.json()
         except ValueError:
             return k8s_status(400, "body must be JSON")
-        missing = [k for k in ("planeType", "planeID", "event", "name") if not payload.get(k)]
-        if missing or payload["event"] not in NOTIFY_EVENTS:
-            return k8s_status(
-                400,
-                f"notify needs planeType, planeID, name and event in "
-                f"{sorted(NOTIFY_EVENTS)} (missing: {', '.join(missing) or 'none'})",
-            )
+        problem = _notify_problem(payload)
+        if problem:
+            return k8s_status(400, problem)
+        plane_type, plane_id, event = payload["planeType"], payload["planeID"], payload["event"]
+        if not payload.get("name"):  # deleted: checked above
+            closed = await self._connections.close_plane(plane_type, plane_id, b"plane deleted")
+            return web.json_response(notify_answer(event, Reverification(0, 0, closed)))
         namespace = payload.get("namespace") or None
         key = cr_key_of(namespace, payload["name"])
         ca: bytes | None = None
-        if payload["event"] == "deleted":
+        if event == "deleted":
             self._planes.remove(key)
         else:
             try:
                 ca = await self._planes.fresh_ca(namespace, payload["name"])
             except ApiError as exc:
                 return k8s_status(503, f"cannot read {key} right now: {exc}", "ServiceUnavailable")
-        result = await self._connections.reverify(payload["planeType"], payload["planeID"], key, ca)
-        return web.json_response(notify_answer(payload["event"], result))
+        result = await self._connections.reverify(plane_type, plane_id, key, ca)
+        return web.json_response(notify_answer(event, result))
 
     async def plane_status(self, request: web.Request) -> web.Response:
         """The plane's agents; with a CR named, only what that CR's own CA vouches for
