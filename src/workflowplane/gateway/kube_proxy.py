@@ -401,6 +401,11 @@ class KubeProxy:
             )
         if blocked_path("/" + request.match_info["path"]):
             return unsent(_blocked("/" + request.match_info["path"]))
+        limit = self._config.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            # said before any agent is looked for, as OpenChoreo's gateway says it
+            message = f"request body of {request.content_length} bytes is over {limit} bytes"
+            return unsent(_closing(k8s_status(413, message, "RequestEntityTooLarge")))
         target = Target.of(request.match_info)
         refused = self.refusal(target)
         if refused is not None:
@@ -931,6 +936,13 @@ def _abort(request: web.Request, why: str) -> None:
     log.warning("%s: the caller's connection is closed", why)
     if request.transport is not None:
         request.transport.abort()
+
+
+def _closing(response: web.Response) -> web.Response:
+    """An answer given without reading the body the caller is still sending: the connection
+    ends after it (aiohttp reads and drops what comes for its lingering time)."""
+    response.force_close()
+    return response
 
 
 def _too_many(message: str) -> web.Response:

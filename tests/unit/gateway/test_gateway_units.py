@@ -96,6 +96,29 @@ async def test_a_blocked_path_is_refused_before_any_agent_is_asked() -> None:
     assert "access to path is blocked" in json.loads(response.body)["message"]  # type: ignore[arg-type]
 
 
+async def test_a_declared_body_over_the_limit_is_refused_before_any_agent_is_asked() -> None:
+    """A 413 whether or not the plane has an agent (as OpenChoreo's gateway answers), not
+    the 502 of a plane without one after the body was read."""
+    from aiohttp.test_utils import make_mocked_request  # noqa: PLC0415
+
+    class NoConnections:
+        def __getattr__(self, name: str) -> object:
+            raise AssertionError(f"no connection should be looked at ({name})")
+
+    config = GatewayConfig()
+    proxy = KubeProxy(NoConnections(), config, GatewayMetrics())  # type: ignore[arg-type]
+    info = {"planeType": "workflowplane", "planeID": "p", "crNamespace": "ns", "crName": "cr"}
+    request = make_mocked_request(
+        "POST",
+        "/api/proxy/workflowplane/p/ns/cr/k8s/api/v1/namespaces/x/configmaps",
+        headers={"Content-Length": str(config.max_body_bytes + 1)},
+        match_info={**info, "path": "api/v1/namespaces/x/configmaps"},
+    )
+    response = await proxy.handle(request)
+    assert response.status == 413
+    assert str(config.max_body_bytes) in json.loads(response.body)["message"]  # type: ignore[arg-type]
+
+
 def test_streaming_requests_are_recognised() -> None:
     assert is_streaming({"watch": "true"}) and is_streaming({"follow": "1"})
     assert not is_streaming({"watch": "false"}) and not is_streaming({})
