@@ -65,6 +65,11 @@ log = logging.getLogger(__name__)
 # A request body reaches handlers decoded, so its Content-Encoding no longer applies.
 REQUEST_HOP_BY_HOP = HOP_BY_HOP | {"content-encoding"}
 PROXY_ROUTE = "/api/proxy/{planeType}/{planeID}/{crNamespace}/{crName}/k8s/{path:.*}"
+# Anything else under the proxy prefix: answered as OpenChoreo's gateway answers it.
+OTHER_PROXY_ROUTE = "/api/proxy/{rest:.*}"
+PROXY_FORMAT = "/api/proxy/{planeType}/{planeID}/{namespace}/{crName}/{target}/{path}"
+# Targets OpenChoreo's gateway knows besides k8s (an observability plane's); not carried here.
+OTHER_TARGETS = frozenset({"monitoring", "logs"})
 RETRY_STREAM_AFTER_SECONDS = 5
 # A watch degraded for a v1 agent must end this long before the gateway stops waiting.
 WATCH_MARGIN_SECONDS = 5.0
@@ -369,7 +374,25 @@ class KubeProxy:
         return self._loop
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.route("*", PROXY_ROUTE, self.handle)]
+        return [
+            web.route("*", PROXY_ROUTE, self.handle),
+            web.route("*", OTHER_PROXY_ROUTE, self.not_k8s),
+        ]
+
+    async def not_k8s(self, request: web.Request) -> web.Response:
+        """A proxy URL without the ``k8s`` target in its place: 400 when it has too few parts
+        for one, 403 for a target OpenChoreo's gateway does not know either, 501 for the
+        observability targets it knows (a workflow plane's agent serves Kubernetes alone)."""
+        parts = request.match_info["rest"].split("/")
+        if len(parts) < 6:
+            return unsent(
+                k8s_status(400, f"invalid proxy URL format: {PROXY_FORMAT}", "BadRequest")
+            )
+        target = shortened(parts[4], 64)
+        if parts[4] not in OTHER_TARGETS:
+            return unsent(k8s_status(403, f"target not allowed: {target!r}", "Forbidden"))
+        message = f"target {target!r} is not carried by this gateway (only k8s)"
+        return unsent(k8s_status(501, message, "NotImplemented"))
 
     def refusal(self, target: Target) -> web.Response | None:
         """502 when no agent of the plane is connected, 403 when none may serve the CR."""

@@ -306,3 +306,35 @@ def test_follow_streams_a_log_only(path: str, streaming: bool) -> None:
     gateway reads it): elsewhere it was taken for one, and a v1 agent's request lost it."""
     assert is_streaming("follow=true", path) is streaming
     assert is_streaming("watch=true", path) is True
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "said"),
+    [
+        ("/api/proxy/workflowplane/p/ns/cr/k8s", 400, "invalid proxy URL format"),
+        ("/api/proxy/a/b/c", 400, "invalid proxy URL format"),
+        ("/api/proxy/workflowplane/p/ns/cr/bogus/x", 403, "target not allowed: 'bogus'"),
+        ("/api/proxy/workflowplane/p/ns/cr/monitoring/x", 501, "not carried by this gateway"),
+        ("/api/proxy/workflowplane/p/ns/cr/logs/x/y", 501, "not carried by this gateway"),
+    ],
+)
+async def test_a_proxy_url_without_k8s_in_its_place_is_answered_as_openchoreos_is(
+    path: str, status: int, said: str
+) -> None:
+    """Its gateway answers these 400 (too few parts) and 403 (a target it does not know), not
+    aiohttp's 404; it would forward its observability targets, which this gateway does not
+    carry (501). No connection is looked at."""
+    from aiohttp import web  # noqa: PLC0415
+    from aiohttp.test_utils import TestClient, TestServer  # noqa: PLC0415
+
+    class NoConnections:
+        def __getattr__(self, name: str) -> object:
+            raise AssertionError(f"no connection should be looked at ({name})")
+
+    proxy = KubeProxy(NoConnections(), GatewayConfig(), GatewayMetrics())  # type: ignore[arg-type]
+    app = web.Application()
+    app.add_routes(proxy.routes())
+    async with TestClient(TestServer(app)) as client:
+        reply = await client.get(path)
+        assert reply.status == status
+        assert said in (await reply.json())["message"]
