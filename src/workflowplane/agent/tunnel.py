@@ -37,7 +37,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mappi
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
-from urllib.parse import unquote, urlencode
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 import msgspec
@@ -91,6 +91,18 @@ FRAME_OVERHEAD = 64 * 1024
 MAX_PROBLEM_KINDS = 32
 # A StreamChunk message with data from the pieces read: (requestID, pieces) -> message.
 ChunkEncoder = Callable[[str, Sequence[Piece]], bytes | bytearray]
+
+
+def dial_url(url: str, plane_type: str, plane_id: str) -> str:
+    """The gateway URL with ``planeID`` and ``planeType`` set in its query, the rest of the
+    query kept (as OpenChoreo's agent merges them: Go's ``query.Encode()``, sorted), and
+    ``/ws`` as its path when it names none."""
+    parts = urlsplit(url)
+    path = parts.path if "/ws" in parts.path else parts.path.rstrip("/") + "/ws"
+    kept = parse_qsl(parts.query, keep_blank_values=True)
+    query = [(k, v) for k, v in kept if k not in ("planeType", "planeID")]
+    query += [("planeType", plane_type), ("planeID", plane_id)]
+    return urlunsplit(parts._replace(path=path, query=urlencode(sorted(query))))
 
 
 def full_jitter_delay(attempt: int, initial: float, cap: float) -> float:
@@ -813,8 +825,7 @@ class AgentTunnel:
         self._answers = (
             answers if answers is not None else AnswerBudget(whole_answers_bytes(max_frame))
         )
-        query = urlencode({"planeType": plane_type, "planeID": plane_id})
-        self.url = f"{url.rstrip('/')}/ws?{query}" if "/ws" not in url else f"{url}?{query}"
+        self.url = dial_url(url, plane_type, plane_id)
         self._ssl_factory = ssl_factory
         self._upstream = upstream
         self._initial, self._cap, self._stable = initial_backoff, max_backoff, stable_after

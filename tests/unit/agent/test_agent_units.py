@@ -9,7 +9,7 @@ import random
 import pytest
 
 from workflowplane.agent.bootstrap import new_identity
-from workflowplane.agent.tunnel import FrameServer, full_jitter_delay
+from workflowplane.agent.tunnel import FrameServer, dial_url, full_jitter_delay
 from workflowplane.agent.upstream import USER_AGENT, forwardable_headers
 
 
@@ -106,3 +106,20 @@ async def test_a_frame_dispatched_after_the_server_closed_is_dropped() -> None:
     assert server.requests_in_flight == 0
     await server.idle()
     assert sent == []
+
+
+@pytest.mark.parametrize(
+    ("given", "dialled"),
+    [
+        ("wss://gw:8443/ws", "wss://gw:8443/ws?planeID=p+1&planeType=workflowplane"),
+        ("wss://gw:8443", "wss://gw:8443/ws?planeID=p+1&planeType=workflowplane"),
+        ("wss://gw/ws?x=1", "wss://gw/ws?planeID=p+1&planeType=workflowplane&x=1"),
+        ("wss://gw/t/ws?planeID=old&a=b", "wss://gw/t/ws?a=b&planeID=p+1&planeType=workflowplane"),
+    ],
+)
+def test_the_gateway_url_is_dialled_with_the_plane_merged_into_its_query(
+    given: str, dialled: str
+) -> None:
+    """As OpenChoreo's agent merges them (Go's ``query.Encode()``, sorted): a URL that has a
+    query of its own had become ``…/ws?x=1?planeType=…``, and its planeType unreadable."""
+    assert dial_url(given, "workflowplane", "p 1") == dialled
