@@ -56,7 +56,13 @@ from workflowplane.agent.upstream import (
 from workflowplane.agent.ws_writer import mask_in_place
 from workflowplane.kits.corking import cork
 from workflowplane.kits.dialing import Connector
-from workflowplane.kits.http1 import Http1Response, InvalidRequest, Piece, hold_piece
+from workflowplane.kits.http1 import (
+    ConnectTimeout,
+    Http1Response,
+    InvalidRequest,
+    Piece,
+    hold_piece,
+)
 from workflowplane.kits.ratelog import LogThrottle
 from workflowplane.kits.stall import guard_writes
 from workflowplane.kits.text import shortened
@@ -588,6 +594,8 @@ class FrameServer:
             answer = error_response(rid, 502, _too_large(exc))
         except InvalidRequest as exc:
             answer = error_response(rid, 400, f"bad request: {exc}")
+        except ConnectTimeout as exc:  # nothing was sent: the API server is unreachable
+            answer = error_response(rid, 502, f"backend request failed: {exc}")
         except TimeoutError:
             answer = error_response(rid, 504, f"upstream did not answer within {self._timeout:g}s")
         except OSError as exc:
@@ -626,6 +634,8 @@ class FrameServer:
                 await self._relay(rid, response, head)
         except InvalidRequest as exc:
             await self._fail(rid, head.sent, 400, f"bad request: {exc}")
+        except ConnectTimeout as exc:  # nothing was sent: the API server is unreachable
+            await self._fail(rid, head.sent, 502, f"backend request failed: {exc}")
         except TimeoutError:
             await self._fail(
                 rid, head.sent, 504, f"upstream did not answer within {self._timeout:g}s"

@@ -15,7 +15,7 @@ import pytest
 
 from workflowplane.agent.tunnel import FrameServer, body_limit
 from workflowplane.agent.upstream import ResponseTooLarge, UpstreamResult, read_bounded
-from workflowplane.kits.http1 import Http1Error
+from workflowplane.kits.http1 import ConnectTimeout, Http1Error
 from workflowplane.protocol import StreamChunk, TunnelRequest, TunnelResponse
 from workflowplane.protocol.binary import decode_binary, encode_binary, encode_chunk
 
@@ -123,6 +123,23 @@ async def test_a_frame_over_the_bound_for_any_reason_becomes_a_502_not_silence()
 
     (frame,) = await _serve(HugeHeaders(FakeResponse([])), max_frame=200_000)
     assert frame["statusCode"] == 502 and "does not fit in one frame" in _status_message(frame)
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["v1", "v2"])
+async def test_an_api_server_that_cannot_be_reached_is_a_502_saying_so(chunked: bool) -> None:
+    """Not a 504 "did not answer within 30s" at the connect timeout (10 s): nothing was sent,
+    as OpenChoreo's agent says with its 502 "dial tcp ...: i/o timeout"."""
+
+    class Unreachable(FakeUpstream):
+        def open(self, *_: object, streaming: bool = False) -> Any:
+            raise ConnectTimeout("connecting to 10.0.0.1:6443 took over 10s")
+
+        async def request(self, *args: Any, streaming: bool = False) -> UpstreamResult:
+            raise ConnectTimeout("connecting to 10.0.0.1:6443 took over 10s")
+
+    (frame,) = await _serve(Unreachable(FakeResponse([])), chunked=chunked)
+    assert frame["statusCode"] == 502
+    assert "connecting to 10.0.0.1:6443 took over 10s" in _status_message(frame)
 
 
 async def test_v2_large_answer_goes_in_chunks_then_close() -> None:
