@@ -44,6 +44,8 @@ from workflowplane.kits.tlsfiles import check_ca, check_pair, check_together
 
 log = logging.getLogger(__name__)
 
+DEFAULT_HEALTH_PORT = 8082  # /healthz /readyz /metrics, when nobody chose one
+
 
 def _path(value: str | None) -> Path | None:
     return Path(value) if value else None
@@ -187,7 +189,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "health-port",
         type=port,
-        default=env("HEALTH_PORT") or "8082",
+        default=env("HEALTH_PORT") or str(DEFAULT_HEALTH_PORT),
         help="/healthz /readyz /metrics (0: any free port)",
     )
 
@@ -306,6 +308,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         ignored=_ignored(args),
         health_host=args.health_host,
         health_port=args.health_port,
+        health_optional=args.health_port == DEFAULT_HEALTH_PORT and not env("HEALTH_PORT"),
     )
 
 

@@ -52,6 +52,9 @@ class AgentConfig:
     # /healthz /readyz /metrics (agent/health.py); None: no listener (the CLI's default: 8082)
     health_host: str = "0.0.0.0"
     health_port: int | None = None
+    # The port is the default, asked for by nobody: taken, the agent serves without it (a
+    # warning), as OpenChoreo's agent, which has none, runs beside anything.
+    health_optional: bool = False
 
 
 ENV_PREFIX = "CLUSTER_AGENT_"

@@ -39,6 +39,7 @@ from workflowplane.agent.upstream import AnswerBudget, Upstream
 from workflowplane.api.consent import Consent, consent_of, parse_allow_list
 from workflowplane.kits.failures import report_failure
 from workflowplane.kits.memory import keep_heap_for_bodies, settle
+from workflowplane.kits.process import FatalError
 from workflowplane.kits.tasks import cancel_and_wait
 from workflowplane.protocol.http import AGENT_INSTANCE_HEADER
 
@@ -348,11 +349,28 @@ class Agent:
         if self.config.health_port is None:
             await self.run()
             return
-        await self.health.start(self.config.health_host, self.config.health_port)
+        await start_health(self.health, self.config)
         try:
             await self.run()
         finally:
             await self.health.close()
+
+
+async def start_health(health: AgentHealth, config: AgentConfig) -> None:
+    """The health listener; on a port nobody chose that is taken, a warning and none (the
+    tunnel is what the agent is for: OpenChoreo's agent, which has no listener, runs beside
+    anything). A port asked for that cannot be had stops the agent, naming it."""
+    assert config.health_port is not None
+    try:
+        await health.start(config.health_host, config.health_port)
+    except FatalError as exc:
+        if not config.health_optional:
+            raise
+        log.warning(
+            "%s: serving without /healthz, /readyz and /metrics "
+            "(--health-port or CLUSTER_AGENT_HEALTH_PORT chooses another port)",
+            exc.message,
+        )
 
 
 def _insecure_context() -> ssl.SSLContext:

@@ -11,6 +11,8 @@ import pytest
 
 from workflowplane.agent.command import add_arguments, config_from_args
 from workflowplane.agent.config import AgentConfig
+from workflowplane.agent.runner import start_health
+from workflowplane.kits.process import FatalError
 
 REQUIRED = ["--server-url=wss://gw:8443/ws", "--plane-id=p"]
 
@@ -41,3 +43,31 @@ def test_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_a_config_built_by_code_serves_no_listener() -> None:
     assert AgentConfig(server_url="wss://gw", plane_id="p").health_port is None
+
+
+def test_only_the_default_port_nobody_chose_is_optional(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _config().health_optional
+    assert not _config("--health-port=9100").health_optional
+    monkeypatch.setenv("CLUSTER_AGENT_HEALTH_PORT", "8082")
+    assert not _config().health_optional
+
+
+class TakenPort:
+    """A health listener whose port another process holds."""
+
+    async def start(self, host: str, port: int) -> int:
+        raise FatalError(f"cannot listen for health on {host}:{port}: address in use")
+
+
+async def test_a_taken_default_port_is_a_warning_and_the_agent_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """OpenChoreo's agent has no listener: agents started with its command line, several on
+    one host, had all but one exit (2) on the port the first took."""
+    await start_health(TakenPort(), _config())  # type: ignore[arg-type]
+    assert "serving without /healthz" in caplog.text and "address in use" in caplog.text
+
+
+async def test_a_taken_port_asked_for_stops_the_agent_naming_it() -> None:
+    with pytest.raises(FatalError, match="address in use"):
+        await start_health(TakenPort(), _config("--health-port=9100"))  # type: ignore[arg-type]
