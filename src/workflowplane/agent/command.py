@@ -45,6 +45,8 @@ from workflowplane.kits.tlsfiles import check_ca, check_pair, check_together
 log = logging.getLogger(__name__)
 
 DEFAULT_HEALTH_PORT = 8082  # /healthz /readyz /metrics, when nobody chose one
+# What OpenChoreo's agent accepts (its gateway looks up that kind of CR for each).
+GO_PLANE_TYPES = frozenset({"dataplane", "workflowplane", "observabilityplane"})
 
 
 def _path(value: str | None) -> Path | None:
@@ -242,6 +244,13 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
             "letters, digits and '-' (and '.' for a CR's name), starting and ending with a "
             f"letter or digit, at most {PLANE_ID_MAX_LENGTH} (a name: {DNS_SUBDOMAIN_MAX_LENGTH})",
             exit_code=EXIT_USAGE,
+        )
+    if args.plane_type not in GO_PLANE_TYPES:
+        raise FatalError(
+            f"--plane-type must be one of {', '.join(sorted(GO_PLANE_TYPES))} (as for "
+            f"OpenChoreo's agent), got {args.plane_type[:80]!r}",
+            "this agent serves a workflow plane: --plane-type=workflowplane (the default)",
+            EXIT_USAGE,
         )
     if args.reconnect_max is None:
         args.reconnect_max = max(DEFAULT_RECONNECT_MAX, args.reconnect_initial)

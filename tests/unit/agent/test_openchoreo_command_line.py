@@ -123,3 +123,15 @@ def test_our_own_flags_still_work() -> None:
     )
     assert config.reconnect_initial_seconds == 0.2 and config.reconnect_max_seconds == 2.0
     assert config.max_frame_bytes == 1 << 20 and config.ignored == ()
+
+
+def test_a_plane_type_openchoreos_agent_refuses_is_refused_naming_the_choices() -> None:
+    """Its agent exits on any other (its gateway looks up that kind of CR); ours had taken
+    any word and dialled with it."""
+    from workflowplane.kits.process import FatalError  # noqa: PLC0415
+
+    base = ["--server-url=wss://gw:8443/ws", "--plane-id=p"]
+    for plane_type in ("dataplane", "workflowplane", "observabilityplane"):
+        assert _config([*base, f"--plane-type={plane_type}"]).plane_type == plane_type
+    with pytest.raises(FatalError, match="dataplane, observabilityplane, workflowplane"):
+        _config([*base, "--plane-type=buildplane"])
