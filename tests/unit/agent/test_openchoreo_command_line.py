@@ -66,6 +66,7 @@ def test_every_flag_of_openchoreos_agent_is_accepted() -> None:
     assert "request-timeout" in names and "kubeconfig" in names
     samples = {"tls-enabled": "false", "reconnect-delay": "2s", "heartbeat-interval": "10s"}
     samples |= {"request-timeout": "1m", "log-level": "debug", "plane-id": "p"}
+    samples["plane-type"] = "workflowplane"
     samples["server-url"] = "wss://gw/ws"  # checked at start: a URL the agent can dial
     argv = ["-server-url=wss://gw/ws", "-plane-id=p"]
     argv += [f"-{name}={samples.get(name, '/x')}" for name in names]
