@@ -85,7 +85,7 @@ from workflowplane.protocol import (
 )
 from workflowplane.protocol.binary import MAX_ID_BYTES, encode_chunk
 from workflowplane.protocol.http import ALLOWED_METHODS
-from workflowplane.protocol.messages import MetadataTooLarge, opens_stream
+from workflowplane.protocol.messages import MalformedRequest, MetadataTooLarge, opens_stream
 
 log = logging.getLogger(__name__)
 CHUNK_BYTES = 256 * 1024  # 1 MiB chunks cost more CPU per byte (cache misses) and latency
@@ -397,6 +397,11 @@ class FrameServer:
             if self._unechoable(exc.request_id):
                 return
             self._refuse(exc.request_id, 400, f"bad request: {exc}", "metadata too large")
+            return
+        except MalformedRequest as exc:  # its sender is told, not left to time out
+            if not self._unechoable(exc.request_id) and exc.request_id not in self._tasks:
+                message, kind = f"bad request: {exc}", "malformed request"
+                self._refuse(exc.request_id, 500, message, kind, stream=exc.stream)
             return
         except (msgspec.DecodeError, msgspec.ValidationError, BinaryFrameError) as exc:
             self._drop_malformed(str(exc))

@@ -155,6 +155,16 @@ class MetadataTooLarge(msgspec.ValidationError):
         self.request_id = request_id
 
 
+class MalformedRequest(ValueError):
+    """A request (or stream) frame whose requestID reads but whose fields do not: its sender
+    is answered (a 500 "bad request", as the spec has it), not left to time out."""
+
+    def __init__(self, request_id: str, problem: str, *, stream: bool) -> None:
+        super().__init__(problem)
+        self.request_id = request_id
+        self.stream = stream
+
+
 class _Probe(msgspec.Struct):
     """The fields Go's receivers look at to tell frames apart (everything else is skipped),
     and the body's size: what is left is metadata, measured before any of it is decoded."""
@@ -167,6 +177,23 @@ class _Probe(msgspec.Struct):
 
 
 _probe = msgspec.json.Decoder(_Probe)
+
+
+class _RequestId(msgspec.Struct):
+    request_id: str = msgspec.field(default="", name="requestID")
+
+
+_request_id = msgspec.json.Decoder(_RequestId)
+
+
+def _request_id_of(raw: bytes | str) -> str | None:
+    """A frame's requestID when it reads as a string, though other fields do not."""
+    try:
+        return _request_id.decode(raw).request_id or None
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+
+
 _decoders: dict[type[Frame], msgspec.json.Decoder[Frame]] = {
     kind: msgspec.json.Decoder(kind)
     for kind in (TunnelRequest, TunnelResponse, StreamInit, StreamChunk)
@@ -201,7 +228,15 @@ def classify_agent_frame(raw: bytes | str) -> Frame:
     ``isUpgrade`` true: an upgrade stream (exec). Then a chunk (data or isClose). ``isUpgrade``
     present and false: our body stream (Go's gateways never send it). Otherwise a request.
     """
-    probe = _probe_frame(raw)
+    try:
+        probe = _probe_frame(raw)
+    except MetadataTooLarge:
+        raise  # refused by its own rule, without decoding any more of it
+    except msgspec.ValidationError as exc:
+        request_id = _request_id_of(raw)
+        if request_id is None:
+            raise
+        raise MalformedRequest(request_id, str(exc), stream=False) from exc
     if probe.is_upgrade is True:
         kind: type[Frame] = StreamInit
     elif _is_chunk(probe):
@@ -210,7 +245,12 @@ def classify_agent_frame(raw: bytes | str) -> Frame:
         kind = StreamInit
     else:
         kind = TunnelRequest
-    return _decoders[kind].decode(raw)
+    try:
+        return _decoders[kind].decode(raw)
+    except msgspec.ValidationError as exc:
+        if kind is StreamChunk or probe.request_id is None:
+            raise
+        raise MalformedRequest(probe.request_id, str(exc), stream=kind is StreamInit) from exc
 
 
 def classify_gateway_frame(raw: bytes | str) -> Frame:

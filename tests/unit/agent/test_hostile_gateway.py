@@ -72,6 +72,39 @@ async def test_a_duplicate_request_id_is_refused_and_the_first_stays_cancellable
     assert left == []
 
 
+REQUEST = {"requestID": "r1", "target": "k8s", "method": "GET", "path": "/api"}
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {**REQUEST, "headers": {"Accept": None}},  # Go's decoder takes a null as no values
+        {**REQUEST, "method": 7},
+        {**REQUEST, "body": "not base64!"},
+        {"requestID": "r1", "path": "/api/v1/pods", "isUpgrade": "yes"},  # a stream init
+    ],
+    ids=["null-header", "method-not-a-string", "bad-base64", "stream-init"],
+)
+async def test_a_request_frame_that_does_not_decode_is_answered_not_dropped(
+    frame: dict[str, Any],
+) -> None:
+    """Errors come back as responses, never as silence (the spec: bad request 500): a frame
+    whose requestID reads is answered, so its caller is not left to the gateway's timeout;
+    the next request is served as ever."""
+    upstream, sent = Upstream(), Sent()
+    upstream.gate.set()
+    server = FrameServer(upstream, sent, 5, 4)  # type: ignore[arg-type]
+    server.dispatch(json.dumps(frame))
+    await until(lambda: len(sent.frames) >= 1)
+    answer = sent.frames[0]
+    assert isinstance(answer, TunnelResponse) and answer.request_id == "r1"
+    assert answer.status_code == 500 and answer.error is not None
+    assert answer.error.message.startswith("bad request: ")
+    server.dispatch(json.dumps({**REQUEST, "requestID": "r2"}))
+    await until(lambda: any(getattr(f, "request_id", "") == "r2" for f in sent.frames))
+    await server.close()
+
+
 async def test_a_frame_nested_too_deeply_is_dropped_and_the_next_is_served() -> None:
     upstream, sent = Upstream(), Sent()
     server = FrameServer(upstream, sent, 5, 4)  # type: ignore[arg-type]
