@@ -27,6 +27,7 @@ from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.connections import AgentConnection, ConnectionManager
 from workflowplane.gateway.frames import (
     GuardedWebSocket,
+    MalformedAnswer,
     MessageBudget,
     OversizedMessage,
     ResponseTooLarge,
@@ -53,7 +54,7 @@ from workflowplane.protocol import (
 )
 from workflowplane.protocol.binary import request_id_of as binary_request_id
 from workflowplane.protocol.http import AGENT_INSTANCE_HEADER, UNSENT_HEADER
-from workflowplane.protocol.messages import MetadataTooLarge
+from workflowplane.protocol.messages import MetadataTooLarge, json_request_id
 
 log = logging.getLogger(__name__)
 KNOWN_PLANE_TYPES = frozenset({PLANE_TYPE})
@@ -430,6 +431,13 @@ class AgentEndpoint:
             return False
         except UNDECODABLE as exc:
             self._metrics.dropped_frames.inc()
+            rid = _answered_id(raw, binary)
+            if rid is not None and (
+                rid in conn.pending or rid in conn.streams or rid in conn.bodies
+            ):
+                problem = f"the agent's answer did not decode: {shortened(str(exc), 200)}"
+                self._fail_one(conn, rid, problem, "malformed", MalformedAnswer)
+                return False
             self._problem(conn, "malformed", "malformed frame dropped: %.200s", exc)
             return False
         return self._dispatch(conn, frame)
@@ -465,16 +473,30 @@ class AgentEndpoint:
         self._metrics.oversized.inc()
         self._fail_one(conn, oversized.request_id or "", oversized.describe(), "oversized")
 
-    def _fail_one(self, conn: AgentConnection, rid: str, problem: str, kind: str) -> None:
+    def _fail_one(
+        self,
+        conn: AgentConnection,
+        rid: str,
+        problem: str,
+        kind: str,
+        error: type[ResponseTooLarge] = ResponseTooLarge,
+    ) -> None:
         """Fail the request ``rid`` of this connection (its caller is told ``problem``)."""
         stream = conn.streams.get(rid) or conn.bodies.get(rid)
         future = conn.pending.get(rid)
         if stream is not None:
             stream.end(StreamEnd(problem))
         elif future is not None and not future.done():
-            future.set_exception(ResponseTooLarge(problem))
+            future.set_exception(error(problem))
         shown = shortened(rid, 64) or "(unknown)"
         self._problem(conn, kind, "%s; request %s failed", problem, shown)
+
+
+def _answered_id(raw: str | bytes | bytearray, binary: bool) -> str | None:
+    """The requestID an undecodable answer names, when it names one."""
+    if binary:
+        return None if isinstance(raw, str) else binary_request_id(raw)
+    return json_request_id(bytes(raw) if isinstance(raw, bytearray) else raw)
 
 
 def _feed(stream: StreamBuffer, frame: Frame) -> None:

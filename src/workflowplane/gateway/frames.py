@@ -88,6 +88,11 @@ class ResponseTooLarge(Exception):
     """The agent's answer to a request was over the frame limit (skipped, never read)."""
 
 
+class MalformedAnswer(ResponseTooLarge):
+    """The agent's answer to a request names it but does not decode (its caller is told at
+    once, not left to the request timeout)."""
+
+
 @dataclass(frozen=True)
 class OversizedMessage:
     """Queued, as a message's data, in place of a message over the limit."""

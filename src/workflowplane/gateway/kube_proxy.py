@@ -34,7 +34,7 @@ from workflowplane.api import cr_key_of
 from workflowplane.gateway.answers import REQUEST_ID, VERB
 from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.connections import AgentConnection, ConnectionManager
-from workflowplane.gateway.frames import ResponseTooLarge
+from workflowplane.gateway.frames import MalformedAnswer, ResponseTooLarge
 from workflowplane.gateway.metrics import GatewayMetrics, MetricHandles
 from workflowplane.gateway.streams import Body, StreamBuffer, StreamEnd, StreamItem
 from workflowplane.kits.cut_short import run_until
@@ -569,6 +569,8 @@ class KubeProxy:
             reply = await future  # at once when the send ended with it: its outcome
         except TimeoutError:
             return k8s_status(502, f"agent did not answer within {timeout:.0f}s", "Timeout")
+        except MalformedAnswer as exc:
+            return k8s_status(502, str(exc), "BadGateway")
         except ResponseTooLarge as exc:
             return k8s_status(502, str(exc), "ResponseTooLarge")
         except ConnectionError as exc:

@@ -186,11 +186,11 @@ class _RequestId(msgspec.Struct):
 _request_id = msgspec.json.Decoder(_RequestId)
 
 
-def _request_id_of(raw: bytes | str) -> str | None:
-    """A frame's requestID when it reads as a string, though other fields do not."""
+def json_request_id(raw: bytes | str) -> str | None:
+    """A JSON frame's requestID when it reads as a string, though other fields do not."""
     try:
         return _request_id.decode(raw).request_id or None
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
         return None
 
 
@@ -233,7 +233,7 @@ def classify_agent_frame(raw: bytes | str) -> Frame:
     except MetadataTooLarge:
         raise  # refused by its own rule, without decoding any more of it
     except msgspec.ValidationError as exc:
-        request_id = _request_id_of(raw)
+        request_id = json_request_id(raw)
         if request_id is None:
             raise
         raise MalformedRequest(request_id, str(exc), stream=False) from exc

@@ -83,3 +83,25 @@ def test_a_key_given_twice_cannot_hide_its_first_value() -> None:
         classify_gateway_frame(raw)
     body = b'"' + b"A" * (4 << 20) + b'"'  # a large body is not metadata
     assert classify_gateway_frame(b'{"requestID":"r","statusCode":200,"body":' + body + b"}")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"statusCode": "ok"}, {"headers": {"X": "not a list"}}, {"body": "not base64!"}],
+    ids=["status", "headers", "body"],
+)
+async def test_an_answer_that_does_not_decode_fails_its_request_at_once(
+    fields: dict[str, object],
+) -> None:
+    """Its requestID reads: the caller gets a 502 naming the problem now, not after the
+    request timeout; an undecodable answer naming no request in flight is only dropped."""
+    w = wired()
+    ask = asyncio.create_task(w.proxy.ask(w.conn, TunnelRequest(request_id="r1", path="/api")))
+    await w.socket.sent.wait()
+    rid = w.socket.frames[0].request_id
+    assert not w.endpoint._route_frame(w.conn, frame_of(rid, **fields))
+    async with asyncio.timeout(5):  # failed at once, not at the request timeout
+        answer = await ask
+    assert answer.status == 502
+    assert b"the agent's answer did not decode" in answer.body  # type: ignore[operator]
+    assert not w.endpoint._route_frame(w.conn, frame_of("nobody-asked", **fields))
