@@ -1,6 +1,7 @@
 """Certificates for the tunnel: CA and leaf generation, and per-CA client verification."""
 
 from workflowplane.pki.certs import (
+    CA_KEY_USAGE,
     MAX_BUNDLE_CERTIFICATES,
     CertificateRejected,
     ClientCheck,
@@ -24,6 +25,7 @@ from workflowplane.pki.certs import (
 )
 
 __all__ = [
+    "CA_KEY_USAGE",
     "MAX_BUNDLE_CERTIFICATES",
     "CertificateRejected",
     "ClientCheck",

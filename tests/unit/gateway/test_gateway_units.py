@@ -38,6 +38,13 @@ def test_ordinary_paths_pass() -> None:
     assert not bad_path("/api/proxy/wp/p/ns/cr/k8s/api/v1/namespaces/a..b/pods")
 
 
+class NoConnections:
+    """A connection manager nobody may consult: the answer comes before any lookup."""
+
+    def __getattr__(self, name: str) -> object:
+        raise AssertionError(f"no connection should be looked at ({name})")
+
+
 @pytest.mark.parametrize(
     "path",
     [
@@ -74,10 +81,6 @@ async def test_a_blocked_path_is_refused_before_any_agent_is_asked() -> None:
     nowhere else, as OpenChoreo's gateway answers; no connection is looked up."""
     from aiohttp.test_utils import make_mocked_request  # noqa: PLC0415
 
-    class NoConnections:
-        def __getattr__(self, name: str) -> object:
-            raise AssertionError(f"no connection should be looked at ({name})")
-
     proxy = KubeProxy(NoConnections(), GatewayConfig(), GatewayMetrics())  # type: ignore[arg-type]
     target = "/api/proxy/workflowplane/p/ns/cr/k8s/api/v1/namespaces/kube-system/secrets"
     request = make_mocked_request(
@@ -100,10 +103,6 @@ async def test_a_declared_body_over_the_limit_is_refused_before_any_agent_is_ask
     """A 413 whether or not the plane has an agent (as OpenChoreo's gateway answers), not
     the 502 of a plane without one after the body was read."""
     from aiohttp.test_utils import make_mocked_request  # noqa: PLC0415
-
-    class NoConnections:
-        def __getattr__(self, name: str) -> object:
-            raise AssertionError(f"no connection should be looked at ({name})")
 
     config = GatewayConfig()
     proxy = KubeProxy(NoConnections(), config, GatewayMetrics())  # type: ignore[arg-type]
@@ -326,10 +325,6 @@ async def test_a_proxy_url_without_k8s_in_its_place_is_answered_as_openchoreos_i
     carry (501). No connection is looked at."""
     from aiohttp import web  # noqa: PLC0415
     from aiohttp.test_utils import TestClient, TestServer  # noqa: PLC0415
-
-    class NoConnections:
-        def __getattr__(self, name: str) -> object:
-            raise AssertionError(f"no connection should be looked at ({name})")
 
     proxy = KubeProxy(NoConnections(), GatewayConfig(), GatewayMetrics())  # type: ignore[arg-type]
     app = web.Application()
