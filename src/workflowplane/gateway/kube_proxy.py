@@ -381,8 +381,9 @@ class KubeProxy:
 
     async def not_k8s(self, request: web.Request) -> web.Response:
         """A proxy URL without the ``k8s`` target in its place: 400 when it has too few parts
-        for one, 403 for a target OpenChoreo's gateway does not know either, 501 for the
-        observability targets it knows (a workflow plane's agent serves Kubernetes alone)."""
+        for one, 403 for a target OpenChoreo's gateway does not know either, and for the
+        observability targets it passes on, the 404 every agent gives them ("unknown
+        target"), said here: a workflow plane's agent serves Kubernetes alone."""
         parts = request.match_info["rest"].split("/")
         if len(parts) < 6:
             return unsent(
@@ -391,8 +392,8 @@ class KubeProxy:
         target = shortened(parts[4], 64)
         if parts[4] not in OTHER_TARGETS:
             return unsent(k8s_status(403, f"target not allowed: {target!r}", "Forbidden"))
-        message = f"target {target!r} is not carried by this gateway (only k8s)"
-        return unsent(k8s_status(501, message, "NotImplemented"))
+        message = f"unknown target: {target} (a workflow plane's agents serve k8s only)"
+        return unsent(k8s_status(404, message, "NotFound"))
 
     def refusal(self, target: Target) -> web.Response | None:
         """502 when no agent of the plane is connected, 403 when none may serve the CR."""

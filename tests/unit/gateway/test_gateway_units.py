@@ -313,16 +313,16 @@ def test_follow_streams_a_log_only(path: str, streaming: bool) -> None:
         ("/api/proxy/workflowplane/p/ns/cr/k8s", 400, "invalid proxy URL format"),
         ("/api/proxy/a/b/c", 400, "invalid proxy URL format"),
         ("/api/proxy/workflowplane/p/ns/cr/bogus/x", 403, "target not allowed: 'bogus'"),
-        ("/api/proxy/workflowplane/p/ns/cr/monitoring/x", 501, "not carried by this gateway"),
-        ("/api/proxy/workflowplane/p/ns/cr/logs/x/y", 501, "not carried by this gateway"),
+        ("/api/proxy/workflowplane/p/ns/cr/monitoring/x", 404, "unknown target: monitoring"),
+        ("/api/proxy/workflowplane/p/ns/cr/logs/x/y", 404, "unknown target: logs"),
     ],
 )
 async def test_a_proxy_url_without_k8s_in_its_place_is_answered_as_openchoreos_is(
     path: str, status: int, said: str
 ) -> None:
-    """Its gateway answers these 400 (too few parts) and 403 (a target it does not know), not
-    aiohttp's 404; it would forward its observability targets, which this gateway does not
-    carry (501). No connection is looked at."""
+    """Its gateway answers these 400 (too few parts) and 403 (a target it does not know);
+    its observability targets it forwards, and every agent answers them 404 "unknown
+    target", which this gateway says itself. No connection is looked at."""
     from aiohttp import web  # noqa: PLC0415
     from aiohttp.test_utils import TestClient, TestServer  # noqa: PLC0415
 
