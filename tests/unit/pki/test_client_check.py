@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -30,6 +31,7 @@ from workflowplane.pki import (
     trust_bundle,
     verify_client_certificate,
 )
+from workflowplane.pki import certs as pki_certs
 from workflowplane.pki.certs import _CLIENT_LEAF_POLICY, BundleCache
 
 NOW = dt.datetime.now(dt.UTC)
@@ -290,3 +292,32 @@ def test_a_bundle_is_parsed_once_and_kept_within_its_bounds(
     nothing = BundleCache(max_entries=0, max_bytes=len(first))
     nothing.get(first)
     assert len(nothing) == 0
+
+
+def test_only_the_one_path_up_from_the_leaf_is_searched(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a client sends is its choice: eight intermediates sharing a CA's public subject
+    (self-issued, S by S) made each search try every one at every step (15 ms of the shared
+    loop per CA per attempt). The path goes by name, each subject once, no self-issued one."""
+    from tests.pki_chains import intermediate_ca, root_ca  # noqa: PLC0415
+    from workflowplane.pki.certs import linked_path  # noqa: PLC0415
+
+    root = root_ca("org-root")
+    inter = intermediate_ca(root, "org-agents")
+    leaf = issue_certificate(inter, "agent").certificate
+    decoy = intermediate_ca(root, "org-agents")  # the same subject, sent after the real one
+    stranger = generate_ca("unrelated").certificate
+    sent = [stranger, inter.certificate, decoy.certificate, root.certificate]
+    assert linked_path(leaf, sent) == [inter.certificate]
+    assert ClientCheck([leaf, *sent]).refusal(root.cert_pem) is None
+    named_like_the_ca = [_self_signed("org-agents", ca=True) for _ in range(8)]
+    assert linked_path(leaf, named_like_the_ca) == []
+    searched: list[int] = []
+    search = pki_certs._chain_refusal
+
+    def counted(chain: Sequence[x509.Certificate], store: Any, moment: dt.datetime) -> Any:
+        searched.append(len(chain))
+        return search(chain, store, moment)
+
+    monkeypatch.setattr(pki_certs, "_chain_refusal", counted)
+    assert ClientCheck([leaf, *named_like_the_ca]).refusal(inter.cert_pem) is None
+    assert searched == [1]  # the leaf alone: none of the eight was tried
