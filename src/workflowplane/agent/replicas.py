@@ -78,8 +78,10 @@ def check_url(value: str, setting: str) -> str:
     return value
 
 
-def _split(value: str, setting: str) -> SplitResult:
-    """The URL's parts, every one checked (ReplicaConfigError naming what is wrong)."""
+def _split(value: str, setting: str, *, query: bool = True) -> SplitResult:
+    """The URL's parts, every one checked (ReplicaConfigError naming what is wrong). A query
+    of its own is kept, planeID and planeType merged into it (as OpenChoreo's agent does;
+    ``tunnel.dial_url``), unless ``query`` is False (a name's addresses take none)."""
     example = "e.g. wss://cluster-gateway.openchoreo-control-plane.svc:8443/ws"
     try:
         url = urlsplit(value)
@@ -95,11 +97,9 @@ def _split(value: str, setting: str) -> SplitResult:
         raise ReplicaConfigError(f"{setting}: {value!r} names no host; {example}")
     if url.username is not None or url.password is not None:
         raise ReplicaConfigError(f"{setting}: {value!r} must not carry credentials")
-    if url.query or url.fragment:
-        raise ReplicaConfigError(
-            f"{setting}: {value!r} must not carry a query or fragment (the agent adds "
-            "planeType and planeID)"
-        )
+    if url.fragment or (url.query and not query):
+        kind = "a fragment" if url.fragment else "a query"
+        raise ReplicaConfigError(f"{setting}: {value!r} must not carry {kind}")
     return url
 
 
@@ -132,7 +132,7 @@ class DnsName:
         given_url = "://" in text
         if not given_url and "/" in text:
             raise ReplicaConfigError(f"{setting}: {value!r} must be host:port or a wss:// URL")
-        url = _split(text if given_url else f"wss://{text}", setting)
+        url = _split(text if given_url else f"wss://{text}", setting, query=False)
         host = url.hostname or ""
         if not given_url and url.port is None:
             raise ReplicaConfigError(

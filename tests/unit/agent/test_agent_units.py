@@ -123,3 +123,19 @@ def test_the_gateway_url_is_dialled_with_the_plane_merged_into_its_query(
     """As OpenChoreo's agent merges them (Go's ``query.Encode()``, sorted): a URL that has a
     query of its own had become ``…/ws?x=1?planeType=…``, and its planeType unreadable."""
     assert dial_url(given, "workflowplane", "p 1") == dialled
+
+
+def test_a_gateway_url_with_a_query_is_taken_from_the_command_line() -> None:
+    """OpenChoreo's agent accepts it and merges planeID and planeType into its query; ours
+    had refused it at start (so the merge above was out of reach)."""
+    import argparse  # noqa: PLC0415
+
+    from workflowplane.agent.command import add_arguments, config_from_args  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--server-url=wss://gw:8443/ws?tenant=a", "--plane-id=p"])
+    config = config_from_args(args)
+    assert dial_url(config.server_url, config.plane_type, config.plane_id) == (
+        "wss://gw:8443/ws?planeID=p&planeType=workflowplane&tenant=a"
+    )
