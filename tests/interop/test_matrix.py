@@ -372,6 +372,11 @@ async def test_notify_refuses_what_is_no_notification_and_deleted_alone_closes_t
     await pair.wait_connected(plane)  # the CR is still there: the agent is back
     reply = await pair.api.proxy(plane.plane_id, plane.cr, "GET", "/api/v1/namespaces/default")
     assert reply.status == 200
+    # a null where Go decodes "" (a ClusterWorkflowPlane's namespace) is no bad request:
+    # Go answers 503 (no such CR to read), ours 200 (nothing to grant)
+    cluster = {**event, "event": "updated", "namespace": None, "name": "no-such-cluster-plane"}
+    reply = await pair.api.call("POST", "/api/v1/planes/notify", json=cluster)
+    assert reply.status in (200, 503), reply.body
 
 
 async def test_notify_deleted_disconnects_and_the_agent_comes_back(

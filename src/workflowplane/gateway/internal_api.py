@@ -39,6 +39,9 @@ def _notify_problem(payload: object) -> str:
     if not isinstance(payload, dict):
         return "notify's body must be a JSON object"
     fields = ("planeType", "planeID", "event", "namespace", "name")
+    for key in fields:  # Go decodes a null into a string field as ""
+        if key in payload and payload[key] is None:
+            payload[key] = ""
     wrong = [k for k in fields if not isinstance(payload.get(k, ""), str)]
     if wrong:
         return f"notify's {', '.join(wrong)} must be strings"
