@@ -191,7 +191,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "health-port",
         type=port,
-        default=env("HEALTH_PORT") or str(DEFAULT_HEALTH_PORT),
+        default=env("HEALTH_PORT"),  # None: nobody chose one (DEFAULT_HEALTH_PORT)
         help="/healthz /readyz /metrics (0: any free port)",
     )
 
@@ -316,8 +316,8 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         cert_validity_days=args.cert_validity_days,
         ignored=_ignored(args),
         health_host=args.health_host,
-        health_port=args.health_port,
-        health_optional=args.health_port == DEFAULT_HEALTH_PORT and not env("HEALTH_PORT"),
+        health_port=DEFAULT_HEALTH_PORT if args.health_port is None else args.health_port,
+        health_optional=args.health_port is None,
     )
 
 

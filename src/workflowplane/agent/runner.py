@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import ssl
 import tempfile
@@ -364,7 +365,8 @@ async def start_health(health: AgentHealth, config: AgentConfig) -> None:
     try:
         await health.start(config.health_host, config.health_port)
     except FatalError as exc:
-        if not config.health_optional:
+        taken = isinstance(exc.__cause__, OSError) and exc.__cause__.errno == errno.EADDRINUSE
+        if not (config.health_optional and taken):
             raise
         log.warning(
             "%s: serving without /healthz, /readyz and /metrics "

@@ -5,6 +5,7 @@ config built by code unless asked for."""
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 
 import pytest
@@ -48,15 +49,21 @@ def test_a_config_built_by_code_serves_no_listener() -> None:
 def test_only_the_default_port_nobody_chose_is_optional(monkeypatch: pytest.MonkeyPatch) -> None:
     assert _config().health_optional
     assert not _config("--health-port=9100").health_optional
+    assert not _config("--health-port=8082").health_optional  # asked for, if the default
     monkeypatch.setenv("CLUSTER_AGENT_HEALTH_PORT", "8082")
     assert not _config().health_optional
 
 
 class TakenPort:
-    """A health listener whose port another process holds."""
+    """A health listener whose port another process holds (or ``problem``)."""
+
+    def __init__(self, problem: int = errno.EADDRINUSE) -> None:
+        self.problem = problem
 
     async def start(self, host: str, port: int) -> int:
-        raise FatalError(f"cannot listen for health on {host}:{port}: address in use")
+        cause = OSError(self.problem, os.strerror(self.problem))
+        error = FatalError(f"cannot listen for health on {host}:{port}: {cause}")
+        raise error from cause
 
 
 async def test_a_taken_default_port_is_a_warning_and_the_agent_goes_on(
@@ -65,9 +72,16 @@ async def test_a_taken_default_port_is_a_warning_and_the_agent_goes_on(
     """OpenChoreo's agent has no listener: agents started with its command line, several on
     one host, had all but one exit (2) on the port the first took."""
     await start_health(TakenPort(), _config())  # type: ignore[arg-type]
-    assert "serving without /healthz" in caplog.text and "address in use" in caplog.text
+    assert "serving without /healthz" in caplog.text and "already in use" in caplog.text
 
 
 async def test_a_taken_port_asked_for_stops_the_agent_naming_it() -> None:
-    with pytest.raises(FatalError, match="address in use"):
+    with pytest.raises(FatalError, match="Address already in use"):
         await start_health(TakenPort(), _config("--health-port=9100"))  # type: ignore[arg-type]
+
+
+async def test_any_other_listening_problem_stops_the_agent_even_on_the_default() -> None:
+    """Only a port another process holds is passed over (a host that is no address of this
+    machine is a setting to fix)."""
+    with pytest.raises(FatalError, match="Cannot assign requested address"):
+        await start_health(TakenPort(errno.EADDRNOTAVAIL), _config())  # type: ignore[arg-type]
