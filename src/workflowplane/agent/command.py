@@ -245,6 +245,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
             f"letter or digit, at most {PLANE_ID_MAX_LENGTH} (a name: {DNS_SUBDOMAIN_MAX_LENGTH})",
             exit_code=EXIT_USAGE,
         )
+    args.plane_type = args.plane_type or PLANE_TYPE  # empty: the default, as Go's agent does
     if args.plane_type not in GO_PLANE_TYPES:
         raise FatalError(
             f"--plane-type must be one of {', '.join(sorted(GO_PLANE_TYPES))} (as for "

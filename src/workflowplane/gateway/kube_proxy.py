@@ -385,7 +385,7 @@ class KubeProxy:
         observability targets it passes on, the 404 every agent gives them ("unknown
         target"), said here: a workflow plane's agent serves Kubernetes alone."""
         parts = request.match_info["rest"].split("/")
-        if len(parts) < 6:
+        if len(parts) < 6 or not all(parts[:4]):  # a part the k8s route needs is empty
             return unsent(
                 k8s_status(400, f"invalid proxy URL format: {PROXY_FORMAT}", "BadRequest")
             )

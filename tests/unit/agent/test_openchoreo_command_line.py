@@ -136,3 +136,4 @@ def test_a_plane_type_openchoreos_agent_refuses_is_refused_naming_the_choices() 
         assert _config([*base, f"--plane-type={plane_type}"]).plane_type == plane_type
     with pytest.raises(FatalError, match="dataplane, observabilityplane, workflowplane"):
         _config([*base, "--plane-type=buildplane"])
+    assert _config([*base, "--plane-type="]).plane_type == "workflowplane"  # empty: default

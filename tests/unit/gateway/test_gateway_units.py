@@ -312,6 +312,7 @@ def test_follow_streams_a_log_only(path: str, streaming: bool) -> None:
     [
         ("/api/proxy/workflowplane/p/ns/cr/k8s", 400, "invalid proxy URL format"),
         ("/api/proxy/a/b/c", 400, "invalid proxy URL format"),
+        ("/api/proxy/workflowplane//ns/cr/k8s/api", 400, "invalid proxy URL format"),
         ("/api/proxy/workflowplane/p/ns/cr/bogus/x", 403, "target not allowed: 'bogus'"),
         ("/api/proxy/workflowplane/p/ns/cr/monitoring/x", 404, "unknown target: monitoring"),
         ("/api/proxy/workflowplane/p/ns/cr/logs/x/y", 404, "unknown target: logs"),
