@@ -222,6 +222,10 @@ class PublicTLS:
         be done, one that refuses in the handshake and reports why. The report hook runs on
         every TLS record, so it is set only where a handshake can refuse a certificate."""
         context = server_context(self._chain, cas, required=False)
+        # No resumption: a resumed session brings the leaf but not the intermediates the
+        # agent sent (the chain admission judges); TLS 1.3 resumes only by tickets.
+        context.options |= ssl.OP_NO_TICKET
+        context.num_tickets = 0
         if self._any_certificate:
             self._any_certificate = request_any_client_certificate(context)
         if not self._any_certificate:

@@ -118,3 +118,10 @@ async def test_a_certificate_without_its_key_is_refused_and_the_one_in_use_goes_
 def _fresh(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     return directory
+
+
+def test_the_public_listener_offers_no_session_to_resume(tmp_path: Path) -> None:
+    """A resumed session brings the agent's leaf but not the intermediates it sent, which
+    admission judges (an agent whose leaf an intermediate issued would get a 401)."""
+    context = _public_tls(tmp_path).listener_context()
+    assert context.num_tickets == 0 and context.options & ssl.OP_NO_TICKET
