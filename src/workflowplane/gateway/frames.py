@@ -31,9 +31,9 @@ A message still open at the end of a read takes what that read added to it, and 
 all back when it is handed on, dropped or skipped, or its connection ends; one that would
 pass the budget goes as one over the limit does (an :class:`OverBudget` fails its request,
 the rest of it is skipped), never waited for: waiting while others hold buffers could
-deadlock. A message begun and ended within one read
-is never held past it (one connection's read is parsed at a time) and costs nothing; so
-the budget costs no frame anything, and a read a few attribute lookups.
+deadlock. A message begun and ended within one read is never held past it (one
+connection's read is parsed at a time) and costs nothing; so the budget costs no frame
+anything, and a read a few attribute lookups.
 
 A read's frames are parsed at most ``FRAMES_PER_PASS`` per pass of the event loop, and none
 while aiohttp's message queue is over its high-water mark (as aiohttp's own reader stalls):

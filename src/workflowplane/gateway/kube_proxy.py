@@ -423,8 +423,9 @@ class KubeProxy:
             return unsent(
                 k8s_status(400, "path traversal ('..' or NUL) is not allowed", "BadRequest")
             )
-        if blocked_path("/" + request.match_info["path"]):
-            return unsent(_blocked("/" + request.match_info["path"]))
+        path = "/" + request.match_info["path"]
+        if blocked_path(path):
+            return unsent(_blocked(path))
         limit = self._config.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             # said before any agent is looked for, as OpenChoreo's gateway says it
@@ -439,7 +440,6 @@ class KubeProxy:
             if isinstance(body, web.Response):  # it then takes what was read (aiohttp's)
                 return self.count(body)
             return await self.on_miss(request, target, refused)
-        path = "/" + request.match_info["path"]
         if request.headers.get("Upgrade"):
             if self.on_upgrade is None:
                 return self.count(k8s_status(501, "upgrades are not served", "NotImplemented"))
@@ -474,14 +474,11 @@ class KubeProxy:
             async with asyncio.timeout(seconds):  # aiohttp's handler task: never run eagerly
                 return await request.read()
         except TimeoutError:
-            response = k8s_status(
-                408,
+            message = (
                 f"the request body did not arrive within {seconds:g}s "
-                "(the gateway's request timeout, --request-timeout)",
-                "Timeout",
+                "(the gateway's request timeout, --request-timeout)"
             )
-            response.force_close()
-            return response
+            return _closing(k8s_status(408, message, "Timeout"))
 
     def plain_request(
         self,
