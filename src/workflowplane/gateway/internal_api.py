@@ -39,10 +39,8 @@ def _notify_problem(payload: object) -> str:
     if not isinstance(payload, dict):
         return "notify's body must be a JSON object"
     fields = ("planeType", "planeID", "event", "namespace", "name")
-    for key in fields:  # Go decodes a null into a string field as ""
-        if key in payload and payload[key] is None:
-            payload[key] = ""
-    wrong = [k for k in fields if not isinstance(payload.get(k, ""), str)]
+    # a null is "", as Go decodes it into a string field (every read below takes it so)
+    wrong = [k for k in fields if not isinstance(payload.get(k), str | None)]
     if wrong:
         return f"notify's {', '.join(wrong)} must be strings"
     needed: tuple[str, ...] = ("planeType", "planeID", "event")

@@ -334,3 +334,31 @@ async def test_a_proxy_url_without_k8s_in_its_place_is_answered_as_openchoreos_i
         reply = await client.get(path)
         assert reply.status == status
         assert said in (await reply.json())["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ([], "must be a JSON object"),
+        ({"planeType": "workflowplane", "planeID": "p", "event": "updated", "name": 5}, "name"),
+        ({"planeType": "workflowplane", "planeID": "p", "event": "x", "name": "n"}, "needs"),
+        (
+            {"planeType": "workflowplane", "planeID": "p", "event": "updated", "name": "n"}
+            | {"namespace": []},
+            "namespace must be",
+        ),
+        ({"planeType": "workflowplane", "planeID": "p", "event": "updated"}, "missing: name"),
+    ],
+)
+def test_a_notify_that_is_no_notification_is_named(body: object, problem: str) -> None:
+    from workflowplane.gateway.internal_api import _notify_problem  # noqa: PLC0415
+
+    said = _notify_problem(body)
+    assert said and problem in said
+
+
+def test_a_null_in_a_notify_is_the_empty_string_go_decodes() -> None:
+    from workflowplane.gateway.internal_api import _notify_problem  # noqa: PLC0415
+
+    body = {"planeType": "workflowplane", "planeID": "p", "event": "deleted", "namespace": None}
+    assert _notify_problem({**body, "name": None}) == ""
