@@ -84,7 +84,7 @@ from workflowplane.protocol import (
     encode_binary,
 )
 from workflowplane.protocol.binary import MAX_ID_BYTES, encode_chunk
-from workflowplane.protocol.http import ALLOWED_METHODS
+from workflowplane.protocol.http import ALLOWED_METHODS, resource_segments
 from workflowplane.protocol.messages import MalformedRequest, MetadataTooLarge, opens_stream
 
 log = logging.getLogger(__name__)
@@ -225,18 +225,13 @@ def _private(path: str, namespace: str) -> bool:
     namespace (runs work in ``workflows-<namespace>``)."""
     if namespace not in path and "secrets" not in path and "%" not in path:
         return False
-    segments = [segment for segment in unquote(path).split("/") if segment]
-    if segments[:1] == ["api"]:
-        rest = segments[2:]
-    elif segments[:1] == ["apis"]:
-        rest = segments[3:]
-    else:
+    parsed = resource_segments(path)
+    if parsed is None:
         return False
-    if rest[:1] == ["watch"]:
-        rest = rest[1:]
+    prefix, rest = parsed
     if rest[:2] == ["namespaces", namespace]:
         return True
-    return segments[:1] == ["api"] and rest[:1] == ["secrets"]
+    return prefix[:1] == ["api"] and rest[:1] == ["secrets"]
 
 
 def _overlong_id(request_id: str) -> bool:

@@ -58,6 +58,7 @@ from workflowplane.protocol.http import (
     is_caller_credential,
     is_streaming_query,
     kube_true,
+    resource_segments,
 )
 from workflowplane.protocol.verbs import kube_verb
 
@@ -163,13 +164,10 @@ def blocked_path(path: str) -> bool:
         return True
     if "kube-system" not in path and "%" not in path:
         return False
-    segments = [segment for segment in unquote(path).split("/") if segment]
-    if segments[:2] != ["api", "v1"]:
+    parsed = resource_segments(path)
+    if parsed is None or parsed[0] != ["api", "v1"]:
         return False
-    rest = segments[2:]
-    if rest[:1] == ["watch"]:
-        rest = rest[1:]
-    return rest[:3] == ["namespaces", "kube-system", "secrets"]
+    return parsed[1][:3] == ["namespaces", "kube-system", "secrets"]
 
 
 def _blocked(path: str) -> web.Response:

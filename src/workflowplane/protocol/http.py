@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 ALLOWED_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 
@@ -47,6 +47,21 @@ def is_caller_credential(name: str) -> bool:
     """``Authorization`` and every ``Impersonate-*`` header (any case)."""
     lower = name.lower()
     return lower == CALLER_CREDENTIAL or lower.startswith(IMPERSONATION_PREFIX)
+
+
+def resource_segments(path: str) -> tuple[list[str], list[str]] | None:
+    """A Kubernetes API path as the API server routes it, however spelled (percent-encoded,
+    doubled slashes, the old ``/watch/`` form): its group and version (``["api", "v1"]``,
+    ``["apis", group, version]``) and the segments after them, ``watch`` dropped; None for
+    a path under neither ``/api`` nor ``/apis``. Both ends judge paths on it."""
+    segments = [segment for segment in unquote(path).split("/") if segment]
+    if segments[:1] == ["api"]:
+        prefix, rest = segments[:2], segments[2:]
+    elif segments[:1] == ["apis"]:
+        prefix, rest = segments[:3], segments[3:]
+    else:
+        return None
+    return prefix, rest[1:] if rest[:1] == ["watch"] else rest
 
 
 def kube_true(value: str | None) -> bool:
