@@ -1,5 +1,6 @@
-"""A root CA, an intermediate CA it signs, and so agent leaves that chain to the root only
-through the intermediate the agent sends with them (as cert-manager's CA issuers make)."""
+"""Certificates the tests need that ``workflowplane.pki`` does not make: a root CA and an
+intermediate CA it signs (agent leaves that chain to the root only through the intermediate
+the agent sends with them, as cert-manager's CA issuers make), and a leaf without EKU."""
 
 from __future__ import annotations
 
@@ -51,3 +52,23 @@ def root_ca(name: str) -> KeyPair:
 def intermediate_ca(root: KeyPair, name: str) -> KeyPair:
     """A CA ``root`` signs, that may sign leaves only."""
     return _ca(name, 0, root)
+
+
+def leaf_without_eku(ca: KeyPair, now: dt.datetime) -> x509.Certificate:
+    """A leaf as a careless issuer would make it: signed by ``ca``, no EKU extension at all."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "no-eku")]))
+        .issuer_name(ca.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.private_key.public_key()),
+            critical=False,
+        )
+        .sign(ca.private_key, hashes.SHA256())
+    )

@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.pki_chains import leaf_without_eku
 from workflowplane.pki import (
     MAX_BUNDLE_CERTIFICATES,
     CertificateRejected,
@@ -105,31 +106,10 @@ def test_bundle_helpers(ca: KeyPair) -> None:
         load_certificates(b"-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n")
 
 
-def _leaf_without_eku(ca: KeyPair) -> x509.Certificate:
-    """A leaf as a careless issuer would make it: signed by the CA, no EKU extension at all."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = ca.certificate
-    return (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "no-eku")]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - dt.timedelta(minutes=5))
-        .not_valid_after(NOW + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.private_key.public_key()),
-            critical=False,
-        )
-        .sign(ca.private_key, hashes.SHA256())
-    )
-
-
 def test_leaf_without_any_eku_is_rejected(ca: KeyPair) -> None:
     """The contract requires ClientAuth; an absent EKU must not count as 'any usage'."""
     with pytest.raises(CertificateRejected, match="no ExtendedKeyUsage extension"):
-        verify_client_certificate([_leaf_without_eku(ca)], ca.cert_pem)
+        verify_client_certificate([leaf_without_eku(ca, NOW)], ca.cert_pem)
 
 
 # ---- a cert-manager self-signed leaf registered as the CR's "CA" (OpenChoreo's chart) -------

@@ -20,11 +20,11 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
+from tests.pki_chains import intermediate_ca, leaf_without_eku, root_ca
 from workflowplane.pki import (
     MAX_BUNDLE_CERTIFICATES,
     CertificateRejected,
     ClientCheck,
-    KeyPair,
     generate_ca,
     issue_certificate,
     load_certificates,
@@ -32,7 +32,7 @@ from workflowplane.pki import (
     verify_client_certificate,
 )
 from workflowplane.pki import certs as pki_certs
-from workflowplane.pki.certs import _CLIENT_LEAF_POLICY, BundleCache
+from workflowplane.pki.certs import _CLIENT_LEAF_POLICY, BundleCache, linked_path
 
 NOW = dt.datetime.now(dt.UTC)
 # When the checks judge: certificates issued later than NOW (the module is imported minutes
@@ -113,25 +113,6 @@ def _self_signed(name: str, *, client: bool = True, ca: bool = False) -> x509.Ce
     return builder.sign(key, hashes.SHA256())
 
 
-def _leaf_without_eku(ca: KeyPair) -> x509.Certificate:
-    key = ec.generate_private_key(ec.SECP256R1())
-    return (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "no-eku")]))
-        .issuer_name(ca.certificate.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - dt.timedelta(minutes=5))
-        .not_valid_after(NOW + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.private_key.public_key()),
-            critical=False,
-        )
-        .sign(ca.private_key, hashes.SHA256())
-    )
-
-
 class World:
     """CAs, bundles and leaves: every kind the admission rules tell apart."""
 
@@ -189,8 +170,8 @@ class World:
                     self.other, "srv", client=False, server=True, dns_names=["x"]
                 ).certificate
             ],
-            "without EKU": [_leaf_without_eku(self.ca)],
-            "another CA's, without EKU": [_leaf_without_eku(self.other)],
+            "without EKU": [leaf_without_eku(self.ca, NOW)],
+            "another CA's, without EKU": [leaf_without_eku(self.other, NOW)],
             "pinned": [self.pinned],
             "pinned without ClientAuth": [self.pinned_no_eku],
             "self-signed, pinned nowhere": [_self_signed("pinned-agent")],
@@ -298,9 +279,6 @@ def test_only_the_one_path_up_from_the_leaf_is_searched(monkeypatch: pytest.Monk
     """What a client sends is its choice: eight intermediates sharing a CA's public subject
     (self-issued, S by S) made each search try every one at every step (15 ms of the shared
     loop per CA per attempt). The path goes by name, each subject once, no self-issued one."""
-    from tests.pki_chains import intermediate_ca, root_ca  # noqa: PLC0415
-    from workflowplane.pki.certs import linked_path  # noqa: PLC0415
-
     root = root_ca("org-root")
     inter = intermediate_ca(root, "org-agents")
     leaf = issue_certificate(inter, "agent").certificate
