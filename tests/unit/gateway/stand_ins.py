@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
 from aiohttp.http_websocket import WSMessage
 
+from tests.unit.ws_stand_ins import FakeProtocol
 from workflowplane.gateway.agent_endpoint import AgentEndpoint
 from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.connections import AgentConnection
+from workflowplane.gateway.frames import FrameGuard, MessageBudget
 from workflowplane.gateway.kube_proxy import KubeProxy
 from workflowplane.gateway.metrics import GatewayMetrics
 from workflowplane.pki import generate_ca, issue_certificate
@@ -17,6 +21,24 @@ from workflowplane.protocol import Frame, StreamChunk
 from workflowplane.protocol.binary import decode_binary
 
 LEAF = issue_certificate(generate_ca("any"), "agent").certificate
+
+
+def frame_guard(
+    limit: int, deadline: float, budget: MessageBudget | None = None, owner: str = ""
+) -> tuple[FrameGuard, Any]:
+    """A frame guard in front of aiohttp's own reader, and the queue it delivers to."""
+    loop = asyncio.get_running_loop()
+    queue = WebSocketDataQueue(FakeProtocol(), 2**30, loop=loop)  # type: ignore[arg-type]
+    inner = WebSocketReader(queue, limit + 1, compress=False, decode_text=False)
+    return FrameGuard(inner, queue, limit, timeout=deadline, budget=budget, owner=owner), queue
+
+
+def drain(queue: Any) -> list[WSMessage]:
+    """The messages queued so far, taken out."""
+    messages = []
+    while queue._buffer:
+        messages.append(queue._buffer.popleft()[0])
+    return messages
 
 
 class AgentSocket:
@@ -32,12 +54,28 @@ class AgentSocket:
         self.frames.append(decode_binary(data))
         self.sent.set()
 
-    def closes(self, rid: str) -> int:
-        """How many times the agent was told to stop ``rid``."""
+    def closes(self, rid: str | None = None) -> int:
+        """How many times the agent was told to stop ``rid`` (any request: None)."""
         return sum(
-            isinstance(f, StreamChunk) and f.request_id == rid and f.is_close is True
+            isinstance(f, StreamChunk) and rid in (None, f.request_id) and f.is_close is True
             for f in self.frames
         )
+
+
+class ScriptedAgent(AgentSocket):
+    """The agent's side of the socket: answers each frame the gateway sends by ``script``,
+    delivered by ``deliver`` a pass of the loop later (as read from the socket)."""
+
+    def __init__(self, script: Callable[[Frame], list[Frame]]) -> None:
+        super().__init__()
+        self.script = script
+        self.deliver: Callable[[Frame], object] = lambda frame: None
+
+    async def send_bytes(self, data: bytes) -> None:
+        await super().send_bytes(data)
+        loop = asyncio.get_running_loop()
+        for reply in self.script(self.frames[-1]):
+            loop.call_soon(self.deliver, reply)
 
 
 class OneAgent:

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from tests.unit.gateway.stand_ins import LEAF
+from tests.unit.gateway.stand_ins import LEAF, ScriptedAgent
 from workflowplane.gateway import kube_proxy
 from workflowplane.gateway.agent_endpoint import AgentEndpoint
 from workflowplane.gateway.answers import AnswerLog
@@ -33,7 +33,6 @@ from workflowplane.gateway.kube_proxy import (
 from workflowplane.gateway.metrics import GatewayMetrics
 from workflowplane.kits.http1_server import Limits, Request
 from workflowplane.protocol import Frame, StreamChunk, StreamInit, TunnelRequest, TunnelResponse
-from workflowplane.protocol.binary import decode_binary
 
 KEY = "team-a/build"
 PLAIN = "/api/proxy/workflowplane/p1/team-a/build/k8s/api/v1/namespaces/x/pods"
@@ -110,30 +109,6 @@ def test_a_flood_is_refused_before_its_headers_are_looked_at(
 
 
 # ---- aiohttp's path -------------------------------------------------------------------------
-
-
-class ScriptedAgent:
-    """The agent's side of the socket: answers each frame the gateway sends by ``script``,
-    a pass of the loop later (as read from the socket)."""
-
-    closed = False
-
-    def __init__(self, script: Callable[[Frame], list[Frame]]) -> None:
-        self.script = script
-        self.frames: list[Frame] = []
-        self.sent = asyncio.Event()
-        self.deliver: Callable[[Frame], object] = lambda frame: None
-
-    async def send_bytes(self, data: bytes) -> None:
-        frame = decode_binary(data)
-        self.frames.append(frame)
-        self.sent.set()
-        loop = asyncio.get_running_loop()
-        for reply in self.script(frame):
-            loop.call_soon(self.deliver, reply)
-
-    def closes(self) -> int:
-        return sum(isinstance(f, StreamChunk) and f.is_close is True for f in self.frames)
 
 
 class Serving:

@@ -24,12 +24,10 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
 from aiohttp.http_websocket import WebSocketError, WSMessage
 from aiohttp.test_utils import make_mocked_request
 
-from tests.unit.gateway.stand_ins import LEAF, OneAgent, ReadSide
-from tests.unit.ws_stand_ins import FakeProtocol
+from tests.unit.gateway.stand_ins import LEAF, OneAgent, ReadSide, drain, frame_guard
 from tests.unit.ws_stand_ins import frame as ws_frame
 from workflowplane.gateway import agent_endpoint
 from workflowplane.gateway.agent_endpoint import AgentEndpoint
@@ -93,18 +91,7 @@ def reads_of(opcode: int, payload: bytes, shape: str) -> list[bytes]:
 
 
 def make_guard(budget: MessageBudget | None, plane: str) -> tuple[FrameGuard, Any]:
-    loop = asyncio.get_running_loop()
-    queue = WebSocketDataQueue(FakeProtocol(), 2**30, loop=loop)  # type: ignore[arg-type]
-    inner = WebSocketReader(queue, LIMIT + 1, compress=False, decode_text=False)
-    checker = FrameGuard(inner, queue, LIMIT, timeout=DEADLINE, budget=budget, owner=plane)
-    return checker, queue
-
-
-def drain(queue: Any) -> list[WSMessage]:
-    messages = []
-    while queue._buffer:
-        messages.append(queue._buffer.popleft()[0])
-    return messages
+    return frame_guard(LIMIT, DEADLINE, budget, plane)
 
 
 def data_of(messages: list[WSMessage]) -> list[Any]:

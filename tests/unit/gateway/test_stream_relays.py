@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer, make_mocked_request
 
-from tests.unit.gateway.stand_ins import LEAF
+from tests.unit.gateway.stand_ins import LEAF, ScriptedAgent
 from workflowplane.gateway.agent_endpoint import AgentEndpoint
 from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.connections import AgentConnection
@@ -20,7 +20,6 @@ from workflowplane.gateway.kube_proxy import KubeProxy, Target
 from workflowplane.gateway.metrics import GatewayMetrics
 from workflowplane.gateway.streams import PROBLEM_SHOWN, StreamBuffer, StreamEnd
 from workflowplane.protocol import Frame, StreamChunk, StreamInit, TunnelRequest, TunnelResponse
-from workflowplane.protocol.binary import decode_binary
 
 pytestmark = pytest.mark.asyncio
 KEY = "team-a/build"
@@ -28,27 +27,6 @@ BASE = "/api/proxy/workflowplane/p1/team-a/build/k8s/api/v1/namespaces/x/pods"
 # What a hostile agent streams after a head that may carry no body: the caller's next answer.
 SPLIT = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nevil!"
 Script = Callable[[Frame], list[Frame]]
-
-
-class _Agent:
-    """The agent's side of the socket: answers each frame the gateway sends by ``script``,
-    delivered to the endpoint a pass of the loop later (as read from the socket)."""
-
-    closed = False
-
-    def __init__(self, script: Script) -> None:
-        self.script = script
-        self.frames: list[Frame] = []
-        self.sent = asyncio.Event()
-        self.deliver: Callable[[Frame], object] = lambda frame: None
-
-    async def send_bytes(self, data: bytes) -> None:
-        frame = decode_binary(data)
-        self.frames.append(frame)
-        self.sent.set()
-        loop = asyncio.get_running_loop()
-        for reply in self.script(frame):
-            loop.call_soon(self.deliver, reply)
 
 
 class _Connections:
@@ -66,9 +44,11 @@ class _Connections:
         return None if full else self.conn
 
 
-def _wired(script: Script, config: GatewayConfig) -> tuple[AgentConnection, _Agent, KubeProxy]:
+def _wired(
+    script: Script, config: GatewayConfig
+) -> tuple[AgentConnection, ScriptedAgent, KubeProxy]:
     metrics = GatewayMetrics()
-    agent = _Agent(script)
+    agent = ScriptedAgent(script)
     ws: Any = agent
     conn = AgentConnection("workflowplane", "p1", ws, LEAF, {KEY}, v2=True, binary=True)
     connections: Any = _Connections(conn)

@@ -21,12 +21,10 @@ from typing import Any
 
 import pytest
 from aiohttp import WSMsgType, web
-from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
 from aiohttp.http_websocket import WSMessage
 from aiohttp.test_utils import make_mocked_request
 
-from tests.unit.gateway.stand_ins import LEAF, OneAgent, ReadSide
-from tests.unit.ws_stand_ins import FakeProtocol
+from tests.unit.gateway.stand_ins import LEAF, OneAgent, ReadSide, drain, frame_guard
 from tests.unit.ws_stand_ins import frame as ws_frame
 from workflowplane.gateway.agent_endpoint import AgentEndpoint
 from workflowplane.gateway.config import GatewayConfig
@@ -99,17 +97,7 @@ def with_pongs(reads: list[bytes], shape: str) -> list[bytes]:
 
 
 def guard(deadline: float = DEADLINE) -> tuple[FrameGuard, Any]:
-    loop = asyncio.get_running_loop()
-    queue = WebSocketDataQueue(FakeProtocol(), 2**30, loop=loop)  # type: ignore[arg-type]
-    inner = WebSocketReader(queue, LIMIT + 1, compress=False, decode_text=False)
-    return FrameGuard(inner, queue, LIMIT, timeout=deadline), queue
-
-
-def drain(queue: Any) -> list[WSMessage]:
-    messages = []
-    while queue._buffer:
-        messages.append(queue._buffer.popleft()[0])
-    return messages
+    return frame_guard(LIMIT, deadline)
 
 
 def data_of(messages: list[WSMessage]) -> list[Any]:
