@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
+import socket
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -17,7 +20,7 @@ from workflowplane.gateway.frames import FrameGuard, MessageBudget
 from workflowplane.gateway.kube_proxy import KubeProxy
 from workflowplane.gateway.metrics import GatewayMetrics
 from workflowplane.pki import generate_ca, issue_certificate
-from workflowplane.protocol import Frame, StreamChunk
+from workflowplane.protocol import TUNNEL_V3, Frame, StreamChunk
 from workflowplane.protocol.binary import decode_binary
 
 LEAF = issue_certificate(generate_ca("any"), "agent").certificate
@@ -131,3 +134,18 @@ class ReadSide:
 
     def exception(self) -> None:
         return None
+
+
+def slow_reader(port: int) -> socket.socket:
+    """An agent's raw socket to a local /ws, upgraded to v3, that reads little: a 4 KiB
+    receive buffer, so what the gateway writes backs up at once."""
+    agent = socket.socket()
+    agent.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    agent.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    agent.sendall(
+        f"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        f"Sec-WebSocket-Protocol: {TUNNEL_V3}\r\n\r\n".encode()
+    )
+    return agent

@@ -10,8 +10,6 @@ transport to drain on the one future all senders share (``_drain_waiter``)."""
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,7 +18,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
-from tests.unit.gateway.stand_ins import LEAF, OneAgent
+from tests.unit.gateway.stand_ins import LEAF, OneAgent, slow_reader
 from workflowplane.gateway.answers import AnswerLog
 from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.connections import AgentConnection
@@ -214,15 +212,7 @@ async def unread_agent() -> AsyncIterator[tuple[GuardedWebSocket, socket.socket]
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    agent = socket.socket()
-    agent.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    agent.connect(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    agent.sendall(
-        f"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-        f"Sec-WebSocket-Protocol: {TUNNEL_V3}\r\n\r\n".encode()
-    )
+    agent = slow_reader(port)
     agent.setblocking(False)
     try:
         yield await opened, agent

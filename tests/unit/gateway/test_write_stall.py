@@ -5,8 +5,6 @@ for it without end (each close waited, one after another, at shutdown)."""
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
 import socket
 import threading
 import time
@@ -16,7 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.unit.gateway.stand_ins import LEAF, OneAgent
+from tests.unit.gateway.stand_ins import LEAF, OneAgent, slow_reader
 from workflowplane.gateway.config import GatewayConfig
 from workflowplane.gateway.connections import AgentConnection, ConnectionManager
 from workflowplane.gateway.frames import GuardedWebSocket
@@ -61,15 +59,7 @@ async def silent_agent() -> AsyncIterator[tuple[GuardedWebSocket, socket.socket]
     )
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    agent = socket.socket()
-    agent.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    agent.connect(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    agent.sendall(
-        f"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-        f"Sec-WebSocket-Protocol: {TUNNEL_V3}\r\n\r\n".encode()
-    )
+    agent = slow_reader(port)
     try:
         yield await opened, agent
     finally:
