@@ -189,3 +189,26 @@ class _Watched(dict):  # type: ignore[type-arg]
     def values(self):  # type: ignore[no-untyped-def]
         self._scanned.append("values")
         return super().values()
+
+
+def test_at_most_eight_certificates_after_the_leaf_are_read_from_the_handshake() -> None:
+    """A client may send a hundred: each read is a parse on the shared loop, and the verifier
+    cannot use a chain deeper than 8 anyway. One that does not parse is left out."""
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
+    from workflowplane.gateway.agent_endpoint import MAX_INTERMEDIATES, _intermediates  # noqa: PLC0415
+
+    root = root_ca("many-root")
+    ders = [
+        intermediate_ca(root, f"many-{i}").certificate.public_bytes(serialization.Encoding.DER)
+        for i in range(20)
+    ]
+    sent = [b"the leaf", b"not a certificate", *ders]
+    handshake = SimpleNamespace(_sslobj=SimpleNamespace(get_unverified_chain=lambda: sent))
+    read = _intermediates(handshake)
+    assert MAX_INTERMEDIATES == 8 and len(read) == MAX_INTERMEDIATES - 1  # the junk one: out
+    assert [cert.subject.rfc4514_string() for cert in read] == [
+        f"CN=many-{i}" for i in range(MAX_INTERMEDIATES - 1)
+    ]
