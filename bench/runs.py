@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -37,7 +38,7 @@ from lightkube.types import PatchType
 
 from machine import interpreter
 from workflowplane.api.workflows import WorkflowRunResource
-from workflowplane.testenv.tools import async_client
+from workflowplane.testenv.tools import async_client, kubectl
 
 CP, WP = "wp-control-plane", "wp-workflow-plane"
 WPCTL = str(Path(sys.executable).parent / "wpctl")
@@ -94,6 +95,48 @@ class CpuMeter:
             f"{name} {(after[name] - before.get(name, 0.0)) / runs * 1000:.1f}" for name in after
         )
         print(f"  CPU ms per run ({what}): {shares}")
+
+
+REQUEST_LINE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<count>\S+)$")
+LABEL = re.compile(r'(\w+)="([^"]*)"')
+
+
+class RequestMeter:
+    """Requests each API server served, by verb and resource, from its own ``/metrics``: what
+    a run costs the control plane's and the plane's API servers, which share the machine."""
+
+    def __init__(self, kubeconfig: Path) -> None:
+        self.kubeconfig = kubeconfig
+
+    def sample(self, context: str) -> dict[str, float]:
+        text = kubectl(self.kubeconfig, context, "get", "--raw", "/metrics").stdout
+        counts: dict[str, float] = {}
+        for line in text.splitlines():
+            found = REQUEST_LINE.match(line)
+            if found is None:
+                continue
+            labels = dict(LABEL.findall(found["labels"]))
+            if labels.get("resource") in ("", None, "leases", "events"):
+                continue  # not the runs' (leases and events are counted by the components)
+            what = labels["resource"] + (
+                f"/{labels['subresource']}" if labels.get("subresource") else ""
+            )
+            key = f"{labels['verb']} {what}"
+            counts[key] = counts.get(key, 0.0) + float(found["count"])
+        return counts
+
+    @contextlib.contextmanager
+    def per_run(self, what: str, runs: int) -> Any:
+        before = {context: self.sample(context) for context in (CP, WP)}
+        yield
+        for context in (CP, WP):
+            after = self.sample(context)
+            shares = [
+                f"{key} {(after[key] - before[context].get(key, 0.0)) / runs:.2f}"
+                for key in sorted(after)
+                if (after[key] - before[context].get(key, 0.0)) / runs >= 0.05
+            ]
+            print(f"  {context} API requests per run ({what}): {', '.join(shares) or 'none'}")
 
 
 def wpctl(state: Path, *args: str) -> None:
@@ -206,15 +249,16 @@ async def cleanup_throughput(cp: Any, names: list[str]) -> None:
 
 async def measure(state: Path, counts: list[int], rate: float) -> None:
     kubeconfig, cpu = state / "dev" / "kubeconfig", CpuMeter(state)
+    requests = RequestMeter(kubeconfig)
     cp, wp = async_client(kubeconfig, CP), async_client(kubeconfig, WP)
     try:
         for count in counts:
             async with watching(cp) as watch:
-                with cpu.per_run("start", count):
+                with cpu.per_run("start", count), requests.per_run("start", count):
                     names = await start_throughput(cp, watch, count)
-                with cpu.per_run("status", count):
+                with cpu.per_run("status", count), requests.per_run("status", count):
                     await status_latency(wp, watch, names, rate)
-            with cpu.per_run("cleanup", count):
+            with cpu.per_run("cleanup", count), requests.per_run("cleanup", count):
                 await cleanup_throughput(cp, names)
     finally:
         await cp.close()
@@ -237,8 +281,10 @@ def main() -> None:
         wpctl(state, "dev", "up", "--no-argo")
         try:
             counts = [int(c) for c in args.counts.split(",")]
-            print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}, "
-                  f"{interpreter()}")
+            print(
+                f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}, "
+                f"{interpreter()}"
+            )
             asyncio.run(measure(state, counts, args.follow_rate))
         finally:
             wpctl(state, "dev", "down")

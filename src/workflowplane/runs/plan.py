@@ -108,6 +108,17 @@ class RunPlan:
         return object_ref(self.workflow)
 
 
+def workflow_reference(run_meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The Argo Workflow a run creates, known from the run alone: :func:`plan_run` names it
+    after the run, in the run's plane namespace, whatever the definition says."""
+    return {
+        "apiVersion": ARGO_API_VERSION,
+        "kind": ARGO_WORKFLOW,
+        "name": run_meta["name"],
+        "namespace": plane_namespace(run_meta["namespace"]),
+    }
+
+
 def object_ref(obj: Mapping[str, Any]) -> dict[str, Any]:
     meta = obj["metadata"]
     ref = {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": meta["name"]}

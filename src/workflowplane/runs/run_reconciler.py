@@ -40,7 +40,7 @@ from workflowplane.kits.errors import Failure, TransientError
 from workflowplane.protocol.gateway_client import TunnelAPI, UnroutablePath
 from workflowplane.runs.cache import ObjectCache
 from workflowplane.runs.metrics import RunMetrics
-from workflowplane.runs.plan import PlaneTarget, RunPlan
+from workflowplane.runs.plan import PlaneTarget, RunPlan, workflow_reference
 from workflowplane.runs.plane_api import Discovery, PlaneAPI
 from workflowplane.runs.planner import Planner
 from workflowplane.runs.progress import (
@@ -228,7 +228,13 @@ class RunReconciler:
             run,
             # startedAt until Argo says when it started (the tracker then writes Argo's time).
             # No tasks yet: said now, so Argo's first (task-less) state is no second write.
-            {"submittedAt": now, "startedAt": now, "conditions": conditions, "tasks": []},
+            {
+                **self._references(run, plan),
+                "submittedAt": now,
+                "startedAt": now,
+                "conditions": conditions,
+                "tasks": [],
+            },
         )
         # Created by this pass: the tracker's watch saw it, no read needed (unless it was down).
         self.tracker.track(key, target, plan.run_reference(), created_at if created else None)
@@ -274,16 +280,29 @@ class RunReconciler:
             await self._patch_run(run, {"metadata": metadata})
             meta.setdefault("annotations", {})[PLANE_ANNOTATION] = record
             meta["finalizers"] = metadata.get("finalizers", finalizers)
-        update: dict[str, Any] = {
-            "runReference": plan.run_reference(),
-            "resources": _merged(status.get("resources") or [], plan.resource_refs()),
-        }
+        if not plan.resources and not status.get("resources"):
+            # Nothing for status to list first: cleanup knows the Argo Workflow from the run
+            # alone (plan.workflow_reference), and the start's write records it. One write
+            # per run fewer, on the API server every run shares (docs/runs.md).
+            return
+        update: dict[str, Any] = {"resources": self._references(run, plan)["resources"]}
         if find_condition(status.get("conditions") or [], RunCondition.COMPLETED) is None:
             update["conditions"] = self._conditions(
                 run, waiting(RunReason.PENDING, f"creating the run's objects on {target.ref}")
             )
         if changed(status, update):
             await self._patch_status(run, update)
+
+    @staticmethod
+    def _references(run: Mapping[str, Any], plan: RunPlan) -> dict[str, Any]:
+        """What the run's status lists of what it created on the plane (cleanup's list).
+        runReference only once the Argo Workflow there is the run's own (created, or
+        carrying its UID): cleanup deletes it by name."""
+        recorded = (run.get("status") or {}).get("resources") or []
+        return {
+            "runReference": plan.run_reference(),
+            "resources": _merged(recorded, plan.resource_refs()),
+        }
 
     async def _definition(self, run: Mapping[str, Any]) -> dict[str, Any] | None:
         kind, namespace, name = _definition_key(run)
@@ -361,7 +380,7 @@ class RunReconciler:
         target = await recorded_target(self.cache.get, run, terminating=True)
         if target is not None:
             try:
-                await self._delete_from_plane(target, run.get("status") or {})
+                await self._delete_from_plane(target, run)
             except Failure as exc:
                 since = self._clock() - parse_rfc3339(meta["deletionTimestamp"])
                 if since < CLEANUP_GIVE_UP:
@@ -371,9 +390,14 @@ class RunReconciler:
         await self._set_finalizers(run, [f for f in finalizers if f != RUN_FINALIZER])
         return None
 
-    async def _delete_from_plane(self, target: PlaneTarget, status: Mapping[str, Any]) -> None:
+    async def _delete_from_plane(self, target: PlaneTarget, run: Mapping[str, Any]) -> None:
+        """The Argo Workflow, then what status lists."""
         api = PlaneAPI(self._tunnel, target, self._discovery)
-        refs = [status["runReference"]] if status.get("runReference") else []
+        status = run.get("status") or {}
+        if status.get("runReference"):
+            refs = [status["runReference"]]
+        else:
+            refs = await self._unrecorded_workflow(api, run)
         refs += list(reversed(status.get("resources") or []))
         failed: Failure | None = None
         for ref in refs:  # each one tried: one that fails keeps none of the others there
@@ -385,6 +409,24 @@ class RunReconciler:
                 failed = failed or exc
         if failed is not None:
             raise failed
+
+    async def _unrecorded_workflow(
+        self, api: PlaneAPI, run: Mapping[str, Any]
+    ) -> list[dict[str, Any]]:
+        """A run deleted before its start was recorded may still have created its Argo
+        Workflow (status names it from the start on). Its name is known from the run; it is
+        deleted only if it carries this run's UID: one of that name may be another run's
+        (the reason this run failed to start)."""
+        ref = workflow_reference(run["metadata"])
+        try:
+            found = await api.get(ref)
+        except Failure as exc:
+            if exc.status == 404:  # the kind is not served there: nothing of it can exist
+                return []
+            raise
+        owner = ((found or {}).get("metadata") or {}).get("annotations") or {}
+        uid = run["metadata"].get("uid")
+        return [ref] if uid and owner.get(RUN_UID_ANNOTATION) == uid else []
 
     # -- writes -------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from workflowplane.api.workflows import (
     LABEL_RUN_NAMESPACE,
     MANAGED_BY,
 )
-from workflowplane.runs.plan import PlaneTarget, plan_run
+from workflowplane.runs.plan import PlaneTarget, plan_run, workflow_reference
 from workflowplane.runs.render import RenderError, SecretStoreMissing
 
 PLANE = PlaneTarget(
@@ -134,6 +134,15 @@ def test_argo_workflow_is_named_after_the_run_and_generate_name_is_dropped() -> 
     workflow = plan_run(run({"replicas": "2"}), definition(), PLANE).workflow
     assert workflow["metadata"]["name"] == "r1"
     assert "generateName" not in workflow["metadata"]
+
+
+def test_the_argo_workflows_reference_is_known_from_the_run_alone() -> None:
+    """Cleanup of a run whose start was never recorded relies on it."""
+    made = run({"replicas": "2"})
+    template = run_template()
+    template["metadata"] = {"name": "elsewhere", "namespace": "kube-system"}
+    plan = plan_run(made, definition(template=template), PLANE)
+    assert plan.run_reference() == workflow_reference(made["metadata"])
 
 
 def test_argo_workflow_template_is_rendered_with_parameter_defaults() -> None:

@@ -16,17 +16,21 @@ import yaml
 from lightkube.core.exceptions import ApiError
 from lightkube.models.meta_v1 import Status
 
-from workflowplane.api.workflows import RUN_FINALIZER, WORKFLOW_RUN
+from workflowplane.api.workflows import RUN_FINALIZER, RUN_UID_ANNOTATION, WORKFLOW_RUN
 from workflowplane.kits.clock import rfc3339, utcnow
 from workflowplane.protocol.gateway_client import GatewayClient, ProxyResponse
 from workflowplane.runs.cache import ObjectCache, kind_of
-from workflowplane.runs.plan import PlaneTarget, RunPlan, plan_run
+from workflowplane.runs.plan import PlaneTarget, RunPlan, plan_run, workflow_reference
 from workflowplane.runs.run_reconciler import RunReconciler
 
 SAMPLE = Path(__file__).resolve().parents[3] / "samples" / "workflows" / "docker-build.yaml"
 PARAMS = {"repository": {"url": "https://git.example/app"}, "image": {"name": "reg/app"}}
 DISCOVERY = {
-    "/api/v1": [("namespaces", "Namespace", False), ("serviceaccounts", "ServiceAccount", True)],
+    "/api/v1": [
+        ("namespaces", "Namespace", False),
+        ("serviceaccounts", "ServiceAccount", True),
+        ("configmaps", "ConfigMap", True),
+    ],
     "/apis/rbac.authorization.k8s.io/v1": [
         ("roles", "Role", True),
         ("rolebindings", "RoleBinding", True),
@@ -179,18 +183,88 @@ async def world() -> AsyncIterator[World]:
     await made.close()
 
 
-async def test_a_run_starts_with_three_writes_and_no_reads(world: World) -> None:
+async def test_a_run_without_resources_starts_with_two_writes_and_no_reads(world: World) -> None:
     await world.reconciler.reconcile(("team", "r1"))
 
     assert world.run("r1")["status"]["startedAt"]
     assert world.kube.gets == []  # run, definition and plane came from the cache
-    assert len(world.kube.patches) == 3
-    record, intent, started = world.kube.patches
+    assert len(world.kube.patches) == 2
+    record, started = world.kube.patches
     # the plane record and the finalizer: one write, before anything is on the plane
     assert record["metadata"]["finalizers"] == ["openchoreo.dev/workflowrun-cleanup"]
     assert "openchoreo.dev/workflowplane" in record["metadata"]["annotations"]
-    assert set(intent["status"]) >= {"runReference", "resources"}
+    assert started["status"]["runReference"] == workflow_reference(world.run("r1")["metadata"])
+    assert started["status"]["resources"] == []
     assert started["status"]["tasks"] == []  # so Argo's first, task-less state is no write
+
+
+async def test_a_run_with_resources_lists_them_in_status_before_creating_them() -> None:
+    world = World("r1")
+    definition = world.kube.objects[("ClusterWorkflow", None, "docker-build")]
+    secret = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}}
+    definition["spec"]["resources"] = [{"id": "settings", "template": secret}]
+    world.reconciler.cache.remember("ClusterWorkflow", copy.deepcopy(definition))
+    listed_before_created: list[bool] = []
+    create = world.plane.proxy
+
+    async def creating(method: str, *, path: str, **options: Any) -> ProxyResponse:
+        if method == "POST" and path.endswith("/configmaps"):
+            listed = (world.run("r1").get("status") or {}).get("resources") or []
+            listed_before_created.append(any(r["name"] == "settings" for r in listed))
+        return await create(method, path=path, **options)
+
+    world.plane.proxy = creating  # type: ignore[method-assign]
+    await world.reconciler.reconcile(("team", "r1"))
+
+    assert listed_before_created == [True]
+    assert "runReference" not in world.kube.patches[1]["status"]  # not the run's own yet
+    assert world.run("r1")["status"]["runReference"]["name"] == "r1"
+    await world.close()
+
+
+async def test_a_run_deleted_before_its_start_was_recorded_leaves_no_workflow(
+    world: World,
+) -> None:
+    """Created on the plane, then the start's write lost (a restart): cleanup finds the Argo
+    Workflow by the run's name, and deletes it because it carries the run's UID."""
+    real_patch = world.kube.patch
+
+    async def start_lost(resource: Any, name: str, body: dict[str, Any], **options: Any) -> Any:
+        if "startedAt" in (body.get("status") or {}):
+            raise ApiError(status=Status(code=500, message="the controller stopped"))
+        return await real_patch(resource, name, body, **options)
+
+    world.kube.patch = start_lost  # type: ignore[method-assign]
+    with pytest.raises(ApiError):
+        await world.reconciler.reconcile(("team", "r1"))
+    run = world.run("r1")
+    assert "runReference" not in (run.get("status") or {})
+    run["metadata"]["deletionTimestamp"] = rfc3339(utcnow())
+    world.reconciler.cache.remember(WORKFLOW_RUN, copy.deepcopy(run))
+
+    assert await world.reconciler.reconcile(("team", "r1")) is None
+
+    deletes = [r for r in world.plane.requests if r.startswith("DELETE")]
+    assert deletes == ["DELETE /apis/argoproj.io/v1alpha1/namespaces/workflows-team/workflows/r1"]
+    assert RUN_FINALIZER not in world.run("r1")["metadata"]["finalizers"]
+
+
+async def test_cleanup_of_a_run_that_never_started_spares_another_runs_workflow(
+    world: World,
+) -> None:
+    """The Argo Workflow of that name is another run's (why this one could not start)."""
+    path = "/apis/argoproj.io/v1alpha1/namespaces/workflows-team/workflows/r1"
+    world.plane.created[path] = {"metadata": {"annotations": {RUN_UID_ANNOTATION: "other"}}}
+    await world.reconciler.reconcile(("team", "r1"))
+    run = world.run("r1")
+    assert "runReference" not in run["status"]  # it failed: a name conflict
+    run["metadata"]["deletionTimestamp"] = rfc3339(utcnow())
+    world.reconciler.cache.remember(WORKFLOW_RUN, copy.deepcopy(run))
+
+    assert await world.reconciler.reconcile(("team", "r1")) is None
+
+    assert not [r for r in world.plane.requests if r.startswith("DELETE")]
+    assert RUN_FINALIZER not in world.run("r1")["metadata"]["finalizers"]
 
 
 async def test_what_a_tenant_writes_in_its_runs_metadata_never_names_what_cleanup_deletes(
