@@ -36,6 +36,7 @@ from typing import Any
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.types import PatchType
 
+from flame import profiled, summary
 from machine import interpreter
 from workflowplane.api.workflows import WorkflowRunResource
 from workflowplane.testenv.tools import async_client, kubectl
@@ -247,22 +248,34 @@ async def cleanup_throughput(cp: Any, names: list[str]) -> None:
     print(f"cleanup: {len(names)} runs deleted, plane cleaned, in {elapsed:.2f}s")
 
 
-async def measure(state: Path, counts: list[int], rate: float) -> None:
+async def measure(state: Path, counts: list[int], rate: float, profile: Path | None) -> None:
     kubeconfig, cpu = state / "dev" / "kubeconfig", CpuMeter(state)
     requests = RequestMeter(kubeconfig)
     cp, wp = async_client(kubeconfig, CP), async_client(kubeconfig, WP)
+
+    def phase(what: str, count: int) -> contextlib.ExitStack:
+        stack = contextlib.ExitStack()
+        stack.enter_context(cpu.per_run(what, count))
+        stack.enter_context(requests.per_run(what, count))
+        if profile is not None and count == counts[-1]:
+            pid = cpu.pids["control-plane"][0]
+            stack.enter_context(profiled({f"{what}-control-plane": pid}, profile))
+        return stack
+
     try:
         for count in counts:
             async with watching(cp) as watch:
-                with cpu.per_run("start", count), requests.per_run("start", count):
+                with phase("start", count):
                     names = await start_throughput(cp, watch, count)
-                with cpu.per_run("status", count), requests.per_run("status", count):
+                with phase("status", count):
                     await status_latency(wp, watch, names, rate)
-            with cpu.per_run("cleanup", count), requests.per_run("cleanup", count):
+            with phase("cleanup", count):
                 await cleanup_throughput(cp, names)
     finally:
         await cp.close()
         await wp.close()
+    for what in ("start", "status", "cleanup") if profile is not None else ():
+        print(summary(profile / f"{what}-control-plane.txt"))
 
 
 def main() -> None:
@@ -272,6 +285,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--follow-rate", type=float, default=100.0, help="Argo status writes per second"
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="py-spy the control plane process (gateway + controller) in each phase of the "
+        "largest count: DIR/<phase>-control-plane.txt, and print the hottest functions",
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="wp-bench-runs-") as tmp:
@@ -285,7 +304,7 @@ def main() -> None:
                 f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}, "
                 f"{interpreter()}"
             )
-            asyncio.run(measure(state, counts, args.follow_rate))
+            asyncio.run(measure(state, counts, args.follow_rate, args.profile))
         finally:
             wpctl(state, "dev", "down")
 
