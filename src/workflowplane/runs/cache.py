@@ -41,6 +41,9 @@ class ObjectCache:
     def __init__(self, kube: AsyncClient) -> None:
         self._kube = kube
         self._objects: dict[ObjectKey, dict[str, Any]] = {}
+        # Deleted, as an event said: the next read answers "gone" without asking the API
+        # server (a run's last pass used to GET it, for a 404, once per deleted run).
+        self._gone: set[ObjectKey] = set()
 
     def __len__(self) -> int:
         return len(self._objects)
@@ -48,6 +51,7 @@ class ObjectCache:
     def remember(self, kind: str, obj: Mapping[str, Any]) -> None:
         meta = obj.get("metadata") or {}
         key = (kind, meta.get("namespace") or None, str(meta.get("name", "")))
+        self._gone.discard(key)
         held = self._objects.get(key)
         if held is not None:
             new, old = _version(obj), _version(held)
@@ -58,15 +62,25 @@ class ObjectCache:
     def forget(self, kind: str, namespace: str | None, name: str) -> None:
         self._objects.pop((kind, namespace or None, name), None)
 
+    def deleted(self, kind: str, namespace: str | None, name: str) -> None:
+        """The object's deletion event: forgotten, and the one read that follows (its last
+        pass) is answered without a request. Only that one: a tombstone is not kept."""
+        self.forget(kind, namespace, name)
+        self._gone.add((kind, namespace or None, name))
+
     async def get(
         self, resource: Any, name: str, namespace: str | None = None
     ) -> dict[str, Any] | None:
         """Like :func:`api.kube.get_dict`, from the cache when held, else read once from the
         API server and kept. Shared: change only a :meth:`copy`."""
         kind = kind_of(resource)
-        held = self._objects.get((kind, namespace or None, name))
+        key = (kind, namespace or None, name)
+        held = self._objects.get(key)
         if held is not None:
             return held
+        if key in self._gone:
+            self._gone.discard(key)
+            return None
         found = await get_dict(self._kube, resource, name, namespace)
         if found is not None:
             self.remember(kind, found)

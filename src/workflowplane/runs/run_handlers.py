@@ -63,7 +63,9 @@ class RunsController:
         self, kind: str, namespace: str | None, name: str, event: str | None, body: kopf.Body
     ) -> None:
         """An object's newest state from its watch event, for the reconciler's cache."""
-        if event == "DELETED":
+        if event == "DELETED" and kind == WORKFLOW_RUN:
+            self.reconciler.cache.deleted(kind, namespace, name)  # its pass follows at once
+        elif event == "DELETED":
             self.reconciler.cache.forget(kind, namespace, name)
         else:
             self.reconciler.cache.remember(kind, body)

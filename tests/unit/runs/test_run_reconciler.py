@@ -21,6 +21,7 @@ from workflowplane.kits.clock import rfc3339, utcnow
 from workflowplane.protocol.gateway_client import GatewayClient, ProxyResponse
 from workflowplane.runs.cache import ObjectCache, kind_of
 from workflowplane.runs.plan import PlaneTarget, RunPlan, plan_run, workflow_reference
+from workflowplane.runs.run_handlers import RunsController
 from workflowplane.runs.run_reconciler import RunReconciler
 
 SAMPLE = Path(__file__).resolve().parents[3] / "samples" / "workflows" / "docker-build.yaml"
@@ -402,3 +403,39 @@ async def test_cleanup_deletes_every_object_it_can_name_and_skips_one_no_path_ca
     assert not [r for r in deletes if ".." in r]
     assert RUN_FINALIZER not in world.run("r1")["metadata"]["finalizers"]
     await world.close()
+
+
+async def test_the_pass_after_a_runs_deletion_event_asks_the_api_server_nothing() -> None:
+    world = World("r1")
+    runs = RunsController(world.kube, world.plane)  # type: ignore[arg-type]
+    runs.reconciler = world.reconciler
+    await world.reconciler.reconcile(("team", "r1"))
+    gone = world.kube.objects.pop((WORKFLOW_RUN, "team", "r1"))
+
+    runs.saw(WORKFLOW_RUN, "team", "r1", "DELETED", gone)  # type: ignore[arg-type]
+    assert await world.reconciler.reconcile(("team", "r1")) is None
+
+    assert world.kube.gets == []
+    assert ("team", "r1") not in world.reconciler.tracker._runs
+    # only that pass: a later read of the name asks again
+    assert await world.reconciler.reconcile(("team", "r1")) is None
+    assert world.kube.gets == ["WorkflowRun r1"]
+    await runs.close()
+
+
+async def test_a_run_made_again_after_its_deletion_event_is_seen_again() -> None:
+    world = World("r1")
+    runs = RunsController(world.kube, world.plane)  # type: ignore[arg-type]
+    runs.reconciler = world.reconciler
+    made = world.run("r1")
+    runs.saw(WORKFLOW_RUN, "team", "r1", "DELETED", made)  # type: ignore[arg-type]
+    runs.saw(WORKFLOW_RUN, "team", "r1", "ADDED", copy.deepcopy(made))  # type: ignore[arg-type]
+
+    await world.reconciler.reconcile(("team", "r1"))
+    assert world.run("r1")["status"]["startedAt"]
+    assert world.kube.gets == []
+
+    world.reconciler.cache.forget(WORKFLOW_RUN, "team", "r1")  # a write found our copy stale
+    await world.reconciler.reconcile(("team", "r1"))
+    assert world.kube.gets == ["WorkflowRun r1"]  # read again, not taken for gone
+    await runs.close()
