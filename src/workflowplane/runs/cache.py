@@ -57,7 +57,11 @@ class ObjectCache:
             new, old = _version(obj), _version(held)
             if new is not None and old is not None and new < old:
                 return
-        self._objects[key] = dict(obj)  # event bodies and answers are fresh: never changed
+        kept = dict(obj)  # event bodies and answers are fresh: never changed
+        if "managedFields" in meta:
+            # Never read here; they were 3/4 of a run's metadata, copied on every pass.
+            kept["metadata"] = {k: v for k, v in meta.items() if k != "managedFields"}
+        self._objects[key] = kept
 
     def forget(self, kind: str, namespace: str | None, name: str) -> None:
         self._objects.pop((kind, namespace or None, name), None)

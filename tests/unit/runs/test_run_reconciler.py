@@ -348,6 +348,18 @@ def test_an_older_copy_never_replaces_a_newer_one() -> None:
     assert cache._objects[(WORKFLOW_RUN, "team", "r1")]["status"]["startedAt"]
 
 
+def test_the_cache_keeps_no_managed_fields() -> None:
+    """Never read by the controller, and most of a run's metadata: copied on every pass."""
+    cache = ObjectCache(Any)  # type: ignore[arg-type]
+    run = a_run("r1")
+    run["metadata"]["managedFields"] = [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]
+    cache.remember(WORKFLOW_RUN, run)
+    held = cache._objects[(WORKFLOW_RUN, "team", "r1")]
+    assert "managedFields" not in held["metadata"]
+    assert held["metadata"]["resourceVersion"] == "1"
+    assert "managedFields" in run["metadata"]  # the event's own body is left as it was
+
+
 async def test_a_write_refused_for_a_stale_copy_is_retried_from_the_api_server(
     world: World,
 ) -> None:
