@@ -175,6 +175,16 @@ class RunWatch:
         self._config = KubeConfig.from_file(kubeconfig).get(context_name=CP)
 
     async def follow(self) -> None:
+        """Watch until cancelled; a watch that ends or fails is opened again (its first
+        events replay what exists, which ``setdefault`` keeps as first seen)."""
+        while True:
+            try:
+                await self._watch_once()
+            except (aiohttp.ClientError, OSError, ValueError, KeyError) as exc:
+                print(f"  (the bench's watch: {type(exc).__name__}: {exc}; again)", flush=True)
+            await asyncio.sleep(0.2)
+
+    async def _watch_once(self) -> None:
         config = self._config
         assert config.user is not None
         context = verify_cluster(config.cluster, config.user, config.abs_file)
@@ -189,7 +199,9 @@ class RunWatch:
         ):
             response.raise_for_status()
             async for line in response.content:
-                self._saw(json.loads(line)["object"], time.monotonic())
+                event = json.loads(line)
+                if event.get("type") in ("ADDED", "MODIFIED"):
+                    self._saw(event["object"], time.monotonic())
 
     def _saw(self, run: dict[str, Any], now: float) -> None:
         name, status = run["metadata"]["name"], run.get("status") or {}
