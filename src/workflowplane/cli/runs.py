@@ -299,8 +299,9 @@ async def _plane_of(kube: AsyncClient, run: dict[str, Any]) -> PlaneTarget:
     meta = run["metadata"]
     recorded = (meta.get("annotations") or {}).get(PLANE_ANNOTATION)
     if not recorded or not (run.get("status") or {}).get("runReference"):
+        where = "started on its plane" if recorded else "been sent to a plane"
         raise CliError(
-            f"run {meta['name']} has not been sent to a plane yet",
+            f"run {meta['name']} has not {where} yet: no Argo Workflow of its own to read",
             f"see its conditions: kubectl get workflowrun {meta['name']} "
             f"-n {meta['namespace']} -o yaml",
         )

@@ -66,11 +66,20 @@ class ObjectCache:
     def forget(self, kind: str, namespace: str | None, name: str) -> None:
         self._objects.pop((kind, namespace or None, name), None)
 
-    def deleted(self, kind: str, namespace: str | None, name: str) -> None:
+    def deleted(self, kind: str, obj: Mapping[str, Any]) -> None:
         """The object's deletion event: forgotten, and the one read that follows (its last
-        pass) is answered without a request. Only that one: a tombstone is not kept."""
-        self.forget(kind, namespace, name)
-        self._gone.add((kind, namespace or None, name))
+        pass) is answered without a request. Only that one: a tombstone is not kept.
+
+        kopf hands each UID's events to its own worker, so the deletion of an object may
+        come after the creation of its successor of the same name: a held copy of another
+        UID is the successor's, and stays."""
+        meta = obj.get("metadata") or {}
+        key = (kind, meta.get("namespace") or None, str(meta.get("name", "")))
+        held = self._objects.get(key)
+        if held is not None and (held.get("metadata") or {}).get("uid") != meta.get("uid"):
+            return
+        self._objects.pop(key, None)
+        self._gone.add(key)
 
     async def get(
         self, resource: Any, name: str, namespace: str | None = None

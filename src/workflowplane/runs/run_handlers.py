@@ -64,7 +64,7 @@ class RunsController:
     ) -> None:
         """An object's newest state from its watch event, for the reconciler's cache."""
         if event == "DELETED" and kind == WORKFLOW_RUN:
-            self.reconciler.cache.deleted(kind, namespace, name)  # its pass follows at once
+            self.reconciler.cache.deleted(kind, body)  # its pass follows at once
         elif event == "DELETED":
             self.reconciler.cache.forget(kind, namespace, name)
         else:

@@ -2,8 +2,10 @@
 
 A run moves through: not started (definition and plane resolved, rendered, objects created on
 the plane) → in flight (the tracker follows its Argo Workflow) → completed (TTL) → deleted
-(finalizer cleans the plane). What was sent where is recorded on the run *before* it is
-created on the plane, so a restart at any point resumes without duplicates or leaks.
+(finalizer cleans the plane). Where the run goes (its plane, its finalizer) and the resources
+it creates are recorded on the run *before* they are created on the plane; its Argo Workflow
+is known from the run's name and UID alone. So a restart at any point resumes without
+duplicates or leaks.
 """
 
 from __future__ import annotations
@@ -262,7 +264,8 @@ class RunReconciler:
         )
 
     async def _record_intent(self, run: dict[str, Any], target: PlaneTarget, plan: RunPlan) -> None:
-        """Where the run goes and what it creates, written before anything is created there.
+        """Where the run goes, and the resources it creates (status must list them first),
+        written before anything is created there; not its Argo Workflow (known by name).
 
         Writes only what changed, so a run retrying against an unreachable plane does not
         churn its own status (each write would wake it again).
@@ -296,8 +299,9 @@ class RunReconciler:
     @staticmethod
     def _references(run: Mapping[str, Any], plan: RunPlan) -> dict[str, Any]:
         """What the run's status lists of what it created on the plane (cleanup's list).
-        runReference only once the Argo Workflow there is the run's own (created, or
-        carrying its UID): cleanup deletes it by name."""
+        runReference only with the start, once the Argo Workflow there is taken for the run's
+        own (created by it, or not found carrying another run's UID): cleanup deletes it by
+        name."""
         recorded = (run.get("status") or {}).get("resources") or []
         return {
             "runReference": plan.run_reference(),
@@ -394,12 +398,18 @@ class RunReconciler:
         """The Argo Workflow, then what status lists."""
         api = PlaneAPI(self._tunnel, target, self._discovery)
         status = run.get("status") or {}
-        if status.get("runReference"):
-            refs = [status["runReference"]]
-        else:
-            refs = await self._unrecorded_workflow(api, run)
-        refs += list(reversed(status.get("resources") or []))
         failed: Failure | None = None
+        refs: list[dict[str, Any]] = []
+        if status.get("startedAt") and status.get("runReference"):
+            refs.append(status["runReference"])
+        else:
+            # Not started. A runReference recorded without a start (an earlier version's
+            # intent) may name another run's Workflow, the one this run failed to start over.
+            try:
+                refs += await self._unrecorded_workflow(api, run)
+            except Failure as exc:  # the resources are still deleted now
+                failed = exc
+        refs += list(reversed(status.get("resources") or []))
         for ref in refs:  # each one tried: one that fails keeps none of the others there
             try:
                 await api.delete(ref)

@@ -451,3 +451,71 @@ async def test_a_run_made_again_after_its_deletion_event_is_seen_again() -> None
     await world.reconciler.reconcile(("team", "r1"))
     assert world.kube.gets == ["WorkflowRun r1"]  # read again, not taken for gone
     await runs.close()
+
+
+async def test_a_deletion_event_after_its_successors_creation_leaves_the_successor() -> None:
+    """kopf hands each UID's events to its own worker: the old run's deletion may be handled
+    after the ADDED of a new run of the same name."""
+    world = World("r1")
+    runs = RunsController(world.kube, world.plane)  # type: ignore[arg-type]
+    runs.reconciler = world.reconciler
+    old = copy.deepcopy(world.run("r1"))
+    successor = world.run("r1")
+    successor["metadata"]["uid"] = "uid-successor"
+    runs.saw(WORKFLOW_RUN, "team", "r1", "ADDED", copy.deepcopy(successor))  # type: ignore[arg-type]
+    runs.saw(WORKFLOW_RUN, "team", "r1", "DELETED", old)  # type: ignore[arg-type]
+
+    await world.reconciler.reconcile(("team", "r1"))
+
+    assert world.run("r1")["status"]["startedAt"]
+    assert world.kube.gets == []
+    await runs.close()
+
+
+async def test_a_reference_recorded_without_a_start_is_not_trusted_by_cleanup(
+    world: World,
+) -> None:
+    """An earlier version wrote runReference before creating: a run that then failed on a
+    name conflict names another run's Workflow there. Cleanup asks whose it is."""
+    path = "/apis/argoproj.io/v1alpha1/namespaces/workflows-team/workflows/r1"
+    world.plane.created[path] = {"metadata": {"annotations": {RUN_UID_ANNOTATION: "other"}}}
+    run = world.run("r1")
+    run["metadata"]["finalizers"] = [RUN_FINALIZER]
+    run["metadata"]["annotations"] = {
+        "openchoreo.dev/workflowplane": json.dumps(
+            {"kind": "ClusterWorkflowPlane", "name": "default", "planeID": "p1"}
+        )
+    }
+    run["status"] = {"runReference": workflow_reference(run["metadata"]), "resources": []}
+    run["metadata"]["deletionTimestamp"] = rfc3339(utcnow())
+    world.reconciler.cache.remember(WORKFLOW_RUN, copy.deepcopy(run))
+
+    assert await world.reconciler.reconcile(("team", "r1")) is None
+
+    assert not [r for r in world.plane.requests if r.startswith("DELETE")]
+    assert RUN_FINALIZER not in world.run("r1")["metadata"]["finalizers"]
+
+
+async def test_a_failed_look_for_the_workflow_still_deletes_the_listed_resources(
+    world: World,
+) -> None:
+    await world.reconciler.reconcile(("team", "r1"))
+    run = world.run("r1")
+    del run["status"]["startedAt"], run["status"]["runReference"]  # as if never started
+    run["status"]["resources"] = [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "name": "extra", "namespace": "n"}
+    ]
+    run["metadata"]["deletionTimestamp"] = rfc3339(utcnow())
+    world.reconciler.cache.remember(WORKFLOW_RUN, copy.deepcopy(run))
+    real_proxy = world.plane.proxy
+
+    async def refusing_gets(method: str, *, path: str, **options: Any) -> ProxyResponse:
+        if method == "GET" and "/workflows/" in path:
+            return _answer(403, {"message": "forbidden"})
+        return await real_proxy(method, path=path, **options)
+
+    world.plane.proxy = refusing_gets  # type: ignore[method-assign]
+    assert await world.reconciler.reconcile(("team", "r1")) is not None  # tried again later
+
+    deletes = [r for r in world.plane.requests if r.startswith("DELETE")]
+    assert deletes == ["DELETE /api/v1/namespaces/n/serviceaccounts/extra"]
