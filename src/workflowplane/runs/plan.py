@@ -185,22 +185,14 @@ def plan_run(run: Mapping[str, Any], definition: Mapping[str, Any], plane: Plane
     # back as the run's result (Succeeded, say, with nothing run).
     workflow.pop("status", None)
     if meta.get("uid"):
-        for rid, obj in resources:
-            _mark_owner(obj, meta["uid"], f"resources[{rid}]")
-        _mark_owner(workflow, meta["uid"], "runTemplate")
+        annotations = workflow["metadata"].setdefault("annotations", {})
+        if not isinstance(annotations, dict):
+            raise RenderError("runTemplate.metadata.annotations: must be an object")
+        annotations[RUN_UID_ANNOTATION] = meta["uid"]
     if not isinstance(workflow.setdefault("spec", {}), dict):
         raise RenderError("runTemplate.spec: must be an object")
     workflow["spec"].setdefault("serviceAccountName", SERVICE_ACCOUNT)
     return RunPlan(setup=setup_objects(target_ns, labels), resources=resources, workflow=workflow)
-
-
-def _mark_owner(obj: dict[str, Any], uid: str, where: str) -> None:
-    """The run's UID on what it creates: a same-named object found there (409) may be another
-    run's, and cleanup deletes only what carries this run's UID."""
-    annotations = obj["metadata"].setdefault("annotations", {})
-    if not isinstance(annotations, dict):
-        raise RenderError(f"{where}.metadata.annotations: must be an object")
-    annotations[RUN_UID_ANNOTATION] = uid
 
 
 def _check_tenant_kind(obj: Mapping[str, Any], where: str) -> None:

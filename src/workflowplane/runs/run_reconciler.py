@@ -26,8 +26,6 @@ from workflowplane.api.constants import CLUSTER_WORKFLOW_PLANE, WORKFLOW_PLANE
 from workflowplane.api.kube import merge_patch
 from workflowplane.api.workflows import (
     CLUSTER_WORKFLOW,
-    LABEL_RUN,
-    LABEL_RUN_NAMESPACE,
     PLANE_ANNOTATION,
     RUN_FINALIZER,
     RUN_UID_ANNOTATION,
@@ -411,11 +409,9 @@ class RunReconciler:
                 refs += await self._unrecorded_workflow(api, run)
             except Failure as exc:  # the resources are still deleted now
                 failed = exc
-        resources = list(reversed(status.get("resources") or []))
-        for ref in refs + resources:  # each one tried: one that fails keeps none of the others
+        refs += list(reversed(status.get("resources") or []))
+        for ref in refs:  # each one tried: one that fails keeps none of the others there
             try:
-                if ref in resources and not await self._owns(api, ref, run["metadata"]):
-                    continue
                 await api.delete(ref)
             except UnroutablePath as exc:  # no path names it: nothing of it was ever made
                 log.warning("cleanup skips a reference no request can name: %s", exc.message)
@@ -424,34 +420,23 @@ class RunReconciler:
         if failed is not None:
             raise failed
 
-    @staticmethod
-    async def _owns(api: PlaneAPI, ref: Mapping[str, Any], run_meta: Mapping[str, Any]) -> bool:
-        """Whether the run made this resource. Creation takes a 409 for "already there", so
-        a resource of a fixed name may be another run's (or made by hand): only one carrying
-        this run's UID is deleted; one from before the UID was written, by its run labels."""
-        try:
-            found = await api.get(ref)
-        except Failure as exc:
-            if exc.status == 404:  # the kind is not served there: nothing of it can exist
-                return False
-            raise
-        meta = (found or {}).get("metadata") or {}
-        owner = (meta.get("annotations") or {}).get(RUN_UID_ANNOTATION)
-        if owner is not None:
-            return bool(owner == run_meta.get("uid"))
-        labels = meta.get("labels") or {}
-        mine = {LABEL_RUN: run_meta["name"], LABEL_RUN_NAMESPACE: run_meta["namespace"]}
-        return found is not None and all(labels.get(k) == v for k, v in mine.items())
-
     async def _unrecorded_workflow(
         self, api: PlaneAPI, run: Mapping[str, Any]
     ) -> list[dict[str, Any]]:
         """A run deleted before its start was recorded may still have created its Argo
         Workflow (status names it from the start on). Its name is known from the run; it is
-        deleted only if the run made it: one of that name may be another run's (the reason
-        this run failed to start)."""
+        deleted only if it carries this run's UID: one of that name may be another run's
+        (the reason this run failed to start)."""
         ref = workflow_reference(run["metadata"])
-        return [ref] if await self._owns(api, ref, run["metadata"]) else []
+        try:
+            found = await api.get(ref)
+        except Failure as exc:
+            if exc.status == 404:  # the kind is not served there: nothing of it can exist
+                return []
+            raise
+        owner = ((found or {}).get("metadata") or {}).get("annotations") or {}
+        uid = run["metadata"].get("uid")
+        return [ref] if uid and owner.get(RUN_UID_ANNOTATION) == uid else []
 
     # -- writes -------------------------------------------------------------------------------
 

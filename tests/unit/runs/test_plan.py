@@ -12,7 +12,6 @@ from workflowplane.api.workflows import (
     LABEL_RUN,
     LABEL_RUN_NAMESPACE,
     MANAGED_BY,
-    RUN_UID_ANNOTATION,
 )
 from workflowplane.runs.plan import PlaneTarget, plan_run, workflow_reference
 from workflowplane.runs.render import RenderError, SecretStoreMissing
@@ -144,15 +143,6 @@ def test_the_argo_workflows_reference_is_known_from_the_run_alone() -> None:
     template["metadata"] = {"name": "elsewhere", "namespace": "kube-system"}
     plan = plan_run(made, definition(template=template), PLANE)
     assert plan.run_reference() == workflow_reference(made["metadata"])
-
-
-def test_every_resource_and_the_workflow_carry_the_runs_uid() -> None:
-    """Cleanup deletes only what carries it: a same-named object there may be another's."""
-    made = run({"replicas": "2"})
-    made["metadata"]["uid"] = "uid-1"
-    plan = plan_run(made, definition(), PLANE)
-    for obj in [*(o for _, o in plan.resources), plan.workflow]:
-        assert obj["metadata"]["annotations"][RUN_UID_ANNOTATION] == "uid-1", obj["kind"]
 
 
 def test_argo_workflow_template_is_rendered_with_parameter_defaults() -> None:
