@@ -154,7 +154,9 @@ class PlaneAPI:
         return found
 
     async def delete(self, ref: Mapping[str, Any]) -> None:
-        """Delete (background propagation); an object already gone is fine."""
+        """Delete (background propagation); an object already gone is fine. A ref with a
+        ``uid`` deletes only the object of that UID (a precondition): one of the same name
+        made since (409) is not this ref's, and is left."""
         what = f"delete {ref['kind']} {ref['name']}"
         try:
             path = await self.path_of(
@@ -164,11 +166,13 @@ class PlaneAPI:
             if exc.status == 404:  # the kind is not served there: nothing of it can exist
                 return
             raise
-        response = await self.request(
-            "DELETE", path, body={"propagationPolicy": "Background"}, what=what
-        )
-        if response.status not in (200, 202, 404):
-            raise request_error(response, what)
+        body: dict[str, Any] = {"propagationPolicy": "Background"}
+        if ref.get("uid"):
+            body["preconditions"] = {"uid": ref["uid"]}
+        response = await self.request("DELETE", path, body=body, what=what)
+        if response.status in (200, 202, 404) or (response.status == 409 and ref.get("uid")):
+            return
+        raise request_error(response, what)
 
     async def list(
         self, api_version: str, kind: str, label_selector: str, *, page_size: int = LIST_PAGE

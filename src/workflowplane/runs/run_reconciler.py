@@ -434,9 +434,11 @@ class RunReconciler:
             if exc.status == 404:  # the kind is not served there: nothing of it can exist
                 return []
             raise
-        owner = ((found or {}).get("metadata") or {}).get("annotations") or {}
+        meta = (found or {}).get("metadata") or {}
         uid = run["metadata"].get("uid")
-        return [ref] if uid and owner.get(RUN_UID_ANNOTATION) == uid else []
+        if not uid or (meta.get("annotations") or {}).get(RUN_UID_ANNOTATION) != uid:
+            return []
+        return [{**ref, "uid": meta.get("uid")}]  # that one only: not one made since the read
 
     # -- writes -------------------------------------------------------------------------------
 

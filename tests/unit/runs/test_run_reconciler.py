@@ -519,3 +519,58 @@ async def test_a_failed_look_for_the_workflow_still_deletes_the_listed_resources
 
     deletes = [r for r in world.plane.requests if r.startswith("DELETE")]
     assert deletes == ["DELETE /api/v1/namespaces/n/serviceaccounts/extra"]
+
+
+class PreconditionPlane(FakePlane):
+    """DELETEs honour a UID precondition as the API server does (409 when it differs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.delete_bodies: list[dict[str, Any]] = []
+
+    async def proxy(
+        self, method: str, *, path: str, body: bytes | None = None, **options: Any
+    ) -> ProxyResponse:
+        if method != "DELETE":
+            return await super().proxy(method, path=path, body=body, **options)
+        self.requests.append(f"{method} {path}")
+        sent = json.loads(body or b"{}")
+        self.delete_bodies.append(sent)
+        held = self.created.get(path)
+        if held is None:
+            return _answer(404, {"message": "not found"})
+        wanted = (sent.get("preconditions") or {}).get("uid")
+        if wanted and wanted != held["metadata"].get("uid"):
+            return _answer(409, {"message": "precondition failed: UID in precondition"})
+        del self.created[path]
+        return _answer(200, {})
+
+
+async def test_cleanup_of_a_run_that_never_started_deletes_only_the_workflow_it_read() -> None:
+    """Between the read (whose is it?) and the delete, one of that name may be made anew
+    (another run's): the delete names the UID it read, and a 409 leaves the new one."""
+    world = World("r1", plane=PreconditionPlane())
+    plane: Any = world.plane
+    path = "/apis/argoproj.io/v1alpha1/namespaces/workflows-team/workflows/r1"
+    mine = {"metadata": {"uid": "plane-1", "annotations": {RUN_UID_ANNOTATION: "uid-r1"}}}
+    plane.created[path] = mine
+    await world.reconciler.reconcile(("team", "r1"))  # 409 on create: found, its own
+    run = world.run("r1")
+    del run["status"]["startedAt"], run["status"]["runReference"]  # its start lost
+    run["metadata"]["deletionTimestamp"] = rfc3339(utcnow())
+    world.reconciler.cache.remember(WORKFLOW_RUN, copy.deepcopy(run))
+    real_get = plane.proxy
+
+    async def replaced_after_read(method: str, *, path: str, **options: Any) -> ProxyResponse:
+        answer = await real_get(method, path=path, **options)
+        if method == "GET" and path.endswith("/workflows/r1"):  # made anew, by another
+            plane.created[path] = {"metadata": {"uid": "plane-2", "annotations": {}}}
+        return answer
+
+    plane.proxy = replaced_after_read
+    assert await world.reconciler.reconcile(("team", "r1")) is None
+
+    assert plane.delete_bodies[-1]["preconditions"] == {"uid": "plane-1"}
+    assert plane.created[path]["metadata"]["uid"] == "plane-2"  # the new one stays
+    assert RUN_FINALIZER not in world.run("r1")["metadata"]["finalizers"]
+    await world.close()
