@@ -177,6 +177,29 @@ class World:
         await self.reconciler.tracker.close()
 
 
+def mark_deleted(world: World, run: dict[str, Any]) -> None:
+    """The run as its deletion's event shows it: the controller's cache holds it so."""
+    run["metadata"]["deletionTimestamp"] = rfc3339(utcnow())
+    world.reconciler.cache.remember(WORKFLOW_RUN, copy.deepcopy(run))
+
+
+def plane_deletes(world: World) -> list[str]:
+    return [r for r in world.plane.requests if r.startswith("DELETE")]
+
+
+def plant_another_runs_workflow(world: World) -> None:
+    """An Argo Workflow named as r1's, made by another run (another UID)."""
+    path = "/apis/argoproj.io/v1alpha1/namespaces/workflows-team/workflows/r1"
+    world.plane.created[path] = {"metadata": {"annotations": {RUN_UID_ANNOTATION: "other"}}}
+
+
+async def cleaned_up_sparing_the_plane(world: World) -> None:
+    """r1's cleanup ends (its finalizer gone) having deleted nothing on the plane."""
+    assert await world.reconciler.reconcile(("team", "r1")) is None
+    assert not plane_deletes(world)
+    assert RUN_FINALIZER not in world.run("r1")["metadata"]["finalizers"]
+
+
 @pytest.fixture
 async def world() -> AsyncIterator[World]:
     made = World("r1", "r2", "r3", "r4")
@@ -240,12 +263,11 @@ async def test_a_run_deleted_before_its_start_was_recorded_leaves_no_workflow(
         await world.reconciler.reconcile(("team", "r1"))
     run = world.run("r1")
     assert "runReference" not in (run.get("status") or {})
-    run["metadata"]["deletionTimestamp"] = rfc3339(utcnow())
-    world.reconciler.cache.remember(WORKFLOW_RUN, copy.deepcopy(run))
+    mark_deleted(world, run)
 
     assert await world.reconciler.reconcile(("team", "r1")) is None
 
-    deletes = [r for r in world.plane.requests if r.startswith("DELETE")]
+    deletes = plane_deletes(world)
     assert deletes == ["DELETE /apis/argoproj.io/v1alpha1/namespaces/workflows-team/workflows/r1"]
     assert RUN_FINALIZER not in world.run("r1")["metadata"]["finalizers"]
 
@@ -254,18 +276,13 @@ async def test_cleanup_of_a_run_that_never_started_spares_another_runs_workflow(
     world: World,
 ) -> None:
     """The Argo Workflow of that name is another run's (why this one could not start)."""
-    path = "/apis/argoproj.io/v1alpha1/namespaces/workflows-team/workflows/r1"
-    world.plane.created[path] = {"metadata": {"annotations": {RUN_UID_ANNOTATION: "other"}}}
+    plant_another_runs_workflow(world)
     await world.reconciler.reconcile(("team", "r1"))
     run = world.run("r1")
     assert "runReference" not in run["status"]  # it failed: a name conflict
-    run["metadata"]["deletionTimestamp"] = rfc3339(utcnow())
-    world.reconciler.cache.remember(WORKFLOW_RUN, copy.deepcopy(run))
+    mark_deleted(world, run)
 
-    assert await world.reconciler.reconcile(("team", "r1")) is None
-
-    assert not [r for r in world.plane.requests if r.startswith("DELETE")]
-    assert RUN_FINALIZER not in world.run("r1")["metadata"]["finalizers"]
+    await cleaned_up_sparing_the_plane(world)
 
 
 async def test_what_a_tenant_writes_in_its_runs_metadata_never_names_what_cleanup_deletes(
@@ -288,8 +305,7 @@ async def test_what_a_tenant_writes_in_its_runs_metadata_never_names_what_cleanu
 
     run = world.run("r1")
     run["metadata"]["annotations"]["openchoreo.dev/workflowrun-intent"] = planted  # and again
-    run["metadata"]["deletionTimestamp"] = rfc3339(utcnow())
-    world.reconciler.cache.remember(WORKFLOW_RUN, copy.deepcopy(run))
+    mark_deleted(world, run)
     await world.reconciler.reconcile(("team", "r1"))
 
     deletes = [r.split(" ", 1)[1] for r in world.plane.requests if r.startswith("DELETE")]
@@ -405,12 +421,11 @@ async def test_cleanup_deletes_every_object_it_can_name_and_skips_one_no_path_ca
     run = world.run("r1")
     unnameable = {"apiVersion": "v1", "kind": "ServiceAccount", "name": "../../x", "namespace": "n"}
     run["status"]["resources"] = [*run["status"]["resources"], unnameable]
-    run["metadata"]["deletionTimestamp"] = rfc3339(utcnow())
-    world.reconciler.cache.remember(WORKFLOW_RUN, copy.deepcopy(run))
+    mark_deleted(world, run)
 
     assert await world.reconciler.reconcile(("team", "r1")) is None
 
-    deletes = [r for r in world.plane.requests if r.startswith("DELETE")]
+    deletes = plane_deletes(world)
     assert any(r.endswith("/workflows/r1") for r in deletes)
     assert not [r for r in deletes if ".." in r]
     assert RUN_FINALIZER not in world.run("r1")["metadata"]["finalizers"]
@@ -477,8 +492,7 @@ async def test_a_reference_recorded_without_a_start_is_not_trusted_by_cleanup(
 ) -> None:
     """An earlier version wrote runReference before creating: a run that then failed on a
     name conflict names another run's Workflow there. Cleanup asks whose it is."""
-    path = "/apis/argoproj.io/v1alpha1/namespaces/workflows-team/workflows/r1"
-    world.plane.created[path] = {"metadata": {"annotations": {RUN_UID_ANNOTATION: "other"}}}
+    plant_another_runs_workflow(world)
     run = world.run("r1")
     run["metadata"]["finalizers"] = [RUN_FINALIZER]
     run["metadata"]["annotations"] = {
@@ -487,13 +501,9 @@ async def test_a_reference_recorded_without_a_start_is_not_trusted_by_cleanup(
         )
     }
     run["status"] = {"runReference": workflow_reference(run["metadata"]), "resources": []}
-    run["metadata"]["deletionTimestamp"] = rfc3339(utcnow())
-    world.reconciler.cache.remember(WORKFLOW_RUN, copy.deepcopy(run))
+    mark_deleted(world, run)
 
-    assert await world.reconciler.reconcile(("team", "r1")) is None
-
-    assert not [r for r in world.plane.requests if r.startswith("DELETE")]
-    assert RUN_FINALIZER not in world.run("r1")["metadata"]["finalizers"]
+    await cleaned_up_sparing_the_plane(world)
 
 
 async def test_a_failed_look_for_the_workflow_still_deletes_the_listed_resources(
@@ -505,8 +515,7 @@ async def test_a_failed_look_for_the_workflow_still_deletes_the_listed_resources
     run["status"]["resources"] = [
         {"apiVersion": "v1", "kind": "ServiceAccount", "name": "extra", "namespace": "n"}
     ]
-    run["metadata"]["deletionTimestamp"] = rfc3339(utcnow())
-    world.reconciler.cache.remember(WORKFLOW_RUN, copy.deepcopy(run))
+    mark_deleted(world, run)
     real_proxy = world.plane.proxy
 
     async def refusing_gets(method: str, *, path: str, **options: Any) -> ProxyResponse:
@@ -517,7 +526,7 @@ async def test_a_failed_look_for_the_workflow_still_deletes_the_listed_resources
     world.plane.proxy = refusing_gets  # type: ignore[method-assign]
     assert await world.reconciler.reconcile(("team", "r1")) is not None  # tried again later
 
-    deletes = [r for r in world.plane.requests if r.startswith("DELETE")]
+    deletes = plane_deletes(world)
     assert deletes == ["DELETE /api/v1/namespaces/n/serviceaccounts/extra"]
 
 
@@ -557,8 +566,7 @@ async def test_cleanup_of_a_run_that_never_started_deletes_only_the_workflow_it_
     await world.reconciler.reconcile(("team", "r1"))  # 409 on create: found, its own
     run = world.run("r1")
     del run["status"]["startedAt"], run["status"]["runReference"]  # its start lost
-    run["metadata"]["deletionTimestamp"] = rfc3339(utcnow())
-    world.reconciler.cache.remember(WORKFLOW_RUN, copy.deepcopy(run))
+    mark_deleted(world, run)
     real_get = plane.proxy
 
     async def replaced_after_read(method: str, *, path: str, **options: Any) -> ProxyResponse:
