@@ -50,7 +50,7 @@ class ObjectCache:
 
     def remember(self, kind: str, obj: Mapping[str, Any]) -> None:
         meta = obj.get("metadata") or {}
-        key = (kind, meta.get("namespace") or None, str(meta.get("name", "")))
+        key = _key_of(kind, meta)
         self._gone.discard(key)
         held = self._objects.get(key)
         if held is not None:
@@ -74,7 +74,7 @@ class ObjectCache:
         come after the creation of its successor of the same name: a held copy of another
         UID is the successor's, and stays."""
         meta = obj.get("metadata") or {}
-        key = (kind, meta.get("namespace") or None, str(meta.get("name", "")))
+        key = _key_of(kind, meta)
         held = self._objects.get(key)
         if held is not None and (held.get("metadata") or {}).get("uid") != meta.get("uid"):
             return
@@ -115,6 +115,10 @@ class ObjectCache:
             if isinstance(found.get(part), dict):
                 made[part] = json_copy(found[part])
         return made
+
+
+def _key_of(kind: str, meta: Mapping[str, Any]) -> ObjectKey:
+    return (kind, meta.get("namespace") or None, str(meta.get("name", "")))
 
 
 def json_copy(obj: dict[str, Any]) -> dict[str, Any]:

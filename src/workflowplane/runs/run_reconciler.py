@@ -231,7 +231,8 @@ class RunReconciler:
             # startedAt until Argo says when it started (the tracker then writes Argo's time).
             # No tasks yet: said now, so Argo's first (task-less) state is no second write.
             {
-                **self._references(run, plan),
+                "runReference": plan.run_reference(),
+                "resources": _listed_resources(run, plan),
                 "submittedAt": now,
                 "startedAt": now,
                 "conditions": conditions,
@@ -252,7 +253,7 @@ class RunReconciler:
         if not uid or found is None:
             return None
         meta = found.get("metadata") or {}
-        owner = (meta.get("annotations") or {}).get(RUN_UID_ANNOTATION)
+        owner = _made_by(found)
         if owner == uid:
             return None
         where = f"{meta.get('namespace')}/{meta.get('name')}"
@@ -288,25 +289,13 @@ class RunReconciler:
             # alone (plan.workflow_reference), and the start's write records it. One write
             # per run fewer, on the API server every run shares (docs/runs.md).
             return
-        update: dict[str, Any] = {"resources": self._references(run, plan)["resources"]}
+        update: dict[str, Any] = {"resources": _listed_resources(run, plan)}
         if find_condition(status.get("conditions") or [], RunCondition.COMPLETED) is None:
             update["conditions"] = self._conditions(
                 run, waiting(RunReason.PENDING, f"creating the run's objects on {target.ref}")
             )
         if changed(status, update):
             await self._patch_status(run, update)
-
-    @staticmethod
-    def _references(run: Mapping[str, Any], plan: RunPlan) -> dict[str, Any]:
-        """What the run's status lists of what it created on the plane (cleanup's list).
-        runReference only with the start, once the Argo Workflow there is taken for the run's
-        own (created by it, or not found carrying another run's UID): cleanup deletes it by
-        name."""
-        recorded = (run.get("status") or {}).get("resources") or []
-        return {
-            "runReference": plan.run_reference(),
-            "resources": _merged(recorded, plan.resource_refs()),
-        }
 
     async def _definition(self, run: Mapping[str, Any]) -> dict[str, Any] | None:
         kind, namespace, name = _definition_key(run)
@@ -434,11 +423,11 @@ class RunReconciler:
             if exc.status == 404:  # the kind is not served there: nothing of it can exist
                 return []
             raise
-        meta = (found or {}).get("metadata") or {}
         uid = run["metadata"].get("uid")
-        if not uid or (meta.get("annotations") or {}).get(RUN_UID_ANNOTATION) != uid:
+        if found is None or not uid or _made_by(found) != uid:
             return []
-        return [{**ref, "uid": meta.get("uid")}]  # that one only: not one made since the read
+        # that one only (by its own UID): not one of the name made since the read
+        return [{**ref, "uid": (found.get("metadata") or {}).get("uid")}]
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -495,6 +484,19 @@ def _sent(run: Mapping[str, Any]) -> bool:
     finalizer. Before that, nothing of it exists there, and the record adds it (one write)."""
     meta = run["metadata"]
     return bool((meta.get("annotations") or {}).get(PLANE_ANNOTATION))
+
+
+def _made_by(obj: Mapping[str, Any]) -> str | None:
+    """The UID of the run that made this object on the plane (``plan_run`` writes it)."""
+    owner = ((obj.get("metadata") or {}).get("annotations") or {}).get(RUN_UID_ANNOTATION)
+    return owner if isinstance(owner, str) else None
+
+
+def _listed_resources(run: Mapping[str, Any], plan: RunPlan) -> list[dict[str, Any]]:
+    """The resources the run's status lists (cleanup's list). Its runReference is written
+    only with the start, once the Argo Workflow there is taken for the run's own (created by
+    it, or not found carrying another run's UID): cleanup deletes that one by name."""
+    return _merged((run.get("status") or {}).get("resources") or [], plan.resource_refs())
 
 
 def _merged(recorded: list[dict[str, Any]], planned: list[dict[str, Any]]) -> list[dict[str, Any]]:
