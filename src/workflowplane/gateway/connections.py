@@ -403,7 +403,6 @@ class ConnectionManager:
         self._refusing: dict[Slot, dict[str, AgentConnection]] = {}
         # What a notify of a CR looks at: the connections of its planeID (of any plane type),
         # and those of any plane authorized for it or refusing it (it may have moved).
-        self._by_plane_id: dict[str, dict[str, AgentConnection]] = {}
         self._knowing: dict[str, dict[str, AgentConnection]] = {}
         self._streams: dict[Slot, int] = {}  # streams open per CR on its plane's connections
         # Connections per agent instance: per planeID (the agents gauge), per plane (events).
@@ -468,7 +467,8 @@ class ConnectionManager:
         revoked: list[str] = []
         closing: list[AgentConnection] = []
         seen: dict[Chain, bool] = {}  # chains shared by connections: judged once
-        concerned = {**self._by_plane_id.get(plane_id, {}), **self._knowing.get(key, {})}
+        own_plane = self._connections.group((plane_type, plane_id))
+        concerned = {**own_plane, **self._knowing.get(key, {})}
         for conn in concerned.values():
             same_plane = (conn.plane_type, conn.plane_id) == (plane_type, plane_id)
             chain = (conn.leaf, *conn.intermediates)
@@ -601,7 +601,6 @@ class ConnectionManager:
         self._held[conn.id] = _Held(
             conn, plane, conn.instance, conn.fingerprint, set(), set(), table
         )
-        _add(self._by_plane_id, conn.plane_id, conn)
         for key in conn.authorized | conn.consent_refused:
             self._settled(conn, key)
         _count(self._instances.setdefault(conn.plane_id, {}), conn.instance, 1)
@@ -618,11 +617,10 @@ class ConnectionManager:
         conn, plane, instance = held.conn, held.plane, held.instance
         for key in held.serving:
             _drop(self._serving, (*plane, key), conn)
+            _drop(self._knowing, key, conn)
         for key in held.refusing:
             _drop(self._refusing, (*plane, key), conn)
-        for key in held.serving | held.refusing:
             _drop(self._knowing, key, conn)
-        _drop(self._by_plane_id, plane[1], conn)
         by_id, by_plane = self._instances[plane[1]], self._plane_instances[plane]
         _count(by_id, instance, -1)
         _count(by_plane, instance, -1)
