@@ -449,7 +449,7 @@ class KubeProxy:
         # sends r.URL.RawQuery): decoded, "%26", "%23" or "+" in a value would change it.
         query = raw_query(request)
         if is_streaming_query(query, path):  # the string: no MultiDict built
-            return await self._stream(request, target, path)
+            return await self._stream(request, target, path, query)
         sending = self.plain_request(target, request.method, path, query, request.headers, body)
         if isinstance(sending, web.Response):
             return self.count(sending)
@@ -729,24 +729,27 @@ class KubeProxy:
         request: web.Request,
         rid: str,
         path: str,
+        query: str,
         degraded: bool,
         headers: dict[str, list[str]],
     ) -> TunnelRequest | StreamInit:
         if degraded:
-            query = degraded_query(request.query, self._config.request_timeout_seconds)
+            bounded = degraded_query(request.query, self._config.request_timeout_seconds)
             return TunnelRequest(
-                request_id=rid, method=request.method, path=path, query=query, headers=headers
+                request_id=rid, method=request.method, path=path, query=bounded, headers=headers
             )
         return StreamInit(
             request_id=rid,
             method=request.method,
             path=path,
-            query=raw_query(request),
+            query=query,
             headers=headers,
             is_upgrade=False,
         )
 
-    async def _stream(self, request: web.Request, target: Target, path: str) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.Request, target: Target, path: str, query: str
+    ) -> web.StreamResponse:
         """watch=true / follow=true: status and headers first, then bytes as the agent sends.
 
         A v1 agent (OpenChoreo's) would take a stream init for a plain request and answer
@@ -766,7 +769,7 @@ class KubeProxy:
         timer = loop.call_later(self._config.request_timeout_seconds, deadline.cancel)
         sent = True
         try:
-            frame = self._stream_frame(request, rid, path, degraded, headers)
+            frame = self._stream_frame(request, rid, path, query, degraded, headers)
             sent = await send_within(conn, frame, deadline)
             if not sent:
                 raise TimeoutError

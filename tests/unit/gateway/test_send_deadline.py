@@ -315,7 +315,8 @@ async def test_a_watch_behind_a_large_send_gets_its_502_at_its_deadline_and_is_c
     proxy = KubeProxy(connections, GatewayConfig(request_timeout_seconds=1), GatewayMetrics())
     target = Target("workflowplane", "p1", "team-a/build")
     watch = make_mocked_request("GET", PLAIN + "?watch=true")
-    answered = await asyncio.wait_for(proxy._stream(watch, target, "/api/v1/pods"), 30)
+    stream = proxy._stream(watch, target, "/api/v1/pods", "watch=true")
+    answered = await asyncio.wait_for(stream, 30)
     assert isinstance(answered, web.Response) and answered.status == 502
     assert isinstance(answered.body, bytes) and b"did not start the stream in time" in answered.body
     assert link.ids() == ["a"] and not conn.streams and not a.done()
