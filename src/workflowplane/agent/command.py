@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_HEALTH_PORT = 8082  # /healthz /readyz /metrics, when nobody chose one
 # What OpenChoreo's agent accepts (its gateway looks up that kind of CR for each).
-GO_PLANE_TYPES = frozenset({"dataplane", "workflowplane", "observabilityplane"})
+GO_PLANE_TYPES = frozenset({"dataplane", PLANE_TYPE, "observabilityplane"})
 
 
 def _path(value: str | None) -> Path | None:
