@@ -150,7 +150,15 @@ class PlaneAPI:
             return None
         if response.status != 200:
             raise request_error(response, f"get {ref['kind']} {ref['name']}")
-        found: dict[str, Any] = response.json()
+        try:
+            found = response.json()
+        except ValueError:  # not JSON, or not UTF-8
+            found = None
+        if not isinstance(found, dict):
+            # The plane's answer (its agent's) is untrusted: an unreadable one is an error of
+            # the request, not a crash of every pass that reads it.
+            what = f"get {ref['kind']} {ref['name']}"
+            raise TransientError(f"{what}: the plane's answer is not a JSON object", status=502)
         return found
 
     async def delete(self, ref: Mapping[str, Any]) -> None:

@@ -252,7 +252,7 @@ class RunReconciler:
         found = await api.get(plan.run_reference())
         if not uid or found is None:
             return None
-        meta = found.get("metadata") or {}
+        meta = _mapping(found.get("metadata"))
         owner = _made_by(found)
         if owner == uid:
             return None
@@ -427,7 +427,7 @@ class RunReconciler:
         if found is None or not uid or _made_by(found) != uid:
             return []
         # that one only (by its own UID): not one of the name made since the read
-        return [{**ref, "uid": (found.get("metadata") or {}).get("uid")}]
+        return [{**ref, "uid": _mapping(found.get("metadata")).get("uid")}]
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -488,8 +488,14 @@ def _sent(run: Mapping[str, Any]) -> bool:
 
 def _made_by(obj: Mapping[str, Any]) -> str | None:
     """The UID of the run that made this object on the plane (``plan_run`` writes it)."""
-    owner = ((obj.get("metadata") or {}).get("annotations") or {}).get(RUN_UID_ANNOTATION)
+    annotations = _mapping(_mapping(obj.get("metadata")).get("annotations"))
+    owner = annotations.get(RUN_UID_ANNOTATION)
     return owner if isinstance(owner, str) else None
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    """``value`` if it is an object, else empty: what the plane answers is untrusted."""
+    return value if isinstance(value, Mapping) else {}
 
 
 def _listed_resources(run: Mapping[str, Any], plan: RunPlan) -> list[dict[str, Any]]:

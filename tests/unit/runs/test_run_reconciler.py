@@ -582,3 +582,43 @@ async def test_cleanup_of_a_run_that_never_started_deletes_only_the_workflow_it_
     assert plane.created[path]["metadata"]["uid"] == "plane-2"  # the new one stays
     assert RUN_FINALIZER not in world.run("r1")["metadata"]["finalizers"]
     await world.close()
+
+
+@pytest.mark.parametrize(
+    ("answer", "retried"),
+    [
+        (b"not json", True),
+        (b"\xff\xfe", True),
+        (b"[1, 2]", True),
+        (b'{"metadata": []}', False),
+        (b'{"metadata": {"annotations": "uid-r1"}}', False),
+        (b'{"metadata": {"annotations": {"openchoreo.dev/workflowrun-uid": 7}}}', False),
+    ],
+)
+async def test_an_unreadable_answer_about_an_unrecorded_workflow_deletes_nothing(
+    world: World, answer: bytes, retried: bool
+) -> None:
+    """The plane's answers are untrusted: one that is not an object is the request's error
+    (retried, then given up as any cleanup failure), one of another shape is not this run's;
+    neither escapes the pass as an exception (which retried it for ever)."""
+    run = world.run("r1")
+    run["metadata"]["finalizers"] = [RUN_FINALIZER]
+    run["metadata"]["annotations"] = {
+        "openchoreo.dev/workflowplane": json.dumps(
+            {"kind": "ClusterWorkflowPlane", "name": "default", "planeID": "p1"}
+        )
+    }
+    mark_deleted(world, run)
+    real_proxy = world.plane.proxy
+
+    async def garbled(method: str, *, path: str, **options: Any) -> ProxyResponse:
+        if method == "GET" and path.endswith("/workflows/r1"):
+            return ProxyResponse(200, {}, answer)
+        return await real_proxy(method, path=path, **options)
+
+    world.plane.proxy = garbled  # type: ignore[method-assign]
+    if retried:
+        assert await world.reconciler.reconcile(("team", "r1")) is not None
+        assert not plane_deletes(world)
+    else:
+        await cleaned_up_sparing_the_plane(world)
