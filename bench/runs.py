@@ -37,16 +37,14 @@ import aiohttp
 from flame import profiled, summary
 from lightkube.config.client_adapter import verify_cluster
 from lightkube.config.kubeconfig import KubeConfig
-from lightkube.generic_resource import create_namespaced_resource
-from lightkube.types import PatchType
 from machine import interpreter
 
-from workflowplane.api.workflows import WorkflowRunResource
-from workflowplane.testenv.tools import async_client, kubectl
+from workflowplane.testenv.tools import kubectl
 
 CP, WP = "wp-control-plane", "wp-workflow-plane"
 WPCTL = str(Path(sys.executable).parent / "wpctl")
-ArgoWorkflow = create_namespaced_resource("argoproj.io", "v1alpha1", "Workflow", "workflows")
+JSON, MERGE_PATCH = "application/json", "application/merge-patch+json"
+ARGO_RUNNING = {"status": {"phase": "Running"}}
 PARAMS = {"repository": {"url": "https://git.example/app"}, "image": {"name": "reg/app"}}
 
 
@@ -148,31 +146,80 @@ def wpctl(state: Path, *args: str) -> None:
     subprocess.run([WPCTL, *args], env=env, check=True, capture_output=True, text=True)
 
 
-def run_body(name: str) -> Any:
-    resource: Any = WorkflowRunResource
-    return resource.from_dict(
-        {
-            "apiVersion": "openchoreo.dev/v1alpha1",
-            "kind": "WorkflowRun",
-            "metadata": {"name": name, "namespace": "default"},
-            "spec": {"workflow": {"name": "docker-build", "parameters": PARAMS}},
-        }
-    )
+def run_body(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "openchoreo.dev/v1alpha1",
+        "kind": "WorkflowRun",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"workflow": {"name": "docker-build", "parameters": PARAMS}},
+    }
+
+
+RUNS = "/apis/openchoreo.dev/v1alpha1/namespaces/default/workflowruns"
+ARGO_WORKFLOWS = "/apis/argoproj.io/v1alpha1/namespaces/workflows-default/workflows"
+
+
+class RawClient:
+    """One API server's writes and watch as raw JSON over one aiohttp session, no models.
+
+    The bench shares the machine with what it measures: lightkube's models cost it about a
+    millisecond of CPU per write it makes and per event it reads, which the system under test
+    then waits for."""
+
+    def __init__(self, kubeconfig: Path, context: str) -> None:
+        config = KubeConfig.from_file(kubeconfig).get(context_name=context)
+        assert config.user is not None
+        self._ssl = verify_cluster(config.cluster, config.user, config.abs_file)
+        self._server = config.cluster.server
+        self._headers = (
+            {"Authorization": f"Bearer {config.user.token}"} if config.user.token else {}
+        )
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+            self._session = aiohttp.ClientSession(timeout=timeout, headers=self._headers)
+        return self._session
+
+    async def write(self, method: str, path: str, body: Any, content_type: str) -> None:
+        async with self._open().request(
+            method,
+            f"{self._server}{path}",
+            data=json.dumps(body),
+            headers={"Content-Type": content_type},
+            ssl=self._ssl,
+        ) as response:
+            if response.status >= 300:
+                raise RuntimeError(f"{method} {path}: {response.status} {await response.text()}")
+            await response.read()
+
+    async def count(self, path: str) -> int:
+        async with self._open().get(
+            f"{self._server}{path}", ssl=self._ssl, raise_for_status=True
+        ) as response:
+            return len((await response.json())["items"])
+
+    def watch(self, path: str) -> Any:
+        return self._open().get(
+            f"{self._server}{path}", params={"watch": "1"}, ssl=self._ssl, raise_for_status=True
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
 
 
 class RunWatch:
     """When each run was first seen started, and first seen running, on one watch.
 
-    The watch is read raw (one ``json.loads`` per event, no lightkube models): the bench
-    shares the machine with what it measures, and parsing models cost it about a millisecond
-    of CPU per run."""
+    The watch is read raw, one ``json.loads`` per event (see ``RawClient``)."""
 
-    def __init__(self, cp: Any, kubeconfig: Path) -> None:
+    def __init__(self, cp: RawClient) -> None:
         self.started: dict[str, float] = {}
         self.running: dict[str, float] = {}
         self.changed = asyncio.Event()
         self._cp = cp
-        self._config = KubeConfig.from_file(kubeconfig).get(context_name=CP)
 
     async def follow(self) -> None:
         """Watch until cancelled; a watch that ends or fails is opened again (its first
@@ -185,19 +232,7 @@ class RunWatch:
             await asyncio.sleep(0.2)
 
     async def _watch_once(self) -> None:
-        config = self._config
-        assert config.user is not None
-        context = verify_cluster(config.cluster, config.user, config.abs_file)
-        headers = {"Authorization": f"Bearer {config.user.token}"} if config.user.token else {}
-        url = (
-            f"{config.cluster.server}/apis/openchoreo.dev/v1alpha1/namespaces/default/workflowruns"
-        )
-        timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as session,
-            session.get(url, params={"watch": "1"}, ssl=context, headers=headers) as response,
-        ):
-            response.raise_for_status()
+        async with self._cp.watch(RUNS) as response:
             async for line in response.content:
                 event = json.loads(line)
                 if event.get("type") in ("ADDED", "MODIFIED"):
@@ -219,8 +254,8 @@ class RunWatch:
 
 
 @contextlib.asynccontextmanager
-async def watching(cp: Any, kubeconfig: Path) -> AsyncIterator[RunWatch]:
-    watch = RunWatch(cp, kubeconfig)
+async def watching(cp: RawClient) -> AsyncIterator[RunWatch]:
+    watch = RunWatch(cp)
     task = asyncio.create_task(watch.follow())
     try:
         yield watch
@@ -230,10 +265,10 @@ async def watching(cp: Any, kubeconfig: Path) -> AsyncIterator[RunWatch]:
             await task
 
 
-async def start_throughput(cp: Any, watch: RunWatch, count: int) -> list[str]:
+async def start_throughput(cp: RawClient, watch: RunWatch, count: int) -> list[str]:
     names = [f"bench-{count}-{i}" for i in range(count)]
     began = time.monotonic()
-    await asyncio.gather(*(cp.create(run_body(n), namespace="default") for n in names))
+    await asyncio.gather(*(cp.write("POST", RUNS, run_body(n), JSON) for n in names))
     await watch.until(lambda: all(n in watch.started for n in names))
     elapsed = time.monotonic() - began
     print(f"start: {count} runs on the plane in {elapsed:.2f}s ({count / elapsed:.1f} runs/s)")
@@ -245,20 +280,14 @@ def percentile(samples: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
 
 
-async def status_latency(wp: Any, watch: RunWatch, names: list[str], rate: float) -> None:
+async def status_latency(wp: RawClient, watch: RunWatch, names: list[str], rate: float) -> None:
     """Argo's Running written on the plane for each run at ``rate`` per second; the time
     from each write to the run's WorkflowRunning=True."""
     sent: dict[str, float] = {}
 
     async def play_argo(name: str) -> None:
         sent[name] = time.monotonic()
-        await wp.patch(
-            ArgoWorkflow,
-            name,
-            {"status": {"phase": "Running"}},
-            namespace="workflows-default",
-            patch_type=PatchType.MERGE,
-        )
+        await wp.write("PATCH", f"{ARGO_WORKFLOWS}/{name}", ARGO_RUNNING, MERGE_PATCH)
 
     began, patches = time.monotonic(), []
     for index, name in enumerate(names):
@@ -274,10 +303,10 @@ async def status_latency(wp: Any, watch: RunWatch, names: list[str], rate: float
     )
 
 
-async def cleanup_throughput(cp: Any, names: list[str]) -> None:
+async def cleanup_throughput(cp: RawClient, names: list[str]) -> None:
     began = time.monotonic()
-    await asyncio.gather(*(cp.delete(WorkflowRunResource, n, namespace="default") for n in names))
-    while [r async for r in cp.list(WorkflowRunResource, namespace="default")]:  # noqa: ASYNC110
+    await asyncio.gather(*(cp.write("DELETE", f"{RUNS}/{n}", {}, JSON) for n in names))
+    while await cp.count(RUNS):  # noqa: ASYNC110
         await asyncio.sleep(0.2)
     elapsed = time.monotonic() - began
     print(f"cleanup: {len(names)} runs deleted, plane cleaned, in {elapsed:.2f}s")
@@ -286,7 +315,7 @@ async def cleanup_throughput(cp: Any, names: list[str]) -> None:
 async def measure(state: Path, counts: list[int], rate: float, profile: Path | None) -> None:
     kubeconfig, cpu = state / "dev" / "kubeconfig", CpuMeter(state)
     requests = RequestMeter(kubeconfig)
-    cp, wp = async_client(kubeconfig, CP), async_client(kubeconfig, WP)
+    cp, wp = RawClient(kubeconfig, CP), RawClient(kubeconfig, WP)
 
     def phase(what: str, count: int) -> contextlib.ExitStack:
         stack = contextlib.ExitStack()
@@ -299,7 +328,7 @@ async def measure(state: Path, counts: list[int], rate: float, profile: Path | N
 
     try:
         for count in counts:
-            async with watching(cp, kubeconfig) as watch:
+            async with watching(cp) as watch:
                 with phase("start", count):
                     names = await start_throughput(cp, watch, count)
                 with phase("status", count):
