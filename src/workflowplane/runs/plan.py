@@ -127,6 +127,15 @@ def object_ref(obj: Mapping[str, Any]) -> dict[str, Any]:
     return ref
 
 
+def made_by(obj: Mapping[str, Any]) -> str | None:
+    """The UID of the run that made this object on the plane (``plan_run`` writes it); None
+    when it carries none. What the plane answers is untrusted: any shape reads as none."""
+    metadata = obj.get("metadata")
+    annotations = metadata.get("annotations") if isinstance(metadata, Mapping) else None
+    owner = annotations.get(RUN_UID_ANNOTATION) if isinstance(annotations, Mapping) else None
+    return owner if isinstance(owner, str) else None
+
+
 def run_labels(run_namespace: str, run_name: str) -> dict[str, str]:
     return {
         LABEL_RUN: run_name,

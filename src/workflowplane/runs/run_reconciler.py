@@ -28,7 +28,6 @@ from workflowplane.api.workflows import (
     CLUSTER_WORKFLOW,
     PLANE_ANNOTATION,
     RUN_FINALIZER,
-    RUN_UID_ANNOTATION,
     WORKFLOW,
     WORKFLOW_RUN,
     ClusterWorkflowResource,
@@ -42,7 +41,7 @@ from workflowplane.kits.errors import Failure, TransientError
 from workflowplane.protocol.gateway_client import TunnelAPI, UnroutablePath
 from workflowplane.runs.cache import ObjectCache
 from workflowplane.runs.metrics import RunMetrics
-from workflowplane.runs.plan import PlaneTarget, RunPlan, workflow_reference
+from workflowplane.runs.plan import PlaneTarget, RunPlan, made_by, workflow_reference
 from workflowplane.runs.plane_api import Discovery, PlaneAPI
 from workflowplane.runs.planner import Planner
 from workflowplane.runs.progress import (
@@ -118,7 +117,7 @@ class RunReconciler:
                 recorded = (meta.get("annotations") or {}).get(PLANE_ANNOTATION, "its plane")
                 message = f"the plane this run was sent to ({recorded}) no longer exists"
                 return await self._fail(run, RunReason.WORKFLOW_PLANE_NOT_FOUND, message)
-            self.tracker.track(key, target, status["runReference"])
+            self.tracker.track(key, target, status["runReference"], run_uid=_uid(run))
             return await self._follow_resources(run, target)
         return await self._start(key, run)
 
@@ -240,7 +239,13 @@ class RunReconciler:
             },
         )
         # Created by this pass: the tracker's watch saw it, no read needed (unless it was down).
-        self.tracker.track(key, target, plan.run_reference(), created_at if created else None)
+        self.tracker.track(
+            key,
+            target,
+            plan.run_reference(),
+            run_uid=_uid(run),
+            created_at=created_at if created else None,
+        )
         log.info("run %s/%s started on %s", key[0], key[1], target.ref)
         return None
 
@@ -253,7 +258,7 @@ class RunReconciler:
         if not uid or found is None:
             return None
         meta = _mapping(found.get("metadata"))
-        owner = _made_by(found)
+        owner = made_by(found)
         if owner == uid:
             return None
         where = f"{meta.get('namespace')}/{meta.get('name')}"
@@ -424,7 +429,7 @@ class RunReconciler:
                 return []
             raise
         uid = run["metadata"].get("uid")
-        if found is None or not uid or _made_by(found) != uid:
+        if found is None or not uid or made_by(found) != uid:
             return []
         # that one only (by its own UID): not one of the name made since the read
         return [{**ref, "uid": _mapping(found.get("metadata")).get("uid")}]
@@ -486,11 +491,8 @@ def _sent(run: Mapping[str, Any]) -> bool:
     return bool((meta.get("annotations") or {}).get(PLANE_ANNOTATION))
 
 
-def _made_by(obj: Mapping[str, Any]) -> str | None:
-    """The UID of the run that made this object on the plane (``plan_run`` writes it)."""
-    annotations = _mapping(_mapping(obj.get("metadata")).get("annotations"))
-    owner = annotations.get(RUN_UID_ANNOTATION)
-    return owner if isinstance(owner, str) else None
+def _uid(run: Mapping[str, Any]) -> str:
+    return str(run["metadata"].get("uid") or "")
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:

@@ -23,12 +23,13 @@ from workflowplane.api.workflows import (
     LABEL_RUN,
     LABEL_RUN_NAMESPACE,
     MANAGED_BY,
+    RUN_UID_ANNOTATION,
 )
 from workflowplane.kits.errors import EXPECTED_ERRORS, report_failure
 from workflowplane.kits.tasks import TaskSet
 from workflowplane.kits.workqueue import WorkQueue
 from workflowplane.protocol.gateway_client import TunnelAPI
-from workflowplane.runs.plan import PlaneTarget
+from workflowplane.runs.plan import PlaneTarget, made_by
 from workflowplane.runs.plane_api import Discovery, PlaneAPI, WatchExpired
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ STATUS_WRITERS = 32  # runs whose observed change is being written at once
 # has just created it claims it when it starts following (instead of reading it once more).
 UNCLAIMED_SECONDS = 30.0
 UNCLAIMED_MAX = 10_000
+KEPT_METADATA = ("name", "namespace", "uid", "resourceVersion", "labels")
 
 
 class ArgoTracker:
@@ -60,6 +62,7 @@ class ArgoTracker:
         self._discovery = discovery
         self._observe = observe
         self._runs: dict[RunKey, PlaneTarget] = {}
+        self._run_uids: dict[RunKey, str] = {}
         self._references: dict[RunKey, dict[str, Any]] = {}
         self._watches: dict[PlaneTarget, asyncio.Task[Any]] = {}
         self._tasks = TaskSet("argo-tracker")
@@ -78,18 +81,24 @@ class ArgoTracker:
         key: RunKey,
         target: PlaneTarget,
         reference: dict[str, Any],
+        *,
+        run_uid: str,
         created_at: float | None = None,
     ) -> None:
         """Follow this run's Argo Workflow. A run that joins a watch already past its list
         gets its current state read once, so nothing that happened before is missed; unless
         it created its Argo Workflow (at monotonic ``created_at``) while the watch streamed
-        without a gap: then every event of it came or will come through the watch."""
+        without a gap: then every event of it came or will come through the watch.
+
+        Only this run's own Argo Workflow is delivered to it: one carrying another run's UID
+        (its deleted namesake's, whose deletion the watch may bring late) is not."""
         previous = self._runs.get(key)
-        if previous == target:
+        if previous == target and self._run_uids.get(key) == run_uid:
             return
         if previous is not None:
             self.forget(key)
         self._runs[key] = target
+        self._run_uids[key] = run_uid
         self._references[key] = reference
         if target not in self._watches:
             self._watches[target] = self._tasks.spawn(self._follow(target), f"watch {target.ref}")
@@ -115,6 +124,7 @@ class ArgoTracker:
 
     def forget(self, key: RunKey) -> None:
         target = self._runs.pop(key, None)
+        self._run_uids.pop(key, None)
         self._references.pop(key, None)
         self._latest.pop(key, None)
         if target is not None and target not in self._runs.values():
@@ -190,9 +200,12 @@ class ArgoTracker:
         if self._runs.get(key) != target:
             # not in flight (perhaps not yet), or a run of another plane CR on this cluster
             if keep:
-                self._keep_unclaimed(key, target, kind, obj)
+                self._keep_unclaimed(key, target, kind, _essentials(obj))
             return
-        self._latest[key] = (target, kind, obj)
+        owner = made_by(obj)
+        if owner is not None and owner != self._run_uids.get(key):
+            return  # a namesake's, deleted before this run was made
+        self._latest[key] = (target, kind, _essentials(obj))
         self._writes.add(key)
 
     def _keep_unclaimed(
@@ -224,6 +237,23 @@ class ArgoTracker:
 def _key_of(obj: dict[str, Any]) -> RunKey:
     labels = (obj.get("metadata") or {}).get("labels") or {}
     return (str(labels.get(LABEL_RUN_NAMESPACE, "")), str(labels.get(LABEL_RUN, "")))
+
+
+def _essentials(obj: dict[str, Any]) -> dict[str, Any]:
+    """What is kept of an Argo Workflow: whose it is (name, labels, the run UID it carries)
+    and its status, which the run's status is made from.
+
+    The spec and managedFields are most of an Argo Workflow's size. A mass deletion left a
+    thousand whole ones held for their runs to claim, and the collector's full passes walked
+    them: 100-145 ms pauses of the loop the gateway shares."""
+    metadata = obj.get("metadata")
+    kept: dict[str, Any] = {}
+    if isinstance(metadata, dict):
+        kept = {field: metadata[field] for field in KEPT_METADATA if field in metadata}
+        owner = made_by(obj)
+        if owner is not None:
+            kept["annotations"] = {RUN_UID_ANNOTATION: owner}
+    return {"metadata": kept, "status": obj.get("status")}
 
 
 def _gone(key: RunKey) -> dict[str, Any]:

@@ -23,15 +23,19 @@ PLANE = PlaneTarget("ClusterWorkflowPlane", None, "default", "p1")
 BASE = "/apis/argoproj.io/v1alpha1"
 
 
-def argo(namespace: str, name: str, phase: str) -> dict[str, Any]:
+def argo(namespace: str, name: str, phase: str, run_uid: str | None = None) -> dict[str, Any]:
     labels = {
         "openchoreo.dev/workflowrun-namespace": namespace,
         "openchoreo.dev/workflowrun": name,
     }
-    return {
-        "metadata": {"name": name, "namespace": f"workflows-{namespace}", "labels": labels},
-        "status": {"phase": phase},
+    metadata: dict[str, Any] = {
+        "name": name,
+        "namespace": f"workflows-{namespace}",
+        "labels": labels,
     }
+    if run_uid is not None:
+        metadata["annotations"] = {"openchoreo.dev/workflowrun-uid": run_uid}
+    return {"metadata": metadata, "status": {"phase": phase}}
 
 
 class FakeTunnel:
@@ -84,16 +88,18 @@ async def test_a_run_joining_after_the_list_gets_its_current_state() -> None:
     tunnel = FakeTunnel({"first": argo("team", "first", "Running")})
     observed = Observed()
     tracker = ArgoTracker(tunnel, Discovery(), observed)
-    tracker.track(("team", "first"), PLANE, reference("first"))
+    tracker.track(("team", "first"), PLANE, reference("first"), run_uid="uid-first")
     await asyncio.sleep(1)
     assert observed.events == [(("team", "first"), "ADDED", "Running")]
 
     tunnel.objects["late"] = argo("team", "late", "Succeeded")  # finished before it joined
-    tracker.track(("team", "late"), PLANE, reference("late"))
+    tracker.track(("team", "late"), PLANE, reference("late"), run_uid="uid-late")
     await asyncio.sleep(1)
     assert (("team", "late"), "ADDED", "Succeeded") in observed.events
 
-    tracker.track(("team", "gone"), PLANE, reference("gone"))  # nothing there any more
+    tracker.track(
+        ("team", "gone"), PLANE, reference("gone"), run_uid="uid-gone"
+    )  # nothing there any more
     await asyncio.sleep(1)
     assert (("team", "gone"), "DELETED", "") in observed.events
     await tracker.close()
@@ -103,7 +109,7 @@ async def test_a_failed_status_write_is_retried_from_a_fresh_read() -> None:
     tunnel = FakeTunnel({"r": argo("team", "r", "Failed")})
     observed = Observed(failures=1)
     tracker = ArgoTracker(tunnel, Discovery(), observed)
-    tracker.track(("team", "r"), PLANE, reference("r"))
+    tracker.track(("team", "r"), PLANE, reference("r"), run_uid="uid-r")
     await asyncio.sleep(1)
     assert observed.events == []
     await asyncio.sleep(10)
@@ -140,8 +146,8 @@ async def test_one_slow_status_write_does_not_hold_up_the_other_runs() -> None:
     tunnel = StreamingTunnel({"slow": argo("team", "slow", ""), "fast": argo("team", "fast", "")})
     observed = HeldObserver("slow")
     tracker = ArgoTracker(tunnel, Discovery(), observed)
-    tracker.track(("team", "slow"), PLANE, reference("slow"))
-    tracker.track(("team", "fast"), PLANE, reference("fast"))
+    tracker.track(("team", "slow"), PLANE, reference("slow"), run_uid="uid-slow")
+    tracker.track(("team", "fast"), PLANE, reference("fast"), run_uid="uid-fast")
     await asyncio.sleep(1)  # listed: "slow"'s write hangs
     tunnel.events.put_nowait({"type": "MODIFIED", "object": argo("team", "fast", "Running")})
     await asyncio.sleep(1)
@@ -171,19 +177,96 @@ async def test_a_run_that_created_its_workflow_under_the_watch_is_not_read_again
     tunnel.proxy = counted  # type: ignore[method-assign]
     observed = Observed()
     tracker = ArgoTracker(tunnel, Discovery(), observed)
-    tracker.track(("team", "first"), PLANE, reference("first"))
+    tracker.track(("team", "first"), PLANE, reference("first"), run_uid="uid-first")
     await asyncio.sleep(1)  # listed and watching
     reads.clear()
 
     created_at = asyncio.get_running_loop().time()
     tunnel.events.put_nowait({"type": "ADDED", "object": argo("team", "early", "Pending")})
     await asyncio.sleep(1)  # the watch saw it before its run followed it
-    tracker.track(("team", "early"), PLANE, reference("early"), created_at)
-    tracker.track(("team", "late"), PLANE, reference("late"), created_at)
+    tracker.track(
+        ("team", "early"), PLANE, reference("early"), run_uid="uid-early", created_at=created_at
+    )
+    tracker.track(
+        ("team", "late"), PLANE, reference("late"), run_uid="uid-late", created_at=created_at
+    )
     tunnel.events.put_nowait({"type": "ADDED", "object": argo("team", "late", "Running")})
     await asyncio.sleep(1)
 
     assert (("team", "early"), "ADDED", "Pending") in observed.events
     assert (("team", "late"), "ADDED", "Running") in observed.events
     assert reads == []
+    await tracker.close()
+
+
+async def test_a_run_made_anew_under_its_name_is_not_given_its_namesakes_deletion() -> None:
+    """A run deleted and made again under its name (a CI job re-applied): the watch can bring
+    the old run's Argo Workflow's deletion after the new run follows its own (kept unclaimed,
+    or late). It was delivered to the new run, which then failed as deleted from the plane."""
+    old = argo("team", "build", "Running", run_uid="old")
+    tunnel = StreamingTunnel({"build": old, "other": argo("team", "other", "")})
+    observed = Observed()
+    tracker = ArgoTracker(tunnel, Discovery(), observed)
+    key = ("team", "build")
+    tracker.track(("team", "other"), PLANE, reference("other"), run_uid="u0")  # keeps the watch
+    tracker.track(key, PLANE, reference("build"), run_uid="old")
+    await asyncio.sleep(1)  # listed, watching
+    tracker.forget(key)  # the old run's cleanup
+    del tunnel.objects["build"]
+    tunnel.events.put_nowait({"type": "DELETED", "object": old})
+    await asyncio.sleep(1)  # kept unclaimed
+    observed.events.clear()
+
+    created_at = asyncio.get_running_loop().time()
+    tracker.track(key, PLANE, reference("build"), run_uid="new", created_at=created_at)
+    tunnel.events.put_nowait({"type": "DELETED", "object": old})  # late, after it follows
+    tunnel.events.put_nowait(
+        {"type": "ADDED", "object": argo("team", "build", "Pending", run_uid="new")}
+    )
+    await asyncio.sleep(1)
+    assert [e for e in observed.events if e[0] == key] == [(key, "ADDED", "Pending")]
+    await tracker.close()
+
+
+async def test_what_the_tracker_keeps_of_an_argo_workflow_is_whose_it_is_and_its_status() -> None:
+    """Claimed from the watch, delivered by it, and read once: only what the run's status is
+    made from is kept (the spec and managedFields, most of an Argo Workflow, are not)."""
+    kept: list[Mapping[str, Any]] = []
+
+    async def observe(key: tuple[str, str], event: str, obj: Mapping[str, Any]) -> None:
+        kept.append(obj)
+
+    def whole(name: str) -> dict[str, Any]:
+        found = argo("team", name, "Running", run_uid=f"uid-{name}")
+        found["spec"] = {"templates": [{"name": f"step-{i}", "container": {}} for i in range(9)]}
+        found["metadata"]["managedFields"] = [{"manager": "argo", "fieldsV1": {"f:spec": {}}}]
+        return found
+
+    tunnel = StreamingTunnel({"other": argo("team", "other", ""), "read": whole("read")})
+    tracker = ArgoTracker(tunnel, Discovery(), observe)
+    tracker.track(("team", "other"), PLANE, reference("other"), run_uid="uid-other")
+    await asyncio.sleep(1)  # watching
+    created_at = asyncio.get_running_loop().time()
+    tunnel.events.put_nowait({"type": "ADDED", "object": whole("big")})
+    await asyncio.sleep(1)  # kept unclaimed: its run does not follow it yet
+    tracker.track(
+        ("team", "big"), PLANE, reference("big"), run_uid="uid-big", created_at=created_at
+    )
+    tunnel.events.put_nowait({"type": "MODIFIED", "object": whole("big")})
+    tracker.track(("team", "read"), PLANE, reference("read"), run_uid="uid-read")  # read once
+    await asyncio.sleep(1)
+
+    ours = [obj for obj in kept if obj["metadata"]["name"] != "other"]
+    assert {obj["metadata"]["name"] for obj in ours} == {"big", "read"}
+    for obj in ours:
+        name = obj["metadata"]["name"]
+        assert obj == {
+            "metadata": {
+                "name": name,
+                "namespace": "workflows-team",
+                "labels": whole(name)["metadata"]["labels"],
+                "annotations": {"openchoreo.dev/workflowrun-uid": f"uid-{name}"},
+            },
+            "status": {"phase": "Running"},
+        }
     await tracker.close()
