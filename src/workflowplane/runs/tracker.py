@@ -243,9 +243,8 @@ def _essentials(obj: dict[str, Any]) -> dict[str, Any]:
     """What is kept of an Argo Workflow: whose it is (name, labels, the run UID it carries)
     and its status, which the run's status is made from.
 
-    The spec and managedFields are most of an Argo Workflow's size. A mass deletion left a
-    thousand whole ones held for their runs to claim, and the collector's full passes walked
-    them: 100-145 ms pauses of the loop the gateway shares."""
+    The spec and managedFields are most of an Argo Workflow's size: a mass deletion left a
+    thousand whole ones held for ``UNCLAIMED_SECONDS``, for runs that never claim them."""
     metadata = obj.get("metadata")
     kept: dict[str, Any] = {}
     if isinstance(metadata, dict):
