@@ -138,7 +138,7 @@ class ArgoTracker:
     async def _catch_up(self, key: RunKey, target: PlaneTarget, delay: float) -> None:
         """Read the run's Argo Workflow now (after ``delay``) and deliver what is there."""
         await asyncio.sleep(delay)
-        reference = self._references.get(key)
+        reference, run_uid = self._references.get(key), self._run_uids.get(key, "")
         if reference is None or self._runs.get(key) != target:
             return
         api = PlaneAPI(self._tunnel, target, self._discovery)
@@ -148,7 +148,7 @@ class ArgoTracker:
             log.info("catch-up read of run %s/%s failed: %s", key[0], key[1], exc)
             self._spawn(self._catch_up(key, target, CATCH_UP_RETRY))
             return
-        self._deliver(target, "ADDED" if found else "DELETED", found or _gone(key))
+        self._deliver(target, "ADDED" if found else "DELETED", found or _gone(key, run_uid))
 
     async def close(self) -> None:
         self._watches.clear()
@@ -161,11 +161,16 @@ class ArgoTracker:
         while True:
             self._streaming_since.pop(target, None)
             try:
-                expected = {key for key, where in self._runs.items() if where == target}
+                expected = {
+                    key: self._run_uids.get(key, "")
+                    for key, where in self._runs.items()
+                    if where == target
+                }
                 items, version = await api.list(ARGO_API_VERSION, ARGO_WORKFLOW, SELECTOR)
                 for item in items:
                     self._deliver(target, "ADDED", item)
-                await self._missing(target, expected - {_key_of(item) for item in items})
+                listed = {_key_of(item) for item in items}
+                await self._missing(target, {k: u for k, u in expected.items() if k not in listed})
                 delay = 1.0
                 self._streaming_since[target] = asyncio.get_running_loop().time()
                 while True:
@@ -186,10 +191,11 @@ class ArgoTracker:
                 self._deliver(target, kind, obj, keep=True)
         return version
 
-    async def _missing(self, target: PlaneTarget, keys: set[RunKey]) -> None:
-        """Runs in flight before the list whose Argo Workflow it lacks: deleted meanwhile."""
-        for key in keys:
-            self._deliver(target, "DELETED", _gone(key))
+    async def _missing(self, target: PlaneTarget, runs: dict[RunKey, str]) -> None:
+        """Runs in flight before the list (by their UIDs then) whose Argo Workflow it lacks:
+        deleted meanwhile. Not a namesake made since: its own may not have been listed."""
+        for key, run_uid in runs.items():
+            self._deliver(target, "DELETED", _gone(key, run_uid))
 
     def _deliver(
         self, target: PlaneTarget, kind: str, obj: dict[str, Any], keep: bool = False
@@ -255,8 +261,13 @@ def _essentials(obj: dict[str, Any]) -> dict[str, Any]:
     return {"metadata": kept, "status": obj.get("status")}
 
 
-def _gone(key: RunKey) -> dict[str, Any]:
-    """What a DELETED event would carry for the run's Argo Workflow (named after the run)."""
+def _gone(key: RunKey, run_uid: str) -> dict[str, Any]:
+    """What a DELETED event would carry for the Argo Workflow of the run with this UID
+    (named after the run): a namesake made since the look is not given it."""
     return {
-        "metadata": {"name": key[1], "labels": {LABEL_RUN_NAMESPACE: key[0], LABEL_RUN: key[1]}}
+        "metadata": {
+            "name": key[1],
+            "labels": {LABEL_RUN_NAMESPACE: key[0], LABEL_RUN: key[1]},
+            "annotations": {RUN_UID_ANNOTATION: run_uid},
+        }
     }

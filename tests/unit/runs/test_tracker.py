@@ -270,3 +270,53 @@ async def test_what_the_tracker_keeps_of_an_argo_workflow_is_whose_it_is_and_its
             "status": {"phase": "Running"},
         }
     await tracker.close()
+
+
+class HeldLookTunnel(StreamingTunnel):
+    """Reads its list's or GET's answer at once, answers only once ``release`` is set: a
+    look under way while the runs it was made for change."""
+
+    def __init__(self, objects: dict[str, dict[str, Any]], held: str) -> None:
+        super().__init__(objects)
+        self.held, self.release = held, asyncio.Event()
+
+    async def proxy(self, method: str, *, path: str, **kwargs: Any) -> ProxyResponse:
+        answer = await super().proxy(method, path=path, **kwargs)
+        if path.endswith(self.held):
+            await self.release.wait()
+        return answer
+
+
+@pytest.mark.parametrize("look", ["list", "read"])
+async def test_a_deletion_a_look_found_is_not_given_to_a_namesake_made_meanwhile(
+    look: str,
+) -> None:
+    """A list (or a run's catch-up read) that found the old run's Argo Workflow gone answers
+    after the run was made again under its name: that answer is the old run's."""
+    tunnel = HeldLookTunnel({"other": argo("team", "other", "")}, "/workflows")
+    observed = Observed()
+    tracker = ArgoTracker(tunnel, Discovery(), observed)
+    key = ("team", "build")
+    tracker.track(("team", "other"), PLANE, reference("other"), run_uid="u0")
+    if look == "read":
+        tunnel.release.set()
+        await asyncio.sleep(1)  # listed, watching
+        tunnel.held, tunnel.release = "/build", asyncio.Event()
+    tracker.track(key, PLANE, reference("build"), run_uid="old")
+    await asyncio.sleep(1)  # the look, under way, found no Argo Workflow of "build"
+    tracker.forget(key)
+    observed.events.clear()
+    tunnel.objects["build"] = argo("team", "build", "Pending", run_uid="new")
+    if look == "read":  # the new run takes what the watch saw of its Argo Workflow
+        created_at = asyncio.get_running_loop().time()
+        tunnel.events.put_nowait({"type": "ADDED", "object": tunnel.objects["build"]})
+        await asyncio.sleep(1)
+        tracker.track(key, PLANE, reference("build"), run_uid="new", created_at=created_at)
+    else:  # the watch has not started: the new run's Argo Workflow is read once
+        tracker.track(key, PLANE, reference("build"), run_uid="new")
+    await asyncio.sleep(1)
+    tunnel.release.set()
+    await asyncio.sleep(1)
+    seen = {e for e in observed.events if e[0] == key}
+    assert seen == {(key, "ADDED", "Pending")}
+    await tracker.close()
