@@ -103,6 +103,11 @@ class PlanesController:
         naming another replica each time), a pass after pass for good. Status edits by
         others are mended by the resync; a listing's events (type None) always pass."""
         if type_ == "DELETED":  # gone: the finalizer made sure its last pass came before
+            seen = self._triggers.get(ref)
+            if seen is not None and seen[0] != _trigger_of(body)[0]:
+                # A namesake's, deleted before this CR was made: kopf handles each UID's
+                # events in its own worker, so its deletion can come after this one's ADDED.
+                return
             self.forget(ref)
             return
         self.directory.remember(ref, body)
