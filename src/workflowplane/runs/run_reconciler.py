@@ -136,7 +136,7 @@ class RunReconciler:
         verdict = resources_verdict(observed)
         conditions = self._conditions(run, {RunCondition.RESOURCES_READY: verdict})
         if conditions != (run.get("status") or {}).get("conditions"):
-            await self._patch_status(run, {"conditions": conditions})
+            await self._patch_status(run, {"conditions": conditions}, guarded=True)
         return None if verdict.status == "True" else RESOURCES_RETRY
 
     async def observe(self, key: RunKey, event: str, argo: dict[str, Any]) -> None:
@@ -336,7 +336,7 @@ class RunReconciler:
             "conditions": self._conditions(run, failed_before_start(reason, message)),
             "completedAt": status.get("completedAt") or rfc3339(self._clock()),
         }
-        await self._patch_status(run, update)
+        await self._patch_status(run, update, guarded=True)
         log.info("run %s/%s failed: %s: %s", meta["namespace"], meta["name"], reason, message)
         return None  # the status event brings the run back for its TTL
 
@@ -439,7 +439,7 @@ class RunReconciler:
     async def _set_waiting(self, run: dict[str, Any], reason: str, message: str) -> None:
         conditions = self._conditions(run, waiting(reason, message))
         if conditions != (run.get("status") or {}).get("conditions"):
-            await self._patch_status(run, {"conditions": conditions})
+            await self._patch_status(run, {"conditions": conditions}, guarded=True)
 
     def _conditions(
         self, run: Mapping[str, Any], verdicts: Mapping[str, Verdict]
@@ -448,9 +448,18 @@ class RunReconciler:
         generation = run["metadata"].get("generation")
         return with_verdicts(run.get("status") or {}, verdicts, generation, self._clock())
 
-    async def _patch_status(self, run: dict[str, Any], update: dict[str, Any]) -> None:
+    async def _patch_status(
+        self, run: dict[str, Any], update: dict[str, Any], *, guarded: bool = False
+    ) -> None:
+        """``guarded``: only onto the copy the pass decided on (its resourceVersion), for a
+        verdict reached after waiting (a render, a plane): the run may have been deleted and
+        made again under its name meanwhile, and the new one must not get the old one's."""
         before = dict(run.get("status") or {})
-        await self._patch_run(run, {"status": update}, status=True)
+        body: dict[str, Any] = {"status": update}
+        version = run["metadata"].get("resourceVersion")
+        if guarded and version:
+            body["metadata"] = {"resourceVersion": version}
+        await self._patch_run(run, body, status=True)
         run.setdefault("status", {}).update(update)
         self.metrics.status_written(before, run["status"])
 
@@ -465,7 +474,9 @@ class RunReconciler:
         self, run: dict[str, Any], body: dict[str, Any], status: bool = False
     ) -> None:
         """A merge patch of the run; the API server's answer is the cache's newest copy, so
-        the pass that this write wakes already sees it."""
+        the pass that this write wakes already sees it, and its resourceVersion the pass's
+        copy's (the pass updates what it wrote there itself), so its next guarded write is
+        measured against its own last one."""
         meta = run["metadata"]
         try:
             written = await merge_patch(
@@ -481,7 +492,11 @@ class RunReconciler:
                 # missed in a watch gap, a concurrent write): the retry reads the API server
                 self.cache.forget(WORKFLOW_RUN, meta["namespace"], meta["name"])
             raise
-        self.cache.remember(WORKFLOW_RUN, written.to_dict())
+        answer = written.to_dict()
+        self.cache.remember(WORKFLOW_RUN, answer)
+        written_meta = answer.get("metadata") or {}
+        if written_meta.get("uid") == meta.get("uid") and written_meta.get("resourceVersion"):
+            meta["resourceVersion"] = written_meta["resourceVersion"]  # the pass's copy now
 
 
 def _sent(run: Mapping[str, Any]) -> bool:

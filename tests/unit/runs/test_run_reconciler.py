@@ -21,6 +21,7 @@ from workflowplane.kits.clock import rfc3339, utcnow
 from workflowplane.protocol.gateway_client import GatewayClient, ProxyResponse
 from workflowplane.runs.cache import ObjectCache, kind_of
 from workflowplane.runs.plan import PlaneTarget, RunPlan, plan_run, workflow_reference
+from workflowplane.runs.render import RenderError
 from workflowplane.runs.run_handlers import RunsController
 from workflowplane.runs.run_reconciler import RunReconciler
 
@@ -622,3 +623,35 @@ async def test_an_unreadable_answer_about_an_unrecorded_workflow_deletes_nothing
         assert not plane_deletes(world)
     else:
         await cleaned_up_sparing_the_plane(world)
+
+
+class NamesakeMeanwhile(InProcessPlanner):
+    """While the run's render is under way the run is deleted and made again under its name
+    (a new UID); then the render fails."""
+
+    def __init__(self, world: World) -> None:
+        self.world, self.failed = world, False
+
+    async def plan(
+        self, run: Mapping[str, Any], definition: Mapping[str, Any], target: PlaneTarget
+    ) -> RunPlan:
+        if self.failed:
+            return await super().plan(run, definition, target)
+        self.failed = True
+        anew = a_run("r1")
+        anew["metadata"] |= {"uid": "uid-anew", "resourceVersion": "99"}
+        self.world.kube.objects[(WORKFLOW_RUN, "team", "r1")] = anew
+        raise RenderError("the old run's template")
+
+
+async def test_a_verdict_on_a_run_made_again_meanwhile_is_not_written_on_the_new_one() -> None:
+    world = World("r1")
+    planner: Any = NamesakeMeanwhile(world)
+    world.reconciler._planner = planner
+    with pytest.raises(ApiError):  # the old run's failure refused: the pass is retried
+        await world.reconciler.reconcile(("team", "r1"))
+    assert "completedAt" not in (world.run("r1").get("status") or {})
+    await world.reconciler.reconcile(("team", "r1"))  # read again: the new run starts
+    assert world.run("r1")["status"]["startedAt"]
+    assert world.run("r1")["metadata"]["uid"] == "uid-anew"
+    await world.close()
