@@ -40,11 +40,13 @@ from cryptography.hazmat.primitives import hashes
 
 from workflowplane.api import ClientCAError
 from workflowplane.api.consent import UNRESTRICTED, Consent, consent_of
+from workflowplane.api.constants import PLANE_TYPE
 from workflowplane.gateway.metrics import GatewayMetrics
 from workflowplane.gateway.plane_cache import PlaneCache
 from workflowplane.gateway.streams import StreamBuffer, StreamEnd
 from workflowplane.kits.clock import utcnow
 from workflowplane.kits.grouped import Grouped
+from workflowplane.kits.tasks import TaskSet
 from workflowplane.pki import ClientCheck, uri_sans
 from workflowplane.protocol import Frame, TunnelResponse, encode, encode_binary
 
@@ -416,6 +418,8 @@ class ConnectionManager:
         self._subscribers: set[asyncio.Queue[ConnectionEvent]] = set()
         self._none_left = asyncio.Event()
         self._none_left.set()
+        self._closing = TaskSet("connections")
+        planes.on_replaced(self._cr_replaced)
 
     # ---- authorization --------------------------------------------------------------------
 
@@ -452,6 +456,22 @@ class ConnectionManager:
         leaf_problem = "" if granted else check.leaf_problem()
         return Admission(frozenset(granted), refused, frozenset(by_consent), consent, leaf_problem)
 
+    def _cr_replaced(self, key: str, plane_id: str) -> None:
+        """The plane cache's own watch saw CR ``key`` go (or another object take its name):
+        its connections are judged again now, against what the cache holds for the name. The
+        controller's notify does the same, but one that did not reach this replica (another
+        answered) left an agent admitted by a deleted CR's CA serving a new CR of its name."""
+        entry = self._planes.entries.get(key)
+        try:
+            ca = self._planes.ca_of(entry) if entry is not None else None
+        except ClientCAError:
+            ca = None
+        granted, revoked, closing = self._rejudge(PLANE_TYPE, plane_id, key, ca)
+        if granted or revoked:
+            log.info("CR %s replaced or gone: %d granted, %d revoked", key, granted, revoked)
+        if closing:
+            self._closing.spawn(_close_each(closing, message=b"no longer authorized"), "close")
+
     async def reverify(
         self, plane_type: str, plane_id: str, key: str, ca: bytes | None
     ) -> Reverification:
@@ -463,6 +483,15 @@ class ConnectionManager:
         can only reach its plane. A connection left authorized for no CR is closed. Only
         those connections are looked at: a tenant's notify costs no other tenant's agents.
         """
+        granted, revoked, closing = self._rejudge(plane_type, plane_id, key, ca)
+        await _close_each(closing, message=b"no longer authorized")
+        return Reverification(granted, revoked, len(closing))
+
+    def _rejudge(
+        self, plane_type: str, plane_id: str, key: str, ca: bytes | None
+    ) -> tuple[int, int, list[AgentConnection]]:
+        """``reverify``'s decisions: how many were granted and revoked, and the connections
+        to close (marked closing)."""
         granted: list[str] = []
         revoked: list[str] = []
         closing: list[AgentConnection] = []
@@ -486,8 +515,7 @@ class ConnectionManager:
         for conn in closing:
             log.info("closing agent %s: no CR authorizes it any more", conn.id)
             conn.closing("not-authorized")
-        await _close_each(closing, message=b"no longer authorized")
-        return Reverification(len(granted), len(revoked), len(closing))
+        return len(granted), len(revoked), closing
 
     def authorized(self, plane_type: str, plane_id: str, key: str) -> list[AgentConnection]:
         """The connections of this plane that may serve CR ``key`` right now: of those

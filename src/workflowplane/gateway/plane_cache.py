@@ -53,6 +53,7 @@ class PlaneEntry:
     plane_id: str
     inline_ca: bytes | None
     location: SecretLocation | None
+    uid: str | None = None  # which object of that name (one made again has another)
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ def entry_of(plane: AnyPlane) -> PlaneEntry:
         effective_plane_id(plane),
         inline.encode() if inline else None,
         location,
+        plane.metadata.uid or None,
     )
 
 
@@ -110,6 +112,12 @@ class PlaneCache:
         self._secrets: dict[tuple[str, str], CachedSecret] = {}
         self.synced = asyncio.Event()
         self._tasks = TaskSet("plane-cache")
+        self._on_replaced: Callable[[str, str], None] = lambda key, plane_id: None
+
+    def on_replaced(self, callback: Callable[[str, str], None]) -> None:
+        """Call ``callback(key, planeID)`` when the watch sees a CR go, become invalid, or
+        another object take its name: what the CR's connections were admitted by is gone."""
+        self._on_replaced = callback
 
     def ca_of(self, entry: PlaneEntry) -> bytes:
         """The CR's CA PEM from the cache; ClientCAError when it is not there."""
@@ -232,19 +240,28 @@ class PlaneCache:
         meta = data["metadata"]
         key = f"{meta.get('namespace') or ''}/{meta['name']}"
         if event == "DELETED":
-            self.remove(key)
+            self._forget_from_watch(key)
             return
         try:
             entry = entry_of(decode_plane(data))
         except InvalidManifest as exc:
             # Its previous version (and CA) must not keep admitting agents: forgotten.
             log.warning("ignoring invalid plane %s (no agent is admitted for it): %s", key, exc)
-            self.remove(key)
+            self._forget_from_watch(key)
             return
+        before = self.entries.get(key)
         self.upsert(entry)
+        if before is not None and before.uid and entry.uid and before.uid != entry.uid:
+            self._on_replaced(key, entry.plane_id)
         location = entry.location
         if location and (location.namespace, location.name) not in self._secrets:
             self._tasks.spawn(self._prefetch_secret(location), f"Secret {location.name}")
+
+    def _forget_from_watch(self, key: str) -> None:
+        before = self.entries.get(key)
+        self.remove(key)
+        if before is not None:
+            self._on_replaced(key, before.plane_id)
 
     async def _prefetch_secret(self, location: SecretLocation) -> None:
         """Read a newly referenced Secret now rather than when it next changes."""
