@@ -175,15 +175,16 @@ class PlaneCache:
 
     async def refresh_secret(self, location: SecretLocation) -> None:
         """Read one Secret now (notify must not trust a cache that may lag)."""
+        await self._read_secret(location.namespace, location.name)
+
+    async def _read_secret(self, namespace: str, name: str) -> None:
         try:
-            secret = await self._client.get(Secret, location.name, namespace=location.namespace)
-            self.put_secret(
-                location.namespace, location.name, secret.data or {}, _annotations(secret)
-            )
+            secret = await self._client.get(Secret, name, namespace=namespace)
+            self.put_secret(namespace, name, secret.data or {}, _annotations(secret))
         except ApiError as exc:
             if exc.status.code != 404:
                 raise
-            self.put_secret(location.namespace, location.name, None)
+            self.put_secret(namespace, name, None)
 
     async def fresh_ca(self, namespace: str | None, name: str) -> bytes | None:
         """The CR's CA read from the API now (not the cache), which is updated on the way;
@@ -220,35 +221,46 @@ class PlaneCache:
         await self._tasks.close()
 
     async def _follow_planes(self, resource: Any) -> None:
-        namespaced = resource is WorkflowPlaneResource
+        """List, forget what the list lacks (deleted while no watch ran: no event will say
+        so), then watch from the list's resourceVersion (no gap between the two)."""
+        namespace = "*" if resource is WorkflowPlaneResource else None
         while True:
             try:
                 lister: Any = self._client.list
-                async for obj in lister(resource, namespace="*" if namespaced else None):
-                    self._apply_plane("ADDED", obj.to_dict(), resource)
+                listing = lister(resource, namespace=namespace)
+                listed = {
+                    self._apply_plane("ADDED", obj.to_dict(), resource) async for obj in listing
+                }
+                for key, entry in list(self.entries.items()):
+                    if entry.kind == resource.__name__ and key not in listed:
+                        self._forget_from_watch(key)
                 if resource is ClusterWorkflowPlaneResource:
                     self.synced.set()
                 watcher: Any = self._client.watch
-                async for event, obj in watcher(resource, namespace="*" if namespaced else None):
+                version = listing.resourceVersion
+                async for event, obj in watcher(
+                    resource, namespace=namespace, resource_version=version
+                ):
                     self._apply_plane(event, obj.to_dict(), resource)
             except Exception as exc:  # noqa: BLE001 - the watch must outlive anything; see _watch_broke
                 _watch_broke(resource.__name__, exc)
             await asyncio.sleep(RESTART_DELAY)
 
-    def _apply_plane(self, event: str, data: dict[str, Any], resource: Any) -> None:
+    def _apply_plane(self, event: str, data: dict[str, Any], resource: Any) -> str:
+        """Apply one event of a plane CR; its key."""
         data.setdefault("kind", resource.__name__)
         meta = data["metadata"]
         key = f"{meta.get('namespace') or ''}/{meta['name']}"
         if event == "DELETED":
             self._forget_from_watch(key)
-            return
+            return key
         try:
             entry = entry_of(decode_plane(data))
         except InvalidManifest as exc:
             # Its previous version (and CA) must not keep admitting agents: forgotten.
             log.warning("ignoring invalid plane %s (no agent is admitted for it): %s", key, exc)
             self._forget_from_watch(key)
-            return
+            return key
         before = self.entries.get(key)
         self.upsert(entry)
         if before is not None and before.uid and entry.uid and before.uid != entry.uid:
@@ -256,6 +268,7 @@ class PlaneCache:
         location = entry.location
         if location and (location.namespace, location.name) not in self._secrets:
             self._tasks.spawn(self._prefetch_secret(location), f"Secret {location.name}")
+        return key
 
     def _forget_from_watch(self, key: str) -> None:
         before = self.entries.get(key)
@@ -276,8 +289,14 @@ class PlaneCache:
             )
 
     async def _follow_secrets(self) -> None:
+        """Watch Secrets, keeping the referenced ones. After a gap in the watch each kept one
+        is read again: one deleted meanwhile sent no event, and its CA went on admitting."""
+        gap = False
         while True:
             try:
+                if gap:
+                    for namespace, name in list(self._secrets):
+                        await self._read_secret(namespace, name)
                 watcher: Any = self._client.watch
                 async for event, secret in watcher(Secret, namespace="*"):
                     meta = secret.metadata
@@ -290,6 +309,7 @@ class PlaneCache:
                         self.put_secret(meta.namespace, meta.name, data, _annotations(secret))
             except Exception as exc:  # noqa: BLE001 - the watch must outlive anything; see _watch_broke
                 _watch_broke("Secrets", exc)
+            gap = True
             await asyncio.sleep(RESTART_DELAY)
 
 

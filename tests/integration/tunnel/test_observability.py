@@ -77,7 +77,8 @@ async def test_the_agent_is_ready_only_while_it_holds_an_admitted_connection(
         status, metrics = await probe(agent, "/metrics")
         assert status == 200 and "workflowplane_agent_connected 1.0" in metrics
 
-        # The CR goes and the gateway drops the plane's agents: every redial is refused.
+        # The CR goes: the gateway's own watch revokes it, and closes the agent it leaves
+        # authorized for nothing (no notify needed); every redial is refused.
         kubectl(
             control_plane.kubeconfig,
             control_plane.context,
@@ -88,7 +89,6 @@ async def test_the_agent_is_ready_only_while_it_holds_an_admitted_connection(
             namespace,
         )
         await eventually(lambda: not gw.gateway.planes.for_plane(plane_id))
-        await gw.client.reconnect(WP, plane_id)
 
         async def unready() -> Any:
             status, body = await probe(agent, "/readyz")
@@ -100,7 +100,7 @@ async def test_the_agent_is_ready_only_while_it_holds_an_admitted_connection(
         assert agent_sample(agent, "workflowplane_agent_connected") == 0
         disconnected = "workflowplane_gateway_agent_disconnections_total"
         assert (
-            gateway_sample(gw, disconnected, plane_id=plane_id, reason="reconnect-requested") == 1
+            gateway_sample(gw, disconnected, plane_id=plane_id, reason="not-authorized") == 1
         )
         assert (
             agent_sample(agent, "workflowplane_agent_disconnections_total", reason="gateway-closed")

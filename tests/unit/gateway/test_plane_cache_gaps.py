@@ -1,0 +1,101 @@
+"""What the gateway's watches miss while broken: a plane CR or its CA Secret deleted in a
+gap sends no event. The CR's re-list forgets a CR it no longer lists, and the Secrets
+watch reads its kept Secrets again after a gap; before, both stayed cached and their CA went
+on admitting agents (and the agents admitted went on serving)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from lightkube.core.exceptions import ApiError
+from lightkube.models.meta_v1 import Status
+
+from workflowplane.api import WorkflowPlaneResource
+from workflowplane.gateway.connections import ConnectionManager
+from workflowplane.gateway.metrics import GatewayMetrics
+from workflowplane.gateway.plane_cache import PlaneCache
+from workflowplane.pki import generate_ca, issue_certificate
+
+pytestmark = pytest.mark.looptime
+CA = generate_ca("agent-ca")
+
+
+def plane(ca: dict[str, Any]) -> SimpleNamespace:
+    data = {
+        "apiVersion": "openchoreo.dev/v1alpha1",
+        "kind": "WorkflowPlane",
+        "metadata": {"name": "wp", "namespace": "tenant-a", "uid": "u1"},
+        "spec": {"planeID": "p", "clusterAgent": {"clientCA": ca}},
+    }
+    return SimpleNamespace(to_dict=lambda: data)
+
+
+class Listing:
+    def __init__(self, items: list[Any]) -> None:
+        self.items, self.resourceVersion = items, "7"
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        for item in self.items:
+            yield item
+
+
+class GappyCluster:
+    """The watch of ``broken`` (WorkflowPlane or Secret) breaks at once (a gap), once, then
+    stays open, as every other does; ``planes`` is what each list of WorkflowPlanes answers
+    now, ``secret`` the CA Secret's data (None: gone)."""
+
+    def __init__(self, planes: list[Any], secret: dict[str, str] | None, broken: str) -> None:
+        self.planes, self.secret, self.broken = planes, secret, broken
+
+    def list(self, resource: Any, **_: Any) -> Listing:
+        return Listing(self.planes if resource is WorkflowPlaneResource else [])
+
+    async def watch(self, resource: Any, **_: Any) -> AsyncIterator[Any]:
+        if resource.__name__ == self.broken:
+            self.broken = ""
+            raise OSError("connection reset")
+        await asyncio.Event().wait()
+        yield
+
+    async def get(self, resource: Any, name: str, namespace: str) -> Any:
+        if self.secret is None:
+            raise ApiError(status=Status(code=404, message="not found"))
+        return SimpleNamespace(data=self.secret, metadata=SimpleNamespace(annotations=None))
+
+
+async def started(cluster: GappyCluster) -> tuple[PlaneCache, ConnectionManager]:
+    planes = PlaneCache(cluster)  # type: ignore[arg-type]
+    manager = ConnectionManager(planes, GatewayMetrics())
+    planes.start()
+    await asyncio.sleep(0.5)  # listed (and the CA Secret read); one watch broken
+    return planes, manager
+
+
+async def test_a_cr_deleted_in_a_watch_gap_is_forgotten_at_the_re_list() -> None:
+    cluster = GappyCluster([plane({"value": CA.cert_pem.decode()})], None, "WorkflowPlane")
+    planes, manager = await started(cluster)
+    leaf = issue_certificate(CA, "agent").certificate
+    assert manager.admit("p", leaf).granted == {"tenant-a/wp"}
+    cluster.planes = []  # deleted while the watch was broken
+    await asyncio.sleep(5)  # the watch is listed again
+    assert "tenant-a/wp" not in planes.entries
+    assert not manager.admit("p", leaf).granted
+    await planes.close()
+
+
+async def test_a_ca_secret_deleted_in_a_watch_gap_admits_nobody_after_it() -> None:
+    ref = {"secretKeyRef": {"name": "agent-ca", "key": "ca.crt"}}
+    secret = {"ca.crt": base64.b64encode(CA.cert_pem).decode()}
+    cluster = GappyCluster([plane(ref)], secret, "Secret")
+    planes, manager = await started(cluster)
+    leaf = issue_certificate(CA, "agent").certificate
+    assert manager.admit("p", leaf).granted == {"tenant-a/wp"}
+    cluster.secret = None  # deleted while the watch was broken
+    await asyncio.sleep(5)  # the watch starts again
+    assert not manager.admit("p", leaf).granted
+    await planes.close()
