@@ -99,9 +99,7 @@ async def test_the_agent_is_ready_only_while_it_holds_an_admitted_connection(
         assert (await probe(agent, "/healthz"))[0] == 200  # not wedged: no restart
         assert agent_sample(agent, "workflowplane_agent_connected") == 0
         disconnected = "workflowplane_gateway_agent_disconnections_total"
-        assert (
-            gateway_sample(gw, disconnected, plane_id=plane_id, reason="not-authorized") == 1
-        )
+        assert gateway_sample(gw, disconnected, plane_id=plane_id, reason="not-authorized") == 1
         assert (
             agent_sample(agent, "workflowplane_agent_disconnections_total", reason="gateway-closed")
             == 1
