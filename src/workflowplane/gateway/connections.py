@@ -419,7 +419,7 @@ class ConnectionManager:
         self._none_left = asyncio.Event()
         self._none_left.set()
         self._closing = TaskSet("connections")
-        planes.on_replaced(self._cr_replaced)
+        planes.on_judge_again(self._judge_again)
 
     # ---- authorization --------------------------------------------------------------------
 
@@ -456,11 +456,12 @@ class ConnectionManager:
         leaf_problem = "" if granted else check.leaf_problem()
         return Admission(frozenset(granted), refused, frozenset(by_consent), consent, leaf_problem)
 
-    def _cr_replaced(self, key: str, plane_id: str) -> None:
-        """The plane cache's own watch saw CR ``key`` go (or another object take its name):
-        its connections are judged again now, against what the cache holds for the name. The
-        controller's notify does the same, but one that did not reach this replica (another
-        answered) left an agent admitted by a deleted CR's CA serving a new CR of its name."""
+    def _judge_again(self, key: str, plane_id: str) -> None:
+        """The plane cache's own watches saw what admits agents for CR ``key`` change (it
+        went, another object took its name, its CA Secret changed): its connections are
+        judged again now, against what the cache holds. The controller's notify does the
+        same, but one that did not reach this replica (another answered) left an agent
+        admitted by a deleted CR's CA serving a new CR of its name."""
         entry = self._planes.entries.get(key)
         try:
             ca = self._planes.ca_of(entry) if entry is not None else None
@@ -468,7 +469,7 @@ class ConnectionManager:
             ca = None
         granted, revoked, closing = self._rejudge(PLANE_TYPE, plane_id, key, ca)
         if granted or revoked:
-            log.info("CR %s replaced or gone: %d granted, %d revoked", key, granted, revoked)
+            log.info("CR %s changed: %d granted, %d revoked", key, granted, revoked)
         if closing:
             self._closing.spawn(_close_each(closing, message=b"no longer authorized"), "close")
 
@@ -607,6 +608,7 @@ class ConnectionManager:
         for conn in conns:
             conn.closing("gateway-shutdown")
         await _close_each(conns, code=code, message=message)
+        await self._closing.close()  # closes begun by the watches' judgements: all done now
 
     async def all_gone(self, seconds: float) -> bool:
         """Wait (at most ``seconds``) until no connection is left: closed connections finish

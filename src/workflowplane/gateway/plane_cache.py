@@ -112,12 +112,20 @@ class PlaneCache:
         self._secrets: dict[tuple[str, str], CachedSecret] = {}
         self.synced = asyncio.Event()
         self._tasks = TaskSet("plane-cache")
-        self._on_replaced: Callable[[str, str], None] = lambda key, plane_id: None
+        self._judge: Callable[[str, str], None] = lambda key, plane_id: None
 
-    def on_replaced(self, callback: Callable[[str, str], None]) -> None:
-        """Call ``callback(key, planeID)`` when the watch sees a CR go, become invalid, or
-        another object take its name: what the CR's connections were admitted by is gone."""
-        self._on_replaced = callback
+    def on_judge_again(self, callback: Callable[[str, str], None]) -> None:
+        """Call ``callback(key, planeID)`` when the watches see what admits agents for CR
+        ``key`` change: the CR appears, goes, turns invalid, another object takes its name,
+        or its CA Secret changes. The controller's notify says the same, but only to the
+        replicas it reaches."""
+        self._judge = callback
+
+    def _judge_again(self, key: str, plane_id: str) -> None:
+        try:
+            self._judge(key, plane_id)
+        except Exception:  # the cache has changed already: the watch must go on
+            log.exception("judging the connections of %s again failed", key)
 
     def ca_of(self, entry: PlaneEntry) -> bytes:
         """The CR's CA PEM from the cache; ClientCAError when it is not there."""
@@ -226,13 +234,16 @@ class PlaneCache:
         namespace = "*" if resource is WorkflowPlaneResource else None
         while True:
             try:
+                kind = resource.__name__
+                held = {k: e.uid for k, e in self.entries.items() if e.kind == kind}
                 lister: Any = self._client.list
                 listing = lister(resource, namespace=namespace)
                 listed = {
                     self._apply_plane("ADDED", obj.to_dict(), resource) async for obj in listing
                 }
-                for key, entry in list(self.entries.items()):
-                    if entry.kind == resource.__name__ and key not in listed:
+                for key, uid in held.items():  # not one notify stored during the list
+                    entry = self.entries.get(key)
+                    if key not in listed and entry is not None and entry.uid == uid:
                         self._forget_from_watch(key)
                 if resource is ClusterWorkflowPlaneResource:
                     self.synced.set()
@@ -252,7 +263,9 @@ class PlaneCache:
         meta = data["metadata"]
         key = f"{meta.get('namespace') or ''}/{meta['name']}"
         if event == "DELETED":
-            self._forget_from_watch(key)
+            cached = self.entries.get(key)
+            if cached is None or not cached.uid or cached.uid == meta.get("uid"):
+                self._forget_from_watch(key)  # else a namesake's, made since (notify read it)
             return key
         try:
             entry = entry_of(decode_plane(data))
@@ -263,23 +276,30 @@ class PlaneCache:
             return key
         before = self.entries.get(key)
         self.upsert(entry)
-        if before is not None and before.uid and entry.uid and before.uid != entry.uid:
-            self._on_replaced(key, entry.plane_id)
         location = entry.location
         if location and (location.namespace, location.name) not in self._secrets:
+            # judged once its CA is read (judged now, it would admit nobody meanwhile)
             self._tasks.spawn(self._prefetch_secret(location), f"Secret {location.name}")
+        elif before is None or (before.uid and entry.uid and before.uid != entry.uid):
+            self._judge_again(key, entry.plane_id)
         return key
 
     def _forget_from_watch(self, key: str) -> None:
         before = self.entries.get(key)
         self.remove(key)
         if before is not None:
-            self._on_replaced(key, before.plane_id)
+            self._judge_again(key, before.plane_id)
+
+    def _judge_users_of(self, namespace: str, name: str) -> None:
+        """The CRs whose CA this Secret holds are judged again (it changed, or went)."""
+        for entry in list(self._by_secret.group((namespace, name)).values()):
+            self._judge_again(entry.key, entry.plane_id)
 
     async def _prefetch_secret(self, location: SecretLocation) -> None:
         """Read a newly referenced Secret now rather than when it next changes."""
         try:
             await self.refresh_secret(location)
+            self._judge_users_of(location.namespace, location.name)
         except KUBE_READ_ERRORS as exc:
             log.warning(
                 "cannot read Secret %s/%s yet (%s); it is read again when it changes or on notify",
@@ -297,6 +317,7 @@ class PlaneCache:
                 if gap:
                     for namespace, name in list(self._secrets):
                         await self._read_secret(namespace, name)
+                        self._judge_users_of(namespace, name)
                 watcher: Any = self._client.watch
                 async for event, secret in watcher(Secret, namespace="*"):
                     meta = secret.metadata
@@ -307,6 +328,7 @@ class PlaneCache:
                     else:
                         data = secret.data or {}
                         self.put_secret(meta.namespace, meta.name, data, _annotations(secret))
+                    self._judge_users_of(meta.namespace, meta.name)
             except Exception as exc:  # noqa: BLE001 - the watch must outlive anything; see _watch_broke
                 _watch_broke("Secrets", exc)
             gap = True

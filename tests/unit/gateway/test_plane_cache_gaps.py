@@ -15,8 +15,9 @@ import pytest
 from lightkube.core.exceptions import ApiError
 from lightkube.models.meta_v1 import Status
 
+from tests.unit.gateway.test_connections import FakeSocket
 from workflowplane.api import WorkflowPlaneResource
-from workflowplane.gateway.connections import ConnectionManager
+from workflowplane.gateway.connections import AgentConnection, ConnectionManager
 from workflowplane.gateway.metrics import GatewayMetrics
 from workflowplane.gateway.plane_cache import PlaneCache
 from workflowplane.pki import generate_ca, issue_certificate
@@ -51,6 +52,7 @@ class GappyCluster:
 
     def __init__(self, planes: list[Any], secret: dict[str, str] | None, broken: str) -> None:
         self.planes, self.secret, self.broken = planes, secret, broken
+        self.secret_events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
     def list(self, resource: Any, **_: Any) -> Listing:
         return Listing(self.planes if resource is WorkflowPlaneResource else [])
@@ -59,6 +61,9 @@ class GappyCluster:
         if resource.__name__ == self.broken:
             self.broken = ""
             raise OSError("connection reset")
+        if resource.__name__ == "Secret":
+            while True:
+                yield await self.secret_events.get()
         await asyncio.Event().wait()
         yield
 
@@ -98,4 +103,22 @@ async def test_a_ca_secret_deleted_in_a_watch_gap_admits_nobody_after_it() -> No
     cluster.secret = None  # deleted while the watch was broken
     await asyncio.sleep(5)  # the watch starts again
     assert not manager.admit("p", leaf).granted
+    await planes.close()
+
+
+async def test_a_ca_secret_rotated_under_the_watch_stops_its_old_cas_agents() -> None:
+    ref = {"secretKeyRef": {"name": "agent-ca", "key": "ca.crt"}}
+    secret = {"ca.crt": base64.b64encode(CA.cert_pem).decode()}
+    cluster = GappyCluster([plane(ref)], secret, "")
+    planes, manager = await started(cluster)
+    leaf = issue_certificate(CA, "agent").certificate
+    admission = manager.admit("p", leaf)
+    conn = AgentConnection("workflowplane", "p", FakeSocket(), leaf, set(admission.granted))
+    manager.connect(conn)
+    assert manager.serves("workflowplane", "p", "tenant-a/wp")
+    rotated = {"ca.crt": base64.b64encode(generate_ca("rotated").cert_pem).decode()}
+    metadata = SimpleNamespace(namespace="tenant-a", name="agent-ca", annotations=None)
+    cluster.secret_events.put_nowait(("MODIFIED", SimpleNamespace(metadata=metadata, data=rotated)))
+    await asyncio.sleep(1)
+    assert not manager.serves("workflowplane", "p", "tenant-a/wp")
     await planes.close()

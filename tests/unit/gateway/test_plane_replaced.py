@@ -59,3 +59,16 @@ async def test_a_cr_made_again_with_another_ca_is_served_only_by_its_agents() ->
     assert manager.authorized(WP, "p", KEY) == []  # the deletion; the new CA admits it not
     new = joined(manager, NEW_CA)
     assert manager.authorized(WP, "p", KEY) == [new]
+
+
+async def test_a_late_deletion_of_the_old_cr_leaves_the_new_ones_agents() -> None:
+    """The controller's notify read the new CR (and judged its agents) before the watch
+    brought the old one's deletion: that deletion is the old CR's, not the name's."""
+    planes = PlaneCache(None)  # type: ignore[arg-type]
+    manager = ConnectionManager(planes, GatewayMetrics())
+    planes._apply_plane("ADDED", manifest("u1", OLD_CA), WorkflowPlaneResource)
+    planes._apply_plane("ADDED", manifest("u2", NEW_CA), WorkflowPlaneResource)  # notify's read
+    new = joined(manager, NEW_CA)
+    planes._apply_plane("DELETED", manifest("u1", OLD_CA), WorkflowPlaneResource)  # late
+    assert manager.authorized(WP, "p", KEY) == [new]
+    assert KEY in planes.entries
