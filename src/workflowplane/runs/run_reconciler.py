@@ -145,6 +145,9 @@ class RunReconciler:
         run = await self.cache.copy(WorkflowRunResource, key[1], key[0])
         if run is None or run["metadata"].get("deletionTimestamp"):
             return
+        owner = made_by(argo)
+        if owner is not None and owner != run["metadata"].get("uid"):
+            return  # a namesake's observation, taken before this run was followed
         status = run.get("status") or {}
         if is_completed(status) or not status.get("startedAt"):
             return
@@ -451,13 +454,16 @@ class RunReconciler:
     async def _patch_status(
         self, run: dict[str, Any], update: dict[str, Any], *, guarded: bool = False
     ) -> None:
-        """``guarded``: only onto the copy the pass decided on (its resourceVersion), for a
-        verdict reached after waiting (a render, a plane): the run may have been deleted and
-        made again under its name meanwhile, and the new one must not get the old one's."""
+        """``guarded``: onto the copy the pass decided on only (its resourceVersion), while
+        the run has no finalizer, for a verdict reached after waiting (a render, a plane):
+        such a run may have been deleted and made again under its name meanwhile, and the new
+        one must not get the old one's. With the finalizer it cannot be, and the guard would
+        only make the pass lose to the tracker's status writes."""
         before = dict(run.get("status") or {})
         body: dict[str, Any] = {"status": update}
-        version = run["metadata"].get("resourceVersion")
-        if guarded and version:
+        meta = run["metadata"]
+        version = meta.get("resourceVersion")
+        if guarded and version and RUN_FINALIZER not in (meta.get("finalizers") or []):
             body["metadata"] = {"resourceVersion": version}
         await self._patch_run(run, body, status=True)
         run.setdefault("status", {}).update(update)

@@ -655,3 +655,24 @@ async def test_a_verdict_on_a_run_made_again_meanwhile_is_not_written_on_the_new
     assert world.run("r1")["status"]["startedAt"]
     assert world.run("r1")["metadata"]["uid"] == "uid-anew"
     await world.close()
+
+
+async def test_a_started_runs_verdict_is_written_over_a_change_its_copy_has_not_seen(
+    world: World,
+) -> None:
+    """With its finalizer a run cannot be made again under its name during a pass: its
+    verdicts are not guarded, and do not lose to a write the cache has not seen yet."""
+    await world.reconciler.reconcile(("team", "r1"))  # started: the finalizer is on
+    world.run("r1")["metadata"]["resourceVersion"] = "500"  # a tenant's edit, not seen yet
+    gone = {"metadata": {"name": "r1", "annotations": {RUN_UID_ANNOTATION: "uid-r1"}}}
+    await world.reconciler.observe(("team", "r1"), "DELETED", gone)
+    assert world.run("r1")["status"]["completedAt"]
+
+
+async def test_an_observation_of_a_namesakes_workflow_is_not_written_on_the_run(
+    world: World,
+) -> None:
+    await world.reconciler.reconcile(("team", "r1"))
+    theirs = {"metadata": {"name": "r1", "annotations": {RUN_UID_ANNOTATION: "uid-other"}}}
+    await world.reconciler.observe(("team", "r1"), "DELETED", theirs)
+    assert "completedAt" not in world.run("r1")["status"]
