@@ -280,7 +280,7 @@ class PlaneCache:
         if location and (location.namespace, location.name) not in self._secrets:
             # judged once its CA is read (judged now, it would admit nobody meanwhile)
             self._tasks.spawn(self._prefetch_secret(location), f"Secret {location.name}")
-        elif before is None or (before.uid and entry.uid and before.uid != entry.uid):
+        elif before is None or _admits_otherwise(before, entry):
             self._judge_again(key, entry.plane_id)
         return key
 
@@ -333,6 +333,17 @@ class PlaneCache:
                 _watch_broke("Secrets", exc)
             gap = True
             await asyncio.sleep(RESTART_DELAY)
+
+
+def _admits_otherwise(before: PlaneEntry, now: PlaneEntry) -> bool:
+    """Whether the CR's agents are to be judged again: another object took its name, or its
+    planeID or CA (inline, or where it is read) changed."""
+    replaced = bool(before.uid and now.uid and before.uid != now.uid)
+    return replaced or (before.plane_id, before.inline_ca, before.location) != (
+        now.plane_id,
+        now.inline_ca,
+        now.location,
+    )
 
 
 def _annotations(secret: Secret) -> Mapping[str, str]:

@@ -277,7 +277,9 @@ async def test_ca_rotation_changes_only_that_cr(
     grant = await gw.client.notify(
         plane_type=WP, plane_id=plane_id, event="created", namespace=namespace, name="other"
     )
-    assert grant["authorizationsGranted"] == 1
+    # The gateway's own watch judges a CR that appears or changes its CA, perhaps before the
+    # notify: one of the two grants (and below, revokes), and the notify's answer says which.
+    assert grant["authorizationsGranted"] in (0, 1)
     conn = gw.gateway.connections.for_plane(WP, plane_id)[0]
     assert conn.authorized == {f"{namespace}/wp", f"{namespace}/other"}
     from workflowplane.pki import generate_ca  # noqa: PLC0415
@@ -291,7 +293,7 @@ async def test_ca_rotation_changes_only_that_cr(
     revoke = await gw.client.notify(
         plane_type=WP, plane_id=plane_id, event="updated", namespace=namespace, name="other"
     )
-    assert revoke["authorizationsRevoked"] == 1 and revoke["disconnectedAgents"] == 0
+    assert revoke["authorizationsRevoked"] in (0, 1) and revoke["disconnectedAgents"] == 0
     assert conn.authorized == {f"{namespace}/wp"} and not conn.ws.closed
     deleted = await gw.client.notify(
         plane_type=WP, plane_id=plane_id, event="deleted", namespace=namespace, name="wp"

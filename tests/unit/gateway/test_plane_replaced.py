@@ -72,3 +72,12 @@ async def test_a_late_deletion_of_the_old_cr_leaves_the_new_ones_agents() -> Non
     planes._apply_plane("DELETED", manifest("u1", OLD_CA), WorkflowPlaneResource)  # late
     assert manager.authorized(WP, "p", KEY) == [new]
     assert KEY in planes.entries
+
+
+async def test_a_cr_whose_ca_changes_under_the_watch_is_served_by_its_new_cas_agents() -> None:
+    planes = PlaneCache(None)  # type: ignore[arg-type]
+    manager = ConnectionManager(planes, GatewayMetrics())
+    planes._apply_plane("ADDED", manifest("u1", OLD_CA), WorkflowPlaneResource)
+    joined(manager, OLD_CA)
+    planes._apply_plane("MODIFIED", manifest("u1", NEW_CA), WorkflowPlaneResource)  # rotated
+    assert manager.authorized(WP, "p", KEY) == []
