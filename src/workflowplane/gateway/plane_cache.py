@@ -155,14 +155,25 @@ class PlaneCache:
         return b"".join(sorted(set(pems)))
 
     def upsert(self, entry: PlaneEntry) -> None:
+        before = self._entries.by_key.get(entry.key)
         self._entries.put(entry.key, entry)
         self._by_secret.put(entry.key, entry)
+        if before is not None:
+            self._drop_if_unreferenced(_secret_of(before))
         self._on_change()
 
     def remove(self, key: str) -> None:
         self._by_secret.pop(key)
-        if self._entries.pop(key) is not None:
+        before = self._entries.pop(key)
+        if before is not None:
+            self._drop_if_unreferenced(_secret_of(before))
             self._on_change()
+
+    def _drop_if_unreferenced(self, secret: tuple[str, str] | None) -> None:
+        """A Secret no CR names any more is not kept: its watch events are skipped from now
+        on, so a copy kept would go stale, and be trusted when a CR named it again."""
+        if secret is not None and not self._by_secret.group(secret):
+            self._secrets.pop(secret, None)
 
     def put_secret(
         self,
@@ -276,11 +287,14 @@ class PlaneCache:
             return key
         before = self.entries.get(key)
         self.upsert(entry)
+        changed = before is None or _admits_otherwise(before, entry)
+        if changed and before is not None:
+            self._judge_again(key, entry.plane_id)  # what admitted its agents is gone now
         location = entry.location
         if location and (location.namespace, location.name) not in self._secrets:
-            # judged once its CA is read (judged now, it would admit nobody meanwhile)
-            self._tasks.spawn(self._prefetch_secret(location), f"Secret {location.name}")
-        elif before is None or _admits_otherwise(before, entry):
+            # (judged again once its CA is read, if it changed)
+            self._tasks.spawn(self._prefetch_secret(location, changed), f"Secret {location.name}")
+        elif changed and before is None:
             self._judge_again(key, entry.plane_id)
         return key
 
@@ -295,18 +309,46 @@ class PlaneCache:
         for entry in list(self._by_secret.group((namespace, name)).values()):
             self._judge_again(entry.key, entry.plane_id)
 
-    async def _prefetch_secret(self, location: SecretLocation) -> None:
-        """Read a newly referenced Secret now rather than when it next changes."""
+    async def _prefetch_secret(self, location: SecretLocation, judge: bool) -> None:
+        """Read a newly referenced Secret now rather than when it next changes; kept only if
+        the watch has not brought it meanwhile (its copy is as new or newer). ``judge``: the
+        CRs using it are judged again once it is read."""
+        namespace, name = location.namespace, location.name
         try:
-            await self.refresh_secret(location)
-            self._judge_users_of(location.namespace, location.name)
+            secret = await self._client.get(Secret, name, namespace=namespace)
+            if (namespace, name) not in self._secrets and self._referenced(namespace, name):
+                self.put_secret(namespace, name, secret.data or {}, _annotations(secret))
+            if judge:
+                self._judge_users_of(namespace, name)
+        except ApiError as exc:
+            if exc.status.code != 404:
+                self._cannot_read(location, exc)
+            elif judge:
+                self._judge_users_of(namespace, name)  # no CA: its agents are revoked
         except KUBE_READ_ERRORS as exc:
-            log.warning(
-                "cannot read Secret %s/%s yet (%s); it is read again when it changes or on notify",
-                location.namespace,
-                location.name,
-                exc,
-            )
+            self._cannot_read(location, exc)
+
+    @staticmethod
+    def _cannot_read(location: SecretLocation, exc: BaseException) -> None:
+        log.warning(
+            "cannot read Secret %s/%s yet (%s); it is read again when it changes or on notify",
+            location.namespace,
+            location.name,
+            exc,
+        )
+
+    async def _read_kept_secrets_again(self) -> None:
+        """After a gap in the Secrets watch: each kept Secret read again (one that cannot be
+        read now is kept as it was, and read again after the next gap)."""
+        for namespace, name in list(self._secrets):
+            kept = self._secrets.get((namespace, name))
+            try:
+                await self._read_secret(namespace, name)
+            except KUBE_READ_ERRORS as exc:
+                log.warning("cannot read Secret %s/%s again (%s)", namespace, name, exc)
+                continue
+            if self._secrets.get((namespace, name)) != kept:
+                self._judge_users_of(namespace, name)
 
     async def _follow_secrets(self) -> None:
         """Watch Secrets, keeping the referenced ones. After a gap in the watch each kept one
@@ -315,20 +357,21 @@ class PlaneCache:
         while True:
             try:
                 if gap:
-                    for namespace, name in list(self._secrets):
-                        await self._read_secret(namespace, name)
-                        self._judge_users_of(namespace, name)
+                    await self._read_kept_secrets_again()
                 watcher: Any = self._client.watch
                 async for event, secret in watcher(Secret, namespace="*"):
                     meta = secret.metadata
                     if not self._referenced(meta.namespace, meta.name):
                         continue
+                    where = (meta.namespace, meta.name)
+                    kept = self._secrets.get(where)
                     if event == "DELETED":
                         self.put_secret(meta.namespace, meta.name, None)
                     else:
                         data = secret.data or {}
                         self.put_secret(meta.namespace, meta.name, data, _annotations(secret))
-                    self._judge_users_of(meta.namespace, meta.name)
+                    if self._secrets.get(where) != kept:  # not a label's or a status's edit
+                        self._judge_users_of(meta.namespace, meta.name)
             except Exception as exc:  # noqa: BLE001 - the watch must outlive anything; see _watch_broke
                 _watch_broke("Secrets", exc)
             gap = True

@@ -122,3 +122,83 @@ async def test_a_ca_secret_rotated_under_the_watch_stops_its_old_cas_agents() ->
     await asyncio.sleep(1)
     assert not manager.serves("workflowplane", "p", "tenant-a/wp")
     await planes.close()
+
+
+class SecretStore:
+    """Answers GETs of Secrets from ``data`` by name (absent: 404); ``hold`` keeps them
+    waiting until set."""
+
+    def __init__(self, data: dict[str, dict[str, str]]) -> None:
+        self.data, self.hold = data, asyncio.Event()
+        self.hold.set()
+
+    async def get(self, resource: Any, name: str, namespace: str) -> Any:
+        await self.hold.wait()
+        if name not in self.data:
+            raise ApiError(status=Status(code=404, message="not found"))
+        return SimpleNamespace(data=self.data[name], metadata=SimpleNamespace(annotations=None))
+
+
+def in_secret(name: str, uid: str = "u1") -> dict[str, Any]:
+    found: dict[str, Any] = plane({"secretKeyRef": {"name": name, "key": "ca.crt"}}).to_dict()
+    found["metadata"]["uid"] = uid
+    return found
+
+
+def ca_data(ca: Any) -> dict[str, str]:
+    return {"ca.crt": base64.b64encode(ca.cert_pem).decode()}
+
+
+async def test_a_secret_no_cr_names_is_not_kept_to_be_trusted_stale_later() -> None:
+    rotated = generate_ca("rotated")
+    store = SecretStore({"s": ca_data(CA), "t": ca_data(rotated)})
+    planes = PlaneCache(store)  # type: ignore[arg-type]
+    manager = ConnectionManager(planes, GatewayMetrics())
+    leaf = issue_certificate(CA, "agent").certificate
+    planes._apply_plane("ADDED", in_secret("s"), WorkflowPlaneResource)
+    await asyncio.sleep(1)  # read
+    assert manager.admit("p", leaf).granted == {"tenant-a/wp"}
+    planes._apply_plane("MODIFIED", in_secret("t"), WorkflowPlaneResource)  # moved to t
+    store.data["s"] = ca_data(rotated)  # s rotated: no event reaches a Secret nobody names
+    planes._apply_plane("MODIFIED", in_secret("s"), WorkflowPlaneResource)  # back to s
+    await asyncio.sleep(1)
+    assert not manager.admit("p", leaf).granted
+
+
+async def test_a_cr_replaced_by_one_whose_ca_is_not_read_yet_is_served_by_nobody_meanwhile() -> (
+    None
+):
+    store = SecretStore({})
+    store.hold.clear()  # its Secret's read takes long
+    planes = PlaneCache(store)  # type: ignore[arg-type]
+    manager = ConnectionManager(planes, GatewayMetrics())
+    planes._apply_plane(
+        "ADDED", plane({"value": CA.cert_pem.decode()}).to_dict(), WorkflowPlaneResource
+    )
+    leaf = issue_certificate(CA, "agent").certificate
+    admission = manager.admit("p", leaf)
+    manager.connect(
+        AgentConnection("workflowplane", "p", FakeSocket(), leaf, set(admission.granted))
+    )
+    planes._apply_plane("ADDED", in_secret("s", uid="u2"), WorkflowPlaneResource)
+    assert not manager.serves("workflowplane", "p", "tenant-a/wp")
+    store.hold.set()
+    await planes.close()
+
+
+async def test_a_secret_edit_that_leaves_its_ca_as_it_was_judges_nobody() -> None:
+    ref = {"secretKeyRef": {"name": "agent-ca", "key": "ca.crt"}}
+    cluster = GappyCluster([plane(ref)], ca_data(CA), "")
+    judged: list[str] = []
+    planes = PlaneCache(cluster)  # type: ignore[arg-type]
+    planes.on_judge_again(lambda key, plane_id: judged.append(key))
+    planes.start()
+    await asyncio.sleep(1)
+    judged.clear()
+    metadata = SimpleNamespace(namespace="tenant-a", name="agent-ca", annotations=None)
+    for _ in range(3):  # a label's edit, say: the same data
+        secret = SimpleNamespace(metadata=metadata, data=ca_data(CA))
+        cluster.secret_events.put_nowait(("MODIFIED", secret))
+    await asyncio.sleep(1)
+    assert judged == []
+    await planes.close()
