@@ -608,7 +608,7 @@ class ConnectionManager:
         for conn in conns:
             conn.closing("gateway-shutdown")
         await _close_each(conns, code=code, message=message)
-        await self._closing.close()  # closes begun by the watches' judgements: all done now
+        await self._closing.close()  # the watches' closes: their sockets are closed above
 
     async def all_gone(self, seconds: float) -> bool:
         """Wait (at most ``seconds``) until no connection is left: closed connections finish
