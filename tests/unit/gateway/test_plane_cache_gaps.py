@@ -73,6 +73,12 @@ class GappyCluster:
         return SimpleNamespace(data=self.secret, metadata=SimpleNamespace(annotations=None))
 
 
+def secret_backed(broken: str) -> GappyCluster:
+    """A CR whose CA is ``CA``, in Secret ``agent-ca``; the watch of ``broken`` breaks once."""
+    ref = {"secretKeyRef": {"name": "agent-ca", "key": "ca.crt"}}
+    return GappyCluster([plane(ref)], ca_data(CA), broken)
+
+
 async def started(cluster: GappyCluster) -> tuple[PlaneCache, ConnectionManager]:
     planes = PlaneCache(cluster)  # type: ignore[arg-type]
     manager = ConnectionManager(planes, GatewayMetrics())
@@ -81,11 +87,17 @@ async def started(cluster: GappyCluster) -> tuple[PlaneCache, ConnectionManager]
     return planes, manager
 
 
-async def test_a_cr_deleted_in_a_watch_gap_is_forgotten_at_the_re_list() -> None:
-    cluster = GappyCluster([plane({"value": CA.cert_pem.decode()})], None, "WorkflowPlane")
+async def admitting(cluster: GappyCluster) -> tuple[PlaneCache, ConnectionManager, Any]:
+    """Started, and a leaf of ``CA`` admitted for the CR: the state each gap begins from."""
     planes, manager = await started(cluster)
     leaf = issue_certificate(CA, "agent").certificate
     assert manager.admit("p", leaf).granted == {"tenant-a/wp"}
+    return planes, manager, leaf
+
+
+async def test_a_cr_deleted_in_a_watch_gap_is_forgotten_at_the_re_list() -> None:
+    cluster = GappyCluster([plane({"value": CA.cert_pem.decode()})], None, "WorkflowPlane")
+    planes, manager, leaf = await admitting(cluster)
     cluster.planes = []  # deleted while the watch was broken
     await asyncio.sleep(5)  # the watch is listed again
     assert "tenant-a/wp" not in planes.entries
@@ -94,12 +106,8 @@ async def test_a_cr_deleted_in_a_watch_gap_is_forgotten_at_the_re_list() -> None
 
 
 async def test_a_ca_secret_deleted_in_a_watch_gap_admits_nobody_after_it() -> None:
-    ref = {"secretKeyRef": {"name": "agent-ca", "key": "ca.crt"}}
-    secret = {"ca.crt": base64.b64encode(CA.cert_pem).decode()}
-    cluster = GappyCluster([plane(ref)], secret, "Secret")
-    planes, manager = await started(cluster)
-    leaf = issue_certificate(CA, "agent").certificate
-    assert manager.admit("p", leaf).granted == {"tenant-a/wp"}
+    cluster = secret_backed(broken="Secret")
+    planes, manager, leaf = await admitting(cluster)
     cluster.secret = None  # deleted while the watch was broken
     await asyncio.sleep(5)  # the watch starts again
     assert not manager.admit("p", leaf).granted
@@ -107,9 +115,7 @@ async def test_a_ca_secret_deleted_in_a_watch_gap_admits_nobody_after_it() -> No
 
 
 async def test_a_ca_secret_rotated_under_the_watch_stops_its_old_cas_agents() -> None:
-    ref = {"secretKeyRef": {"name": "agent-ca", "key": "ca.crt"}}
-    secret = {"ca.crt": base64.b64encode(CA.cert_pem).decode()}
-    cluster = GappyCluster([plane(ref)], secret, "")
+    cluster = secret_backed(broken="")
     planes, manager = await started(cluster)
     leaf = issue_certificate(CA, "agent").certificate
     admission = manager.admit("p", leaf)
@@ -187,8 +193,7 @@ async def test_a_cr_replaced_by_one_whose_ca_is_not_read_yet_is_served_by_nobody
 
 
 async def test_a_secret_edit_that_leaves_its_ca_as_it_was_judges_nobody() -> None:
-    ref = {"secretKeyRef": {"name": "agent-ca", "key": "ca.crt"}}
-    cluster = GappyCluster([plane(ref)], ca_data(CA), "")
+    cluster = secret_backed(broken="")
     judged: list[str] = []
     planes = PlaneCache(cluster)  # type: ignore[arg-type]
     planes.on_judge_again(lambda key, plane_id: judged.append(key))
