@@ -146,7 +146,7 @@ class RunReconciler:
         if run is None or run["metadata"].get("deletionTimestamp"):
             return
         owner = made_by(argo)
-        if owner is not None and owner != run["metadata"].get("uid"):
+        if owner is not None and owner != _uid(run):
             return  # a namesake's observation, taken before this run was followed
         status = run.get("status") or {}
         if is_completed(status) or not status.get("startedAt"):

@@ -206,12 +206,12 @@ class ArgoTracker:
         if self._runs.get(key) != target:
             # not in flight (perhaps not yet), or a run of another plane CR on this cluster
             if keep:
-                self._keep_unclaimed(key, target, kind, _essentials(obj))
+                self._keep_unclaimed(key, target, kind, _essentials(obj, made_by(obj)))
             return
         owner = made_by(obj)
         if owner is not None and owner != self._run_uids.get(key):
             return  # a namesake's, deleted before this run was made
-        self._latest[key] = (target, kind, _essentials(obj))
+        self._latest[key] = (target, kind, _essentials(obj, owner))
         self._writes.add(key)
 
     def _keep_unclaimed(
@@ -245,9 +245,9 @@ def _key_of(obj: dict[str, Any]) -> RunKey:
     return (str(labels.get(LABEL_RUN_NAMESPACE, "")), str(labels.get(LABEL_RUN, "")))
 
 
-def _essentials(obj: dict[str, Any]) -> dict[str, Any]:
-    """What is kept of an Argo Workflow: whose it is (name, labels, the run UID it carries)
-    and its status, which the run's status is made from.
+def _essentials(obj: dict[str, Any], owner: str | None) -> dict[str, Any]:
+    """What is kept of an Argo Workflow: whose it is (name, labels, ``owner``: the run UID it
+    carries) and its status, which the run's status is made from.
 
     The spec and managedFields are most of an Argo Workflow's size: a mass deletion left a
     thousand whole ones held for ``UNCLAIMED_SECONDS``, for runs that never claim them."""
@@ -255,7 +255,6 @@ def _essentials(obj: dict[str, Any]) -> dict[str, Any]:
     kept: dict[str, Any] = {}
     if isinstance(metadata, dict):
         kept = {field: metadata[field] for field in KEPT_METADATA if field in metadata}
-        owner = made_by(obj)
         if owner is not None:
             kept["annotations"] = {RUN_UID_ANNOTATION: owner}
     return {"metadata": kept, "status": obj.get("status")}
