@@ -181,13 +181,20 @@ class PlaneCache:
         name: str,
         data: dict[str, str] | None,
         annotations: Mapping[str, str] | None = None,
-    ) -> None:
-        """Keep (or, with ``data`` None, forget) a referenced Secret."""
+    ) -> bool:
+        """Keep (or, with ``data`` None, forget) a referenced Secret; whether what is kept
+        changed (the TLS trust is rebuilt only then: it is O(every CA), and a tenant may
+        edit its Secret's labels at will)."""
+        where = (namespace, name)
+        before = self._secrets.get(where)
         if data is None:
-            self._secrets.pop((namespace, name), None)
+            self._secrets.pop(where, None)
         else:
-            self._secrets[(namespace, name)] = CachedSecret(data, dict(annotations or {}))
+            self._secrets[where] = CachedSecret(data, dict(annotations or {}))
+        if self._secrets.get(where) == before:
+            return False
         self._on_change()
+        return True
 
     def _referenced(self, namespace: str, name: str) -> bool:
         return bool(self._by_secret.group((namespace, name)))
@@ -196,14 +203,21 @@ class PlaneCache:
         """Read one Secret now (notify must not trust a cache that may lag)."""
         await self._read_secret(location.namespace, location.name)
 
-    async def _read_secret(self, namespace: str, name: str) -> None:
+    async def _read_secret(self, namespace: str, name: str, *, first: bool = False) -> bool:
+        """Read one Secret and keep it (404: forget it); whether what is kept changed.
+        ``first``: a first read, kept only if the watch has not brought the Secret meanwhile
+        (its copy is as new or newer) and a CR still names it."""
+        data: dict[str, str] | None = None
+        annotations: Mapping[str, str] | None = None
         try:
             secret = await self._client.get(Secret, name, namespace=namespace)
-            self.put_secret(namespace, name, secret.data or {}, _annotations(secret))
+            data, annotations = secret.data or {}, _annotations(secret)
         except ApiError as exc:
             if exc.status.code != 404:
                 raise
-            self.put_secret(namespace, name, None)
+        if first and ((namespace, name) in self._secrets or not self._referenced(namespace, name)):
+            return False
+        return self.put_secret(namespace, name, data, annotations)
 
     async def fresh_ca(self, namespace: str | None, name: str) -> bytes | None:
         """The CR's CA read from the API now (not the cache), which is updated on the way;
@@ -288,14 +302,14 @@ class PlaneCache:
         before = self.entries.get(key)
         self.upsert(entry)
         changed = before is None or _admits_otherwise(before, entry)
-        if changed and before is not None:
-            self._judge_again(key, entry.plane_id)  # what admitted its agents is gone now
         location = entry.location
-        if location and (location.namespace, location.name) not in self._secrets:
-            # (judged again once its CA is read, if it changed)
-            self._tasks.spawn(self._prefetch_secret(location, changed), f"Secret {location.name}")
-        elif changed and before is None:
+        unread = location is not None and (location.namespace, location.name) not in self._secrets
+        if changed and (before is not None or not unread):
+            # now: what admitted a replaced CR's agents is gone (a new CR whose CA is not
+            # read yet is judged once it is)
             self._judge_again(key, entry.plane_id)
+        if location is not None and unread:
+            self._tasks.spawn(self._prefetch_secret(location, changed), f"Secret {location.name}")
         return key
 
     def _forget_from_watch(self, key: str) -> None:
@@ -315,39 +329,28 @@ class PlaneCache:
         CRs using it are judged again once it is read."""
         namespace, name = location.namespace, location.name
         try:
-            secret = await self._client.get(Secret, name, namespace=namespace)
-            if (namespace, name) not in self._secrets and self._referenced(namespace, name):
-                self.put_secret(namespace, name, secret.data or {}, _annotations(secret))
-            if judge:
-                self._judge_users_of(namespace, name)
-        except ApiError as exc:
-            if exc.status.code != 404:
-                self._cannot_read(location, exc)
-            elif judge:
-                self._judge_users_of(namespace, name)  # no CA: its agents are revoked
+            await self._read_secret(namespace, name, first=True)
         except KUBE_READ_ERRORS as exc:
-            self._cannot_read(location, exc)
-
-    @staticmethod
-    def _cannot_read(location: SecretLocation, exc: BaseException) -> None:
-        log.warning(
-            "cannot read Secret %s/%s yet (%s); it is read again when it changes or on notify",
-            location.namespace,
-            location.name,
-            exc,
-        )
+            log.warning(
+                "cannot read Secret %s/%s yet (%s); it is read again when it changes or on notify",
+                namespace,
+                name,
+                exc,
+            )
+            return
+        if judge:  # a Secret not there gives no CA: the CRs' agents are revoked
+            self._judge_users_of(namespace, name)
 
     async def _read_kept_secrets_again(self) -> None:
         """After a gap in the Secrets watch: each kept Secret read again (one that cannot be
         read now is kept as it was, and read again after the next gap)."""
         for namespace, name in list(self._secrets):
-            kept = self._secrets.get((namespace, name))
             try:
-                await self._read_secret(namespace, name)
+                changed = await self._read_secret(namespace, name)
             except KUBE_READ_ERRORS as exc:
                 log.warning("cannot read Secret %s/%s again (%s)", namespace, name, exc)
                 continue
-            if self._secrets.get((namespace, name)) != kept:
+            if changed:
                 self._judge_users_of(namespace, name)
 
     async def _follow_secrets(self) -> None:
@@ -363,14 +366,10 @@ class PlaneCache:
                     meta = secret.metadata
                     if not self._referenced(meta.namespace, meta.name):
                         continue
-                    where = (meta.namespace, meta.name)
-                    kept = self._secrets.get(where)
-                    if event == "DELETED":
-                        self.put_secret(meta.namespace, meta.name, None)
-                    else:
-                        data = secret.data or {}
-                        self.put_secret(meta.namespace, meta.name, data, _annotations(secret))
-                    if self._secrets.get(where) != kept:  # not a label's or a status's edit
+                    gone = event == "DELETED"
+                    data = None if gone else secret.data or {}
+                    if self.put_secret(meta.namespace, meta.name, data, _annotations(secret)):
+                        # what it holds changed (not a label's edit)
                         self._judge_users_of(meta.namespace, meta.name)
             except Exception as exc:  # noqa: BLE001 - the watch must outlive anything; see _watch_broke
                 _watch_broke("Secrets", exc)
