@@ -207,3 +207,19 @@ async def test_a_secret_edit_that_leaves_its_ca_as_it_was_judges_nobody() -> Non
     await asyncio.sleep(1)
     assert judged == []
     await planes.close()
+
+
+async def test_a_first_read_answered_late_keeps_the_newer_copy_the_watch_brought() -> None:
+    rotated = generate_ca("rotated")
+    store = SecretStore({"s": ca_data(CA)})
+    store.hold.clear()  # the first read's answer, the old CA, comes late
+    planes = PlaneCache(store)  # type: ignore[arg-type]
+    manager = ConnectionManager(planes, GatewayMetrics())
+    planes._apply_plane("ADDED", in_secret("s"), WorkflowPlaneResource)
+    await asyncio.sleep(1)
+    planes.put_secret("tenant-a", "s", ca_data(rotated))  # the watch: rotated meanwhile
+    store.hold.set()
+    await asyncio.sleep(1)
+    assert not manager.admit("p", issue_certificate(CA, "agent").certificate).granted
+    assert manager.admit("p", issue_certificate(rotated, "agent").certificate).granted
+    await planes.close()
