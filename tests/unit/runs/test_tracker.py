@@ -320,3 +320,28 @@ async def test_a_deletion_a_look_found_is_not_given_to_a_namesake_made_meanwhile
     seen = {e for e in observed.events if e[0] == key}
     assert seen == {(key, "ADDED", "Pending")}
     await tracker.close()
+
+
+@pytest.mark.parametrize(
+    "annotations",
+    [["openchoreo.dev/workflowrun-uid"], "uid", {"openchoreo.dev/workflowrun-uid": 7}, None],
+)
+async def test_a_planes_odd_run_uid_annotation_reads_as_none_and_the_watch_goes_on(
+    annotations: Any,
+) -> None:
+    """What the plane (its agent) sends is untrusted: an annotation of another shape is no
+    run's UID, delivered as an older version's object would be, and breaks nothing."""
+    tunnel = StreamingTunnel({"r": argo("team", "r", "")})
+    observed = Observed()
+    tracker = ArgoTracker(tunnel, Discovery(), observed)
+    tracker.track(("team", "r"), PLANE, reference("r"), run_uid="uid-r")
+    await asyncio.sleep(1)
+    odd = argo("team", "r", "Running")
+    odd["metadata"]["annotations"] = annotations
+    tunnel.events.put_nowait({"type": "MODIFIED", "object": odd})
+    await asyncio.sleep(1)
+    tunnel.events.put_nowait({"type": "MODIFIED", "object": argo("team", "r", "Succeeded")})
+    await asyncio.sleep(1)
+    phases = [e[2] for e in observed.events if e[0] == ("team", "r")]
+    assert phases[-2:] == ["Running", "Succeeded"]
+    await tracker.close()
