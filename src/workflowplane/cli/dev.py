@@ -85,7 +85,7 @@ def register(subparsers: Any) -> None:
     up.set_defaults(handler=_up)
     systems = actions.add_parser(
         dev_systems.COMPONENT,
-        help="(started by up, in the background) build and run Argo, kube-scheduler and kwok",
+        help="(started by up, in the background) build and run Argo and what it runs on",
     )
     systems.add_argument("--root", required=True, help="the dev state directory")
     systems.add_argument("--planes", required=True, help="comma-separated plane server names")
@@ -497,16 +497,18 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _start_plane_systems(root: Path, planes: list[str]) -> None:
-    """The background process that builds (first time) and runs Argo, kube-scheduler, kwok and
-    External Secrets on every plane; waited for when the binaries are cached, so a run started
-    next succeeds."""
+    """The background process that builds (first time) and runs Argo, kube-scheduler, the
+    garbage collector, kwok and External Secrets on every plane; waited for when the binaries
+    are cached, so a run started next succeeds."""
     name = dev_systems.COMPONENT
     if not _component_running(root, name):
         building = not dev_systems.cached()
         _say(
-            "building Argo, External Secrets, kube-scheduler and kwok in the background"
+            "building Argo, External Secrets, kube-scheduler, kube-controller-manager and kwok "
+            "in the background"
             if building
-            else "starting Argo, External Secrets, kube-scheduler and kwok on every plane"
+            else "starting Argo, External Secrets, kube-scheduler, kube-controller-manager and "
+            "kwok on every plane"
         )
         dev_systems.write_state(root, dev_systems.BUILDING if building else dev_systems.STARTING)
         _spawn(root, name, ["dev", name, "--root", str(root), "--planes", ",".join(planes)])
@@ -532,8 +534,9 @@ def _say_plane_systems(root: Path) -> None:
         print(f"\nplane systems: {dev_systems.describe(root, log)}")
     if dev_systems.read_state(root).get("state") == dev_systems.BUILDING:
         print(
-            "  first start only: Argo, External Secrets, kwok and kube-scheduler are built from\n"
-            "  their Go modules (about 15 minutes on 2 cores); runs wait Pending until then.\n"
+            "  first start only: Argo, External Secrets, kwok, kube-scheduler and\n"
+            "  kube-controller-manager are built from their Go modules (about 15 minutes\n"
+            "  on 2 cores); runs wait Pending until then.\n"
             "  Progress: wpctl dev status"
         )
 

@@ -1,5 +1,5 @@
-"""The plane systems of ``wpctl dev``: Argo's controller, kube-scheduler, kwok and External
-Secrets' controller on every plane.
+"""The plane systems of ``wpctl dev``: Argo's controller, kube-scheduler, the garbage
+collector (kube-controller-manager), kwok and External Secrets' controller on every plane.
 
 ``dev up`` starts one background process (``wpctl dev plane-systems``) once the planes are
 Ready: it builds the binaries the first time (minutes; progress in its log), then starts the

@@ -1,7 +1,8 @@
 """Build or locate the test environment's binaries: ``python -m workflowplane.testenv``.
 
 Without options: the API servers (kube-apiserver, etcd). ``--plane-systems``: also what a
-local workflow plane runs (kube-scheduler, kwok, Argo's workflow-controller), each with
+local workflow plane runs (kube-scheduler, kube-controller-manager, kwok, Argo's
+workflow-controller, External Secrets), each with
 progress and its build time; ``--plane-systems argo,kwok`` builds only those. ``--peer``:
 also OpenChoreo's Go gateway and agent, which the interop tests pair ours with.
 """

@@ -1,7 +1,10 @@
 """Run a local workflow plane's systems against its API server: Argo, a scheduler, a node.
 
 ``PlaneRuntime`` installs what they need (Argo's CRDs and configuration, a kwok node, a
-default StorageClass), then starts ``kube-scheduler`` (binds step pods to the node), ``kwok``
+default StorageClass), then starts ``kube-scheduler`` (binds step pods to the node),
+``kube-controller-manager`` with only its garbage collector (a deleted Argo Workflow's pods go
+with it, and a foreground deletion ends, as on any cluster; Argo names the pods after the
+Workflow, so pods left behind would be taken for its namesake's), ``kwok``
 (plays the node's kubelet: pods start, then succeed or fail as ``kwok_pods.yaml`` says, and
 ``kubectl logs`` gets a log through the API server's kubelet proxy), Argo's
 ``workflow-controller`` and External Secrets' controller (a ``ClusterSecretStore`` with its
@@ -56,6 +59,9 @@ class ExitedDuringStart(StartError):
 NODE = "kwok-node"
 ARGO_NAMESPACE = "argo"
 ARGO_CONFIGMAP = "workflow-controller-configmap"
+# Only the garbage collector: the plane's other controllers (node lifecycle, namespaces,
+# ReplicaSets...) are not what runs need, and each would watch and write of its own.
+GARBAGE_COLLECTOR = "garbage-collector-controller"
 READY_TIMEOUT_SECONDS = 90.0
 STATE_FILE = "plane-systems.json"
 SIMULATED_LOG = (
@@ -132,6 +138,7 @@ class PlaneRuntime:
     detached: bool = False
     kwok_port: int = field(default_factory=free_port)
     scheduler_port: int = field(default_factory=free_port)
+    controller_manager_port: int = field(default_factory=free_port)
     argo_metrics_port: int = field(default_factory=free_port)
     eso_metrics_port: int = field(default_factory=free_port)
     pids: dict[str, int] = field(default_factory=dict)
@@ -229,6 +236,20 @@ class PlaneRuntime:
                 ],
                 {},
             )
+        if "kube-controller-manager" in self.systems:
+            assert b.kube_controller_manager is not None
+            commands["kube-controller-manager"] = (
+                [
+                    str(b.kube_controller_manager),
+                    f"--kubeconfig={kubeconfig}",
+                    f"--controllers={GARBAGE_COLLECTOR}",
+                    "--leader-elect=false",
+                    "--bind-address=127.0.0.1",
+                    f"--secure-port={self.controller_manager_port}",
+                    "--v=1",
+                ],
+                {},
+            )
         if "kwok" in self.systems:
             assert b.kwok is not None
             commands["kwok"] = (
@@ -284,6 +305,9 @@ class PlaneRuntime:
             ports = json.loads(state.read_text())["ports"]
             runtime.kwok_port = ports["kwok"]
             runtime.scheduler_port = ports["kube-scheduler"]
+            runtime.controller_manager_port = ports.get(
+                "kube-controller-manager", runtime.controller_manager_port
+            )
             runtime.argo_metrics_port = ports["argo-metrics"]
             runtime.eso_metrics_port = ports.get("eso-metrics", runtime.eso_metrics_port)
         return runtime
@@ -325,6 +349,7 @@ class PlaneRuntime:
 
     def _fresh_ports(self) -> None:
         self.kwok_port, self.scheduler_port = free_port(), free_port()
+        self.controller_manager_port = free_port()
         self.argo_metrics_port, self.eso_metrics_port = free_port(), free_port()
 
     def stop(self) -> None:
@@ -339,6 +364,7 @@ class PlaneRuntime:
             "ports": {
                 "kwok": self.kwok_port,
                 "kube-scheduler": self.scheduler_port,
+                "kube-controller-manager": self.controller_manager_port,
                 "argo-metrics": self.argo_metrics_port,
                 "eso-metrics": self.eso_metrics_port,
             },
@@ -354,6 +380,9 @@ class PlaneRuntime:
         if "kube-scheduler" in self.pids:
             url = f"https://127.0.0.1:{self.scheduler_port}/healthz"
             probes["kube-scheduler"] = lambda: _answers(url, insecure)
+        if "kube-controller-manager" in self.pids:
+            manager = f"https://127.0.0.1:{self.controller_manager_port}/healthz"
+            probes["kube-controller-manager"] = lambda: _answers(manager, insecure)
         if "kwok" in self.pids:
             kubelet = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
             url = f"https://127.0.0.1:{self.kwok_port}/healthz"

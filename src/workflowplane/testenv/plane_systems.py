@@ -1,8 +1,9 @@
 """Build the systems a local workflow plane runs beside its API server, from their Go modules.
 
 A real plane runs Argo Workflows' controller on a real cluster; a local plane has no kubelet,
-so it runs Argo's ``workflow-controller`` with ``kube-scheduler`` (binds step pods to a node)
-and ``kwok`` (the Kubernetes SIG's kubelet simulator: the node, the pods' lifecycle, their
+so it runs Argo's ``workflow-controller`` with ``kube-scheduler`` (binds step pods to a node),
+``kube-controller-manager``'s garbage collector (what an object owns goes with it, as on any
+cluster), ``kwok`` (the Kubernetes SIG's kubelet simulator: the node, the pods' lifecycle, their
 logs), and External Secrets' controller (its fake provider is the local secret store). Each is
 pinned and cached by version like the API server (``gobuild``); Argo and External Secrets also
 leave their own CRDs beside their binary, so the plane gets exactly the CRDs of the controller
@@ -16,7 +17,7 @@ import os
 import shutil
 import stat
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,26 +120,31 @@ def _argo_steps(go: str) -> list[Step]:
     ]
 
 
-def _scheduler_steps(go: str) -> list[Step]:
-    return [
-        Step(
-            "resolve Kubernetes modules",
-            [go, "get", f"k8s.io/kubernetes/cmd/kube-scheduler@v{KUBERNETES_VERSION}"],
-        ),
-        Step(
-            "build kube-scheduler",
-            [
-                go,
-                "build",
-                "-trimpath",
-                "-ldflags",
-                f"{STRIP} {kube_version_ldflags()}",
-                "-o",
-                "{out}/kube-scheduler",
-                "k8s.io/kubernetes/cmd/kube-scheduler",
-            ],
-        ),
-    ]
+def _kube_command_steps(command: str) -> Callable[[str], list[Step]]:
+    """One command of k8s.io/kubernetes (``cmd/<command>``), built at its release's version."""
+
+    def steps(go: str) -> list[Step]:
+        return [
+            Step(
+                "resolve Kubernetes modules",
+                [go, "get", f"k8s.io/kubernetes/cmd/{command}@v{KUBERNETES_VERSION}"],
+            ),
+            Step(
+                f"build {command}",
+                [
+                    go,
+                    "build",
+                    "-trimpath",
+                    "-ldflags",
+                    f"{STRIP} {kube_version_ldflags()}",
+                    "-o",
+                    f"{{out}}/{command}",
+                    f"k8s.io/kubernetes/cmd/{command}",
+                ],
+            ),
+        ]
+
+    return steps
 
 
 def _copy_eso_source(work: Path, _staging: Path) -> None:
@@ -207,7 +213,15 @@ KUBE_SCHEDULER = GoBuild(
     name="kube-scheduler",
     version=KUBERNETES_VERSION,
     outputs=("kube-scheduler",),
-    steps=_scheduler_steps,
+    steps=_kube_command_steps("kube-scheduler"),
+    prepare=prepare_kube_module,
+    group=GROUP,
+)
+KUBE_CONTROLLER_MANAGER = GoBuild(
+    name="kube-controller-manager",
+    version=KUBERNETES_VERSION,
+    outputs=("kube-controller-manager",),
+    steps=_kube_command_steps("kube-controller-manager"),
     prepare=prepare_kube_module,
     group=GROUP,
 )
@@ -227,6 +241,7 @@ ESO = GoBuild(
 )
 RECIPES: dict[str, GoBuild] = {
     "kube-scheduler": KUBE_SCHEDULER,
+    "kube-controller-manager": KUBE_CONTROLLER_MANAGER,
     "kwok": KWOK,
     "argo": ARGO,
     "eso": ESO,
@@ -239,6 +254,7 @@ class PlaneBinaries:
     """Where each built system is, with the manifests taken from its module source."""
 
     kube_scheduler: Path | None = None
+    kube_controller_manager: Path | None = None
     kwok: Path | None = None
     kwok_stages: Path | None = None
     workflow_controller: Path | None = None
@@ -250,9 +266,8 @@ class PlaneBinaries:
 def _binaries(found: dict[str, Path]) -> PlaneBinaries:
     argo, eso = found.get("argo"), found.get("eso")
     return PlaneBinaries(
-        kube_scheduler=found["kube-scheduler"] / "kube-scheduler"
-        if "kube-scheduler" in found
-        else None,
+        kube_scheduler=_binary(found, "kube-scheduler"),
+        kube_controller_manager=_binary(found, "kube-controller-manager"),
         kwok=found["kwok"] / "kwok" if "kwok" in found else None,
         kwok_stages=found["kwok"] / "stages" if "kwok" in found else None,
         workflow_controller=argo / "workflow-controller" if argo else None,
@@ -260,6 +275,11 @@ def _binaries(found: dict[str, Path]) -> PlaneBinaries:
         external_secrets=eso / "external-secrets" if eso else None,
         eso_crds=eso / "crds" if eso else None,
     )
+
+
+def _binary(found: dict[str, Path], name: str) -> Path | None:
+    """A system whose one output is its binary, named as the system."""
+    return found[name] / name if name in found else None
 
 
 def _checked(names: Iterable[str]) -> list[str]:

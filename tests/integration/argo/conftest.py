@@ -1,6 +1,7 @@
 """Real Argo: a workflow plane of its own running Argo's workflow-controller, kube-scheduler,
-kwok and External Secrets (built from their Go modules once, cached), for the whole session,
-with a fake-provider ClusterSecretStore holding Git credentials.
+the garbage collector (kube-controller-manager), kwok and External Secrets (built from their Go
+modules once, cached), for the whole session, with a fake-provider ClusterSecretStore holding
+Git credentials.
 
 Its own API server, not the session's ``workflow_plane``: the runs tests play Argo there by
 patching Workflow statuses, which a real controller would overwrite. The binaries are built
@@ -40,8 +41,8 @@ HERE = Path(__file__).resolve().parent
 SECRET_STORE = "fake-store"
 GIT_CREDENTIALS = {"username": "git", "password": "s3cret"}
 NO_GO = (
-    "Go is not installed: Argo's workflow-controller, kube-scheduler, kwok and External "
-    "Secrets are built from their Go modules"
+    "Go is not installed: Argo's workflow-controller, kube-scheduler, kube-controller-manager, "
+    "kwok and External Secrets are built from their Go modules"
 )
 _build_error: list[BuildError] = []
 

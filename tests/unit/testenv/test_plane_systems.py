@@ -19,11 +19,18 @@ def test_each_system_is_cached_by_its_version(
     targets = {name: recipe.target for name, recipe in plane_systems.RECIPES.items()}
     assert targets == {
         "kube-scheduler": tmp_path / "plane" / "kube-scheduler-1.36.3",
+        "kube-controller-manager": tmp_path / "plane" / "kube-controller-manager-1.36.3",
         "kwok": tmp_path / "plane" / "kwok-0.8.0",
         "argo": tmp_path / "plane" / "argo-workflow-controller-3.7.18",
         "eso": tmp_path / "plane" / "external-secrets-0.16.2",
     }
-    assert plane_systems.missing() == ["kube-scheduler", "kwok", "argo", "eso"]
+    assert plane_systems.missing() == [
+        "kube-scheduler",
+        "kube-controller-manager",
+        "kwok",
+        "argo",
+        "eso",
+    ]
     assert plane_systems.locate() is None
 
 
@@ -43,7 +50,7 @@ def test_a_built_system_is_found_without_building(
     found = plane_systems.locate(["kwok"])
     assert found is not None and found.kwok == plane_systems.KWOK.target / "kwok"
     assert found.workflow_controller is None
-    assert plane_systems.missing() == ["kube-scheduler", "argo", "eso"]
+    assert plane_systems.missing() == ["kube-scheduler", "kube-controller-manager", "argo", "eso"]
 
 
 def test_missing_go_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -54,7 +61,9 @@ def test_missing_go_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: 
 
 
 def test_unknown_systems_are_refused() -> None:
-    with pytest.raises(ValueError, match="known: kube-scheduler, kwok, argo, eso"):
+    with pytest.raises(
+        ValueError, match="known: kube-scheduler, kube-controller-manager, kwok, argo, eso"
+    ):
         plane_systems.missing(["argo", "istio"])
 
 
@@ -115,3 +124,16 @@ def test_kwok_configuration_spells_out_every_stage(tmp_path: Path) -> None:
     assert fail["delay"] == succeed["delay"]
     log = Path(documents[-1]["spec"]["logs"][0]["logsFile"])
     assert "simulated node (kwok)" in log.read_text()
+
+
+def test_the_controller_manager_runs_only_the_garbage_collector(tmp_path: Path) -> None:
+    """A deleted Argo Workflow's pods go with it; no other controller of a cluster runs."""
+    binaries = plane_systems.PlaneBinaries(kube_controller_manager=tmp_path / "kcm")
+    runtime = PlaneRuntime(tmp_path, "wp-test", binaries, systems=["kube-controller-manager"])
+
+    argv, _env = runtime._argv()["kube-controller-manager"]
+
+    assert argv[0] == str(tmp_path / "kcm")
+    assert "--controllers=garbage-collector-controller" in argv
+    assert f"--secure-port={runtime.controller_manager_port}" in argv
+    assert "--leader-elect=false" in argv
