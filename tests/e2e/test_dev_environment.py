@@ -132,6 +132,14 @@ def _run_a_workflow(dev_state: Path, kubeconfig: Path) -> None:
     assert following.returncode == 0, following.stderr
     assert "==> followed[0].checkout (" in following.stdout, following.stdout
     assert "==> followed[1].build-and-push (" in following.stdout, following.stdout
+    # Deleted and run again under its name: the new run waits for the old Argo Workflow and
+    # its pods to go (the plane's garbage collector), then runs on pods of its own.
+    deleted = _shell(f"kubectl --context {CP} delete workflowrun followed", kubeconfig)
+    assert deleted.returncode == 0, deleted.stderr
+    rerun = run_wpctl(
+        dev_state, "run", "docker-build", *again, "--name", "followed", "--wait", *access
+    )
+    assert rerun.returncode == 0 and "followed: Succeeded" in rerun.stdout, rerun.stdout
     wrong_container = run_wpctl(dev_state, "logs", "first-build", "--container", "x", *access)
     assert wrong_container.returncode == 1
     assert "HTTP 400: container x is not valid for pod first-build-checkout-" in (

@@ -161,10 +161,11 @@ class PlaneAPI:
             raise TransientError(f"{what}: the plane's answer is not a JSON object", status=502)
         return found
 
-    async def delete(self, ref: Mapping[str, Any]) -> None:
-        """Delete (background propagation); an object already gone is fine. A ref with a
-        ``uid`` deletes only the object of that UID (a precondition): one of the same name
-        made since (409) is not this ref's, and is left."""
+    async def delete(self, ref: Mapping[str, Any], *, foreground: bool = False) -> None:
+        """Delete; an object already gone is fine. A ref with a ``uid`` deletes only the
+        object of that UID (a precondition): one of the same name made since (409) is not
+        this ref's, and is left. ``foreground``: the object stays (terminating) until the
+        plane's garbage collector has deleted what it owns, so nothing it owns outlives it."""
         what = f"delete {ref['kind']} {ref['name']}"
         try:
             path = await self.path_of(
@@ -174,7 +175,7 @@ class PlaneAPI:
             if exc.status == 404:  # the kind is not served there: nothing of it can exist
                 return
             raise
-        body: dict[str, Any] = {"propagationPolicy": "Background"}
+        body: dict[str, Any] = {"propagationPolicy": "Foreground" if foreground else "Background"}
         if ref.get("uid"):
             body["preconditions"] = {"uid": ref["uid"]}
         response = await self.request("DELETE", path, body=body, what=what)

@@ -392,24 +392,30 @@ class RunReconciler:
         return None
 
     async def _delete_from_plane(self, target: PlaneTarget, run: Mapping[str, Any]) -> None:
-        """The Argo Workflow, then what status lists."""
+        """The Argo Workflow, then what status lists.
+
+        The Argo Workflow goes in the foreground: Argo names its step pods after it, so a run
+        made again under this name must not start while this one's pods are there (Argo
+        would take them for its own, and lose them to the garbage collector). Its namesake
+        waits while it is still terminating (``_foreign_workflow``)."""
         api = PlaneAPI(self._tunnel, target, self._discovery)
         status = run.get("status") or {}
         failed: Failure | None = None
-        refs: list[dict[str, Any]] = []
+        workflows: list[dict[str, Any]] = []
         if status.get("startedAt") and status.get("runReference"):
-            refs.append(status["runReference"])
+            workflows.append(status["runReference"])
         else:
             # Not started. A runReference recorded without a start (an earlier version's
             # intent) may name another run's Workflow, the one this run failed to start over.
             try:
-                refs += await self._unrecorded_workflow(api, run)
+                workflows += await self._unrecorded_workflow(api, run)
             except Failure as exc:  # the resources are still deleted now
                 failed = exc
-        refs += list(reversed(status.get("resources") or []))
-        for ref in refs:  # each one tried: one that fails keeps none of the others there
+        refs = [(ref, True) for ref in workflows]
+        refs += [(ref, False) for ref in reversed(status.get("resources") or [])]
+        for ref, foreground in refs:  # each one tried: one that fails keeps none of the others
             try:
-                await api.delete(ref)
+                await api.delete(ref, foreground=foreground)
             except UnroutablePath as exc:  # no path names it: nothing of it was ever made
                 log.warning("cleanup skips a reference no request can name: %s", exc.message)
             except Failure as exc:

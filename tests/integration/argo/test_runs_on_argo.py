@@ -3,6 +3,7 @@ Argo's workflow-controller runs the steps on kwok's node and the run's status fo
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -158,10 +159,109 @@ async def test_deleting_a_running_run_removes_its_argo_workflow_from_the_plane(
         "--wait=false",
     )
 
-    # The run's finalizer deletes the Argo Workflow on the plane before the run goes.
+    # The run's finalizer deletes the Argo Workflow on the plane before the run goes; the
+    # plane's garbage collector deletes its step pod, then the Workflow (foreground).
     await eventually(lambda: not get(control_plane, "workflowrun", name, namespace), timeout=30)
-    assert argo_phase() == ""
+    await eventually(lambda: not _pods_of(argo_plane, target, name), timeout=30)
+    await eventually(lambda: argo_phase() == "", timeout=30)
     assert not argo_plane.kubectl("get", "workflows.argoproj.io", "-n", target, "-o", "name")
+
+
+def _pods_of(plane: ArgoPlane, namespace: str, workflow: str) -> list[dict[str, Any]]:
+    """The step pods Argo made for the Argo Workflow of that name (of any UID)."""
+    selector = f"workflows.argoproj.io/workflow={workflow}"
+    found = plane.kubectl("get", "pods", "-n", namespace, "-l", selector, "-o", "json")
+    pods: list[dict[str, Any]] = json.loads(found)["items"]
+    return pods
+
+
+HOLD = "workflowplane.test/hold"
+
+
+def _slow_dependent(plane: ArgoPlane, namespace: str, workflow: dict[str, Any]) -> str:
+    """Something the Workflow owns that takes its time to go, as a real kubelet's pods can
+    (kwok's pods go at once): a ConfigMap owned by it, held by a finalizer of the test's."""
+    meta = workflow["metadata"]
+    owner = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Workflow",
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "blockOwnerDeletion": True,
+    }
+    name = f"{meta['name']}-slow"
+    held = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "ownerReferences": [owner],
+            "finalizers": [HOLD],
+        },
+    }
+    plane.kubectl("apply", "-f", "-", input=json.dumps(held))
+    return name
+
+
+async def test_a_run_made_again_under_a_deleted_runs_name_waits_for_the_old_pods_to_go(
+    control_plane: ApiServer,
+    argo_plane: ArgoPlane,
+    argo_cluster_plane: str,
+    controller: None,
+    namespace: str,
+) -> None:
+    """Argo names a step's pod after its Workflow: the new run's Argo Workflow must not meet
+    the old one's pods (it would take them for its own, and lose them to the garbage
+    collector). Cleanup deletes the old Workflow in the foreground, so it stays while what it
+    owns does, and the new run waits Pending until it has gone; then it runs on pods of its
+    own. (Without the plane's garbage collector, the old Workflow would never go.)"""
+    name = _start(control_plane, argo_cluster_plane, namespace, step("build", "true"))
+    first = await _completed(control_plane, namespace, name)
+    assert condition(first, "WorkflowSucceeded")["status"] == "True"
+    target = f"workflows-{namespace}"
+    assert _pods_of(argo_plane, target, name)
+    old = json.loads(
+        argo_plane.kubectl("get", "workflows.argoproj.io", name, "-n", target, "-o", "json")
+    )
+    slow = _slow_dependent(argo_plane, target, old)
+    again = {k: v for k, v in first.items() if k != "status"}
+    again["metadata"] = {"name": name, "namespace": namespace}
+
+    kubectl(
+        control_plane.kubeconfig,
+        control_plane.context,
+        "delete",
+        "workflowrun",
+        name,
+        "-n",
+        namespace,
+        "--wait=false",
+    )
+    await eventually(lambda: not get(control_plane, "workflowrun", name, namespace), timeout=30)
+    apply(control_plane, again)
+
+    def waiting_message() -> str:
+        obj = get(control_plane, "workflowrun", name, namespace)
+        return str(condition(obj, "WorkflowCompleted").get("message", "")) if obj else ""
+
+    await eventually(lambda: "is still being deleted" in waiting_message(), timeout=30)
+    assert not (get(control_plane, "workflowrun", name, namespace)["status"].get("startedAt"))
+    release = json.dumps({"metadata": {"finalizers": None}})
+    argo_plane.kubectl("patch", "configmap", slow, "-n", target, "--type=merge", "-p", release)
+
+    second = await _completed(control_plane, namespace, name)
+    assert second["metadata"]["uid"] != first["metadata"]["uid"]
+    assert condition(second, "WorkflowSucceeded")["status"] == "True"
+    argo = json.loads(
+        argo_plane.kubectl("get", "workflows.argoproj.io", name, "-n", target, "-o", "json")
+    )
+    owners = {
+        ref["uid"]
+        for pod in _pods_of(argo_plane, target, name)
+        for ref in pod["metadata"]["ownerReferences"]
+    }
+    assert owners == {argo["metadata"]["uid"]}  # the new Workflow's pods only
 
 
 async def test_a_runs_git_credentials_come_from_the_planes_secret_store(

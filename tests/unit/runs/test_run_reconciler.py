@@ -585,6 +585,28 @@ async def test_cleanup_of_a_run_that_never_started_deletes_only_the_workflow_it_
     await world.close()
 
 
+async def test_cleanup_deletes_the_workflow_after_its_pods_and_the_resources_at_once() -> None:
+    """Argo names a Workflow's step pods after it: a run made again under this name must not
+    find the old pods there, so the Workflow goes only once what it owns has gone."""
+    world = World("r1", plane=PreconditionPlane())
+    plane: Any = world.plane
+    await world.reconciler.reconcile(("team", "r1"))
+    run = world.run("r1")
+    run["status"]["resources"] = [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "name": "extra", "namespace": "n"}
+    ]
+    mark_deleted(world, run)
+
+    assert await world.reconciler.reconcile(("team", "r1")) is None
+
+    policies = dict(zip(plane_deletes(world), plane.delete_bodies, strict=True))
+    workflow = "DELETE /apis/argoproj.io/v1alpha1/namespaces/workflows-team/workflows/r1"
+    assert policies[workflow]["propagationPolicy"] == "Foreground"
+    extra = "DELETE /api/v1/namespaces/n/serviceaccounts/extra"
+    assert policies[extra]["propagationPolicy"] == "Background"
+    await world.close()
+
+
 @pytest.mark.parametrize(
     ("answer", "retried"),
     [
