@@ -255,11 +255,17 @@ class RunReconciler:
     async def _foreign_workflow(
         self, api: PlaneAPI, run: Mapping[str, Any], plan: RunPlan
     ) -> tuple[bool, str] | None:
-        """(still terminating?, message) when the Argo Workflow there belongs to another run."""
+        """(still terminating?, message) when the Argo Workflow there belongs to another run.
+        One gone between the create's 409 and this read was terminating (another run's, being
+        deleted in the foreground): tried again, not taken for this run's."""
         uid = run["metadata"].get("uid")
         found = await api.get(plan.run_reference())
-        if not uid or found is None:
+        if not uid:
             return None
+        if found is None:
+            ref = plan.run_reference()
+            where = f"{ref.get('namespace')}/{ref['name']}"
+            return True, f"the Argo Workflow {where} of an earlier run was just deleted"
         meta = _mapping(found.get("metadata"))
         owner = made_by(found)
         if owner == uid:

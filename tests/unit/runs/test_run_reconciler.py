@@ -698,3 +698,23 @@ async def test_an_observation_of_a_namesakes_workflow_is_not_written_on_the_run(
     theirs = {"metadata": {"name": "r1", "annotations": {RUN_UID_ANNOTATION: "uid-other"}}}
     await world.reconciler.observe(("team", "r1"), "DELETED", theirs)
     assert "completedAt" not in world.run("r1")["status"]
+
+
+async def test_a_workflow_gone_between_the_409_and_the_look_is_waited_for(world: World) -> None:
+    """Another run's Argo Workflow, terminating (deleted in the foreground), answered the
+    create with 409, and was gone by the read: the run tries again, it does not start on a
+    Workflow that is not there (its tracker would fail it as deleted)."""
+    real_proxy = world.plane.proxy
+
+    async def conflict_then_gone(method: str, *, path: str, **options: Any) -> ProxyResponse:
+        if method == "POST" and path.endswith("/workflows"):
+            world.plane.requests.append(f"{method} {path}")
+            return _answer(409, {"message": "already exists"})
+        return await real_proxy(method, path=path, **options)
+
+    world.plane.proxy = conflict_then_gone  # type: ignore[method-assign]
+
+    assert await world.reconciler.reconcile(("team", "r1")) is not None  # tried again later
+    status = world.run("r1")["status"]
+    assert "startedAt" not in status
+    assert "was just deleted" in str(status["conditions"])
