@@ -7,12 +7,12 @@ import json
 import logging
 
 from aiohttp import web
-from lightkube.core.exceptions import ApiError
 
 from workflowplane.api import cr_key_of
 from workflowplane.gateway.connections import ConnectionManager, Reverification
 from workflowplane.gateway.kube_proxy import k8s_status
 from workflowplane.gateway.plane_cache import PlaneCache
+from workflowplane.kits.errors import KUBE_READ_ERRORS
 
 log = logging.getLogger(__name__)
 NOTIFY_EVENTS = frozenset({"created", "updated", "deleted"})
@@ -91,16 +91,32 @@ class InternalAPI:
             return web.json_response(notify_answer(event, Reverification(0, 0, closed)))
         namespace = payload.get("namespace") or None
         key = cr_key_of(namespace, payload["name"])
-        ca: bytes | None = None
         if event == "deleted":
-            self._planes.remove(key)
+            ca = await self._ca_after_deletion(namespace, payload["name"], key)
         else:
             try:
                 ca = await self._planes.fresh_ca(namespace, payload["name"])
-            except ApiError as exc:
+            except KUBE_READ_ERRORS as exc:
                 return k8s_status(503, f"cannot read {key} right now: {exc}", "ServiceUnavailable")
-        result = await self._connections.reverify(plane_type, plane_id, key, ca)
+        # The CR's planeID as read, not the notify's: a CR whose planeID changed, or a
+        # namesake made since a deletion, must be judged where requests for it go.
+        entry = self._planes.entries.get(key)
+        where = entry.plane_id if entry is not None else plane_id
+        result = await self._connections.reverify(plane_type, where, key, ca)
         return web.json_response(notify_answer(event, result))
+
+    async def _ca_after_deletion(self, namespace: str | None, name: str, key: str) -> bytes | None:
+        """None, unless a CR of that name was made since (this replica's notify came late:
+        another replica answered it first, and this one's watch already holds the new CR):
+        then that one's CA, read now, so its agents go on serving it. The deleted CR itself
+        may still be there, terminating: the controller notifies before it lets it go. A
+        read that fails revokes, as a deletion always did."""
+        try:
+            return await self._planes.fresh_ca(namespace, name)
+        except KUBE_READ_ERRORS as exc:
+            log.warning("notify: %s deleted; revoking it unread (cannot read it: %s)", key, exc)
+            self._planes.remove(key)
+            return None
 
     async def plane_status(self, request: web.Request) -> web.Response:
         """The plane's agents; with a CR named, only what that CR's own CA vouches for

@@ -221,9 +221,12 @@ class PlaneCache:
 
     async def fresh_ca(self, namespace: str | None, name: str) -> bytes | None:
         """The CR's CA read from the API now (not the cache), which is updated on the way;
-        None when the CR or its CA is gone. ApiError when the API cannot say."""
+        None when the CR or its CA is gone, or it is being deleted. ApiError (or a network
+        error) when the API cannot say."""
         resource: Any = WorkflowPlaneResource if namespace else ClusterWorkflowPlaneResource
         data = await get_dict(self._client, resource, name, namespace)
+        if data is not None and _terminating(data):
+            data = None
         if data is None:
             self.remove(cr_key_of(namespace, name))
             return None
@@ -287,7 +290,7 @@ class PlaneCache:
         data.setdefault("kind", resource.__name__)
         meta = data["metadata"]
         key = f"{meta.get('namespace') or ''}/{meta['name']}"
-        if event == "DELETED":
+        if event == "DELETED" or _terminating(data):  # a CR being deleted admits nobody
             cached = self.entries.get(key)
             if cached is None or not cached.uid or cached.uid == meta.get("uid"):
                 self._forget_from_watch(key)  # else a namesake's, made since (notify read it)
@@ -395,3 +398,8 @@ def _annotations(secret: Secret) -> Mapping[str, str]:
 def _secret_of(entry: PlaneEntry) -> tuple[str, str] | None:
     location = entry.location
     return None if location is None else (location.namespace, location.name)
+
+
+def _terminating(data: Mapping[str, Any]) -> bool:
+    meta = data.get("metadata")
+    return isinstance(meta, Mapping) and bool(meta.get("deletionTimestamp"))
