@@ -80,11 +80,19 @@ class _Stdin:
 class ExecSessions:
     """The exec/attach sessions of one gateway connection, by requestID."""
 
-    def __init__(self, upstream: Upstream, send: Send, encoder: Encoder = encode) -> None:
+    def __init__(
+        self,
+        upstream: Upstream,
+        send: Send,
+        encoder: Encoder = encode,
+        *,
+        private_namespace: str | None = None,
+    ) -> None:
         self._upstream = upstream
         self._send = send
         self._encode = encoder  # the connection's: v1/v2 JSON or v3 binary
         self._stdin: dict[str, _Stdin] = {}
+        self._private_namespace = private_namespace  # the agent's own: no exec into it
 
     def feed(self, chunk: StreamChunk) -> bool:
         """Stdin or a resize for a running session; whether it was one (an ``isClose`` is
@@ -99,7 +107,7 @@ class ExecSessions:
     def begin(self, init: StreamInit) -> Coroutine[Any, Any, None]:
         """The session of ``init``, its stdin taken from now on: the gateway may send stdin
         in the same read as the init, before the session's task first runs."""
-        if _refusal(init) is None:
+        if _refusal(init, self._private_namespace) is None:
             self._stdin[init.request_id] = _Stdin(None)
         return self.run(init)
 
@@ -110,7 +118,7 @@ class ExecSessions:
     async def run(self, init: StreamInit) -> None:
         """Serve one stream init with ``isUpgrade: true`` until either side ends it."""
         rid = init.request_id
-        reason = _refusal(init)
+        reason = _refusal(init, self._private_namespace)
         if reason is None:
             stdin = self._stdin.get(rid) or _Stdin(None)
             stdin.task = asyncio.current_task()
@@ -187,12 +195,19 @@ def _uncancel() -> None:
         task.uncancel()
 
 
-def _refusal(init: StreamInit) -> bytes | None:
+def _refusal(init: StreamInit, private_namespace: str | None) -> bytes | None:
+    """Why this upgrade is not carried, or None. The agent's own namespace is refused as for
+    any request (its pod holds a token that reads its CA's key)."""
     if init.target != TARGET_K8S:
         return f"unknown target: {shortened(str(init.target), 64)}".encode()
     if not POD_STREAM.fullmatch(init.path):
         shown = shortened(init.path, 256)
         return f"upgrades are served for pods' exec and attach only, not {shown}".encode()
+    if init.path.split("/")[4] == private_namespace:  # the match spells it plainly
+        return (
+            f"namespace {private_namespace} (the agent's own: its identity and its CA's key) "
+            "is not reachable through the tunnel"
+        ).encode()
     return None
 
 

@@ -347,7 +347,7 @@ class FrameServer:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._max_frame, self._chunked, self._chunk = max_frame, chunked, chunk_bytes
         self.metrics = AgentMetrics()  # the tunnel puts its own here
-        self._exec = ExecSessions(upstream, send, encoder)
+        self._exec = ExecSessions(upstream, send, encoder, private_namespace=private_namespace)
         self._loop = asyncio.get_running_loop()
         self._closed = False
         # A gateway repeating a bad frame must not write a line per frame (most of the CPU

@@ -650,3 +650,33 @@ async def test_stdin_in_the_same_read_as_the_exec_init_reaches_the_api_server() 
     await until(lambda: len(upstream.socket.stdin) == 1)
     assert upstream.socket.stdin == [tunnel_to_k8s(b"\x00hello\n", v5=True)]
     await server.close()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/namespaces/agent-ns/pods/cluster-agent-0/exec",
+        "/api/v1/namespaces/agent-ns/pods/cluster-agent-0/attach",
+    ],
+)
+async def test_no_exec_or_attach_reaches_the_agents_own_namespace(path: str) -> None:
+    """Its pod holds the service account token that reads its CA's key: a command run there
+    would take what the namespace's requests are refused for."""
+    upstream, sent = _CountingExecUpstream(), Sent()
+    server = FrameServer(upstream, sent, 5, 4, private_namespace="agent-ns")  # type: ignore[arg-type]
+    query = "command=cat&command=/var/run/secrets/kubernetes.io/serviceaccount/token"
+    server.dispatch(encode(StreamInit(request_id="e", path=path, query=query, is_upgrade=True)))
+    await until(lambda: any(isinstance(f, StreamChunk) and f.is_close for f in sent.frames))
+    closing = sent.frames[-1]
+    assert closing.data is not None and b"is not reachable through the tunnel" in closing.data
+    assert upstream.opened == []
+    await server.close()
+
+
+async def test_an_exec_elsewhere_still_goes_upstream_from_an_agent_with_a_namespace() -> None:
+    upstream, sent = _CountingExecUpstream(), Sent()
+    server = FrameServer(upstream, sent, 5, 4, private_namespace="agent-ns")  # type: ignore[arg-type]
+    path = "/api/v1/namespaces/workflows-agent-ns/pods/step/exec"
+    server.dispatch(encode(StreamInit(request_id="e", path=path, is_upgrade=True)))
+    await until(lambda: upstream.opened == [path])
+    await server.close()
