@@ -86,22 +86,41 @@ class ConfigMapConsent:
     async def load(self) -> None:
         """The first read, before the agent connects; absent means no entries. A forbidden read
         (an agent deployed without this RBAC, e.g. by OpenChoreo's chart) leaves the list to
-        flags and env, and says so; so does an API server that cannot be reached: the agent
-        then connects (it answers 502s), and the watch applies the list once it can read it."""
+        flags and env, and says so. Any other failure (the API server unreachable, a 5xx, a
+        timeout) is tried again until the list is known: an agent that connected without it
+        would issue its leaf with the flags' list alone, perhaps none, open to any CR that
+        trusts its CA while the owner had narrowed it."""
+        attempt = 0
+        while not await self._read_once(attempt):
+            attempt += 1
+            await asyncio.sleep(full_jitter_delay(attempt, *WATCH_BACKOFF_SECONDS))
+
+    async def _read_once(self, attempt: int) -> bool:
+        """Whether the list is known now (read, absent, or not ours to read)."""
         client = self._kube()
         try:
             configmap = await client.get(core_path(self.namespace, "configmaps", self.name))
         except BASE_EXPECTED_ERRORS as exc:
-            if not (isinstance(exc, Failure) and exc.status == 404):  # absent: no entries
+            status = exc.status if isinstance(exc, Failure) else 0
+            if status == 403:
                 self._unread(exc)
-            return
+            if status in (403, 404):  # absent: no entries
+                return True
+            log.warning(
+                "cannot read %s (%s); the agent connects once it has (attempt %d)",
+                self.where,
+                exc,
+                attempt + 1,
+            )
+            return False
         finally:
             await client.close()
         self.apply(configmap.get("data"))
+        return True
 
     def _unread(self, exc: BaseException) -> None:
         log.warning(
-            "cannot read %s (%s): the consent list comes from flags and env only until it can "
+            "may not read %s (%s): the consent list comes from flags and env only until it may "
             "(the agent needs get/list/watch on it; the workflow-plane chart grants them)",
             self.where,
             exc,

@@ -26,7 +26,7 @@ from workflowplane.agent.consent import ConfigMapConsent, parse_configmap
 from workflowplane.agent.runner import Agent
 from workflowplane.agent.tunnel import AgentTunnel, ConnectRefused
 from workflowplane.api.consent import CONSENT_URI_PREFIX, Consent, ConsentError
-from workflowplane.kits.failures import PermanentError
+from workflowplane.kits.failures import PermanentError, TransientError
 from workflowplane.kits.process import FatalError
 from workflowplane.pki import (
     KeyPair,
@@ -151,12 +151,11 @@ class FakeConfigMaps:
     ("fail", "said"),
     [
         (PermanentError("not found", status=404), None),
-        (PermanentError("forbidden", status=403), "cannot read"),
-        (ConnectionRefusedError("API server down"), "API server down"),
+        (PermanentError("forbidden", status=403), "may not read"),
     ],
-    ids=["absent", "forbidden", "unreachable"],
+    ids=["absent", "forbidden"],
 )
-async def test_a_configmap_that_cannot_be_read_at_start_adds_nothing_and_is_not_fatal(
+async def test_a_configmap_absent_or_forbidden_at_start_adds_nothing_and_is_not_fatal(
     fail: BaseException, said: str | None, caplog: pytest.LogCaptureFixture
 ) -> None:
     source = ConfigMapConsent(lambda: FakeConfigMaps(fail=fail), "ns", "cm", lambda: None)  # type: ignore[arg-type,return-value]
@@ -164,6 +163,44 @@ async def test_a_configmap_that_cannot_be_read_at_start_adds_nothing_and_is_not_
         await source.load()
     assert not source.current.restricted
     assert (said in caplog.text) if said else not caplog.records
+
+
+class FlakyConfigMaps(FakeConfigMaps):
+    """Fails with ``fail`` the first ``times`` reads, then answers."""
+
+    def __init__(self, data: dict[str, str], fail: BaseException, times: int) -> None:
+        super().__init__(data)
+        self.failing, self.times, self.reads = fail, times, 0
+
+    async def get(self, path: str) -> dict[str, Any]:
+        self.reads += 1
+        if self.reads <= self.times:
+            raise self.failing
+        return await super().get(path)
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize(
+    "fail",
+    [
+        ConnectionRefusedError("API server down"),
+        TimeoutError("no answer"),
+        TransientError("etcd leader changed", status=500),
+    ],
+    ids=["unreachable", "timeout", "5xx"],
+)
+async def test_a_configmap_unreadable_at_start_is_waited_for_not_taken_as_no_list(
+    fail: BaseException, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An agent that connected without it would issue its leaf without the owner's list:
+    open to any CR that trusts its CA."""
+    configmaps = FlakyConfigMaps({"allowed": "team-a"}, fail, times=3)
+    source = ConfigMapConsent(lambda: configmaps, "ns", "cm", lambda: None)  # type: ignore[arg-type,return-value]
+    with caplog.at_level(logging.WARNING):
+        await source.load()
+    assert configmaps.reads == 4
+    assert source.current.entries == {"team-a/*"}
+    assert "the agent connects once it has (attempt 3)" in caplog.text
 
 
 async def test_the_configmap_read_at_start_is_applied() -> None:
