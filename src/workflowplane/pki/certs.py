@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import (
     Criticality,
@@ -204,8 +205,12 @@ def issue_certificate(
         usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
     if not usages:
         raise ValueError("a leaf certificate needs client or server usage")
-    key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = ca.certificate
+    if _spki(ca.private_key.public_key()) != _spki(ca_cert.public_key()):
+        # A leaf signed so verifies against nothing; an agent would write it over its
+        # Secret's tls.key, which (keys swapped) held the CA's only key.
+        raise ValueError("the CA's private key does not match its certificate")
+    key = ec.generate_private_key(ec.SECP256R1())
     start = not_before or utcnow() - _BACKDATE
     builder = (
         x509.CertificateBuilder()
@@ -242,6 +247,11 @@ def issue_certificate(
         builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
     cert = builder.sign(ca.private_key, hashes.SHA256())
     return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _pem_key(key))
+
+
+def _spki(key: CertificatePublicKeyTypes) -> bytes:
+    der, spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    return key.public_bytes(der, spki)
 
 
 def _has_client_auth(cert: x509.Certificate) -> bool:

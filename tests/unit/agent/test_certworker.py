@@ -26,3 +26,12 @@ async def test_a_new_ca_and_leaf_and_a_reissued_leaf() -> None:
 async def test_a_bad_certificate_is_a_clear_error() -> None:
     with pytest.raises(CertWorkError, match="no PEM certificate found"):
         await leaf_facts(b"not a certificate")
+
+
+async def test_a_ca_whose_key_is_not_its_own_signs_nothing() -> None:
+    """The Secret's ca.key and tls.key swapped: a leaf signed with the leaf's key verifies
+    against nothing, and writing it back would overwrite tls.key, the CA key's only copy."""
+    ca, leaf, _facts = await new_ca_and_leaf("p", 3650, 30, [])
+    swapped = type(ca)(ca.cert_pem, leaf.key_pem)
+    with pytest.raises(CertWorkError, match="the CA's private key does not match its certificate"):
+        await issue_leaf(swapped, "p", 30, [])
