@@ -80,6 +80,20 @@ def _secret_data(identity: AgentIdentity) -> dict[str, str]:
     }
 
 
+def _secret(namespace: str, name: str, identity: AgentIdentity) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/name": "cluster-agent"},
+        },
+        "type": "Opaque",
+        "data": _secret_data(identity),
+    }
+
+
 def pairs_from_secret(secret: dict[str, Any]) -> tuple[PemPair, PemPair]:
     """Ours (with ``ca.key``) or cert-manager's (a leaf, maybe ``ca.crt``, no ``ca.key``):
     the CA pair and the client pair."""
@@ -140,19 +154,8 @@ async def load_or_create(
         return stored
     await _ensure_namespace(client, namespace)
     identity = await new_identity(plane_id, ca_days, cert_days, uris)
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": {"app.kubernetes.io/name": "cluster-agent"},
-        },
-        "type": "Opaque",
-        "data": _secret_data(identity),
-    }
     try:
-        await client.create(core_path(namespace, "secrets"), secret)
+        await client.create(core_path(namespace, "secrets"), _secret(namespace, name, identity))
         log.info("created agent CA and client certificate in Secret %s/%s", namespace, name)
         return identity
     except Failure as exc:
@@ -174,13 +177,40 @@ async def renew(
     uris: Sequence[str] = (),
     reason: str = "renewal due",
 ) -> AgentIdentity:
-    """A new client certificate from the same CA carrying ``uris`` (the consent list),
-    written back to the Secret."""
+    """A new client certificate carrying ``uris`` (the consent list), from the CA the Secret
+    holds now, written back only over what was read (its resourceVersion). An operator's
+    rotation (another CA there) is taken, not overwritten with this agent's old one; a Secret
+    deleted meanwhile is made again with this agent's CA (the one the plane's CRs trust), so
+    a replica that restarts does not make a new one; a write that loses to another writer
+    fails, and the next try reads again."""
+    path = core_path(namespace, "secrets", name)
+    try:
+        secret: dict[str, Any] | None = await client.get(path)
+    except Failure as exc:
+        if exc.status != 404:
+            raise
+        secret = None
+    if secret is not None:
+        stored = await identity_from_secret(secret)
+        if stored.ca.cert_pem != identity.ca.cert_pem:
+            log.warning(
+                "Secret %s/%s holds another CA than this agent's (rotated?): taking it",
+                namespace,
+                name,
+            )
+            if not stored.renewable:  # no key to sign with: its leaf is what there is
+                return stored
+            identity = stored
     leaf, facts = await issue_leaf(identity.ca, plane_id, cert_days, uris)
     renewed = AgentIdentity(identity.ca, leaf, facts)
-    path = core_path(namespace, "secrets", name)
-    await client.merge_patch(path, {"data": _secret_data(renewed)})
-    log.info(
-        "re-issued the agent client certificate (same CA) in %s/%s: %s", namespace, name, reason
-    )
+    if secret is None:
+        await client.create(core_path(namespace, "secrets"), _secret(namespace, name, renewed))
+        log.warning("Secret %s/%s was gone: made again with this agent's CA", namespace, name)
+    else:
+        body: dict[str, Any] = {"data": _secret_data(renewed)}
+        version = (secret.get("metadata") or {}).get("resourceVersion")
+        if version:
+            body["metadata"] = {"resourceVersion": version}
+        await client.merge_patch(path, body)
+    log.info("re-issued the agent client certificate in %s/%s: %s", namespace, name, reason)
     return renewed

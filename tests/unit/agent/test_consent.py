@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import copy
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -18,7 +19,7 @@ import pytest
 
 from tests import certmanager
 from tests.identities import identity_of, leaf_uris
-from workflowplane.agent.bootstrap import AgentIdentity, new_identity
+from workflowplane.agent.bootstrap import AgentIdentity, _secret, new_identity
 from workflowplane.agent.certworker import PemPair
 from workflowplane.agent.command import add_arguments, config_from_args, main
 from workflowplane.agent.config import AgentConfig
@@ -217,15 +218,39 @@ async def test_the_configmap_read_at_start_is_applied() -> None:
 # ---- the leaf follows the list --------------------------------------------------------------
 
 
-class FakeKube:
-    """The agent's Kubernetes client for its own Secret: records patches."""
+SECRET_PATH = "/api/v1/namespaces/openchoreo-workflow-plane/secrets/cluster-agent-tls"
 
-    def __init__(self, fail: bool = False) -> None:
+
+class FakeKube:
+    """The agent's Kubernetes client for its own Secret (holding ``stored``, or absent):
+    records patches and creates."""
+
+    def __init__(self, stored: AgentIdentity | None = None, fail: bool = False) -> None:
         self.patches: list[dict[str, Any]] = []
+        self.created: list[dict[str, Any]] = []
         self.fail = fail
+        self.secret = (
+            _secret("openchoreo-workflow-plane", "cluster-agent-tls", stored) if stored else None
+        )
+        if self.secret is not None:
+            self.secret["metadata"]["resourceVersion"] = "7"
+
+    async def get(self, path: str) -> dict[str, Any]:
+        assert path == SECRET_PATH
+        if self.fail:
+            raise ConnectionRefusedError("the API server is down")
+        if self.secret is None:
+            raise PermanentError("not found", status=404)
+        return copy.deepcopy(self.secret)
+
+    async def create(self, collection: str, body: dict[str, Any]) -> dict[str, Any]:
+        assert collection + "/cluster-agent-tls" == SECRET_PATH
+        self.created.append(body)
+        self.secret = body
+        return body
 
     async def merge_patch(self, path: str, body: dict[str, Any]) -> None:
-        assert path == "/api/v1/namespaces/openchoreo-workflow-plane/secrets/cluster-agent-tls"
+        assert path == SECRET_PATH
         if self.fail:
             raise ConnectionRefusedError("the API server is down")
         self.patches.append(body)
@@ -261,9 +286,9 @@ async def test_the_leaf_is_reissued_with_the_list_and_only_when_it_changes(
     make_agent: Any,
 ) -> None:
     agent: Agent = make_agent(allowed=("team-a/*",))
-    kube = FakeKube()
-    agent._kube = lambda: kube  # type: ignore[method-assign]
     agent.identity = before = await new_identity("p", 3650, 90)  # a leaf without a list
+    kube = FakeKube(before)
+    agent._kube = lambda: kube  # type: ignore[method-assign]
     assert leaf_uris(before.client) == []
 
     assert await agent.keep_leaf_current()
@@ -289,9 +314,9 @@ async def test_the_leaf_is_reissued_with_the_list_and_only_when_it_changes(
 
 async def test_an_emptied_list_reissues_an_unrestricted_leaf(make_agent: Any) -> None:
     agent: Agent = make_agent()
-    kube = FakeKube()
-    agent._kube = lambda: kube  # type: ignore[method-assign]
     identity = await new_identity("p", 3650, 90, _uris("team-a/*"))
+    kube = FakeKube(identity)
+    agent._kube = lambda: kube  # type: ignore[method-assign]
     agent.identity = identity
     assert await agent.keep_leaf_current()
     assert leaf_uris(_patched_leaf(kube)) == []
@@ -421,3 +446,37 @@ async def test_a_refused_connection_is_retried_not_fatal() -> None:
     running.cancel()
     with pytest.raises(asyncio.CancelledError):
         await running
+
+
+async def test_a_reissue_takes_the_ca_an_operator_rotated_in_the_secret(make_agent: Any) -> None:
+    """Writing this agent's old CA back would undo the rotation (and replicas would flip the
+    Secret between CAs): the new leaf is the new CA's, written over what was read."""
+    agent: Agent = make_agent(allowed=("team-a/*",))
+    agent.identity = old = await new_identity("p", 3650, 90)
+    rotated = await new_identity("p", 3650, 90)
+    kube = FakeKube(rotated)
+    agent._kube = lambda: kube  # type: ignore[method-assign]
+
+    assert await agent.keep_leaf_current()
+
+    (patch,) = kube.patches
+    assert patch["metadata"] == {"resourceVersion": "7"}  # over what was read only
+    assert base64.b64decode(patch["data"]["ca.crt"]) == rotated.ca.cert_pem
+    (certificate,) = load_certificates(_patched_leaf(kube).cert_pem)
+    verify_client_certificate([certificate], rotated.ca.cert_pem)
+    assert agent.identity is not None and agent.identity.ca == rotated.ca != old.ca
+
+
+async def test_a_reissue_makes_a_deleted_secret_again_with_the_agents_ca(make_agent: Any) -> None:
+    """Else a replica that restarts finds none and makes a CA no CR trusts."""
+    agent: Agent = make_agent(allowed=("team-a/*",))
+    agent.identity = identity = await new_identity("p", 3650, 90)
+    kube = FakeKube(None)
+    agent._kube = lambda: kube  # type: ignore[method-assign]
+
+    assert await agent.keep_leaf_current()
+
+    (made,) = kube.created
+    assert base64.b64decode(made["data"]["ca.crt"]) == identity.ca.cert_pem
+    assert base64.b64decode(made["data"]["ca.key"]) == identity.ca.key_pem
+    assert leaf_uris(PemPair(base64.b64decode(made["data"]["tls.crt"]), b"")) == _uris("team-a/*")
