@@ -2,9 +2,10 @@
 
 ``PlaneRuntime`` installs what they need (Argo's CRDs and configuration, a kwok node, a
 default StorageClass), then starts ``kube-scheduler`` (binds step pods to the node),
-``kube-controller-manager`` with only its garbage collector (a deleted Argo Workflow's pods go
-with it, and a foreground deletion ends, as on any cluster; Argo names the pods after the
-Workflow, so pods left behind would be taken for its namesake's), ``kwok``
+``kube-controller-manager`` with only its garbage collector and volume protection (a deleted
+Argo Workflow's pods and claims go with it, and a foreground deletion ends, as on any cluster;
+Argo names the pods after the Workflow, so pods left behind would be taken for its
+namesake's), ``kwok``
 (plays the node's kubelet: pods start, then succeed or fail as ``kwok_pods.yaml`` says, and
 ``kubectl logs`` gets a log through the API server's kubelet proxy), Argo's
 ``workflow-controller`` and External Secrets' controller (a ``ClusterSecretStore`` with its
@@ -59,9 +60,16 @@ class ExitedDuringStart(StartError):
 NODE = "kwok-node"
 ARGO_NAMESPACE = "argo"
 ARGO_CONFIGMAP = "workflow-controller-configmap"
-# Only the garbage collector: the plane's other controllers (node lifecycle, namespaces,
-# ReplicaSets...) are not what runs need, and each would watch and write of its own.
-GARBAGE_COLLECTOR = "garbage-collector-controller"
+# The garbage collector, and the two that let a used volume's claim and volume go once no
+# pod uses them (the API server puts their finalizers on; without these a claim of a run
+# deleted while it ran stayed Terminating, and held its Argo Workflow's foreground deletion).
+# The plane's other controllers (node lifecycle, namespaces, ReplicaSets...) are not what runs
+# need, and each would watch and write of its own.
+CONTROLLERS = (
+    "garbage-collector-controller",
+    "persistentvolumeclaim-protection-controller",
+    "persistentvolume-protection-controller",
+)
 READY_TIMEOUT_SECONDS = 90.0
 STATE_FILE = "plane-systems.json"
 SIMULATED_LOG = (
@@ -242,7 +250,7 @@ class PlaneRuntime:
                 [
                     str(b.kube_controller_manager),
                     f"--kubeconfig={kubeconfig}",
-                    f"--controllers={GARBAGE_COLLECTOR}",
+                    f"--controllers={','.join(CONTROLLERS)}",
                     "--leader-elect=false",
                     "--bind-address=127.0.0.1",
                     f"--secure-port={self.controller_manager_port}",

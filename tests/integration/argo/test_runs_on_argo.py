@@ -19,7 +19,13 @@ pytestmark = pytest.mark.integration
 PARAMS = {"repository": {"url": "https://git.example/app"}}
 
 
-def _argo_template(*steps: dict[str, Any]) -> dict[str, Any]:
+WORKSPACE = {  # as the sample's: a claim Argo makes per Workflow, which it owns
+    "metadata": {"name": "workspace"},
+    "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+}
+
+
+def _argo_template(*steps: dict[str, Any], **spec: Any) -> dict[str, Any]:
     """A runTemplate whose steps run one after the other."""
     sequence = {
         "name": "main",
@@ -29,7 +35,7 @@ def _argo_template(*steps: dict[str, Any]) -> dict[str, Any]:
         "apiVersion": "argoproj.io/v1alpha1",
         "kind": "Workflow",
         "metadata": {"name": "ignored"},
-        "spec": {"entrypoint": "main", "templates": [sequence, *steps]},
+        "spec": {"entrypoint": "main", "templates": [sequence, *steps], **spec},
     }
 
 
@@ -39,6 +45,7 @@ def _start(
     namespace: str,
     *steps: dict[str, Any],
     params: dict[str, Any] = PARAMS,
+    **spec: Any,
 ) -> str:
     workflow = unique("argo-build")
     apply(
@@ -47,7 +54,7 @@ def _start(
             "ClusterWorkflow",
             workflow,
             plane=("ClusterWorkflowPlane", plane),
-            run_template=_argo_template(*steps),
+            run_template=_argo_template(*steps, **spec),
         ),
     )
     name = unique("run")
@@ -121,7 +128,11 @@ async def test_deleting_a_running_run_removes_its_argo_workflow_from_the_plane(
     controller: None,
     namespace: str,
 ) -> None:
-    name = _start(control_plane, argo_cluster_plane, namespace, step("build", "sleep", "600"))
+    build = step("build", "sleep", "600")
+    build["container"]["volumeMounts"] = [{"name": "workspace", "mountPath": "/workspace"}]
+    name = _start(
+        control_plane, argo_cluster_plane, namespace, build, volumeClaimTemplates=[WORKSPACE]
+    )
     target = f"workflows-{namespace}"
 
     def argo_phase() -> str:
@@ -159,10 +170,15 @@ async def test_deleting_a_running_run_removes_its_argo_workflow_from_the_plane(
         "--wait=false",
     )
 
+    assert argo_plane.kubectl("get", "pvc", f"{name}-workspace", "-n", target, "-o", "name")
+
     # The run's finalizer deletes the Argo Workflow on the plane before the run goes; the
-    # plane's garbage collector deletes its step pod, then the Workflow (foreground).
+    # plane's garbage collector deletes its step pod and its claim (let go once no pod uses
+    # it), then the Workflow (foreground).
     await eventually(lambda: not get(control_plane, "workflowrun", name, namespace), timeout=30)
     await eventually(lambda: not _pods_of(argo_plane, target, name), timeout=30)
+    claims = ("get", "pvc", "-n", target, "-o", "name")
+    await eventually(lambda: not argo_plane.kubectl(*claims), timeout=30)
     await eventually(lambda: argo_phase() == "", timeout=30)
     assert not argo_plane.kubectl("get", "workflows.argoproj.io", "-n", target, "-o", "name")
 

@@ -126,14 +126,21 @@ def test_kwok_configuration_spells_out_every_stage(tmp_path: Path) -> None:
     assert "simulated node (kwok)" in log.read_text()
 
 
-def test_the_controller_manager_runs_only_the_garbage_collector(tmp_path: Path) -> None:
-    """A deleted Argo Workflow's pods go with it; no other controller of a cluster runs."""
+def test_the_controller_manager_runs_only_the_garbage_collector_and_volume_protection(
+    tmp_path: Path,
+) -> None:
+    """A deleted Argo Workflow's pods and claims go with it; no other controller runs."""
     binaries = plane_systems.PlaneBinaries(kube_controller_manager=tmp_path / "kcm")
     runtime = PlaneRuntime(tmp_path, "wp-test", binaries, systems=["kube-controller-manager"])
 
     argv, _env = runtime._argv()["kube-controller-manager"]
 
     assert argv[0] == str(tmp_path / "kcm")
-    assert "--controllers=garbage-collector-controller" in argv
+    controllers = next(arg for arg in argv if arg.startswith("--controllers="))
+    assert controllers.split("=", 1)[1].split(",") == [
+        "garbage-collector-controller",
+        "persistentvolumeclaim-protection-controller",
+        "persistentvolume-protection-controller",
+    ]
     assert f"--secure-port={runtime.controller_manager_port}" in argv
     assert "--leader-elect=false" in argv
