@@ -24,7 +24,7 @@ from typing import Any
 
 from workflowplane.cli import dev_systems
 from workflowplane.cli.doctor import Report, check_components
-from workflowplane.cli.errors import EXIT_UNAVAILABLE, CliError
+from workflowplane.cli.errors import EXIT_FAILURE, EXIT_UNAVAILABLE, CliError
 from workflowplane.cli.get import render_table, row
 from workflowplane.cli.state import (
     GATEWAY_REPLICA,
@@ -542,12 +542,15 @@ def _say_plane_systems(root: Path) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
+    """Exit 1 when a component is stopped or fails its health check (scripts can wait on it)."""
     root = dev_dir()
     if not running(root):
         raise CliError("the local environment is not running", "run: ./wp dev up")
+    stopped = False
     for name in _processes(root):
-        state = "running" if _component_running(root, name) else "STOPPED"
-        print(f"{name:32} {state}")
+        up = _component_running(root, name)
+        stopped |= not up
+        print(f"{name:32} {'running' if up else 'STOPPED'}")
     print("\ngateway replicas (internal API):", ", ".join(dev_gateway_urls()))
     print("\nhealth (each component's /healthz and /readyz):")
     report = Report()
@@ -555,7 +558,7 @@ def _status(args: argparse.Namespace) -> int:
     print()
     _print_status(root / "kubeconfig", _planes_of(root))
     _say_plane_systems(root)
-    return 0
+    return EXIT_FAILURE if stopped or report.failed else 0
 
 
 def _down(args: argparse.Namespace) -> int:

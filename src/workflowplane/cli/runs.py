@@ -176,11 +176,11 @@ async def _run(args: argparse.Namespace) -> int:
         creator: Any = kube.create
         resource: Any = WorkflowRunResource
         created = await creator(resource.from_dict(manifest), namespace=args.namespace)
-        name = created.metadata.name
+        name, uid = created.metadata.name, created.metadata.uid
         print(f"workflowrun.openchoreo.dev/{name} created in {args.namespace}")
         if not args.wait:
             return 0
-        return await _wait(kube, args.namespace, name, args.timeout)
+        return await _wait(kube, args.namespace, name, uid, args.timeout)
     except ApiError as exc:
         raise CliError(
             f"cannot create the run: {exc.status.message}", exit_code=EXIT_FAILURE
@@ -204,10 +204,24 @@ async def _require_workflow(kube: AsyncClient, args: argparse.Namespace) -> None
         )
 
 
-async def _wait(kube: AsyncClient, namespace: str, name: str, timeout: float) -> int:  # noqa: ASYNC109
+async def _wait(
+    kube: AsyncClient,
+    namespace: str,
+    name: str,
+    uid: str | None,
+    timeout: float,  # noqa: ASYNC109
+) -> int:
+    """Until the run this command created completes; one deleted meanwhile (or deleted and
+    made again under its name, another run) ends the wait, saying so."""
     deadline = asyncio.get_running_loop().time() + timeout
     while asyncio.get_running_loop().time() < deadline:
-        run = await get_dict(kube, WorkflowRunResource, name, namespace) or {}
+        run = await get_dict(kube, WorkflowRunResource, name, namespace)
+        if run is None or (uid and (run.get("metadata") or {}).get("uid") != uid):
+            raise CliError(
+                f"{name} was deleted before it completed",
+                f"kubectl get workflowrun {name} -n {namespace}",
+                EXIT_FAILURE,
+            )
         completed = find_condition(
             (run.get("status") or {}).get("conditions") or [], RunCondition.COMPLETED
         )
@@ -315,13 +329,15 @@ async def _print_logs(
     api: PlaneAPI, run: dict[str, Any], args: argparse.Namespace, kube: AsyncClient
 ) -> None:
     """Each step pod once, in creation order. A pod whose log cannot be read yet (container
-    still starting) is retried on the next poll when following; otherwise it is reported and
-    the other pods are still shown. A finished pod is read whole, a running one followed until
-    it finishes (some kubelets, kwok's among them, never end a follow stream by themselves)."""
+    still starting) is retried on the next poll when following, and reported if it never could
+    be read by the run's end; otherwise it is reported at once. Either way the other pods are
+    still shown. A finished pod is read whole, a running one followed until it finishes or
+    goes (some kubelets, kwok's among them, never end a follow stream by themselves)."""
     reference = run["status"]["runReference"]
     namespace, workflow = reference["namespace"], reference["name"]
     done: set[str] = set()
     failures: list[str] = []
+    unread: dict[str, str] = {}  # followed pods not read yet: why, as last said
     pods: list[dict[str, Any]] = []
     try:
         while True:
@@ -337,10 +353,12 @@ async def _print_logs(
                 try:
                     await _pod_log(api, namespace, name, args.container, follow, step)
                 except Failure as exc:
-                    if args.follow:
-                        continue  # not started yet: the next poll tries again
+                    if args.follow:  # not started yet, perhaps: the next poll tries again
+                        unread[name] = f"==> {step} ({name})\n{exc.message}"
+                        continue
                     print(f"==> {step} ({name})\n{exc.message}", file=sys.stderr)
                     failures.append(exc.message)
+                unread.pop(name, None)
                 done.add(name)
             completed = await _completed_run(kube, run)
             if not args.follow or completed is not None:
@@ -348,6 +366,9 @@ async def _print_logs(
             await asyncio.sleep(2)
         if not pods:
             print(_no_pods(run, completed), file=sys.stderr)
+        for said in unread.values():  # the run ended and these were never read
+            print(said, file=sys.stderr)
+            failures.append(said.split("\n", 1)[1])
     finally:
         await kube.close()
     if failures:
@@ -414,10 +435,11 @@ async def _follow_log(api: PlaneAPI, path: str, container: str, pod: str, step: 
 
 
 async def _pod_finished(api: PlaneAPI, namespace: str, pod: str) -> bool:
+    """Finished, or gone (deleted with its run: no kubelet ends its stream then)."""
     response = await api.request(
         "GET", f"/api/v1/namespaces/{namespace}/pods/{pod}", what=f"pod {pod}"
     )
-    return response.status == 200 and _finished(response.json())
+    return response.status == 404 or (response.status == 200 and _finished(response.json()))
 
 
 async def _completed_run(kube: AsyncClient, run: dict[str, Any]) -> dict[str, Any] | None:
