@@ -93,6 +93,9 @@ def client_for(kubeconfig: Path | None, context: str | None) -> AsyncClient:
     assert found is not None  # a context name was given
     single = with_exec_v1(found)
     problem = context_problem(single)
+    if problem is None and single.user is None:  # lightkube asserts one, with a traceback
+        problem = "it names no user (wpctl needs credentials: a user with a token, a client "
+        problem += "certificate or a credential plugin)"
     if problem is not None:
         raise CliError(f"{path}, context {name!r}: {problem}", exit_code=EXIT_USAGE)
     try:

@@ -30,6 +30,7 @@ from workflowplane.cli.main import run_handler
         ),
         (GOOD.replace("cluster: c,", "cluster: other,"), "names cluster 'other'"),
         (GOOD.replace("user: u}", "user: nobody}"), "names user 'nobody'"),
+        (GOOD.replace("cluster: c, user: u}", "cluster: c}"), "it names no user"),
         (
             GOOD.replace("insecure-skip-tls-verify: true", "certificate-authority: /no/ca.crt"),
             "cannot load its TLS settings (/no/ca.crt)",
