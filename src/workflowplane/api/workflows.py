@@ -34,6 +34,8 @@ PLANE_ANNOTATION: Final = "openchoreo.dev/workflowplane"
 RUN_UID_ANNOTATION: Final = "openchoreo.dev/workflowrun-uid"
 
 LABEL_RUN: Final = "openchoreo.dev/workflowrun"
+# A run's name is a label's value (ours on what it creates, Argo's on its pods): 63 at most.
+MAX_RUN_NAME: Final = 63
 LABEL_RUN_NAMESPACE: Final = "openchoreo.dev/workflowrun-namespace"
 LABEL_MANAGED_BY: Final = "openchoreo.dev/managed-by"
 MANAGED_BY: Final = "workflowrun-controller"

@@ -22,6 +22,7 @@ from workflowplane.api.kube import get_dict
 from workflowplane.api.workflows import (
     ARGO_WORKFLOW_LABEL,
     CLUSTER_WORKFLOW,
+    MAX_RUN_NAME,
     PLANE_ANNOTATION,
     WORKFLOW,
     ClusterWorkflowResource,
@@ -69,7 +70,7 @@ def register(subparsers: Any) -> None:
     )
     run.add_argument("--kind", choices=(CLUSTER_WORKFLOW, WORKFLOW), default=CLUSTER_WORKFLOW)
     run.add_argument(
-        "--name", type=object_name, help="the run's name (default: generated from the workflow's)"
+        "--name", type=run_name, help="the run's name (default: generated from the workflow's)"
     )
     run.add_argument("--ttl", type=_ttl, help="ttlAfterCompletion, e.g. 1d12h or 30m")
     run.add_argument("--wait", action="store_true", help="wait until it completes")
@@ -158,14 +159,25 @@ def run_manifest(args: argparse.Namespace) -> dict[str, Any]:
     metadata: dict[str, Any] = {"namespace": args.namespace}
     if args.name:
         metadata["name"] = args.name
-    else:
-        metadata["generateName"] = f"{args.workflow}-"
+    else:  # the API server adds 5 characters
+        metadata["generateName"] = f"{args.workflow[: MAX_RUN_NAME - 6].rstrip('.-')}-"
     return {
         "apiVersion": API_VERSION,
         "kind": "WorkflowRun",
         "metadata": metadata,
         "spec": spec,
     }
+
+
+def run_name(text: str) -> str:
+    """An argparse type for a run's name: an object name that can be a label's value."""
+    name = object_name(text)
+    if len(name) > MAX_RUN_NAME:
+        raise argparse.ArgumentTypeError(
+            f"{text[:80]!r}... is {len(text)} characters: a run's name is at most {MAX_RUN_NAME} "
+            "(it is the value of a label on what the run creates, and of Argo's on its pods)"
+        )
+    return name
 
 
 async def _run(args: argparse.Namespace) -> int:

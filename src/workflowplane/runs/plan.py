@@ -19,6 +19,7 @@ from workflowplane.api.workflows import (
     LABEL_RUN,
     LABEL_RUN_NAMESPACE,
     MANAGED_BY,
+    MAX_RUN_NAME,
     RUN_UID_ANNOTATION,
     SERVICE_ACCOUNT,
     plane_namespace,
@@ -150,6 +151,12 @@ def plan_run(run: Mapping[str, Any], definition: Mapping[str, Any], plane: Plane
     check_nesting(definition.get("spec"), f"the {definition.get('kind')}'s spec")
     meta, spec = run["metadata"], definition.get("spec") or {}
     namespace, name = meta["namespace"], meta["name"]
+    if len(name) > MAX_RUN_NAME:
+        raise RenderError(
+            f"the run's name is {len(name)} characters, and at most {MAX_RUN_NAME} can run: it is "
+            f"the value of the {LABEL_RUN} label on what the run creates (and of Argo's on its "
+            "pods); run it again under a shorter name"
+        )
     labels = run_labels(namespace, name)
     context = RunContext(
         namespace=namespace,

@@ -47,3 +47,24 @@ def test_a_bad_parameter_is_named_before_any_server_is_asked(
     code, err = wpctl(capsys, "run", "build", "-p", "novalue", "--kubeconfig", str(missing))
     assert code == 2
     assert err.startswith("error: parameter 'novalue' is not KEY=VALUE")
+
+
+def test_a_run_name_that_cannot_be_a_label_value_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """It was created, then failed on its plane."""
+    code, err = wpctl(capsys, "run", "build", "--name", "r" * 64, "--kubeconfig", str(tmp_path))
+    assert code == 2
+    assert "is 64 characters: a run's name is at most 63" in err
+
+
+def test_a_generated_name_fits_a_label_value_whatever_the_workflows_name() -> None:
+    import argparse  # noqa: PLC0415
+
+    from workflowplane.cli.runs import run_manifest  # noqa: PLC0415
+
+    args = argparse.Namespace(
+        kind="ClusterWorkflow", workflow="w" * 70, param=[], ttl=None, namespace="n", name=None
+    )
+    prefix = run_manifest(args)["metadata"]["generateName"]
+    assert len(prefix) + 5 <= 63 and prefix.endswith("-")

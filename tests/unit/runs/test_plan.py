@@ -355,3 +355,15 @@ def test_a_cluster_workflow_may_create_any_kind() -> None:
     platform = definition([CLUSTER_ADMIN_BINDING]) | {"kind": "ClusterWorkflow"}
     plan = plan_run(run(), platform, PLANE)
     assert [rid for rid, _ in plan.resources] == ["escalate"]
+
+
+def test_a_run_whose_name_cannot_be_a_label_value_fails_saying_why() -> None:
+    """Accepted by the API server (an object name may be 253 characters), it failed on the
+    plane with the Namespace's label error; now it fails before anything is sent."""
+    long = run({"replicas": "2"})
+    long["metadata"]["name"] = "r" * 64
+    with pytest.raises(RenderError, match="64 characters, and at most 63 can run"):
+        plan_run(long, definition(), PLANE)
+    fits = run({"replicas": "2"})
+    fits["metadata"]["name"] = "r" * 63
+    assert plan_run(fits, definition(), PLANE).workflow["metadata"]["name"] == "r" * 63
