@@ -287,6 +287,9 @@ def test_control_plane_combined_mode(helm: Helm) -> None:
     # one probe port for the process: the controller's, which carries the gateway's probes
     pod = one(docs, "Deployment", "workflowplane-control-plane")["spec"]["template"]["spec"]
     assert_probed(pod["containers"][0], "ctrl-health", {"health": 8080, "ctrl-health": 8081})
+    drain = next(a for a in args if a.startswith("--drain-seconds="))
+    # the gateway in it drains before it stops: Kubernetes' 30 s would cut a longer drain
+    assert pod["terminationGracePeriodSeconds"] > float(drain.split("=", 1)[1])
     internal = one(docs, "Service", "cluster-gateway")["spec"]["ports"]
     assert {(p["name"], p["port"]) for p in internal} >= {("health", 8080), ("ctrl-health", 8081)}
     assert not find(docs, "Service", "workflowplane-controller")
@@ -719,6 +722,9 @@ def test_rendered_args_parse_with_wpctl(
             assert parsed.server_url or parsed.server_urls or parsed.server_dns_name
         if parsed.command in {"gateway", "control-plane"}:
             assert "localhost" in parsed.dns_names
+            # agents given serverDnsName verify every replica by the headless Service's name
+            namespace = "openchoreo-control-plane"
+            assert f"cluster-gateway-peers.{namespace}.svc.cluster.local" in parsed.dns_names
 
 
 # ---- monitoring: ServiceMonitor, PrometheusRule, Grafana dashboard ---------------------------

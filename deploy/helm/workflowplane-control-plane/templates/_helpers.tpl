@@ -51,11 +51,12 @@ app.kubernetes.io/component: {{ .component }}
 {{- .Values.combined.serviceAccount.name | default .Values.combined.name -}}
 {{- end -}}
 
-{{/* Host names the gateway serves: in-cluster Services (all forms) + localhost + extras. */}}
+{{/* Host names the gateway serves: in-cluster Services (all forms: the headless one too,
+which agents resolve to reach every replica and verify by its name) + localhost + extras. */}}
 {{- define "wpcp.gateway.dnsNames" -}}
 {{- $ns := include "wpcp.namespace" . -}}
 {{- $names := list "localhost" -}}
-{{- $services := list .Values.clusterGateway.name -}}
+{{- $services := list .Values.clusterGateway.name (printf "%s-peers" .Values.clusterGateway.name) -}}
 {{- if .Values.clusterGateway.service.external.enabled -}}
 {{- $services = append $services (printf "%s-external" .Values.clusterGateway.name) -}}
 {{- end -}}
