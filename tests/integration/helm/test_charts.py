@@ -443,6 +443,11 @@ def test_workflow_plane_rbac_is_least_privilege(helm: Helm) -> None:
     assert granted[("", "pods/log")] == read
     assert granted[("external-secrets.io", "clustersecretstores")] == read
     assert "delete" not in granted[("", "namespaces")]
+    # made once per namespace, never changed or deleted by a run
+    for made in ("serviceaccounts", "roles", "rolebindings"):
+        group = "" if made == "serviceaccounts" else "rbac.authorization.k8s.io"
+        assert granted[(group, made)] == read | {"create"}, made
+    assert granted[("argoproj.io", "workflows")] == read | {"create", "delete"}
     assert ("", "secrets") not in granted  # no cluster-wide Secret access
     assert set(granted) == {
         ("", "namespaces"),
