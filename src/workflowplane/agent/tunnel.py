@@ -143,6 +143,10 @@ _REASONS = {
 }
 
 
+FAILURE_LOG_SECONDS = 60.0
+MAX_FAILURE_KINDS = 16
+
+
 class ConnectRefused(Exception):
     """The agent must not connect now (its message says why); it tries again after a backoff."""
 
@@ -839,6 +843,9 @@ class AgentTunnel:
         self._ssl_factory = ssl_factory
         self._upstream = upstream
         self._initial, self._cap, self._stable = initial_backoff, max_backoff, stable_after
+        # A gateway that refuses this agent for good (a CA no CR trusts) is dialled every few
+        # seconds per replica: the same failure is said once a minute, with a count.
+        self._failures = LogThrottle(log, interval=FAILURE_LOG_SECONDS)
         self._dead_after, self._max_frame = dead_after, max_frame
         self._timeout, self._max_concurrent = timeout, max_concurrent
         self._max_streams = max_streams
@@ -859,13 +866,13 @@ class AgentTunnel:
             connector=connector, ws_response_class=TappedWebSocket
         ) as session:
             while True:
-                started, self._going_away = time.monotonic(), False
+                started, self._going_away, said = time.monotonic(), False, True
                 try:
                     await self._connect_once(session)
                 except ConnectRefused as exc:
-                    log.error("not connecting: %s", exc)
+                    said = self._failed(exc, logging.ERROR, "not connecting: %s")
                 except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                    log.warning("gateway connection failed: %s", exc)
+                    said = self._failed(exc, logging.WARNING, "gateway connection failed: %s")
                 except Exception:  # a bug or a frame nobody foresaw: this tunnel redials,
                     # the agent's tunnels to the other replicas carry on
                     log.exception("the connection to the gateway failed unexpectedly")
@@ -875,8 +882,15 @@ class AgentTunnel:
                 stable = self._going_away or time.monotonic() - started > self._stable
                 attempt = 0 if stable else attempt + 1
                 delay = full_jitter_delay(attempt, self._initial, self._cap)
-                log.info("reconnecting in %.1fs", delay)
+                log.log(logging.INFO if said else logging.DEBUG, "reconnecting in %.1fs", delay)
                 await self._backoff(delay)
+
+    def _failed(self, exc: BaseException, level: int, message: str) -> bool:
+        """Say why a connection failed, once per interval for the same reason (a few kinds
+        of reason; past them, one for all); whether it was said."""
+        reason = shortened(str(exc), 300)
+        key = reason if len(self._failures) < MAX_FAILURE_KINDS else "other"
+        return self._failures.log(key, level, message, reason)
 
     async def _backoff(self, delay: float) -> None:
         """Sleep ``delay``, or less when the agent asks to reconnect (a new leaf is ready)."""

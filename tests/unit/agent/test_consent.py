@@ -448,6 +448,46 @@ async def test_a_refused_connection_is_retried_not_fatal() -> None:
         await running
 
 
+async def test_a_gateway_refusing_again_and_again_is_said_once_a_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With replicas the agent redials each every few seconds: a refusal for good (a CA no CR
+    trusts) wrote two lines per attempt per replica, for ever."""
+    attempts = 0
+    tried = asyncio.Event()
+
+    async def refuse() -> Any:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 20:
+            tried.set()
+        raise ConnectRefused("the gateway refused this agent (401 not-authorized)")
+
+    tunnel = AgentTunnel(
+        "wss://127.0.0.1:1",
+        "workflowplane",
+        "p",
+        refuse,
+        UnusedUpstream(),  # type: ignore[arg-type]
+        initial_backoff=0.001,
+        max_backoff=0.002,
+        stable_after=30,
+        dead_after=90,
+        max_frame=1 << 20,
+        timeout=5,
+        max_concurrent=1,
+    )
+    with caplog.at_level(logging.INFO, logger="workflowplane.agent.tunnel"):
+        running = asyncio.create_task(tunnel.run())
+        await asyncio.wait_for(tried.wait(), 5)
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+    said = [r for r in caplog.records if "not connecting" in r.getMessage()]
+    assert len(said) == 1 and "401 not-authorized" in said[0].getMessage()
+    assert len([r for r in caplog.records if "reconnecting in" in r.getMessage()]) == 1
+
+
 async def test_a_reissue_takes_the_ca_an_operator_rotated_in_the_secret(make_agent: Any) -> None:
     """Writing this agent's old CA back would undo the rotation (and replicas would flip the
     Secret between CAs): the new leaf is the new CA's, written over what was read."""
