@@ -35,10 +35,20 @@ from workflowplane.agent.replicas import (
     redial_cap,
     system_resolver,
 )
-from workflowplane.agent.tunnel import AgentTunnel, ConnectRefused, whole_answers_bytes
+from workflowplane.agent.tunnel import (
+    AgentTunnel,
+    ConnectRefused,
+    full_jitter_delay,
+    whole_answers_bytes,
+)
 from workflowplane.agent.upstream import AnswerBudget, Upstream
 from workflowplane.api.consent import Consent, consent_of, parse_allow_list
-from workflowplane.kits.failures import report_failure
+from workflowplane.kits.failures import (
+    BASE_EXPECTED_ERRORS,
+    Failure,
+    report_failure,
+    transient_status,
+)
 from workflowplane.kits.memory import keep_heap_for_bodies, settle
 from workflowplane.kits.process import FatalError
 from workflowplane.kits.tasks import cancel_and_wait
@@ -47,6 +57,7 @@ from workflowplane.protocol.http import AGENT_INSTANCE_HEADER
 log = logging.getLogger(__name__)
 RENEWAL_CHECK_SECONDS = 60.0
 RETRY_SECONDS = 5.0  # after a failed re-issue
+IDENTITY_BACKOFF_SECONDS = (1.0, 30.0)  # first and longest wait for the API server at start
 OWN_CALLS_POOL = 2  # connections for the agent's own API calls (one watch, one request)
 
 
@@ -171,6 +182,22 @@ class Agent:
                 self.identity.leaf.not_after.isoformat(),
             )
         return self.identity
+
+    async def _first_identity(self) -> None:
+        """``ensure_identity``, tried again with backoff while the API server cannot answer
+        (it exited with a traceback, and waited out a crash-loop backoff once it could)."""
+        attempt = 0
+        while True:
+            try:
+                await self.ensure_identity()
+                return
+            except BASE_EXPECTED_ERRORS as exc:  # a Failure, or a network error
+                if isinstance(exc, Failure) and not transient_status(exc.status):
+                    raise  # RBAC, a bad token: said, and the pod's restarts show it
+                attempt += 1
+                delay = full_jitter_delay(attempt, *IDENTITY_BACKOFF_SECONDS)
+                log.warning("cannot read or create %s (%s); trying again", self._secret, exc)
+                await asyncio.sleep(delay)
 
     async def _ssl_context(self) -> ssl.SSLContext:
         """A fresh context per connection; ConnectRefused when the leaf would not carry the
@@ -327,7 +354,7 @@ class Agent:
         if self.configmap is not None:
             await self.configmap.load()
         if self.identity is None:
-            await self.ensure_identity()
+            await self._first_identity()
         self._leaf_check.clear()  # what the load changed is handled now, before connecting
         aligned = await self.keep_leaf_current()  # the leaf carries the list from the start
         await self._say_consent()

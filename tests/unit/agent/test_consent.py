@@ -19,6 +19,7 @@ import pytest
 
 from tests import certmanager
 from tests.identities import identity_of, leaf_uris
+from workflowplane.agent import runner
 from workflowplane.agent.bootstrap import AgentIdentity, _secret, new_identity
 from workflowplane.agent.certworker import PemPair
 from workflowplane.agent.command import add_arguments, config_from_args, main
@@ -520,3 +521,41 @@ async def test_a_reissue_makes_a_deleted_secret_again_with_the_agents_ca(make_ag
     assert base64.b64decode(made["data"]["ca.crt"]) == identity.ca.cert_pem
     assert base64.b64decode(made["data"]["ca.key"]) == identity.ca.key_pem
     assert leaf_uris(PemPair(base64.b64decode(made["data"]["tls.crt"]), b"")) == _uris("team-a/*")
+
+
+async def test_an_api_server_down_at_start_is_waited_for(
+    make_agent: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent exited with a traceback, and came back only after the pod's crash-loop
+    backoff (minutes) once the API server answered again."""
+    monkeypatch.setattr(runner, "IDENTITY_BACKOFF_SECONDS", (0.01, 0.02))
+    agent: Agent = make_agent()
+    stored = await new_identity("p", 3650, 90)
+    kube = FakeKube(stored)
+    reads = 0
+    real_get = kube.get
+
+    async def down_twice(path: str) -> dict[str, Any]:
+        nonlocal reads
+        reads += 1
+        if reads <= 2:
+            raise ConnectionRefusedError("the API server is down")
+        return await real_get(path)
+
+    kube.get = down_twice  # type: ignore[method-assign]
+    agent._kube = lambda: kube  # type: ignore[method-assign]
+    await agent._first_identity()
+    assert reads == 3 and agent.identity is not None and agent.identity.ca == stored.ca
+
+
+async def test_a_forbidden_read_at_start_is_not_waited_for(make_agent: Any) -> None:
+    agent: Agent = make_agent()
+    kube = FakeKube(None)
+
+    async def forbidden(path: str) -> dict[str, Any]:
+        raise PermanentError("secrets is forbidden", status=403)
+
+    kube.get = forbidden  # type: ignore[method-assign]
+    agent._kube = lambda: kube  # type: ignore[method-assign]
+    with pytest.raises(PermanentError, match="forbidden"):
+        await agent._first_identity()
