@@ -251,6 +251,12 @@ EOF
     )
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
     assert "FAIL" not in doctor.stdout and "fingerprints match" in doctor.stdout
+    elsewhere = run_wpctl(
+        dev_state,
+        *("doctor", "workflow-plane", "-n", "default", "--kubeconfig", str(kubeconfig)),
+        *("--cp-context", CP, "--wp-context", WP, "--agent-namespace", "no-agent-here"),
+    )
+    assert elsewhere.returncode == 1 and "no-agent-here" in elsewhere.stdout, elsewhere.stdout
     wrong = _shell(
         f"kubectl --context {CP} -n my-org create secret generic wrong-ca "
         "--from-literal=ca.crt=garbage && "
@@ -275,8 +281,9 @@ EOF
 
     _run_a_workflow(dev_state, kubeconfig)
 
-    again = run_wpctl(dev_state, "dev", "up")
+    again = run_wpctl(dev_state, "dev", "up", "--planes", "2")
     assert again.returncode == 0 and "already running" in again.stderr
+    assert "already runs 1 workflow plane(s), not 2" in again.stderr  # not silently kept
     status = run_wpctl(dev_state, "dev", "status")
     assert status.returncode == 0, status.stderr
     for component in ("gateway", "controller"):

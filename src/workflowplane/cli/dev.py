@@ -471,9 +471,14 @@ def _planes_of(root: Path) -> list[str]:
 
 def _up(args: argparse.Namespace) -> int:
     root = dev_dir()
-    planes = plane_names(args.planes)
-    kubeconfig = _start_clusters(root, planes)
+    wanted = plane_names(args.planes)
+    kubeconfig = _start_clusters(root, wanted)
     planes = _planes_of(root)
+    if len(planes) != len(wanted):  # a running environment keeps the planes it was made with
+        _say(
+            f"the environment already runs {len(planes)} workflow plane(s), not {len(wanted)}: "
+            "wpctl dev down, then up --planes N, to change that"
+        )
     _install_crds(kubeconfig)
     peers = _replica_ports(root, args.gateways)
     ports = _start_control_plane(root, kubeconfig, peers)

@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 
 from workflowplane.api import (
+    AGENT_NAMESPACE,
     ClientCAError,
     ClusterWorkflowPlaneResource,
     InvalidManifest,
@@ -70,6 +71,12 @@ def register(subparsers: Any) -> None:
     add_kubeconfig_flag(parser)
     parser.add_argument("--cp-context", help="the control plane's context")
     parser.add_argument("--wp-context", help="the workflow plane's context (optional)")
+    parser.add_argument(
+        "--agent-namespace",
+        type=namespace_name,
+        default=AGENT_NAMESPACE,
+        help=f"where the agent runs, with --wp-context (default {AGENT_NAMESPACE})",
+    )
     parser.add_argument(
         "--gateway-url",
         help="gateway internal API (replicas: comma-separated; default: dev up's)",
@@ -161,7 +168,7 @@ async def _check_ca(kube: Any, plane: Any, report: Report) -> bytes | None:
 async def _check_agent_ca(args: argparse.Namespace, ca_pem: bytes, report: Report) -> None:
     wp = client_for(args.kubeconfig, args.wp_context)
     try:
-        agent_pem = await read_agent_ca(wp, "openchoreo-workflow-plane")
+        agent_pem = await read_agent_ca(wp, args.agent_namespace)
     except CliError as exc:
         report.fail(exc.message, exc.hint or "")
         return

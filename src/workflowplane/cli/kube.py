@@ -73,9 +73,11 @@ def client_for(kubeconfig: Path | None, context: str | None) -> AsyncClient:
     config = _load(path)
     if context is not None and context not in config.contexts:
         known = ", ".join(sorted(config.contexts)) or "none"
-        raise CliError(
-            f"context {context!r} not found in {path}", f"known contexts: {known}", EXIT_USAGE
-        )
+        hint = f"known contexts: {known}"
+        others = [f for f in os.environ.get("KUBECONFIG", "").split(os.pathsep)[1:] if f]
+        if kubeconfig is None and others:  # kubectl merges them; wpctl reads one file
+            hint += "; wpctl reads only the first file of KUBECONFIG: pass --kubeconfig FILE"
+        raise CliError(f"context {context!r} not found in {path}", hint, EXIT_USAGE)
     name = context if context is not None else config.current_context
     if name is None:
         raise CliError(f"{path} has no current context", "pass --context", EXIT_USAGE)
