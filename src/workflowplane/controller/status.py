@@ -45,7 +45,12 @@ def assess_ca(pem: bytes, now: dt.datetime) -> CAHealth:
         certificates = load_certificates(pem)
     except ValueError as exc:
         return CAHealth(Verdict("False", Reason.CLIENT_CA_INVALID, f"client CA: {exc}"))
-    if not any(_is_ca(cert) or is_pinned_identity(cert) for cert in certificates):
+    try:
+        usable = any(_is_ca(cert) or is_pinned_identity(cert) for cert in certificates)
+    except ValueError as exc:  # an extension whose content does not parse (the PEM does)
+        message = f"client CA: a certificate's extensions do not parse: {exc}"
+        return CAHealth(Verdict("False", Reason.CLIENT_CA_INVALID, message))
+    if not usable:
         return CAHealth(
             Verdict(
                 "False",

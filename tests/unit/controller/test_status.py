@@ -99,3 +99,30 @@ def test_readiness_order_ca_first_then_agents() -> None:
     assert readiness(good, AgentObservation(0, None)).reason == Reason.AGENT_NOT_CONNECTED
     assert readiness(good, AgentObservation(1, T0)).status == "True"
     assert readiness(good, None).status == "Unknown"
+
+
+def test_a_ca_whose_extension_does_not_parse_is_invalid_not_a_crash() -> None:
+    """The PEM parses; its basicConstraints' content does not (the CRD takes any string): the
+    pass raised, so the status kept saying Ready from the CA before it."""
+    from cryptography import x509  # noqa: PLC0415
+    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+    from cryptography.x509.oid import ExtensionOID, NameOID  # noqa: PLC0415
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ca")])
+    garbled = x509.UnrecognizedExtension(ExtensionOID.BASIC_CONSTRAINTS, b"\x01\x02x")
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(T0 - dt.timedelta(days=1))
+        .not_valid_after(T0 + dt.timedelta(days=10))
+        .add_extension(garbled, critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    health = assess_ca(cert.public_bytes(serialization.Encoding.PEM), T0)
+    assert health.verdict is not None and health.verdict.reason == Reason.CLIENT_CA_INVALID
+    assert "extensions do not parse" in health.verdict.message
