@@ -38,9 +38,11 @@ from workflowplane.controller.status import (
     readiness,
     through_grace,
 )
+from workflowplane.kits.clock import parse_rfc3339, utcnow
 
 # A transient notify failure is retried this soon (with the notification still owed).
 NOTIFY_RETRY_SECONDS = 5.0
+DELETION_NOTIFY_GIVE_UP = dt.timedelta(minutes=5)
 # How long an agent may be missing from every gateway replica before the CR says so.
 DISCONNECT_GRACE_SECONDS = 10.0
 CREATED_REASONS = {
@@ -359,11 +361,36 @@ def plan_deletion(cr: Mapping[str, Any]) -> bool:
     return FINALIZERS[cr["kind"]] in (cr["metadata"].get("finalizers") or [])
 
 
-def decide_deletion(cr: Mapping[str, Any], notified: NotifyOutcome | None) -> Decision:
+def decide_deletion(
+    cr: Mapping[str, Any], notified: NotifyOutcome | None, now: dt.datetime | None = None
+) -> Decision:
     """Release the finalizer once the gateway has answered: accepted, or refused for good (a
-    refusal will not change, and holding the CR forever would not help). Unavailable: retry."""
+    refusal will not change, and holding the CR forever would not help). Unavailable: retry,
+    for ``DELETION_NOTIFY_GIVE_UP``; then released anyway, said in an event. The gateway's
+    own watch of the CRs revokes one being deleted without the notify: holding the CR (and
+    its namespace) Terminating while no gateway answers protects nothing."""
     if notified is None or not plan_deletion(cr):
         return Decision(summary="nothing to finalize")
-    if notified.result == "unavailable":
+    if notified.result != "unavailable":
+        return Decision(release_finalizer=True, summary=f"notify deleted {notified.result}")
+    since = _deleting_for(cr, now or utcnow())
+    if since is None or since < DELETION_NOTIFY_GIVE_UP:
         return Decision(requeue_after=NOTIFY_RETRY_SECONDS, summary="notify deleted owed")
-    return Decision(release_finalizer=True, summary=f"notify deleted {notified.result}")
+    minutes = DELETION_NOTIFY_GIVE_UP.total_seconds() / 60
+    message = (
+        f"no gateway answered the deletion's notify for {minutes:g} minutes ({notified.error}): "
+        "released anyway; each gateway replica revokes the CR from its own watch of it"
+    )
+    return Decision(
+        events=(EventToPost("Warning", "GatewayNotifyFailed", message),),
+        release_finalizer=True,
+        summary="notify deleted given up",
+    )
+
+
+def _deleting_for(cr: Mapping[str, Any], now: dt.datetime) -> dt.timedelta | None:
+    stamp = (cr.get("metadata") or {}).get("deletionTimestamp")
+    try:
+        return now - parse_rfc3339(stamp) if isinstance(stamp, str) else None
+    except ValueError:
+        return None

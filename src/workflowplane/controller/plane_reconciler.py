@@ -181,7 +181,7 @@ class PlaneReconciler:
         notified = None
         if plan_deletion(cr):
             notified = await self._notify(ref, plane_id_of(cr), "deleted")
-        decision = decide_deletion(cr, notified)
+        decision = decide_deletion(cr, notified, self._clock())
         await self._carry_out(ref, cr, decision)
         return decision
 

@@ -454,6 +454,7 @@ def test_an_invalid_spec_is_reported_and_waits_for_a_change() -> None:
 # ---- deletion -----------------------------------------------------------------------------
 
 
+DELETED_AT = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)  # plane(deleting=True)'s
 DELETION_CASES = {
     "accepted: finalizer released": (NotifyOutcome("deleted", "accepted"), True, None),
     "refused for good: still released": (NotifyOutcome("deleted", "refused", "400"), True, None),
@@ -471,10 +472,22 @@ DELETION_CASES = {
 def test_deletion(notified: NotifyOutcome, released: bool, requeue: float | None) -> None:
     cr = plane(deleting=True, status=settled()["status"])
     assert plan_deletion(cr)  # the gateway is told "deleted" while our finalizer holds
-    decision = decide_deletion(cr, notified)
+    decision = decide_deletion(cr, notified, DELETED_AT + dt.timedelta(minutes=1))
     assert decision.release_finalizer == released
     assert decision.requeue_after == requeue
     assert decision.status is None and decision.events == ()
+
+
+def test_a_deletion_no_gateway_answers_is_released_after_a_while_saying_so() -> None:
+    """It was held for ever: the CR and its namespace stayed Terminating while the gateway
+    was down, though each replica revokes a CR being deleted from its own watch."""
+    cr = plane(deleting=True, status=settled()["status"])
+    down = NotifyOutcome("deleted", "unavailable", "connection refused")
+    decision = decide_deletion(cr, down, DELETED_AT + dt.timedelta(minutes=5, seconds=1))
+    assert decision.release_finalizer and decision.requeue_after is None
+    (event,) = decision.events
+    assert event.type == "Warning" and event.reason == "GatewayNotifyFailed"
+    assert "connection refused" in event.message and "released anyway" in event.message
 
 
 def test_deletion_without_our_finalizer_does_nothing() -> None:
