@@ -34,11 +34,12 @@ from workflowplane.api import (
     decode_plane,
     effective_plane_id,
 )
+from workflowplane.api.constants import ANNOTATION_CLIENT_CA_SHARED_WITH
 from workflowplane.api.kube import get_dict
 from workflowplane.kits.errors import KUBE_READ_ERRORS, is_expected
 from workflowplane.kits.grouped import Grouped
 from workflowplane.kits.tasks import TaskSet
-from workflowplane.pki import MAX_BUNDLE_CERTIFICATES, certificate_count
+from workflowplane.pki import MAX_BUNDLE_CERTIFICATES, certificate_count, trust_bundle
 
 log = logging.getLogger(__name__)
 RESTART_DELAY = 2.0
@@ -190,7 +191,7 @@ class PlaneCache:
         if data is None:
             self._secrets.pop(where, None)
         else:
-            self._secrets[where] = CachedSecret(data, dict(annotations or {}))
+            self._secrets[where] = CachedSecret(data, _sharing(annotations))
         if self._secrets.get(where) == before:
             return False
         self._on_change()
@@ -203,7 +204,9 @@ class PlaneCache:
         """Read one Secret now (notify must not trust a cache that may lag)."""
         await self._read_secret(location.namespace, location.name)
 
-    async def _read_secret(self, namespace: str, name: str, *, first: bool = False) -> bool:
+    async def _read_secret(
+        self, namespace: str, name: str, *, first: bool = False, judge: bool = False
+    ) -> bool:
         """Read one Secret and keep it (404: forget it); whether what is kept changed.
         ``first``: a first read, kept only if the watch has not brought the Secret meanwhile
         (its copy is as new or newer) and a CR still names it."""
@@ -217,7 +220,43 @@ class PlaneCache:
                 raise
         if first and ((namespace, name) in self._secrets or not self._referenced(namespace, name)):
             return False
+        if judge:
+            return self._put_judging(namespace, name, data, annotations)
         return self.put_secret(namespace, name, data, annotations)
+
+    def _put_judging(
+        self,
+        namespace: str,
+        name: str,
+        data: dict[str, str] | None,
+        annotations: Mapping[str, str] | None,
+    ) -> bool:
+        """``put_secret``, then the CRs whose CA it changed (what their CA admits by, or
+        whether they may read it) are judged again, and only those: a tenant editing its
+        Secret's other keys, its labels or annotations, or respelling its PEM, judges
+        nobody (each judgement costs the CR's plane's every connection, on the shared
+        loop)."""
+        before = self._users_cas(namespace, name)
+        changed = self.put_secret(namespace, name, data, annotations)
+        if changed:
+            after = self._users_cas(namespace, name)
+            for key, plane_id in self._users(namespace, name):
+                if before.get(key, _UNSEEN) != after.get(key):
+                    self._judge_again(key, plane_id)
+        return changed
+
+    def _users(self, namespace: str, name: str) -> list[tuple[str, str]]:
+        return [(e.key, e.plane_id) for e in self._by_secret.group((namespace, name)).values()]
+
+    def _users_cas(self, namespace: str, name: str) -> dict[str, object]:
+        """Each CR using this Secret: what its CA admits by (None: no CA it may use)."""
+        identities: dict[str, object] = {}
+        for entry in self._by_secret.group((namespace, name)).values():
+            try:
+                identities[entry.key] = _ca_identity(self.ca_of(entry))
+            except ClientCAError:
+                identities[entry.key] = None
+        return identities
 
     async def fresh_ca(self, namespace: str | None, name: str) -> bytes | None:
         """The CR's CA read from the API now (not the cache), which is updated on the way;
@@ -349,12 +388,9 @@ class PlaneCache:
         read now is kept as it was, and read again after the next gap)."""
         for namespace, name in list(self._secrets):
             try:
-                changed = await self._read_secret(namespace, name)
+                await self._read_secret(namespace, name, judge=True)
             except KUBE_READ_ERRORS as exc:
                 log.warning("cannot read Secret %s/%s again (%s)", namespace, name, exc)
-                continue
-            if changed:
-                self._judge_users_of(namespace, name)
 
     async def _follow_secrets(self) -> None:
         """Watch Secrets, keeping the referenced ones. After a gap in the watch each kept one
@@ -371,9 +407,7 @@ class PlaneCache:
                         continue
                     gone = event == "DELETED"
                     data = None if gone else secret.data or {}
-                    if self.put_secret(meta.namespace, meta.name, data, _annotations(secret)):
-                        # what it holds changed (not a label's edit)
-                        self._judge_users_of(meta.namespace, meta.name)
+                    self._put_judging(meta.namespace, meta.name, data, _annotations(secret))
             except Exception as exc:  # noqa: BLE001 - the watch must outlive anything; see _watch_broke
                 _watch_broke("Secrets", exc)
             gap = True
@@ -384,11 +418,31 @@ def _admits_otherwise(before: PlaneEntry, now: PlaneEntry) -> bool:
     """Whether the CR's agents are to be judged again: another object took its name, or its
     planeID or CA (inline, or where it is read) changed."""
     replaced = bool(before.uid and now.uid and before.uid != now.uid)
-    return replaced or (before.plane_id, before.inline_ca, before.location) != (
+    return replaced or (before.plane_id, _ca_identity(before.inline_ca), before.location) != (
         now.plane_id,
-        now.inline_ca,
+        _ca_identity(now.inline_ca),
         now.location,
     )
+
+
+_UNSEEN = object()  # a CR that did not use the Secret before its change: judged
+
+
+def _ca_identity(pem: bytes | None) -> object:
+    """What a CA admits by (its certificates), not how its PEM is spelled: a trailing
+    newline or text around the blocks is no change to judge agents for. Parsed once per
+    distinct PEM (the process's bundle cache)."""
+    if pem is None:
+        return None
+    bundle = trust_bundle(pem)
+    return (bundle.ders, bundle.problem)
+
+
+def _sharing(annotations: Mapping[str, str] | None) -> dict[str, str]:
+    """Of a Secret's annotations, the one the cache reads (who may use it); a tenant editing
+    any other is no change."""
+    shared = (annotations or {}).get(ANNOTATION_CLIENT_CA_SHARED_WITH)
+    return {} if shared is None else {ANNOTATION_CLIENT_CA_SHARED_WITH: shared}
 
 
 def _annotations(secret: Secret) -> Mapping[str, str]:

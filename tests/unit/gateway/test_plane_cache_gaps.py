@@ -223,3 +223,62 @@ async def test_a_first_read_answered_late_keeps_the_newer_copy_the_watch_brought
     assert not manager.admit("p", issue_certificate(CA, "agent").certificate).granted
     assert manager.admit("p", issue_certificate(rotated, "agent").certificate).granted
     await planes.close()
+
+
+async def _judged_by_secret_events(
+    *secrets: tuple[dict[str, str], dict[str, str] | None],
+) -> list[str]:
+    """The CRs judged again while the watch brings these versions of the CR's CA Secret
+    (data, annotations), after its first read."""
+    cluster = secret_backed(broken="")
+    judged: list[str] = []
+    planes = PlaneCache(cluster)  # type: ignore[arg-type]
+    planes.on_judge_again(lambda key, plane_id: judged.append(key))
+    planes.start()
+    await asyncio.sleep(1)
+    judged.clear()
+    for data, notes in secrets:
+        metadata = SimpleNamespace(namespace="tenant-a", name="agent-ca", annotations=notes)
+        cluster.secret_events.put_nowait(
+            ("MODIFIED", SimpleNamespace(metadata=metadata, data=data))
+        )
+    await asyncio.sleep(1)
+    await planes.close()
+    return judged
+
+
+async def test_a_tenants_edits_that_leave_what_its_ca_admits_judge_nobody() -> None:
+    """Each judgement walks the CR's plane's every connection on the shared loop: a tenant
+    re-annotating its Secret, editing its other keys or respelling its PEM in a loop held
+    every tenant's requests for a second per edit."""
+    respelled = {"ca.crt": base64.b64encode(CA.cert_pem + b"\n\ncomment\n").decode()}
+    judged = await _judged_by_secret_events(
+        (ca_data(CA), {"note": "1"}),
+        (ca_data(CA), {"note": "2"}),
+        ({**ca_data(CA), "other": "eA=="}, None),
+        (respelled, None),
+    )
+    assert judged == []
+
+
+async def test_a_secret_edit_that_changes_its_ca_or_its_sharing_judges_its_crs() -> None:
+    rotated = generate_ca("rotated")
+    assert await _judged_by_secret_events((ca_data(rotated), None)) == ["tenant-a/wp"]
+    shared = {"openchoreo.dev/client-ca-shared-with": "team-b"}
+    assert await _judged_by_secret_events((ca_data(CA), shared)) == []  # own namespace: no say
+
+
+async def test_an_inline_ca_respelled_judges_nobody() -> None:
+    planes = PlaneCache(None)  # type: ignore[arg-type]
+    judged: list[str] = []
+    planes.on_judge_again(lambda key, plane_id: judged.append(key))
+    planes._apply_plane(
+        "ADDED", plane({"value": CA.cert_pem.decode()}).to_dict(), WorkflowPlaneResource
+    )
+    judged.clear()
+    respelled = plane({"value": CA.cert_pem.decode() + "\n# rotated? no\n"}).to_dict()
+    planes._apply_plane("MODIFIED", respelled, WorkflowPlaneResource)
+    assert judged == []
+    other = plane({"value": generate_ca("other").cert_pem.decode()}).to_dict()
+    planes._apply_plane("MODIFIED", other, WorkflowPlaneResource)
+    assert judged == ["tenant-a/wp"]
