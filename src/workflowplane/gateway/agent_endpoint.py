@@ -184,7 +184,7 @@ class AgentEndpoint:
         cap = self._connections.leaf_cap
         for conn in conns:
             self._refusals.log(
-                "replaced",
+                ("replaced", conn.plane_id),  # one tenant's churn hides no other's line
                 logging.WARNING,
                 "closing agent connection %s: its client certificate opened more than %d "
                 "connections to this replica (the cap per certificate); the oldest go",
@@ -401,13 +401,18 @@ class AgentEndpoint:
         except UNDECODABLE:
             return False
         if taken is not None and stream is not None:  # data was cut: it is not declined now
+            if not _feed_chunk(stream, *taken):
+                return False  # useless: the queued way counts it (once)
             conn.seen()
-            _feed_chunk(stream, *taken)
             self._metrics.frame_in.observe(size)
             return True
         if stream is None and not isinstance(frame, TunnelResponse):
             return False
-        if _second_head(stream, frame):
+        if _second_head(stream, frame) or (
+            stream is not None
+            and isinstance(frame, StreamChunk)
+            and _useless_chunk(frame, frame.data)
+        ):
             return False  # useless: the queued way counts it (once)
         conn.seen()
         delivered = self._dispatch(conn, frame)
@@ -450,7 +455,10 @@ class AgentEndpoint:
                 self._metrics.dropped_frames.inc()
                 self._problem(conn, "second-head", "response for a stream that has begun dropped")
                 return False
-            _feed(stream, frame)
+            if not _feed(stream, frame):
+                self._metrics.dropped_frames.inc()
+                self._problem(conn, "empty-chunk", "chunks that carry nothing dropped")
+                return False
             return True
         future = conn.pending.get(rid)
         if isinstance(frame, TunnelResponse) and future is not None and not future.done():
@@ -499,18 +507,30 @@ def _answered_id(raw: str | bytes | bytearray, binary: bool) -> str | None:
     return json_request_id(bytes(raw) if isinstance(raw, bytearray) else raw)
 
 
-def _feed(stream: StreamBuffer, frame: Frame) -> None:
-    """One frame into a stream's buffer. An ``isClose`` with ``data`` ends it with that
-    reason (OpenChoreo's convention: the error); exec streams take chunks whole."""
+def _feed(stream: StreamBuffer, frame: Frame) -> bool:
+    """One frame into a stream's buffer; whether it was of use. An ``isClose`` with ``data``
+    ends it with that reason (OpenChoreo's convention: the error); exec streams take chunks
+    whole."""
     if isinstance(frame, TunnelResponse):
         stream.put(frame)
-    elif isinstance(frame, StreamChunk):
-        if stream.whole_chunks:
-            stream.put(frame)
-            if frame.is_close is True:
-                stream.end()
-        else:
-            _feed_chunk(stream, frame, frame.data)
+        return True
+    if not isinstance(frame, StreamChunk):
+        return True
+    if stream.whole_chunks:
+        if _useless_chunk(frame, frame.data):
+            return False
+        stream.put(frame)
+        if frame.is_close is True:
+            stream.end()
+        return True
+    return _feed_chunk(stream, frame, frame.data)
+
+
+def _useless_chunk(chunk: StreamChunk, data: bytes | bytearray | None) -> bool:
+    """Carries nothing and ends nothing: counted as junk (a flood of empty chunks on an open
+    stream went past the useless-frame budget). One for a stream that ended here (it fell
+    behind) is still taken: the agent, told to stop, may have more on the way."""
+    return not data and chunk.is_close is not True
 
 
 def _second_head(stream: StreamBuffer | None, frame: Frame) -> bool:
@@ -519,9 +539,13 @@ def _second_head(stream: StreamBuffer | None, frame: Frame) -> bool:
     return isinstance(frame, TunnelResponse) and stream is not None and not stream.wants_head()
 
 
-def _feed_chunk(stream: StreamBuffer, chunk: StreamChunk, data: bytes | bytearray | None) -> None:
-    """A body's chunk (``data`` may have come apart from it: take_chunk)."""
+def _feed_chunk(stream: StreamBuffer, chunk: StreamChunk, data: bytes | bytearray | None) -> bool:
+    """A body's chunk (``data`` may have come apart from it: take_chunk); whether it was of
+    use."""
+    if _useless_chunk(chunk, data):
+        return False
     if chunk.is_close is True:
         stream.end(StreamEnd(decoded(data, PROBLEM_SHOWN) if data else None))
     elif data:
         stream.put(data)
+    return True

@@ -47,6 +47,8 @@ DISCONNECT_REASONS: Final = frozenset(
         "not-authorized",
         "reconnect-requested",
         "gateway-shutdown",
+        "replaced",
+        "write-stalled",
     }
 )
 FRAME_DIRECTIONS: Final = ("in", "out")  # in: from agents; out: to agents

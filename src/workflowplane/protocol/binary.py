@@ -165,14 +165,17 @@ def _chunk_without_data(
 def take_chunk(data: bytearray) -> tuple[StreamChunk, bytearray | None] | None:
     """A v3 StreamChunk message its reader gives away, as the chunk (without its data) and
     its data: ``data`` itself, its head cut off in place (CPython moves a bytearray's start,
-    so a large chunk is not copied again). None, ``data`` untouched, for another kind of
+    so a large chunk is not copied again); a chunk without data leaves ``data`` untouched
+    (its reader may still decline it whole). None, ``data`` untouched, for another kind of
     message; BinaryFrameError as :func:`decode_binary`."""
     kind, id_end, meta_end = _bounds(data)
     if kind != _KINDS[StreamChunk]:
         return None
     chunk, has_data = _chunk_without_data(data, id_end, meta_end)
+    if not has_data:
+        return chunk, None
     del data[:meta_end]
-    return chunk, data if has_data else None
+    return chunk, data
 
 
 def decode_binary(data: bytes | bytearray) -> Frame:

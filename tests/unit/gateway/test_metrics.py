@@ -312,3 +312,16 @@ async def test_an_agent_that_never_answers_gets_its_caller_a_502_and_nothing_sta
         assert "did not answer within" in (await response.json())["message"]
     assert conn.pending == {}
     assert sample(metrics, IN_FLIGHT, plane_id="p") == 0
+
+
+def test_a_replaced_or_write_stalled_connection_counts_with_its_own_reason() -> None:
+    """Both were counted as ``connection-closed``: an agent's own close, to a reader."""
+    connections, metrics = manager()
+    replaced, stalled = connection(), connection()
+    for conn, why in ((replaced, "replaced"), (stalled, "write-stalled")):
+        connections.connect(conn)
+        conn.closing(why)
+        connections.disconnect(conn)
+    assert sample(metrics, DISCONNECTIONS, plane_id="p", reason="replaced") == 1
+    assert sample(metrics, DISCONNECTIONS, plane_id="p", reason="write-stalled") == 1
+    assert sample(metrics, DISCONNECTIONS, plane_id="p", reason="connection-closed") == 0

@@ -136,3 +136,20 @@ async def test_a_response_for_a_chunked_answers_body_is_useless() -> None:
     assert waiting.result() == head
     assert not endpoint._dispatch(conn, TunnelResponse(request_id=RID, status_code=200))
     assert conn.bodies[RID].buffered == 0
+
+
+@pytest.mark.parametrize("whole_chunks", [False, True], ids=["watch", "exec"])
+async def test_a_chunk_that_carries_nothing_is_useless_and_counted_once(whole_chunks: bool) -> None:
+    """No data, no close: nothing for anybody. While a stream was open an agent could send
+    them without end, each taken as of use, past the useless-frame budget."""
+    endpoint, conn, metrics = _endpoint()
+    conn.streams[RID] = stream = StreamBuffer("ns/cr", LIMIT, whole_chunks=whole_chunks)
+    empty = encode_chunk(RID, [])
+    assert not endpoint._direct(conn, bytearray(empty))
+    assert metrics.registry.get_sample_value(DROPPED) == 0  # declined: not counted yet
+    assert not endpoint._route_frame(conn, bytes(empty), binary=True)  # the queued way
+    assert metrics.registry.get_sample_value(DROPPED) == 1
+    assert stream.buffered == 0
+    assert endpoint._direct(conn, encode_chunk(RID, [b"{}"]))  # one with data still goes
+    closing = encode_binary(StreamChunk(request_id=RID, is_close=True))
+    assert endpoint._direct(conn, bytearray(closing))  # and so does the close
