@@ -95,6 +95,12 @@ class Leadership:
             self.role, self.detail = "standalone", "no peering"
         self._report()
 
+    @property
+    def standing_by(self) -> bool:
+        """Another replica leads (or kopf pauses both on equal priorities): kopf's handlers
+        are paused, and this replica's own queues must be too."""
+        return self.role in ("standby", "conflict")
+
     def _report(self) -> None:
         if self.on_change is not None:
             self.on_change(self.role in ("standalone", "leader"))

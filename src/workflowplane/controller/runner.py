@@ -8,7 +8,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import kopf
 from lightkube import AsyncClient
@@ -89,7 +89,7 @@ async def run_controller(
     kube = kube_client(kube_config, "workflowplane-controller")
     identity = peer_identity()
     try:
-        registry = _build(config, kube, gateway, health)
+        registry, pausable = _build(config, kube, gateway, health)
         if own_process:
             _settle_after_start(registry)
 
@@ -100,6 +100,7 @@ async def run_controller(
         leadership = Leadership(
             kube, config.peering, identity, config.priority, on_change=health.metrics.leader.set
         )
+        leadership.on_change = _follow_leadership(leadership, health, pausable)
         health.watch_leadership(leadership)
         if config.health_port is not None:
             await health.start(config.health_host, config.health_port)
@@ -120,10 +121,35 @@ async def run_controller(
         await kube.close()
 
 
+class Pausable(Protocol):
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+
+def _follow_leadership(
+    leadership: Leadership, health: ControllerHealth, pausable: list[Pausable]
+) -> Callable[[bool], None]:
+    """kopf pauses its handlers while another replica leads; the queues, timers and
+    followers of this process are its own, and would go on reconciling beside the leader
+    (two writers of every status, twice the notifies): they pause and resume with it."""
+
+    def changed(leading: bool) -> None:
+        health.metrics.leader.set(leading)
+        for each in pausable:
+            if leadership.standing_by:
+                each.pause()
+            else:
+                each.resume()
+
+    return changed
+
+
 def _build(
     config: ControllerConfig, kube: AsyncClient, gateway: GatewayAPI, health: ControllerHealth
-) -> kopf.OperatorRegistry:
-    """The kopf registry of planes (and runs), their queues watched and measured."""
+) -> tuple[kopf.OperatorRegistry, list[Pausable]]:
+    """The kopf registry of planes (and runs), their queues watched and measured, and what
+    pauses while another replica leads."""
     metrics = health.metrics
     reconciler = PlaneReconciler(
         kube,
@@ -136,16 +162,18 @@ def _build(
     planes = PlanesController(reconciler, gateway, metrics=metrics)
     health.watch(planes.queue.progress_watch(health.stuck_after))
     registry = build_registry(planes)
+    pausable: list[Pausable] = [planes.queue]
     if config.runs:
         runs = RunsController(kube, gateway, queue_metrics=metrics.queues, run_metrics=metrics.runs)
         health.watch(runs.progress_watch(health.stuck_after))
         register_runs(registry, runs)
+        pausable.append(runs)
     health.register(registry)
     health.watch_gateway(gateway)
     if has_changing_handlers(registry):  # settings: EventsOnlyDiffBase builds no diff base
         raise RuntimeError("a changing handler needs kopf's own diff base storage")
 
-    return registry
+    return registry, pausable
 
 
 def _settle_after_start(registry: kopf.OperatorRegistry) -> None:

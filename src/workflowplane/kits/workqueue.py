@@ -102,6 +102,8 @@ class WorkQueue(Generic[Key]):
         self._failures: dict[Key, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._paused = False
+        self._held: set[Key] = set()  # added while paused: run on resume
         if metrics is not None:
             metrics.attach(name, self)
 
@@ -119,12 +121,29 @@ class WorkQueue(Generic[Key]):
         self.on_pass(watch.progressed)
         return watch
 
+    def pause(self) -> None:
+        """Run no pass from now on (one running ends): what is added meanwhile waits, each
+        key once, until :meth:`resume` (another replica leads meanwhile)."""
+        self._paused = True
+
+    def resume(self) -> None:
+        """Run again, starting with every key added while paused."""
+        if not self._paused:
+            return
+        self._paused = False
+        held, self._held = self._held, set()
+        for key in held:
+            self.add(key)
+
     def add(self, key: Key, delay: float = 0.0) -> None:
         """Reconcile ``key`` now, or after ``delay`` seconds (the earliest request wins)."""
         if self._closed:
             return
         if delay > 0:
             self._add_later(key, delay)
+            return
+        if self._paused:
+            self._held.add(key)
             return
         if key in self._busy:
             self._dirty.add(key)
@@ -154,6 +173,9 @@ class WorkQueue(Generic[Key]):
             while True:
                 self._dirty.discard(key)
                 async with self._slots.slot(self._group_of(key)):
+                    if self._paused:  # paused while it waited for a slot
+                        self._held.add(key)
+                        return
                     requeue = await self._attempt(key)
                 if key not in self._dirty:
                     break

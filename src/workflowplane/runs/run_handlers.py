@@ -59,6 +59,15 @@ class RunsController:
         """The queue's health check: stuck when runs are due and no pass finishes."""
         return self.queue.progress_watch(limit)
 
+    def pause(self) -> None:
+        """No run pass and no status write from Argo's side while another replica leads."""
+        self.queue.pause()
+        self.reconciler.tracker.pause_writes()
+
+    def resume(self) -> None:
+        self.queue.resume()
+        self.reconciler.tracker.resume_writes()
+
     def saw(
         self, kind: str, namespace: str | None, name: str, event: str | None, body: kopf.Body
     ) -> None:

@@ -150,6 +150,14 @@ class ArgoTracker:
             return
         self._deliver(target, "ADDED" if found else "DELETED", found or _gone(key, run_uid))
 
+    def pause_writes(self) -> None:
+        """Hold the runs' status writes (another replica leads); watching goes on."""
+        self._writes.pause()
+
+    def resume_writes(self) -> None:
+        """Write what was held, and what comes."""
+        self._writes.resume()
+
     async def close(self) -> None:
         self._watches.clear()
         await self._tasks.close()

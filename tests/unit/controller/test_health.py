@@ -8,6 +8,7 @@ import asyncio
 import datetime as dt
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -148,3 +149,43 @@ async def test_leadership_reports_the_role_and_readiness() -> None:
     Kube.status = {"me": _peer(5)}
     await peered.refresh()
     assert peered.role == "leader" and roles[-1] is True
+
+
+async def test_the_controllers_own_queues_pause_while_another_replica_leads(
+    health: ControllerHealth,
+) -> None:
+    """kopf pauses its handlers on standby; the plane queue's resyncs, the gateway event
+    follower and the runs' status writes are the process's own, and went on beside the
+    leader's."""
+    from workflowplane.controller.runner import _follow_leadership  # noqa: PLC0415
+
+    class Queue:
+        paused = False
+
+        def pause(self) -> None:
+            self.paused = True
+
+        def resume(self) -> None:
+            self.paused = False
+
+    class Kube:
+        status: dict[str, Any] = {"me": _peer(5)}
+
+        async def get(self, *_: Any, **__: Any) -> Any:
+            return SimpleNamespace(to_dict=lambda: {"status": Kube.status})
+
+    queue = Queue()
+    clock: Callable[[], dt.datetime] = lambda: NOW  # noqa: E731
+    peered = Leadership(Kube(), "ctl", "me", 5, clock=clock)  # type: ignore[arg-type]
+    peered.on_change = _follow_leadership(peered, health, [queue])
+    await peered.refresh()
+    assert peered.role == "leader" and not queue.paused
+    Kube.status = {"me": _peer(5), "other": _peer(9)}
+    await peered.refresh()
+    assert peered.role == "standby" and queue.paused
+    Kube.status = {"me": _peer(5), "twin": _peer(5)}
+    await peered.refresh()
+    assert peered.role == "conflict" and queue.paused  # kopf pauses both
+    Kube.status = {"me": _peer(5)}
+    await peered.refresh()
+    assert not queue.paused

@@ -295,3 +295,38 @@ async def test_len_counts_running_and_scheduled_keys() -> None:
     await asyncio.sleep(100)
     assert len(queue) == 0
     await queue.close()
+
+
+async def test_a_paused_queue_runs_nothing_and_resumes_with_each_key_added_meanwhile() -> None:
+    """Another replica leads: kopf pauses its handlers, and this queue (its timers and the
+    followers that feed it are the process's own) must not reconcile beside the leader."""
+    handler = Recorder(returning(5.0))  # k is looked at again in 5 s
+    queue: WorkQueue[str] = WorkQueue(handler)
+    queue.add("k")
+    await asyncio.sleep(1)
+    queue.pause()
+    queue.add("a")
+    queue.add("a")
+    await asyncio.sleep(60)  # k's requeue fired meanwhile
+    assert [k for k, _ in handler.calls] == ["k"]
+    queue.resume()
+    await asyncio.sleep(1)
+    assert sorted(k for k, _ in handler.calls) == ["a", "k", "k"]  # each key once
+    await queue.close()
+
+
+async def test_a_key_waiting_for_a_slot_when_paused_waits_for_the_resume() -> None:
+    release = asyncio.Event()
+    handler = Recorder(waiting_for(release))
+    queue: WorkQueue[str] = WorkQueue(handler, concurrency=1)
+    queue.add("busy")
+    queue.add("next")  # waits for the one slot
+    await asyncio.sleep(1)
+    queue.pause()
+    release.set()  # the running pass ends; the waiting one must not start
+    await asyncio.sleep(1)
+    assert [k for k, _ in handler.calls] == ["busy"]
+    queue.resume()
+    await asyncio.sleep(1)
+    assert [k for k, _ in handler.calls] == ["busy", "next"]
+    await queue.close()
