@@ -158,17 +158,7 @@ async def test_deleting_a_running_run_removes_its_argo_workflow_from_the_plane(
         timeout=30,
     )
 
-    # Not waiting in kubectl: the gateway and agent that carry the cleanup run in this loop.
-    kubectl(
-        control_plane.kubeconfig,
-        control_plane.context,
-        "delete",
-        "workflowrun",
-        name,
-        "-n",
-        namespace,
-        "--wait=false",
-    )
+    _delete_run(control_plane, namespace, name)
 
     assert argo_plane.kubectl("get", "pvc", f"{name}-workspace", "-n", target, "-o", "name")
 
@@ -181,6 +171,15 @@ async def test_deleting_a_running_run_removes_its_argo_workflow_from_the_plane(
     await eventually(lambda: not argo_plane.kubectl(*claims), timeout=30)
     await eventually(lambda: argo_phase() == "", timeout=30)
     assert not argo_plane.kubectl("get", "workflows.argoproj.io", "-n", target, "-o", "name")
+
+
+def _delete_run(control_plane: ApiServer, namespace: str, name: str) -> None:
+    """Not waiting in kubectl: the gateway and agent that carry the cleanup run in this loop."""
+    kubectl(
+        control_plane.kubeconfig,
+        control_plane.context,
+        *("delete", "workflowrun", name, "-n", namespace, "--wait=false"),
+    )
 
 
 def _pods_of(plane: ArgoPlane, namespace: str, workflow: str) -> list[dict[str, Any]]:
@@ -244,16 +243,7 @@ async def test_a_run_made_again_under_a_deleted_runs_name_waits_for_the_old_pods
     again = {k: v for k, v in first.items() if k != "status"}
     again["metadata"] = {"name": name, "namespace": namespace}
 
-    kubectl(
-        control_plane.kubeconfig,
-        control_plane.context,
-        "delete",
-        "workflowrun",
-        name,
-        "-n",
-        namespace,
-        "--wait=false",
-    )
+    _delete_run(control_plane, namespace, name)
     await eventually(lambda: not get(control_plane, "workflowrun", name, namespace), timeout=30)
     apply(control_plane, again)
 

@@ -301,15 +301,8 @@ async def test_ca_rotation_changes_only_that_cr(
         plane_type=WP, plane_id=plane_id, event="deleted", namespace=namespace, name="wp"
     )
     assert stale["disconnectedAgents"] == 0 and conn.authorized == {f"{namespace}/wp"}
-    kubectl(
-        control_plane.kubeconfig,
-        control_plane.context,
-        "delete",
-        "workflowplane",
-        "wp",
-        "-n",
-        namespace,
-    )
+    gone = ("delete", "workflowplane", "wp", "-n", namespace)
+    kubectl(control_plane.kubeconfig, control_plane.context, *gone)
     deleted = await gw.client.notify(
         plane_type=WP, plane_id=plane_id, event="deleted", namespace=namespace, name="wp"
     )

@@ -10,7 +10,7 @@ import base64
 import copy
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -417,6 +417,24 @@ class UnusedUpstream:
         pass
 
 
+def _refused_tunnel(refuse: Callable[[], Awaitable[Any]], backoff: float) -> AgentTunnel:
+    """A tunnel whose every connection attempt ``refuse`` ends, redialled at ``backoff``."""
+    return AgentTunnel(
+        "wss://127.0.0.1:1",
+        "workflowplane",
+        "p",
+        refuse,
+        UnusedUpstream(),  # type: ignore[arg-type]
+        initial_backoff=backoff,
+        max_backoff=2 * backoff,
+        stable_after=30,
+        dead_after=90,
+        max_frame=1 << 20,
+        timeout=5,
+        max_concurrent=1,
+    )
+
+
 async def test_a_refused_connection_is_retried_not_fatal() -> None:
     attempts = 0
     tried_twice = asyncio.Event()
@@ -428,21 +446,7 @@ async def test_a_refused_connection_is_retried_not_fatal() -> None:
             tried_twice.set()
         raise ConnectRefused("not now")
 
-    tunnel = AgentTunnel(
-        "wss://127.0.0.1:1",
-        "workflowplane",
-        "p",
-        refuse,
-        UnusedUpstream(),  # type: ignore[arg-type]
-        initial_backoff=0.01,
-        max_backoff=0.02,
-        stable_after=30,
-        dead_after=90,
-        max_frame=1 << 20,
-        timeout=5,
-        max_concurrent=1,
-    )
-    running = asyncio.create_task(tunnel.run())
+    running = asyncio.create_task(_refused_tunnel(refuse, backoff=0.01).run())
     await asyncio.wait_for(tried_twice.wait(), 5)
     running.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -464,22 +468,8 @@ async def test_a_gateway_refusing_again_and_again_is_said_once_a_minute(
             tried.set()
         raise ConnectRefused("the gateway refused this agent (401 not-authorized)")
 
-    tunnel = AgentTunnel(
-        "wss://127.0.0.1:1",
-        "workflowplane",
-        "p",
-        refuse,
-        UnusedUpstream(),  # type: ignore[arg-type]
-        initial_backoff=0.001,
-        max_backoff=0.002,
-        stable_after=30,
-        dead_after=90,
-        max_frame=1 << 20,
-        timeout=5,
-        max_concurrent=1,
-    )
     with caplog.at_level(logging.INFO, logger="workflowplane.agent.tunnel"):
-        running = asyncio.create_task(tunnel.run())
+        running = asyncio.create_task(_refused_tunnel(refuse, backoff=0.001).run())
         await asyncio.wait_for(tried.wait(), 5)
         running.cancel()
         with pytest.raises(asyncio.CancelledError):
