@@ -58,6 +58,7 @@ class ConfigMapConsent:
         self._kube, self.namespace, self.name = kube, namespace, name
         self._on_change = on_change
         self.current = UNRESTRICTED
+        self.unread = False  # the first read failed: the list is not known yet
 
     @property
     def where(self) -> str:
@@ -76,6 +77,7 @@ class ConfigMapConsent:
                 describe(self.current),
             )
             return False
+        self.unread = False
         if consent == self.current:
             return False
         log.info("%s now allows: %s", self.where, describe(consent))
@@ -87,16 +89,11 @@ class ConfigMapConsent:
         """The first read, before the agent connects; absent means no entries. A forbidden read
         (an agent deployed without this RBAC, e.g. by OpenChoreo's chart) leaves the list to
         flags and env, and says so. Any other failure (the API server unreachable, a 5xx, a
-        timeout) is tried again until the list is known: an agent that connected without it
-        would issue its leaf with the flags' list alone, perhaps none, open to any CR that
-        trusts its CA while the owner had narrowed it."""
-        attempt = 0
-        while not await self._read_once(attempt):
-            attempt += 1
-            await asyncio.sleep(full_jitter_delay(attempt, *WATCH_BACKOFF_SECONDS))
-
-    async def _read_once(self, attempt: int) -> bool:
-        """Whether the list is known now (read, absent, or not ours to read)."""
+        timeout) leaves the list unknown (``unread``): the agent still connects (it answers
+        502s), with the list its certificate carries standing for the ConfigMap's
+        (``assume``), so it never re-issues its leaf to less than it was (flags alone,
+        perhaps none: open to any CR that trusts its CA); the watch applies the ConfigMap's
+        own once it can read it."""
         client = self._kube()
         try:
             configmap = await client.get(core_path(self.namespace, "configmaps", self.name))
@@ -104,19 +101,23 @@ class ConfigMapConsent:
             status = exc.status if isinstance(exc, Failure) else 0
             if status == 403:
                 self._unread(exc)
-            if status in (403, 404):  # absent: no entries
-                return True
-            log.warning(
-                "cannot read %s (%s); the agent connects once it has (attempt %d)",
-                self.where,
-                exc,
-                attempt + 1,
-            )
-            return False
+            elif status != 404:  # absent: no entries
+                self.unread = True
+                log.warning(
+                    "cannot read %s (%s): until it can, the list the agent's certificate "
+                    "carries stands for it",
+                    self.where,
+                    exc,
+                )
+            return
         finally:
             await client.close()
         self.apply(configmap.get("data"))
-        return True
+
+    def assume(self, carried: Consent) -> None:
+        """While the ConfigMap is unread: the last list known, the one the leaf carries."""
+        if self.unread:
+            self.current = carried
 
     def _unread(self, exc: BaseException) -> None:
         log.warning(

@@ -183,6 +183,16 @@ class Agent:
             )
         return self.identity
 
+    async def _know_identity_and_consent(self) -> None:
+        """The consent list and the identity, before connecting. A ConfigMap that could not
+        be read stands as the list the leaf carries (never less), until the watch reads it."""
+        if self.configmap is not None:
+            await self.configmap.load()
+        if self.identity is None:
+            await self._first_identity()
+        if self.configmap is not None and self.identity is not None:
+            self.configmap.assume(self.identity.consent)  # only while it could not be read
+
     async def _first_identity(self) -> None:
         """``ensure_identity``, tried again with backoff while the API server cannot answer
         (it exited with a traceback, and waited out a crash-loop backoff once it could)."""
@@ -351,10 +361,7 @@ class Agent:
             log.warning(
                 "TLS disabled (--tls-enabled=false): no client certificate, gateway not verified"
             )
-        if self.configmap is not None:
-            await self.configmap.load()
-        if self.identity is None:
-            await self._first_identity()
+        await self._know_identity_and_consent()
         self._leaf_check.clear()  # what the load changed is handled now, before connecting
         aligned = await self.keep_leaf_current()  # the leaf carries the list from the start
         await self._say_consent()

@@ -167,21 +167,6 @@ async def test_a_configmap_absent_or_forbidden_at_start_adds_nothing_and_is_not_
     assert (said in caplog.text) if said else not caplog.records
 
 
-class FlakyConfigMaps(FakeConfigMaps):
-    """Fails with ``fail`` the first ``times`` reads, then answers."""
-
-    def __init__(self, data: dict[str, str], fail: BaseException, times: int) -> None:
-        super().__init__(data)
-        self.failing, self.times, self.reads = fail, times, 0
-
-    async def get(self, path: str) -> dict[str, Any]:
-        self.reads += 1
-        if self.reads <= self.times:
-            raise self.failing
-        return await super().get(path)
-
-
-@pytest.mark.looptime
 @pytest.mark.parametrize(
     "fail",
     [
@@ -191,18 +176,32 @@ class FlakyConfigMaps(FakeConfigMaps):
     ],
     ids=["unreachable", "timeout", "5xx"],
 )
-async def test_a_configmap_unreadable_at_start_is_waited_for_not_taken_as_no_list(
-    fail: BaseException, caplog: pytest.LogCaptureFixture
+async def test_a_configmap_unreadable_at_start_stands_as_the_list_the_leaf_carries(
+    fail: BaseException, make_agent: Any
 ) -> None:
-    """An agent that connected without it would issue its leaf without the owner's list:
-    open to any CR that trusts its CA."""
-    configmaps = FlakyConfigMaps({"allowed": "team-a"}, fail, times=3)
-    source = ConfigMapConsent(lambda: configmaps, "ns", "cm", lambda: None)  # type: ignore[arg-type,return-value]
-    with caplog.at_level(logging.WARNING):
-        await source.load()
-    assert configmaps.reads == 4
-    assert source.current.entries == {"team-a/*"}
-    assert "the agent connects once it has (attempt 3)" in caplog.text
+    """The agent still connects (it answers 502s while its API server is down), but a read
+    that failed is no list: taken for one, the leaf was re-issued open to any CR that trusts
+    the agent's CA, while the owner had narrowed it."""
+    agent: Agent = make_agent()
+    agent.configmap = ConfigMapConsent(
+        lambda: FakeConfigMaps(fail=fail),  # type: ignore[arg-type,return-value]
+        "ns",
+        "cm",
+        agent._consent_changed,
+    )
+    agent.identity = carried = await new_identity("p", 3650, 90, _uris("team-a/*"))
+    kube = FakeKube(carried)
+    agent._kube = lambda: kube  # type: ignore[method-assign]
+
+    await agent._know_identity_and_consent()
+
+    assert agent.consent == carried.consent
+    assert await agent.keep_leaf_current()
+    assert kube.patches == []  # not re-issued to less
+    agent.configmap.apply({"allowed": "team-b/*"})  # the watch reads it at last
+    assert not agent.configmap.unread
+    assert await agent.keep_leaf_current(consent_changed=True)
+    assert leaf_uris(_patched_leaf(kube)) == _uris("team-b/*")
 
 
 async def test_the_configmap_read_at_start_is_applied() -> None:
