@@ -4,6 +4,7 @@ script can wait on it (it printed FAIL and still exited 0)."""
 from __future__ import annotations
 
 import argparse
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,4 +38,6 @@ def test_dev_status_says_in_its_exit_code_whether_all_is_well(
     monkeypatch.setattr(dev, "_planes_of", lambda _root: [])
     monkeypatch.setattr(dev, "_say_plane_systems", lambda _root: None)
 
-    assert dev._status(argparse.Namespace()) == code
+    # in a thread of its own, as wpctl runs: its asyncio.run must not touch the tests' loop
+    with ThreadPoolExecutor(1) as thread:
+        assert thread.submit(dev._status, argparse.Namespace()).result() == code
