@@ -324,7 +324,15 @@ async def _logs(args: argparse.Namespace) -> int:
 async def _plane_of(kube: AsyncClient, run: dict[str, Any]) -> PlaneTarget:
     meta = run["metadata"]
     recorded = (meta.get("annotations") or {}).get(PLANE_ANNOTATION)
-    if not recorded or not (run.get("status") or {}).get("runReference"):
+    status = run.get("status") or {}
+    if not recorded or not status.get("runReference"):
+        completed = find_condition(status.get("conditions") or [], RunCondition.COMPLETED)
+        if completed and completed.get("status") == "True":  # it ended before it started
+            raise CliError(
+                f"run {meta['name']} ended before it ran any step: "
+                f"{completed.get('reason')}: {completed.get('message')}",
+                exit_code=EXIT_FAILURE,
+            )
         where = "started on its plane" if recorded else "been sent to a plane"
         raise CliError(
             f"run {meta['name']} has not {where} yet: no Argo Workflow of its own to read",

@@ -26,3 +26,17 @@ async def test_a_run_sent_but_not_started_says_it_has_not_started() -> None:
     run = a_run({PLANE_ANNOTATION: '{"kind": "ClusterWorkflowPlane", "name": "default"}'}, {})
     with pytest.raises(CliError, match="has not started on its plane yet"):
         await _plane_of(None, run)  # type: ignore[arg-type]
+
+
+async def test_a_run_that_ended_before_it_started_says_why_not_that_it_may_yet() -> None:
+    """A render failure (say) ends the run before anything is sent: "not sent yet" read as
+    if it still might be."""
+    failed = {
+        "type": "WorkflowCompleted",
+        "status": "True",
+        "reason": "RenderFailed",
+        "message": "unknown parameter 'nope'",
+    }
+    run = a_run({}, {"conditions": [failed]})
+    with pytest.raises(CliError, match="ended before it ran any step: RenderFailed: unknown"):
+        await _plane_of(None, run)  # type: ignore[arg-type]
