@@ -234,28 +234,16 @@ class PlaneRuntime:
         if "kube-scheduler" in self.systems:
             assert b.kube_scheduler is not None
             commands["kube-scheduler"] = (
-                [
-                    str(b.kube_scheduler),
-                    f"--kubeconfig={kubeconfig}",
-                    "--leader-elect=false",
-                    "--bind-address=127.0.0.1",
-                    f"--secure-port={self.scheduler_port}",
-                    "--v=1",
-                ],
+                _kube_component(b.kube_scheduler, kubeconfig, self.scheduler_port),
                 {},
             )
         if "kube-controller-manager" in self.systems:
             assert b.kube_controller_manager is not None
+            manager = _kube_component(
+                b.kube_controller_manager, kubeconfig, self.controller_manager_port
+            )
             commands["kube-controller-manager"] = (
-                [
-                    str(b.kube_controller_manager),
-                    f"--kubeconfig={kubeconfig}",
-                    f"--controllers={','.join(CONTROLLERS)}",
-                    "--leader-elect=false",
-                    "--bind-address=127.0.0.1",
-                    f"--secure-port={self.controller_manager_port}",
-                    "--v=1",
-                ],
+                [*manager, f"--controllers={','.join(CONTROLLERS)}"],
                 {},
             )
         if "kwok" in self.systems:
@@ -437,6 +425,18 @@ class PlaneRuntime:
             for name in self.pids
         )
         return f"plane systems of {self.context} failed: {what}\n{logs}"
+
+
+def _kube_component(binary: Path, kubeconfig: str, port: int) -> list[str]:
+    """A Kubernetes control-plane component of one replica, its health on ``port``."""
+    return [
+        str(binary),
+        f"--kubeconfig={kubeconfig}",
+        "--leader-elect=false",
+        "--bind-address=127.0.0.1",
+        f"--secure-port={port}",
+        "--v=1",
+    ]
 
 
 def _answers(url: str, context: ssl.SSLContext | None) -> bool:

@@ -120,9 +120,20 @@ def _argo_steps(go: str) -> list[Step]:
     ]
 
 
-def _kube_command_steps(command: str) -> Callable[[str], list[Step]]:
-    """One command of k8s.io/kubernetes (``cmd/<command>``), built at its release's version."""
+def _kube_command(command: str) -> GoBuild:
+    """One command of k8s.io/kubernetes (``cmd/<command>``), built at its release's version
+    into a binary of its name."""
+    return GoBuild(
+        name=command,
+        version=KUBERNETES_VERSION,
+        outputs=(command,),
+        steps=_kube_command_steps(command),
+        prepare=prepare_kube_module,
+        group=GROUP,
+    )
 
+
+def _kube_command_steps(command: str) -> Callable[[str], list[Step]]:
     def steps(go: str) -> list[Step]:
         return [
             Step(
@@ -209,22 +220,8 @@ ARGO = GoBuild(
     steps=_argo_steps,
     group=GROUP,
 )
-KUBE_SCHEDULER = GoBuild(
-    name="kube-scheduler",
-    version=KUBERNETES_VERSION,
-    outputs=("kube-scheduler",),
-    steps=_kube_command_steps("kube-scheduler"),
-    prepare=prepare_kube_module,
-    group=GROUP,
-)
-KUBE_CONTROLLER_MANAGER = GoBuild(
-    name="kube-controller-manager",
-    version=KUBERNETES_VERSION,
-    outputs=("kube-controller-manager",),
-    steps=_kube_command_steps("kube-controller-manager"),
-    prepare=prepare_kube_module,
-    group=GROUP,
-)
+KUBE_SCHEDULER = _kube_command("kube-scheduler")
+KUBE_CONTROLLER_MANAGER = _kube_command("kube-controller-manager")
 KWOK = GoBuild(
     name="kwok",
     version=KWOK_VERSION,
