@@ -462,11 +462,7 @@ class ConnectionManager:
         judged again now, against what the cache holds. The controller's notify does the
         same, but one that did not reach this replica (another answered) left an agent
         admitted by a deleted CR's CA serving a new CR of its name."""
-        entry = self._planes.entries.get(key)
-        try:
-            ca = self._planes.ca_of(entry) if entry is not None else None
-        except ClientCAError:
-            ca = None
+        ca = self._planes.ca_or_none(self._planes.entries.get(key))
         granted, revoked, closing = self._rejudge(PLANE_TYPE, plane_id, key, ca)
         if granted or revoked:
             log.info("CR %s changed: %d granted, %d revoked", key, granted, revoked)

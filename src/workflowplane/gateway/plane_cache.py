@@ -140,6 +140,15 @@ class PlaneCache:
             raise location.unavailable()
         return ca_from_secret_data(secret.data, location)
 
+    def ca_or_none(self, entry: PlaneEntry | None) -> bytes | None:
+        """``ca_of``, None for no CR or no CA it may use."""
+        if entry is None:
+            return None
+        try:
+            return self.ca_of(entry)
+        except ClientCAError:
+            return None
+
     def for_plane(self, plane_id: str) -> list[PlaneEntry]:
         return list(self._entries.group(plane_id).values())
 
@@ -147,11 +156,10 @@ class PlaneCache:
         """Every readable CA, concatenated: the TLS trust union for the public listener."""
         pems: list[bytes] = []
         for entry in self.entries.values():
-            try:
-                pem = self.ca_of(entry)
-            except ClientCAError:
-                continue
-            if certificate_count(pem) <= MAX_BUNDLE_CERTIFICATES:  # more admits nobody anyway
+            pem = self.ca_or_none(entry)
+            if (
+                pem is not None and certificate_count(pem) <= MAX_BUNDLE_CERTIFICATES
+            ):  # more admits nobody anyway
                 pems.append(pem.strip() + b"\n")
         return b"".join(sorted(set(pems)))
 
@@ -236,27 +244,14 @@ class PlaneCache:
         Secret's other keys, its labels or annotations, or respelling its PEM, judges
         nobody (each judgement costs the CR's plane's every connection, on the shared
         loop)."""
-        before = self._users_cas(namespace, name)
+        users = self._by_secret.group((namespace, name))
+        before = {key: _ca_identity(self.ca_or_none(entry)) for key, entry in users.items()}
         changed = self.put_secret(namespace, name, data, annotations)
         if changed:
-            after = self._users_cas(namespace, name)
-            for key, plane_id in self._users(namespace, name):
-                if before.get(key, _UNSEEN) != after.get(key):
-                    self._judge_again(key, plane_id)
+            for key, entry in list(users.items()):
+                if before[key] != _ca_identity(self.ca_or_none(entry)):
+                    self._judge_again(key, entry.plane_id)
         return changed
-
-    def _users(self, namespace: str, name: str) -> list[tuple[str, str]]:
-        return [(e.key, e.plane_id) for e in self._by_secret.group((namespace, name)).values()]
-
-    def _users_cas(self, namespace: str, name: str) -> dict[str, object]:
-        """Each CR using this Secret: what its CA admits by (None: no CA it may use)."""
-        identities: dict[str, object] = {}
-        for entry in self._by_secret.group((namespace, name)).values():
-            try:
-                identities[entry.key] = _ca_identity(self.ca_of(entry))
-            except ClientCAError:
-                identities[entry.key] = None
-        return identities
 
     async def fresh_ca(self, namespace: str | None, name: str) -> bytes | None:
         """The CR's CA read from the API now (not the cache), which is updated on the way;
@@ -423,9 +418,6 @@ def _admits_otherwise(before: PlaneEntry, now: PlaneEntry) -> bool:
         _ca_identity(now.inline_ca),
         now.location,
     )
-
-
-_UNSEEN = object()  # a CR that did not use the Secret before its change: judged
 
 
 def _ca_identity(pem: bytes | None) -> object:
