@@ -127,15 +127,20 @@ async def _ensure_namespace(client: AgentKube, namespace: str) -> None:
             raise
 
 
-async def _stored(client: AgentKube, namespace: str, name: str) -> AgentIdentity | None:
-    """The identity in the Secret; None when there is no such Secret."""
+async def _read(client: AgentKube, namespace: str, name: str) -> dict[str, Any] | None:
+    """The Secret as stored; None when there is no such Secret."""
     try:
-        secret = await client.get(core_path(namespace, "secrets", name))
+        return await client.get(core_path(namespace, "secrets", name))
     except Failure as exc:
         if exc.status != 404:
             raise
         return None
-    return await identity_from_secret(secret)
+
+
+async def _stored(client: AgentKube, namespace: str, name: str) -> AgentIdentity | None:
+    """The identity in the Secret; None when there is no such Secret."""
+    secret = await _read(client, namespace, name)
+    return None if secret is None else await identity_from_secret(secret)
 
 
 async def load_or_create(
@@ -183,13 +188,7 @@ async def renew(
     deleted meanwhile is made again with this agent's CA (the one the plane's CRs trust), so
     a replica that restarts does not make a new one; a write that loses to another writer
     fails, and the next try reads again."""
-    path = core_path(namespace, "secrets", name)
-    try:
-        secret: dict[str, Any] | None = await client.get(path)
-    except Failure as exc:
-        if exc.status != 404:
-            raise
-        secret = None
+    secret = await _read(client, namespace, name)
     if secret is not None:
         stored = await identity_from_secret(secret)
         if stored.ca.cert_pem != identity.ca.cert_pem:
@@ -211,6 +210,6 @@ async def renew(
         version = (secret.get("metadata") or {}).get("resourceVersion")
         if version:
             body["metadata"] = {"resourceVersion": version}
-        await client.merge_patch(path, body)
+        await client.merge_patch(core_path(namespace, "secrets", name), body)
     log.info("re-issued the agent client certificate in %s/%s: %s", namespace, name, reason)
     return renewed
