@@ -258,20 +258,17 @@ class RunReconciler:
         """(still terminating?, message) when the Argo Workflow there belongs to another run.
         One gone between the create's 409 and this read was terminating (another run's, being
         deleted in the foreground): tried again, not taken for this run's."""
-        uid = run["metadata"].get("uid")
-        found = await api.get(plan.run_reference())
+        uid, ref = run["metadata"].get("uid"), plan.run_reference()
+        found = await api.get(ref)
         if not uid:
             return None
+        where = f"{ref.get('namespace')}/{ref['name']}"  # what was read: the plane's, by name
         if found is None:
-            ref = plan.run_reference()
-            where = f"{ref.get('namespace')}/{ref['name']}"
             return True, f"the Argo Workflow {where} of an earlier run was just deleted"
-        meta = _mapping(found.get("metadata"))
         owner = made_by(found)
         if owner == uid:
             return None
-        where = f"{meta.get('namespace')}/{meta.get('name')}"
-        if meta.get("deletionTimestamp"):
+        if _mapping(found.get("metadata")).get("deletionTimestamp"):
             return True, f"the Argo Workflow {where} of an earlier run is still being deleted"
         return False, (
             f"an Argo Workflow {where} that this run did not create (run UID {owner or 'none'}) "
