@@ -434,22 +434,27 @@ def _refused_tunnel(refuse: Callable[[], Awaitable[Any]], backoff: float) -> Age
     )
 
 
-async def test_a_refused_connection_is_retried_not_fatal() -> None:
+async def _refused(times: int, reason: str, backoff: float) -> None:
+    """A tunnel run until it has been refused ``times`` (each attempt is), then stopped."""
     attempts = 0
-    tried_twice = asyncio.Event()
+    enough = asyncio.Event()
 
     async def refuse() -> Any:
         nonlocal attempts
         attempts += 1
-        if attempts == 2:
-            tried_twice.set()
-        raise ConnectRefused("not now")
+        if attempts == times:
+            enough.set()
+        raise ConnectRefused(reason)
 
-    running = asyncio.create_task(_refused_tunnel(refuse, backoff=0.01).run())
-    await asyncio.wait_for(tried_twice.wait(), 5)
+    running = asyncio.create_task(_refused_tunnel(refuse, backoff).run())
+    await asyncio.wait_for(enough.wait(), 5)
     running.cancel()
     with pytest.raises(asyncio.CancelledError):
         await running
+
+
+async def test_a_refused_connection_is_retried_not_fatal() -> None:
+    await _refused(2, "not now", backoff=0.01)
 
 
 async def test_a_gateway_refusing_again_and_again_is_said_once_a_minute(
@@ -457,22 +462,8 @@ async def test_a_gateway_refusing_again_and_again_is_said_once_a_minute(
 ) -> None:
     """With replicas the agent redials each every few seconds: a refusal for good (a CA no CR
     trusts) wrote two lines per attempt per replica, for ever."""
-    attempts = 0
-    tried = asyncio.Event()
-
-    async def refuse() -> Any:
-        nonlocal attempts
-        attempts += 1
-        if attempts == 20:
-            tried.set()
-        raise ConnectRefused("the gateway refused this agent (401 not-authorized)")
-
     with caplog.at_level(logging.INFO, logger="workflowplane.agent.tunnel"):
-        running = asyncio.create_task(_refused_tunnel(refuse, backoff=0.001).run())
-        await asyncio.wait_for(tried.wait(), 5)
-        running.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await running
+        await _refused(20, "the gateway refused this agent (401 not-authorized)", backoff=0.001)
     said = [r for r in caplog.records if "not connecting" in r.getMessage()]
     assert len(said) == 1 and "401 not-authorized" in said[0].getMessage()
     assert len([r for r in caplog.records if "reconnecting in" in r.getMessage()]) == 1
