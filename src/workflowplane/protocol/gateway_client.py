@@ -198,6 +198,10 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 GATEWAY_GAP_STATUSES = frozenset({502, 503, 504})
 DEFAULT_TIMEOUT = 35.0  # a plain request through the tunnel: the agent's 30 s and the trip
 INTERACTIVE_TIMEOUT = 10.0  # a person waiting at a terminal (doctor, logs)
+# A control call (status, notify, reconnect) is answered by the replica itself, at once: one
+# that has not answered within this is hung, and every replica is asked, so a hung replica
+# would otherwise hold each controller pass for the proxy's whole timeout.
+CONTROL_TIMEOUT = 5.0
 STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10)
 EVENTS_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=60, sock_connect=10)
 EVENTS_RESUBSCRIBE_SECONDS = 5.0
@@ -302,10 +306,12 @@ class GatewayClient:
         recent_seconds: float = DEFAULT_RECENT_SECONDS,
         agent_wait_seconds: float = DEFAULT_AGENT_WAIT_SECONDS,
         recent_planes: int = DEFAULT_RECENT_PLANES,
+        control_timeout: float = CONTROL_TIMEOUT,
     ):
         """``agent_wait_seconds``: how long a request waits, within ``timeout``, when every
         replica says it has no agent of a plane this client reached in the last
-        ``recent_seconds`` (at most ``recent_planes`` planes are remembered)."""
+        ``recent_seconds`` (at most ``recent_planes`` planes are remembered).
+        ``control_timeout``: how long each replica has to answer a control call."""
         directory = _directory(replicas)
         self._rotation = ReplicaRotation(directory)
         first = replicas if isinstance(replicas, str) else None
@@ -314,6 +320,7 @@ class GatewayClient:
         # The one URL proxy_url builds on (a fixed first replica; empty for a directory).
         self.base_url = (first or "").rstrip("/")
         self._timeout = timeout
+        self._control_timeout = min(timeout, check_seconds("control_timeout", control_timeout))
         self._recent = RecentPlanes(recent_seconds, recent_planes)
         self._agent_wait_seconds = check_seconds("agent_wait_seconds", agent_wait_seconds)
         # Plain proxied requests keep connections of their own: the gateway serves those on
@@ -518,7 +525,7 @@ class GatewayClient:
 
     async def _call_one(self, method: str, url: str, path: str, **kwargs: Any) -> Any:
         try:
-            answer = await self._attempt(method, url + path, self._timeout, **kwargs)
+            answer = await self._attempt(method, url + path, self._control_timeout, **kwargs)
         except TransientError:
             self._rotation.failed(url)
             raise

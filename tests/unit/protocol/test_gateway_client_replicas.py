@@ -508,3 +508,40 @@ async def test_events_end_when_every_replica_stream_ended(
                 pass
     finally:
         await gateway.close()
+
+
+async def test_a_hung_replica_holds_a_status_read_only_for_the_control_timeout(
+    servers: Callable[[Handler], Awaitable[Replica]],
+) -> None:
+    """A replica that accepts and never answers: the plane's status comes from the others
+    once the control timeout passes, not after the proxy's (35 s) timeout."""
+
+    released = asyncio.Event()
+
+    async def hung(request: web.Request) -> web.StreamResponse:
+        await released.wait()  # until the test ends: the server's cleanup waits for it
+        return web.json_response({}, status=503)
+
+    stuck = await servers(hung)
+    healthy = await servers(status_of("gw-1", ["agent-a"]))
+    gateway = GatewayClient(
+        [stuck.url, healthy.url], ssl.create_default_context(), timeout=35.0, control_timeout=0.3
+    )
+    try:
+        status = await asyncio.wait_for(
+            gateway.plane_status("workflowplane", "p", namespace="ns", name="wp"), 20
+        )
+    finally:
+        released.set()
+        await gateway.close()
+    assert status["connectedAgents"] == 1
+    assert status["replicas"] == ["gw-1"]
+    assert len(stuck.hits) == 1
+
+
+async def test_a_control_call_never_waits_longer_than_the_clients_own_timeout() -> None:
+    gateway = GatewayClient(["http://127.0.0.1:1"], ssl.create_default_context(), timeout=2.0)
+    await gateway.close()
+    assert gateway._control_timeout == 2.0
+    with pytest.raises(ValueError, match="control_timeout"):
+        GatewayClient(["http://127.0.0.1:1"], ssl.create_default_context(), control_timeout=-1)
