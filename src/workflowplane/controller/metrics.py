@@ -20,7 +20,7 @@ from workflowplane.kits.workqueue import QueueMetrics
 from workflowplane.runs.metrics import RunMetrics
 
 LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
-GATEWAY_EVENT_TYPES: Final = frozenset({"connected", "disconnected", "authorization"})
+GATEWAY_EVENT_TYPES: Final = frozenset({"connected", "disconnected", "authorization", "rejected"})
 
 
 class ControllerMetrics:

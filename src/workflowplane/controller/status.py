@@ -22,6 +22,7 @@ EXPIRY_WARNING = dt.timedelta(days=30)
 # made a busy agent's CRs write their status again on the pass their own write caused.
 HEARTBEAT_RESOLUTION = dt.timedelta(seconds=30)
 MAX_INT32 = 2**31 - 1  # agentConnection.connectedAgents is an int32
+MAX_REASON = 512  # characters of a gateway's refusal reason kept in a status message
 # Namespaces named in the SharedCAUnrestricted message; the rest are counted (the gateway's
 # list has no bound, and the message must stay within the CRD's maxLength, advice included).
 SHARED_NAMESPACES_SHOWN = 20
@@ -91,6 +92,9 @@ class AgentObservation:
     last_seen: dt.datetime | None
     consent_refused_agents: int = 0
     unrestricted_shared_with: tuple[str, ...] = ()
+    # Why a gateway lately refused an agent certificate this CR's own CA signed (expired,
+    # not yet valid, no ClientAuth): only that CA's key holder can mint one.
+    certificate_rejected: str = ""
     # Restated from the previous status during the disconnect grace (:func:`through_grace`):
     # no replica has the agent right now, but it has not been gone long enough to say so.
     held: bool = False
@@ -111,7 +115,16 @@ def agent_observation(answer: Mapping[str, Any]) -> AgentObservation:
         unrestricted_shared_with=tuple(
             name for name in (shared if isinstance(shared, list) else ()) if isinstance(name, str)
         ),
+        certificate_rejected=_reason(answer.get("certificateRejected")),
     )
+
+
+def _reason(value: Any) -> str:
+    """A gateway's refusal reason as a status message may carry it: text, one line, short."""
+    if not isinstance(value, str):
+        return ""
+    line = " ".join(value.split())
+    return line if len(line) <= MAX_REASON else line[: MAX_REASON - 1] + "…"
 
 
 def _count(value: Any) -> int:
@@ -211,6 +224,11 @@ def _why_not(seen: AgentObservation) -> str:
             "client CA, but the plane's owner has not allowed this CR (the agent's allow-list, "
             "clusterAgent.allowedNamespaces, leaves it out)"
         )
+    if seen.certificate_rejected:
+        return (
+            "No agents connected: an agent's certificate, signed by this CR's client CA, was "
+            f"refused: {seen.certificate_rejected}"
+        )
     return connection_message(0)
 
 
@@ -241,4 +259,6 @@ def readiness(ca: CAHealth, seen: AgentObservation | None) -> Verdict:
         return Verdict("True", Reason.READY, connection_message(seen.connected_agents))
     if seen.consent_refused_agents > 0:
         return Verdict("False", Reason.AGENT_CONSENT_REFUSED, _why_not(seen))
+    if seen.certificate_rejected:
+        return Verdict("False", Reason.AGENT_CERTIFICATE_REJECTED, _why_not(seen))
     return Verdict("False", Reason.AGENT_NOT_CONNECTED, "No agents connected")

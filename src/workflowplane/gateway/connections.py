@@ -28,7 +28,7 @@ import itertools
 import logging
 import time
 import uuid
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -64,6 +64,11 @@ MAX_CONNECTIONS_PER_LEAF = 16
 # the controller reads an event's type, planeID and time; every instance of a plane in each
 # event made it grow with the plane's connections (38 KB at 3,000), anyone's to add.
 EVENT_AGENTS = 20
+# A refused certificate that a CR's own CA signed (expired, not yet valid, without
+# ClientAuth) is told in that CR's status for this long after its last attempt: an agent
+# redials well within it, so an older refusal is no longer one.
+REJECTION_MEMORY_SECONDS = 300.0
+MAX_REJECTIONS = 10_000  # CRs told of a refusal at once (the oldest go first)
 Plane = tuple[str, str]  # (planeType, planeID)
 Slot = tuple[str, str, str]  # (planeType, planeID, CR key)
 
@@ -325,6 +330,15 @@ class Reverification:
     disconnected: int
 
 
+@dataclass(frozen=True)
+class _Rejection:
+    """The last refusal of a certificate a CR's own CA signed."""
+
+    plane_id: str
+    reason: str
+    at: float  # the clock's time of the attempt
+
+
 @dataclass
 class _Held:
     """What the manager counted a connection under, to take back exactly that when it goes
@@ -419,6 +433,9 @@ class ConnectionManager:
         self._none_left = asyncio.Event()
         self._none_left.set()
         self._closing = TaskSet("connections")
+        # By CR key: its own agent's last refused certificate (``admit``).
+        self._rejections: OrderedDict[str, _Rejection] = OrderedDict()
+        self.clock: Callable[[], float] = time.monotonic
         planes.on_judge_again(self._judge_again)
 
     # ---- authorization --------------------------------------------------------------------
@@ -443,18 +460,57 @@ class ConnectionManager:
         by_consent: set[str] = set()
         for entry in self._planes.for_plane(plane_id):
             try:
-                reason = check.refusal(self._planes.ca_of(entry))
+                ca = self._planes.ca_of(entry)
+                reason = check.refusal(ca)
             except ClientCAError as exc:
-                reason = str(exc)
+                refused[entry.key] = str(exc)
+                continue
             if reason is None and not consent.allows(entry.key):
                 by_consent.add(entry.key)
                 reason = CONSENT_REFUSAL
             if reason is None:
                 granted.add(entry.key)
+                self._rejections.pop(entry.key, None)
             else:
                 refused[entry.key] = reason
+                if reason != CONSENT_REFUSAL and check.signed_by(ca):
+                    self._rejected(plane_id, entry.key, reason)
         leaf_problem = "" if granted else check.leaf_problem()
         return Admission(frozenset(granted), refused, frozenset(by_consent), consent, leaf_problem)
+
+    def _rejected(self, plane_id: str, key: str, reason: str) -> None:
+        """Remember why CR ``key``'s own agent was refused; its status is re-read when that
+        is news (not on every redial)."""
+        now = self.clock()
+        before = self._rejections.pop(key, None)
+        self._rejections[key] = _Rejection(plane_id, reason, now)
+        while len(self._rejections) > MAX_REJECTIONS:
+            self._rejections.popitem(last=False)
+        if (
+            before is None
+            or (before.plane_id, before.reason) != (plane_id, reason)
+            or now - before.at > REJECTION_MEMORY_SECONDS
+        ):
+            self._tell(
+                {
+                    "type": "rejected",
+                    "planeType": PLANE_TYPE,
+                    "planeID": plane_id,
+                    "crKeys": [key],
+                    "consentRefusedKeys": [],
+                    "replica": self.replica,
+                }
+            )
+
+    def rejection(self, plane_id: str, key: str) -> str | None:
+        """Why CR ``key``'s own agent was last refused, if lately and for this planeID."""
+        found = self._rejections.get(key)
+        if found is None or found.plane_id != plane_id:
+            return None
+        if self.clock() - found.at > REJECTION_MEMORY_SECONDS:
+            del self._rejections[key]
+            return None
+        return found.reason
 
     def _judge_again(self, key: str, plane_id: str) -> None:
         """The plane cache's own watches saw what admits agents for CR ``key`` change (it
@@ -698,12 +754,16 @@ class ConnectionManager:
             return self._summary(plane_type, plane_id, self.for_plane(plane_type, plane_id))
         mine = self.authorized(plane_type, plane_id, key)
         refusing = list(self._refusing.get((plane_type, plane_id, key), {}).values())
-        return {
+        answer = {
             **self._summary(plane_type, plane_id, mine),
             "consentRefused": bool(refusing),
             "consentRefusedAgents": len(refusing),
             "unrestrictedSharedCA": _shared_without_consent(mine),
         }
+        rejected = self.rejection(plane_id, key) if plane_type == PLANE_TYPE else None
+        if rejected is not None:
+            answer["certificateRejected"] = rejected
+        return answer
 
     def _agents_of(self, conns: list[AgentConnection]) -> dict[str, Any]:
         """Agents, not connections: one agent connected here twice is one."""
@@ -766,10 +826,13 @@ class ConnectionManager:
             "instance": conn.instance,
             **self._agents_told((conn.plane_type, conn.plane_id)),
             "lastSeen": conn.last_seen.isoformat(),
-            # When the change happened (RFC 3339, microseconds): the controller's status lag
-            # is measured from here, not from the event's arrival.
-            "time": utcnow().isoformat(timespec="microseconds").replace("+00:00", "Z"),
         }
+        self._tell(event)
+
+    def _tell(self, event: ConnectionEvent) -> None:
+        # When the change happened (RFC 3339, microseconds): the controller's status lag is
+        # measured from here, not from the event's arrival.
+        event["time"] = utcnow().isoformat(timespec="microseconds").replace("+00:00", "Z")
         for queue in list(self._subscribers):
             try:
                 queue.put_nowait(event)

@@ -293,6 +293,7 @@ class TrustBundle:
     subjects: frozenset[x509.Name] | None
     store: Store | None
     problem: str | None = None
+    roots: tuple[x509.Certificate, ...] = ()
 
 
 def _parse_bundle(pem: bytes) -> TrustBundle:
@@ -305,7 +306,7 @@ def _parse_bundle(pem: bytes) -> TrustBundle:
     except ValueError:
         subjects = None
     ders = frozenset(root.public_bytes(serialization.Encoding.DER) for root in roots)
-    return TrustBundle(ders, subjects, Store(roots))
+    return TrustBundle(ders, subjects, Store(roots), roots=tuple(roots))
 
 
 class BundleCache:
@@ -449,6 +450,7 @@ class ClientCheck:
         self._moment = now or utcnow()
         self._validity = _validity_problem(self._chain[0], self._moment) if self._chain else None
         self._verdicts: dict[bytes, str | None] = {}
+        self._signed: dict[bytes, bool] = {}
         self._unanchored: str | None = None
 
     def refusal(self, ca_pem: bytes) -> str | None:
@@ -458,6 +460,35 @@ class ClientCheck:
         if ca_pem not in self._verdicts:
             self._verdicts[ca_pem] = self._judge(trust_bundle(ca_pem))
         return self._verdicts[ca_pem]
+
+    def signed_by(self, ca_pem: bytes) -> bool:
+        """Whether the bundle ``ca_pem`` pins the leaf, or signed it through the path the
+        client sent (signatures only: validity and usage aside). A refused chain that is so
+        is the CR's own agent's: only the CA's key holder can mint one, and the handshake
+        proved the leaf's key. So its refusal (expired, not yet valid, no ClientAuth) may be
+        told to the CR, where a stranger's chain must not change the CR's status."""
+        if not self._chain:
+            return False
+        if ca_pem not in self._signed:
+            self._signed[ca_pem] = self._signed_by(trust_bundle(ca_pem))
+        return self._signed[ca_pem]
+
+    def _signed_by(self, bundle: TrustBundle) -> bool:
+        if bundle.problem is not None:
+            return False
+        if self._leaf_der in bundle.ders:
+            return True
+        top = self._chain[-1]
+        try:  # names first: a stranger's chain costs no signature check
+            roots = [r for r in bundle.roots if r.subject == top.issuer]
+        except ValueError:  # a name Python cannot read: nothing to tell
+            return False
+        links = zip(self._chain, self._chain[1:], strict=False)
+        return (
+            bool(roots)
+            and all(issued_by(cert, issuer) for cert, issuer in links)
+            and any(issued_by(top, root) for root in roots)
+        )
 
     def _judge(self, bundle: TrustBundle) -> str | None:
         if bundle.problem is not None:

@@ -70,6 +70,9 @@ def merge_plane_status(answers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         merged["unrestrictedSharedCA"] = _union(answers, "unrestrictedSharedCA")
     if any("crs" in a for a in answers):
         merged["crs"] = _union(answers, "crs")
+    rejected = sorted(r for a in answers if isinstance(r := a.get("certificateRejected"), str))
+    if rejected:  # an agent of the CR's own CA refused by some replica: any one of them
+        merged["certificateRejected"] = rejected[0]
     return merged
 
 

@@ -6,11 +6,14 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import ssl
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from tests.integration.harness import (
@@ -716,3 +719,47 @@ async def test_one_ca_in_two_namespaces_without_a_list_warns_how_to_restrict_it(
             assert first in message and second in message and "allowedNamespaces" in message
     finally:
         await running.stop()
+
+
+async def test_an_agent_whose_certificate_expired_is_named_in_the_ready_reason(
+    control_plane: ApiServer,
+    gw: RunningGateway,
+    controller: None,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    """The CR's own agent dials with a leaf its CA signed, now expired: Ready says
+    AgentCertificateRejected and when it expired (a Warning event), instead of only 'No
+    agents connected'; a stranger's leaf never does that (tests/unit/gateway)."""
+    plane_id = unique("expired")
+    ca = generate_ca("agent-ca")
+    apply(control_plane, workflow_plane_cr("wp", namespace, plane_id, ca_pem=ca.cert_pem.decode()))
+    await eventually(
+        lambda: _ready_with(
+            _get(control_plane, "wp", "wp", namespace), "False", "AgentNotConnected"
+        ),
+        timeout=15,
+    )
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=3)
+    expired = issue_certificate(ca, "agent", valid_for=dt.timedelta(days=1), not_before=past)
+    (tmp_path / "c.crt").write_bytes(expired.cert_pem)
+    (tmp_path / "c.key").write_bytes(expired.key_pem)
+    context = ssl.create_default_context(cafile=str(gw.server_ca_file))
+    context.load_cert_chain(tmp_path / "c.crt", tmp_path / "c.key")
+    url = f"{gw.public_url}/ws?planeType=workflowplane&planeID={plane_id}"
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await session.ws_connect(url, ssl=context)
+    assert refused.value.status == 401
+    await eventually(
+        lambda: _ready_with(
+            _get(control_plane, "wp", "wp", namespace), "False", "AgentCertificateRejected"
+        ),
+        timeout=15,
+    )
+    message = _condition(_get(control_plane, "wp", "wp", namespace), "Ready")["message"]
+    assert "client certificate expired at" in message
+    warnings = [
+        e["reason"] for e in _events(control_plane, namespace, "wp") if e["type"] == "Warning"
+    ]
+    assert "AgentCertificateRejected" in warnings

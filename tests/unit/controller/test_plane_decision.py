@@ -601,3 +601,46 @@ def test_the_secret_store_and_access_conditions_hold_through_the_grace() -> None
         grace_seconds=GRACE,
     )
     assert held.status is None and held.events == ()
+
+
+def test_an_own_agents_refused_certificate_is_the_ready_reason_and_said_once() -> None:
+    """The gateway refused a certificate this CR's CA signed (here: expired), and no agent
+    is connected: AgentCertificateRejected with the gateway's reason, one Warning, and
+    back to AgentNotConnected once the gateway stops saying it."""
+    answer = merge_plane_status(
+        [
+            {"replica": "gw-0", "agents": [], "connectedAgents": 0},
+            {
+                "replica": "gw-1",
+                "agents": [],
+                "connectedAgents": 0,
+                "certificateRejected": "client certificate expired at 2026-11-20 00:00:00",
+            },
+        ]
+    )
+    rejected = agent_observation(answer)
+    before = settled(agents=NO_AGENTS)
+    decision = decide_status(seen(before, agents=rejected), None, resync_seconds=RESYNC)
+    ready = ready_of(decision, before)
+    assert (ready["status"], ready["reason"]) == ("False", Reason.AGENT_CERTIFICATE_REJECTED)
+    assert "expired at 2026-11-20" in ready["message"]
+    assert decision.status is not None
+    assert "signed by this CR's client CA" in decision.status["agentConnection"]["message"]
+    assert [(e.type, e.reason) for e in decision.events] == [
+        ("Warning", Reason.AGENT_CERTIFICATE_REJECTED)
+    ]
+    after = plane(status=copy.deepcopy(decision.status))
+    again = decide_status(seen(after, agents=rejected), None, resync_seconds=RESYNC)
+    assert again.status is None and again.events == ()
+    cleared = decide_status(seen(after, agents=NO_AGENTS), None, resync_seconds=RESYNC)
+    assert ready_of(cleared, after)["reason"] == Reason.AGENT_NOT_CONNECTED
+    connected = replace(rejected, connected_agents=1, last_seen=T0)
+    decision = decide_status(seen(after, agents=connected), None, resync_seconds=RESYNC)
+    assert ready_of(decision, after)["reason"] == Reason.READY  # a connected agent wins
+
+
+def test_a_refusal_reason_from_a_gateway_is_one_bounded_line() -> None:
+    told = agent_observation({"certificateRejected": "line one\nline two " + "x" * 2000})
+    assert "\n" not in told.certificate_rejected
+    assert len(told.certificate_rejected) == 512
+    assert agent_observation({"certificateRejected": 7}).certificate_rejected == ""

@@ -523,3 +523,59 @@ def test_an_agents_admission_never_looks_at_other_planes_crs(ca_a: KeyPair) -> N
         "ns/mine"
     }
     assert _WatchedEntry.looked_at == 0
+
+
+def _expired_leaf(ca: KeyPair) -> Any:
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(days=10)
+    return issue_certificate(
+        ca, "agent", not_before=start, valid_for=dt.timedelta(days=1)
+    ).certificate
+
+
+def test_a_refused_certificate_of_the_crs_own_ca_is_told_in_its_status_only(
+    ca_a: KeyPair, ca_b: KeyPair
+) -> None:
+    """An expired leaf signed by CR a's CA: a's status says why it was refused, once per
+    news (an event), and a valid leaf's admission clears it. A stranger's expired leaf,
+    signed by a CA of the same (public) name, changes nothing."""
+    manager, _, _ = _manager(_entry("ns/a", "p", ca_a), _entry("ns/b", "p", ca_b))
+    events = manager.subscribe()
+    impostor = generate_ca("agent-ca-a")  # the same subject as ca_a, another key
+    assert not manager.admit("p", _expired_leaf(impostor)).granted
+    assert "certificateRejected" not in manager.status(WP, "p", "ns/a")
+    assert events.empty()
+
+    assert not manager.admit("p", _expired_leaf(ca_a)).granted
+    rejected = manager.status(WP, "p", "ns/a")["certificateRejected"]
+    assert rejected.startswith("client certificate expired at")
+    assert "certificateRejected" not in manager.status(WP, "p", "ns/b")  # not b's CA
+    assert "certificateRejected" not in manager.status(WP, "q", "ns/a")  # not its planeID
+    event = events.get_nowait()
+    assert (event["type"], event["planeID"], event["crKeys"]) == ("rejected", "p", ["ns/a"])
+    manager.admit("p", _expired_leaf(ca_a))  # the agent redials: no news, no event
+    assert events.empty()
+
+    _join(manager, "p", ca_a)
+    assert "certificateRejected" not in manager.status(WP, "p", "ns/a")
+
+
+def test_a_refusal_is_forgotten_after_a_while(ca_a: KeyPair) -> None:
+    manager, _, _ = _manager(_entry("ns/a", "p", ca_a))
+    now = [1000.0]
+    manager.clock = lambda: now[0]
+    manager.admit("p", _expired_leaf(ca_a))
+    assert "certificateRejected" in manager.status(WP, "p", "ns/a")
+    now[0] += 301
+    assert "certificateRejected" not in manager.status(WP, "p", "ns/a")
+
+
+def test_a_pinned_leaf_without_client_auth_is_its_crs_own_refusal() -> None:
+    """OpenChoreo's chart registers the agent's own leaf as the CR's CA: a pinned leaf that
+    may not authenticate clients is told to that CR."""
+    ca = generate_ca("server-only")
+    leaf = issue_certificate(ca, "agent", client=False, server=True)
+    manager, _, _ = _manager(
+        PlaneEntry("ns/a", "WorkflowPlane", "ns", "a", "p", leaf.cert_pem, None)
+    )
+    assert not manager.admit("p", leaf.certificate).granted
+    assert "ClientAuth" in manager.status(WP, "p", "ns/a")["certificateRejected"]

@@ -299,3 +299,20 @@ def test_only_the_one_path_up_from_the_leaf_is_searched(monkeypatch: pytest.Monk
     monkeypatch.setattr(pki_certs, "_chain_refusal", counted)
     assert ClientCheck([leaf, *named_like_the_ca]).refusal(inter.cert_pem) is None
     assert searched == [1]  # the leaf alone: none of the eight was tried
+
+
+def test_signed_by_follows_the_sent_path_up_to_the_bundle_by_signature() -> None:
+    """Whether the CR's own CA signed a chain (so its refusal may be told to the CR): the
+    path's signatures, not names, decide."""
+    root = root_ca("signed-root")
+    middle = intermediate_ca(root, "signed-middle")
+    leaf = issue_certificate(middle, "agent").certificate
+    assert ClientCheck([leaf, middle.certificate]).signed_by(root.cert_pem)
+    assert not ClientCheck([leaf]).signed_by(root.cert_pem)  # no path sent
+    impostor_root = root_ca("signed-root")  # the same public names, other keys
+    impostor_middle = intermediate_ca(impostor_root, "signed-middle")
+    forged = issue_certificate(impostor_middle, "agent").certificate
+    assert not ClientCheck([forged, middle.certificate]).signed_by(root.cert_pem)
+    assert not ClientCheck([leaf, impostor_middle.certificate]).signed_by(root.cert_pem)
+    assert not ClientCheck([leaf, middle.certificate]).signed_by(b"not a PEM")
+    assert ClientCheck([root.certificate]).signed_by(root.cert_pem)  # pinned
