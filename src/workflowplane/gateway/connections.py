@@ -69,6 +69,7 @@ EVENT_AGENTS = 20
 # redials well within it, so an older refusal is no longer one.
 REJECTION_MEMORY_SECONDS = 300.0
 MAX_REJECTIONS = 10_000  # CRs told of a refusal at once (the oldest go first)
+REJECTION_TELL_SECONDS = 30.0  # an event names a CR for its refusals at most this often
 Plane = tuple[str, str]  # (planeType, planeID)
 Slot = tuple[str, str, str]  # (planeType, planeID, CR key)
 
@@ -336,7 +337,9 @@ class _Rejection:
 
     plane_id: str
     reason: str
+    ca: bytes  # the CA that signed it (the CR's, as the cache held it)
     at: float  # the clock's time of the attempt
+    told_at: float  # when an event last named the CR for it
 
 
 @dataclass
@@ -457,6 +460,7 @@ class ConnectionManager:
         check = ClientCheck([leaf, *intermediates])
         granted: set[str] = set()
         refused: dict[str, str] = {}
+        faults: dict[str, tuple[str, bytes]] = {}  # the CRs' own agents' refusals
         by_consent: set[str] = set()
         for entry in self._planes.for_plane(plane_id):
             try:
@@ -473,41 +477,53 @@ class ConnectionManager:
                 self._rejections.pop(entry.key, None)
             else:
                 refused[entry.key] = reason
-                if reason != CONSENT_REFUSAL and check.signed_by(ca):
-                    self._rejected(plane_id, entry.key, reason)
+                fault = (
+                    check.own_fault(ca)
+                    if reason != CONSENT_REFUSAL and consent.allows(entry.key)
+                    else None
+                )
+                if fault is not None:
+                    faults[entry.key] = (fault, ca)
+        if faults:
+            self._rejected(plane_id, faults)
         leaf_problem = "" if granted else check.leaf_problem()
         return Admission(frozenset(granted), refused, frozenset(by_consent), consent, leaf_problem)
 
-    def _rejected(self, plane_id: str, key: str, reason: str) -> None:
-        """Remember why CR ``key``'s own agent was refused; its status is re-read when that
-        is news (not on every redial)."""
+    def _rejected(self, plane_id: str, faults: dict[str, tuple[str, bytes]]) -> None:
+        """Remember why each CR's own agent was refused (and by which of its CAs); one event
+        names the CRs not told of a refusal lately, so an agent redialing, or two agents
+        refused for different reasons in turn, re-read their status at most once a while."""
         now = self.clock()
-        before = self._rejections.pop(key, None)
-        self._rejections[key] = _Rejection(plane_id, reason, now)
+        news: list[str] = []
+        for key, (reason, ca) in faults.items():
+            before = self._rejections.pop(key, None)
+            told = before.told_at if before is not None and before.plane_id == plane_id else None
+            if told is None or now - told > REJECTION_TELL_SECONDS:
+                news.append(key)
+                told = now
+            self._rejections[key] = _Rejection(plane_id, reason, ca, now, told)
         while len(self._rejections) > MAX_REJECTIONS:
             self._rejections.popitem(last=False)
-        if (
-            before is None
-            or (before.plane_id, before.reason) != (plane_id, reason)
-            or now - before.at > REJECTION_MEMORY_SECONDS
-        ):
+        if news:
             self._tell(
                 {
                     "type": "rejected",
                     "planeType": PLANE_TYPE,
                     "planeID": plane_id,
-                    "crKeys": [key],
+                    "crKeys": sorted(news),
                     "consentRefusedKeys": [],
                     "replica": self.replica,
                 }
             )
 
     def rejection(self, plane_id: str, key: str) -> str | None:
-        """Why CR ``key``'s own agent was last refused, if lately and for this planeID."""
+        """Why CR ``key``'s own agent was last refused: lately, for this planeID, by the CA
+        the CR trusts now (not one rotated away, nor a deleted namesake's)."""
         found = self._rejections.get(key)
         if found is None or found.plane_id != plane_id:
             return None
-        if self.clock() - found.at > REJECTION_MEMORY_SECONDS:
+        ca = self._planes.ca_or_none(self._planes.entries.get(key))
+        if self.clock() - found.at > REJECTION_MEMORY_SECONDS or ca != found.ca:
             del self._rejections[key]
             return None
         return found.reason

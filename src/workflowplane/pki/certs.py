@@ -257,9 +257,16 @@ def _spki(key: CertificatePublicKeyTypes) -> bytes:
 def _has_client_auth(cert: x509.Certificate) -> bool:
     try:
         usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
+    except (x509.ExtensionNotFound, ValueError):
         return False
     return ExtendedKeyUsageOID.CLIENT_AUTH in usage
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except (x509.ExtensionNotFound, ValueError):
+        return False
 
 
 def is_pinned_identity(cert: x509.Certificate) -> bool:
@@ -270,6 +277,7 @@ def is_pinned_identity(cert: x509.Certificate) -> bool:
 
 
 NO_CERTIFICATE = "no client certificate presented"
+LEAF_WITHOUT_CLIENT_AUTH = "client certificate has no ExtendedKeyUsage ClientAuth"
 PINNED_WITHOUT_CLIENT_AUTH = (
     "client certificate rejected: the pinned certificate has no ExtendedKeyUsage ClientAuth"
 )
@@ -461,34 +469,53 @@ class ClientCheck:
             self._verdicts[ca_pem] = self._judge(trust_bundle(ca_pem))
         return self._verdicts[ca_pem]
 
-    def signed_by(self, ca_pem: bytes) -> bool:
-        """Whether the bundle ``ca_pem`` pins the leaf, or signed it through the path the
-        client sent (signatures only: validity and usage aside). A refused chain that is so
-        is the CR's own agent's: only the CA's key holder can mint one, and the handshake
-        proved the leaf's key. So its refusal (expired, not yet valid, no ClientAuth) may be
-        told to the CR, where a stranger's chain must not change the CR's status."""
+    def own_fault(self, ca_pem: bytes) -> str | None:
+        """Why the leaf is refused, when the bundle ``ca_pem`` signed it and the fault is the
+        leaf's own (expired, not valid yet, no ClientAuth); None otherwise. Only the CA's key
+        holder can mint such a leaf, and the handshake proved its key: so this may be told to
+        the CR, where a stranger's chain must never change the CR's status. Told in fixed
+        words, never the verifier's (which may quote names the chain's maker chose)."""
         if not self._chain:
-            return False
+            return None
+        fault = self._validity or (
+            None if _has_client_auth(self._chain[0]) else LEAF_WITHOUT_CLIENT_AUTH
+        )
+        if fault is None:
+            return None
         if ca_pem not in self._signed:
             self._signed[ca_pem] = self._signed_by(trust_bundle(ca_pem))
-        return self._signed[ca_pem]
+        return fault if self._signed[ca_pem] else None
 
     def _signed_by(self, bundle: TrustBundle) -> bool:
+        """Whether the path the client sent leads, by signatures, to the bundle: from its
+        lowest certificate the bundle pins or one of its certificates signed, down to the
+        leaf, each checked with a key already proven (the bundle's first), and each issuer a
+        CA. So no key the client chose is ever used (a stranger's 16k-bit RSA intermediates
+        cost nothing), and a leaf a leaf signed does not pass."""
         if bundle.problem is not None:
             return False
-        if self._leaf_der in bundle.ders:
-            return True
-        top = self._chain[-1]
-        try:  # names first: a stranger's chain costs no signature check
-            roots = [r for r in bundle.roots if r.subject == top.issuer]
-        except ValueError:  # a name Python cannot read: nothing to tell
+        anchor = self._anchor(bundle)
+        if anchor is None:
             return False
-        links = zip(self._chain, self._chain[1:], strict=False)
-        return (
-            bool(roots)
-            and all(issued_by(cert, issuer) for cert, issuer in links)
-            and any(issued_by(top, root) for root in roots)
-        )
+        for position in range(anchor, 0, -1):  # top down: each issuer proven before use
+            issuer, below = self._chain[position], self._chain[position - 1]
+            if not (_is_ca(issuer) and issued_by(below, issuer)):
+                return False
+        return True
+
+    def _anchor(self, bundle: TrustBundle) -> int | None:
+        """The position of the path's lowest certificate the bundle pins, or that one of the
+        bundle's own certificates signed (checked with the bundle's keys only)."""
+        for position, cert in enumerate(self._chain):
+            if self._ders[position] in bundle.ders:
+                return position
+            try:
+                roots = [r for r in bundle.roots if r.subject == cert.issuer]
+            except ValueError:  # a name Python cannot read: nothing to tell
+                return None
+            if any(issued_by(cert, root) for root in roots):
+                return position
+        return None
 
     def _judge(self, bundle: TrustBundle) -> str | None:
         if bundle.problem is not None:
@@ -501,6 +528,10 @@ class ClientCheck:
             return self.leaf_problem()
         assert bundle.store is not None  # a usable bundle has one
         return _chain_refusal(self._chain, bundle.store, self._moment)
+
+    @functools.cached_property
+    def _ders(self) -> tuple[bytes, ...]:
+        return tuple(cert.public_bytes(serialization.Encoding.DER) for cert in self._chain)
 
     @functools.cached_property
     def _leaf_der(self) -> bytes:

@@ -198,10 +198,13 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 GATEWAY_GAP_STATUSES = frozenset({502, 503, 504})
 DEFAULT_TIMEOUT = 35.0  # a plain request through the tunnel: the agent's 30 s and the trip
 INTERACTIVE_TIMEOUT = 10.0  # a person waiting at a terminal (doctor, logs)
-# A control call (status, notify, reconnect) is answered by the replica itself, at once: one
-# that has not answered within this is hung, and every replica is asked, so a hung replica
-# would otherwise hold each controller pass for the proxy's whole timeout.
+# A status or reconnect call is answered from the replica's own memory, at once: one that has
+# not answered within this is hung, and every replica is asked, so a hung replica would
+# otherwise hold each controller pass for the proxy's whole timeout.
 CONTROL_TIMEOUT = 5.0
+# A notify may read the API server (the CR and its CA Secret) before it answers, and the
+# replica's handler is cancelled when its caller gives up: it gets longer.
+NOTIFY_TIMEOUT = 20.0
 STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10)
 EVENTS_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=60, sock_connect=10)
 EVENTS_RESUBSCRIBE_SECONDS = 5.0
@@ -311,7 +314,9 @@ class GatewayClient:
         """``agent_wait_seconds``: how long a request waits, within ``timeout``, when every
         replica says it has no agent of a plane this client reached in the last
         ``recent_seconds`` (at most ``recent_planes`` planes are remembered).
-        ``control_timeout``: how long each replica has to answer a control call."""
+        ``control_timeout``: how long each replica has to answer a status or reconnect call
+        (a notify gets ``NOTIFY_TIMEOUT / CONTROL_TIMEOUT`` times that); never more than
+        ``timeout``."""
         directory = _directory(replicas)
         self._rotation = ReplicaRotation(directory)
         first = replicas if isinstance(replicas, str) else None
@@ -320,7 +325,8 @@ class GatewayClient:
         # The one URL proxy_url builds on (a fixed first replica; empty for a directory).
         self.base_url = (first or "").rstrip("/")
         self._timeout = timeout
-        self._control_timeout = min(timeout, check_seconds("control_timeout", control_timeout))
+        # a control call's time, as a share of CONTROL_TIMEOUT (a notify gets as much more)
+        self._control_scale = check_seconds("control_timeout", control_timeout) / CONTROL_TIMEOUT
         self._recent = RecentPlanes(recent_seconds, recent_planes)
         self._agent_wait_seconds = check_seconds("agent_wait_seconds", agent_wait_seconds)
         # Plain proxied requests keep connections of their own: the gateway serves those on
@@ -495,7 +501,9 @@ class GatewayClient:
         if plane is not None and headers.get(UNSENT_HEADER) != "1":
             self._recent.reached(plane)
 
-    async def _fan_out(self, method: str, path: str, **kwargs: Any) -> list[dict[str, Any]]:
+    async def _fan_out(
+        self, method: str, path: str, seconds: float = CONTROL_TIMEOUT, **kwargs: Any
+    ) -> list[dict[str, Any]]:
         """The call on every replica at once; each answer carries its ``replica`` (the URL when
         the replica does not say). A replica that could not be connected to is left out when
         another answered; any other failure fails the call (for writes: it may be owed)."""
@@ -503,7 +511,7 @@ class GatewayClient:
         if not urls:
             raise TransientError("gateway: no replica is live")
         results = await asyncio.gather(
-            *(self._call_one(method, url, path, **kwargs) for url in urls),
+            *(self._call_one(method, url, path, seconds, **kwargs) for url in urls),
             return_exceptions=True,
         )
         answers: list[dict[str, Any]] = []
@@ -523,9 +531,12 @@ class GatewayClient:
             raise failures[0]
         return answers
 
-    async def _call_one(self, method: str, url: str, path: str, **kwargs: Any) -> Any:
+    async def _call_one(
+        self, method: str, url: str, path: str, seconds: float, **kwargs: Any
+    ) -> Any:
+        budget = min(self._timeout, seconds * self._control_scale)
         try:
-            answer = await self._attempt(method, url + path, self._control_timeout, **kwargs)
+            answer = await self._attempt(method, url + path, budget, **kwargs)
         except TransientError:
             self._rotation.failed(url)
             raise
@@ -544,6 +555,7 @@ class GatewayClient:
         answers = await self._fan_out(
             "POST",
             "/api/v1/planes/notify",
+            NOTIFY_TIMEOUT,
             json={
                 "planeType": plane_type,
                 "planeID": plane_id,

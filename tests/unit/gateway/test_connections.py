@@ -12,7 +12,7 @@ import pytest
 from tests.pki_chains import intermediate_ca, root_ca
 from workflowplane.api import SecretLocation
 from workflowplane.api.consent import parse_allow_list
-from workflowplane.gateway.connections import AgentConnection, ConnectionManager
+from workflowplane.gateway.connections import AgentConnection, ConnectionManager, leaf_consent
 from workflowplane.gateway.metrics import GatewayMetrics
 from workflowplane.gateway.plane_cache import PlaneCache, PlaneEntry
 from workflowplane.gateway.streams import StreamBuffer, StreamEnd
@@ -556,6 +556,51 @@ def test_a_refused_certificate_of_the_crs_own_ca_is_told_in_its_status_only(
     assert events.empty()
 
     _join(manager, "p", ca_a)
+    assert "certificateRejected" not in manager.status(WP, "p", "ns/a")
+
+
+def test_refusals_are_told_in_one_event_at_most_once_a_while(ca_a: KeyPair) -> None:
+    """Two agents refused for different reasons in turn, for two CRs of one CA: one event
+    naming both, then none until REJECTION_TELL_SECONDS passed."""
+    manager, _, _ = _manager(_entry("ns/a", "p", ca_a), _entry("ns/b", "p", ca_a))
+    now = [1000.0]
+    manager.clock = lambda: now[0]
+    events = manager.subscribe()
+    no_client_auth = issue_certificate(ca_a, "srv", client=False, server=True).certificate
+    for leaf in (_expired_leaf(ca_a), no_client_auth, _expired_leaf(ca_a)):
+        manager.admit("p", leaf)
+    assert events.get_nowait()["crKeys"] == ["ns/a", "ns/b"]
+    assert events.empty()
+    assert manager.status(WP, "p", "ns/b")["certificateRejected"].startswith("client certificate")
+    now[0] += 31
+    manager.admit("p", no_client_auth)
+    assert events.get_nowait()["crKeys"] == ["ns/a", "ns/b"]
+
+
+def test_a_refusal_is_not_told_to_a_cr_its_leaf_does_not_allow(ca_a: KeyPair) -> None:
+    """CRs a and b share a CA; b's agent's leaf allows only b: its expired leaf is b's
+    news, never a's."""
+    manager, _, _ = _manager(_entry("ns/a", "p", ca_a), _entry("ns/b", "p", ca_a))
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(days=10)
+    leaf = issue_certificate(
+        ca_a,
+        "b-agent",
+        not_before=start,
+        valid_for=dt.timedelta(days=1),
+        uris=["urn:openchoreo:workflowplane:allow:ns/b"],
+    ).certificate
+    assert leaf_consent(leaf).restricted
+    manager.admit("p", leaf)
+    assert "certificateRejected" in manager.status(WP, "p", "ns/b")
+    assert "certificateRejected" not in manager.status(WP, "p", "ns/a")
+
+
+def test_a_refusal_goes_with_the_ca_that_signed_it(ca_a: KeyPair, ca_b: KeyPair) -> None:
+    """The CR's CA rotated (or a namesake trusts another): the old CA's refusal is not its."""
+    manager, planes, _ = _manager(_entry("ns/a", "p", ca_a))
+    manager.admit("p", _expired_leaf(ca_a))
+    assert "certificateRejected" in manager.status(WP, "p", "ns/a")
+    planes.upsert(_entry("ns/a", "p", ca_b))
     assert "certificateRejected" not in manager.status(WP, "p", "ns/a")
 
 

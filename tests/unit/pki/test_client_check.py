@@ -20,7 +20,7 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
-from tests.pki_chains import intermediate_ca, leaf_without_eku, root_ca
+from tests.pki_chains import _ca, intermediate_ca, leaf_without_eku, root_ca
 from workflowplane.pki import (
     MAX_BUNDLE_CERTIFICATES,
     CertificateRejected,
@@ -301,18 +301,61 @@ def test_only_the_one_path_up_from_the_leaf_is_searched(monkeypatch: pytest.Monk
     assert searched == [1]  # the leaf alone: none of the eight was tried
 
 
-def test_signed_by_follows_the_sent_path_up_to_the_bundle_by_signature() -> None:
-    """Whether the CR's own CA signed a chain (so its refusal may be told to the CR): the
-    path's signatures, not names, decide."""
+def _expired(ca: Any, name: str = "agent") -> x509.Certificate:
+    start = NOW - dt.timedelta(days=10)
+    return issue_certificate(ca, name, not_before=start, valid_for=dt.timedelta(days=1)).certificate
+
+
+def test_own_fault_follows_the_sent_path_to_the_bundle_by_signature() -> None:
+    """A leaf's own fault is told to a CR only when the path's signatures lead to its CA."""
     root = root_ca("signed-root")
     middle = intermediate_ca(root, "signed-middle")
-    leaf = issue_certificate(middle, "agent").certificate
-    assert ClientCheck([leaf, middle.certificate]).signed_by(root.cert_pem)
-    assert not ClientCheck([leaf]).signed_by(root.cert_pem)  # no path sent
+    leaf = _expired(middle)
+    assert "expired" in (ClientCheck([leaf, middle.certificate]).own_fault(root.cert_pem) or "")
+    # the bundle holds the intermediate itself, sent along (cert-manager's tls.crt)
+    assert ClientCheck([leaf, middle.certificate]).own_fault(middle.cert_pem) is not None
+    assert ClientCheck([leaf]).own_fault(middle.cert_pem) is not None
+    assert ClientCheck([leaf]).own_fault(root.cert_pem) is None  # no path sent
     impostor_root = root_ca("signed-root")  # the same public names, other keys
     impostor_middle = intermediate_ca(impostor_root, "signed-middle")
-    forged = issue_certificate(impostor_middle, "agent").certificate
-    assert not ClientCheck([forged, middle.certificate]).signed_by(root.cert_pem)
-    assert not ClientCheck([leaf, impostor_middle.certificate]).signed_by(root.cert_pem)
-    assert not ClientCheck([leaf, middle.certificate]).signed_by(b"not a PEM")
-    assert ClientCheck([root.certificate]).signed_by(root.cert_pem)  # pinned
+    forged = _expired(impostor_middle)
+    assert ClientCheck([forged, middle.certificate]).own_fault(root.cert_pem) is None
+    assert ClientCheck([leaf, impostor_middle.certificate]).own_fault(root.cert_pem) is None
+    assert ClientCheck([leaf, middle.certificate]).own_fault(b"not a PEM") is None
+    valid = issue_certificate(middle, "fine").certificate
+    assert ClientCheck([valid, middle.certificate]).own_fault(root.cert_pem) is None
+
+
+def test_a_leaf_signed_by_a_leaf_is_nobodys_own_fault() -> None:
+    """A holder of any leaf of the CA cannot sign 'agents' of its own (no CA constraint)."""
+    ca = generate_ca("sub-leaf-ca")
+    holder = issue_certificate(ca, "holder")
+    sub = _expired(holder, "made-by-a-leaf")
+    assert ClientCheck([sub, holder.certificate]).own_fault(ca.cert_pem) is None
+
+
+def test_a_strangers_long_chain_is_checked_with_no_key_the_stranger_chose(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Eight intermediates under keys a stranger chose (any size: 16k-bit RSA cost 35 ms
+    per attempt) below the victim CA's public name: only the bundle's key is used."""
+    victim = root_ca("victim-root")
+    above = root_ca("victim-root")  # the stranger's, under the victim's name
+    chain = []
+    for i in range(8):  # linked: each signs the one below it
+        above = _ca(f"step-{i}", 8, above)
+        chain.insert(0, above)
+    leaf = _expired(chain[0])
+    used: list[x509.Certificate] = []
+    real = pki_certs.issued_by
+
+    def counted(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+        used.append(issuer)
+        return real(cert, issuer)
+
+    monkeypatch.setattr(pki_certs, "issued_by", counted)
+    sent = [c.certificate for c in chain]
+    assert linked_path(leaf, sent) == sent  # the whole path is the check's
+    assert ClientCheck([leaf, *sent]).own_fault(victim.cert_pem) is None
+    assert used  # the top was tried against the victim's CA
+    assert all(issuer == victim.certificate for issuer in used)
