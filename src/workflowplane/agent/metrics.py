@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry
@@ -125,19 +126,25 @@ class AgentMetrics:
     ) -> None:
         """Count ``task`` (serving ``frame``) in flight until it ends, then log its end at
         DEBUG with the request's id. ``streams``: whether it opens a stream, when known."""
+        ended = self.begin(frame, streams)
+        task.add_done_callback(lambda done: ended(done.cancelled()))
+
+    def begin(
+        self, frame: TunnelRequest | StreamInit, streams: bool | None = None
+    ) -> Callable[[bool], None]:
+        """Count ``frame``'s request in flight; the call it returns (``cancelled``) ends it."""
         streams = opens_stream(frame) if streams is None else streams
         gauge = self.streams_in_flight if streams else self.requests_in_flight
         gauge.inc()
         started = time.monotonic()
 
-        def ended(done: asyncio.Task[None]) -> None:
+        def ended(cancelled: bool) -> None:
             gauge.dec()
             if not log.isEnabledFor(logging.DEBUG):  # no arguments built for nothing
                 return
-            outcome = "cancelled" if done.cancelled() else "served"
             log.debug(
                 "%s %s %s (request %s) after %.3fs",
-                outcome,
+                "cancelled" if cancelled else "served",
                 frame.method,
                 frame.path,
                 frame.request_id,
@@ -145,7 +152,7 @@ class AgentMetrics:
                 extra={"request_id": frame.request_id},
             )
 
-        task.add_done_callback(ended)
+        return ended
 
     def upstream_observed(
         self, method: str, path: str, query: str, code: str, seconds: float

@@ -45,6 +45,7 @@ from aiohttp.connector import SocketFactoryType
 
 from workflowplane.agent.exec import Encoder, ExecSessions
 from workflowplane.agent.metrics import AgentMetrics
+from workflowplane.agent.quick import QuickRequest
 from workflowplane.agent.upstream import (
     AnswerBudget,
     AnswersOverBudget,
@@ -64,6 +65,7 @@ from workflowplane.kits.http1 import (
     hold_piece,
 )
 from workflowplane.kits.ratelog import LogThrottle
+from workflowplane.kits.slots import Slots
 from workflowplane.kits.stall import guard_writes
 from workflowplane.kits.text import shortened
 from workflowplane.kits.ws_tap import ProtocolFlow, TappedWebSocket
@@ -335,8 +337,14 @@ class FrameServer:
         chunk_encoder: ChunkEncoder | None = None,
         private_namespace: str | None = None,
         answers: AnswerBudget | None = None,
+        send_now: Callable[[bytes | bytearray], bool] | None = None,
     ) -> None:
         self._upstream = upstream
+        # Writes a frame at once, or says it cannot (v3 only): quick answers use it.
+        self._send_now = send_now
+        self._quick: dict[str, QuickRequest] = {}
+        self._no_quick = asyncio.Event()
+        self._no_quick.set()
         self._answers = (
             answers if answers is not None else AnswerBudget(whole_answers_bytes(max_frame))
         )
@@ -345,7 +353,7 @@ class FrameServer:
         self._encode = encoder  # the connection's: v1/v2 JSON or v3 binary
         self._encode_chunk = chunk_encoder or self._chunk_via_encoder
         self._timeout = timeout
-        self._slots, self._slots_total = asyncio.Semaphore(max_concurrent), max_concurrent
+        self._slots, self._slots_total = Slots(max_concurrent), max_concurrent
         self._queue = _Queue(QUEUED_PER_SLOT * max_concurrent, max_frame)
         self._max_streams, self._open_streams = max_streams, 0
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -368,13 +376,17 @@ class FrameServer:
         return self._encode(StreamChunk(request_id=rid, data=_joined(parts)))
 
     @property
+    def chunk_bytes(self) -> int:
+        return self._chunk
+
+    @property
     def open_streams(self) -> int:
         return self._open_streams
 
     @property
     def requests_in_flight(self) -> int:
         """Requests being served, streams (watch/follow, exec) not counted."""
-        return len(self._tasks) - self._open_streams
+        return len(self._tasks) - self._open_streams + len(self._quick)
 
     def dispatch(self, raw: bytes | str, *, binary: bool = False) -> None:
         """Start serving one message from the gateway (``binary``: a v3 message)."""
@@ -432,6 +444,8 @@ class FrameServer:
                 return
             if frame.is_close is True and frame.request_id in self._tasks:
                 self._tasks[frame.request_id].cancel()
+            elif frame.is_close is True and frame.request_id in self._quick:
+                self._cancel_quick(self._quick[frame.request_id])
             return
         if isinstance(frame, TunnelResponse):  # not meant for an agent
             self._problems.log(
@@ -443,16 +457,17 @@ class FrameServer:
             return
         request_id = frame.request_id
         is_init = isinstance(frame, StreamInit)
-        if request_id in self._tasks:
+        if request_id in self._tasks or request_id in self._quick:
             message = f"requestID {shortened(request_id, 64)!r} is already in flight on this "
             message += "connection"
             self._refuse(request_id, 409, message, "a duplicate requestID", stream=is_init)
             return
         streams = opens_stream(frame)
-        counted = streams  # counted at once: a burst of streams cannot overshoot the cap
         dequeue = None
         if streams and self._open_streams >= self._max_streams:
             self._refuse(request_id, 429, self._over_cap, "too many streams", stream=is_init)
+            return
+        if not streams and isinstance(frame, TunnelRequest) and self._start_quick(frame):
             return
         if not streams and isinstance(frame, TunnelRequest):  # counted at once, as streams are
             dequeue = self._queue.enter(frame)
@@ -462,22 +477,137 @@ class FrameServer:
             work = self._serve(frame, dequeue)
         else:
             work = self._work(frame, streams)
+        self._run(frame, work, streams=streams, dequeue=dequeue)
+
+    def _run(
+        self,
+        frame: TunnelRequest | StreamInit,
+        work: Coroutine[Any, Any, None],
+        *,
+        streams: bool,
+        dequeue: Callable[[], None] | None,
+    ) -> None:
+        """``work`` as the task of ``frame``'s request; a stream is counted at once (a burst
+        of streams cannot overshoot the cap)."""
+        request_id, is_init = frame.request_id, isinstance(frame, StreamInit)
         task = self._loop.create_task(work)  # asyncio.create_task: a getpid call on 3.11
         self.metrics.track(frame, task, streams)
         self._tasks[request_id] = task
-        if counted:
+        if streams:
             self._open_streams += 1
 
         def forget(_: asyncio.Task[None]) -> None:  # runs even if cancelled before it started
             self._tasks.pop(request_id, None)
             if is_init:
                 self._exec.forget(request_id)
-            if counted:
+            if streams:
                 self._open_streams -= 1
             if dequeue is not None:
                 dequeue()
 
         task.add_done_callback(forget)
+
+    # ---- requests served without a task (agent/quick.py) ----------------------------------
+
+    def _start_quick(self, frame: TunnelRequest) -> bool:
+        """Serve ``frame`` without a task if nothing would make it wait: a free slot and
+        nobody queued for one, an idle connection to the API server. Refusals, and requests
+        the lean client refuses to write, go the task's way (which says why)."""
+        if (
+            self._send_now is None
+            or not self._chunked
+            or self._queue.count
+            or _refusal(frame, self._private_namespace) is not None
+            or not self._slots.try_take()
+        ):
+            return False
+        quick = QuickRequest(self, self._upstream, frame)
+        try:
+            quick.exchange = self._upstream.begin_now(*self._upstream_call(frame), quick.progress)
+        except InvalidRequest:
+            quick.exchange = None
+        if quick.exchange is None:
+            self._slots.release()
+            return False
+        quick.ended = self.metrics.begin(frame, False)
+        self._quick[frame.request_id] = quick
+        self._no_quick.clear()
+        return True
+
+    def _forget_quick(self, quick: QuickRequest, *, slot: bool = True) -> bool:
+        """Whether ``quick`` was still in flight (it is not any more)."""
+        if self._quick.get(quick.frame.request_id) is not quick:
+            return False
+        del self._quick[quick.frame.request_id]
+        if not self._quick:
+            self._no_quick.set()
+        if slot:
+            self._slots.release()
+        return True
+
+    def answer_now(self, quick: QuickRequest, answer: TunnelResponse) -> None:
+        if not self._forget_quick(quick):
+            return  # answered, cancelled or handed over already
+        quick.ended(False)
+        data = self._encode(answer)
+        assert self._send_now is not None
+        if not self._send_now(data):  # the socket is busy or paused: in turn, with a task
+            self._loop.create_task(self._send_quietly(data))
+
+    def fail_now(self, quick: QuickRequest, status: int, message: str) -> None:
+        self.answer_now(quick, error_response(quick.frame.request_id, status, message))
+
+    async def _send_quietly(self, data: bytes | bytearray) -> None:
+        with contextlib.suppress(ConnectionError):  # the gateway's connection went
+            await self._send(data)
+
+    def hand_over(self, quick: QuickRequest) -> None:
+        """A task relays the rest of the answer in chunks; it keeps the quick one's slot."""
+        if not self._forget_quick(quick, slot=False):
+            return
+        rid = quick.frame.request_id
+        task = self._loop.create_task(self._relay_quick(quick))
+        self._tasks[rid] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            self._tasks.pop(rid, None)
+            self._slots.release()
+            quick.ended(done.cancelled())
+
+        task.add_done_callback(forget)
+
+    async def _relay_quick(self, quick: QuickRequest) -> None:
+        rid, exchange, head = quick.frame.request_id, quick.exchange, _Head()
+        assert exchange is not None and exchange.response is not None
+        response, whole = exchange.response, False
+        try:
+            await self._relay(rid, response, head)
+            whole = response.complete
+        except TimeoutError:
+            await self._fail(
+                rid, head.sent, 504, f"upstream did not answer within {self._timeout:g}s"
+            )
+        except OSError as exc:
+            await self._fail(rid, head.sent, 502, f"backend request failed: {exc!r}")
+        finally:
+            exchange.release(whole=whole)
+
+    def start_again(self, quick: QuickRequest) -> None:
+        """A reused connection the server had closed: the request again, by a task."""
+        if not self._forget_quick(quick):
+            return
+        quick.ended(False)
+        frame = quick.frame
+        dequeue = self._queue.enter(frame)
+        if dequeue is None:
+            self._refuse(frame.request_id, 429, self._over_queue, "queue full")
+            return
+        self._run(frame, self._serve(frame, dequeue), streams=False, dequeue=dequeue)
+
+    def _cancel_quick(self, quick: QuickRequest) -> None:
+        if self._forget_quick(quick):
+            quick.cancel()
+            quick.ended(True)
 
     def _refuse(
         self, rid: str, status: int, message: str, kind: str, *, stream: bool = False
@@ -727,12 +857,15 @@ class FrameServer:
 
     async def idle(self) -> None:
         """Wait until every request and stream started so far has finished."""
-        while self._tasks:
+        while self._tasks or self._quick:
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+            await self._no_quick.wait()
 
     async def close(self) -> None:
         """Cancel what is in flight; a frame dispatched from now on is dropped."""
         self._closed = True
+        for quick in list(self._quick.values()):
+            self._cancel_quick(quick)
         sender = [self._refusal_sender] if self._refusal_sender is not None else []
         tasks = [*self._tasks.values(), *sender]
         for task in tasks:
@@ -987,6 +1120,25 @@ class AgentTunnel:
                 corked.flush()  # a lone answer: nothing to join it with
             sent_bytes.observe(size)
 
+        writer, opcode = ws._writer, int(kind)
+
+        def send_now(data: bytes | bytearray) -> bool:
+            """``send`` without waiting, when nothing would make it wait (a frame being
+            sent, a paused socket, a closing one): a quick answer, its request forgotten."""
+            transport = writer.transport
+            if lock.locked() or writer._closing or writer.protocol._paused:
+                return False
+            if transport is None or transport.is_closing():
+                return False  # the task's way says so (and is told the connection went)
+            size = len(data)
+            writer._write_websocket_frame(data, opcode, 0)  # type: ignore[arg-type]  # ws_writer
+            if writer._output_size > writer._limit:
+                writer._output_size = 0
+            if corked is not None and server.requests_in_flight == 0:
+                corked.flush()
+            sent_bytes.observe(size)
+            return True
+
         server = FrameServer(
             self._upstream,
             send,
@@ -999,6 +1151,7 @@ class AgentTunnel:
             chunk_encoder=encode_chunk if binary else None,
             private_namespace=self._private_namespace,
             answers=self._answers,
+            send_now=send_now if binary else None,
         )
         server.metrics = self.metrics
         return server

@@ -22,7 +22,7 @@ import aiohttp
 
 from workflowplane.agent.kubeconfig import KubeTarget
 from workflowplane.kits.dialing import Connector
-from workflowplane.kits.http1 import Http1Pool, Http1Response, Piece, hold_piece
+from workflowplane.kits.http1 import Http1Pool, Http1Response, Piece, QuickExchange, hold_piece
 from workflowplane.protocol.http import HOP_BY_HOP
 
 TOKEN_REREAD_SECONDS = 60.0
@@ -218,6 +218,33 @@ class Upstream:
         )
         return self._timed(opened, method, path, query, _status_code, pool.loop)
 
+    def begin_now(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: dict[str, list[str]] | None,
+        body: bytes,
+        timeout: float,
+        watch: Callable[[], None],
+    ) -> QuickExchange | None:
+        """An ordinary request written now, without a task (``Http1Pool.begin_now``), or
+        None when it would have to wait for a slot or a connection."""
+        return self._requests.begin_now(
+            method,
+            _target(path, query),
+            forwardable_headers(headers) + self._auth_header(),
+            body,
+            timeout,
+            watch,
+        )
+
+    def observed(self, call: tuple[str, str, str], code: str, seconds: float) -> None:
+        """Tell the observers of a request made with ``begin_now`` (a pass later: the
+        answer goes first)."""
+        if self._observers:
+            self._requests.loop.call_soon(_tell, self._observers, call, code, seconds)
+
     def websocket(
         self, path: str, query: str, protocols: tuple[str, ...]
     ) -> AbstractAsyncContextManager[aiohttp.ClientWebSocketResponse]:
@@ -306,6 +333,11 @@ def _target(path: str, query: str) -> str:
     return f"/{path.lstrip('/')}" + (f"?{query}" if query else "")
 
 
+def _tell(observers: list[Observer], call: tuple[str, str, str], code: str, seconds: float) -> None:
+    for observer in observers:
+        observer(*call, code, seconds)
+
+
 def _status_code(response: Http1Response) -> str:
     return str(response.status)
 
@@ -314,7 +346,8 @@ def _upgraded(_: aiohttp.ClientWebSocketResponse) -> str:
     return "101"
 
 
-def _failure_code(exc: BaseException) -> str:
+def failure_code(exc: BaseException) -> str:
+    """An observer's code for a request that got no answer."""
     if isinstance(exc, asyncio.CancelledError):
         return "cancelled"
     return "timeout" if isinstance(exc, TimeoutError) else "error"
@@ -337,15 +370,14 @@ class _Timed(Generic[T]):
         self._observers, self._loop = observers, loop
 
     def _tell(self, code: str, seconds: float) -> None:
-        for observer in self._observers:
-            observer(*self._call, code, seconds)
+        _tell(self._observers, self._call, code, seconds)
 
     async def __aenter__(self) -> T:
         started = time.perf_counter()
         try:
             answer = await self._opened.__aenter__()
         except BaseException as exc:
-            self._tell(_failure_code(exc), time.perf_counter() - started)
+            self._tell(failure_code(exc), time.perf_counter() - started)
             raise
         seconds = time.perf_counter() - started  # told once the answer is on its way:
         self._loop.call_soon(self._tell, self._code_of(answer), seconds)

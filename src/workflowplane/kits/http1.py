@@ -22,13 +22,15 @@ import asyncio
 import re
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, MutableSequence
+from collections.abc import AsyncIterator, Callable, Iterable, MutableSequence
 from functools import partial
 from types import TracebackType
 from typing import Final
 from urllib.parse import quote, urlsplit
 
 import httptools  # type: ignore[import-untyped]
+
+from workflowplane.kits.slots import Slots
 
 HEAD_LIMIT: Final = 1024 * 1024  # status line and headers of one response
 # What a kept header costs beyond its bytes (two str objects and a tuple), counted against
@@ -146,6 +148,22 @@ class Http1Response:
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
 
+    @property
+    def error(self) -> BaseException | None:
+        """Why the answer failed (the connection's error, the deadline), if it did."""
+        return self._error
+
+    @property
+    def held(self) -> int:
+        """Body bytes read and not yet taken."""
+        return self._held
+
+    def take_body(self) -> bytes:
+        """The body read so far, taken at once (a whole answer, read: ``complete``)."""
+        chunks, self._chunks = self._chunks, deque()
+        self._held = 0
+        return b"".join(chunks)
+
     async def read(self) -> bytes:
         pieces: list[Piece] = []
         async for chunk in self.iter_any():
@@ -222,6 +240,12 @@ class _Connection(asyncio.BufferedProtocol):
         self._until_close = False
         self._interim = False
         self.reusable = False
+        # Told of the answer's every step, in these callbacks (a QuickExchange's).
+        self.on_progress: Callable[[], None] | None = None
+
+    def _progress(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress()
 
     # asyncio.Protocol
 
@@ -256,6 +280,7 @@ class _Connection(asyncio.BufferedProtocol):
         response = self.response
         if exc is None and response is not None and self._until_close and self._head is None:
             response.finish()  # a body without a length ends when the connection does
+            self._progress()
             return
         reason = (
             f"connection to the server lost: {exc!r}" if exc else "server closed the connection"
@@ -301,11 +326,13 @@ class _Connection(asyncio.BufferedProtocol):
             head.set_result(response)
         if self._no_body:  # HEAD: llhttp would wait for the body the headers describe
             response.finish()
+        self._progress()
 
     def on_body(self, body: bytes) -> None:
         self._since_body = 0
         if self.response is not None and not self._no_body:
             self.response.feed(body)
+            self._progress()
 
     def on_message_complete(self) -> None:
         if self._interim:
@@ -314,6 +341,7 @@ class _Connection(asyncio.BufferedProtocol):
         if self.response is not None:
             self.reusable = self._parser.should_keep_alive() and not self._no_body
             self.response.finish()
+            self._progress()
 
     # the pool's side
 
@@ -334,14 +362,19 @@ class _Connection(asyncio.BufferedProtocol):
         """The exchange is over (its body read, or given up)."""
         self.response = None
         self._head = None
+        self.on_progress = None
 
     def fail(self, error: BaseException) -> None:
         if self._head is not None and not self._head.done():
-            self._head.set_exception(error)
+            if self.on_progress is None:
+                self._head.set_exception(error)
+            else:  # nobody awaits it (a QuickExchange): no "exception never retrieved"
+                self._head.cancel()
         if self.response is not None:
             self.response.fail(error)
         self.reusable = False
         self.abort()
+        self._progress()
 
     def abort(self) -> None:
         self.reusable = False
@@ -404,7 +437,7 @@ class Http1Pool:
         self._prefix = parts.path.rstrip("/")
         self._idle: list[_Connection] = []
         self._read_buffer = memoryview(bytearray(READ_BUFFER))
-        self.slots = asyncio.Semaphore(limit)
+        self.slots = Slots(limit)
         self._connect_timeout = connect_timeout
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -429,17 +462,43 @@ class Http1Pool:
         """The response, its body not yet read, as ``async with``; ``timeout`` bounds the
         whole exchange, body included (``TimeoutError``), or with ``idle`` the wait for the
         head and then each silence of the body (httpx's read timeout)."""
+        head = self._head(method, target, headers, body)
+        return Exchange(self, method, head, body, timeout, idle=idle)
+
+    def begin_now(
+        self,
+        method: str,
+        target: str,
+        headers: Headers,
+        body: bytes,
+        timeout: float,
+        watch: Callable[[], None],
+    ) -> QuickExchange | None:
+        """The request written now, without a task, when a slot and an idle connection are
+        free (None otherwise: make it with ``request``); ``watch`` is called at each step of
+        the answer, in the connection's callbacks (``QuickExchange``)."""
+        head = self._head(method, target, headers, body)
+        if not self.slots.try_take():
+            return None
+        connection = self._idle_connection()
+        if connection is None:
+            self.slots.release()
+            return None
+        exchange = QuickExchange(self, connection, method, timeout)
+        connection.on_progress = watch
+        connection.begin(head, body, no_body=method == "HEAD")
+        exchange.response = connection.response
+        return exchange
+
+    def _head(self, method: str, target: str, headers: Headers, body: bytes) -> bytes:
         for name, _ in headers:
             if name.lower() in CLIENT_HEADERS:
                 raise InvalidRequest(f"HTTP header {name} is the client's own to write")
         if body or method in ("POST", "PUT", "PATCH"):
             headers = [*headers, ("Content-Length", str(len(body)))]
-        head = encode_head(method, self._prefix + target, self._authority, headers)
-        return Exchange(self, method, head, body, timeout, idle=idle)
+        return encode_head(method, self._prefix + target, self._authority, headers)
 
-    async def connection(self, within: float | None = None) -> _Connection:
-        """An idle connection, or a new one made within ``within`` seconds (and the pool's
-        connect timeout): ``TimeoutError`` naming the server otherwise."""
+    def _idle_connection(self) -> _Connection | None:
         loop = self.loop
         while self._idle:
             connection = self._idle.pop()
@@ -447,6 +506,15 @@ class Http1Pool:
                 connection.reused = True
                 return connection
             connection.abort()
+        return None
+
+    async def connection(self, within: float | None = None) -> _Connection:
+        """An idle connection, or a new one made within ``within`` seconds (and the pool's
+        connect timeout): ``TimeoutError`` naming the server otherwise."""
+        loop = self.loop
+        idle = self._idle_connection()
+        if idle is not None:
+            return idle
         if self._closed:
             raise Http1Error("the client is closed")
         seconds = self._connect_timeout if within is None else min(self._connect_timeout, within)
@@ -592,3 +660,50 @@ class Exchange:
         if self._connection is not None:
             self._pool.give_back(self._connection, whole=whole)
             self._connection = None
+
+
+class QuickExchange:
+    """One request written without a task, on an idle keep-alive connection, its answer
+    followed in the connection's callbacks (the pool's ``begin_now``): a proxy can answer a
+    small request in the read that completes it, with no task to start and no pass of the
+    loop to resume one. ``response`` is read as it comes; ``release`` ends the exchange
+    (the connection back to the pool when its answer was read whole). One timer is the
+    deadline of the whole exchange, as ``Exchange``'s: it fails the answer with
+    ``TimeoutError``."""
+
+    __slots__ = ("_pool", "_timer", "connection", "expired", "method", "response", "timeout")
+
+    def __init__(
+        self, pool: Http1Pool, connection: _Connection, method: str, timeout: float
+    ) -> None:
+        self._pool: Http1Pool | None = pool
+        self.connection, self.method, self.timeout = connection, method, timeout
+        self.expired = False
+        self._timer: asyncio.TimerHandle | None = connection.loop.call_later(timeout, self._expire)
+        self.response: Http1Response | None = None  # set as the request is written
+
+    def _expire(self) -> None:
+        self._timer = None
+        self.expired = True
+        self.connection.fail(TimeoutError(f"the server did not answer within {self.timeout:g}s"))
+
+    @property
+    def stale(self) -> bool:
+        """Failed on a reused connection before any byte of the answer: safe to try again."""
+        response = self.response
+        return response is not None and isinstance(response.error, StaleConnection)
+
+    def stop_watching(self) -> None:
+        """The answer is followed by awaiting ``response`` from now on (a large body)."""
+        self.connection.on_progress = None
+
+    def release(self, *, whole: bool) -> None:
+        """End the exchange (again: nothing more happens)."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        pool.give_back(self.connection, whole=whole)
+        pool.slots.release()
