@@ -15,6 +15,7 @@ repeat).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -113,12 +114,11 @@ class QuickRequest:
 
     def _failed(self, exchange: QuickExchange, error: BaseException) -> None:
         self._done = True
-        if not self._timed:
-            self._upstream.observed(self._call, failure_code(error), self._seconds())
         self._release(exchange, whole=False)
         if exchange.stale and self.frame.method.upper() in RETRY_SAFE:
-            self._host.start_again(self)
+            self._host.start_again(self)  # told once, by the task's way, as its own retry is
             return
+        self._tell_failure(error)
         if exchange.expired:
             message = f"upstream did not answer within {exchange.timeout:g}s"
             self._host.fail_now(self, 504, message)
@@ -130,9 +130,15 @@ class QuickRequest:
         if self._done:
             return
         self._done = True
+        self._tell_failure(asyncio.CancelledError())
         if self.exchange is not None:
             self.exchange.stop_watching()
             self.exchange.release(whole=False)
+
+    def _tell_failure(self, error: BaseException) -> None:
+        if not self._timed:
+            self._timed = True
+            self._upstream.observed(self._call, failure_code(error), self._seconds())
 
     @staticmethod
     def _release(exchange: QuickExchange, *, whole: bool) -> None:

@@ -524,7 +524,7 @@ class FrameServer:
         quick = QuickRequest(self, self._upstream, frame)
         try:
             quick.exchange = self._upstream.begin_now(*self._upstream_call(frame), quick.progress)
-        except InvalidRequest:
+        except Exception:  # noqa: BLE001 - the task's way meets it again, and answers it
             quick.exchange = None
         if quick.exchange is None:
             self._slots.release()
@@ -546,13 +546,26 @@ class FrameServer:
         return True
 
     def answer_now(self, quick: QuickRequest, answer: TunnelResponse) -> None:
-        if not self._forget_quick(quick):
+        if not self._forget_quick(quick, slot=False):
             return  # answered, cancelled or handed over already
-        quick.ended(False)
         data = self._encode(answer)
         assert self._send_now is not None
-        if not self._send_now(data):  # the socket is busy or paused: in turn, with a task
-            self._loop.create_task(self._send_quietly(data))
+        if self._send_now(data):
+            self._slots.release()
+            quick.ended(False)
+            return
+        # A frame is being sent, or the socket is paused: in turn, by a task that keeps the
+        # request's slot (a gateway that does not read holds max-concurrent answers, then
+        # its requests queue and are refused, as on the task's way).
+        rid = quick.frame.request_id
+        sending = self._loop.create_task(self._send_quietly(data))
+        self._tasks[rid] = sending
+        sending.add_done_callback(partial(self._sent, rid, quick))
+
+    def _sent(self, rid: str, quick: QuickRequest, done: asyncio.Task[None]) -> None:
+        self._tasks.pop(rid, None)
+        self._slots.release()
+        quick.ended(done.cancelled())
 
     def fail_now(self, quick: QuickRequest, status: int, message: str) -> None:
         self.answer_now(quick, error_response(quick.frame.request_id, status, message))
@@ -570,9 +583,9 @@ class FrameServer:
         self._tasks[rid] = task
 
         def forget(done: asyncio.Task[None]) -> None:
-            self._tasks.pop(rid, None)
-            self._slots.release()
-            quick.ended(done.cancelled())
+            if quick.exchange is not None:  # a task cancelled before it began ran no finally
+                quick.exchange.release(whole=False)
+            self._sent(rid, quick, done)
 
         task.add_done_callback(forget)
 

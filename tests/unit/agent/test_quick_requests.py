@@ -190,6 +190,8 @@ async def test_a_reused_connection_the_server_closed_is_tried_again_only_when_sa
     upstream = Upstream(KubeTarget.from_server(f"http://127.0.0.1:{port}"), 1 << 20)
     wire = Wire()
     server = _server(upstream, wire)
+    heard: list[str] = []
+    upstream.observe(lambda method, path, query, code, seconds: heard.append(code))
     try:
         await _warm(server, wire)
         _ask(server, "again", "/x", method=method)
@@ -198,6 +200,8 @@ async def test_a_reused_connection_the_server_closed_is_tried_again_only_when_sa
         (answer,) = wire.of("again")
         assert answer.status_code == status
         assert OneAnswerPerConnection.served == [b"GET"] + ([b"GET"] if method == "GET" else [])
+        await _until(lambda: len(heard) == 2)
+        assert heard == ["200", "200" if method == "GET" else "error"]  # a retry is not told
     finally:
         await server.close()
         await upstream.close()
@@ -249,4 +253,114 @@ async def test_a_duplicate_request_id_in_flight_is_refused(plane: Any) -> None:
     _ask(server, "twice", "/hang")
     await _until(lambda: bool(wire.of("twice")))
     assert wire.of("twice")[0].status_code == 409
+    await server.close()
+
+
+def _pool_free(upstream: Upstream) -> int:
+    return upstream._requests.slots._free
+
+
+async def test_a_hand_over_cancelled_before_its_task_began_gives_its_connection_back(
+    plane: Any,
+) -> None:
+    """The gateway's isClose read in the pass that handed a large answer over: the task is
+    cancelled before its first step, so its own ``finally`` never runs."""
+    _, upstream, _ = plane
+    wire = Wire()
+    server = _server(upstream, wire)
+    await _warm(server, wire)
+    free = _pool_free(upstream)
+    handed = server.hand_over
+
+    def hand_over_then_cancel(quick: Any) -> None:
+        handed(quick)
+        server._tasks[quick.frame.request_id].cancel()
+
+    server.hand_over = hand_over_then_cancel  # type: ignore[method-assign]
+    for n in range(3):
+        _ask(server, f"big{n}", "/big")
+        await _until(lambda: server.requests_in_flight == 0)
+        await _warm(server, wire)
+    assert _pool_free(upstream) == free
+    await server.close()
+
+
+class SlowGateway(Wire):
+    """A gateway that reads nothing: every send waits until ``reads`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = asyncio.Event()
+        self.waiting = 0
+
+    async def send(self, data: bytes | bytearray) -> None:
+        self.waiting += 1
+        await self.reads.wait()
+        self.waiting -= 1
+        await super().send(data)
+
+
+async def test_answers_waiting_for_a_gateway_that_does_not_read_keep_their_slots(
+    plane: Any,
+) -> None:
+    fake, upstream, _ = plane
+    wire = SlowGateway()
+    wire.reads.set()
+    server = _server(upstream, wire, max_concurrent=2)
+    await _warm(server, wire)
+    wire.reads.clear()
+    wire.refuse_now = True  # the socket is paused
+    asked = len(fake.requests)
+    for n in range(6):
+        _ask(server, f"r{n}", "/small")
+        await _until(
+            lambda n=n: wire.waiting == min(n + 1, 2) and server.requests_in_flight == n + 1
+        )
+    assert wire.waiting == 2  # two answers wait; the rest wait for their slots
+    assert len(fake.requests) - asked == 2  # and were not even asked of the API server
+    wire.reads.set()
+    await _until(lambda: all(wire.of(f"r{n}") for n in range(6)))
+    await _until(lambda: server.requests_in_flight == 0)
+    assert server._slots.try_take()
+    await server.close()
+
+
+async def test_an_unreadable_token_file_is_a_502_and_costs_no_slot(
+    plane: Any, tmp_path: Any
+) -> None:
+    _, served, _ = plane
+    token = tmp_path / "token"
+    token.write_text("t")
+    target = KubeTarget(server=served._server, token_file=token)
+    upstream = Upstream(target, 1 << 20)
+    wire = Wire()
+    server = _server(upstream, wire, max_concurrent=1)
+    try:
+        await _warm(server, wire)
+        token.unlink()
+        upstream._token_read_at = 0.0  # due to be read again
+        _ask(server, "no-token", "/small")
+        await _until(lambda: bool(wire.of("no-token")))
+        assert wire.of("no-token")[0].status_code == 502
+        await _until(lambda: server.requests_in_flight == 0)
+        assert server._slots.try_take()
+    finally:
+        await server.close()
+        await upstream.close()
+
+
+async def test_upstream_observers_hear_of_each_request_once(plane: Any) -> None:
+    _, upstream, _ = plane
+    heard: list[tuple[str, str]] = []
+    upstream.observe(lambda method, path, query, code, seconds: heard.append((path, code)))
+    wire = Wire()
+    server = _server(upstream, wire)
+    await _warm(server, wire)
+    _ask(server, "ok", "/small")
+    await _until(lambda: bool(wire.of("ok")))
+    _ask(server, "gone", "/hang")
+    server.dispatch(encode_binary(StreamChunk(request_id="gone", is_close=True)), binary=True)
+    await _until(lambda: len(heard) == 3)
+    await asyncio.sleep(0)
+    assert heard == [("/warm", "200"), ("/small", "200"), ("/hang", "cancelled")]
     await server.close()
