@@ -49,6 +49,7 @@ from workflowplane.agent.quick import QuickRequest
 from workflowplane.agent.upstream import (
     AnswerBudget,
     AnswersOverBudget,
+    Call,
     ResponseTooLarge,
     Upstream,
     UpstreamResult,
@@ -523,7 +524,7 @@ class FrameServer:
             return False
         quick = QuickRequest(self, self._upstream, frame)
         try:
-            quick.exchange = self._upstream.begin_now(*self._upstream_call(frame), quick.progress)
+            quick.exchange = self._upstream.begin_now(self._upstream_call(frame), quick.progress)
         except Exception:  # noqa: BLE001 - the task's way meets it again, and answers it
             quick.exchange = None
         if quick.exchange is None:
@@ -715,9 +716,7 @@ class FrameServer:
             )
         await self._send(data)
 
-    def _upstream_call(
-        self, frame: TunnelRequest
-    ) -> tuple[str, str, str, dict[str, list[str]] | None, bytes, float]:
+    def _upstream_call(self, frame: TunnelRequest) -> Call:
         """The request to make upstream: method, path, query, headers, body, deadline."""
         query, body = _str(frame.query), _bytes(frame.body)
         return frame.method.upper(), frame.path, query, _headers(frame.headers), body, self._timeout

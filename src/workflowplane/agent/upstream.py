@@ -37,6 +37,8 @@ SMALL_ANSWER = 256 * 1024
 # Told of every request to the API server: method, path, query, code (the HTTP status, or
 # error, timeout, cancelled: no answer) and seconds from sending to the status and headers.
 Observer = Callable[[str, str, str, str, float], None]
+# A request to make upstream: method, path, query, headers, body, deadline in seconds.
+Call = tuple[str, str, str, dict[str, list[str]] | None, bytes, float]
 
 
 def forwardable_headers(headers: dict[str, list[str]] | None) -> list[tuple[str, str]]:
@@ -209,35 +211,23 @@ class Upstream:
         connection from the streams' pool. ``InvalidRequest`` (kits.http1) for a request that
         cannot be sent as it is."""
         pool = self._streams if streaming else self._requests
-        opened = pool.request(
-            method,
-            _target(path, query),
-            forwardable_headers(headers) + self._auth_header(),
-            body,
-            timeout,
-        )
+        opened = pool.request(method, *self._sent(path, query, headers), body, timeout)
         return self._timed(opened, method, path, query, _status_code, pool.loop)
 
-    def begin_now(
-        self,
-        method: str,
-        path: str,
-        query: str,
-        headers: dict[str, list[str]] | None,
-        body: bytes,
-        timeout: float,
-        watch: Callable[[], None],
-    ) -> QuickExchange | None:
-        """An ordinary request written now, without a task (``Http1Pool.begin_now``), or
-        None when it would have to wait for a slot or a connection."""
-        return self._requests.begin_now(
-            method,
-            _target(path, query),
-            forwardable_headers(headers) + self._auth_header(),
-            body,
-            timeout,
-            watch,
-        )
+    def begin_now(self, call: Call, watch: Callable[[], None]) -> QuickExchange | None:
+        """An ordinary request (method, path, query, headers, body, deadline) written now,
+        without a task (``Http1Pool.begin_now``), or None when it would have to wait for a
+        slot or a connection."""
+        method, path, query, headers, body, timeout = call
+        sent = self._sent(path, query, headers)
+        return self._requests.begin_now(method, *sent, body, timeout, watch)
+
+    def _sent(
+        self, path: str, query: str, headers: dict[str, list[str]] | None
+    ) -> tuple[str, list[tuple[str, str]]]:
+        """The request target and headers as the API server gets them (ours, not the
+        caller's credentials)."""
+        return _target(path, query), forwardable_headers(headers) + self._auth_header()
 
     def observed(self, call: tuple[str, str, str], code: str, seconds: float) -> None:
         """Tell the observers of a request made with ``begin_now`` (a pass later: the

@@ -119,11 +119,17 @@ async def _warm(server: FrameServer, wire: Wire) -> None:
     await asyncio.sleep(0)  # the connection goes back to the pool a pass after the answer
 
 
-async def test_a_small_answer_leaves_at_once_without_a_task(plane: Any) -> None:
+async def _warmed(plane: Any, **options: Any) -> tuple[Upstream, Wire, FrameServer]:
+    """The plane's upstream, and a frame server over it with an idle connection."""
     _, upstream, _ = plane
     wire = Wire()
-    server = _server(upstream, wire)
+    server = _server(upstream, wire, **options)
     await _warm(server, wire)
+    return upstream, wire, server
+
+
+async def test_a_small_answer_leaves_at_once_without_a_task(plane: Any) -> None:
+    _upstream, wire, server = await _warmed(plane)
     assert [f.request_id for f in wire.later] == ["warm"]
     _ask(server, "q1", "/api/v1/namespaces/default")
     assert server.requests_in_flight == 1 and not server._tasks  # no task for it
@@ -140,10 +146,7 @@ async def test_a_small_answer_leaves_at_once_without_a_task(plane: Any) -> None:
 async def test_a_large_answer_is_handed_to_a_task_and_relayed_in_chunks(
     plane: Any, path: str
 ) -> None:
-    _, upstream, _ = plane
-    wire = Wire()
-    server = _server(upstream, wire)
-    await _warm(server, wire)
+    _upstream, wire, server = await _warmed(plane)
     _ask(server, "big", path)
     assert not server._tasks
     await _until(lambda: any(isinstance(f, StreamChunk) and f.is_close for f in wire.of("big")))
@@ -233,10 +236,7 @@ async def test_the_deadline_is_a_504_and_the_gateway_may_give_up_first(plane: An
 
 
 async def test_a_busy_socket_sends_the_answer_in_turn(plane: Any) -> None:
-    _, upstream, _ = plane
-    wire = Wire()
-    server = _server(upstream, wire)
-    await _warm(server, wire)
+    _upstream, wire, server = await _warmed(plane)
     wire.refuse_now = True
     _ask(server, "busy", "/small")
     await _until(lambda: bool(wire.of("busy")))
@@ -245,10 +245,7 @@ async def test_a_busy_socket_sends_the_answer_in_turn(plane: Any) -> None:
 
 
 async def test_a_duplicate_request_id_in_flight_is_refused(plane: Any) -> None:
-    _, upstream, _ = plane
-    wire = Wire()
-    server = _server(upstream, wire)
-    await _warm(server, wire)
+    _upstream, wire, server = await _warmed(plane)
     _ask(server, "twice", "/hang")
     _ask(server, "twice", "/hang")
     await _until(lambda: bool(wire.of("twice")))
@@ -265,10 +262,7 @@ async def test_a_hand_over_cancelled_before_its_task_began_gives_its_connection_
 ) -> None:
     """The gateway's isClose read in the pass that handed a large answer over: the task is
     cancelled before its first step, so its own ``finally`` never runs."""
-    _, upstream, _ = plane
-    wire = Wire()
-    server = _server(upstream, wire)
-    await _warm(server, wire)
+    upstream, wire, server = await _warmed(plane)
     free = _pool_free(upstream)
     handed = server.hand_over
 

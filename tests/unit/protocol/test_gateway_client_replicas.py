@@ -544,6 +544,7 @@ async def test_a_notify_waits_longer_than_a_status_read(
 ) -> None:
     """A notify may read the API server before it answers: a replica that takes longer than
     a status read may, but answers within the notify's time, is waited for."""
+
     async def slow(request: web.Request) -> web.StreamResponse:
         await asyncio.sleep(0.5)
         return web.json_response({"success": True, "authorizationsGranted": 1})
