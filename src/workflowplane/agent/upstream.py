@@ -218,6 +218,8 @@ class Upstream:
         """An ordinary request (method, path, query, headers, body, deadline) written now,
         without a task (``Http1Pool.begin_now``), or None when it would have to wait for a
         slot or a connection."""
+        if not self._requests.ready_now:
+            return None
         method, path, query, headers, body, timeout = call
         sent = self._sent(path, query, headers)
         return self._requests.begin_now(method, *sent, body, timeout, watch)

@@ -477,6 +477,8 @@ class Http1Pool:
         """The request written now, without a task, when a slot and an idle connection are
         free (None otherwise: make it with ``request``); ``watch`` is called at each step of
         the answer, in the connection's callbacks (``QuickExchange``)."""
+        if not self.ready_now:
+            return None
         head = self._head(method, target, headers, body)
         if not self.slots.try_take():
             return None
@@ -489,6 +491,12 @@ class Http1Pool:
         connection.begin(head, body, no_body=method == "HEAD")
         exchange.response = connection.response
         return exchange
+
+    @property
+    def ready_now(self) -> bool:
+        """Whether ``begin_now`` may find a slot and an idle connection (nothing is built
+        for a request that would have to wait)."""
+        return bool(self._idle) and not self.slots.locked()
 
     def _head(self, method: str, target: str, headers: Headers, body: bytes) -> bytes:
         for name, _ in headers:
