@@ -78,11 +78,10 @@ class QuickRequest:
             self._progress()
         except Exception as exc:  # a bug: said, and the request answered, not left hanging
             log.exception("serving request %s", self.frame.request_id)
-            if not self._done:
-                self._done = True
-                if self.exchange is not None:
-                    self._release(self.exchange, whole=False)
-                self._host.fail_now(self, 500, f"agent error: {exc!r}")
+            self._done = True
+            if self.exchange is not None:
+                self._release(self.exchange, whole=False)  # once: a release is idempotent
+            self._host.fail_now(self, 500, f"agent error: {exc!r}")  # if still in flight
 
     def _progress(self) -> None:
         exchange = self.exchange

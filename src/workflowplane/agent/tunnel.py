@@ -547,11 +547,16 @@ class FrameServer:
         return True
 
     def answer_now(self, quick: QuickRequest, answer: TunnelResponse) -> None:
-        if not self._forget_quick(quick, slot=False):
+        if self._quick.get(quick.frame.request_id) is not quick:
             return  # answered, cancelled or handed over already
-        data = self._encode(answer)
+        data = self._encode(answer)  # before it is forgotten: a failure here is answered
+        self._forget_quick(quick, slot=False)
         assert self._send_now is not None
-        if self._send_now(data):
+        try:
+            sent = self._send_now(data)
+        except ConnectionError:  # the gateway's connection went as it was written
+            sent = False
+        if sent:
             self._slots.release()
             quick.ended(False)
             return

@@ -513,7 +513,7 @@ class ClientCheck:
                 roots = [r for r in bundle.roots if r.subject == cert.issuer]
             except ValueError:  # a name Python cannot read: nothing to tell
                 return None
-            if any(issued_by(cert, root) for root in roots):
+            if any(_is_ca(root) and issued_by(cert, root) for root in roots):
                 return position
         return None
 

@@ -198,12 +198,13 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 GATEWAY_GAP_STATUSES = frozenset({502, 503, 504})
 DEFAULT_TIMEOUT = 35.0  # a plain request through the tunnel: the agent's 30 s and the trip
 INTERACTIVE_TIMEOUT = 10.0  # a person waiting at a terminal (doctor, logs)
-# A status or reconnect call is answered from the replica's own memory, at once: one that has
-# not answered within this is hung, and every replica is asked, so a hung replica would
-# otherwise hold each controller pass for the proxy's whole timeout.
+# A status call is answered from the replica's own memory, at once: one that has not answered
+# within this is hung, and every replica is asked, so a hung replica would otherwise hold each
+# controller pass for the proxy's whole timeout.
 CONTROL_TIMEOUT = 5.0
-# A notify may read the API server (the CR and its CA Secret) before it answers, and the
-# replica's handler is cancelled when its caller gives up: it gets longer.
+# A notify may read the API server (the CR and its CA Secret) and a reconnect waits for its
+# agents' close handshakes before they answer, and the replica's handler is cancelled when
+# its caller gives up: they get longer.
 NOTIFY_TIMEOUT = 20.0
 STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10)
 EVENTS_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=60, sock_connect=10)
@@ -314,8 +315,8 @@ class GatewayClient:
         """``agent_wait_seconds``: how long a request waits, within ``timeout``, when every
         replica says it has no agent of a plane this client reached in the last
         ``recent_seconds`` (at most ``recent_planes`` planes are remembered).
-        ``control_timeout``: how long each replica has to answer a status or reconnect call
-        (a notify gets ``NOTIFY_TIMEOUT / CONTROL_TIMEOUT`` times that); never more than
+        ``control_timeout``: how long each replica has to answer a status call (a notify or a
+        reconnect gets ``NOTIFY_TIMEOUT / CONTROL_TIMEOUT`` times that); never more than
         ``timeout``."""
         directory = _directory(replicas)
         self._rotation = ReplicaRotation(directory)
@@ -585,7 +586,9 @@ class GatewayClient:
         return merge_all_status(await self._fan_out("GET", "/api/v1/planes/status"))
 
     async def reconnect(self, plane_type: str, plane_id: str) -> Mapping[str, Any]:
-        answers = await self._fan_out("POST", f"/api/v1/planes/{plane_type}/{plane_id}/reconnect")
+        answers = await self._fan_out(
+            "POST", f"/api/v1/planes/{plane_type}/{plane_id}/reconnect", NOTIFY_TIMEOUT
+        )
         return _summed(answers, ())
 
     # ---- the proxy -----------------------------------------------------------------------------

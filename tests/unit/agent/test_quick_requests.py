@@ -358,3 +358,25 @@ async def test_upstream_observers_hear_of_each_request_once(plane: Any) -> None:
     await asyncio.sleep(0)
     assert heard == [("/warm", "200"), ("/small", "200"), ("/hang", "cancelled")]
     await server.close()
+
+
+async def test_an_answer_that_cannot_be_encoded_is_a_500_and_costs_no_slot(plane: Any) -> None:
+    """A bug while answering (here: the encoder fails once) is said to the gateway, and the
+    request's slot and gauge are given back: nothing escapes into the HTTP parser."""
+    _upstream, wire, server = await _warmed(plane, max_concurrent=1)
+    encode = server._encode
+    failed: list[bool] = []
+
+    def encode_once_failing(frame: Any) -> bytes:
+        if not failed and isinstance(frame, TunnelResponse) and frame.status_code == 200:
+            failed.append(True)
+            raise ValueError("cannot encode")
+        return encode(frame)
+
+    server._encode = encode_once_failing
+    _ask(server, "bug", "/small")
+    await _until(lambda: bool(wire.of("bug")))
+    (answer,) = wire.of("bug")
+    assert answer.status_code == 500 and "cannot encode" in answer.error.message
+    assert server.requests_in_flight == 0 and server._slots.try_take()
+    await server.close()

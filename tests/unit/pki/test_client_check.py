@@ -359,3 +359,14 @@ def test_a_strangers_long_chain_is_checked_with_no_key_the_stranger_chose(
     assert ClientCheck([leaf, *sent]).own_fault(victim.cert_pem) is None
     assert used  # the top was tried against the victim's CA
     assert all(issuer == victim.certificate for issuer in used)
+
+
+def test_a_leaf_signed_by_a_pinned_leaf_is_nobodys_own_fault() -> None:
+    """The bundle pins the agent's own leaf (OpenChoreo's chart); that leaf is no CA, so
+    what it signs is no agent of the CR's."""
+    ca = generate_ca("pinned-leaf-ca")
+    pinned = issue_certificate(ca, "pinned")
+    sub = _expired(pinned, "made-by-the-pinned-leaf")
+    assert ClientCheck([sub]).own_fault(pinned.cert_pem) is None
+    assert ClientCheck([sub, pinned.certificate]).own_fault(pinned.cert_pem) is None
+    assert ClientCheck([pinned.certificate]).own_fault(pinned.cert_pem) is None  # valid
