@@ -64,6 +64,18 @@ def waiting_for(event: asyncio.Event) -> Callable[[str], Awaitable[float | None]
     return behaviour
 
 
+async def one_slot_busy(first: str, second: str) -> tuple[asyncio.Event, Recorder, WorkQueue[str]]:
+    """A queue of one slot whose first pass (``first``) holds it until the event is set,
+    ``second`` added behind it; a second of the clock later."""
+    release = asyncio.Event()
+    handler = Recorder(waiting_for(release))
+    queue: WorkQueue[str] = WorkQueue(handler, concurrency=1)
+    queue.add(first)
+    queue.add(second)
+    await asyncio.sleep(1)
+    return release, handler, queue
+
+
 @pytest.fixture
 def full_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """Take the jitter out of the backoff: every delay is the full 2**failures."""
@@ -111,12 +123,7 @@ async def test_different_keys_run_concurrently() -> None:
 
 
 async def test_concurrency_limits_how_many_keys_run_at_once() -> None:
-    release = asyncio.Event()
-    handler = Recorder(waiting_for(release))
-    queue: WorkQueue[str] = WorkQueue(handler, concurrency=1)
-    queue.add("a")
-    queue.add("b")
-    await asyncio.sleep(1)
+    release, handler, queue = await one_slot_busy("a", "b")
     assert [k for k, _ in handler.calls] == ["a"]
     release.set()
     await asyncio.sleep(1)
@@ -316,12 +323,7 @@ async def test_a_paused_queue_runs_nothing_and_resumes_with_each_key_added_meanw
 
 
 async def test_a_key_waiting_for_a_slot_when_paused_waits_for_the_resume() -> None:
-    release = asyncio.Event()
-    handler = Recorder(waiting_for(release))
-    queue: WorkQueue[str] = WorkQueue(handler, concurrency=1)
-    queue.add("busy")
-    queue.add("next")  # waits for the one slot
-    await asyncio.sleep(1)
+    release, handler, queue = await one_slot_busy("busy", "next")  # next waits for the slot
     queue.pause()
     release.set()  # the running pass ends; the waiting one must not start
     await asyncio.sleep(1)
