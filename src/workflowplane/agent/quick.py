@@ -21,7 +21,12 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from workflowplane.agent.upstream import Upstream, failure_code, response_headers
+from workflowplane.agent.upstream import (
+    Upstream,
+    failure_code,
+    response_headers,
+    upstream_failure,
+)
 from workflowplane.kits.http1 import RETRY_SAFE, QuickExchange
 from workflowplane.protocol import TunnelRequest, TunnelResponse
 
@@ -118,11 +123,7 @@ class QuickRequest:
             self._host.start_again(self)  # told once, by the task's way, as its own retry is
             return
         self._tell_failure(error)
-        if exchange.expired:
-            message = f"upstream did not answer within {exchange.timeout:g}s"
-            self._host.fail_now(self, 504, message)
-        else:
-            self._host.fail_now(self, 502, f"backend request failed: {error!r}")
+        self._host.fail_now(self, *upstream_failure(error, exchange.timeout))
 
     def cancel(self) -> None:
         """The gateway gave up on it (or the connection closed): no answer is sent."""

@@ -54,6 +54,7 @@ from workflowplane.agent.upstream import (
     Upstream,
     UpstreamResult,
     response_headers,
+    upstream_failure,
 )
 from workflowplane.agent.ws_writer import mask_in_place
 from workflowplane.kits.corking import cork
@@ -602,12 +603,8 @@ class FrameServer:
         try:
             await self._relay(rid, response, head)
             whole = response.complete
-        except TimeoutError:
-            await self._fail(
-                rid, head.sent, 504, f"upstream did not answer within {self._timeout:g}s"
-            )
         except OSError as exc:
-            await self._fail(rid, head.sent, 502, f"backend request failed: {exc!r}")
+            await self._fail(rid, head.sent, *upstream_failure(exc, self._timeout))
         finally:
             exchange.release(whole=whole)
 
@@ -747,10 +744,8 @@ class FrameServer:
             answer = error_response(rid, 400, f"bad request: {exc}")
         except ConnectTimeout as exc:  # nothing was sent: the API server is unreachable
             answer = error_response(rid, 502, f"backend request failed: {exc}")
-        except TimeoutError:
-            answer = error_response(rid, 504, f"upstream did not answer within {self._timeout:g}s")
-        except OSError as exc:
-            answer = error_response(rid, 502, f"backend request failed: {exc!r}")
+        except OSError as exc:  # TimeoutError too
+            answer = error_response(rid, *upstream_failure(exc, self._timeout))
         else:
             answer = TunnelResponse(
                 request_id=rid, status_code=result.status, headers=result.headers, body=result.body
@@ -787,12 +782,8 @@ class FrameServer:
             await self._fail(rid, head.sent, 400, f"bad request: {exc}")
         except ConnectTimeout as exc:  # nothing was sent: the API server is unreachable
             await self._fail(rid, head.sent, 502, f"backend request failed: {exc}")
-        except TimeoutError:
-            await self._fail(
-                rid, head.sent, 504, f"upstream did not answer within {self._timeout:g}s"
-            )
-        except OSError as exc:
-            await self._fail(rid, head.sent, 502, f"backend request failed: {exc!r}")
+        except OSError as exc:  # TimeoutError too
+            await self._fail(rid, head.sent, *upstream_failure(exc, self._timeout))
 
     async def _relay(self, rid: str, response: Http1Response, head: _Head) -> None:
         """Send the upstream answer: whole if it fits one chunk, else head, chunks of

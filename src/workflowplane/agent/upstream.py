@@ -338,6 +338,14 @@ def _upgraded(_: aiohttp.ClientWebSocketResponse) -> str:
     return "101"
 
 
+def upstream_failure(exc: BaseException, seconds: float) -> tuple[int, str]:
+    """The status and message of a request sent to the API server that got no answer: 504
+    past its deadline of ``seconds``, else 502 naming the error."""
+    if isinstance(exc, TimeoutError):
+        return 504, f"upstream did not answer within {seconds:g}s"
+    return 502, f"backend request failed: {exc!r}"
+
+
 def failure_code(exc: BaseException) -> str:
     """An observer's code for a request that got no answer."""
     if isinstance(exc, asyncio.CancelledError):

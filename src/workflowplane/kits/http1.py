@@ -486,7 +486,7 @@ class Http1Pool:
         if connection is None:
             self.slots.release()
             return None
-        exchange = QuickExchange(self, connection, method, timeout)
+        exchange = QuickExchange(self, connection, timeout)
         connection.on_progress = watch
         connection.begin(head, body, no_body=method == "HEAD")
         exchange.response = connection.response
@@ -679,20 +679,16 @@ class QuickExchange:
     deadline of the whole exchange, as ``Exchange``'s: it fails the answer with
     ``TimeoutError``."""
 
-    __slots__ = ("_pool", "_timer", "connection", "expired", "method", "response", "timeout")
+    __slots__ = ("_pool", "_timer", "connection", "response", "timeout")
 
-    def __init__(
-        self, pool: Http1Pool, connection: _Connection, method: str, timeout: float
-    ) -> None:
+    def __init__(self, pool: Http1Pool, connection: _Connection, timeout: float) -> None:
         self._pool: Http1Pool | None = pool
-        self.connection, self.method, self.timeout = connection, method, timeout
-        self.expired = False
+        self.connection, self.timeout = connection, timeout
         self._timer: asyncio.TimerHandle | None = connection.loop.call_later(timeout, self._expire)
         self.response: Http1Response | None = None  # set as the request is written
 
     def _expire(self) -> None:
         self._timer = None
-        self.expired = True
         self.connection.fail(TimeoutError(f"the server did not answer within {self.timeout:g}s"))
 
     @property
