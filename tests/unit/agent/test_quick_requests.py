@@ -380,3 +380,22 @@ async def test_an_answer_that_cannot_be_encoded_is_a_500_and_costs_no_slot(plane
     assert answer.status_code == 500 and "cannot encode" in answer.error.message
     assert server.requests_in_flight == 0 and server._slots.try_take()
     await server.close()
+
+
+async def test_an_is_close_for_a_finished_or_unknown_request_changes_nothing(plane: Any) -> None:
+    """A gateway repeating isClose after the answer, or naming requests it never sent: no
+    frame, no slot, no count moves, and the next request is served as before."""
+    _, wire, server = await _warmed(plane, max_concurrent=1)
+    _ask(server, "done", "/small")
+    await _until(lambda: bool(wire.of("done")))
+    sent = len(wire.now) + len(wire.later)
+    for rid in ("done", "never-sent"):
+        server.dispatch(encode_binary(StreamChunk(request_id=rid, is_close=True)), binary=True)
+    assert len(wire.now) + len(wire.later) == sent
+    assert server.requests_in_flight == 0
+    assert server._slots._free == 1  # still one slot: none given back twice
+    _ask(server, "after", "/small")
+    assert server.requests_in_flight == 1 and not server._tasks  # the one slot was free
+    await _until(lambda: bool(wire.of("after")))
+    assert wire.of("after")[0].status_code == 200
+    await server.close()
