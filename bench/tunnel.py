@@ -25,6 +25,9 @@ during the load (``bench/flame.py``; docs/performance.md) and prints their hotte
 ``--peer --interleave`` instead keeps both pairs up at once and makes every call in turn with
 the other two paths' (direct, Go's pair, ours), in rounds: each pair's p50 overhead and 10 MB
 ratio over direct, and the spread of the rounds, with no drift between the pairs.
+``--floor`` adds chains of two bare TLS relays that only decrypt and re-encrypt (Python's
+with uvloop and with threads, ``bench/go_relay`` in Go's standard library, built once into the
+cache): the floor any tunnel of two processes stands on, on this machine.
 """
 
 from __future__ import annotations
@@ -32,9 +35,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import random
+import shutil
 import ssl
 import statistics
 import subprocess
@@ -546,7 +551,7 @@ async def peer_comparison(
     interleave: bool = False,
 ) -> None:
     """--peer: the same load direct, through OpenChoreo's pair, and through ours (and with
-    ``floor``, through two bare TLS relays: bench/tls_relay.py)."""
+    ``floor``, through chains of two bare TLS relays: RELAYS)."""
     sys.path.insert(0, str(REPO))  # the interop tests' process wrappers, reused
     from tests.interop import peers  # noqa: PLC0415
     from workflowplane.testenv import peer  # noqa: PLC0415
@@ -570,15 +575,15 @@ async def peer_comparison(
     try:
         await make_big_list(s, wp.url)
         if interleave:
-            await interleaved(cp, wp, pki, binaries, tmp, direct, direct_big)
+            await interleaved(cp, wp, pki, binaries, tmp, direct, direct_big, floor)
             return
         rows["direct (no tunnel)"] = await measure(direct, {})
         rows["direct (no tunnel)"]["big"], _ = await big_list_ms(direct_big)
         rows["direct (no tunnel)"].update(await big_list_cpu(direct_big, {}))
         await _pairs(cp, wp, pki, binaries, tmp, rows, profile_dir, direct, direct_big)
         if floor:
-            for threads in (False, True):
-                await _relay_pair(wp, tmp, rows, direct, direct_big, threads=threads)
+            for kind in RELAYS:
+                await _relay_pair(wp, tmp, rows, direct, direct_big, kind)
     finally:
         await s.close()
     print(f"machine: {os.cpu_count()} cores, loopback, {interpreter()}; {SEQUENTIAL} sequential "
@@ -591,6 +596,7 @@ async def peer_comparison(
 
 
 PAIRS = (("go", "OpenChoreo (Go) pair"), ("ours", "workflowplane pair"))
+FLOOR_RELAYS = ("uvloop", "go")  # the bare relays --interleave --floor runs among the pairs
 
 
 @dataclass
@@ -675,11 +681,12 @@ ROUNDS, PER_ROUND, BIG_PER_ROUND = 6, 250, 3
 
 
 async def interleaved(cp: Any, wp: Any, pki: Any, binaries: Any, tmp: Path, direct: Any,
-                      direct_big: Any) -> None:
+                      direct_big: Any, floor: bool) -> None:
     """--interleave: both pairs up at once, and every call made in turn with the other
     paths' (direct, Go's pair, ours, in an order that rotates), so the machine's drift over
     minutes falls on all three alike. Prints each path's p50 and each pair's overhead over
-    direct, over all calls and per round (the spread of the rounds is the noise)."""
+    direct, over all calls and per round (the spread of the rounds is the noise). With
+    ``floor``, two chains of bare relays (uvloop's, Go's) are among the paths too."""
     from tests.interop import peers  # noqa: PLC0415
 
     with peers.health_port_lock():
@@ -689,6 +696,9 @@ async def interleaved(cp: Any, wp: Any, pki: Any, binaries: Any, tmp: Path, dire
                 pair = await stack.enter_async_context(
                     running_pair(kind, cp, wp, pki, binaries, tmp))
                 calls[kind] = (pair.proxied, pair.proxied_big)
+            for kind in FLOOR_RELAYS if floor else ():
+                relays = await stack.enter_async_context(running_relays(kind, wp, tmp))
+                calls[f"relay-{kind}"] = (relays.proxied, relays.proxied_big)
             for small, _ in calls.values():
                 await timed(small, WARMUP)
             rounds: list[dict[str, list[float]]] = []
@@ -728,26 +738,57 @@ def _print_interleaved(title: str, rounds: list[dict[str, list[float]]], stat: A
 
     cells = ", ".join(f"{name} {fmt.format(value)}" for name, value in whole.items())
     print(f"{title}: {cells}")
-    for kind, label in PAIRS:
+    for kind, label in PATHS.items():
+        if kind not in whole:
+            continue
         spread = sorted(against(r, kind) for r in per_round)
         what = "x direct" if compare == "x" else "ms over direct"
         print(f"  {label}: {fmt.format(against(whole, kind))} {what} "
               f"(rounds {fmt.format(spread[0])}–{fmt.format(spread[-1])})")
-    if compare != "x":
-        gaps = sorted(r["ours"] - r["go"] for r in per_round)
+    for other in ("go", "relay-go"):
+        if other not in whole:
+            continue
+        gaps = sorted(against(r, "ours") - against(r, other) for r in per_round)
         behind = sum(gap > 0 for gap in gaps)
-        print(f"  ours minus Go's: {fmt.format(whole['ours'] - whole['go'])} ms "
+        unit = "x" if compare == "x" else " ms"
+        print(f"  ours minus {PATHS[other]}: "
+              f"{fmt.format(against(whole, 'ours') - against(whole, other))}{unit} "
               f"(rounds {fmt.format(gaps[0])}–{fmt.format(gaps[-1])}; ours behind in "
               f"{behind} of {len(gaps)})")
 
 
-async def _relay_pair(
-    wp: Any, tmp: Path, rows: dict[str, dict[str, float]], direct: Any, direct_big: Any,
-    threads: bool,
-) -> None:
-    """--floor: the same load through two tls_relay.py processes (client -> relay B ->
-    relay A -> API server, TLS on every hop): what two Python processes cost that only
-    decrypt and re-encrypt, as our gateway and agent must."""
+RELAYS = {"uvloop": "TLS relay pair, uvloop", "threads": "TLS relay pair, threads",
+          "go": "TLS relay pair, Go"}
+PATHS = {**dict(PAIRS), **{f"relay-{kind}": label for kind, label in RELAYS.items()}}
+
+
+def go_relay() -> Path:
+    """bench/go_relay built (once per source version) into the cache, beside the tools."""
+    from workflowplane.testenv.gobuild import GoBuild, Step  # noqa: PLC0415
+
+    source = REPO / "bench" / "go_relay"
+    files = ("go.mod", "main.go")
+    version = hashlib.sha256(b"".join((source / f).read_bytes() for f in files)).hexdigest()[:16]
+
+    def prepare(work: Path) -> None:
+        (work / "src").mkdir(exist_ok=True)
+        for name in files:
+            shutil.copyfile(source / name, work / "src" / name)
+
+    build = GoBuild(
+        name="go_relay", version=version, outputs=("go_relay",), group="bench",
+        prepare=prepare,
+        steps=lambda go: [Step("build go_relay", [go, "build", "-trimpath", "-o",
+                                                  "{out}/go_relay", "."], "src",
+                               {"GOFLAGS": "-buildvcs=false"})])
+    return build.ensure() / "go_relay"
+
+
+@contextlib.asynccontextmanager
+async def running_relays(kind: str, wp: Any, tmp: Path) -> AsyncIterator[RunningPair]:
+    """Two relays of ``kind`` (RELAYS) chained client -> relay B -> relay A -> API server,
+    TLS on every hop, until the block ends: what two processes cost that only decrypt and
+    re-encrypt, as our gateway and agent must."""
     ca = generate_ca("bench relay CA")
     leaf = issue_certificate(ca, "relay", client=False, server=True, ip_addresses=["127.0.0.1"])
     files = {}
@@ -756,8 +797,9 @@ async def _relay_pair(
         files[name].write_bytes(pem)
     api_port = int(wp.url.rsplit(":", 1)[1])
     a_port, b_port = free_port(), free_port()
-    mode = ["--threads"] if threads else []
-    relay = [sys.executable, str(REPO / "bench" / "tls_relay.py")]
+    python_relay = [sys.executable, str(REPO / "bench" / "tls_relay.py")]
+    relay = [str(go_relay())] if kind == "go" else python_relay
+    mode = ["--threads"] if kind == "threads" else []
     tls = [str(files["relay.crt"]), str(files["relay.key"])]
     relays = [
         await asyncio.create_subprocess_exec(
@@ -782,20 +824,31 @@ async def _relay_pair(
                                    headers=PLAIN) as r:
                 return len(await r.read())
 
-        pids = {"agent": relays[0].pid, "gateway": relays[1].pid}  # their places in the chain
-        label = "TLS relay pair, threads" if threads else "TLS relay pair, uvloop"
-        idle = {f"idle_{name}": rss_mib(pid) for name, pid in pids.items()}
-        rows[label] = {**idle, **await measure(relayed, pids, alongside=direct)}
-        big, big_direct = await big_list_ms(relayed_big, alongside=direct_big)
-        assert big_direct is not None
-        rows[label].update(big=big, big_alongside=big_direct, big_ratio=big / big_direct)
-        # a thread per connection: one that ended would take its CPU out of run_seconds
-        rows[label].update(await big_list_cpu(relayed_big, pids, cpu_seconds if threads else None))
+        # their places in the chain
+        yield RunningPair(relayed, relayed_big, {"agent": relays[0].pid, "gateway": relays[1].pid})
     finally:
         await session.close()
         for process in relays:
             process.kill()
             await process.wait()
+
+
+async def _relay_pair(
+    wp: Any, tmp: Path, rows: dict[str, dict[str, float]], direct: Any, direct_big: Any,
+    kind: str,
+) -> None:
+    """--floor: the same load through two relays of ``kind``."""
+    async with running_relays(kind, wp, tmp) as relays:
+        pids = relays.pids
+        label = RELAYS[kind]
+        idle = {f"idle_{name}": rss_mib(pid) for name, pid in pids.items()}
+        rows[label] = {**idle, **await measure(relays.proxied, pids, alongside=direct)}
+        big, big_direct = await big_list_ms(relays.proxied_big, alongside=direct_big)
+        assert big_direct is not None
+        rows[label].update(big=big, big_alongside=big_direct, big_ratio=big / big_direct)
+        # a thread per connection: one that ended would take its CPU out of run_seconds
+        clock = cpu_seconds if kind == "threads" else None
+        rows[label].update(await big_list_cpu(relays.proxied_big, pids, clock))
 
 
 async def main() -> None:
@@ -807,8 +860,8 @@ async def main() -> None:
     parser.add_argument("--peer", action="store_true",
                         help="only: direct vs OpenChoreo's Go pair vs ours, side by side")
     parser.add_argument("--floor", action="store_true",
-                        help="with --peer: also two bare TLS relays (bench/tls_relay.py), "
-                             "with uvloop and with threads")
+                        help="with --peer: also chains of two bare TLS relays (bench/tls_relay.py "
+                             "with uvloop and with threads, bench/go_relay in Go)")
     parser.add_argument("--interleave", action="store_true",
                         help="with --peer: instead, both pairs up at once and every call in "
                              "turn with the other paths' (the fairest p50 and 10 MB comparison)")

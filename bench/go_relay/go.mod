@@ -1,0 +1,3 @@
+module workflowplane.dev/bench/go_relay
+
+go 1.22
