@@ -33,6 +33,15 @@ class StartError(RuntimeError):
     """A server did not come up; the message carries the tail of its log."""
 
 
+class PortTaken(StartError):
+    """A port chosen free was taken before the server bound it: by another process's
+    outgoing connection (its ephemeral port), or a server that chose it too."""
+
+
+PORT_TAKEN = "address already in use"  # what etcd and kube-apiserver log when bind fails
+START_ATTEMPTS = 3  # fresh ports each time
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -245,6 +254,9 @@ class ApiServer:
         """
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._write_pki()
+        self._spawn_all()
+
+    def _spawn_all(self) -> None:
         self.write_kubeconfig(self.kubeconfig, [self])
         self._spawn("etcd", self._etcd_argv())
         self._spawn("kube-apiserver", self._apiserver_argv())
@@ -252,10 +264,34 @@ class ApiServer:
     def start(self) -> None:
         self.launch()
         try:
-            self.wait_ready()
+            self.wait_until_ready()
         except StartError:
             self.stop()
             raise
+
+    def wait_until_ready(self) -> None:
+        """``wait_ready``, launching again on fresh ports when one was taken meanwhile
+        (between ``free_port`` and the bind, any process may take it)."""
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                self.wait_ready()
+                return
+            except PortTaken:
+                if attempt == START_ATTEMPTS:
+                    raise
+                self.relaunch_on_fresh_ports()
+
+    def relaunch_on_fresh_ports(self) -> None:
+        """Stopped, its logs kept aside (``*.log.<n>``), and launched again on new ports
+        (with the same PKI: its certificates name no port)."""
+        self.stop()
+        for log in self.log_dir.glob("*.log"):
+            kept = 1
+            while log.with_name(f"{log.name}.{kept}").exists():
+                kept += 1
+            log.rename(log.with_name(f"{log.name}.{kept}"))
+        self.secure_port, self.etcd_port, self.etcd_peer_port = (free_port() for _ in range(3))
+        self._spawn_all()
 
     def ssl_context(self) -> ssl.SSLContext:
         assert self.ca is not None and self.admin is not None
@@ -276,7 +312,8 @@ class ApiServer:
         while time.monotonic() < deadline:
             dead = [pid for pid in self.pids if not alive_child(pid)]
             if dead:
-                raise StartError(self._failure("a process exited during start-up"))
+                failure = self._failure("a process exited during start-up")
+                raise PortTaken(failure) if PORT_TAKEN in failure else StartError(failure)
             try:
                 with urllib.request.urlopen(f"{self.url}/readyz", context=context, timeout=2):
                     return

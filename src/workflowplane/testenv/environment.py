@@ -93,7 +93,7 @@ class Environment:
             server.launch()
         for server in self.servers.values():
             try:
-                server.wait_ready()
+                server.wait_until_ready()
             except StartError as exc:
                 errors.append(exc)
         if errors:
