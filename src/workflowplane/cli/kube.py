@@ -49,35 +49,38 @@ def add_kubeconfig_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def kubeconfig_path(explicit: Path | None) -> Path:
-    """``--kubeconfig``, ``$KUBECONFIG``, ``~/.kube/config``; on a machine with neither, the
-    local environment's (``wpctl dev up``; its current context is the control plane), so the
-    README's commands work as typed right after ``./wp dev up``."""
+def kubeconfig_paths(explicit: Path | None) -> list[Path]:
+    """``--kubeconfig``; else every file of ``$KUBECONFIG`` that exists (kubectl merges them,
+    and skips the missing), or its first when none does (the error names it); else
+    ``~/.kube/config``; on a machine with neither, the local environment's (``wpctl dev up``;
+    its current context is the control plane), so the README's commands work as typed right
+    after ``./wp dev up``."""
     if explicit is not None:
-        return explicit
-    env = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
-    if env:
-        return Path(env)
+        return [explicit]
+    listed = [Path(f) for f in os.environ.get("KUBECONFIG", "").split(os.pathsep) if f]
+    if listed:
+        return [f for f in listed if f.exists()] or listed[:1]
     home = Path.home() / ".kube" / "config"
     dev = state_root() / "dev" / "kubeconfig"
-    return dev if not home.exists() and dev.exists() else home
+    return [dev if not home.exists() and dev.exists() else home]
 
 
 def client_for(kubeconfig: Path | None, context: str | None) -> AsyncClient:
     """A lightkube client for one context, or a CliError naming what is missing."""
-    path = kubeconfig_path(kubeconfig)
-    if not path.exists():
+    paths = kubeconfig_paths(kubeconfig)
+    if not paths[0].exists():
         raise CliError(
-            f"kubeconfig {path} does not exist", "pass --kubeconfig, or set KUBECONFIG", EXIT_USAGE
+            f"kubeconfig {paths[0]} does not exist",
+            "pass --kubeconfig, or set KUBECONFIG",
+            EXIT_USAGE,
         )
-    config = _load(path)
+    config = _load(paths[0]) if len(paths) == 1 else _load_merged(paths)
+    path = paths[0] if len(paths) == 1 else f"KUBECONFIG ({', '.join(map(str, paths))})"
     if context is not None and context not in config.contexts:
         known = ", ".join(sorted(config.contexts)) or "none"
-        hint = f"known contexts: {known}"
-        others = [f for f in os.environ.get("KUBECONFIG", "").split(os.pathsep)[1:] if f]
-        if kubeconfig is None and others:  # kubectl merges them; wpctl reads one file
-            hint += "; wpctl reads only the first file of KUBECONFIG: pass --kubeconfig FILE"
-        raise CliError(f"context {context!r} not found in {path}", hint, EXIT_USAGE)
+        raise CliError(
+            f"context {context!r} not found in {path}", f"known contexts: {known}", EXIT_USAGE
+        )
     name = context if context is not None else config.current_context
     if name is None:
         raise CliError(f"{path} has no current context", "pass --context", EXIT_USAGE)
@@ -121,6 +124,74 @@ def client_for(kubeconfig: Path | None, context: str | None) -> AsyncClient:
 def _load(path: Path) -> KubeConfig:
     """The file as a KubeConfig; lightkube's own loader ends with an AttributeError or a
     KeyError on an empty file, a YAML list or a missing ``clusters``."""
+    data = _read(path)
+    try:
+        return KubeConfig.from_dict(data, fname=path)
+    except (ConfigError, KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise CliError(
+            f"kubeconfig {path} is malformed: {_why(exc)}", exit_code=EXIT_USAGE
+        ) from exc
+
+
+SECTIONS = {"clusters": "cluster", "contexts": "context", "users": "user"}
+# the settings that name a file, relative to the kubeconfig that holds them
+_FILE_SETTINGS = {
+    "cluster": ("certificate-authority",),
+    "user": ("client-certificate", "client-key", "tokenFile"),
+}
+
+
+def _load_merged(paths: list[Path]) -> KubeConfig:
+    """Several kubeconfigs as kubectl merges them: the first file to name a cluster, context
+    or user wins, and so does the first to set a current context. Each file's relative file
+    paths are taken relative to that file."""
+    merged: dict[str, Any] = {section: [] for section in SECTIONS}
+    for path in paths:
+        data = _read(path)
+        if not merged.get("current-context") and data.get("current-context"):
+            merged["current-context"] = data["current-context"]
+        for section, kind in SECTIONS.items():
+            named = {entry["name"] for entry in merged[section]}
+            for entry in _entries(path, data, section):
+                if entry["name"] not in named:
+                    named.add(entry["name"])
+                    merged[section].append(_absolute(entry, kind, path.parent))
+    try:
+        return KubeConfig.from_dict(merged, fname=paths[0])
+    except (ConfigError, KeyError, TypeError, AttributeError, ValueError) as exc:
+        where = ", ".join(map(str, paths))
+        raise CliError(
+            f"kubeconfig files {where} are malformed: {_why(exc)}", exit_code=EXIT_USAGE
+        ) from exc
+
+
+def _entries(path: Path, data: dict[str, Any], section: str) -> list[dict[str, Any]]:
+    """The named entries of one section of one file, or a CliError naming the file."""
+    entries = data.get(section) or []
+    if not isinstance(entries, list) or not all(
+        isinstance(entry, dict) and isinstance(entry.get("name"), str) for entry in entries
+    ):
+        raise CliError(
+            f"kubeconfig {path} is malformed: its {section} are not a list of named entries",
+            exit_code=EXIT_USAGE,
+        )
+    return entries
+
+
+def _absolute(entry: dict[str, Any], kind: str, base: Path) -> dict[str, Any]:
+    body = entry.get(kind)
+    if not isinstance(body, dict):
+        return entry
+    settings = {
+        setting: str(base / value)
+        for setting in _FILE_SETTINGS.get(kind, ())
+        if isinstance(value := body.get(setting), str) and value and not Path(value).is_absolute()
+    }
+    return {**entry, kind: {**body, **settings}} if settings else entry
+
+
+def _read(path: Path) -> dict[str, Any]:
+    """One kubeconfig file's mapping, or a CliError naming the file and its problem."""
     try:
         data: Any = yaml.safe_load(path.read_text())
     except (OSError, UnicodeDecodeError) as exc:
@@ -134,12 +205,7 @@ def _load(path: Path) -> KubeConfig:
             f"kubeconfig {path} is not a kubeconfig (a mapping with clusters, contexts, users)",
             exit_code=EXIT_USAGE,
         )
-    try:
-        return KubeConfig.from_dict(data, fname=path)
-    except (ConfigError, KeyError, TypeError, AttributeError, ValueError) as exc:
-        raise CliError(
-            f"kubeconfig {path} is malformed: {_why(exc)}", exit_code=EXIT_USAGE
-        ) from exc
+    return data
 
 
 def _why(exc: Exception) -> str:

@@ -39,7 +39,7 @@ from workflowplane.cli.errors import EXIT_USAGE, CliError
 from workflowplane.cli.kube import (
     add_kubeconfig_flag,
     client_for,
-    kubeconfig_path,
+    kubeconfig_paths,
     namespace_name,
     object_name,
 )
@@ -323,7 +323,7 @@ async def _register(args: argparse.Namespace) -> int:
 
 def _apply(args: argparse.Namespace, text: str, *flags: str) -> str:
     result = kubectl(
-        kubeconfig_path(args.kubeconfig),
+        kubeconfig_paths(args.kubeconfig),
         args.cp_context,
         "apply",
         *flags,

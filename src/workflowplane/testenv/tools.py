@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from lightkube import AsyncClient
@@ -25,17 +26,24 @@ def kubectl_binary() -> str:
 
 
 def kubectl(
-    kubeconfig: Path, context: str, *args: str, input: str | None = None, check: bool = True
+    kubeconfig: Path | Sequence[Path],
+    context: str,
+    *args: str,
+    input: str | None = None,
+    check: bool = True,
 ) -> subprocess.CompletedProcess[str]:
-    """Run kubectl against one context; raise with its stderr when ``check`` and it fails."""
-    argv = [kubectl_binary(), "--kubeconfig", str(kubeconfig), "--context", context, *args]
+    """Run kubectl against one context; raise with its stderr when ``check`` and it fails.
+    Several kubeconfig files are merged as KUBECONFIG merges them (``--kubeconfig`` takes one)."""
+    files = [kubeconfig] if isinstance(kubeconfig, Path) else list(kubeconfig)
+    flag = ["--kubeconfig", str(files[0])] if len(files) == 1 else []
+    argv = [kubectl_binary(), *flag, "--context", context, *args]
     result = subprocess.run(
         argv,
         input=input,
         capture_output=True,
         text=True,
         check=False,
-        env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+        env={**os.environ, "KUBECONFIG": os.pathsep.join(map(str, files))},
     )
     if check and result.returncode != 0:
         raise RuntimeError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")

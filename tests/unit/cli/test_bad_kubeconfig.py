@@ -92,17 +92,3 @@ def test_an_error_answer_no_command_expected_is_one_line_with_its_status(
     assert capsys.readouterr().err == (
         "error: the API server answered 404 NotFound: wp nosuch not found\n"
     )
-
-
-def test_a_context_in_a_later_kubeconfig_file_says_only_the_first_is_read(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """kubectl merges every file of KUBECONFIG; wpctl reads the first, and says so."""
-    first, second = tmp_path / "a", tmp_path / "b"
-    first.write_text(GOOD)
-    second.write_text(GOOD.replace("name: x", "name: in-b").replace("context: x", "context: in-b"))
-    monkeypatch.setenv("KUBECONFIG", f"{first}:{second}")
-    code, err = wpctl(capsys, "get", "wp", "--context", "in-b")
-    assert code == 2
-    assert "context 'in-b' not found" in err
-    assert "wpctl reads only the first file of KUBECONFIG" in err

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from workflowplane.cli.kube import kubeconfig_path
+from workflowplane.cli.kube import kubeconfig_paths
 
 
 @pytest.fixture
@@ -25,17 +25,17 @@ def _touch(path: Path) -> Path:
 
 def test_the_dev_environments_kubeconfig_when_there_is_no_other(home: Path) -> None:
     dev = _touch(home / "state" / "dev" / "kubeconfig")
-    assert kubeconfig_path(None) == dev
+    assert kubeconfig_paths(None) == [dev]
 
 
 def test_a_users_own_kubeconfig_comes_first(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _touch(home / "state" / "dev" / "kubeconfig")
     own = _touch(home / "home" / ".kube" / "config")
-    assert kubeconfig_path(None) == own
+    assert kubeconfig_paths(None) == [own]
     monkeypatch.setenv("KUBECONFIG", str(home / "elsewhere"))
-    assert kubeconfig_path(None) == home / "elsewhere"
-    assert kubeconfig_path(home / "flag") == home / "flag"
+    assert kubeconfig_paths(None) == [home / "elsewhere"]
+    assert kubeconfig_paths(home / "flag") == [home / "flag"]
 
 
 def test_without_any_the_error_names_the_usual_place(home: Path) -> None:
-    assert kubeconfig_path(None) == home / "home" / ".kube" / "config"
+    assert kubeconfig_paths(None) == [home / "home" / ".kube" / "config"]
