@@ -7,6 +7,7 @@ describe; funnelling the calls through these helpers keeps every caller mypy-str
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -61,7 +62,8 @@ def load_config(kubeconfig: Path | None, context: str | None) -> SingleConfig:
 
 def context_problem(config: SingleConfig) -> str | None:
     """What the client would only trip over at the first request, with a traceback: a
-    server URL whose port cannot be, a client certificate without its key (or a key alone)."""
+    server URL whose port cannot be, a client certificate without its key (or a key alone),
+    a credential plugin that is not there to run."""
     try:
         urlsplit(config.cluster.server).port  # noqa: B018 (raises when out of range)
     except ValueError as exc:
@@ -69,6 +71,11 @@ def context_problem(config: SingleConfig) -> str | None:
     user = config.user
     if user is not None and bool(user.client_cert) != bool(user.client_key):
         return "client-certificate and client-key go together"
+    if user is not None and user.exec is not None and shutil.which(user.exec.command) is None:
+        return (
+            f"its credential plugin {user.exec.command!r} is not an executable file "
+            "(looked up on PATH when it names no directory)"
+        )
     return None
 
 

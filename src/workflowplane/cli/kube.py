@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import ssl
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,7 @@ def kubeconfig_paths(explicit: Path | None) -> list[Path]:
         return [explicit]
     listed = [Path(f) for f in os.environ.get("KUBECONFIG", "").split(os.pathsep) if f]
     if listed:
-        return [f for f in listed if f.exists()] or listed[:1]
+        return [f for f in listed if _exists(f)] or listed[:1]
     home = Path.home() / ".kube" / "config"
     dev = state_root() / "dev" / "kubeconfig"
     return [dev if not home.exists() and dev.exists() else home]
@@ -68,13 +69,13 @@ def kubeconfig_paths(explicit: Path | None) -> list[Path]:
 def client_for(kubeconfig: Path | None, context: str | None) -> AsyncClient:
     """A lightkube client for one context, or a CliError naming what is missing."""
     paths = kubeconfig_paths(kubeconfig)
-    if not paths[0].exists():
+    if not _exists(paths[0]):
         raise CliError(
             f"kubeconfig {paths[0]} does not exist",
             "pass --kubeconfig, or set KUBECONFIG",
             EXIT_USAGE,
         )
-    config = _load(paths[0]) if len(paths) == 1 else _load_merged(paths)
+    config = _load(paths)
     path = paths[0] if len(paths) == 1 else f"KUBECONFIG ({', '.join(map(str, paths))})"
     if context is not None and context not in config.contexts:
         known = ", ".join(sorted(config.contexts)) or "none"
@@ -121,47 +122,60 @@ def client_for(kubeconfig: Path | None, context: str | None) -> AsyncClient:
         ) from exc
 
 
-def _load(path: Path) -> KubeConfig:
-    """The file as a KubeConfig; lightkube's own loader ends with an AttributeError or a
-    KeyError on an empty file, a YAML list or a missing ``clusters``."""
-    data = _read(path)
-    try:
-        return KubeConfig.from_dict(data, fname=path)
-    except (ConfigError, KeyError, TypeError, AttributeError, ValueError) as exc:
-        raise CliError(
-            f"kubeconfig {path} is malformed: {_why(exc)}", exit_code=EXIT_USAGE
-        ) from exc
-
-
 SECTIONS = {"clusters": "cluster", "contexts": "context", "users": "user"}
-# the settings that name a file, relative to the kubeconfig that holds them
+# the settings that name a file, relative to the kubeconfig that holds them (client-go's
+# ResolveLocalPaths; an exec plugin's command too, when it names a path)
 _FILE_SETTINGS = {
     "cluster": ("certificate-authority",),
     "user": ("client-certificate", "client-key", "tokenFile"),
 }
 
 
-def _load_merged(paths: list[Path]) -> KubeConfig:
-    """Several kubeconfigs as kubectl merges them: the first file to name a cluster, context
-    or user wins, and so does the first to set a current context. Each file's relative file
-    paths are taken relative to that file."""
+def _load(paths: list[Path]) -> KubeConfig:
+    """One kubeconfig, or several as kubectl merges them: the first file to name a cluster,
+    context or user wins, and so does the first to set a current context; an empty file in a
+    list is an empty config. Each file's relative paths are taken relative to that file.
+    Every problem is a CliError naming its file (lightkube's own loader ends with an
+    AttributeError or a KeyError on an empty file, a YAML list or a missing ``clusters``)."""
+    alone = len(paths) == 1
     merged: dict[str, Any] = {section: [] for section in SECTIONS}
     for path in paths:
-        data = _read(path)
+        data = _read(path, empty_is_config=not alone)
+        _check(path, data if alone else {**{section: [] for section in SECTIONS}, **data})
         if not merged.get("current-context") and data.get("current-context"):
             merged["current-context"] = data["current-context"]
+        base = path.absolute().parent
         for section, kind in SECTIONS.items():
             named = {entry["name"] for entry in merged[section]}
-            for entry in _entries(path, data, section):
-                if entry["name"] not in named:
-                    named.add(entry["name"])
-                    merged[section].append(_absolute(entry, kind, path.parent))
-    try:
-        return KubeConfig.from_dict(merged, fname=paths[0])
-    except (ConfigError, KeyError, TypeError, AttributeError, ValueError) as exc:
-        where = ", ".join(map(str, paths))
+            merged[section] += [
+                _absolute(entry, kind, base)
+                for entry in _entries(path, data, section)
+                if entry["name"] not in named
+            ]
+    return KubeConfig.from_dict(merged, fname=paths[0])
+
+
+def _check(path: Path, data: dict[str, Any]) -> None:
+    """The file's sections, entries and current context are what a kubeconfig holds."""
+    for section, kind in SECTIONS.items():
+        counted = Counter(entry["name"] for entry in _entries(path, data, section))
+        twice = sorted(name for name, times in counted.items() if times > 1)
+        if twice:
+            raise CliError(
+                f"kubeconfig {path} is malformed: it names {kind} "
+                f"{', '.join(map(repr, twice))} more than once",
+                exit_code=EXIT_USAGE,
+            )
+    if not isinstance(data.get("current-context") or "", str):
         raise CliError(
-            f"kubeconfig files {where} are malformed: {_why(exc)}", exit_code=EXIT_USAGE
+            f"kubeconfig {path} is malformed: its current-context is not a name",
+            exit_code=EXIT_USAGE,
+        )
+    try:
+        KubeConfig.from_dict(data, fname=path)
+    except (ConfigError, KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise CliError(
+            f"kubeconfig {path} is malformed: {_why(exc)}", exit_code=EXIT_USAGE
         ) from exc
 
 
@@ -182,15 +196,19 @@ def _absolute(entry: dict[str, Any], kind: str, base: Path) -> dict[str, Any]:
     body = entry.get(kind)
     if not isinstance(body, dict):
         return entry
-    settings = {
+    settings: dict[str, Any] = {
         setting: str(base / value)
         for setting in _FILE_SETTINGS.get(kind, ())
         if isinstance(value := body.get(setting), str) and value and not Path(value).is_absolute()
     }
+    plugin = body.get("exec")
+    command = plugin.get("command") if isinstance(plugin, dict) else None
+    if isinstance(command, str) and os.sep in command and not Path(command).is_absolute():
+        settings["exec"] = {**(plugin or {}), "command": str(base / command)}
     return {**entry, kind: {**body, **settings}} if settings else entry
 
 
-def _read(path: Path) -> dict[str, Any]:
+def _read(path: Path, *, empty_is_config: bool = False) -> dict[str, Any]:
     """One kubeconfig file's mapping, or a CliError naming the file and its problem."""
     try:
         data: Any = yaml.safe_load(path.read_text())
@@ -200,12 +218,23 @@ def _read(path: Path) -> dict[str, Any]:
         raise CliError(
             f"kubeconfig {path} is not valid YAML: {_yaml_problem(exc)}", exit_code=EXIT_USAGE
         ) from exc
+    if data is None and empty_is_config:
+        return {}
     if not isinstance(data, dict):
         raise CliError(
             f"kubeconfig {path} is not a kubeconfig (a mapping with clusters, contexts, users)",
             exit_code=EXIT_USAGE,
         )
     return data
+
+
+def _exists(path: Path) -> bool:
+    """True also when the path cannot even be asked about (too long, not permitted): reading
+    it then says why, naming it."""
+    try:
+        return path.exists()
+    except OSError:
+        return True
 
 
 def _why(exc: Exception) -> str:

@@ -31,6 +31,15 @@ from workflowplane.cli.main import run_handler
         (GOOD.replace("cluster: c,", "cluster: other,"), "names cluster 'other'"),
         (GOOD.replace("user: u}", "user: nobody}"), "names user 'nobody'"),
         (GOOD.replace("cluster: c, user: u}", "cluster: c}"), "it names no user"),
+        (GOOD + "- name: u\n  user: {token: other}\n", "names user 'u' more than once"),
+        (GOOD.replace("current-context: x", "current-context: [x]"), "is not a name"),
+        (
+            GOOD.replace(
+                "{token: abc}",
+                "{exec: {apiVersion: client.authentication.k8s.io/v1, command: no-such-plugin}}",
+            ),
+            "its credential plugin 'no-such-plugin' is not an executable file",
+        ),
         (
             GOOD.replace("insecure-skip-tls-verify: true", "certificate-authority: /no/ca.crt"),
             "cannot load its TLS settings (/no/ca.crt)",

@@ -52,25 +52,70 @@ def test_the_first_file_to_name_a_context_or_set_the_current_one_wins(
     files[0].write_text(_config(2, current=None))
     files[2].write_text(_config(3, current="x"))
     assert _reached(capsys) == "127.0.0.1:2"  # b sets the current context; a defines x
+    files[0].write_text(_config(2, context="in-a", current="in-a"))
+    files[2].write_text(_config(3, context="in-b", current="in-b"))
+    assert _reached(capsys) == "127.0.0.1:2"  # both set one: a's
 
 
-def test_a_relative_certificate_path_is_relative_to_its_own_file(
-    tmp_path: Path,
-    files: list[Path],
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+def test_the_first_file_to_name_a_cluster_wins(
+    files: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    files[0].write_text(_config(2).replace("c2", "shared"))
+    files[2].write_text(_config(3, context="in-b", current=None).replace("c3", "shared"))
+    assert _reached(capsys, "--context", "in-b") == "127.0.0.1:2"  # b's context, a's cluster
+
+
+def test_an_empty_file_in_the_list_is_an_empty_config(
+    files: list[Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     files[0].write_text(_config(2))
-    (tmp_path / "b-dir").mkdir()
-    files[2] = tmp_path / "b-dir" / "config"
-    with_ca = _config(3, context="in-b", current=None).replace(
-        "insecure-skip-tls-verify: true", "certificate-authority: ca.crt"
+    files[2].write_text("# written later by some tool\n")
+    assert _reached(capsys) == "127.0.0.1:2"
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        (
+            _config(3).replace("contexts:\n", "contexts:\n- name: x\n  context: {cluster: c3}\n"),
+            "it names context 'x' more than once",
+        ),
+        ("current-context: [a, b]\n", "its current-context is not a name"),
+        ("clusters:\n- name: c\n  cluster: null\n", "is malformed"),
+    ],
+)
+def test_a_malformed_entry_is_named_with_its_file(
+    files: list[Path], capsys: pytest.CaptureFixture[str], content: str, said: str
+) -> None:
+    files[0].write_text(_config(2))
+    files[2].write_text(content)
+    code, err = wpctl(capsys, "get", "wp")
+    assert code == 2, err
+    assert f"kubeconfig {files[2]} " in err and said in err
+    assert "Traceback" not in err
+
+
+def test_a_relative_path_is_relative_to_its_own_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Relative KUBECONFIG entries too: ``sub/a``'s ``ca.crt`` is ``<cwd>/sub/ca.crt``."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a").write_text(
+        _config(2).replace("insecure-skip-tls-verify: true", "certificate-authority: ca.crt")
     )
-    files[2].write_text(with_ca)
-    monkeypatch.setenv("KUBECONFIG", f"{files[0]}:{files[2]}")
+    plugin = "{exec: {apiVersion: client.authentication.k8s.io/v1, command: ./bin/token}}"
+    b = _config(3, context="in-b", current=None).replace("{token: abc}", plugin)
+    (tmp_path / "b").write_text(
+        b.replace("- name: u\n", "- name: ub\n").replace("user: u}", "user: ub}")
+    )
+    monkeypatch.setenv("KUBECONFIG", "sub/a:b")
+    code, err = wpctl(capsys, "get", "wp")
+    assert code == 2
+    assert f"({tmp_path / 'sub' / 'ca.crt'})" in err  # not sub/sub/ca.crt, not ./ca.crt
     code, err = wpctl(capsys, "get", "wp", "--context", "in-b")
     assert code == 2
-    assert str(tmp_path / "b-dir" / "ca.crt") in err  # not a/ca.crt, not ./ca.crt
+    assert f"credential plugin '{tmp_path / 'bin' / 'token'}' is not an executable" in err
 
 
 def test_an_unknown_context_names_every_file_and_the_known_contexts(
