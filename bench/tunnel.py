@@ -557,6 +557,8 @@ async def peer_comparison(
     from workflowplane.testenv import peer  # noqa: PLC0415
 
     binaries = peer.ensure()
+    if floor:
+        go_relay()  # built (once) before anything runs beside it
     cp, wp = env[CONTROL_PLANE], env[WORKFLOW_PLANE]
     pki = peers.GatewayPKI(tmp / "pki")
     rows: dict[str, dict[str, float]] = {}
@@ -801,18 +803,15 @@ async def running_relays(kind: str, wp: Any, tmp: Path) -> AsyncIterator[Running
     relay = [str(go_relay())] if kind == "go" else python_relay
     mode = ["--threads"] if kind == "threads" else []
     tls = [str(files["relay.crt"]), str(files["relay.key"])]
-    relays = [
-        await asyncio.create_subprocess_exec(
-            *relay, str(a_port), str(api_port), *tls, *_admin_files(wp), *mode,
-            stdout=subprocess.PIPE),
-        await asyncio.create_subprocess_exec(
-            *relay, str(b_port), str(a_port), *tls, *mode, stdout=subprocess.PIPE),
-    ]
     client_ssl = ssl.create_default_context(cadata=ca.cert_pem.decode())
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ssl))
+    relays: list[asyncio.subprocess.Process] = []
     try:
-        for process in relays:
-            assert process.stdout is not None and await process.stdout.readline() == b"ready\n"
+        for listen, upstream, client in ((a_port, api_port, _admin_files(wp)), (b_port, a_port, ())):
+            relays.append(await asyncio.create_subprocess_exec(
+                *relay, str(listen), str(upstream), *tls, *client, *mode, stdout=subprocess.PIPE))
+            stdout = relays[-1].stdout
+            assert stdout is not None and await stdout.readline() == b"ready\n", f"{kind} relay"
 
         async def relayed() -> None:
             async with session.get(f"https://127.0.0.1:{b_port}/version") as r:
@@ -829,7 +828,9 @@ async def running_relays(kind: str, wp: Any, tmp: Path) -> AsyncIterator[Running
     finally:
         await session.close()
         for process in relays:
-            process.kill()
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
             await process.wait()
 
 
