@@ -17,6 +17,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,25 @@ class PortTaken(StartError):
 
 PORT_TAKEN = "address already in use"  # what etcd and kube-apiserver log when bind fails
 START_ATTEMPTS = 3  # fresh ports each time
+
+
+def wait_on_fresh_ports(
+    wait_ready: Callable[[], None],
+    again: Callable[[StartError], None],
+    retried: type[StartError],
+    attempts: int,
+) -> None:
+    """``wait_ready`` until it passes; after a ``retried`` failure (a port taken between
+    ``free_port`` and the bind), ``again`` (stop, choose fresh ports, launch) and wait again,
+    ``attempts`` times in all. The last failure, or any other, is raised."""
+    for attempt in range(1, attempts + 1):
+        try:
+            wait_ready()
+            return
+        except retried as exc:
+            if attempt == attempts:
+                raise
+            again(exc)
 
 
 def free_port() -> int:
@@ -272,14 +292,9 @@ class ApiServer:
     def wait_until_ready(self) -> None:
         """``wait_ready``, launching again on fresh ports when one was taken meanwhile
         (between ``free_port`` and the bind, any process may take it)."""
-        for attempt in range(1, START_ATTEMPTS + 1):
-            try:
-                self.wait_ready()
-                return
-            except PortTaken:
-                if attempt == START_ATTEMPTS:
-                    raise
-                self.relaunch_on_fresh_ports()
+        wait_on_fresh_ports(
+            self.wait_ready, lambda _: self.relaunch_on_fresh_ports(), PortTaken, START_ATTEMPTS
+        )
 
     def relaunch_on_fresh_ports(self) -> None:
         """Stopped, its logs kept aside (``*.log.<n>``), and launched again on new ports

@@ -42,6 +42,7 @@ from workflowplane.testenv.apiserver import (
     spawn,
     stop_process_group,
     tail,
+    wait_on_fresh_ports,
 )
 from workflowplane.testenv.plane_systems import ALL, PlaneBinaries
 from workflowplane.testenv.tools import kubectl
@@ -331,17 +332,18 @@ class PlaneRuntime:
         return exited
 
     def start(self) -> None:
-        for attempt in range(1, START_ATTEMPTS + 1):
-            self.launch()
-            try:
-                self.wait_ready()
-                return
-            except StartError as exc:
-                self.stop()
-                if attempt == START_ATTEMPTS or not isinstance(exc, ExitedDuringStart):
-                    raise
-                log.warning("%s; starting again on fresh ports", str(exc).splitlines()[0])
-                self._fresh_ports()
+        self.launch()
+        try:
+            wait_on_fresh_ports(self.wait_ready, self._again, ExitedDuringStart, START_ATTEMPTS)
+        except StartError:
+            self.stop()
+            raise
+
+    def _again(self, failure: StartError) -> None:
+        self.stop()
+        log.warning("%s; starting again on fresh ports", str(failure).splitlines()[0])
+        self._fresh_ports()
+        self.launch()
 
     def _fresh_ports(self) -> None:
         self.kwok_port, self.scheduler_port = free_port(), free_port()
