@@ -138,10 +138,12 @@ def _load(paths: list[Path]) -> KubeConfig:
     Every problem is a CliError naming its file (lightkube's own loader ends with an
     AttributeError or a KeyError on an empty file, a YAML list or a missing ``clusters``)."""
     alone = len(paths) == 1
-    merged: dict[str, Any] = {section: [] for section in SECTIONS}
+    merged = _no_sections()
     for path in paths:
         data = _read(path, empty_is_config=not alone)
-        _check(path, data if alone else {**{section: [] for section in SECTIONS}, **data})
+        if not alone:  # a file of several may hold only some of the sections
+            data = {**_no_sections(), **data}
+        _check(path, data)
         if not merged.get("current-context") and data.get("current-context"):
             merged["current-context"] = data["current-context"]
         base = path.absolute().parent
@@ -153,6 +155,10 @@ def _load(paths: list[Path]) -> KubeConfig:
                 if entry["name"] not in named
             ]
     return KubeConfig.from_dict(merged, fname=paths[0])
+
+
+def _no_sections() -> dict[str, Any]:
+    return {section: [] for section in SECTIONS}
 
 
 def _check(path: Path, data: dict[str, Any]) -> None:
